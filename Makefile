@@ -1,0 +1,34 @@
+# olmac: every target bootstraps .venv from the pinned requirements on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+
+.PHONY: help venv demo test test-full bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(STAMP) ## create .venv from requirements.txt + constraints.txt
+
+demo: $(STAMP) ## run a random GEMM through the generated RTL on Verilator and check it against golden
+	$(VENV)/bin/olmac demo
+
+test: $(STAMP) ## the suite: golden, Amaranth-simulator and cocotb/Verilator tests (CI runs this)
+	$(PY) -m pytest -n $(JOBS) -m "not slow"
+
+test-full: $(STAMP) ## the suite plus the slow sweeps
+	$(PY) -m pytest -n $(JOBS)
+
+bench: $(STAMP) ## print cycle, utilization, simulation-speed and LUT/FF figures
+	$(PY) -m bench
+
+clean: ## remove build outputs (keeps .venv)
+	rm -rf build

@@ -1,0 +1,67 @@
+"""The float view of the integer semantics (docs/semantics.md §5), for accuracy work."""
+
+import torch
+
+from olmac.params import MULTIPLIER_BITS, SHIFT_RANGE
+from .formats import int_range
+
+__all__ = ["to_int_round_half_even", "dequantize", "fake_quantize", "requant_params"]
+
+
+def to_int_round_half_even(x: torch.Tensor, scale: torch.Tensor | float, bits: int,
+                           signed: bool) -> torch.Tensor:
+    """``clamp(round_half_even(x / scale), lo, hi)`` as int64 (§5).
+
+    >>> to_int_round_half_even(torch.tensor([0.25, 0.75, 100.0, -100.0]), 0.5, 4, True)
+    tensor([ 0,  2,  7, -8])
+    """
+    low, high = int_range(bits, signed)
+    return torch.round(x / scale).clamp(low, high).to(torch.int64)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """``scale · q`` as float (§5).
+
+    >>> dequantize(torch.tensor([-8, 3]), 0.5)
+    tensor([-4.0000,  1.5000])
+    """
+    return q.to(torch.get_default_dtype()) * scale
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, bits: int,
+                  signed: bool) -> torch.Tensor:
+    """``dequantize(to_int_round_half_even(x))``: the value the integer model sees (§5).
+
+    >>> fake_quantize(torch.tensor([0.3, 9.0]), 0.5, 4, True)
+    tensor([0.5000, 3.5000])
+    """
+    return dequantize(to_int_round_half_even(x, scale, bits, signed), scale)
+
+
+def requant_params(real_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer ``(M, s)`` with ``M · 2^(-s)`` nearest to each positive ``real_scale`` (§3).
+
+    ``M`` lies in ``2^30 .. 2^31 - 1`` so it keeps 31 significant bits.
+
+    >>> requant_params(torch.tensor([0.75, 2.0 ** -20]))
+    (tensor([1610612736, 1073741824]), tensor([31, 50]))
+
+    Raises
+    ------
+    ValueError
+        If a scale is not positive or needs a shift outside 0..63.
+    """
+    real_scale = torch.as_tensor(real_scale, dtype=torch.float64)
+    if not (real_scale > 0).all():
+        raise ValueError("real_scale must be positive")
+    mantissa, exponent = torch.frexp(real_scale)
+    top = 1 << (MULTIPLIER_BITS - 1)
+    multiplier = torch.round(mantissa * top).to(torch.int64)
+    shift = (MULTIPLIER_BITS - 1) - exponent.to(torch.int64)
+    carried = multiplier == top
+    multiplier = torch.where(carried, top >> 1, multiplier)
+    shift = torch.where(carried, shift - 1, shift)
+    low, high = SHIFT_RANGE
+    if ((shift < low) | (shift > high)).any():
+        raise ValueError(f"real_scale {real_scale.tolist()} needs a shift outside {low}..{high}")
+    return multiplier, shift

@@ -1,0 +1,78 @@
+from amaranth.hdl import *
+from amaranth.lib import wiring
+
+from .mac_array import DenseMacArray
+from .requant import Requantizer
+
+__all__ = ["GemmEngine"]
+
+
+class GemmEngine(wiring.Component):
+    """The dense MAC array, followed by a requantizer when an output format is given.
+
+    This is the top level that ``olmac gemm --backend rtl`` runs on Verilator.
+
+    Parameters
+    ----------
+    lanes, cols, act_bits, weight_bits, act_signed, max_k, acc_width
+        As for :class:`DenseMacArray`.
+    out_bits : int or None
+        Requantized output width (2..16), or ``None`` to output the accumulators.
+    out_signed : bool
+        Signedness of the requantized output.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`DenseMacArray` and :class:`Requantizer` raise them.
+
+    Members
+    -------
+    act, weights
+        The array's inputs.
+    params
+        The requantizer's parameter stream; only with ``out_bits``.
+    out
+        Accumulator vectors, or requantized vectors with ``out_bits``.
+    """
+
+    def __init__(self, *, lanes, cols, act_bits, weight_bits, act_signed=True, max_k,
+                 acc_width=None, out_bits=None, out_signed=True):
+        self._array = DenseMacArray(lanes=lanes, cols=cols, act_bits=act_bits,
+                                    weight_bits=weight_bits, act_signed=act_signed,
+                                    max_k=max_k, acc_width=acc_width)
+        self._requantizer = None
+        array_members = self._array.signature.members
+        members = {"act": array_members["act"], "weights": array_members["weights"]}
+        if out_bits is None:
+            members["out"] = array_members["acc"]
+        else:
+            self._requantizer = Requantizer(cols=cols, acc_width=self._array.acc_width,
+                                            out_bits=out_bits, out_signed=out_signed)
+            members["params"] = self._requantizer.signature.members["params"]
+            members["out"] = self._requantizer.signature.members["out"]
+        super().__init__(members)
+
+    @property
+    def array(self):
+        """The :class:`DenseMacArray`."""
+        return self._array
+
+    @property
+    def requantizer(self):
+        """The :class:`Requantizer`, or ``None`` when accumulators are output."""
+        return self._requantizer
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.array = self._array
+        wiring.connect(m, wiring.flipped(self.act), self._array.act)
+        wiring.connect(m, wiring.flipped(self.weights), self._array.weights)
+        if self._requantizer is None:
+            wiring.connect(m, self._array.acc, wiring.flipped(self.out))
+        else:
+            m.submodules.requantizer = self._requantizer
+            wiring.connect(m, self._array.acc, self._requantizer.acc)
+            wiring.connect(m, wiring.flipped(self.params), self._requantizer.params)
+            wiring.connect(m, self._requantizer.out, wiring.flipped(self.out))
+        return m

@@ -1,0 +1,148 @@
+from amaranth.hdl import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from olmac.params import OUT_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, check_int
+from .mac_array import MAX_ACC_WIDTH
+from .result_buffer import ResultBuffer
+
+__all__ = ["ChannelParams", "RequantParams", "Requantizer"]
+
+
+class ChannelParams(data.StructLayout):
+    """Requantization parameters of one output channel (docs/semantics.md §3)."""
+
+    def __init__(self):
+        super().__init__({
+            "bias": signed(BIAS_BITS),
+            "multiplier": signed(MULTIPLIER_BITS),
+            "shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1),
+        })
+
+
+class RequantParams(data.StructLayout):
+    """Parameters for one vector of ``cols`` accumulators, and the layer's ReLU flag."""
+
+    def __init__(self, cols):
+        super().__init__({
+            "channels": data.ArrayLayout(ChannelParams(), cols),
+            "relu": unsigned(1),
+        })
+
+
+class Requantizer(wiring.Component):
+    """Per-channel requantization ``clamp(((acc + bias)·M + 2^(s-1)) >> s, lo, hi)`` (§3).
+
+    Each accumulator vector is joined with one parameter beat (the sequencer streams the
+    parameters of the columns the vector came from). Every step is exact: the sum keeps one
+    more bit than its widest operand and the product is full width, up to 78 bits, before
+    the arithmetic shift rounds half up. Like the array, the pipeline never stalls; the
+    input waits for a :class:`ResultBuffer` credit.
+
+    Parameters
+    ----------
+    cols : int
+        Values per vector, 1..64.
+    acc_width : int
+        Width of the signed accumulators, 1..44.
+    out_bits : int
+        Output width, 2..16.
+    out_signed : bool
+        Signed (``s<out_bits>``) or unsigned (``u<out_bits>``) output.
+
+    Raises
+    ------
+    TypeError
+        If a parameter is of the wrong type or outside its range.
+
+    Members
+    -------
+    acc : In(stream.Signature(ArrayLayout(signed(acc_width), cols)))
+        Accumulator vectors.
+    params : In(stream.Signature(RequantParams(cols)))
+        One parameter beat per accumulator vector.
+    out : Out(stream.Signature(ArrayLayout(out_shape, cols)))
+        Requantized vectors.
+    """
+
+    def __init__(self, *, cols, acc_width, out_bits, out_signed=True):
+        self._cols = check_int("Column count", cols, (1, 64))
+        self._acc_width = check_int("Accumulator width", acc_width, (1, MAX_ACC_WIDTH))
+        self._out_bits = check_int("Output width", out_bits, OUT_BITS)
+        if not isinstance(out_signed, bool):
+            raise TypeError(f"Output signedness must be a bool, not {out_signed!r}")
+        self._out_signed = out_signed
+        super().__init__({
+            "acc": In(stream.Signature(data.ArrayLayout(signed(acc_width), cols))),
+            "params": In(stream.Signature(RequantParams(cols))),
+            "out": Out(stream.Signature(data.ArrayLayout(self.out_shape, cols))),
+        })
+
+    @property
+    def cols(self):
+        """Values per vector."""
+        return self._cols
+
+    @property
+    def out_shape(self):
+        """Shape of one requantized value."""
+        return signed(self._out_bits) if self._out_signed else unsigned(self._out_bits)
+
+    #: Cycles from an input transfer to its result entering the output queue.
+    latency = 5
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.results = results = ResultBuffer(
+            data.ArrayLayout(self.out_shape, self._cols), depth=self.latency + 4)
+        wiring.connect(m, wiring.flipped(self.out), results.r)
+
+        m.d.comb += [
+            self.acc.ready.eq(self.params.valid & results.can_claim),
+            self.params.ready.eq(self.acc.valid & results.can_claim),
+        ]
+        accepted = self.acc.valid & self.acc.ready
+        m.d.comb += results.claim.eq(accepted)
+
+        if self._out_signed:
+            low, high = -(1 << (self._out_bits - 1)), (1 << (self._out_bits - 1)) - 1
+        else:
+            low, high = 0, (1 << self._out_bits) - 1
+
+        accs = Signal.like(self.acc.payload)
+        params = Signal.like(self.params.payload)
+        valid = [Signal(name=f"valid_{stage}") for stage in range(self.latency - 1)]
+        m.d.sync += [
+            accs.eq(self.acc.payload),
+            params.eq(self.params.payload),
+            valid[0].eq(accepted),
+        ]
+        m.d.sync += [valid[stage + 1].eq(valid[stage]) for stage in range(len(valid) - 1)]
+        relu = [params.relu]
+        for _ in range(3):
+            relu.append(Signal.like(relu[-1], name="relu_d"))
+            m.d.sync += relu[-1].eq(relu[-2])
+
+        for col in range(self._cols):
+            channel = params.channels[col]
+            biased = Signal(signed(max(self._acc_width, BIAS_BITS) + 1), name=f"biased_{col}")
+            multiplier = Signal.like(channel.multiplier, name=f"multiplier_{col}")
+            shift = [Signal.like(channel.shift, name=f"shift_{col}") for _ in range(2)]
+            m.d.sync += [
+                biased.eq(accs[col] + channel.bias),
+                multiplier.eq(channel.multiplier),
+                shift[0].eq(channel.shift),
+                shift[1].eq(shift[0]),
+            ]
+            product = Signal(signed(biased.shape().width + MULTIPLIER_BITS),
+                             name=f"product_{col}")
+            m.d.sync += product.eq(biased * multiplier)
+            # Arithmetic shift = floor division by 2^s; adding 2^(s-1) first rounds half up.
+            rounding = (Const(1, product.shape().width + 1) << shift[1]) >> 1
+            shifted = Signal(product.shape(), name=f"shifted_{col}")
+            m.d.sync += shifted.eq((product + rounding) >> shift[1])
+            floor = Mux(relu[3], max(low, 0), low)
+            clamped = Mux(shifted < floor, floor, Mux(shifted > high, high, shifted))
+            m.d.sync += results.w.payload[col].eq(clamped)
+        m.d.sync += results.w.valid.eq(valid[-1])
+        return m

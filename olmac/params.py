@@ -1,0 +1,37 @@
+"""Plain data shared by ``golden/`` and ``hw/``: the allowed ranges of docs/semantics.md §1.
+
+No arithmetic of the semantics lives here, so the golden model and the hardware stay two
+independent readings of the written spec.
+"""
+
+__all__ = [
+    "ACT_BITS", "WEIGHT_BITS", "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE",
+    "check_int",
+]
+
+#: Allowed activation widths (§1), inclusive.
+ACT_BITS = (2, 8)
+#: Allowed weight widths (§1), inclusive. Weights are always signed.
+WEIGHT_BITS = (2, 8)
+#: Allowed requantized output widths (§1), inclusive.
+OUT_BITS = (2, 16)
+#: Width of the signed per-channel requantization multiplier and bias (§3).
+MULTIPLIER_BITS = 32
+BIAS_BITS = 32
+#: Allowed requantization shifts (§3), inclusive.
+SHIFT_RANGE = (0, 63)
+
+
+def check_int(description, value, bounds):
+    """Return ``value`` if it is an ``int`` within the inclusive ``bounds``.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an integer (``bool`` is refused too) or is outside ``bounds``;
+        the message names ``description`` and shows the allowed range and the value.
+    """
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise TypeError(f"{description} must be an integer in {low}..{high}, not {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Testbenches: the generated hardware against the golden model, bit for bit."""

@@ -1,0 +1,157 @@
+"""Fast tier: the hardware blocks on Amaranth's simulator against the golden model."""
+
+import numpy as np
+import pytest
+import torch
+from amaranth.sim import Simulator
+from amaranth.lib import data
+
+import golden
+from hw import DenseMacArray, GemmEngine, Requantizer
+from hw.requant import RequantParams
+from sim.codec import LayoutCodec
+from sim.pysim import StreamSink, StreamSource
+from sim.tiling import assemble_output, gemm_beats, output_vectors
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def _random_operands(rng, m, k, n, act_bits, act_signed, weight_bits):
+    act_lo, act_hi = golden.int_range(act_bits, act_signed)
+    w_lo, w_hi = golden.int_range(weight_bits, True)
+    acts = rng.integers(act_lo, act_hi + 1, size=(m, k))
+    weights = rng.integers(w_lo, w_hi + 1, size=(k, n))
+    return acts, weights
+
+
+def _run_gemm(engine, acts, weights, *, pause=0.0, requant_beats=None, seed=0):
+    array = engine.array
+    beats = gemm_beats(acts, weights, array.lanes, array.cols)
+    act_codec = LayoutCodec(engine.act.payload.shape())
+    weight_codec = LayoutCodec(engine.weights.payload.shape())
+    out_codec = LayoutCodec(engine.out.payload.shape())
+    vector_count = int(beats.last.sum())
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-6)
+    sources = [
+        StreamSource(engine.act, act_codec.pack(np.concatenate(
+            [beats.acts, beats.last[:, None]], axis=1)), pause_probability=pause, seed=seed),
+        StreamSource(engine.weights, weight_codec.pack(beats.weights.reshape(len(beats.last), -1)),
+                     pause_probability=pause, seed=seed + 1),
+    ]
+    if requant_beats is not None:
+        sources.append(StreamSource(engine.params, requant_beats, pause_probability=pause,
+                                    seed=seed + 2))
+    sink = StreamSink(engine.out, vector_count, pause_probability=pause, seed=seed + 3)
+    for source in sources:
+        sim.add_testbench(source.run, background=True)
+    sim.add_testbench(sink.run)
+    sim.run()
+    vectors = out_codec.unpack(sink.received)
+    return assemble_output(vectors, acts.shape[0], weights.shape[1]), sink.cycles, len(beats.last)
+
+
+CONFIGS = [
+    # lanes, cols, act_bits, act_signed, weight_bits
+    (4, 3, 4, True, 4),
+    (5, 2, 3, False, 2),
+    (1, 1, 8, True, 8),
+    (8, 4, 2, True, 3),
+]
+
+
+@pytest.mark.parametrize("lanes,cols,act_bits,act_signed,weight_bits", CONFIGS)
+@pytest.mark.parametrize("pause", [0.0, 0.4])
+def test_mac_array_matches_golden(lanes, cols, act_bits, act_signed, weight_bits, pause):
+    """The array's accumulators equal golden.gemm exactly, with random stalls on all streams."""
+    rng = np.random.default_rng(lanes * 100 + cols)
+    m, k, n = 3, 2 * lanes + 1, 2 * cols + 1
+    acts, weights = _random_operands(rng, m, k, n, act_bits, act_signed, weight_bits)
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=act_bits, weight_bits=weight_bits,
+                        act_signed=act_signed, max_k=k)
+    result, _, _ = _run_gemm(engine, acts, weights, pause=pause)
+    expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=act_bits,
+                           act_signed=act_signed, weight_bits=weight_bits)
+    np.testing.assert_array_equal(result, expected.numpy())
+
+
+def test_mac_array_extremes():
+    """All-minimum and all-maximum operands hit the accumulator bound without overflow."""
+    lanes, cols, k = 4, 2, 12
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=k)
+    acts = np.array([[-8] * k, [7] * k, [-8] * k])
+    weights = np.stack([[-8, 7]] * k)
+    result, _, _ = _run_gemm(engine, acts, weights)
+    expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=4,
+                           act_signed=True, weight_bits=4)
+    np.testing.assert_array_equal(result, expected.numpy())
+    assert result[0, 0] == 64 * k  # the largest sum §2 allows, reached
+
+
+def test_mac_array_one_beat_per_cycle():
+    """With no stalls, single-beat reductions leave at one vector per cycle after the fill."""
+    lanes, cols, m = 4, 2, 40
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=lanes)
+    rng = np.random.default_rng(7)
+    acts, weights = _random_operands(rng, m, lanes, cols, 4, True, 4)
+    _, cycles, beats = _run_gemm(engine, acts, weights)
+    fill = engine.array.latency + 3
+    assert cycles <= beats + fill, (cycles, beats, fill)
+
+
+def test_requantizer_matches_golden():
+    """The requantizer equals golden.requantize_round_half_up for random per-channel
+    parameters, including shifts 0 and 63, negative multipliers and ReLU."""
+    rng = np.random.default_rng(3)
+    cols, acc_width, rows = 3, 20, 24
+    requantizer = Requantizer(cols=cols, acc_width=acc_width, out_bits=6, out_signed=True)
+    accs = rng.integers(-(1 << 19), 1 << 19, size=(rows, cols))
+    bias = rng.integers(-(1 << 31), 1 << 31, size=(rows, cols))
+    multiplier = rng.integers(-(1 << 31), 1 << 31, size=(rows, cols))
+    shift = rng.integers(0, 64, size=(rows, cols))
+    shift[0] = [0, 63, 31]
+    relu = rng.integers(0, 2, size=rows)
+    params_codec = LayoutCodec(RequantParams(cols))
+    param_leaves = np.concatenate(
+        [np.stack([bias, multiplier, shift], axis=2).reshape(rows, -1), relu[:, None]], axis=1)
+
+    sim = Simulator(requantizer)
+    sim.add_clock(1e-6)
+    acc_codec = LayoutCodec(requantizer.acc.payload.shape())
+    sim.add_testbench(StreamSource(requantizer.acc, acc_codec.pack(accs),
+                                   pause_probability=0.3).run, background=True)
+    sim.add_testbench(StreamSource(requantizer.params, params_codec.pack(param_leaves),
+                                   pause_probability=0.3, seed=5).run, background=True)
+    sink = StreamSink(requantizer.out, rows, pause_probability=0.3)
+    sim.add_testbench(sink.run)
+    sim.run()
+    result = LayoutCodec(requantizer.out.payload.shape()).unpack(sink.received)
+    for row in range(rows):
+        expected = golden.requantize_round_half_up(
+            torch.tensor(accs[row:row + 1]), bias[row], multiplier[row], shift[row],
+            out_bits=6, out_signed=True, relu=bool(relu[row]))
+        np.testing.assert_array_equal(result[row], expected.numpy()[0])
+
+
+def test_gemm_engine_requantized():
+    """Array + requantizer equal golden gemm followed by golden requantization."""
+    rng = np.random.default_rng(11)
+    lanes, cols, m, k, n = 4, 2, 3, 9, 3
+    acts, weights = _random_operands(rng, m, k, n, 4, False, 4)
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, act_signed=False,
+                        max_k=k, out_bits=8, out_signed=False)
+    bias = rng.integers(-500, 500, size=n)
+    multiplier = rng.integers(1 << 30, 1 << 31, size=n)
+    shift = rng.integers(30, 38, size=n)
+    padded = lambda values: np.resize(np.append(values, [0] * (-n % cols)), (n + (-n % cols)))
+    tiles = np.stack([padded(bias), padded(multiplier), padded(shift)], axis=1).reshape(-1, cols, 3)
+    per_vector = np.tile(tiles.reshape(-1, cols * 3), (m, 1))
+    params = LayoutCodec(RequantParams(cols)).pack(
+        np.concatenate([per_vector, np.ones((len(per_vector), 1), np.int64)], axis=1))
+    result, _, _ = _run_gemm(engine, acts, weights, pause=0.3, requant_beats=params)
+    acc = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=4, act_signed=False,
+                      weight_bits=4)
+    expected = golden.requantize_round_half_up(acc, bias, multiplier, shift, out_bits=8,
+                                               out_signed=False, relu=True)
+    np.testing.assert_array_equal(result, expected.numpy())
