@@ -49,11 +49,11 @@ def requant_params(real_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     Raises
     ------
     ValueError
-        If a scale is not positive or needs a shift outside 0..63.
+        If a scale is not positive and finite, or needs a shift outside 0..63.
     """
     real_scale = torch.as_tensor(real_scale, dtype=torch.float64)
-    if not (real_scale > 0).all():
-        raise ValueError("real_scale must be positive")
+    if not (torch.isfinite(real_scale) & (real_scale > 0)).all():
+        raise ValueError(f"real_scale must be positive and finite, not {real_scale.tolist()}")
     mantissa, exponent = torch.frexp(real_scale)
     top = 1 << (MULTIPLIER_BITS - 1)
     multiplier = torch.round(mantissa * top).to(torch.int64)

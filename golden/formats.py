@@ -37,10 +37,12 @@ def check_in_format(name: str, values: torch.Tensor, bits: int, signed: bool) ->
     if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, not {values.dtype}")
     low, high = int_range(bits, signed)
-    outside = (values < low) | (values > high)
+    # Compare in int64: torch would cast the bounds to a narrow dtype such as uint8.
+    wide = values.to(torch.int64)
+    outside = (wide < low) | (wide > high)
     if outside.any():
         position = tuple(int(i) for i in outside.nonzero()[0])
         raise ValueError(
-            f"{name}{list(position)} = {int(values[position])} is outside "
+            f"{name}{list(position)} = {int(wide[position])} is outside "
             f"{format_name(bits, signed)} ({low}..{high})")
     return values

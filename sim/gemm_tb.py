@@ -1,0 +1,136 @@
+"""cocotb testbench of :class:`hw.GemmEngine` on Verilator.
+
+driver (act, weights[, params]) → DUT → monitor (out) → in-order scoreboard, whose
+expected vectors come from the golden model (docs/semantics.md §2–§4). The job to run
+is named by the ``OLMAC_JOB`` environment variable (see :mod:`sim.job`).
+"""
+
+import os
+import time
+from pathlib import Path
+
+import cocotb
+import numpy as np
+import torch
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, RisingEdge
+
+import golden
+from hw import GemmEngine
+from hw.requant import RequantParams
+from .codec import LayoutCodec
+from .job import JOB_ENV, Job
+from .streams import StreamDriver, StreamMonitor
+from .tiling import assemble_output, gemm_beats, output_vectors
+
+
+def _golden_result(config, case):
+    acc = golden.gemm(torch.from_numpy(case.acts), torch.from_numpy(case.weights),
+                      act_bits=config.act_bits, act_signed=config.act_signed,
+                      weight_bits=config.weight_bits)
+    if config.out_bits is None:
+        return acc.numpy()
+    return golden.requantize_round_half_up(
+        acc, torch.from_numpy(case.bias), torch.from_numpy(case.multiplier),
+        torch.from_numpy(case.shift), out_bits=config.out_bits, out_signed=config.out_signed,
+        relu=case.relu).numpy()
+
+
+def _param_leaves(case, cols):
+    """One parameter beat per output vector (§4 order): per column bias, multiplier,
+    shift (zero past N), then the ReLU flag."""
+    m, n = case.acts.shape[0], case.weights.shape[1]
+    per_channel = np.stack([case.bias, case.multiplier, case.shift], axis=1)
+    padded = np.zeros((-(-n // cols) * cols, 3), dtype=np.int64)
+    padded[:n] = per_channel
+    tiles = np.tile(padded.reshape(-1, cols * 3), (m, 1))
+    return np.concatenate([tiles, np.full((len(tiles), 1), int(case.relu))], axis=1)
+
+
+class GemmTestbench:
+    """Streams every case of a job through the DUT and checks each output vector."""
+
+    def __init__(self, dut, job: Job):
+        self.dut = dut
+        self.job = job
+        config = job.config
+        engine = GemmEngine(**vars(config))
+        self._codecs = {name: LayoutCodec(getattr(engine, name).payload.shape())
+                        for name in ("act", "weights", "out")}
+        if config.out_bits is not None:
+            self._codecs["params"] = LayoutCodec(RequantParams(config.cols))
+        self._received = []
+        self._expected = []
+        self.mismatches = []
+
+    def _beats(self):
+        config = self.job.config
+        streams = {"act": [], "weights": [], "params": []}
+        for case in self.job.cases:
+            beats = gemm_beats(case.acts, case.weights, config.lanes, config.cols)
+            streams["act"] += self._codecs["act"].pack(
+                np.concatenate([beats.acts, beats.last[:, None]], axis=1))
+            streams["weights"] += self._codecs["weights"].pack(
+                beats.weights.reshape(len(beats.last), -1))
+            if config.out_bits is not None:
+                streams["params"] += self._codecs["params"].pack(_param_leaves(case, config.cols))
+            if self.job.check:
+                self._expected += list(output_vectors(_golden_result(config, case), config.cols))
+        return {name: payloads for name, payloads in streams.items() if payloads}
+
+    def _scoreboard(self, payload):
+        vector = self._codecs["out"].unpack([payload])[0]
+        index = len(self._received)
+        self._received.append(vector)
+        if self.job.check and not np.array_equal(vector, self._expected[index]):
+            self.mismatches.append(
+                f"output vector {index}: RTL {vector.tolist()} != golden "
+                f"{self._expected[index].tolist()}")
+
+    async def run(self):
+        dut = self.dut
+        Clock(dut.clk, 10, unit="ns").start()
+        dut.rst.value = 1
+        await ClockCycles(dut.clk, 2)
+        dut.rst.value = 0
+        await RisingEdge(dut.clk)
+
+        streams = self._beats()
+        vector_count = sum(int(np.ceil(case.weights.shape[1] / self.job.config.cols)) *
+                           case.acts.shape[0] for case in self.job.cases)
+        pause, seed = self.job.pause_probability, self.job.seed
+        drivers = [StreamDriver(dut, name, pause_probability=pause, seed=seed + index)
+                   for index, name in enumerate(streams)]
+        monitor = StreamMonitor(dut, "out", pause_probability=pause, seed=seed + 10)
+        started = time.perf_counter()
+        for driver, payloads in zip(drivers, streams.values()):
+            cocotb.start_soon(driver.send(payloads))
+        await monitor.receive(vector_count, self._scoreboard)
+        elapsed = time.perf_counter() - started
+
+        vectors = np.array(self._received, dtype=np.int64)
+        offset = 0
+        for case in self.job.cases:
+            m, n = case.acts.shape[0], case.weights.shape[1]
+            count = m * -(-n // self.job.config.cols)
+            self.job.results.append(assemble_output(vectors[offset:offset + count], m, n))
+            offset += count
+        self.job.stats = {
+            "cycles": monitor.cycles,
+            "beats": len(streams["act"]),
+            "wall_seconds": elapsed,
+            "cycles_per_second": monitor.cycles / elapsed,
+            "mismatches": len(self.mismatches),
+        }
+
+
+@cocotb.test()
+async def run_job(dut):
+    """Run the job named by OLMAC_JOB; with ``check``, every vector must equal golden."""
+    path = Path(os.environ[JOB_ENV])
+    job = Job.load(path)
+    testbench = GemmTestbench(dut, job)
+    await testbench.run()
+    job.save_results(path)
+    assert not testbench.mismatches, (
+        f"{len(testbench.mismatches)} mismatching vectors, first: {testbench.mismatches[:3]}")

