@@ -1,4 +1,8 @@
+# amaranth: UnusedElaboratable=no
 """cocotb testbench of :class:`hw.GemmEngine` on Verilator.
+
+(The first line turns off Amaranth's unused-elaboratable warning: the testbench builds
+an engine only to read its port layouts.)
 
 driver (act, weights[, params]) → DUT → monitor (out) → in-order scoreboard, whose
 expected vectors come from the golden model (docs/semantics.md §2–§4). The job to run

@@ -1,0 +1,236 @@
+"""``olmac``: the command line.
+
+``olmac gemm`` computes ``Y = A·W`` (optionally requantized, docs/semantics.md §3) on the
+golden model or on the generated RTL under Verilator; ``olmac demo`` runs a random GEMM
+through the RTL and checks it against golden.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from olmac.params import SHIFT_RANGE
+
+__all__ = ["main"]
+
+BUILD_ROOT = Path("build") / "rtl"
+
+
+class UsageError(Exception):
+    """A bad argument or input file; reported as ``olmac: error: ...`` with exit status 2."""
+
+
+def _load_matrix(path, name):
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{name}: cannot read {path}: {error}") from None
+    if array.ndim != 2:
+        raise UsageError(f"{name} ({path}) must be a 2-D array, not shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise UsageError(f"{name} ({path}) must hold integers, not {array.dtype}")
+    return array.astype(np.int64)
+
+
+def _load_channel_values(text, name, n, bounds):
+    """An integer literal (same for every channel) or a .npy file with N entries, each
+    within the inclusive ``bounds``."""
+    try:
+        values = np.full(n, int(text), dtype=np.int64)
+    except ValueError:
+        try:
+            values = np.load(text, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"{name}: {text!r} is neither an integer nor a readable .npy "
+                             f"file ({error})") from None
+        if not np.issubdtype(values.dtype, np.integer):
+            raise UsageError(f"{name} ({text}) must hold integers, not {values.dtype}")
+        values = values.astype(np.int64).reshape(-1)
+    if values.shape != (n,):
+        raise UsageError(f"{name} must have one entry per output channel ({n}), "
+                         f"not {values.shape[0]}")
+    low, high = bounds
+    outside = np.flatnonzero((values < low) | (values > high))
+    if outside.size:
+        raise UsageError(f"{name}[{outside[0]}] = {values[outside[0]]} is outside {low}..{high}")
+    return values
+
+
+def _gemm_case(args):
+    import torch
+    import golden
+    from sim.job import GemmCase
+
+    acts = _load_matrix(args.acts, "--acts")
+    weights = _load_matrix(args.weights, "--weights")
+    if acts.shape[1] != weights.shape[0]:
+        raise UsageError(f"--acts is {acts.shape} and --weights is {weights.shape}: the K "
+                         f"dimensions {acts.shape[1]} and {weights.shape[0]} differ")
+    if acts.shape[1] == 0 or acts.shape[0] == 0 or weights.shape[1] == 0:
+        raise UsageError(f"--acts {acts.shape} and --weights {weights.shape} must not be empty")
+    try:
+        golden.check_in_format("--acts", torch.from_numpy(acts), args.act_bits,
+                               not args.unsigned_acts)
+        golden.check_in_format("--weights", torch.from_numpy(weights), args.weight_bits, True)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    case = GemmCase(acts, weights)
+    requant_flags = (args.multiplier, args.shift, args.out_bits)
+    if any(flag is not None for flag in requant_flags):
+        if any(flag is None for flag in requant_flags):
+            raise UsageError("requantization needs --multiplier, --shift and --out-bits together")
+        n = weights.shape[1]
+        int32 = (-(1 << 31), (1 << 31) - 1)
+        case.multiplier = _load_channel_values(args.multiplier, "--multiplier", n, int32)
+        case.shift = _load_channel_values(args.shift, "--shift", n, SHIFT_RANGE)
+        case.bias = _load_channel_values(args.bias, "--bias", n, int32)
+        case.relu = args.relu
+    elif args.relu or args.bias != "0" or args.unsigned_out:
+        raise UsageError("--bias, --relu and --unsigned-out need --multiplier, --shift and "
+                         "--out-bits")
+    return case
+
+
+def _golden_result(case, args):
+    import torch
+    import golden
+    acc = golden.gemm(torch.from_numpy(case.acts), torch.from_numpy(case.weights),
+                      act_bits=args.act_bits, act_signed=not args.unsigned_acts,
+                      weight_bits=args.weight_bits)
+    if case.multiplier is None:
+        return acc.numpy()
+    return golden.requantize_round_half_up(
+        acc, torch.from_numpy(case.bias), torch.from_numpy(case.multiplier),
+        torch.from_numpy(case.shift), out_bits=args.out_bits,
+        out_signed=not args.unsigned_out, relu=case.relu).numpy()
+
+
+def _rtl_result(case, args):
+    from sim.job import EngineConfig, Job
+    from sim.runner import run_job
+    config = EngineConfig(lanes=args.lanes, cols=args.cols, act_bits=args.act_bits,
+                          weight_bits=args.weight_bits, act_signed=not args.unsigned_acts,
+                          max_k=case.acts.shape[1], out_bits=args.out_bits,
+                          out_signed=not args.unsigned_out)
+    job = run_job(Job(config, [case], check=False, label="gemm"), BUILD_ROOT)
+    m, k = case.acts.shape
+    n = case.weights.shape[1]
+    ideal = m * k * n / (args.lanes * args.cols)
+    stats = job.stats
+    print(f"olmac: RTL {config.name}: {stats['cycles']} cycles for {stats['beats']} beats "
+          f"(ideal {ideal:.0f}, MAC utilization {ideal / stats['cycles']:.1%}), "
+          f"{stats['cycles_per_second']:,.0f} simulated cycles/s", file=sys.stderr)
+    return job.results[0]
+
+
+def _validate_widths(args):
+    """Check the widths up front so a bad one fails before any file is read."""
+    from olmac.params import ACT_BITS, OUT_BITS, WEIGHT_BITS, check_int
+    check_int("--act-bits", args.act_bits, ACT_BITS)
+    check_int("--weight-bits", args.weight_bits, WEIGHT_BITS)
+    if args.out_bits is not None:
+        check_int("--out-bits", args.out_bits, OUT_BITS)
+    if args.backend == "rtl":
+        check_int("--lanes", args.lanes, (1, 64))
+        check_int("--cols", args.cols, (1, 64))
+
+
+def _command_gemm(args):
+    try:
+        _validate_widths(args)
+    except TypeError as error:
+        raise UsageError(str(error)) from None
+    case = _gemm_case(args)
+    try:
+        result = _rtl_result(case, args) if args.backend == "rtl" else \
+            _golden_result(case, args)
+    except (TypeError, ValueError) as error:
+        # e.g. a reduction too long for a 44-bit accumulator, or a parameter out of range
+        raise UsageError(str(error)) from None
+    np.save(args.out, result.astype(np.int64))
+    print(f"olmac: wrote {args.out} ({result.shape[0]}x{result.shape[1]} int64, "
+          f"{args.backend})", file=sys.stderr)
+
+
+def _command_demo(args):
+    import golden
+    workdir = Path("build") / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    act_lo, act_hi = golden.int_range(args.bits, True)
+    acts = rng.integers(act_lo, act_hi + 1, size=(args.m, args.k))
+    weights = rng.integers(act_lo, act_hi + 1, size=(args.k, args.n))
+    np.save(workdir / "A.npy", acts)
+    np.save(workdir / "W.npy", weights)
+    print(f"olmac demo: Y = A·W with A {args.m}x{args.k} and W {args.k}x{args.n}, "
+          f"s{args.bits} x s{args.bits}, on a {args.lanes}-lane x {args.cols}-column array")
+    results = {}
+    for backend in ("golden", "rtl"):
+        gemm_args = _gemm_parser().parse_args([
+            "--backend", backend, "--acts", str(workdir / "A.npy"),
+            "--weights", str(workdir / "W.npy"), "--act-bits", str(args.bits),
+            "--weight-bits", str(args.bits), "--lanes", str(args.lanes),
+            "--cols", str(args.cols), "--out", str(workdir / f"Y_{backend}.npy")])
+        started = time.perf_counter()
+        _command_gemm(gemm_args)
+        results[backend] = np.load(workdir / f"Y_{backend}.npy")
+        print(f"  {backend:6s} backend: {time.perf_counter() - started:6.1f} s")
+    exact = acts @ weights
+    mismatches = int((results["rtl"] != results["golden"]).sum())
+    print(f"  RTL vs golden:   {mismatches} mismatching elements of {exact.size}")
+    print(f"  golden vs numpy: {int((results['golden'] != exact).sum())} mismatching elements")
+    print(f"  Y[0, :8] = {results['rtl'][0, :8].tolist()}")
+    if mismatches:
+        raise SystemExit(1)
+
+
+def _gemm_parser(parser=None):
+    parser = parser or argparse.ArgumentParser(prog="olmac gemm")
+    parser.add_argument("--backend", choices=("golden", "rtl"), default="golden")
+    parser.add_argument("--acts", required=True, help="A: M×K integer .npy")
+    parser.add_argument("--weights", required=True, help="W: K×N integer .npy")
+    parser.add_argument("--act-bits", type=int, required=True, help="2..8")
+    parser.add_argument("--weight-bits", type=int, required=True, help="2..8 (signed)")
+    parser.add_argument("--unsigned-acts", action="store_true",
+                        help="activations are u<act-bits> instead of s<act-bits>")
+    parser.add_argument("--lanes", type=int, default=16, help="RTL: multipliers along K")
+    parser.add_argument("--cols", type=int, default=8, help="RTL: columns along N")
+    parser.add_argument("--out", required=True, help="Y: M×N int64 .npy")
+    requant = parser.add_argument_group("requantization (docs/semantics.md §3)")
+    requant.add_argument("--multiplier", help="int32 M: an integer or a .npy with N entries")
+    requant.add_argument("--shift", help="shift s in 0..63: an integer or a .npy")
+    requant.add_argument("--bias", default="0", help="int32 bias: an integer or a .npy")
+    requant.add_argument("--out-bits", type=int, help="output width 2..16")
+    requant.add_argument("--unsigned-out", action="store_true", help="u<out-bits> output")
+    requant.add_argument("--relu", action="store_true", help="clamp the output at 0")
+    return parser
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="olmac", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    gemm = commands.add_parser("gemm", help="Y = A·W on the golden model or the RTL")
+    _gemm_parser(gemm)
+    gemm.set_defaults(run=_command_gemm)
+    demo = commands.add_parser("demo", help="a random GEMM through the RTL, checked "
+                               "against golden")
+    demo.add_argument("--m", type=int, default=8)
+    demo.add_argument("--k", type=int, default=300)
+    demo.add_argument("--n", type=int, default=20)
+    demo.add_argument("--bits", type=int, default=4)
+    demo.add_argument("--lanes", type=int, default=16)
+    demo.add_argument("--cols", type=int, default=8)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_command_demo)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except UsageError as error:
+        parser.exit(2, f"olmac: error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""``olmac gemm``: both backends equal the exact product computed here with numpy, and
+bad input is refused with a message naming what is wrong."""
+
+import numpy as np
+import pytest
+
+from olmac.cli import main
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def _ranges(bits, signed):
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+
+def _write_operands(tmp_path, m, k, n, act_bits, act_signed, weight_bits, seed=0):
+    rng = np.random.default_rng(seed)
+    acts = rng.integers(*np.add(_ranges(act_bits, act_signed), (0, 1)), size=(m, k))
+    weights = rng.integers(*np.add(_ranges(weight_bits, True), (0, 1)), size=(k, n))
+    np.save(tmp_path / "A.npy", acts)
+    np.save(tmp_path / "W.npy", weights)
+    return acts, weights
+
+
+def _gemm(tmp_path, *extra, act_bits=4, weight_bits=4, backend="golden"):
+    main(["gemm", "--backend", backend, "--acts", str(tmp_path / "A.npy"),
+          "--weights", str(tmp_path / "W.npy"), "--act-bits", str(act_bits),
+          "--weight-bits", str(weight_bits), "--out", str(tmp_path / "Y.npy"), *extra])
+    return np.load(tmp_path / "Y.npy")
+
+
+def _refused(tmp_path, capsys, *args, **kwargs):
+    with pytest.raises(SystemExit) as exit_info:
+        _gemm(tmp_path, *args, **kwargs)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_golden_backend_equals_numpy(tmp_path):
+    """The golden backend's Y equals numpy's exact int64 A @ W."""
+    acts, weights = _write_operands(tmp_path, 5, 37, 6, 4, True, 4)
+    np.testing.assert_array_equal(_gemm(tmp_path), acts @ weights)
+
+
+# Every activation width and signedness, each with a different weight width; shapes chosen
+# so K is not a multiple of lanes and N not a multiple of cols.
+RTL_WIDTHS = [(act_bits, act_signed, (act_bits + 3 * act_signed) % 7 + 2)
+              for act_bits in range(2, 9) for act_signed in (True, False)]
+
+
+@pytest.mark.parametrize("act_bits,act_signed,weight_bits", RTL_WIDTHS,
+                         ids=lambda value: str(value))
+def test_rtl_backend_equals_product(tmp_path, act_bits, act_signed, weight_bits):
+    """The RTL backend's Y equals numpy's exact A @ W for this width and signedness."""
+    acts, weights = _write_operands(tmp_path, 3, 23, 7, act_bits, act_signed, weight_bits,
+                                    seed=act_bits)
+    extra = ["--lanes", "4", "--cols", "3"] + ([] if act_signed else ["--unsigned-acts"])
+    result = _gemm(tmp_path, *extra, act_bits=act_bits, weight_bits=weight_bits,
+                   backend="rtl")
+    np.testing.assert_array_equal(result, acts @ weights)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act_signed", [True, False])
+@pytest.mark.parametrize("weight_bits", range(2, 9))
+@pytest.mark.parametrize("act_bits", range(2, 9))
+def test_rtl_backend_every_width_pair(tmp_path, act_bits, weight_bits, act_signed):
+    """Sweep: the RTL equals A @ W for every pair of widths and both signednesses."""
+    acts, weights = _write_operands(tmp_path, 2, 19, 5, act_bits, act_signed, weight_bits)
+    extra = ["--lanes", "4", "--cols", "2"] + ([] if act_signed else ["--unsigned-acts"])
+    result = _gemm(tmp_path, *extra, act_bits=act_bits, weight_bits=weight_bits,
+                   backend="rtl")
+    np.testing.assert_array_equal(result, acts @ weights)
+
+
+def test_rtl_backend_requantized(tmp_path):
+    """RTL requantization equals §3 evaluated here in Python integers."""
+    acts, weights = _write_operands(tmp_path, 4, 40, 5, 4, False, 4, seed=3)
+    multiplier = np.array([1 << 30, (1 << 31) - 1, 1, -(1 << 31), 1234567])
+    shift = np.array([36, 40, 0, 63, 20])
+    bias = np.array([-100, 0, 5, -(1 << 31), 77])
+    for name, values in (("M", multiplier), ("S", shift), ("B", bias)):
+        np.save(tmp_path / f"{name}.npy", values)
+    result = _gemm(tmp_path, "--lanes", "8", "--cols", "2", "--unsigned-acts",
+                   "--multiplier", str(tmp_path / "M.npy"), "--shift", str(tmp_path / "S.npy"),
+                   "--bias", str(tmp_path / "B.npy"), "--out-bits", "6", "--relu",
+                   backend="rtl")
+    acc = (acts @ weights).tolist()
+    expected = [[min(max(((a + int(bias[n])) * int(multiplier[n]) + ((1 << int(shift[n])) >> 1))
+                         >> int(shift[n]), 0), 31) for n, a in enumerate(row)] for row in acc]
+    np.testing.assert_array_equal(result, expected)
+
+
+def test_value_outside_width_names_its_position(tmp_path, capsys):
+    acts, _ = _write_operands(tmp_path, 3, 5, 2, 4, True, 4)
+    acts[2, 4] = 8
+    np.save(tmp_path / "A.npy", acts)
+    assert _refused(tmp_path, capsys) == \
+        "olmac: error: --acts[2, 4] = 8 is outside s4 (-8..7)"
+
+
+def test_unsigned_acts_refuse_negative_values(tmp_path, capsys):
+    _write_operands(tmp_path, 3, 5, 2, 4, True, 4, seed=1)
+    message = _refused(tmp_path, capsys, "--unsigned-acts")
+    assert message.startswith("olmac: error: --acts[") and message.endswith("outside u4 (0..15)")
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--act-bits", "9", "--act-bits must be an integer in 2..8, not 9"),
+    ("--weight-bits", "1", "--weight-bits must be an integer in 2..8, not 1"),
+])
+def test_bad_width_is_refused(tmp_path, capsys, option, value, message):
+    _write_operands(tmp_path, 2, 3, 2, 2, True, 2)
+    bits = {"act_bits": 4, "weight_bits": 4}
+    bits[option[2:].replace("-", "_")] = int(value)
+    assert _refused(tmp_path, capsys, **bits) == f"olmac: error: {message}"
+
+
+def test_bad_array_size_is_refused(tmp_path, capsys):
+    _write_operands(tmp_path, 2, 3, 2, 2, True, 2)
+    assert _refused(tmp_path, capsys, "--lanes", "65", backend="rtl") == \
+        "olmac: error: --lanes must be an integer in 1..64, not 65"
+
+
+def test_mismatched_shapes_are_refused(tmp_path, capsys):
+    np.save(tmp_path / "A.npy", np.zeros((2, 3), np.int64))
+    np.save(tmp_path / "W.npy", np.zeros((4, 2), np.int64))
+    assert _refused(tmp_path, capsys) == ("olmac: error: --acts is (2, 3) and --weights is "
+                                          "(4, 2): the K dimensions 3 and 4 differ")
+
+
+def test_float_input_is_refused(tmp_path, capsys):
+    np.save(tmp_path / "A.npy", np.zeros((2, 3)))
+    np.save(tmp_path / "W.npy", np.zeros((3, 2), np.int64))
+    assert _refused(tmp_path, capsys).endswith("must hold integers, not float64")
+
+
+def test_requant_parameter_out_of_range_is_refused(tmp_path, capsys):
+    _write_operands(tmp_path, 2, 3, 2, 4, True, 4)
+    message = _refused(tmp_path, capsys, "--multiplier", "5", "--shift", "64", "--out-bits", "8")
+    assert message == "olmac: error: --shift[0] = 64 is outside 0..63"
+
+
+def test_partial_requant_flags_are_refused(tmp_path, capsys):
+    _write_operands(tmp_path, 2, 3, 2, 4, True, 4)
+    assert _refused(tmp_path, capsys, "--multiplier", "5").endswith(
+        "requantization needs --multiplier, --shift and --out-bits together")
