@@ -1,4 +1,9 @@
-"""Fast tier: the hardware blocks on Amaranth's simulator against the golden model."""
+# amaranth: UnusedElaboratable=no
+"""Fast tier: the hardware blocks on Amaranth's simulator against the golden model.
+
+(The first line silences UnusedElaboratable: the validation tests build components that
+are never elaborated.)
+"""
 
 import numpy as np
 import pytest
@@ -155,3 +160,55 @@ def test_gemm_engine_requantized():
     expected = golden.requantize_round_half_up(acc, bias, multiplier, shift, out_bits=8,
                                                out_signed=False, relu=True)
     np.testing.assert_array_equal(result, expected.numpy())
+
+
+# -- parameter validation ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(lanes=0), TypeError, r"^Lane count must be an integer in 1\.\.64, not 0$"),
+    (dict(cols=65), TypeError, r"^Column count must be an integer in 1\.\.64, not 65$"),
+    (dict(act_bits=9), TypeError, r"^Activation width must be an integer in 2\.\.8, not 9$"),
+    (dict(act_bits=1), TypeError, r"^Activation width must be an integer in 2\.\.8, not 1$"),
+    (dict(weight_bits=9), TypeError, r"^Weight width must be an integer in 2\.\.8, not 9$"),
+    (dict(act_signed=1), TypeError, r"^Activation signedness must be a bool, not 1$"),
+    (dict(max_k=0), TypeError,
+     r"^Maximum reduction length max_k must be an integer in 1\.\.1099511627776, not 0$"),
+    (dict(acc_width=17), ValueError,
+     r"^Accumulator width 17 can overflow: 1024 products of signed\(4\) × signed\(4\) range "
+     r"over -57344\.\.65536, which needs at least 18 bits$"),
+    (dict(act_bits=8, weight_bits=8, max_k=1 << 30), ValueError,
+     r"^Maximum reduction length max_k=1073741824 needs a 46-bit accumulator; at most 44 "
+     r"bits are supported$"),
+])
+def test_mac_array_refuses_bad_parameters(kwargs, error, message):
+    params = dict(lanes=16, cols=4, act_bits=4, weight_bits=4, act_signed=True, max_k=1024)
+    params.update(kwargs)
+    with pytest.raises(error, match=message):
+        DenseMacArray(**params)
+
+
+def test_mac_array_derives_the_accumulator_width_of_the_spec():
+    """hw's own derivation of §2 agrees with golden's for every width, signedness and a
+    spread of reduction lengths (the two are independent readings of the spec)."""
+    for act_bits in range(2, 9):
+        for weight_bits in range(2, 9):
+            for act_signed in (True, False):
+                for max_k, lanes in ((1, 1), (7, 4), (1024, 16), (1 << 20, 8)):
+                    array = DenseMacArray(lanes=lanes, cols=1, act_bits=act_bits,
+                                          weight_bits=weight_bits, act_signed=act_signed,
+                                          max_k=max_k)
+                    assert array.acc_width == golden.accumulator_width(
+                        max_k, lanes, act_bits, act_signed, weight_bits)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(cols=0), r"^Column count must be an integer in 1\.\.64, not 0$"),
+    (dict(acc_width=45), r"^Accumulator width must be an integer in 1\.\.44, not 45$"),
+    (dict(out_bits=17), r"^Output width must be an integer in 2\.\.16, not 17$"),
+    (dict(out_signed=None), r"^Output signedness must be a bool, not None$"),
+])
+def test_requantizer_refuses_bad_parameters(kwargs, message):
+    params = dict(cols=4, acc_width=20, out_bits=8, out_signed=True)
+    params.update(kwargs)
+    with pytest.raises(TypeError, match=message):
+        Requantizer(**params)
