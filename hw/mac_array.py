@@ -21,6 +21,14 @@ class ActBeat(data.StructLayout):
         })
 
 
+def _signed_shape(low, high):
+    """The narrowest signed shape holding ``low..high``."""
+    width = 1
+    while not -(1 << (width - 1)) <= low <= high <= (1 << (width - 1)) - 1:
+        width += 1
+    return signed(width)
+
+
 def _shape_bounds(shape):
     shape = Shape.cast(shape)
     if shape.signed:
@@ -153,17 +161,18 @@ class DenseMacArray(wiring.Component):
     def _tree_levels(self):
         return (self._lanes - 1).bit_length()
 
-    def _accumulator_bounds(self):
+    def _product_bounds(self):
         act_low, act_high = _shape_bounds(self.act_shape)
         weight_low, weight_high = _shape_bounds(self.weight_shape)
         products = [a * w for a in (act_low, act_high) for w in (weight_low, weight_high)]
-        return self._padded_k * min(products), self._padded_k * max(products)
+        return min(products), max(products)
+
+    def _accumulator_bounds(self):
+        low, high = self._product_bounds()
+        return self._padded_k * low, self._padded_k * high
 
     def _required_acc_width(self):
-        low, high = self._accumulator_bounds()
-        return max(Shape.cast(range(low, high + 1)).width,
-                   # a range that never goes negative still needs the sign bit of signed()
-                   Shape.cast(range(0, high + 1)).width + 1)
+        return _signed_shape(*self._accumulator_bounds()).width
 
     def elaborate(self, platform):
         m = Module()
@@ -181,10 +190,12 @@ class DenseMacArray(wiring.Component):
         m.d.comb += results.claim.eq(accepted & self.act.payload.last)
 
         # Stage 0: input registers.
-        acts = Signal.like(self.act.payload.data)
-        weights = Signal.like(self.weights.payload)
+        # Datapath registers have no reset: only the valid bits need one, and a reset net
+        # to every product and partial sum would be the array's largest fanout.
+        acts = Signal.like(self.act.payload.data, reset_less=True)
+        weights = Signal.like(self.weights.payload, reset_less=True)
         valid = Signal()
-        last = Signal()
+        last = Signal(reset_less=True)
         m.d.sync += [
             acts.eq(self.act.payload.data),
             weights.eq(self.weights.payload),
@@ -192,15 +203,19 @@ class DenseMacArray(wiring.Component):
             last.eq(self.act.payload.last),
         ]
 
-        # Stage 1: products, then one register per adder-tree level.
+        # Stage 1: products, then one register per adder-tree level. Each register is only
+        # as wide as the sums it can hold (a 4×4 product fits 8 bits, not Amaranth's 9),
+        # which takes one adder bit off every level of the tree.
+        product_low, product_high = self._product_bounds()
+        sum_shape = lambda count: _signed_shape(count * product_low, count * product_high)
         level = []
         for col in range(self._cols):
             products = []
             for lane in range(self._lanes):
-                product = Signal(signed(self._act_bits + self._weight_bits + 1),
-                                 name=f"product_c{col}_l{lane}")
+                product = Signal(sum_shape(1), name=f"product_c{col}_l{lane}",
+                                 reset_less=True)
                 m.d.sync += product.eq(acts[lane] * weights[lane][col])
-                products.append(product)
+                products.append((product, 1))
             level.append(products)
         valid, last = self._delay(m, valid, last)
 
@@ -209,10 +224,11 @@ class DenseMacArray(wiring.Component):
             for col, terms in enumerate(level):
                 sums = []
                 for pair in range(0, len(terms), 2):
-                    width = max(Shape.cast(term.shape()).width for term in terms) + 1
-                    partial = Signal(signed(width), name=f"sum_c{col}_d{depth}_{pair // 2}")
-                    m.d.sync += partial.eq(sum(terms[pair:pair + 2]))
-                    sums.append(partial)
+                    count = sum(count for _, count in terms[pair:pair + 2])
+                    partial = Signal(sum_shape(count), name=f"sum_c{col}_d{depth}_{pair // 2}",
+                                     reset_less=True)
+                    m.d.sync += partial.eq(sum(term for term, _ in terms[pair:pair + 2]))
+                    sums.append((partial, count))
                 next_level.append(sums)
             level = next_level
             valid, last = self._delay(m, valid, last)
@@ -221,8 +237,8 @@ class DenseMacArray(wiring.Component):
         starting = Signal(init=1)
         with m.If(valid):
             m.d.sync += starting.eq(last)
-        for col, (column_sum,) in enumerate(level):
-            accumulator = Signal(signed(self._acc_width), name=f"acc_c{col}")
+        for col, ((column_sum, _),) in enumerate(level):
+            accumulator = Signal(signed(self._acc_width), name=f"acc_c{col}", reset_less=True)
             total = Mux(starting, 0, accumulator) + column_sum
             with m.If(valid):
                 m.d.sync += accumulator.eq(total)
@@ -231,7 +247,8 @@ class DenseMacArray(wiring.Component):
         return m
 
     @staticmethod
-    def _delay(m, *signals):
-        delayed = [Signal.like(signal, name=f"{signal.name}_d") for signal in signals]
-        m.d.sync += [out.eq(signal) for out, signal in zip(delayed, signals)]
-        return delayed
+    def _delay(m, valid, last):
+        valid_delayed, last_delayed = Signal(name="valid_d"), Signal(name="last_d",
+                                                                    reset_less=True)
+        m.d.sync += [valid_delayed.eq(valid), last_delayed.eq(last)]
+        return valid_delayed, last_delayed

@@ -109,8 +109,9 @@ class Requantizer(wiring.Component):
         else:
             low, high = 0, (1 << self._out_bits) - 1
 
-        accs = Signal.like(self.acc.payload)
-        params = Signal.like(self.params.payload)
+        # Only the valid bits are reset; the datapath registers need none.
+        accs = Signal.like(self.acc.payload, reset_less=True)
+        params = Signal.like(self.params.payload, reset_less=True)
         valid = [Signal(name=f"valid_{stage}") for stage in range(self.latency - 1)]
         m.d.sync += [
             accs.eq(self.acc.payload),
@@ -120,14 +121,17 @@ class Requantizer(wiring.Component):
         m.d.sync += [valid[stage + 1].eq(valid[stage]) for stage in range(len(valid) - 1)]
         relu = [params.relu]
         for _ in range(3):
-            relu.append(Signal.like(relu[-1], name="relu_d"))
+            relu.append(Signal.like(relu[-1], name="relu_d", reset_less=True))
             m.d.sync += relu[-1].eq(relu[-2])
 
         for col in range(self._cols):
             channel = params.channels[col]
-            biased = Signal(signed(max(self._acc_width, BIAS_BITS) + 1), name=f"biased_{col}")
-            multiplier = Signal.like(channel.multiplier, name=f"multiplier_{col}")
-            shift = [Signal.like(channel.shift, name=f"shift_{col}") for _ in range(2)]
+            biased = Signal(signed(max(self._acc_width, BIAS_BITS) + 1), name=f"biased_{col}",
+                            reset_less=True)
+            multiplier = Signal.like(channel.multiplier, name=f"multiplier_{col}",
+                                     reset_less=True)
+            shift = [Signal.like(channel.shift, name=f"shift_{col}", reset_less=True)
+                     for _ in range(2)]
             m.d.sync += [
                 biased.eq(accs[col] + channel.bias),
                 multiplier.eq(channel.multiplier),
@@ -135,11 +139,11 @@ class Requantizer(wiring.Component):
                 shift[1].eq(shift[0]),
             ]
             product = Signal(signed(biased.shape().width + MULTIPLIER_BITS),
-                             name=f"product_{col}")
+                             name=f"product_{col}", reset_less=True)
             m.d.sync += product.eq(biased * multiplier)
             # Arithmetic shift = floor division by 2^s; adding 2^(s-1) first rounds half up.
             rounding = (Const(1, product.shape().width + 1) << shift[1]) >> 1
-            shifted = Signal(product.shape(), name=f"shifted_{col}")
+            shifted = Signal(product.shape(), name=f"shifted_{col}", reset_less=True)
             m.d.sync += shifted.eq((product + rounding) >> shift[1])
             floor = Mux(relu[3], max(low, 0), low)
             clamped = Mux(shifted < floor, floor, Mux(shifted > high, high, shifted))

@@ -84,3 +84,20 @@ def test_engine_bit_exact_under_backpressure(config):
                       label="backpressure"), BUILD_ROOT, rebuild=True)
     assert job.stats["mismatches"] == 0
     assert len(job.results) == len(job.cases)
+
+
+def test_scoreboard_catches_a_faulty_lane(tmp_path):
+    """Fault injection: with one product inverted in the Verilog, the same job fails.
+    (The check above is only worth something if it can fail.)"""
+    config = EngineConfig(lanes=4, cols=2, act_bits=4, weight_bits=4, act_signed=True,
+                          max_k=16)
+    rng = np.random.default_rng(5)
+    case = GemmCase(rng.integers(-8, 8, (4, 16)), rng.integers(-8, 8, (16, 3)))
+
+    def invert_one_product(verilog):
+        assert "$signed(product_c0_l1)" in verilog
+        return verilog.replace("$signed(product_c0_l1)", "$signed(~product_c0_l1)", 1)
+
+    with pytest.raises(AssertionError, match=r"^faulty: \d+ mismatching vectors"):
+        run_job(Job(config, [case], pause_probability=0.3, label="faulty"), tmp_path,
+                transform=invert_one_product)
