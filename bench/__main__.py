@@ -13,7 +13,7 @@ import numpy as np
 
 import golden
 from fpga.synth import synthesize
-from hw import DenseMacArray
+from hw import MacArray
 from sim.job import EngineConfig, GemmCase, Job
 from sim.runner import run_job
 
@@ -62,7 +62,7 @@ def synthesis(lanes, cols):
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     macs = lanes * cols
     for bits in (2, 3, 4, 8):
-        make = lambda: DenseMacArray(lanes=lanes, cols=cols, act_bits=bits, weight_bits=bits,
+        make = lambda: MacArray(lanes=lanes, cols=cols, act_bits=bits, weight_bits=bits,
                                      act_signed=True, max_k=1024)
         started = time.perf_counter()
         plain = synthesize(make(), family="ice40", name="mac_array")

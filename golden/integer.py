@@ -2,8 +2,8 @@
 
 import torch
 
-from olmac.params import (ACT_BITS, WEIGHT_BITS, OUT_BITS, MULTIPLIER_BITS, BIAS_BITS,
-                          SHIFT_RANGE, check_int)
+from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUT_BITS, MULTIPLIER_BITS,
+                          BIAS_BITS, SHIFT_RANGE, check_int)
 from .formats import int_range, check_in_format
 
 __all__ = ["MAX_ACC_BITS", "accumulator_width", "gemm", "requantize_round_half_up"]
@@ -13,11 +13,12 @@ MAX_ACC_BITS = 44
 
 
 def accumulator_width(k: int, lanes: int, act_bits: int, act_signed: bool,
-                      weight_bits: int) -> int:
-    """Least signed width holding any sum of ``K'`` products (§2).
+                      weight_bits: int, *, act_outlier_bits: int | None = None,
+                      weight_outlier_bits: int | None = None) -> int:
+    """Least signed width holding any sum of ``K'`` products (§2, §6).
 
     ``K'`` is ``k`` rounded up to a multiple of ``lanes``; the products range over the
-    corners of the activation and weight ranges.
+    corners of the activation and weight ranges, or of the outlier ranges where given.
 
     >>> accumulator_width(1024, lanes=16, act_bits=4, act_signed=True, weight_bits=4)
     18
@@ -34,8 +35,9 @@ def accumulator_width(k: int, lanes: int, act_bits: int, act_signed: bool,
     check_int("Activation width", act_bits, ACT_BITS)
     check_int("Weight width", weight_bits, WEIGHT_BITS)
     padded_k = -(-k // lanes) * lanes
-    act_lo, act_hi = int_range(act_bits, act_signed)
-    weight_lo, weight_hi = int_range(weight_bits, signed=True)
+    act_lo, act_hi = int_range(_widest("Activation", act_bits, act_outlier_bits), act_signed)
+    weight_lo, weight_hi = int_range(_widest("Weight", weight_bits, weight_outlier_bits),
+                                     signed=True)
     corners = [a * w for a in (act_lo, act_hi) for w in (weight_lo, weight_hi)]
     acc_lo, acc_hi = padded_k * min(corners), padded_k * max(corners)
     width = 1
@@ -48,13 +50,26 @@ def accumulator_width(k: int, lanes: int, act_bits: int, act_signed: bool,
     return width
 
 
+def _widest(kind: str, bits: int, outlier_bits: int | None) -> int:
+    """The width values may use: the outlier width where there are outliers (§6)."""
+    if outlier_bits is None:
+        return bits
+    check_int(f"{kind} outlier width", outlier_bits, OUTLIER_BITS)
+    if outlier_bits <= bits:
+        raise ValueError(f"{kind} outlier width {outlier_bits} must exceed the "
+                         f"{kind.lower()} width {bits}")
+    return outlier_bits
+
+
 def gemm(acts: torch.Tensor, weights: torch.Tensor, *, act_bits: int, act_signed: bool,
-         weight_bits: int) -> torch.Tensor:
+         weight_bits: int, act_outlier_bits: int | None = None,
+         weight_outlier_bits: int | None = None) -> torch.Tensor:
     """Exact integer product ``acc = acts @ weights`` (§2), as int64.
 
     ``acts`` is ``M×K`` in ``s<act_bits>`` or ``u<act_bits>``; ``weights`` is ``K×N`` in
-    ``s<weight_bits>``. Every product and sum is exact: the accumulator bound of §2 is far
-    inside int64.
+    ``s<weight_bits>``. With an outlier width (§6) the tensors are the recombined
+    dense + sparse tensors, and their entries may use the whole outlier format. Every
+    product and sum is exact: the accumulator bound of §2 is far inside int64.
 
     >>> gemm(torch.tensor([[1, -2]]), torch.tensor([[3], [4]]), act_bits=4,
     ...      act_signed=True, weight_bits=4)
@@ -77,8 +92,10 @@ def gemm(acts: torch.Tensor, weights: torch.Tensor, *, act_bits: int, act_signed
                          f"the K dimensions {acts.shape[1]} and {weights.shape[0]} differ")
     if acts.shape[1] == 0:
         raise ValueError("The reduction length K must be at least 1, not 0")
-    check_in_format("acts", acts, act_bits, act_signed)
-    check_in_format("weights", weights, weight_bits, signed=True)
+    check_in_format("acts", acts, _widest("Activation", act_bits, act_outlier_bits),
+                    act_signed)
+    check_in_format("weights", weights, _widest("Weight", weight_bits, weight_outlier_bits),
+                    signed=True)
     return acts.to(torch.int64) @ weights.to(torch.int64)
 
 

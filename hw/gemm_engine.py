@@ -1,7 +1,7 @@
 from amaranth.hdl import *
 from amaranth.lib import wiring
 
-from .mac_array import DenseMacArray
+from .mac_array import MacArray
 from .requant import Requantizer
 
 __all__ = ["GemmEngine"]
@@ -14,8 +14,8 @@ class GemmEngine(wiring.Component):
 
     Parameters
     ----------
-    lanes, cols, act_bits, weight_bits, act_signed, max_k, acc_width
-        As for :class:`DenseMacArray`.
+    **array_params
+        As for :class:`MacArray`.
     out_bits : int or None
         Requantized output width (2..16), or ``None`` to output the accumulators.
     out_signed : bool
@@ -24,7 +24,7 @@ class GemmEngine(wiring.Component):
     Raises
     ------
     TypeError, ValueError
-        As :class:`DenseMacArray` and :class:`Requantizer` raise them.
+        As :class:`MacArray` and :class:`Requantizer` raise them.
 
     Members
     -------
@@ -36,18 +36,16 @@ class GemmEngine(wiring.Component):
         Accumulator vectors, or requantized vectors with ``out_bits``.
     """
 
-    def __init__(self, *, lanes, cols, act_bits, weight_bits, act_signed=True, max_k,
-                 acc_width=None, out_bits=None, out_signed=True):
-        self._array = DenseMacArray(lanes=lanes, cols=cols, act_bits=act_bits,
-                                    weight_bits=weight_bits, act_signed=act_signed,
-                                    max_k=max_k, acc_width=acc_width)
+    def __init__(self, *, out_bits=None, out_signed=True, **array_params):
+        self._array = MacArray(**array_params)
         self._requantizer = None
         array_members = self._array.signature.members
         members = {"act": array_members["act"], "weights": array_members["weights"]}
         if out_bits is None:
             members["out"] = array_members["acc"]
         else:
-            self._requantizer = Requantizer(cols=cols, acc_width=self._array.acc_width,
+            self._requantizer = Requantizer(cols=self._array.cols,
+                                            acc_width=self._array.acc_width,
                                             out_bits=out_bits, out_signed=out_signed)
             members["params"] = self._requantizer.signature.members["params"]
             members["out"] = self._requantizer.signature.members["out"]
@@ -55,7 +53,7 @@ class GemmEngine(wiring.Component):
 
     @property
     def array(self):
-        """The :class:`DenseMacArray`."""
+        """The :class:`MacArray`."""
         return self._array
 
     @property

@@ -2,23 +2,56 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import ACT_BITS, WEIGHT_BITS, check_int
+from olmac.params import ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES, check_int
 from .result_buffer import ResultBuffer
 
-__all__ = ["ActBeat", "DenseMacArray", "MAX_ACC_WIDTH"]
+__all__ = ["ActOutlier", "WeightOutlier", "ActBeat", "WeightBeat", "MacArray", "MAX_ACC_WIDTH"]
 
 #: Widest accumulator the semantics admits (docs/semantics.md §2).
 MAX_ACC_WIDTH = 44
 
 
-class ActBeat(data.StructLayout):
-    """One activation vector of ``lanes`` elements; ``last`` ends a reduction (§4)."""
+def _index_shape(count):
+    return unsigned(max(1, (count - 1).bit_length()))
 
-    def __init__(self, act_shape, lanes):
-        super().__init__({
-            "data": data.ArrayLayout(act_shape, lanes),
-            "last": unsigned(1),
-        })
+
+class ActOutlier(data.StructLayout):
+    """One activation outlier of a beat (§6): ``value`` belongs at lane ``lane``."""
+
+    def __init__(self, value_shape, lanes):
+        super().__init__({"valid": unsigned(1), "lane": _index_shape(lanes),
+                          "value": value_shape})
+
+
+class WeightOutlier(data.StructLayout):
+    """One weight outlier of a tile (§6): ``value`` belongs at ``[lane][col]``."""
+
+    def __init__(self, value_shape, lanes, cols):
+        super().__init__({"valid": unsigned(1), "lane": _index_shape(lanes),
+                          "col": _index_shape(cols), "value": value_shape})
+
+
+class ActBeat(data.StructLayout):
+    """One activation vector of ``lanes`` dense elements; ``last`` ends a reduction (§4);
+    with outlier slots, up to ``slots`` activation outliers (§6)."""
+
+    def __init__(self, act_shape, lanes, outlier_shape=None, slots=0):
+        fields = {"data": data.ArrayLayout(act_shape, lanes), "last": unsigned(1)}
+        if slots:
+            fields["outliers"] = data.ArrayLayout(ActOutlier(outlier_shape, lanes), slots)
+        super().__init__(fields)
+
+
+class WeightBeat(data.StructLayout):
+    """One dense weight tile indexed ``[lane][col]``; with outlier slots, up to ``slots``
+    weight outliers (§6)."""
+
+    def __init__(self, weight_shape, lanes, cols, outlier_shape=None, slots=0):
+        fields = {"tile": data.ArrayLayout(data.ArrayLayout(weight_shape, cols), lanes)}
+        if slots:
+            fields["outliers"] = data.ArrayLayout(WeightOutlier(outlier_shape, lanes, cols),
+                                                  slots)
+        super().__init__(fields)
 
 
 def _signed_shape(low, high):
@@ -36,14 +69,31 @@ def _shape_bounds(shape):
     return 0, (1 << shape.width) - 1
 
 
-class DenseMacArray(wiring.Component):
-    """Dense low-bit multiply-accumulate array, output-stationary (docs/semantics.md §2, §4).
+def _product_bounds(a_shape, b_shape):
+    (a_low, a_high), (b_low, b_high) = _shape_bounds(a_shape), _shape_bounds(b_shape)
+    products = [a * b for a in (a_low, a_high) for b in (b_low, b_high)]
+    return min(products), max(products)
+
+
+class MacArray(wiring.Component):
+    """Low-bit multiply-accumulate array with optional outlier lanes, output-stationary
+    (docs/semantics.md §2, §4, §6).
 
     Each beat multiplies one activation vector (``lanes`` elements along K) by one weight
     tile (``lanes × cols``) and adds the ``cols`` column sums to the accumulators. The beat
     whose activation has ``last`` set closes the reduction: the accumulators leave through
     ``acc`` and restart with the next beat, so reductions follow each other with no idle
     cycle and the array takes one beat per cycle in steady state.
+
+    **Outlier lanes** (§6). A beat may also carry sparse activation outliers (16-bit
+    values at given lanes, whose dense slots are zero) and weight outliers (8- or 16-bit
+    values at given ``[lane][col]``). Each of the ``act_outlier_lanes`` multiplies one
+    activation outlier by its lane's dense weight row (all columns); each of the
+    ``weight_outlier_lanes`` multiplies one weight outlier by the full activation at its
+    lane (dense or outlier, so the product of two outliers is counted exactly once). Their
+    sums join the column sums before the accumulators. A beat whose outliers outnumber the
+    lanes is held for extra cycles, one per further group of slots, with ``ready`` low:
+    every outlier is counted once, none is dropped.
 
     The datapath is a stall-free pipeline: input registers, registered products, one
     register per adder-tree level (which also keeps yosys from folding the whole sum of
@@ -66,6 +116,14 @@ class DenseMacArray(wiring.Component):
         Longest reduction (K) the accumulators must hold exactly.
     acc_width : int or None
         Accumulator width; by default the least width of §2.
+    act_outlier_lanes, weight_outlier_lanes : int
+        Outlier multipliers of each kind, 0..16 (0: no such outliers).
+    act_outlier_bits : int
+        Width of activation outliers (same signedness as the activations), act_bits+1..16.
+    weight_outlier_bits : int
+        Width of the signed weight outliers, weight_bits+1..16.
+    act_outlier_slots, weight_outlier_slots : int or None
+        Outliers one beat can carry, 1..1024; by default ``lanes``.
 
     Raises
     ------
@@ -73,20 +131,22 @@ class DenseMacArray(wiring.Component):
         If a parameter is of the wrong type or outside its range.
     ValueError
         If ``acc_width`` is narrower than §2 requires for ``max_k``, or ``max_k`` needs more
-        than 44 bits.
+        than 44 bits, or an outlier width is not wider than its dense width.
 
     Members
     -------
-    act : In(stream.Signature(ActBeat(act_shape, lanes)))
-        Activation vectors with the ``last`` flag.
-    weights : In(stream.Signature(ArrayLayout(ArrayLayout(signed(weight_bits), cols), lanes)))
-        Weight tiles, indexed ``[lane][col]``; one per activation vector.
+    act : In(stream.Signature(ActBeat(...)))
+        Activation vectors with the ``last`` flag (and activation outliers).
+    weights : In(stream.Signature(WeightBeat(...)))
+        Weight tiles (and weight outliers); one per activation vector.
     acc : Out(stream.Signature(ArrayLayout(signed(acc_width), cols)))
         One vector of column sums per reduction.
     """
 
     def __init__(self, *, lanes, cols, act_bits, weight_bits, act_signed=True, max_k,
-                 acc_width=None):
+                 acc_width=None, act_outlier_lanes=0, weight_outlier_lanes=0,
+                 act_outlier_bits=16, weight_outlier_bits=16, act_outlier_slots=None,
+                 weight_outlier_slots=None):
         self._lanes = check_int("Lane count", lanes, (1, 64))
         self._cols = check_int("Column count", cols, (1, 64))
         self._act_bits = check_int("Activation width", act_bits, ACT_BITS)
@@ -95,6 +155,29 @@ class DenseMacArray(wiring.Component):
             raise TypeError(f"Activation signedness must be a bool, not {act_signed!r}")
         self._act_signed = act_signed
         self._max_k = check_int("Maximum reduction length max_k", max_k, (1, 1 << 40))
+        self._act_outlier_lanes = check_int("Activation outlier lane count",
+                                            act_outlier_lanes, OUTLIER_LANES)
+        self._weight_outlier_lanes = check_int("Weight outlier lane count",
+                                               weight_outlier_lanes, OUTLIER_LANES)
+        self._act_outlier_bits = check_int("Activation outlier width", act_outlier_bits,
+                                           OUTLIER_BITS)
+        self._weight_outlier_bits = check_int("Weight outlier width", weight_outlier_bits,
+                                              OUTLIER_BITS)
+        if self._act_outlier_lanes and act_outlier_bits <= act_bits:
+            raise ValueError(f"Activation outlier width {act_outlier_bits} must exceed the "
+                             f"activation width {act_bits}")
+        if self._weight_outlier_lanes and weight_outlier_bits <= weight_bits:
+            raise ValueError(f"Weight outlier width {weight_outlier_bits} must exceed the "
+                             f"weight width {weight_bits}")
+        self._act_slots = self._weight_slots = 0
+        if self._act_outlier_lanes:
+            self._act_slots = check_int("Activation outlier slot count",
+                                        lanes if act_outlier_slots is None else
+                                        act_outlier_slots, (1, 1024))
+        if self._weight_outlier_lanes:
+            self._weight_slots = check_int("Weight outlier slot count",
+                                           lanes if weight_outlier_slots is None else
+                                           weight_outlier_slots, (1, 1024))
 
         required = self._required_acc_width()
         if required > MAX_ACC_WIDTH:
@@ -105,16 +188,19 @@ class DenseMacArray(wiring.Component):
         check_int("Accumulator width", acc_width, (1, MAX_ACC_WIDTH))
         if acc_width < required:
             low, high = self._accumulator_bounds()
+            act_shape, weight_shape = self._widest_operand_shapes()
             raise ValueError(
                 f"Accumulator width {acc_width} can overflow: {self._padded_k} products of "
-                f"{self.act_shape} × {self.weight_shape} range over {low}..{high}, which needs "
+                f"{act_shape} × {weight_shape} range over {low}..{high}, which needs "
                 f"at least {required} bits")
         self._acc_width = acc_width
 
         super().__init__({
-            "act": In(stream.Signature(ActBeat(self.act_shape, lanes))),
-            "weights": In(stream.Signature(
-                data.ArrayLayout(data.ArrayLayout(self.weight_shape, cols), lanes))),
+            "act": In(stream.Signature(ActBeat(self.act_shape, lanes, self.act_outlier_shape,
+                                               self._act_slots))),
+            "weights": In(stream.Signature(WeightBeat(self.weight_shape, lanes, cols,
+                                                      self.weight_outlier_shape,
+                                                      self._weight_slots))),
             "acc": Out(stream.Signature(data.ArrayLayout(signed(acc_width), cols))),
         })
 
@@ -130,13 +216,44 @@ class DenseMacArray(wiring.Component):
 
     @property
     def act_shape(self):
-        """Shape of one activation."""
+        """Shape of one dense activation."""
         return signed(self._act_bits) if self._act_signed else unsigned(self._act_bits)
 
     @property
     def weight_shape(self):
-        """Shape of one weight."""
+        """Shape of one dense weight."""
         return signed(self._weight_bits)
+
+    @property
+    def act_outlier_shape(self):
+        """Shape of one activation outlier (signedness of the activations)."""
+        bits = self._act_outlier_bits
+        return signed(bits) if self._act_signed else unsigned(bits)
+
+    @property
+    def weight_outlier_shape(self):
+        """Shape of one weight outlier."""
+        return signed(self._weight_outlier_bits)
+
+    @property
+    def act_outlier_lanes(self):
+        """Activation-outlier multipliers."""
+        return self._act_outlier_lanes
+
+    @property
+    def weight_outlier_lanes(self):
+        """Weight-outlier multipliers."""
+        return self._weight_outlier_lanes
+
+    @property
+    def act_outlier_slots(self):
+        """Activation outliers one beat carries (0 without activation-outlier lanes)."""
+        return self._act_slots
+
+    @property
+    def weight_outlier_slots(self):
+        """Weight outliers one beat carries (0 without weight-outlier lanes)."""
+        return self._weight_slots
 
     @property
     def max_k(self):
@@ -151,24 +268,43 @@ class DenseMacArray(wiring.Component):
     @property
     def latency(self):
         """Cycles from a ``last`` beat's transfer to its result entering the output queue."""
-        return 3 + self._tree_levels
+        return 3 + self._dense_depth
 
     @property
-    def _padded_k(self):
-        return -(-self._max_k // self._lanes) * self._lanes
+    def _has_outliers(self):
+        return bool(self._act_outlier_lanes or self._weight_outlier_lanes)
 
     @property
     def _tree_levels(self):
         return (self._lanes - 1).bit_length()
 
-    def _product_bounds(self):
-        act_low, act_high = _shape_bounds(self.act_shape)
-        weight_low, weight_high = _shape_bounds(self.weight_shape)
-        products = [a * w for a in (act_low, act_high) for w in (weight_low, weight_high)]
-        return min(products), max(products)
+    @property
+    def _dense_depth(self):
+        # The outlier sums take two stages (products, per-column sum); a tree shallower
+        # than that waits for them.
+        return max(self._tree_levels, 1 if self._has_outliers else 0)
+
+    @property
+    def _groups(self):
+        """Sub-beats needed for a beat whose every outlier slot is used."""
+        groups = [1]
+        if self._act_slots:
+            groups.append(-(-self._act_slots // self._act_outlier_lanes))
+        if self._weight_slots:
+            groups.append(-(-self._weight_slots // self._weight_outlier_lanes))
+        return max(groups)
+
+    @property
+    def _padded_k(self):
+        return -(-self._max_k // self._lanes) * self._lanes
+
+    def _widest_operand_shapes(self):
+        act = self.act_outlier_shape if self._act_outlier_lanes else self.act_shape
+        weight = self.weight_outlier_shape if self._weight_outlier_lanes else self.weight_shape
+        return act, weight
 
     def _accumulator_bounds(self):
-        low, high = self._product_bounds()
+        low, high = _product_bounds(*self._widest_operand_shapes())
         return self._padded_k * low, self._padded_k * high
 
     def _required_acc_width(self):
@@ -180,33 +316,52 @@ class DenseMacArray(wiring.Component):
             data.ArrayLayout(signed(self._acc_width), self._cols), depth=self.latency + 4)
         wiring.connect(m, wiring.flipped(self.acc), results.r)
 
-        # Join the two input streams; a `last` beat also needs a result credit.
+        # Stage 0: hold each beat for as many sub-beats as its outliers need. Sub-beat g
+        # issues outlier slots [g·L, (g+1)·L) of each kind; the dense vector goes with g = 0.
+        held = Signal()
+        sub = Signal(range(self._groups))
+        final_sub = Signal(range(self._groups), reset_less=True)
+        at_final = sub == final_sub
+        can_take = ~held | at_final
         credit_ok = ~self.act.payload.last | results.can_claim
         m.d.comb += [
-            self.act.ready.eq(self.weights.valid & credit_ok),
-            self.weights.ready.eq(self.act.valid & credit_ok),
+            self.act.ready.eq(self.weights.valid & credit_ok & can_take),
+            self.weights.ready.eq(self.act.valid & credit_ok & can_take),
         ]
         accepted = self.act.valid & self.act.ready
         m.d.comb += results.claim.eq(accepted & self.act.payload.last)
 
-        # Stage 0: input registers.
         # Datapath registers have no reset: only the valid bits need one, and a reset net
         # to every product and partial sum would be the array's largest fanout.
         acts = Signal.like(self.act.payload.data, reset_less=True)
-        weights = Signal.like(self.weights.payload, reset_less=True)
-        valid = Signal()
+        tile = Signal.like(self.weights.payload.tile, reset_less=True)
         last = Signal(reset_less=True)
-        m.d.sync += [
-            acts.eq(self.act.payload.data),
-            weights.eq(self.weights.payload),
-            valid.eq(accepted),
-            last.eq(self.act.payload.last),
-        ]
+        loads = [acts.eq(self.act.payload.data), tile.eq(self.weights.payload.tile),
+                 last.eq(self.act.payload.last)]
+        if not self._has_outliers:
+            m.d.sync += loads
+            m.d.sync += held.eq(accepted)
+        else:
+            act_slots = self._register_slots(m, self.act, "act")
+            weight_slots = self._register_slots(m, self.weights, "weight")
+            full_acts = Signal.like(self.act.payload.data, reset_less=True)
+            with m.If(accepted):
+                m.d.sync += loads
+                m.d.sync += [full_acts.eq(self.act.payload.data), held.eq(1), sub.eq(0),
+                             final_sub.eq(self._final_group(self.act.payload,
+                                                            self.weights.payload))]
+            with m.Elif(held):
+                # the dense vector went with sub-beat 0; later sub-beats add outliers only
+                m.d.sync += acts.eq(0)
+                with m.If(at_final):
+                    m.d.sync += held.eq(0)
+                with m.Else():
+                    m.d.sync += sub.eq(sub + 1)
 
         # Stage 1: products, then one register per adder-tree level. Each register is only
-        # as wide as the sums it can hold (a 4×4 product fits 8 bits, not Amaranth's 9),
-        # which takes one adder bit off every level of the tree.
-        product_low, product_high = self._product_bounds()
+        # as wide as the sums it can hold (a 4×4 product fits 8 bits, not Amaranth's 9).
+        valid, last = self._delay(m, held, last & at_final)
+        product_low, product_high = _product_bounds(self.act_shape, self.weight_shape)
         sum_shape = lambda count: _signed_shape(count * product_low, count * product_high)
         level = []
         for col in range(self._cols):
@@ -214,12 +369,13 @@ class DenseMacArray(wiring.Component):
             for lane in range(self._lanes):
                 product = Signal(sum_shape(1), name=f"product_c{col}_l{lane}",
                                  reset_less=True)
-                m.d.sync += product.eq(acts[lane] * weights[lane][col])
+                m.d.sync += product.eq(acts[lane] * tile[lane][col])
                 products.append((product, 1))
             level.append(products)
-        valid, last = self._delay(m, valid, last)
+        if self._has_outliers:
+            outlier_sums = self._outlier_sums(m, sub, act_slots, weight_slots, full_acts, tile)
 
-        for depth in range(self._tree_levels):
+        for depth in range(self._dense_depth):
             next_level = []
             for col, terms in enumerate(level):
                 sums = []
@@ -232,6 +388,8 @@ class DenseMacArray(wiring.Component):
                 next_level.append(sums)
             level = next_level
             valid, last = self._delay(m, valid, last)
+            if self._has_outliers and depth > 0:
+                outlier_sums = self._delay_values(m, outlier_sums)
 
         # Accumulate; the beat after `last` starts afresh.
         starting = Signal(init=1)
@@ -240,11 +398,92 @@ class DenseMacArray(wiring.Component):
         for col, ((column_sum, _),) in enumerate(level):
             accumulator = Signal(signed(self._acc_width), name=f"acc_c{col}", reset_less=True)
             total = Mux(starting, 0, accumulator) + column_sum
+            if self._has_outliers:
+                total = total + outlier_sums[col]
             with m.If(valid):
                 m.d.sync += accumulator.eq(total)
             m.d.sync += results.w.payload[col].eq(total)
         m.d.sync += results.w.valid.eq(valid & last)
         return m
+
+    def _register_slots(self, m, port, kind):
+        if "outliers" not in port.payload.shape().members:
+            return None
+        slots = Signal.like(port.payload.outliers, name=f"{kind}_slots", reset_less=True)
+        with m.If(port.valid & port.ready):
+            m.d.sync += slots.eq(port.payload.outliers)
+        return slots
+
+    def _final_group(self, act_payload, weight_payload):
+        """Index of the last group of slots holding a valid outlier (0 if none)."""
+        final = Const(0, range(self._groups))
+        for group in range(1, self._groups):
+            used = Const(0)
+            for slots, lanes in ((getattr(act_payload, "outliers", None),
+                                  self._act_outlier_lanes),
+                                 (getattr(weight_payload, "outliers", None),
+                                  self._weight_outlier_lanes)):
+                if slots is not None:
+                    for index in range(group * lanes,
+                                       min((group + 1) * lanes, slots.shape().length)):
+                        used = used | slots[index].valid
+            final = Mux(used, group, final)
+        return final
+
+    def _issued_slots(self, m, sub, slots, lanes, kind):
+        """The slots sub-beat ``sub`` hands to the ``lanes`` outlier multipliers."""
+        issued = []
+        for lane in range(lanes):
+            slot = Signal(slots.shape().elem_shape, name=f"{kind}_issue_{lane}")
+            with m.Switch(sub):
+                for group in range(self._groups):
+                    if group * lanes + lane < slots.shape().length:
+                        with m.Case(group):
+                            m.d.comb += slot.eq(slots[group * lanes + lane])
+            issued.append(slot)
+        return issued
+
+    def _outlier_sums(self, m, sub, act_slots, weight_slots, full_acts, tile):
+        """Stages 1–2: outlier products, then their sum per column (registered)."""
+        terms = [[] for _ in range(self._cols)]
+        if act_slots is not None:
+            low, high = _product_bounds(self.act_outlier_shape, self.weight_shape)
+            for index, slot in enumerate(self._issued_slots(
+                    m, sub, act_slots, self._act_outlier_lanes, "act_outlier")):
+                row = tile[slot.lane]
+                for col in range(self._cols):
+                    product = Signal(_signed_shape(low, high), reset_less=True,
+                                     name=f"act_outlier_product_{index}_c{col}")
+                    m.d.sync += product.eq(Mux(slot.valid, slot.value * row[col], 0))
+                    terms[col].append(product)
+        if weight_slots is not None:
+            act_shape = self.act_outlier_shape if act_slots is not None else self.act_shape
+            low, high = _product_bounds(act_shape, self.weight_outlier_shape)
+            for index, slot in enumerate(self._issued_slots(
+                    m, sub, weight_slots, self._weight_outlier_lanes, "weight_outlier")):
+                # The full activation at the outlier's lane: an activation outlier there
+                # replaces the (zero) dense slot, so outlier × outlier is counted here once.
+                act = Signal(act_shape, name=f"weight_outlier_act_{index}")
+                m.d.comb += act.eq(full_acts[slot.lane])
+                if act_slots is not None:
+                    for act_slot in act_slots:
+                        with m.If(act_slot.valid & (act_slot.lane == slot.lane)):
+                            m.d.comb += act.eq(act_slot.value)
+                product = Signal(_signed_shape(low, high), reset_less=True,
+                                 name=f"weight_outlier_product_{index}")
+                col = Signal.like(slot.col, name=f"weight_outlier_col_{index}",
+                                  reset_less=True)
+                m.d.sync += [product.eq(Mux(slot.valid, slot.value * act, 0)),
+                             col.eq(slot.col)]
+                for target in range(self._cols):
+                    terms[target].append(Mux(col == target, product, 0))
+        sums = []
+        for col, column_terms in enumerate(terms):
+            total = Signal(signed(self._acc_width), name=f"outlier_sum_c{col}",
+                           reset_less=True)
+            m.d.sync += total.eq(sum(column_terms))
+            sums.append(total)
+        return sums
 
     @staticmethod
     def _delay(m, valid, last):
@@ -252,3 +491,10 @@ class DenseMacArray(wiring.Component):
                                                                     reset_less=True)
         m.d.sync += [valid_delayed.eq(valid), last_delayed.eq(last)]
         return valid_delayed, last_delayed
+
+    @staticmethod
+    def _delay_values(m, values):
+        delayed = [Signal.like(value, name=f"{value.name}_d", reset_less=True)
+                   for value in values]
+        m.d.sync += [out.eq(value) for out, value in zip(delayed, values)]
+        return delayed

@@ -5,7 +5,7 @@ independent readings of the written spec.
 """
 
 __all__ = [
-    "ACT_BITS", "WEIGHT_BITS", "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE",
+    "ACT_BITS", "WEIGHT_BITS", "OUTLIER_BITS", "OUTLIER_LANES", "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE",
     "check_int",
 ]
 
@@ -13,6 +13,10 @@ __all__ = [
 ACT_BITS = (2, 8)
 #: Allowed weight widths (§1), inclusive. Weights are always signed.
 WEIGHT_BITS = (2, 8)
+#: Allowed widths of activation and weight outliers (§6), inclusive.
+OUTLIER_BITS = (3, 16)
+#: Allowed numbers of outlier multipliers of each kind (§6), inclusive.
+OUTLIER_LANES = (0, 16)
 #: Allowed requantized output widths (§1), inclusive.
 OUT_BITS = (2, 16)
 #: Width of the signed per-channel requantization multiplier and bias (§3).

@@ -21,17 +21,21 @@ from cocotb.triggers import ClockCycles, RisingEdge
 
 import golden
 from hw import GemmEngine
-from hw.requant import RequantParams
-from .codec import LayoutCodec
 from .job import JOB_ENV, Job
+from .payloads import output_codec, stream_payloads
 from .streams import StreamDriver, StreamMonitor
-from .tiling import assemble_output, gemm_beats, output_vectors
+from .tiling import assemble_output, output_vectors
 
 
 def _golden_result(config, case):
-    acc = golden.gemm(torch.from_numpy(case.acts), torch.from_numpy(case.weights),
-                      act_bits=config.act_bits, act_signed=config.act_signed,
-                      weight_bits=config.weight_bits)
+    """§2/§3 on the recombined tensors (§6: the reference of a layer with outliers is the
+    exact GEMM of dense + sparse)."""
+    acc = golden.gemm(
+        torch.from_numpy(case.acts), torch.from_numpy(case.weights),
+        act_bits=config.act_bits, act_signed=config.act_signed,
+        weight_bits=config.weight_bits,
+        act_outlier_bits=config.act_outlier_bits if config.act_outlier_lanes else None,
+        weight_outlier_bits=config.weight_outlier_bits if config.weight_outlier_lanes else None)
     if config.out_bits is None:
         return acc.numpy()
     return golden.requantize_round_half_up(
@@ -40,50 +44,30 @@ def _golden_result(config, case):
         relu=case.relu).numpy()
 
 
-def _param_leaves(case, cols):
-    """One parameter beat per output vector (§4 order): per column bias, multiplier,
-    shift (zero past N), then the ReLU flag."""
-    m, n = case.acts.shape[0], case.weights.shape[1]
-    per_channel = np.stack([case.bias, case.multiplier, case.shift], axis=1)
-    padded = np.zeros((-(-n // cols) * cols, 3), dtype=np.int64)
-    padded[:n] = per_channel
-    tiles = np.tile(padded.reshape(-1, cols * 3), (m, 1))
-    return np.concatenate([tiles, np.full((len(tiles), 1), int(case.relu))], axis=1)
-
-
 class GemmTestbench:
     """Streams every case of a job through the DUT and checks each output vector."""
 
     def __init__(self, dut, job: Job):
         self.dut = dut
         self.job = job
-        config = job.config
-        engine = GemmEngine(**vars(config))
-        self._codecs = {name: LayoutCodec(getattr(engine, name).payload.shape())
-                        for name in ("act", "weights", "out")}
-        if config.out_bits is not None:
-            self._codecs["params"] = LayoutCodec(RequantParams(config.cols))
+        self._engine = GemmEngine(**vars(job.config))
+        self._out_codec = output_codec(self._engine)
         self._received = []
         self._expected = []
         self.mismatches = []
 
     def _beats(self):
-        config = self.job.config
-        streams = {"act": [], "weights": [], "params": []}
+        streams = {}
         for case in self.job.cases:
-            beats = gemm_beats(case.acts, case.weights, config.lanes, config.cols)
-            streams["act"] += self._codecs["act"].pack(
-                np.concatenate([beats.acts, beats.last[:, None]], axis=1))
-            streams["weights"] += self._codecs["weights"].pack(
-                beats.weights.reshape(len(beats.last), -1))
-            if config.out_bits is not None:
-                streams["params"] += self._codecs["params"].pack(_param_leaves(case, config.cols))
+            for name, payloads in stream_payloads(self._engine, case).items():
+                streams.setdefault(name, []).extend(payloads)
             if self.job.check:
-                self._expected += list(output_vectors(_golden_result(config, case), config.cols))
-        return {name: payloads for name, payloads in streams.items() if payloads}
+                self._expected += list(output_vectors(_golden_result(self.job.config, case),
+                                                      self.job.config.cols))
+        return streams
 
     def _scoreboard(self, payload):
-        vector = self._codecs["out"].unpack([payload])[0]
+        vector = self._out_codec.unpack([payload])[0]
         index = len(self._received)
         self._received.append(vector)
         if self.job.check and not np.array_equal(vector, self._expected[index]):

@@ -27,6 +27,12 @@ class EngineConfig:
     max_k: int
     out_bits: int | None = None
     out_signed: bool = True
+    act_outlier_lanes: int = 0
+    weight_outlier_lanes: int = 0
+    act_outlier_bits: int = 16
+    weight_outlier_bits: int = 16
+    act_outlier_slots: int | None = None
+    weight_outlier_slots: int | None = None
 
     @property
     def name(self):
@@ -34,7 +40,14 @@ class EngineConfig:
         act = f"{'s' if self.act_signed else 'u'}{self.act_bits}"
         out = "acc" if self.out_bits is None else \
             f"{'s' if self.out_signed else 'u'}{self.out_bits}"
-        return (f"l{self.lanes}c{self.cols}_a{act}_w{self.weight_bits}_k{self.max_k}_{out}")
+        name = f"l{self.lanes}c{self.cols}_a{act}_w{self.weight_bits}_k{self.max_k}_{out}"
+        if self.act_outlier_lanes:
+            name += (f"_ao{self.act_outlier_lanes}b{self.act_outlier_bits}"
+                     f"s{self.act_outlier_slots or self.lanes}")
+        if self.weight_outlier_lanes:
+            name += (f"_wo{self.weight_outlier_lanes}b{self.weight_outlier_bits}"
+                     f"s{self.weight_outlier_slots or self.lanes}")
+        return name
 
 
 @dataclass

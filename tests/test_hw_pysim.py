@@ -12,11 +12,13 @@ from amaranth.sim import Simulator
 from amaranth.lib import data
 
 import golden
-from hw import DenseMacArray, GemmEngine, Requantizer
+from hw import GemmEngine, MacArray, Requantizer
 from hw.requant import RequantParams
 from sim.codec import LayoutCodec
+from sim.job import GemmCase
+from sim.payloads import output_codec, stream_payloads
 from sim.pysim import StreamSink, StreamSource
-from sim.tiling import assemble_output, gemm_beats, output_vectors
+from sim.tiling import assemble_output
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -29,32 +31,22 @@ def _random_operands(rng, m, k, n, act_bits, act_signed, weight_bits):
     return acts, weights
 
 
-def _run_gemm(engine, acts, weights, *, pause=0.0, requant_beats=None, seed=0):
-    array = engine.array
-    beats = gemm_beats(acts, weights, array.lanes, array.cols)
-    act_codec = LayoutCodec(engine.act.payload.shape())
-    weight_codec = LayoutCodec(engine.weights.payload.shape())
-    out_codec = LayoutCodec(engine.out.payload.shape())
-    vector_count = int(beats.last.sum())
-
+def _run_gemm(engine, case, *, pause=0.0, seed=0):
+    """Stream ``case`` through ``engine``; returns (M×N result, cycles, beats)."""
+    payloads = stream_payloads(engine, case)
+    m, n = case.acts.shape[0], case.weights.shape[1]
+    vector_count = m * -(-n // engine.array.cols)
     sim = Simulator(engine)
     sim.add_clock(1e-6)
-    sources = [
-        StreamSource(engine.act, act_codec.pack(np.concatenate(
-            [beats.acts, beats.last[:, None]], axis=1)), pause_probability=pause, seed=seed),
-        StreamSource(engine.weights, weight_codec.pack(beats.weights.reshape(len(beats.last), -1)),
-                     pause_probability=pause, seed=seed + 1),
-    ]
-    if requant_beats is not None:
-        sources.append(StreamSource(engine.params, requant_beats, pause_probability=pause,
-                                    seed=seed + 2))
+    for index, name in enumerate(payloads):
+        sim.add_testbench(StreamSource(getattr(engine, name), payloads[name],
+                                       pause_probability=pause, seed=seed + index).run,
+                          background=True)
     sink = StreamSink(engine.out, vector_count, pause_probability=pause, seed=seed + 3)
-    for source in sources:
-        sim.add_testbench(source.run, background=True)
     sim.add_testbench(sink.run)
     sim.run()
-    vectors = out_codec.unpack(sink.received)
-    return assemble_output(vectors, acts.shape[0], weights.shape[1]), sink.cycles, len(beats.last)
+    vectors = output_codec(engine).unpack(sink.received)
+    return assemble_output(vectors, m, n), sink.cycles, len(payloads["act"])
 
 
 CONFIGS = [
@@ -75,7 +67,7 @@ def test_mac_array_matches_golden(lanes, cols, act_bits, act_signed, weight_bits
     acts, weights = _random_operands(rng, m, k, n, act_bits, act_signed, weight_bits)
     engine = GemmEngine(lanes=lanes, cols=cols, act_bits=act_bits, weight_bits=weight_bits,
                         act_signed=act_signed, max_k=k)
-    result, _, _ = _run_gemm(engine, acts, weights, pause=pause)
+    result, _, _ = _run_gemm(engine, GemmCase(acts, weights), pause=pause)
     expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=act_bits,
                            act_signed=act_signed, weight_bits=weight_bits)
     np.testing.assert_array_equal(result, expected.numpy())
@@ -87,11 +79,77 @@ def test_mac_array_extremes():
     engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=k)
     acts = np.array([[-8] * k, [7] * k, [-8] * k])
     weights = np.stack([[-8, 7]] * k)
-    result, _, _ = _run_gemm(engine, acts, weights)
+    result, _, _ = _run_gemm(engine, GemmCase(acts, weights))
     expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=4,
                            act_signed=True, weight_bits=4)
     np.testing.assert_array_equal(result, expected.numpy())
     assert result[0, 0] == 64 * k  # the largest sum §2 allows, reached
+
+
+def _outlier_operands(rng, m, k, n, ratio, *, act_signed=True, clustered=False):
+    """4-bit operands of which a ``ratio`` fraction are replaced by 16-bit outliers."""
+    acts, weights = _random_operands(rng, m, k, n, 4, act_signed, 4)
+    for tensor, signed in ((acts, act_signed), (weights, True)):
+        count = int(round(ratio * tensor.size))
+        flat = np.arange(count) if clustered else rng.choice(tensor.size, count, replace=False)
+        low = -(1 << 15) if signed else 0
+        tensor.flat[flat] = rng.integers(low, 1 << 15, size=count)
+    return acts, weights
+
+
+OUTLIER_CONFIGS = [
+    # lanes, cols, act lanes, weight lanes, act slots, weight slots, ratio, clustered
+    (4, 3, 1, 1, None, None, 0.1, False),
+    (4, 2, 2, 1, None, 8, 1.0, False),
+    (5, 2, 1, 0, 5, None, 0.3, True),
+    (4, 3, 0, 2, None, 12, 0.3, True),
+    (1, 2, 1, 1, None, 2, 0.5, False),
+]
+
+
+@pytest.mark.parametrize("lanes,cols,act_lanes,weight_lanes,act_slots,weight_slots,ratio,"
+                         "clustered", OUTLIER_CONFIGS)
+def test_outlier_lanes_match_golden(lanes, cols, act_lanes, weight_lanes, act_slots,
+                                    weight_slots, ratio, clustered):
+    """With outlier lanes, the array equals the exact GEMM of the recombined tensors (§6),
+    under random stalls, including more outliers per beat than lanes."""
+    rng = np.random.default_rng(lanes * 7 + act_lanes)
+    m, k, n = 3, 3 * lanes + 1, 2 * cols + 1
+    acts, weights = _outlier_operands(rng, m, k, n, ratio, clustered=clustered)
+    if not act_lanes:
+        acts = np.clip(acts, -8, 7)
+    if not weight_lanes:
+        weights = np.clip(weights, -8, 7)
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=k,
+                        act_outlier_lanes=act_lanes, weight_outlier_lanes=weight_lanes,
+                        act_outlier_slots=act_slots, weight_outlier_slots=weight_slots)
+    result, _, _ = _run_gemm(engine, GemmCase(acts, weights), pause=0.3)
+    expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=4,
+                           act_signed=True, weight_bits=4,
+                           act_outlier_bits=16 if act_lanes else None,
+                           weight_outlier_bits=16 if weight_lanes else None)
+    np.testing.assert_array_equal(result, expected.numpy())
+
+
+def test_one_outlier_per_beat_costs_no_cycle():
+    """With one outlier lane of each kind, a beat holding one outlier of each kind takes
+    one cycle; a beat holding two activation outliers takes two."""
+    lanes, cols, m = 4, 2, 30
+    rng = np.random.default_rng(9)
+    acts, weights = _random_operands(rng, m, lanes, cols, 4, True, 4)
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=lanes,
+                        act_outlier_lanes=1, weight_outlier_lanes=1)
+    fill = engine.array.latency + 3
+    one_each = acts.copy()
+    one_each[:, 1] = 1000
+    weights_one = weights.copy()
+    weights_one[2, 1] = -1000
+    _, cycles, beats = _run_gemm(engine, GemmCase(one_each, weights_one))
+    assert cycles <= beats + fill, (cycles, beats)
+    two_acts = one_each.copy()
+    two_acts[:, 3] = -1000
+    _, cycles, beats = _run_gemm(engine, GemmCase(two_acts, weights))
+    assert 2 * beats <= cycles <= 2 * beats + fill, (cycles, beats)
 
 
 def test_mac_array_one_beat_per_cycle():
@@ -100,7 +158,7 @@ def test_mac_array_one_beat_per_cycle():
     engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=lanes)
     rng = np.random.default_rng(7)
     acts, weights = _random_operands(rng, m, lanes, cols, 4, True, 4)
-    _, cycles, beats = _run_gemm(engine, acts, weights)
+    _, cycles, beats = _run_gemm(engine, GemmCase(acts, weights))
     fill = engine.array.latency + 3
     assert cycles <= beats + fill, (cycles, beats, fill)
 
@@ -149,12 +207,8 @@ def test_gemm_engine_requantized():
     bias = rng.integers(-500, 500, size=n)
     multiplier = rng.integers(1 << 30, 1 << 31, size=n)
     shift = rng.integers(30, 38, size=n)
-    padded = lambda values: np.resize(np.append(values, [0] * (-n % cols)), (n + (-n % cols)))
-    tiles = np.stack([padded(bias), padded(multiplier), padded(shift)], axis=1).reshape(-1, cols, 3)
-    per_vector = np.tile(tiles.reshape(-1, cols * 3), (m, 1))
-    params = LayoutCodec(RequantParams(cols)).pack(
-        np.concatenate([per_vector, np.ones((len(per_vector), 1), np.int64)], axis=1))
-    result, _, _ = _run_gemm(engine, acts, weights, pause=0.3, requant_beats=params)
+    case = GemmCase(acts, weights, bias, multiplier, shift, relu=True)
+    result, _, _ = _run_gemm(engine, case, pause=0.3)
     acc = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=4, act_signed=False,
                       weight_bits=4)
     expected = golden.requantize_round_half_up(acc, bias, multiplier, shift, out_bits=8,
@@ -184,7 +238,7 @@ def test_mac_array_refuses_bad_parameters(kwargs, error, message):
     params = dict(lanes=16, cols=4, act_bits=4, weight_bits=4, act_signed=True, max_k=1024)
     params.update(kwargs)
     with pytest.raises(error, match=message):
-        DenseMacArray(**params)
+        MacArray(**params)
 
 
 def test_mac_array_derives_the_accumulator_width_of_the_spec():
@@ -194,7 +248,7 @@ def test_mac_array_derives_the_accumulator_width_of_the_spec():
         for weight_bits in range(2, 9):
             for act_signed in (True, False):
                 for max_k, lanes in ((1, 1), (7, 4), (1024, 16), (1 << 20, 8)):
-                    array = DenseMacArray(lanes=lanes, cols=1, act_bits=act_bits,
+                    array = MacArray(lanes=lanes, cols=1, act_bits=act_bits,
                                           weight_bits=weight_bits, act_signed=act_signed,
                                           max_k=max_k)
                     assert array.acc_width == golden.accumulator_width(

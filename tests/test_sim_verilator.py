@@ -34,7 +34,8 @@ def _requant_params(rng, config, n, acc_bound):
     some channels pushed to the extremes of §3 (shift 0 and 63, negative multipliers)."""
     multiplier = rng.integers(1 << 30, 1 << 31, size=n)
     shift = np.full(n, 31 + max(0, int(np.log2(acc_bound)) - config.out_bits + 2))
-    bias = rng.integers(-acc_bound // 4, acc_bound // 4 + 1, size=n)
+    bias_bound = min(acc_bound // 4, (1 << 31) - 1)
+    bias = rng.integers(-bias_bound, bias_bound + 1, size=n)
     extremes = [(0, 1, 0), (63, -(1 << 31), -(1 << 31)), (40, -(1 << 30), 7)]
     for column, (s, m, b) in zip(range(n), extremes):
         shift[column], multiplier[column], bias[column] = s, m, b
@@ -101,3 +102,59 @@ def test_scoreboard_catches_a_faulty_lane(tmp_path):
     with pytest.raises(AssertionError, match=r"^faulty: \d+ mismatching vectors"):
         run_job(Job(config, [case], pause_probability=0.3, label="faulty"), tmp_path,
                 transform=invert_one_product)
+
+
+OUTLIER_CONFIGS = [
+    EngineConfig(lanes=16, cols=4, act_bits=4, weight_bits=4, act_signed=True, max_k=300,
+                 act_outlier_lanes=1, weight_outlier_lanes=1, weight_outlier_slots=64),
+    EngineConfig(lanes=8, cols=8, act_bits=4, weight_bits=3, act_signed=False, max_k=300,
+                 act_outlier_lanes=2, weight_outlier_lanes=2, weight_outlier_bits=8,
+                 weight_outlier_slots=64, out_bits=16, out_signed=True),
+]
+
+
+def _with_outliers(rng, config, acts, weights, ratio, placement):
+    """Replace a ``ratio`` fraction of each operand by outliers: spread uniformly, packed
+    into the first tiles (``clustered``), or all in lane 0 of every beat (``lane``)."""
+    act_lo, act_hi = golden.int_range(config.act_outlier_bits, config.act_signed)
+    w_lo, w_hi = golden.int_range(config.weight_outlier_bits, True)
+    for tensor, low, high in ((acts, act_lo, act_hi), (weights, w_lo, w_hi)):
+        count = int(round(ratio * tensor.size))
+        if placement == "uniform":
+            positions = rng.choice(tensor.size, count, replace=False)
+        elif placement == "clustered":
+            positions = np.arange(count)
+        else:
+            lane_zero = np.zeros(tensor.shape, bool)
+            if tensor is acts:
+                lane_zero[:, ::config.lanes] = True
+            else:
+                lane_zero[::config.lanes, :] = True
+            positions = np.flatnonzero(lane_zero)[:count]
+        tensor.flat[positions] = rng.integers(low, high + 1, size=len(positions))
+    return acts, weights
+
+
+@pytest.mark.parametrize("config", OUTLIER_CONFIGS, ids=lambda config: config.name)
+def test_outlier_lanes_bit_exact_under_backpressure(config):
+    """Activation and weight outliers together at ratios 0 to 100 %, uniform, clustered in
+    the first tiles and all in one lane: every vector equals golden (the exact GEMM of the
+    recombined tensors, §6) under random stalls."""
+    rng = np.random.default_rng(11)
+    act_lo, act_hi = golden.int_range(config.act_bits, config.act_signed)
+    w_lo, w_hi = golden.int_range(config.weight_bits, signed=True)
+    cases = []
+    for ratio, placement in ((0.0, "uniform"), (0.01, "uniform"), (0.03, "uniform"),
+                             (0.1, "uniform"), (1.0, "uniform"), (0.1, "clustered"),
+                             (0.3, "clustered"), (0.1, "lane")):
+        acts = rng.integers(act_lo, act_hi + 1, (3, config.max_k))
+        weights = rng.integers(w_lo, w_hi + 1, (config.max_k, config.cols + 3))
+        case = GemmCase(*_with_outliers(rng, config, acts, weights, ratio, placement))
+        if config.out_bits is not None:
+            acc_bound = 1 << 40
+            case.bias, case.multiplier, case.shift = _requant_params(
+                rng, config, case.weights.shape[1], acc_bound)
+        cases.append(case)
+    job = run_job(Job(config, cases, pause_probability=0.3, seed=3, label="outliers"),
+                  BUILD_ROOT, rebuild=True)
+    assert job.stats["mismatches"] == 0
