@@ -6,6 +6,7 @@ one entry per index of dim 0 (the output channel of an ``nn.Linear``/``nn.Conv2d
 and the shape ``(C, 1, ..., 1)``, so it broadcasts against the tensor it scales.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from .formats import check_in_format, int_range
 from .integer import MAX_ACC_BITS
 
 __all__ = [
-    "GRID_POINTS", "REFINE_POINTS", "MAX_PLANES", "EXPONENT_RANGE",
+    "GRID_POINTS", "REFINE_POINTS", "MAX_PLANES", "EXPONENT_BITS",
     "max_abs_scale", "quantization_mse", "mmse_scale", "MultiTensor", "multi_tensor_quantize",
     "reconstruct", "relative_mse", "choose_planes", "combine_plane_accumulators",
 ]
@@ -27,8 +28,9 @@ GRID_POINTS = 64
 REFINE_POINTS = 16
 #: Most planes a multi-tensor weight may have (§2).
 MAX_PLANES = 3
-#: Allowed exponents ``e_p`` of the plane-scale ratio ``α_{p+1} = α_p·2^(-e_p)`` (§2).
-EXPONENT_RANGE = (0, 16)
+#: Width of the unsigned exponents ``e_p`` of the plane-scale ratio ``α_{p+1} = α_p·2^(-e_p)``
+#: (§2): ``e_p`` is a ``u4``, 0..15.
+EXPONENT_BITS = 4
 
 
 def _grouped(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -122,8 +124,8 @@ def quantization_mse(x: torch.Tensor, scale: torch.Tensor | float, bits: int, *,
     ``scale`` is 0-dim (or a float) per tensor, or has one entry per output channel; the
     result has one entry per group: 0-dim, or ``(C,)``.
 
-    >>> quantization_mse(torch.tensor([0.3, 1.0]), 0.5, 2)
-    tensor(0.2700, dtype=torch.float64)
+    >>> quantization_mse(torch.tensor([0.3, 1.0]), 0.5, 2)  # (0.3 - 0.5)² and (1.0 - 0.5)²
+    tensor(0.1450, dtype=torch.float64)
 
     Raises
     ------
@@ -151,8 +153,11 @@ def mmse_scale(x: torch.Tensor, bits: int, *, signed: bool = True,
     calibrate an activation, pass a batch of its sample values with the activation's
     format (``signed=False`` after a ReLU) and ``per_channel=False``.
 
-    >>> mmse_scale(torch.tensor([0.1, 0.2, -0.15, 2.0]), 2)
-    tensor(0.1719, dtype=torch.float64)
+    >>> x = torch.tensor([0.1, -0.1, 0.2, -0.2, 0.5])
+    >>> mmse_scale(x, 2), quantization_mse(x, mmse_scale(x, 2), 2)
+    (tensor(0.2998, dtype=torch.float64), tensor(0.0160, dtype=torch.float64))
+    >>> max_abs_scale(x, 2), quantization_mse(x, max_abs_scale(x, 2), 2)
+    (tensor(0.5000, dtype=torch.float64), tensor(0.0200, dtype=torch.float64))
 
     Raises
     ------
@@ -171,7 +176,7 @@ class MultiTensor:
 
     ``planes`` (int64, ``P × *W.shape``) holds each ``Q_p`` in ``s<bits>``; ``scales``
     (float64, ``P × C``) holds ``α_p`` per channel (``C = 1`` per tensor); ``exponents``
-    (int64, ``(P-1) × C``) holds ``e_p`` in ``EXPONENT_RANGE``.
+    (int64, ``(P-1) × C``) holds ``e_p`` in ``u<EXPONENT_BITS>`` (0..15).
     """
     planes: torch.Tensor
     scales: torch.Tensor
@@ -191,13 +196,13 @@ def multi_tensor_quantize(w: torch.Tensor, bits: int, planes: int, *,
 
     ``α_1 = mmse_scale(W)``, ``Q_1 = to_int_round_half_even(W / α_1)``; then, with the
     residual ``R_p = W - Σ_{i≤p} α_i·Q_i``, ``α_{p+1} = α_p·2^(-e_p)`` where ``e_p`` in
-    0..16 minimizes ``quantization_mse(R_p, α_{p+1})`` (ties to the smaller ``e_p``) and
+    0..15 minimizes ``quantization_mse(R_p, α_{p+1})`` (ties to the smaller ``e_p``) and
     ``Q_{p+1} = to_int_round_half_even(R_p / α_{p+1})``. Every choice is per output
     channel with ``per_channel``.
 
-    >>> mt = multi_tensor_quantize(torch.tensor([[0.75, -0.1, 0.3]]), 2, 2)
-    >>> mt.planes.tolist(), mt.exponents.tolist()
-    ([[[1, 0, 0]], [[1, -1, 1]]], [[2]])
+    >>> mt = multi_tensor_quantize(torch.tensor([[0.75, -0.1, 0.3]]), 3, 2)
+    >>> mt.planes.tolist(), mt.scales.tolist(), mt.exponents.tolist()
+    ([[[3, 0, 1]], [[0, -3, 2]]], [[0.25], [0.03125]], [[3]])
 
     Raises
     ------
@@ -211,12 +216,12 @@ def multi_tensor_quantize(w: torch.Tensor, bits: int, planes: int, *,
     check_int("planes", planes, (1, MAX_PLANES))
     residual = _grouped(w, per_channel)
     alpha = _mmse(residual, bits, signed=True)
-    low, high = EXPONENT_RANGE
+    _, top_exponent = int_range(EXPONENT_BITS, signed=False)
     codes, scales, exponents = [], [], []
     for p in range(planes):
         if p > 0:
-            finer = (torch.ldexp(alpha, torch.tensor(-e)) for e in range(low + 1, high + 1))
-            chosen = _argmin_scale(residual, finer, bits, True, torch.ldexp(alpha, torch.tensor(-low)))
+            finer = (torch.ldexp(alpha, torch.tensor(-e)) for e in range(1, top_exponent + 1))
+            chosen = _argmin_scale(residual, finer, bits, True, alpha)
             # alpha / chosen is an exact power of two, so its log2 is an exact integer.
             exponents.append(torch.log2(alpha / chosen).round().to(torch.int64)[:, 0])
             alpha = chosen
@@ -224,16 +229,16 @@ def multi_tensor_quantize(w: torch.Tensor, bits: int, planes: int, *,
         residual = residual - dequantize(q, alpha)
         codes.append(q.reshape(w.shape))
         scales.append(alpha[:, 0])
+    no_exponents = torch.zeros(0, residual.shape[0], dtype=torch.int64)
     return MultiTensor(torch.stack(codes), torch.stack(scales),
-                       torch.stack(exponents) if exponents else
-                       torch.zeros(0, len(scales[0]), dtype=torch.int64), bits)
+                       torch.stack(exponents) if exponents else no_exponents, bits)
 
 
 def reconstruct(mt: MultiTensor) -> torch.Tensor:
     """``Σ_p α_p·Q_p`` in float64 (§2).
 
-    >>> reconstruct(multi_tensor_quantize(torch.tensor([[0.75, -0.1, 0.3]]), 2, 2))
-    tensor([[ 0.7455, -0.1864,  0.1864]], dtype=torch.float64)
+    >>> reconstruct(multi_tensor_quantize(torch.tensor([[0.75, -0.1, 0.3]]), 3, 2))
+    tensor([[ 0.7500, -0.0938,  0.3125]], dtype=torch.float64)
     """
     planes, channels = mt.scales.shape
     scales = mt.scales.reshape((planes, channels) + (1,) * (mt.planes.dim() - 2))
@@ -249,7 +254,9 @@ def relative_mse(w: torch.Tensor, approx: torch.Tensor) -> float:
     w = w.detach().to(torch.float64)
     error = ((w - approx.to(torch.float64)) ** 2).sum().item()
     power = (w ** 2).sum().item()
-    return error / power if power > 0 else float(error > 0) * float("inf")
+    if power == 0:
+        return 0.0 if error == 0 else math.inf
+    return error / power
 
 
 def choose_planes(w: torch.Tensor, bits: int, threshold: float, *,
@@ -298,7 +305,7 @@ def combine_plane_accumulators(accs: torch.Tensor, exponents: torch.Tensor) -> t
     TypeError
         If the tensors are not integer, or the plane count is not in 1..3.
     ValueError
-        If a shape does not fit, an exponent is outside 0..16, or an accumulator or a
+        If a shape does not fit, an exponent is outside ``u4`` (0..15), or an accumulator or a
         partial sum lies outside ``s44``.
     """
     if accs.dim() != 3:
@@ -309,13 +316,10 @@ def combine_plane_accumulators(accs: torch.Tensor, exponents: torch.Tensor) -> t
         raise ValueError(f"exponents must have shape ({planes - 1}, {columns}) or "
                          f"({planes - 1}, 1), not {tuple(exponents.shape)}")
     check_in_format("accs", accs, MAX_ACC_BITS, signed=True)
-    check_in_format("exponents", exponents, 5, signed=False)
-    low, high = EXPONENT_RANGE
-    if ((exponents < low) | (exponents > high)).any():
-        raise ValueError(f"exponents must lie in {low}..{high}, not {exponents.tolist()}")
+    check_in_format("exponents", exponents, EXPONENT_BITS, signed=False)
     acc = accs[0].to(torch.int64)
     for p in range(1, planes):
-        # |acc| < 2^43 and e ≤ 16, so the shifted sum stays far inside int64.
+        # |acc| ≤ 2^43 and e ≤ 15, so the shifted sum stays far inside int64.
         acc = (acc << exponents[p - 1].to(torch.int64)) + accs[p]
         check_in_format("combined accumulator", acc, MAX_ACC_BITS, signed=True)
     return acc

@@ -71,10 +71,13 @@ def _gemm_case(args):
                          f"dimensions {acts.shape[1]} and {weights.shape[0]} differ")
     if acts.shape[1] == 0 or acts.shape[0] == 0 or weights.shape[1] == 0:
         raise UsageError(f"--acts {acts.shape} and --weights {weights.shape} must not be empty")
+    # Entries beyond the dense width are outliers (§6) when the engine has outlier lanes.
+    act_bits = args.act_outlier_bits if args.act_outlier_lanes else args.act_bits
+    weight_bits = args.weight_outlier_bits if args.weight_outlier_lanes else args.weight_bits
     try:
-        golden.check_in_format("--acts", torch.from_numpy(acts), args.act_bits,
+        golden.check_in_format("--acts", torch.from_numpy(acts), act_bits,
                                not args.unsigned_acts)
-        golden.check_in_format("--weights", torch.from_numpy(weights), args.weight_bits, True)
+        golden.check_in_format("--weights", torch.from_numpy(weights), weight_bits, True)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
     case = GemmCase(acts, weights)
@@ -97,9 +100,11 @@ def _gemm_case(args):
 def _golden_result(case, args):
     import torch
     import golden
-    acc = golden.gemm(torch.from_numpy(case.acts), torch.from_numpy(case.weights),
-                      act_bits=args.act_bits, act_signed=not args.unsigned_acts,
-                      weight_bits=args.weight_bits)
+    acc = golden.gemm(
+        torch.from_numpy(case.acts), torch.from_numpy(case.weights), act_bits=args.act_bits,
+        act_signed=not args.unsigned_acts, weight_bits=args.weight_bits,
+        act_outlier_bits=args.act_outlier_bits if args.act_outlier_lanes else None,
+        weight_outlier_bits=args.weight_outlier_bits if args.weight_outlier_lanes else None)
     if case.multiplier is None:
         return acc.numpy()
     return golden.requantize_round_half_up(
@@ -114,7 +119,14 @@ def _rtl_result(case, args):
     config = EngineConfig(lanes=args.lanes, cols=args.cols, act_bits=args.act_bits,
                           weight_bits=args.weight_bits, act_signed=not args.unsigned_acts,
                           max_k=case.acts.shape[1], out_bits=args.out_bits,
-                          out_signed=not args.unsigned_out)
+                          out_signed=not args.unsigned_out,
+                          act_outlier_lanes=args.act_outlier_lanes,
+                          weight_outlier_lanes=args.weight_outlier_lanes,
+                          act_outlier_bits=args.act_outlier_bits,
+                          weight_outlier_bits=args.weight_outlier_bits,
+                          act_outlier_slots=args.act_outlier_slots,
+                          weight_outlier_slots=args.weight_outlier_slots or
+                          args.lanes * args.cols)
     job = run_job(Job(config, [case], check=False, label="gemm"), BUILD_ROOT)
     m, k = case.acts.shape
     n = case.weights.shape[1]
@@ -128,9 +140,18 @@ def _rtl_result(case, args):
 
 def _validate_widths(args):
     """Check the widths up front so a bad one fails before any file is read."""
-    from olmac.params import ACT_BITS, OUT_BITS, WEIGHT_BITS, check_int
+    from olmac.params import (ACT_BITS, OUT_BITS, OUTLIER_BITS, OUTLIER_LANES, WEIGHT_BITS,
+                              check_int)
     check_int("--act-bits", args.act_bits, ACT_BITS)
     check_int("--weight-bits", args.weight_bits, WEIGHT_BITS)
+    check_int("--act-outlier-lanes", args.act_outlier_lanes, OUTLIER_LANES)
+    check_int("--weight-outlier-lanes", args.weight_outlier_lanes, OUTLIER_LANES)
+    if args.act_outlier_lanes:
+        check_int("--act-outlier-bits", args.act_outlier_bits, (args.act_bits + 1,
+                                                                OUTLIER_BITS[1]))
+    if args.weight_outlier_lanes:
+        check_int("--weight-outlier-bits", args.weight_outlier_bits, (args.weight_bits + 1,
+                                                                      OUTLIER_BITS[1]))
     if args.out_bits is not None:
         check_int("--out-bits", args.out_bits, OUT_BITS)
     if args.backend == "rtl":
@@ -199,6 +220,19 @@ def _gemm_parser(parser=None):
     parser.add_argument("--lanes", type=int, default=16, help="RTL: multipliers along K")
     parser.add_argument("--cols", type=int, default=8, help="RTL: columns along N")
     parser.add_argument("--out", required=True, help="Y: M×N int64 .npy")
+    outliers = parser.add_argument_group(
+        "outliers (docs/semantics.md §6): with outlier lanes, entries beyond the dense width "
+        "but within the outlier width travel as sparse outliers")
+    outliers.add_argument("--act-outlier-lanes", type=int, default=0, help="0..16")
+    outliers.add_argument("--weight-outlier-lanes", type=int, default=0, help="0..16")
+    outliers.add_argument("--act-outlier-bits", type=int, default=16,
+                          help="activation outlier width, above --act-bits, up to 16")
+    outliers.add_argument("--weight-outlier-bits", type=int, default=16,
+                          help="weight outlier width (8 or 16), above --weight-bits")
+    outliers.add_argument("--act-outlier-slots", type=int,
+                          help="RTL: activation outliers per beat (default: lanes)")
+    outliers.add_argument("--weight-outlier-slots", type=int,
+                          help="RTL: weight outliers per beat (default: lanes x cols)")
     requant = parser.add_argument_group("requantization (docs/semantics.md §3)")
     requant.add_argument("--multiplier", help="int32 M: an integer or a .npy with N entries")
     requant.add_argument("--shift", help="shift s in 0..63: an integer or a .npy")

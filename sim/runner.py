@@ -11,6 +11,7 @@ from cocotb_tools.runner import get_results, get_runner
 
 from hw import GemmEngine
 from .job import JOB_ENV, EngineConfig, Job
+from .payloads import stream_payloads
 
 __all__ = ["MIN_VERILATOR", "verilator_environment", "build_engine", "run_job"]
 
@@ -58,18 +59,22 @@ def verilator_environment() -> dict[str, str]:
             "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include"}
 
 
-def build_engine(config: EngineConfig, build_root: Path, *, always=False,
-                 transform=None) -> Path:
+def build_engine(config: EngineConfig, build_root: Path, *, always=False, transform=None,
+                 check=None) -> Path:
     """Write the engine's Verilog and compile it with Verilator; returns the build folder.
 
     The Verilog is rewritten, and the model rebuilt, only when it changes (or ``always``).
     ``transform``, if given, edits the Verilog text first: the testbench's own tests use it
-    to inject a fault and check that the scoreboard sees it.
+    to inject a fault and check that the scoreboard sees it. ``check``, if given, is called
+    with the elaborated engine before the (slow) compilation and may raise.
     """
     build_dir = build_root.resolve() / config.name
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{TOPLEVEL}.v"
-    text = verilog.convert(GemmEngine(**vars(config)), name=TOPLEVEL)
+    engine = GemmEngine(**vars(config))
+    text = verilog.convert(engine, name=TOPLEVEL)
+    if check is not None:
+        check(engine)
     if transform is not None:
         text = transform(text)
     if not source.exists() or source.read_text() != text:
@@ -86,10 +91,17 @@ def run_job(job: Job, build_root: Path, *, rebuild=False, transform=None) -> Job
 
     Raises
     ------
+    ValueError
+        If a case does not fit the engine (e.g. a beat with more outliers than slots).
     AssertionError
         If the job checks against golden and a vector mismatches (see ``job.stats``).
     """
-    build_dir = build_engine(job.config, build_root, always=rebuild, transform=transform)
+    def fits(engine):
+        for case in job.cases:
+            stream_payloads(engine, case)  # refuse here what the simulator process would
+
+    build_dir = build_engine(job.config, build_root, always=rebuild, transform=transform,
+                             check=fits)
     job_path = job.save(build_dir / "jobs")
     runner = get_runner("verilator")
     results_xml = build_dir / f"{job.label}.results.xml"

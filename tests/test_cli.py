@@ -145,3 +145,36 @@ def test_partial_requant_flags_are_refused(tmp_path, capsys):
     _write_operands(tmp_path, 2, 3, 2, 4, True, 4)
     assert _refused(tmp_path, capsys, "--multiplier", "5").endswith(
         "requantization needs --multiplier, --shift and --out-bits together")
+
+
+def test_rtl_backend_splits_outliers_itself(tmp_path):
+    """Entries beyond the dense width but within the outlier width: the CLI splits them
+    into dense + sparse, and the RTL result still equals the exact A @ W."""
+    acts, weights = _write_operands(tmp_path, 3, 40, 6, 4, True, 4, seed=4)
+    rng = np.random.default_rng(4)
+    acts.flat[rng.choice(acts.size, 12, replace=False)] = rng.integers(-32768, 32768, 12)
+    weights.flat[rng.choice(weights.size, 5, replace=False)] = rng.integers(-128, 128, 5)
+    np.save(tmp_path / "A.npy", acts)
+    np.save(tmp_path / "W.npy", weights)
+    result = _gemm(tmp_path, "--lanes", "8", "--cols", "4", "--act-outlier-lanes", "1",
+                   "--weight-outlier-lanes", "1", "--weight-outlier-bits", "8",
+                   backend="rtl")
+    np.testing.assert_array_equal(result, acts @ weights)
+
+
+def test_entry_beyond_outlier_width_names_its_position(tmp_path, capsys):
+    acts, weights = _write_operands(tmp_path, 2, 5, 2, 4, True, 4)
+    weights[3, 1] = 200
+    np.save(tmp_path / "W.npy", weights)
+    assert _refused(tmp_path, capsys, "--weight-outlier-lanes", "1",
+                    "--weight-outlier-bits", "8") == \
+        "olmac: error: --weights[3, 1] = 200 is outside s8 (-128..127)"
+
+
+def test_too_many_outliers_for_the_slots_is_refused(tmp_path, capsys):
+    acts, _ = _write_operands(tmp_path, 2, 8, 2, 4, True, 4)
+    acts[1, :3] = 1000
+    np.save(tmp_path / "A.npy", acts)
+    assert _refused(tmp_path, capsys, "--act-outlier-lanes", "1", "--act-outlier-slots", "2",
+                    "--lanes", "4", "--cols", "2", backend="rtl") == \
+        "olmac: error: The activation vector of beat 2 holds 3 outliers; a beat carries at most 2"
