@@ -2,7 +2,10 @@
 
 1. Simulated cycles of M×K×N GEMMs on the RTL (cocotb + Verilator, no stalls injected)
    against the ideal M·K·N/(lanes·cols), and simulation speed in cycles/s.
-2. iCE40 LUT4/FF per MAC from yosys ``synth_ice40`` for 2/3/4/8-bit arrays.
+2. Cycles against the outlier ratio and the number of outlier lanes (§6).
+3. iCE40 LUT4/FF per MAC from yosys ``synth_ice40`` for 2/3/4/8-bit arrays, and the cost
+   of outlier lanes.
+4. Value-aware quantization: effective bits and digits accuracy (bench/value_aware.py).
 """
 
 import argparse
@@ -77,13 +80,86 @@ def synthesis(lanes, cols):
     print()
 
 
+def _outlier_case(rng, m, k, n, ratio, placement):
+    acts = rng.integers(-8, 8, (m, k))
+    weights = rng.integers(-8, 8, (k, n))
+    count = int(round(ratio * acts.size))
+    positions = (rng.choice(acts.size, count, replace=False) if placement == "uniform"
+                 else np.arange(count))
+    acts.flat[positions] = rng.choice([-1, 1], count) * rng.integers(8, 1 << 15, count)
+    return GemmCase(acts, weights)
+
+
+def outlier_cycles(lanes=16, cols=8, m=8, k=512, n=16):
+    print(f"## Cycles against activation-outlier ratio ({m}×{k}×{n} s4 GEMM on "
+          f"{lanes}×{cols}, 16-bit activation outliers, no stalls injected)")
+    print()
+    ratios = (0.0, 0.01, 0.03, 0.1)
+    placements = ("uniform", "clustered")
+    print("| outlier lanes | " + " | ".join(f"{ratio:.0%} {placement}" for placement in
+                                            placements for ratio in ratios[1:]) +
+          " | 0 % |")
+    print("|---:|" + "---:|" * (2 * len(ratios) - 1))
+    dense_beats = m * -(-n // cols) * -(-k // lanes)
+    for outlier_lanes in (1, 2, 3, 4):
+        config = EngineConfig(lanes=lanes, cols=cols, act_bits=4, weight_bits=4,
+                              act_signed=True, max_k=k, act_outlier_lanes=outlier_lanes)
+        cells = []
+        for placement in placements:
+            for ratio in ratios[1:]:
+                rng = np.random.default_rng(1)
+                case = _outlier_case(rng, m, k, n, ratio, placement)
+                stats = run_job(Job(config, [case], label="bench_outliers"), BUILD_ROOT).stats
+                cells.append(f"{stats['cycles']} (+{stats['cycles'] / dense_beats - 1:.1%})")
+        rng = np.random.default_rng(1)
+        stats = run_job(Job(config, [_outlier_case(rng, m, k, n, 0.0, "uniform")],
+                            label="bench_outliers"), BUILD_ROOT).stats
+        cells.append(f"{stats['cycles']}")
+        print(f"| {outlier_lanes} | " + " | ".join(cells) + " |", flush=True)
+    print()
+    print(f"Cells: cycles (extra over the {dense_beats} dense beats; the pipeline fill is about "
+          f"10 cycles). Uniform outliers are spread at random; clustered ones fill the first "
+          f"rows of A, so every beat there is all outliers. Every run is checked bit-exact "
+          f"against golden.")
+    print()
+
+
+def outlier_lane_cost(lanes=16, cols=4):
+    print(f"## iCE40 cost of outlier lanes (4-bit {lanes}×{cols} array, 16-bit outliers)")
+    print()
+    print("| act-outlier lanes | weight-outlier lanes | LUT4 | FF | extra LUT4 over dense |")
+    print("|---:|---:|---:|---:|---:|")
+    dense = None
+    for act_lanes, weight_lanes in ((0, 0), (1, 0), (0, 1), (1, 1), (2, 2)):
+        result = synthesize(MacArray(lanes=lanes, cols=cols, act_bits=4, weight_bits=4,
+                                     max_k=1024, act_outlier_lanes=act_lanes,
+                                     weight_outlier_lanes=weight_lanes),
+                            family="ice40", name="mac_array", booth=True)
+        dense = dense if dense is not None else result.luts
+        print(f"| {act_lanes} | {weight_lanes} | {result.luts} | {result.flip_flops} "
+              f"| {result.luts - dense} |", flush=True)
+    print()
+
+
+SECTIONS = ("gemm", "outliers", "synthesis", "value-aware")
+
+
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--skip-synthesis", action="store_true")
+    parser.add_argument("--only", choices=SECTIONS, action="append",
+                        help="run only these sections (repeatable)")
     args = parser.parse_args()
-    gemm_cycles()
-    if not args.skip_synthesis:
+    sections = args.only or SECTIONS
+    if "gemm" in sections:
+        gemm_cycles()
+    if "outliers" in sections:
+        outlier_cycles()
+    if "synthesis" in sections:
         synthesis(lanes=16, cols=4)
+        outlier_lane_cost()
+    if "value-aware" in sections:
+        from bench import value_aware
+        value_aware.report()
 
 
 if __name__ == "__main__":

@@ -159,12 +159,17 @@ def accuracy_tables() -> None:
             cells.append(f"{_accuracy(logits, split.y_test):.2%} ({error:.3f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
     print()
-    outlier_table(logs, list(schemes)[3:], bits=4)
+    names = list(schemes)
+    outlier_table(logs, {"free list": (names[3], None), "block Q=1": (names[4], 1),
+                         "block Q=2": (names[5], 2)}, bits=4)
     print(f"(digits figures: {time.perf_counter() - started:.1f} s)")
     print()
 
 
-def outlier_table(logs: dict, names: list[str], bits: int) -> None:
+def outlier_table(logs: dict, storages: dict[str, tuple[str, int | None]],
+                  bits: int) -> None:
+    """One row per quantized tensor of each storage's scheme, ``storages`` mapping a label
+    to ``(scheme name, quota)``, ``None`` for the free list."""
     print(f"## Outliers of the {bits}-bit value-aware model, per Linear input (A, test set) "
           f"and weight (W)")
     print()
@@ -175,9 +180,8 @@ def outlier_table(logs: dict, names: list[str], bits: int) -> None:
     print("| storage | tensor | values | outliers kept | share | saturated | over quota "
           "| effective bits |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, quota in zip(names, (None, 1, 2)):
+    for storage, (name, quota) in storages.items():
         for kind, layer, numel, kept, counts in logs[(name, bits)]:
-            storage = "free list" if quota is None else f"block Q={quota}"
             share = kept / numel
             bits_per_value = (list_bits_per_value(bits, share) if quota is None else
                               block_bits_per_value(bits, block=BLOCK, quota=quota))

@@ -13,7 +13,7 @@ import torch
 
 from olmac.params import ACT_BITS, OUTLIER_BITS, check_int
 from .formats import int_range, check_in_format
-from .fake_quant import to_int_round_half_even, dequantize
+from .fake_quant import to_int_round_half_even
 
 __all__ = [
     "BLOCK_SIZES", "LIMB_BITS", "ValueAwareInt", "ClampCounts", "outlier_threshold",
@@ -140,7 +140,7 @@ def outlier_threshold(x: torch.Tensor, ratio: float, *,
     return threshold[0] if channel_dim is None else threshold
 
 
-def _threshold_view(threshold: torch.Tensor, x: torch.Tensor,
+def _threshold_view(threshold: torch.Tensor | float, x: torch.Tensor,
                     channel_dim: int | None) -> torch.Tensor:
     """``threshold`` checked against ``x`` and shaped to broadcast along ``channel_dim``."""
     _check_channel_dim(x, channel_dim)
@@ -177,14 +177,15 @@ def value_aware_scale(threshold: torch.Tensor, bits: int, signed: bool) -> torch
 
 
 def to_value_aware_round_half_even(
-        x: torch.Tensor, threshold: torch.Tensor, bits: int, *, signed: bool = True,
-        channel_dim: int | None = None, outlier_bits: int = 16, quota: int | None = None,
-        block: int = 64) -> tuple[ValueAwareInt, ClampCounts]:
+        x: torch.Tensor, threshold: torch.Tensor | float, bits: int, *,
+        signed: bool = True, channel_dim: int | None = None, outlier_bits: int = 16,
+        quota: int | None = None, block: int = 64) -> tuple[ValueAwareInt, ClampCounts]:
     """Quantize ``x`` to dense ``b``-bit values plus outliers on the same grid (§2).
 
     With ``σ = value_aware_scale(T, bits, signed)`` (``T`` per tensor, or per slice along
     ``channel_dim``), a value is an outlier if ``|x| > T`` (signed) or ``x > T``
-    (unsigned, for post-ReLU activations; negative values clamp to 0 as in §5).
+    (unsigned, for post-ReLU activations; negative values clamp to 0 as in
+    docs/semantics.md §5).
 
     * dense, not an outlier: ``clamp(round_half_even(x / σ), lo, hi)`` of ``s<b>``/``u<b>``;
     * outlier: ``clamp(round_half_even(x / σ), lo16, hi16)`` of the outlier format
@@ -194,8 +195,8 @@ def to_value_aware_round_half_even(
     ``block`` values; a block keeps as outliers only its ``quota`` largest in grid units
     ``|x| / σ`` (ties to the lower position) and the others are quantized as dense
     values, clamped into ``[lo, hi]``, and counted as ``over_quota``. ``quota=None`` keeps
-    every outlier (the list format). The integer reference of a layer is the exact GEMM
-    of the recombined tensors (§3, docs/semantics.md §6).
+    every outlier (the list format) and ignores ``block``. The integer reference of a
+    layer is the exact GEMM of the recombined tensors (§3, docs/semantics.md §6).
 
     >>> q, counts = to_value_aware_round_half_even(
     ...     torch.tensor([0.5, -1.5, 2.5, 20.0, -7.0, 70000.0]), torch.tensor(7.0), 4)
@@ -212,13 +213,16 @@ def to_value_aware_round_half_even(
         ``x`` is not floating point.
     ValueError
         If ``outlier_bits <= bits``, ``x`` is empty or not finite, or ``threshold`` has
-        the wrong shape or is not positive and finite.
+        the wrong shape, is not positive and finite, or is so small that ``σ`` underflows.
     """
     check_int("Dense width", bits, ACT_BITS)
     _check_outlier_bits(outlier_bits, bits)
     _check_real("x", x)
     threshold = _threshold_view(threshold, x, channel_dim)
     scale = value_aware_scale(threshold, bits, signed)
+    if not (scale > 0).all():
+        raise ValueError(f"threshold {threshold.flatten().tolist()} is too small: the scale "
+                         f"underflows to 0 in {x.dtype}")
     outlier = (x.abs() if signed else x) > threshold
     over_quota = 0
     if quota is not None:
@@ -426,13 +430,14 @@ def unpack_blocks(words: torch.Tensor, shape: tuple[int, ...], bits: int, signed
 
 
 def fake_quantize_value_aware(
-        x: torch.Tensor, threshold: torch.Tensor, bits: int, *, signed: bool = True,
-        channel_dim: int | None = None, outlier_bits: int = 16, quota: int | None = None,
-        block: int = 64) -> torch.Tensor:
-    """``σ · recombined``: the value the integer model sees for ``x`` (§6).
+        x: torch.Tensor, threshold: torch.Tensor | float, bits: int, *,
+        signed: bool = True, channel_dim: int | None = None, outlier_bits: int = 16,
+        quota: int | None = None, block: int = 64) -> torch.Tensor:
+    """``σ · recombined``: the value the integer model sees for ``x`` (§6), in ``x``'s dtype.
 
     The quantizer is ``to_value_aware_round_half_even`` with the same arguments, and
-    ``σ = value_aware_scale(T, bits, signed)``.
+    ``σ = value_aware_scale(T, bits, signed)``. (``golden.dequantize`` would compute in
+    the default dtype; this keeps float64 inputs float64.)
 
     >>> fake_quantize_value_aware(torch.tensor([0.5, 2.5, -3.5, 20.0]), torch.tensor(7.0), 4)
     tensor([ 0.,  2., -4., 20.])
@@ -446,4 +451,4 @@ def fake_quantize_value_aware(
                                           channel_dim=channel_dim, outlier_bits=outlier_bits,
                                           quota=quota, block=block)
     scale = value_aware_scale(_threshold_view(threshold, x, channel_dim), bits, signed)
-    return dequantize(q.recombined, scale)
+    return q.recombined.to(x.dtype) * scale
