@@ -28,8 +28,8 @@ GRID_POINTS = 64
 REFINE_POINTS = 16
 #: Most planes a multi-tensor weight may have (§2).
 MAX_PLANES = 3
-#: Width of the unsigned exponents ``e_p`` of the plane-scale ratio ``α_{p+1} = α_p·2^(-e_p)``
-#: (§2): ``e_p`` is a ``u4``, 0..15.
+#: Width of the exponents of the plane-scale ratio ``α_{p+1} = α_p·2^(-e_p)`` (§2): each
+#: ``e_p`` is a ``u4``, 0..15.
 EXPONENT_BITS = 4
 
 
@@ -217,20 +217,20 @@ def multi_tensor_quantize(w: torch.Tensor, bits: int, planes: int, *,
     residual = _grouped(w, per_channel)
     alpha = _mmse(residual, bits, signed=True)
     _, top_exponent = int_range(EXPONENT_BITS, signed=False)
-    codes, scales, exponents = [], [], []
+    quantized, scales, exponents = [], [], []
     for p in range(planes):
         if p > 0:
             finer = (torch.ldexp(alpha, torch.tensor(-e)) for e in range(1, top_exponent + 1))
-            chosen = _argmin_scale(residual, finer, bits, True, alpha)
+            chosen = _argmin_scale(residual, finer, bits, signed=True, best=alpha)
             # alpha / chosen is an exact power of two, so its log2 is an exact integer.
             exponents.append(torch.log2(alpha / chosen).round().to(torch.int64)[:, 0])
             alpha = chosen
         q = to_int_round_half_even(residual, alpha, bits, signed=True)
         residual = residual - dequantize(q, alpha)
-        codes.append(q.reshape(w.shape))
+        quantized.append(q.reshape(w.shape))
         scales.append(alpha[:, 0])
     no_exponents = torch.zeros(0, residual.shape[0], dtype=torch.int64)
-    return MultiTensor(torch.stack(codes), torch.stack(scales),
+    return MultiTensor(torch.stack(quantized), torch.stack(scales),
                        torch.stack(exponents) if exponents else no_exponents, bits)
 
 
@@ -242,7 +242,7 @@ def reconstruct(mt: MultiTensor) -> torch.Tensor:
     """
     planes, channels = mt.scales.shape
     scales = mt.scales.reshape((planes, channels) + (1,) * (mt.planes.dim() - 2))
-    return (dequantize(mt.planes, scales)).sum(dim=0)
+    return dequantize(mt.planes, scales).sum(dim=0)
 
 
 def relative_mse(w: torch.Tensor, approx: torch.Tensor) -> float:

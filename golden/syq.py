@@ -128,10 +128,16 @@ def _check_magnitudes(weight: torch.Tensor, magnitudes: torch.Tensor, zero: bool
     slots = magnitudes.shape[-1] + int(zero)
     idx_bits = slots.bit_length() - 1
     if magnitudes.shape[-1] < 1 or slots != 1 << idx_bits or idx_bits > IDX_BITS[1]:
+        entries = "2^idx_bits - 1" if zero else "2^idx_bits"
         raise ValueError(f"magnitudes has {magnitudes.shape[-1]} entries per subgroup; with "
-                         f"zero={zero} it must have 2^idx_bits - {int(zero)} for idx_bits in "
+                         f"zero={zero} it must have {entries} for idx_bits in "
                          f"{int(zero)}..{IDX_BITS[1]}")
     return idx_bits
+
+
+def _nonzero(size: torch.Tensor, delta: torch.Tensor, zero: bool) -> torch.Tensor:
+    """Which weights of magnitude ``size`` code nonzero (§3): all, or ``|w| > Δ``."""
+    return size > delta if zero else torch.ones_like(size, dtype=torch.bool)
 
 
 def _select(weight: torch.Tensor, magnitudes: torch.Tensor, zero: bool,
@@ -140,7 +146,7 @@ def _select(weight: torch.Tensor, magnitudes: torch.Tensor, zero: bool,
     delta = ternary_threshold(weight, eta)
     size = weight.detach().abs()
     j = (size[..., None] - magnitudes.detach().abs()).abs().argmin(dim=-1)
-    nonzero = size > delta if zero else torch.ones_like(size, dtype=torch.bool)
+    nonzero = _nonzero(size, delta, zero)
     sign = ((weight.detach() < 0) & nonzero).to(torch.int64)
     return sign, j, nonzero
 
@@ -170,7 +176,7 @@ def init_codebook(weight: torch.Tensor, *, granularity: str, idx_bits: int, zero
     size = codebook_size(idx_bits, zero)
     delta = ternary_threshold(weight, eta)
     rows = _by_subgroup(weight.detach().abs(), shape)
-    used = rows > delta if zero else torch.ones_like(rows, dtype=torch.bool)
+    used = _nonzero(rows, delta, zero)
     any_used = used.any(dim=1, keepdim=True)
     low = torch.where(any_used, torch.where(used, rows, torch.inf).amin(1, keepdim=True), 0)
     high = torch.where(used, rows, 0).amax(1, keepdim=True)
@@ -198,8 +204,10 @@ def syq_quantize(weight: torch.Tensor, magnitudes: torch.Tensor, *, zero: bool,
     >>> alpha = torch.tensor([[[0.4]]], requires_grad=True)
     >>> q = syq_quantize(w, alpha, zero=True)
     >>> q.sum().backward()
-    >>> q.detach(), w.grad, alpha.grad
-    (tensor([[ 0.4000,  0.0000, -0.4000,  0.4000]]), tensor([[1., 1., 1., 1.]]), tensor([[[1.]]]))
+    >>> q.detach()
+    tensor([[ 0.4000,  0.0000, -0.4000,  0.4000]])
+    >>> w.grad, alpha.grad
+    (tensor([[1., 1., 1., 1.]]), tensor([[[1.]]]))
 
     Raises
     ------
@@ -269,7 +277,7 @@ class SyqCodes:
 
 
 def _fit_frac_bits(magnitudes: torch.Tensor, entry_bits: int) -> int:
-    """The largest ``f`` in 0..31 with ``round_half_even(max c · 2^f) ≤ 2^entry_bits - 1``."""
+    """The largest ``f`` in 0..31 with ``round_half_even(max c·2^f) ≤ 2^entry_bits - 1``."""
     peak = magnitudes.abs().max().to(torch.float64)
     top = (1 << entry_bits) - 1
     for frac_bits in range(FRAC_BITS[1], FRAC_BITS[0] - 1, -1):
@@ -450,8 +458,8 @@ def syq_model(layers: nn.Sequential, *, idx_bits: int, zero: bool, granularity: 
     return nn.Sequential(*modules)
 
 
-def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 200,
-             lr: float = 1e-3) -> nn.Module:
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 300,
+             lr: float = 3e-3) -> nn.Module:
     """Full-batch Adam on cross-entropy from the model's current parameters.
 
     ``golden.digits.train`` without its re-initialization: QAT starts from the trained
