@@ -6,7 +6,8 @@ from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUT_BITS, MULTIPL
                           BIAS_BITS, SHIFT_RANGE, check_int)
 from .formats import int_range, check_in_format
 
-__all__ = ["MAX_ACC_BITS", "accumulator_width", "gemm", "requantize_round_half_up"]
+__all__ = ["MAX_ACC_BITS", "accumulator_width", "gemm", "requantize_round_half_up",
+           "split_output_outliers"]
 
 #: Widest accumulator the semantics admits (§2).
 MAX_ACC_BITS = 44
@@ -167,3 +168,26 @@ def requantize_round_half_up(acc: torch.Tensor, bias, multiplier, shift, *, out_
     if relu:
         low = max(low, 0)
     return q.clamp(low, high)
+
+
+def split_output_outliers(y: torch.Tensor, threshold: int, *, out_bits: int,
+                          out_signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split requantized values ``y`` into ``(dense, outliers)`` (§7).
+
+    ``y`` is the output of :func:`requantize_round_half_up` at the outlier width. Entries
+    with ``|y| > threshold`` go to ``outliers`` (zero elsewhere) and leave a zero in
+    ``dense``, so ``dense + outliers == y`` and ``dense`` lies in ``-threshold..threshold``.
+
+    >>> split_output_outliers(torch.tensor([[3, -200, 90]]), 100, out_bits=8,
+    ...                       out_signed=True)
+    (tensor([[ 3,  0, 90]]), tensor([[   0, -200,    0]]))
+
+    Raises
+    ------
+    TypeError
+        If ``threshold`` is not an integer in ``0..hi`` of the dense output format.
+    """
+    check_int("Output width", out_bits, OUT_BITS)
+    check_int("Outlier threshold", threshold, (0, int_range(out_bits, out_signed)[1]))
+    outlier = y.abs() > threshold
+    return torch.where(outlier, 0, y), torch.where(outlier, y, 0)

@@ -20,11 +20,15 @@ class GemmEngine(wiring.Component):
         Requantized output width (2..16), or ``None`` to output the accumulators.
     out_signed : bool
         Signedness of the requantized output.
+    out_outlier_bits : int or None
+        Extract output outliers of this width (§7); only with ``out_bits``.
 
     Raises
     ------
     TypeError, ValueError
         As :class:`MacArray` and :class:`Requantizer` raise them.
+    ValueError
+        If ``out_outlier_bits`` is given without ``out_bits``.
 
     Members
     -------
@@ -36,7 +40,11 @@ class GemmEngine(wiring.Component):
         Accumulator vectors, or requantized vectors with ``out_bits``.
     """
 
-    def __init__(self, *, out_bits=None, out_signed=True, **array_params):
+    def __init__(self, *, out_bits=None, out_signed=True, out_outlier_bits=None,
+                 **array_params):
+        if out_outlier_bits is not None and out_bits is None:
+            raise ValueError(f"Output outliers (out_outlier_bits={out_outlier_bits}) need a "
+                             f"requantized output (out_bits)")
         self._array = MacArray(**array_params)
         self._requantizer = None
         array_members = self._array.signature.members
@@ -46,7 +54,8 @@ class GemmEngine(wiring.Component):
         else:
             self._requantizer = Requantizer(cols=self._array.cols,
                                             acc_width=self._array.acc_width,
-                                            out_bits=out_bits, out_signed=out_signed)
+                                            out_bits=out_bits, out_signed=out_signed,
+                                            outlier_bits=out_outlier_bits)
             members["params"] = self._requantizer.signature.members["params"]
             members["out"] = self._requantizer.signature.members["out"]
         super().__init__(members)

@@ -4,6 +4,7 @@ from amaranth.lib.wiring import In, Out
 
 from olmac.params import ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES, check_int
 from .result_buffer import ResultBuffer
+from .shapes import narrowest_signed, shape_bounds
 
 __all__ = ["ActOutlier", "WeightOutlier", "ActBeat", "WeightBeat", "MacArray", "MAX_ACC_WIDTH"]
 
@@ -54,23 +55,8 @@ class WeightBeat(data.StructLayout):
         super().__init__(fields)
 
 
-def _signed_shape(low, high):
-    """The narrowest signed shape holding ``low..high``."""
-    width = 1
-    while not -(1 << (width - 1)) <= low <= high <= (1 << (width - 1)) - 1:
-        width += 1
-    return signed(width)
-
-
-def _shape_bounds(shape):
-    shape = Shape.cast(shape)
-    if shape.signed:
-        return -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
-    return 0, (1 << shape.width) - 1
-
-
 def _product_bounds(a_shape, b_shape):
-    (a_low, a_high), (b_low, b_high) = _shape_bounds(a_shape), _shape_bounds(b_shape)
+    (a_low, a_high), (b_low, b_high) = shape_bounds(a_shape), shape_bounds(b_shape)
     products = [a * b for a in (a_low, a_high) for b in (b_low, b_high)]
     return min(products), max(products)
 
@@ -308,7 +294,7 @@ class MacArray(wiring.Component):
         return self._padded_k * low, self._padded_k * high
 
     def _required_acc_width(self):
-        return _signed_shape(*self._accumulator_bounds()).width
+        return narrowest_signed(*self._accumulator_bounds()).width
 
     def elaborate(self, platform):
         m = Module()
@@ -362,7 +348,7 @@ class MacArray(wiring.Component):
         # as wide as the sums it can hold (a 4×4 product fits 8 bits, not Amaranth's 9).
         valid, last = self._delay(m, held, last & at_final)
         product_low, product_high = _product_bounds(self.act_shape, self.weight_shape)
-        sum_shape = lambda count: _signed_shape(count * product_low, count * product_high)
+        sum_shape = lambda count: narrowest_signed(count * product_low, count * product_high)
         level = []
         for col in range(self._cols):
             products = []
@@ -452,7 +438,7 @@ class MacArray(wiring.Component):
                     m, sub, act_slots, self._act_outlier_lanes, "act_outlier")):
                 row = tile[slot.lane]
                 for col in range(self._cols):
-                    product = Signal(_signed_shape(low, high), reset_less=True,
+                    product = Signal(narrowest_signed(low, high), reset_less=True,
                                      name=f"act_outlier_product_{index}_c{col}")
                     m.d.sync += product.eq(Mux(slot.valid, slot.value * row[col], 0))
                     terms[col].append(product)
@@ -469,7 +455,7 @@ class MacArray(wiring.Component):
                     for act_slot in act_slots:
                         with m.If(act_slot.valid & (act_slot.lane == slot.lane)):
                             m.d.comb += act.eq(act_slot.value)
-                product = Signal(_signed_shape(low, high), reset_less=True,
+                product = Signal(narrowest_signed(low, high), reset_less=True,
                                  name=f"weight_outlier_product_{index}")
                 col = Signal.like(slot.col, name=f"weight_outlier_col_{index}",
                                   reset_less=True)

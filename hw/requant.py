@@ -2,11 +2,13 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import OUT_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, check_int
+from olmac.params import (OUT_BITS, OUTLIER_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE,
+                          check_int)
 from .mac_array import MAX_ACC_WIDTH
 from .result_buffer import ResultBuffer
+from .shapes import shape_bounds
 
-__all__ = ["ChannelParams", "RequantParams", "Requantizer"]
+__all__ = ["ChannelParams", "RequantParams", "OutputOutlier", "RequantOutput", "Requantizer"]
 
 
 class ChannelParams(data.StructLayout):
@@ -21,13 +23,31 @@ class ChannelParams(data.StructLayout):
 
 
 class RequantParams(data.StructLayout):
-    """Parameters for one vector of ``cols`` accumulators, and the layer's ReLU flag."""
+    """Parameters for one vector of ``cols`` accumulators, the layer's ReLU flag and, with
+    output outliers (§7), the layer's outlier threshold ``0..hi`` of the dense format."""
 
-    def __init__(self, cols):
-        super().__init__({
-            "channels": data.ArrayLayout(ChannelParams(), cols),
-            "relu": unsigned(1),
-        })
+    def __init__(self, cols, threshold_shape=None):
+        fields = {"channels": data.ArrayLayout(ChannelParams(), cols), "relu": unsigned(1)}
+        if threshold_shape is not None:
+            fields["outlier_threshold"] = threshold_shape
+        super().__init__(fields)
+
+
+class OutputOutlier(data.StructLayout):
+    """One output outlier (§7): ``value`` belongs at column ``col`` of its vector."""
+
+    def __init__(self, value_shape, cols):
+        super().__init__({"valid": unsigned(1), "col": range(max(cols, 2)),
+                          "value": value_shape})
+
+
+class RequantOutput(data.StructLayout):
+    """A requantized vector with its outliers split off (§7): one slot per column."""
+
+    def __init__(self, dense_shape, outlier_shape, cols):
+        super().__init__({"dense": data.ArrayLayout(dense_shape, cols),
+                          "outliers": data.ArrayLayout(OutputOutlier(outlier_shape, cols),
+                                                       cols)})
 
 
 class Requantizer(wiring.Component):
@@ -49,6 +69,10 @@ class Requantizer(wiring.Component):
         Output width, 2..16.
     out_signed : bool
         Signed (``s<out_bits>``) or unsigned (``u<out_bits>``) output.
+    outlier_bits : int or None
+        With a width (out_bits+1..16), output outliers are extracted (§7): a value whose
+        magnitude exceeds the layer's threshold leaves as a ``(col, value)`` outlier of
+        that width and its dense slot is zero.
 
     Raises
     ------
@@ -61,21 +85,25 @@ class Requantizer(wiring.Component):
         Accumulator vectors.
     params : In(stream.Signature(RequantParams(cols)))
         One parameter beat per accumulator vector.
-    out : Out(stream.Signature(ArrayLayout(out_shape, cols)))
-        Requantized vectors.
+    out : Out(stream.Signature(ArrayLayout(out_shape, cols) or RequantOutput(...)))
+        Requantized vectors (with ``outlier_bits``, dense vectors and their outliers).
     """
 
-    def __init__(self, *, cols, acc_width, out_bits, out_signed=True):
+    def __init__(self, *, cols, acc_width, out_bits, out_signed=True, outlier_bits=None):
         self._cols = check_int("Column count", cols, (1, 64))
         self._acc_width = check_int("Accumulator width", acc_width, (1, MAX_ACC_WIDTH))
         self._out_bits = check_int("Output width", out_bits, OUT_BITS)
         if not isinstance(out_signed, bool):
             raise TypeError(f"Output signedness must be a bool, not {out_signed!r}")
         self._out_signed = out_signed
+        self._outlier_bits = None
+        if outlier_bits is not None:
+            self._outlier_bits = check_int("Output outlier width", outlier_bits,
+                                           (out_bits + 1, OUTLIER_BITS[1]))
         super().__init__({
             "acc": In(stream.Signature(data.ArrayLayout(signed(acc_width), cols))),
-            "params": In(stream.Signature(RequantParams(cols))),
-            "out": Out(stream.Signature(data.ArrayLayout(self.out_shape, cols))),
+            "params": In(stream.Signature(RequantParams(cols, self._threshold_shape))),
+            "out": Out(stream.Signature(self._out_layout)),
         })
 
     @property
@@ -88,13 +116,32 @@ class Requantizer(wiring.Component):
         """Shape of one requantized value."""
         return signed(self._out_bits) if self._out_signed else unsigned(self._out_bits)
 
+    @property
+    def outlier_shape(self):
+        """Shape of one output outlier, or ``None`` without extraction."""
+        if self._outlier_bits is None:
+            return None
+        return signed(self._outlier_bits) if self._out_signed else unsigned(self._outlier_bits)
+
+    @property
+    def _threshold_shape(self):
+        if self._outlier_bits is None:
+            return None
+        return range(shape_bounds(self.out_shape)[1] + 1)
+
+    @property
+    def _out_layout(self):
+        if self._outlier_bits is None:
+            return data.ArrayLayout(self.out_shape, self._cols)
+        return RequantOutput(self.out_shape, self.outlier_shape, self._cols)
+
     #: Cycles from an input transfer to its result entering the output queue.
     latency = 5
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.results = results = ResultBuffer(
-            data.ArrayLayout(self.out_shape, self._cols), depth=self.latency + 4)
+        m.submodules.results = results = ResultBuffer(self._out_layout,
+                                                      depth=self.latency + 4)
         wiring.connect(m, wiring.flipped(self.out), results.r)
 
         m.d.comb += [
@@ -104,10 +151,8 @@ class Requantizer(wiring.Component):
         accepted = self.acc.valid & self.acc.ready
         m.d.comb += results.claim.eq(accepted)
 
-        if self._out_signed:
-            low, high = -(1 << (self._out_bits - 1)), (1 << (self._out_bits - 1)) - 1
-        else:
-            low, high = 0, (1 << self._out_bits) - 1
+        # With outlier extraction the value is clamped to the outlier format first (§7).
+        low, high = shape_bounds(self.outlier_shape if self._outlier_bits else self.out_shape)
 
         # Only the valid bits are reset; the datapath registers need none.
         accs = Signal.like(self.acc.payload, reset_less=True)
@@ -119,10 +164,9 @@ class Requantizer(wiring.Component):
             valid[0].eq(accepted),
         ]
         m.d.sync += [valid[stage + 1].eq(valid[stage]) for stage in range(len(valid) - 1)]
-        relu = [params.relu]
-        for _ in range(3):
-            relu.append(Signal.like(relu[-1], name="relu_d", reset_less=True))
-            m.d.sync += relu[-1].eq(relu[-2])
+        relu = self._delayed(m, params.relu, "relu")
+        if self._outlier_bits is not None:
+            threshold = self._delayed(m, params.outlier_threshold, "threshold")
 
         for col in range(self._cols):
             channel = params.channels[col]
@@ -145,8 +189,27 @@ class Requantizer(wiring.Component):
             rounding = (Const(1, product.shape().width + 1) << shift[1]) >> 1
             shifted = Signal(product.shape(), name=f"shifted_{col}", reset_less=True)
             m.d.sync += shifted.eq((product + rounding) >> shift[1])
-            floor = Mux(relu[3], max(low, 0), low)
+            floor = Mux(relu, max(low, 0), low)
             clamped = Mux(shifted < floor, floor, Mux(shifted > high, high, shifted))
-            m.d.sync += results.w.payload[col].eq(clamped)
+            if self._outlier_bits is None:
+                m.d.sync += results.w.payload[col].eq(clamped)
+            else:
+                outlier = Mux(clamped < 0, -clamped, clamped) > threshold
+                slot = results.w.payload.outliers[col]
+                m.d.sync += [
+                    results.w.payload.dense[col].eq(Mux(outlier, 0, clamped)),
+                    slot.valid.eq(outlier),
+                    slot.col.eq(col),
+                    slot.value.eq(Mux(outlier, clamped, 0)),
+                ]
         m.d.sync += results.w.valid.eq(valid[-1])
         return m
+
+    @staticmethod
+    def _delayed(m, value, name):
+        """``value`` three stages later, in step with the shifted products."""
+        for stage in range(3):
+            delayed = Signal.like(value, name=f"{name}_d{stage}", reset_less=True)
+            m.d.sync += delayed.eq(value)
+            value = delayed
+        return value

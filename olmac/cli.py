@@ -91,9 +91,14 @@ def _gemm_case(args):
         case.shift = _load_channel_values(args.shift, "--shift", n, SHIFT_RANGE)
         case.bias = _load_channel_values(args.bias, "--bias", n, int32)
         case.relu = args.relu
-    elif args.relu or args.bias != "0" or args.unsigned_out:
-        raise UsageError("--bias, --relu and --unsigned-out need --multiplier, --shift and "
-                         "--out-bits")
+        if (args.out_outlier_bits is None) != (args.out_outlier_threshold is None):
+            raise UsageError("output outliers need --out-outlier-bits and "
+                             "--out-outlier-threshold together")
+        case.outlier_threshold = args.out_outlier_threshold
+    elif (args.relu or args.bias != "0" or args.unsigned_out or
+          args.out_outlier_bits is not None or args.out_outlier_threshold is not None):
+        raise UsageError("--bias, --relu, --unsigned-out and output outliers need "
+                         "--multiplier, --shift and --out-bits")
     return case
 
 
@@ -109,7 +114,7 @@ def _golden_result(case, args):
         return acc.numpy()
     return golden.requantize_round_half_up(
         acc, torch.from_numpy(case.bias), torch.from_numpy(case.multiplier),
-        torch.from_numpy(case.shift), out_bits=args.out_bits,
+        torch.from_numpy(case.shift), out_bits=args.out_outlier_bits or args.out_bits,
         out_signed=not args.unsigned_out, relu=case.relu).numpy()
 
 
@@ -120,6 +125,7 @@ def _rtl_result(case, args):
                           weight_bits=args.weight_bits, act_signed=not args.unsigned_acts,
                           max_k=case.acts.shape[1], out_bits=args.out_bits,
                           out_signed=not args.unsigned_out,
+                          out_outlier_bits=args.out_outlier_bits,
                           act_outlier_lanes=args.act_outlier_lanes,
                           weight_outlier_lanes=args.weight_outlier_lanes,
                           act_outlier_bits=args.act_outlier_bits,
@@ -154,6 +160,12 @@ def _validate_widths(args):
                                                                       OUTLIER_BITS[1]))
     if args.out_bits is not None:
         check_int("--out-bits", args.out_bits, OUT_BITS)
+        if args.out_outlier_bits is not None:
+            check_int("--out-outlier-bits", args.out_outlier_bits,
+                      (args.out_bits + 1, OUTLIER_BITS[1]))
+        if args.out_outlier_threshold is not None:
+            high = (1 << (args.out_bits - (0 if args.unsigned_out else 1))) - 1
+            check_int("--out-outlier-threshold", args.out_outlier_threshold, (0, high))
     if args.backend == "rtl":
         check_int("--lanes", args.lanes, (1, 64))
         check_int("--cols", args.cols, (1, 64))
@@ -240,6 +252,11 @@ def _gemm_parser(parser=None):
     requant.add_argument("--out-bits", type=int, help="output width 2..16")
     requant.add_argument("--unsigned-out", action="store_true", help="u<out-bits> output")
     requant.add_argument("--relu", action="store_true", help="clamp the output at 0")
+    requant.add_argument("--out-outlier-bits", type=int,
+                         help="extract output outliers of this width (§7), up to 16")
+    requant.add_argument("--out-outlier-threshold", type=int,
+                         help="outputs with |y| above this leave as outliers (§7); Y holds "
+                              "dense + outliers")
     return parser
 
 

@@ -22,14 +22,15 @@ from cocotb.triggers import ClockCycles, RisingEdge
 import golden
 from hw import GemmEngine
 from .job import JOB_ENV, Job
-from .payloads import output_codec, stream_payloads
+from .payloads import output_codec, output_leaves, output_values, stream_payloads
 from .streams import StreamDriver, StreamMonitor
 from .tiling import assemble_output, output_vectors
 
 
 def _golden_result(config, case):
     """§2/§3 on the recombined tensors (§6: the reference of a layer with outliers is the
-    exact GEMM of dense + sparse)."""
+    exact GEMM of dense + sparse), split by §7 when the engine extracts output outliers:
+    returns ``(dense, outliers or None)``."""
     acc = golden.gemm(
         torch.from_numpy(case.acts), torch.from_numpy(case.weights),
         act_bits=config.act_bits, act_signed=config.act_signed,
@@ -37,11 +38,17 @@ def _golden_result(config, case):
         act_outlier_bits=config.act_outlier_bits if config.act_outlier_lanes else None,
         weight_outlier_bits=config.weight_outlier_bits if config.weight_outlier_lanes else None)
     if config.out_bits is None:
-        return acc.numpy()
-    return golden.requantize_round_half_up(
+        return acc.numpy(), None
+    y = golden.requantize_round_half_up(
         acc, torch.from_numpy(case.bias), torch.from_numpy(case.multiplier),
-        torch.from_numpy(case.shift), out_bits=config.out_bits, out_signed=config.out_signed,
-        relu=case.relu).numpy()
+        torch.from_numpy(case.shift), out_bits=config.out_outlier_bits or config.out_bits,
+        out_signed=config.out_signed, relu=case.relu)
+    if config.out_outlier_bits is None:
+        return y.numpy(), None
+    dense, outliers = golden.split_output_outliers(y, case.outlier_threshold,
+                                                   out_bits=config.out_bits,
+                                                   out_signed=config.out_signed)
+    return dense.numpy(), outliers.numpy()
 
 
 class GemmTestbench:
@@ -62,8 +69,11 @@ class GemmTestbench:
             for name, payloads in stream_payloads(self._engine, case).items():
                 streams.setdefault(name, []).extend(payloads)
             if self.job.check:
-                self._expected += list(output_vectors(_golden_result(self.job.config, case),
-                                                      self.job.config.cols))
+                cols = self.job.config.cols
+                dense, outliers = _golden_result(self.job.config, case)
+                self._expected += list(output_leaves(
+                    self._engine, output_vectors(dense, cols),
+                    None if outliers is None else output_vectors(outliers, cols)))
         return streams
 
     def _scoreboard(self, payload):
@@ -96,7 +106,7 @@ class GemmTestbench:
         await monitor.receive(vector_count, self._scoreboard)
         elapsed = time.perf_counter() - started
 
-        vectors = np.array(self._received, dtype=np.int64)
+        vectors = output_values(self._engine, np.array(self._received, dtype=np.int64))
         offset = 0
         for case in self.job.cases:
             m, n = case.acts.shape[0], case.weights.shape[1]

@@ -33,6 +33,7 @@ class EngineConfig:
     weight_outlier_bits: int = 16
     act_outlier_slots: int | None = None
     weight_outlier_slots: int | None = None
+    out_outlier_bits: int | None = None
 
     @property
     def name(self):
@@ -47,19 +48,23 @@ class EngineConfig:
         if self.weight_outlier_lanes:
             name += (f"_wo{self.weight_outlier_lanes}b{self.weight_outlier_bits}"
                      f"s{self.weight_outlier_slots or self.lanes}")
+        if self.out_outlier_bits:
+            name += f"_oo{self.out_outlier_bits}"
         return name
 
 
 @dataclass
 class GemmCase:
     """One GEMM: ``acts`` (M×K), ``weights`` (K×N) and, for a requantizing engine, the
-    per-channel ``bias``, ``multiplier``, ``shift`` (length N) and ``relu``."""
+    per-channel ``bias``, ``multiplier``, ``shift`` (length N), ``relu`` and, with output
+    outliers (§7), the layer's ``outlier_threshold``."""
     acts: np.ndarray
     weights: np.ndarray
     bias: np.ndarray | None = None
     multiplier: np.ndarray | None = None
     shift: np.ndarray | None = None
     relu: bool = False
+    outlier_threshold: int | None = None
 
 
 @dataclass
@@ -88,6 +93,7 @@ class Job:
         manifest = {
             "config": asdict(self.config),
             "relu": [case.relu for case in self.cases],
+            "outlier_threshold": [case.outlier_threshold for case in self.cases],
             "pause_probability": self.pause_probability,
             "seed": self.seed,
             "check": self.check,
@@ -102,10 +108,11 @@ class Job:
         manifest = json.loads(path.read_text())
         arrays = np.load(path.with_suffix(".npz"))
         cases = []
-        for index, relu in enumerate(manifest["relu"]):
+        for index, (relu, threshold) in enumerate(zip(manifest["relu"],
+                                                      manifest["outlier_threshold"])):
             get = lambda name: arrays[f"{index}_{name}"] if f"{index}_{name}" in arrays else None
             cases.append(GemmCase(get("acts"), get("weights"), get("bias"), get("multiplier"),
-                                  get("shift"), relu))
+                                  get("shift"), relu, threshold))
         return cls(EngineConfig(**manifest["config"]), cases, manifest["pause_probability"],
                    manifest["seed"], manifest["check"], manifest["label"])
 

@@ -5,12 +5,11 @@ import numpy as np
 from amaranth.hdl import Shape
 
 import golden
-from hw.requant import RequantParams
 from .codec import LayoutCodec
 from .job import GemmCase
 from .tiling import gemm_beats
 
-__all__ = ["stream_payloads", "output_codec"]
+__all__ = ["stream_payloads", "output_codec", "output_leaves", "output_values"]
 
 
 def _range(shape):
@@ -18,15 +17,16 @@ def _range(shape):
     return golden.int_range(shape.width, shape.signed)
 
 
-def _param_leaves(case, cols):
+def _param_leaves(case, cols, with_threshold):
     """One parameter beat per output vector (§4 order): per column bias, multiplier,
-    shift (zero past N), then the ReLU flag."""
+    shift (zero past N), then the ReLU flag and, for output outliers, the threshold."""
     m, n = case.acts.shape[0], case.weights.shape[1]
     per_channel = np.stack([case.bias, case.multiplier, case.shift], axis=1)
     padded = np.zeros((-(-n // cols) * cols, 3), dtype=np.int64)
     padded[:n] = per_channel
     tiles = np.tile(padded.reshape(-1, cols * 3), (m, 1))
-    return np.concatenate([tiles, np.full((len(tiles), 1), int(case.relu))], axis=1)
+    layer = [int(case.relu)] + ([case.outlier_threshold] if with_threshold else [])
+    return np.concatenate([tiles, np.tile(layer, (len(tiles), 1))], axis=1)
 
 
 def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
@@ -57,11 +57,38 @@ def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
             np.concatenate(weight_leaves, 1)),
     }
     if engine.requantizer is not None:
-        payloads["params"] = LayoutCodec(RequantParams(array.cols)).pack(
-            _param_leaves(case, array.cols))
+        requantizer = engine.requantizer
+        with_threshold = requantizer.outlier_shape is not None
+        if with_threshold and case.outlier_threshold is None:
+            raise ValueError("An engine with output outliers needs an outlier_threshold")
+        payloads["params"] = LayoutCodec(engine.params.payload.shape()).pack(
+            _param_leaves(case, array.cols, with_threshold))
     return payloads
 
 
 def output_codec(engine) -> LayoutCodec:
-    """Unpacks ``engine.out`` payloads into vectors of ``cols`` values."""
+    """Unpacks ``engine.out`` payloads into leaf vectors (see :func:`output_leaves`)."""
     return LayoutCodec(engine.out.payload.shape())
+
+
+def _extracts_outliers(engine):
+    return engine.requantizer is not None and engine.requantizer.outlier_shape is not None
+
+
+def output_leaves(engine, dense: np.ndarray, outliers: np.ndarray | None) -> np.ndarray:
+    """The ``out`` leaves expected for output vectors ``dense`` (R×cols): the values, or
+    with output outliers (§7) the dense values then a ``(valid, col, value)`` slot per
+    column."""
+    if not _extracts_outliers(engine):
+        return dense
+    columns = np.broadcast_to(np.arange(dense.shape[1]), dense.shape)
+    slots = np.stack([(outliers != 0).astype(np.int64), columns, outliers], axis=2)
+    return np.concatenate([dense, slots.reshape(len(dense), -1)], axis=1)
+
+
+def output_values(engine, leaves: np.ndarray) -> np.ndarray:
+    """The values (R×cols) the next layer sees: with output outliers, dense + outliers."""
+    if not _extracts_outliers(engine):
+        return leaves
+    cols = engine.array.cols
+    return leaves[:, :cols] + leaves[:, cols:].reshape(len(leaves), cols, 3)[:, :, 2]

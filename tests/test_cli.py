@@ -178,3 +178,16 @@ def test_too_many_outliers_for_the_slots_is_refused(tmp_path, capsys):
     assert _refused(tmp_path, capsys, "--act-outlier-lanes", "1", "--act-outlier-slots", "2",
                     "--lanes", "4", "--cols", "2", backend="rtl") == \
         "olmac: error: The activation vector of beat 2 holds 3 outliers; a beat carries at most 2"
+
+
+def test_rtl_backend_output_outliers(tmp_path):
+    """§7 through the CLI: with output outliers the RTL's Y (dense + outliers) equals §3
+    evaluated here at the 16-bit outlier width."""
+    acts, weights = _write_operands(tmp_path, 3, 20, 3, 4, True, 4, seed=6)
+    result = _gemm(tmp_path, "--lanes", "4", "--cols", "2", "--multiplier", str(1 << 30),
+                   "--shift", "31", "--out-bits", "4", "--out-outlier-bits", "16",
+                   "--out-outlier-threshold", "5", backend="rtl")
+    expected = [[max(-(1 << 15), min((1 << 15) - 1, (a * (1 << 30) + (1 << 30)) >> 31))
+                 for a in row] for row in (acts @ weights).tolist()]
+    np.testing.assert_array_equal(result, expected)
+    assert (np.abs(result) > 7).any()  # values beyond the 4-bit output did come through

@@ -16,7 +16,7 @@ from hw import GemmEngine, MacArray, Requantizer
 from hw.requant import RequantParams
 from sim.codec import LayoutCodec
 from sim.job import GemmCase
-from sim.payloads import output_codec, stream_payloads
+from sim.payloads import output_codec, output_values, stream_payloads
 from sim.pysim import StreamSink, StreamSource
 from sim.tiling import assemble_output
 
@@ -45,7 +45,7 @@ def _run_gemm(engine, case, *, pause=0.0, seed=0):
     sink = StreamSink(engine.out, vector_count, pause_probability=pause, seed=seed + 3)
     sim.add_testbench(sink.run)
     sim.run()
-    vectors = output_codec(engine).unpack(sink.received)
+    vectors = output_values(engine, output_codec(engine).unpack(sink.received))
     return assemble_output(vectors, m, n), sink.cycles, len(payloads["act"])
 
 
@@ -266,3 +266,46 @@ def test_requantizer_refuses_bad_parameters(kwargs, message):
     params.update(kwargs)
     with pytest.raises(TypeError, match=message):
         Requantizer(**params)
+
+
+def test_requantizer_extracts_output_outliers():
+    """§7: values beyond the layer threshold leave as (col, 16-bit value) outliers with a
+    zero dense slot; the leaves equal golden requantization at 16 bits, then the split."""
+    rng = np.random.default_rng(13)
+    cols, acc_width, rows, out_bits = 4, 24, 20, 4
+    requantizer = Requantizer(cols=cols, acc_width=acc_width, out_bits=out_bits,
+                              out_signed=True, outlier_bits=16)
+    accs = rng.integers(-(1 << 23), 1 << 23, size=(rows, cols))
+    bias = rng.integers(-1000, 1000, size=(rows, cols))
+    multiplier = rng.integers(1 << 30, 1 << 31, size=(rows, cols))
+    shift = rng.integers(36, 50, size=(rows, cols))
+    relu = rng.integers(0, 2, size=rows)
+    threshold = rng.integers(0, 8, size=rows)
+    param_leaves = np.concatenate([np.stack([bias, multiplier, shift], axis=2).reshape(rows, -1),
+                                   relu[:, None], threshold[:, None]], axis=1)
+    sim = Simulator(requantizer)
+    sim.add_clock(1e-6)
+    sim.add_testbench(StreamSource(requantizer.acc, LayoutCodec(
+        requantizer.acc.payload.shape()).pack(accs), pause_probability=0.3).run,
+        background=True)
+    sim.add_testbench(StreamSource(requantizer.params, LayoutCodec(
+        requantizer.params.payload.shape()).pack(param_leaves), pause_probability=0.3,
+        seed=5).run, background=True)
+    sink = StreamSink(requantizer.out, rows, pause_probability=0.3)
+    sim.add_testbench(sink.run)
+    sim.run()
+    leaves = LayoutCodec(requantizer.out.payload.shape()).unpack(sink.received)
+    extracted = 0
+    for row in range(rows):
+        y = golden.requantize_round_half_up(torch.tensor(accs[row:row + 1]), bias[row],
+                                            multiplier[row], shift[row], out_bits=16,
+                                            out_signed=True, relu=bool(relu[row]))
+        dense, outliers = golden.split_output_outliers(y, int(threshold[row]),
+                                                       out_bits=out_bits, out_signed=True)
+        slots = leaves[row, cols:].reshape(cols, 3)
+        np.testing.assert_array_equal(leaves[row, :cols], dense.numpy()[0])
+        np.testing.assert_array_equal(slots[:, 0], (outliers.numpy()[0] != 0))
+        np.testing.assert_array_equal(slots[:, 1], np.arange(cols))
+        np.testing.assert_array_equal(slots[:, 2], outliers.numpy()[0])
+        extracted += int(slots[:, 0].sum())
+    assert 0 < extracted < rows * cols  # both kinds of value occurred

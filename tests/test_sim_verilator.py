@@ -109,7 +109,7 @@ OUTLIER_CONFIGS = [
                  act_outlier_lanes=1, weight_outlier_lanes=1, weight_outlier_slots=64),
     EngineConfig(lanes=8, cols=8, act_bits=4, weight_bits=3, act_signed=False, max_k=300,
                  act_outlier_lanes=2, weight_outlier_lanes=2, weight_outlier_bits=8,
-                 weight_outlier_slots=64, out_bits=16, out_signed=True),
+                 weight_outlier_slots=64, out_bits=4, out_signed=False, out_outlier_bits=16),
 ]
 
 
@@ -139,7 +139,8 @@ def _with_outliers(rng, config, acts, weights, ratio, placement):
 def test_outlier_lanes_bit_exact_under_backpressure(config):
     """Activation and weight outliers together at ratios 0 to 100 %, uniform, clustered in
     the first tiles and all in one lane: every vector equals golden (the exact GEMM of the
-    recombined tensors, §6) under random stalls."""
+    recombined tensors, §6; with output outliers, the dense and outlier parts of §7) under
+    random stalls."""
     rng = np.random.default_rng(11)
     act_lo, act_hi = golden.int_range(config.act_bits, config.act_signed)
     w_lo, w_hi = golden.int_range(config.weight_bits, signed=True)
@@ -151,9 +152,10 @@ def test_outlier_lanes_bit_exact_under_backpressure(config):
         weights = rng.integers(w_lo, w_hi + 1, (config.max_k, config.cols + 3))
         case = GemmCase(*_with_outliers(rng, config, acts, weights, ratio, placement))
         if config.out_bits is not None:
-            acc_bound = 1 << 40
+            acc_bound = 1 << 30
             case.bias, case.multiplier, case.shift = _requant_params(
                 rng, config, case.weights.shape[1], acc_bound)
+            case.outlier_threshold = int(rng.integers(0, 16))
         cases.append(case)
     job = run_job(Job(config, cases, pause_probability=0.3, seed=3, label="outliers"),
                   BUILD_ROOT, rebuild=True)

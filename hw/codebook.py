@@ -1,0 +1,257 @@
+from amaranth.hdl import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from olmac.params import WEIGHT_BITS, check_int
+from .mac_array import WeightBeat
+
+__all__ = ["GRANULARITIES", "CodeBeat", "CodebookEntry", "CodebookDecoder"]
+
+#: Which subgroup id of a :class:`CodeBeat` each element of a tile reads (docs/codebooks.md §3).
+GRANULARITIES = ("layer", "row", "pixel")
+#: Index widths the decoder takes. The spec allows 0..4; 4 would double every per-weight
+#: multiplexer to 16:1 for codebooks of 15–16 magnitudes, which no configuration asks for.
+IDX_BITS = (0, 3)
+#: Table entries are ``u<entry_bits>`` and decode to ``s<entry_bits + 1>``, which must be a
+#: weight width of the array (docs/codebooks.md §4).
+ENTRY_BITS = (WEIGHT_BITS[0] - 1, WEIGHT_BITS[1] - 1)
+#: Most codebooks one decoder holds.
+MAX_SUBGROUPS = 4096
+
+
+def _subgroup_ids(granularity, lanes, cols):
+    """Subgroup ids one tile carries: one, one per column, or one per lane."""
+    return {"layer": 1, "row": cols, "pixel": lanes}[granularity]
+
+
+class CodeBeat(data.StructLayout):
+    """One tile of SYQ codes indexed ``[lane][col]`` and the subgroups they decode with.
+
+    ``subgroup`` holds one id (``layer``), one per column (``row``) or one per lane
+    (``pixel``). ``reload`` asks for a batch of codebook loads to be applied before the tile
+    is decoded (see :class:`CodebookDecoder`).
+    """
+
+    def __init__(self, idx_bits, lanes, cols, subgroups, granularity):
+        super().__init__({
+            "tile": data.ArrayLayout(data.ArrayLayout(unsigned(1 + idx_bits), cols), lanes),
+            "subgroup": data.ArrayLayout(range(subgroups),
+                                         _subgroup_ids(granularity, lanes, cols)),
+            "reload": unsigned(1),
+        })
+
+
+class CodebookEntry(data.StructLayout):
+    """One table entry ``T[subgroup][index] = magnitude``; ``last`` ends a reload batch."""
+
+    def __init__(self, idx_bits, entry_bits, subgroups):
+        super().__init__({
+            "subgroup": range(subgroups),
+            "index": unsigned(idx_bits),
+            "magnitude": unsigned(entry_bits),
+            "last": unsigned(1),
+        })
+
+
+class CodebookDecoder(wiring.Component):
+    """SYQ symmetric-codebook weight decoder (docs/codebooks.md §3–§4).
+
+    Each beat of ``codes`` is a ``lanes × cols`` tile of codes
+    ``code = (sign << idx_bits) | index``; the decoder sends the tile of integer weights
+    ``D = (-1)^sign · T[g][index]`` (``s<entry_bits + 1>``) on ``weights``, whose layout is
+    the :class:`MacArray` weight beat without outliers, so ``weights`` connects straight to
+    the ``weights`` port of a ``MacArray(weight_bits=entry_bits + 1, ...)`` of the same
+    shape. With a zero code, index 0 decodes to 0 whatever the sign.
+
+    **Subgroups.** The decoder holds ``subgroups`` tables of magnitudes (the sign comes from
+    the code, so only ``|c|`` is stored, and the zero code needs no entry). ``granularity``
+    fixes which id of the beat's ``subgroup`` array the element ``[lane][col]`` uses, the
+    sequencer supplying the ids as it walks the GEMM (the tile's rows are K, its columns N):
+
+    * ``"layer"``: ``subgroup[0]`` for the whole tile (one codebook per layer; several layers'
+      codebooks may be held at once);
+    * ``"row"``: ``subgroup[col]``, the codebook of the output channel in that column;
+    * ``"pixel"``: ``subgroup[lane]``, the codebook of the kernel tap of that K row (a
+      convolution's im2col K runs over taps).
+
+    **Reloads.** Entries are written through ``load``. To keep reloads in order with the
+    tiles whatever the stalls on either stream, a tile with ``reload`` set first takes loads
+    up to and including one with ``last`` set, and loads are taken at no other time. A tile
+    therefore decodes with the tables as left by every batch requested at or before it, and
+    a tile already decoded but held at ``weights`` keeps the values it read. The tile enters
+    the cycle after its batch's last load. Loads to index 0 with a zero code are taken and
+    discarded (golden's ``T[g][0] = 0`` may be sent as it is). Tables start at zero.
+
+    One tile per cycle in steady state, with a latency of one cycle.
+
+    Parameters
+    ----------
+    lanes : int
+        Tile rows, along K; 1..64.
+    cols : int
+        Tile columns, along N; 1..64.
+    idx_bits : int
+        Index width, 0..3; codes are ``1 + idx_bits`` bits.
+    zero : bool
+        Index 0 is the zero code (ternary-style codebooks).
+    entry_bits : int
+        Width of the unsigned table entries, 1..7.
+    subgroups : int
+        Codebooks held, 1..4096.
+    granularity : str
+        ``"layer"``, ``"row"`` or ``"pixel"``.
+
+    Raises
+    ------
+    TypeError
+        If an integer parameter is not an integer or is outside its range, ``zero`` is not a
+        bool, or ``granularity`` is not a string.
+    ValueError
+        If ``granularity`` is not one of ``"layer"``, ``"row"``, ``"pixel"``, or a zero code
+        is asked for with ``idx_bits = 0`` (binary codes have no index to spare).
+
+    Members
+    -------
+    codes : In(stream.Signature(CodeBeat(...)))
+        Code tiles with their subgroup ids and ``reload`` flag.
+    load : In(stream.Signature(CodebookEntry(...)))
+        Table entries, in batches ended by ``last``.
+    weights : Out(stream.Signature(WeightBeat(signed(entry_bits + 1), lanes, cols)))
+        Decoded weight tiles.
+    """
+
+    def __init__(self, *, lanes, cols, idx_bits, zero, entry_bits, subgroups=1,
+                 granularity="layer"):
+        self._lanes = check_int("Lane count", lanes, (1, 64))
+        self._cols = check_int("Column count", cols, (1, 64))
+        self._idx_bits = check_int("Index width", idx_bits, IDX_BITS)
+        if not isinstance(zero, bool):
+            raise TypeError(f"Zero code must be a bool, not {zero!r}")
+        if zero and idx_bits == 0:
+            raise ValueError("A zero code needs an index width of at least 1, not 0")
+        self._zero = zero
+        self._entry_bits = check_int("Entry width", entry_bits, ENTRY_BITS)
+        self._subgroups = check_int("Subgroup count", subgroups, (1, MAX_SUBGROUPS))
+        if not isinstance(granularity, str):
+            raise TypeError(f"Granularity must be a string, not {granularity!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"Granularity must be one of 'layer', 'row', 'pixel', not "
+                             f"{granularity!r}")
+        self._granularity = granularity
+        super().__init__({
+            "codes": In(stream.Signature(CodeBeat(idx_bits, lanes, cols, subgroups,
+                                                  granularity))),
+            "load": In(stream.Signature(CodebookEntry(idx_bits, entry_bits, subgroups))),
+            "weights": Out(stream.Signature(WeightBeat(self.weight_shape, lanes, cols))),
+        })
+
+    @property
+    def lanes(self):
+        """Tile rows (along K)."""
+        return self._lanes
+
+    @property
+    def cols(self):
+        """Tile columns (along N)."""
+        return self._cols
+
+    @property
+    def idx_bits(self):
+        """Index width; codes are ``1 + idx_bits`` bits."""
+        return self._idx_bits
+
+    @property
+    def zero(self):
+        """Whether index 0 is the zero code."""
+        return self._zero
+
+    @property
+    def entry_bits(self):
+        """Width of a table entry."""
+        return self._entry_bits
+
+    @property
+    def subgroups(self):
+        """Codebooks held."""
+        return self._subgroups
+
+    @property
+    def granularity(self):
+        """Which subgroup id each element uses: ``"layer"``, ``"row"`` or ``"pixel"``."""
+        return self._granularity
+
+    @property
+    def weight_shape(self):
+        """Shape of one decoded weight."""
+        return signed(self._entry_bits + 1)
+
+    #: Cycles from a tile's transfer on ``codes`` to its decoded tile on ``weights``.
+    latency = 1
+
+    @property
+    def _stored(self):
+        """Magnitudes stored per codebook: the zero code has none."""
+        return (1 << self._idx_bits) - int(self._zero)
+
+    def elaborate(self, platform):
+        m = Module()
+
+        # One row per codebook, and one read port per subgroup id a tile carries: each port
+        # fetches a whole codebook and the elements pick their entry from it with a small
+        # 2^idx_bits:1 multiplexer. This needs 1, cols or lanes ports rather than the
+        # lanes·cols lookups of per-element reads, and the synchronous ports let a large
+        # table map to block RAM (replicated per port) instead of flip-flops and muxes as
+        # wide as `subgroups`.
+        m.submodules.tables = tables = Memory(
+            shape=data.ArrayLayout(unsigned(self._entry_bits), self._stored),
+            depth=self._subgroups, init=[])
+        write = tables.write_port(granularity=1)
+        reads = [tables.read_port()
+                 for _ in range(_subgroup_ids(self._granularity, self._lanes, self._cols))]
+
+        full = Signal()
+        reloaded = Signal()
+        take = ~full | self.weights.ready
+        waiting = self.codes.payload.reload & ~reloaded
+        m.d.comb += [
+            self.codes.ready.eq(take & ~waiting),
+            self.load.ready.eq(self.codes.valid & waiting),
+        ]
+        accepted = self.codes.valid & self.codes.ready
+        loaded = self.load.valid & self.load.ready
+
+        entry = self.load.payload
+        m.d.comb += [write.addr.eq(entry.subgroup),
+                     write.data.eq(Cat(*[entry.magnitude] * self._stored))]
+        for slot in range(self._stored):
+            m.d.comb += write.en[slot].eq(loaded & (entry.index == slot + int(self._zero)))
+        with m.If(loaded & entry.last):
+            m.d.sync += reloaded.eq(1)
+        with m.If(accepted):
+            m.d.sync += reloaded.eq(0)
+
+        # Loads are never taken in a cycle that accepts a tile, so no read meets a write to
+        # its row and the ports need no transparency; a port reads only when its tile is
+        # accepted, so a tile held by backpressure keeps the table it was accepted with.
+        for port, subgroup in zip(reads, self.codes.payload.subgroup):
+            m.d.comb += [port.addr.eq(subgroup), port.en.eq(accepted)]
+        codes = Signal.like(self.codes.payload.tile, reset_less=True)
+        with m.If(accepted):
+            m.d.sync += codes.eq(self.codes.payload.tile)
+        with m.If(take):
+            m.d.sync += full.eq(accepted)
+
+        # The decode after the registers is a small mux and a negation per weight; the
+        # array registers its inputs at once, so this stage needs no output register.
+        zero_entry = [Const(0, self._entry_bits)] if self._zero else []
+        for lane in range(self._lanes):
+            for col in range(self._cols):
+                port = reads[{"layer": 0, "row": col, "pixel": lane}[self._granularity]]
+                code = codes[lane][col]
+                sign, index = code[self._idx_bits], code[:self._idx_bits]
+                magnitude = Cat(*zero_entry, port.data).word_select(index, self._entry_bits)
+                m.d.comb += self.weights.payload.tile[lane][col].eq(
+                    Mux(sign, -magnitude, magnitude))
+        m.d.comb += self.weights.valid.eq(full)
+        return m
