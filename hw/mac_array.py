@@ -2,7 +2,8 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES, check_int
+from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
+                          PLANE_SHIFT_BITS, check_int)
 from .result_buffer import ResultBuffer
 from .shapes import narrowest_signed, shape_bounds
 
@@ -45,13 +46,17 @@ class ActBeat(data.StructLayout):
 
 class WeightBeat(data.StructLayout):
     """One dense weight tile indexed ``[lane][col]``; with outlier slots, up to ``slots``
-    weight outliers (§6)."""
+    weight outliers (§6); with plane shifts, a left shift per column applied to the
+    accumulator before this beat is added (§8)."""
 
-    def __init__(self, weight_shape, lanes, cols, outlier_shape=None, slots=0):
+    def __init__(self, weight_shape, lanes, cols, outlier_shape=None, slots=0,
+                 plane_shift_bits=0):
         fields = {"tile": data.ArrayLayout(data.ArrayLayout(weight_shape, cols), lanes)}
         if slots:
             fields["outliers"] = data.ArrayLayout(WeightOutlier(outlier_shape, lanes, cols),
                                                   slots)
+        if plane_shift_bits:
+            fields["plane_shift"] = data.ArrayLayout(unsigned(plane_shift_bits), cols)
         super().__init__(fields)
 
 
@@ -70,6 +75,11 @@ class MacArray(wiring.Component):
     whose activation has ``last`` set closes the reduction: the accumulators leave through
     ``acc`` and restart with the next beat, so reductions follow each other with no idle
     cycle and the array takes one beat per cycle in steady state.
+
+    **Multi-tensor layers** (§8). With ``plane_shift_bits``, each weight beat carries a
+    left shift per column that is applied to the accumulator before the beat is added, so
+    the planes of ``W ≈ Σ α_p Q_p`` (power-of-two scale ratios) stream as one reduction and
+    combine exactly in one accumulator. ``max_k`` then counts the products of all planes.
 
     **Outlier lanes** (§6). A beat may also carry sparse activation outliers (16-bit
     values at given lanes, whose dense slots are zero) and weight outliers (8- or 16-bit
@@ -110,6 +120,11 @@ class MacArray(wiring.Component):
         Width of the signed weight outliers, weight_bits+1..16.
     act_outlier_slots, weight_outlier_slots : int or None
         Outliers one beat can carry, 1..1024; by default ``lanes``.
+    plane_shift_bits : int
+        Width of the per-column plane shift of multi-tensor layers (§8), 0..4 (0: none).
+    max_plane_shift : int or None
+        Largest total shift within one reduction, which widens the accumulator (§8); by
+        default two shifts of the largest size (three planes).
 
     Raises
     ------
@@ -132,7 +147,7 @@ class MacArray(wiring.Component):
     def __init__(self, *, lanes, cols, act_bits, weight_bits, act_signed=True, max_k,
                  acc_width=None, act_outlier_lanes=0, weight_outlier_lanes=0,
                  act_outlier_bits=16, weight_outlier_bits=16, act_outlier_slots=None,
-                 weight_outlier_slots=None):
+                 weight_outlier_slots=None, plane_shift_bits=0, max_plane_shift=None):
         self._lanes = check_int("Lane count", lanes, (1, 64))
         self._cols = check_int("Column count", cols, (1, 64))
         self._act_bits = check_int("Activation width", act_bits, ACT_BITS)
@@ -165,9 +180,21 @@ class MacArray(wiring.Component):
                                            lanes if weight_outlier_slots is None else
                                            weight_outlier_slots, (1, 1024))
 
+        self._plane_shift_bits = check_int("Plane shift width", plane_shift_bits,
+                                           PLANE_SHIFT_BITS)
+        self._max_plane_shift = 0
+        if plane_shift_bits:
+            self._max_plane_shift = check_int(
+                "Maximum plane shift", 2 * ((1 << plane_shift_bits) - 1)
+                if max_plane_shift is None else max_plane_shift, (0, MAX_ACC_WIDTH))
+
         required = self._required_acc_width()
         if required > MAX_ACC_WIDTH:
-            raise ValueError(f"Maximum reduction length max_k={max_k} needs a {required}-bit "
+            raise ValueError(f"Maximum reduction length max_k={max_k} with plane shifts up to "
+                             f"{self._max_plane_shift} needs a {required}-bit accumulator; at "
+                             f"most {MAX_ACC_WIDTH} bits are supported"
+                             if self._max_plane_shift else
+                             f"Maximum reduction length max_k={max_k} needs a {required}-bit "
                              f"accumulator; at most {MAX_ACC_WIDTH} bits are supported")
         if acc_width is None:
             acc_width = required
@@ -186,7 +213,8 @@ class MacArray(wiring.Component):
                                                self._act_slots))),
             "weights": In(stream.Signature(WeightBeat(self.weight_shape, lanes, cols,
                                                       self.weight_outlier_shape,
-                                                      self._weight_slots))),
+                                                      self._weight_slots,
+                                                      self._plane_shift_bits))),
             "acc": Out(stream.Signature(data.ArrayLayout(signed(acc_width), cols))),
         })
 
@@ -242,6 +270,16 @@ class MacArray(wiring.Component):
         return self._weight_slots
 
     @property
+    def plane_shift_bits(self):
+        """Width of the per-column plane shift (0: no multi-tensor support)."""
+        return self._plane_shift_bits
+
+    @property
+    def max_plane_shift(self):
+        """Largest total plane shift within one reduction."""
+        return self._max_plane_shift
+
+    @property
     def max_k(self):
         """Longest reduction the accumulators hold exactly."""
         return self._max_k
@@ -294,7 +332,8 @@ class MacArray(wiring.Component):
         return self._padded_k * low, self._padded_k * high
 
     def _required_acc_width(self):
-        return narrowest_signed(*self._accumulator_bounds()).width
+        # Shifting the accumulator left by S in total multiplies the bound by at most 2^S.
+        return narrowest_signed(*self._accumulator_bounds()).width + self._max_plane_shift
 
     def elaborate(self, platform):
         m = Module()
@@ -324,6 +363,10 @@ class MacArray(wiring.Component):
         last = Signal(reset_less=True)
         loads = [acts.eq(self.act.payload.data), tile.eq(self.weights.payload.tile),
                  last.eq(self.act.payload.last)]
+        plane_shift = None
+        if self._plane_shift_bits:
+            plane_shift = Signal.like(self.weights.payload.plane_shift, reset_less=True)
+            loads.append(plane_shift.eq(self.weights.payload.plane_shift))
         if not self._has_outliers:
             m.d.sync += loads
             m.d.sync += held.eq(accepted)
@@ -339,6 +382,8 @@ class MacArray(wiring.Component):
             with m.Elif(held):
                 # the dense vector went with sub-beat 0; later sub-beats add outliers only
                 m.d.sync += acts.eq(0)
+                if plane_shift is not None:
+                    m.d.sync += plane_shift.eq(0)
                 with m.If(at_final):
                     m.d.sync += held.eq(0)
                 with m.Else():
@@ -347,6 +392,8 @@ class MacArray(wiring.Component):
         # Stage 1: products, then one register per adder-tree level. Each register is only
         # as wide as the sums it can hold (a 4×4 product fits 8 bits, not Amaranth's 9).
         valid, last = self._delay(m, held, last & at_final)
+        if plane_shift is not None:
+            plane_shift = self._delay_values(m, [plane_shift])[0]
         product_low, product_high = _product_bounds(self.act_shape, self.weight_shape)
         sum_shape = lambda count: narrowest_signed(count * product_low, count * product_high)
         level = []
@@ -374,6 +421,8 @@ class MacArray(wiring.Component):
                 next_level.append(sums)
             level = next_level
             valid, last = self._delay(m, valid, last)
+            if plane_shift is not None:
+                plane_shift = self._delay_values(m, [plane_shift])[0]
             if self._has_outliers and depth > 0:
                 outlier_sums = self._delay_values(m, outlier_sums)
 
@@ -383,7 +432,10 @@ class MacArray(wiring.Component):
             m.d.sync += starting.eq(last)
         for col, ((column_sum, _),) in enumerate(level):
             accumulator = Signal(signed(self._acc_width), name=f"acc_c{col}", reset_less=True)
-            total = Mux(starting, 0, accumulator) + column_sum
+            base = Mux(starting, 0, accumulator)
+            if plane_shift is not None:
+                base = base << plane_shift[col]
+            total = base + column_sum
             if self._has_outliers:
                 total = total + outlier_sums[col]
             with m.If(valid):
@@ -480,7 +532,7 @@ class MacArray(wiring.Component):
 
     @staticmethod
     def _delay_values(m, values):
-        delayed = [Signal.like(value, name=f"{value.name}_d", reset_less=True)
+        delayed = [Signal.like(value, name=f"{Value.cast(value).name}_d", reset_less=True)
                    for value in values]
         m.d.sync += [out.eq(value) for out, value in zip(delayed, values)]
         return delayed

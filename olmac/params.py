@@ -5,7 +5,8 @@ independent readings of the written spec.
 """
 
 __all__ = [
-    "ACT_BITS", "WEIGHT_BITS", "OUTLIER_BITS", "OUTLIER_LANES", "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE",
+    "ACT_BITS", "WEIGHT_BITS", "OUTLIER_BITS", "OUTLIER_LANES", "PLANE_SHIFT_BITS",
+    "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE",
     "check_int",
 ]
 
@@ -17,6 +18,8 @@ WEIGHT_BITS = (2, 8)
 OUTLIER_BITS = (3, 16)
 #: Allowed numbers of outlier multipliers of each kind (§6), inclusive.
 OUTLIER_LANES = (0, 16)
+#: Allowed widths of the per-column plane shift of multi-tensor layers (§8), inclusive.
+PLANE_SHIFT_BITS = (0, 4)
 #: Allowed requantized output widths (§1), inclusive.
 OUT_BITS = (2, 16)
 #: Width of the signed per-channel requantization multiplier and bias (§3).

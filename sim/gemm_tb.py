@@ -20,6 +20,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
 import golden
+from golden.mmse import combine_plane_accumulators
 from hw import GemmEngine
 from .job import JOB_ENV, Job
 from .payloads import output_codec, output_leaves, output_values, stream_payloads
@@ -29,14 +30,18 @@ from .tiling import assemble_output, output_vectors
 
 def _golden_result(config, case):
     """§2/§3 on the recombined tensors (§6: the reference of a layer with outliers is the
-    exact GEMM of dense + sparse), split by §7 when the engine extracts output outliers:
-    returns ``(dense, outliers or None)``."""
-    acc = golden.gemm(
-        torch.from_numpy(case.acts), torch.from_numpy(case.weights),
+    exact GEMM of dense + sparse), planes combined by §8, split by §7 when the engine
+    extracts output outliers: returns ``(dense, outliers or None)``."""
+    planes = case.weights if case.weights.ndim == 3 else case.weights[None]
+    accs = torch.stack([golden.gemm(
+        torch.from_numpy(case.acts), torch.from_numpy(plane),
         act_bits=config.act_bits, act_signed=config.act_signed,
         weight_bits=config.weight_bits,
         act_outlier_bits=config.act_outlier_bits if config.act_outlier_lanes else None,
         weight_outlier_bits=config.weight_outlier_bits if config.weight_outlier_lanes else None)
+        for plane in planes])
+    acc = accs[0] if case.plane_shifts is None else \
+        combine_plane_accumulators(accs, torch.from_numpy(case.plane_shifts))
     if config.out_bits is None:
         return acc.numpy(), None
     y = golden.requantize_round_half_up(
@@ -94,7 +99,7 @@ class GemmTestbench:
         await RisingEdge(dut.clk)
 
         streams = self._beats()
-        vector_count = sum(int(np.ceil(case.weights.shape[1] / self.job.config.cols)) *
+        vector_count = sum(int(np.ceil(case.weights.shape[-1] / self.job.config.cols)) *
                            case.acts.shape[0] for case in self.job.cases)
         pause, seed = self.job.pause_probability, self.job.seed
         drivers = [StreamDriver(dut, name, pause_probability=pause, seed=seed + index)
@@ -109,7 +114,7 @@ class GemmTestbench:
         vectors = output_values(self._engine, np.array(self._received, dtype=np.int64))
         offset = 0
         for case in self.job.cases:
-            m, n = case.acts.shape[0], case.weights.shape[1]
+            m, n = case.acts.shape[0], case.weights.shape[-1]
             count = m * -(-n // self.job.config.cols)
             self.job.results.append(assemble_output(vectors[offset:offset + count], m, n))
             offset += count

@@ -34,6 +34,8 @@ class EngineConfig:
     act_outlier_slots: int | None = None
     weight_outlier_slots: int | None = None
     out_outlier_bits: int | None = None
+    plane_shift_bits: int = 0
+    max_plane_shift: int | None = None
 
     @property
     def name(self):
@@ -50,12 +52,15 @@ class EngineConfig:
                      f"s{self.weight_outlier_slots or self.lanes}")
         if self.out_outlier_bits:
             name += f"_oo{self.out_outlier_bits}"
+        if self.plane_shift_bits:
+            name += f"_ps{self.plane_shift_bits}m{self.max_plane_shift}"
         return name
 
 
 @dataclass
 class GemmCase:
-    """One GEMM: ``acts`` (M×K), ``weights`` (K×N) and, for a requantizing engine, the
+    """One GEMM: ``acts`` (M×K), ``weights`` (K×N, or P×K×N planes with ``plane_shifts``
+    (P-1)×N, §8) and, for a requantizing engine, the
     per-channel ``bias``, ``multiplier``, ``shift`` (length N), ``relu`` and, with output
     outliers (§7), the layer's ``outlier_threshold``."""
     acts: np.ndarray
@@ -65,6 +70,7 @@ class GemmCase:
     shift: np.ndarray | None = None
     relu: bool = False
     outlier_threshold: int | None = None
+    plane_shifts: np.ndarray | None = None
 
 
 @dataclass
@@ -85,7 +91,7 @@ class Job:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {}
         for index, case in enumerate(self.cases):
-            for name in ("acts", "weights", "bias", "multiplier", "shift"):
+            for name in ("acts", "weights", "bias", "multiplier", "shift", "plane_shifts"):
                 value = getattr(case, name)
                 if value is not None:
                     arrays[f"{index}_{name}"] = np.asarray(value, dtype=np.int64)
@@ -112,7 +118,7 @@ class Job:
                                                       manifest["outlier_threshold"])):
             get = lambda name: arrays[f"{index}_{name}"] if f"{index}_{name}" in arrays else None
             cases.append(GemmCase(get("acts"), get("weights"), get("bias"), get("multiplier"),
-                                  get("shift"), relu, threshold))
+                                  get("shift"), relu, threshold, get("plane_shifts")))
         return cls(EngineConfig(**manifest["config"]), cases, manifest["pause_probability"],
                    manifest["seed"], manifest["check"], manifest["label"])
 

@@ -20,7 +20,7 @@ def _range(shape):
 def _param_leaves(case, cols, with_threshold):
     """One parameter beat per output vector (§4 order): per column bias, multiplier,
     shift (zero past N), then the ReLU flag and, for output outliers, the threshold."""
-    m, n = case.acts.shape[0], case.weights.shape[1]
+    m, n = case.acts.shape[0], case.weights.shape[-1]
     per_channel = np.stack([case.bias, case.multiplier, case.shift], axis=1)
     padded = np.zeros((-(-n // cols) * cols, 3), dtype=np.int64)
     padded[:n] = per_channel
@@ -43,7 +43,17 @@ def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
                        act_dense_range=_range(array.act_shape),
                        act_slots=array.act_outlier_slots,
                        weight_dense_range=_range(array.weight_shape),
-                       weight_slots=array.weight_outlier_slots)
+                       weight_slots=array.weight_outlier_slots,
+                       plane_shifts=case.plane_shifts)
+    if (beats.plane_shifts is not None) != bool(array.plane_shift_bits):
+        raise ValueError("Weight planes need an engine with plane shifts, and vice versa")
+    if beats.plane_shifts is not None:
+        total = case.plane_shifts.sum(axis=0).max(initial=0)
+        if total > array.max_plane_shift or case.plane_shifts.max(initial=0) >= \
+                1 << array.plane_shift_bits:
+            raise ValueError(f"Plane shifts {case.plane_shifts.tolist()} exceed the engine's "
+                             f"{array.plane_shift_bits}-bit shifts or its total of "
+                             f"{array.max_plane_shift}")
     count = len(beats.last)
     act_leaves = [beats.acts, beats.last[:, None]]
     weight_leaves = [beats.weights.reshape(count, -1)]
@@ -51,6 +61,8 @@ def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
         act_leaves.append(beats.act_outliers.reshape(count, -1))
     if beats.weight_outliers is not None:
         weight_leaves.append(beats.weight_outliers.reshape(count, -1))
+    if beats.plane_shifts is not None:
+        weight_leaves.append(beats.plane_shifts)
     payloads = {
         "act": LayoutCodec(engine.act.payload.shape()).pack(np.concatenate(act_leaves, 1)),
         "weights": LayoutCodec(engine.weights.payload.shape()).pack(

@@ -19,6 +19,7 @@ class GemmBeats:
     weights: np.ndarray
     act_outliers: np.ndarray | None = None
     weight_outliers: np.ndarray | None = None
+    plane_shifts: np.ndarray | None = None
 
 
 def _tiles(count, size):
@@ -48,8 +49,9 @@ def _split_outliers(values, dense_range, slots, what):
 
 def gemm_beats(acts: np.ndarray, weights: np.ndarray, lanes: int, cols: int, *,
                act_dense_range=None, act_slots=0, weight_dense_range=None,
-               weight_slots=0) -> GemmBeats:
-    """Cut ``acts`` (M×K) and ``weights`` (K×N) into beats, zero-padding the last tiles.
+               weight_slots=0, plane_shifts=None) -> GemmBeats:
+    """Cut ``acts`` (M×K) and ``weights`` (K×N, or P×K×N planes with ``plane_shifts``
+    (P-1)×N, §8) into beats, zero-padding the last tiles.
 
     With ``act_slots`` (``weight_slots``), entries outside ``act_dense_range``
     (``weight_dense_range``) travel as outliers of their beat (§6).
@@ -59,20 +61,29 @@ def gemm_beats(acts: np.ndarray, weights: np.ndarray, lanes: int, cols: int, *,
     ValueError
         If a beat holds more outliers than it has slots.
     """
+    planes = weights if weights.ndim == 3 else weights[None]
+    p = planes.shape[0]
     m, k = acts.shape
-    n = weights.shape[1]
+    n = planes.shape[2]
     kt, nt = _tiles(k, lanes), _tiles(n, cols)
     padded_acts = np.zeros((m, kt * lanes), dtype=np.int64)
     padded_acts[:, :k] = acts
-    padded_weights = np.zeros((kt * lanes, nt * cols), dtype=np.int64)
-    padded_weights[:k, :n] = weights
-    # beat (row, n_tile, k_tile), k_tile fastest
-    act_tiles = padded_acts.reshape(m, 1, kt, lanes)
-    act_tiles = np.broadcast_to(act_tiles, (m, nt, kt, lanes)).reshape(-1, lanes)
-    weight_tiles = padded_weights.reshape(kt, lanes, nt, cols).transpose(2, 0, 1, 3)
-    weight_tiles = np.broadcast_to(weight_tiles, (m, nt, kt, lanes, cols))
-    last = np.zeros((m, nt, kt), dtype=np.int64)
-    last[:, :, -1] = 1
+    padded_weights = np.zeros((p, kt * lanes, nt * cols), dtype=np.int64)
+    padded_weights[:, :k, :n] = planes
+    # beat (row, n_tile, plane, k_tile), k_tile fastest
+    act_tiles = padded_acts.reshape(m, 1, 1, kt, lanes)
+    act_tiles = np.broadcast_to(act_tiles, (m, nt, p, kt, lanes)).reshape(-1, lanes)
+    weight_tiles = padded_weights.reshape(p, kt, lanes, nt, cols).transpose(3, 0, 1, 2, 4)
+    weight_tiles = np.broadcast_to(weight_tiles, (m, nt, p, kt, lanes, cols))
+    last = np.zeros((m, nt, p, kt), dtype=np.int64)
+    last[:, :, -1, -1] = 1
+    beat_shifts = None
+    if plane_shifts is not None:
+        padded_shifts = np.zeros((p, nt * cols), dtype=np.int64)
+        padded_shifts[1:, :n] = plane_shifts
+        beat_shifts = np.zeros((m, nt, p, kt, cols), dtype=np.int64)
+        beat_shifts[:, :, :, 0, :] = padded_shifts.reshape(p, nt, cols).transpose(1, 0, 2)
+        beat_shifts = beat_shifts.reshape(-1, cols)
     act_tiles = np.ascontiguousarray(act_tiles)
     weight_tiles = np.ascontiguousarray(weight_tiles.reshape(-1, lanes * cols))
     act_outliers = weight_outliers = None
@@ -86,7 +97,8 @@ def gemm_beats(acts: np.ndarray, weights: np.ndarray, lanes: int, cols: int, *,
         weight_outliers = np.stack([valid, index // cols, index % cols, value], axis=2)
     return GemmBeats(acts=act_tiles, last=last.reshape(-1),
                      weights=weight_tiles.reshape(-1, lanes, cols),
-                     act_outliers=act_outliers, weight_outliers=weight_outliers)
+                     act_outliers=act_outliers, weight_outliers=weight_outliers,
+                     plane_shifts=beat_shifts)
 
 
 def output_vectors(result: np.ndarray, cols: int) -> np.ndarray:

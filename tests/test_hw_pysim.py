@@ -34,7 +34,7 @@ def _random_operands(rng, m, k, n, act_bits, act_signed, weight_bits):
 def _run_gemm(engine, case, *, pause=0.0, seed=0):
     """Stream ``case`` through ``engine``; returns (M×N result, cycles, beats)."""
     payloads = stream_payloads(engine, case)
-    m, n = case.acts.shape[0], case.weights.shape[1]
+    m, n = case.acts.shape[0], case.weights.shape[-1]
     vector_count = m * -(-n // engine.array.cols)
     sim = Simulator(engine)
     sim.add_clock(1e-6)
@@ -309,3 +309,23 @@ def test_requantizer_extracts_output_outliers():
         np.testing.assert_array_equal(slots[:, 2], outliers.numpy()[0])
         extracted += int(slots[:, 0].sum())
     assert 0 < extracted < rows * cols  # both kinds of value occurred
+
+
+@pytest.mark.parametrize("planes,lanes,cols", [(2, 4, 3), (3, 5, 2)])
+def test_weight_planes_combine_in_one_accumulator(planes, lanes, cols):
+    """§8: planes streamed as one reduction with per-column shifts equal golden's Horner
+    combination of the per-plane GEMMs, under random stalls."""
+    from golden.mmse import combine_plane_accumulators
+    rng = np.random.default_rng(planes)
+    m, k, n = 3, 2 * lanes + 1, 2 * cols + 1
+    acts = rng.integers(-8, 8, (m, k))
+    weights = rng.integers(-2, 2, (planes, k, n))
+    shifts = rng.integers(0, 8, (planes - 1, n))
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=2,
+                        max_k=planes * k, plane_shift_bits=3, max_plane_shift=14)
+    case = GemmCase(acts, weights, plane_shifts=shifts)
+    result, _, _ = _run_gemm(engine, case, pause=0.3)
+    accs = torch.stack([golden.gemm(torch.tensor(acts), torch.tensor(plane), act_bits=4,
+                                    act_signed=True, weight_bits=2) for plane in weights])
+    expected = combine_plane_accumulators(accs, torch.tensor(shifts))
+    np.testing.assert_array_equal(result, expected.numpy())

@@ -160,3 +160,22 @@ def test_outlier_lanes_bit_exact_under_backpressure(config):
     job = run_job(Job(config, cases, pause_probability=0.3, seed=3, label="outliers"),
                   BUILD_ROOT, rebuild=True)
     assert job.stats["mismatches"] == 0
+
+
+def test_weight_planes_bit_exact_under_backpressure():
+    """§8: 1-, 2- and 3-plane layers (2-bit planes, per-column shifts) through one engine,
+    requantized; every vector equals golden's plane combination under random stalls."""
+    config = EngineConfig(lanes=8, cols=4, act_bits=4, weight_bits=2, act_signed=False,
+                          max_k=3 * 200, plane_shift_bits=4, max_plane_shift=12, out_bits=8)
+    rng = np.random.default_rng(17)
+    cases = []
+    for planes in (1, 2, 3, 3):
+        acts = rng.integers(0, 16, (3, 200))
+        weights = rng.integers(-2, 2, (planes, 200, 6))
+        shifts = rng.integers(0, 7, (planes - 1, 6))
+        case = GemmCase(acts, weights, plane_shifts=shifts)
+        case.bias, case.multiplier, case.shift = _requant_params(rng, config, 6, 1 << 22)
+        cases.append(case)
+    job = run_job(Job(config, cases, pause_probability=0.3, seed=5, label="planes"),
+                  BUILD_ROOT, rebuild=True)
+    assert job.stats["mismatches"] == 0
