@@ -23,13 +23,14 @@ class UsageError(Exception):
     """A bad argument or input file; reported as ``olmac: error: ...`` with exit status 2."""
 
 
-def _load_matrix(path, name):
+def _load_matrix(path, name, dims=(2,)):
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise UsageError(f"{name}: cannot read {path}: {error}") from None
-    if array.ndim != 2:
-        raise UsageError(f"{name} ({path}) must be a 2-D array, not shape {array.shape}")
+    if array.ndim not in dims:
+        raise UsageError(f"{name} ({path}) must be a {' or '.join(f'{d}-D' for d in dims)} "
+                         f"array, not shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise UsageError(f"{name} ({path}) must hold integers, not {array.dtype}")
     return array.astype(np.int64)
@@ -65,11 +66,11 @@ def _gemm_case(args):
     from sim.job import GemmCase
 
     acts = _load_matrix(args.acts, "--acts")
-    weights = _load_matrix(args.weights, "--weights")
-    if acts.shape[1] != weights.shape[0]:
+    weights = _load_matrix(args.weights, "--weights", (2, 3) if args.plane_shifts else (2,))
+    if acts.shape[1] != weights.shape[-2]:
         raise UsageError(f"--acts is {acts.shape} and --weights is {weights.shape}: the K "
-                         f"dimensions {acts.shape[1]} and {weights.shape[0]} differ")
-    if acts.shape[1] == 0 or acts.shape[0] == 0 or weights.shape[1] == 0:
+                         f"dimensions {acts.shape[1]} and {weights.shape[-2]} differ")
+    if acts.shape[1] == 0 or acts.shape[0] == 0 or weights.shape[-1] == 0:
         raise UsageError(f"--acts {acts.shape} and --weights {weights.shape} must not be empty")
     # Entries beyond the dense width are outliers (§6) when the engine has outlier lanes.
     act_bits = args.act_outlier_bits if args.act_outlier_lanes else args.act_bits
@@ -81,11 +82,25 @@ def _gemm_case(args):
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
     case = GemmCase(acts, weights)
+    if args.plane_shifts:
+        planes = weights.shape[0] if weights.ndim == 3 else 1
+        if not 1 <= planes <= 3:
+            raise UsageError(f"--weights holds {planes} planes; 1..3 are supported")
+        shifts = _load_matrix(args.plane_shifts, "--plane-shifts").reshape(-1, weights.shape[-1]) \
+            if planes > 1 else np.zeros((0, weights.shape[-1]), np.int64)
+        if shifts.shape != (planes - 1, weights.shape[-1]):
+            raise UsageError(f"--plane-shifts must be {planes - 1}×{weights.shape[-1]} (one "
+                             f"exponent per column between planes), not {shifts.shape}")
+        if ((shifts < 0) | (shifts > 15)).any():
+            raise UsageError(f"--plane-shifts entries must lie in 0..15, not "
+                             f"{int(shifts[(shifts < 0) | (shifts > 15)][0])}")
+        case.weights = weights if weights.ndim == 3 else weights[None]
+        case.plane_shifts = shifts
     requant_flags = (args.multiplier, args.shift, args.out_bits)
     if any(flag is not None for flag in requant_flags):
         if any(flag is None for flag in requant_flags):
             raise UsageError("requantization needs --multiplier, --shift and --out-bits together")
-        n = weights.shape[1]
+        n = weights.shape[-1]
         int32 = (-(1 << 31), (1 << 31) - 1)
         case.multiplier = _load_channel_values(args.multiplier, "--multiplier", n, int32)
         case.shift = _load_channel_values(args.shift, "--shift", n, SHIFT_RANGE)
@@ -105,11 +120,16 @@ def _gemm_case(args):
 def _golden_result(case, args):
     import torch
     import golden
-    acc = golden.gemm(
-        torch.from_numpy(case.acts), torch.from_numpy(case.weights), act_bits=args.act_bits,
+    from golden.mmse import combine_plane_accumulators
+    planes = case.weights if case.weights.ndim == 3 else case.weights[None]
+    accs = torch.stack([golden.gemm(
+        torch.from_numpy(case.acts), torch.from_numpy(plane), act_bits=args.act_bits,
         act_signed=not args.unsigned_acts, weight_bits=args.weight_bits,
         act_outlier_bits=args.act_outlier_bits if args.act_outlier_lanes else None,
         weight_outlier_bits=args.weight_outlier_bits if args.weight_outlier_lanes else None)
+        for plane in planes])
+    acc = accs[0] if case.plane_shifts is None else \
+        combine_plane_accumulators(accs, torch.from_numpy(case.plane_shifts))
     if case.multiplier is None:
         return acc.numpy()
     return golden.requantize_round_half_up(
@@ -123,7 +143,9 @@ def _rtl_result(case, args):
     from sim.runner import run_job
     config = EngineConfig(lanes=args.lanes, cols=args.cols, act_bits=args.act_bits,
                           weight_bits=args.weight_bits, act_signed=not args.unsigned_acts,
-                          max_k=case.acts.shape[1], out_bits=args.out_bits,
+                          max_k=case.acts.shape[1] * (case.weights.shape[0]
+                                                      if case.weights.ndim == 3 else 1),
+                          out_bits=args.out_bits,
                           out_signed=not args.unsigned_out,
                           out_outlier_bits=args.out_outlier_bits,
                           act_outlier_lanes=args.act_outlier_lanes,
@@ -132,11 +154,13 @@ def _rtl_result(case, args):
                           weight_outlier_bits=args.weight_outlier_bits,
                           act_outlier_slots=args.act_outlier_slots,
                           weight_outlier_slots=args.weight_outlier_slots or
-                          args.lanes * args.cols)
+                          args.lanes * args.cols,
+                          plane_shift_bits=4 if case.plane_shifts is not None else 0,
+                          max_plane_shift=None if case.plane_shifts is None else
+                          int(case.plane_shifts.sum(axis=0).max(initial=0)))
     job = run_job(Job(config, [case], check=False, label="gemm"), BUILD_ROOT)
-    m, k = case.acts.shape
-    n = case.weights.shape[1]
-    ideal = m * k * n / (args.lanes * args.cols)
+    m, n = case.acts.shape[0], case.weights.shape[-1]
+    ideal = m * config.max_k * n / (args.lanes * args.cols)  # max_k counts every plane
     stats = job.stats
     print(f"olmac: RTL {config.name}: {stats['cycles']} cycles for {stats['beats']} beats "
           f"(ideal {ideal:.0f}, MAC utilization {ideal / stats['cycles']:.1%}), "
@@ -232,6 +256,8 @@ def _gemm_parser(parser=None):
     parser.add_argument("--lanes", type=int, default=16, help="RTL: multipliers along K")
     parser.add_argument("--cols", type=int, default=8, help="RTL: columns along N")
     parser.add_argument("--out", required=True, help="Y: M×N int64 .npy")
+    parser.add_argument("--plane-shifts", help="multi-tensor weights (docs/semantics.md §8): "
+                        "--weights is P×K×N (P ≤ 3) and this .npy holds the (P-1)×N exponents")
     outliers = parser.add_argument_group(
         "outliers (docs/semantics.md §6): with outlier lanes, entries beyond the dense width "
         "but within the outlier width travel as sparse outliers")

@@ -191,3 +191,21 @@ def test_rtl_backend_output_outliers(tmp_path):
                  for a in row] for row in (acts @ weights).tolist()]
     np.testing.assert_array_equal(result, expected)
     assert (np.abs(result) > 7).any()  # values beyond the 4-bit output did come through
+
+
+def test_rtl_backend_weight_planes(tmp_path):
+    """§8 through the CLI: 3 planes of 2-bit weights with per-column exponents; golden and
+    RTL both equal Σ_p A·Q_p·2^(S_p) computed here with numpy."""
+    rng = np.random.default_rng(8)
+    acts = rng.integers(-8, 8, (3, 30))
+    planes = rng.integers(-2, 2, (3, 30, 5))
+    shifts = rng.integers(0, 5, (2, 5))
+    np.save(tmp_path / "A.npy", acts)
+    np.save(tmp_path / "W.npy", planes)
+    np.save(tmp_path / "S.npy", shifts)
+    expected = ((acts @ planes[0]) << (shifts[0] + shifts[1])) + \
+        ((acts @ planes[1]) << shifts[1]) + acts @ planes[2]
+    for backend in ("golden", "rtl"):
+        result = _gemm(tmp_path, "--plane-shifts", str(tmp_path / "S.npy"), "--lanes", "8",
+                       "--cols", "2", weight_bits=2, backend=backend)
+        np.testing.assert_array_equal(result, expected)
