@@ -233,6 +233,24 @@ def test_gemm_engine_requantized():
     (dict(act_bits=8, weight_bits=8, max_k=1 << 30), ValueError,
      r"^Maximum reduction length max_k=1073741824 needs a 46-bit accumulator; at most 44 "
      r"bits are supported$"),
+    (dict(act_outlier_lanes=17), TypeError,
+     r"^Activation outlier lane count must be an integer in 0\.\.16, not 17$"),
+    (dict(weight_outlier_lanes=-1), TypeError,
+     r"^Weight outlier lane count must be an integer in 0\.\.16, not -1$"),
+    (dict(act_outlier_lanes=1, act_outlier_bits=4), ValueError,
+     r"^Activation outlier width 4 must exceed the activation width 4$"),
+    (dict(weight_outlier_lanes=1, weight_outlier_bits=17), TypeError,
+     r"^Weight outlier width must be an integer in 3\.\.16, not 17$"),
+    (dict(act_outlier_lanes=1, act_outlier_slots=0), TypeError,
+     r"^Activation outlier slot count must be an integer in 1\.\.1024, not 0$"),
+    (dict(act_outlier_lanes=1, weight_outlier_lanes=1, acc_width=37), ValueError,
+     r"^Accumulator width 37 can overflow: 1024 products of signed\(16\) × signed\(16\) "
+     r"range over -1099478073344\.\.1099511627776, which needs at least 42 bits$"),
+    (dict(plane_shift_bits=5), TypeError,
+     r"^Plane shift width must be an integer in 0\.\.4, not 5$"),
+    (dict(plane_shift_bits=4, max_plane_shift=30), ValueError,
+     r"^Maximum reduction length max_k=1024 with plane shifts up to 30 needs a 48-bit "
+     r"accumulator; at most 44 bits are supported$"),
 ])
 def test_mac_array_refuses_bad_parameters(kwargs, error, message):
     params = dict(lanes=16, cols=4, act_bits=4, weight_bits=4, act_signed=True, max_k=1024)
