@@ -6,12 +6,13 @@ from amaranth.lib.wiring import In, Out
 from olmac.params import WEIGHT_BITS, check_int
 from .mac_array import WeightBeat
 
-__all__ = ["GRANULARITIES", "CodeBeat", "CodebookEntry", "CodebookDecoder"]
+__all__ = ["GRANULARITIES", "IDX_BITS", "ENTRY_BITS", "MAX_SUBGROUPS", "CodeBeat",
+           "CodebookEntry", "CodebookDecoder"]
 
 #: Which subgroup id of a :class:`CodeBeat` each element of a tile reads (docs/codebooks.md §3).
 GRANULARITIES = ("layer", "row", "pixel")
-#: Index widths the decoder takes. The spec allows 0..4; 4 would double every per-weight
-#: multiplexer to 16:1 for codebooks of 15–16 magnitudes, which no configuration asks for.
+#: Index widths the decoder takes (codes of 1..4 bits). The spec allows 0..4; each further
+#: bit doubles every weight's multiplexer, and 15–16 magnitudes are past what SYQ uses.
 IDX_BITS = (0, 3)
 #: Table entries are ``u<entry_bits>`` and decode to ``s<entry_bits + 1>``, which must be a
 #: weight width of the array (docs/codebooks.md §4).
@@ -81,7 +82,8 @@ class CodebookDecoder(wiring.Component):
     therefore decodes with the tables as left by every batch requested at or before it, and
     a tile already decoded but held at ``weights`` keeps the values it read. The tile enters
     the cycle after its batch's last load. Loads to index 0 with a zero code are taken and
-    discarded (golden's ``T[g][0] = 0`` may be sent as it is). Tables start at zero.
+    discarded (golden's ``T[g][0] = 0`` may be sent as it is). Tables start at zero; a reset
+    does not clear them.
 
     One tile per cycle in steady state, with a latency of one cycle.
 
@@ -198,11 +200,11 @@ class CodebookDecoder(wiring.Component):
         m = Module()
 
         # One row per codebook, and one read port per subgroup id a tile carries: each port
-        # fetches a whole codebook and the elements pick their entry from it with a small
-        # 2^idx_bits:1 multiplexer. This needs 1, cols or lanes ports rather than the
-        # lanes·cols lookups of per-element reads, and the synchronous ports let a large
-        # table map to block RAM (replicated per port) instead of flip-flops and muxes as
-        # wide as `subgroups`.
+        # fetches a whole codebook and every weight on it picks its value with a small
+        # multiplexer (`_decode`). That is 1, cols or lanes ports rather than lanes·cols
+        # per-weight lookups, and synchronous ports let a large table map to block RAM
+        # (one copy per port: 8 iCE40 BRAMs for 256 ternary u7 codebooks read row-wise by
+        # 8 columns) instead of flip-flops and multiplexers as wide as `subgroups`.
         m.submodules.tables = tables = Memory(
             shape=data.ArrayLayout(unsigned(self._entry_bits), self._stored),
             depth=self._subgroups, init=[])
@@ -242,16 +244,30 @@ class CodebookDecoder(wiring.Component):
         with m.If(take):
             m.d.sync += full.eq(accepted)
 
-        # The decode after the registers is a small mux and a negation per weight; the
-        # array registers its inputs at once, so this stage needs no output register.
-        zero_entry = [Const(0, self._entry_bits)] if self._zero else []
+        # The decode is combinational after the registers: the array registers its inputs
+        # at once, so it needs no output register of its own.
         for lane in range(self._lanes):
             for col in range(self._cols):
                 port = reads[{"layer": 0, "row": col, "pixel": lane}[self._granularity]]
-                code = codes[lane][col]
-                sign, index = code[self._idx_bits], code[:self._idx_bits]
-                magnitude = Cat(*zero_entry, port.data).word_select(index, self._entry_bits)
                 m.d.comb += self.weights.payload.tile[lane][col].eq(
-                    Mux(sign, -magnitude, magnitude))
+                    self._decode(codes[lane][col], port.data))
         m.d.comb += self.weights.valid.eq(full)
         return m
+
+    def _decode(self, code, stored):
+        """The weight ``code`` stands for in a codebook row of ``stored`` magnitudes."""
+        magnitudes = ([Const(0, self._entry_bits)] if self._zero else []) + list(stored)
+        if self._stored == 1:
+            # Binary and ternary: the code selects among `+T[0..2^k-1], -T[0..2^k-1]` (sign
+            # above index), a 2:1 or 4:1 mux with no arithmetic per weight, as the
+            # negation is shared by every weight on the port. On iCE40 this halves a ternary
+            # decoder (535 against 968 LUTs at 8×8, u7 entries).
+            words = [Cat(magnitude, Const(0, 1)) for magnitude in magnitudes]
+            words += [-magnitude for magnitude in magnitudes]
+            return Cat(*words).word_select(code, self._entry_bits + 1)
+        # Wider codebooks: a 2^(k+1):1 mux of signed words costs more than a 2^k:1 mux of
+        # magnitudes and a negation (2767 against 5409 LUTs with a zero code and 3-bit
+        # indexes, as above).
+        sign, index = code[self._idx_bits], code[:self._idx_bits]
+        magnitude = Cat(*magnitudes).word_select(index, self._entry_bits)
+        return Mux(sign, -magnitude, magnitude)

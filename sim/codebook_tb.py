@@ -59,7 +59,7 @@ def _tiles(count, size):
 
 
 def _beat_ids(decoder, ids):
-    """The subgroup ids a tile carries, from the ``K × N`` id of every padded weight.
+    """The subgroup ids a tile carries, from the id of each of its ``lanes × cols`` weights.
 
     Raises
     ------
@@ -144,8 +144,9 @@ def random_layers(decoder: CodebookDecoder, rng: np.random.Generator,
                   count: int) -> list[CodebookLayer]:
     """``count`` layers of random codes (including the never-written ``1 << idx_bits``)
     and tables (entry 0 is 0 with a zero code), at random ids, so that later layers reload
-    ids earlier ones used. Shapes leave partial tiles: ``row`` layers are ``N×K``, ``pixel``
-    layers ``N×C×kh×kw`` convolution weights with one subgroup per tap."""
+    ids earlier ones used. Shapes are random (most leave partial tiles): ``layer`` and
+    ``row`` layers are ``N×K``, ``pixel`` layers ``N×C×kh×kw`` convolution weights with
+    one subgroup per tap."""
     slots, subgroups = 1 << decoder.idx_bits, decoder.subgroups
     layers = []
     for _ in range(count):
@@ -230,6 +231,6 @@ async def run_program(dut):
     testbench = CodebookTestbench(dut, decoder, program, pause_probability=config["pause"],
                                   seed=config["seed"])
     await testbench.run()
-    dut._log.info("%d tiles, %d loads checked", testbench.received, len(program.loads))
+    dut._log.info("%d tiles checked, %d loads sent", testbench.received, len(program.loads))
     assert not testbench.mismatches, (
         f"{len(testbench.mismatches)} mismatching tiles, first: {testbench.mismatches[:3]}")
