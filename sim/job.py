@@ -36,6 +36,7 @@ class EngineConfig:
     out_outlier_bits: int | None = None
     plane_shift_bits: int = 0
     max_plane_shift: int | None = None
+    codebook: dict | None = None
 
     @property
     def name(self):
@@ -54,13 +55,19 @@ class EngineConfig:
             name += f"_oo{self.out_outlier_bits}"
         if self.plane_shift_bits:
             name += f"_ps{self.plane_shift_bits}m{self.max_plane_shift}"
+        if self.codebook:
+            book = self.codebook
+            name += (f"_cb{book['idx_bits']}{'z' if book.get('zero') else ''}"
+                     f"e{book['entry_bits']}{book.get('granularity', 'layer')[0]}"
+                     f"{book.get('subgroups', 1)}")
         return name
 
 
 @dataclass
 class GemmCase:
     """One GEMM: ``acts`` (M×K), ``weights`` (K×N, or P×K×N planes with ``plane_shifts``
-    (P-1)×N, §8) and, for a requantizing engine, the
+    (P-1)×N, §8; for a codebook engine, golden's decode of the SYQ ``codes`` (N×K) and
+    ``tables``, docs/codebooks.md) and, for a requantizing engine, the
     per-channel ``bias``, ``multiplier``, ``shift`` (length N), ``relu`` and, with output
     outliers (§7), the layer's ``outlier_threshold``."""
     acts: np.ndarray
@@ -71,6 +78,8 @@ class GemmCase:
     relu: bool = False
     outlier_threshold: int | None = None
     plane_shifts: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    tables: np.ndarray | None = None
 
 
 @dataclass
@@ -91,7 +100,8 @@ class Job:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {}
         for index, case in enumerate(self.cases):
-            for name in ("acts", "weights", "bias", "multiplier", "shift", "plane_shifts"):
+            for name in ("acts", "weights", "bias", "multiplier", "shift", "plane_shifts",
+                         "codes", "tables"):
                 value = getattr(case, name)
                 if value is not None:
                     arrays[f"{index}_{name}"] = np.asarray(value, dtype=np.int64)
@@ -118,7 +128,8 @@ class Job:
                                                       manifest["outlier_threshold"])):
             get = lambda name: arrays[f"{index}_{name}"] if f"{index}_{name}" in arrays else None
             cases.append(GemmCase(get("acts"), get("weights"), get("bias"), get("multiplier"),
-                                  get("shift"), relu, threshold, get("plane_shifts")))
+                                  get("shift"), relu, threshold, get("plane_shifts"),
+                                  get("codes"), get("tables")))
         return cls(EngineConfig(**manifest["config"]), cases, manifest["pause_probability"],
                    manifest["seed"], manifest["check"], manifest["label"])
 

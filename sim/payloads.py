@@ -2,9 +2,11 @@
 layouts. Shared by the cocotb testbench and the Amaranth-simulator tests."""
 
 import numpy as np
+import torch
 from amaranth.hdl import Shape
 
 import golden
+from .codebook_stream import CodebookLayer, codebook_program
 from .codec import LayoutCodec
 from .job import GemmCase
 from .tiling import gemm_beats
@@ -31,7 +33,8 @@ def _param_leaves(case, cols, with_threshold):
 
 def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
     """Packed payloads for each input stream of ``engine`` (a :class:`hw.GemmEngine`):
-    ``act``, ``weights`` and, with a requantizer, ``params``.
+    ``act``, ``weights`` (or, with a codebook decoder, ``codes`` and ``load``) and, with a
+    requantizer, ``params``.
 
     Raises
     ------
@@ -56,6 +59,14 @@ def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
                              f"{array.max_plane_shift}")
     count = len(beats.last)
     act_leaves = [beats.acts, beats.last[:, None]]
+    if engine.decoder is not None:
+        program = codebook_program(engine.decoder, [CodebookLayer(
+            torch.from_numpy(case.codes), torch.from_numpy(case.tables))],
+            rows=case.acts.shape[0])
+        if len(program.codes) != count:
+            raise ValueError(f"The codes make {len(program.codes)} tiles; the activations "
+                             f"need {count}")
+        weight_payloads = {"codes": program.codes, "load": program.loads}
     weight_leaves = [beats.weights.reshape(count, -1)]
     if beats.act_outliers is not None:
         act_leaves.append(beats.act_outliers.reshape(count, -1))
@@ -63,10 +74,12 @@ def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
         weight_leaves.append(beats.weight_outliers.reshape(count, -1))
     if beats.plane_shifts is not None:
         weight_leaves.append(beats.plane_shifts)
+    if engine.decoder is None:
+        weight_payloads = {"weights": LayoutCodec(engine.weights.payload.shape()).pack(
+            np.concatenate(weight_leaves, 1))}
     payloads = {
         "act": LayoutCodec(engine.act.payload.shape()).pack(np.concatenate(act_leaves, 1)),
-        "weights": LayoutCodec(engine.weights.payload.shape()).pack(
-            np.concatenate(weight_leaves, 1)),
+        **weight_payloads,
     }
     if engine.requantizer is not None:
         requantizer = engine.requantizer

@@ -19,7 +19,7 @@ import golden
 from golden.syq import decode_to_int, encode, init_codebook
 from hw import MacArray
 from hw.codebook import CodebookDecoder
-from sim.codebook_tb import CodebookLayer, codebook_program, random_layers
+from sim.codebook_stream import CodebookLayer, codebook_program, random_layers
 from sim.codec import LayoutCodec
 from sim.pysim import StreamSink, StreamSource
 from sim.tiling import assemble_output, gemm_beats

@@ -347,3 +347,33 @@ def test_weight_planes_combine_in_one_accumulator(planes, lanes, cols):
                                     act_signed=True, weight_bits=2) for plane in weights])
     expected = combine_plane_accumulators(accs, torch.tensor(shifts))
     np.testing.assert_array_equal(result, expected.numpy())
+
+
+@pytest.mark.parametrize("idx_bits,zero,granularity", [(0, False, "layer"), (1, True, "row"),
+                                                       (2, True, "row")])
+def test_codebook_engine_matches_decode_then_multiply(idx_bits, zero, granularity):
+    """SYQ codes through the engine's decoder into the array equal golden.gemm of golden's
+    decode (docs/codebooks.md), requantized, under random stalls."""
+    from golden.syq import decode_to_int
+    rng = np.random.default_rng(idx_bits)
+    lanes, cols, m, k, n, entry_bits = 4, 3, 3, 11, 7, 3
+    acts = rng.integers(-8, 8, (m, k))
+    codes = rng.integers(0, 2 << idx_bits, (n, k))
+    tables = rng.integers(0, 1 << entry_bits, ((n if granularity == "row" else 1), 1,
+                                                1 << idx_bits))
+    if zero:
+        tables[..., 0] = 0
+    weights = decode_to_int(torch.tensor(codes), torch.tensor(tables), idx_bits=idx_bits,
+                            entry_bits=entry_bits).numpy().T
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=entry_bits + 1,
+                        max_k=k, out_bits=8,
+                        codebook=dict(idx_bits=idx_bits, zero=zero, entry_bits=entry_bits,
+                                      granularity=granularity, subgroups=n))
+    case = GemmCase(acts, weights, rng.integers(-50, 50, n), np.full(n, 1 << 30),
+                    np.full(n, 32), codes=codes, tables=tables)
+    result, _, _ = _run_gemm(engine, case, pause=0.3)
+    acc = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=4, act_signed=True,
+                      weight_bits=entry_bits + 1)
+    expected = golden.requantize_round_half_up(acc, case.bias, case.multiplier, case.shift,
+                                               out_bits=8, out_signed=True)
+    np.testing.assert_array_equal(result, expected.numpy())
