@@ -60,13 +60,39 @@ def _load_channel_values(text, name, n, bounds):
     return values
 
 
+def _decoded_codes(args):
+    """K×N integer weights: golden's decode of the SYQ codes (docs/codebooks.md §4)."""
+    import torch
+    from golden.syq import decode_to_int
+    if args.codebook is None:
+        raise UsageError("--codes needs --codebook (the magnitude tables)")
+    codes = _load_matrix(args.codes, "--codes")
+    try:
+        tables = np.load(args.codebook, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--codebook: cannot read {args.codebook}: {error}") from None
+    if not np.issubdtype(tables.dtype, np.integer):
+        raise UsageError(f"--codebook ({args.codebook}) must hold integers, not {tables.dtype}")
+    if args.codebook_granularity == "layer" and tables.shape[:-1] != (1, 1):
+        raise UsageError(f"a layer-wise --codebook must have shape (1, 1, {1 << args.idx_bits}),"
+                         f" not {tables.shape}")
+    try:
+        return decode_to_int(torch.from_numpy(codes), torch.from_numpy(tables.astype(np.int64)),
+                             idx_bits=args.idx_bits, entry_bits=args.entry_bits).numpy().T
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--codes/--codebook: {error}") from None
+
+
 def _gemm_case(args):
     import torch
     import golden
     from sim.job import GemmCase
 
     acts = _load_matrix(args.acts, "--acts")
-    weights = _load_matrix(args.weights, "--weights", (2, 3) if args.plane_shifts else (2,))
+    if (args.weights is None) == (args.codes is None):
+        raise UsageError("give the weights either as --weights or as --codes with --codebook")
+    weights = _decoded_codes(args) if args.codes is not None else \
+        _load_matrix(args.weights, "--weights", (2, 3) if args.plane_shifts else (2,))
     if acts.shape[1] != weights.shape[-2]:
         raise UsageError(f"--acts is {acts.shape} and --weights is {weights.shape}: the K "
                          f"dimensions {acts.shape[1]} and {weights.shape[-2]} differ")
@@ -82,6 +108,9 @@ def _gemm_case(args):
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
     case = GemmCase(acts, weights)
+    if args.codes is not None:
+        case.codes = _load_matrix(args.codes, "--codes")
+        case.tables = np.load(args.codebook, allow_pickle=False).astype(np.int64)
     if args.plane_shifts:
         planes = weights.shape[0] if weights.ndim == 3 else 1
         if not 1 <= planes <= 3:
@@ -155,6 +184,11 @@ def _rtl_result(case, args):
                           act_outlier_slots=args.act_outlier_slots,
                           weight_outlier_slots=args.weight_outlier_slots or
                           args.lanes * args.cols,
+                          codebook=None if case.codes is None else dict(
+                              idx_bits=args.idx_bits, zero=args.zero,
+                              entry_bits=args.entry_bits,
+                              granularity=args.codebook_granularity,
+                              subgroups=len(case.tables.reshape(-1, 1 << args.idx_bits))),
                           plane_shift_bits=4 if case.plane_shifts is not None else 0,
                           max_plane_shift=None if case.plane_shifts is None else
                           int(case.plane_shifts.sum(axis=0).max(initial=0)))
@@ -172,6 +206,15 @@ def _validate_widths(args):
     """Check the widths up front so a bad one fails before any file is read."""
     from olmac.params import (ACT_BITS, OUT_BITS, OUTLIER_BITS, OUTLIER_LANES, WEIGHT_BITS,
                               check_int)
+    if args.codes is not None:
+        check_int("--entry-bits", args.entry_bits, (1, 7))
+        check_int("--idx-bits", args.idx_bits, (0, 3))
+        if args.weight_bits not in (None, args.entry_bits + 1):
+            raise UsageError(f"with --codes the weight width is --entry-bits + 1 = "
+                             f"{args.entry_bits + 1}, not --weight-bits {args.weight_bits}")
+        args.weight_bits = args.entry_bits + 1
+    elif args.weight_bits is None:
+        raise UsageError("--weight-bits is required")
     check_int("--act-bits", args.act_bits, ACT_BITS)
     check_int("--weight-bits", args.weight_bits, WEIGHT_BITS)
     check_int("--act-outlier-lanes", args.act_outlier_lanes, OUTLIER_LANES)
@@ -248,14 +291,26 @@ def _gemm_parser(parser=None):
     parser = parser or argparse.ArgumentParser(prog="olmac gemm")
     parser.add_argument("--backend", choices=("golden", "rtl"), default="golden")
     parser.add_argument("--acts", required=True, help="A: M×K integer .npy")
-    parser.add_argument("--weights", required=True, help="W: K×N integer .npy")
+    parser.add_argument("--weights", help="W: K×N integer .npy (or give --codes)")
     parser.add_argument("--act-bits", type=int, required=True, help="2..8")
-    parser.add_argument("--weight-bits", type=int, required=True, help="2..8 (signed)")
+    parser.add_argument("--weight-bits", type=int,
+                        help="2..8 (signed); with --codes, entry-bits + 1")
     parser.add_argument("--unsigned-acts", action="store_true",
                         help="activations are u<act-bits> instead of s<act-bits>")
     parser.add_argument("--lanes", type=int, default=16, help="RTL: multipliers along K")
     parser.add_argument("--cols", type=int, default=8, help="RTL: columns along N")
     parser.add_argument("--out", required=True, help="Y: M×N int64 .npy")
+    codebook = parser.add_argument_group(
+        "SYQ codebook weights (docs/codebooks.md): W is golden's decode of the codes; the RTL "
+        "decodes them in hardware")
+    codebook.add_argument("--codes", help="N×K codes (sign << idx_bits | index) .npy")
+    codebook.add_argument("--codebook", help="magnitude tables .npy: (1, 1, 2^idx_bits) "
+                          "layer-wise or (N, 1, 2^idx_bits) row-wise")
+    codebook.add_argument("--idx-bits", type=int, default=1, help="0 (binary) .. 3")
+    codebook.add_argument("--entry-bits", type=int, default=7, help="magnitude width 1..7")
+    codebook.add_argument("--zero", action="store_true", help="index 0 is the zero code "
+                          "(ternary)")
+    codebook.add_argument("--codebook-granularity", choices=("layer", "row"), default="row")
     parser.add_argument("--plane-shifts", help="multi-tensor weights (docs/semantics.md §8): "
                         "--weights is P×K×N (P ≤ 3) and this .npy holds the (P-1)×N exponents")
     outliers = parser.add_argument_group(

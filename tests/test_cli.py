@@ -209,3 +209,30 @@ def test_rtl_backend_weight_planes(tmp_path):
         result = _gemm(tmp_path, "--plane-shifts", str(tmp_path / "S.npy"), "--lanes", "8",
                        "--cols", "2", weight_bits=2, backend=backend)
         np.testing.assert_array_equal(result, expected)
+
+
+@pytest.mark.parametrize("idx_bits,zero,granularity", [(1, True, "row"), (0, False, "layer")])
+def test_codebook_weights_decode_then_multiply(tmp_path, idx_bits, zero, granularity):
+    """SYQ codes + tables: golden and RTL both equal A @ W with W decoded here from the
+    written rule of docs/codebooks.md §4 ((-1)^sign · table[index], index 0 = 0 with a zero
+    code)."""
+    rng = np.random.default_rng(idx_bits)
+    n, k, slots = 5, 21, 1 << idx_bits
+    acts = rng.integers(-8, 8, (3, k))
+    codes = rng.integers(0, 2 * slots, (n, k))
+    tables = rng.integers(1, 32, ((n if granularity == "row" else 1), 1, slots))
+    if zero:
+        tables[..., 0] = 0
+    np.save(tmp_path / "A.npy", acts)
+    np.save(tmp_path / "C.npy", codes)
+    np.save(tmp_path / "T.npy", tables)
+    sign, index = codes >> idx_bits, codes & (slots - 1)
+    magnitude = np.take_along_axis(np.broadcast_to(tables[:, 0, :], (n, slots)), index, axis=1)
+    weights = np.where(sign == 1, -magnitude, magnitude).T
+    for backend in ("golden", "rtl"):
+        main(["gemm", "--backend", backend, "--acts", str(tmp_path / "A.npy"),
+              "--codes", str(tmp_path / "C.npy"), "--codebook", str(tmp_path / "T.npy"),
+              "--idx-bits", str(idx_bits), "--entry-bits", "5", "--act-bits", "4",
+              "--codebook-granularity", granularity, "--lanes", "8", "--cols", "2",
+              *(["--zero"] if zero else []), "--out", str(tmp_path / "Y.npy")])
+        np.testing.assert_array_equal(np.load(tmp_path / "Y.npy"), acts @ weights)
