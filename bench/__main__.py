@@ -6,6 +6,8 @@
 3. iCE40 LUT4/FF per MAC from yosys ``synth_ice40`` for 2/3/4/8-bit arrays, and the cost
    of outlier lanes.
 4. Value-aware quantization: effective bits and digits accuracy (bench/value_aware.py).
+5. Codebook decoder cost; MMSE / multi-tensor weight MSE and SYQ / MMSE digits accuracy
+   (bench/codebooks.py).
 """
 
 import argparse
@@ -17,6 +19,7 @@ import numpy as np
 import golden
 from fpga.synth import synthesize
 from hw import MacArray
+from hw.codebook import CodebookDecoder
 from sim.job import EngineConfig, GemmCase, Job
 from sim.runner import run_job
 
@@ -135,7 +138,25 @@ def outlier_lane_cost(lanes=16, cols=4):
     print()
 
 
-SECTIONS = ("gemm", "outliers", "synthesis", "value-aware")
+def decoder_cost(lanes=8, cols=8, entry_bits=7):
+    print(f"## iCE40 cost of the codebook decoder ({lanes}×{cols} tile, u{entry_bits} entries)")
+    print()
+    print("| codebook | granularity | subgroups | LUT4 | FF | RAM40 |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, idx_bits, zero, granularity, subgroups in (
+            ("binary", 0, False, "layer", 4), ("ternary", 1, True, "layer", 4),
+            ("ternary", 1, True, "row", 256), ("2-bit + zero", 2, True, "layer", 4),
+            ("3-bit + zero", 3, True, "layer", 4)):
+        result = synthesize(CodebookDecoder(lanes=lanes, cols=cols, idx_bits=idx_bits,
+                                            zero=zero, entry_bits=entry_bits,
+                                            subgroups=subgroups, granularity=granularity),
+                            family="ice40", name="decoder")
+        print(f"| {name} | {granularity} | {subgroups} | {result.luts} | {result.flip_flops} "
+              f"| {result.brams} |", flush=True)
+    print()
+
+
+SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks")
 
 
 def main():
@@ -154,6 +175,10 @@ def main():
     if "value-aware" in sections:
         from bench import value_aware
         value_aware.report()
+    if "codebooks" in sections:
+        from bench import codebooks
+        decoder_cost()
+        codebooks.report()
 
 
 if __name__ == "__main__":
