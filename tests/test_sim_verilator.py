@@ -181,23 +181,25 @@ def test_weight_planes_bit_exact_under_backpressure():
     assert job.stats["mismatches"] == 0
 
 
-@pytest.mark.parametrize("idx_bits,zero,granularity", [(1, True, "row"), (3, False, "layer")])
+@pytest.mark.parametrize("idx_bits,zero,granularity", [(1, True, "row"), (3, False, "layer"),
+                                                       (2, True, "pixel")])
 def test_codebook_engine_bit_exact_under_backpressure(idx_bits, zero, granularity):
     """SYQ codes → decoder → array → requantizer on Verilator equal golden's
-    decode-then-multiply for several layers, each reloading the codebooks, under stalls."""
+    decode-then-multiply for several layers, each reloading the codebooks, under stalls, at
+    each granularity (pixel-wise: one codebook per K row, as a conv layer's kernel taps)."""
     from golden.syq import decode_to_int
     import torch
     entry_bits, lanes, cols, n = 5, 8, 4, 9
     config = EngineConfig(lanes=lanes, cols=cols, act_bits=4, weight_bits=entry_bits + 1,
                           act_signed=False, max_k=300, out_bits=8,
                           codebook=dict(idx_bits=idx_bits, zero=zero, entry_bits=entry_bits,
-                                        granularity=granularity, subgroups=16))
+                                        granularity=granularity, subgroups=300))
     rng = np.random.default_rng(19)
     cases = []
     for k in (300, 37, 5):
         codes = rng.integers(0, 2 << idx_bits, (n, k))
-        tables = rng.integers(0, 1 << entry_bits,
-                              ((n if granularity == "row" else 1), 1, 1 << idx_bits))
+        subgroup_shape = {"layer": (1, 1), "row": (n, 1), "pixel": (1, k)}[granularity]
+        tables = rng.integers(0, 1 << entry_bits, subgroup_shape + (1 << idx_bits,))
         if zero:
             tables[..., 0] = 0
         weights = decode_to_int(torch.tensor(codes), torch.tensor(tables), idx_bits=idx_bits,
