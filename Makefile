@@ -5,7 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: help venv demo test test-full bench clean
+BOARD  ?= icebreaker
+
+.PHONY: help venv demo test test-full bench bitstream clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +31,9 @@ test-full: $(STAMP) ## the suite plus the slow sweeps
 
 bench: $(STAMP) ## print cycle, utilization, simulation-speed and LUT/FF figures
 	$(PY) -m bench
+
+bitstream: $(STAMP) ## BOARD=icebreaker|ulx3s-85f|...: a BRAM-fed MAC array bitstream and its report (never programs)
+	$(VENV)/bin/olmac build --board $(BOARD)
 
 clean: ## remove build outputs (keeps .venv)
 	rm -rf build

