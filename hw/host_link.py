@@ -1,0 +1,454 @@
+"""Framed host link over a byte stream (docs/host_link.md).
+
+The frame format and the error codes are plain data in :mod:`olmac.host_link`, which the
+host side implements in Python; this module is the hardware reading of the same spec.
+"""
+
+from amaranth.hdl import *
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.crc import catalog
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from olmac.host_link import ERROR_KIND, REPLY_KIND, SYNC, ErrorCode
+from olmac.params import check_int
+from .uart import DIVISOR_RANGE, UARTReceiver, UARTTransmitter
+
+__all__ = ["PacketByte", "AppSignature", "HostLink", "SerialHostLink", "LoopbackApp",
+           "MAX_PAYLOAD_RANGE", "TIMEOUT_RANGE"]
+
+#: Allowed payload capacities in bytes, inclusive. Replies carry one more byte (the kind),
+#: so a reply holds at most 65534 application bytes.
+MAX_PAYLOAD_RANGE = (1, 65535)
+#: Allowed inter-byte timeouts in clock cycles, inclusive.
+TIMEOUT_RANGE = (2, (1 << 32) - 1)
+#: Error reports queued while an earlier one is still being sent; more are dropped.
+ERROR_QUEUE_DEPTH = 4
+
+
+class PacketByte(data.StructLayout):
+    """One byte of a message; ``last`` marks the final byte."""
+
+    def __init__(self):
+        super().__init__({"data": unsigned(8), "last": unsigned(1)})
+
+
+class AppSignature(wiring.Signature):
+    """The port between a :class:`HostLink` (``Out``) and an application (``In``).
+
+    Members
+    -------
+    request : Out(stream.Signature(PacketByte()))
+        The payload of one good frame after another, each ending with ``last``.
+    reply : In(stream.Signature(PacketByte()))
+        The application's replies, each at least one byte and ending with ``last``.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "request": Out(stream.Signature(PacketByte())),
+            "reply": In(stream.Signature(PacketByte())),
+        })
+
+
+def _check_timeout(timeout):
+    return check_int("Inter-byte timeout", timeout, TIMEOUT_RANGE)
+
+
+def _check_capacities(max_payload, max_reply):
+    max_payload = check_int("Maximum payload length", max_payload, MAX_PAYLOAD_RANGE)
+    if max_reply is None:
+        max_reply = min(max_payload, MAX_PAYLOAD_RANGE[1] - 1)
+    max_reply = check_int("Maximum reply length", max_reply,
+                          (MAX_PAYLOAD_RANGE[0], MAX_PAYLOAD_RANGE[1] - 1))
+    return max_payload, max_reply
+
+
+class HostLink(wiring.Component):
+    """Frames between a host's byte stream and an application (docs/host_link.md).
+
+    Incoming frames are parsed byte by byte into a payload memory while their CRC is
+    computed; only a frame whose length and CRC check is released on ``app.request``, so
+    a bad frame is never partially applied. The receiver always accepts ``rx`` (a UART
+    cannot be held up): a frame that starts while the previous request is still being
+    released is parsed but dropped and answered with ``BUSY``.
+
+    Each reply on ``app.reply`` is collected in a reply memory until ``last`` (so its
+    length is known) and then framed on ``tx`` with kind byte ``0x00``; the application
+    may produce its reply while it consumes the request. Errors (:class:`ErrorCode`)
+    queue up to four error frames (kind ``0xEE`` and the code); the queue drops reports
+    beyond that. After a damaged frame header (bad length, UART framing error) the rest of
+    the frame is discarded until the line has been quiet for ``timeout`` cycles, so its
+    tail is never mistaken for a new frame. A frame stalled in the middle for ``timeout``
+    cycles is ``TRUNCATED``. Every state returns to hunting for the sync byte.
+
+    Parameters
+    ----------
+    max_payload : int
+        Capacity of the request memory, 1..65535 bytes; longer frames are refused.
+    max_reply : int or None
+        Capacity of the reply memory, 1..65534 bytes (default: ``max_payload``, at most
+        65534). A longer reply is dropped and answered with ``REPLY_OVERFLOW``.
+    timeout : int
+        Quiet cycles after which a frame is truncated, 2..2**32-1. Must exceed the time
+        between two bytes of a frame (over a UART, a byte time of ``10·divisor`` cycles,
+        plus the host's gaps).
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an integer in its range.
+
+    Members
+    -------
+    rx : In(stream.Signature(8))
+        Bytes from the host; ``ready`` is always high.
+    rx_error : In(1)
+        Strobe: a byte from the host was lost or damaged (a UART framing error).
+    tx : Out(stream.Signature(8))
+        Bytes to the host.
+    app : Out(AppSignature())
+        Requests to and replies from the application.
+    """
+
+    def __init__(self, *, max_payload, max_reply=None, timeout):
+        self._max_payload, self._max_reply = _check_capacities(max_payload, max_reply)
+        self._timeout = _check_timeout(timeout)
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "rx_error": In(1),
+            "tx": Out(stream.Signature(8)),
+            "app": Out(AppSignature()),
+        })
+
+    @property
+    def max_payload(self):
+        """Capacity of the request memory in bytes."""
+        return self._max_payload
+
+    @property
+    def max_reply(self):
+        """Capacity of the reply memory in bytes."""
+        return self._max_reply
+
+    @property
+    def timeout(self):
+        """Inter-byte timeout in clock cycles."""
+        return self._timeout
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.errors = errors = fifo.SyncFIFO(width=8, depth=ERROR_QUEUE_DEPTH)
+        self._elaborate_receiver(m, errors)
+        self._elaborate_transmitter(m, errors)
+        return m
+
+    def _elaborate_receiver(self, m, errors):
+        m.submodules.requests = requests = Memory(shape=8, depth=self._max_payload, init=[])
+        write = requests.write_port()
+        read = requests.read_port()
+        m.submodules.rx_crc = crc = catalog.CRC16_CCITT_FALSE(data_width=8).create()
+
+        # Release of a checked frame to the application.
+        held = Signal()             # the memory holds a checked frame not yet released
+        held_length = Signal(16)
+        index = Signal(range(self._max_payload))
+        request = self.app.request
+        sent = request.valid & request.ready
+        m.d.comb += [
+            request.valid.eq(held),
+            request.payload.data.eq(read.data),
+            request.payload.last.eq(index == held_length - 1),
+        ]
+        # Read ahead so the port's output is always the byte at `index`.
+        with m.If(sent):
+            m.d.comb += read.addr.eq(Mux(request.payload.last, 0, index + 1))
+        with m.Else():
+            m.d.comb += read.addr.eq(index)
+        with m.If(sent):
+            m.d.sync += index.eq(index + 1)
+            with m.If(request.payload.last):
+                m.d.sync += [held.eq(0), index.eq(0)]
+
+        # Parser.
+        byte = self.rx.payload
+        got = self.rx.valid & ~self.rx_error
+        m.d.comb += [self.rx.ready.eq(1), crc.data.eq(byte)]
+
+        quiet = Signal(range(self._timeout + 1))
+        timed_out = quiet == self._timeout
+        with m.If(self.rx.valid | self.rx_error):
+            m.d.sync += quiet.eq(0)
+        with m.Elif(~timed_out):
+            m.d.sync += quiet.eq(quiet + 1)
+
+        length = Signal(16)
+        count = Signal(16)
+        crc_low = Signal(8)
+        dropping = Signal()         # the memory was busy when this frame began
+        pending = Signal(8)         # the error reported once a discarded frame ends
+        report = Signal(8)
+        m.d.comb += [errors.w_data.eq(report), errors.w_en.eq(report != 0)]
+        received_length = Cat(length[:8], byte)
+
+        def start_frame():
+            m.d.comb += crc.start.eq(1)
+            m.d.sync += dropping.eq(held)
+            m.next = "LENGTH_LOW"
+
+        def discard(code):
+            m.d.sync += pending.eq(code)
+            m.next = "DISCARD"
+
+        with m.FSM():
+            with m.State("HUNT"):
+                with m.If(self.rx_error):
+                    discard(int(ErrorCode.FRAMING))
+                with m.Elif(got & (byte == SYNC)):
+                    start_frame()
+                with m.Elif(got):
+                    m.next = "GARBAGE"
+            with m.State("GARBAGE"):
+                with m.If(self.rx_error):
+                    discard(int(ErrorCode.FRAMING))
+                with m.Elif(got & (byte == SYNC)):
+                    m.d.comb += report.eq(int(ErrorCode.GARBAGE))
+                    start_frame()
+                with m.Elif(timed_out):
+                    m.d.comb += report.eq(int(ErrorCode.GARBAGE))
+                    m.next = "HUNT"
+
+            def in_frame(state, on_byte):
+                with m.State(state):
+                    with m.If(self.rx_error):
+                        discard(int(ErrorCode.FRAMING))
+                    with m.Elif(got):
+                        on_byte()
+                    with m.Elif(timed_out):
+                        m.d.comb += report.eq(int(ErrorCode.TRUNCATED))
+                        m.next = "HUNT"
+
+            def length_low():
+                m.d.comb += crc.valid.eq(1)
+                m.d.sync += length[:8].eq(byte)
+                m.next = "LENGTH_HIGH"
+            in_frame("LENGTH_LOW", length_low)
+
+            def length_high():
+                m.d.comb += crc.valid.eq(1)
+                m.d.sync += [length[8:].eq(byte), count.eq(0)]
+                with m.If((received_length == 0) | (received_length > self._max_payload)):
+                    discard(int(ErrorCode.LENGTH))
+                with m.Else():
+                    m.next = "PAYLOAD"
+            in_frame("LENGTH_HIGH", length_high)
+
+            def payload():
+                m.d.comb += [
+                    crc.valid.eq(1),
+                    write.addr.eq(count),
+                    write.data.eq(byte),
+                    write.en.eq(~dropping),
+                ]
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == length - 1):
+                    m.next = "CRC_LOW"
+            in_frame("PAYLOAD", payload)
+
+            def crc_low_byte():
+                m.d.sync += crc_low.eq(byte)
+                m.next = "CRC_HIGH"
+            in_frame("CRC_LOW", crc_low_byte)
+
+            def crc_high_byte():
+                with m.If(Cat(crc_low, byte) != crc.crc):
+                    m.d.comb += report.eq(int(ErrorCode.CRC))
+                with m.Elif(dropping):
+                    m.d.comb += report.eq(int(ErrorCode.BUSY))
+                with m.Else():
+                    m.d.sync += [held.eq(1), held_length.eq(length)]
+                m.next = "HUNT"
+            in_frame("CRC_HIGH", crc_high_byte)
+
+            with m.State("DISCARD"):
+                with m.If(timed_out):
+                    m.d.comb += report.eq(pending)
+                    m.next = "HUNT"
+
+    def _elaborate_transmitter(self, m, errors):
+        m.submodules.replies = replies = Memory(shape=8, depth=self._max_reply, init=[])
+        write = replies.write_port()
+        read = replies.read_port()
+        m.submodules.tx_crc = crc = catalog.CRC16_CCITT_FALSE(data_width=8).create()
+
+        # Collection of the application's reply.
+        complete = Signal()         # a whole reply waits in the memory to be framed
+        count = Signal(range(self._max_reply + 1))
+        overflow = Signal()
+        reply = self.app.reply
+        m.d.comb += [
+            reply.ready.eq(~complete),
+            write.addr.eq(count),
+            write.data.eq(reply.payload.data),
+        ]
+        with m.If(reply.valid & reply.ready):
+            with m.If(count == self._max_reply):
+                m.d.sync += overflow.eq(1)
+            with m.Else():
+                m.d.comb += write.en.eq(1)
+                m.d.sync += count.eq(count + 1)
+            with m.If(reply.payload.last):
+                m.d.sync += complete.eq(1)
+
+        # Framer: the byte on `tx` is a function of the state, the CRC register and the
+        # memory output, so it holds still while the transmitter stalls.
+        is_error = Signal()
+        code = Signal(8)
+        body = Signal(range(self._max_reply))
+        body_length = Mux(is_error, 1, count)
+        frame_length = Signal(16)
+        m.d.comb += frame_length.eq(body_length + 1)
+        sent = self.tx.valid & self.tx.ready
+        m.d.comb += [crc.data.eq(self.tx.payload), read.addr.eq(body)]
+
+        def send(value, next_state, *, checked=True):
+            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
+            with m.If(sent):
+                if checked:
+                    m.d.comb += crc.valid.eq(1)
+                m.next = next_state
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(errors.r_rdy):
+                    m.d.comb += errors.r_en.eq(1)
+                    m.d.sync += [is_error.eq(1), code.eq(errors.r_data)]
+                    m.next = "SYNC"
+                with m.Elif(complete):
+                    m.d.sync += [is_error.eq(overflow), code.eq(int(ErrorCode.REPLY_OVERFLOW))]
+                    m.next = "SYNC"
+            with m.State("SYNC"):
+                m.d.comb += crc.start.eq(1)
+                send(SYNC, "LENGTH_LOW", checked=False)
+            with m.State("LENGTH_LOW"):
+                send(frame_length[:8], "LENGTH_HIGH")
+            with m.State("LENGTH_HIGH"):
+                send(frame_length[8:], "KIND")
+            with m.State("KIND"):
+                send(Mux(is_error, ERROR_KIND, REPLY_KIND), "BODY")
+            with m.State("BODY"):
+                send(Mux(is_error, code, read.data), "BODY")
+                with m.If(sent):
+                    m.d.comb += read.addr.eq(body + 1)
+                    m.d.sync += body.eq(body + 1)
+                    with m.If(body == body_length - 1):
+                        m.d.comb += read.addr.eq(0)
+                        m.d.sync += body.eq(0)
+                        m.next = "CRC_LOW"
+            with m.State("CRC_LOW"):
+                send(crc.crc[:8], "CRC_HIGH", checked=False)
+            with m.State("CRC_HIGH"):
+                send(crc.crc[8:], "IDLE", checked=False)
+                # An error frame from the queue leaves a pending reply where it was.
+                with m.If(sent & (~is_error | (code == int(ErrorCode.REPLY_OVERFLOW)))):
+                    m.d.sync += [complete.eq(0), count.eq(0), overflow.eq(0)]
+
+
+class SerialHostLink(wiring.Component):
+    """A :class:`HostLink` behind an 8N1 UART: the block a board top puts on its serial
+    pins, in front of the application.
+
+    Parameters
+    ----------
+    divisor : int
+        Clock cycles per bit (``f_clk / baud rate``), see :class:`hw.uart.UARTReceiver`.
+    max_payload, max_reply, timeout
+        As for :class:`HostLink`; ``timeout`` defaults to four byte times.
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an integer in its range.
+    ValueError
+        If ``timeout`` is not longer than one byte time (``10·divisor`` cycles).
+
+    Members
+    -------
+    rx : In(1, init=1)
+        Serial input pin.
+    tx : Out(1, init=1)
+        Serial output pin.
+    app : Out(AppSignature())
+        Requests to and replies from the application.
+    """
+
+    rx: In(1, init=1)
+    tx: Out(1, init=1)
+    app: Out(AppSignature())
+
+    def __init__(self, *, divisor, max_payload, max_reply=None, timeout=None):
+        self._divisor = check_int("UART divisor", divisor, DIVISOR_RANGE)
+        self._max_payload, self._max_reply = _check_capacities(max_payload, max_reply)
+        if timeout is None:
+            timeout = 40 * divisor
+        self._timeout = _check_timeout(timeout)
+        if timeout <= 10 * divisor:
+            raise ValueError(f"Inter-byte timeout must exceed one byte time of "
+                             f"{10 * divisor} cycles, not {timeout}")
+        super().__init__()
+
+    @property
+    def divisor(self):
+        """Clock cycles per bit."""
+        return self._divisor
+
+    @property
+    def max_payload(self):
+        """Capacity of the request memory in bytes."""
+        return self._max_payload
+
+    @property
+    def max_reply(self):
+        """Capacity of the reply memory in bytes."""
+        return self._max_reply
+
+    @property
+    def timeout(self):
+        """Inter-byte timeout in clock cycles."""
+        return self._timeout
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.receiver = receiver = UARTReceiver(divisor=self._divisor)
+        m.submodules.transmitter = transmitter = UARTTransmitter(divisor=self._divisor)
+        m.submodules.link = link = HostLink(max_payload=self._max_payload,
+                                            max_reply=self._max_reply, timeout=self._timeout)
+        wiring.connect(m, receiver.data, link.rx)
+        wiring.connect(m, link.tx, transmitter.data)
+        wiring.connect(m, wiring.flipped(self.app), link.app)
+        m.d.comb += [
+            receiver.rx.eq(self.rx),
+            self.tx.eq(transmitter.tx),
+            # Neither can happen with the link's receiver always ready, but a lost byte
+            # is a damaged frame either way.
+            link.rx_error.eq(receiver.framing_error | receiver.overrun),
+        ]
+        return m
+
+
+class LoopbackApp(wiring.Component):
+    """An application that answers every request with its own payload, byte for byte
+    (for link bring-up and tests).
+
+    Members
+    -------
+    host : In(AppSignature())
+        Requests from and replies to a :class:`HostLink`.
+    """
+
+    host: In(AppSignature())
+
+    def elaborate(self, platform):
+        m = Module()
+        wiring.connect(m, wiring.flipped(self.host.request), wiring.flipped(self.host.reply))
+        return m

@@ -1,0 +1,333 @@
+"""Host side of the framed link (docs/host_link.md): frame codec, CRC and a serial port.
+
+Pure Python: nothing here imports the hardware, so the host-side reading of the frame
+format is independent of :mod:`hw.host_link`, which only takes the constants below.
+``pyserial`` is imported only when a :class:`SerialLink` is opened.
+
+>>> encode_frame(b"hi").hex(" ")
+'a5 02 00 68 69 a4 16'
+>>> decode_reply(b"\\x00hi"), FrameDecoder().feed(encode_reply(b"hi"))
+(b'hi', [b'\\x00hi'])
+"""
+
+import enum
+import time
+
+__all__ = [
+    "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
+    "crc16_ccitt", "encode_frame", "encode_reply", "encode_error", "decode_frame",
+    "decode_reply", "FrameDecoder", "FrameError", "LinkError", "SerialLink",
+]
+
+#: First byte of every frame.
+SYNC = 0xA5
+#: First payload byte of a frame from the device that carries an application reply.
+REPLY_KIND = 0x00
+#: First payload byte of a frame from the device that reports an error (then the code).
+ERROR_KIND = 0xEE
+#: Largest payload the 16-bit length field can describe.
+MAX_LENGTH = 0xFFFF
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes of the device's error frames (``0xEE, code``). None of them was applied."""
+
+    #: A whole frame arrived but its CRC did not match.
+    CRC = 0x01
+    #: The length field was 0 or over the device's ``max_payload``.
+    LENGTH = 0x02
+    #: A frame stopped in the middle for longer than the inter-byte timeout.
+    TRUNCATED = 0x03
+    #: The UART received a byte with a bad stop bit (or lost one).
+    FRAMING = 0x04
+    #: Bytes that were not a sync byte arrived between frames.
+    GARBAGE = 0x05
+    #: A frame arrived while the previous request was still being handed on.
+    BUSY = 0x06
+    #: The application's reply did not fit the device's reply memory.
+    REPLY_OVERFLOW = 0x07
+
+
+_DESCRIPTIONS = {
+    ErrorCode.CRC: "frame with a bad CRC",
+    ErrorCode.LENGTH: "frame length 0 or over the device's maximum",
+    ErrorCode.TRUNCATED: "frame truncated (inter-byte timeout)",
+    ErrorCode.FRAMING: "UART framing error",
+    ErrorCode.GARBAGE: "bytes outside a frame",
+    ErrorCode.BUSY: "frame arrived while the previous request was still being processed",
+    ErrorCode.REPLY_OVERFLOW: "the application's reply overflowed the reply memory",
+}
+
+
+def crc16_ccitt(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE: polynomial 0x1021, initial value 0xFFFF, no reflection, no final
+    XOR. Pass a previous result as ``crc`` to continue over more data.
+
+    >>> hex(crc16_ccitt(b"123456789"))
+    '0x29b1'
+    """
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """``SYNC``, 16-bit little-endian length, ``payload``, then the CRC of length and
+    payload, little-endian.
+
+    Raises
+    ------
+    ValueError
+        If ``payload`` is empty or longer than :data:`MAX_LENGTH`.
+    """
+    payload = bytes(payload)
+    if not 1 <= len(payload) <= MAX_LENGTH:
+        raise ValueError(f"Payload length must be in 1..{MAX_LENGTH}, not {len(payload)}")
+    body = len(payload).to_bytes(2, "little") + payload
+    return bytes([SYNC]) + body + crc16_ccitt(body).to_bytes(2, "little")
+
+
+def encode_reply(data: bytes) -> bytes:
+    """The frame a device sends for the application reply ``data``."""
+    return encode_frame(bytes([REPLY_KIND]) + bytes(data))
+
+
+def encode_error(code: int) -> bytes:
+    """The frame a device sends to report error ``code``."""
+    return encode_frame(bytes([ERROR_KIND, int(code)]))
+
+
+class FrameError(ValueError):
+    """A frame from the device could not be decoded (bad CRC, bad length, bad kind)."""
+
+
+class LinkError(Exception):
+    """The device answered with an error frame; ``code`` is an :class:`ErrorCode` (or the
+    raw byte if the code is unknown). The request it answers was not applied."""
+
+    def __init__(self, code: int):
+        try:
+            code = ErrorCode(code)
+        except ValueError:
+            description = "unknown error"
+            name = f"0x{code:02x}"
+        else:
+            description = _DESCRIPTIONS[code]
+            name = code.name
+        self.code = code
+        super().__init__(f"device reported {name}: {description}")
+
+
+def decode_frame(frame: bytes, *, max_payload: int = MAX_LENGTH) -> bytes:
+    """The payload of one complete ``frame``.
+
+    Raises
+    ------
+    FrameError
+        If the frame does not start with ``SYNC``, its length field is 0, over
+        ``max_payload`` or disagrees with the frame's size, or the CRC does not match.
+    """
+    frame = bytes(frame)
+    if len(frame) < 6 or frame[0] != SYNC:
+        raise FrameError(f"Not a frame: {frame[:8].hex(' ')}")
+    length = int.from_bytes(frame[1:3], "little")
+    if not 1 <= length <= max_payload:
+        raise FrameError(f"Frame length must be in 1..{max_payload}, not {length}")
+    if len(frame) != length + 5:
+        raise FrameError(f"Frame of length {length} must be {length + 5} bytes, "
+                         f"not {len(frame)}")
+    expected = crc16_ccitt(frame[1:3 + length])
+    received = int.from_bytes(frame[3 + length:], "little")
+    if received != expected:
+        raise FrameError(f"Frame CRC must be 0x{expected:04x}, not 0x{received:04x}")
+    return frame[3:3 + length]
+
+
+def decode_reply(payload: bytes) -> bytes:
+    """The application's reply in the payload of a frame from the device.
+
+    Raises
+    ------
+    LinkError
+        If the frame is an error frame.
+    FrameError
+        If the payload starts with an unknown kind byte or an error frame is malformed.
+    """
+    payload = bytes(payload)
+    if payload[:1] == bytes([REPLY_KIND]):
+        return payload[1:]
+    if payload[:1] == bytes([ERROR_KIND]):
+        if len(payload) != 2:
+            raise FrameError(f"Error frame payload must be 2 bytes, not {payload.hex(' ')}")
+        raise LinkError(payload[1])
+    raise FrameError(f"Frame kind must be 0x{REPLY_KIND:02x} or 0x{ERROR_KIND:02x}, "
+                     f"not {payload[:1].hex() or 'empty'}")
+
+
+class FrameDecoder:
+    """Incremental decoder: :meth:`feed` it bytes as they arrive, in any pieces; it
+    returns the payloads of the frames they complete.
+
+    Bytes before a sync byte are skipped and counted in :attr:`skipped`. A damaged frame
+    (bad length or CRC) raises :class:`FrameError` from :meth:`feed` once it is complete;
+    the decoder has then dropped only its sync byte and resumes the search for a frame
+    right after it, so a good frame hidden in the damaged one's bytes is still found by
+    the next call (``feed(b"")`` carries on without new bytes). Frames completed before
+    the damaged one in the same call are returned by the next call.
+
+    Parameters
+    ----------
+    max_payload : int
+        Longest payload accepted, 1..65535.
+
+    Raises
+    ------
+    TypeError
+        If ``max_payload`` is not an integer in 1..65535.
+    """
+
+    def __init__(self, max_payload: int = MAX_LENGTH):
+        if (isinstance(max_payload, bool) or not isinstance(max_payload, int)
+                or not 1 <= max_payload <= MAX_LENGTH):
+            raise TypeError(f"Maximum payload length must be an integer in 1..{MAX_LENGTH}, "
+                            f"not {max_payload!r}")
+        self._max_payload = max_payload
+        self._buffer = bytearray()
+        self._ready = []
+        #: Bytes skipped while searching for a sync byte.
+        self.skipped = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame not yet complete."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; returns the payloads of all frames now complete, oldest first.
+
+        Raises
+        ------
+        FrameError
+            At a damaged frame (see the class description).
+        """
+        self._buffer += data
+        while True:
+            start = self._buffer.find(SYNC)
+            if start < 0:
+                self.skipped += len(self._buffer)
+                self._buffer.clear()
+                break
+            self.skipped += start
+            del self._buffer[:start]
+            if len(self._buffer) < 3:
+                break
+            length = int.from_bytes(self._buffer[1:3], "little")
+            if not 1 <= length <= self._max_payload:
+                del self._buffer[:1]
+                raise FrameError(f"Frame length must be in 1..{self._max_payload}, "
+                                 f"not {length}")
+            if len(self._buffer) < length + 5:
+                break
+            frame = bytes(self._buffer[:length + 5])
+            try:
+                payload = decode_frame(frame, max_payload=self._max_payload)
+            except FrameError:
+                del self._buffer[:1]
+                raise
+            del self._buffer[:length + 5]
+            self._ready.append(payload)
+        ready, self._ready = self._ready, []
+        return ready
+
+
+class SerialLink:
+    """Request/reply over a serial port: send one frame, wait for the device's answer.
+
+    The device buffers one request at a time, so each :meth:`request` waits for its reply
+    before returning. ``GARBAGE`` reports that arrive first (stray bytes before a frame
+    are reported separately from the frame's own answer) are skipped; if no other answer
+    follows, the ``GARBAGE`` report is raised at the timeout.
+
+    Parameters
+    ----------
+    port : str
+        A serial device (``/dev/ttyUSB1``) or a pyserial URL (``loop://``,
+        ``socket://host:port``).
+    baudrate : int
+        Bits per second; the device's ``f_clk / divisor``.
+    timeout : float
+        Seconds to wait for a whole reply.
+    max_payload : int
+        Longest reply frame payload accepted.
+
+    Raises
+    ------
+    serial.SerialException
+        If the port cannot be opened.
+    """
+
+    def __init__(self, port: str, baudrate: int = 115200, *, timeout: float = 1.0,
+                 max_payload: int = MAX_LENGTH):
+        import serial  # only the host link needs pyserial
+
+        self._port_name = port
+        self._timeout = timeout
+        self._max_payload = max_payload
+        self._serial = serial.serial_for_url(port, baudrate=baudrate, timeout=0.01)
+
+    @property
+    def port(self) -> str:
+        """The port's name."""
+        return self._port_name
+
+    def close(self):
+        self._serial.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def send(self, payload: bytes):
+        """Send one request frame (stale input from earlier exchanges is dropped first)."""
+        self._serial.reset_input_buffer()
+        self._serial.write(encode_frame(payload))
+        self._serial.flush()
+
+    def receive(self) -> bytes:
+        """Wait for the next answer and return the application's reply.
+
+        Raises
+        ------
+        LinkError
+            If the device answers with an error frame.
+        TimeoutError
+            If no answer arrives within the timeout (the message names the port).
+        """
+        decoder = FrameDecoder(self._max_payload)
+        garbage = None
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            chunk = self._serial.read(max(1, self._serial.in_waiting))
+            try:
+                payloads = decoder.feed(chunk)
+            except FrameError:
+                continue  # a frame damaged on the way back: keep looking
+            for payload in payloads:
+                try:
+                    return decode_reply(payload)
+                except LinkError as error:
+                    if error.code != ErrorCode.GARBAGE:
+                        raise
+                    garbage = error
+        if garbage is not None:
+            raise garbage
+        raise TimeoutError(f"No reply from {self._port_name} within {self._timeout} s")
+
+    def request(self, payload: bytes) -> bytes:
+        """Send ``payload`` and return the application's reply (see :meth:`receive`)."""
+        self.send(payload)
+        return self.receive()

@@ -1,0 +1,329 @@
+# amaranth: UnusedElaboratable=no
+"""The framed host link (docs/host_link.md): the host-side codec against catalogue values
+and the standard library, then the hardware on Amaranth's simulator against that codec.
+
+(The first line silences UnusedElaboratable: the validation tests build components that
+are never elaborated.)
+"""
+
+import binascii
+import doctest
+import os
+import random
+import threading
+
+import pytest
+from amaranth.sim import Simulator
+from hypothesis import given, settings, strategies as st
+
+import olmac.host_link
+from hw.host_link import HostLink, LoopbackApp, SerialHostLink
+from hw.uart import UARTReceiver, UARTTransmitter
+from olmac.host_link import (ERROR_KIND, SYNC, ErrorCode, FrameDecoder, FrameError, LinkError,
+                             SerialLink, crc16_ccitt, decode_frame, decode_reply, encode_error,
+                             encode_frame, encode_reply)
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+# Host-side codec ---------------------------------------------------------------------------
+
+def test_doctests():
+    """The examples in olmac.host_link hold."""
+    assert doctest.testmod(olmac.host_link).failed == 0
+
+
+@pytest.mark.parametrize("data,crc", [
+    (b"123456789", 0x29B1),     # the catalogue's check value for CRC-16/CCITT-FALSE
+    (b"", 0xFFFF),              # nothing processed: the initial value
+    (b"A", 0xB915),             # the value most CRC calculators list for "A"
+])
+def test_crc_check_values(data, crc):
+    """CRC-16/CCITT-FALSE of known inputs."""
+    assert crc16_ccitt(data) == crc
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_crc_matches_stdlib_and_continues(head, tail):
+    """The CRC equals binascii.crc_hqx from 0xFFFF (an independent implementation of the
+    same polynomial), and continuing from a partial result equals one pass."""
+    assert crc16_ccitt(head + tail) == binascii.crc_hqx(head + tail, 0xFFFF)
+    assert crc16_ccitt(tail, crc16_ccitt(head)) == crc16_ccitt(head + tail)
+
+
+def test_frame_layout():
+    """Sync, little-endian length, payload, little-endian CRC over length and payload."""
+    payload = bytes(i & 0xFF for i in range(0x104))
+    frame = encode_frame(payload)
+    assert frame[:3] == bytes([0xA5, 0x04, 0x01])
+    assert frame[3:-2] == payload
+    assert frame[-2:] == crc16_ccitt(frame[1:-2]).to_bytes(2, "little")
+    assert encode_reply(b"ok") == encode_frame(b"\x00ok")
+    assert encode_error(ErrorCode.CRC) == encode_frame(bytes([0xEE, 0x01]))
+
+
+@given(st.lists(st.binary(min_size=1, max_size=70), max_size=6), st.binary(max_size=20),
+       st.integers(1, 9))
+@settings(max_examples=60)
+def test_decoder_round_trip_in_any_pieces(payloads, garbage, piece):
+    """Frames fed in pieces of any size, after bytes without a sync byte, come back whole
+    and in order; the skipped bytes are counted."""
+    garbage = garbage.replace(bytes([SYNC]), b"")
+    stream = garbage + b"".join(encode_frame(payload) for payload in payloads)
+    decoder = FrameDecoder()
+    decoded = []
+    for start in range(0, len(stream), piece):
+        decoded += decoder.feed(stream[start:start + piece])
+    assert decoded == payloads
+    assert decoder.skipped == len(garbage)
+    assert decoder.pending == 0
+    assert [decode_frame(encode_frame(payload)) for payload in payloads] == payloads
+
+
+def test_decoder_damaged_frames():
+    """A damaged frame raises FrameError; the decoder then finds the good frames after it
+    and the one completed before it."""
+    good, other = encode_frame(b"good"), encode_frame(b"other")
+    bad_crc = bytearray(encode_frame(b"payload"))
+    bad_crc[-1] ^= 0x10
+    decoder = FrameDecoder(max_payload=8)
+    with pytest.raises(FrameError, match=r"^Frame CRC must be 0x[0-9a-f]{4}, not 0x[0-9a-f]{4}$"):
+        decoder.feed(good + bad_crc + other)
+    assert decoder.feed(b"") == [b"good", b"other"]
+    with pytest.raises(FrameError, match=r"^Frame length must be in 1\.\.8, not 9$"):
+        decoder.feed(encode_frame(b"123456789"))
+    with pytest.raises(FrameError, match=r"^Frame length must be in 1\.\.8, not 0$"):
+        decoder.feed(bytes([SYNC, 0, 0]))
+    # The tail of the refused frames holds no sync byte; the next frame is found.
+    assert decoder.feed(other) == [b"other"]
+
+
+def test_decode_frame_errors():
+    frame = encode_frame(b"abc")
+    with pytest.raises(FrameError, match=r"^Not a frame: 00 03 00"):
+        decode_frame(b"\x00" + frame[1:])
+    with pytest.raises(FrameError, match=r"^Frame of length 3 must be 8 bytes, not 7$"):
+        decode_frame(frame[:-1])
+    with pytest.raises(FrameError, match=r"^Frame length must be in 1\.\.2, not 3$"):
+        decode_frame(frame, max_payload=2)
+
+
+def test_decode_reply_and_errors():
+    """Kind 0x00 is a reply, kind 0xEE an error frame that raises LinkError."""
+    assert decode_reply(b"\x00\x01\x02") == b"\x01\x02"
+    for code in ErrorCode:
+        with pytest.raises(LinkError, match=rf"^device reported {code.name}: ") as info:
+            decode_reply(decode_frame(encode_error(code)))
+        assert info.value.code is code
+    with pytest.raises(LinkError, match=r"^device reported 0x42: unknown error$") as info:
+        decode_reply(bytes([ERROR_KIND, 0x42]))
+    assert info.value.code == 0x42
+    with pytest.raises(FrameError, match=r"^Frame kind must be 0x00 or 0xee, not 07$"):
+        decode_reply(b"\x07")
+    with pytest.raises(FrameError, match=r"^Error frame payload must be 2 bytes, not ee$"):
+        decode_reply(b"\xee")
+
+
+def test_host_codec_validation():
+    with pytest.raises(ValueError, match=r"^Payload length must be in 1\.\.65535, not 0$"):
+        encode_frame(b"")
+    with pytest.raises(ValueError, match=r"^Payload length must be in 1\.\.65535, not 65536$"):
+        encode_frame(bytes(65536))
+    with pytest.raises(TypeError, match=r"^Maximum payload length must be an integer in "
+                                        r"1\.\.65535, not 0$"):
+        FrameDecoder(0)
+
+
+# SerialLink over pyserial ------------------------------------------------------------------
+
+def test_serial_link_loop():
+    """Over pyserial's loopback URL the request frame comes back as the answer: a payload
+    of kind 0x00 reads as a reply, kind 0xEE as an error."""
+    pytest.importorskip("serial")
+    with SerialLink("loop://", timeout=0.5) as link:
+        assert link.request(b"\x00hello") == b"hello"
+        with pytest.raises(LinkError, match=r"^device reported CRC: ") as info:
+            link.request(bytes([ERROR_KIND, ErrorCode.CRC]))
+        assert info.value.code is ErrorCode.CRC
+        # A GARBAGE report is not the answer: it is raised only if nothing else comes.
+        with pytest.raises(LinkError, match=r"^device reported GARBAGE: "):
+            link.request(bytes([ERROR_KIND, ErrorCode.GARBAGE]))
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_serial_link_device_and_timeout():
+    """On a real (pseudo-)terminal: a device thread answers one request; a second one
+    times out with a TimeoutError that names the port."""
+    pytest.importorskip("serial")
+    device, terminal = os.openpty()
+    name = os.ttyname(terminal)
+
+    def answer():
+        decoder, frames = FrameDecoder(), []
+        while not frames:
+            frames = decoder.feed(os.read(device, 64))
+        os.write(device, b"\x5a" + encode_reply(frames[0][::-1]))  # with a stray byte first
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        with SerialLink(name, 115200, timeout=0.3) as link:
+            assert link.request(b"abc") == b"cba"
+            thread.join()
+            with pytest.raises(TimeoutError, match=rf"^No reply from {name} within 0\.3 s$"):
+                link.request(b"abc")
+    finally:
+        os.close(device)
+        os.close(terminal)
+
+
+# Parameter validation of the hardware ------------------------------------------------------
+
+@pytest.mark.parametrize("factory,params,error,message", [
+    (UARTReceiver, dict(divisor=3), TypeError,
+     r"^UART divisor must be an integer in 4\.\.16777216, not 3$"),
+    (UARTTransmitter, dict(divisor=4.0), TypeError,
+     r"^UART divisor must be an integer in 4\.\.16777216, not 4\.0$"),
+    (HostLink, dict(max_payload=0, timeout=10), TypeError,
+     r"^Maximum payload length must be an integer in 1\.\.65535, not 0$"),
+    (HostLink, dict(max_payload=65536, timeout=10), TypeError,
+     r"^Maximum payload length must be an integer in 1\.\.65535, not 65536$"),
+    (HostLink, dict(max_payload=8, max_reply=65535, timeout=10), TypeError,
+     r"^Maximum reply length must be an integer in 1\.\.65534, not 65535$"),
+    (HostLink, dict(max_payload=8, timeout=1), TypeError,
+     r"^Inter-byte timeout must be an integer in 2\.\.4294967295, not 1$"),
+    (HostLink, dict(max_payload=8, timeout=True), TypeError,
+     r"^Inter-byte timeout must be an integer in 2\.\.4294967295, not True$"),
+    (SerialHostLink, dict(divisor=2, max_payload=8), TypeError,
+     r"^UART divisor must be an integer in 4\.\.16777216, not 2$"),
+    (SerialHostLink, dict(divisor=8, max_payload=8, timeout=80), ValueError,
+     r"^Inter-byte timeout must exceed one byte time of 80 cycles, not 80$"),
+])
+def test_parameter_validation(factory, params, error, message):
+    with pytest.raises(error, match=message):
+        factory(**params)
+
+
+def test_properties():
+    link = HostLink(max_payload=65535, timeout=100)
+    assert (link.max_payload, link.max_reply, link.timeout) == (65535, 65534, 100)
+    serial_link = SerialHostLink(divisor=5, max_payload=10, max_reply=3)
+    assert (serial_link.divisor, serial_link.max_payload, serial_link.max_reply,
+            serial_link.timeout) == (5, 10, 3, 200)
+    assert UARTReceiver(divisor=7).divisor == UARTTransmitter(divisor=7).divisor == 7
+
+
+# UART on the simulator ---------------------------------------------------------------------
+
+async def _drive_pin(ctx, pin, byte, divisor, *, stop=1):
+    for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [stop]:
+        ctx.set(pin, bit)
+        await ctx.tick().repeat(divisor)
+
+
+@pytest.mark.parametrize("divisor", [4, 7])
+def test_uart_loopback_under_stalls(divisor):
+    """Bytes sent by the transmitter with random gaps arrive unchanged at a receiver on
+    the same wire, which re-synchronizes on each start bit."""
+    from amaranth.hdl import Module
+    m = Module()
+    m.submodules.tx = tx = UARTTransmitter(divisor=divisor)
+    m.submodules.rx = rx = UARTReceiver(divisor=divisor)
+    m.d.comb += rx.rx.eq(tx.tx)
+    sent = [random.Random(divisor).randrange(256) for _ in range(24)] + [0x00, 0xFF, 0x55]
+    received = []
+    rng = random.Random(3)
+
+    async def source(ctx):
+        for byte in sent:
+            await ctx.tick().repeat(rng.choice([1, 1, 2, 13]))
+            ctx.set(tx.data.valid, 1)
+            ctx.set(tx.data.payload, byte)
+            await ctx.tick().until(tx.data.ready)
+            ctx.set(tx.data.valid, 0)
+
+    async def sink(ctx):
+        # The receiver has no flow control: take each byte within the byte time.
+        while len(received) < len(sent):
+            ctx.set(rx.data.ready, rng.random() < 0.3)
+            _, _, valid, ready, payload, error, overrun = await ctx.tick().sample(
+                rx.data.valid, rx.data.ready, rx.data.payload, rx.framing_error, rx.overrun)
+            assert not error and not overrun
+            if valid and ready:
+                received.append(payload)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(source, background=True)
+    sim.add_testbench(sink)
+    sim.run()
+    assert received == sent
+
+
+def _run_receiver(divisor, drive, *, ready=True):
+    """Run ``drive(ctx, dut)`` against a receiver; returns the bytes taken and the error
+    strobes seen, in order."""
+    dut = UARTReceiver(divisor=divisor)
+    events = []
+
+    async def monitor(ctx):
+        ctx.set(dut.data.ready, ready)
+        async for _, _, valid, payload, error, overrun in ctx.tick().sample(
+                dut.data.valid, dut.data.payload, dut.framing_error, dut.overrun):
+            if valid and ready:
+                events.append(payload)
+            if error:
+                events.append("framing")
+            if overrun:
+                events.append("overrun")
+
+    async def driver(ctx):
+        await ctx.tick().repeat(5)
+        await drive(ctx, dut)
+        await ctx.tick().repeat(3 * divisor)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(monitor, background=True)
+    sim.add_testbench(driver)
+    sim.run()
+    return events
+
+
+def test_uart_receiver_errors_and_resync():
+    """A low stop bit drops the byte with a framing-error strobe and a break gives one
+    error; a glitch shorter than half a bit is ignored; bytes sent 3 % slow (bit period
+    33 for divisor 32) or 3 % fast (31) still arrive."""
+    divisor = 32
+
+    async def drive(ctx, dut):
+        await _drive_pin(ctx, dut.rx, 0x3C, divisor)
+        await _drive_pin(ctx, dut.rx, 0x81, divisor, stop=0)
+        ctx.set(dut.rx, 1)
+        await ctx.tick().repeat(3)
+        await _drive_pin(ctx, dut.rx, 0x42, divisor)
+        ctx.set(dut.rx, 0)                            # a break: one error only
+        await ctx.tick().repeat(40 * divisor)
+        ctx.set(dut.rx, 1)
+        await ctx.tick().repeat(2 * divisor)
+        ctx.set(dut.rx, 0)                            # a glitch
+        await ctx.tick().repeat(divisor // 2 - 2)
+        ctx.set(dut.rx, 1)
+        await ctx.tick().repeat(2 * divisor)
+        for period in (33, 31):
+            await _drive_pin(ctx, dut.rx, 0xA5, period)
+            await _drive_pin(ctx, dut.rx, 0x5A, period)
+
+    assert _run_receiver(divisor, drive) == [0x3C, "framing", 0x42, "framing",
+                                             0xA5, 0x5A, 0xA5, 0x5A]
+
+
+def test_uart_receiver_overrun():
+    """A byte that completes while the previous one is still untaken is dropped with an
+    overrun strobe; the first one stays offered."""
+    async def drive(ctx, dut):
+        await _drive_pin(ctx, dut.rx, 0x11, 4)
+        await _drive_pin(ctx, dut.rx, 0x22, 4)
+        assert ctx.get(dut.data.valid) and ctx.get(dut.data.payload) == 0x11
+
+    assert _run_receiver(4, drive, ready=False) == ["overrun"]
