@@ -3,7 +3,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.params import (OUT_BITS, OUTLIER_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE,
-                          check_int)
+                          RESIDUAL_BITS, RESIDUAL_SHIFT_RANGE, check_int)
 from .mac_array import MAX_ACC_WIDTH
 from .result_buffer import ResultBuffer
 from .shapes import shape_bounds
@@ -12,24 +12,36 @@ __all__ = ["ChannelParams", "RequantParams", "OutputOutlier", "RequantOutput", "
 
 
 class ChannelParams(data.StructLayout):
-    """Requantization parameters of one output channel (docs/semantics.md §3)."""
+    """Requantization parameters of one output channel (docs/semantics.md §3); with a
+    residual width, also the channel's residual value ``r`` and its ``M_r``, ``t``
+    (docs/program.md §11)."""
 
-    def __init__(self):
-        super().__init__({
+    def __init__(self, residual_shape=None):
+        fields = {
             "bias": signed(BIAS_BITS),
             "multiplier": signed(MULTIPLIER_BITS),
             "shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1),
-        })
+        }
+        if residual_shape is not None:
+            fields["residual"] = residual_shape
+            fields["residual_multiplier"] = signed(MULTIPLIER_BITS)
+            fields["residual_shift"] = range(RESIDUAL_SHIFT_RANGE[0], RESIDUAL_SHIFT_RANGE[1] + 1)
+        super().__init__(fields)
 
 
 class RequantParams(data.StructLayout):
     """Parameters for one vector of ``cols`` accumulators, the layer's ReLU flag and, with
-    output outliers (§7), the layer's outlier threshold ``0..hi`` of the dense format."""
+    output outliers (§7), the layer's outlier threshold ``0..hi`` of the dense format; with
+    run-time bounds, the output range ``low..high`` (the format of the layer's output)."""
 
-    def __init__(self, cols, threshold_shape=None):
-        fields = {"channels": data.ArrayLayout(ChannelParams(), cols), "relu": unsigned(1)}
+    def __init__(self, cols, threshold_shape=None, residual_shape=None, bounds_shape=None):
+        fields = {"channels": data.ArrayLayout(ChannelParams(residual_shape), cols),
+                  "relu": unsigned(1)}
         if threshold_shape is not None:
             fields["outlier_threshold"] = threshold_shape
+        if bounds_shape is not None:
+            fields["low"] = bounds_shape
+            fields["high"] = bounds_shape
         super().__init__(fields)
 
 
@@ -51,7 +63,9 @@ class RequantOutput(data.StructLayout):
 
 
 class Requantizer(wiring.Component):
-    """Per-channel requantization ``clamp(((acc + bias)·M + 2^(s-1)) >> s, lo, hi)`` (§3).
+    """Per-channel requantization ``clamp(((acc + bias)·M + 2^(s-1)) >> s, lo, hi)`` (§3),
+    optionally with a residual added before the one rounding,
+    ``clamp(((acc + bias)·M + r·M_r·2^t + 2^(s-1)) >> s, lo, hi)`` (docs/program.md §11).
 
     Each accumulator vector is joined with one parameter beat (the sequencer streams the
     parameters of the columns the vector came from). Every step is exact: the sum keeps one
@@ -73,6 +87,15 @@ class Requantizer(wiring.Component):
         With a width (out_bits+1..16), output outliers are extracted (§7): a value whose
         magnitude exceeds the layer's threshold leaves as a ``(col, value)`` outlier of
         that width and its dense slot is zero.
+    residual_bits : int or None
+        With a width (2..17), each channel's parameters carry a signed residual value of
+        that width with its multiplier and shift (0..31), added before the rounding (§11).
+        A ``u16`` highway tensor needs 17 signed bits.
+    runtime_bounds : bool
+        Take the clamp range ``low..high`` from each parameter beat instead of the output
+        format, for a sequencer running layers of different formats. The output is then
+        ``signed(out_bits + 1)``, which holds both ``s<out_bits>`` and ``u<out_bits>``, and
+        ``out_signed`` is ignored.
 
     Raises
     ------
@@ -89,7 +112,8 @@ class Requantizer(wiring.Component):
         Requantized vectors (with ``outlier_bits``, dense vectors and their outliers).
     """
 
-    def __init__(self, *, cols, acc_width, out_bits, out_signed=True, outlier_bits=None):
+    def __init__(self, *, cols, acc_width, out_bits, out_signed=True, outlier_bits=None,
+                 residual_bits=None, runtime_bounds=False):
         self._cols = check_int("Column count", cols, (1, 64))
         self._acc_width = check_int("Accumulator width", acc_width, (1, MAX_ACC_WIDTH))
         self._out_bits = check_int("Output width", out_bits, OUT_BITS)
@@ -100,9 +124,21 @@ class Requantizer(wiring.Component):
         if outlier_bits is not None:
             self._outlier_bits = check_int("Output outlier width", outlier_bits,
                                            (out_bits + 1, OUTLIER_BITS[1]))
+        self._residual_bits = None
+        if residual_bits is not None:
+            self._residual_bits = check_int("Residual width", residual_bits, RESIDUAL_BITS)
+        if not isinstance(runtime_bounds, bool):
+            raise TypeError(f"runtime_bounds must be a bool, not {runtime_bounds!r}")
+        if runtime_bounds and outlier_bits is not None:
+            raise ValueError("Run-time bounds (runtime_bounds=True) cannot be combined with "
+                             f"output outliers (outlier_bits={outlier_bits})")
+        self._runtime_bounds = runtime_bounds
+        residual_shape = None if residual_bits is None else signed(residual_bits)
+        bounds_shape = self.out_shape if runtime_bounds else None
         super().__init__({
             "acc": In(stream.Signature(data.ArrayLayout(signed(acc_width), cols))),
-            "params": In(stream.Signature(RequantParams(cols, self._threshold_shape))),
+            "params": In(stream.Signature(RequantParams(cols, self._threshold_shape,
+                                                        residual_shape, bounds_shape))),
             "out": Out(stream.Signature(self._out_layout)),
         })
 
@@ -114,6 +150,8 @@ class Requantizer(wiring.Component):
     @property
     def out_shape(self):
         """Shape of one requantized value."""
+        if self._runtime_bounds:
+            return signed(self._out_bits + 1)
         return signed(self._out_bits) if self._out_signed else unsigned(self._out_bits)
 
     @property
@@ -165,6 +203,11 @@ class Requantizer(wiring.Component):
         ]
         m.d.sync += [valid[stage + 1].eq(valid[stage]) for stage in range(len(valid) - 1)]
         relu = self._delayed(m, params.relu, "relu")
+        zero = Const(0, signed(2))
+        if self._runtime_bounds:
+            low = self._delayed(m, params.low, "low")
+            high = self._delayed(m, params.high, "high")
+
         if self._outlier_bits is not None:
             threshold = self._delayed(m, params.outlier_threshold, "threshold")
 
@@ -185,11 +228,17 @@ class Requantizer(wiring.Component):
             product = Signal(signed(biased.shape().width + MULTIPLIER_BITS),
                              name=f"product_{col}", reset_less=True)
             m.d.sync += product.eq(biased * multiplier)
+            total = product
+            if self._residual_bits is not None:
+                total = product + self._residual_term(m, channel, col)
             # Arithmetic shift = floor division by 2^s; adding 2^(s-1) first rounds half up.
-            rounding = (Const(1, product.shape().width + 1) << shift[1]) >> 1
-            shifted = Signal(product.shape(), name=f"shifted_{col}", reset_less=True)
-            m.d.sync += shifted.eq((product + rounding) >> shift[1])
-            floor = Mux(relu, max(low, 0), low)
+            rounding = (Const(1, total.shape().width + 1) << shift[1]) >> 1
+            shifted = Signal(total.shape(), name=f"shifted_{col}", reset_less=True)
+            m.d.sync += shifted.eq((total + rounding) >> shift[1])
+            if self._runtime_bounds:
+                floor = Mux(relu & (low < 0), zero, low)
+            else:
+                floor = Mux(relu, max(low, 0), low)
             clamped = Mux(shifted < floor, floor, Mux(shifted > high, high, shifted))
             if self._outlier_bits is None:
                 m.d.sync += results.w.payload[col].eq(clamped)
@@ -204,6 +253,25 @@ class Requantizer(wiring.Component):
                 ]
         m.d.sync += results.w.valid.eq(valid[-1])
         return m
+
+    @staticmethod
+    def _residual_term(m, channel, col):
+        """``r·M_r·2^t`` of one channel, registered in step with ``(acc + bias)·M``."""
+        residual = Signal.like(channel.residual, name=f"residual_{col}", reset_less=True)
+        residual_multiplier = Signal.like(channel.residual_multiplier,
+                                          name=f"residual_multiplier_{col}", reset_less=True)
+        residual_shift = [Signal.like(channel.residual_shift, name=f"residual_shift_{col}_{i}",
+                                      reset_less=True) for i in range(2)]
+        m.d.sync += [
+            residual.eq(channel.residual),
+            residual_multiplier.eq(channel.residual_multiplier),
+            residual_shift[0].eq(channel.residual_shift),
+            residual_shift[1].eq(residual_shift[0]),
+        ]
+        residual_product = Signal(signed(residual.shape().width + MULTIPLIER_BITS),
+                                  name=f"residual_product_{col}", reset_less=True)
+        m.d.sync += residual_product.eq(residual * residual_multiplier)
+        return residual_product << residual_shift[1]
 
     @staticmethod
     def _delayed(m, value, name):

@@ -6,7 +6,8 @@ independent readings of the written spec.
 
 __all__ = [
     "ACT_BITS", "WEIGHT_BITS", "OUTLIER_BITS", "OUTLIER_LANES", "PLANE_SHIFT_BITS",
-    "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE",
+    "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
+    "RESIDUAL_SHIFT_RANGE",
     "check_int",
 ]
 
@@ -27,6 +28,11 @@ MULTIPLIER_BITS = 32
 BIAS_BITS = 32
 #: Allowed requantization shifts (§3), inclusive.
 SHIFT_RANGE = (0, 63)
+#: Allowed widths of the signed residual a requantizer adds (docs/program.md §11), inclusive:
+#: a ``u16`` highway tensor needs 17.
+RESIDUAL_BITS = (2, 17)
+#: Allowed residual shifts ``t`` (docs/program.md §11), inclusive.
+RESIDUAL_SHIFT_RANGE = (0, 31)
 
 
 def check_int(description, value, bounds):

@@ -1,0 +1,563 @@
+"""The network sequencer: runs an integer program (docs/program.md §9–§13) layer by layer on
+one MAC array, with on-chip program, weight, parameter and activation memories.
+
+The program is a list of :class:`OpDescriptor` words (docs/network.md §15 gives the op
+set, the loop order and the memory layout; a compiler, ``olmac.compiler``, produces
+them with the memory images). The core runs them in order and starts again at op 0 after
+an op marked ``final``, so a program that begins with a ``LOAD`` and ends with a ``STORE``
+classifies one image per pass.
+"""
+
+
+
+from amaranth.hdl import *
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
+                          MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_SHIFT_RANGE,
+                          check_int)
+from .mac_array import MacArray, WeightBeat
+from .requant import Requantizer
+
+__all__ = ["OpKind", "OpDescriptor", "ChannelWord", "NetworkCore", "STORAGE_BITS",
+           "MAX_DIM", "MAX_KERNEL"]
+
+#: Every activation memory slot is 16 bits: a highway tensor is stored at full width and a
+#: low-width tensor in its low bits (docs/network.md §15).
+STORAGE_BITS = 16
+#: Largest feature-map height/width and kernel/stride/padding the descriptors hold.
+MAX_DIM = 255
+MAX_KERNEL = 15
+#: Widest window sum of a SUM op: the reducer keeps 17 + this many bits.
+_WINDOW_GROWTH = 8
+
+
+class OpKind(enum.Enum, shape=3):
+    """What one op does (docs/network.md §15)."""
+    #: ``count`` words from ``inputs`` into the activation memory at ``out_base``.
+    LOAD = 0
+    #: ``count`` words from the activation memory at ``in_base`` to ``outputs``.
+    STORE = 1
+    #: Convolution or linear layer on the MAC array, requantized (with a residual).
+    GEMM = 2
+    #: Lane-wise window sum, requantized: average pooling, requantize, input quantization.
+    SUM = 3
+    #: Lane-wise window maximum (max pooling), passed through the requantizer unchanged.
+    MAX = 4
+
+
+class OpDescriptor(data.StructLayout):
+    """One op of a program; addresses are in words of the memory named."""
+
+    def __init__(self, data_depth, weight_depth, param_depth):
+        dim = range(MAX_DIM + 1)
+        kernel = range(MAX_KERNEL + 1)
+        super().__init__({
+            "kind": OpKind,
+            "final": unsigned(1),
+            "in_base": range(data_depth),
+            "out_base": range(data_depth),
+            "res_base": range(data_depth),
+            "count": range(data_depth + 1),
+            "in_h": dim, "in_w": dim, "in_words": range(data_depth + 1),
+            "out_h": dim, "out_w": dim, "out_words": range(data_depth + 1),
+            "out_pixels": range(data_depth + 1),
+            "kernel_h": kernel, "kernel_w": kernel,
+            "stride_h": kernel, "stride_w": kernel,
+            "pad_h": kernel, "pad_w": kernel,
+            "in_signed": unsigned(1),
+            "residual": unsigned(1),
+            "res_signed": unsigned(1),
+            "relu": unsigned(1),
+            "low": signed(STORAGE_BITS + 1),
+            "high": signed(STORAGE_BITS + 1),
+            "weight_base": range(weight_depth),
+            "param_base": range(param_depth),
+        })
+
+
+class ChannelWord(data.StructLayout):
+    """Requantization parameters of one output channel in the parameter memory."""
+
+    def __init__(self):
+        super().__init__({
+            "bias": signed(BIAS_BITS),
+            "multiplier": signed(MULTIPLIER_BITS),
+            "shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1),
+            "residual_multiplier": signed(MULTIPLIER_BITS),
+            "residual_shift": range(RESIDUAL_SHIFT_RANGE[0], RESIDUAL_SHIFT_RANGE[1] + 1),
+        })
+
+
+def _counters(m, name, limits, step, clear):
+    """Nested counters, outermost first, each running ``0..limit``; ``step`` advances the
+    innermost and carries outwards, ``clear`` restarts them all. Returns the counters, the
+    "at its limit" flag of each and the flag that the position is the final one."""
+    counters = [Signal(unsigned(len(limit)), name=f"{name}_{index}")
+                for index, limit in enumerate(limits)]
+    at_limit = [counter == limit for counter, limit in zip(counters, limits)]
+    carry = step
+    for counter, limit_reached in reversed(list(zip(counters, at_limit))):
+        with m.If(clear):
+            m.d.sync += counter.eq(0)
+        with m.Elif(carry):
+            m.d.sync += counter.eq(Mux(limit_reached, 0, counter + 1))
+        carry = carry & limit_reached
+    final = Signal(name=f"{name}_final")
+    m.d.comb += final.eq(Cat(*at_limit).all())
+    return counters, at_limit, final
+
+
+def _tile_pointer(m, name, base, stride, step, end_of_tile, clear):
+    """Address of the current output of a tile-major walk over a pixel-major tensor:
+    ``base + pixel·stride + tile``, kept without a multiplier."""
+    start = Signal.like(base, name=f"{name}_start")
+    pointer = Signal.like(base, name=name)
+    with m.If(clear):
+        m.d.sync += [start.eq(base), pointer.eq(base)]
+    with m.Elif(step):
+        with m.If(end_of_tile):
+            m.d.sync += [start.eq(start + 1), pointer.eq(start + 1)]
+        with m.Else():
+            m.d.sync += pointer.eq(pointer + stride)
+    return pointer
+
+
+class NetworkCore(wiring.Component):
+    """Runs an integer program on one ``width × width`` MAC array (docs/network.md §15).
+
+    Activations live in one memory of ``width``-slot words, each slot 16 bits; a tensor of
+    ``C`` channels takes ``⌈C/width⌉`` words per pixel, pixels in row-major order, so a
+    GEMM beat reads the ``width`` channels of one word and one weight tile, and the
+    output vector of ``width`` channels is one word. GEMMs run on a :class:`MacArray`
+    (``lanes = cols = width``); window sums and maxima on a lane-wise reducer; both end in
+    one :class:`Requantizer` with residual and run-time bounds.
+
+    Parameters
+    ----------
+    width : int
+        Array lanes and columns, and channels per memory word; 1..64.
+    act_bits, act_signed : int, bool
+        The array's activation format; every GEMM input must fit it.
+    weight_bits : int
+        The dense weight width, 2..8.
+    weight_outlier_lanes, weight_outlier_bits, weight_outlier_slots : int
+        Weight-outlier multipliers (0: none), their width and the slots per weight word,
+        as for :class:`MacArray`.
+    max_k : int
+        Longest reduction (the padded ``K``) of any GEMM.
+    data_depth, weight_depth, param_depth, program_depth : int
+        Words of the activation, weight, parameter and program memories, 1..65536.
+    program, weights, params : list of int or None
+        Initial memory contents (packed words; zeros where not given). The ``load`` port
+        rewrites them while the core waits in a ``LOAD`` op. An all-zero program word is a
+        ``LOAD`` of no words, which halts the core: a core built without a program waits
+        for one to be loaded, then for a ``load`` beat to ``Memory.RESTART``.
+
+    Raises
+    ------
+    TypeError
+        If a parameter is of the wrong type or outside its range.
+    ValueError
+        If initial contents do not fit their memory, or as :class:`MacArray` raises.
+
+    Members
+    -------
+    inputs : In(stream.Signature(ArrayLayout(unsigned(16), width)))
+        Words for ``LOAD`` ops.
+    outputs : Out(stream.Signature(ArrayLayout(unsigned(16), width)))
+        Words of ``STORE`` ops; ``last`` marks the final word of each ``STORE``.
+    load : In(stream.Signature(LoadBeat))
+        Memory writes ``(memory, address, word)``, or a restart at op 0 (``RESTART``);
+        taken only while a ``LOAD`` op waits and ``inputs`` offers nothing.
+    op_index : Out(range(program_depth))
+        The op running.
+    gemm_beats : Out(32)
+        Beats the array has taken since reset (for utilization figures).
+    """
+
+    class Memory(enum.Enum, shape=2):
+        """Which memory a ``load`` beat writes."""
+        PROGRAM = 0
+        WEIGHTS = 1
+        PARAMS = 2
+        #: Not a memory: start the program again at op 0.
+        RESTART = 3
+
+    def __init__(self, *, width, act_bits, act_signed=False, weight_bits,
+                 weight_outlier_lanes=0, weight_outlier_bits=8, weight_outlier_slots=None,
+                 max_k, data_depth, weight_depth, param_depth, program_depth,
+                 program=None, weights=None, params=None):
+        self._width = check_int("Width", width, (1, 64))
+        for description, depth in (("data_depth", data_depth), ("weight_depth", weight_depth),
+                                   ("param_depth", param_depth),
+                                   ("program_depth", program_depth)):
+            check_int(description, depth, (1, 65536))
+        self._depths = dict(data=data_depth, weights=weight_depth, params=param_depth,
+                            program=program_depth)
+        array_params = dict(lanes=width, cols=width, act_bits=act_bits, act_signed=act_signed,
+                            weight_bits=weight_bits, max_k=max_k,
+                            weight_outlier_lanes=weight_outlier_lanes,
+                            weight_outlier_bits=weight_outlier_bits,
+                            weight_outlier_slots=weight_outlier_slots)
+        # The accumulators also carry the reducer's window sums of 17-bit values.
+        probe = MacArray(**array_params)
+        probe._MustUse__used = True  # built only to read the least accumulator width
+        acc_width = max(probe.acc_width, STORAGE_BITS + 1 + _WINDOW_GROWTH)
+        self._array = MacArray(**array_params, acc_width=acc_width)
+        self._requantizer = Requantizer(cols=width, acc_width=acc_width,
+                                        out_bits=STORAGE_BITS, residual_bits=STORAGE_BITS + 1,
+                                        runtime_bounds=True)
+        self._descriptor = OpDescriptor(data_depth, weight_depth, param_depth)
+        self._weight_layout = self._array.signature.members["weights"].signature.members[
+            "payload"].shape
+        self._param_layout = data.ArrayLayout(ChannelWord(), width)
+        self._word = data.ArrayLayout(unsigned(STORAGE_BITS), width)
+        self._init = {}
+        for name, words, layout, depth in (
+                ("program", program, self._descriptor, program_depth),
+                ("weights", weights, self._weight_layout, weight_depth),
+                ("params", params, self._param_layout, param_depth)):
+            words = list(words or [])
+            if len(words) > depth:
+                raise ValueError(f"{len(words)} {name} words do not fit {name} memory of "
+                                 f"depth {depth}")
+            limit = 1 << Shape.cast(layout).width
+            if any(not isinstance(w, int) or not 0 <= w < limit for w in words):
+                raise ValueError(f"Every {name} word must be an integer in 0..{limit - 1}")
+            self._init[name] = words
+        load_width = max(Shape.cast(layout).width for layout in
+                         (self._descriptor, self._weight_layout, self._param_layout))
+        self._load_layout = data.StructLayout({
+            "memory": NetworkCore.Memory,
+            "address": range(max(program_depth, weight_depth, param_depth)),
+            "word": unsigned(load_width),
+        })
+        super().__init__({
+            "inputs": In(stream.Signature(self._word)),
+            "outputs": Out(stream.Signature(data.StructLayout({"word": self._word,
+                                                               "last": unsigned(1)}))),
+            "load": In(stream.Signature(self._load_layout)),
+            "op_index": Out(range(program_depth)),
+            "gemm_beats": Out(32),
+        })
+
+    @property
+    def width(self):
+        """Array lanes and columns; channels per activation word."""
+        return self._width
+
+    @property
+    def array(self):
+        """The :class:`MacArray`."""
+        return self._array
+
+    @property
+    def descriptor_layout(self):
+        """The :class:`OpDescriptor` of a program word."""
+        return self._descriptor
+
+    @property
+    def weight_layout(self):
+        """The layout of a weight word: the array's weight beat."""
+        return self._weight_layout
+
+    @property
+    def param_layout(self):
+        """The layout of a parameter word: ``width`` :class:`ChannelWord`."""
+        return self._param_layout
+
+    @property
+    def word_layout(self):
+        """The layout of an activation word: ``width`` 16-bit slots."""
+        return self._word
+
+    @property
+    def depths(self):
+        """Memory depths by name: ``data``, ``weights``, ``params``, ``program``."""
+        return dict(self._depths)
+
+    def elaborate(self, platform):
+        m = Module()
+        width = self._width
+        m.submodules.array = array = self._array
+        m.submodules.requantizer = requantizer = self._requantizer
+
+        memories = {}
+        for name, layout in (("program", self._descriptor), ("weights", self._weight_layout),
+                             ("params", self._param_layout), ("data", self._word)):
+            memories[name] = Memory(shape=unsigned(Shape.cast(layout).width),
+                                    depth=self._depths[name], init=self._init.get(name, []))
+            m.submodules[f"{name}_memory"] = memories[name]
+        program_read = memories["program"].read_port()
+        weight_read = memories["weights"].read_port()
+        param_read = memories["params"].read_port()
+        operand_read = memories["data"].read_port()
+        residual_read = memories["data"].read_port()
+        data_write = memories["data"].write_port()
+        loads = {kind: memories[name].write_port() for kind, name in (
+            (NetworkCore.Memory.PROGRAM, "program"), (NetworkCore.Memory.WEIGHTS, "weights"),
+            (NetworkCore.Memory.PARAMS, "params"))}
+
+        op = Signal(self._descriptor)
+        pc = Signal(range(self._depths["program"]))
+        m.d.comb += self.op_index.eq(pc)
+        start = Signal()  # one cycle: the descriptor in `op` is new, restart every walk
+        done = Signal()   # one cycle: the op has finished
+        kind = op.kind
+        is_gemm = kind == OpKind.GEMM
+        is_vector = (kind == OpKind.SUM) | (kind == OpKind.MAX)
+
+        # -- program sequencing ---------------------------------------------------------
+        m.d.comb += program_read.addr.eq(pc)
+        running = Signal()
+        restart = Signal()
+        with m.FSM():
+            with m.State("FETCH"):
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += op.eq(program_read.data)
+                m.next = "START"
+            with m.State("START"):
+                m.d.comb += start.eq(1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += running.eq(1)
+                with m.If(restart):
+                    m.d.sync += pc.eq(0)
+                    m.next = "FETCH"
+                with m.Elif(done):
+                    m.d.sync += pc.eq(Mux(op.final, 0, pc + 1))
+                    m.next = "FETCH"
+
+        # -- LOAD: input words to the activation memory, memory writes on `load` ---------
+        loading = Signal()
+        load_index = Signal(range(self._depths["data"] + 1))
+        m.d.comb += loading.eq((kind == OpKind.LOAD) & ~start & (load_index != op.count))
+        m.d.comb += self.inputs.ready.eq(loading)
+        with m.If(start):
+            m.d.sync += load_index.eq(0)
+        with m.Elif(self.inputs.valid & self.inputs.ready):
+            m.d.sync += load_index.eq(load_index + 1)
+        # Program, weights and parameters change only while the core waits for an input.
+        m.d.comb += [
+            self.load.ready.eq(running & (kind == OpKind.LOAD) & ~self.inputs.valid),
+            restart.eq(self.load.valid & self.load.ready
+                       & (self.load.payload.memory == NetworkCore.Memory.RESTART)),
+        ]
+        for memory_kind, port in loads.items():
+            m.d.comb += [
+                port.addr.eq(self.load.payload.address),
+                port.data.eq(self.load.payload.word),
+                port.en.eq(self.load.valid & self.load.ready
+                           & (self.load.payload.memory == memory_kind)),
+            ]
+
+        # -- STORE: activation words to `outputs` ----------------------------------------
+        store_index = Signal(range(self._depths["data"] + 1))
+        storing = (kind == OpKind.STORE) & ~start & (store_index != op.count)
+        store_valid = Signal()
+        store_last = Signal()
+        store_advance = ~store_valid | self.outputs.ready
+        with m.If(start):
+            m.d.sync += [store_index.eq(0), store_valid.eq(0)]
+        with m.Elif(store_advance):
+            m.d.sync += [store_valid.eq(storing), store_last.eq(store_index + 1 == op.count)]
+            with m.If(storing):
+                m.d.sync += store_index.eq(store_index + 1)
+        m.d.comb += [
+            self.outputs.valid.eq(store_valid),
+            self.outputs.payload.word.eq(operand_read.data),
+            self.outputs.payload.last.eq(store_last),
+        ]
+
+        # -- compute ops: the beat walk (operands) ---------------------------------------
+        beat_step = Signal()
+        beat_limits = [op.out_words - 1, op.out_h - 1, op.out_w - 1, op.kernel_h - 1,
+                       op.kernel_w - 1, Mux(is_gemm, op.in_words - 1, 0)]
+        (tile, oy, ox, ky, kx, ci), at_limit, beat_final = _counters(
+            m, "beat", beat_limits, beat_step, start)
+        end_of_pixel = at_limit[3] & at_limit[4] & at_limit[5]
+        end_of_tile = end_of_pixel & at_limit[1] & at_limit[2]
+        beats_left = Signal()
+        with m.If(start):
+            m.d.sync += beats_left.eq(is_gemm | is_vector)
+        with m.Elif(beat_step & beat_final):
+            m.d.sync += beats_left.eq(0)
+
+        iy = Signal(signed(14))
+        ix = Signal(signed(14))
+        m.d.comb += [
+            iy.eq(oy * op.stride_h + ky - op.pad_h),
+            ix.eq(ox * op.stride_w + kx - op.pad_w),
+        ]
+        padding = (iy < 0) | (iy >= op.in_h) | (ix < 0) | (ix >= op.in_w)
+        # Out of range under padding; the padded operand is zeroed after the read.
+        operand_address = op.in_base + (iy * op.in_w + ix) * op.in_words + Mux(is_gemm, ci, tile)
+        # Weights follow the beat order tile by tile, so a pointer replaces a multiplier.
+        weight_pointer = Signal(range(self._depths["weights"]))
+        tile_weights = Signal(range(self._depths["weights"]))
+        with m.If(start):
+            m.d.sync += [weight_pointer.eq(op.weight_base), tile_weights.eq(op.weight_base)]
+        with m.Elif(beat_step):
+            with m.If(end_of_tile):
+                m.d.sync += [weight_pointer.eq(weight_pointer + 1),
+                             tile_weights.eq(weight_pointer + 1)]
+            with m.Elif(end_of_pixel):
+                m.d.sync += weight_pointer.eq(tile_weights)
+            with m.Else():
+                m.d.sync += weight_pointer.eq(weight_pointer + 1)
+
+        # One register stage after the memories: the beat, its padding and `last`.
+        beat_valid = Signal()
+        beat_padding = Signal()
+        beat_last = Signal()
+        beat_ready = Signal()
+        beat_advance = ~beat_valid | beat_ready
+        m.d.comb += beat_step.eq(beat_advance & beats_left & ~start)
+        with m.If(start):
+            m.d.sync += beat_valid.eq(0)
+        with m.Elif(beat_advance):
+            m.d.sync += [beat_valid.eq(beats_left), beat_padding.eq(padding),
+                         beat_last.eq(end_of_pixel)]
+        m.d.comb += [
+            operand_read.addr.eq(Mux(kind == OpKind.STORE, op.in_base + store_index,
+                                     operand_address)),
+            operand_read.en.eq(Mux(kind == OpKind.STORE, store_advance, beat_advance)),
+            weight_read.addr.eq(weight_pointer),
+            weight_read.en.eq(beat_advance),
+        ]
+        operand = data.View(self._word, operand_read.data)
+        lanes = [Mux(beat_padding, 0, Mux(op.in_signed, operand[lane].as_signed(),
+                                          operand[lane]))
+                 for lane in range(width)]
+
+        # GEMM beats to the array.
+        m.d.comb += [
+            array.act.valid.eq(beat_valid & is_gemm),
+            array.act.payload.last.eq(beat_last),
+            array.weights.valid.eq(beat_valid & is_gemm),
+            array.weights.payload.eq(weight_read.data),
+        ]
+        for lane in range(width):
+            m.d.comb += array.act.payload.data[lane].eq(
+                Mux(beat_padding, 0, operand[lane][:array.act_shape.width]))
+        beats = Signal(32)
+        m.d.comb += self.gemm_beats.eq(beats)
+        with m.If(array.act.valid & array.act.ready):
+            m.d.sync += beats.eq(beats + 1)
+
+        # Window sums and maxima, lane by lane.
+        reduced = Signal(data.ArrayLayout(signed(requantizer.acc.payload.shape().elem_shape
+                                                 .width), width))
+        reduced_valid = Signal()
+        reduced_ready = Signal()
+        partial = Signal.like(reduced)
+        first = Signal(init=1)
+        vector_take = beat_valid & is_vector & (~reduced_valid | reduced_ready)
+        with m.If(reduced_valid & reduced_ready):
+            m.d.sync += reduced_valid.eq(0)
+        with m.If(vector_take):
+            for lane in range(width):
+                value = lanes[lane]
+                combined = Mux(first, value,
+                               Mux(kind == OpKind.SUM, partial[lane] + value,
+                                   Mux(value > partial[lane], value, partial[lane])))
+                m.d.sync += partial[lane].eq(combined)
+                with m.If(beat_last):
+                    m.d.sync += reduced[lane].eq(combined)
+            m.d.sync += first.eq(beat_last)
+            with m.If(beat_last):
+                m.d.sync += reduced_valid.eq(1)
+        m.d.comb += beat_ready.eq(Mux(is_gemm, array.act.ready,
+                                      is_vector & (~reduced_valid | reduced_ready)))
+
+        m.d.comb += [
+            requantizer.acc.valid.eq(Mux(is_gemm, array.acc.valid, reduced_valid)),
+            requantizer.acc.payload.eq(Mux(is_gemm, array.acc.payload, reduced)),
+            array.acc.ready.eq(is_gemm & requantizer.acc.ready),
+            reduced_ready.eq(~is_gemm & requantizer.acc.ready),
+        ]
+
+        # -- compute ops: the output walk (parameters and residuals), then the writes -------
+        outputs_limits = [op.out_words - 1, op.out_pixels - 1]
+        side_step = Signal()
+        _, side_at_limit, side_final = _counters(m, "side", outputs_limits, side_step, start)
+        side_left = Signal()
+        with m.If(start):
+            m.d.sync += side_left.eq(is_gemm | is_vector)
+        with m.Elif(side_step & side_final):
+            m.d.sync += side_left.eq(0)
+        param_pointer = Signal(range(self._depths["params"]))
+        with m.If(start):
+            m.d.sync += param_pointer.eq(op.param_base)
+        with m.Elif(side_step & side_at_limit[1] & is_gemm):
+            # a GEMM has a parameter word per output tile, a SUM/MAX one for all
+            m.d.sync += param_pointer.eq(param_pointer + 1)
+        residual_pointer = _tile_pointer(m, "residual_pointer", op.res_base, op.out_words,
+                                         side_step, side_at_limit[1], start)
+        side_valid = Signal()
+        side_advance = ~side_valid | requantizer.params.ready
+        m.d.comb += side_step.eq(side_advance & side_left & ~start)
+        with m.If(start):
+            m.d.sync += side_valid.eq(0)
+        with m.Elif(side_advance):
+            m.d.sync += side_valid.eq(side_left)
+        m.d.comb += [
+            param_read.addr.eq(param_pointer), param_read.en.eq(side_advance),
+            residual_read.addr.eq(residual_pointer), residual_read.en.eq(side_advance),
+        ]
+        channel_words = data.View(self._param_layout, param_read.data)
+        residual_word = data.View(self._word, residual_read.data)
+        params = requantizer.params.payload
+        m.d.comb += [
+            requantizer.params.valid.eq(side_valid),
+            params.relu.eq(op.relu),
+            params.low.eq(op.low),
+            params.high.eq(op.high),
+        ]
+        for col in range(width):
+            channel, word = params.channels[col], channel_words[col]
+            residual = Mux(op.res_signed, residual_word[col].as_signed(), residual_word[col])
+            m.d.comb += [
+                channel.bias.eq(word.bias),
+                channel.multiplier.eq(word.multiplier),
+                channel.shift.eq(word.shift),
+                channel.residual.eq(Mux(op.residual, residual, 0)),
+                channel.residual_multiplier.eq(Mux(op.residual, word.residual_multiplier, 0)),
+                channel.residual_shift.eq(Mux(op.residual, word.residual_shift, 0)),
+            ]
+
+        write_step = requantizer.out.valid & requantizer.out.ready
+        _, write_at_limit, write_final = _counters(m, "write", outputs_limits, write_step,
+                                                   start)
+        write_pointer = _tile_pointer(m, "write_pointer", op.out_base, op.out_words,
+                                      write_step, write_at_limit[1], start)
+        m.d.comb += requantizer.out.ready.eq(is_gemm | is_vector)
+        with m.If(kind == OpKind.LOAD):
+            m.d.comb += [
+                data_write.addr.eq(op.out_base + load_index),
+                data_write.data.eq(self.inputs.payload),
+                data_write.en.eq(self.inputs.valid & self.inputs.ready),
+            ]
+        with m.Else():
+            m.d.comb += [
+                data_write.addr.eq(write_pointer),
+                data_write.en.eq(write_step),
+            ]
+            for col in range(width):
+                m.d.comb += data_write.data[col * STORAGE_BITS:(col + 1) * STORAGE_BITS].eq(
+                    requantizer.out.payload[col])
+
+        # -- completion ------------------------------------------------------------------
+        with m.Switch(kind):
+            with m.Case(OpKind.LOAD):
+                # A LOAD of no words halts (an empty program memory is made of them).
+                m.d.comb += done.eq(~start & (op.count != 0) & (load_index == op.count))
+            with m.Case(OpKind.STORE):
+                m.d.comb += done.eq(~start & (store_index == op.count) & ~store_valid)
+            with m.Default():
+                m.d.comb += done.eq(write_step & write_final)
+        return m
