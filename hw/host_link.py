@@ -67,11 +67,12 @@ def _check_capacities(max_payload, max_reply):
 class HostLink(wiring.Component):
     """Frames between a host's byte stream and an application (docs/host_link.md).
 
-    Incoming frames are parsed byte by byte into a payload memory while their CRC is
+    Incoming frames are parsed byte by byte into a request memory while their CRC is
     computed; only a frame whose length and CRC check is released on ``app.request``, so
-    a bad frame is never partially applied. The receiver always accepts ``rx`` (a UART
-    cannot be held up): a frame that starts while the previous request is still being
-    released is parsed but dropped and answered with ``BUSY``.
+    a bad frame is never partially applied. The memory has two slots: one frame can
+    arrive while the application still takes the previous one. The receiver always
+    accepts ``rx`` (a UART cannot be held up): a frame that starts while both slots wait
+    for the application is parsed but dropped and answered with ``BUSY``.
 
     Each reply on ``app.reply`` is collected in a reply memory until ``last`` (so its
     length is known) and then framed on ``tx`` with kind byte ``0x00``; the application
@@ -85,7 +86,8 @@ class HostLink(wiring.Component):
     Parameters
     ----------
     max_payload : int
-        Capacity of the request memory, 1..65535 bytes; longer frames are refused.
+        Longest request payload, 1..65535 bytes (the request memory holds two);
+        longer frames are refused.
     max_reply : int or None
         Capacity of the reply memory, 1..65534 bytes (default: ``max_payload``, at most
         65534). A longer reply is dropped and answered with ``REPLY_OVERFLOW``.
@@ -144,31 +146,38 @@ class HostLink(wiring.Component):
         return m
 
     def _elaborate_receiver(self, m, errors):
-        m.submodules.requests = requests = Memory(shape=8, depth=self._max_payload, init=[])
+        # Two slots: a frame can arrive while the application still takes the previous one.
+        m.submodules.requests = requests = Memory(shape=8, depth=2 * self._max_payload,
+                                                  init=[])
         write = requests.write_port()
         read = requests.read_port()
         m.submodules.rx_crc = crc = catalog.CRC16_CCITT_FALSE(data_width=8).create()
 
-        # Release of a checked frame to the application.
-        held = Signal()             # the memory holds a checked frame not yet released
-        held_length = Signal(16)
+        def address(slot, offset):
+            return Mux(slot, self._max_payload, 0) + offset
+
+        # Release of checked frames to the application, oldest slot first.
+        held = Signal(2)            # which slots hold a checked frame not yet released
+        held_length = Array(Signal(16, name=f"held_length_{slot}") for slot in range(2))
+        read_slot = Signal()
         index = Signal(range(self._max_payload))
         request = self.app.request
         sent = request.valid & request.ready
         m.d.comb += [
-            request.valid.eq(held),
+            request.valid.eq(held.bit_select(read_slot, 1)),
             request.payload.data.eq(read.data),
-            request.payload.last.eq(index == held_length - 1),
+            request.payload.last.eq(index == held_length[read_slot] - 1),
         ]
         # Read ahead so the port's output is always the byte at `index`.
-        with m.If(sent):
-            m.d.comb += read.addr.eq(Mux(request.payload.last, 0, index + 1))
-        with m.Else():
-            m.d.comb += read.addr.eq(index)
-        with m.If(sent):
+        with m.If(sent & request.payload.last):
+            m.d.comb += read.addr.eq(address(~read_slot, 0))
+            m.d.sync += [held.bit_select(read_slot, 1).eq(0), index.eq(0),
+                         read_slot.eq(~read_slot)]
+        with m.Elif(sent):
+            m.d.comb += read.addr.eq(address(read_slot, index + 1))
             m.d.sync += index.eq(index + 1)
-            with m.If(request.payload.last):
-                m.d.sync += [held.eq(0), index.eq(0)]
+        with m.Else():
+            m.d.comb += read.addr.eq(address(read_slot, index))
 
         # Parser.
         byte = self.rx.payload
@@ -185,7 +194,8 @@ class HostLink(wiring.Component):
         length = Signal(16)
         count = Signal(16)
         crc_low = Signal(8)
-        dropping = Signal()         # the memory was busy when this frame began
+        write_slot = Signal()
+        dropping = Signal()         # both slots were busy when this frame began
         pending = Signal(8)         # the error reported once a discarded frame ends
         report = Signal(8)
         m.d.comb += [errors.w_data.eq(report), errors.w_en.eq(report != 0)]
@@ -193,7 +203,7 @@ class HostLink(wiring.Component):
 
         def start_frame():
             m.d.comb += crc.start.eq(1)
-            m.d.sync += dropping.eq(held)
+            m.d.sync += dropping.eq(held.bit_select(write_slot, 1))
             m.next = "LENGTH_LOW"
 
         def discard(code):
@@ -246,7 +256,7 @@ class HostLink(wiring.Component):
             def payload():
                 m.d.comb += [
                     crc.valid.eq(1),
-                    write.addr.eq(count),
+                    write.addr.eq(address(write_slot, count)),
                     write.data.eq(byte),
                     write.en.eq(~dropping),
                 ]
@@ -266,7 +276,8 @@ class HostLink(wiring.Component):
                 with m.Elif(dropping):
                     m.d.comb += report.eq(int(ErrorCode.BUSY))
                 with m.Else():
-                    m.d.sync += [held.eq(1), held_length.eq(length)]
+                    m.d.sync += [held.bit_select(write_slot, 1).eq(1),
+                                 held_length[write_slot].eq(length), write_slot.eq(~write_slot)]
                 m.next = "HUNT"
             in_frame("CRC_HIGH", crc_high_byte)
 

@@ -13,6 +13,8 @@ import random
 import threading
 
 import pytest
+from amaranth.hdl import Module
+from amaranth.lib import wiring
 from amaranth.sim import Simulator
 from hypothesis import given, settings, strategies as st
 
@@ -225,7 +227,6 @@ async def _drive_pin(ctx, pin, byte, divisor, *, stop=1):
 def test_uart_loopback_under_stalls(divisor):
     """Bytes sent by the transmitter with random gaps arrive unchanged at a receiver on
     the same wire, which re-synchronizes on each start bit."""
-    from amaranth.hdl import Module
     m = Module()
     m.submodules.tx = tx = UARTTransmitter(divisor=divisor)
     m.submodules.rx = rx = UARTReceiver(divisor=divisor)
@@ -327,3 +328,209 @@ def test_uart_receiver_overrun():
         assert ctx.get(dut.data.valid) and ctx.get(dut.data.payload) == 0x11
 
     assert _run_receiver(4, drive, ready=False) == ["overrun"]
+
+
+# HostLink on the simulator, at the byte-stream level ----------------------------------------
+
+MAX_PAYLOAD, MAX_REPLY, TIMEOUT = 16, 16, 40
+
+
+def _transform(request):
+    """The test application's answer: the request reversed with every byte inverted, so
+    a reply can never pass for its request; a request starting 0xFF asks for a reply one
+    byte too long for the link."""
+    if request[0] == 0xFF:
+        return bytes(MAX_REPLY + 1)
+    return bytes(0xFF ^ byte for byte in reversed(request))
+
+
+def _flip(frame, index, bit=0):
+    frame = bytearray(frame)
+    frame[index] ^= 1 << bit
+    return bytes(frame)
+
+
+def _scenario():
+    """(what the host does, the frames the link must answer with), step by step, and the
+    good payloads. Each
+    step is a list of byte strings to send, ``"error"`` (a UART framing-error strobe),
+    ``"hold"``/``"release"`` (the application stops/starts taking requests)."""
+    rng = random.Random(11)
+    good = [bytes(rng.randrange(256) for _ in range(n)) for n in (1, 5, MAX_PAYLOAD, 2, 9)]
+    reply = lambda payload: encode_reply(_transform(payload))
+    frame = encode_frame(good[1])
+    assert frame[-1] != SYNC
+    oversized = encode_frame(bytes(MAX_PAYLOAD + 1))
+    return [
+        ([encode_frame(good[0])], [reply(good[0])]),
+        ([encode_frame(good[2])], [reply(good[2])]),
+        ([_flip(frame, -1, 7)], [encode_error(ErrorCode.CRC)]),
+        ([_flip(frame, 4, 3)], [encode_error(ErrorCode.CRC)]),
+        # length 5 read as 4: the CRC fails and the last byte is left over as garbage
+        ([_flip(frame, 1, 0)], [encode_error(ErrorCode.CRC), encode_error(ErrorCode.GARBAGE)]),
+        ([_flip(frame, 1, 1)], [encode_error(ErrorCode.TRUNCATED)]),  # read as 7: cut short
+        ([oversized], [encode_error(ErrorCode.LENGTH)]),
+        ([bytes([SYNC, 0, 0, 0xFF, 0xFF])], [encode_error(ErrorCode.LENGTH)]),
+        ([frame[:6]], [encode_error(ErrorCode.TRUNCATED)]),
+        ([frame[:1]], [encode_error(ErrorCode.TRUNCATED)]),
+        ([b"\x00\x13\x37"], [encode_error(ErrorCode.GARBAGE)]),
+        ([b"\x42" + frame], [encode_error(ErrorCode.GARBAGE), reply(good[1])]),
+        ([frame[:4], "error", frame[4:]], [encode_error(ErrorCode.FRAMING)]),
+        (["error"], [encode_error(ErrorCode.FRAMING)]),
+        # Two frames wait for the application; a third one finds no room.
+        (["hold", encode_frame(good[3]), encode_frame(good[4]), encode_frame(good[0])],
+         [encode_error(ErrorCode.BUSY)]),
+        (["release"], [reply(good[3]), reply(good[4])]),
+        ([encode_frame(b"\xff\x01")], [encode_error(ErrorCode.REPLY_OVERFLOW)]),
+        ([encode_frame(good[4])], [reply(good[4])]),
+        ([encode_frame(good[0]), encode_frame(good[2])], [reply(good[0]), reply(good[2])]),
+    ], good
+
+
+def _run_host_link(pause, seed, scenario):
+    """Play ``scenario`` into a HostLink with random stalls (gaps below the timeout on
+    ``rx``, ``pause`` on the application's and the transmitter's side); returns the
+    bytes sent on ``tx`` after each step and the requests the application saw."""
+    dut = HostLink(max_payload=MAX_PAYLOAD, max_reply=MAX_REPLY, timeout=TIMEOUT)
+    rng = random.Random(seed)
+    received = bytearray()
+    requests = []
+    answers = []
+    hold = [False]
+
+    async def host(ctx):
+        for actions, expected in scenario:
+            start = len(received)
+            for action in actions:
+                if action == "error":
+                    ctx.set(dut.rx_error, 1)
+                    await ctx.tick()
+                    ctx.set(dut.rx_error, 0)
+                elif action in ("hold", "release"):
+                    hold[0] = action == "hold"
+                else:
+                    for byte in action:
+                        if pause:
+                            await ctx.tick().repeat(rng.randrange(1, TIMEOUT // 4))
+                        ctx.set(dut.rx.valid, 1)
+                        ctx.set(dut.rx.payload, byte)
+                        await ctx.tick()
+                        assert ctx.get(dut.rx.ready)
+                        ctx.set(dut.rx.valid, 0)
+            want = sum(map(len, expected))
+            for _ in range(100 * want + 20 * TIMEOUT):
+                if len(received) >= start + want:
+                    break
+                await ctx.tick()
+            await ctx.tick().repeat(3 * TIMEOUT)    # anything more would show up here
+            answers.append(bytes(received[start:]))
+
+    async def application(ctx):
+        while True:
+            request = bytearray()
+            while not request or not last:
+                ready = not hold[0] and rng.random() >= pause
+                ctx.set(dut.app.request.ready, ready)
+                _, _, valid, byte, last = await ctx.tick().sample(
+                    dut.app.request.valid, dut.app.request.payload.data,
+                    dut.app.request.payload.last)
+                if not (valid and ready):
+                    last = False
+                    continue
+                request.append(byte)
+            ctx.set(dut.app.request.ready, 0)
+            requests.append(bytes(request))
+            reply = _transform(request)
+            for index, byte in enumerate(reply):
+                while rng.random() < pause:
+                    await ctx.tick()
+                ctx.set(dut.app.reply.valid, 1)
+                ctx.set(dut.app.reply.payload.data, byte)
+                ctx.set(dut.app.reply.payload.last, index == len(reply) - 1)
+                await ctx.tick().until(dut.app.reply.ready)
+                ctx.set(dut.app.reply.valid, 0)
+
+    async def serial_out(ctx):
+        while True:
+            ready = rng.random() >= pause
+            ctx.set(dut.tx.ready, ready)
+            _, _, valid, byte = await ctx.tick().sample(dut.tx.valid, dut.tx.payload)
+            if valid and ready:
+                received.append(byte)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(application, background=True)
+    sim.add_testbench(serial_out, background=True)
+    sim.add_testbench(host)
+    sim.run()
+    return answers, requests
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.5])
+def test_host_link_answers_every_frame(pause):
+    """Every step's answer equals the frames the host-side codec builds: replies to good
+    frames; CRC, LENGTH, TRUNCATED, GARBAGE, FRAMING, BUSY and REPLY_OVERFLOW error frames
+    for bad ones; good frames after bad ones still get through. The application sees each
+    good frame once, whole, and never a byte of a bad one."""
+    scenario, good = _scenario()
+    answers, requests = _run_host_link(pause, int(pause * 10), scenario)
+    for step, ((actions, expected), answer) in enumerate(zip(scenario, answers)):
+        assert answer == b"".join(expected), f"step {step}: {actions}"
+    assert requests == [good[0], good[2], good[1], good[3], good[4], b"\xff\x01", good[4],
+                        good[0], good[2]]
+
+
+async def _send_serial(ctx, pin, data, divisor):
+    for byte in data:
+        await _drive_pin(ctx, pin, byte, divisor)
+
+
+async def _receive_serial(ctx, pin, divisor, count):
+    """``count`` bytes from an 8N1 line, sampled in the middle of each bit."""
+    received = bytearray()
+    while len(received) < count:
+        await ctx.tick().until(~pin)
+        await ctx.tick().repeat(divisor // 2)
+        assert not ctx.get(pin), "start bit"
+        byte = 0
+        for bit in range(8):
+            await ctx.tick().repeat(divisor)
+            byte |= ctx.get(pin) << bit
+        await ctx.tick().repeat(divisor)
+        assert ctx.get(pin), "stop bit"
+        received.append(byte)
+    return bytes(received)
+
+
+def test_serial_host_link_loopback():
+    """At the pins: a UART-level SerialHostLink with the LoopbackApp echoes a good frame,
+    answers a damaged one with a CRC error frame and a stop bit held low with a FRAMING
+    error frame, then echoes again."""
+    divisor = 4
+    m = Module()
+    m.submodules.link = link = SerialHostLink(divisor=divisor, max_payload=8)
+    m.submodules.app = app = LoopbackApp()
+    wiring.connect(m, link.app, app.host)
+    frame = encode_frame(b"\x01\x02\xa5")
+    steps = [
+        (frame, encode_reply(b"\x01\x02\xa5")),
+        (_flip(frame, 3), encode_error(ErrorCode.CRC)),
+        (frame[:2], encode_error(ErrorCode.FRAMING)),
+        (frame, encode_reply(b"\x01\x02\xa5")),
+    ]
+    answers = []
+
+    async def host(ctx):
+        for index, (request, expected) in enumerate(steps):
+            await _send_serial(ctx, link.rx, request, divisor)
+            if index == 2:
+                await _drive_pin(ctx, link.rx, 0x55, divisor, stop=0)
+                ctx.set(link.rx, 1)
+            answers.append(await _receive_serial(ctx, link.tx, divisor, len(expected)))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(host)
+    sim.run()
+    assert answers == [expected for _, expected in steps]
