@@ -29,6 +29,8 @@ __all__ = ["NetworkBench", "NetworkRun", "build_network", "run_network"]
 
 TOPLEVEL = "olmac_network"
 RESULTS_ENV = "OLMAC_NETWORK_RESULTS"
+#: The only signals the testbench touches, made visible to VPI by a Verilator control file.
+_PUBLIC_PORTS = ("clk", "rst", "done", "cycles", "gemm_beats", "read_address", "read_word")
 
 
 class _Lfsr(wiring.Component):
@@ -187,9 +189,12 @@ def build_network(bench: NetworkBench, build_dir: Path) -> tuple[Path, float]:
     changed = not source.exists() or source.read_text() != text
     if changed:
         source.write_text(text)
+    control = build_dir / f"{TOPLEVEL}.vlt"
+    control.write_text("`verilator_config\n" + "".join(
+        f'public_flat_rw -module "{TOPLEVEL}" -var "{port}"\n' for port in _PUBLIC_PORTS))
     os.environ.update(verilator_environment())
     runner = _LeanVerilator()
-    runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
+    runner.build(sources=[control, source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
                  build_args=VERILATOR_ARGS, always=changed, log_file=build_dir / "build.log")
     return build_dir, time.monotonic() - started
 
