@@ -238,21 +238,21 @@ class _Compiler:
                                                           "value": int(outliers[k, n])})
                         self.max_outliers = max(self.max_outliers, len(beat_outliers))
                         self.weight_beats.append({"tile": beat_tile, "outliers": beat_outliers})
-            channels = []
+            tile_params = []
             for col in range(width):
                 n = tile * width + col
                 if n >= n_out:
-                    channels.append({"bias": 0, "multiplier": 0, "shift": 0,
+                    tile_params.append({"bias": 0, "multiplier": 0, "shift": 0,
                                      "residual_multiplier": 0, "residual_shift": 0})
                     continue
-                channels.append({
+                tile_params.append({
                     "bias": int(op.bias[n]), "multiplier": int(op.multiplier[n]),
                     "shift": int(op.shift[n]),
                     "residual_multiplier": int(op.residual_multiplier[n])
                     if op.residual is not None else 0,
                     "residual_shift": int(op.residual_shift[n]) if op.residual is not None else 0,
                 })
-            self.param_words.append(channels)
+            self.param_words.append(tile_params)
         residual = {}
         if op.residual is not None:
             residual_value = self.program.values[op.residual]
