@@ -1,8 +1,11 @@
 """``olmac``: the command line.
 
 ``olmac gemm`` computes ``Y = A·W`` (optionally requantized, docs/semantics.md §3) on the
-golden model or on the generated RTL under Verilator; ``olmac demo`` runs a random GEMM
-through the RTL and checks it against golden.
+golden model or on the generated RTL under Verilator; ``olmac gemm-demo`` runs a random
+GEMM through the RTL and checks it against golden. ``olmac quantize`` lowers a PyTorch model
+to an integer program artifact, ``olmac run`` runs one on the golden model or the network
+core's RTL, and ``olmac demo`` does it all for a demo network on the digits test split
+(docs/network.md).
 """
 
 import argparse
@@ -255,7 +258,100 @@ def _command_gemm(args):
           f"{args.backend})", file=sys.stderr)
 
 
+def _load_model(spec: str):
+    """A demo model name, or ``module:callable`` returning a trained ``nn.Module``."""
+    from olmac.network import DEMO_MODELS, demo_data
+    if spec in DEMO_MODELS:
+        return demo_data(spec).model
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        raise UsageError(f"--model must be one of {', '.join(DEMO_MODELS)} or "
+                         f"'module:callable', not {spec!r}")
+    import importlib
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise UsageError(f"--model {spec}: {error}") from None
+    return factory()
+
+
+def _command_quantize(args):
+    from golden import artifact
+    from golden.program import ProgramError
+    from olmac.network import DEMO_MODELS, demo_data, quantize
+    model = _load_model(args.model)
+    if args.calibration is not None:
+        calibration = np.load(args.calibration)
+        if not np.issubdtype(calibration.dtype, np.floating):
+            raise UsageError(f"--calibration ({args.calibration}) must hold real images "
+                             f"(pixel × pixel-scale), not {calibration.dtype}")
+        calibration = _torch_from(calibration)
+    elif args.model in DEMO_MODELS:
+        calibration = demo_data(args.model).calibration
+    else:
+        raise UsageError("--calibration is required for a model of your own")
+    try:
+        program = quantize(model, calibration, act_bits=args.act_bits,
+                           weight_bits=args.weight_bits, scheme=args.scheme,
+                           highway=not args.no_highway, outlier_ratio=args.outlier_ratio,
+                           pixel_max=args.pixel_max, pixel_scale=args.pixel_scale)
+    except (ProgramError, TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    path = artifact.save(program, args.out)
+    print(program.describe())
+    print(f"olmac: wrote the integer program to {path}", file=sys.stderr)
+
+
+def _torch_from(array):
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32)
+
+
+def _command_run(args):
+    import torch
+    from golden import artifact
+    from golden.program import run_integer
+    from olmac.compiler import CompileError
+    from olmac.network import check_pixels, run_rtl
+    try:
+        program = artifact.load(args.program)
+    except artifact.ArtifactError as error:
+        raise UsageError(str(error)) from None
+    pixels = np.load(args.inputs)
+    try:
+        pixels = check_pixels(program, torch.from_numpy(pixels))
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--inputs ({args.inputs}): {error}") from None
+    started = time.perf_counter()
+    if args.backend == "golden":
+        logits = run_integer(program, pixels)
+    else:
+        try:
+            result = run_rtl(program, pixels, width=args.width,
+                             stall_sixteenths=args.stall_sixteenths,
+                             build_dir=Path("build/sim") / f"run_{Path(args.program).name}",
+                             progress=True)
+        except CompileError as error:
+            raise UsageError(str(error)) from None
+        logits = result.logits
+        print(f"olmac: {result.cycles_per_image:.0f} cycles per image, MAC utilization "
+              f"{100 * result.utilization:.1f} %", file=sys.stderr)
+    np.save(args.out, logits.numpy())
+    print(f"olmac: wrote {args.out} ({logits.shape[0]}x{logits.shape[1]} int64 logits, "
+          f"{args.backend}, {time.perf_counter() - started:.1f} s)", file=sys.stderr)
+
+
 def _command_demo(args):
+    from olmac.network import run_demo
+    report = run_demo(model=args.model, act_bits=args.act_bits, weight_bits=args.weight_bits,
+                      scheme=args.scheme, highway=not args.no_highway, images=args.images,
+                      outlier_ratio=args.outlier_ratio,
+                      width=args.width, stall_sixteenths=args.stall_sixteenths)
+    if report["mismatching_images"]:
+        raise SystemExit(1)
+
+
+def _command_gemm_demo(args):
     import golden
     workdir = Path("build") / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -341,14 +437,63 @@ def _gemm_parser(parser=None):
     return parser
 
 
+def _quantization_arguments(parser, default_model=None, own_models=True):
+    from olmac.network import DEMO_MODELS
+    help_text = f"{' or '.join(DEMO_MODELS)}"
+    if own_models:
+        help_text += ", or module:callable returning a trained nn.Module"
+    parser.add_argument("--model", default=default_model, required=default_model is None,
+                        help=help_text, **({} if own_models else {"choices": DEMO_MODELS}))
+    parser.add_argument("--act-bits", type=int, default=4, help="2..8")
+    parser.add_argument("--weight-bits", type=int, default=4, help="2..8")
+    parser.add_argument("--scheme", default="value_aware",
+                        choices=("mmse", "value_aware", "multi_tensor", "syq"),
+                        help="weight scheme of every layer (the RTL runs mmse and "
+                             "value_aware)")
+    parser.add_argument("--outlier-ratio", type=float, default=1 / 64,
+                        help="value_aware: weight outliers per weight of a channel")
+    parser.add_argument("--no-highway", action="store_true",
+                        help="requantize residual paths to the low width (the ablation)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="olmac", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gemm = commands.add_parser("gemm", help="Y = A·W on the golden model or the RTL")
     _gemm_parser(gemm)
     gemm.set_defaults(run=_command_gemm)
-    demo = commands.add_parser("demo", help="a random GEMM through the RTL, checked "
-                               "against golden")
+    quantize = commands.add_parser("quantize", help="a PyTorch model to an integer program "
+                                   "artifact (docs/program.md)")
+    _quantization_arguments(quantize)
+    quantize.add_argument("--calibration", help="real calibration images .npy (N × input "
+                          "shape); default for the demo models: their training split")
+    quantize.add_argument("--pixel-max", type=int, default=16,
+                          help="inputs are integer pixels 0..pixel-max")
+    quantize.add_argument("--pixel-scale", type=float, default=1 / 16,
+                          help="the real value of one pixel step")
+    quantize.add_argument("--out", required=True, help="artifact directory to write")
+    quantize.set_defaults(run=_command_quantize)
+    run = commands.add_parser("run", help="an integer program on integer pixels, golden "
+                              "model or RTL (Verilator)")
+    run.add_argument("--program", required=True, help="artifact directory (olmac quantize)")
+    run.add_argument("--inputs", required=True, help="integer pixels .npy, N × input shape")
+    run.add_argument("--backend", choices=("golden", "rtl"), default="golden")
+    run.add_argument("--width", type=int, default=8, help="RTL: a width × width MAC array")
+    run.add_argument("--stall-sixteenths", type=int, default=0,
+                     help="RTL: random stalls on the input and output streams, 0..15")
+    run.add_argument("--out", required=True, help="logits .npy (N × F int64)")
+    run.set_defaults(run=_command_run)
+    demo = commands.add_parser("demo", help="a demo network on the digits test split "
+                               "through the RTL, checked image by image against golden")
+    _quantization_arguments(demo, default_model="cnn", own_models=False)
+    demo.add_argument("--images", type=int, help="only the first N test images")
+    demo.add_argument("--width", type=int, default=8, help="a width × width MAC array")
+    demo.add_argument("--stall-sixteenths", type=int, default=0,
+                      help="random stalls on the input and output streams, 0..15")
+    demo.set_defaults(run=_command_demo)
+    gemm_demo = commands.add_parser("gemm-demo", help="a random GEMM through the RTL, "
+                                    "checked against golden")
+    demo = gemm_demo
     demo.add_argument("--m", type=int, default=8)
     demo.add_argument("--k", type=int, default=300)
     demo.add_argument("--n", type=int, default=20)
@@ -356,7 +501,7 @@ def main(argv=None):
     demo.add_argument("--lanes", type=int, default=16)
     demo.add_argument("--cols", type=int, default=8)
     demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_command_demo)
+    demo.set_defaults(run=_command_gemm_demo)
     build = commands.add_parser("build", add_help=False,
                                 help="a BRAM-fed MAC array bitstream for a board "
                                      "(olmac build --help)")

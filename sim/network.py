@@ -9,7 +9,7 @@ Random backpressure comes from a hardware LFSR that drops ``valid`` on the input
 
 import json
 import os
-import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,8 @@ __all__ = ["NetworkBench", "NetworkRun", "build_network", "run_network"]
 TOPLEVEL = "olmac_network"
 RESULTS_ENV = "OLMAC_NETWORK_RESULTS"
 #: The only signals the testbench touches, made visible to VPI by a Verilator control file.
-_PUBLIC_PORTS = ("clk", "rst", "done", "cycles", "gemm_beats", "read_address", "read_word")
+_PUBLIC_PORTS = ("clk", "rst", "done", "captured", "cycles", "gemm_beats", "read_address",
+                 "read_word")
 
 
 class _Lfsr(wiring.Component):
@@ -71,6 +72,8 @@ class NetworkBench(wiring.Component):
     -------
     done : Out(1)
         All ``N·output_words`` words have been captured.
+    captured : Out(32)
+        Words captured so far (for a progress bar).
     cycles : Out(32)
         Cycles from reset to ``done``.
     gemm_beats : Out(32)
@@ -99,6 +102,7 @@ class NetworkBench(wiring.Component):
         self._seed = seed
         super().__init__({
             "done": Out(1),
+            "captured": Out(32),
             "cycles": Out(32),
             "gemm_beats": Out(32),
             "read_address": In(range(max(self._output_count, 2))),
@@ -149,6 +153,7 @@ class NetworkBench(wiring.Component):
             m.d.sync += self.cycles.eq(self.cycles + 1)
         m.d.comb += [
             self.done.eq(done),
+            self.captured.eq(captured),
             self.gemm_beats.eq(core.gemm_beats),
             result_read.addr.eq(self.read_address),
             self.read_word.eq(result_read.data),
@@ -199,18 +204,35 @@ def build_network(bench: NetworkBench, build_dir: Path) -> tuple[Path, float]:
     return build_dir, time.monotonic() - started
 
 
+def _watch(path: Path, progress, stop: threading.Event) -> None:
+    while not stop.wait(0.25):
+        try:
+            progress(int(path.read_text() or 0))
+        except (FileNotFoundError, ValueError):
+            pass
+
+
 def run_network(bench: NetworkBench, build_dir: Path, *, images: int, output_words: int,
-                width: int, timeout_cycles: int) -> NetworkRun:
+                width: int, timeout_cycles: int, progress=None) -> NetworkRun:
     """Build ``bench`` and simulate it until ``done``; raises ``RuntimeError`` if the run
-    fails or does not finish within ``timeout_cycles``."""
+    fails or does not finish within ``timeout_cycles``.
+
+    ``progress``, if given, is called now and then with the number of images finished (the
+    testbench wakes every few thousand cycles to report it, not every cycle)."""
     build_dir, build_seconds = build_network(bench, build_dir)
     results_path = build_dir / "network_results.npz"
     results_path.unlink(missing_ok=True)
     results_xml = build_dir / "network.results.xml"
     results_xml.unlink(missing_ok=True)
     log_file = build_dir / "network.log"
-    job = {"results": str(results_path), "output_count": images * output_words,
+    progress_path = build_dir / "network.progress"
+    progress_path.unlink(missing_ok=True)
+    job = {"results": str(results_path), "progress": str(progress_path),
+           "output_words": output_words, "output_count": images * output_words,
            "width": width, "timeout_cycles": timeout_cycles}
+    stop = threading.Event()
+    if progress is not None:
+        threading.Thread(target=_watch, args=(progress_path, progress, stop), daemon=True).start()
     started = time.monotonic()
     try:
         _LeanVerilator().test(
@@ -222,6 +244,8 @@ def run_network(bench: NetworkBench, build_dir: Path, *, images: int, output_wor
             log_file=log_file, results_xml=str(results_xml))
     except SystemExit:
         pass  # under pytest the runner exits on a failed test; the results file tells
+    finally:
+        stop.set()
     seconds = time.monotonic() - started
     tests, failures = get_results(results_xml) if results_xml.exists() else (0, 0)
     if failures or tests != 1 or not results_path.exists():

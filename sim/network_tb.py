@@ -4,6 +4,7 @@ the caller compares the words with the golden model."""
 
 import json
 import os
+from pathlib import Path
 
 import cocotb
 import numpy as np
@@ -12,6 +13,8 @@ from cocotb.triggers import ClockCycles, First, RisingEdge
 
 from hw.network import STORAGE_BITS
 from sim.network import RESULTS_ENV
+
+PROGRESS_CYCLES = 50_000
 
 
 @cocotb.test()
@@ -22,9 +25,14 @@ async def run_network(dut):
     dut.read_address.value = 0
     await ClockCycles(dut.clk, 2)
     dut.rst.value = 0
-    finished = RisingEdge(dut.done)
-    fired = await First(finished, ClockCycles(dut.clk, job["timeout_cycles"]))
-    assert fired is finished, f"not done after {job['timeout_cycles']} cycles"
+    progress = Path(job["progress"])
+    waited = 0
+    while not dut.done.value:
+        # Python wakes once per chunk only, to report progress; the model runs alone between.
+        await First(RisingEdge(dut.done), ClockCycles(dut.clk, PROGRESS_CYCLES))
+        waited += PROGRESS_CYCLES
+        assert waited < job["timeout_cycles"], f"not done after {job['timeout_cycles']} cycles"
+        progress.write_text(str(int(dut.captured.value) // job["output_words"]))
     mask = (1 << STORAGE_BITS) - 1
     slots = np.zeros((job["output_count"], job["width"]), dtype=np.int64)
     for address in range(job["output_count"]):

@@ -1,0 +1,277 @@
+"""Whole networks end to end: a PyTorch model → integer program → network core on Verilator,
+checked image by image against the golden integer model (``olmac quantize``, ``olmac run``,
+``olmac demo``).
+"""
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DEMO_MODELS", "UP5K_MEMORY_BITS", "DemoData", "demo_data", "quantize",
+           "check_pixels", "run_rtl", "memory_bits", "NetworkResult", "run_demo"]
+
+#: The demo networks of ``golden.models``.
+DEMO_MODELS = ("cnn", "mlp")
+#: On-chip memory of an iCE40UP5K: four 256-kbit SPRAMs and thirty 4-kbit block RAMs.
+UP5K_MEMORY_BITS = {"spram": 4 * 256 * 1024, "bram": 30 * 4096}
+
+
+@dataclass
+class DemoData:
+    """A trained demo model with its calibration images (the training split) and the test
+    split (real images and labels)."""
+    name: str
+    model: torch.nn.Module
+    calibration: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def demo_data(name: str) -> DemoData:
+    """The cached demo model ``name`` (``cnn`` or ``mlp``), trained on digits if needed."""
+    from golden.digits import load_digits_split
+    from golden.models import as_images, cnn, mlp
+    if name not in DEMO_MODELS:
+        raise ValueError(f"model must be one of {', '.join(DEMO_MODELS)}, not {name!r}")
+    split = load_digits_split()
+    if name == "cnn":
+        return DemoData(name, cnn(split), as_images(split.x_train), as_images(split.x_test),
+                        split.y_test)
+    return DemoData(name, mlp(split), split.x_train, split.x_test, split.y_test)
+
+
+def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_aware",
+             highway=True, outlier_ratio=1 / 64, pixel_max=16, pixel_scale=1 / 16):
+    """``golden.program.quantize_model`` with the demo's defaults: 4-bit W/A, value-aware
+    weights with one outlier per 64 weights of a channel (≈ 1.6 %), MMSE scales, highway."""
+    from golden.program import quantize_model
+    return quantize_model(model, calibration, act_bits=act_bits, weight_bits=weight_bits,
+                          scheme=scheme, highway=highway, outlier_ratio=outlier_ratio,
+                          pixel_max=pixel_max, pixel_scale=pixel_scale)
+
+
+def memory_bits(compiled) -> dict[str, int]:
+    """Bits of each memory of the compiled core (depth × word width)."""
+    from amaranth.hdl import Shape
+    from hw.network import NetworkCore
+    core = NetworkCore(**compiled.core_params)
+    core._MustUse__used = True  # built only to read its layouts
+    widths = {"data": Shape.cast(core.word_layout).width,
+              "weights": Shape.cast(core.weight_layout).width,
+              "params": Shape.cast(core.param_layout).width,
+              "program": Shape.cast(core.descriptor_layout).width}
+    return {name: core.depths[name] * widths[name] for name in widths}
+
+
+@dataclass
+class NetworkResult:
+    """Logits of the RTL and what the run cost."""
+    logits: torch.Tensor
+    cycles: int
+    gemm_beats: int
+    macs_per_image: int
+    width: int
+    seconds: float
+    build_seconds: float
+    memory: dict = field(default_factory=dict)
+
+    @property
+    def cycles_per_image(self) -> float:
+        return self.cycles / len(self.logits)
+
+    @property
+    def utilization(self) -> float:
+        """Multiply-accumulates of the program over the array's MAC slots in all cycles."""
+        return self.macs_per_image * len(self.logits) / (self.cycles * self.width ** 2)
+
+
+def check_pixels(program, pixels) -> torch.Tensor:
+    """``pixels`` as ``N × input_shape`` int64 if they are integer pixels of the program.
+
+    Raises
+    ------
+    TypeError
+        If ``pixels`` is not an integer tensor.
+    ValueError
+        If it has the wrong shape or a pixel is outside ``0..pixel_max``.
+    """
+    pixels = torch.as_tensor(pixels)
+    if pixels.dtype.is_floating_point or pixels.dtype.is_complex or pixels.dtype == torch.bool:
+        raise TypeError(f"pixels must be integers, not {pixels.dtype}")
+    per_image = int(np.prod(program.input_shape))
+    if pixels.dim() < 1 or len(pixels) == 0 or pixels[0].numel() != per_image:
+        raise ValueError(f"pixels must be N ≥ 1 images of shape {program.input_shape} (or "
+                         f"{per_image} values each), not {tuple(pixels.shape)}")
+    if ((pixels < 0) | (pixels > program.pixel_max)).any():
+        raise ValueError(f"pixels must lie in 0..{program.pixel_max}")
+    return pixels.to(torch.int64).reshape(len(pixels), *program.input_shape)
+
+
+def _progress_bar(total: int, label: str):
+    """A text progress bar on stderr, redrawn when the count changes; the clock starts at
+    the first report (after the Verilator build)."""
+    state = {"started": None, "shown": None}
+
+    def show(done: int) -> None:
+        if done == state["shown"]:
+            return
+        state["shown"] = done
+        if state["started"] is None:
+            state["started"] = time.monotonic()
+        filled = int(30 * done / max(total, 1))
+        elapsed = time.monotonic() - state["started"]
+        print(f"\r  {label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} images "
+              f"{elapsed:5.1f} s", end="", file=sys.stderr, flush=True)
+    return show
+
+
+def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: int = 0,
+            seed: int = 1, build_dir: Path | str = "build/sim/network",
+            progress: bool = False) -> NetworkResult:
+    """Run ``program`` on integer ``pixels`` through the network core on Verilator.
+
+    The images are compiled into the bench's ROM, so the model runs alone until every
+    output word is captured (docs/network.md §16).
+
+    Raises
+    ------
+    olmac.compiler.CompileError
+        If the program does not run on the core.
+    RuntimeError
+        If the simulation fails.
+    """
+    from olmac.compiler import compile_program
+    from sim.network import NetworkBench, run_network
+    pixels = check_pixels(program, pixels)
+    compiled = compile_program(program, width=width)
+    bench = NetworkBench(compiled.core_params, compiled.pack_inputs(pixels),
+                         compiled.output_words, stall_sixteenths=stall_sixteenths, seed=seed)
+    show = _progress_bar(len(pixels), "RTL") if progress else None
+    if progress:
+        print("  building the Verilator model (cached when unchanged) ...", file=sys.stderr,
+              flush=True)
+    run = run_network(bench, Path(build_dir), images=len(pixels),
+                      output_words=compiled.output_words, width=compiled.width,
+                      timeout_cycles=100_000 * len(pixels) + 100_000, progress=show)
+    if progress:
+        show(len(pixels))
+        print(file=sys.stderr)
+    return NetworkResult(compiled.unpack_outputs(run.slots), run.cycles, run.gemm_beats,
+                         compiled.macs, compiled.width, run.seconds, run.build_seconds,
+                         memory_bits(compiled))
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).double().mean() * 100)
+
+
+def _plot(path: Path, rows: dict, labels, predictions, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    figure, (bars, matrix) = plt.subplots(1, 2, figsize=(10, 4.2))
+    names = list(rows)
+    values = [rows[name] for name in names]
+    bars.bar(names, values, color=["#888888", "#4477aa", "#228833"])
+    for index, value in enumerate(values):
+        bars.text(index, value + 0.3, f"{value:.2f} %", ha="center")
+    bars.set_ylim(min(values) - 5, 100.5)
+    bars.set_ylabel("test accuracy (%)")
+    bars.set_title("accuracy on the digits test split")
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (labels.numpy(), predictions.numpy()), 1)
+    matrix.imshow(confusion, cmap="Blues")
+    matrix.set_xlabel("RTL prediction")
+    matrix.set_ylabel("label")
+    matrix.set_xticks(range(10))
+    matrix.set_yticks(range(10))
+    matrix.set_title("RTL confusion matrix")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
+             scheme: str = "value_aware", highway: bool = True, images: int | None = None,
+             outlier_ratio: float = 1 / 64,
+             width: int = 8, stall_sixteenths: int = 0, out_dir: Path | str = "build/demo") -> dict:
+    """The ``make demo`` flow: train (or load) the demo model, quantize it, compile it for
+    the core, run the test split through the RTL, check every image's logits against the
+    golden integer model, print a table and write ``report.md``, ``report.json`` and
+    ``report.png`` under ``out_dir``. Returns the report; ``mismatching_images`` is the
+    number of images whose logits differ anywhere."""
+    from golden import artifact
+    from golden.program import run_integer, to_pixels
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    data = demo_data(model)
+    test_images, labels = data.images, data.labels
+    if images is not None:
+        test_images, labels = test_images[:images], labels[:images]
+    print(f"olmac demo: {model} on digits, {act_bits}-bit activations, {weight_bits}-bit "
+          f"{scheme} weights, highway {'on' if highway else 'off'}, {len(labels)} test images")
+    program = quantize(data.model, data.calibration, act_bits=act_bits,
+                       weight_bits=weight_bits, scheme=scheme, highway=highway,
+                       outlier_ratio=outlier_ratio)
+    artifact.save(program, out_dir / "program")
+    print(program.describe())
+    pixels = to_pixels(test_images)
+    with torch.no_grad():
+        float_logits = data.model(test_images.to(torch.float32))
+    golden_logits = run_integer(program, pixels)
+    result = run_rtl(program, pixels, width=width, stall_sixteenths=stall_sixteenths,
+                     build_dir=Path("build/sim") / f"network_{model}", progress=True)
+    mismatching = int((result.logits != golden_logits).any(1).sum())
+    accuracy = {"float": _accuracy(float_logits, labels),
+                "golden": _accuracy(golden_logits, labels),
+                "RTL": _accuracy(result.logits, labels)}
+    report = {
+        "model": model, "act_bits": act_bits, "weight_bits": weight_bits, "scheme": scheme,
+        "highway": highway, "images": len(labels), "array": f"{width}x{width}",
+        "accuracy_percent": accuracy, "mismatching_images": mismatching,
+        "mismatching_logits": int((result.logits != golden_logits).sum()),
+        "cycles_total": result.cycles, "cycles_per_inference": result.cycles_per_image,
+        "macs_per_inference": result.macs_per_image,
+        "mac_utilization_percent": 100 * result.utilization,
+        "stall_sixteenths": stall_sixteenths,
+        "simulated_cycles_per_second": result.cycles / result.seconds,
+        "simulated_images_per_second": len(labels) / result.seconds,
+        "simulation_seconds": result.seconds, "verilator_build_seconds": result.build_seconds,
+        "memory_bits": result.memory,
+        "memory_bits_total": sum(result.memory.values()),
+        "up5k_memory_bits": UP5K_MEMORY_BITS,
+        "wall_seconds": time.monotonic() - started,
+    }
+    rows = [("float accuracy", f"{accuracy['float']:.2f} %"),
+            ("golden (integer) accuracy", f"{accuracy['golden']:.2f} %"),
+            ("RTL accuracy", f"{accuracy['RTL']:.2f} %"),
+            ("mismatching images (RTL vs golden)", f"{mismatching} of {len(labels)}"),
+            ("cycles per inference", f"{result.cycles_per_image:.0f}"),
+            ("MAC utilization", f"{100 * result.utilization:.1f} % of {width}x{width}"),
+            ("simulation", f"{len(labels) / result.seconds:.0f} images/s, "
+                           f"{result.cycles / result.seconds / 1e3:.0f} k cycles/s"),
+            ("on-chip memory", f"{sum(result.memory.values()) / 1024:.1f} kbit "
+                               f"(UP5K: {UP5K_MEMORY_BITS['spram'] // 1024} kbit SPRAM + "
+                               f"{UP5K_MEMORY_BITS['bram'] // 1024} kbit BRAM)")]
+    table = "| | |\n|---|---|\n" + "".join(f"| {name} | {value} |\n" for name, value in rows)
+    print()
+    print(table)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(
+        f"# olmac demo: {model}\n\n{act_bits}-bit activations, {weight_bits}-bit {scheme} "
+        f"weights, highway {'on' if highway else 'off'}, {len(labels)} digits test images, "
+        f"{width}x{width} array.\n\n{table}\n```\n{program.describe()}\n```\n")
+    _plot(out_dir / "report.png", accuracy, labels, result.logits.argmax(1),
+          f"olmac demo: {model}, {act_bits}/{weight_bits}-bit, {mismatching} mismatching images")
+    report["wall_seconds"] = time.monotonic() - started
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out_dir}/report.md, report.json, report.png "
+          f"({report['wall_seconds']:.0f} s in all)")
+    return report
