@@ -35,6 +35,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from .report import BuildReport, read_build_report
+from .synth import KEEP_REPLICAS
 
 __all__ = ["BOARDS", "MULTIPLIERS", "BuildFailed", "DoesNotFit", "BuildResult", "toolchain_env",
            "build_bitstream", "config_label", "main"]
@@ -340,7 +341,7 @@ def build_bitstream(board, top, build_dir, *, target_mhz=None, multipliers=None,
     plan = platform.build(
         _OnBoard(top, spec.leds), name=_NAME, do_build=False,
         synth_opts=synth_opts,
-        script_after_read=after_read or "# (no script after read)",
+        script_after_read="\n".join(filter(None, [KEEP_REPLICAS, after_read])),
         script_after_synth=f"tee -q -o {_NAME}.stat.json stat -json",
         # --timing-allow-fail: a missed target is a measurement, not an error.
         nextpnr_opts=f"--report nextpnr.json --timing-allow-fail --seed {seed}")

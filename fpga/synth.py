@@ -17,7 +17,14 @@ from pathlib import Path
 from amaranth.back import rtlil
 from amaranth.lib import wiring
 
-__all__ = ["SynthResult", "synthesize"]
+__all__ = ["SynthResult", "synthesize", "KEEP_REPLICAS"]
+
+#: Yosys command that puts ``keep`` on every flip-flop whose output wire carries ``keep``.
+#: Amaranth can set attributes on signals but not on the ``$dff`` cells driving them, and
+#: ``opt_merge`` merges flip-flops with the same inputs unless the cells themselves are
+#: kept: without this, the per-column copies of a control register (``hw.MacArray``) would
+#: be merged back into the one high-fanout register they exist to split.
+KEEP_REPLICAS = "setattr -set keep 1 a:keep %ci1:+$dff[Q] t:$dff %i"
 
 #: Lines of the Yosys log quoted in the error when synthesis fails.
 _LOG_TAIL_LINES = 40
@@ -88,7 +95,8 @@ def _log_tail(log: Path, stderr: str) -> str:
 
 
 def synthesize(top: wiring.Component, *, family: str, name: str = "top", booth: bool = False,
-               extra_args: Sequence[str] = (), timeout_s: float = 600) -> SynthResult:
+               extra_args: Sequence[str] = (), timeout_s: float = 600,
+               platform=None) -> SynthResult:
     """Synthesize ``top`` for an iCE40 or ECP5 FPGA and count the cells Yosys maps it to.
 
     The component's ports are those of its signature. Cells are counted over the whole
@@ -109,6 +117,9 @@ def synthesize(top: wiring.Component, *, family: str, name: str = "top", booth: 
         Options appended to the ``synth_*`` command, e.g. ``("-nodsp",)`` or ``("-dsp",)``.
     timeout_s : float
         Longest time Yosys may run, in seconds.
+    platform : amaranth.build.Platform or None
+        Handed to ``elaborate``; a design may instantiate the family's primitives for it
+        (e.g. :class:`hw.multipliers.DspProduct` a ``MULT18X18D`` for an ECP5 platform).
 
     Raises
     ------
@@ -147,7 +158,7 @@ def synthesize(top: wiring.Component, *, family: str, name: str = "top", booth: 
 
     spec = _FAMILIES[family]
     yosys = _yosys()
-    script = ["read_rtlil design.il"]
+    script = ["read_rtlil design.il", KEEP_REPLICAS]
     if booth:
         # booth skips every module that still holds processes ("run 'proc' command first")
         # and Amaranth's RTLIL keeps its registers in processes; synth_*'s own proc then
@@ -159,7 +170,7 @@ def synthesize(top: wiring.Component, *, family: str, name: str = "top", booth: 
     ]
     with tempfile.TemporaryDirectory(prefix="olmac-synth-") as tmp:
         work = Path(tmp)
-        (work / "design.il").write_text(rtlil.convert(top, name=name))
+        (work / "design.il").write_text(rtlil.convert(top, name=name, platform=platform))
         (work / "synth.ys").write_text("\n".join(script) + "\n")
         log = work / "yosys.log"
         try:

@@ -22,7 +22,7 @@ from hw import MacArray
 from olmac.params import check_int
 from .rom import RegisteredRom
 
-__all__ = ["BramFeeder", "XorFold", "BramFedArray"]
+__all__ = ["BramFeeder", "SkidBuffer", "XorFold", "BramFedArray"]
 
 
 def _random_value(shape, rng, index_bounds):
@@ -160,6 +160,51 @@ class BramFeeder(wiring.Component):
         return m
 
 
+class SkidBuffer(wiring.Component):
+    """Passes a stream on with its upstream ``ready`` taken from a register.
+
+    The array's ``ready`` is combinational (it waits on the result credit), and the feeder's
+    whole state and both block RAMs' enables hang on it: in a 16×16 array that one net
+    limited the clock. Here upstream ``ready`` is "the skid register is empty", so the
+    feeder sees a register; a beat that arrives while downstream stalls waits in the skid
+    register, which loads whenever it is empty (an enable from a register, not from
+    ``ready``). Downstream ``valid`` never waits on ``ready``, and a beat stays put while
+    ``valid`` is high and ``ready`` low, as the stream rules ask.
+
+    Parameters
+    ----------
+    payload_shape : ShapeLike
+        Shape of one beat.
+
+    Members
+    -------
+    i : In(stream.Signature(payload_shape))
+    o : Out(stream.Signature(payload_shape))
+    """
+
+    def __init__(self, payload_shape):
+        super().__init__({
+            "i": In(stream.Signature(payload_shape)),
+            "o": Out(stream.Signature(payload_shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        full = Signal()
+        skid = Signal.like(self.i.payload, reset_less=True)
+        m.d.comb += [
+            self.i.ready.eq(~full),
+            self.o.valid.eq(full | self.i.valid),
+            self.o.payload.eq(Mux(full, skid, self.i.payload)),
+        ]
+        with m.If(~full):
+            m.d.sync += skid.eq(self.i.payload)
+            m.d.sync += full.eq(self.i.valid & ~self.o.ready)
+        with m.Elif(self.o.ready):
+            m.d.sync += full.eq(0)
+        return m
+
+
 class XorFold(wiring.Component):
     """Takes every vector of a stream and XOR-folds it into a ``width``-bit register.
 
@@ -226,10 +271,13 @@ class BramFedArray(wiring.Component):
     holds at most as many outliers of each kind as the array has outlier lanes (so no beat
     needs a second cycle). Throughput is therefore ``lanes × cols`` MACs per cycle.
 
+    The feeder reaches the array through a :class:`SkidBuffer` per stream, so the array's
+    combinational ``ready`` ends at one flip-flop instead of fanning out to the feeder.
+
     Parameters
     ----------
     lanes, cols, act_bits, weight_bits, act_signed, max_k, act_outlier_lanes,
-    weight_outlier_lanes, act_outlier_bits, weight_outlier_bits
+    weight_outlier_lanes, act_outlier_bits, weight_outlier_bits, multipliers
         As for :class:`~hw.MacArray`; the outlier slots per beat equal the outlier lanes.
     depth : int
         Words in the activation and in the weight memory, 2..65536.
@@ -254,7 +302,7 @@ class BramFedArray(wiring.Component):
 
     def __init__(self, *, lanes, cols, act_bits, weight_bits, act_signed=True, max_k,
                  act_outlier_lanes=0, weight_outlier_lanes=0, act_outlier_bits=16,
-                 weight_outlier_bits=16, depth=256, seed=0, fold_width=8):
+                 weight_outlier_bits=16, depth=256, seed=0, fold_width=8, multipliers="lut"):
         self._depth = check_int("Memory depth", depth, (2, 1 << 16))
         self._seed = check_int("Seed", seed, (0, (1 << 64) - 1))
         self._fold_width = check_int("Fold width", fold_width, (1, 64))
@@ -264,7 +312,7 @@ class BramFedArray(wiring.Component):
             weight_outlier_lanes=weight_outlier_lanes, act_outlier_bits=act_outlier_bits,
             weight_outlier_bits=weight_outlier_bits,
             act_outlier_slots=act_outlier_lanes or None,
-            weight_outlier_slots=weight_outlier_lanes or None)
+            weight_outlier_slots=weight_outlier_lanes or None, multipliers=multipliers)
         super().__init__({"fold": Out(fold_width)})
 
     @property
@@ -301,8 +349,12 @@ class BramFedArray(wiring.Component):
             index_bounds={"lane": array.lanes, "col": array.cols})
         m.submodules.array = array
         m.submodules.fold = fold = XorFold(array.acc.payload.shape(), self._fold_width)
-        wiring.connect(m, feeder.act, array.act)
-        wiring.connect(m, feeder.weights, array.weights)
+        m.submodules.act_skid = act_skid = SkidBuffer(array.act.payload.shape())
+        m.submodules.weight_skid = weight_skid = SkidBuffer(array.weights.payload.shape())
+        wiring.connect(m, feeder.act, act_skid.i)
+        wiring.connect(m, act_skid.o, array.act)
+        wiring.connect(m, feeder.weights, weight_skid.i)
+        wiring.connect(m, weight_skid.o, array.weights)
         wiring.connect(m, array.acc, fold.i)
         m.d.comb += self.fold.eq(fold.o)
         return m

@@ -4,6 +4,7 @@ from amaranth.lib.wiring import In, Out
 
 from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
+from .multipliers import DSP_STAGES, MODES, DspProduct, PackedPair, packable
 from .result_buffer import ResultBuffer
 from .shapes import narrowest_signed, shape_bounds
 
@@ -11,6 +12,15 @@ __all__ = ["ActOutlier", "WeightOutlier", "ActBeat", "WeightBeat", "MacArray", "
 
 #: Widest accumulator the semantics admits (docs/semantics.md §2).
 MAX_ACC_WIDTH = 44
+
+#: Columns that share one copy of the activation register. A 16×16 array would otherwise
+#: drive each activation bit into 16 columns of product logic from one flip-flop, and that
+#: fan-out was the critical path of the block-RAM-fed builds.
+ACT_FANOUT_COLS = 4
+
+#: Attributes of the copies of a register that exist to split its fan-out; synthesis must
+#: keep the flip-flops apart (see fpga.synth.KEEP_REPLICAS).
+_KEEP = {"keep": 1}
 
 
 def _index_shape(count):
@@ -96,6 +106,29 @@ class MacArray(wiring.Component):
     products into one wide cell), then the accumulators. Backpressure from ``acc`` reaches
     the inputs through a :class:`ResultBuffer` credit, never through the datapath.
 
+    **Where the products go** (``multipliers``, :mod:`hw.multipliers`). ``"lut"`` writes every
+    product as ``*`` and leaves the mapping to synthesis (Yosys puts each into an ECP5
+    DSP block unless told otherwise). ``"dsp"`` puts each outlier product into a DSP block
+    with registered operands and product (:class:`~hw.multipliers.DspProduct`:
+    ``MULT18X18D`` instantiated for an ECP5 platform, ``SB_MAC16`` for iCE40, ``*`` between
+    the same registers elsewhere) and leaves the dense products as ``*``, for the flow to
+    keep in LUTs: ``synth_ecp5 -nodsp`` or the ``booth`` pass (``fpga.build``'s
+    ``multipliers="booth"``) map every ``*`` to LUT logic and leave the instantiated blocks
+    alone. ``"packed"`` also puts the dense
+    products into DSP blocks, two per block: ``a × (b0 + b1·2^k)`` for two columns of one
+    lane (:class:`~hw.multipliers.PackedPair`). The results are the same in every mode; the
+    DSP stages may lengthen the pipeline (see :attr:`latency`).
+
+    **Cycle timing.** Stage 0 holds the beat; the dense products are registered at stage 1
+    (``"packed"``: stage 2), each adder-tree level adds a stage, the outlier products are
+    registered at stage 1 (``"dsp"``, ``"packed"``: stage 2) and summed per column one stage
+    later; whichever is later sets the stage ``S`` at which both sums join the accumulators,
+    and a result enters the output queue ``latency = S + 2`` cycles after its ``last``
+    beat is taken. The accumulators' enable and clear are registered once per column (kept
+    apart in synthesis by a ``keep`` attribute), so no single control net reaches every
+    accumulator bit, and each group of :data:`ACT_FANOUT_COLS` columns has its own copy of
+    the activation register.
+
     Parameters
     ----------
     lanes : int
@@ -125,6 +158,10 @@ class MacArray(wiring.Component):
     max_plane_shift : int or None
         Largest total shift within one reduction, which widens the accumulator (§8); by
         default two shifts of the largest size (three planes).
+    multipliers : str
+        Where products go: ``"lut"`` (default, ``*`` left to synthesis), ``"dsp"`` (dense in
+        LUTs, outliers in registered DSP blocks) or ``"packed"`` (dense two per registered
+        DSP block, outliers one per block).
 
     Raises
     ------
@@ -132,7 +169,9 @@ class MacArray(wiring.Component):
         If a parameter is of the wrong type or outside its range.
     ValueError
         If ``acc_width`` is narrower than §2 requires for ``max_k``, or ``max_k`` needs more
-        than 44 bits, or an outlier width is not wider than its dense width.
+        than 44 bits, or an outlier width is not wider than its dense width, or
+        ``multipliers`` is not one of its modes, or is ``"packed"`` for operands two of
+        whose products do not fit one 18×18 multiply (wider than 5 bits).
 
     Members
     -------
@@ -147,7 +186,8 @@ class MacArray(wiring.Component):
     def __init__(self, *, lanes, cols, act_bits, weight_bits, act_signed=True, max_k,
                  acc_width=None, act_outlier_lanes=0, weight_outlier_lanes=0,
                  act_outlier_bits=16, weight_outlier_bits=16, act_outlier_slots=None,
-                 weight_outlier_slots=None, plane_shift_bits=0, max_plane_shift=None):
+                 weight_outlier_slots=None, plane_shift_bits=0, max_plane_shift=None,
+                 multipliers="lut"):
         self._lanes = check_int("Lane count", lanes, (1, 64))
         self._cols = check_int("Column count", cols, (1, 64))
         self._act_bits = check_int("Activation width", act_bits, ACT_BITS)
@@ -207,6 +247,17 @@ class MacArray(wiring.Component):
                 f"{act_shape} × {weight_shape} range over {low}..{high}, which needs "
                 f"at least {required} bits")
         self._acc_width = acc_width
+
+        if not isinstance(multipliers, str):
+            raise TypeError(f"Multipliers must be a string, not {multipliers!r}")
+        if multipliers not in MODES:
+            raise ValueError(f"Multipliers must be one of {', '.join(map(repr, MODES))}, "
+                             f"not {multipliers!r}")
+        if multipliers == "packed" and not packable(self.act_shape, self.weight_shape):
+            raise ValueError(f"Packed multipliers need two {self.act_shape!r} × "
+                             f"{self.weight_shape!r} products to fit one 18×18 multiply, "
+                             f"which they do not")
+        self._multipliers = multipliers
 
         super().__init__({
             "act": In(stream.Signature(ActBeat(self.act_shape, lanes, self.act_outlier_shape,
@@ -290,9 +341,14 @@ class MacArray(wiring.Component):
         return self._acc_width
 
     @property
+    def multipliers(self):
+        """Where the products go: ``"lut"``, ``"dsp"`` or ``"packed"``."""
+        return self._multipliers
+
+    @property
     def latency(self):
         """Cycles from a ``last`` beat's transfer to its result entering the output queue."""
-        return 3 + self._dense_depth
+        return 2 + self._sum_stage
 
     @property
     def _has_outliers(self):
@@ -303,10 +359,21 @@ class MacArray(wiring.Component):
         return (self._lanes - 1).bit_length()
 
     @property
-    def _dense_depth(self):
-        # The outlier sums take two stages (products, per-column sum); a tree shallower
-        # than that waits for them.
-        return max(self._tree_levels, 1 if self._has_outliers else 0)
+    def _dense_product_stage(self):
+        return DSP_STAGES if self._multipliers == "packed" else 1
+
+    @property
+    def _outlier_product_stage(self):
+        return 1 if self._multipliers == "lut" else DSP_STAGES
+
+    @property
+    def _sum_stage(self):
+        """Stage at which the column sums (and outlier sums) reach the accumulators."""
+        stage = self._dense_product_stage + self._tree_levels
+        if self._has_outliers:
+            # products, then their per-column sum; a shallower dense tree waits for them
+            stage = max(stage, self._outlier_product_stage + 1)
+        return stage
 
     @property
     def _groups(self):
@@ -358,30 +425,39 @@ class MacArray(wiring.Component):
 
         # Datapath registers have no reset: only the valid bits need one, and a reset net
         # to every product and partial sum would be the array's largest fanout.
-        acts = Signal.like(self.act.payload.data, reset_less=True)
+        act_copies = [Signal.like(self.act.payload.data, reset_less=True,
+                                  name=f"acts_g{group}", attrs=_KEEP)
+                      for group in range(-(-self._cols // ACT_FANOUT_COLS))]
         tile = Signal.like(self.weights.payload.tile, reset_less=True)
         last = Signal(reset_less=True)
-        loads = [acts.eq(self.act.payload.data), tile.eq(self.weights.payload.tile),
-                 last.eq(self.act.payload.last)]
+        loads = [tile.eq(self.weights.payload.tile), last.eq(self.act.payload.last)]
+        loads += [acts.eq(self.act.payload.data) for acts in act_copies]
         plane_shift = None
         if self._plane_shift_bits:
             plane_shift = Signal.like(self.weights.payload.plane_shift, reset_less=True)
             loads.append(plane_shift.eq(self.weights.payload.plane_shift))
-        if not self._has_outliers:
+        # With one sub-beat a beat never needs holding: the input registers load every
+        # cycle with no enable (a beat not taken is marked invalid by `held`), so the
+        # credit and handshake logic drives no enable net to a thousand flip-flops.
+        hold = self._has_outliers and self._groups > 1
+        act_slots = weight_slots = full_acts = None
+        if self._has_outliers:
+            act_slots = self._register_slots(m, self.act, "act", hold)
+            weight_slots = self._register_slots(m, self.weights, "weight", hold)
+            full_acts = Signal.like(self.act.payload.data, reset_less=True)
+            loads.append(full_acts.eq(self.act.payload.data))
+        if not hold:
             m.d.sync += loads
             m.d.sync += held.eq(accepted)
         else:
-            act_slots = self._register_slots(m, self.act, "act")
-            weight_slots = self._register_slots(m, self.weights, "weight")
-            full_acts = Signal.like(self.act.payload.data, reset_less=True)
             with m.If(accepted):
                 m.d.sync += loads
-                m.d.sync += [full_acts.eq(self.act.payload.data), held.eq(1), sub.eq(0),
+                m.d.sync += [held.eq(1), sub.eq(0),
                              final_sub.eq(self._final_group(self.act.payload,
                                                             self.weights.payload))]
             with m.Elif(held):
                 # the dense vector went with sub-beat 0; later sub-beats add outliers only
-                m.d.sync += acts.eq(0)
+                m.d.sync += [acts.eq(0) for acts in act_copies]
                 if plane_shift is not None:
                     m.d.sync += plane_shift.eq(0)
                 with m.If(at_final):
@@ -389,26 +465,31 @@ class MacArray(wiring.Component):
                 with m.Else():
                     m.d.sync += sub.eq(sub + 1)
 
-        # Stage 1: products, then one register per adder-tree level. Each register is only
-        # as wide as the sums it can hold (a 4×4 product fits 8 bits, not Amaranth's 9).
-        valid, last = self._delay(m, held, last & at_final)
-        if plane_shift is not None:
-            plane_shift = self._delay_values(m, [plane_shift])[0]
+        # The control (valid, last, plane shifts) of every stage, registered as needed.
+        control = [(held, last & at_final, plane_shift)]
+
+        def control_at(stage):
+            while len(control) <= stage:
+                valid, last, shift = control[-1]
+                index = len(control)
+                valid_d = Signal(name=f"valid_s{index}")
+                last_d = Signal(name=f"last_s{index}", reset_less=True)
+                m.d.sync += [valid_d.eq(valid), last_d.eq(last)]
+                if shift is not None:
+                    shift_d = Signal.like(shift, name=f"plane_shift_s{index}",
+                                          reset_less=True)
+                    m.d.sync += shift_d.eq(shift)
+                    shift = shift_d
+                control.append((valid_d, last_d, shift))
+            return control[stage]
+
+        # Products, then one register per adder-tree level. Each register is only as wide
+        # as the sums it can hold (a 4×4 product fits 8 bits, not Amaranth's 9).
         product_low, product_high = _product_bounds(self.act_shape, self.weight_shape)
         sum_shape = lambda count: narrowest_signed(count * product_low, count * product_high)
-        level = []
-        for col in range(self._cols):
-            products = []
-            for lane in range(self._lanes):
-                product = Signal(sum_shape(1), name=f"product_c{col}_l{lane}",
-                                 reset_less=True)
-                m.d.sync += product.eq(acts[lane] * tile[lane][col])
-                products.append((product, 1))
-            level.append(products)
-        if self._has_outliers:
-            outlier_sums = self._outlier_sums(m, sub, act_slots, weight_slots, full_acts, tile)
-
-        for depth in range(self._dense_depth):
+        level = self._dense_products(m, act_copies, tile, sum_shape(1))
+        stage = self._dense_product_stage
+        for depth in range(self._tree_levels):
             next_level = []
             for col, terms in enumerate(level):
                 sums = []
@@ -420,35 +501,79 @@ class MacArray(wiring.Component):
                     sums.append((partial, count))
                 next_level.append(sums)
             level = next_level
-            valid, last = self._delay(m, valid, last)
-            if plane_shift is not None:
-                plane_shift = self._delay_values(m, [plane_shift])[0]
-            if self._has_outliers and depth > 0:
+            stage += 1
+        column_sums = [terms[0][0] for terms in level]
+        for _ in range(stage, self._sum_stage):
+            column_sums = self._delay_values(m, column_sums)
+        if self._has_outliers:
+            outlier_sums = self._outlier_sums(m, sub, act_slots, weight_slots, full_acts, tile)
+            for _ in range(self._outlier_product_stage + 1, self._sum_stage):
                 outlier_sums = self._delay_values(m, outlier_sums)
 
-        # Accumulate; the beat after `last` starts afresh.
-        starting = Signal(init=1)
-        with m.If(valid):
-            m.d.sync += starting.eq(last)
-        for col, ((column_sum, _),) in enumerate(level):
+        # Accumulate. The accumulators' enable and clear come from one register pair per
+        # column, loaded from the previous stage's control; a `last` beat clears its
+        # column's accumulator after adding, so the next beat starts afresh (the clear
+        # register comes out of reset set, for the same reason).
+        valid, last, shifts = control_at(self._sum_stage)
+        previous_valid, previous_last, _ = control_at(self._sum_stage - 1)
+        for col, column_sum in enumerate(column_sums):
+            enable = Signal(name=f"acc_enable_c{col}", attrs=_KEEP)
+            clear = Signal(name=f"acc_clear_c{col}", init=1, attrs=_KEEP)
+            m.d.sync += [enable.eq(previous_valid), clear.eq(previous_valid & previous_last)]
             accumulator = Signal(signed(self._acc_width), name=f"acc_c{col}", reset_less=True)
-            base = Mux(starting, 0, accumulator)
-            if plane_shift is not None:
-                base = base << plane_shift[col]
+            base = accumulator
+            if shifts is not None:
+                base = base << shifts[col]
             total = base + column_sum
             if self._has_outliers:
                 total = total + outlier_sums[col]
-            with m.If(valid):
+            with m.If(clear):
+                m.d.sync += accumulator.eq(0)
+            with m.Elif(enable):
                 m.d.sync += accumulator.eq(total)
             m.d.sync += results.w.payload[col].eq(total)
         m.d.sync += results.w.valid.eq(valid & last)
         return m
 
-    def _register_slots(self, m, port, kind):
+    def _dense_products(self, m, act_copies, tile, shape):
+        """The first level of the adder tree: per column, ``(product, 1)`` for each lane,
+        ready at stage :attr:`_dense_product_stage`."""
+        level = [[] for _ in range(self._cols)]
+        acts_of = lambda col: act_copies[col // ACT_FANOUT_COLS]
+        if self._multipliers == "packed":
+            for lane in range(self._lanes):
+                for col in range(0, self._cols, 2):
+                    if col + 1 < self._cols:
+                        pair = PackedPair(self.act_shape, self.weight_shape)
+                        m.submodules[f"product_c{col}_c{col + 1}_l{lane}"] = pair
+                        m.d.comb += [pair.a.eq(acts_of(col)[lane]),
+                                     pair.b0.eq(tile[lane][col]),
+                                     pair.b1.eq(tile[lane][col + 1])]
+                        level[col].append((pair.p0, 1))
+                        level[col + 1].append((pair.p1, 1))
+                    else:
+                        single = DspProduct(self.act_shape, self.weight_shape)
+                        m.submodules[f"product_c{col}_l{lane}"] = single
+                        m.d.comb += [single.a.eq(acts_of(col)[lane]),
+                                     single.b.eq(tile[lane][col])]
+                        level[col].append((single.p, 1))
+            return level
+        for col in range(self._cols):
+            for lane in range(self._lanes):
+                product = Signal(shape, name=f"product_c{col}_l{lane}", reset_less=True)
+                act, weight = acts_of(col)[lane], tile[lane][col]
+                m.d.sync += product.eq(act * weight)
+                level[col].append((product, 1))
+        return level
+
+    def _register_slots(self, m, port, kind, hold):
         if "outliers" not in port.payload.shape().members:
             return None
         slots = Signal.like(port.payload.outliers, name=f"{kind}_slots", reset_less=True)
-        with m.If(port.valid & port.ready):
+        if hold:
+            with m.If(port.valid & port.ready):
+                m.d.sync += slots.eq(port.payload.outliers)
+        else:
             m.d.sync += slots.eq(port.payload.outliers)
         return slots
 
@@ -481,22 +606,35 @@ class MacArray(wiring.Component):
             issued.append(slot)
         return issued
 
+    def _outlier_product(self, m, name, a, b, valid):
+        """``a × b`` where ``valid``, else 0, ready at stage :attr:`_outlier_product_stage`.
+
+        In the DSP modes the zeroing goes on an operand, ahead of the DSP block's input
+        registers, so the block's product register is the only logic after the multiply.
+        """
+        low, high = _product_bounds(Value.cast(a).shape(), Value.cast(b).shape())
+        if self._multipliers == "lut":
+            product = Signal(narrowest_signed(low, high), reset_less=True, name=name)
+            m.d.sync += product.eq(Mux(valid, a * b, 0))
+            return product
+        m.submodules[name] = dsp = DspProduct(Value.cast(a).shape(), Value.cast(b).shape())
+        m.d.comb += [dsp.a.eq(Mux(valid, a, 0)), dsp.b.eq(b)]
+        return dsp.p
+
     def _outlier_sums(self, m, sub, act_slots, weight_slots, full_acts, tile):
-        """Stages 1–2: outlier products, then their sum per column (registered)."""
+        """Outlier products (stage :attr:`_outlier_product_stage`), then their sum per
+        column (registered one stage later)."""
         terms = [[] for _ in range(self._cols)]
         if act_slots is not None:
-            low, high = _product_bounds(self.act_outlier_shape, self.weight_shape)
             for index, slot in enumerate(self._issued_slots(
                     m, sub, act_slots, self._act_outlier_lanes, "act_outlier")):
                 row = tile[slot.lane]
                 for col in range(self._cols):
-                    product = Signal(narrowest_signed(low, high), reset_less=True,
-                                     name=f"act_outlier_product_{index}_c{col}")
-                    m.d.sync += product.eq(Mux(slot.valid, slot.value * row[col], 0))
-                    terms[col].append(product)
+                    terms[col].append(self._outlier_product(
+                        m, f"act_outlier_product_{index}_c{col}", slot.value, row[col],
+                        slot.valid))
         if weight_slots is not None:
             act_shape = self.act_outlier_shape if act_slots is not None else self.act_shape
-            low, high = _product_bounds(act_shape, self.weight_outlier_shape)
             for index, slot in enumerate(self._issued_slots(
                     m, sub, weight_slots, self._weight_outlier_lanes, "weight_outlier")):
                 # The full activation at the outlier's lane: an activation outlier there
@@ -507,12 +645,14 @@ class MacArray(wiring.Component):
                     for act_slot in act_slots:
                         with m.If(act_slot.valid & (act_slot.lane == slot.lane)):
                             m.d.comb += act.eq(act_slot.value)
-                product = Signal(narrowest_signed(low, high), reset_less=True,
-                                 name=f"weight_outlier_product_{index}")
-                col = Signal.like(slot.col, name=f"weight_outlier_col_{index}",
-                                  reset_less=True)
-                m.d.sync += [product.eq(Mux(slot.valid, slot.value * act, 0)),
-                             col.eq(slot.col)]
+                product = self._outlier_product(m, f"weight_outlier_product_{index}",
+                                                slot.value, act, slot.valid)
+                col = slot.col
+                for stage in range(self._outlier_product_stage):
+                    col_d = Signal.like(slot.col, name=f"weight_outlier_col_{index}_s{stage}",
+                                        reset_less=True)
+                    m.d.sync += col_d.eq(col)
+                    col = col_d
                 for target in range(self._cols):
                     terms[target].append(Mux(col == target, product, 0))
         sums = []
@@ -522,13 +662,6 @@ class MacArray(wiring.Component):
             m.d.sync += total.eq(sum(column_terms))
             sums.append(total)
         return sums
-
-    @staticmethod
-    def _delay(m, valid, last):
-        valid_delayed, last_delayed = Signal(name="valid_d"), Signal(name="last_d",
-                                                                    reset_less=True)
-        m.d.sync += [valid_delayed.eq(valid), last_delayed.eq(last)]
-        return valid_delayed, last_delayed
 
     @staticmethod
     def _delay_values(m, values):

