@@ -158,3 +158,188 @@ def test_serial_requantizer_refuses_bad_parameters(kwargs, message):
     params.update(kwargs)
     with pytest.raises(TypeError, match=message):
         SerialRequantizer(**params)
+
+
+# -- the network application (docs/host_link.md §6) ------------------------------------------
+
+from amaranth.hdl import unsigned
+from amaranth.lib import data
+
+from hw.network import NetworkCore
+from hw.network_app import Command, NetworkApp, Status
+
+_APP = dict(width=2, depths={"program": 4, "weights": 8, "params": 3, "data": 16},
+            word_bits={"program": 20, "weights": 12, "params": 9}, input_words=3,
+            output_words=2)
+
+
+def _app():
+    load_layout = data.StructLayout({"memory": NetworkCore.Memory, "address": range(8),
+                                     "word": unsigned(20)})
+    return NetworkApp(load_layout=load_layout, **_APP)
+
+
+class _FakeCore:
+    """Stands in for a NetworkCore: takes load beats and input words (recording them) and
+    answers every ``input_words`` words with ``output_words`` words, the first slot of each
+    the sum of the image's slots plus its index."""
+
+    def __init__(self, app):
+        self.app = app
+        self.loads = []
+        self.images = []
+
+    async def run(self, ctx):
+        app = self.app
+        image = []
+        ctx.set(app.load.ready, 1)
+        ctx.set(app.inputs.ready, 1)
+        while True:
+            _, _, load_valid, load, input_valid, word = await ctx.tick().sample(
+                app.load.valid, app.load.payload, app.inputs.valid, app.inputs.payload)
+            if load_valid:
+                self.loads.append((load.memory, load.address, load.word))
+            if input_valid:
+                image.append(list(word))
+                if len(image) == _APP["input_words"]:
+                    self.images.append(image)
+                    total = sum(sum(word) for word in image)
+                    ctx.set(app.inputs.ready, 0)
+                    for index in range(_APP["output_words"]):
+                        ctx.set(app.outputs.valid, 1)
+                        ctx.set(app.outputs.payload.word, [(total + index) & 0xFFFF, index])
+                        ctx.set(app.outputs.payload.last, index == _APP["output_words"] - 1)
+                        await ctx.tick().until(app.outputs.ready)
+                    ctx.set(app.outputs.valid, 0)
+                    ctx.set(app.inputs.ready, 1)
+                    image = []
+
+
+async def _exchange(ctx, app, payload):
+    """Send one request byte by byte (with random-free full speed) and collect its reply."""
+    request, reply = app.host.request, app.host.reply
+    got = []
+    ctx.set(reply.ready, 1)
+    for index, value in enumerate(payload):
+        ctx.set(request.valid, 1)
+        ctx.set(request.payload.data, value)
+        ctx.set(request.payload.last, index == len(payload) - 1)
+        while True:
+            _, _, ready, reply_valid, reply_byte, reply_last = await ctx.tick().sample(
+                request.ready, reply.valid, reply.payload.data, reply.payload.last)
+            if reply_valid:
+                got.append(reply_byte)
+            if ready:
+                break
+    ctx.set(request.valid, 0)
+    while not got or not last_seen(got):
+        _, _, reply_valid, reply_byte, reply_last = await ctx.tick().sample(
+            reply.valid, reply.payload.data, reply.payload.last)
+        if reply_valid:
+            got.append(reply_byte)
+            if reply_last:
+                got.append(None)
+    return bytes(b for b in got if b is not None)
+
+
+def last_seen(got):
+    return got[-1] is None
+
+
+def _run_app(requests):
+    app = _app()
+    core = _FakeCore(app)
+    replies = []
+
+    async def host(ctx):
+        for payload in requests:
+            replies.append(await _exchange(ctx, app, bytes(payload)))
+
+    sim = Simulator(app)
+    sim.add_clock(1e-6)
+    sim.add_testbench(core.run, background=True)
+    sim.add_testbench(host)
+    sim.run_until(1e-6 * 20000)
+    return replies, core
+
+
+def _le16(value):
+    return [value & 0xFF, value >> 8]
+
+
+def test_app_commands():
+    """INFO reports the generator's configuration; LOAD writes every word of a request to
+    consecutive addresses and reports the count; RESTART is a load beat; INFER sends the
+    image words and replies the core's output words."""
+    image = [1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0]  # three words of two 16-bit slots
+    replies, core = _run_app([
+        [Command.INFO],
+        [Command.LOAD, 0, 1, 0, 0x34, 0x12, 0x05, 0xCD, 0xAB, 0x06],
+        [Command.RESTART],
+        [Command.INFER, *image],
+    ])
+    app = _app()
+    assert replies[0] == app.info()
+    assert replies[0][:5] == bytes([Status.OK]) + b"OM" + bytes([1, 2])
+    assert replies[1] == bytes([Status.OK, 2, 0])
+    assert core.loads[:2] == [(NetworkCore.Memory.PROGRAM, 1, 0x51234),
+                              (NetworkCore.Memory.PROGRAM, 2, 0x6ABCD)]
+    assert core.loads[2][0] == NetworkCore.Memory.RESTART
+    assert replies[2] == bytes([Status.OK])
+    assert core.images == [[[1, 2], [3, 4], [5, 6]]]
+    assert replies[3] == bytes([Status.OK, 21, 0, 0, 0, 22, 0, 1, 0])
+
+
+def test_app_errors_are_reported_and_the_app_recovers():
+    """A bad command, a command with extra bytes, a LOAD with a bad memory, an address past
+    the memory or a word cut short, and an INFER too short or too long each get an error
+    reply that says how much was applied; the next good INFER is answered correctly."""
+    image = [1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0]
+    replies, core = _run_app([
+        [0x7F, 1, 2],                                      # unknown command
+        [0x00],                                            # unknown command, one byte
+        [Command.RESTART, 0],                              # extra byte
+        [Command.INFO, 0],
+        [Command.LOAD, 3, 0, 0, 1, 2, 3],                  # memory 3 is not loadable
+        [Command.LOAD, 0, 3, 0, 1, 2, 3, 4, 5, 6],         # program depth 4: 2nd is past it
+        [Command.LOAD, 1, 0, 0, 1, 2, 3],                  # weights: 2-byte words, 1 left over
+        [Command.LOAD, 1, 0],                              # header cut short
+        [Command.INFER],                                   # no words
+        [Command.INFER, *image[:5]],                       # short: padded and dropped
+        [Command.INFER, *image, 9],                        # long: run and dropped
+        [Command.INFER, *image],
+    ])
+    assert replies[0] == bytes([Status.BAD_COMMAND])
+    assert replies[1] == bytes([Status.BAD_COMMAND])
+    assert replies[2] == bytes([Status.BAD_LENGTH])
+    assert replies[3] == bytes([Status.BAD_LENGTH])
+    assert replies[4] == bytes([Status.BAD_MEMORY, 0, 0])
+    assert replies[5] == bytes([Status.BAD_ADDRESS, 1, 0])
+    assert replies[6] == bytes([Status.BAD_LENGTH, 1, 0])
+    assert replies[7] == bytes([Status.BAD_LENGTH, 0, 0])
+    assert replies[8] == bytes([Status.BAD_LENGTH])
+    assert replies[9] == bytes([Status.BAD_LENGTH])
+    assert replies[10] == bytes([Status.BAD_LENGTH])
+    assert replies[11] == bytes([Status.OK, 21, 0, 0, 0, 22, 0, 1, 0])
+    assert core.loads == [(NetworkCore.Memory.PROGRAM, 3, 0x030201),
+                          (NetworkCore.Memory.WEIGHTS, 0, 0x0201)]
+    assert core.images[0] == [[1, 2], [3 & 0xFF, 0], [0, 0]]
+    assert len(core.images) == 3
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(width=0), TypeError, r"^Width must be an integer in 1\.\.64, not 0$"),
+    (dict(input_words=0), TypeError, r"^Input words must be an integer in 1\.\.65535, not 0$"),
+    (dict(output_words=70000), TypeError,
+     r"^Output words must be an integer in 1\.\.65535, not 70000$"),
+    (dict(depths={"program": 1}), ValueError, r"^depths lacks weights, params, data: "),
+    (dict(word_bits=[]), TypeError, r"^word_bits must be a dict, not \[\]$"),
+    (dict(load_layout=8), TypeError, r"^Load layout must be a data\.StructLayout, not 8$"),
+])
+def test_app_refuses_bad_parameters(kwargs, error, message):
+    params = dict(_APP, load_layout=data.StructLayout({"memory": NetworkCore.Memory,
+                                                       "address": range(8),
+                                                       "word": unsigned(20)}))
+    params.update(kwargs)
+    with pytest.raises(error, match=message):
+        NetworkApp(**params)
