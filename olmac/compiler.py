@@ -15,9 +15,15 @@ import torch
 from golden.formats import int_range
 from golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, MaxPool, QuantizeInput,
                             Requantize)
-from hw.network import MAX_DIM, MAX_KERNEL, STORAGE_BITS, NetworkCore, OpKind
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
 
-__all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES"]
+from hw.mac_array import WeightBeat
+from hw.network import (MAX_DIM, MAX_KERNEL, STORAGE_BITS, ChannelWord, OpDescriptor,
+                        OpKind)
+
+__all__ = ["CompileError", "CompiledNetwork", "compile_program", "core_layouts",
+           "SUPPORTED_SCHEMES"]
 
 #: Weight schemes the sequencer runs (the array's dense lanes plus weight-outlier lanes).
 SUPPORTED_SCHEMES = ("mmse", "value_aware")
@@ -104,6 +110,24 @@ class CompiledNetwork:
         used = self.output_slots >= 0
         logits[:, self.output_slots[used]] = slots[:, used]
         return torch.from_numpy(logits)
+
+
+def core_layouts(core_params: dict) -> dict:
+    """The word layouts of each memory of a ``NetworkCore(**core_params)``, without building
+    one: ``program`` (op descriptors), ``weights`` (the array's weight beats), ``params``
+    (a ``ChannelWord`` per column) and ``data`` (16-bit slots)."""
+    width = core_params["width"]
+    slots = core_params.get("weight_outlier_slots") or width \
+        if core_params.get("weight_outlier_lanes") else 0
+    outlier_shape = signed(core_params.get("weight_outlier_bits", 8)) if slots else None
+    return {
+        "program": OpDescriptor(core_params["data_depth"], core_params["weight_depth"],
+                                core_params["param_depth"]),
+        "weights": WeightBeat(signed(core_params["weight_bits"]), width, width, outlier_shape,
+                              slots),
+        "params": data.ArrayLayout(ChannelWord(), width),
+        "data": data.ArrayLayout(unsigned(STORAGE_BITS), width),
+    }
 
 
 def _pack(layout, value) -> int:
@@ -343,8 +367,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                   weight_depth=max(len(compiler.weight_beats), 1),
                   param_depth=len(compiler.param_words),
                   program_depth=len(compiler.descriptors), **outlier_params)
-    layouts = NetworkCore(**params)  # only its layouts are read here
-    layouts._MustUse__used = True
+    layouts = core_layouts(params)
     outlier_slots = params.get("weight_outlier_slots", 0)
     weight_words = []
     for beat in compiler.weight_beats:
@@ -353,11 +376,11 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
             word["outliers"] = beat["outliers"] + [{"valid": 0, "lane": 0, "col": 0,
                                                     "value": 0}] * (outlier_slots
                                                                     - len(beat["outliers"]))
-        weight_words.append(_pack(layouts.weight_layout, word))
+        weight_words.append(_pack(layouts["weights"], word))
     params.update(
-        program=[_pack(layouts.descriptor_layout, d) for d in compiler.descriptors],
+        program=[_pack(layouts["program"], d) for d in compiler.descriptors],
         weights=weight_words,
-        params=[_pack(layouts.param_layout, p) for p in compiler.param_words])
+        params=[_pack(layouts["params"], p) for p in compiler.param_words])
     return CompiledNetwork(params, compiler.input_slots, compiler.output_slots,
                            program.values[program.output].signed, compiler.macs,
                            compiler.descriptors)

@@ -58,14 +58,12 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
 def memory_bits(compiled) -> dict[str, int]:
     """Bits of each memory of the compiled core (depth × word width)."""
     from amaranth.hdl import Shape
-    from hw.network import NetworkCore
-    core = NetworkCore(**compiled.core_params)
-    core._MustUse__used = True  # built only to read its layouts
-    widths = {"data": Shape.cast(core.word_layout).width,
-              "weights": Shape.cast(core.weight_layout).width,
-              "params": Shape.cast(core.param_layout).width,
-              "program": Shape.cast(core.descriptor_layout).width}
-    return {name: core.depths[name] * widths[name] for name in widths}
+    from olmac.compiler import core_layouts
+    params = compiled.core_params
+    depths = {"data": params["data_depth"], "weights": params["weight_depth"],
+              "params": params["param_depth"], "program": params["program_depth"]}
+    return {name: depths[name] * Shape.cast(layout).width
+            for name, layout in core_layouts(params).items()}
 
 
 @dataclass

@@ -1,0 +1,261 @@
+# amaranth: UnusedElaboratable=no
+# (Amaranth reads that only on line 1.) The tests of refused arguments leave unused objects.
+"""The network core (hw/network.py), its compiler (olmac/compiler.py) and whole networks on
+Verilator (sim/network.py), all checked bit for bit against golden.run_integer.
+
+Fast tier: Amaranth's simulator with random stalls driven from Python. Verilator tier: the
+preloaded bench, a subset of the digits test split here, the whole split in test-full.
+"""
+
+import gc
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from amaranth.hdl import UnusedElaboratable, Value
+from amaranth.sim import Simulator
+
+from golden.program import (quantize_model, requantize_residual_round_half_up, run_integer,
+                            to_pixels)
+from hw.network import NetworkCore, OpKind
+from hw.requant import RequantParams, Requantizer
+from olmac.compiler import CompileError, compile_program
+from olmac.network import demo_data, run_rtl
+from sim.codec import LayoutCodec
+from sim.pysim import StreamSink, StreamSource
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+@pytest.fixture(scope="module")
+def mlp_data():
+    return demo_data("mlp")
+
+
+@pytest.fixture(scope="module")
+def cnn_data():
+    return demo_data("cnn")
+
+
+def _program(data, **options):
+    return quantize_model(data.model, data.calibration, **{"scheme": "value_aware", **options})
+
+
+def _run_core(core, compiled, pixels, *, pause=0.0, loads=()):
+    """Feed ``pixels`` through ``core`` (after the ``load`` beats), return the logits."""
+    words = compiled.pack_inputs(pixels)
+    word_codec = LayoutCodec(core.word_layout)
+    inputs = word_codec.pack(words.reshape(-1, compiled.width) & 0xFFFF)
+    sim = Simulator(core)
+    sim.add_clock(1e-6)
+    if loads:
+        layout = core.load.payload.shape()
+        beats = [layout.const({"memory": memory, "address": address, "word": word})
+                 .as_value().value for memory, address, word in loads]
+        sim.add_testbench(StreamSource(core.load, beats, pause_probability=pause,
+                                       seed=7).run, background=True)
+
+    async def feed(ctx):
+        if loads:
+            # inputs wait until the program has been loaded and restarted
+            await ctx.tick().repeat(len(loads) * 4 + 8)
+        await StreamSource(core.inputs, inputs, pause_probability=pause, seed=3).run(ctx)
+    sim.add_testbench(feed, background=True)
+    sink = StreamSink(core.outputs, len(pixels) * compiled.output_words,
+                      pause_probability=pause, seed=4)
+    sim.add_testbench(sink.run)
+    sim.run()
+    out_codec = LayoutCodec(core.outputs.payload.shape())
+    leaves = out_codec.unpack(sink.received)
+    last = leaves[:, -1].reshape(len(pixels), compiled.output_words)
+    assert (last[:, -1] == 1).all() and (last[:, :-1] == 0).all(), "last marks each image's end"
+    slots = leaves[:, :-1].reshape(len(pixels), compiled.output_words, compiled.width)
+    return compiled.unpack_outputs(slots)
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.4])
+def test_core_runs_the_mlp_bit_exactly(mlp_data, pause):
+    """Three linear layers with weight outliers: every logit equals run_integer, with and
+    without random stalls on both streams."""
+    program = _program(mlp_data)
+    pixels = to_pixels(mlp_data.images[:3])
+    compiled = compile_program(program)
+    logits = _run_core(NetworkCore(**compiled.core_params), compiled, pixels, pause=pause)
+    assert torch.equal(logits, run_integer(program, pixels))
+
+
+def test_core_runs_the_residual_cnn_bit_exactly(cnn_data):
+    """Padded 3×3 convolutions, the 16-bit highway add (§11), average pooling, flatten and
+    the linear head, under random stalls, on a 4×4 array (two words per 8-channel pixel)."""
+    program = _program(cnn_data)
+    pixels = to_pixels(cnn_data.images[:2])
+    compiled = compile_program(program, width=4)
+    logits = _run_core(NetworkCore(**compiled.core_params), compiled, pixels, pause=0.3)
+    assert torch.equal(logits, run_integer(program, pixels))
+
+
+def test_core_loads_its_program_through_the_load_port(mlp_data):
+    """A core built without memories halts; program, weights and parameters written through
+    ``load`` and a RESTART make it compute the same logits as golden."""
+    program = _program(mlp_data, scheme="mmse", act_bits=3, weight_bits=3)
+    pixels = to_pixels(mlp_data.images[:2])
+    compiled = compile_program(program)
+    images = {name: compiled.core_params[name] for name in ("program", "weights", "params")}
+    empty = {k: v for k, v in compiled.core_params.items() if k not in images}
+    core = NetworkCore(**empty)
+    memories = {"program": NetworkCore.Memory.PROGRAM, "weights": NetworkCore.Memory.WEIGHTS,
+                "params": NetworkCore.Memory.PARAMS}
+    loads = [(memories[name], address, word) for name, words in images.items()
+             for address, word in enumerate(words)]
+    loads.append((NetworkCore.Memory.RESTART, 0, 0))
+    logits = _run_core(core, compiled, pixels, loads=loads)
+    assert torch.equal(logits, run_integer(program, pixels))
+
+
+def test_core_maxpool_and_signed_requantize():
+    """A max-pooling model with a signed (no-ReLU) hidden layer: MAX ops and signed 16-bit
+    reads, on the smallest array."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.MaxPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(48, 5))
+    calibration = torch.rand(64, 1, 8, 8)
+    program = quantize_model(model, calibration, act_bits=3, weight_bits=3)
+    assert any(op.KIND == "maxpool" for op in program.ops)
+    pixels = torch.randint(0, 17, (2, 1, 8, 8))
+    compiled = compile_program(program, width=2)
+    logits = _run_core(NetworkCore(**compiled.core_params), compiled, pixels, pause=0.2)
+    assert torch.equal(logits, run_integer(program, pixels))
+
+
+def test_requantizer_with_residual_and_runtime_bounds():
+    """(acc + β)·M + r·M_r·2^t, one rounding, clamp to a per-beat range: equal to golden's
+    requantize_residual_round_half_up for random parameters, signed and unsigned formats."""
+    rng = np.random.default_rng(11)
+    cols, acc_width, rows = 3, 24, 30
+    requantizer = Requantizer(cols=cols, acc_width=acc_width, out_bits=16, residual_bits=17,
+                              runtime_bounds=True)
+    accs = rng.integers(-(1 << 23), 1 << 23, size=(rows, cols))
+    bias = rng.integers(-(1 << 31), 1 << 31, size=(rows, cols))
+    multiplier = rng.integers(-(1 << 31), 1 << 31, size=(rows, cols))
+    shift = rng.integers(0, 64, size=(rows, cols))
+    residual = rng.integers(-(1 << 16), 1 << 16, size=(rows, cols))
+    residual_multiplier = rng.integers(-(1 << 31), 1 << 31, size=(rows, cols))
+    residual_shift = rng.integers(0, 32, size=(rows, cols))
+    shift[0], residual_shift[0] = [0, 63, 40], [0, 31, 5]
+    relu = rng.integers(0, 2, size=rows)
+    formats = [(int(rng.integers(2, 17)), bool(rng.integers(0, 2))) for _ in range(rows)]
+    bounds = np.array([(-(1 << (b - 1)), (1 << (b - 1)) - 1) if s else (0, (1 << b) - 1)
+                       for b, s in formats])
+    channels = np.stack([bias, multiplier, shift, residual, residual_multiplier,
+                         residual_shift], axis=2).reshape(rows, -1)
+    leaves = np.concatenate([channels, relu[:, None], bounds], axis=1)
+    sim = Simulator(requantizer)
+    sim.add_clock(1e-6)
+    acc_codec = LayoutCodec(requantizer.acc.payload.shape())
+    params_codec = LayoutCodec(requantizer.params.payload.shape())
+    sim.add_testbench(StreamSource(requantizer.acc, acc_codec.pack(accs),
+                                   pause_probability=0.3).run, background=True)
+    sim.add_testbench(StreamSource(requantizer.params, params_codec.pack(leaves),
+                                   pause_probability=0.3, seed=5).run, background=True)
+    sink = StreamSink(requantizer.out, rows, pause_probability=0.3)
+    sim.add_testbench(sink.run)
+    sim.run()
+    result = LayoutCodec(requantizer.out.payload.shape()).unpack(sink.received)
+    for row, (bits, signed) in enumerate(formats):
+        expected = requantize_residual_round_half_up(
+            torch.tensor(accs[row:row + 1]), bias[row], multiplier[row], shift[row],
+            torch.tensor(residual[row:row + 1]), residual_multiplier[row], residual_shift[row],
+            out_bits=bits, out_signed=signed, relu=bool(relu[row]))
+        np.testing.assert_array_equal(result[row], expected.numpy()[0])
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(width=0), TypeError, r"^Width must be an integer in 1\.\.64, not 0$"),
+    (dict(data_depth=0), TypeError, r"^data_depth must be an integer in 1\.\.65536, not 0$"),
+    (dict(program=[0] * 5), ValueError,
+     r"^5 program words do not fit program memory of depth 4$"),
+    (dict(weights=[-1]), ValueError, r"^Every weights word must be an integer in 0\.\.\d+$"),
+])
+def test_core_refuses_bad_parameters(kwargs, error, message):
+    params = dict(width=2, act_bits=4, weight_bits=4, max_k=8, data_depth=16, weight_depth=4,
+                  param_depth=2, program_depth=4)
+    params.update(kwargs)
+    with warnings.catch_warnings():
+        # a core refused for its memory contents has already built its array
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        with pytest.raises(error, match=message):
+            NetworkCore(**params)
+        gc.collect()
+
+
+def test_requantizer_refuses_bad_residual_options():
+    with pytest.raises(TypeError, match=r"^Residual width must be an integer in 2\.\.17, "
+                                        r"not 18$"):
+        Requantizer(cols=2, acc_width=20, out_bits=8, residual_bits=18)
+    with pytest.raises(ValueError, match=r"^Run-time bounds \(runtime_bounds=True\) cannot be "
+                                         r"combined with output outliers"):
+        Requantizer(cols=2, acc_width=20, out_bits=8, outlier_bits=12, runtime_bounds=True)
+
+
+@pytest.mark.parametrize("scheme", ["syq", "multi_tensor"])
+def test_compiler_refuses_schemes_the_core_does_not_run(mlp_data, scheme):
+    program = _program(mlp_data, scheme=scheme)
+    with pytest.raises(CompileError, match=rf"^op 1 \(gemm 'layers\.0'\): the network core "
+                                           rf"runs the schemes mmse, value_aware, not "
+                                           rf"'{scheme}'$"):
+        compile_program(program)
+
+
+def test_compiler_refuses_too_few_outlier_slots(mlp_data):
+    program = _program(mlp_data)
+    needed = compile_program(program).core_params["weight_outlier_slots"]
+    assert needed >= 2
+    with pytest.raises(CompileError, match=rf"^a weight beat holds {needed} outliers, more "
+                                           rf"than weight_outlier_slots = {needed - 1}$"):
+        compile_program(program, weight_outlier_slots=needed - 1)
+
+
+def test_compiler_program_shape(cnn_data):
+    """The CNN compiles to LOAD, one op per arithmetic op (flatten is free), STORE."""
+    program = _program(cnn_data)
+    kinds = [d["kind"] for d in compile_program(program).ops]
+    assert kinds == [OpKind.LOAD, OpKind.SUM, OpKind.GEMM, OpKind.SUM, OpKind.GEMM,
+                     OpKind.GEMM, OpKind.SUM, OpKind.SUM, OpKind.GEMM, OpKind.STORE]
+
+
+def test_rtl_residual_cnn_subset_under_stalls(cnn_data, tmp_path_factory):
+    """Verilator: 40 test images of the demo CNN with random stalls on both streams."""
+    program = _program(cnn_data)
+    pixels = to_pixels(cnn_data.images[:40])
+    result = run_rtl(program, pixels, stall_sixteenths=5, seed=77,
+                     build_dir="build/sim/test_network_cnn")
+    mismatches = int((result.logits != run_integer(program, pixels)).any(1).sum())
+    assert mismatches == 0, f"{mismatches} of 40 images differ"
+    assert result.cycles > 40 * 2000  # the stalls cost cycles; the run really happened
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_rtl_whole_test_split(name):
+    """Verilator: every image of the digits test split, both demo networks, no mismatch."""
+    data = demo_data(name)
+    program = _program(data)
+    pixels = to_pixels(data.images)
+    result = run_rtl(program, pixels, stall_sixteenths=3,
+                     build_dir=f"build/sim/test_network_full_{name}")
+    mismatches = int((result.logits != run_integer(program, pixels)).any(1).sum())
+    assert mismatches == 0, f"{mismatches} of {len(pixels)} images differ"
+
+
+def test_compiler_layouts_are_the_cores(cnn_data):
+    """The compiler packs words through the layouts the core declares."""
+    from olmac.compiler import core_layouts
+    compiled = compile_program(_program(cnn_data))
+    core = NetworkCore(**compiled.core_params)
+    layouts = core_layouts(compiled.core_params)
+    assert layouts == {"program": core.descriptor_layout, "weights": core.weight_layout,
+                       "params": core.param_layout, "data": core.word_layout}
+    Value.cast(core.inputs.payload)  # the core is used: elaborate it below
+    from amaranth.back import rtlil
+    rtlil.convert(core)
