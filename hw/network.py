@@ -20,6 +20,7 @@ from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           check_int)
 from .mac_array import MacArray, WeightBeat
 from .requant import Requantizer
+from .serial_requant import SerialRequantizer
 
 __all__ = ["OpKind", "OpDescriptor", "ChannelWord", "NetworkCore", "STORAGE_BITS",
            "MAX_DIM", "MAX_KERNEL"]
@@ -32,6 +33,32 @@ MAX_DIM = 255
 MAX_KERNEL = 15
 #: Widest window sum of a SUM op: the reducer keeps 17 + this many bits.
 _WINDOW_GROWTH = 8
+#: Bits of one row of a narrow memory (``memories="narrow"``): an iCE40 block RAM is 16 bits
+#: wide at its full depth of 256 words.
+CHUNK_BITS = 16
+#: Choices of the ``requantizer`` and ``memories`` options of :class:`NetworkCore`.
+REQUANTIZERS = ("parallel", "serial")
+MEMORY_STYLES = ("wide", "narrow")
+
+
+def _chunk_count(width):
+    return -(-width // CHUNK_BITS)
+
+
+def _chunked(words, width):
+    """``words`` of ``width`` bits as rows of :data:`CHUNK_BITS`, least significant first."""
+    mask = (1 << CHUNK_BITS) - 1
+    return [(word >> (CHUNK_BITS * index)) & mask for word in words
+            for index in range(_chunk_count(width))]
+
+
+def _write_chunk(m, target, index, value):
+    """``target[CHUNK_BITS·i:...] <= value`` for the chunk ``i = index`` (a signal)."""
+    with m.Switch(index):
+        for chunk in range(_chunk_count(len(target))):
+            with m.Case(chunk):
+                part = target[chunk * CHUNK_BITS:(chunk + 1) * CHUNK_BITS]
+                m.d.sync += part.eq(value[:len(part)])
 
 
 class OpKind(enum.Enum, shape=3):
@@ -155,13 +182,26 @@ class NetworkCore(wiring.Component):
         rewrites them while the core waits in a ``LOAD`` op. An all-zero program word is a
         ``LOAD`` of no words, which halts the core: a core built without a program waits
         for one to be loaded, then for a ``load`` beat to ``Memory.RESTART``.
+    requantizer : str
+        ``"parallel"`` (default): a :class:`Requantizer` with ``2·width`` wide multipliers,
+        one vector a cycle. ``"serial"``: a :class:`SerialRequantizer`, one channel at a
+        time through a shift-and-add multiplier (tens of cycles a channel, a few hundred
+        logic cells), with the same results.
+    memories : str
+        ``"wide"`` (default): every memory one word per row, two read ports on the
+        activation memory. ``"narrow"``: the program and parameter memories hold each word
+        as rows of 16 bits (read and written a row a cycle, so a shallow wide memory fits
+        one or two iCE40 block RAMs instead of one per 16 bits of width), and the
+        activation memory has one read port that the residual reads share with the
+        operand reads. Same results; loads of those memories and the walks take longer.
 
     Raises
     ------
     TypeError
         If a parameter is of the wrong type or outside its range.
     ValueError
-        If initial contents do not fit their memory, or as :class:`MacArray` raises.
+        If initial contents do not fit their memory, ``requantizer`` or ``memories`` is
+        not one of its choices, or as :class:`MacArray` raises.
 
     Members
     -------
@@ -189,8 +229,16 @@ class NetworkCore(wiring.Component):
     def __init__(self, *, width, act_bits, act_signed=False, weight_bits,
                  weight_outlier_lanes=0, weight_outlier_bits=8, weight_outlier_slots=None,
                  max_k, data_depth, weight_depth, param_depth, program_depth,
-                 program=None, weights=None, params=None):
+                 program=None, weights=None, params=None, requantizer="parallel",
+                 memories="wide"):
         self._width = check_int("Width", width, (1, 64))
+        if requantizer not in REQUANTIZERS:
+            raise ValueError(f"requantizer must be one of {', '.join(map(repr, REQUANTIZERS))}"
+                             f", not {requantizer!r}")
+        if memories not in MEMORY_STYLES:
+            raise ValueError(f"memories must be one of {', '.join(map(repr, MEMORY_STYLES))}, "
+                             f"not {memories!r}")
+        self._narrow = memories == "narrow"
         for description, depth in (("data_depth", data_depth), ("weight_depth", weight_depth),
                                    ("param_depth", param_depth),
                                    ("program_depth", program_depth)):
@@ -207,9 +255,11 @@ class NetworkCore(wiring.Component):
         probe._MustUse__used = True  # built only to read the least accumulator width
         acc_width = max(probe.acc_width, STORAGE_BITS + 1 + _WINDOW_GROWTH)
         self._array = MacArray(**array_params, acc_width=acc_width)
-        self._requantizer = Requantizer(cols=width, acc_width=acc_width,
-                                        out_bits=STORAGE_BITS, residual_bits=STORAGE_BITS + 1,
-                                        runtime_bounds=True)
+        requantizer_class = SerialRequantizer if requantizer == "serial" else Requantizer
+        self._requantizer = requantizer_class(cols=width, acc_width=acc_width,
+                                              out_bits=STORAGE_BITS,
+                                              residual_bits=STORAGE_BITS + 1,
+                                              runtime_bounds=True)
         self._descriptor = OpDescriptor(data_depth, weight_depth, param_depth)
         self._weight_layout = self._array.signature.members["weights"].signature.members[
             "payload"].shape
@@ -285,21 +335,37 @@ class NetworkCore(wiring.Component):
         m.submodules.array = array = self._array
         m.submodules.requantizer = requantizer = self._requantizer
 
+        narrow = self._narrow
+        # Rows per word of each memory: the narrow program and parameter memories hold a
+        # word as CHUNK_BITS-wide rows.
+        chunks = {"program": 1, "weights": 1, "params": 1, "data": 1}
         memories = {}
         for name, layout in (("program", self._descriptor), ("weights", self._weight_layout),
                              ("params", self._param_layout), ("data", self._word)):
-            memories[name] = Memory(shape=unsigned(Shape.cast(layout).width),
-                                    depth=self._depths[name], init=self._init.get(name, []))
+            word_width = Shape.cast(layout).width
+            init = self._init.get(name, [])
+            if narrow and name in ("program", "params"):
+                chunks[name] = _chunk_count(word_width)
+                memories[name] = Memory(shape=CHUNK_BITS,
+                                        depth=self._depths[name] * chunks[name],
+                                        init=_chunked(init, word_width))
+            else:
+                memories[name] = Memory(shape=unsigned(word_width), depth=self._depths[name],
+                                        init=init)
             m.submodules[f"{name}_memory"] = memories[name]
         program_read = memories["program"].read_port()
         weight_read = memories["weights"].read_port()
         param_read = memories["params"].read_port()
         operand_read = memories["data"].read_port()
-        residual_read = memories["data"].read_port()
+        # The narrow core's residual reads take turns with the operand reads on one port.
+        residual_read = operand_read if narrow else memories["data"].read_port()
         data_write = memories["data"].write_port()
         loads = {kind: memories[name].write_port() for kind, name in (
             (NetworkCore.Memory.PROGRAM, "program"), (NetworkCore.Memory.WEIGHTS, "weights"),
             (NetworkCore.Memory.PARAMS, "params"))}
+        load_chunks = {NetworkCore.Memory.PROGRAM: chunks["program"],
+                       NetworkCore.Memory.WEIGHTS: 1,
+                       NetworkCore.Memory.PARAMS: chunks["params"]}
 
         op = Signal(self._descriptor)
         pc = Signal(range(self._depths["program"]))
@@ -311,15 +377,30 @@ class NetworkCore(wiring.Component):
         is_vector = (kind == OpKind.SUM) | (kind == OpKind.MAX)
 
         # -- program sequencing ---------------------------------------------------------
-        m.d.comb += program_read.addr.eq(pc)
         running = Signal()
         restart = Signal()
+        fetch_index = Signal(range(chunks["program"] + 1))
+        if narrow:
+            m.d.comb += program_read.addr.eq(pc * chunks["program"] + fetch_index)
+        else:
+            m.d.comb += program_read.addr.eq(pc)
         with m.FSM():
-            with m.State("FETCH"):
-                m.next = "DECODE"
-            with m.State("DECODE"):
-                m.d.sync += op.eq(program_read.data)
-                m.next = "START"
+            if narrow:
+                with m.State("FETCH"):
+                    # One row a cycle; a row arrives the cycle after its address.
+                    with m.If(fetch_index != 0):
+                        _write_chunk(m, op.as_value(), fetch_index - 1, program_read.data)
+                    with m.If(fetch_index == chunks["program"]):
+                        m.d.sync += fetch_index.eq(0)
+                        m.next = "START"
+                    with m.Else():
+                        m.d.sync += fetch_index.eq(fetch_index + 1)
+            else:
+                with m.State("FETCH"):
+                    m.next = "DECODE"
+                with m.State("DECODE"):
+                    m.d.sync += op.eq(program_read.data)
+                    m.next = "START"
             with m.State("START"):
                 m.d.comb += start.eq(1)
                 m.next = "RUN"
@@ -335,29 +416,50 @@ class NetworkCore(wiring.Component):
         # -- LOAD: input words to the activation memory, memory writes on `load` ---------
         loading = Signal()
         load_index = Signal(range(self._depths["data"] + 1))
-        m.d.comb += loading.eq((kind == OpKind.LOAD) & ~start & (load_index != op.count))
+        # `running`: a narrow core's descriptor is assembled in `op` during FETCH.
+        m.d.comb += loading.eq(running & (kind == OpKind.LOAD) & (load_index != op.count))
         m.d.comb += self.inputs.ready.eq(loading)
         with m.If(start):
             m.d.sync += load_index.eq(0)
         with m.Elif(self.inputs.valid & self.inputs.ready):
             m.d.sync += load_index.eq(load_index + 1)
         # Program, weights and parameters change only while the core waits for an input.
-        m.d.comb += [
-            self.load.ready.eq(running & (kind == OpKind.LOAD) & ~self.inputs.valid),
-            restart.eq(self.load.valid & self.load.ready
-                       & (self.load.payload.memory == NetworkCore.Memory.RESTART)),
-        ]
+        load_open = running & (kind == OpKind.LOAD) & ~self.inputs.valid
+        if narrow:
+            # A word of a narrow memory is written a row a cycle; the beat is taken with
+            # its last row.
+            load_row = Signal(range(max(load_chunks.values())))
+            load_rows = Signal.like(load_row)
+            with m.Switch(self.load.payload.memory):
+                for memory_kind, count in load_chunks.items():
+                    with m.Case(memory_kind):
+                        m.d.comb += load_rows.eq(count - 1)
+            load_writing = self.load.valid & load_open
+            m.d.comb += self.load.ready.eq(load_open & (load_row == load_rows))
+            with m.If(load_writing):
+                m.d.sync += load_row.eq(Mux(self.load.ready, 0, load_row + 1))
+        else:
+            load_writing = self.load.valid & self.load.ready
+            m.d.comb += self.load.ready.eq(load_open)
+        m.d.comb += restart.eq(self.load.valid & self.load.ready
+                               & (self.load.payload.memory == NetworkCore.Memory.RESTART))
         for memory_kind, port in loads.items():
-            m.d.comb += [
-                port.addr.eq(self.load.payload.address),
-                port.data.eq(self.load.payload.word),
-                port.en.eq(self.load.valid & self.load.ready
-                           & (self.load.payload.memory == memory_kind)),
-            ]
+            count = load_chunks[memory_kind]
+            if count > 1:
+                m.d.comb += [
+                    port.addr.eq(self.load.payload.address * count + load_row),
+                    port.data.eq(self.load.payload.word.word_select(load_row, CHUNK_BITS)),
+                ]
+            else:
+                m.d.comb += [
+                    port.addr.eq(self.load.payload.address),
+                    port.data.eq(self.load.payload.word),
+                ]
+            m.d.comb += port.en.eq(load_writing & (self.load.payload.memory == memory_kind))
 
         # -- STORE: activation words to `outputs` ----------------------------------------
         store_index = Signal(range(self._depths["data"] + 1))
-        storing = (kind == OpKind.STORE) & ~start & (store_index != op.count)
+        storing = running & (kind == OpKind.STORE) & (store_index != op.count)
         store_valid = Signal()
         store_last = Signal()
         store_advance = ~store_valid | self.outputs.ready
@@ -416,20 +518,36 @@ class NetworkCore(wiring.Component):
         beat_last = Signal()
         beat_ready = Signal()
         beat_advance = ~beat_valid | beat_ready
-        m.d.comb += beat_step.eq(beat_advance & beats_left & ~start)
+        # The narrow core's side walk takes the activation read port for a residual read
+        # (`steal`); the beat walk then skips a cycle.
+        steal = Signal()
+        residual_address = Signal.like(operand_read.addr)
+        m.d.comb += beat_step.eq(beat_advance & beats_left & ~start & ~steal)
         with m.If(start):
             m.d.sync += beat_valid.eq(0)
         with m.Elif(beat_advance):
-            m.d.sync += [beat_valid.eq(beats_left), beat_padding.eq(padding),
+            m.d.sync += [beat_valid.eq(beats_left & ~steal), beat_padding.eq(padding),
                          beat_last.eq(end_of_pixel)]
         m.d.comb += [
             operand_read.addr.eq(Mux(kind == OpKind.STORE, op.in_base + store_index,
-                                     operand_address)),
-            operand_read.en.eq(Mux(kind == OpKind.STORE, store_advance, beat_advance)),
+                                     Mux(steal, residual_address, operand_address))),
+            operand_read.en.eq(Mux(kind == OpKind.STORE, store_advance,
+                                   beat_advance | steal)),
             weight_read.addr.eq(weight_pointer),
             weight_read.en.eq(beat_advance),
         ]
-        operand = data.View(self._word, operand_read.data)
+        if narrow:
+            # A stalled beat keeps its operand in a register, so a residual read may use
+            # the port meanwhile (the requantizer waiting for that residual may be what
+            # stalls the array).
+            fresh = Signal()
+            held = Signal.like(operand_read.data)
+            m.d.sync += fresh.eq(beat_advance & ~steal)
+            with m.If(fresh):
+                m.d.sync += held.eq(operand_read.data)
+            operand = data.View(self._word, Mux(fresh, operand_read.data, held))
+        else:
+            operand = data.View(self._word, operand_read.data)
         lanes = [Mux(beat_padding, 0, Mux(op.in_signed, operand[lane].as_signed(),
                                           operand[lane]))
                  for lane in range(width)]
@@ -500,17 +618,63 @@ class NetworkCore(wiring.Component):
                                          side_step, side_at_limit[1], start)
         side_valid = Signal()
         side_advance = ~side_valid | requantizer.params.ready
-        m.d.comb += side_step.eq(side_advance & side_left & ~start)
-        with m.If(start):
-            m.d.sync += side_valid.eq(0)
-        with m.Elif(side_advance):
-            m.d.sync += side_valid.eq(side_left)
-        m.d.comb += [
-            param_read.addr.eq(param_pointer), param_read.en.eq(side_advance),
-            residual_read.addr.eq(residual_pointer), residual_read.en.eq(side_advance),
-        ]
-        channel_words = data.View(self._param_layout, param_read.data)
-        residual_word = data.View(self._word, residual_read.data)
+        if narrow:
+            # Each beat gathers its parameter word a row a cycle and, for a residual op,
+            # reads the residual word on the shared port, then offers the beat.
+            rows = chunks["params"]
+            side_loading = Signal()
+            gathering = Signal()
+            gather_index = Signal(range(rows + 1))
+            gather_base = Signal(range(self._depths["params"] * rows))
+            param_word = Signal(Shape.cast(self._param_layout).width)
+            residual_pending = Signal()
+            residual_fresh = Signal()
+            residual_capture = Signal.like(operand_read.data)
+            m.d.comb += [
+                side_step.eq(side_advance & side_left & ~start & ~side_loading),
+                steal.eq(residual_pending),
+                param_read.addr.eq(gather_base + gather_index),
+                param_read.en.eq(1),
+            ]
+            m.d.sync += residual_fresh.eq(steal)
+            with m.If(residual_fresh):
+                m.d.sync += residual_capture.eq(operand_read.data)
+            with m.If(steal):
+                m.d.sync += residual_pending.eq(0)
+            with m.If(gathering):
+                with m.If(gather_index != 0):
+                    _write_chunk(m, param_word, gather_index - 1, param_read.data)
+                with m.If(gather_index == rows):
+                    m.d.sync += gathering.eq(0)
+                with m.Else():
+                    m.d.sync += gather_index.eq(gather_index + 1)
+            with m.If(start):
+                m.d.sync += [side_valid.eq(0), side_loading.eq(0), gathering.eq(0),
+                             residual_pending.eq(0)]
+            with m.Elif(side_step):
+                m.d.sync += [
+                    side_valid.eq(0), side_loading.eq(1), gathering.eq(1),
+                    gather_index.eq(0), gather_base.eq(param_pointer * rows),
+                    residual_pending.eq(op.residual), residual_address.eq(residual_pointer),
+                ]
+            with m.Elif(side_loading & ~gathering & ~residual_pending & ~residual_fresh):
+                m.d.sync += [side_valid.eq(1), side_loading.eq(0)]
+            with m.Elif(side_valid & requantizer.params.ready):
+                m.d.sync += side_valid.eq(0)
+            channel_words = data.View(self._param_layout, param_word)
+            residual_word = data.View(self._word, residual_capture)
+        else:
+            m.d.comb += side_step.eq(side_advance & side_left & ~start)
+            with m.If(start):
+                m.d.sync += side_valid.eq(0)
+            with m.Elif(side_advance):
+                m.d.sync += side_valid.eq(side_left)
+            m.d.comb += [
+                param_read.addr.eq(param_pointer), param_read.en.eq(side_advance),
+                residual_read.addr.eq(residual_pointer), residual_read.en.eq(side_advance),
+            ]
+            channel_words = data.View(self._param_layout, param_read.data)
+            residual_word = data.View(self._word, residual_read.data)
         params = requantizer.params.payload
         m.d.comb += [
             requantizer.params.valid.eq(side_valid),
