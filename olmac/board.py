@@ -1,0 +1,220 @@
+"""Host side of a network board (docs/host_link.md §6): the command protocol of
+:class:`hw.network_app.NetworkApp` over a :class:`olmac.host_link.SerialLink`.
+
+``olmac board run`` loads a compiled demo network (optionally), sends test images and
+compares every image's logits with the golden integer model; ``olmac board build`` builds
+the board top (:mod:`fpga.board`).
+"""
+
+import argparse
+import struct
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hw.network_app import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
+from .host_link import SerialLink
+
+__all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",
+           "encode_infer", "decode_infer", "parse_info", "main_board", "MEMORIES"]
+
+#: ``LOAD`` memory numbers by the names of ``CompiledNetwork.core_params``.
+MEMORIES = {"program": 0, "weights": 1, "params": 2}
+
+
+class BoardError(RuntimeError):
+    """The board answered a command with an error status (``status``), or with a reply
+    that does not fit the command."""
+
+    def __init__(self, message, status=None, applied=None):
+        super().__init__(message)
+        self.status = status
+        self.applied = applied
+
+
+@dataclass(frozen=True)
+class BoardInfo:
+    """What ``INFO`` reports."""
+    version: int
+    width: int
+    input_words: int
+    output_words: int
+    depths: dict
+    word_bytes: dict
+
+    def check(self, compiled):
+        """Raise :class:`BoardError` unless ``compiled`` can be loaded into this board."""
+        params = compiled.core_params
+        wanted = dict(width=compiled.width, input_words=compiled.input_words,
+                      output_words=compiled.output_words,
+                      depths={"program": params["program_depth"],
+                              "weights": params["weight_depth"],
+                              "params": params["param_depth"], "data": params["data_depth"]})
+        have = dict(width=self.width, input_words=self.input_words,
+                    output_words=self.output_words, depths=self.depths)
+        if wanted != have:
+            raise BoardError(f"the compiled network ({wanted}) does not fit the board ({have})")
+
+
+def parse_info(reply: bytes) -> BoardInfo:
+    """Decode an ``INFO`` reply (status byte included)."""
+    if len(reply) != 20 or reply[0] != Status.OK or reply[1:3] != INFO_MAGIC:
+        raise BoardError(f"not an INFO reply: {reply.hex(' ')}")
+    version, width, inputs, outputs, program, weights, params, data, *sizes = struct.unpack(
+        "<BBHHHHHHBBB", reply[3:])
+    if version != PROTOCOL_VERSION:
+        raise BoardError(f"protocol version {version}, this host speaks {PROTOCOL_VERSION}")
+    return BoardInfo(version, width, inputs, outputs,
+                     {"program": program, "weights": weights, "params": params, "data": data},
+                     dict(zip(("program", "weights", "params"), sizes)))
+
+
+def encode_load(memory: str, address: int, words, word_bytes: int) -> bytes:
+    """A ``LOAD`` request writing ``words`` from ``address`` of ``memory``."""
+    body = b"".join(int(word).to_bytes(word_bytes, "little") for word in words)
+    return bytes([Command.LOAD, MEMORIES[memory]]) + address.to_bytes(2, "little") + body
+
+
+def load_requests(compiled, info: BoardInfo, max_payload: int):
+    """``LOAD`` requests that write every memory image of ``compiled``, each at most
+    ``max_payload`` bytes, then ``RESTART``; yields ``(request, words)``."""
+    for memory in MEMORIES:
+        words = list(compiled.core_params[memory])
+        size = info.word_bytes[memory]
+        per_frame = max(1, (max_payload - 4) // size)
+        for start in range(0, len(words), per_frame):
+            chunk = words[start:start + per_frame]
+            yield encode_load(memory, start, chunk, size), len(chunk)
+    yield bytes([Command.RESTART]), 0
+
+
+def encode_infer(compiled, pixels: torch.Tensor) -> bytes:
+    """The ``INFER`` request of one image of integer pixels."""
+    slots = compiled.pack_inputs(pixels[None])[0] & 0xFFFF
+    return bytes([Command.INFER]) + slots.astype("<u2").tobytes()
+
+
+def decode_infer(compiled, reply: bytes) -> torch.Tensor:
+    """The logits (``F`` int64) of an ``INFER`` reply (status byte included)."""
+    _check_status(reply, "INFER")
+    expected = 1 + compiled.output_words * compiled.width * 2
+    if len(reply) != expected:
+        raise BoardError(f"INFER reply of {len(reply)} bytes, expected {expected}")
+    slots = np.frombuffer(reply[1:], dtype="<u2").astype(np.int64)
+    return compiled.unpack_outputs(slots.reshape(1, compiled.output_words, compiled.width))[0]
+
+
+def _check_status(reply: bytes, command: str):
+    if not reply:
+        raise BoardError(f"empty reply to {command}")
+    if reply[0] != Status.OK:
+        try:
+            name = Status(reply[0]).name
+        except ValueError:
+            name = f"0x{reply[0]:02x}"
+        applied = int.from_bytes(reply[1:3], "little") if len(reply) >= 3 else None
+        raise BoardError(f"{command} failed: {name}" + (f" after {applied} words"
+                                                        if applied is not None else ""),
+                         reply[0], applied)
+
+
+class BoardClient(SerialLink):
+    """A :class:`SerialLink` that speaks the network board's commands.
+
+    ``max_payload`` is the board's longest request (``NetworkApp.request_bytes``; by
+    default one ``INFER`` of the connected board, learnt from ``INFO``).
+    """
+
+    def __init__(self, port, baudrate=115200, *, timeout=5.0, max_payload=None):
+        super().__init__(port, baudrate, timeout=timeout)
+        self._board_max_payload = max_payload
+
+    def info(self) -> BoardInfo:
+        """Ask the board for its configuration."""
+        return parse_info(self.request(bytes([Command.INFO])))
+
+    def load(self, compiled) -> int:
+        """Write every memory image of ``compiled`` and restart the program; returns the
+        words written. Raises :class:`BoardError` if the board does not fit ``compiled``
+        or refuses a write."""
+        info = self.info()
+        info.check(compiled)
+        max_payload = self._board_max_payload or 1 + info.input_words * info.width * 2
+        written = 0
+        for request, words in load_requests(compiled, info, max_payload):
+            reply = self.request(request)
+            _check_status(reply, "LOAD" if request[0] == Command.LOAD else "RESTART")
+            if request[0] == Command.LOAD:
+                count = int.from_bytes(reply[1:3], "little")
+                if count != words:
+                    raise BoardError(f"LOAD wrote {count} of {words} words")
+                written += count
+        return written
+
+    def infer(self, compiled, pixels: torch.Tensor) -> torch.Tensor:
+        """Run one image of integer pixels; returns its logits."""
+        return decode_infer(compiled, self.request(encode_infer(compiled, pixels)))
+
+
+def _run(args):
+    from fpga.board import demo_network
+    from golden.models import as_images
+    from golden.program import run_integer, to_pixels
+
+    program, compiled, split = demo_network(args.model, width=args.width)
+    images = split.x_test[:args.images]
+    if args.model == "cnn":
+        images = as_images(images)
+    pixels = to_pixels(images)
+    expected = run_integer(program, pixels)
+    labels = split.y_test[:args.images]
+    with BoardClient(args.port, args.baud, timeout=args.timeout) as board:
+        info = board.info()
+        print(f"board: width {info.width}, {info.input_words} input words, "
+              f"{info.output_words} output words, protocol v{info.version}")
+        info.check(compiled)
+        if args.load:
+            print(f"loaded {board.load(compiled)} words")
+        mismatches = correct = 0
+        for index in range(len(pixels)):
+            logits = board.infer(compiled, pixels[index])
+            if not torch.equal(logits, expected[index]):
+                mismatches += 1
+                print(f"image {index}: board {logits.tolist()} != golden "
+                      f"{expected[index].tolist()}")
+            correct += int(logits.argmax()) == int(labels[index])
+    print(f"{len(pixels)} images: {mismatches} mismatches against the golden integer model, "
+          f"accuracy {correct / max(len(pixels), 1):.1%}")
+    return 1 if mismatches else 0
+
+
+def main_board(argv=None, prog="olmac board"):
+    """``olmac board run|build``. Returns the exit status (0 good, 1 a mismatch or a failed
+    build; bad arguments exit with 2)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Run or build the network "
+                                     "board (UART host link + network core).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="send test images and compare with golden")
+    run.add_argument("--port", required=True, help="serial port or pyserial URL")
+    run.add_argument("--baud", type=int, default=115200)
+    run.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
+    run.add_argument("--width", type=int, default=4, help="the board's MAC array width")
+    run.add_argument("--images", type=int, default=20)
+    run.add_argument("--load", action="store_true",
+                     help="load the network's memories first (default: use the preloaded)")
+    run.add_argument("--timeout", type=float, default=5.0, help="seconds per reply")
+    commands.add_parser("build", help="build the board top (see python -m fpga.board -h)",
+                        add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "build":
+        from fpga.board import main as build_main
+        return build_main(rest, prog=f"{prog} build")
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return _run(args)
+    except (BoardError, TimeoutError, OSError) as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 1
