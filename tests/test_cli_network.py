@@ -1,0 +1,132 @@
+"""``olmac quantize``, ``olmac run`` and ``olmac demo``: whole networks from the command line,
+with bad models, artifacts and inputs refused by name."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from golden import artifact
+from golden.program import run_integer, to_pixels
+from olmac.cli import main
+from olmac.network import demo_data
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+@pytest.fixture(scope="module")
+def mlp_artifact(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("mlp") / "program"
+    main(["quantize", "--model", "mlp", "--out", str(directory)])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def test_pixels(tmp_path_factory):
+    data = demo_data("mlp")
+    path = tmp_path_factory.mktemp("inputs") / "pixels.npy"
+    np.save(path, to_pixels(data.images).numpy())
+    return path, data.labels
+
+
+def _refused(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_quantize_then_run_golden_classifies_digits(mlp_artifact, test_pixels, tmp_path):
+    """The artifact written by ``olmac quantize`` runs through ``olmac run`` to logits that
+    classify the digits test split (the default is value-aware 4-bit W/A)."""
+    pixels, labels = test_pixels
+    main(["run", "--program", str(mlp_artifact), "--inputs", str(pixels),
+          "--out", str(tmp_path / "logits.npy")])
+    logits = np.load(tmp_path / "logits.npy")
+    assert logits.shape == (len(labels), 10)
+    assert (logits.argmax(1) == labels.numpy()).mean() > 0.9
+    manifest = json.loads((mlp_artifact / "program.json").read_text())
+    assert {op["kind"] for op in manifest["ops"]} == {"quantize_input", "gemm"}
+
+
+def test_run_rtl_equals_golden(mlp_artifact, test_pixels, tmp_path):
+    """``olmac run --backend rtl`` (Verilator, random stalls) gives golden's logits."""
+    pixels, _ = test_pixels
+    subset = tmp_path / "subset.npy"
+    np.save(subset, np.load(pixels)[:12])
+    main(["run", "--program", str(mlp_artifact), "--inputs", str(subset), "--backend", "rtl",
+          "--stall-sixteenths", "6", "--out", str(tmp_path / "rtl.npy")])
+    expected = run_integer(artifact.load(mlp_artifact), torch.from_numpy(np.load(subset)))
+    np.testing.assert_array_equal(np.load(tmp_path / "rtl.npy"), expected.numpy())
+
+
+def test_corrupted_artifact_is_refused(mlp_artifact, test_pixels, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("program.json", "program.npz"):
+        (broken / name).write_bytes((mlp_artifact / name).read_bytes())
+    manifest = json.loads((broken / "program.json").read_text())
+    manifest["values"]["input"]["bits"] = 3  # an edit the checksum must catch
+    (broken / "program.json").write_text(json.dumps(manifest))
+    message = _refused(capsys, ["run", "--program", str(broken), "--inputs",
+                                str(test_pixels[0]), "--out", str(tmp_path / "x.npy")])
+    assert message == ("olmac: error: artifact manifest does not match its manifest_sha256 "
+                       "(modified after it was written)")
+
+
+def test_truncated_tensors_are_refused(mlp_artifact, test_pixels, tmp_path, capsys):
+    broken = tmp_path / "truncated"
+    broken.mkdir()
+    (broken / "program.json").write_bytes((mlp_artifact / "program.json").read_bytes())
+    (broken / "program.npz").write_bytes((mlp_artifact / "program.npz").read_bytes()[:500])
+    message = _refused(capsys, ["run", "--program", str(broken), "--inputs",
+                                str(test_pixels[0]), "--out", str(tmp_path / "x.npy")])
+    assert message.startswith("olmac: error: ") and "program.npz" in message
+
+
+def test_unsupported_layer_is_named(tmp_path, capsys):
+    np.save(tmp_path / "calibration.npy", np.random.default_rng(0).random((32, 64)))
+    message = _refused(capsys, ["quantize", "--model", "network_models:gelu_mlp",
+                                "--calibration", str(tmp_path / "calibration.npy"),
+                                "--out", str(tmp_path / "program")])
+    assert message == "olmac: error: unsupported layer '1' (nn.GELU)"
+
+
+def test_own_model_needs_calibration(tmp_path, capsys):
+    message = _refused(capsys, ["quantize", "--model", "network_models:tiny_mlp",
+                                "--out", str(tmp_path / "program")])
+    assert message == "olmac: error: --calibration is required for a model of your own"
+
+
+@pytest.mark.parametrize("pixels,message", [
+    (np.full((2, 64), 0.5), "pixels must be integers, not torch.float64"),
+    (np.full((2, 64), 17), "pixels must lie in 0..16"),
+    (np.zeros((2, 63), dtype=np.int64), "pixels must be N ≥ 1 images of shape (64,)"),
+])
+def test_bad_pixels_are_refused(mlp_artifact, tmp_path, capsys, pixels, message):
+    np.save(tmp_path / "bad.npy", pixels)
+    error = _refused(capsys, ["run", "--program", str(mlp_artifact), "--inputs",
+                              str(tmp_path / "bad.npy"), "--out", str(tmp_path / "x.npy")])
+    assert error.startswith(f"olmac: error: --inputs ({tmp_path / 'bad.npy'}): {message}")
+
+
+def test_rtl_refuses_a_scheme_the_core_does_not_run(tmp_path, test_pixels, capsys):
+    main(["quantize", "--model", "mlp", "--scheme", "syq", "--out", str(tmp_path / "syq")])
+    capsys.readouterr()
+    message = _refused(capsys, ["run", "--program", str(tmp_path / "syq"), "--inputs",
+                                str(test_pixels[0]), "--backend", "rtl",
+                                "--out", str(tmp_path / "x.npy")])
+    assert message == ("olmac: error: op 1 (gemm 'layers.0'): the network core runs the "
+                       "schemes mmse, value_aware, not 'syq'")
+
+
+def test_demo_subset_writes_its_report(tmp_path, monkeypatch):
+    """``olmac demo`` on 16 MLP images: zero mismatches and the three report files."""
+    monkeypatch.chdir(tmp_path)
+    main(["demo", "--model", "mlp", "--images", "16"])
+    report = json.loads((tmp_path / "build/demo/report.json").read_text())
+    assert report["mismatching_images"] == 0 and report["images"] == 16
+    assert report["cycles_per_inference"] > 0 and 0 < report["mac_utilization_percent"] <= 100
+    assert (tmp_path / "build/demo/report.png").stat().st_size > 10_000
+    assert "| RTL accuracy |" in (tmp_path / "build/demo/report.md").read_text()
