@@ -20,7 +20,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 venv: $(STAMP) ## create .venv from requirements.txt + constraints.txt
 
-demo: $(STAMP) ## run a random GEMM through the generated RTL on Verilator and check it against golden
+demo: $(STAMP) ## the residual CNN on the whole digits test split through the RTL (Verilator), checked bit for bit against golden; report in build/demo
 	$(VENV)/bin/olmac demo
 
 test: $(STAMP) ## the suite: golden, Amaranth-simulator and cocotb/Verilator tests (CI runs this)
