@@ -8,6 +8,8 @@
 4. Value-aware quantization: effective bits and digits accuracy (bench/value_aware.py).
 5. Codebook decoder cost; MMSE / multi-tensor weight MSE and SYQ / MMSE digits accuracy
    (bench/codebooks.py).
+6. Whole networks on the RTL: cycles per inference, MAC utilization, simulated images/s
+   (bench/network_rtl.py).
 """
 
 import argparse
@@ -156,7 +158,7 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
     print()
 
 
-SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks")
+SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl")
 
 
 def main():
@@ -179,6 +181,9 @@ def main():
         from bench import codebooks
         decoder_cost()
         codebooks.report()
+    if "network-rtl" in sections:
+        from bench import network_rtl
+        network_rtl.report()
 
 
 if __name__ == "__main__":

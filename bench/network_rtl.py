@@ -1,0 +1,29 @@
+"""Whole networks on the RTL: cycles per inference, MAC utilization and simulation speed of
+both demo networks on the network core (docs/network.md), every digits test image checked
+against golden."""
+
+from golden.program import quantize_model, run_integer, to_pixels
+from olmac.network import demo_data, run_rtl
+
+
+def report(width: int = 8) -> None:
+    print(f"## Whole networks on the RTL ({width}×{width} array, Verilator, no stalls)")
+    print()
+    print("| model | images | mismatching | cycles/inference | MACs/inference "
+          "| MAC utilization | simulated images/s | simulated cycles/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ("mlp", "cnn"):
+        data = demo_data(name)
+        program = quantize_model(data.model, data.calibration, scheme="value_aware")
+        pixels = to_pixels(data.images)
+        result = run_rtl(program, pixels, width=width, build_dir=f"build/bench/network_{name}")
+        mismatching = int((result.logits != run_integer(program, pixels)).any(1).sum())
+        print(f"| {name} | {len(pixels)} | {mismatching} | {result.cycles_per_image:,.0f} "
+              f"| {result.macs_per_image:,} | {result.utilization:.1%} "
+              f"| {len(pixels) / result.seconds:,.0f} "
+              f"| {result.cycles / result.seconds:,.0f} |", flush=True)
+    print()
+    print("4-bit W/A, value-aware weights (one outlier per 64 weights of a channel), highway "
+          "on. Simulated rates are wall-clock over the whole cocotb process, start-up "
+          "included; the Verilator build is not counted.")
+    print()
