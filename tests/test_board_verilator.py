@@ -83,13 +83,16 @@ def test_board_at_the_pins():
         return {"send": encode_frame(payload).hex(), "timeout": long}
 
     infer = [encode_infer(compiled, pixels[i]) for i in range(4)]
-    zero_params = encode_load("params", 0, [0] * len(compiled.core_params["params"]),
-                              info.word_bytes["params"])
+    size = info.word_bytes["params"]
+    per_frame = (max_payload - 4) // size
+    zero_params = [encode_load("params", start, [0] * len(range(start, min(
+        start + per_frame, len(compiled.core_params["params"])))), size)
+        for start in range(0, len(compiled.core_params["params"]), per_frame)]
     reload = [request for request, _ in load_requests(compiled, info, max_payload)]
     bad_crc = bytearray(encode_frame(infer[3]))
     bad_crc[-1] ^= 0x40
-    steps = ([step(bytes([Command.INFO])), step(infer[0]), step(infer[1]), step(zero_params),
-              step(infer[2])]
+    steps = ([step(bytes([Command.INFO])), step(infer[0]), step(infer[1])]
+             + [step(request) for request in zero_params] + [step(infer[2])]
              + [step(request) for request in reload]
              + [step(infer[2]),
                 {"send": bytes(bad_crc).hex(), "timeout": long},
@@ -109,12 +112,13 @@ def test_board_at_the_pins():
     assert app_reply(0) == top.app.info()
     assert torch.equal(decode_infer(compiled, app_reply(1)), expected[0])
     assert torch.equal(decode_infer(compiled, app_reply(2)), expected[1])
-    assert app_reply(3) == bytes([Status.OK]) + len(compiled.core_params["params"]).to_bytes(
-        2, "little")
-    assert not torch.equal(decode_infer(compiled, app_reply(4)), expected[2])
-    for index in range(5, 5 + len(reload)):
+    for index in range(3, 3 + len(zero_params)):
         assert app_reply(index)[0] == Status.OK
-    base = 5 + len(reload)
+    corrupted = 3 + len(zero_params)
+    assert not torch.equal(decode_infer(compiled, app_reply(corrupted)), expected[2])
+    for index in range(corrupted + 1, corrupted + 1 + len(reload)):
+        assert app_reply(index)[0] == Status.OK
+    base = corrupted + 1 + len(reload)
     assert torch.equal(decode_infer(compiled, app_reply(base)), expected[2])
     assert replies[base + 1] == bytes([0xEE, ErrorCode.CRC])
     assert replies[base + 2] == bytes([0xEE, ErrorCode.TRUNCATED])
