@@ -12,14 +12,16 @@ that every quantization point is visible; at ``b`` bits (2..16):
   per-tensor scales calibrated on the float model; ``h_t`` is quantized once, where it is
   made, and that one value feeds both the recurrence and the decoder;
 * the gate outputs ``i, f, o = σ(·)`` are ``u<b>`` on ``[0, 1]`` and ``g = tanh(·)`` is
-  ``s<b>`` on ``[-1, 1]`` (fixed scales);
+  ``s<b>`` on ``[-1, 1]`` (fixed scales; ``LSTMQuant(gates=False)`` leaves them float);
 * the cell update ``c_t = f·c_{t-1} + i·g`` is computed exactly and rounded once, to the
   width of ``c``: with the **highway** that is 16 bits (``cell_bits``; float with ``None``),
   without it the same ``b`` bits as everything else, at every step.
 
-The two variants differ only in that one rounding. Quantization-aware fine-tuning passes
-gradients through every rounding with the clipped straight-through estimator
-(``fake_quantize_ste``).
+The two variants differ only in that one rounding. The float model trains with torch's
+fused ``nn.LSTM`` kernel on the very parameters the explicit cell reads; each quantized
+variant is calibrated from it (post-training quantization), then fine-tuned for
+``QAT_STEPS`` steps (quantization-aware training), with gradients through every rounding by
+the clipped straight-through estimator (``fake_quantize_ste``).
 
 Data: CPython's bundled documentation text, ``pydoc_data.topics.topics`` (no download),
 lower-cased, in sorted key order; the first 90 % trains, the last 10 % validates. The text
@@ -70,8 +72,9 @@ HIGHWAY_BITS = 16
 WEIGHT_SCALES = ("mmse", "max_abs")
 #: Most values of one activation the calibration looks at (every k-th value).
 CALIBRATION_SAMPLES = 1 << 14
-#: Optimizer steps of the float model (batch 64 × 64 characters, about 1.5 min on one thread).
-FLOAT_STEPS = 3000
+#: Optimizer steps of the float model (batch 64 × 64 characters): about 1 min on an idle
+#: thread, 3 on a busy machine.
+FLOAT_STEPS = 2400
 #: Optimizer steps of quantization-aware fine-tuning per variant (batch 32 × 64 characters).
 QAT_STEPS = 150
 
@@ -698,8 +701,9 @@ def perplexity_table(bits: tuple[int, ...] = (4, 3, 2), *, split: CorpusSplit | 
     highway (``c`` at 16 bits), then of each without (``c`` at the same width): after
     ``steps`` of quantization-aware fine-tuning, and (``ptq``) after calibration alone.
 
-    Trains what is not cached under ``directory`` (first run: about 1.5 min for the float
-    model and 15 s per quantized variant on one thread; then seconds).
+    Trains what is not cached under ``directory`` (first run: 1–3 min for the float model
+    and 15–40 s per quantized variant on one thread, by the machine's load); cached, the
+    evaluation takes about 15 s.
 
     Raises
     ------

@@ -192,11 +192,14 @@ def test_bad_arguments(call, error, message):
 
 @pytest.mark.slow
 def test_highway_beats_no_highway():
-    """End to end (trains and caches the models on a first run, a few minutes): with the
-    cell state on the 16-bit highway, perplexity is lower than with c at the same low
-    width, at 2 and at 3 bits; 4-bit highway stays near float."""
-    rows = {(row.bits, row.highway): row.perplexity for row in perplexity_table()}
+    """End to end (trains and caches the models on a first run, about 5 minutes): with
+    the cell state on the 16-bit highway, perplexity is lower than with c at the same low
+    width after calibration alone at 2 and 3 bits, and after QAT at 2 or 3 bits; 4-bit
+    with the highway stays within 25 % of float."""
+    rows = {(row.bits, row.highway): row for row in perplexity_table()}
+    assert all(math.isfinite(row.perplexity) for row in rows.values())
     for bits in (2, 3):
-        assert rows[(bits, True)] < rows[(bits, False)]
-    assert rows[(4, True)] < 1.5 * rows[(None, None)]
-    assert all(math.isfinite(p) for p in rows.values())
+        assert rows[(bits, True)].ptq < rows[(bits, False)].ptq
+    assert any(rows[(bits, True)].perplexity < rows[(bits, False)].perplexity
+               for bits in (2, 3))
+    assert rows[(4, True)].perplexity < 1.25 * rows[(None, None)].perplexity
