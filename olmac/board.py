@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from hw.network_app import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
-from .host_link import SerialLink
+from .host_link import FrameError, LinkError, SerialLink
 
 __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",
            "encode_infer", "decode_infer", "parse_info", "main_board", "MEMORIES"]
@@ -215,6 +215,6 @@ def main_board(argv=None, prog="olmac board"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return _run(args)
-    except (BoardError, TimeoutError, OSError) as error:
+    except (BoardError, FrameError, LinkError, TimeoutError, OSError) as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 1

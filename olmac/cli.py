@@ -506,7 +506,14 @@ def main(argv=None):
                                 help="a BRAM-fed MAC array bitstream for a board "
                                      "(olmac build --help)")
     build.set_defaults(run=None)
+    board = commands.add_parser("board", add_help=False,
+                                help="run the network board over its UART, or build it "
+                                     "(olmac board --help)")
+    board.set_defaults(run=None)
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["board"]:
+        from olmac.board import main_board
+        raise SystemExit(main_board(argv[1:], prog="olmac board"))
     if argv[:1] == ["build"]:
         from fpga.build import main as build_main
         raise SystemExit(build_main(argv[1:], prog="olmac build"))

@@ -130,3 +130,12 @@ def test_demo_subset_writes_its_report(tmp_path, monkeypatch):
     assert report["cycles_per_inference"] > 0 and 0 < report["mac_utilization_percent"] <= 100
     assert (tmp_path / "build/demo/report.png").stat().st_size > 10_000
     assert "| RTL accuracy |" in (tmp_path / "build/demo/report.md").read_text()
+
+
+def test_board_run_reports_a_port_that_does_not_answer_as_a_board(capsys):
+    """A loopback port echoes the request instead of answering: a clear error, status 1."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["board", "run", "--port", "loop://", "--images", "1", "--timeout", "0.5"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == \
+        "olmac board: Frame kind must be 0x00 or 0xee, not 04"
