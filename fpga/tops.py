@@ -271,8 +271,10 @@ class BramFedArray(wiring.Component):
     holds at most as many outliers of each kind as the array has outlier lanes (so no beat
     needs a second cycle). Throughput is therefore ``lanes × cols`` MACs per cycle.
 
-    The feeder reaches the array through a :class:`SkidBuffer` per stream, so the array's
-    combinational ``ready`` ends at one flip-flop instead of fanning out to the feeder.
+    With ``skid`` the feeder reaches the array through a :class:`SkidBuffer` per stream, so
+    the array's combinational ``ready`` ends at one flip-flop instead of fanning out to the
+    feeder and the block RAMs' enables (it costs a register and a multiplexer per payload
+    bit, a lot on an iCE40).
 
     Parameters
     ----------
@@ -285,6 +287,8 @@ class BramFedArray(wiring.Component):
         Seed of the random memory contents, 0..2**64-1.
     fold_width : int
         Output bits, 1..64.
+    skid : bool
+        Put a :class:`SkidBuffer` between the feeder and the array.
 
     Raises
     ------
@@ -302,10 +306,14 @@ class BramFedArray(wiring.Component):
 
     def __init__(self, *, lanes, cols, act_bits, weight_bits, act_signed=True, max_k,
                  act_outlier_lanes=0, weight_outlier_lanes=0, act_outlier_bits=16,
-                 weight_outlier_bits=16, depth=256, seed=0, fold_width=8, multipliers="lut"):
+                 weight_outlier_bits=16, depth=256, seed=0, fold_width=8, multipliers="lut",
+                 skid=True):
         self._depth = check_int("Memory depth", depth, (2, 1 << 16))
         self._seed = check_int("Seed", seed, (0, (1 << 64) - 1))
         self._fold_width = check_int("Fold width", fold_width, (1, 64))
+        if not isinstance(skid, bool):
+            raise TypeError(f"Skid must be a bool, not {skid!r}")
+        self._skid = skid
         self._array = MacArray(
             lanes=lanes, cols=cols, act_bits=act_bits, weight_bits=weight_bits,
             act_signed=act_signed, max_k=max_k, act_outlier_lanes=act_outlier_lanes,
@@ -349,12 +357,16 @@ class BramFedArray(wiring.Component):
             index_bounds={"lane": array.lanes, "col": array.cols})
         m.submodules.array = array
         m.submodules.fold = fold = XorFold(array.acc.payload.shape(), self._fold_width)
-        m.submodules.act_skid = act_skid = SkidBuffer(array.act.payload.shape())
-        m.submodules.weight_skid = weight_skid = SkidBuffer(array.weights.payload.shape())
-        wiring.connect(m, feeder.act, act_skid.i)
-        wiring.connect(m, act_skid.o, array.act)
-        wiring.connect(m, feeder.weights, weight_skid.i)
-        wiring.connect(m, weight_skid.o, array.weights)
+        if self._skid:
+            m.submodules.act_skid = act_skid = SkidBuffer(array.act.payload.shape())
+            m.submodules.weight_skid = weight_skid = SkidBuffer(array.weights.payload.shape())
+            wiring.connect(m, feeder.act, act_skid.i)
+            wiring.connect(m, act_skid.o, array.act)
+            wiring.connect(m, feeder.weights, weight_skid.i)
+            wiring.connect(m, weight_skid.o, array.weights)
+        else:
+            wiring.connect(m, feeder.act, array.act)
+            wiring.connect(m, feeder.weights, array.weights)
         wiring.connect(m, array.acc, fold.i)
         m.d.comb += self.fold.eq(fold.o)
         return m

@@ -121,8 +121,8 @@ class MacArray(wiring.Component):
 
     **Cycle timing.** Stage 0 holds the beat; the dense products are registered at stage 1
     (``"packed"``: stage 2), each adder-tree level adds a stage, the outlier products are
-    registered at stage 1 (``"dsp"``, ``"packed"``: stage 2) and summed per column one stage
-    later; whichever is later sets the stage ``S`` at which both sums join the accumulators,
+    registered at stage 1 (``"dsp"``, ``"packed"``: stage 3, after a fabric register for the
+    operands and the DSP block's two) and summed per column one stage later; whichever is later sets the stage ``S`` at which both sums join the accumulators,
     and a result enters the output queue ``latency = S + 2`` cycles after its ``last``
     beat is taken. The accumulators' enable and clear are registered once per column (kept
     apart in synthesis by a ``keep`` attribute), so no single control net reaches every
@@ -364,7 +364,8 @@ class MacArray(wiring.Component):
 
     @property
     def _outlier_product_stage(self):
-        return 1 if self._multipliers == "lut" else DSP_STAGES
+        # DSP modes: a fabric register for the operands, then the block's two stages
+        return 1 if self._multipliers == "lut" else 1 + DSP_STAGES
 
     @property
     def _sum_stage(self):
@@ -609,8 +610,11 @@ class MacArray(wiring.Component):
     def _outlier_product(self, m, name, a, b, valid):
         """``a × b`` where ``valid``, else 0, ready at stage :attr:`_outlier_product_stage`.
 
-        In the DSP modes the zeroing goes on an operand, ahead of the DSP block's input
-        registers, so the block's product register is the only logic after the multiply.
+        In the DSP modes the operands are first registered in the fabric: they come out of
+        a lane multiplexer whose select fans out to every column, and the DSP blocks sit in
+        a few fixed rows, so multiplexer and route to the block do not fit one cycle
+        together. The zeroing goes on an operand, so the block's product register is the
+        only logic after the multiply.
         """
         low, high = _product_bounds(Value.cast(a).shape(), Value.cast(b).shape())
         if self._multipliers == "lut":
@@ -618,7 +622,10 @@ class MacArray(wiring.Component):
             m.d.sync += product.eq(Mux(valid, a * b, 0))
             return product
         m.submodules[name] = dsp = DspProduct(Value.cast(a).shape(), Value.cast(b).shape())
-        m.d.comb += [dsp.a.eq(Mux(valid, a, 0)), dsp.b.eq(b)]
+        a_reg = Signal(Value.cast(a).shape(), name=f"{name}_a", reset_less=True)
+        b_reg = Signal(Value.cast(b).shape(), name=f"{name}_b", reset_less=True)
+        m.d.sync += [a_reg.eq(Mux(valid, a, 0)), b_reg.eq(b)]
+        m.d.comb += [dsp.a.eq(a_reg), dsp.b.eq(b_reg)]
         return dsp.p
 
     def _outlier_sums(self, m, sub, act_slots, weight_slots, full_acts, tile):

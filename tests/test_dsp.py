@@ -148,7 +148,7 @@ def test_latency_by_mode():
         multipliers=mode)
     assert make("lut", 16, 2).latency == make("dsp", 16, 2).latency == 7
     assert make("packed", 16, 2).latency == 8
-    assert make("lut", 2, 1).latency == 4 and make("dsp", 2, 1).latency == 5
+    assert make("lut", 2, 1).latency == 4 and make("dsp", 2, 1).latency == 6
     assert make("lut", 1, 0).latency == 3 and make("dsp", 1, 0).latency == 3
 
 

@@ -109,3 +109,31 @@ def test_bad_parameters(kwargs, error, message):
     kwargs.setdefault("top", _RegisteredMultiply())
     with pytest.raises(error, match=message):
         synthesize(**kwargs)
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.5])
+def test_skid_buffer_passes_every_beat_in_order(pause):
+    """fpga.tops.SkidBuffer hands on every beat once, in order, under random stalls on both
+    sides, and at one beat per cycle when nothing stalls."""
+    from amaranth.sim import Simulator
+    from fpga.tops import SkidBuffer
+    from sim.pysim import StreamSink, StreamSource
+
+    dut = SkidBuffer(unsigned(8))
+    beats = list(range(1, 201)) + list(range(55))
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(StreamSource(dut.i, beats, pause_probability=pause, seed=3).run,
+                      background=True)
+    sink = StreamSink(dut.o, len(beats), pause_probability=pause, seed=4)
+    sim.add_testbench(sink.run)
+    sim.run()
+    assert [int(value) for value in sink.received] == beats
+    if not pause:
+        assert sink.cycles <= len(beats) + 2
+
+
+def test_bram_fed_array_skid_must_be_bool():
+    from fpga.tops import BramFedArray
+    with pytest.raises(TypeError, match=r"^Skid must be a bool, not 1$"):
+        BramFedArray(lanes=2, cols=2, act_bits=2, weight_bits=2, max_k=4, skid=1)
