@@ -10,6 +10,8 @@
    (bench/codebooks.py).
 6. Whole networks on the RTL: cycles per inference, MAC utilization, simulated images/s
    (bench/network_rtl.py).
+7. The character LSTM: validation perplexity with and without the cell-state highway
+   (golden/lstm.py; trains on first use, a few minutes, then cached).
 """
 
 import argparse
@@ -158,7 +160,8 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
     print()
 
 
-SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl")
+SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl",
+            "lstm")
 
 
 def main():
@@ -184,6 +187,9 @@ def main():
     if "network-rtl" in sections:
         from bench import network_rtl
         network_rtl.report()
+    if "lstm" in sections:
+        from golden import lstm
+        lstm.bench_section()
 
 
 if __name__ == "__main__":
