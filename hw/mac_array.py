@@ -1,11 +1,11 @@
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
 from .multipliers import DSP_STAGES, MODES, DspProduct, PackedPair, packable
-from .result_buffer import ResultBuffer
 from .shapes import narrowest_signed, shape_bounds
 
 __all__ = ["ActOutlier", "WeightOutlier", "ActBeat", "WeightBeat", "MacArray", "MAX_ACC_WIDTH"]
@@ -70,6 +70,56 @@ class WeightBeat(data.StructLayout):
         super().__init__(fields)
 
 
+class _ResultQueue(wiring.Component):
+    """The array's output queue: :class:`ResultBuffer`'s members and credit rules, built so
+    that nothing but the pipeline's own ``w.valid`` register reaches the write side.
+
+    The credits already guarantee a free entry for every result, so the write enable is
+    ``w.valid`` itself, not ``w.valid`` and a "not full" compare (with a generic FIFO that
+    compare, then the enable of every LUT-RAM bit of a 16-column queue, limited a 16×16
+    array on ECP5). Reads go through an output register, two cycles from ``w`` to ``r`` as
+    with ``fifo.SyncFIFOBuffered``; the output register loads whenever it is free to, so
+    an always-ready consumer leaves it with no enable.
+    """
+
+    def __init__(self, payload_shape, depth):
+        self._depth = check_int("Result queue depth", depth, (2, 4096))
+        self._payload_shape = payload_shape
+        super().__init__({
+            "claim": In(1),
+            "can_claim": Out(1),
+            "w": In(stream.Signature(payload_shape, always_ready=True)),
+            "r": Out(stream.Signature(payload_shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        depth = self._depth
+        m.submodules.storage = storage = Memory(shape=self._payload_shape, depth=depth,
+                                                init=[])
+        write, read = storage.write_port(), storage.read_port(domain="comb")
+        produce, consume = Signal(range(depth)), Signal(range(depth))
+        stored = Signal(range(depth + 1))
+        m.d.comb += [write.addr.eq(produce), write.data.eq(self.w.payload),
+                     write.en.eq(self.w.valid), read.addr.eq(consume)]
+        with m.If(self.w.valid):
+            m.d.sync += produce.eq(Mux(produce == depth - 1, 0, produce + 1))
+
+        free = ~self.r.valid | self.r.ready
+        load = free & (stored != 0)
+        with m.If(free):
+            m.d.sync += [self.r.payload.eq(read.data), self.r.valid.eq(stored != 0)]
+        with m.If(load):
+            m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
+        m.d.sync += stored.eq(stored + self.w.valid - load)
+
+        outstanding = Signal(range(depth + 2))
+        released = self.r.valid & self.r.ready
+        m.d.sync += outstanding.eq(outstanding + self.claim - released)
+        m.d.comb += self.can_claim.eq(outstanding < depth)
+        return m
+
+
 def _product_bounds(a_shape, b_shape):
     (a_low, a_high), (b_low, b_high) = shape_bounds(a_shape), shape_bounds(b_shape)
     products = [a * b for a in (a_low, a_high) for b in (b_low, b_high)]
@@ -104,7 +154,7 @@ class MacArray(wiring.Component):
     The datapath is a stall-free pipeline: input registers, registered products, one
     register per adder-tree level (which also keeps yosys from folding the whole sum of
     products into one wide cell), then the accumulators. Backpressure from ``acc`` reaches
-    the inputs through a :class:`ResultBuffer` credit, never through the datapath.
+    the inputs through a credit of its output queue, never through the datapath.
 
     **Where the products go** (``multipliers``, :mod:`hw.multipliers`). ``"lut"`` writes every
     product as ``*`` and leaves the mapping to synthesis (Yosys puts each into an ECP5
@@ -405,7 +455,7 @@ class MacArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.results = results = ResultBuffer(
+        m.submodules.results = results = _ResultQueue(
             data.ArrayLayout(signed(self._acc_width), self._cols), depth=self.latency + 4)
         wiring.connect(m, wiring.flipped(self.acc), results.r)
 
