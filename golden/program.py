@@ -34,7 +34,8 @@ from .value_aware import outlier_threshold, to_value_aware_round_half_even, valu
 
 __all__ = [
     "HIGHWAY_BITS", "SCHEMES", "MMSE_SAMPLES", "MIN_ALIGNED_MULTIPLIER",
-    "RESIDUAL_SHIFT_RANGE", "ProgramError", "Value",
+    "RESIDUAL_SHIFT_RANGE", "ACT_CALIBRATIONS", "CLIP_FACTORS", "SEARCH_IMAGES",
+    "ProgramError", "Value",
     "TensorSpec", "QuantizeInput", "Gemm", "AvgPool", "MaxPool", "Requantize", "Flatten",
     "OPS", "IntegerProgram", "tensor_specs", "check_program", "im2col", "pool_windows",
     "requantize_residual_round_half_up", "quantize_model", "run_integer", "run_fake_quant",
@@ -47,6 +48,12 @@ HIGHWAY_BITS = 16
 SCHEMES = ("mmse", "value_aware", "multi_tensor", "syq")
 #: Most values of one activation tensor the MMSE calibration searches over (§13).
 MMSE_SAMPLES = 1 << 14
+#: Ways ``quantize_model`` sets the scale of a low-width activation (§13).
+ACT_CALIBRATIONS = ("output", "max", "mmse")
+#: Fractions of the max-abs scale the ``"output"`` calibration tries per tensor (§13).
+CLIP_FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+#: Most calibration images the ``"output"`` calibration scores a candidate on (§13).
+SEARCH_IMAGES = 512
 #: Least residual multiplier the shift alignment of a highway add may leave (§11).
 MIN_ALIGNED_MULTIPLIER = 1 << 8
 #: Allowed left shifts ``t`` of the residual product of a highway add (§11), inclusive.
@@ -1065,7 +1072,7 @@ def _align_shifts(label, residual_multiplier, residual_shift, shift):
 def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int = 4,
                    weight_bits: int = 4, scheme: str | Mapping[str, str] = "mmse",
                    input_bits: int | None = None, highway: bool = True,
-                   act_calibration: str = "max",
+                   act_calibration: str = "output",
                    bias_correction: bool = True, pixel_max: int = 16,
                    pixel_scale: float = 1 / 16, outlier_ratio: float = 1 / 64,
                    weight_outlier_bits: int | None = None, planes: int = 2,
@@ -1082,8 +1089,12 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     ``outlier_ratio``/``weight_outlier_bits`` (value-aware; the outlier width defaults to
     ``min(2·weight_bits, 16)``), ``planes`` (multi-tensor) and
     ``syq_idx_bits``/``syq_granularity`` (SYQ: ternary, per row) tune them.
-    ``act_calibration``: ``"max"`` (max-abs, the default) or ``"mmse"`` for the low-width
-    activations. ``bias_correction`` adds the mean output error of the quantized weights
+    ``act_calibration`` sets the scales of the low-width activations: ``"output"`` (the
+    default) starts from max-abs and picks, tensor by tensor, the clipping factor of
+    ``CLIP_FACTORS`` whose program's float view (``run_fake_quant``) has the least KL
+    divergence from the float model's logits on (at most ``SEARCH_IMAGES`` of) the
+    calibration images, in two passes of coordinate descent; ``"max"`` is max-abs and
+    ``"mmse"`` the per-tensor MMSE scale. ``bias_correction`` adds the mean output error of the quantized weights
     on the calibration batch back into the bias (§13). ``highway=False`` is the ablation
     of §11: the skip tensor is requantized to ``act_bits`` before the add and sums are
     low-width.
@@ -1096,10 +1107,11 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     TypeError
         If a width is out of range.
     ValueError
-        If ``act_calibration`` is neither ``"mmse"`` nor ``"max"``.
+        If ``act_calibration`` is not one of ``ACT_CALIBRATIONS``.
     """
-    if act_calibration not in ("mmse", "max"):
-        raise ValueError(f"act_calibration must be 'mmse' or 'max', not {act_calibration!r}")
+    if act_calibration not in ACT_CALIBRATIONS:
+        raise ValueError(f"act_calibration must be one of {', '.join(map(repr, ACT_CALIBRATIONS))}"
+                         f", not {act_calibration!r}")
     for name, bits in (("act_bits", act_bits), ("weight_bits", weight_bits),
                        ("input_bits", act_bits if input_bits is None else input_bits)):
         if isinstance(bits, bool) or not isinstance(bits, int) or \
@@ -1128,23 +1140,70 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     traced.eval()
     recorder = _Recorder(traced)
     recorder.run(calibration.to(torch.float32))
-    lowering = _Lowering(
-        modules=modules, floats=recorder.seen, result=result, act_bits=act_bits,
-        input_bits=act_bits if input_bits is None else input_bits,
-        weight_bits=weight_bits, highway=highway, act_calibration=act_calibration,
-        bias_correction=bias_correction,
-        scheme_of=(lambda name: scheme) if isinstance(scheme, str)
-        else (lambda name: scheme.get(name, "mmse")),
-        options={"outlier_ratio": outlier_ratio,
-                 "weight_outlier_bits": weight_outlier_bits if weight_outlier_bits is not None
-                 else min(2 * weight_bits, HIGHWAY_BITS),
-                 "planes": planes, "syq_idx_bits": syq_idx_bits,
-                 "syq_granularity": syq_granularity})
-    lowering.residuals = {step.residual for step in steps if step.residual is not None}
-    for step in steps:
-        lowering.lower(step, pixel_max, pixel_scale)
-    return IntegerProgram(tuple(calibration.shape[1:]), pixel_max, float(pixel_scale),
-                          lowering.values, tuple(lowering.ops), lowering.value_of[result])
+    cache = {}  # what does not depend on the activation scales, shared by every lowering
+
+    def lower(clip: dict[str, float]) -> IntegerProgram:
+        lowering = _Lowering(
+            modules=modules, floats=recorder.seen, result=result, act_bits=act_bits,
+            input_bits=act_bits if input_bits is None else input_bits,
+            weight_bits=weight_bits, highway=highway,
+            act_calibration="mmse" if act_calibration == "mmse" else "max",
+            bias_correction=bias_correction,
+            scheme_of=(lambda name: scheme) if isinstance(scheme, str)
+            else (lambda name: scheme.get(name, "mmse")),
+            options={"outlier_ratio": outlier_ratio,
+                     "weight_outlier_bits": weight_outlier_bits
+                     if weight_outlier_bits is not None else min(2 * weight_bits, HIGHWAY_BITS),
+                     "planes": planes, "syq_idx_bits": syq_idx_bits,
+                     "syq_granularity": syq_granularity},
+            clip=clip, cache=cache)
+        lowering.residuals = {step.residual for step in steps if step.residual is not None}
+        for step in steps:
+            lowering.lower(step, pixel_max, pixel_scale)
+        return IntegerProgram(tuple(calibration.shape[1:]), pixel_max, float(pixel_scale),
+                              lowering.values, tuple(lowering.ops), lowering.value_of[result])
+
+    program = lower({})
+    if act_calibration == "output":
+        program = _search_clipping(program, lower, calibration, recorder.seen[result])
+    return program
+
+
+def _search_clipping(program: IntegerProgram, lower, calibration: torch.Tensor,
+                     logits: torch.Tensor) -> IntegerProgram:
+    """The ``"output"`` calibration (§13): per low-width activation a factor of
+    ``CLIP_FACTORS`` on its max-abs scale, by coordinate descent (two passes, in program
+    order) on the KL divergence of the float view's logits from the float ``logits``.
+
+    The input keeps its declared range; flatten and max-pool outputs inherit their
+    input's scale. A candidate replaces the current factor only if strictly better.
+    """
+    inherited = {op.output for op in program.ops
+                 if isinstance(op, (QuantizeInput, Flatten, MaxPool))}
+    names = [op.output for op in program.ops
+             if program.values[op.output].bits <= ACT_BITS[1] and op.output not in inherited]
+    stride = -(-len(calibration) // SEARCH_IMAGES)
+    images, target = calibration[::stride], logits[::stride].detach().to(torch.float64)
+    target = target.log_softmax(1)
+
+    def loss(candidate: IntegerProgram) -> float:
+        out = run_fake_quant(candidate, images).log_softmax(1)
+        return float((target.exp() * (target - out)).sum(1).mean())
+
+    clip, best = {}, loss(program)
+    for _ in range(2):
+        improved = False
+        for name in names:
+            for factor in CLIP_FACTORS:
+                if factor == clip.get(name, 1.0):
+                    continue
+                candidate = lower({**clip, name: factor})
+                score = loss(candidate)
+                if score < best:
+                    clip, best, program, improved = {**clip, name: factor}, score, candidate, True
+        if not improved:
+            break
+    return program
 
 
 @dataclass
@@ -1161,6 +1220,8 @@ class _Lowering:
     bias_correction: bool
     scheme_of: object
     options: dict
+    clip: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
     residuals: set = field(default_factory=set)
     values: dict = field(default_factory=dict)
     value_of: dict = field(default_factory=dict)
@@ -1173,8 +1234,9 @@ class _Lowering:
             candidate, k = f"{name}#{k}", k + 1
         return candidate
 
-    def scale(self, node: fx.Node, bits: int, signed: bool) -> float:
-        """Calibrated scale of ``node``'s float output at ``bits`` (§13)."""
+    def scale(self, node: fx.Node, bits: int, signed: bool, name: str = "") -> float:
+        """Calibrated scale of ``node``'s float output at ``bits`` (§13), for the value
+        ``name`` (whose clipping factor of the ``"output"`` calibration applies)."""
         x = self.floats[node].detach().to(torch.float64).reshape(-1)
         if bits > ACT_BITS[1]:
             peak = float(x.abs().max())
@@ -1184,7 +1246,7 @@ class _Lowering:
             # a fixed stride keeps at most MMSE_SAMPLES of them (§13).
             x = x[::-(-len(x) // MMSE_SAMPLES)]
             return float(mmse_scale(x, bits, signed=signed))
-        return float(max_abs_scale(x, bits, signed=signed))
+        return float(max_abs_scale(x, bits, signed=signed)) * self.clip.get(name, 1.0)
 
     def add_value(self, node: fx.Node, name: str, bits: int, signed: bool,
                   scale: float) -> str:
@@ -1201,7 +1263,7 @@ class _Lowering:
             return name
         if name not in self.low_of:
             copy = self.unique(f"{name}.low")
-            scale = self.scale(node, self.act_bits, source.signed)
+            scale = self.scale(node, self.act_bits, source.signed, copy)
             self.values[copy] = Value(source.shape, self.act_bits, source.signed, scale)
             multiplier, shift = _requant(f"requantize '{copy}'", source.scale / scale)
             self.ops.append(Requantize(copy, name, copy, int(multiplier), int(shift)))
@@ -1233,15 +1295,20 @@ class _Lowering:
                 self.add_value(node, name, bits, signed, scale)
                 self.ops.append(MaxPool(name, source, name, kernel, stride))
                 return
-            self.add_value(node, name, bits, signed, self.scale(node, bits, signed))
+            self.add_value(node, name, bits, signed, self.scale(node, bits, signed, name))
             multiplier, shift = _requant(f"avgpool '{name}'", scale / (
                 kernel[0] * kernel[1] * self.values[name].scale))
             self.ops.append(AvgPool(name, source, name, kernel, stride, int(multiplier),
                                     int(shift)))
 
     def weights(self, label: str, weight: torch.Tensor, scheme: str) -> dict:
+        key = ("weights", label)
+        if key in self.cache:
+            return self.cache[key]
         try:
-            return _quantize_weights(label, weight, scheme, self.weight_bits, self.options)
+            self.cache[key] = _quantize_weights(label, weight, scheme, self.weight_bits,
+                                                self.options)
+            return self.cache[key]
         except (TypeError, ValueError) as error:
             if isinstance(error, ProgramError):
                 raise
@@ -1259,8 +1326,9 @@ class _Lowering:
             step.last in self.residuals or step.residual is not None))
         signed = not step.relu
         bits = HIGHWAY_BITS if wide else self.act_bits
-        name = self.add_value(step.last, self.unique(node.target), bits, signed,
-                              self.scale(step.last, bits, signed))
+        name = self.unique(node.target)
+        name = self.add_value(step.last, name, bits, signed,
+                              self.scale(step.last, bits, signed, name))
         out = self.values[name]
         scheme = self.scheme_of(node.target)
         n = module.weight.shape[0]
@@ -1280,12 +1348,15 @@ class _Lowering:
         bias_real = module.bias.detach().to(torch.float64) if module.bias is not None \
             else torch.zeros(n, dtype=torch.float64)
         if self.bias_correction:
-            acts = self.floats[step.input].detach().to(torch.float64)
-            if geometry:
-                acts = im2col(acts, op.kernel, op.stride, op.padding)
+            key = ("mean input", label)
+            if key not in self.cache:
+                acts = self.floats[step.input].detach().to(torch.float64)
+                if geometry:
+                    acts = im2col(acts, op.kernel, op.stride, op.padding)
+                self.cache[key] = acts.mean(0)
             error = (module.weight.detach().to(torch.float64).reshape(n, -1).T
                      - op.weight_matrix().to(torch.float64) * weight_scale)
-            bias_real = bias_real + acts.mean(0) @ error
+            bias_real = bias_real + self.cache[key] @ error
         bias = torch.round(bias_real / (act.scale * weight_scale))
         low_b, high_b = int_range(BIAS_BITS, signed=True)
         if ((bias < low_b) | (bias > high_b)).any():
