@@ -20,9 +20,9 @@ from torch.nn import functional as F
 from golden import artifact
 from golden.digits import DigitsMLP, load_digits_split
 from golden.models import ResidualCNN, as_images, cached, cnn, mlp
-from golden.program import (SCHEMES, ProgramError, im2col, pool_windows, quantize_model,
-                            requantize_residual_round_half_up, run_fake_quant, run_integer,
-                            to_pixels)
+from golden.program import (CLIP_FACTORS, SCHEMES, SEARCH_IMAGES, ProgramError, im2col,
+                            pool_windows, quantize_model, requantize_residual_round_half_up,
+                            run_fake_quant, run_integer, to_pixels)
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -378,6 +378,49 @@ def test_digits_accuracy_table(digits, capsys):
     for label, _, fake, integer, disagreements in rows:
         assert integer > 0.8 and fake > 0.8, label
         assert disagreements <= MAX_DISAGREEMENTS, label
+
+
+def _kl(program, images, logits):
+    """Mean KL divergence of the program's float-view logits from the float ``logits``."""
+    target = logits.to(torch.float64).log_softmax(1)
+    out = run_fake_quant(program, images).log_softmax(1)
+    return float((target.exp() * (target - out)).sum(1).mean())
+
+
+def test_output_calibration_clips_max_abs_scales(digits):
+    """§13, ``act_calibration="output"``: every low-width scale is a factor of
+    ``CLIP_FACTORS`` times its max-abs scale (the input and 16-bit values unchanged), the
+    op list is that of ``"max"``, and the KL divergence from the float logits on the
+    searched images is no larger than max-abs's (strictly smaller on the 3-bit MLP)."""
+    model = mlp(digits)
+    searched = quantize_model(model, digits.x_train, act_bits=3, weight_bits=3)
+    plain = quantize_model(model, digits.x_train, act_bits=3, weight_bits=3,
+                           act_calibration="max")
+    assert [(op.KIND, op.inputs, op.output) for op in searched.ops] == \
+        [(op.KIND, op.inputs, op.output) for op in plain.ops]
+    factors = {}
+    for name, value in searched.values.items():
+        reference = plain.values[name]
+        assert (value.bits, value.signed, value.shape) == \
+            (reference.bits, reference.signed, reference.shape)
+        factors[name] = value.scale / reference.scale
+        if name == "input" or value.bits > 8:
+            assert factors[name] == 1.0, name
+        else:
+            assert min(abs(factors[name] - f) for f in CLIP_FACTORS) < 1e-12, name
+    stride = -(-len(digits.x_train) // SEARCH_IMAGES)
+    images = digits.x_train[::stride]
+    with torch.no_grad():
+        logits = model(images)
+    assert _kl(searched, images, logits) < _kl(plain, images, logits)
+    assert any(f < 1 for f in factors.values())
+
+
+def test_bad_act_calibration_is_refused():
+    """An unknown ``act_calibration`` is a ValueError listing the choices."""
+    with pytest.raises(ValueError, match=r"^act_calibration must be one of 'output', 'max', "
+                                         r"'mmse', not 'median'$"):
+        quantize_model(DigitsMLP(), torch.rand(8, 64), act_calibration="median")
 
 
 def test_residual_cnn_lowers_to_the_documented_program():
