@@ -10,7 +10,9 @@
    (bench/codebooks.py).
 6. Whole networks on the RTL: cycles per inference, MAC utilization, simulated images/s
    (bench/network_rtl.py).
-7. The character LSTM: validation perplexity with and without the cell-state highway
+7. Whole-network accuracy on digits: float, plain 2/3/4-bit, + outliers, highway on/off,
+   SYQ ternary (bench/networks.py).
+8. The character LSTM: validation perplexity with and without the cell-state highway
    (golden/lstm.py; trains on first use, a few minutes, then cached).
 """
 
@@ -161,7 +163,7 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
 
 
 SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl",
-            "lstm")
+            "networks", "lstm")
 
 
 def main():
@@ -187,6 +189,9 @@ def main():
     if "network-rtl" in sections:
         from bench import network_rtl
         network_rtl.report()
+    if "networks" in sections:
+        from bench import networks
+        networks.bench_section()
     if "lstm" in sections:
         from golden import lstm
         lstm.bench_section()
