@@ -44,8 +44,9 @@ class NetworkBoard(wiring.Component):
         words an image takes and gives.
     divisor : int
         Clock cycles per UART bit (``f_clk / baud``), 4..2**24.
-    requantizer, memories : str
-        Options of :class:`NetworkCore` (``"serial"``/``"narrow"`` fit an iCE40UP5K).
+    requantizer, memories, multipliers : str
+        Options of :class:`NetworkCore` (``"serial"``/``"narrow"``/``"packed"`` fit an
+        iCE40UP5K at width 2; docs/host_link.md §6).
     timeout : int or None
         The link's inter-byte timeout in cycles (default: four byte times).
 
@@ -68,9 +69,9 @@ class NetworkBoard(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, compiled, *, divisor, requantizer="serial", memories="narrow",
-                 timeout=None):
+                 multipliers="lut", timeout=None):
         self._core = NetworkCore(**compiled.core_params, requantizer=requantizer,
-                                 memories=memories)
+                                 memories=memories, multipliers=multipliers)
         self._app = NetworkApp.for_core(self._core, input_words=compiled.input_words,
                                         output_words=compiled.output_words)
         max_reply = max(1 + compiled.output_words * compiled.width * 2, len(self._app.info()))
@@ -143,11 +144,17 @@ def demo_network(model="cnn", *, width=4, calibration=64):
 
 
 def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer="serial",
-                        memories="narrow", multipliers=None, target_mhz=None, seed=1,
-                        timeout_s=3600):
+                        memories="narrow", array_multipliers=None, multipliers=None,
+                        target_mhz=None, seed=1, timeout_s=3600):
     """Synthesize, place, route and pack a :class:`NetworkBoard` for ``board``'s UART pins
     at its default clock; returns a :class:`fpga.build.BuildResult` (resources and fmax in
     its report, also written as ``report.json``/``report.md`` into ``build_dir``).
+
+    ``array_multipliers`` is the core's ``multipliers`` option (default on iCE40:
+    ``"packed"`` up to width 2, whose dense and outlier products take 3 of the UP5K's 8
+    SB_MAC16; ``"lut"`` above); ``multipliers`` the flow's (:func:`fpga.build.build_bitstream`;
+    default ``"dsp"``: ``synth_ice40 -dsp`` also puts the sequencer's address multiplies into
+    SB_MAC16s, about 550 LUT4 fewer).
 
     Raises
     ------
@@ -164,10 +171,13 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
         raise TypeError(f"Baud rate must be a positive integer, not {baud!r}")
     platform = _targeted(spec.platform, target_mhz)()
     divisor = round(platform.default_clk_frequency / baud)
-    top = NetworkBoard(compiled, divisor=divisor, requantizer=requantizer, memories=memories)
+    if array_multipliers is None:
+        array_multipliers = "packed" if spec.family == "ice40" and compiled.width <= 2 \
+            else "lut"
+    top = NetworkBoard(compiled, divisor=divisor, requantizer=requantizer, memories=memories,
+                       multipliers=array_multipliers)
     env = {**os.environ, **toolchain_env(board)}
-    synth_opts, after_read = _synth_options(spec.family, multipliers or
-                                            ("dsp" if spec.family == "ecp5" else "lut"))
+    synth_opts, after_read = _synth_options(spec.family, multipliers or "dsp")
     plan = platform.build(
         _OnPins(top), name=_NAME, do_build=False, synth_opts=synth_opts,
         script_after_read=after_read or "# (no script after read)",

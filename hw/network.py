@@ -45,20 +45,28 @@ def _chunk_count(width):
     return -(-width // CHUNK_BITS)
 
 
-def _chunked(words, width):
-    """``words`` of ``width`` bits as rows of :data:`CHUNK_BITS`, least significant first."""
-    mask = (1 << CHUNK_BITS) - 1
-    return [(word >> (CHUNK_BITS * index)) & mask for word in words
-            for index in range(_chunk_count(width))]
+def _row_slices(item_bits, items=1):
+    """``(offset, bits)`` of each row of a narrow memory word made of ``items`` fields of
+    ``item_bits`` bits, each starting on a row of its own (so one field, e.g. one channel's
+    parameters, is read without the rest), least significant first."""
+    return [(item * item_bits + row * CHUNK_BITS,
+             min(CHUNK_BITS, item_bits - row * CHUNK_BITS))
+            for item in range(items) for row in range(_chunk_count(item_bits))]
 
 
-def _write_chunk(m, target, index, value):
-    """``target[CHUNK_BITS·i:...] <= value`` for the chunk ``i = index`` (a signal)."""
+def _chunked(words, slices):
+    """``words`` as rows: the bits of each of ``slices``."""
+    return [(word >> offset) & ((1 << bits) - 1) for word in words for offset, bits in slices]
+
+
+def _write_chunk(m, target, index, value, slices=None):
+    """``target[offset:offset + bits] <= value`` for the row ``index`` (a signal) of
+    ``slices`` (default: rows of :data:`CHUNK_BITS`)."""
+    slices = slices or _row_slices(len(target))
     with m.Switch(index):
-        for chunk in range(_chunk_count(len(target))):
-            with m.Case(chunk):
-                part = target[chunk * CHUNK_BITS:(chunk + 1) * CHUNK_BITS]
-                m.d.sync += part.eq(value[:len(part)])
+        for row, (offset, bits) in enumerate(slices):
+            with m.Case(row):
+                m.d.sync += target[offset:offset + bits].eq(value[:bits])
 
 
 class OpKind(enum.Enum, shape=3):
@@ -194,6 +202,10 @@ class NetworkCore(wiring.Component):
         one or two iCE40 block RAMs instead of one per 16 bits of width), and the
         activation memory has one read port that the residual reads share with the
         operand reads. Same results; loads of those memories and the walks take longer.
+    multipliers : str
+        Where the array's products go, as :class:`MacArray` takes it: ``"lut"`` (default),
+        ``"dsp"`` (outlier products in DSP blocks) or ``"packed"`` (dense products too, two
+        per block; an iCE40UP5K board top at width 2 or 4 uses it).
 
     Raises
     ------
@@ -230,7 +242,7 @@ class NetworkCore(wiring.Component):
                  weight_outlier_lanes=0, weight_outlier_bits=8, weight_outlier_slots=None,
                  max_k, data_depth, weight_depth, param_depth, program_depth,
                  program=None, weights=None, params=None, requantizer="parallel",
-                 memories="wide"):
+                 memories="wide", multipliers="lut"):
         self._width = check_int("Width", width, (1, 64))
         if requantizer not in REQUANTIZERS:
             raise ValueError(f"requantizer must be one of {', '.join(map(repr, REQUANTIZERS))}"
@@ -249,17 +261,22 @@ class NetworkCore(wiring.Component):
                             weight_bits=weight_bits, max_k=max_k,
                             weight_outlier_lanes=weight_outlier_lanes,
                             weight_outlier_bits=weight_outlier_bits,
-                            weight_outlier_slots=weight_outlier_slots)
+                            weight_outlier_slots=weight_outlier_slots,
+                            multipliers=multipliers)
         # The accumulators also carry the reducer's window sums of 17-bit values.
         probe = MacArray(**array_params)
         probe._MustUse__used = True  # built only to read the least accumulator width
         acc_width = max(probe.acc_width, STORAGE_BITS + 1 + _WINDOW_GROWTH)
         self._array = MacArray(**array_params, acc_width=acc_width)
-        requantizer_class = SerialRequantizer if requantizer == "serial" else Requantizer
-        self._requantizer = requantizer_class(cols=width, acc_width=acc_width,
-                                              out_bits=STORAGE_BITS,
-                                              residual_bits=STORAGE_BITS + 1,
-                                              runtime_bounds=True)
+        requantizer_options = dict(cols=width, acc_width=acc_width, out_bits=STORAGE_BITS,
+                                   residual_bits=STORAGE_BITS + 1, runtime_bounds=True)
+        # A narrow core feeds the serial requantizer one channel's parameters at a time.
+        self._per_channel = requantizer == "serial" and self._narrow
+        if requantizer == "serial":
+            self._requantizer = SerialRequantizer(**requantizer_options,
+                                                  per_channel=self._per_channel)
+        else:
+            self._requantizer = Requantizer(**requantizer_options)
         self._descriptor = OpDescriptor(data_depth, weight_depth, param_depth)
         self._weight_layout = self._array.signature.members["weights"].signature.members[
             "payload"].shape
@@ -339,16 +356,21 @@ class NetworkCore(wiring.Component):
         # Rows per word of each memory: the narrow program and parameter memories hold a
         # word as CHUNK_BITS-wide rows.
         chunks = {"program": 1, "weights": 1, "params": 1, "data": 1}
+        # A narrow parameter word starts each channel on a row, so the serial requantizer's
+        # parameters are read one channel at a time.
+        channel_bits = Shape.cast(ChannelWord()).width
+        slices = {"program": _row_slices(Shape.cast(self._descriptor).width),
+                  "params": _row_slices(channel_bits, width)}
         memories = {}
         for name, layout in (("program", self._descriptor), ("weights", self._weight_layout),
                              ("params", self._param_layout), ("data", self._word)):
             word_width = Shape.cast(layout).width
             init = self._init.get(name, [])
             if narrow and name in ("program", "params"):
-                chunks[name] = _chunk_count(word_width)
+                chunks[name] = len(slices[name])
                 memories[name] = Memory(shape=CHUNK_BITS,
                                         depth=self._depths[name] * chunks[name],
-                                        init=_chunked(init, word_width))
+                                        init=_chunked(init, slices[name]))
             else:
                 memories[name] = Memory(shape=unsigned(word_width), depth=self._depths[name],
                                         init=init)
@@ -448,8 +470,13 @@ class NetworkCore(wiring.Component):
             if count > 1:
                 m.d.comb += [
                     port.addr.eq(self.load.payload.address * count + load_row),
-                    port.data.eq(self.load.payload.word.word_select(load_row, CHUNK_BITS)),
                 ]
+                with m.Switch(load_row):
+                    for row, (offset, bits) in enumerate(slices[
+                            "program" if memory_kind == NetworkCore.Memory.PROGRAM
+                            else "params"]):
+                        with m.Case(row):
+                            m.d.comb += port.data.eq(self.load.payload.word[offset:offset + bits])
             else:
                 m.d.comb += [
                     port.addr.eq(self.load.payload.address),
@@ -618,20 +645,29 @@ class NetworkCore(wiring.Component):
                                          side_step, side_at_limit[1], start)
         side_valid = Signal()
         side_advance = ~side_valid | requantizer.params.ready
+        per_channel = self._per_channel
+        channel_index = Signal(range(width))  # per_channel: the channel offered
         if narrow:
-            # Each beat gathers its parameter word a row a cycle and, for a residual op,
+            # Each beat gathers its parameter word (per_channel: the word of one channel,
+            # then of the next as each is taken) a row a cycle and, for a residual op,
             # reads the residual word on the shared port, then offers the beat.
             rows = chunks["params"]
+            beat_rows = rows // width if per_channel else rows
             side_loading = Signal()
             gathering = Signal()
-            gather_index = Signal(range(rows + 1))
+            gather_index = Signal(range(beat_rows + 1))
             gather_base = Signal(range(self._depths["params"] * rows))
-            param_word = Signal(Shape.cast(self._param_layout).width)
+            param_word = Signal(channel_bits if per_channel
+                                else Shape.cast(self._param_layout).width)
             residual_pending = Signal()
             residual_fresh = Signal()
             residual_capture = Signal.like(operand_read.data)
+            more_channels = Signal()
+            if per_channel:
+                m.d.comb += more_channels.eq(side_valid & (channel_index != width - 1))
             m.d.comb += [
-                side_step.eq(side_advance & side_left & ~start & ~side_loading),
+                side_step.eq(side_advance & side_left & ~start & ~side_loading
+                             & ~more_channels),
                 steal.eq(residual_pending),
                 param_read.addr.eq(gather_base + gather_index),
                 param_read.en.eq(1),
@@ -643,8 +679,9 @@ class NetworkCore(wiring.Component):
                 m.d.sync += residual_pending.eq(0)
             with m.If(gathering):
                 with m.If(gather_index != 0):
-                    _write_chunk(m, param_word, gather_index - 1, param_read.data)
-                with m.If(gather_index == rows):
+                    _write_chunk(m, param_word, gather_index - 1, param_read.data,
+                                 slices["params"][:beat_rows])
+                with m.If(gather_index == beat_rows):
                     m.d.sync += gathering.eq(0)
                 with m.Else():
                     m.d.sync += gather_index.eq(gather_index + 1)
@@ -656,12 +693,20 @@ class NetworkCore(wiring.Component):
                     side_valid.eq(0), side_loading.eq(1), gathering.eq(1),
                     gather_index.eq(0), gather_base.eq(param_pointer * rows),
                     residual_pending.eq(op.residual), residual_address.eq(residual_pointer),
+                    channel_index.eq(0),
                 ]
             with m.Elif(side_loading & ~gathering & ~residual_pending & ~residual_fresh):
                 m.d.sync += [side_valid.eq(1), side_loading.eq(0)]
             with m.Elif(side_valid & requantizer.params.ready):
                 m.d.sync += side_valid.eq(0)
-            channel_words = data.View(self._param_layout, param_word)
+                with m.If(more_channels):
+                    m.d.sync += [
+                        channel_index.eq(channel_index + 1), side_loading.eq(1),
+                        gathering.eq(1), gather_index.eq(0),
+                        gather_base.eq(gather_base + beat_rows),
+                    ]
+            channel_words = data.View(data.ArrayLayout(ChannelWord(), 1 if per_channel
+                                                       else width), param_word)
             residual_word = data.View(self._word, residual_capture)
         else:
             m.d.comb += side_step.eq(side_advance & side_left & ~start)
@@ -682,9 +727,10 @@ class NetworkCore(wiring.Component):
             params.low.eq(op.low),
             params.high.eq(op.high),
         ]
-        for col in range(width):
+        for col in range(1 if per_channel else width):
             channel, word = params.channels[col], channel_words[col]
-            residual = Mux(op.res_signed, residual_word[col].as_signed(), residual_word[col])
+            slot = residual_word[channel_index] if per_channel else residual_word[col]
+            residual = Mux(op.res_signed, slot.as_signed(), slot)
             m.d.comb += [
                 channel.bias.eq(word.bias),
                 channel.multiplier.eq(word.multiplier),

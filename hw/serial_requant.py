@@ -47,6 +47,11 @@ class SerialRequantizer(wiring.Component):
     runtime_bounds : bool
         Take the clamp range ``low..high`` from each parameter beat; the output is then
         ``signed(out_bits + 1)``.
+    per_channel : bool
+        ``params`` carries one channel's parameters per beat (a ``RequantParams(1)``), one
+        beat per channel in channel order, each taken when its channel is done: the source
+        holds one channel word instead of ``cols`` (a narrow :class:`hw.network.NetworkCore`
+        reads it from memory while the previous channel's result is written).
 
     Raises
     ------
@@ -58,13 +63,14 @@ class SerialRequantizer(wiring.Component):
     acc : In(stream.Signature(ArrayLayout(signed(acc_width), cols)))
         Accumulator vectors.
     params : In(stream.Signature(RequantParams(cols)))
-        One parameter beat per accumulator vector.
+        One parameter beat per accumulator vector (``per_channel``: ``RequantParams(1)``,
+        ``cols`` beats per vector).
     out : Out(stream.Signature(ArrayLayout(out_shape, cols)))
         Requantized vectors.
     """
 
     def __init__(self, *, cols, acc_width, out_bits, out_signed=True, residual_bits=None,
-                 runtime_bounds=False):
+                 runtime_bounds=False, per_channel=False):
         self._cols = check_int("Column count", cols, (1, 64))
         self._acc_width = check_int("Accumulator width", acc_width, (1, MAX_ACC_WIDTH))
         self._out_bits = check_int("Output width", out_bits, OUT_BITS)
@@ -77,12 +83,15 @@ class SerialRequantizer(wiring.Component):
         if not isinstance(runtime_bounds, bool):
             raise TypeError(f"runtime_bounds must be a bool, not {runtime_bounds!r}")
         self._runtime_bounds = runtime_bounds
+        if not isinstance(per_channel, bool):
+            raise TypeError(f"per_channel must be a bool, not {per_channel!r}")
+        self._per_channel = per_channel
         residual_shape = None if residual_bits is None else signed(residual_bits)
         bounds_shape = self.out_shape if runtime_bounds else None
         super().__init__({
             "acc": In(stream.Signature(data.ArrayLayout(signed(acc_width), cols))),
-            "params": In(stream.Signature(RequantParams(cols, None, residual_shape,
-                                                        bounds_shape))),
+            "params": In(stream.Signature(RequantParams(1 if per_channel else cols, None,
+                                                        residual_shape, bounds_shape))),
             "out": Out(stream.Signature(data.ArrayLayout(self.out_shape, cols))),
         })
 
@@ -113,7 +122,8 @@ class SerialRequantizer(wiring.Component):
         m = Module()
         cols = self._cols
         channel = Signal(range(cols))
-        channel_params = self.params.payload.channels[channel]
+        per_channel = self._per_channel
+        channel_params = self.params.payload.channels[0 if per_channel else channel]
 
         biased = Signal(signed(max(self._acc_width, BIAS_BITS) + 1))
         total = Signal(signed(self.sum_width))
@@ -163,13 +173,15 @@ class SerialRequantizer(wiring.Component):
                     m.d.sync += channel.eq(0)
                     m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.sync += [
-                    biased.eq(self.acc.payload[channel] + channel_params.bias),
-                    total.eq(0),
-                    position.eq(Mux(shift > first_position, shift - 1, first_position)),
-                    shifts_left.eq(shift),
-                ]
-                m.next = "SUM"
+                # per_channel: this channel's beat may still be on its way.
+                with m.If(self.params.valid if per_channel else 1):
+                    m.d.sync += [
+                        biased.eq(self.acc.payload[channel] + channel_params.bias),
+                        total.eq(0),
+                        position.eq(Mux(shift > first_position, shift - 1, first_position)),
+                        shifts_left.eq(shift),
+                    ]
+                    m.next = "SUM"
             with m.State("SUM"):
                 m.d.sync += [total.eq((total << 1) + terms + rounding),
                              position.eq(position - 1)]
@@ -181,13 +193,17 @@ class SerialRequantizer(wiring.Component):
                 with m.Else():
                     clamped = Mux(total < floor, floor, Mux(total > high, high, total))
                     m.d.sync += results[channel].eq(clamped)
+                    if per_channel:
+                        m.d.comb += self.params.ready.eq(1)
                     with m.If(channel == cols - 1):
                         m.next = "DONE"
                     with m.Else():
                         m.d.sync += channel.eq(channel + 1)
                         m.next = "LOAD"
             with m.State("DONE"):
-                m.d.comb += [self.acc.ready.eq(1), self.params.ready.eq(1)]
+                m.d.comb += self.acc.ready.eq(1)
+                if not per_channel:
+                    m.d.comb += self.params.ready.eq(1)
                 m.d.sync += out_valid.eq(1)
                 m.next = "IDLE"
         return m

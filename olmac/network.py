@@ -130,11 +130,13 @@ def _progress_bar(total: int, label: str):
 
 def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: int = 0,
             seed: int = 1, build_dir: Path | str = "build/sim/network",
-            progress: bool = False) -> NetworkResult:
+            progress: bool = False, core_options: dict | None = None) -> NetworkResult:
     """Run ``program`` on integer ``pixels`` through the network core on Verilator.
 
     The images are compiled into the bench's ROM, so the model runs alone until every
-    output word is captured (docs/network.md §16).
+    output word is captured (docs/network.md §16). ``core_options`` are further keyword
+    arguments of the core (``requantizer``, ``memories``, ``multipliers``), e.g. those of
+    the board top.
 
     Raises
     ------
@@ -147,7 +149,8 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
     from sim.network import NetworkBench, run_network
     pixels = check_pixels(program, pixels)
     compiled = compile_program(program, width=width)
-    bench = NetworkBench(compiled.core_params, compiled.pack_inputs(pixels),
+    bench = NetworkBench({**compiled.core_params, **(core_options or {})},
+                         compiled.pack_inputs(pixels),
                          compiled.output_words, stall_sixteenths=stall_sixteenths, seed=seed)
     show = _progress_bar(len(pixels), "RTL") if progress else None
     if progress:
