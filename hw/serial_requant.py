@@ -101,6 +101,11 @@ class SerialRequantizer(wiring.Component):
         return self._cols
 
     @property
+    def per_channel(self):
+        """Whether ``params`` carries one channel per beat."""
+        return self._per_channel
+
+    @property
     def out_shape(self):
         """Shape of one requantized value."""
         if self._runtime_bounds:

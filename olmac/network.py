@@ -152,13 +152,15 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
     bench = NetworkBench({**compiled.core_params, **(core_options or {})},
                          compiled.pack_inputs(pixels),
                          compiled.output_words, stall_sixteenths=stall_sixteenths, seed=seed)
+    # the serial requantizer takes about a hundred cycles a channel
+    per_image = 1_000_000 if (core_options or {}).get("requantizer") == "serial" else 100_000
     show = _progress_bar(len(pixels), "RTL") if progress else None
     if progress:
         print("  building the Verilator model (cached when unchanged) ...", file=sys.stderr,
               flush=True)
     run = run_network(bench, Path(build_dir), images=len(pixels),
                       output_words=compiled.output_words, width=compiled.width,
-                      timeout_cycles=100_000 * len(pixels) + 100_000, progress=show)
+                      timeout_cycles=per_image * len(pixels) + 100_000, progress=show)
     if progress:
         show(len(pixels))
         print(file=sys.stderr)

@@ -53,13 +53,17 @@ def _run_requantizer(dut, case):
     params_layout = dut.params.payload.shape()
     acc_layout = dut.acc.payload.shape()
     params, accs = [], []
+    # per_channel: a beat per channel, in order; otherwise one for all channels
+    beats = [[col] for col in range(cols)] if getattr(dut, "per_channel", False) \
+        else [list(range(cols))]
     for row in range(rows):
         low, high = int_range(*case["formats"][row])
-        params.append(params_layout.const({
-            "channels": [{name: int(case[name][row, col]) for name in (
-                "bias", "multiplier", "shift", "residual", "residual_multiplier",
-                "residual_shift")} for col in range(cols)],
-            "relu": int(case["relu"][row]), "low": low, "high": high}).as_value().value)
+        for channels in beats:
+            params.append(params_layout.const({
+                "channels": [{name: int(case[name][row, col]) for name in (
+                    "bias", "multiplier", "shift", "residual", "residual_multiplier",
+                    "residual_shift")} for col in channels],
+                "relu": int(case["relu"][row]), "low": low, "high": high}).as_value().value)
         accs.append(acc_layout.const([int(v) for v in case["accs"][row]]).as_value().value)
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -104,9 +108,11 @@ def test_serial_requantizer_matches_golden_and_parallel(cols, acc_width, seed):
     params = dict(cols=cols, acc_width=acc_width, out_bits=16, residual_bits=17,
                   runtime_bounds=True)
     serial = _run_requantizer(SerialRequantizer(**params), case)
+    per_channel = _run_requantizer(SerialRequantizer(**params, per_channel=True), case)
     parallel = _run_requantizer(Requantizer(**params), case)
     expected = _golden(case)
     np.testing.assert_array_equal(serial, expected)
+    np.testing.assert_array_equal(per_channel, expected)
     np.testing.assert_array_equal(parallel, expected)
 
 
@@ -152,6 +158,7 @@ def _run_plain(dut, case, params_layout):
     (dict(out_signed=1), r"^Output signedness must be a bool, not 1$"),
     (dict(residual_bits=18), r"^Residual width must be an integer in 2\.\.17, not 18$"),
     (dict(runtime_bounds="yes"), r"^runtime_bounds must be a bool, not 'yes'$"),
+    (dict(per_channel=1), r"^per_channel must be a bool, not 1$"),
 ])
 def test_serial_requantizer_refuses_bad_parameters(kwargs, message):
     params = dict(cols=2, acc_width=20, out_bits=8)
@@ -343,3 +350,21 @@ def test_app_refuses_bad_parameters(kwargs, error, message):
     params.update(kwargs)
     with pytest.raises(error, match=message):
         NetworkApp(**params)
+
+
+# -- the board top on the iCE40UP5K (docs/host_link.md §6) ------------------------------------
+
+@pytest.mark.slow
+def test_network_board_fits_the_up5k(tmp_path):
+    """The demo CNN's board top at width 2 (serial requantizer fed a channel at a time,
+    narrow memories, packed array products and the address multiplies in SB_MAC16s) places
+    and routes on the iCEBreaker's iCE40UP5K and meets its 12 MHz clock (a build that does
+    not fit raises DoesNotFit)."""
+    from fpga.board import build_network_board, demo_network
+    _program, compiled, _split = demo_network("cnn", width=2)
+    result = build_network_board("icebreaker", compiled, tmp_path / "board")
+    report = result.report
+    assert report.logic.used <= report.logic.available
+    assert report.brams.used <= report.brams.available
+    assert report.dsps.used <= report.dsps.available
+    assert result.runs_at_board_clock, f"fmax {report.fmax_mhz:.1f} MHz < 12 MHz"
