@@ -213,28 +213,19 @@ class Requantizer(wiring.Component):
 
         for col in range(self._cols):
             channel = params.channels[col]
-            biased = Signal(signed(max(self._acc_width, BIAS_BITS) + 1), name=f"biased_{col}",
-                            reset_less=True)
-            multiplier = Signal.like(channel.multiplier, name=f"multiplier_{col}",
-                                     reset_less=True)
-            shift = [Signal.like(channel.shift, name=f"shift_{col}", reset_less=True)
-                     for _ in range(2)]
-            m.d.sync += [
-                biased.eq(accs[col] + channel.bias),
-                multiplier.eq(channel.multiplier),
-                shift[0].eq(channel.shift),
-                shift[1].eq(shift[0]),
-            ]
-            product = Signal(signed(biased.shape().width + MULTIPLIER_BITS),
-                             name=f"product_{col}", reset_less=True)
-            m.d.sync += product.eq(biased * multiplier)
+            product, shift = self._product(
+                m, accs[col] + channel.bias, signed(max(self._acc_width, BIAS_BITS) + 1),
+                channel.multiplier, channel.shift, f"{col}")
             total = product
             if self._residual_bits is not None:
-                total = product + self._residual_term(m, channel, col)
+                residual_product, residual_shift = self._product(
+                    m, channel.residual, channel.residual.shape(),
+                    channel.residual_multiplier, channel.residual_shift, f"residual_{col}")
+                total = product + (residual_product << residual_shift)
             # Arithmetic shift = floor division by 2^s; adding 2^(s-1) first rounds half up.
-            rounding = (Const(1, total.shape().width + 1) << shift[1]) >> 1
+            rounding = (Const(1, total.shape().width + 1) << shift) >> 1
             shifted = Signal(total.shape(), name=f"shifted_{col}", reset_less=True)
-            m.d.sync += shifted.eq((total + rounding) >> shift[1])
+            m.d.sync += shifted.eq((total + rounding) >> shift)
             if self._runtime_bounds:
                 floor = Mux(relu & (low < 0), zero, low)
             else:
@@ -255,23 +246,23 @@ class Requantizer(wiring.Component):
         return m
 
     @staticmethod
-    def _residual_term(m, channel, col):
-        """``r·M_r·2^t`` of one channel, registered in step with ``(acc + bias)·M``."""
-        residual = Signal.like(channel.residual, name=f"residual_{col}", reset_less=True)
-        residual_multiplier = Signal.like(channel.residual_multiplier,
-                                          name=f"residual_multiplier_{col}", reset_less=True)
-        residual_shift = [Signal.like(channel.residual_shift, name=f"residual_shift_{col}_{i}",
-                                      reset_less=True) for i in range(2)]
+    def _product(m, value, value_shape, multiplier, shift, name):
+        """``value·multiplier`` two stages later (operands registered, then the product),
+        with ``shift`` delayed to match: one of the products of §3 and §11."""
+        operand = Signal(value_shape, name=f"operand_{name}", reset_less=True)
+        factor = Signal.like(multiplier, name=f"multiplier_{name}", reset_less=True)
+        shifts = [Signal.like(shift, name=f"shift_{name}_{stage}", reset_less=True)
+                  for stage in range(2)]
         m.d.sync += [
-            residual.eq(channel.residual),
-            residual_multiplier.eq(channel.residual_multiplier),
-            residual_shift[0].eq(channel.residual_shift),
-            residual_shift[1].eq(residual_shift[0]),
+            operand.eq(value),
+            factor.eq(multiplier),
+            shifts[0].eq(shift),
+            shifts[1].eq(shifts[0]),
         ]
-        residual_product = Signal(signed(residual.shape().width + MULTIPLIER_BITS),
-                                  name=f"residual_product_{col}", reset_less=True)
-        m.d.sync += residual_product.eq(residual * residual_multiplier)
-        return residual_product << residual_shift[1]
+        product = Signal(signed(value_shape.width + MULTIPLIER_BITS), name=f"product_{name}",
+                         reset_less=True)
+        m.d.sync += product.eq(operand * factor)
+        return product, shifts[1]
 
     @staticmethod
     def _delayed(m, value, name):

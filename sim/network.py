@@ -20,10 +20,10 @@ from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from cocotb_tools.runner import Verilator, get_results
+from cocotb_tools.runner import get_results
 
 from hw.network import STORAGE_BITS, NetworkCore
-from .runner import REPO_ROOT, VERILATOR_ARGS, verilator_environment
+from .runner import REPO_ROOT, LeanVerilator, build_verilator
 
 __all__ = ["NetworkBench", "NetworkRun", "build_network", "run_network"]
 
@@ -161,16 +161,6 @@ class NetworkBench(wiring.Component):
         return m
 
 
-class _LeanVerilator(Verilator):
-    """cocotb's Verilator runner without ``--public-flat-rw``: the testbench touches only
-    top-level ports, and making every signal public slows the model several times."""
-
-    def _build_command(self):
-        commands = super()._build_command()
-        commands[0] = [arg for arg in commands[0] if arg != "--public-flat-rw"]
-        return commands
-
-
 @dataclass
 class NetworkRun:
     """What one simulation returns: the captured output words (``N × output_words ×
@@ -194,13 +184,7 @@ def build_network(bench: NetworkBench, build_dir: Path) -> tuple[Path, float]:
     changed = not source.exists() or source.read_text() != text
     if changed:
         source.write_text(text)
-    control = build_dir / f"{TOPLEVEL}.vlt"
-    control.write_text("`verilator_config\n" + "".join(
-        f'public_flat_rw -module "{TOPLEVEL}" -var "{port}"\n' for port in _PUBLIC_PORTS))
-    os.environ.update(verilator_environment())
-    runner = _LeanVerilator()
-    runner.build(sources=[control, source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
-                 build_args=VERILATOR_ARGS, always=changed, log_file=build_dir / "build.log")
+    build_verilator(source, TOPLEVEL, build_dir, always=changed, ports=_PUBLIC_PORTS)
     return build_dir, time.monotonic() - started
 
 
@@ -235,7 +219,7 @@ def run_network(bench: NetworkBench, build_dir: Path, *, images: int, output_wor
         threading.Thread(target=_watch, args=(progress_path, progress, stop), daemon=True).start()
     started = time.monotonic()
     try:
-        _LeanVerilator().test(
+        LeanVerilator().test(
             test_module="sim.network_tb", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
             build_dir=build_dir, test_dir=build_dir, testcase="run_network",
             extra_env={RESULTS_ENV: json.dumps(job),

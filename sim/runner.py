@@ -7,13 +7,14 @@ import subprocess
 from pathlib import Path
 
 from amaranth.back import verilog
-from cocotb_tools.runner import get_results, get_runner
+from cocotb_tools.runner import Verilator, get_results
 
 from hw import GemmEngine
 from .job import JOB_ENV, EngineConfig, Job
 from .payloads import stream_payloads
 
-__all__ = ["MIN_VERILATOR", "verilator_environment", "build_engine", "run_job"]
+__all__ = ["MIN_VERILATOR", "verilator_environment", "LeanVerilator", "build_verilator",
+           "build_engine", "run_job"]
 
 #: cocotb 2 needs at least this Verilator (older ones fail on its VPI glue).
 MIN_VERILATOR = (5, 36)
@@ -59,6 +60,31 @@ def verilator_environment() -> dict[str, str]:
             "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include"}
 
 
+class LeanVerilator(Verilator):
+    """cocotb's Verilator runner without ``--public-flat-rw``, which makes every signal of
+    the design visible to VPI and slows the model several times; :func:`build_verilator`
+    makes only the top module's signals visible instead."""
+
+    def _build_command(self):
+        commands = super()._build_command()
+        commands[0] = [arg for arg in commands[0] if arg != "--public-flat-rw"]
+        return commands
+
+
+def build_verilator(source: Path, toplevel: str, build_dir: Path, *, always: bool,
+                    ports=("*",)) -> LeanVerilator:
+    """Compile ``source`` with Verilator into ``build_dir``, with only ``ports`` of the top
+    module (by default all of its signals) visible to the testbench; returns the runner."""
+    control = build_dir / f"{toplevel}.vlt"
+    control.write_text("`verilator_config\n" + "".join(
+        f'public_flat_rw -module "{toplevel}" -var "{port}"\n' for port in ports))
+    os.environ.update(verilator_environment())
+    runner = LeanVerilator()
+    runner.build(sources=[control, source], hdl_toplevel=toplevel, build_dir=build_dir,
+                 build_args=VERILATOR_ARGS, always=always, log_file=build_dir / "build.log")
+    return runner
+
+
 def build_engine(config: EngineConfig, build_root: Path, *, always=False, transform=None,
                  check=None) -> Path:
     """Write the engine's Verilog and compile it with Verilator; returns the build folder.
@@ -79,10 +105,7 @@ def build_engine(config: EngineConfig, build_root: Path, *, always=False, transf
         text = transform(text)
     if not source.exists() or source.read_text() != text:
         source.write_text(text)
-    os.environ.update(verilator_environment())
-    runner = get_runner("verilator")
-    runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
-                 build_args=VERILATOR_ARGS, always=always, log_file=build_dir / "build.log")
+    build_verilator(source, TOPLEVEL, build_dir, always=always)
     return build_dir
 
 
@@ -103,7 +126,7 @@ def run_job(job: Job, build_root: Path, *, rebuild=False, transform=None) -> Job
     build_dir = build_engine(job.config, build_root, always=rebuild, transform=transform,
                              check=fits)
     job_path = job.save(build_dir / "jobs")
-    runner = get_runner("verilator")
+    runner = LeanVerilator()
     results_xml = build_dir / f"{job.label}.results.xml"
     log_file = build_dir / f"{job.label}.log"
     for stale in (job_path.with_suffix(".stats.json"), job_path.with_suffix(".results.npz")):

@@ -23,8 +23,7 @@ from hw.network_app import Command, Status
 from olmac.board import decode_infer, encode_infer, encode_load, load_requests, parse_info
 from olmac.host_link import ErrorCode, decode_reply, encode_frame
 from sim.board_tb import JOB_ENV, PUBLIC_PORTS
-from sim.network import _LeanVerilator
-from sim.runner import REPO_ROOT, VERILATOR_ARGS, verilator_environment
+from sim.runner import REPO_ROOT, build_verilator
 
 BUILD_ROOT = REPO_ROOT / "build" / "sim" / "board"
 TOPLEVEL = "olmac_board"
@@ -38,14 +37,7 @@ def _build(top, build_dir):
     changed = not source.exists() or source.read_text() != text
     if changed:
         source.write_text(text)
-    control = build_dir / f"{TOPLEVEL}.vlt"
-    control.write_text("`verilator_config\n" + "".join(
-        f'public_flat_rw -module "{TOPLEVEL}" -var "{port}"\n' for port in PUBLIC_PORTS))
-    os.environ.update(verilator_environment())
-    runner = _LeanVerilator()
-    runner.build(sources=[control, source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
-                 build_args=VERILATOR_ARGS, always=changed, log_file=build_dir / "build.log")
-    return runner
+    return build_verilator(source, TOPLEVEL, build_dir, always=changed, ports=PUBLIC_PORTS)
 
 
 def _exchange(runner, build_dir, steps):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
-from cocotb_tools.runner import get_results, get_runner
+from cocotb_tools.runner import get_results
 
 from hw.codebook import CodebookDecoder
 from sim.codebook_tb import config_env
-from sim.runner import VERILATOR_ARGS, verilator_environment
+from sim.runner import build_verilator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_ROOT = REPO_ROOT / "build" / "test-codebook"
@@ -46,10 +46,7 @@ def _run(name, params, build_root, *, transform=None, seed=7):
     source = build_dir / f"{TOPLEVEL}.v"
     text = verilog.convert(CodebookDecoder(**params), name=TOPLEVEL)
     source.write_text(transform(text) if transform else text)
-    os.environ.update(verilator_environment())
-    runner = get_runner("verilator")
-    runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
-                 build_args=VERILATOR_ARGS, always=True, log_file=build_dir / "build.log")
+    runner = build_verilator(source, TOPLEVEL, build_dir, always=True)
     results_xml = build_dir / "results.xml"
     results_xml.unlink(missing_ok=True)
     env = config_env(params, layers=8, rows=4, pause_probability=0.3, seed=seed)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
-from cocotb_tools.runner import get_results, get_runner
+from cocotb_tools.runner import get_results
 
 from sim.host_link_tb import config_env, loopback_top
-from sim.runner import VERILATOR_ARGS, verilator_environment
+from sim.runner import build_verilator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_ROOT = REPO_ROOT / "build" / "sim" / "host_link"
@@ -30,10 +30,7 @@ def _run(build_dir, *, transform=None, seed=3):
     source = build_dir / f"{TOPLEVEL}.v"
     text = verilog.convert(loopback_top(**CONFIG), name=TOPLEVEL)
     source.write_text(transform(text) if transform else text)
-    os.environ.update(verilator_environment())
-    runner = get_runner("verilator")
-    runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
-                 build_args=VERILATOR_ARGS, always=True, log_file=build_dir / "build.log")
+    runner = build_verilator(source, TOPLEVEL, build_dir, always=True)
     results_xml = build_dir / "results.xml"
     results_xml.unlink(missing_ok=True)
     env = config_env(**CONFIG, seed=seed)
