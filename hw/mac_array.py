@@ -164,20 +164,22 @@ class MacArray(wiring.Component):
     the same registers elsewhere) and leaves the dense products as ``*``, for the flow to
     keep in LUTs: ``synth_ecp5 -nodsp`` or the ``booth`` pass (``fpga.build``'s
     ``multipliers="booth"``) map every ``*`` to LUT logic and leave the instantiated blocks
-    alone. ``"packed"`` also puts the dense
-    products into DSP blocks, two per block: ``a × (b0 + b1·2^k)`` for two columns of one
-    lane (:class:`~hw.multipliers.PackedPair`). The results are the same in every mode; the
-    DSP stages may lengthen the pipeline (see :attr:`latency`).
+    alone. ``"packed"`` also puts the dense products into DSP blocks, two per block:
+    ``a × (b0 + b1·2^k)`` for two columns of one lane (:class:`~hw.multipliers.PackedPair`).
+    The results are the same in every mode; the DSP stages may lengthen the pipeline (see
+    :attr:`latency`).
 
     **Cycle timing.** Stage 0 holds the beat; the dense products are registered at stage 1
     (``"packed"``: stage 2), each adder-tree level adds a stage, the outlier products are
     registered at stage 1 (``"dsp"``, ``"packed"``: stage 3, after a fabric register for the
-    operands and the DSP block's two) and summed per column one stage later; whichever is later sets the stage ``S`` at which both sums join the accumulators,
-    and a result enters the output queue ``latency = S + 2`` cycles after its ``last``
-    beat is taken. The accumulators' enable and clear are registered once per column (kept
+    operands and the DSP block's two) and summed per column one stage later; whichever is
+    later sets the stage ``S`` at which both sums join the accumulators, and a result
+    enters the output queue ``latency = S + 2`` cycles after its ``last`` beat is taken
+    (16 lanes: 7 in ``"lut"`` and ``"dsp"``, 8 in ``"packed"``). The accumulators' enable and clear are registered once per column (kept
     apart in synthesis by a ``keep`` attribute), so no single control net reaches every
-    accumulator bit, and each group of :data:`ACT_FANOUT_COLS` columns has its own copy of
-    the activation register.
+    accumulator bit, each group of :data:`ACT_FANOUT_COLS` columns has its own copy of
+    the activation register, and the activation-outlier lanes have their own copy of the
+    weight tile.
 
     Parameters
     ----------
@@ -216,7 +218,8 @@ class MacArray(wiring.Component):
     Raises
     ------
     TypeError
-        If a parameter is of the wrong type or outside its range.
+        If a parameter is of the wrong type (``multipliers`` not a string) or outside its
+        range.
     ValueError
         If ``acc_width`` is narrower than §2 requires for ``max_k``, or ``max_k`` needs more
         than 44 bits, or an outlier width is not wider than its dense width, or
@@ -479,7 +482,7 @@ class MacArray(wiring.Component):
         act_copies = [Signal.like(self.act.payload.data, reset_less=True,
                                   name=f"acts_g{group}", attrs=_KEEP)
                       for group in range(-(-self._cols // ACT_FANOUT_COLS))]
-        tile = Signal.like(self.weights.payload.tile, reset_less=True)
+        tile = Signal.like(self.weights.payload.tile, reset_less=True, attrs=_KEEP)
         last = Signal(reset_less=True)
         loads = [tile.eq(self.weights.payload.tile), last.eq(self.act.payload.last)]
         loads += [acts.eq(self.act.payload.data) for acts in act_copies]
@@ -491,12 +494,17 @@ class MacArray(wiring.Component):
         # cycle with no enable (a beat not taken is marked invalid by `held`), so the
         # credit and handshake logic drives no enable net to a thousand flip-flops.
         hold = self._has_outliers and self._groups > 1
-        act_slots = weight_slots = full_acts = None
+        act_slots = weight_slots = full_acts = outlier_tile = None
         if self._has_outliers:
             act_slots = self._register_slots(m, self.act, "act", hold)
             weight_slots = self._register_slots(m, self.weights, "weight", hold)
             full_acts = Signal.like(self.act.payload.data, reset_less=True)
             loads.append(full_acts.eq(self.act.payload.data))
+            # The activation-outlier lanes read the weights through a lane multiplexer;
+            # their own copy of the tile lets each dense weight register sit by its product.
+            outlier_tile = Signal.like(self.weights.payload.tile, reset_less=True,
+                                       name="outlier_tile", attrs=_KEEP)
+            loads.append(outlier_tile.eq(self.weights.payload.tile))
         if not hold:
             m.d.sync += loads
             m.d.sync += held.eq(accepted)
@@ -557,7 +565,8 @@ class MacArray(wiring.Component):
         for _ in range(stage, self._sum_stage):
             column_sums = self._delay_values(m, column_sums)
         if self._has_outliers:
-            outlier_sums = self._outlier_sums(m, sub, act_slots, weight_slots, full_acts, tile)
+            outlier_sums = self._outlier_sums(m, sub, act_slots, weight_slots, full_acts,
+                                              outlier_tile)
             for _ in range(self._outlier_product_stage + 1, self._sum_stage):
                 outlier_sums = self._delay_values(m, outlier_sums)
 

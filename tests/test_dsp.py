@@ -218,18 +218,20 @@ def test_ice40_dsp_mode():
 
 
 def test_replicated_control_survives(tmp_path):
-    """Each column's accumulator enable and clear is its own flip-flop after synthesis, and
-    each group of four columns has its own activation register: KEEP_REPLICAS stops
-    opt_merge from folding the copies back into one high-fanout register."""
-    array = MacArray(lanes=4, cols=8, act_bits=4, weight_bits=4, max_k=64)
+    """Each column's accumulator enable and clear is its own flip-flop after synthesis, each
+    group of four columns has its own activation register, and the activation-outlier lane
+    its own copy of the weight tile: KEEP_REPLICAS stops opt_merge from folding the copies
+    back into one high-fanout register."""
+    array = MacArray(lanes=4, cols=8, act_bits=4, weight_bits=4, max_k=64,
+                     act_outlier_lanes=1)
     (tmp_path / "design.il").write_text(rtlil.convert(array, name="top"))
+    count = lambda wires: f"select -count w:{wires} %ci1 t:TRELLIS_FF %i"
     (tmp_path / "synth.ys").write_text("\n".join([
         "read_rtlil design.il", KEEP_REPLICAS, "synth_ecp5 -run :map_luts -top top",
-        "select -count w:acc_clear_c* %ci1 t:TRELLIS_FF %i",
-        "select -count w:acc_enable_c* %ci1 t:TRELLIS_FF %i",
-        "select -count w:acts_g* %ci1 t:TRELLIS_FF %i"]) + "\n")
+        count("acc_clear_c*"), count("acc_enable_c*"), count("acts_g*"), count("tile"),
+        count("outlier_tile")]) + "\n")
     done = subprocess.run([_yosys(), "-s", "synth.ys"], cwd=tmp_path, capture_output=True,
                           text=True, check=True)
     counts = [int(count) for count in re.findall(r"(\d+) objects", done.stdout)]
-    # 8 clears, 8 enables; 2 copies of 4 lanes × 4 activation bits
-    assert counts == [8, 8, 2 * 4 * 4]
+    # 8 clears, 8 enables; 2 copies of 4 lanes × 4 activation bits; 2 tiles of 4 × 8 × 4
+    assert counts == [8, 8, 2 * 4 * 4, 4 * 8 * 4, 4 * 8 * 4]
