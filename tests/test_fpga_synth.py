@@ -113,14 +113,17 @@ def test_bad_parameters(kwargs, error, message):
 
 @pytest.mark.parametrize("pause", [0.0, 0.5])
 def test_skid_buffer_passes_every_beat_in_order(pause):
-    """fpga.tops.SkidBuffer hands on every beat once, in order, under random stalls on both
-    sides, and at one beat per cycle when nothing stalls."""
+    """fpga.tops.SkidBuffer hands on every beat once, in order and whole (across its
+    payload slices), under random stalls on both sides, and at one beat per cycle when
+    nothing stalls."""
     from amaranth.sim import Simulator
     from fpga.tops import SkidBuffer
     from sim.pysim import StreamSink, StreamSource
 
-    dut = SkidBuffer(unsigned(8))
-    beats = list(range(1, 201)) + list(range(55))
+    import random
+    dut = SkidBuffer(unsigned(150))  # three slices of 64 bits, each with its own state copy
+    rng = random.Random(2)
+    beats = [rng.getrandbits(150) for _ in range(255)]
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     sim.add_testbench(StreamSource(dut.i, beats, pause_probability=pause, seed=3).run,
