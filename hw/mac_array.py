@@ -5,7 +5,7 @@ from amaranth.lib.wiring import In, Out
 
 from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
-from .multipliers import DSP_STAGES, MODES, DspProduct, PackedPair, packable
+from .multipliers import DSP_STAGES, MODES, PACKED_STAGES, DspProduct, PackedPair, packable
 from .shapes import narrowest_signed, shape_bounds
 
 __all__ = ["ActOutlier", "WeightOutlier", "ActBeat", "WeightBeat", "MacArray", "MAX_ACC_WIDTH"]
@@ -170,12 +170,12 @@ class MacArray(wiring.Component):
     :attr:`latency`).
 
     **Cycle timing.** Stage 0 holds the beat; the dense products are registered at stage 1
-    (``"packed"``: stage 2), each adder-tree level adds a stage, the outlier products are
+    (``"packed"``: stage 3, the DSP block's two and the split), each adder-tree level adds a stage, the outlier products are
     registered at stage 1 (``"dsp"``, ``"packed"``: stage 3, after a fabric register for the
     operands and the DSP block's two) and summed per column one stage later; whichever is
     later sets the stage ``S`` at which both sums join the accumulators, and a result
     enters the output queue ``latency = S + 2`` cycles after its ``last`` beat is taken
-    (16 lanes: 7 in ``"lut"`` and ``"dsp"``, 8 in ``"packed"``). The accumulators' enable and clear are registered once per column (kept
+    (16 lanes: 7 in ``"lut"`` and ``"dsp"``, 9 in ``"packed"``). The accumulators' enable and clear are registered once per column (kept
     apart in synthesis by a ``keep`` attribute), so no single control net reaches every
     accumulator bit, each group of :data:`ACT_FANOUT_COLS` columns has its own copy of
     the activation register, and the activation-outlier lanes have their own copy of the
@@ -413,7 +413,7 @@ class MacArray(wiring.Component):
 
     @property
     def _dense_product_stage(self):
-        return DSP_STAGES if self._multipliers == "packed" else 1
+        return PACKED_STAGES if self._multipliers == "packed" else 1
 
     @property
     def _outlier_product_stage(self):
@@ -616,7 +616,11 @@ class MacArray(wiring.Component):
                         m.submodules[f"product_c{col}_l{lane}"] = single
                         m.d.comb += [single.a.eq(acts_of(col)[lane]),
                                      single.b.eq(tile[lane][col])]
-                        level[col].append((single.p, 1))
+                        # one register more, to line up with the pairs' registered split
+                        product = Signal(shape, name=f"product_c{col}_l{lane}",
+                                         reset_less=True)
+                        m.d.sync += product.eq(single.p)
+                        level[col].append((product, 1))
             return level
         for col in range(self._cols):
             for lane in range(self._lanes):

@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from .shapes import narrowest_signed, shape_bounds
 
-__all__ = ["MODES", "DSP_STAGES", "product_shape", "packed_field_width",
+__all__ = ["MODES", "DSP_STAGES", "PACKED_STAGES", "product_shape", "packed_field_width",
            "packed_b_width", "packable", "packed_split", "DspProduct", "PackedPair"]
 
 #: Multiplier placements of :class:`~hw.MacArray` (``multipliers=``).
@@ -31,6 +31,11 @@ MODES = ("lut", "dsp", "packed")
 #: Cycles from a :class:`DspProduct`'s operands to its product: the DSP's input registers,
 #: then its output register.
 DSP_STAGES = 2
+
+#: Cycles from a :class:`PackedPair`'s operands to its two products: the DSP block's two
+#: stages, then a register for the split (its borrow correction and the first adder-tree
+#: level did not fit one cycle after the block's output on ECP5).
+PACKED_STAGES = DSP_STAGES + 1
 
 #: Widest signed operand of an ECP5 MULT18X18D.
 _ECP5_WIDTH = 18
@@ -175,7 +180,8 @@ class DspProduct(wiring.Component):
 
 class PackedPair(wiring.Component):
     """``p0 = a × b0`` and ``p1 = a × b1`` from one multiply ``a × (b0 + b1·2^k)`` in a
-    :class:`DspProduct`, :data:`DSP_STAGES` cycles after the operands.
+    :class:`DspProduct`, :data:`PACKED_STAGES` cycles after the operands (the split is
+    registered).
 
     ``k`` is the width of one product, so the low product sits in ``k`` bits of the result
     and the high one above it; :func:`packed_split` undoes the borrow a negative low product
@@ -227,5 +233,5 @@ class PackedPair(wiring.Component):
             dsp.b.eq(Cat(low, high)),
         ]
         p0, p1 = packed_split(dsp.p, k)
-        m.d.comb += [self.p0.eq(p0), self.p1.eq(p1)]
+        m.d.sync += [self.p0.eq(p0), self.p1.eq(p1)]
         return m

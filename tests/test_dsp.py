@@ -21,7 +21,7 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 import golden
 from fpga.synth import KEEP_REPLICAS, _yosys, synthesize
 from hw import GemmEngine, MacArray
-from hw.multipliers import DSP_STAGES, DspProduct, PackedPair, packable
+from hw.multipliers import DSP_STAGES, PACKED_STAGES, DspProduct, PackedPair, packable
 from sim.job import GemmCase
 from tests.test_hw_pysim import (CONFIGS, OUTLIER_CONFIGS, _outlier_operands, _random_operands,
                                  _run_gemm)
@@ -39,7 +39,7 @@ def _values(shape):
 @pytest.mark.parametrize("act_shape", [signed(4), unsigned(4)])
 def test_packed_pair_exhaustive(act_shape):
     """PackedPair's two products equal a·b0 and a·b1 for every 4-bit a, b0 and b1 (the
-    sign-borrow correction included), DSP_STAGES cycles after its operands, one result per
+    sign-borrow correction included), PACKED_STAGES cycles after its operands, one result per
     cycle."""
     dut = PackedPair(act_shape, signed(4))
     cases = list(itertools.product(_values(act_shape), _values(signed(4)),
@@ -47,15 +47,15 @@ def test_packed_pair_exhaustive(act_shape):
     wrong = []
 
     async def testbench(ctx):
-        for index in range(len(cases) + DSP_STAGES - 1):
+        for index in range(len(cases) + PACKED_STAGES - 1):
             if index < len(cases):
                 a, b0, b1 = cases[index]
                 ctx.set(dut.a, a)
                 ctx.set(dut.b0, b0)
                 ctx.set(dut.b1, b1)
             await ctx.tick()
-            if index + 1 >= DSP_STAGES:
-                a, b0, b1 = cases[index + 1 - DSP_STAGES]
+            if index + 1 >= PACKED_STAGES:
+                a, b0, b1 = cases[index + 1 - PACKED_STAGES]
                 got = (ctx.get(dut.p0), ctx.get(dut.p1))
                 if got != (a * b0, a * b1):
                     wrong.append((a, b0, b1, got))
@@ -147,7 +147,7 @@ def test_latency_by_mode():
         lanes=lanes, cols=4, act_bits=4, weight_bits=4, max_k=64, act_outlier_lanes=outliers,
         multipliers=mode)
     assert make("lut", 16, 2).latency == make("dsp", 16, 2).latency == 7
-    assert make("packed", 16, 2).latency == 8
+    assert make("packed", 16, 2).latency == 9
     assert make("lut", 2, 1).latency == 4 and make("dsp", 2, 1).latency == 6
     assert make("lut", 1, 0).latency == 3 and make("dsp", 1, 0).latency == 3
 
