@@ -14,6 +14,8 @@
    SYQ ternary (bench/networks.py).
 8. The character LSTM: validation perplexity with and without the cell-state highway
    (golden/lstm.py; trains on first use, a few minutes, then cached).
+9. FPGA resources and fmax of BRAM-fed arrays on iCE40 and ECP5 (fpga/bench.py; about
+   6 minutes: one nextpnr at a time).
 """
 
 import argparse
@@ -163,7 +165,7 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
 
 
 SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl",
-            "networks", "lstm")
+            "networks", "lstm", "fpga")
 
 
 def main():
@@ -195,6 +197,9 @@ def main():
     if "lstm" in sections:
         from golden import lstm
         lstm.bench_section()
+    if "fpga" in sections:
+        from fpga import bench as fpga_bench
+        fpga_bench.section()
 
 
 if __name__ == "__main__":
