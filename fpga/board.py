@@ -11,9 +11,7 @@ Command line (``olmac board build``)::
 
 import argparse
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from amaranth.hdl import *
@@ -23,10 +21,7 @@ from amaranth.lib.wiring import In, Out
 from hw.host_link import SerialHostLink
 from hw.network import MEMORY_STYLES, REQUANTIZERS, NetworkCore
 from hw.network_app import NetworkApp
-from olmac.params import check_int
-from .build import (BOARDS, BuildFailed, BuildResult, DoesNotFit, _NAME, _board, _device_name,
-                    _failure, _log_tail, _synth_options, toolchain_env)
-from .report import read_build_report
+from .build import BOARDS, _board, _synth_options, run_build, toolchain_env
 
 __all__ = ["NetworkBoard", "BOARD_BAUD", "build_network_board", "demo_network", "main"]
 
@@ -178,32 +173,9 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
                        multipliers=array_multipliers)
     env = {**os.environ, **toolchain_env(board)}
     synth_opts, after_read = _synth_options(spec.family, multipliers or "dsp")
-    plan = platform.build(
-        _OnPins(top), name=_NAME, do_build=False, synth_opts=synth_opts,
-        script_after_read=after_read or "# (no script after read)",
-        script_after_synth=f"tee -q -o {_NAME}.stat.json stat -json",
-        nextpnr_opts=f"--report nextpnr.json --timing-allow-fail --seed {seed}")
-    build_dir = Path(build_dir)
-    for stale in ("nextpnr.json", f"{_NAME}.stat.json", f"{_NAME}.tim", f"{_NAME}.rpt"):
-        (build_dir / stale).unlink(missing_ok=True)
-    plan.extract(str(build_dir))
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(["sh", f"{plan.script}.sh"], cwd=build_dir, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise BuildFailed(f"build ran past timeout_s={timeout_s}; end of its log:\n"
-                          f"{_log_tail(build_dir / f'{_NAME}.tim')}") from None
-    if done.returncode != 0:
-        raise _failure(build_dir, done.returncode, done.stdout)
-    report = read_build_report(build_dir / "nextpnr.json", build_dir / f"{_NAME}.stat.json",
-                               family=spec.family, device=_device_name(platform))
-    report.write(build_dir)
-    bitstream = build_dir / (f"{_NAME}.bin" if spec.family == "ice40" else f"{_NAME}.bit")
-    return BuildResult(board=board, build_dir=build_dir, bitstream=bitstream, report=report,
-                       board_clock_mhz=platform.default_clk_frequency / 1e6,
-                       seconds=time.perf_counter() - started)
+    return run_build(platform, _OnPins(top), build_dir, board=board, family=spec.family,
+                     env=env, synth_opts=synth_opts, script_after_read=after_read, seed=seed,
+                     timeout_s=timeout_s)
 
 
 def _parser(prog):

@@ -338,14 +338,35 @@ def build_bitstream(board, top, build_dir, *, target_mhz=None, multipliers=None,
     board_clock_mhz = platform.default_clk_frequency / 1e6
     synth_opts, after_read = _synth_options(spec.family, multipliers or
                                             ("dsp" if spec.family == "ecp5" else "lut"))
+    result = run_build(platform, _OnBoard(top, spec.leds), build_dir, board=board,
+                       family=spec.family, env=env, synth_opts=synth_opts,
+                       script_after_read="\n".join(filter(None, [KEEP_REPLICAS, after_read])),
+                       seed=seed, timeout_s=timeout_s)
+    if program:
+        if not result.runs_at_board_clock:
+            raise RuntimeError(f"Not programming {board}: fmax {report.fmax_mhz:.1f} MHz is "
+                               f"below the board clock of {board_clock_mhz:g} MHz")
+        platform.toolchain_program(LocalBuildProducts(str(build_dir)), _NAME)
+        result = replace(result, programmed=True)
+    return result
+
+
+def run_build(platform, top, build_dir, *, board, family, env, synth_opts, script_after_read,
+              seed, timeout_s) -> BuildResult:
+    """Run ``platform``'s build of ``top`` (the design on its pins) in ``build_dir`` with the
+    YoWASP tools in ``env``, and read and write its report.
+
+    Raises
+    ------
+    DoesNotFit, BuildFailed
+        As :func:`build_bitstream`.
+    """
     plan = platform.build(
-        _OnBoard(top, spec.leds), name=_NAME, do_build=False,
-        synth_opts=synth_opts,
-        script_after_read="\n".join(filter(None, [KEEP_REPLICAS, after_read])),
+        top, name=_NAME, do_build=False, synth_opts=synth_opts,
+        script_after_read=script_after_read or "# (no script after read)",
         script_after_synth=f"tee -q -o {_NAME}.stat.json stat -json",
         # --timing-allow-fail: a missed target is a measurement, not an error.
         nextpnr_opts=f"--report nextpnr.json --timing-allow-fail --seed {seed}")
-
     build_dir = Path(build_dir)
     for stale in ("nextpnr.json", f"{_NAME}.stat.json", f"{_NAME}.tim", f"{_NAME}.rpt"):
         (build_dir / stale).unlink(missing_ok=True)
@@ -361,20 +382,12 @@ def build_bitstream(board, top, build_dir, *, target_mhz=None, multipliers=None,
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise _failure(build_dir, done.returncode, done.stdout)
-
     report = read_build_report(build_dir / "nextpnr.json", build_dir / f"{_NAME}.stat.json",
-                               family=spec.family, device=_device_name(platform))
+                               family=family, device=_device_name(platform))
     report.write(build_dir)
-    bitstream = build_dir / (f"{_NAME}.bin" if spec.family == "ice40" else f"{_NAME}.bit")
-    result = BuildResult(board=board, build_dir=build_dir, bitstream=bitstream, report=report,
-                         board_clock_mhz=board_clock_mhz, seconds=seconds)
-    if program:
-        if not result.runs_at_board_clock:
-            raise RuntimeError(f"Not programming {board}: fmax {report.fmax_mhz:.1f} MHz is "
-                               f"below the board clock of {board_clock_mhz:g} MHz")
-        platform.toolchain_program(LocalBuildProducts(str(build_dir)), _NAME)
-        result = replace(result, programmed=True)
-    return result
+    bitstream = build_dir / (f"{_NAME}.bin" if family == "ice40" else f"{_NAME}.bit")
+    return BuildResult(board=board, build_dir=build_dir, bitstream=bitstream, report=report,
+                       board_clock_mhz=platform.default_clk_frequency / 1e6, seconds=seconds)
 
 
 def _device_name(platform):

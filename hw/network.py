@@ -15,10 +15,9 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
-                          MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_SHIFT_RANGE,
+from olmac.params import (MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_SHIFT_RANGE,
                           check_int)
-from .mac_array import MacArray, WeightBeat
+from .mac_array import MacArray
 from .requant import Requantizer
 from .serial_requant import SerialRequantizer
 

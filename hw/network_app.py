@@ -9,7 +9,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.params import check_int
-from .host_link import AppSignature, MAX_PAYLOAD_RANGE
+from .host_link import AppSignature
 from .network import STORAGE_BITS, NetworkCore
 
 __all__ = ["Command", "Status", "NetworkApp", "PROTOCOL_VERSION", "INFO_MAGIC"]

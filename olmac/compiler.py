@@ -6,7 +6,6 @@ The compiler is the only place that reads both sides: it takes the program from
 ``golden`` and packs it through the layouts ``hw`` declares.
 """
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, RisingEdge
 
 from olmac.host_link import FrameDecoder, FrameError
 from sim.host_link_tb import UARTDriver, UARTMonitor

@@ -11,9 +11,7 @@ error, after which INFER is still bit-exact against golden ``run_integer``.
 import json
 import os
 import time
-from pathlib import Path
 
-import pytest
 import torch
 from amaranth.back import verilog
 

@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from fpga import build
-from fpga.build import BOARDS, BuildFailed, DoesNotFit, build_bitstream, toolchain_env
+from fpga.build import DoesNotFit, build_bitstream, toolchain_env
 from fpga.report import (BuildReport, read_build_report, read_nextpnr_report,
                          read_yosys_stat)
 from fpga.rom import RegisteredRom, dp16kd_initvals

@@ -7,8 +7,6 @@ which property of the page it checks.
 """
 
 import functools
-import itertools
-import re
 from fractions import Fraction
 
 import pytest

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from amaranth.sim import Simulator
-from amaranth.lib import data
 
 import golden
 from hw import GemmEngine, MacArray, Requantizer

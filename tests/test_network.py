@@ -19,7 +19,7 @@ from amaranth.sim import Simulator
 from golden.program import (quantize_model, requantize_residual_round_half_up, run_integer,
                             to_pixels)
 from hw.network import NetworkCore, OpKind
-from hw.requant import RequantParams, Requantizer
+from hw.requant import Requantizer
 from olmac.compiler import CompileError, compile_program
 from olmac.network import demo_data, run_rtl
 from sim.codec import LayoutCodec
