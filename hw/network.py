@@ -17,11 +17,11 @@ from amaranth.lib.wiring import In, Out
 
 from olmac.params import (MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_SHIFT_RANGE,
                           check_int)
-from .mac_array import MacArray
+from .mac_array import MacArray, WeightBeat
 from .requant import Requantizer
 from .serial_requant import SerialRequantizer
 
-__all__ = ["OpKind", "OpDescriptor", "ChannelWord", "NetworkCore", "STORAGE_BITS",
+__all__ = ["OpKind", "OpDescriptor", "ChannelWord", "memory_layouts", "NetworkCore", "STORAGE_BITS",
            "MAX_DIM", "MAX_KERNEL"]
 
 #: Every activation memory slot is 16 bits: a highway tensor is stored at full width and a
@@ -159,6 +159,26 @@ def _tile_pointer(m, name, base, stride, step, end_of_tile, clear):
     return pointer
 
 
+def memory_layouts(core_params) -> dict:
+    """The word layout of each memory of a ``NetworkCore(**core_params)`` (keys it does not
+    read are ignored), without building one: ``program`` (:class:`OpDescriptor`),
+    ``weights`` (the array's weight beat), ``params`` (a :class:`ChannelWord` per column)
+    and ``data`` (16-bit slots)."""
+    width = core_params["width"]
+    slots = 0
+    if core_params.get("weight_outlier_lanes"):
+        slots = core_params.get("weight_outlier_slots") or width
+    outlier_shape = signed(core_params.get("weight_outlier_bits", 8)) if slots else None
+    return {
+        "program": OpDescriptor(core_params["data_depth"], core_params["weight_depth"],
+                                core_params["param_depth"]),
+        "weights": WeightBeat(signed(core_params["weight_bits"]), width, width, outlier_shape,
+                              slots),
+        "params": data.ArrayLayout(ChannelWord(), width),
+        "data": data.ArrayLayout(unsigned(STORAGE_BITS), width),
+    }
+
+
 class NetworkCore(wiring.Component):
     """Runs an integer program on one ``width × width`` MAC array (docs/network.md §15).
 
@@ -264,23 +284,17 @@ class NetworkCore(wiring.Component):
                             multipliers=multipliers)
         # The accumulators also carry the reducer's window sums of 17-bit values.
         probe = MacArray(**array_params)
-        probe._MustUse__used = True  # built only to read the least accumulator width
+        # built to check the array parameters and read the least accumulator width
+        probe._MustUse__used = True
         acc_width = max(probe.acc_width, STORAGE_BITS + 1 + _WINDOW_GROWTH)
-        self._array = MacArray(**array_params, acc_width=acc_width)
-        requantizer_options = dict(cols=width, acc_width=acc_width, out_bits=STORAGE_BITS,
-                                   residual_bits=STORAGE_BITS + 1, runtime_bounds=True)
-        # A narrow core feeds the serial requantizer one channel's parameters at a time.
-        self._per_channel = requantizer == "serial" and self._narrow
-        if requantizer == "serial":
-            self._requantizer = SerialRequantizer(**requantizer_options,
-                                                  per_channel=self._per_channel)
-        else:
-            self._requantizer = Requantizer(**requantizer_options)
-        self._descriptor = OpDescriptor(data_depth, weight_depth, param_depth)
-        self._weight_layout = self._array.signature.members["weights"].signature.members[
-            "payload"].shape
-        self._param_layout = data.ArrayLayout(ChannelWord(), width)
-        self._word = data.ArrayLayout(unsigned(STORAGE_BITS), width)
+        layouts = memory_layouts(dict(
+            width=width, weight_bits=weight_bits, weight_outlier_lanes=weight_outlier_lanes,
+            weight_outlier_bits=weight_outlier_bits, weight_outlier_slots=weight_outlier_slots,
+            data_depth=data_depth, weight_depth=weight_depth, param_depth=param_depth))
+        self._descriptor = layouts["program"]
+        self._weight_layout = layouts["weights"]
+        self._param_layout = layouts["params"]
+        self._word = layouts["data"]
         self._init = {}
         for name, words, layout, depth in (
                 ("program", program, self._descriptor, program_depth),
@@ -294,6 +308,16 @@ class NetworkCore(wiring.Component):
             if any(not isinstance(w, int) or not 0 <= w < limit for w in words):
                 raise ValueError(f"Every {name} word must be an integer in 0..{limit - 1}")
             self._init[name] = words
+        self._array = MacArray(**array_params, acc_width=acc_width)
+        requantizer_options = dict(cols=width, acc_width=acc_width, out_bits=STORAGE_BITS,
+                                   residual_bits=STORAGE_BITS + 1, runtime_bounds=True)
+        # A narrow core feeds the serial requantizer one channel's parameters at a time.
+        self._per_channel = requantizer == "serial" and self._narrow
+        if requantizer == "serial":
+            self._requantizer = SerialRequantizer(**requantizer_options,
+                                                  per_channel=self._per_channel)
+        else:
+            self._requantizer = Requantizer(**requantizer_options)
         load_width = max(Shape.cast(layout).width for layout in
                          (self._descriptor, self._weight_layout, self._param_layout))
         self._load_layout = data.StructLayout({

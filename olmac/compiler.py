@@ -14,15 +14,9 @@ import torch
 from golden.formats import int_range
 from golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, MaxPool, QuantizeInput,
                             Requantize)
-from amaranth.hdl import signed, unsigned
-from amaranth.lib import data
+from hw.network import MAX_DIM, MAX_KERNEL, STORAGE_BITS, OpKind, memory_layouts
 
-from hw.mac_array import WeightBeat
-from hw.network import (MAX_DIM, MAX_KERNEL, STORAGE_BITS, ChannelWord, OpDescriptor,
-                        OpKind)
-
-__all__ = ["CompileError", "CompiledNetwork", "compile_program", "core_layouts",
-           "SUPPORTED_SCHEMES"]
+__all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES"]
 
 #: Weight schemes the sequencer runs (the array's dense lanes plus weight-outlier lanes).
 SUPPORTED_SCHEMES = ("mmse", "value_aware")
@@ -109,24 +103,6 @@ class CompiledNetwork:
         used = self.output_slots >= 0
         logits[:, self.output_slots[used]] = slots[:, used]
         return torch.from_numpy(logits)
-
-
-def core_layouts(core_params: dict) -> dict:
-    """The word layouts of each memory of a ``NetworkCore(**core_params)``, without building
-    one: ``program`` (op descriptors), ``weights`` (the array's weight beats), ``params``
-    (a ``ChannelWord`` per column) and ``data`` (16-bit slots)."""
-    width = core_params["width"]
-    slots = core_params.get("weight_outlier_slots") or width \
-        if core_params.get("weight_outlier_lanes") else 0
-    outlier_shape = signed(core_params.get("weight_outlier_bits", 8)) if slots else None
-    return {
-        "program": OpDescriptor(core_params["data_depth"], core_params["weight_depth"],
-                                core_params["param_depth"]),
-        "weights": WeightBeat(signed(core_params["weight_bits"]), width, width, outlier_shape,
-                              slots),
-        "params": data.ArrayLayout(ChannelWord(), width),
-        "data": data.ArrayLayout(unsigned(STORAGE_BITS), width),
-    }
 
 
 def _pack(layout, value) -> int:
@@ -366,7 +342,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                   weight_depth=max(len(compiler.weight_beats), 1),
                   param_depth=len(compiler.param_words),
                   program_depth=len(compiler.descriptors), **outlier_params)
-    layouts = core_layouts(params)
+    layouts = memory_layouts(params)
     outlier_slots = params.get("weight_outlier_slots", 0)
     weight_words = []
     for beat in compiler.weight_beats:

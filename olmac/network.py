@@ -58,12 +58,12 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
 def memory_bits(compiled) -> dict[str, int]:
     """Bits of each memory of the compiled core (depth × word width)."""
     from amaranth.hdl import Shape
-    from olmac.compiler import core_layouts
+    from hw.network import memory_layouts
     params = compiled.core_params
     depths = {"data": params["data_depth"], "weights": params["weight_depth"],
               "params": params["param_depth"], "program": params["program_depth"]}
     return {name: depths[name] * Shape.cast(layout).width
-            for name, layout in core_layouts(params).items()}
+            for name, layout in memory_layouts(params).items()}
 
 
 @dataclass
@@ -250,7 +250,6 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
         "memory_bits": result.memory,
         "memory_bits_total": sum(result.memory.values()),
         "up5k_memory_bits": UP5K_MEMORY_BITS,
-        "wall_seconds": time.monotonic() - started,
     }
     rows = [("float accuracy", f"{accuracy['float']:.2f} %"),
             ("golden (integer) accuracy", f"{accuracy['golden']:.2f} %"),
@@ -266,7 +265,6 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
     table = "| | |\n|---|---|\n" + "".join(f"| {name} | {value} |\n" for name, value in rows)
     print()
     print(table)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(
         f"# olmac demo: {model}\n\n{act_bits}-bit activations, {weight_bits}-bit {scheme} "
         f"weights, highway {'on' if highway else 'off'}, {len(labels)} digits test images, "
