@@ -14,7 +14,7 @@ import time
 import torch
 
 from golden.digits import load_digits_split
-from golden.models import as_images, cnn, mlp
+from golden.models import as_images, cnn, mlp, one_thread
 from golden.program import quantize_model, run_integer, to_pixels
 
 __all__ = ["WIDTHS", "OUTLIER_RATIO", "measure", "bench_section"]
@@ -40,12 +40,8 @@ def measure(seed: int = 0) -> list[dict]:
     ``"ternary"``; ``None`` for float), ``act_bits`` (``None`` for float), ``highway``
     (``True``/``False`` for the CNN, ``None`` where it does not apply) and ``accuracy``
     (test accuracy in [0, 1] of ``run_integer``; of the float model for ``"float"``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _measure(seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _measure(seed: int) -> list[dict]:

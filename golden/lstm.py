@@ -31,8 +31,6 @@ differs between Python versions, so cached weights are named after a digest of i
 import hashlib
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +42,7 @@ from olmac.params import WEIGHT_BITS, check_int
 from .fake_quant import fake_quantize
 from .formats import int_range
 from .mmse import mmse_scale
-from .models import MODEL_DIR, cached
+from .models import MODEL_DIR, cached, one_thread
 
 __all__ = [
     "ALPHABET", "EMBED", "HIDDEN", "BITS_RANGE", "HIGHWAY_BITS", "WEIGHT_SCALES",
@@ -536,17 +534,6 @@ def _search_c_scale(model: CharLSTM, tokens: torch.Tensor, c_all: torch.Tensor
 
 # -- training and evaluation ---------------------------------------------------------------
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """One CPU thread for the duration (restored after): tiny GEMMs, deterministic sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _streams(tokens: torch.Tensor, batch: int) -> torch.Tensor:
     """``tokens`` cut into ``batch`` contiguous streams of equal length, ``batch × L``."""
     length = len(tokens) // batch
@@ -582,7 +569,7 @@ def train_tbptt(model: CharLSTM, tokens: torch.Tensor, *, steps: int, batch: int
                          f"length + 1 = {length + 1}")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
-    with _one_thread():
+    with one_thread():
         model.train()
         state = None
         for k in range(steps):
@@ -640,7 +627,7 @@ def perplexity(model: CharLSTM, tokens: torch.Tensor, *, streams: int = 16,
     data = _streams(tokens, streams)
     model.eval()
     total, count, state = 0.0, 0, None
-    with _one_thread():
+    with one_thread():
         for start in range(0, data.shape[1] - 1, chunk):
             piece = data[:, start:start + chunk + 1]
             logits, state = model(piece[:, :-1], state)
@@ -670,11 +657,10 @@ def quantized_model(quant: LSTMQuant, split: CorpusSplit | None = None, *,
     then ``finetune``d for ``steps`` (0: post-training quantization); cached as
     ``lstm_<quant.tag>_s<FLOAT_STEPS>_q<steps>_<digest>.pt``."""
     split = corpus_split() if split is None else split
-    base = float_model(split, directory=directory)
 
     def build(model: CharLSTM) -> CharLSTM:
-        model.load_state_dict(base.state_dict())
-        with _one_thread():
+        model.load_state_dict(float_model(split, directory=directory).state_dict())
+        with one_thread():
             calibrate(model, _calibration_tokens(split))
         return finetune(model, split, steps=steps) if steps else model
 
