@@ -33,7 +33,7 @@ from .build import BuildFailed, DoesNotFit, build_bitstream, config_label
 from .report import markdown_table
 from .tops import BramFedArray
 
-__all__ = ["Family", "FAMILIES", "MAPPING", "DEFAULT", "FULL", "QUICK", "section", "report",
+__all__ = ["Family", "FAMILIES", "MAPPING", "DEFAULT", "FULL", "QUICK", "section",
            "main"]
 
 BUILD_ROOT = Path("build") / "fpga"
@@ -193,11 +193,6 @@ def section(quick: bool = False, full: bool = False, families=None) -> None:
         print(f"* {row[0]} {row[1]} {row[2]}, {row[3]} outlier lanes, {row[4]}: "
               f"{path.describe()}")
     print()
-
-
-def report(quick: bool = False, families=None) -> None:
-    """:func:`section` under its former name."""
-    section(quick=quick, families=families)
 
 
 def main(argv=None):

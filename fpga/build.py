@@ -337,7 +337,6 @@ def build_bitstream(board, top, build_dir, *, target_mhz=None, multipliers=None,
     platform = _targeted(spec.platform, target_mhz)()
     if spec.extra_resources is not None:
         platform.add_resources(getattr(platform, spec.extra_resources))
-    board_clock_mhz = platform.default_clk_frequency / 1e6
     synth_opts, after_read = _synth_options(spec.family, multipliers or
                                             ("hybrid" if spec.family == "ecp5" else "booth"))
     result = run_build(platform, _OnBoard(top, spec.leds), build_dir, board=board,
@@ -346,8 +345,8 @@ def build_bitstream(board, top, build_dir, *, target_mhz=None, multipliers=None,
                        seed=seed, timeout_s=timeout_s)
     if program:
         if not result.runs_at_board_clock:
-            raise RuntimeError(f"Not programming {board}: fmax {report.fmax_mhz:.1f} MHz is "
-                               f"below the board clock of {board_clock_mhz:g} MHz")
+            raise RuntimeError(f"Not programming {board}: fmax {result.report.fmax_mhz:.1f} "
+                               f"MHz is below the board clock of {result.board_clock_mhz:g} MHz")
         platform.toolchain_program(LocalBuildProducts(str(build_dir)), _NAME)
         result = replace(result, programmed=True)
     return result

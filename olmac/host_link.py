@@ -10,8 +10,11 @@ format is independent of :mod:`hw.host_link`, which only takes the constants bel
 (b'hi', [b'\\x00hi'])
 """
 
+import binascii
 import enum
 import time
+
+from olmac.params import check_int
 
 __all__ = [
     "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
@@ -66,11 +69,7 @@ def crc16_ccitt(data: bytes, crc: int = 0xFFFF) -> int:
     >>> hex(crc16_ccitt(b"123456789"))
     '0x29b1'
     """
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
-    return crc
+    return binascii.crc_hqx(data, crc)
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -189,11 +188,7 @@ class FrameDecoder:
     """
 
     def __init__(self, max_payload: int = MAX_LENGTH):
-        if (isinstance(max_payload, bool) or not isinstance(max_payload, int)
-                or not 1 <= max_payload <= MAX_LENGTH):
-            raise TypeError(f"Maximum payload length must be an integer in 1..{MAX_LENGTH}, "
-                            f"not {max_payload!r}")
-        self._max_payload = max_payload
+        self._max_payload = check_int("Maximum payload length", max_payload, (1, MAX_LENGTH))
         self._buffer = bytearray()
         self._ready = []
         #: Bytes skipped while searching for a sync byte.

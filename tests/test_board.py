@@ -174,6 +174,7 @@ from amaranth.lib import data
 
 from hw.network import NetworkCore
 from hw.network_app import Command, NetworkApp, Status
+from olmac.board import parse_info
 
 _APP = dict(width=2, depths={"program": 4, "weights": 8, "params": 3, "data": 16},
             word_bits={"program": 20, "weights": 12, "params": 9}, input_words=3,
@@ -285,8 +286,10 @@ def test_app_commands():
         [Command.RESTART],
         [Command.INFER, *image],
     ])
-    app = _app()
-    assert replies[0] == app.info()
+    info = parse_info(replies[0])
+    assert (info.width, info.input_words, info.output_words) == (2, 3, 2)
+    assert info.depths == _APP["depths"]
+    assert info.word_bytes == {"program": 3, "weights": 2, "params": 2}  # 20, 12, 9 bits
     assert replies[0][:5] == bytes([Status.OK]) + b"OM" + bytes([1, 2])
     assert replies[1] == bytes([Status.OK, 2, 0])
     assert core.loads[:2] == [(NetworkCore.Memory.PROGRAM, 1, 0x51234),
