@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
 from .multipliers import DSP_STAGES, MODES, PACKED_STAGES, DspProduct, PackedPair, packable
-from .shapes import narrowest_signed, shape_bounds
+from .shapes import narrowest_signed, product_bounds
 
 __all__ = ["ActOutlier", "WeightOutlier", "ActBeat", "WeightBeat", "MacArray", "MAX_ACC_WIDTH"]
 
@@ -118,12 +118,6 @@ class _ResultQueue(wiring.Component):
         m.d.sync += outstanding.eq(outstanding + self.claim - released)
         m.d.comb += self.can_claim.eq(outstanding < depth)
         return m
-
-
-def _product_bounds(a_shape, b_shape):
-    (a_low, a_high), (b_low, b_high) = shape_bounds(a_shape), shape_bounds(b_shape)
-    products = [a * b for a in (a_low, a_high) for b in (b_low, b_high)]
-    return min(products), max(products)
 
 
 class MacArray(wiring.Component):
@@ -449,7 +443,7 @@ class MacArray(wiring.Component):
         return act, weight
 
     def _accumulator_bounds(self):
-        low, high = _product_bounds(*self._widest_operand_shapes())
+        low, high = product_bounds(*self._widest_operand_shapes())
         return self._padded_k * low, self._padded_k * high
 
     def _required_acc_width(self):
@@ -544,7 +538,7 @@ class MacArray(wiring.Component):
 
         # Products, then one register per adder-tree level. Each register is only as wide
         # as the sums it can hold (a 4×4 product fits 8 bits, not Amaranth's 9).
-        product_low, product_high = _product_bounds(self.act_shape, self.weight_shape)
+        product_low, product_high = product_bounds(self.act_shape, self.weight_shape)
         sum_shape = lambda count: narrowest_signed(count * product_low, count * product_high)
         level = self._dense_products(m, act_copies, tile, sum_shape(1))
         stage = self._dense_product_stage
@@ -679,7 +673,7 @@ class MacArray(wiring.Component):
         together. The zeroing goes on an operand, so the block's product register is the
         only logic after the multiply.
         """
-        low, high = _product_bounds(Value.cast(a).shape(), Value.cast(b).shape())
+        low, high = product_bounds(Value.cast(a).shape(), Value.cast(b).shape())
         if self._multipliers == "lut":
             product = Signal(narrowest_signed(low, high), reset_less=True, name=name)
             m.d.sync += product.eq(Mux(valid, a * b, 0))

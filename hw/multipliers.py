@@ -20,7 +20,7 @@ from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .shapes import narrowest_signed, shape_bounds
+from .shapes import narrowest_signed, product_bounds
 
 __all__ = ["MODES", "DSP_STAGES", "PACKED_STAGES", "product_shape", "packed_field_width",
            "packed_b_width", "packable", "packed_split", "DspProduct", "PackedPair"]
@@ -45,9 +45,7 @@ _ICE40_WIDTH = 16
 
 def product_shape(a_shape, b_shape):
     """The narrowest signed shape of every product of ``a_shape`` × ``b_shape``."""
-    (a_low, a_high), (b_low, b_high) = shape_bounds(a_shape), shape_bounds(b_shape)
-    products = [a * b for a in (a_low, a_high) for b in (b_low, b_high)]
-    return narrowest_signed(min(products), max(products))
+    return narrowest_signed(*product_bounds(a_shape, b_shape))
 
 
 def packed_field_width(a_shape, b_shape):
