@@ -119,23 +119,15 @@ class _OnPins(Elaboratable):
 
 
 def demo_network(model="cnn", *, width=4, calibration=64):
-    """The demo ``model`` (``"cnn"`` or ``"mlp"`` from :mod:`golden.models`), quantized
-    4-bit value-aware on ``calibration`` training digits, compiled for ``width``; returns
-    ``(program, compiled, split)``."""
-    from golden.digits import load_digits_split
-    from golden.models import as_images, cnn, mlp
-    from golden.program import quantize_model
+    """The demo ``model`` (``"cnn"`` or ``"mlp"``, :func:`olmac.network.demo_data`)
+    quantized with the demo's settings on its first ``calibration`` training images,
+    compiled for ``width``; returns ``(program, compiled, data)``."""
     from olmac.compiler import compile_program
+    from olmac.network import demo_data, quantize
 
-    if model not in ("cnn", "mlp"):
-        raise ValueError(f"model must be 'cnn' or 'mlp', not {model!r}")
-    split = load_digits_split()
-    if model == "cnn":
-        net, calib = cnn(split), as_images(split.x_train[:calibration])
-    else:
-        net, calib = mlp(split), split.x_train[:calibration]
-    program = quantize_model(net, calib, scheme="value_aware")
-    return program, compile_program(program, width=width), split
+    data = demo_data(model)
+    program = quantize(data.model, data.calibration[:calibration])
+    return program, compile_program(program, width=width), data
 
 
 def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer="serial",
@@ -198,7 +190,7 @@ def main(argv=None, prog="python -m fpga.board"):
     """``olmac board build``: returns 0, or 1 when the build fails or does not fit."""
     parser = _parser(prog)
     args = parser.parse_args(argv)
-    _program, compiled, _split = demo_network(args.model, width=args.width)
+    _program, compiled, _data = demo_network(args.model, width=args.width)
     build_dir = args.build_dir or (Path("build") / "fpga" / args.board
                                    / f"board_{args.model}_w{args.width}_{args.requantizer}"
                                      f"_{args.memories}")

@@ -160,16 +160,12 @@ class BoardClient(SerialLink):
 
 def _run(args):
     from fpga.board import demo_network
-    from golden.models import as_images
     from golden.program import run_integer, to_pixels
 
-    program, compiled, split = demo_network(args.model, width=args.width)
-    images = split.x_test[:args.images]
-    if args.model == "cnn":
-        images = as_images(images)
-    pixels = to_pixels(images)
+    program, compiled, data = demo_network(args.model, width=args.width)
+    pixels = to_pixels(data.images[:args.images])
     expected = run_integer(program, pixels)
-    labels = split.y_test[:args.images]
+    labels = data.labels[:args.images]
     with BoardClient(args.port, args.baud, timeout=args.timeout) as board:
         info = board.info()
         print(f"board: width {info.width}, {info.input_words} input words, "

@@ -364,7 +364,7 @@ def test_network_board_fits_the_up5k(tmp_path):
     and routes on the iCEBreaker's iCE40UP5K and meets its 12 MHz clock (a build that does
     not fit raises DoesNotFit)."""
     from fpga.board import build_network_board, demo_network
-    _program, compiled, _split = demo_network("cnn", width=2)
+    _program, compiled, _data = demo_network("cnn", width=2)
     result = build_network_board("icebreaker", compiled, tmp_path / "board")
     report = result.report
     assert report.logic.used <= report.logic.available

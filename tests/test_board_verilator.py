@@ -61,9 +61,9 @@ def test_board_at_the_pins():
     changes what the core computes; bad CRC, truncated frames and a bad command get error
     answers and the link recovers."""
     started = time.monotonic()
-    program, compiled, split = demo_network("mlp", width=4)
+    program, compiled, data = demo_network("mlp", width=4)
     top = NetworkBoard(compiled, divisor=DIVISOR)
-    pixels = to_pixels(split.x_test[:4])
+    pixels = to_pixels(data.images[:4])
     expected = run_integer(program, pixels)
     info = parse_info(top.app.info())
     max_payload = top.app.request_bytes
