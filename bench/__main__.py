@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-import golden
-from fpga.synth import synthesize
-from hw import MacArray
-from hw.codebook import CodebookDecoder
-from sim.job import EngineConfig, GemmCase, Job
-from sim.runner import run_job
+from olmac import golden
+from olmac.fpga.synth import synthesize
+from olmac.hw import MacArray
+from olmac.hw.codebook import CodebookDecoder
+from olmac.sim.job import EngineConfig, GemmCase, Job
+from olmac.sim.runner import run_job
 
 BUILD_ROOT = Path("build") / "bench"
 
@@ -195,10 +195,10 @@ def main():
         from bench import networks
         networks.bench_section()
     if "lstm" in sections:
-        from golden import lstm
+        from olmac.golden import lstm
         lstm.bench_section()
     if "fpga" in sections:
-        from fpga import bench as fpga_bench
+        from olmac.fpga import bench as fpga_bench
         fpga_bench.section()
 
 

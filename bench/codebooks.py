@@ -15,11 +15,11 @@ import time
 import torch
 from torch import nn
 
-from golden.digits import DigitsMLP, accuracy, load_digits_split, train
-from golden.fake_quant import fake_quantize
-from golden.mmse import (choose_planes, max_abs_scale, mmse_scale, multi_tensor_quantize,
+from olmac.golden.digits import DigitsMLP, accuracy, load_digits_split, train
+from olmac.golden.fake_quant import fake_quantize
+from olmac.golden.mmse import (choose_planes, max_abs_scale, mmse_scale, multi_tensor_quantize,
                          quantization_mse, reconstruct, relative_mse)
-from golden.syq import finetune, freeze, syq_model
+from olmac.golden.syq import finetune, freeze, syq_model
 
 BITS = (2, 3, 4)
 #: Relative-MSE threshold above which a layer takes another plane (docs/codebooks.md §2).

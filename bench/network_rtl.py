@@ -2,7 +2,7 @@
 both demo networks on the network core (docs/network.md), every digits test image checked
 against golden."""
 
-from golden.program import run_integer, to_pixels
+from olmac.golden.program import run_integer, to_pixels
 from olmac.network import demo_data, quantize, run_rtl
 
 

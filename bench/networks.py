@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from golden.digits import load_digits_split
-from golden.models import as_images, cnn, mlp, one_thread
-from golden.program import quantize_model, run_integer, to_pixels
+from olmac.golden.digits import load_digits_split
+from olmac.golden.models import as_images, cnn, mlp, one_thread
+from olmac.golden.program import quantize_model, run_integer, to_pixels
 
 __all__ = ["WIDTHS", "OUTLIER_RATIO", "measure", "bench_section"]
 

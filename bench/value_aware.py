@@ -15,9 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from golden.digits import DigitsMLP, load_digits_split, train
-from golden.fake_quant import dequantize, fake_quantize
-from golden.value_aware import (block_bits_per_value, list_bits_per_value,
+from olmac.golden.digits import DigitsMLP, load_digits_split, train
+from olmac.golden.fake_quant import dequantize, fake_quantize
+from olmac.golden.value_aware import (block_bits_per_value, list_bits_per_value,
                                 outlier_threshold, to_value_aware_round_half_even,
                                 value_aware_scale)
 

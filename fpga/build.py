@@ -397,7 +397,7 @@ def _device_name(platform):
 
 
 def _parser(prog="python -m fpga.build"):
-    from olmac.params import ACT_BITS, OUTLIER_LANES, WEIGHT_BITS
+    from olmac.spec import ACT_BITS, OUTLIER_LANES, WEIGHT_BITS
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Build a bitstream of a MAC array fed from block RAM (fpga.tops."

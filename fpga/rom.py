@@ -12,7 +12,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import check_int
+from olmac.spec import check_int
 
 __all__ = ["RegisteredRom", "dp16kd_initvals"]
 

@@ -18,8 +18,8 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw import MacArray
-from olmac.params import check_int
+from olmac.hw import MacArray
+from olmac.spec import check_int
 from .rom import RegisteredRom
 
 __all__ = ["BramFeeder", "SkidBuffer", "XorFold", "BramFedArray"]

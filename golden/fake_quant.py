@@ -2,7 +2,7 @@
 
 import torch
 
-from olmac.params import MULTIPLIER_BITS, SHIFT_RANGE
+from olmac.spec import MULTIPLIER_BITS, SHIFT_RANGE
 from .formats import int_range
 
 __all__ = ["to_int_round_half_even", "dequantize", "fake_quantize", "requant_params"]

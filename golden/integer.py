@@ -2,7 +2,7 @@
 
 import torch
 
-from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUT_BITS, MULTIPLIER_BITS,
+from olmac.spec import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUT_BITS, MULTIPLIER_BITS,
                           BIAS_BITS, SHIFT_RANGE, check_int)
 from .formats import int_range, check_in_format
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from olmac.params import WEIGHT_BITS, check_int
+from olmac.spec import WEIGHT_BITS, check_int
 from .fake_quant import fake_quantize
 from .formats import int_range
 from .mmse import mmse_scale

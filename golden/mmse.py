@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from olmac.params import WEIGHT_BITS, check_int
+from olmac.spec import WEIGHT_BITS, check_int
 from .fake_quant import dequantize, fake_quantize, to_int_round_half_even
 from .formats import check_in_format, int_range
 from .integer import MAX_ACC_BITS

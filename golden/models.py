@@ -27,9 +27,9 @@ from .digits import DigitsMLP, DigitsSplit
 __all__ = ["MODEL_DIR", "ResidualCNN", "as_images", "one_thread", "train_mlp", "train_minibatch",
            "train_cnn", "cached", "mlp", "cnn"]
 
-#: Where ``cached`` keeps trained weights unless told otherwise: ``build/models`` of the
-#: repository (``build/`` is ignored by git), whatever the working directory.
-MODEL_DIR = Path(__file__).resolve().parent.parent / "build" / "models"
+#: Where ``cached`` keeps trained weights unless told otherwise: ``build/models`` under the
+#: working directory (``build/`` is ignored by git).
+MODEL_DIR = Path("build") / "models"
 
 
 def as_images(x: torch.Tensor) -> torch.Tensor:

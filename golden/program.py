@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from olmac.params import (ACT_BITS, BIAS_BITS, MULTIPLIER_BITS, OUT_BITS, OUTLIER_BITS,
+from olmac.spec import (ACT_BITS, BIAS_BITS, MULTIPLIER_BITS, OUT_BITS, OUTLIER_BITS,
                           SHIFT_RANGE, WEIGHT_BITS)
 from .fake_quant import requant_params, to_int_round_half_even
 from .formats import check_in_format, format_name, int_range

@@ -14,7 +14,7 @@ from math import prod
 import torch
 from torch import nn
 
-from olmac.params import ACT_BITS, check_int
+from olmac.spec import ACT_BITS, check_int
 from .fake_quant import dequantize, fake_quantize, to_int_round_half_even
 from .formats import check_in_format
 from .integer import gemm

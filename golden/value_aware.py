@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from olmac.params import ACT_BITS, OUTLIER_BITS, check_int
+from olmac.spec import ACT_BITS, OUTLIER_BITS, check_int
 from .formats import int_range, check_in_format
 from .fake_quant import to_int_round_half_even
 

@@ -3,7 +3,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import WEIGHT_BITS, check_int
+from olmac.spec import WEIGHT_BITS, check_int
 from .mac_array import WeightBeat
 
 __all__ = ["GRANULARITIES", "IDX_BITS", "ENTRY_BITS", "MAX_SUBGROUPS", "CodeBeat",

@@ -11,7 +11,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from olmac.host_link import ERROR_KIND, REPLY_KIND, SYNC, ErrorCode
-from olmac.params import check_int
+from olmac.spec import check_int
 from .uart import DIVISOR_RANGE, UARTReceiver, UARTTransmitter
 
 __all__ = ["PacketByte", "AppSignature", "HostLink", "SerialHostLink", "LoopbackApp",

@@ -3,7 +3,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
+from olmac.spec import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
 from .multipliers import DSP_STAGES, MODES, PACKED_STAGES, DspProduct, PackedPair, packable
 from .shapes import narrowest_signed, product_bounds

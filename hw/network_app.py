@@ -8,7 +8,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import check_int
+from olmac.spec import check_int
 from .host_link import AppSignature
 from .network import STORAGE_BITS, NetworkCore
 

@@ -2,7 +2,7 @@ from amaranth.hdl import *
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import check_int
+from olmac.spec import check_int
 
 __all__ = ["ResultBuffer"]
 

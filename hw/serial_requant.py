@@ -8,7 +8,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import (OUT_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_BITS,
+from olmac.spec import (OUT_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_BITS,
                           RESIDUAL_SHIFT_RANGE, check_int)
 from .mac_array import MAX_ACC_WIDTH
 from .requant import RequantParams

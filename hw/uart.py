@@ -5,7 +5,7 @@ from amaranth.hdl import *
 from amaranth.lib import cdc, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.params import check_int
+from olmac.spec import check_int
 
 __all__ = ["DIVISOR_RANGE", "UARTReceiver", "UARTTransmitter"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hw.network_app import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
+from olmac.hw.network_app import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
 from .host_link import FrameError, LinkError, SerialLink
 
 __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",
@@ -159,8 +159,8 @@ class BoardClient(SerialLink):
 
 
 def _run(args):
-    from fpga.board import demo_network
-    from golden.program import run_integer, to_pixels
+    from olmac.fpga.board import demo_network
+    from olmac.golden.program import run_integer, to_pixels
 
     program, compiled, data = demo_network(args.model, width=args.width)
     pixels = to_pixels(data.images[:args.images])
@@ -205,7 +205,7 @@ def main_board(argv=None, prog="olmac board"):
                         add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "build":
-        from fpga.board import main as build_main
+        from olmac.fpga.board import main as build_main
         return build_main(rest, prog=f"{prog} build")
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from olmac.params import SHIFT_RANGE
+from olmac.spec import SHIFT_RANGE
 
 __all__ = ["main"]
 
@@ -66,7 +66,7 @@ def _load_channel_values(text, name, n, bounds):
 def _decoded_codes(args):
     """K×N integer weights: golden's decode of the SYQ codes (docs/codebooks.md §4)."""
     import torch
-    from golden.syq import decode_to_int
+    from olmac.golden.syq import decode_to_int
     if args.codebook is None:
         raise UsageError("--codes needs --codebook (the magnitude tables)")
     codes = _load_matrix(args.codes, "--codes")
@@ -88,8 +88,8 @@ def _decoded_codes(args):
 
 def _gemm_case(args):
     import torch
-    import golden
-    from sim.job import GemmCase
+    from olmac import golden
+    from olmac.sim.job import GemmCase
 
     acts = _load_matrix(args.acts, "--acts")
     if (args.weights is None) == (args.codes is None):
@@ -151,8 +151,8 @@ def _gemm_case(args):
 
 def _golden_result(case, args):
     import torch
-    import golden
-    from golden.mmse import combine_plane_accumulators
+    from olmac import golden
+    from olmac.golden.mmse import combine_plane_accumulators
     planes = case.weights if case.weights.ndim == 3 else case.weights[None]
     accs = torch.stack([golden.gemm(
         torch.from_numpy(case.acts), torch.from_numpy(plane), act_bits=args.act_bits,
@@ -171,8 +171,8 @@ def _golden_result(case, args):
 
 
 def _rtl_result(case, args):
-    from sim.job import EngineConfig, Job
-    from sim.runner import run_job
+    from olmac.sim.job import EngineConfig, Job
+    from olmac.sim.runner import run_job
     config = EngineConfig(lanes=args.lanes, cols=args.cols, act_bits=args.act_bits,
                           weight_bits=args.weight_bits, act_signed=not args.unsigned_acts,
                           max_k=case.acts.shape[1] * (case.weights.shape[0]
@@ -207,7 +207,7 @@ def _rtl_result(case, args):
 
 def _validate_widths(args):
     """Check the widths up front so a bad one fails before any file is read."""
-    from olmac.params import (ACT_BITS, OUT_BITS, OUTLIER_BITS, OUTLIER_LANES, WEIGHT_BITS,
+    from olmac.spec import (ACT_BITS, OUT_BITS, OUTLIER_BITS, OUTLIER_LANES, WEIGHT_BITS,
                               check_int)
     if args.codes is not None:
         check_int("--entry-bits", args.entry_bits, (1, 7))
@@ -276,8 +276,8 @@ def _load_model(spec: str):
 
 
 def _command_quantize(args):
-    from golden import artifact
-    from golden.program import ProgramError
+    from olmac.golden import artifact
+    from olmac.golden.program import ProgramError
     from olmac.network import DEMO_MODELS, demo_data, quantize
     model = _load_model(args.model)
     if args.calibration is not None:
@@ -309,8 +309,8 @@ def _torch_from(array):
 
 def _command_run(args):
     import torch
-    from golden import artifact
-    from golden.program import run_integer
+    from olmac.golden import artifact
+    from olmac.golden.program import run_integer
     from olmac.compiler import CompileError
     from olmac.network import check_pixels, run_rtl
     try:
@@ -352,7 +352,7 @@ def _command_demo(args):
 
 
 def _command_gemm_demo(args):
-    import golden
+    from olmac import golden
     workdir = Path("build") / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
@@ -515,7 +515,7 @@ def main(argv=None):
         from olmac.board import main_board
         raise SystemExit(main_board(argv[1:], prog="olmac board"))
     if argv[:1] == ["build"]:
-        from fpga.build import main as build_main
+        from olmac.fpga.build import main as build_main
         raise SystemExit(build_main(argv[1:], prog="olmac build"))
     args = parser.parse_args(argv)
     try:

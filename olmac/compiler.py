@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from golden.formats import int_range
-from golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, MaxPool, QuantizeInput,
+from olmac.golden.formats import int_range
+from olmac.golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, MaxPool, QuantizeInput,
                             Requantize)
-from hw.network import MAX_DIM, MAX_KERNEL, STORAGE_BITS, OpKind, memory_layouts
+from olmac.hw.network import MAX_DIM, MAX_KERNEL, STORAGE_BITS, OpKind, memory_layouts
 
 __all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES"]
 

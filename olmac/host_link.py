@@ -14,7 +14,7 @@ import binascii
 import enum
 import time
 
-from olmac.params import check_int
+from olmac.spec import check_int
 
 __all__ = [
     "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",

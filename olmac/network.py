@@ -34,8 +34,8 @@ class DemoData:
 
 def demo_data(name: str) -> DemoData:
     """The cached demo model ``name`` (``cnn`` or ``mlp``), trained on digits if needed."""
-    from golden.digits import load_digits_split
-    from golden.models import as_images, cnn, mlp
+    from olmac.golden.digits import load_digits_split
+    from olmac.golden.models import as_images, cnn, mlp
     if name not in DEMO_MODELS:
         raise ValueError(f"model must be one of {', '.join(DEMO_MODELS)}, not {name!r}")
     split = load_digits_split()
@@ -49,7 +49,7 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
              highway=True, outlier_ratio=1 / 64, pixel_max=16, pixel_scale=1 / 16):
     """``golden.program.quantize_model`` with the demo's defaults: 4-bit W/A, value-aware
     weights with one outlier per 64 weights of a channel (≈ 1.6 %), MMSE scales, highway."""
-    from golden.program import quantize_model
+    from olmac.golden.program import quantize_model
     return quantize_model(model, calibration, act_bits=act_bits, weight_bits=weight_bits,
                           scheme=scheme, highway=highway, outlier_ratio=outlier_ratio,
                           pixel_max=pixel_max, pixel_scale=pixel_scale)
@@ -58,7 +58,7 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
 def memory_bits(compiled) -> dict[str, int]:
     """Bits of each memory of the compiled core (depth × word width)."""
     from amaranth.hdl import Shape
-    from hw.network import memory_layouts
+    from olmac.hw.network import memory_layouts
     params = compiled.core_params
     depths = {"data": params["data_depth"], "weights": params["weight_depth"],
               "params": params["param_depth"], "program": params["program_depth"]}
@@ -146,7 +146,7 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
         If the simulation fails.
     """
     from olmac.compiler import compile_program
-    from sim.network import NetworkBench, run_network
+    from olmac.sim.network import NetworkBench, run_network
     pixels = check_pixels(program, pixels)
     compiled = compile_program(program, width=width)
     bench = NetworkBench({**compiled.core_params, **(core_options or {})},
@@ -209,8 +209,8 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
     golden integer model, print a table and write ``report.md``, ``report.json`` and
     ``report.png`` under ``out_dir``. Returns the report; ``mismatching_images`` is the
     number of images whose logits differ anywhere."""
-    from golden import artifact
-    from golden.program import run_integer, to_pixels
+    from olmac.golden import artifact
+    from olmac.golden.program import run_integer, to_pixels
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -16,7 +16,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from olmac.host_link import FrameDecoder, FrameError
-from sim.host_link_tb import UARTDriver, UARTMonitor
+from olmac.sim.host_link_tb import UARTDriver, UARTMonitor
 
 __all__ = ["JOB_ENV", "PUBLIC_PORTS", "exchange"]
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from golden.syq import decode_to_int
-from hw.codebook import CodebookDecoder
+from olmac.golden.syq import decode_to_int
+from olmac.hw.codebook import CodebookDecoder
 from .codec import LayoutCodec
 
 __all__ = ["CodebookLayer", "CodebookProgram", "codebook_program", "random_layers"]

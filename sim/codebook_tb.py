@@ -19,7 +19,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from hw.codebook import CodebookDecoder
+from olmac.hw.codebook import CodebookDecoder
 from .codebook_stream import CodebookProgram, codebook_program, random_layers
 from .codec import LayoutCodec
 from .streams import StreamDriver, StreamMonitor

@@ -19,9 +19,9 @@ import torch
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-import golden
-from golden.mmse import combine_plane_accumulators
-from hw import GemmEngine
+from olmac import golden
+from olmac.golden.mmse import combine_plane_accumulators
+from olmac.hw import GemmEngine
 from .job import JOB_ENV, Job
 from .payloads import output_codec, output_leaves, output_values, stream_payloads
 from .streams import StreamDriver, StreamMonitor

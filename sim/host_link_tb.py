@@ -38,7 +38,7 @@ def loopback_top(*, divisor: int, max_payload: int, timeout: int, **_):
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
 
-    from hw.host_link import LoopbackApp, SerialHostLink
+    from olmac.hw.host_link import LoopbackApp, SerialHostLink
 
     class LoopbackTop(wiring.Component):
         rx: In(1, init=1)

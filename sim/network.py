@@ -8,7 +8,6 @@ Random backpressure comes from a hardware LFSR that drops ``valid`` on the input
 """
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from cocotb_tools.runner import get_results
 
-from hw.network import STORAGE_BITS, NetworkCore
-from .runner import REPO_ROOT, LeanVerilator, build_verilator
+from olmac.hw.network import STORAGE_BITS, NetworkCore
+from .runner import LeanVerilator, build_verilator
 
 __all__ = ["NetworkBench", "NetworkRun", "build_network", "run_network"]
 
@@ -220,11 +219,9 @@ def run_network(bench: NetworkBench, build_dir: Path, *, images: int, output_wor
     started = time.monotonic()
     try:
         LeanVerilator().test(
-            test_module="sim.network_tb", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+            test_module="olmac.sim.network_tb", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
             build_dir=build_dir, test_dir=build_dir, testcase="run_network",
-            extra_env={RESULTS_ENV: json.dumps(job),
-                       "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}"
-                                     f"{os.environ.get('PYTHONPATH', '')}"},
+            extra_env={RESULTS_ENV: json.dumps(job)},
             log_file=log_file, results_xml=str(results_xml))
     except SystemExit:
         pass  # under pytest the runner exits on a failed test; the results file tells

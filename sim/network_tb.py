@@ -11,8 +11,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge
 
-from hw.network import STORAGE_BITS
-from sim.network import RESULTS_ENV
+from olmac.hw.network import STORAGE_BITS
+from olmac.sim.network import RESULTS_ENV
 
 PROGRESS_CYCLES = 50_000
 

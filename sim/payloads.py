@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from amaranth.hdl import Shape
 
-import golden
+from olmac import golden
 from .codebook_stream import CodebookLayer, codebook_program
 from .codec import LayoutCodec
 from .job import GemmCase

@@ -9,7 +9,7 @@ from pathlib import Path
 from amaranth.back import verilog
 from cocotb_tools.runner import Verilator, get_results
 
-from hw import GemmEngine
+from olmac.hw import GemmEngine
 from .job import JOB_ENV, EngineConfig, Job
 from .payloads import stream_payloads
 
@@ -19,7 +19,6 @@ __all__ = ["MIN_VERILATOR", "verilator_environment", "LeanVerilator", "build_ver
 #: cocotb 2 needs at least this Verilator (older ones fail on its VPI glue).
 MIN_VERILATOR = (5, 36)
 TOPLEVEL = "olmac_gemm"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Amaranth's Verilog extends and truncates implicitly; Verilator's lint calls that out.
 VERILATOR_ARGS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-fatal", "-O3"]
 
@@ -133,10 +132,9 @@ def run_job(job: Job, build_root: Path, *, rebuild=False, transform=None) -> Job
         stale.unlink(missing_ok=True)
     try:
         runner.test(
-            test_module="sim.gemm_tb", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+            test_module="olmac.sim.gemm_tb", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
             build_dir=build_dir, test_dir=build_dir, testcase="run_job",
-            extra_env={JOB_ENV: str(job_path),
-                       "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+            extra_env={JOB_ENV: str(job_path)},
             log_file=log_file, results_xml=str(results_xml))
     except SystemExit:
         pass  # under pytest the runner exits on a failed test; the results file tells

@@ -12,11 +12,11 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
-from golden.formats import int_range
-from golden.program import requantize_residual_round_half_up
-from hw.requant import Requantizer
-from hw.serial_requant import SerialRequantizer
-from sim.pysim import StreamSink, StreamSource
+from olmac.golden.formats import int_range
+from olmac.golden.program import requantize_residual_round_half_up
+from olmac.hw.requant import Requantizer
+from olmac.hw.serial_requant import SerialRequantizer
+from olmac.sim.pysim import StreamSink, StreamSource
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -172,8 +172,8 @@ def test_serial_requantizer_refuses_bad_parameters(kwargs, message):
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from hw.network import NetworkCore
-from hw.network_app import Command, NetworkApp, Status
+from olmac.hw.network import NetworkCore
+from olmac.hw.network_app import Command, NetworkApp, Status
 from olmac.board import parse_info
 
 _APP = dict(width=2, depths={"program": 4, "weights": 8, "params": 3, "data": 16},
@@ -363,7 +363,7 @@ def test_network_board_fits_the_up5k(tmp_path):
     narrow memories, packed array products and the address multiplies in SB_MAC16s) places
     and routes on the iCEBreaker's iCE40UP5K and meets its 12 MHz clock (a build that does
     not fit raises DoesNotFit)."""
-    from fpga.board import build_network_board, demo_network
+    from olmac.fpga.board import build_network_board, demo_network
     _program, compiled, _data = demo_network("cnn", width=2)
     result = build_network_board("icebreaker", compiled, tmp_path / "board")
     report = result.report

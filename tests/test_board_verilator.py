@@ -9,21 +9,21 @@ error, after which INFER is still bit-exact against golden ``run_integer``.
 """
 
 import json
-import os
+from pathlib import Path
 import time
 
 import torch
 from amaranth.back import verilog
 
-from fpga.board import NetworkBoard, demo_network
-from golden.program import run_integer, to_pixels
-from hw.network_app import Command, Status
+from olmac.fpga.board import NetworkBoard, demo_network
+from olmac.golden.program import run_integer, to_pixels
+from olmac.hw.network_app import Command, Status
 from olmac.board import decode_infer, encode_infer, encode_load, load_requests, parse_info
 from olmac.host_link import ErrorCode, decode_reply, encode_frame
-from sim.board_tb import JOB_ENV, PUBLIC_PORTS
-from sim.runner import REPO_ROOT, build_verilator
+from olmac.sim.board_tb import JOB_ENV, PUBLIC_PORTS
+from olmac.sim.runner import build_verilator
 
-BUILD_ROOT = REPO_ROOT / "build" / "sim" / "board"
+BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "sim" / "board"
 TOPLEVEL = "olmac_board"
 DIVISOR = 4
 
@@ -43,12 +43,10 @@ def _exchange(runner, build_dir, steps):
     results.unlink(missing_ok=True)
     job = {"divisor": DIVISOR, "results": str(results), "steps": steps}
     try:
-        runner.test(test_module="sim.board_tb", hdl_toplevel=TOPLEVEL,
+        runner.test(test_module="olmac.sim.board_tb", hdl_toplevel=TOPLEVEL,
                     hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
                     testcase="exchange",
-                    extra_env={JOB_ENV: json.dumps(job),
-                               "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}"
-                                             f"{os.environ.get('PYTHONPATH', '')}"},
+                    extra_env={JOB_ENV: json.dumps(job)},
                     log_file=build_dir / "test.log", results_xml=str(build_dir / "results.xml"))
     except SystemExit:
         pass

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from golden import artifact
-from golden.program import run_integer, to_pixels
+from olmac.golden import artifact
+from olmac.golden.program import run_integer, to_pixels
 from olmac.cli import main
 from olmac.network import demo_data
 

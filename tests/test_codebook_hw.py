@@ -15,14 +15,14 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-import golden
-from golden.syq import decode_to_int, encode, init_codebook
-from hw import MacArray
-from hw.codebook import CodebookDecoder
-from sim.codebook_stream import CodebookLayer, codebook_program, random_layers
-from sim.codec import LayoutCodec
-from sim.pysim import StreamSink, StreamSource
-from sim.tiling import assemble_output, gemm_beats
+from olmac import golden
+from olmac.golden.syq import decode_to_int, encode, init_codebook
+from olmac.hw import MacArray
+from olmac.hw.codebook import CodebookDecoder
+from olmac.sim.codebook_stream import CodebookLayer, codebook_program, random_layers
+from olmac.sim.codec import LayoutCodec
+from olmac.sim.pysim import StreamSink, StreamSource
+from olmac.sim.tiling import assemble_output, gemm_beats
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -6,16 +6,15 @@ testbench's in-order scoreboard (:mod:`sim.codebook_tb`) compares every decoded 
 ``golden.syq.decode_to_int`` and fails on any mismatch.
 """
 
-import os
 from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
 from cocotb_tools.runner import get_results
 
-from hw.codebook import CodebookDecoder
-from sim.codebook_tb import config_env
-from sim.runner import build_verilator
+from olmac.hw.codebook import CodebookDecoder
+from olmac.sim.codebook_tb import config_env
+from olmac.sim.runner import build_verilator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_ROOT = REPO_ROOT / "build" / "test-codebook"
@@ -50,9 +49,8 @@ def _run(name, params, build_root, *, transform=None, seed=7):
     results_xml = build_dir / "results.xml"
     results_xml.unlink(missing_ok=True)
     env = config_env(params, layers=8, rows=4, pause_probability=0.3, seed=seed)
-    env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     try:
-        runner.test(test_module="sim.codebook_tb", hdl_toplevel=TOPLEVEL,
+        runner.test(test_module="olmac.sim.codebook_tb", hdl_toplevel=TOPLEVEL,
                     hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
                     testcase="run_program", extra_env=env, log_file=build_dir / "test.log",
                     results_xml=str(results_xml))

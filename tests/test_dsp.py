@@ -18,11 +18,11 @@ from amaranth.sim import Simulator
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-import golden
-from fpga.synth import KEEP_REPLICAS, _yosys, synthesize
-from hw import GemmEngine, MacArray
-from hw.multipliers import DSP_STAGES, PACKED_STAGES, DspProduct, PackedPair, packable
-from sim.job import GemmCase
+from olmac import golden
+from olmac.fpga.synth import KEEP_REPLICAS, _yosys, synthesize
+from olmac.hw import GemmEngine, MacArray
+from olmac.hw.multipliers import DSP_STAGES, PACKED_STAGES, DspProduct, PackedPair, packable
+from olmac.sim.job import GemmCase
 from tests.test_hw_pysim import (CONFIGS, OUTLIER_CONFIGS, _outlier_operands, _random_operands,
                                  _run_gemm)
 

@@ -20,13 +20,13 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-from fpga import build
-from fpga.build import DoesNotFit, build_bitstream, toolchain_env
-from fpga.report import (BuildReport, read_build_report, read_nextpnr_report,
+from olmac.fpga import build
+from olmac.fpga.build import DoesNotFit, build_bitstream, toolchain_env
+from olmac.fpga.report import (BuildReport, read_build_report, read_nextpnr_report,
                          read_yosys_stat)
-from fpga.rom import RegisteredRom, dp16kd_initvals
-from fpga.synth import _yosys
-from fpga.tops import BramFedArray
+from olmac.fpga.rom import RegisteredRom, dp16kd_initvals
+from olmac.fpga.synth import _yosys
+from olmac.fpga.tops import BramFedArray
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -242,7 +242,7 @@ def test_top_streams_memory_every_cycle():
     top = _small_top(depth=4, act_bits=3, weight_bits=3, max_k=4, fold_width=5)
     array = top.array
     # The feeder is built in elaborate; a twin with the same arguments gives the contents.
-    from fpga.tops import BramFeeder
+    from olmac.fpga.tops import BramFeeder
     act_words, weight_words = BramFeeder(
         array.act.payload.shape(), array.weights.payload.shape(), depth=4,
         beats_per_reduction=2, seed=top.seed,

@@ -11,7 +11,7 @@ from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from fpga.synth import synthesize
+from olmac.fpga.synth import synthesize
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -117,8 +117,8 @@ def test_skid_buffer_passes_every_beat_in_order(pause):
     payload slices), under random stalls on both sides, and at one beat per cycle when
     nothing stalls."""
     from amaranth.sim import Simulator
-    from fpga.tops import SkidBuffer
-    from sim.pysim import StreamSink, StreamSource
+    from olmac.fpga.tops import SkidBuffer
+    from olmac.sim.pysim import StreamSink, StreamSource
 
     import random
     dut = SkidBuffer(unsigned(150))  # three slices of 64 bits, each with its own state copy
@@ -137,6 +137,6 @@ def test_skid_buffer_passes_every_beat_in_order(pause):
 
 
 def test_bram_fed_array_skid_must_be_bool():
-    from fpga.tops import BramFedArray
+    from olmac.fpga.tops import BramFedArray
     with pytest.raises(TypeError, match=r"^Skid must be a bool, not 1$"):
         BramFedArray(lanes=2, cols=2, act_bits=2, weight_bits=2, max_k=4, skid=1)

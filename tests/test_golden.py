@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from golden import (accumulator_width, check_in_format, dequantize, fake_quantize, gemm,
+from olmac.golden import (accumulator_width, check_in_format, dequantize, fake_quantize, gemm,
                     int_range, requant_params, requantize_round_half_up,
                     to_int_round_half_even)
 

@@ -5,15 +5,14 @@ framing-error and garbage input bit by bit and compares every answer byte with t
 the host-side codec builds; a fault-injection run checks that the comparison can fail.
 """
 
-import os
 from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
 from cocotb_tools.runner import get_results
 
-from sim.host_link_tb import config_env, loopback_top
-from sim.runner import build_verilator
+from olmac.sim.host_link_tb import config_env, loopback_top
+from olmac.sim.runner import build_verilator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_ROOT = REPO_ROOT / "build" / "sim" / "host_link"
@@ -34,9 +33,8 @@ def _run(build_dir, *, transform=None, seed=3):
     results_xml = build_dir / "results.xml"
     results_xml.unlink(missing_ok=True)
     env = config_env(**CONFIG, seed=seed)
-    env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     try:
-        runner.test(test_module="sim.host_link_tb", hdl_toplevel=TOPLEVEL,
+        runner.test(test_module="olmac.sim.host_link_tb", hdl_toplevel=TOPLEVEL,
                     hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
                     testcase="exchange_frames", extra_env=env,
                     log_file=build_dir / "test.log", results_xml=str(results_xml))

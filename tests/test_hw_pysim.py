@@ -10,14 +10,14 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
-import golden
-from hw import GemmEngine, MacArray, Requantizer
-from hw.requant import RequantParams
-from sim.codec import LayoutCodec
-from sim.job import GemmCase
-from sim.payloads import output_codec, output_values, stream_payloads
-from sim.pysim import StreamSink, StreamSource
-from sim.tiling import assemble_output
+from olmac import golden
+from olmac.hw import GemmEngine, MacArray, Requantizer
+from olmac.hw.requant import RequantParams
+from olmac.sim.codec import LayoutCodec
+from olmac.sim.job import GemmCase
+from olmac.sim.payloads import output_codec, output_values, stream_payloads
+from olmac.sim.pysim import StreamSink, StreamSource
+from olmac.sim.tiling import assemble_output
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -332,7 +332,7 @@ def test_requantizer_extracts_output_outliers():
 def test_weight_planes_combine_in_one_accumulator(planes, lanes, cols):
     """§8: planes streamed as one reduction with per-column shifts equal golden's Horner
     combination of the per-plane GEMMs, under random stalls."""
-    from golden.mmse import combine_plane_accumulators
+    from olmac.golden.mmse import combine_plane_accumulators
     rng = np.random.default_rng(planes)
     m, k, n = 3, 2 * lanes + 1, 2 * cols + 1
     acts = rng.integers(-8, 8, (m, k))
@@ -353,7 +353,7 @@ def test_weight_planes_combine_in_one_accumulator(planes, lanes, cols):
 def test_codebook_engine_matches_decode_then_multiply(idx_bits, zero, granularity):
     """SYQ codes through the engine's decoder into the array equal golden.gemm of golden's
     decode (docs/codebooks.md), requantized, under random stalls."""
-    from golden.syq import decode_to_int
+    from olmac.golden.syq import decode_to_int
     rng = np.random.default_rng(idx_bits)
     lanes, cols, m, k, n, entry_bits = 4, 3, 3, 11, 7, 3
     acts = rng.integers(-8, 8, (m, k))

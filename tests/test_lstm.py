@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from golden.fake_quant import fake_quantize
-from golden.lstm import (ALPHABET, CharLSTM, LSTMQuant, StepQuant, activation_scale,
+from olmac.golden.fake_quant import fake_quantize
+from olmac.golden.lstm import (ALPHABET, CharLSTM, LSTMQuant, StepQuant, activation_scale,
                          calibrate, corpus_split, decode, encode, fake_quantize_ste,
                          gate_scales, load_corpus, lstm_step, perplexity, perplexity_table,
                          train_tbptt, weight_scale)
-from golden.mmse import mmse_scale
+from olmac.golden.mmse import mmse_scale
 
 H = 8
 

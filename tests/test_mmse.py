@@ -11,8 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from golden import gemm
-from golden.mmse import (GRID_POINTS, MAX_PLANES, choose_planes, combine_plane_accumulators,
+from olmac.golden import gemm
+from olmac.golden.mmse import (GRID_POINTS, MAX_PLANES, choose_planes, combine_plane_accumulators,
                          max_abs_scale, mmse_scale, multi_tensor_quantize, quantization_mse,
                          reconstruct, relative_mse)
 

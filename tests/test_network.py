@@ -12,14 +12,14 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
-from golden.program import (quantize_model, requantize_residual_round_half_up, run_integer,
+from olmac.golden.program import (quantize_model, requantize_residual_round_half_up, run_integer,
                             to_pixels)
-from hw.network import NetworkCore, OpKind
-from hw.requant import Requantizer
+from olmac.hw.network import NetworkCore, OpKind
+from olmac.hw.requant import Requantizer
 from olmac.compiler import CompileError, compile_program
 from olmac.network import demo_data, run_rtl
-from sim.codec import LayoutCodec
-from sim.pysim import StreamSink, StreamSource
+from olmac.sim.codec import LayoutCodec
+from olmac.sim.pysim import StreamSink, StreamSource
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -242,7 +242,7 @@ def test_rtl_whole_test_split(name):
 
 def test_compiler_layouts_are_the_cores(cnn_data):
     """The compiler packs words through the layouts the core declares."""
-    from hw.network import memory_layouts
+    from olmac.hw.network import memory_layouts
     compiled = compile_program(_program(cnn_data))
     core = NetworkCore(**compiled.core_params)
     layouts = memory_layouts(compiled.core_params)

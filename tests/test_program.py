@@ -17,10 +17,10 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from golden import artifact
-from golden.digits import DigitsMLP, load_digits_split
-from golden.models import ResidualCNN, as_images, cached, cnn, mlp
-from golden.program import (CLIP_FACTORS, SCHEMES, SEARCH_IMAGES, ProgramError, im2col,
+from olmac.golden import artifact
+from olmac.golden.digits import DigitsMLP, load_digits_split
+from olmac.golden.models import ResidualCNN, as_images, cached, cnn, mlp
+from olmac.golden.program import (CLIP_FACTORS, SCHEMES, SEARCH_IMAGES, ProgramError, im2col,
                             pool_windows, quantize_model, requantize_residual_round_half_up,
                             run_fake_quant, run_integer, to_pixels)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import golden
-from sim.job import EngineConfig, GemmCase, Job
-from sim.runner import run_job
+from olmac import golden
+from olmac.sim.job import EngineConfig, GemmCase, Job
+from olmac.sim.runner import run_job
 
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "test-sim"
 
@@ -187,7 +187,7 @@ def test_codebook_engine_bit_exact_under_backpressure(idx_bits, zero, granularit
     """SYQ codes → decoder → array → requantizer on Verilator equal golden's
     decode-then-multiply for several layers, each reloading the codebooks, under stalls, at
     each granularity (pixel-wise: one codebook per K row, as a conv layer's kernel taps)."""
-    from golden.syq import decode_to_int
+    from olmac.golden.syq import decode_to_int
     import torch
     entry_bits, lanes, cols, n = 5, 8, 4, 9
     config = EngineConfig(lanes=lanes, cols=cols, act_bits=4, weight_bits=entry_bits + 1,

@@ -14,8 +14,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from golden.digits import DigitsMLP, accuracy, load_digits_split, train
-from golden.syq import (ActivationQuantizer, SyqLinear, codebook_size, decode_to_int, encode,
+from olmac.golden.digits import DigitsMLP, accuracy, load_digits_split, train
+from olmac.golden.syq import (ActivationQuantizer, SyqLinear, codebook_size, decode_to_int, encode,
                         finetune, freeze, init_codebook, pack_codes, subgroup_shape,
                         syq_gemm, syq_model, syq_quantize, ternary_threshold, unpack_codes)
 

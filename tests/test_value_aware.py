@@ -12,8 +12,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from golden import gemm
-from golden.value_aware import (ClampCounts, ValueAwareInt, block_bits_per_value,
+from olmac.golden import gemm
+from olmac.golden.value_aware import (ClampCounts, ValueAwareInt, block_bits_per_value,
                                 block_word_bits, fake_quantize_value_aware,
                                 list_bits_per_value, outlier_threshold, pack_blocks,
                                 to_value_aware_round_half_even, unpack_blocks,

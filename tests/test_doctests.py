@@ -1,0 +1,19 @@
+"""The worked examples in the golden model's docstrings (and the port codec's) still hold."""
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+from olmac import golden
+
+MODULES = sorted([f"olmac.golden.{info.name}" for info in pkgutil.iter_modules(golden.__path__)]
+                 + ["olmac.sim.codec"])
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    """Every ``>>>`` example of the module prints what its docstring says."""
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
