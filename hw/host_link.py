@@ -10,8 +10,7 @@ from amaranth.lib.crc import catalog
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from olmac.host_link import ERROR_KIND, REPLY_KIND, SYNC, ErrorCode
-from olmac.spec import check_int
+from olmac.spec import ERROR_KIND, REPLY_KIND, SYNC, ErrorCode, check_int
 from .uart import DIVISOR_RANGE, UARTReceiver, UARTTransmitter
 
 __all__ = ["PacketByte", "AppSignature", "HostLink", "SerialHostLink", "LoopbackApp",

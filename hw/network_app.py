@@ -2,40 +2,15 @@
 (docs/host_link.md §6) that loads, restarts and runs a :class:`hw.network.NetworkCore`.
 """
 
-import enum as py_enum
-
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import check_int
+from olmac.spec import INFO_MAGIC, PROTOCOL_VERSION, Command, Status, check_int
 from .host_link import AppSignature
 from .network import STORAGE_BITS, NetworkCore
 
-__all__ = ["Command", "Status", "NetworkApp", "PROTOCOL_VERSION", "INFO_MAGIC"]
-
-#: Version byte of the command protocol, reported by ``INFO``.
-PROTOCOL_VERSION = 1
-#: First two bytes of an ``INFO`` reply after the status.
-INFO_MAGIC = b"OM"
-
-
-class Command(py_enum.IntEnum):
-    """First byte of a request (docs/host_link.md §6)."""
-    LOAD = 0x01
-    RESTART = 0x02
-    INFER = 0x03
-    INFO = 0x04
-
-
-class Status(py_enum.IntEnum):
-    """First byte of every reply."""
-    OK = 0x00
-    BAD_COMMAND = 0x01
-    BAD_LENGTH = 0x02
-    BAD_MEMORY = 0x03
-    BAD_ADDRESS = 0x04
-
+__all__ = ["NetworkApp"]
 
 def _le(value, count):
     return [(value >> (8 * index)) & 0xFF for index in range(count)]

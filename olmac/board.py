@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from olmac.hw.network_app import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
+from olmac.spec import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
 from .host_link import FrameError, LinkError, SerialLink
 
 __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",

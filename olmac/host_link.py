@@ -1,7 +1,7 @@
 """Host side of the framed link (docs/host_link.md): frame codec, CRC and a serial port.
 
 Pure Python: nothing here imports the hardware, so the host-side reading of the frame
-format is independent of :mod:`hw.host_link`, which only takes the constants below.
+format is independent of :mod:`hw.host_link`, and both take the constants from :mod:`olmac.spec`.
 ``pyserial`` is imported only when a :class:`SerialLink` is opened.
 
 >>> encode_frame(b"hi").hex(" ")
@@ -11,45 +11,14 @@ format is independent of :mod:`hw.host_link`, which only takes the constants bel
 """
 
 import binascii
-import enum
 import time
 
-from olmac.spec import check_int
+from olmac.spec import ERROR_KIND, MAX_LENGTH, REPLY_KIND, SYNC, ErrorCode, check_int
 
 __all__ = [
-    "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
     "crc16_ccitt", "encode_frame", "encode_reply", "encode_error", "decode_frame",
     "decode_reply", "FrameDecoder", "FrameError", "LinkError", "SerialLink",
 ]
-
-#: First byte of every frame.
-SYNC = 0xA5
-#: First payload byte of a frame from the device that carries an application reply.
-REPLY_KIND = 0x00
-#: First payload byte of a frame from the device that reports an error (then the code).
-ERROR_KIND = 0xEE
-#: Largest payload the 16-bit length field can describe.
-MAX_LENGTH = 0xFFFF
-
-
-class ErrorCode(enum.IntEnum):
-    """Codes of the device's error frames (``0xEE, code``). None of them was applied."""
-
-    #: A whole frame arrived but its CRC did not match.
-    CRC = 0x01
-    #: The length field was 0 or over the device's ``max_payload``.
-    LENGTH = 0x02
-    #: A frame stopped in the middle for longer than the inter-byte timeout.
-    TRUNCATED = 0x03
-    #: The UART received a byte with a bad stop bit (or lost one).
-    FRAMING = 0x04
-    #: Bytes that were not a sync byte arrived between frames.
-    GARBAGE = 0x05
-    #: A frame arrived while the previous request was still being handed on.
-    BUSY = 0x06
-    #: The application's reply did not fit the device's reply memory.
-    REPLY_OVERFLOW = 0x07
-
 
 _DESCRIPTIONS = {
     ErrorCode.CRC: "frame with a bad CRC",

@@ -1,13 +1,20 @@
-"""Plain data shared by ``golden/`` and ``hw/``: the allowed ranges of docs/semantics.md §1.
+"""The bottom layer: plain data shared by every other part of olmac.
 
-No arithmetic of the semantics lives here, so the golden model and the hardware stay two
-independent readings of the written spec.
+The allowed ranges of docs/semantics.md §1, the widths of the precision highway
+(docs/program.md §11) and of codebooks (docs/codebooks.md §4), and the constants of the host
+link's frames and command protocol (docs/host_link.md). No arithmetic of the semantics lives
+here, so the golden model and the hardware stay two independent readings of the written spec,
+and nothing here imports another part of olmac.
 """
+
+import enum
 
 __all__ = [
     "ACT_BITS", "WEIGHT_BITS", "OUTLIER_BITS", "OUTLIER_LANES", "PLANE_SHIFT_BITS",
     "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
-    "RESIDUAL_SHIFT_RANGE",
+    "RESIDUAL_SHIFT_RANGE", "HIGHWAY_BITS", "CODEBOOK_IDX_BITS", "CODEBOOK_ENTRY_BITS",
+    "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
+    "PROTOCOL_VERSION", "INFO_MAGIC", "Command", "Status",
     "check_int",
 ]
 
@@ -33,6 +40,68 @@ SHIFT_RANGE = (0, 63)
 RESIDUAL_BITS = (2, 17)
 #: Allowed residual shifts ``t`` (docs/program.md §11), inclusive.
 RESIDUAL_SHIFT_RANGE = (0, 31)
+#: Width of the precision highway (docs/program.md §11): skip tensors and a program's output
+#: are s16/u16.
+HIGHWAY_BITS = 16
+#: Allowed codebook index widths (docs/codebooks.md §4), inclusive: codes are
+#: ``1 + idx_bits`` wide.
+CODEBOOK_IDX_BITS = (0, 4)
+#: Allowed widths of the unsigned fixed-point codebook entries (docs/codebooks.md §4),
+#: inclusive: a decoded weight is an ``s<entry_bits + 1>``, a weight width of §1.
+CODEBOOK_ENTRY_BITS = (WEIGHT_BITS[0] - 1, WEIGHT_BITS[1] - 1)
+
+# The host link (docs/host_link.md): frame bytes, then the network application's commands.
+
+#: First byte of every frame.
+SYNC = 0xA5
+#: First payload byte of a frame from the device that carries an application reply.
+REPLY_KIND = 0x00
+#: First payload byte of a frame from the device that reports an error (then the code).
+ERROR_KIND = 0xEE
+#: Largest payload the 16-bit length field can describe.
+MAX_LENGTH = 0xFFFF
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes of the device's error frames (``0xEE, code``). None of them was applied."""
+
+    #: A whole frame arrived but its CRC did not match.
+    CRC = 0x01
+    #: The length field was 0 or over the device's ``max_payload``.
+    LENGTH = 0x02
+    #: A frame stopped in the middle for longer than the inter-byte timeout.
+    TRUNCATED = 0x03
+    #: The UART received a byte with a bad stop bit (or lost one).
+    FRAMING = 0x04
+    #: Bytes that were not a sync byte arrived between frames.
+    GARBAGE = 0x05
+    #: A frame arrived while the previous request was still being handed on.
+    BUSY = 0x06
+    #: The application's reply did not fit the device's reply memory.
+    REPLY_OVERFLOW = 0x07
+
+
+#: Version byte of the network application's command protocol, reported by ``INFO``.
+PROTOCOL_VERSION = 1
+#: First two bytes of an ``INFO`` reply after the status.
+INFO_MAGIC = b"OM"
+
+
+class Command(enum.IntEnum):
+    """First byte of a request to the network application (docs/host_link.md §6)."""
+    LOAD = 0x01
+    RESTART = 0x02
+    INFER = 0x03
+    INFO = 0x04
+
+
+class Status(enum.IntEnum):
+    """First byte of every reply of the network application."""
+    OK = 0x00
+    BAD_COMMAND = 0x01
+    BAD_LENGTH = 0x02
+    BAD_MEMORY = 0x03
+    BAD_ADDRESS = 0x04
 
 
 def check_int(description, value, bounds):

@@ -16,7 +16,8 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
 
-from olmac.host_link import (SYNC, ErrorCode, encode_error, encode_frame, encode_reply)
+from olmac.host_link import encode_error, encode_frame, encode_reply
+from olmac.spec import SYNC, ErrorCode
 
 __all__ = ["CONFIG_ENV", "config_env", "loopback_top", "UARTDriver", "UARTMonitor",
            "HostLinkTestbench", "scenario"]

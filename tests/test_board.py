@@ -173,7 +173,8 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 
 from olmac.hw.network import NetworkCore
-from olmac.hw.network_app import Command, NetworkApp, Status
+from olmac.hw.network_app import NetworkApp
+from olmac.spec import Command, Status
 from olmac.board import parse_info
 
 _APP = dict(width=2, depths={"program": 4, "weights": 8, "params": 3, "data": 16},

@@ -17,9 +17,9 @@ from amaranth.back import verilog
 
 from olmac.fpga.board import NetworkBoard, demo_network
 from olmac.golden.program import run_integer, to_pixels
-from olmac.hw.network_app import Command, Status
 from olmac.board import decode_infer, encode_infer, encode_load, load_requests, parse_info
-from olmac.host_link import ErrorCode, decode_reply, encode_frame
+from olmac.host_link import decode_reply, encode_frame
+from olmac.spec import Command, ErrorCode, Status
 from olmac.sim.board_tb import JOB_ENV, PUBLIC_PORTS
 from olmac.sim.runner import build_verilator
 

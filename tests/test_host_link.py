@@ -21,9 +21,9 @@ from hypothesis import given, settings, strategies as st
 import olmac.host_link
 from olmac.hw.host_link import HostLink, LoopbackApp, SerialHostLink
 from olmac.hw.uart import UARTReceiver, UARTTransmitter
-from olmac.host_link import (ERROR_KIND, SYNC, ErrorCode, FrameDecoder, FrameError, LinkError,
-                             SerialLink, crc16_ccitt, decode_frame, decode_reply, encode_error,
-                             encode_frame, encode_reply)
+from olmac.host_link import (FrameDecoder, FrameError, LinkError, SerialLink, crc16_ccitt,
+                             decode_frame, decode_reply, encode_error, encode_frame, encode_reply)
+from olmac.spec import ERROR_KIND, SYNC, ErrorCode
 
 pytestmark = pytest.mark.filterwarnings("error")
 
