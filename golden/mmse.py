@@ -129,10 +129,8 @@ def quantization_mse(x: torch.Tensor, scale: torch.Tensor | float, bits: int, *,
 
     Raises
     ------
-    TypeError
-        If ``bits`` is not an integer in 2..8 or ``x`` is not floating point.
-    ValueError
-        If ``x`` is empty, or 0-D with ``per_channel``.
+    TypeError, ValueError
+        As ``max_abs_scale``.
     """
     _check_bits(bits)
     rows = _grouped(x, per_channel)
@@ -161,10 +159,8 @@ def mmse_scale(x: torch.Tensor, bits: int, *, signed: bool = True,
 
     Raises
     ------
-    TypeError
-        If ``bits`` is not an integer in 2..8 or ``x`` is not floating point.
-    ValueError
-        If ``x`` is empty, or 0-D with ``per_channel``.
+    TypeError, ValueError
+        As ``max_abs_scale``.
     """
     _check_bits(bits)
     return _shaped(_mmse(_grouped(x, per_channel), bits, signed), x, per_channel)

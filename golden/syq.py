@@ -14,14 +14,14 @@ from math import prod
 import torch
 from torch import nn
 
-from olmac.spec import ACT_BITS, check_int
+from olmac.spec import ACT_BITS, CODEBOOK_ENTRY_BITS, CODEBOOK_IDX_BITS, check_int
 from .fake_quant import dequantize, fake_quantize, to_int_round_half_even
 from .formats import check_in_format
 from .integer import gemm
 from .mmse import max_abs_scale
 
 __all__ = [
-    "GRANULARITIES", "DEFAULT_ETA", "IDX_BITS", "ENTRY_BITS", "FRAC_BITS",
+    "GRANULARITIES", "DEFAULT_ETA", "FRAC_BITS",
     "KMEANS_ITERATIONS", "subgroup_shape", "ternary_threshold", "codebook_size",
     "init_codebook", "syq_quantize", "pack_codes", "unpack_codes", "SyqCodes", "encode",
     "decode_to_int", "syq_gemm", "ActivationQuantizer", "SyqLinear", "syq_model",
@@ -32,11 +32,6 @@ __all__ = [
 GRANULARITIES = ("layer", "row", "pixel")
 #: The ternary threshold factor η of ``Δ = η·max|W|`` (SYQ's default).
 DEFAULT_ETA = 0.05
-#: Allowed index widths (§4): codes are ``1 + idx_bits`` wide.
-IDX_BITS = (0, 4)
-#: Allowed widths of the unsigned fixed-point table entries (§4); a decoded weight is then
-#: an ``s<entry_bits + 1>``, a weight format of docs/semantics.md §1 (``s2..s8``).
-ENTRY_BITS = (1, 7)
 #: Allowed fraction widths of the table entries (§4).
 FRAC_BITS = (0, 31)
 #: Lloyd iterations of the k-means codebook initialization (§5).
@@ -113,7 +108,7 @@ def codebook_size(idx_bits: int, zero: bool) -> int:
     ValueError
         If a zero code is asked for with ``idx_bits = 0`` (it would leave no magnitude).
     """
-    check_int("idx_bits", idx_bits, IDX_BITS)
+    check_int("idx_bits", idx_bits, CODEBOOK_IDX_BITS)
     if zero and idx_bits == 0:
         raise ValueError("A zero code needs idx_bits >= 1, not 0")
     return (1 << idx_bits) - int(zero)
@@ -127,11 +122,12 @@ def _check_magnitudes(weight: torch.Tensor, magnitudes: torch.Tensor, zero: bool
                          f"shape {tuple(weight.shape)}, not {tuple(magnitudes.shape)}")
     slots = magnitudes.shape[-1] + int(zero)
     idx_bits = slots.bit_length() - 1
-    if magnitudes.shape[-1] < 1 or slots != 1 << idx_bits or idx_bits > IDX_BITS[1]:
+    if magnitudes.shape[-1] < 1 or slots != 1 << idx_bits \
+            or idx_bits > CODEBOOK_IDX_BITS[1]:
         entries = "2^idx_bits - 1" if zero else "2^idx_bits"
         raise ValueError(f"magnitudes has {magnitudes.shape[-1]} entries per subgroup; with "
                          f"zero={zero} it must have {entries} for idx_bits in "
-                         f"{int(zero)}..{IDX_BITS[1]}")
+                         f"{int(zero)}..{CODEBOOK_IDX_BITS[1]}")
     return idx_bits
 
 
@@ -236,7 +232,7 @@ def pack_codes(sign: torch.Tensor, index: torch.Tensor, idx_bits: int) -> torch.
     ValueError
         If a sign is not 0 or 1, or an index is outside ``u<idx_bits>``.
     """
-    check_int("idx_bits", idx_bits, IDX_BITS)
+    check_int("idx_bits", idx_bits, CODEBOOK_IDX_BITS)
     check_in_format("sign", sign, 1, signed=False)
     check_in_format("index", index, idx_bits, signed=False)
     return (sign.to(torch.int64) << idx_bits) | index.to(torch.int64)
@@ -255,7 +251,7 @@ def unpack_codes(codes: torch.Tensor, idx_bits: int) -> tuple[torch.Tensor, torc
     ValueError
         If a code is outside ``u<idx_bits + 1>``.
     """
-    check_int("idx_bits", idx_bits, IDX_BITS)
+    check_int("idx_bits", idx_bits, CODEBOOK_IDX_BITS)
     codes = check_in_format("codes", codes, idx_bits + 1, signed=False).to(torch.int64)
     return codes >> idx_bits, codes & ((1 << idx_bits) - 1)
 
@@ -311,7 +307,7 @@ def encode(weight: torch.Tensor, magnitudes: torch.Tensor, *, zero: bool,
         ``frac_bits = 0``; or as ``ternary_threshold``.
     """
     idx_bits = _check_magnitudes(weight, magnitudes, zero)
-    check_int("entry_bits", entry_bits, ENTRY_BITS)
+    check_int("entry_bits", entry_bits, CODEBOOK_ENTRY_BITS)
     if frac_bits is None:
         frac_bits = _fit_frac_bits(magnitudes, entry_bits)
     check_int("frac_bits", frac_bits, FRAC_BITS)
@@ -345,7 +341,7 @@ def decode_to_int(codes: torch.Tensor, tables: torch.Tensor, *, idx_bits: int,
         If a code or table entry is outside its format, or ``tables`` does not fit the
         codes' shape.
     """
-    check_int("entry_bits", entry_bits, ENTRY_BITS)
+    check_int("entry_bits", entry_bits, CODEBOOK_ENTRY_BITS)
     sign, index = unpack_codes(codes, idx_bits)
     check_in_format("tables", tables, entry_bits, signed=False)
     slots = 1 << idx_bits

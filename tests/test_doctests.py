@@ -1,4 +1,5 @@
-"""The worked examples in the golden model's docstrings (and the port codec's) still hold."""
+"""The worked examples in the docstrings of the golden model, the demo models (and the
+port codec) still hold."""
 
 import doctest
 import importlib
@@ -8,7 +9,7 @@ import pytest
 
 from olmac import golden
 
-MODULES = sorted([f"olmac.golden.{info.name}" for info in pkgutil.iter_modules(golden.__path__)]
+MODULES = sorted([info.name for info in pkgutil.walk_packages(golden.__path__, "olmac.golden.")]
                  + ["olmac.sim.codec"])
 
 

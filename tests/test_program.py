@@ -1,4 +1,4 @@
-"""Integer programs (golden/program.py, golden/artifact.py) against docs/program.md §9–§14.
+"""Integer programs (golden/program/, golden/artifact.py) against docs/program.md §9–§14.
 
 The reference here is a second reading of the page, written with Python integers and
 explicit loops over output positions, kernel taps and windows: it shares no code with
@@ -214,7 +214,7 @@ class ConvResidual(nn.Module):
 @st.composite
 def configs(draw):
     return dict(act_bits=draw(st.integers(2, 8)), weight_bits=draw(st.integers(2, 8)),
-                scheme=draw(st.sampled_from(SCHEMES)), highway=draw(st.booleans()),
+                scheme=draw(st.sampled_from(tuple(SCHEMES))), highway=draw(st.booleans()),
                 act_calibration=draw(st.sampled_from(["mmse", "max"])),
                 bias_correction=draw(st.booleans()))
 

@@ -1,0 +1,45 @@
+"""``IntegerProgram``: ops in execution order over named values (docs/program.md §9),
+checked when it is built."""
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from .checks import check_program
+from .ops import Gemm
+from .types import Value
+
+__all__ = ["IntegerProgram"]
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerProgram:
+    """An integer program (§9): ``ops`` in execution order over the named ``values``.
+
+    The input is ``N`` images of ``input_shape`` pixels in ``0..pixel_max`` (pixel ``p``
+    stands for ``p·pixel_scale``); the first op is the ``QuantizeInput`` producing
+    ``"input"``; ``output`` names the value returned (the logits, ``s16``). Construction
+    checks every rule of §9 and raises ``ProgramError`` naming the op and field.
+    """
+    input_shape: tuple[int, ...]
+    pixel_max: int
+    pixel_scale: float
+    values: Mapping[str, Value]
+    ops: tuple
+    output: str
+
+    def __post_init__(self):
+        check_program(self)
+
+    def describe(self) -> str:
+        """One line per op: kind, name, input/output formats and widths."""
+        lines = []
+        for index, op in enumerate(self.ops):
+            out = self.values[op.output]
+            ins = ", ".join(f"{name}:{self.values[name].format}" for name in op.inputs)
+            extra = ""
+            if isinstance(op, Gemm):
+                extra = (f" {op.layer} {op.in_features}→{op.out_features} {op.scheme} "
+                         f"w{op.weight_bits}{' relu' if op.relu else ''}")
+            lines.append(f"{index:2d} {op.KIND:14s} {op.name:12s} ({ins}) → "
+                         f"{op.output}:{out.format}{list(out.shape)}{extra}")
+        return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""The bit-exact reference of an integer program (docs/program.md §9–§13): ``run_integer``
+executes it on integer pixels in int64, vectorized over the batch."""
+
+import math
+
+import torch
+
+from ..integer import requantize_round_half_up
+from .integer_program import IntegerProgram
+from .kernels import from_rows, im2col, nchw_rows, pool_windows, \
+    requantize_residual_round_half_up
+from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
+from .types import Value
+
+__all__ = ["to_pixels", "run_integer"]
+
+
+def to_pixels(images: torch.Tensor, pixel_scale: float = 1 / 16) -> torch.Tensor:
+    """Real images ``x`` (``p·pixel_scale``) back to integer pixels ``p = round(x/scale)``.
+
+    >>> to_pixels(torch.tensor([0.0, 0.5, 1.0]))
+    tensor([ 0,  8, 16])
+    """
+    return torch.round(images.to(torch.float64) / pixel_scale).to(torch.int64)
+
+
+def _requantize_tensor(x: torch.Tensor, multiplier: int, shift: int, out: Value) -> torch.Tensor:
+    """§3 elementwise with ``β = 0`` and one ``(M, s)``, on a tensor of any shape."""
+    flat = requantize_round_half_up(x.reshape(-1, 1), 0, multiplier, shift,
+                                    out_bits=out.bits, out_signed=out.signed)
+    return flat.reshape(x.shape)
+
+
+def _check_pixels(program: IntegerProgram, pixels: torch.Tensor) -> torch.Tensor:
+    if pixels.dim() < 1 or math.prod(pixels.shape[1:]) != math.prod(program.input_shape):
+        raise ValueError(f"pixels must be N images of shape {program.input_shape} (or flat), "
+                         f"not {tuple(pixels.shape)}")
+    if pixels.dtype.is_floating_point or pixels.dtype.is_complex or pixels.dtype == torch.bool:
+        raise TypeError(f"pixels must be an integer tensor, not {pixels.dtype}")
+    wide = pixels.to(torch.int64)
+    if ((wide < 0) | (wide > program.pixel_max)).any():
+        raise ValueError(f"pixels must lie in 0..{program.pixel_max}")
+    return wide.reshape(len(wide), *program.input_shape)
+
+
+def run_integer(program: IntegerProgram, pixels: torch.Tensor) -> torch.Tensor:
+    """Execute the program on integer pixels exactly (§9–§13): ``N×F`` int64 logits.
+
+    ``pixels`` holds ``N`` images in ``0..pixel_max`` of ``input_shape`` (or flattened).
+    The result is the output value, in its format (``s16``); its real value is
+    ``program.values[program.output].scale`` times it.
+
+    Raises
+    ------
+    TypeError
+        If ``pixels`` is not an integer tensor.
+    ValueError
+        If ``pixels`` has the wrong shape or a pixel is outside ``0..pixel_max``.
+    """
+    x = _check_pixels(program, pixels)
+    n = len(x)
+    env: dict[str, torch.Tensor] = {}
+    for op in program.ops:
+        out = program.values[op.output]
+        if isinstance(op, QuantizeInput):
+            env[op.output] = _requantize_tensor(x, op.multiplier, op.shift, out)
+        elif isinstance(op, Requantize):
+            env[op.output] = _requantize_tensor(env[op.input], op.multiplier, op.shift, out)
+        elif isinstance(op, Flatten):
+            env[op.output] = env[op.input].reshape(n, -1)
+        elif isinstance(op, MaxPool):
+            env[op.output] = pool_windows(env[op.input], op.kernel, op.stride).amax(-1)
+        elif isinstance(op, AvgPool):
+            sums = pool_windows(env[op.input], op.kernel, op.stride).sum(-1)
+            env[op.output] = _requantize_tensor(sums, op.multiplier, op.shift, out)
+        else:
+            env[op.output] = _run_gemm(op, env, program.values[op.input], out, n)
+    return env[program.output]
+
+
+def _run_gemm(op: Gemm, env: dict, source: Value, out: Value, n: int) -> torch.Tensor:
+    acts = env[op.input]
+    if op.layer == "conv2d":
+        acts = im2col(acts, op.kernel, op.stride, op.padding)
+    acc = op.weight_scheme.accumulate(acts, source.bits, source.signed)
+    if op.residual is None:
+        y = requantize_round_half_up(acc, op.bias, op.multiplier, op.shift,
+                                     out_bits=out.bits, out_signed=out.signed, relu=op.relu)
+    else:
+        y = requantize_residual_round_half_up(
+            acc, op.bias, op.multiplier, op.shift, nchw_rows(env[op.residual]),
+            op.residual_multiplier, op.residual_shift, out_bits=out.bits,
+            out_signed=out.signed, relu=op.relu)
+    return from_rows(y, n, out.shape)

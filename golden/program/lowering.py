@@ -1,0 +1,545 @@
+"""Lowering a PyTorch model to an integer program (docs/program.md §9–§13).
+
+``quantize_model`` traces an ``nn.Module`` with ``torch.fx``, calibrates its activations on
+sample images and lowers it to an ``IntegerProgram``: an ordered tuple of typed integer ops
+over named integer tensors (*values*), the exact program the hardware sequencer executes.
+Every choice made per layer lives here: the weight scheme (``scheme``), the widths, the
+fusion of ReLU and residual adds (``_plan``), and the activation scales (``_Lowering.scale``
+and the ``"output"`` calibration, ``_search_clipping``).
+
+Supported layers: ``nn.Linear``; ``nn.Conv2d`` (lowered onto the GEMM by ``im2col``, §10);
+ReLU (fused into the requantization of the layer or add before it); the residual add
+(fused into the requantization of one of its operands, §11, with the *precision highway*:
+the skip tensor at 16 bits); ``nn.AvgPool2d`` (§12) and ``nn.MaxPool2d``; flatten.
+"""
+
+import operator
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+from olmac.spec import ACT_BITS, BIAS_BITS, HIGHWAY_BITS, RESIDUAL_SHIFT_RANGE
+from ..fake_quant import requant_params
+from ..formats import int_range
+from ..mmse import max_abs_scale, mmse_scale
+from .float_view import run_fake_quant
+from .integer_program import IntegerProgram
+from .kernels import im2col
+from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
+from .schemes import SCHEMES
+from .types import ProgramError, Value
+
+__all__ = ["MMSE_SAMPLES", "ACT_CALIBRATIONS", "CLIP_FACTORS", "SEARCH_IMAGES",
+           "MIN_ALIGNED_MULTIPLIER", "quantize_model"]
+
+#: Most values of one activation tensor the MMSE calibration searches over (§13).
+MMSE_SAMPLES = 1 << 14
+#: Ways ``quantize_model`` sets the scale of a low-width activation (§13).
+ACT_CALIBRATIONS = ("output", "max", "mmse")
+#: Fractions of the max-abs scale the ``"output"`` calibration tries per tensor (§13).
+CLIP_FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+#: Most calibration images the ``"output"`` calibration scores a candidate on (§13).
+SEARCH_IMAGES = 512
+#: Least residual multiplier the shift alignment of a highway add may leave (§11).
+MIN_ALIGNED_MULTIPLIER = 1 << 8
+
+def _type_name(target) -> str:
+    cls = target if isinstance(target, type) else type(target)
+    module = cls.__module__
+    if module.startswith("torch.nn"):
+        return f"nn.{cls.__qualname__}"
+    return f"{module}.{cls.__qualname__}"
+
+
+def _function_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    module = (getattr(target, "__module__", None) or "operator").lstrip("_")  # _operator
+    if module.startswith("torch"):
+        module = "torch" if not module.startswith("torch.nn.functional") else "F"
+    return f"{module}.{getattr(target, '__name__', str(target))}"
+
+
+def _unsupported(name: str, kind: str, why: str = "") -> ProgramError:
+    return ProgramError(f"unsupported layer '{name}' ({kind}{' ' + why if why else ''})")
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+_ADD = {operator.add, operator.iadd, torch.add}
+_RELU = {torch.relu, F.relu}
+_FLATTEN = {torch.flatten}
+
+
+def _classify(node: fx.Node, modules: dict) -> str:
+    """``input``/``output``/``linear``/``conv2d``/``relu``/``add``/``avgpool``/``maxpool``/
+    ``flatten`` for a node the lowering supports; raise naming anything else."""
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "output":
+        return "output"
+    if node.op == "call_module":
+        module = modules[node.target]
+        name, kind = node.target, _type_name(module)
+        if isinstance(module, nn.Linear):
+            return "linear"
+        if isinstance(module, nn.Conv2d):
+            if isinstance(module.padding, str) and module.padding != "valid":
+                raise _unsupported(name, kind, f"with padding={module.padding!r}")
+            if module.groups != 1 or _pair(module.dilation) != (1, 1) \
+                    or module.padding_mode != "zeros":
+                raise _unsupported(name, kind, f"with groups={module.groups}, dilation="
+                                   f"{module.dilation}, padding_mode={module.padding_mode!r}; "
+                                   f"only groups=1, dilation=1, zeros padding")
+            return "conv2d"
+        if isinstance(module, nn.ReLU):
+            return "relu"
+        if isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)):
+            extra = (module.dilation != 1 and _pair(module.dilation) != (1, 1)) \
+                if isinstance(module, nn.MaxPool2d) else module.divisor_override is not None
+            if _pair(module.padding) != (0, 0) or module.ceil_mode or extra:
+                raise _unsupported(name, kind, "with padding, ceil_mode, dilation or a divisor "
+                                   "override; only padding=0 and ceil_mode=False")
+            return "avgpool" if isinstance(module, nn.AvgPool2d) else "maxpool"
+        if isinstance(module, nn.Flatten):
+            if (module.start_dim, module.end_dim) != (1, -1):
+                raise _unsupported(name, kind, "with start_dim != 1 or end_dim != -1")
+            return "flatten"
+        raise _unsupported(name, kind)
+    if node.op in ("call_function", "call_method"):
+        target = node.target
+        kind = _function_name(node)
+        if target in _ADD or target in ("add", "add_"):
+            if len(node.args) != 2 or node.kwargs or not all(
+                    isinstance(a, fx.Node) for a in node.args):
+                raise _unsupported(node.name, kind, "other than a sum of two tensors")
+            return "add"
+        if target in _RELU or target in ("relu", "relu_"):
+            if len(node.args) != 1:
+                raise _unsupported(node.name, kind)
+            return "relu"
+        if target in _FLATTEN or target == "flatten":
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            if (start, end) != (1, -1):
+                raise _unsupported(node.name, kind, "other than flatten(x, 1)")
+            return "flatten"
+        raise _unsupported(node.name, kind)
+    raise _unsupported(node.name, f"fx {node.op} {node.target}")
+
+
+@dataclass
+class _Step:
+    """One op of the plan: its kind, fx nodes (first = the layer), input, residual."""
+    kind: str
+    nodes: list
+    input: fx.Node | None
+    residual: fx.Node | None = None
+    relu: bool = False
+    name: str = ""
+
+    @property
+    def last(self) -> fx.Node:
+        return self.nodes[-1]
+
+
+def _plan(graph: fx.Graph, kinds: dict) -> list[_Step]:
+    """Group the nodes into ops: GEMM [+ add] [+ ReLU] fused, pools and flatten alone."""
+    member: dict[fx.Node, _Step] = {}
+    steps: list[_Step] = []
+    for node in graph.nodes:
+        kind = kinds[node]
+        if kind == "input":
+            step = _Step("input", [node], None)
+        elif kind in ("linear", "conv2d"):
+            step = _Step("gemm", [node], node.args[0])
+            users = list(node.users)
+            if len(users) == 1 and kinds[users[0]] == "add" and _branch(users[0], kinds) is node:
+                add = users[0]
+                step.nodes.append(add)
+                step.residual = add.args[1] if add.args[0] is node else add.args[0]
+                users = list(add.users)
+            if len(users) == 1 and kinds[users[0]] == "relu":
+                step.nodes.append(users[0])
+                step.relu = True
+        elif kind in ("relu", "add"):
+            if node not in member:
+                why = ("a ReLU must directly follow a Linear, Conv2d or residual add that has "
+                       "no other user" if kind == "relu" else
+                       "a residual add needs one operand that is a Linear or Conv2d with no "
+                       "other user, into whose requantization it is fused")
+                raise _unsupported(node.name, _function_name(node) if node.op != "call_module"
+                                   else "nn.ReLU", "— " + why)
+            continue
+        elif kind == "output":
+            continue
+        else:
+            step = _Step(kind, [node], node.args[0])
+        for member_node in step.nodes:
+            member[member_node] = step
+        steps.append(step)
+    # Emit each op where its last node stands: by then every operand is computed.
+    position = {node: i for i, node in enumerate(graph.nodes)}
+    steps.sort(key=lambda step: position[step.last])
+    return steps
+
+
+def _branch(add: fx.Node, kinds: dict) -> fx.Node | None:
+    """The operand of an add whose requantization takes the add: the first that is a GEMM
+    with the add as its only user (None if neither is, or both operands are one node)."""
+    left, right = add.args
+    if left is right:
+        return None
+    for operand in (left, right):
+        if kinds.get(operand) in ("linear", "conv2d") and list(operand.users) == [add]:
+            return operand
+    return None
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced float model, keeping every node's output."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.seen = {}
+
+    def run_node(self, node):
+        result = super().run_node(node)
+        self.seen[node] = result
+        return result
+
+
+def _requant(label: str, ratio) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        return requant_params(torch.as_tensor(ratio, dtype=torch.float64))
+    except ValueError as error:
+        raise ProgramError(f"{label}: {error}") from None
+
+
+def _align_shifts(label, residual_multiplier, residual_shift, shift):
+    """Fit the residual's ``(M_r, s_r)`` to the GEMM's shift ``s`` (§11):
+    ``t = s − s_r`` where ``s_r ≤ s``; else ``t = 0`` and ``M_r ← (M_r + 2^(d−1)) >> d``
+    with ``d = s_r − s``."""
+    excess = (residual_shift - shift).clamp(min=0)
+    left = (shift - residual_shift).clamp(min=0)
+    residual_multiplier = torch.where(
+        excess > 0, (residual_multiplier + (1 << (excess - 1).clamp(min=0))) >> excess,
+        residual_multiplier)
+    if (left > RESIDUAL_SHIFT_RANGE[1]).any() or \
+            (residual_multiplier < MIN_ALIGNED_MULTIPLIER).any():
+        raise ProgramError(f"{label}: the GEMM and residual scales are too far apart for one "
+                           f"shift (t would exceed {RESIDUAL_SHIFT_RANGE[1]} or M_r keep fewer "
+                           f"than 9 bits)")
+    return residual_multiplier, left
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int = 4,
+                   weight_bits: int = 4, scheme: str | Mapping[str, str] = "mmse",
+                   input_bits: int | None = None, highway: bool = True,
+                   act_calibration: str = "output",
+                   bias_correction: bool = True, pixel_max: int = 16,
+                   pixel_scale: float = 1 / 16, outlier_ratio: float = 1 / 64,
+                   weight_outlier_bits: int | None = None, planes: int = 2,
+                   syq_idx_bits: int = 1, syq_granularity: str = "row") -> IntegerProgram:
+    """Lower ``model`` to an ``IntegerProgram`` (§9–§13), calibrated on ``calibration``.
+
+    ``calibration``: real images ``N×input_shape`` (typically the training images); the
+    float model's activations on them set every activation scale (§13). Widths:
+    ``act_bits`` for the activations a GEMM reads and ``weight_bits`` for its weights
+    (2..8); ``input_bits`` for the quantized pixels (``act_bits`` unless given); the skip
+    tensors and residual sums (with ``highway``) and the output are 16-bit. ``scheme``:
+    one of ``SCHEMES`` for every layer, or a mapping from layer name (``"layers.0"``,
+    ``"conv1"``) to scheme, ``"mmse"`` for the layers it does not name;
+    ``outlier_ratio``/``weight_outlier_bits`` (value-aware; the outlier width defaults to
+    ``min(2·weight_bits, 16)``), ``planes`` (multi-tensor) and
+    ``syq_idx_bits``/``syq_granularity`` (SYQ: ternary, per row) tune them.
+    ``act_calibration`` sets the scales of the low-width activations: ``"output"`` (the
+    default) starts from max-abs and picks, tensor by tensor, the clipping factor of
+    ``CLIP_FACTORS`` whose program's float view (``run_fake_quant``) has the least KL
+    divergence from the float model's logits on (at most ``SEARCH_IMAGES`` of) the
+    calibration images, in two passes of coordinate descent; ``"max"`` is max-abs and
+    ``"mmse"`` the per-tensor MMSE scale. ``bias_correction`` adds the mean output error
+    of the quantized weights on the calibration batch back into the bias (§13). ``highway=False`` is the ablation
+    of §11: the skip tensor is requantized to ``act_bits`` before the add and sums are
+    low-width.
+
+    Raises
+    ------
+    ProgramError
+        For a layer the lowering does not support (``"unsupported layer 'layers.3'
+        (nn.GELU)"``), a model torch.fx cannot trace, or a bias or scale that does not fit.
+    TypeError
+        If a width is out of range.
+    ValueError
+        If ``act_calibration`` is not one of ``ACT_CALIBRATIONS``.
+    """
+    if act_calibration not in ACT_CALIBRATIONS:
+        raise ValueError(f"act_calibration must be one of {', '.join(map(repr, ACT_CALIBRATIONS))}"
+                         f", not {act_calibration!r}")
+    for name, bits in (("act_bits", act_bits), ("weight_bits", weight_bits),
+                       ("input_bits", act_bits if input_bits is None else input_bits)):
+        if isinstance(bits, bool) or not isinstance(bits, int) or \
+                not ACT_BITS[0] <= bits <= ACT_BITS[1]:
+            raise TypeError(f"{name} must be an integer in {ACT_BITS[0]}..{ACT_BITS[1]}, "
+                            f"not {bits!r}")
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception as error:  # fx raises many types for untraceable code
+        raise ProgramError(f"torch.fx cannot trace the model: {error}") from error
+    modules = dict(traced.named_modules())
+    kinds = {node: _classify(node, modules) for node in traced.graph.nodes}
+    inputs = [node for node, kind in kinds.items() if kind == "input"]
+    if len(inputs) != 1:
+        raise ProgramError(f"the model must take one input tensor, not {len(inputs)}")
+    steps = _plan(traced.graph, kinds)
+    result = next(node for node, kind in kinds.items() if kind == "output").args[0]
+    if not isinstance(result, fx.Node):
+        raise ProgramError("the model must return one tensor")
+    produced = {step.last for step in steps}
+    for step in steps:
+        for node in (step.input, step.residual):
+            if node is not None and node not in produced:
+                raise ProgramError(f"'{node.name}' is read by '{step.nodes[0].name}' but is "
+                                   f"not the output of a supported op")
+    traced.eval()
+    recorder = _Recorder(traced)
+    recorder.run(calibration.to(torch.float32))
+    cache = {}  # what does not depend on the activation scales, shared by every lowering
+
+    def lower(clip: dict[str, float]) -> IntegerProgram:
+        lowering = _Lowering(
+            modules=modules, floats=recorder.seen, result=result, act_bits=act_bits,
+            input_bits=act_bits if input_bits is None else input_bits,
+            weight_bits=weight_bits, highway=highway,
+            act_calibration="mmse" if act_calibration == "mmse" else "max",
+            bias_correction=bias_correction,
+            scheme_of=(lambda name: scheme) if isinstance(scheme, str)
+            else (lambda name: scheme.get(name, "mmse")),
+            options={"outlier_ratio": outlier_ratio,
+                     "weight_outlier_bits": weight_outlier_bits
+                     if weight_outlier_bits is not None else min(2 * weight_bits, HIGHWAY_BITS),
+                     "planes": planes, "syq_idx_bits": syq_idx_bits,
+                     "syq_granularity": syq_granularity},
+            clip=clip, cache=cache)
+        lowering.residuals = {step.residual for step in steps if step.residual is not None}
+        for step in steps:
+            lowering.lower(step, pixel_max, pixel_scale)
+        return IntegerProgram(tuple(calibration.shape[1:]), pixel_max, float(pixel_scale),
+                              lowering.values, tuple(lowering.ops), lowering.value_of[result])
+
+    program = lower({})
+    if act_calibration == "output":
+        program = _search_clipping(program, lower, calibration, recorder.seen[result])
+    return program
+
+
+def _search_clipping(program: IntegerProgram, lower, calibration: torch.Tensor,
+                     logits: torch.Tensor) -> IntegerProgram:
+    """The ``"output"`` calibration (§13): per low-width activation a factor of
+    ``CLIP_FACTORS`` on its max-abs scale, by coordinate descent (two passes, in program
+    order) on the KL divergence of the float view's logits from the float ``logits``.
+
+    The input keeps its declared range; flatten and max-pool outputs inherit their
+    input's scale. A candidate replaces the current factor only if strictly better.
+    """
+    inherited = {op.output for op in program.ops
+                 if isinstance(op, (QuantizeInput, Flatten, MaxPool))}
+    names = [op.output for op in program.ops
+             if program.values[op.output].bits <= ACT_BITS[1] and op.output not in inherited]
+    stride = -(-len(calibration) // SEARCH_IMAGES)
+    images, target = calibration[::stride], logits[::stride].detach().to(torch.float64)
+    target = target.log_softmax(1)
+
+    def loss(candidate: IntegerProgram) -> float:
+        out = run_fake_quant(candidate, images).log_softmax(1)
+        return float((target.exp() * (target - out)).sum(1).mean())
+
+    clip, best = {}, loss(program)
+    for _ in range(2):
+        improved = False
+        for name in names:
+            for factor in CLIP_FACTORS:
+                if factor == clip.get(name, 1.0):
+                    continue
+                candidate = lower({**clip, name: factor})
+                score = loss(candidate)
+                if score < best:
+                    clip, best, program, improved = {**clip, name: factor}, score, candidate, True
+        if not improved:
+            break
+    return program
+
+
+@dataclass
+class _Lowering:
+    """The state of ``quantize_model`` while it emits ops in plan order."""
+    modules: dict
+    floats: dict
+    result: fx.Node
+    act_bits: int
+    input_bits: int
+    weight_bits: int
+    highway: bool
+    act_calibration: str
+    bias_correction: bool
+    scheme_of: object
+    options: dict
+    clip: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+    residuals: set = field(default_factory=set)
+    values: dict = field(default_factory=dict)
+    value_of: dict = field(default_factory=dict)
+    low_of: dict = field(default_factory=dict)
+    ops: list = field(default_factory=list)
+
+    def unique(self, name: str) -> str:
+        candidate, k = name, 2
+        while candidate in self.values:
+            candidate, k = f"{name}#{k}", k + 1
+        return candidate
+
+    def scale(self, node: fx.Node, bits: int, signed: bool, name: str = "") -> float:
+        """Calibrated scale of ``node``'s float output at ``bits`` (§13), for the value
+        ``name`` (whose clipping factor of the ``"output"`` calibration applies)."""
+        x = self.floats[node].detach().to(torch.float64).reshape(-1)
+        if bits > ACT_BITS[1]:
+            peak = float(x.abs().max())
+            return peak / int_range(bits, signed)[1] if peak > 0 else 1.0
+        if self.act_calibration == "mmse":
+            # The grid search on every value of a large batch costs seconds per tensor;
+            # a fixed stride keeps at most MMSE_SAMPLES of them (§13).
+            x = x[::-(-len(x) // MMSE_SAMPLES)]
+            return float(mmse_scale(x, bits, signed=signed))
+        return float(max_abs_scale(x, bits, signed=signed)) * self.clip.get(name, 1.0)
+
+    def add_value(self, node: fx.Node, name: str, bits: int, signed: bool,
+                  scale: float) -> str:
+        self.values[name] = Value(tuple(self.floats[node].shape[1:]), bits, signed, scale)
+        self.value_of[node] = name
+        return name
+
+    def low(self, node: fx.Node) -> str:
+        """The value of ``node`` at ``act_bits`` for a GEMM: itself if at most 8 bits wide,
+        else a ``Requantize`` copy ``<name>.low`` (made once)."""
+        name = self.value_of[node]
+        source = self.values[name]
+        if source.bits <= ACT_BITS[1]:
+            return name
+        if name not in self.low_of:
+            copy = self.unique(f"{name}.low")
+            scale = self.scale(node, self.act_bits, source.signed, copy)
+            self.values[copy] = Value(source.shape, self.act_bits, source.signed, scale)
+            multiplier, shift = _requant(f"requantize '{copy}'", source.scale / scale)
+            self.ops.append(Requantize(copy, name, copy, int(multiplier), int(shift)))
+            self.low_of[name] = copy
+        return self.low_of[name]
+
+    def lower(self, step: _Step, pixel_max: int, pixel_scale: float) -> None:
+        node = step.nodes[0]
+        if step.kind == "input":
+            scale = pixel_max * pixel_scale / int_range(self.input_bits, False)[1]
+            name = self.add_value(node, "input", self.input_bits, False, scale)
+            multiplier, shift = _requant("quantize_input", pixel_scale / scale)
+            self.ops.append(QuantizeInput(name, name, int(multiplier), int(shift)))
+        elif step.kind == "gemm":
+            self.ops.append(self.gemm(step))
+        else:
+            source = self.value_of[step.input]
+            bits, signed, scale = (self.values[source].bits, self.values[source].signed,
+                                   self.values[source].scale)
+            name = self.unique(node.target if node.op == "call_module" else node.name)
+            if step.kind == "flatten":
+                self.add_value(node, name, bits, signed, scale)
+                self.ops.append(Flatten(name, source, name))
+                return
+            module = self.modules[node.target]
+            kernel = _pair(module.kernel_size)
+            stride = _pair(module.stride or module.kernel_size)
+            if step.kind == "maxpool":
+                self.add_value(node, name, bits, signed, scale)
+                self.ops.append(MaxPool(name, source, name, kernel, stride))
+                return
+            self.add_value(node, name, bits, signed, self.scale(node, bits, signed, name))
+            multiplier, shift = _requant(f"avgpool '{name}'", scale / (
+                kernel[0] * kernel[1] * self.values[name].scale))
+            self.ops.append(AvgPool(name, source, name, kernel, stride, int(multiplier),
+                                    int(shift)))
+
+    def weights(self, label: str, weight: torch.Tensor, scheme: str) -> dict:
+        key = ("weights", label)
+        if key in self.cache:
+            return self.cache[key]
+        if not isinstance(scheme, str) or scheme not in SCHEMES:
+            raise ProgramError(f"{label}: scheme must be one of {', '.join(SCHEMES)}, not "
+                               f"{scheme!r}")
+        try:
+            self.cache[key] = SCHEMES[scheme].quantize(weight, self.weight_bits, self.options)
+        except (TypeError, ValueError) as error:
+            raise ProgramError(f"{label}: {scheme} weights: {error}") from error
+        return self.cache[key]
+
+    def gemm(self, step: _Step) -> Gemm:
+        node = step.nodes[0]
+        module = self.modules[node.target]
+        label = f"layer '{node.target}'"
+        source = self.low(step.input)
+        act = self.values[source]
+        # With the highway the skip tensors and the residual sums (the stream a following
+        # block takes its skip from) are 16-bit (§11); the output is always 16-bit.
+        wide = step.last is self.result or (self.highway and (
+            step.last in self.residuals or step.residual is not None))
+        signed = not step.relu
+        bits = HIGHWAY_BITS if wide else self.act_bits
+        name = self.unique(node.target)
+        name = self.add_value(step.last, name, bits, signed,
+                              self.scale(step.last, bits, signed, name))
+        out = self.values[name]
+        scheme = self.scheme_of(node.target)
+        n = module.weight.shape[0]
+        geometry = {}
+        if isinstance(module, nn.Conv2d):
+            geometry = {"kernel": _pair(module.kernel_size), "stride": _pair(module.stride),
+                        "padding": (0, 0) if module.padding == "valid"
+                        else _pair(module.padding)}
+        zeros = torch.zeros(n, dtype=torch.int64)
+        op = Gemm(name=name, input=source, output=name,
+                  layer="conv2d" if geometry else "linear",
+                  in_features=module.weight[0].numel(), out_features=n, scheme=scheme,
+                  weight_bits=self.weight_bits, relu=step.relu, bias=zeros, multiplier=zeros,
+                  shift=zeros, **geometry,
+                  **self.weights(label, module.weight, scheme))
+        weight_scale = op.weight_scale.to(torch.float64)
+        bias_real = module.bias.detach().to(torch.float64) if module.bias is not None \
+            else torch.zeros(n, dtype=torch.float64)
+        if self.bias_correction:
+            key = ("mean input", label)
+            if key not in self.cache:
+                acts = self.floats[step.input].detach().to(torch.float64)
+                if geometry:
+                    acts = im2col(acts, op.kernel, op.stride, op.padding)
+                self.cache[key] = acts.mean(0)
+            error = (module.weight.detach().to(torch.float64).reshape(n, -1).T
+                     - op.weight_scheme.matrix().to(torch.float64) * weight_scale)
+            bias_real = bias_real + self.cache[key] @ error
+        bias = torch.round(bias_real / (act.scale * weight_scale))
+        low_b, high_b = int_range(BIAS_BITS, signed=True)
+        if ((bias < low_b) | (bias > high_b)).any():
+            raise ProgramError(f"{label}: a bias does not fit s32 at the scale σ_a·σ_w")
+        multiplier, shift = _requant(label, act.scale * weight_scale / out.scale)
+        extra = {}
+        if step.residual is not None:
+            residual = self.value_of[step.residual] if self.highway else self.low(step.residual)
+            residual_multiplier, residual_shift = _align_shifts(label, *_requant(
+                label, torch.full((n,), self.values[residual].scale / out.scale,
+                                  dtype=torch.float64)), shift)
+            extra = {"residual": residual, "residual_multiplier": residual_multiplier,
+                     "residual_shift": residual_shift}
+        return replace(op, bias=bias.to(torch.int64), multiplier=multiplier, shift=shift,
+                       **extra)
