@@ -2,16 +2,15 @@
 the UART host link (:class:`hw.host_link.SerialHostLink`) and the command protocol of
 :class:`hw.network_app.NetworkApp` (docs/host_link.md §6), with the core's memories
 preloaded from a compiled network and reloadable over the link; :func:`build_network_board`
-builds it for a board's UART pins with amaranth-boards and the YoWASP tools.
+builds it for a board's UART pins with amaranth-boards and the YoWASP tools, and
+:func:`build_demo_board` builds it preloaded with a demo network.
 
-Command line (``olmac board build``)::
+Command line (:func:`build_demo_board`)::
 
-    python -m fpga.board --board icebreaker [--model cnn] [--width 4]
+    olmac board build --board icebreaker [--model cnn] [--width 4]
 """
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
 from amaranth.hdl import *
@@ -23,7 +22,8 @@ from olmac.hw.network import MEMORY_STYLES, REQUANTIZERS, NetworkCore
 from olmac.hw.network_app import NetworkApp
 from .build import BOARDS, _board, _synth_options, run_build, toolchain_env
 
-__all__ = ["NetworkBoard", "BOARD_BAUD", "build_network_board", "demo_network", "main"]
+__all__ = ["NetworkBoard", "BOARD_BAUD", "build_network_board", "demo_network",
+           "build_demo_board"]
 
 #: The link's default baud rate.
 BOARD_BAUD = 115200
@@ -119,11 +119,11 @@ class _OnPins(Elaboratable):
 
 
 def demo_network(model="cnn", *, width=4, calibration=64):
-    """The demo ``model`` (``"cnn"`` or ``"mlp"``, :func:`olmac.network.demo_data`)
+    """The demo ``model`` (``"cnn"`` or ``"mlp"``, :func:`olmac.flow.demo_data`)
     quantized with the demo's settings on its first ``calibration`` training images,
     compiled for ``width``; returns ``(program, compiled, data)``."""
     from olmac.compiler import compile_program
-    from olmac.network import demo_data, quantize
+    from olmac.flow import demo_data, quantize
 
     data = demo_data(model)
     program = quantize(data.model, data.calibration[:calibration])
@@ -170,45 +170,17 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
                      timeout_s=timeout_s)
 
 
-def _parser(prog):
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Build the network board top (UART host link, command "
-                               "protocol, network core preloaded with a demo network) for "
-                               "a board and report its resources and fmax.")
-    parser.add_argument("--board", required=True, choices=BOARDS)
-    parser.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
-    parser.add_argument("--width", type=int, default=4, help="MAC array width (default 4)")
-    parser.add_argument("--baud", type=int, default=BOARD_BAUD)
-    parser.add_argument("--requantizer", choices=REQUANTIZERS, default="serial")
-    parser.add_argument("--memories", choices=MEMORY_STYLES, default="narrow")
-    parser.add_argument("--target-mhz", type=float)
-    parser.add_argument("--build-dir", type=Path)
-    return parser
-
-
-def main(argv=None, prog="python -m fpga.board"):
-    """``olmac board build``: returns 0, or 1 when the build fails or does not fit."""
-    parser = _parser(prog)
-    args = parser.parse_args(argv)
-    _program, compiled, _data = demo_network(args.model, width=args.width)
-    build_dir = args.build_dir or (Path("build") / "fpga" / args.board
-                                   / f"board_{args.model}_w{args.width}_{args.requantizer}"
-                                     f"_{args.memories}")
-    print(f"building the {args.model} board top for {args.board} in {build_dir}", flush=True)
-    try:
-        result = build_network_board(args.board, compiled, build_dir, baud=args.baud,
-                                     requantizer=args.requantizer, memories=args.memories,
-                                     target_mhz=args.target_mhz)
-    except (RuntimeError, OSError) as error:
-        print(f"{parser.prog}: {error}", file=sys.stderr)
-        return 1
-    print(result.report.markdown())
-    print(f"bitstream: {result.bitstream} ({result.seconds:.0f} s)")
-    if not result.runs_at_board_clock:
-        print(f"warning: fmax is below the board clock of {result.board_clock_mhz:g} MHz",
-              file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def build_demo_board(board, *, model="cnn", width=4, baud=BOARD_BAUD, requantizer="serial",
+                     memories="narrow", target_mhz=None, build_dir=None):
+    """``olmac board build``: :func:`build_network_board` of :func:`demo_network` ``(model,
+    width=width)`` in ``build_dir`` (default
+    ``build/fpga/<board>/board_<model>_w<width>_<requantizer>_<memories>`` of the working
+    directory). Returns the :class:`fpga.build.BuildResult`; raises what
+    :func:`demo_network` and :func:`build_network_board` raise.
+    """
+    _program, compiled, _data = demo_network(model, width=width)
+    build_dir = build_dir or (Path("build") / "fpga" / board
+                              / f"board_{model}_w{width}_{requantizer}_{memories}")
+    print(f"building the {model} board top for {board} in {build_dir}", flush=True)
+    return build_network_board(board, compiled, build_dir, baud=baud, requantizer=requantizer,
+                               memories=memories, target_mhz=target_mhz)

@@ -11,12 +11,11 @@ above the board's frequency, so nextpnr's timing-driven placement aims at the ta
 achieved fmax is read from the report whether or not the target was met (the bitstream is
 still correct at the board's own, lower, frequency when the achieved fmax exceeds it).
 
-Command line::
+Command line (:func:`build`)::
 
-    python -m fpga.build --board icebreaker --lanes 8 --cols 8 --bits 4 [--program]
+    olmac build --board icebreaker --lanes 8 --cols 8 --bits 4 [--program]
 """
 
-import argparse
 import os
 import re
 import shutil
@@ -38,7 +37,7 @@ from .report import BuildReport, read_build_report
 from .synth import KEEP_REPLICAS
 
 __all__ = ["BOARDS", "MULTIPLIERS", "BuildFailed", "DoesNotFit", "BuildResult", "toolchain_env",
-           "build_bitstream", "config_label", "main"]
+           "build_bitstream", "config_label", "build"]
 
 #: Lines of a tool's log quoted in a build error.
 _LOG_TAIL_LINES = 30
@@ -396,48 +395,6 @@ def _device_name(platform):
     return "-".join(part for part in (platform.device, str(speed), platform.package) if part)
 
 
-def _parser(prog="python -m fpga.build"):
-    from olmac.spec import ACT_BITS, OUTLIER_LANES, WEIGHT_BITS
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Build a bitstream of a MAC array fed from block RAM (fpga.tops."
-                    "BramFedArray) for a board with the YoWASP tools, and report its "
-                    "resources and fmax.")
-    parser.add_argument("--board", required=True, choices=BOARDS)
-    parser.add_argument("--lanes", type=int, default=8, help="multipliers per column (K)")
-    parser.add_argument("--cols", type=int, default=8, help="columns (N)")
-    parser.add_argument("--bits", type=int, default=4,
-                        help=f"activation and weight width, {ACT_BITS[0]}..{ACT_BITS[1]}")
-    parser.add_argument("--act-bits", type=int, help="activation width (overrides --bits)")
-    parser.add_argument("--weight-bits", type=int, help=f"weight width (overrides --bits), "
-                                                        f"{WEIGHT_BITS[0]}..{WEIGHT_BITS[1]}")
-    parser.add_argument("--unsigned-acts", action="store_true",
-                        help="unsigned activations (default signed)")
-    parser.add_argument("--max-k", type=int, default=256,
-                        help="reduction length: `last` every ceil(max_k/lanes) beats")
-    parser.add_argument("--act-outlier-lanes", type=int, default=0,
-                        help=f"activation-outlier multipliers, {OUTLIER_LANES[0]}.."
-                             f"{OUTLIER_LANES[1]}")
-    parser.add_argument("--weight-outlier-lanes", type=int, default=0,
-                        help="weight-outlier multipliers")
-    parser.add_argument("--act-outlier-bits", type=int, default=16)
-    parser.add_argument("--weight-outlier-bits", type=int, default=16)
-    parser.add_argument("--depth", type=int, default=256, help="words in each memory")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the memory contents")
-    parser.add_argument("--target-mhz", type=float,
-                        help="constrain the clock to this frequency (default: the board's)")
-    parser.add_argument("--skid", action=argparse.BooleanOptionalAction,
-                        help="a skid buffer between the block-RAM feeder and the array "
-                             "(default: on for ECP5, off for iCE40)")
-    parser.add_argument("--multipliers", choices=MULTIPLIERS,
-                        help="where multiplies go (default: hybrid on ECP5, booth on iCE40)")
-    parser.add_argument("--build-dir", type=Path,
-                        help="default: build/fpga/<board>/<configuration>")
-    parser.add_argument("--program", action="store_true",
-                        help="program the board after the build (never by default)")
-    return parser
-
-
 def config_label(top, multipliers=None):
     """A short name for a :class:`~fpga.tops.BramFedArray` configuration, for directories."""
     array = top.array
@@ -448,50 +405,34 @@ def config_label(top, multipliers=None):
     return label + (f"_{multipliers}" if multipliers else "")
 
 
-def main(argv=None, prog="python -m fpga.build"):
-    """The command line: build (and with ``--program`` program) a
-    :class:`~fpga.tops.BramFedArray` for a board and print its report.
+def build(board, *, lanes=8, cols=8, act_bits=4, weight_bits=4, act_signed=True, max_k=256,
+          act_outlier_lanes=0, weight_outlier_lanes=0, act_outlier_bits=16,
+          weight_outlier_bits=16, depth=256, seed=0, skid=None, multipliers=None,
+          target_mhz=None, build_dir=None, program=False):
+    """``olmac build``: a :class:`~fpga.tops.BramFedArray` (its parameters, ``depth`` words
+    in each memory filled from ``seed``) built for ``board`` by :func:`build_bitstream`, in
+    ``build_dir`` (default ``build/fpga/<board>/<configuration>`` of the working
+    directory), and programmed if ``program``. ``skid`` defaults to on for ECP5 and off for
+    iCE40. Returns the :class:`BuildResult`.
 
-    ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in usage and errors
-    (``olmac build`` can pass its own name). Returns the exit status: 0, or 1 when the build
-    fails or does not fit; bad arguments exit with status 2.
+    Raises
+    ------
+    TypeError, ValueError
+        If ``board`` is unknown or :class:`~fpga.tops.BramFedArray` refuses a parameter.
+    BuildFailed, DoesNotFit, OSError, subprocess.CalledProcessError
+        As :func:`build_bitstream`.
     """
     from .tops import BramFedArray
-    parser = _parser(prog)
-    args = parser.parse_args(argv)
-    try:
-        top = BramFedArray(
-            lanes=args.lanes, cols=args.cols, act_bits=args.act_bits or args.bits,
-            weight_bits=args.weight_bits or args.bits, act_signed=not args.unsigned_acts,
-            max_k=args.max_k, act_outlier_lanes=args.act_outlier_lanes,
-            weight_outlier_lanes=args.weight_outlier_lanes,
-            act_outlier_bits=args.act_outlier_bits,
-            weight_outlier_bits=args.weight_outlier_bits, depth=args.depth, seed=args.seed,
-            # measured: the skid buffer pays on ECP5 and costs 10 MHz on the UP5K
-            skid=args.skid if args.skid is not None else _board(args.board).family == "ecp5")
-    except (TypeError, ValueError) as error:
-        parser.error(str(error))
-    build_dir = args.build_dir or (Path("build") / "fpga" / args.board
-                                   / config_label(top, args.multipliers))
-    print(f"building {config_label(top, args.multipliers)} for {args.board} in {build_dir}",
-          flush=True)
-    try:
-        result = build_bitstream(args.board, top, build_dir, target_mhz=args.target_mhz,
-                                 multipliers=args.multipliers, program=args.program)
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
-        # BuildFailed and DoesNotFit, a missing tool, or a programmer that failed
-        print(f"{parser.prog}: {error}", file=sys.stderr)
-        return 1
-    print(result.report.markdown())
-    print(f"bitstream: {result.bitstream} ({result.seconds:.0f} s); "
-          f"{top.macs_per_cycle} MACs/cycle, "
-          f"{top.macs_per_cycle * result.report.fmax_mhz / 1e3:.2f} GMAC/s peak at fmax; "
-          f"{'programmed' if result.programmed else 'not programmed'}")
-    if not result.runs_at_board_clock:
-        print(f"warning: fmax is below the board clock of {result.board_clock_mhz:g} MHz",
-              file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    family = _board(board).family
+    top = BramFedArray(
+        lanes=lanes, cols=cols, act_bits=act_bits, weight_bits=weight_bits,
+        act_signed=act_signed, max_k=max_k, act_outlier_lanes=act_outlier_lanes,
+        weight_outlier_lanes=weight_outlier_lanes, act_outlier_bits=act_outlier_bits,
+        weight_outlier_bits=weight_outlier_bits, depth=depth, seed=seed,
+        # measured: the skid buffer pays on ECP5 and costs 10 MHz on the UP5K
+        skid=skid if skid is not None else family == "ecp5")
+    label = config_label(top, multipliers)
+    build_dir = build_dir or Path("build") / "fpga" / board / label
+    print(f"building {label} for {board} in {build_dir}", flush=True)
+    return build_bitstream(board, top, build_dir, target_mhz=target_mhz,
+                           multipliers=multipliers, program=program)

@@ -6,19 +6,17 @@ compares every image's logits with the golden integer model; ``olmac board build
 the board top (:mod:`fpga.board`).
 """
 
-import argparse
 import struct
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from olmac.spec import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
-from .host_link import FrameError, LinkError, SerialLink
+from .host_link import SerialLink
 
 __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",
-           "encode_infer", "decode_infer", "parse_info", "main_board", "MEMORIES"]
+           "encode_infer", "decode_infer", "parse_info", "run_demo_board", "MEMORIES"]
 
 #: ``LOAD`` memory numbers by the names of ``CompiledNetwork.core_params``.
 MEMORIES = {"program": 0, "weights": 1, "params": 2}
@@ -158,20 +156,34 @@ class BoardClient(SerialLink):
         return decode_infer(compiled, self.request(encode_infer(compiled, pixels)))
 
 
-def _run(args):
+def run_demo_board(port, *, baud=115200, model="cnn", width=4, images=20, load=False,
+                   timeout=5.0) -> int:
+    """``olmac board run``: send the first ``images`` test images of the demo ``model``
+    compiled for ``width`` (:func:`fpga.board.demo_network`) to the board on ``port``,
+    after loading its memories if ``load``, and compare every image's logits with the
+    golden integer model; prints each mismatch and a summary, and returns the number of
+    mismatching images.
+
+    Raises
+    ------
+    BoardError
+        If the board does not fit the network or refuses a command.
+    olmac.host_link.FrameError, olmac.host_link.LinkError, TimeoutError, OSError
+        As :class:`BoardClient` raises.
+    """
     from olmac.fpga.board import demo_network
     from olmac.golden.program import run_integer, to_pixels
 
-    program, compiled, data = demo_network(args.model, width=args.width)
-    pixels = to_pixels(data.images[:args.images])
+    program, compiled, data = demo_network(model, width=width)
+    pixels = to_pixels(data.images[:images])
     expected = run_integer(program, pixels)
-    labels = data.labels[:args.images]
-    with BoardClient(args.port, args.baud, timeout=args.timeout) as board:
+    labels = data.labels[:images]
+    with BoardClient(port, baud, timeout=timeout) as board:
         info = board.info()
         print(f"board: width {info.width}, {info.input_words} input words, "
               f"{info.output_words} output words, protocol v{info.version}")
         info.check(compiled)
-        if args.load:
+        if load:
             print(f"loaded {board.load(compiled)} words")
         mismatches = correct = 0
         for index in range(len(pixels)):
@@ -183,34 +195,4 @@ def _run(args):
             correct += int(logits.argmax()) == int(labels[index])
     print(f"{len(pixels)} images: {mismatches} mismatches against the golden integer model, "
           f"accuracy {correct / max(len(pixels), 1):.1%}")
-    return 1 if mismatches else 0
-
-
-def main_board(argv=None, prog="olmac board"):
-    """``olmac board run|build``. Returns the exit status (0 good, 1 a mismatch or a failed
-    build; bad arguments exit with 2)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Run or build the network "
-                                     "board (UART host link + network core).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="send test images and compare with golden")
-    run.add_argument("--port", required=True, help="serial port or pyserial URL")
-    run.add_argument("--baud", type=int, default=115200)
-    run.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
-    run.add_argument("--width", type=int, default=4, help="the board's MAC array width")
-    run.add_argument("--images", type=int, default=20)
-    run.add_argument("--load", action="store_true",
-                     help="load the network's memories first (default: use the preloaded)")
-    run.add_argument("--timeout", type=float, default=5.0, help="seconds per reply")
-    commands.add_parser("build", help="build the board top (see python -m fpga.board -h)",
-                        add_help=False)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "build":
-        from olmac.fpga.board import main as build_main
-        return build_main(rest, prog=f"{prog} build")
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    try:
-        return _run(args)
-    except (BoardError, FrameError, LinkError, TimeoutError, OSError) as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return 1
+    return mismatches

@@ -1,6 +1,6 @@
 """Whole networks end to end: a PyTorch model → integer program → network core on Verilator,
-checked image by image against the golden integer model (``olmac quantize``, ``olmac run``,
-``olmac demo``).
+checked image by image against the golden integer model (``olmac run``, ``olmac demo``; the
+model's quantization is :mod:`olmac.flow`).
 """
 
 import json
@@ -12,47 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DEMO_MODELS", "UP5K_MEMORY_BITS", "DemoData", "demo_data", "quantize",
-           "check_pixels", "run_rtl", "memory_bits", "NetworkResult", "run_demo"]
+from olmac.flow import demo_data, quantize
 
-#: The demo networks of ``golden.models``.
-DEMO_MODELS = ("cnn", "mlp")
+__all__ = ["UP5K_MEMORY_BITS", "check_pixels", "run_rtl", "memory_bits", "NetworkResult",
+           "run_demo"]
+
 #: On-chip memory of an iCE40UP5K: four 256-kbit SPRAMs and thirty 4-kbit block RAMs.
 UP5K_MEMORY_BITS = {"spram": 4 * 256 * 1024, "bram": 30 * 4096}
-
-
-@dataclass
-class DemoData:
-    """A trained demo model with its calibration images (the training split) and the test
-    split (real images and labels)."""
-    name: str
-    model: torch.nn.Module
-    calibration: torch.Tensor
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
-def demo_data(name: str) -> DemoData:
-    """The cached demo model ``name`` (``cnn`` or ``mlp``), trained on digits if needed."""
-    from olmac.golden.digits import load_digits_split
-    from olmac.golden.models import as_images, cnn, mlp
-    if name not in DEMO_MODELS:
-        raise ValueError(f"model must be one of {', '.join(DEMO_MODELS)}, not {name!r}")
-    split = load_digits_split()
-    if name == "cnn":
-        return DemoData(name, cnn(split), as_images(split.x_train), as_images(split.x_test),
-                        split.y_test)
-    return DemoData(name, mlp(split), split.x_train, split.x_test, split.y_test)
-
-
-def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_aware",
-             highway=True, outlier_ratio=1 / 64, pixel_max=16, pixel_scale=1 / 16):
-    """``golden.program.quantize_model`` with the demo's defaults: 4-bit W/A, value-aware
-    weights with one outlier per 64 weights of a channel (≈ 1.6 %), MMSE scales, highway."""
-    from olmac.golden.program import quantize_model
-    return quantize_model(model, calibration, act_bits=act_bits, weight_bits=weight_bits,
-                          scheme=scheme, highway=highway, outlier_ratio=outlier_ratio,
-                          pixel_max=pixel_max, pixel_scale=pixel_scale)
 
 
 def memory_bits(compiled) -> dict[str, int]:

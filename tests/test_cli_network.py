@@ -10,7 +10,7 @@ import torch
 from olmac.golden import artifact
 from olmac.golden.program import run_integer, to_pixels
 from olmac.cli import main
-from olmac.network import demo_data
+from olmac.flow import demo_data
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -1,0 +1,29 @@
+"""``olmac demo``: a demo network through the RTL, checked image by image against golden
+(:func:`olmac.network.run_demo`)."""
+
+from .quantize import quantization_arguments
+from .common import UsageError
+
+
+def arguments(parser):
+    quantization_arguments(parser, default_model="cnn", own_models=False)
+    parser.add_argument("--images", type=int, help="only the first N test images (default: all)")
+    parser.add_argument("--width", type=int, default=8, help="a width × width MAC array")
+    parser.add_argument("--stall-sixteenths", type=int, default=0,
+                        help="random stalls on the input and output streams, in sixteenths "
+                             "of the beats")
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    from olmac.compiler import CompileError
+    from olmac.network import run_demo
+    try:
+        report = run_demo(model=args.model, act_bits=args.act_bits,
+                          weight_bits=args.weight_bits, scheme=args.scheme,
+                          highway=not args.no_highway, images=args.images,
+                          outlier_ratio=args.outlier_ratio, width=args.width,
+                          stall_sixteenths=args.stall_sixteenths)
+    except (CompileError, TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    return 1 if report["mismatching_images"] else None

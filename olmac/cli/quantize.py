@@ -1,0 +1,93 @@
+"""``olmac quantize``: a PyTorch model to an integer program artifact through
+:func:`olmac.flow.quantize`."""
+
+import importlib
+import sys
+
+import numpy as np
+
+from olmac.flow import DEMO_MODELS
+from .common import UsageError
+
+
+def quantization_arguments(parser, default_model=None, own_models=True):
+    """The options ``olmac quantize`` and ``olmac demo`` share."""
+    from olmac.compiler import SUPPORTED_SCHEMES
+    from olmac.golden.program import SCHEMES
+    from olmac.spec import ACT_BITS, WEIGHT_BITS
+    help_text = " or ".join(DEMO_MODELS)
+    if own_models:
+        help_text += ", or module:callable returning a trained nn.Module"
+    parser.add_argument("--model", default=default_model, required=default_model is None,
+                        help=help_text, **({} if own_models else {"choices": DEMO_MODELS}))
+    parser.add_argument("--act-bits", type=int, default=4,
+                        help=f"{ACT_BITS[0]}..{ACT_BITS[1]}")
+    parser.add_argument("--weight-bits", type=int, default=4,
+                        help=f"{WEIGHT_BITS[0]}..{WEIGHT_BITS[1]}")
+    parser.add_argument("--scheme", default="value_aware", choices=SCHEMES,
+                        help=f"weight scheme of every layer (the RTL runs "
+                             f"{' and '.join(SUPPORTED_SCHEMES)})")
+    parser.add_argument("--outlier-ratio", type=float, default=1 / 64,
+                        help="value_aware: weight outliers per weight of a channel")
+    parser.add_argument("--no-highway", action="store_true",
+                        help="requantize residual paths to the low width (the ablation)")
+
+
+def arguments(parser):
+    quantization_arguments(parser)
+    parser.add_argument("--calibration", help="real calibration images .npy (N × input "
+                        "shape); default for the demo models: their training split")
+    parser.add_argument("--pixel-max", type=int, default=16,
+                        help="inputs are integer pixels 0..pixel-max")
+    parser.add_argument("--pixel-scale", type=float, default=1 / 16,
+                        help="the real value of one pixel step")
+    parser.add_argument("--out", required=True, help="artifact directory to write")
+    parser.set_defaults(run=run)
+
+
+def _model(spec):
+    """A demo model name, or ``module:callable`` returning a trained ``nn.Module``."""
+    from olmac.flow import demo_data
+    if spec in DEMO_MODELS:
+        return demo_data(spec).model
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        raise UsageError(f"--model must be one of {', '.join(DEMO_MODELS)} or "
+                         f"'module:callable', not {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise UsageError(f"--model {spec}: {error}") from None
+    return factory()
+
+
+def _calibration(args):
+    import torch
+    from olmac.flow import demo_data
+    if args.calibration is None:
+        if args.model not in DEMO_MODELS:
+            raise UsageError("--calibration is required for a model of your own")
+        return demo_data(args.model).calibration
+    calibration = np.load(args.calibration)
+    if not np.issubdtype(calibration.dtype, np.floating):
+        raise UsageError(f"--calibration ({args.calibration}) must hold real images "
+                         f"(pixel × pixel-scale), not {calibration.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(calibration)).to(torch.float32)
+
+
+def run(args):
+    from olmac.flow import quantize
+    from olmac.golden import artifact
+    from olmac.golden.program import ProgramError
+    model = _model(args.model)
+    calibration = _calibration(args)
+    try:
+        program = quantize(model, calibration, act_bits=args.act_bits,
+                           weight_bits=args.weight_bits, scheme=args.scheme,
+                           highway=not args.no_highway, outlier_ratio=args.outlier_ratio,
+                           pixel_max=args.pixel_max, pixel_scale=args.pixel_scale)
+    except (ProgramError, TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    path = artifact.save(program, args.out)
+    print(program.describe())
+    print(f"olmac: wrote the integer program to {path}", file=sys.stderr)

@@ -1,0 +1,56 @@
+"""``olmac run``: an integer program artifact on integer pixels, on the golden model or on
+the network core's RTL (:func:`olmac.network.run_rtl`)."""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import UsageError
+
+
+def arguments(parser):
+    parser.add_argument("--program", required=True, help="artifact directory (olmac quantize)")
+    parser.add_argument("--inputs", required=True, help="integer pixels .npy, N × input shape")
+    parser.add_argument("--backend", choices=("golden", "rtl"), default="golden",
+                        help="the golden integer model or the RTL on Verilator")
+    parser.add_argument("--width", type=int, default=8, help="RTL: a width × width MAC array")
+    parser.add_argument("--stall-sixteenths", type=int, default=0,
+                        help="RTL: random stalls on the input and output streams, in "
+                             "sixteenths of the beats")
+    parser.add_argument("--out", required=True, help="logits .npy (N × F int64)")
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    import torch
+    from olmac.compiler import CompileError
+    from olmac.golden import artifact
+    from olmac.golden.program import run_integer
+    from olmac.network import check_pixels, run_rtl
+    try:
+        program = artifact.load(args.program)
+    except artifact.ArtifactError as error:
+        raise UsageError(str(error)) from None
+    try:
+        pixels = check_pixels(program, torch.from_numpy(np.load(args.inputs)))
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--inputs ({args.inputs}): {error}") from None
+    started = time.perf_counter()
+    if args.backend == "golden":
+        logits = run_integer(program, pixels)
+    else:
+        try:
+            result = run_rtl(program, pixels, width=args.width,
+                             stall_sixteenths=args.stall_sixteenths,
+                             build_dir=Path("build/sim") / f"run_{Path(args.program).name}",
+                             progress=True)
+        except (CompileError, TypeError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        logits = result.logits
+        print(f"olmac: {result.cycles_per_image:.0f} cycles per image, MAC utilization "
+              f"{100 * result.utilization:.1f} %", file=sys.stderr)
+    np.save(args.out, logits.numpy())
+    print(f"olmac: wrote {args.out} ({logits.shape[0]}x{logits.shape[1]} int64 logits, "
+          f"{args.backend}, {time.perf_counter() - started:.1f} s)", file=sys.stderr)
