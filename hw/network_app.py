@@ -1,39 +1,513 @@
 """The network application of the host link: a command protocol on frame payloads
 (docs/host_link.md §6) that loads, restarts and runs a :class:`hw.network.NetworkCore`.
+
+One component per command behind a :class:`Dispatcher` that hands each request to the
+handler of its command byte: :class:`LoadHandler` (``LOAD``), :class:`InferHandler`
+(``INFER``) and :class:`FixedCommand` (``RESTART`` and ``INFO``). Each handler is an
+application of the link by itself (``host: In(AppSignature())``): it sees the whole request,
+command byte included, and gives one reply. :class:`NetworkApp` wires them together.
 """
 
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import INFO_MAGIC, PROTOCOL_VERSION, Command, Status, check_int
-from .host_link import AppSignature
-from .network import STORAGE_BITS, NetworkCore
+from olmac.spec import HIGHWAY_BITS, INFO_MAGIC, PROTOCOL_VERSION, Command, Status, check_int
+from .host_link import MAX_PAYLOAD_RANGE, AppSignature
+from .network import NetworkCore
 
-__all__ = ["NetworkApp"]
+__all__ = ["NetworkApp", "Dispatcher", "LoadHandler", "InferHandler", "FixedCommand"]
+
+#: The memories ``LOAD`` writes, by the names of their depths and word sizes.
+_LOADABLE = ("program", "weights", "params")
+#: The ``LOAD`` memory byte of each of them (the core's memory numbers).
+_MEMORY = {"program": NetworkCore.Memory.PROGRAM, "weights": NetworkCore.Memory.WEIGHTS,
+           "params": NetworkCore.Memory.PARAMS}
+
 
 def _le(value, count):
     return [(value >> (8 * index)) & 0xFF for index in range(count)]
 
 
+def _check_table(name, table, needed, bounds):
+    """``table`` restricted to the keys ``needed``, each an integer within ``bounds``."""
+    if not isinstance(table, dict):
+        raise TypeError(f"{name} must be a dict, not {table!r}")
+    missing = [key for key in needed if key not in table]
+    if missing:
+        raise ValueError(f"{name} lacks {', '.join(missing)}: {table!r}")
+    return {key: check_int(f"{name}[{key!r}]", table[key], bounds) for key in needed}
+
+
+def _core_streams(width):
+    """The ``inputs`` and ``outputs`` members of an application of a core ``width`` slots
+    wide."""
+    word = data.ArrayLayout(unsigned(HIGHWAY_BITS), width)
+    return {"inputs": Out(stream.Signature(word)),
+            "outputs": In(stream.Signature(data.StructLayout({"word": word,
+                                                              "last": unsigned(1)})))}
+
+
+def _check_load_layout(load_layout):
+    if not isinstance(load_layout, data.StructLayout):
+        raise TypeError(f"Load layout must be a data.StructLayout, not {load_layout!r}")
+    return load_layout
+
+
+def _take(m, request):
+    """Take ``request``'s bytes; returns "its last byte is taken in this cycle"."""
+    m.d.comb += request.ready.eq(1)
+    return request.valid & request.payload.last
+
+
+def _send(m, reply, byte, last):
+    """Offer ``byte`` on ``reply``; returns "it is taken in this cycle"."""
+    m.d.comb += [reply.valid.eq(1), reply.payload.data.eq(byte), reply.payload.last.eq(last)]
+    return reply.ready
+
+
+def _send_bytes(m, reply, values, index, *, last=1):
+    """Offer ``values[index]`` on ``reply`` and step ``index`` when it is taken, the last of
+    ``values`` marked with ``last``; returns "the last of them is taken in this cycle" (``index``
+    then returns to 0)."""
+    final = index == len(values) - 1
+    taken = _send(m, reply, Array(values)[index], final & last)
+    with m.If(taken):
+        m.d.sync += index.eq(Mux(final, 0, index + 1))
+    return taken & final
+
+
+def _refusal(m, request, reply, status, *, drain=True):
+    """The FSM states that refuse a request: ``"DRAIN"`` takes the rest of it (only with
+    ``drain``), then state ``status.name`` replies ``status`` alone; then ``"COMMAND"``."""
+    if drain:
+        with m.State("DRAIN"):
+            with m.If(_take(m, request)):
+                m.next = status.name
+    with m.State(status.name):
+        with m.If(_send(m, reply, status, 1)):
+            m.next = "COMMAND"
+
+
+class Dispatcher(wiring.Component):
+    """Hands each request to the handler of its command byte and the handler's reply back.
+
+    The command byte stays in the request: a handler sees the whole request. A request whose
+    command has no handler is taken whole and answered ``BAD_COMMAND``. The next request
+    goes out after the last byte of the reply, so a handler must take all of its request
+    before it sends that byte.
+
+    Parameters
+    ----------
+    commands : sequence of Command
+        The command of each handler: ``handlers[i]`` serves ``commands[i]``.
+
+    Raises
+    ------
+    TypeError
+        If ``commands`` is not a non-empty sequence of :class:`Command`.
+    ValueError
+        If a command appears twice.
+
+    Members
+    -------
+    host : In(AppSignature())
+        Requests and replies of the host link.
+    handlers : Out(AppSignature()).array(len(commands))
+        Requests to and replies from each handler.
+    """
+
+    def __init__(self, commands):
+        if (not isinstance(commands, (list, tuple)) or not commands
+                or not all(isinstance(command, Command) for command in commands)):
+            raise TypeError(f"Commands must be a non-empty sequence of Command, not {commands!r}")
+        if len(set(commands)) != len(commands):
+            raise ValueError(f"Commands must differ, not {commands!r}")
+        self._commands = tuple(commands)
+        super().__init__({"host": In(AppSignature()),
+                          "handlers": Out(AppSignature()).array(len(commands))})
+
+    @property
+    def commands(self):
+        """The command of each handler."""
+        return self._commands
+
+    def elaborate(self, platform):
+        m = Module()
+        request, reply = self.host.request, self.host.reply
+        for handler in self.handlers:
+            m.d.comb += handler.request.payload.eq(request.payload)
+        with m.FSM():
+            with m.State("COMMAND"):
+                with m.If(request.valid):
+                    with m.Switch(request.payload.data):
+                        for index, command in enumerate(self._commands):
+                            with m.Case(command):
+                                m.next = f"HANDLER_{index}"
+                        with m.Default():
+                            m.next = "DRAIN"
+            for index, handler in enumerate(self.handlers):
+                with m.State(f"HANDLER_{index}"):
+                    m.d.comb += [
+                        handler.request.valid.eq(request.valid),
+                        request.ready.eq(handler.request.ready),
+                        reply.valid.eq(handler.reply.valid),
+                        reply.payload.eq(handler.reply.payload),
+                        handler.reply.ready.eq(reply.ready),
+                    ]
+                    with m.If(reply.valid & reply.ready & reply.payload.last):
+                        m.next = "COMMAND"
+            _refusal(m, request, reply, Status.BAD_COMMAND)
+        return m
+
+
+class FixedCommand(wiring.Component):
+    """A command of one byte with a fixed reply (``RESTART``, ``INFO``).
+
+    A request of more bytes is taken whole and answered ``BAD_LENGTH``; nothing is applied.
+
+    Parameters
+    ----------
+    reply : bytes
+        The reply to the one-byte request, 1..65534 bytes.
+    action : bool
+        Whether the command is applied by a beat on ``action`` before the reply.
+
+    Raises
+    ------
+    TypeError
+        If ``reply`` is not 1..65534 bytes or ``action`` not a bool.
+
+    Members
+    -------
+    host : In(AppSignature())
+        Requests and replies.
+    action : Out(stream.Signature(0))
+        One beat per applied command; only with ``action``.
+    """
+
+    def __init__(self, reply, *, action=False):
+        if not isinstance(reply, bytes) or not 1 <= len(reply) < MAX_PAYLOAD_RANGE[1]:
+            raise TypeError(f"Reply must be 1..{MAX_PAYLOAD_RANGE[1] - 1} bytes, not {reply!r}")
+        if not isinstance(action, bool):
+            raise TypeError(f"action must be a bool, not {action!r}")
+        self._reply = reply
+        self._action = action
+        members = {"host": In(AppSignature())}
+        if action:
+            members["action"] = Out(stream.Signature(0))
+        super().__init__(members)
+
+    @property
+    def reply(self):
+        """The reply to the one-byte request."""
+        return self._reply
+
+    def elaborate(self, platform):
+        m = Module()
+        request, reply = self.host.request, self.host.reply
+        index = Signal(range(len(self._reply)))
+        with m.FSM():
+            with m.State("COMMAND"):
+                with m.If(_take(m, request)):
+                    m.next = "ACTION" if self._action else "REPLY"
+                with m.Elif(request.valid):
+                    m.next = "DRAIN"
+            if self._action:
+                with m.State("ACTION"):
+                    m.d.comb += self.action.valid.eq(1)
+                    with m.If(self.action.ready):
+                        m.next = "REPLY"
+            with m.State("REPLY"):
+                with m.If(_send_bytes(m, reply, [Const(byte, 8) for byte in self._reply],
+                                      index)):
+                    m.next = "COMMAND"
+            _refusal(m, request, reply, Status.BAD_LENGTH)
+        return m
+
+
+class LoadHandler(wiring.Component):
+    """``LOAD memory address word…``: writes words to consecutive addresses of the program
+    (memory 0), weight (1) or parameter (2) memory of a :class:`NetworkCore`.
+
+    A word is ``word_bytes[memory]`` bytes, little-endian. The reply is ``status, count``
+    (16 bits): how many words were written before the end of the request or the first bad
+    word, so a partial write is always reported. The status is ``BAD_LENGTH`` for a header
+    cut short or a last word cut short, ``BAD_MEMORY`` for a memory other than 0..2 (nothing
+    written) and ``BAD_ADDRESS`` for a word past the end of its memory; the rest of a
+    refused request is dropped.
+
+    Parameters
+    ----------
+    load_layout : data.StructLayout
+        The core's ``load`` payload (``memory``, ``address``, ``word``).
+    depths : dict
+        Depths of the ``program``, ``weights`` and ``params`` memories.
+    word_bytes : dict
+        Bytes of a word of each of them.
+
+    Raises
+    ------
+    TypeError
+        If ``load_layout`` is not a ``data.StructLayout``, or ``depths`` or ``word_bytes``
+        not a dict of integers in range.
+    ValueError
+        If ``depths`` or ``word_bytes`` lacks one of the three memories.
+
+    Members
+    -------
+    host : In(AppSignature())
+        Requests and replies.
+    load : Out(stream.Signature(load_layout))
+        Memory writes to the core.
+    """
+
+    def __init__(self, *, load_layout, depths, word_bytes):
+        self._load_layout = _check_load_layout(load_layout)
+        self._depths = _check_table("depths", depths, _LOADABLE, (1, 65536 * 8192))
+        self._word_bytes = _check_table("word_bytes", word_bytes, _LOADABLE, (1, 65536 * 1024))
+        super().__init__({"host": In(AppSignature()),
+                          "load": Out(stream.Signature(load_layout))})
+
+    @property
+    def depths(self):
+        """Depths of the loadable memories, by name."""
+        return dict(self._depths)
+
+    @property
+    def word_bytes(self):
+        """Bytes of one word, by memory name."""
+        return dict(self._word_bytes)
+
+    def elaborate(self, platform):
+        m = Module()
+        request, reply = self.host.request, self.host.reply
+        byte, is_last = request.payload.data, request.payload.last
+
+        status = Signal(8)
+        count = Signal(16)          # words written
+        memory = Signal(2)
+        bad_memory = Signal()
+        address = Signal(16)
+        word = Signal(8 * max(self._word_bytes.values()))
+        index = Signal(range(max(3, *self._word_bytes.values())))  # byte of header or word
+        request_done = Signal()     # the request's last byte has been taken
+        sent = Signal(range(3))     # reply bytes sent
+
+        memory_bytes = Signal.like(index)
+        memory_depth = Signal(range(max(self._depths.values()) + 1))
+        with m.Switch(memory):
+            for name in _LOADABLE:
+                with m.Case(_MEMORY[name]):
+                    m.d.comb += [memory_bytes.eq(self._word_bytes[name] - 1),
+                                 memory_depth.eq(self._depths[name])]
+        m.d.comb += [
+            self.load.payload.memory.eq(memory),
+            self.load.payload.address.eq(address),
+            self.load.payload.word.eq(word),
+        ]
+
+        def refuse(code):
+            m.d.sync += status.eq(code)
+            with m.If(is_last):
+                m.next = "REPLY"
+            with m.Else():
+                m.next = "DRAIN"
+
+        with m.FSM():
+            with m.State("COMMAND"):
+                m.d.sync += [count.eq(0), index.eq(0), word.eq(0), status.eq(Status.OK)]
+                with m.If(_take(m, request)):
+                    m.d.sync += status.eq(Status.BAD_LENGTH)
+                    m.next = "REPLY"
+                with m.Elif(request.valid):
+                    m.next = "HEADER"
+            with m.State("HEADER"):
+                m.d.comb += request.ready.eq(1)
+                with m.If(request.valid):
+                    m.d.sync += index.eq(index + 1)
+                    with m.Switch(index):
+                        with m.Case(0):
+                            m.d.sync += [memory.eq(byte[:2]), bad_memory.eq(byte > 2)]
+                        with m.Case(1):
+                            m.d.sync += address[:8].eq(byte)
+                        with m.Case(2):
+                            m.d.sync += address[8:].eq(byte)
+                    with m.If(is_last):
+                        refuse(Status.BAD_LENGTH)
+                    with m.Elif(index == 2):
+                        m.d.sync += index.eq(0)
+                        with m.If(bad_memory):
+                            refuse(Status.BAD_MEMORY)
+                        with m.Else():
+                            m.next = "WORD"
+            with m.State("WORD"):
+                m.d.comb += request.ready.eq(1)
+                with m.If(request.valid):
+                    m.d.sync += [word.word_select(index, 8).eq(byte), index.eq(index + 1),
+                                 request_done.eq(is_last)]
+                    with m.If(index == memory_bytes):
+                        with m.If(address >= memory_depth):
+                            refuse(Status.BAD_ADDRESS)
+                        with m.Else():
+                            m.next = "WRITE"
+                    with m.Elif(is_last):
+                        refuse(Status.BAD_LENGTH)
+            with m.State("WRITE"):
+                m.d.comb += self.load.valid.eq(1)
+                with m.If(self.load.ready):
+                    m.d.sync += [count.eq(count + 1), address.eq(address + 1), index.eq(0),
+                                 word.eq(0)]
+                    with m.If(request_done):
+                        m.next = "REPLY"
+                    with m.Else():
+                        m.next = "WORD"
+            with m.State("DRAIN"):
+                with m.If(_take(m, request)):
+                    m.next = "REPLY"
+            with m.State("REPLY"):
+                with m.If(_send_bytes(m, reply, [status, count[:8], count[8:]], sent)):
+                    m.next = "COMMAND"
+        return m
+
+
+class InferHandler(wiring.Component):
+    """``INFER word…``: one image to the core, its outputs back.
+
+    The request holds exactly ``input_words`` words of ``width`` 16-bit slots (slot 0 first,
+    little-endian); the reply is ``OK`` and the words the core gives up to the one marked
+    ``last``. A request with other than ``input_words`` words is answered ``BAD_LENGTH``: if it
+    has any word, its image is completed with zero words (a long request's extra bytes are
+    dropped) and run, and its outputs are dropped, so the core waits for the next image
+    either way.
+
+    Parameters
+    ----------
+    width : int
+        Slots per word, 1..64.
+    input_words : int
+        Words of an image, 1..65535.
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an integer in its range.
+
+    Members
+    -------
+    host : In(AppSignature())
+        Requests and replies.
+    inputs : Out(stream.Signature(ArrayLayout(unsigned(16), width)))
+        Image words to the core.
+    outputs : In(stream.Signature(StructLayout({"word": ..., "last": 1})))
+        Output words from the core.
+    """
+
+    def __init__(self, *, width, input_words):
+        self._width = check_int("Width", width, (1, 64))
+        self._input_words = check_int("Input words", input_words, (1, 65535))
+        super().__init__({"host": In(AppSignature()), **_core_streams(width)})
+
+    @property
+    def width(self):
+        """Slots per word."""
+        return self._width
+
+    @property
+    def input_words(self):
+        """Words of an image."""
+        return self._input_words
+
+    def elaborate(self, platform):
+        m = Module()
+        request, reply = self.host.request, self.host.reply
+        byte, is_last = request.payload.data, request.payload.last
+        word_bytes = self._width * HIGHWAY_BITS // 8
+
+        # One register for the input word being collected and, once the image is in, the
+        # output word being sent.
+        word = Signal(self._width * HIGHWAY_BITS)
+        index = Signal(range(word_bytes))
+        words = Signal(range(self._input_words))    # words sent to the core
+        request_done = Signal()     # the request's last byte has been taken
+        bad = Signal()              # the request is not one image: drop its outputs
+        last = Signal()             # the output word being sent is the last
+        m.d.comb += self.inputs.payload.eq(word)
+
+        with m.FSM():
+            with m.State("COMMAND"):
+                m.d.sync += [words.eq(0), index.eq(0), word.eq(0), bad.eq(0)]
+                with m.If(_take(m, request)):
+                    m.next = "BAD_LENGTH"
+                with m.Elif(request.valid):
+                    m.next = "BYTES"
+            with m.State("BYTES"):
+                m.d.comb += request.ready.eq(1)
+                with m.If(request.valid):
+                    m.d.sync += [word.word_select(index, 8).eq(byte), index.eq(index + 1),
+                                 request_done.eq(is_last)]
+                    with m.If((index == word_bytes - 1) | is_last):
+                        m.d.sync += bad.eq(is_last & (index != word_bytes - 1))
+                        m.next = "WORD"
+            with m.State("WORD"):
+                # after a short request's last byte, zero words complete the image
+                m.d.comb += self.inputs.valid.eq(1)
+                with m.If(self.inputs.ready):
+                    m.d.sync += [words.eq(words + 1), index.eq(0), word.eq(0)]
+                    with m.If(words == self._input_words - 1):
+                        with m.If(request_done):
+                            m.next = "OUTPUTS"
+                        with m.Else():
+                            m.d.sync += bad.eq(1)
+                            m.next = "DRAIN"
+                    with m.Elif(request_done):
+                        m.d.sync += bad.eq(1)
+                    with m.Else():
+                        m.next = "BYTES"
+            with m.State("DRAIN"):
+                with m.If(_take(m, request)):
+                    m.next = "OUTPUTS"
+            with m.State("OUTPUTS"):
+                with m.If(bad):
+                    m.d.comb += self.outputs.ready.eq(1)
+                    with m.If(self.outputs.valid & self.outputs.payload.last):
+                        m.next = "BAD_LENGTH"
+                with m.Else():
+                    with m.If(_send(m, reply, Status.OK, 0)):
+                        m.next = "TAKE"
+            with m.State("TAKE"):
+                m.d.comb += self.outputs.ready.eq(1)
+                with m.If(self.outputs.valid):
+                    m.d.sync += [word.eq(self.outputs.payload.word),
+                                 last.eq(self.outputs.payload.last)]
+                    m.next = "SEND"
+            with m.State("SEND"):
+                with m.If(_send_bytes(m, reply, [word.word_select(part, 8)
+                                                 for part in range(word_bytes)],
+                                      index, last=last)):
+                    with m.If(last):
+                        m.next = "COMMAND"
+                    with m.Else():
+                        m.next = "TAKE"
+            _refusal(m, request, reply, Status.BAD_LENGTH, drain=False)
+        return m
+
+
 class NetworkApp(wiring.Component):
-    """Commands from a :class:`hw.host_link.HostLink` to a :class:`NetworkCore`.
+    """Commands from a :class:`hw.host_link.HostLink` to a :class:`NetworkCore`
+    (docs/host_link.md §6).
 
     Every request gets one reply that starts with a :class:`Status` byte:
 
-    * ``LOAD memory address word…`` writes one or more words (``word_bytes[memory]`` bytes
-      each, little-endian) to consecutive addresses of the program (0), weight (1) or
-      parameter (2) memory; the reply is ``status, count`` (16 bits): how many words were
-      written before the end or the first bad word (a bad address, or a last word cut
-      short), so a partial write is always reported.
-    * ``RESTART`` starts the program again at op 0 (after new program words).
-    * ``INFER word…``: exactly ``input_words`` words of ``width`` 16-bit slots; the reply
-      is ``OK`` and the words the program stores. A shorter or longer request is answered
-      ``BAD_LENGTH`` (its image is completed with zeros, run, and the outputs dropped, so
-      the core is ready for the next image).
-    * ``INFO``: ``OK, "OM", version, width, input_words, output_words, program, weight,
-      parameter and activation depths, word_bytes of the three memories`` (16-bit fields
-      little-endian, byte fields as bytes).
+    * ``LOAD memory address word…`` writes words to the program (0), weight (1) or
+      parameter (2) memory and replies ``status, count`` (:class:`LoadHandler`);
+    * ``RESTART`` starts the program again at op 0 (after new program words) and replies
+      ``OK``;
+    * ``INFER word…`` runs one image of ``input_words`` words and replies ``OK`` and the words
+      the program stores (:class:`InferHandler`);
+    * ``INFO`` replies ``OK, "OM", version, width, input_words, output_words, program,
+      weight, parameter and activation depths, word_bytes of the three memories`` (16-bit
+      fields little-endian, byte fields as bytes).
 
     Any other first byte is ``BAD_COMMAND``; a command with a missing or extra byte is
     ``BAD_LENGTH`` and is not applied.
@@ -62,41 +536,22 @@ class NetworkApp(wiring.Component):
     -------
     host : In(AppSignature())
         Requests and replies of the host link.
-    inputs : Out(stream.Signature(ArrayLayout(unsigned(16), width)))
-        Image words to the core.
-    outputs : In(stream.Signature(StructLayout({"word": ..., "last": 1})))
-        Stored words from the core.
+    inputs, outputs
+        Image words to and stored words from the core, as :class:`InferHandler` has them.
     load : Out(stream.Signature(load_layout))
         Memory writes and restarts to the core.
     """
 
     def __init__(self, *, width, load_layout, depths, word_bits, input_words, output_words):
         self._width = check_int("Width", width, (1, 64))
-        if not isinstance(load_layout, data.StructLayout):
-            raise TypeError(f"Load layout must be a data.StructLayout, not {load_layout!r}")
-        for name, table, needed in (("depths", depths, ("program", "weights", "params", "data")),
-                                    ("word_bits", word_bits, ("program", "weights", "params"))):
-            if not isinstance(table, dict):
-                raise TypeError(f"{name} must be a dict, not {table!r}")
-            missing = [key for key in needed if key not in table]
-            if missing:
-                raise ValueError(f"{name} lacks {', '.join(missing)}: {table!r}")
-            for key in needed:
-                check_int(f"{name}[{key!r}]", table[key], (1, 65536 * 8192))
+        self._load_layout = _check_load_layout(load_layout)
+        self._depths = _check_table("depths", depths, (*_LOADABLE, "data"), (1, 65536 * 8192))
+        word_bits = _check_table("word_bits", word_bits, _LOADABLE, (1, 65536 * 8192))
         self._input_words = check_int("Input words", input_words, (1, 65535))
         self._output_words = check_int("Output words", output_words, (1, 65535))
-        self._load_layout = load_layout
-        self._depths = dict(depths)
-        self._word_bytes = {name: -(-word_bits[name] // 8)
-                            for name in ("program", "weights", "params")}
-        self._word = data.ArrayLayout(unsigned(STORAGE_BITS), width)
-        super().__init__({
-            "host": In(AppSignature()),
-            "inputs": Out(stream.Signature(self._word)),
-            "outputs": In(stream.Signature(data.StructLayout({"word": self._word,
-                                                              "last": unsigned(1)}))),
-            "load": Out(stream.Signature(load_layout)),
-        })
+        self._word_bytes = {name: -(-bits // 8) for name, bits in word_bits.items()}
+        super().__init__({"host": In(AppSignature()), **_core_streams(width),
+                          "load": Out(stream.Signature(load_layout))})
 
     @classmethod
     def for_core(cls, core, *, input_words, output_words):
@@ -121,7 +576,7 @@ class NetworkApp(wiring.Component):
     @property
     def request_bytes(self):
         """Length of the longest well-formed request of one image (``INFER``)."""
-        return 1 + self._input_words * self._width * 2
+        return 1 + self._input_words * self._width * HIGHWAY_BITS // 8
 
     def info(self):
         """The bytes of the ``INFO`` reply."""
@@ -134,241 +589,32 @@ class NetworkApp(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        request, reply = self.host.request, self.host.reply
-        byte, is_last = request.payload.data, request.payload.last
-        taken = request.valid & request.ready
-        word_bytes = self._width * 2
+        handlers = {
+            Command.LOAD: LoadHandler(load_layout=self._load_layout, depths=self._depths,
+                                      word_bytes=self._word_bytes),
+            Command.RESTART: FixedCommand(bytes([Status.OK]), action=True),
+            Command.INFER: InferHandler(width=self._width, input_words=self._input_words),
+            Command.INFO: FixedCommand(self.info()),
+        }
+        m.submodules.dispatcher = dispatcher = Dispatcher(list(handlers))
+        for port, (command, handler) in zip(dispatcher.handlers, handlers.items()):
+            m.submodules[command.name.lower()] = handler
+            wiring.connect(m, port, handler.host)
+        wiring.connect(m, wiring.flipped(self.host), dispatcher.host)
 
-        status = Signal(8)
-        count = Signal(16)          # LOAD: words written
-        memory = Signal(2)
-        address = Signal(16)
-        buffer_bits = max(Shape.cast(self._load_layout["word"].shape).width,
-                          self._width * STORAGE_BITS)
-        buffer = Signal(-(-buffer_bits // 8) * 8)
-        byte_index = Signal(range(max(max(self._word_bytes.values()), word_bytes) + 1))
-        request_done = Signal()     # the request's last byte has been taken
-        words = Signal(16)          # INFER: words sent to the core
-        bad = Signal()
-        info = Array(Const(value, 8) for value in self.info())
-        reply_index = Signal(range(max(len(self.info()), word_bytes, 3) + 1))
-        out_word = Signal(self._width * STORAGE_BITS)
-        out_last = Signal()
+        infer = handlers[Command.INFER]
+        wiring.connect(m, infer.inputs, wiring.flipped(self.inputs))
+        wiring.connect(m, wiring.flipped(self.outputs), infer.outputs)
 
-        memory_bytes = Signal.like(byte_index)
-        memory_depth = Signal(range(max(self._depths.values()) + 1))
-        with m.Switch(memory):
-            for value, name in ((NetworkCore.Memory.PROGRAM, "program"),
-                                (NetworkCore.Memory.WEIGHTS, "weights"),
-                                (NetworkCore.Memory.PARAMS, "params")):
-                with m.Case(value):
-                    m.d.comb += [memory_bytes.eq(self._word_bytes[name]),
-                                 memory_depth.eq(self._depths[name])]
-
-        def take_byte():
-            m.d.comb += request.ready.eq(1)
-
+        # A restart is a load beat to memory RESTART, whose address and word the core does
+        # not read: only `memory` is chosen (a multiplexer on the word would cost a LUT a bit).
+        load, restart = handlers[Command.LOAD].load, handlers[Command.RESTART].action
         m.d.comb += [
-            self.load.payload.memory.eq(memory),
-            self.load.payload.address.eq(address),
-            self.load.payload.word.eq(buffer),
-            self.inputs.payload.eq(buffer),
+            self.load.payload.eq(load.payload),
+            self.load.valid.eq(load.valid | restart.valid),
+            load.ready.eq(self.load.ready),
+            restart.ready.eq(self.load.ready),
         ]
-
-        with m.FSM():
-            with m.State("COMMAND"):
-                take_byte()
-                m.d.sync += [count.eq(0), byte_index.eq(0), buffer.eq(0), words.eq(0),
-                             bad.eq(0), reply_index.eq(0), status.eq(Status.OK)]
-                with m.If(request.valid):
-                    with m.Switch(byte):
-                        with m.Case(Command.LOAD):
-                            with m.If(is_last):
-                                m.d.sync += status.eq(Status.BAD_LENGTH)
-                                m.next = "LOAD_REPLY"
-                            with m.Else():
-                                m.next = "LOAD_MEMORY"
-                        with m.Case(Command.RESTART):
-                            with m.If(is_last):
-                                m.next = "RESTART"
-                            with m.Else():
-                                m.d.sync += status.eq(Status.BAD_LENGTH)
-                                m.next = "DRAIN"
-                        with m.Case(Command.INFER):
-                            with m.If(is_last):
-                                m.d.sync += status.eq(Status.BAD_LENGTH)
-                                m.next = "STATUS_REPLY"
-                            with m.Else():
-                                m.next = "INFER_BYTES"
-                        with m.Case(Command.INFO):
-                            with m.If(is_last):
-                                m.next = "INFO_REPLY"
-                            with m.Else():
-                                m.d.sync += status.eq(Status.BAD_LENGTH)
-                                m.next = "DRAIN"
-                        with m.Default():
-                            m.d.sync += status.eq(Status.BAD_COMMAND)
-                            with m.If(is_last):
-                                m.next = "STATUS_REPLY"
-                            with m.Else():
-                                m.next = "DRAIN"
-
-            with m.State("DRAIN"):
-                take_byte()
-                with m.If(taken & is_last):
-                    m.next = "STATUS_REPLY"
-
-            with m.State("STATUS_REPLY"):
-                m.d.comb += [reply.valid.eq(1), reply.payload.data.eq(status),
-                             reply.payload.last.eq(1)]
-                with m.If(reply.ready):
-                    m.next = "COMMAND"
-
-            # -- LOAD ----------------------------------------------------------------------
-            def load_header(state, next_state, action):
-                with m.State(state):
-                    take_byte()
-                    with m.If(request.valid):
-                        action()
-                        with m.If(is_last):
-                            m.d.sync += status.eq(Status.BAD_LENGTH)
-                            m.next = "LOAD_REPLY"
-                        with m.Else():
-                            m.next = next_state
-
-            def take_memory():
-                m.d.sync += [memory.eq(byte[:2]), bad.eq(byte > 2)]
-
-            def take_address_low():
-                m.d.sync += address[:8].eq(byte)
-
-            load_header("LOAD_MEMORY", "LOAD_ADDRESS_LOW", take_memory)
-            load_header("LOAD_ADDRESS_LOW", "LOAD_ADDRESS_HIGH", take_address_low)
-            with m.State("LOAD_ADDRESS_HIGH"):
-                take_byte()
-                with m.If(request.valid):
-                    m.d.sync += address[8:].eq(byte)
-                    with m.If(is_last):
-                        m.d.sync += status.eq(Status.BAD_LENGTH)
-                        m.next = "LOAD_REPLY"
-                    with m.Elif(bad):
-                        m.d.sync += status.eq(Status.BAD_MEMORY)
-                        m.next = "LOAD_DRAIN"
-                    with m.Else():
-                        m.next = "LOAD_WORD"
-            with m.State("LOAD_WORD"):
-                take_byte()
-                with m.If(request.valid):
-                    m.d.sync += [buffer.word_select(byte_index, 8).eq(byte),
-                                 byte_index.eq(byte_index + 1), request_done.eq(is_last)]
-                    with m.If(byte_index + 1 == memory_bytes):
-                        with m.If(address >= memory_depth):
-                            m.d.sync += status.eq(Status.BAD_ADDRESS)
-                            m.next = "LOAD_DRAIN_OR_REPLY"
-                        with m.Else():
-                            m.next = "LOAD_WRITE"
-                    with m.Elif(is_last):
-                        m.d.sync += status.eq(Status.BAD_LENGTH)
-                        m.next = "LOAD_REPLY"
-            with m.State("LOAD_DRAIN_OR_REPLY"):
-                with m.If(request_done):
-                    m.next = "LOAD_REPLY"
-                with m.Else():
-                    m.next = "LOAD_DRAIN"
-            with m.State("LOAD_WRITE"):
-                m.d.comb += self.load.valid.eq(1)
-                with m.If(self.load.ready):
-                    m.d.sync += [count.eq(count + 1), address.eq(address + 1),
-                                 byte_index.eq(0), buffer.eq(0)]
-                    with m.If(request_done):
-                        m.next = "LOAD_REPLY"
-                    with m.Else():
-                        m.next = "LOAD_WORD"
-            with m.State("LOAD_DRAIN"):
-                take_byte()
-                with m.If(taken & is_last):
-                    m.next = "LOAD_REPLY"
-            with m.State("LOAD_REPLY"):
-                m.d.comb += [
-                    reply.valid.eq(1),
-                    reply.payload.data.eq(Array([status, count[:8], count[8:]])[reply_index]),
-                    reply.payload.last.eq(reply_index == 2),
-                ]
-                with m.If(reply.ready):
-                    m.d.sync += reply_index.eq(reply_index + 1)
-                    with m.If(reply_index == 2):
-                        m.next = "COMMAND"
-
-            # -- RESTART and INFO ----------------------------------------------------------
-            with m.State("RESTART"):
-                m.d.comb += [self.load.valid.eq(1),
-                             self.load.payload.memory.eq(NetworkCore.Memory.RESTART)]
-                with m.If(self.load.ready):
-                    m.next = "STATUS_REPLY"
-            with m.State("INFO_REPLY"):
-                m.d.comb += [reply.valid.eq(1), reply.payload.data.eq(info[reply_index]),
-                             reply.payload.last.eq(reply_index == len(info) - 1)]
-                with m.If(reply.ready):
-                    m.d.sync += reply_index.eq(reply_index + 1)
-                    with m.If(reply_index == len(info) - 1):
-                        m.next = "COMMAND"
-
-            # -- INFER ---------------------------------------------------------------------
-            with m.State("INFER_BYTES"):
-                take_byte()
-                with m.If(request.valid):
-                    m.d.sync += [buffer.word_select(byte_index, 8).eq(byte),
-                                 byte_index.eq(byte_index + 1), request_done.eq(is_last)]
-                    with m.If((byte_index + 1 == word_bytes) | is_last):
-                        m.d.sync += bad.eq(is_last & (byte_index + 1 != word_bytes))
-                        m.next = "INFER_WORD"
-            with m.State("INFER_WORD"):
-                # a short request's image is completed with zero words (`bad`)
-                m.d.comb += self.inputs.valid.eq(1)
-                with m.If(self.inputs.ready):
-                    m.d.sync += [words.eq(words + 1), byte_index.eq(0), buffer.eq(0)]
-                    with m.If(words + 1 == self._input_words):
-                        with m.If(request_done):
-                            m.next = "INFER_OUTPUTS"
-                        with m.Else():
-                            m.d.sync += bad.eq(1)
-                            m.next = "INFER_DRAIN"
-                    with m.Elif(request_done):
-                        m.d.sync += bad.eq(1)
-                    with m.Else():
-                        m.next = "INFER_BYTES"
-            with m.State("INFER_DRAIN"):
-                take_byte()
-                with m.If(taken & is_last):
-                    m.next = "INFER_OUTPUTS"
-            with m.State("INFER_OUTPUTS"):
-                with m.If(bad):
-                    m.d.comb += self.outputs.ready.eq(1)
-                    with m.If(self.outputs.valid & self.outputs.payload.last):
-                        m.d.sync += status.eq(Status.BAD_LENGTH)
-                        m.next = "STATUS_REPLY"
-                with m.Else():
-                    m.d.comb += [reply.valid.eq(1), reply.payload.data.eq(Status.OK)]
-                    with m.If(reply.ready):
-                        m.next = "INFER_TAKE"
-            with m.State("INFER_TAKE"):
-                m.d.comb += self.outputs.ready.eq(1)
-                with m.If(self.outputs.valid):
-                    m.d.sync += [out_word.eq(self.outputs.payload.word),
-                                 out_last.eq(self.outputs.payload.last), reply_index.eq(0)]
-                    m.next = "INFER_SEND"
-            with m.State("INFER_SEND"):
-                final = reply_index == word_bytes - 1
-                m.d.comb += [reply.valid.eq(1),
-                             reply.payload.data.eq(out_word.word_select(reply_index, 8)),
-                             reply.payload.last.eq(final & out_last)]
-                with m.If(reply.ready):
-                    m.d.sync += reply_index.eq(reply_index + 1)
-                    with m.If(final):
-                        m.next = "INFER_NEXT"
-            with m.State("INFER_NEXT"):
-                with m.If(out_last):
-                    m.next = "COMMAND"
-                with m.Else():
-                    m.next = "INFER_TAKE"
+        with m.If(restart.valid):
+            m.d.comb += self.load.payload.memory.eq(NetworkCore.Memory.RESTART)
         return m
