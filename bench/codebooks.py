@@ -15,11 +15,12 @@ import time
 import torch
 from torch import nn
 
-from olmac.golden.digits import DigitsMLP, accuracy, load_digits_split, train
 from olmac.golden.fake_quant import fake_quantize
 from olmac.golden.mmse import (choose_planes, max_abs_scale, mmse_scale, multi_tensor_quantize,
                          quantization_mse, reconstruct, relative_mse)
-from olmac.golden.syq import finetune, freeze, syq_model
+from olmac.golden.syq import freeze, syq_model
+from olmac.models.digits import DigitsMLP, accuracy, load_digits_split
+from olmac.models.training import train
 
 BITS = (2, 3, 4)
 #: Relative-MSE threshold above which a layer takes another plane (docs/codebooks.md §2).
@@ -130,8 +131,8 @@ def syq_table(model: DigitsMLP, split) -> None:
     print("| weights | granularity | first/last layers | accuracy | vs float | QAT s |")
     print("|---|---|---|---:|---:|---:|")
     reference = accuracy(model, split.x_test, split.y_test)
-    longer = finetune(copy.deepcopy(model), split.x_train, split.y_train, epochs=QAT_EPOCHS,
-                      lr=QAT_LR)
+    longer = train(copy.deepcopy(model), split.x_train, split.y_train, epochs=QAT_EPOCHS,
+                   lr=QAT_LR, initialize=False)
     score = accuracy(longer, split.x_test, split.y_test)
     print(f"| float, same fine-tuning | – | float | {score:.2%} | "
           f"{(score - reference) * 100:+.1f} pt | – |")
@@ -141,7 +142,8 @@ def syq_table(model: DigitsMLP, split) -> None:
                 started = time.perf_counter()
                 qat = syq_model(model.layers, idx_bits=idx_bits, zero=zero,
                                 granularity=granularity, keep_first_last=keep)
-                finetune(qat, split.x_train, split.y_train, epochs=QAT_EPOCHS, lr=QAT_LR)
+                train(qat, split.x_train, split.y_train, epochs=QAT_EPOCHS, lr=QAT_LR,
+                      initialize=False)
                 elapsed = time.perf_counter() - started
                 score = accuracy(freeze(qat, entry_bits=ENTRY_BITS), split.x_test,
                                  split.y_test)

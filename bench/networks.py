@@ -1,7 +1,7 @@
 """Whole-network accuracy of the integer programs (docs/program.md): ``python -m bench.networks``.
 
 Test accuracy on the digits test split (every image) of the two demo models of
-``golden.models`` (seed 0, trained once and cached under ``build/models``), computed by
+``olmac.models.demo`` (seed 0, trained once and cached under ``build/models``), computed by
 ``run_integer`` on the integer program of ``quantize_model`` (default calibration), for:
 float; plain ``b``-bit weights and activations (MMSE weights); value-aware weights with
 1 % outliers; SYQ ternary weights with 4-bit activations. The residual CNN is measured with
@@ -13,9 +13,10 @@ import time
 
 import torch
 
-from olmac.golden.digits import load_digits_split
-from olmac.golden.models import as_images, cnn, mlp, one_thread
 from olmac.golden.program import quantize_model, run_integer, to_pixels
+from olmac.models.demo import cnn, mlp
+from olmac.models.digits import as_images, load_digits_split
+from olmac.models.training import one_thread
 
 __all__ = ["WIDTHS", "OUTLIER_RATIO", "measure", "bench_section"]
 

@@ -2,7 +2,7 @@
 
 1. Effective bits per value of the free-list and the block storage formats (§5), with the
    share of outliers a block quota would clamp if outliers fell at random positions.
-2. Test accuracy of the digits MLP (golden/digits.py) in float and with fake-quantized
+2. Test accuracy of the digits MLP (olmac/models/digits.py) in float and with fake-quantized
    weights and activations: plain ``b``-bit, clipped at the outlier thresholds with the
    outliers dropped (an ablation), and value-aware with outliers kept.
 3. Where the outliers of the value-aware 4-bit model are, and how many a quota clamps.
@@ -15,11 +15,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from olmac.golden.digits import DigitsMLP, load_digits_split, train
 from olmac.golden.fake_quant import dequantize, fake_quantize
 from olmac.golden.value_aware import (block_bits_per_value, list_bits_per_value,
                                 outlier_threshold, to_value_aware_round_half_even,
                                 value_aware_scale)
+from olmac.models.digits import DigitsMLP, load_digits_split
+from olmac.models.training import train
 
 BLOCK = 64
 SEED = 0

@@ -25,7 +25,7 @@ __all__ = [
     "KMEANS_ITERATIONS", "subgroup_shape", "ternary_threshold", "codebook_size",
     "init_codebook", "syq_quantize", "pack_codes", "unpack_codes", "SyqCodes", "encode",
     "decode_to_int", "syq_gemm", "ActivationQuantizer", "SyqLinear", "syq_model",
-    "finetune", "freeze",
+    "freeze",
 ]
 
 #: Subgroups sharing one codebook (§3).
@@ -452,23 +452,6 @@ def syq_model(layers: nn.Sequential, *, idx_bits: int, zero: bool, granularity: 
         else:
             modules.append(copy.deepcopy(module))
     return nn.Sequential(*modules)
-
-
-def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 300,
-             lr: float = 3e-3) -> nn.Module:
-    """Full-batch Adam on cross-entropy from the model's current parameters.
-
-    ``golden.digits.train`` without its re-initialization: QAT starts from the trained
-    float weights. No randomness is involved, so a run is deterministic. Returns
-    ``model`` in eval mode.
-    """
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return model.eval()
 
 
 @torch.no_grad()

@@ -7,9 +7,10 @@ import pkgutil
 
 import pytest
 
-from olmac import golden
+from olmac import golden, models
 
-MODULES = sorted([info.name for info in pkgutil.walk_packages(golden.__path__, "olmac.golden.")]
+MODULES = sorted([info.name for package in (golden, models)
+                  for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")]
                  + ["olmac.sim.codec"])
 
 

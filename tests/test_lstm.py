@@ -1,4 +1,4 @@
-"""The character LSTM with a precision highway on its cell state (golden/lstm.py,
+"""The character LSTM with a precision highway on its cell state (olmac/models/lstm.py,
 docs/lstm.md)."""
 
 import math
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from olmac.golden.fake_quant import fake_quantize
-from olmac.golden.lstm import (ALPHABET, CharLSTM, LSTMQuant, StepQuant, activation_scale,
+from olmac.golden.mmse import mmse_scale
+from olmac.models.lstm import (ALPHABET, CharLSTM, LSTMQuant, StepQuant, activation_scale,
                          calibrate, corpus_split, decode, encode, fake_quantize_ste,
                          gate_scales, load_corpus, lstm_step, perplexity, perplexity_table,
                          train_tbptt, weight_scale)
-from olmac.golden.mmse import mmse_scale
 
 H = 8
 

@@ -18,11 +18,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from olmac.golden import artifact
-from olmac.golden.digits import DigitsMLP, load_digits_split
-from olmac.golden.models import ResidualCNN, as_images, cached, cnn, mlp
 from olmac.golden.program import (CLIP_FACTORS, SCHEMES, SEARCH_IMAGES, ProgramError, im2col,
                             pool_windows, quantize_model, requantize_residual_round_half_up,
                             run_fake_quant, run_integer, to_pixels)
+from olmac.models.demo import ResidualCNN, cnn, mlp
+from olmac.models.digits import DigitsMLP, as_images, load_digits_split
+from olmac.models.training import cached
 
 pytestmark = pytest.mark.filterwarnings("error")
 

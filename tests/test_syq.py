@@ -14,10 +14,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from olmac.golden.digits import DigitsMLP, accuracy, load_digits_split, train
 from olmac.golden.syq import (ActivationQuantizer, SyqLinear, codebook_size, decode_to_int, encode,
-                        finetune, freeze, init_codebook, pack_codes, subgroup_shape,
+                        freeze, init_codebook, pack_codes, subgroup_shape,
                         syq_gemm, syq_model, syq_quantize, ternary_threshold, unpack_codes)
+from olmac.models.digits import DigitsMLP, accuracy, load_digits_split
+from olmac.models.training import train
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -308,7 +309,7 @@ def test_qat_trains_and_freezes_to_the_decoded_weights(digits, idx_bits, zero):
     split, model = digits
     qat = syq_model(model.layers, idx_bits=idx_bits, zero=zero, granularity="row",
                     keep_first_last=False)
-    finetune(qat, split.x_train, split.y_train, epochs=60, lr=3e-3)
+    train(qat, split.x_train, split.y_train, epochs=60, lr=3e-3, initialize=False)
     trained = accuracy(qat, split.x_test, split.y_test)
     assert trained > accuracy(model, split.x_test, split.y_test) - 0.05
     frozen = freeze(qat, entry_bits=7)

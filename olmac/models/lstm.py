@@ -7,7 +7,7 @@ over a fixed 70-character alphabet. Its cell is written out gate by gate in ``ls
 that every quantization point is visible; at ``b`` bits (2..16):
 
 * the weights ``W_ih``, ``W_hh`` and the decoder's weight are ``s<b>``, one scale per output
-  row (MMSE or max-abs, ``golden.mmse``); biases and logits stay float;
+  row (MMSE or max-abs, ``olmac.golden.mmse``); biases and logits stay float;
 * the inputs of the gate GEMMs, ``x_t`` (the embedding) and ``h_{t-1}``, are ``s<b>`` with
   per-tensor scales calibrated on the float model; ``h_t`` is quantized once, where it is
   made, and that one value feeds both the recurrence and the decoder;
@@ -38,14 +38,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from olmac.spec import WEIGHT_BITS, check_int
-from .fake_quant import fake_quantize
-from .formats import int_range
-from .mmse import mmse_scale
-from .models import MODEL_DIR, cached, one_thread
+from olmac.golden.fake_quant import fake_quantize
+from olmac.golden.formats import int_range
+from olmac.golden.mmse import mmse_scale
+from olmac.spec import HIGHWAY_BITS, WEIGHT_BITS, check_int
+from .training import MODEL_DIR, cached, one_thread
 
 __all__ = [
-    "ALPHABET", "EMBED", "HIDDEN", "BITS_RANGE", "HIGHWAY_BITS", "WEIGHT_SCALES",
+    "ALPHABET", "EMBED", "HIDDEN", "BITS_RANGE", "WEIGHT_SCALES",
     "CALIBRATION_SAMPLES", "FLOAT_STEPS", "QAT_STEPS",
     "load_corpus", "encode", "decode", "corpus_digest", "CorpusSplit", "corpus_split",
     "fake_quantize_ste", "weight_scale", "activation_scale", "gate_scales", "LSTMQuant",
@@ -64,8 +64,6 @@ EMBED = 64
 HIDDEN = 128
 #: Allowed quantization widths, inclusive (2..4 for the study, 16 for the highway).
 BITS_RANGE = (2, 16)
-#: Width of the cell state on the precision highway.
-HIGHWAY_BITS = 16
 #: Weight-scale rules: per-output-row min-MSE grid search or max-abs (golden/mmse.py).
 WEIGHT_SCALES = ("mmse", "max_abs")
 #: Most values of one activation the calibration looks at (every k-th value).

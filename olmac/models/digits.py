@@ -1,7 +1,6 @@
-"""Small models on scikit-learn's bundled digits data (1797 8×8 images, no download).
+"""scikit-learn's bundled digits data (1797 8×8 images, no download) and a small MLP on it.
 
-The float baselines that the quantization schemes are measured against. Training is
-full-batch and deterministic for a given seed, and takes seconds on a CPU.
+The float baselines that the quantization schemes are measured against.
 """
 
 from dataclasses import dataclass
@@ -9,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["DigitsSplit", "load_digits_split", "DigitsMLP", "train", "accuracy"]
+__all__ = ["DigitsSplit", "load_digits_split", "as_images", "DigitsMLP", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,16 @@ def load_digits_split(test_fraction: float = 0.3, seed: int = 0) -> DigitsSplit:
     return DigitsSplit(as_x(x_train), as_y(y_train), as_x(x_test), as_y(y_test))
 
 
+def as_images(x: torch.Tensor) -> torch.Tensor:
+    """Flat ``N×64`` digits images as ``N×1×8×8``, row-major (row ``i // 8``, column
+    ``i % 8``), the layout of scikit-learn's ``images``.
+
+    >>> as_images(torch.arange(64.0)[None])[0, 0, 1, :3]
+    tensor([ 8.,  9., 10.])
+    """
+    return x.reshape(-1, 1, 8, 8)
+
+
 class DigitsMLP(nn.Module):
     """64 → hidden → hidden → 10 with ReLU."""
 
@@ -44,24 +53,6 @@ class DigitsMLP(nn.Module):
 
     def forward(self, x):
         return self.layers(x)
-
-
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 300,
-          lr: float = 1e-2, seed: int = 0) -> nn.Module:
-    """Full-batch Adam on cross-entropy; returns ``model`` in eval mode."""
-    torch.manual_seed(seed)
-    for parameter in model.parameters():
-        if parameter.dim() > 1:
-            nn.init.kaiming_uniform_(parameter, nonlinearity="relu")
-        else:
-            nn.init.zeros_(parameter)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return model.eval()
 
 
 @torch.no_grad()

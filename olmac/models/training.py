@@ -1,0 +1,96 @@
+"""The one training loop of the float models and studies, and the cache of trained weights.
+
+``train`` is Adam on cross-entropy, full-batch or on shuffled mini-batches, from a fresh
+initialization or (quantization-aware fine-tuning) from the model's current parameters.
+It runs on one CPU thread, so a run is deterministic for a seed whatever the machine's
+thread count. ``cached`` keeps a trained ``state_dict`` under a directory
+(``build/models`` of the working directory by default) so that tests and benches train
+each model once.
+"""
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["MODEL_DIR", "one_thread", "train", "cached"]
+
+#: Where ``cached`` keeps trained weights unless told otherwise: ``build/models`` under the
+#: working directory (``build/`` is ignored by git).
+MODEL_DIR = Path("build") / "models"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One CPU thread for the duration (restored after): tiny GEMMs run faster on one
+    thread of a busy machine, and sums do not depend on the machine's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 300,
+          lr: float = 1e-2, batch: int | None = None, seed: int = 0,
+          initialize: bool = True) -> nn.Module:
+    """Adam on the cross-entropy of ``model(x)`` against the labels ``y`` for ``epochs``
+    passes over the data; returns ``model`` in eval mode.
+
+    With ``initialize``, ``torch.manual_seed(seed)`` then Kaiming-uniform weights (every
+    parameter of two or more dimensions) and zero biases; without, training goes on from
+    the model's current parameters (quantization-aware fine-tuning from trained float
+    weights) and the global random state is left alone. ``batch=None`` takes one step per
+    epoch on the whole data; else each epoch visits the data in a random order (a
+    generator of its own, seeded with ``seed``) in mini-batches of ``batch``. Runs on one
+    CPU thread (``one_thread``): the result depends only on the arguments.
+    """
+    with one_thread():
+        if initialize:
+            torch.manual_seed(seed)
+            for parameter in model.parameters():
+                if parameter.dim() > 1:
+                    nn.init.kaiming_uniform_(parameter, nonlinearity="relu")
+                else:
+                    nn.init.zeros_(parameter)
+        shuffle = None if batch is None else torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        model.train()
+        for _ in range(epochs):
+            if shuffle is None:
+                batches = [slice(None)]
+            else:
+                order = torch.randperm(len(x), generator=shuffle)
+                batches = [order[start:start + batch] for start in range(0, len(x), batch)]
+            for chosen in batches:
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(x[chosen]), y[chosen]).backward()
+                optimizer.step()
+    return model.eval()
+
+
+def cached(name: str, make: Callable[[], nn.Module], build: Callable[[nn.Module], nn.Module],
+           directory: Path | str = MODEL_DIR) -> nn.Module:
+    """The model ``make()`` with the weights in ``directory/name.pt``; if the file does not
+    exist, ``build(make())`` (which trains and returns a model) is saved there first.
+    Returned in eval mode.
+
+    The file holds a plain ``state_dict`` (loaded with ``weights_only=True``). A file that
+    does not fit ``make()`` raises the ``RuntimeError`` of ``load_state_dict``; delete it
+    to retrain.
+    """
+    path = Path(directory) / f"{name}.pt"
+    model = make()
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    model = build(model).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(model.state_dict(), temporary)
+    temporary.replace(path)  # atomic: a concurrent reader never sees half a file
+    return model
