@@ -18,9 +18,9 @@ from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.hw.host_link import SerialHostLink
-from olmac.hw.network import MEMORY_STYLES, REQUANTIZERS, NetworkCore
+from olmac.hw.network import NetworkCore
 from olmac.hw.network_app import NetworkApp
-from .build import BOARDS, _board, _synth_options, run_build, toolchain_env
+from .build import _board, _synth_options, run_build, toolchain_env
 
 __all__ = ["NetworkBoard", "BOARD_BAUD", "build_network_board", "demo_network",
            "build_demo_board"]

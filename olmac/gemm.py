@@ -266,6 +266,8 @@ def run(acts, weights=None, *, backend="golden", act_bits, weight_bits=None, act
         If the operands do not fit each other, the widths or the options, or the RTL refuses
         them (e.g. more outliers in a beat than it carries).
     """
+    if backend not in ("golden", "rtl"):
+        raise ValueError(f"--backend must be 'golden' or 'rtl', not {backend!r}")
     # the helpers below read every option from one dictionary
     options = dict(locals())
     options["weight_bits"] = _check_widths(options)

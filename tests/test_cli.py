@@ -1,9 +1,13 @@
 """``olmac gemm``: both backends equal the exact product computed here with numpy, and
 bad input is refused with a message naming what is wrong."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+import olmac
 from olmac.cli import main
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -236,3 +240,47 @@ def test_codebook_weights_decode_then_multiply(tmp_path, idx_bits, zero, granula
               "--codebook-granularity", granularity, "--lanes", "8", "--cols", "2",
               *(["--zero"] if zero else []), "--out", str(tmp_path / "Y.npy")])
         np.testing.assert_array_equal(np.load(tmp_path / "Y.npy"), acts @ weights)
+
+
+def test_version(capsys):
+    """``olmac --version`` prints the package's version."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"olmac {olmac.__version__}\n"
+
+
+def test_help_loads_neither_torch_nor_amaranth():
+    """``olmac --help`` answers without importing torch or amaranth (each takes seconds)."""
+    code = ("import sys\nfrom olmac.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print([name for name in ('torch', 'amaranth') if name in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("command", [["gemm"], ["quantize"], ["run"], ["demo"],
+                                     ["gemm-demo"], ["build"], ["board"], ["board", "run"],
+                                     ["board", "build"]], ids=" ".join)
+def test_help_shows_every_default(command, capsys):
+    """Each subcommand's help lists its options, each with its default where it has one."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith(f"usage: olmac {' '.join(command)} ")
+    if command == ["gemm"]:
+        assert "--lanes LANES RTL: multipliers along K, 1..64 (default: 16)" in text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["gemm-demo", "--bits", "9"], "--bits must be an integer in 2..8, not 9"),
+    (["build", "--board", "icebreaker", "--lanes", "65"],
+     "Lane count must be an integer in 1..64, not 65"),
+])
+def test_other_subcommands_refuse_bad_values_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"olmac: error: {message}\n"

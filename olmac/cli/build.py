@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from olmac.fpga.build import BOARDS, MULTIPLIERS
-from olmac.spec import ACT_BITS, OUTLIER_BITS, OUTLIER_LANES, WEIGHT_BITS
-from .common import UsageError
+from olmac.spec import ACT_BITS, WEIGHT_BITS
+from .common import UsageError, outlier_options
 
 
 def arguments(parser):
@@ -26,18 +26,7 @@ def arguments(parser):
                         help="unsigned activations (default signed)")
     parser.add_argument("--max-k", type=int, default=256,
                         help="reduction length: `last` every ceil(max_k/lanes) beats")
-    parser.add_argument("--act-outlier-lanes", type=int, default=0,
-                        help=f"activation-outlier multipliers, {OUTLIER_LANES[0]}.."
-                             f"{OUTLIER_LANES[1]}")
-    parser.add_argument("--weight-outlier-lanes", type=int, default=0,
-                        help=f"weight-outlier multipliers, {OUTLIER_LANES[0]}.."
-                             f"{OUTLIER_LANES[1]}")
-    parser.add_argument("--act-outlier-bits", type=int, default=OUTLIER_BITS[1],
-                        help=f"activation outlier width, above the activation width, up to "
-                             f"{OUTLIER_BITS[1]}")
-    parser.add_argument("--weight-outlier-bits", type=int, default=OUTLIER_BITS[1],
-                        help=f"weight outlier width, above the weight width, up to "
-                             f"{OUTLIER_BITS[1]}")
+    outlier_options(parser)
     parser.add_argument("--depth", type=int, default=256, help="words in each memory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the memory contents")
     parser.add_argument("--target-mhz", type=float,

@@ -4,7 +4,9 @@ one-line usage error."""
 import argparse
 import importlib
 
-__all__ = ["UsageError", "Formatter", "Command"]
+from olmac.spec import OUTLIER_BITS, OUTLIER_LANES
+
+__all__ = ["UsageError", "Formatter", "Command", "outlier_options"]
 
 
 class UsageError(Exception):
@@ -40,3 +42,17 @@ class Command(argparse.ArgumentParser):
             self._module = None
         return super().parse_known_args(args, namespace)
 
+
+
+def outlier_options(parser):
+    """The outlier multipliers and widths of a MAC array (docs/semantics.md §6), as
+    ``olmac gemm`` and ``olmac build`` take them."""
+    kinds = {"act": "activation", "weight": "weight"}
+    for kind, noun in kinds.items():
+        parser.add_argument(f"--{kind}-outlier-lanes", type=int, default=0,
+                            help=f"{noun}-outlier multipliers, {OUTLIER_LANES[0]}.."
+                                 f"{OUTLIER_LANES[1]}")
+    for kind, noun in kinds.items():
+        parser.add_argument(f"--{kind}-outlier-bits", type=int, default=OUTLIER_BITS[1],
+                            help=f"{noun} outlier width, above the {noun} width, up to "
+                                 f"{OUTLIER_BITS[1]}")

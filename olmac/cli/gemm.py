@@ -6,8 +6,8 @@ import numpy as np
 
 from olmac import gemm
 from olmac.spec import (ACT_BITS, CODEBOOK_ENTRY_BITS, CODEBOOK_IDX_BITS, MULTIPLIER_BITS,
-                        OUT_BITS, OUTLIER_BITS, OUTLIER_LANES, SHIFT_RANGE, WEIGHT_BITS)
-from .common import UsageError
+                        OUT_BITS, OUTLIER_BITS, SHIFT_RANGE, WEIGHT_BITS)
+from .common import UsageError, outlier_options
 
 
 def _range(bounds):
@@ -48,16 +48,7 @@ def arguments(parser):
     outliers = parser.add_argument_group(
         "outliers (docs/semantics.md §6): with outlier lanes, entries beyond the dense width "
         "but within the outlier width travel as sparse outliers")
-    outliers.add_argument("--act-outlier-lanes", type=int, default=0,
-                          help=_range(OUTLIER_LANES))
-    outliers.add_argument("--weight-outlier-lanes", type=int, default=0,
-                          help=_range(OUTLIER_LANES))
-    outliers.add_argument("--act-outlier-bits", type=int, default=OUTLIER_BITS[1],
-                          help=f"activation outlier width, above --act-bits, up to "
-                               f"{OUTLIER_BITS[1]}")
-    outliers.add_argument("--weight-outlier-bits", type=int, default=OUTLIER_BITS[1],
-                          help=f"weight outlier width, above --weight-bits, up to "
-                               f"{OUTLIER_BITS[1]}")
+    outlier_options(outliers)
     outliers.add_argument("--act-outlier-slots", type=int,
                           help="RTL: activation outliers per beat (default: lanes)")
     outliers.add_argument("--weight-outlier-slots", type=int,
