@@ -1,11 +1,14 @@
+from dataclasses import dataclass
+
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from olmac.spec import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
+from .config import ConfigProperty
 from .multipliers import DSP_STAGES, MODES, PACKED_STAGES, DspProduct, PackedPair, packable
+from .result_buffer import ResultBuffer
 from .shapes import narrowest_signed, product_bounds
 
 __all__ = ["ActOutlier", "WeightOutlier", "ActBeat", "WeightBeat", "MacArray", "MAX_ACC_WIDTH"]
@@ -70,56 +73,6 @@ class WeightBeat(data.StructLayout):
         super().__init__(fields)
 
 
-class _ResultQueue(wiring.Component):
-    """The array's output queue: :class:`ResultBuffer`'s members and credit rules, built so
-    that nothing but the pipeline's own ``w.valid`` register reaches the write side.
-
-    The credits already guarantee a free entry for every result, so the write enable is
-    ``w.valid`` itself, not ``w.valid`` and a "not full" compare (with a generic FIFO that
-    compare, then the enable of every LUT-RAM bit of a 16-column queue, limited a 16×16
-    array on ECP5). Reads go through an output register, two cycles from ``w`` to ``r`` as
-    with ``fifo.SyncFIFOBuffered``; the output register loads whenever it is free to, so
-    an always-ready consumer leaves it with no enable.
-    """
-
-    def __init__(self, payload_shape, depth):
-        self._depth = check_int("Result queue depth", depth, (2, 4096))
-        self._payload_shape = payload_shape
-        super().__init__({
-            "claim": In(1),
-            "can_claim": Out(1),
-            "w": In(stream.Signature(payload_shape, always_ready=True)),
-            "r": Out(stream.Signature(payload_shape)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        depth = self._depth
-        m.submodules.storage = storage = Memory(shape=self._payload_shape, depth=depth,
-                                                init=[])
-        write, read = storage.write_port(), storage.read_port(domain="comb")
-        produce, consume = Signal(range(depth)), Signal(range(depth))
-        stored = Signal(range(depth + 1))
-        m.d.comb += [write.addr.eq(produce), write.data.eq(self.w.payload),
-                     write.en.eq(self.w.valid), read.addr.eq(consume)]
-        with m.If(self.w.valid):
-            m.d.sync += produce.eq(Mux(produce == depth - 1, 0, produce + 1))
-
-        free = ~self.r.valid | self.r.ready
-        load = free & (stored != 0)
-        with m.If(free):
-            m.d.sync += [self.r.payload.eq(read.data), self.r.valid.eq(stored != 0)]
-        with m.If(load):
-            m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
-        m.d.sync += stored.eq(stored + self.w.valid - load)
-
-        outstanding = Signal(range(depth + 2))
-        released = self.r.valid & self.r.ready
-        m.d.sync += outstanding.eq(outstanding + self.claim - released)
-        m.d.comb += self.can_claim.eq(outstanding < depth)
-        return m
-
-
 class MacArray(wiring.Component):
     """Low-bit multiply-accumulate array with optional outlier lanes, output-stationary
     (docs/semantics.md §2, §4, §6).
@@ -161,7 +114,7 @@ class MacArray(wiring.Component):
     alone. ``"packed"`` also puts the dense products into DSP blocks, two per block:
     ``a × (b0 + b1·2^k)`` for two columns of one lane (:class:`~hw.multipliers.PackedPair`).
     The results are the same in every mode; the DSP stages may lengthen the pipeline (see
-    :attr:`latency`).
+    :attr:`Config.latency`).
 
     **Cycle timing.** Stage 0 holds the beat; the dense products are registered at stage 1
     (``"packed"``: stage 3, the DSP block's two and the split), each adder-tree level adds a stage, the outlier products are
@@ -177,48 +130,13 @@ class MacArray(wiring.Component):
 
     Parameters
     ----------
-    lanes : int
-        Multipliers per column, along K; 1..64.
-    cols : int
-        Columns, along N; 1..64.
-    act_bits : int
-        Activation width, 2..8.
-    weight_bits : int
-        Weight width, 2..8; weights are signed.
-    act_signed : bool
-        Signed (``s<act_bits>``) or unsigned (``u<act_bits>``) activations.
-    max_k : int
-        Longest reduction (K) the accumulators must hold exactly.
-    acc_width : int or None
-        Accumulator width; by default the least width of §2.
-    act_outlier_lanes, weight_outlier_lanes : int
-        Outlier multipliers of each kind, 0..16 (0: no such outliers).
-    act_outlier_bits : int
-        Width of activation outliers (same signedness as the activations), act_bits+1..16.
-    weight_outlier_bits : int
-        Width of the signed weight outliers, weight_bits+1..16.
-    act_outlier_slots, weight_outlier_slots : int or None
-        Outliers one beat can carry, 1..1024; by default ``lanes``.
-    plane_shift_bits : int
-        Width of the per-column plane shift of multi-tensor layers (§8), 0..4 (0: none).
-    max_plane_shift : int or None
-        Largest total shift within one reduction, which widens the accumulator (§8); by
-        default two shifts of the largest size (three planes).
-    multipliers : str
-        Where products go: ``"lut"`` (default, ``*`` left to synthesis), ``"dsp"`` (dense in
-        LUTs, outliers in registered DSP blocks) or ``"packed"`` (dense two per registered
-        DSP block, outliers one per block).
+    **params
+        The fields of :class:`MacArray.Config`, which validates them.
 
     Raises
     ------
-    TypeError
-        If a parameter is of the wrong type (``multipliers`` not a string) or outside its
-        range.
-    ValueError
-        If ``acc_width`` is narrower than §2 requires for ``max_k``, or ``max_k`` needs more
-        than 44 bits, or an outlier width is not wider than its dense width, or
-        ``multipliers`` is not one of its modes, or is ``"packed"`` for operands two of
-        whose products do not fit one 18×18 multiply (wider than 5 bits).
+    TypeError, ValueError
+        As :class:`MacArray.Config` raises them.
 
     Members
     -------
@@ -230,237 +148,291 @@ class MacArray(wiring.Component):
         One vector of column sums per reduction.
     """
 
-    def __init__(self, *, lanes, cols, act_bits, weight_bits, act_signed=True, max_k,
-                 acc_width=None, act_outlier_lanes=0, weight_outlier_lanes=0,
-                 act_outlier_bits=16, weight_outlier_bits=16, act_outlier_slots=None,
-                 weight_outlier_slots=None, plane_shift_bits=0, max_plane_shift=None,
-                 multipliers="lut"):
-        self._lanes = check_int("Lane count", lanes, (1, 64))
-        self._cols = check_int("Column count", cols, (1, 64))
-        self._act_bits = check_int("Activation width", act_bits, ACT_BITS)
-        self._weight_bits = check_int("Weight width", weight_bits, WEIGHT_BITS)
-        if not isinstance(act_signed, bool):
-            raise TypeError(f"Activation signedness must be a bool, not {act_signed!r}")
-        self._act_signed = act_signed
-        self._max_k = check_int("Maximum reduction length max_k", max_k, (1, 1 << 40))
-        self._act_outlier_lanes = check_int("Activation outlier lane count",
-                                            act_outlier_lanes, OUTLIER_LANES)
-        self._weight_outlier_lanes = check_int("Weight outlier lane count",
-                                               weight_outlier_lanes, OUTLIER_LANES)
-        self._act_outlier_bits = check_int("Activation outlier width", act_outlier_bits,
-                                           OUTLIER_BITS)
-        self._weight_outlier_bits = check_int("Weight outlier width", weight_outlier_bits,
-                                              OUTLIER_BITS)
-        if self._act_outlier_lanes and act_outlier_bits <= act_bits:
-            raise ValueError(f"Activation outlier width {act_outlier_bits} must exceed the "
-                             f"activation width {act_bits}")
-        if self._weight_outlier_lanes and weight_outlier_bits <= weight_bits:
-            raise ValueError(f"Weight outlier width {weight_outlier_bits} must exceed the "
-                             f"weight width {weight_bits}")
-        self._act_slots = self._weight_slots = 0
-        if self._act_outlier_lanes:
-            self._act_slots = check_int("Activation outlier slot count",
-                                        lanes if act_outlier_slots is None else
-                                        act_outlier_slots, (1, 1024))
-        if self._weight_outlier_lanes:
-            self._weight_slots = check_int("Weight outlier slot count",
-                                           lanes if weight_outlier_slots is None else
-                                           weight_outlier_slots, (1, 1024))
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        """The parameters of a :class:`MacArray`, validated, and what follows from them
+        (accumulator width, port layouts, pipeline stages) without building the array.
 
-        self._plane_shift_bits = check_int("Plane shift width", plane_shift_bits,
-                                           PLANE_SHIFT_BITS)
-        self._max_plane_shift = 0
-        if plane_shift_bits:
-            self._max_plane_shift = check_int(
-                "Maximum plane shift", 2 * ((1 << plane_shift_bits) - 1)
-                if max_plane_shift is None else max_plane_shift, (0, MAX_ACC_WIDTH))
+        The defaulted parameters (``acc_width``, the outlier slots, ``max_plane_shift``)
+        hold their resolved values once the configuration is made, so two configurations
+        of the same array compare equal.
 
-        required = self._required_acc_width()
-        if required > MAX_ACC_WIDTH:
-            raise ValueError(f"Maximum reduction length max_k={max_k} with plane shifts up to "
-                             f"{self._max_plane_shift} needs a {required}-bit accumulator; at "
-                             f"most {MAX_ACC_WIDTH} bits are supported"
-                             if self._max_plane_shift else
-                             f"Maximum reduction length max_k={max_k} needs a {required}-bit "
-                             f"accumulator; at most {MAX_ACC_WIDTH} bits are supported")
-        if acc_width is None:
-            acc_width = required
-        check_int("Accumulator width", acc_width, (1, MAX_ACC_WIDTH))
-        if acc_width < required:
-            low, high = self._accumulator_bounds()
-            act_shape, weight_shape = self._widest_operand_shapes()
-            raise ValueError(
-                f"Accumulator width {acc_width} can overflow: {self._padded_k} products of "
-                f"{act_shape} × {weight_shape} range over {low}..{high}, which needs "
-                f"at least {required} bits")
-        self._acc_width = acc_width
+        Parameters
+        ----------
+        lanes : int
+            Multipliers per column, along K; 1..64.
+        cols : int
+            Columns, along N; 1..64.
+        act_bits : int
+            Activation width, 2..8.
+        weight_bits : int
+            Weight width, 2..8; weights are signed.
+        act_signed : bool
+            Signed (``s<act_bits>``) or unsigned (``u<act_bits>``) activations.
+        max_k : int
+            Longest reduction (K) the accumulators must hold exactly.
+        acc_width : int or None
+            Accumulator width; by default the least width of §2.
+        act_outlier_lanes, weight_outlier_lanes : int
+            Outlier multipliers of each kind, 0..16 (0: no such outliers).
+        act_outlier_bits : int
+            Width of activation outliers (same signedness as the activations),
+            act_bits+1..16.
+        weight_outlier_bits : int
+            Width of the signed weight outliers, weight_bits+1..16.
+        act_outlier_slots, weight_outlier_slots : int or None
+            Outliers one beat can carry, 1..1024; by default ``lanes`` (0 without outlier
+            lanes of that kind).
+        plane_shift_bits : int
+            Width of the per-column plane shift of multi-tensor layers (§8), 0..4 (0: none).
+        max_plane_shift : int or None
+            Largest total shift within one reduction, which widens the accumulator (§8); by
+            default two shifts of the largest size (three planes; 0 without plane shifts).
+        multipliers : str
+            Where products go: ``"lut"`` (default, ``*`` left to synthesis), ``"dsp"`` (dense
+            in LUTs, outliers in registered DSP blocks) or ``"packed"`` (dense two per
+            registered DSP block, outliers one per block).
 
-        if not isinstance(multipliers, str):
-            raise TypeError(f"Multipliers must be a string, not {multipliers!r}")
-        if multipliers not in MODES:
-            raise ValueError(f"Multipliers must be one of {', '.join(map(repr, MODES))}, "
-                             f"not {multipliers!r}")
-        if multipliers == "packed" and not packable(self.act_shape, self.weight_shape):
-            raise ValueError(f"Packed multipliers need two {self.act_shape!r} × "
-                             f"{self.weight_shape!r} products to fit one 18×18 multiply, "
-                             f"which they do not")
-        self._multipliers = multipliers
+        Raises
+        ------
+        TypeError
+            If a parameter is of the wrong type (``multipliers`` not a string) or outside
+            its range.
+        ValueError
+            If ``acc_width`` is narrower than §2 requires for ``max_k``, or ``max_k`` needs
+            more than 44 bits, or an outlier width is not wider than its dense width, or
+            ``multipliers`` is not one of its modes, or is ``"packed"`` for operands two of
+            whose products do not fit one 18×18 multiply (wider than 5 bits).
+        """
+        lanes: int
+        cols: int
+        act_bits: int
+        weight_bits: int
+        act_signed: bool = True
+        max_k: int
+        acc_width: int | None = None
+        act_outlier_lanes: int = 0
+        weight_outlier_lanes: int = 0
+        act_outlier_bits: int = 16
+        weight_outlier_bits: int = 16
+        act_outlier_slots: int | None = None
+        weight_outlier_slots: int | None = None
+        plane_shift_bits: int = 0
+        max_plane_shift: int | None = None
+        multipliers: str = "lut"
 
+        def __post_init__(self):
+            resolve = lambda name, value: object.__setattr__(self, name, value)
+            check_int("Lane count", self.lanes, (1, 64))
+            check_int("Column count", self.cols, (1, 64))
+            check_int("Activation width", self.act_bits, ACT_BITS)
+            check_int("Weight width", self.weight_bits, WEIGHT_BITS)
+            if not isinstance(self.act_signed, bool):
+                raise TypeError(f"Activation signedness must be a bool, not "
+                                f"{self.act_signed!r}")
+            check_int("Maximum reduction length max_k", self.max_k, (1, 1 << 40))
+            check_int("Activation outlier lane count", self.act_outlier_lanes, OUTLIER_LANES)
+            check_int("Weight outlier lane count", self.weight_outlier_lanes, OUTLIER_LANES)
+            check_int("Activation outlier width", self.act_outlier_bits, OUTLIER_BITS)
+            check_int("Weight outlier width", self.weight_outlier_bits, OUTLIER_BITS)
+            if self.act_outlier_lanes and self.act_outlier_bits <= self.act_bits:
+                raise ValueError(f"Activation outlier width {self.act_outlier_bits} must "
+                                 f"exceed the activation width {self.act_bits}")
+            if self.weight_outlier_lanes and self.weight_outlier_bits <= self.weight_bits:
+                raise ValueError(f"Weight outlier width {self.weight_outlier_bits} must exceed "
+                                 f"the weight width {self.weight_bits}")
+            for kind, description in (("act", "Activation"), ("weight", "Weight")):
+                slots = 0
+                if getattr(self, f"{kind}_outlier_lanes"):
+                    given = getattr(self, f"{kind}_outlier_slots")
+                    slots = check_int(f"{description} outlier slot count",
+                                      self.lanes if given is None else given, (1, 1024))
+                resolve(f"{kind}_outlier_slots", slots)
+
+            check_int("Plane shift width", self.plane_shift_bits, PLANE_SHIFT_BITS)
+            max_plane_shift = 0
+            if self.plane_shift_bits:
+                max_plane_shift = check_int(
+                    "Maximum plane shift", 2 * ((1 << self.plane_shift_bits) - 1)
+                    if self.max_plane_shift is None else self.max_plane_shift,
+                    (0, MAX_ACC_WIDTH))
+            resolve("max_plane_shift", max_plane_shift)
+
+            required = self._required_acc_width()
+            if required > MAX_ACC_WIDTH:
+                raise ValueError(
+                    f"Maximum reduction length max_k={self.max_k} with plane shifts up to "
+                    f"{max_plane_shift} needs a {required}-bit accumulator; at most "
+                    f"{MAX_ACC_WIDTH} bits are supported" if max_plane_shift else
+                    f"Maximum reduction length max_k={self.max_k} needs a {required}-bit "
+                    f"accumulator; at most {MAX_ACC_WIDTH} bits are supported")
+            acc_width = required if self.acc_width is None else self.acc_width
+            check_int("Accumulator width", acc_width, (1, MAX_ACC_WIDTH))
+            if acc_width < required:
+                low, high = self._accumulator_bounds()
+                act_shape, weight_shape = self._widest_operand_shapes()
+                raise ValueError(
+                    f"Accumulator width {acc_width} can overflow: {self.padded_k} products "
+                    f"of {act_shape} × {weight_shape} range over {low}..{high}, which needs "
+                    f"at least {required} bits")
+            resolve("acc_width", acc_width)
+
+            if not isinstance(self.multipliers, str):
+                raise TypeError(f"Multipliers must be a string, not {self.multipliers!r}")
+            if self.multipliers not in MODES:
+                raise ValueError(f"Multipliers must be one of {', '.join(map(repr, MODES))}, "
+                                 f"not {self.multipliers!r}")
+            if self.multipliers == "packed" and not packable(self.act_shape,
+                                                              self.weight_shape):
+                raise ValueError(f"Packed multipliers need two {self.act_shape!r} × "
+                                 f"{self.weight_shape!r} products to fit one 18×18 "
+                                 f"multiply, which they do not")
+
+        @property
+        def act_shape(self):
+            """Shape of one dense activation."""
+            return signed(self.act_bits) if self.act_signed else unsigned(self.act_bits)
+
+        @property
+        def weight_shape(self):
+            """Shape of one dense weight."""
+            return signed(self.weight_bits)
+
+        @property
+        def act_outlier_shape(self):
+            """Shape of one activation outlier (signedness of the activations)."""
+            bits = self.act_outlier_bits
+            return signed(bits) if self.act_signed else unsigned(bits)
+
+        @property
+        def weight_outlier_shape(self):
+            """Shape of one weight outlier."""
+            return signed(self.weight_outlier_bits)
+
+        @property
+        def act_layout(self):
+            """Payload of the ``act`` port."""
+            return ActBeat(self.act_shape, self.lanes, self.act_outlier_shape,
+                           self.act_outlier_slots)
+
+        @property
+        def weight_layout(self):
+            """Payload of the ``weights`` port."""
+            return WeightBeat(self.weight_shape, self.lanes, self.cols,
+                              self.weight_outlier_shape, self.weight_outlier_slots,
+                              self.plane_shift_bits)
+
+        @property
+        def acc_layout(self):
+            """Payload of the ``acc`` port: one accumulator per column."""
+            return data.ArrayLayout(signed(self.acc_width), self.cols)
+
+        @property
+        def latency(self):
+            """Cycles from a ``last`` beat's transfer to its result entering the output
+            queue."""
+            return 2 + self.sum_stage
+
+        @property
+        def has_outliers(self):
+            """Whether the array has outlier lanes of either kind."""
+            return bool(self.act_outlier_lanes or self.weight_outlier_lanes)
+
+        @property
+        def tree_levels(self):
+            """Levels of the per-column adder tree."""
+            return (self.lanes - 1).bit_length()
+
+        @property
+        def dense_product_stage(self):
+            """Stage at which the dense products are registered."""
+            return PACKED_STAGES if self.multipliers == "packed" else 1
+
+        @property
+        def outlier_product_stage(self):
+            """Stage at which the outlier products are registered."""
+            # DSP modes: a fabric register for the operands, then the block's two stages
+            return 1 if self.multipliers == "lut" else 1 + DSP_STAGES
+
+        @property
+        def sum_stage(self):
+            """Stage at which the column sums (and outlier sums) reach the accumulators."""
+            stage = self.dense_product_stage + self.tree_levels
+            if self.has_outliers:
+                # products, then their per-column sum; a shallower dense tree waits for them
+                stage = max(stage, self.outlier_product_stage + 1)
+            return stage
+
+        @property
+        def groups(self):
+            """Sub-beats needed for a beat whose every outlier slot is used."""
+            groups = [1]
+            if self.act_outlier_slots:
+                groups.append(-(-self.act_outlier_slots // self.act_outlier_lanes))
+            if self.weight_outlier_slots:
+                groups.append(-(-self.weight_outlier_slots // self.weight_outlier_lanes))
+            return max(groups)
+
+        @property
+        def padded_k(self):
+            """``max_k`` rounded up to whole beats."""
+            return -(-self.max_k // self.lanes) * self.lanes
+
+        def _widest_operand_shapes(self):
+            act = self.act_outlier_shape if self.act_outlier_lanes else self.act_shape
+            weight = (self.weight_outlier_shape if self.weight_outlier_lanes else
+                      self.weight_shape)
+            return act, weight
+
+        def _accumulator_bounds(self):
+            low, high = product_bounds(*self._widest_operand_shapes())
+            return self.padded_k * low, self.padded_k * high
+
+        def _required_acc_width(self):
+            # Shifting the accumulator left by S in total multiplies the bound by at most 2^S.
+            return narrowest_signed(*self._accumulator_bounds()).width + self.max_plane_shift
+
+    def __init__(self, **params):
+        self._config = self.Config(**params)
         super().__init__({
-            "act": In(stream.Signature(ActBeat(self.act_shape, lanes, self.act_outlier_shape,
-                                               self._act_slots))),
-            "weights": In(stream.Signature(WeightBeat(self.weight_shape, lanes, cols,
-                                                      self.weight_outlier_shape,
-                                                      self._weight_slots,
-                                                      self._plane_shift_bits))),
-            "acc": Out(stream.Signature(data.ArrayLayout(signed(acc_width), cols))),
+            "act": In(stream.Signature(self._config.act_layout)),
+            "weights": In(stream.Signature(self._config.weight_layout)),
+            "acc": Out(stream.Signature(self._config.acc_layout)),
         })
 
     @property
-    def lanes(self):
-        """Multipliers per column (parallelism along K)."""
-        return self._lanes
+    def config(self):
+        """The array's :class:`MacArray.Config`."""
+        return self._config
 
-    @property
-    def cols(self):
-        """Columns (parallelism along N)."""
-        return self._cols
-
-    @property
-    def act_shape(self):
-        """Shape of one dense activation."""
-        return signed(self._act_bits) if self._act_signed else unsigned(self._act_bits)
-
-    @property
-    def weight_shape(self):
-        """Shape of one dense weight."""
-        return signed(self._weight_bits)
-
-    @property
-    def act_outlier_shape(self):
-        """Shape of one activation outlier (signedness of the activations)."""
-        bits = self._act_outlier_bits
-        return signed(bits) if self._act_signed else unsigned(bits)
-
-    @property
-    def weight_outlier_shape(self):
-        """Shape of one weight outlier."""
-        return signed(self._weight_outlier_bits)
-
-    @property
-    def act_outlier_lanes(self):
-        """Activation-outlier multipliers."""
-        return self._act_outlier_lanes
-
-    @property
-    def weight_outlier_lanes(self):
-        """Weight-outlier multipliers."""
-        return self._weight_outlier_lanes
-
-    @property
-    def act_outlier_slots(self):
-        """Activation outliers one beat carries (0 without activation-outlier lanes)."""
-        return self._act_slots
-
-    @property
-    def weight_outlier_slots(self):
-        """Weight outliers one beat carries (0 without weight-outlier lanes)."""
-        return self._weight_slots
-
-    @property
-    def plane_shift_bits(self):
-        """Width of the per-column plane shift (0: no multi-tensor support)."""
-        return self._plane_shift_bits
-
-    @property
-    def max_plane_shift(self):
-        """Largest total plane shift within one reduction."""
-        return self._max_plane_shift
-
-    @property
-    def max_k(self):
-        """Longest reduction the accumulators hold exactly."""
-        return self._max_k
-
-    @property
-    def acc_width(self):
-        """Accumulator width in bits."""
-        return self._acc_width
-
-    @property
-    def multipliers(self):
-        """Where the products go: ``"lut"``, ``"dsp"`` or ``"packed"``."""
-        return self._multipliers
-
-    @property
-    def latency(self):
-        """Cycles from a ``last`` beat's transfer to its result entering the output queue."""
-        return 2 + self._sum_stage
-
-    @property
-    def _has_outliers(self):
-        return bool(self._act_outlier_lanes or self._weight_outlier_lanes)
-
-    @property
-    def _tree_levels(self):
-        return (self._lanes - 1).bit_length()
-
-    @property
-    def _dense_product_stage(self):
-        return PACKED_STAGES if self._multipliers == "packed" else 1
-
-    @property
-    def _outlier_product_stage(self):
-        # DSP modes: a fabric register for the operands, then the block's two stages
-        return 1 if self._multipliers == "lut" else 1 + DSP_STAGES
-
-    @property
-    def _sum_stage(self):
-        """Stage at which the column sums (and outlier sums) reach the accumulators."""
-        stage = self._dense_product_stage + self._tree_levels
-        if self._has_outliers:
-            # products, then their per-column sum; a shallower dense tree waits for them
-            stage = max(stage, self._outlier_product_stage + 1)
-        return stage
-
-    @property
-    def _groups(self):
-        """Sub-beats needed for a beat whose every outlier slot is used."""
-        groups = [1]
-        if self._act_slots:
-            groups.append(-(-self._act_slots // self._act_outlier_lanes))
-        if self._weight_slots:
-            groups.append(-(-self._weight_slots // self._weight_outlier_lanes))
-        return max(groups)
-
-    @property
-    def _padded_k(self):
-        return -(-self._max_k // self._lanes) * self._lanes
-
-    def _widest_operand_shapes(self):
-        act = self.act_outlier_shape if self._act_outlier_lanes else self.act_shape
-        weight = self.weight_outlier_shape if self._weight_outlier_lanes else self.weight_shape
-        return act, weight
-
-    def _accumulator_bounds(self):
-        low, high = product_bounds(*self._widest_operand_shapes())
-        return self._padded_k * low, self._padded_k * high
-
-    def _required_acc_width(self):
-        # Shifting the accumulator left by S in total multiplies the bound by at most 2^S.
-        return narrowest_signed(*self._accumulator_bounds()).width + self._max_plane_shift
+    lanes = ConfigProperty()
+    cols = ConfigProperty()
+    act_shape = ConfigProperty()
+    weight_shape = ConfigProperty()
+    act_outlier_shape = ConfigProperty()
+    weight_outlier_shape = ConfigProperty()
+    act_outlier_lanes = ConfigProperty()
+    weight_outlier_lanes = ConfigProperty()
+    act_outlier_slots = ConfigProperty()
+    weight_outlier_slots = ConfigProperty()
+    plane_shift_bits = ConfigProperty()
+    max_plane_shift = ConfigProperty()
+    max_k = ConfigProperty()
+    acc_width = ConfigProperty()
+    multipliers = ConfigProperty()
+    latency = ConfigProperty()
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.results = results = _ResultQueue(
-            data.ArrayLayout(signed(self._acc_width), self._cols), depth=self.latency + 4)
+        m.submodules.results = results = ResultBuffer(self._config.acc_layout,
+                                                     depth=self._config.latency + 4)
         wiring.connect(m, wiring.flipped(self.acc), results.r)
 
         # Stage 0: hold each beat for as many sub-beats as its outliers need. Sub-beat g
         # issues outlier slots [g·L, (g+1)·L) of each kind; the dense vector goes with g = 0.
         held = Signal()
-        sub = Signal(range(self._groups))
-        final_sub = Signal(range(self._groups), reset_less=True)
+        sub = Signal(range(self._config.groups))
+        final_sub = Signal(range(self._config.groups), reset_less=True)
         at_final = sub == final_sub
         can_take = ~held | at_final
         credit_ok = ~self.act.payload.last | results.can_claim
@@ -475,21 +447,21 @@ class MacArray(wiring.Component):
         # to every product and partial sum would be the array's largest fanout.
         act_copies = [Signal.like(self.act.payload.data, reset_less=True,
                                   name=f"acts_g{group}", attrs=_KEEP)
-                      for group in range(-(-self._cols // ACT_FANOUT_COLS))]
+                      for group in range(-(-self._config.cols // ACT_FANOUT_COLS))]
         tile = Signal.like(self.weights.payload.tile, reset_less=True, attrs=_KEEP)
         last = Signal(reset_less=True)
         loads = [tile.eq(self.weights.payload.tile), last.eq(self.act.payload.last)]
         loads += [acts.eq(self.act.payload.data) for acts in act_copies]
         plane_shift = None
-        if self._plane_shift_bits:
+        if self._config.plane_shift_bits:
             plane_shift = Signal.like(self.weights.payload.plane_shift, reset_less=True)
             loads.append(plane_shift.eq(self.weights.payload.plane_shift))
         # With one sub-beat a beat never needs holding: the input registers load every
         # cycle with no enable (a beat not taken is marked invalid by `held`), so the
         # credit and handshake logic drives no enable net to a thousand flip-flops.
-        hold = self._has_outliers and self._groups > 1
+        hold = self._config.has_outliers and self._config.groups > 1
         act_slots = weight_slots = full_acts = outlier_tile = None
-        if self._has_outliers:
+        if self._config.has_outliers:
             act_slots = self._register_slots(m, self.act, "act", hold)
             weight_slots = self._register_slots(m, self.weights, "weight", hold)
             full_acts = Signal.like(self.act.payload.data, reset_less=True)
@@ -541,8 +513,8 @@ class MacArray(wiring.Component):
         product_low, product_high = product_bounds(self.act_shape, self.weight_shape)
         sum_shape = lambda count: narrowest_signed(count * product_low, count * product_high)
         level = self._dense_products(m, act_copies, tile, sum_shape(1))
-        stage = self._dense_product_stage
-        for depth in range(self._tree_levels):
+        stage = self._config.dense_product_stage
+        for depth in range(self._config.tree_levels):
             next_level = []
             for col, terms in enumerate(level):
                 sums = []
@@ -556,30 +528,31 @@ class MacArray(wiring.Component):
             level = next_level
             stage += 1
         column_sums = [terms[0][0] for terms in level]
-        for _ in range(stage, self._sum_stage):
+        for _ in range(stage, self._config.sum_stage):
             column_sums = self._delay_values(m, column_sums)
-        if self._has_outliers:
+        if self._config.has_outliers:
             outlier_sums = self._outlier_sums(m, sub, act_slots, weight_slots, full_acts,
                                               outlier_tile)
-            for _ in range(self._outlier_product_stage + 1, self._sum_stage):
+            for _ in range(self._config.outlier_product_stage + 1, self._config.sum_stage):
                 outlier_sums = self._delay_values(m, outlier_sums)
 
         # Accumulate. The accumulators' enable and clear come from one register pair per
         # column, loaded from the previous stage's control; a `last` beat clears its
         # column's accumulator after adding, so the next beat starts afresh (the clear
         # register comes out of reset set, for the same reason).
-        valid, last, shifts = control_at(self._sum_stage)
-        previous_valid, previous_last, _ = control_at(self._sum_stage - 1)
+        valid, last, shifts = control_at(self._config.sum_stage)
+        previous_valid, previous_last, _ = control_at(self._config.sum_stage - 1)
         for col, column_sum in enumerate(column_sums):
             enable = Signal(name=f"acc_enable_c{col}", attrs=_KEEP)
             clear = Signal(name=f"acc_clear_c{col}", init=1, attrs=_KEEP)
             m.d.sync += [enable.eq(previous_valid), clear.eq(previous_valid & previous_last)]
-            accumulator = Signal(signed(self._acc_width), name=f"acc_c{col}", reset_less=True)
+            accumulator = Signal(signed(self._config.acc_width), name=f"acc_c{col}",
+                                 reset_less=True)
             base = accumulator
             if shifts is not None:
                 base = base << shifts[col]
             total = base + column_sum
-            if self._has_outliers:
+            if self._config.has_outliers:
                 total = total + outlier_sums[col]
             with m.If(clear):
                 m.d.sync += accumulator.eq(0)
@@ -592,12 +565,12 @@ class MacArray(wiring.Component):
     def _dense_products(self, m, act_copies, tile, shape):
         """The first level of the adder tree: per column, ``(product, 1)`` for each lane,
         ready at stage :attr:`_dense_product_stage`."""
-        level = [[] for _ in range(self._cols)]
+        level = [[] for _ in range(self._config.cols)]
         acts_of = lambda col: act_copies[col // ACT_FANOUT_COLS]
-        if self._multipliers == "packed":
-            for lane in range(self._lanes):
-                for col in range(0, self._cols, 2):
-                    if col + 1 < self._cols:
+        if self._config.multipliers == "packed":
+            for lane in range(self._config.lanes):
+                for col in range(0, self._config.cols, 2):
+                    if col + 1 < self._config.cols:
                         pair = PackedPair(self.act_shape, self.weight_shape)
                         m.submodules[f"product_c{col}_c{col + 1}_l{lane}"] = pair
                         m.d.comb += [pair.a.eq(acts_of(col)[lane]),
@@ -616,8 +589,8 @@ class MacArray(wiring.Component):
                         m.d.sync += product.eq(single.p)
                         level[col].append((product, 1))
             return level
-        for col in range(self._cols):
-            for lane in range(self._lanes):
+        for col in range(self._config.cols):
+            for lane in range(self._config.lanes):
                 product = Signal(shape, name=f"product_c{col}_l{lane}", reset_less=True)
                 act, weight = acts_of(col)[lane], tile[lane][col]
                 m.d.sync += product.eq(act * weight)
@@ -637,13 +610,13 @@ class MacArray(wiring.Component):
 
     def _final_group(self, act_payload, weight_payload):
         """Index of the last group of slots holding a valid outlier (0 if none)."""
-        final = Const(0, range(self._groups))
-        for group in range(1, self._groups):
+        final = Const(0, range(self._config.groups))
+        for group in range(1, self._config.groups):
             used = Const(0)
             for slots, lanes in ((getattr(act_payload, "outliers", None),
-                                  self._act_outlier_lanes),
+                                  self._config.act_outlier_lanes),
                                  (getattr(weight_payload, "outliers", None),
-                                  self._weight_outlier_lanes)):
+                                  self._config.weight_outlier_lanes)):
                 if slots is not None:
                     for index in range(group * lanes,
                                        min((group + 1) * lanes, slots.shape().length)):
@@ -657,7 +630,7 @@ class MacArray(wiring.Component):
         for lane in range(lanes):
             slot = Signal(slots.shape().elem_shape, name=f"{kind}_issue_{lane}")
             with m.Switch(sub):
-                for group in range(self._groups):
+                for group in range(self._config.groups):
                     if group * lanes + lane < slots.shape().length:
                         with m.Case(group):
                             m.d.comb += slot.eq(slots[group * lanes + lane])
@@ -674,7 +647,7 @@ class MacArray(wiring.Component):
         only logic after the multiply.
         """
         low, high = product_bounds(Value.cast(a).shape(), Value.cast(b).shape())
-        if self._multipliers == "lut":
+        if self._config.multipliers == "lut":
             product = Signal(narrowest_signed(low, high), reset_less=True, name=name)
             m.d.sync += product.eq(Mux(valid, a * b, 0))
             return product
@@ -688,19 +661,19 @@ class MacArray(wiring.Component):
     def _outlier_sums(self, m, sub, act_slots, weight_slots, full_acts, tile):
         """Outlier products (stage :attr:`_outlier_product_stage`), then their sum per
         column (registered one stage later)."""
-        terms = [[] for _ in range(self._cols)]
+        terms = [[] for _ in range(self._config.cols)]
         if act_slots is not None:
             for index, slot in enumerate(self._issued_slots(
-                    m, sub, act_slots, self._act_outlier_lanes, "act_outlier")):
+                    m, sub, act_slots, self._config.act_outlier_lanes, "act_outlier")):
                 row = tile[slot.lane]
-                for col in range(self._cols):
+                for col in range(self._config.cols):
                     terms[col].append(self._outlier_product(
                         m, f"act_outlier_product_{index}_c{col}", slot.value, row[col],
                         slot.valid))
         if weight_slots is not None:
             act_shape = self.act_outlier_shape if act_slots is not None else self.act_shape
             for index, slot in enumerate(self._issued_slots(
-                    m, sub, weight_slots, self._weight_outlier_lanes, "weight_outlier")):
+                    m, sub, weight_slots, self._config.weight_outlier_lanes, "weight_outlier")):
                 # The full activation at the outlier's lane: an activation outlier there
                 # replaces the (zero) dense slot, so outlier × outlier is counted here once.
                 act = Signal(act_shape, name=f"weight_outlier_act_{index}")
@@ -712,16 +685,16 @@ class MacArray(wiring.Component):
                 product = self._outlier_product(m, f"weight_outlier_product_{index}",
                                                 slot.value, act, slot.valid)
                 col = slot.col
-                for stage in range(self._outlier_product_stage):
+                for stage in range(self._config.outlier_product_stage):
                     col_d = Signal.like(slot.col, name=f"weight_outlier_col_{index}_s{stage}",
                                         reset_less=True)
                     m.d.sync += col_d.eq(col)
                     col = col_d
-                for target in range(self._cols):
+                for target in range(self._config.cols):
                     terms[target].append(Mux(col == target, product, 0))
         sums = []
         for col, column_terms in enumerate(terms):
-            total = Signal(signed(self._acc_width), name=f"outlier_sum_c{col}",
+            total = Signal(signed(self._config.acc_width), name=f"outlier_sum_c{col}",
                            reset_less=True)
             m.d.sync += total.eq(sum(column_terms))
             sums.append(total)

@@ -1,5 +1,6 @@
 from amaranth.hdl import *
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from olmac.spec import check_int
@@ -16,6 +17,14 @@ class ResultBuffer(wiring.Component):
     claimed an entry of this queue (``claim`` while ``can_claim``); the entry is released
     when its result leaves through ``r``. Results therefore always find room, and ``w``
     has no ``ready``.
+
+    Because the credits guarantee a free entry for every result, nothing but the
+    pipeline's own ``w.valid`` register reaches the write side: the write enable is
+    ``w.valid`` itself, not ``w.valid`` and a "not full" compare (with a generic FIFO that
+    compare, then the enable of every LUT-RAM bit of a 16-column queue, limited a 16×16
+    :class:`~hw.mac_array.MacArray` on ECP5). Reads go through an output register, two
+    cycles from ``w`` to ``r`` as with ``fifo.SyncFIFOBuffered``; the output register
+    loads whenever it is free to, so an always-ready consumer leaves it with no enable.
 
     Parameters
     ----------
@@ -61,19 +70,27 @@ class ResultBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.queue = queue = fifo.SyncFIFOBuffered(
-            width=Shape.cast(self._payload_shape).width, depth=self._depth)
+        depth = self._depth
+        m.submodules.storage = storage = Memory(shape=self._payload_shape, depth=depth,
+                                                init=[])
+        write, read = storage.write_port(), storage.read_port(domain="comb")
+        produce, consume = Signal(range(depth)), Signal(range(depth))
+        stored = Signal(range(depth + 1))
+        m.d.comb += [write.addr.eq(produce), write.data.eq(self.w.payload),
+                     write.en.eq(self.w.valid), read.addr.eq(consume)]
+        with m.If(self.w.valid):
+            m.d.sync += produce.eq(Mux(produce == depth - 1, 0, produce + 1))
 
-        m.d.comb += [
-            queue.w_data.eq(self.w.payload),
-            queue.w_en.eq(self.w.valid),
-            self.r.payload.eq(queue.r_data),
-            self.r.valid.eq(queue.r_rdy),
-            queue.r_en.eq(self.r.ready),
-        ]
+        free = ~self.r.valid | self.r.ready
+        load = free & (stored != 0)
+        with m.If(free):
+            m.d.sync += [self.r.payload.eq(read.data), self.r.valid.eq(stored != 0)]
+        with m.If(load):
+            m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
+        m.d.sync += stored.eq(stored + self.w.valid - load)
 
-        outstanding = Signal(range(self._depth + 1))
+        outstanding = Signal(range(depth + 2))
         released = self.r.valid & self.r.ready
         m.d.sync += outstanding.eq(outstanding + self.claim - released)
-        m.d.comb += self.can_claim.eq(outstanding < self._depth)
+        m.d.comb += self.can_claim.eq(outstanding < depth)
         return m
