@@ -13,7 +13,7 @@
 7. Whole-network accuracy on digits: float, plain 2/3/4-bit, + outliers, highway on/off,
    SYQ ternary (bench/networks.py).
 8. The character LSTM: validation perplexity with and without the cell-state highway
-   (golden/lstm.py; trains on first use, a few minutes, then cached).
+   (olmac/models/lstm.py; trains on first use, a few minutes, then cached).
 9. FPGA resources and fmax of BRAM-fed arrays on iCE40 and ECP5 (fpga/bench.py; about
    6 minutes: one nextpnr at a time).
 """
@@ -195,7 +195,7 @@ def main():
         from bench import networks
         networks.bench_section()
     if "lstm" in sections:
-        from olmac.golden import lstm
+        from olmac.models import lstm
         lstm.bench_section()
     if "fpga" in sections:
         from olmac.fpga import bench as fpga_bench

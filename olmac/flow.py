@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 __all__ = ["DEMO_MODELS", "DemoData", "demo_data", "quantize"]
 
-#: The demo networks of ``golden.models``.
+#: The demo networks of :mod:`olmac.models.demo`.
 DEMO_MODELS = ("cnn", "mlp")
 
 
@@ -34,8 +34,8 @@ def demo_data(name: str) -> DemoData:
     ValueError
         If ``name`` is not one of :data:`DEMO_MODELS`.
     """
-    from olmac.golden.digits import load_digits_split
-    from olmac.golden.models import as_images, cnn, mlp
+    from olmac.models.demo import cnn, mlp
+    from olmac.models.digits import as_images, load_digits_split
     if name not in DEMO_MODELS:
         raise ValueError(f"model must be one of {', '.join(DEMO_MODELS)}, not {name!r}")
     split = load_digits_split()
