@@ -1,7 +1,9 @@
 """Framed host link over a byte stream (docs/host_link.md).
 
-The frame format and the error codes are plain data in :mod:`olmac.host_link`, which the
-host side implements in Python; this module is the hardware reading of the same spec.
+The frame bytes and the error codes are plain data in :mod:`olmac.spec`; the host side
+(:mod:`olmac.host_link`) implements the format in Python, and this module is the hardware
+reading of the same spec: a :class:`FrameReceiver` and a :class:`FrameTransmitter` make a
+:class:`HostLink`, which :class:`SerialHostLink` puts behind a UART.
 """
 
 from amaranth.hdl import *
@@ -13,8 +15,8 @@ from amaranth.lib.wiring import In, Out
 from olmac.spec import ERROR_KIND, REPLY_KIND, SYNC, ErrorCode, check_int
 from .uart import DIVISOR_RANGE, UARTReceiver, UARTTransmitter
 
-__all__ = ["PacketByte", "AppSignature", "HostLink", "SerialHostLink", "LoopbackApp",
-           "MAX_PAYLOAD_RANGE", "TIMEOUT_RANGE"]
+__all__ = ["PacketByte", "AppSignature", "FrameReceiver", "FrameTransmitter", "HostLink",
+           "SerialHostLink", "LoopbackApp", "MAX_PAYLOAD_RANGE", "TIMEOUT_RANGE"]
 
 #: Allowed payload capacities in bytes, inclusive. Replies carry one more byte (the kind),
 #: so a reply holds at most 65534 application bytes.
@@ -54,97 +56,65 @@ def _check_timeout(timeout):
     return check_int("Inter-byte timeout", timeout, TIMEOUT_RANGE)
 
 
-def _check_capacities(max_payload, max_reply):
-    max_payload = check_int("Maximum payload length", max_payload, MAX_PAYLOAD_RANGE)
-    if max_reply is None:
-        max_reply = min(max_payload, MAX_PAYLOAD_RANGE[1] - 1)
-    max_reply = check_int("Maximum reply length", max_reply,
-                          (MAX_PAYLOAD_RANGE[0], MAX_PAYLOAD_RANGE[1] - 1))
-    return max_payload, max_reply
+def _check_max_payload(max_payload):
+    return check_int("Maximum payload length", max_payload, MAX_PAYLOAD_RANGE)
 
 
-class HostLink(wiring.Component):
-    """Frames between a host's byte stream and an application (docs/host_link.md).
+def _check_max_reply(max_reply):
+    return check_int("Maximum reply length", max_reply,
+                     (MAX_PAYLOAD_RANGE[0], MAX_PAYLOAD_RANGE[1] - 1))
+
+
+class FrameReceiver(wiring.Component):
+    """Frames from a host's byte stream, checked, to an application (the receiving half of
+    a :class:`HostLink`).
 
     Incoming frames are parsed byte by byte into a request memory while their CRC is
-    computed; only a frame whose length and CRC check is released on ``app.request``, so
-    a bad frame is never partially applied. The memory has two slots: one frame can
-    arrive while the application still takes the previous one. The receiver always
-    accepts ``rx`` (a UART cannot be held up): a frame that starts while both slots wait
-    for the application is parsed but dropped and answered with ``BUSY``.
-
-    Each reply on ``app.reply`` is collected in a reply memory until ``last`` (so its
-    length is known) and then framed on ``tx`` with kind byte ``0x00``; the application
-    may produce its reply while it consumes the request. Errors (:class:`ErrorCode`)
-    queue up to four error frames (kind ``0xEE`` and the code); the queue drops reports
-    beyond that. After a damaged frame header (bad length, UART framing error) the rest of
-    the frame is discarded until the line has been quiet for ``timeout`` cycles, so its
-    tail is never mistaken for a new frame. A frame stalled in the middle for ``timeout``
-    cycles is ``TRUNCATED``. Every state returns to hunting for the sync byte.
+    computed; only a frame whose length and CRC check is released on ``request``, so a bad
+    frame is never partially applied. The memory has two slots: one frame can arrive while
+    the application still takes the previous one. ``rx`` is always accepted (a UART cannot
+    be held up): a frame that starts while both slots wait for the application is parsed but
+    dropped and reported ``BUSY``. After a damaged frame header (bad length, UART framing
+    error) the rest of the frame is discarded until the line has been quiet for ``timeout``
+    cycles, so its tail is never mistaken for a new frame. A frame stalled in the middle for
+    ``timeout`` cycles is ``TRUNCATED``. Every state returns to hunting for the sync byte.
 
     Parameters
     ----------
     max_payload : int
-        Longest request payload, 1..65535 bytes (the request memory holds two);
-        longer frames are refused.
-    max_reply : int or None
-        Capacity of the reply memory, 1..65534 bytes (default: ``max_payload``, at most
-        65534). A longer reply is dropped and answered with ``REPLY_OVERFLOW``.
+        Longest request payload, 1..65535 bytes (the request memory holds two).
     timeout : int
-        Quiet cycles after which a frame is truncated, 2..2**32-1. Must exceed the time
-        between two bytes of a frame (over a UART, a byte time of ``10·divisor`` cycles,
-        plus the host's gaps).
+        Quiet cycles after which a frame is truncated, 2..2**32-1.
 
     Raises
     ------
     TypeError
-        If a parameter is not an integer in its range.
+        If ``max_payload`` or ``timeout`` is not an integer in its range.
 
     Members
     -------
     rx : In(stream.Signature(8))
         Bytes from the host; ``ready`` is always high.
     rx_error : In(1)
-        Strobe: a byte from the host was lost or damaged (a UART framing error).
-    tx : Out(stream.Signature(8))
-        Bytes to the host.
-    app : Out(AppSignature())
-        Requests to and replies from the application.
+        Strobe: a byte from the host was lost or damaged.
+    request : Out(stream.Signature(PacketByte()))
+        The payload of one good frame after another, each ending with ``last``.
+    error : Out(8)
+        Strobe: the :class:`ErrorCode` of an error to report, 0 for none.
     """
 
-    def __init__(self, *, max_payload, max_reply=None, timeout):
-        self._max_payload, self._max_reply = _check_capacities(max_payload, max_reply)
+    def __init__(self, *, max_payload, timeout):
+        self._max_payload = _check_max_payload(max_payload)
         self._timeout = _check_timeout(timeout)
         super().__init__({
             "rx": In(stream.Signature(8)),
             "rx_error": In(1),
-            "tx": Out(stream.Signature(8)),
-            "app": Out(AppSignature()),
+            "request": Out(stream.Signature(PacketByte())),
+            "error": Out(8),
         })
-
-    @property
-    def max_payload(self):
-        """Capacity of the request memory in bytes."""
-        return self._max_payload
-
-    @property
-    def max_reply(self):
-        """Capacity of the reply memory in bytes."""
-        return self._max_reply
-
-    @property
-    def timeout(self):
-        """Inter-byte timeout in clock cycles."""
-        return self._timeout
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.errors = errors = fifo.SyncFIFO(width=8, depth=ERROR_QUEUE_DEPTH)
-        self._elaborate_receiver(m, errors)
-        self._elaborate_transmitter(m, errors)
-        return m
-
-    def _elaborate_receiver(self, m, errors):
         # Two slots: a frame can arrive while the application still takes the previous one.
         m.submodules.requests = requests = Memory(shape=8, depth=2 * self._max_payload,
                                                   init=[])
@@ -160,7 +130,7 @@ class HostLink(wiring.Component):
         held_length = Array(Signal(16, name=f"held_length_{slot}") for slot in range(2))
         read_slot = Signal()
         index = Signal(range(self._max_payload))
-        request = self.app.request
+        request = self.request
         sent = request.valid & request.ready
         m.d.comb += [
             request.valid.eq(held.bit_select(read_slot, 1)),
@@ -196,8 +166,7 @@ class HostLink(wiring.Component):
         write_slot = Signal()
         dropping = Signal()         # both slots were busy when this frame began
         pending = Signal(8)         # the error reported once a discarded frame ends
-        report = Signal(8)
-        m.d.comb += [errors.w_data.eq(report), errors.w_en.eq(report != 0)]
+        report = self.error
         received_length = Cat(length[:8], byte)
 
         def start_frame():
@@ -284,8 +253,48 @@ class HostLink(wiring.Component):
                 with m.If(timed_out):
                     m.d.comb += report.eq(pending)
                     m.next = "HUNT"
+        return m
 
-    def _elaborate_transmitter(self, m, errors):
+
+class FrameTransmitter(wiring.Component):
+    """Replies and error reports to a host's byte stream, framed (the sending half of a
+    :class:`HostLink`).
+
+    Each reply on ``reply`` is collected in a reply memory until ``last`` (so its length is
+    known) and then framed on ``tx`` with kind byte ``0x00``; a reply longer than the memory
+    is dropped and answered ``REPLY_OVERFLOW``. An error code on ``errors`` is framed with
+    kind ``0xEE``, ahead of a collected reply.
+
+    Parameters
+    ----------
+    max_reply : int
+        Capacity of the reply memory, 1..65534 bytes.
+
+    Raises
+    ------
+    TypeError
+        If ``max_reply`` is not an integer in its range.
+
+    Members
+    -------
+    reply : In(stream.Signature(PacketByte()))
+        The application's replies, each at least one byte and ending with ``last``.
+    errors : In(stream.Signature(8))
+        Codes of errors to report.
+    tx : Out(stream.Signature(8))
+        Bytes to the host.
+    """
+
+    def __init__(self, *, max_reply):
+        self._max_reply = _check_max_reply(max_reply)
+        super().__init__({
+            "reply": In(stream.Signature(PacketByte())),
+            "errors": In(stream.Signature(8)),
+            "tx": Out(stream.Signature(8)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
         m.submodules.replies = replies = Memory(shape=8, depth=self._max_reply, init=[])
         write = replies.write_port()
         read = replies.read_port()
@@ -295,7 +304,7 @@ class HostLink(wiring.Component):
         complete = Signal()         # a whole reply waits in the memory to be framed
         count = Signal(range(self._max_reply + 1))
         overflow = Signal()
-        reply = self.app.reply
+        reply = self.reply
         m.d.comb += [
             reply.ready.eq(~complete),
             write.addr.eq(count),
@@ -330,9 +339,9 @@ class HostLink(wiring.Component):
 
         with m.FSM():
             with m.State("IDLE"):
-                with m.If(errors.r_rdy):
-                    m.d.comb += errors.r_en.eq(1)
-                    m.d.sync += [is_error.eq(1), code.eq(errors.r_data)]
+                with m.If(self.errors.valid):
+                    m.d.comb += self.errors.ready.eq(1)
+                    m.d.sync += [is_error.eq(1), code.eq(self.errors.payload)]
                     m.next = "SYNC"
                 with m.Elif(complete):
                     m.d.sync += [is_error.eq(overflow), code.eq(int(ErrorCode.REPLY_OVERFLOW))]
@@ -362,9 +371,102 @@ class HostLink(wiring.Component):
                 # An error frame from the queue leaves a pending reply where it was.
                 with m.If(sent & (~is_error | (code == int(ErrorCode.REPLY_OVERFLOW)))):
                     m.d.sync += [complete.eq(0), count.eq(0), overflow.eq(0)]
+        return m
 
 
-class SerialHostLink(wiring.Component):
+class _LinkParameters(wiring.Component):
+    """The parameters :class:`HostLink` and :class:`SerialHostLink` share, validated and
+    exposed as properties."""
+
+    def __init__(self, members, *, max_payload, max_reply, timeout):
+        self._max_payload = _check_max_payload(max_payload)
+        if max_reply is None:
+            max_reply = min(max_payload, MAX_PAYLOAD_RANGE[1] - 1)
+        self._max_reply = _check_max_reply(max_reply)
+        self._timeout = _check_timeout(timeout)
+        super().__init__(members)
+
+    @property
+    def max_payload(self):
+        """Capacity of the request memory in bytes."""
+        return self._max_payload
+
+    @property
+    def max_reply(self):
+        """Capacity of the reply memory in bytes."""
+        return self._max_reply
+
+    @property
+    def timeout(self):
+        """Inter-byte timeout in clock cycles."""
+        return self._timeout
+
+
+class HostLink(_LinkParameters):
+    """Frames between a host's byte stream and an application (docs/host_link.md): a
+    :class:`FrameReceiver` and a :class:`FrameTransmitter` with a queue of error reports
+    between them.
+
+    A request reaches ``app.request`` only once its whole frame has checked; the application
+    may produce its reply while it consumes the request. Up to four error frames
+    (:class:`ErrorCode`) wait while the transmitter is busy; the queue drops reports beyond
+    that, so the receiver never stalls.
+
+    Parameters
+    ----------
+    max_payload : int
+        Longest request payload, as for :class:`FrameReceiver`; longer frames are refused.
+    max_reply : int or None
+        Capacity of the reply memory, as for :class:`FrameTransmitter` (default:
+        ``max_payload``, at most 65534).
+    timeout : int
+        As for :class:`FrameReceiver`. Must exceed the time between two bytes of a frame
+        (over a UART, a byte time of ``10·divisor`` cycles, plus the host's gaps).
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an integer in its range.
+
+    Members
+    -------
+    rx, rx_error
+        Bytes from the host, as :class:`FrameReceiver` takes them.
+    tx : Out(stream.Signature(8))
+        Bytes to the host.
+    app : Out(AppSignature())
+        Requests to and replies from the application.
+    """
+
+    def __init__(self, *, max_payload, max_reply=None, timeout):
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "rx_error": In(1),
+            "tx": Out(stream.Signature(8)),
+            "app": Out(AppSignature()),
+        }, max_payload=max_payload, max_reply=max_reply, timeout=timeout)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.receiver = receiver = FrameReceiver(max_payload=self._max_payload,
+                                                         timeout=self._timeout)
+        m.submodules.transmitter = transmitter = FrameTransmitter(max_reply=self._max_reply)
+        m.submodules.errors = errors = fifo.SyncFIFO(width=8, depth=ERROR_QUEUE_DEPTH)
+        wiring.connect(m, wiring.flipped(self.rx), receiver.rx)
+        wiring.connect(m, receiver.request, wiring.flipped(self.app.request))
+        wiring.connect(m, wiring.flipped(self.app.reply), transmitter.reply)
+        wiring.connect(m, transmitter.tx, wiring.flipped(self.tx))
+        wiring.connect(m, errors.r_stream, transmitter.errors)
+        # The receiver cannot wait for the queue: a report it has no room for is dropped.
+        m.d.comb += [
+            receiver.rx_error.eq(self.rx_error),
+            errors.w_data.eq(receiver.error),
+            errors.w_en.eq(receiver.error != 0),
+        ]
+        return m
+
+
+class SerialHostLink(_LinkParameters):
     """A :class:`HostLink` behind an 8N1 UART: the block a board top puts on its serial
     pins, in front of the application.
 
@@ -398,34 +500,17 @@ class SerialHostLink(wiring.Component):
 
     def __init__(self, *, divisor, max_payload, max_reply=None, timeout=None):
         self._divisor = check_int("UART divisor", divisor, DIVISOR_RANGE)
-        self._max_payload, self._max_reply = _check_capacities(max_payload, max_reply)
         if timeout is None:
             timeout = 40 * divisor
-        self._timeout = _check_timeout(timeout)
-        if timeout <= 10 * divisor:
+        if _check_timeout(timeout) <= 10 * divisor:
             raise ValueError(f"Inter-byte timeout must exceed one byte time of "
                              f"{10 * divisor} cycles, not {timeout}")
-        super().__init__()
+        super().__init__(None, max_payload=max_payload, max_reply=max_reply, timeout=timeout)
 
     @property
     def divisor(self):
         """Clock cycles per bit."""
         return self._divisor
-
-    @property
-    def max_payload(self):
-        """Capacity of the request memory in bytes."""
-        return self._max_payload
-
-    @property
-    def max_reply(self):
-        """Capacity of the reply memory in bytes."""
-        return self._max_reply
-
-    @property
-    def timeout(self):
-        """Inter-byte timeout in clock cycles."""
-        return self._timeout
 
     def elaborate(self, platform):
         m = Module()

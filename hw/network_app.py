@@ -391,7 +391,7 @@ class InferHandler(wiring.Component):
     Raises
     ------
     TypeError
-        If a parameter is not an integer in its range.
+        If ``width`` or ``input_words`` is not an integer in its range.
 
     Members
     -------

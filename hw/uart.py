@@ -14,7 +14,20 @@ __all__ = ["DIVISOR_RANGE", "UARTReceiver", "UARTTransmitter"]
 DIVISOR_RANGE = (4, 1 << 24)
 
 
-class UARTReceiver(wiring.Component):
+class _Serial(wiring.Component):
+    """What the receiver and the transmitter share: the bit period, validated."""
+
+    def __init__(self, *, divisor):
+        self._divisor = check_int("UART divisor", divisor, DIVISOR_RANGE)
+        super().__init__()
+
+    @property
+    def divisor(self):
+        """Clock cycles per bit."""
+        return self._divisor
+
+
+class UARTReceiver(_Serial):
     """Receives 8N1 bytes from the ``rx`` pin.
 
     The pin passes a two-flip-flop synchronizer first (it is asynchronous to ``clk``). A
@@ -56,15 +69,6 @@ class UARTReceiver(wiring.Component):
     data: Out(stream.Signature(8))
     framing_error: Out(1)
     overrun: Out(1)
-
-    def __init__(self, *, divisor):
-        self._divisor = check_int("UART divisor", divisor, DIVISOR_RANGE)
-        super().__init__()
-
-    @property
-    def divisor(self):
-        """Clock cycles per bit."""
-        return self._divisor
 
     def elaborate(self, platform):
         m = Module()
@@ -115,22 +119,13 @@ class UARTReceiver(wiring.Component):
         return m
 
 
-class UARTTransmitter(wiring.Component):
+class UARTTransmitter(_Serial):
     """Sends 8N1 bytes on the ``tx`` pin, back to back while ``data`` has them.
 
     ``data.ready`` is high while the transmitter is idle; a byte taken starts its start
     bit in the next cycle, and the next byte can be taken in the last cycle of the stop
-    bit, so a continuous stream leaves with no idle time between frames.
-
-    Parameters
-    ----------
-    divisor : int
-        Clock cycles per bit, in :data:`DIVISOR_RANGE`.
-
-    Raises
-    ------
-    TypeError
-        If ``divisor`` is not an integer in :data:`DIVISOR_RANGE`.
+    bit, so a continuous stream leaves with no idle time between frames. The ``divisor``
+    parameter and the ``TypeError`` it can raise are as for :class:`UARTReceiver`.
 
     Members
     -------
@@ -142,15 +137,6 @@ class UARTTransmitter(wiring.Component):
 
     data: In(stream.Signature(8))
     tx: Out(1, init=1)
-
-    def __init__(self, *, divisor):
-        self._divisor = check_int("UART divisor", divisor, DIVISOR_RANGE)
-        super().__init__()
-
-    @property
-    def divisor(self):
-        """Clock cycles per bit."""
-        return self._divisor
 
     def elaborate(self, platform):
         m = Module()

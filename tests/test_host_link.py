@@ -19,7 +19,8 @@ from amaranth.sim import Simulator
 from hypothesis import given, settings, strategies as st
 
 import olmac.host_link
-from olmac.hw.host_link import HostLink, LoopbackApp, SerialHostLink
+from olmac.hw.host_link import (FrameReceiver, FrameTransmitter, HostLink, LoopbackApp,
+                                SerialHostLink)
 from olmac.hw.uart import UARTReceiver, UARTTransmitter
 from olmac.host_link import (FrameDecoder, FrameError, LinkError, SerialLink, crc16_ccitt,
                              decode_frame, decode_reply, encode_error, encode_frame, encode_reply)
@@ -196,6 +197,10 @@ def test_serial_link_device_and_timeout():
      r"^Inter-byte timeout must be an integer in 2\.\.4294967295, not 1$"),
     (HostLink, dict(max_payload=8, timeout=True), TypeError,
      r"^Inter-byte timeout must be an integer in 2\.\.4294967295, not True$"),
+    (FrameReceiver, dict(max_payload=0, timeout=10), TypeError,
+     r"^Maximum payload length must be an integer in 1\.\.65535, not 0$"),
+    (FrameTransmitter, dict(max_reply=65535), TypeError,
+     r"^Maximum reply length must be an integer in 1\.\.65534, not 65535$"),
     (SerialHostLink, dict(divisor=2, max_payload=8), TypeError,
      r"^UART divisor must be an integer in 4\.\.16777216, not 2$"),
     (SerialHostLink, dict(divisor=8, max_payload=8, timeout=80), ValueError,

@@ -55,7 +55,7 @@ def test_scoreboard_catches_a_wrong_error_code(tmp_path):
     """Fault injection: with the GARBAGE report turned into BUSY in the Verilog, the same
     exchange fails. (The check above is only worth something if it can fail.)"""
     def garbage_as_busy(text):
-        assert "w_data = 8'h05;" in text
-        return text.replace("w_data = 8'h05;", "w_data = 8'h06;")
+        assert " error = 8'h05;" in text
+        return text.replace(" error = 8'h05;", " error = 8'h06;")
 
     assert _run(tmp_path, transform=garbage_as_busy) == (1, 1)
