@@ -1,22 +1,23 @@
+from dataclasses import dataclass
+
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import WEIGHT_BITS, check_int
+from olmac.spec import CODEBOOK_ENTRY_BITS, check_int
+from .config import ConfigProperty
 from .mac_array import WeightBeat
 
-__all__ = ["GRANULARITIES", "IDX_BITS", "ENTRY_BITS", "MAX_SUBGROUPS", "CodeBeat",
-           "CodebookEntry", "CodebookDecoder"]
+__all__ = ["GRANULARITIES", "DECODER_IDX_BITS", "MAX_SUBGROUPS", "CodeBeat", "CodebookEntry",
+           "CodebookDecoder"]
 
 #: Which subgroup id of a :class:`CodeBeat` each element of a tile reads (docs/codebooks.md §3).
 GRANULARITIES = ("layer", "row", "pixel")
-#: Index widths the decoder takes (codes of 1..4 bits). The spec allows 0..4; each further
-#: bit doubles every weight's multiplexer, and 15–16 magnitudes are past what SYQ uses.
-IDX_BITS = (0, 3)
-#: Table entries are ``u<entry_bits>`` and decode to ``s<entry_bits + 1>``, which must be a
-#: weight width of the array (docs/codebooks.md §4).
-ENTRY_BITS = (WEIGHT_BITS[0] - 1, WEIGHT_BITS[1] - 1)
+#: Index widths the decoder takes (codes of 1..4 bits): a limit of this hardware, narrower
+#: than the spec's ``CODEBOOK_IDX_BITS``; each further bit doubles every weight's
+#: multiplexer, and 15–16 magnitudes are past what SYQ uses.
+DECODER_IDX_BITS = (0, 3)
 #: Most codebooks one decoder holds.
 MAX_SUBGROUPS = 4096
 
@@ -89,29 +90,13 @@ class CodebookDecoder(wiring.Component):
 
     Parameters
     ----------
-    lanes : int
-        Tile rows, along K; 1..64.
-    cols : int
-        Tile columns, along N; 1..64.
-    idx_bits : int
-        Index width, 0..3; codes are ``1 + idx_bits`` bits.
-    zero : bool
-        Index 0 is the zero code (ternary-style codebooks).
-    entry_bits : int
-        Width of the unsigned table entries, 1..7.
-    subgroups : int
-        Codebooks held, 1..4096.
-    granularity : str
-        ``"layer"``, ``"row"`` or ``"pixel"``.
+    **params
+        The fields of :class:`CodebookDecoder.Config`, which validates them.
 
     Raises
     ------
-    TypeError
-        If an integer parameter is not an integer or is outside its range, ``zero`` is not a
-        bool, or ``granularity`` is not a string.
-    ValueError
-        If ``granularity`` is not one of ``"layer"``, ``"row"``, ``"pixel"``, or a zero code
-        is asked for with ``idx_bits = 0`` (binary codes have no index to spare).
+    TypeError, ValueError
+        As :class:`CodebookDecoder.Config` raises them.
 
     Members
     -------
@@ -123,78 +108,111 @@ class CodebookDecoder(wiring.Component):
         Decoded weight tiles.
     """
 
-    def __init__(self, *, lanes, cols, idx_bits, zero, entry_bits, subgroups=1,
-                 granularity="layer"):
-        self._lanes = check_int("Lane count", lanes, (1, 64))
-        self._cols = check_int("Column count", cols, (1, 64))
-        self._idx_bits = check_int("Index width", idx_bits, IDX_BITS)
-        if not isinstance(zero, bool):
-            raise TypeError(f"Zero code must be a bool, not {zero!r}")
-        if zero and idx_bits == 0:
-            raise ValueError("A zero code needs an index width of at least 1, not 0")
-        self._zero = zero
-        self._entry_bits = check_int("Entry width", entry_bits, ENTRY_BITS)
-        self._subgroups = check_int("Subgroup count", subgroups, (1, MAX_SUBGROUPS))
-        if not isinstance(granularity, str):
-            raise TypeError(f"Granularity must be a string, not {granularity!r}")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"Granularity must be one of 'layer', 'row', 'pixel', not "
-                             f"{granularity!r}")
-        self._granularity = granularity
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        """The parameters of a :class:`CodebookDecoder`, validated, and its port layouts.
+
+        Parameters
+        ----------
+        lanes : int
+            Tile rows, along K; 1..64.
+        cols : int
+            Tile columns, along N; 1..64.
+        idx_bits : int
+            Index width, 0..3; codes are ``1 + idx_bits`` bits.
+        zero : bool
+            Index 0 is the zero code (ternary-style codebooks).
+        entry_bits : int
+            Width of the unsigned table entries, 1..7.
+        subgroups : int
+            Codebooks held, 1..4096.
+        granularity : str
+            ``"layer"``, ``"row"`` or ``"pixel"``.
+
+        Raises
+        ------
+        TypeError
+            If an integer parameter is not an integer or is outside its range, ``zero`` is
+            not a bool, or ``granularity`` is not a string.
+        ValueError
+            If ``granularity`` is not one of ``"layer"``, ``"row"``, ``"pixel"``, or a zero
+            code is asked for with ``idx_bits = 0`` (binary codes have no index to spare).
+        """
+        lanes: int
+        cols: int
+        idx_bits: int
+        zero: bool
+        entry_bits: int
+        subgroups: int = 1
+        granularity: str = "layer"
+
+        def __post_init__(self):
+            check_int("Lane count", self.lanes, (1, 64))
+            check_int("Column count", self.cols, (1, 64))
+            check_int("Index width", self.idx_bits, DECODER_IDX_BITS)
+            if not isinstance(self.zero, bool):
+                raise TypeError(f"Zero code must be a bool, not {self.zero!r}")
+            if self.zero and self.idx_bits == 0:
+                raise ValueError("A zero code needs an index width of at least 1, not 0")
+            # Entries decode to s<entry_bits + 1>, which must be a weight width of the array.
+            check_int("Entry width", self.entry_bits, CODEBOOK_ENTRY_BITS)
+            check_int("Subgroup count", self.subgroups, (1, MAX_SUBGROUPS))
+            if not isinstance(self.granularity, str):
+                raise TypeError(f"Granularity must be a string, not {self.granularity!r}")
+            if self.granularity not in GRANULARITIES:
+                raise ValueError(f"Granularity must be one of 'layer', 'row', 'pixel', not "
+                                 f"{self.granularity!r}")
+
+        @property
+        def weight_shape(self):
+            """Shape of one decoded weight."""
+            return signed(self.entry_bits + 1)
+
+        @property
+        def stored(self):
+            """Magnitudes stored per codebook: the zero code has none."""
+            return (1 << self.idx_bits) - int(self.zero)
+
+        @property
+        def codes_layout(self):
+            """Payload of the ``codes`` port."""
+            return CodeBeat(self.idx_bits, self.lanes, self.cols, self.subgroups,
+                            self.granularity)
+
+        @property
+        def load_layout(self):
+            """Payload of the ``load`` port."""
+            return CodebookEntry(self.idx_bits, self.entry_bits, self.subgroups)
+
+        @property
+        def weight_layout(self):
+            """Payload of the ``weights`` port."""
+            return WeightBeat(self.weight_shape, self.lanes, self.cols)
+
+    def __init__(self, **params):
+        self._config = self.Config(**params)
         super().__init__({
-            "codes": In(stream.Signature(CodeBeat(idx_bits, lanes, cols, subgroups,
-                                                  granularity))),
-            "load": In(stream.Signature(CodebookEntry(idx_bits, entry_bits, subgroups))),
-            "weights": Out(stream.Signature(WeightBeat(self.weight_shape, lanes, cols))),
+            "codes": In(stream.Signature(self._config.codes_layout)),
+            "load": In(stream.Signature(self._config.load_layout)),
+            "weights": Out(stream.Signature(self._config.weight_layout)),
         })
 
     @property
-    def lanes(self):
-        """Tile rows (along K)."""
-        return self._lanes
+    def config(self):
+        """The decoder's :class:`CodebookDecoder.Config`."""
+        return self._config
 
-    @property
-    def cols(self):
-        """Tile columns (along N)."""
-        return self._cols
-
-    @property
-    def idx_bits(self):
-        """Index width; codes are ``1 + idx_bits`` bits."""
-        return self._idx_bits
-
-    @property
-    def zero(self):
-        """Whether index 0 is the zero code."""
-        return self._zero
-
-    @property
-    def entry_bits(self):
-        """Width of a table entry."""
-        return self._entry_bits
-
-    @property
-    def subgroups(self):
-        """Codebooks held."""
-        return self._subgroups
-
-    @property
-    def granularity(self):
-        """Which subgroup id each element uses: ``"layer"``, ``"row"`` or ``"pixel"``."""
-        return self._granularity
-
-    @property
-    def weight_shape(self):
-        """Shape of one decoded weight."""
-        return signed(self._entry_bits + 1)
+    lanes = ConfigProperty()
+    cols = ConfigProperty()
+    idx_bits = ConfigProperty()
+    zero = ConfigProperty()
+    entry_bits = ConfigProperty()
+    subgroups = ConfigProperty()
+    granularity = ConfigProperty()
+    weight_shape = ConfigProperty()
 
     #: Cycles from a tile's transfer on ``codes`` to its decoded tile on ``weights``.
     latency = 1
-
-    @property
-    def _stored(self):
-        """Magnitudes stored per codebook: the zero code has none."""
-        return (1 << self._idx_bits) - int(self._zero)
 
     def elaborate(self, platform):
         m = Module()
@@ -206,11 +224,12 @@ class CodebookDecoder(wiring.Component):
         # (one copy per port: 8 iCE40 BRAMs for 256 ternary u7 codebooks read row-wise by
         # 8 columns) instead of flip-flops and multiplexers as wide as `subgroups`.
         m.submodules.tables = tables = Memory(
-            shape=data.ArrayLayout(unsigned(self._entry_bits), self._stored),
-            depth=self._subgroups, init=[])
+            shape=data.ArrayLayout(unsigned(self._config.entry_bits), self._config.stored),
+            depth=self._config.subgroups, init=[])
         write = tables.write_port(granularity=1)
         reads = [tables.read_port()
-                 for _ in range(_subgroup_ids(self._granularity, self._lanes, self._cols))]
+                 for _ in range(_subgroup_ids(self._config.granularity, self._config.lanes,
+                                              self._config.cols))]
 
         full = Signal()
         reloaded = Signal()
@@ -225,9 +244,9 @@ class CodebookDecoder(wiring.Component):
 
         entry = self.load.payload
         m.d.comb += [write.addr.eq(entry.subgroup),
-                     write.data.eq(Cat(*[entry.magnitude] * self._stored))]
-        for slot in range(self._stored):
-            m.d.comb += write.en[slot].eq(loaded & (entry.index == slot + int(self._zero)))
+                     write.data.eq(Cat(*[entry.magnitude] * self._config.stored))]
+        for slot in range(self._config.stored):
+            m.d.comb += write.en[slot].eq(loaded & (entry.index == slot + int(self._config.zero)))
         with m.If(loaded & entry.last):
             m.d.sync += reloaded.eq(1)
         with m.If(accepted):
@@ -246,9 +265,9 @@ class CodebookDecoder(wiring.Component):
 
         # The decode is combinational after the registers: the array registers its inputs
         # at once, so it needs no output register of its own.
-        for lane in range(self._lanes):
-            for col in range(self._cols):
-                port = reads[{"layer": 0, "row": col, "pixel": lane}[self._granularity]]
+        for lane in range(self._config.lanes):
+            for col in range(self._config.cols):
+                port = reads[{"layer": 0, "row": col, "pixel": lane}[self._config.granularity]]
                 m.d.comb += self.weights.payload.tile[lane][col].eq(
                     self._decode(codes[lane][col], port.data))
         m.d.comb += self.weights.valid.eq(full)
@@ -256,18 +275,19 @@ class CodebookDecoder(wiring.Component):
 
     def _decode(self, code, stored):
         """The weight ``code`` stands for in a codebook row of ``stored`` magnitudes."""
-        magnitudes = ([Const(0, self._entry_bits)] if self._zero else []) + list(stored)
-        if self._stored == 1:
+        zero = [Const(0, self._config.entry_bits)] if self._config.zero else []
+        magnitudes = zero + list(stored)
+        if self._config.stored == 1:
             # Binary and ternary: the code selects among `+T[0..2^k-1], -T[0..2^k-1]` (sign
             # above index), a 2:1 or 4:1 mux with no arithmetic per weight, as the
             # negation is shared by every weight on the port. On iCE40 this halves a ternary
             # decoder (535 against 968 LUTs at 8×8, u7 entries).
             words = [Cat(magnitude, Const(0, 1)) for magnitude in magnitudes]
             words += [-magnitude for magnitude in magnitudes]
-            return Cat(*words).word_select(code, self._entry_bits + 1)
+            return Cat(*words).word_select(code, self._config.entry_bits + 1)
         # Wider codebooks: a 2^(k+1):1 mux of signed words costs more than a 2^k:1 mux of
         # magnitudes and a negation (2767 against 5409 LUTs with a zero code and 3-bit
         # indexes, as above).
-        sign, index = code[self._idx_bits], code[:self._idx_bits]
-        magnitude = Cat(*magnitudes).word_select(index, self._entry_bits)
+        sign, index = code[self._config.idx_bits], code[:self._config.idx_bits]
+        magnitude = Cat(*magnitudes).word_select(index, self._config.entry_bits)
         return Mux(sign, -magnitude, magnitude)

@@ -1,14 +1,18 @@
+from dataclasses import dataclass
+
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.spec import (OUT_BITS, OUTLIER_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE,
                           RESIDUAL_BITS, RESIDUAL_SHIFT_RANGE, check_int)
+from .config import ConfigProperty
 from .mac_array import MAX_ACC_WIDTH
 from .result_buffer import ResultBuffer
 from .shapes import shape_bounds
 
-__all__ = ["ChannelParams", "RequantParams", "OutputOutlier", "RequantOutput", "Requantizer"]
+__all__ = ["ChannelParams", "RequantParams", "OutputOutlier", "RequantOutput", "RequantConfig",
+           "Requantizer"]
 
 
 class ChannelParams(data.StructLayout):
@@ -62,16 +66,11 @@ class RequantOutput(data.StructLayout):
                                                        cols)})
 
 
-class Requantizer(wiring.Component):
-    """Per-channel requantization ``clamp(((acc + bias)·M + 2^(s-1)) >> s, lo, hi)`` (§3),
-    optionally with a residual added before the one rounding,
-    ``clamp(((acc + bias)·M + r·M_r·2^t + 2^(s-1)) >> s, lo, hi)`` (docs/program.md §11).
-
-    Each accumulator vector is joined with one parameter beat (the sequencer streams the
-    parameters of the columns the vector came from). Every step is exact: the sum keeps one
-    more bit than its widest operand and the product is full width, up to 78 bits, before
-    the arithmetic shift rounds half up. Like the array, the pipeline never stalls; the
-    input waits for a :class:`ResultBuffer` credit.
+@dataclass(frozen=True, kw_only=True)
+class RequantConfig:
+    """What every requantizer of §3/§11 is configured with, validated, and the port layouts
+    that follow from it; :class:`Requantizer.Config` and
+    :class:`~hw.serial_requant.SerialRequantizer.Config` add their own parameters.
 
     Parameters
     ----------
@@ -83,10 +82,6 @@ class Requantizer(wiring.Component):
         Output width, 2..16.
     out_signed : bool
         Signed (``s<out_bits>``) or unsigned (``u<out_bits>``) output.
-    outlier_bits : int or None
-        With a width (out_bits+1..16), output outliers are extracted (§7): a value whose
-        magnitude exceeds the layer's threshold leaves as a ``(col, value)`` outlier of
-        that width and its dense slot is zero.
     residual_bits : int or None
         With a width (2..17), each channel's parameters carry a signed residual value of
         that width with its multiplier and shift (0..31), added before the rounding (§11).
@@ -101,6 +96,63 @@ class Requantizer(wiring.Component):
     ------
     TypeError
         If a parameter is of the wrong type or outside its range.
+    """
+    cols: int
+    acc_width: int
+    out_bits: int
+    out_signed: bool = True
+    residual_bits: int | None = None
+    runtime_bounds: bool = False
+
+    def __post_init__(self):
+        check_int("Column count", self.cols, (1, 64))
+        check_int("Accumulator width", self.acc_width, (1, MAX_ACC_WIDTH))
+        check_int("Output width", self.out_bits, OUT_BITS)
+        if not isinstance(self.out_signed, bool):
+            raise TypeError(f"Output signedness must be a bool, not {self.out_signed!r}")
+        if self.residual_bits is not None:
+            check_int("Residual width", self.residual_bits, RESIDUAL_BITS)
+        if not isinstance(self.runtime_bounds, bool):
+            raise TypeError(f"runtime_bounds must be a bool, not {self.runtime_bounds!r}")
+
+    @property
+    def out_shape(self):
+        """Shape of one requantized value."""
+        if self.runtime_bounds:
+            return signed(self.out_bits + 1)
+        return signed(self.out_bits) if self.out_signed else unsigned(self.out_bits)
+
+    @property
+    def acc_layout(self):
+        """Payload of the ``acc`` port."""
+        return data.ArrayLayout(signed(self.acc_width), self.cols)
+
+    def _params_layout(self, cols, threshold_shape=None):
+        residual_shape = None if self.residual_bits is None else signed(self.residual_bits)
+        bounds_shape = self.out_shape if self.runtime_bounds else None
+        return RequantParams(cols, threshold_shape, residual_shape, bounds_shape)
+
+
+class Requantizer(wiring.Component):
+    """Per-channel requantization ``clamp(((acc + bias)·M + 2^(s-1)) >> s, lo, hi)`` (§3),
+    optionally with a residual added before the one rounding,
+    ``clamp(((acc + bias)·M + r·M_r·2^t + 2^(s-1)) >> s, lo, hi)`` (docs/program.md §11).
+
+    Each accumulator vector is joined with one parameter beat (the sequencer streams the
+    parameters of the columns the vector came from). Every step is exact: the sum keeps one
+    more bit than its widest operand and the product is full width, up to 78 bits, before
+    the arithmetic shift rounds half up. Like the array, the pipeline never stalls; the
+    input waits for a :class:`ResultBuffer` credit.
+
+    Parameters
+    ----------
+    **params
+        The fields of :class:`Requantizer.Config`, which validates them.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`Requantizer.Config` raises them.
 
     Members
     -------
@@ -112,73 +164,80 @@ class Requantizer(wiring.Component):
         Requantized vectors (with ``outlier_bits``, dense vectors and their outliers).
     """
 
-    def __init__(self, *, cols, acc_width, out_bits, out_signed=True, outlier_bits=None,
-                 residual_bits=None, runtime_bounds=False):
-        self._cols = check_int("Column count", cols, (1, 64))
-        self._acc_width = check_int("Accumulator width", acc_width, (1, MAX_ACC_WIDTH))
-        self._out_bits = check_int("Output width", out_bits, OUT_BITS)
-        if not isinstance(out_signed, bool):
-            raise TypeError(f"Output signedness must be a bool, not {out_signed!r}")
-        self._out_signed = out_signed
-        self._outlier_bits = None
-        if outlier_bits is not None:
-            self._outlier_bits = check_int("Output outlier width", outlier_bits,
-                                           (out_bits + 1, OUTLIER_BITS[1]))
-        self._residual_bits = None
-        if residual_bits is not None:
-            self._residual_bits = check_int("Residual width", residual_bits, RESIDUAL_BITS)
-        if not isinstance(runtime_bounds, bool):
-            raise TypeError(f"runtime_bounds must be a bool, not {runtime_bounds!r}")
-        if runtime_bounds and outlier_bits is not None:
-            raise ValueError("Run-time bounds (runtime_bounds=True) cannot be combined with "
-                             f"output outliers (outlier_bits={outlier_bits})")
-        self._runtime_bounds = runtime_bounds
-        residual_shape = None if residual_bits is None else signed(residual_bits)
-        bounds_shape = self.out_shape if runtime_bounds else None
+    @dataclass(frozen=True, kw_only=True)
+    class Config(RequantConfig):
+        """A :class:`RequantConfig` with output-outlier extraction (§7).
+
+        Parameters
+        ----------
+        outlier_bits : int or None
+            With a width (out_bits+1..16), output outliers are extracted (§7): a value whose
+            magnitude exceeds the layer's threshold leaves as a ``(col, value)`` outlier of
+            that width and its dense slot is zero.
+
+        Raises
+        ------
+        TypeError
+            If a parameter is of the wrong type or outside its range.
+        ValueError
+            If ``outlier_bits`` is combined with ``runtime_bounds``.
+        """
+        outlier_bits: int | None = None
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.outlier_bits is not None:
+                check_int("Output outlier width", self.outlier_bits,
+                          (self.out_bits + 1, OUTLIER_BITS[1]))
+            if self.runtime_bounds and self.outlier_bits is not None:
+                raise ValueError("Run-time bounds (runtime_bounds=True) cannot be combined "
+                                 f"with output outliers (outlier_bits={self.outlier_bits})")
+
+        @property
+        def outlier_shape(self):
+            """Shape of one output outlier, or ``None`` without extraction."""
+            if self.outlier_bits is None:
+                return None
+            return signed(self.outlier_bits) if self.out_signed else unsigned(self.outlier_bits)
+
+        @property
+        def params_layout(self):
+            """Payload of the ``params`` port."""
+            threshold_shape = None
+            if self.outlier_bits is not None:
+                threshold_shape = range(shape_bounds(self.out_shape)[1] + 1)
+            return self._params_layout(self.cols, threshold_shape)
+
+        @property
+        def out_layout(self):
+            """Payload of the ``out`` port."""
+            if self.outlier_bits is None:
+                return data.ArrayLayout(self.out_shape, self.cols)
+            return RequantOutput(self.out_shape, self.outlier_shape, self.cols)
+
+    def __init__(self, **params):
+        self._config = self.Config(**params)
         super().__init__({
-            "acc": In(stream.Signature(data.ArrayLayout(signed(acc_width), cols))),
-            "params": In(stream.Signature(RequantParams(cols, self._threshold_shape,
-                                                        residual_shape, bounds_shape))),
-            "out": Out(stream.Signature(self._out_layout)),
+            "acc": In(stream.Signature(self._config.acc_layout)),
+            "params": In(stream.Signature(self._config.params_layout)),
+            "out": Out(stream.Signature(self._config.out_layout)),
         })
 
     @property
-    def cols(self):
-        """Values per vector."""
-        return self._cols
+    def config(self):
+        """The requantizer's :class:`Requantizer.Config`."""
+        return self._config
 
-    @property
-    def out_shape(self):
-        """Shape of one requantized value."""
-        if self._runtime_bounds:
-            return signed(self._out_bits + 1)
-        return signed(self._out_bits) if self._out_signed else unsigned(self._out_bits)
-
-    @property
-    def outlier_shape(self):
-        """Shape of one output outlier, or ``None`` without extraction."""
-        if self._outlier_bits is None:
-            return None
-        return signed(self._outlier_bits) if self._out_signed else unsigned(self._outlier_bits)
-
-    @property
-    def _threshold_shape(self):
-        if self._outlier_bits is None:
-            return None
-        return range(shape_bounds(self.out_shape)[1] + 1)
-
-    @property
-    def _out_layout(self):
-        if self._outlier_bits is None:
-            return data.ArrayLayout(self.out_shape, self._cols)
-        return RequantOutput(self.out_shape, self.outlier_shape, self._cols)
+    cols = ConfigProperty()
+    out_shape = ConfigProperty()
+    outlier_shape = ConfigProperty()
 
     #: Cycles from an input transfer to its result entering the output queue.
     latency = 5
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.results = results = ResultBuffer(self._out_layout,
+        m.submodules.results = results = ResultBuffer(self._config.out_layout,
                                                       depth=self.latency + 4)
         wiring.connect(m, wiring.flipped(self.out), results.r)
 
@@ -190,7 +249,8 @@ class Requantizer(wiring.Component):
         m.d.comb += results.claim.eq(accepted)
 
         # With outlier extraction the value is clamped to the outlier format first (§7).
-        low, high = shape_bounds(self.outlier_shape if self._outlier_bits else self.out_shape)
+        low, high = shape_bounds(self.outlier_shape if self._config.outlier_bits else
+                                 self.out_shape)
 
         # Only the valid bits are reset; the datapath registers need none.
         accs = Signal.like(self.acc.payload, reset_less=True)
@@ -204,20 +264,20 @@ class Requantizer(wiring.Component):
         m.d.sync += [valid[stage + 1].eq(valid[stage]) for stage in range(len(valid) - 1)]
         relu = self._delayed(m, params.relu, "relu")
         zero = Const(0, signed(2))
-        if self._runtime_bounds:
+        if self._config.runtime_bounds:
             low = self._delayed(m, params.low, "low")
             high = self._delayed(m, params.high, "high")
 
-        if self._outlier_bits is not None:
+        if self._config.outlier_bits is not None:
             threshold = self._delayed(m, params.outlier_threshold, "threshold")
 
-        for col in range(self._cols):
+        for col in range(self._config.cols):
             channel = params.channels[col]
             product, shift = self._product(
-                m, accs[col] + channel.bias, signed(max(self._acc_width, BIAS_BITS) + 1),
+                m, accs[col] + channel.bias, signed(max(self._config.acc_width, BIAS_BITS) + 1),
                 channel.multiplier, channel.shift, f"{col}")
             total = product
-            if self._residual_bits is not None:
+            if self._config.residual_bits is not None:
                 residual_product, residual_shift = self._product(
                     m, channel.residual, channel.residual.shape(),
                     channel.residual_multiplier, channel.residual_shift, f"residual_{col}")
@@ -226,12 +286,12 @@ class Requantizer(wiring.Component):
             rounding = (Const(1, total.shape().width + 1) << shift) >> 1
             shifted = Signal(total.shape(), name=f"shifted_{col}", reset_less=True)
             m.d.sync += shifted.eq((total + rounding) >> shift)
-            if self._runtime_bounds:
+            if self._config.runtime_bounds:
                 floor = Mux(relu & (low < 0), zero, low)
             else:
                 floor = Mux(relu, max(low, 0), low)
             clamped = Mux(shifted < floor, floor, Mux(shifted > high, high, shifted))
-            if self._outlier_bits is None:
+            if self._config.outlier_bits is None:
                 m.d.sync += results.w.payload[col].eq(clamped)
             else:
                 outlier = Mux(clamped < 0, -clamped, clamped) > threshold

@@ -4,14 +4,15 @@ integer semantics of :class:`hw.requant.Requantizer` (docs/semantics.md §3, doc
 (the iCE40UP5K has 5280 LUT4s; one 33×32-bit multiply in LUTs takes over a thousand).
 """
 
+from dataclasses import dataclass
+
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import (OUT_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_BITS,
-                          RESIDUAL_SHIFT_RANGE, check_int)
-from .mac_array import MAX_ACC_WIDTH
-from .requant import RequantParams
+from olmac.spec import MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_SHIFT_RANGE
+from .config import ConfigProperty
+from .requant import RequantConfig
 from .shapes import shape_bounds
 
 __all__ = ["SerialRequantizer"]
@@ -33,30 +34,13 @@ class SerialRequantizer(wiring.Component):
 
     Parameters
     ----------
-    cols : int
-        Values per vector, 1..64.
-    acc_width : int
-        Width of the signed accumulators, 1..44.
-    out_bits : int
-        Output width, 2..16.
-    out_signed : bool
-        Signed or unsigned output (ignored with ``runtime_bounds``).
-    residual_bits : int or None
-        With a width (2..17), each channel's parameters carry a signed residual of that
-        width with its multiplier and shift, added before the one rounding (§11).
-    runtime_bounds : bool
-        Take the clamp range ``low..high`` from each parameter beat; the output is then
-        ``signed(out_bits + 1)``.
-    per_channel : bool
-        ``params`` carries one channel's parameters per beat (a ``RequantParams(1)``), one
-        beat per channel in channel order, each taken when its channel is done: the source
-        holds one channel word instead of ``cols`` (a narrow :class:`hw.network.NetworkCore`
-        reads it from memory while the previous channel's result is written).
+    **params
+        The fields of :class:`SerialRequantizer.Config`, which validates them.
 
     Raises
     ------
     TypeError
-        If a parameter is of the wrong type or outside its range.
+        As :class:`SerialRequantizer.Config` raises them.
 
     Members
     -------
@@ -69,68 +53,79 @@ class SerialRequantizer(wiring.Component):
         Requantized vectors.
     """
 
-    def __init__(self, *, cols, acc_width, out_bits, out_signed=True, residual_bits=None,
-                 runtime_bounds=False, per_channel=False):
-        self._cols = check_int("Column count", cols, (1, 64))
-        self._acc_width = check_int("Accumulator width", acc_width, (1, MAX_ACC_WIDTH))
-        self._out_bits = check_int("Output width", out_bits, OUT_BITS)
-        if not isinstance(out_signed, bool):
-            raise TypeError(f"Output signedness must be a bool, not {out_signed!r}")
-        self._out_signed = out_signed
-        self._residual_bits = None
-        if residual_bits is not None:
-            self._residual_bits = check_int("Residual width", residual_bits, RESIDUAL_BITS)
-        if not isinstance(runtime_bounds, bool):
-            raise TypeError(f"runtime_bounds must be a bool, not {runtime_bounds!r}")
-        self._runtime_bounds = runtime_bounds
-        if not isinstance(per_channel, bool):
-            raise TypeError(f"per_channel must be a bool, not {per_channel!r}")
-        self._per_channel = per_channel
-        residual_shape = None if residual_bits is None else signed(residual_bits)
-        bounds_shape = self.out_shape if runtime_bounds else None
+    @dataclass(frozen=True, kw_only=True)
+    class Config(RequantConfig):
+        """A :class:`~hw.requant.RequantConfig` whose parameters may arrive one channel at a
+        time (no output outliers).
+
+        Parameters
+        ----------
+        per_channel : bool
+            ``params`` carries one channel's parameters per beat (a ``RequantParams(1)``),
+            one beat per channel in channel order, each taken when its channel is done: the
+            source holds one channel word instead of ``cols`` (a narrow
+            :class:`hw.network.NetworkCore` reads it from memory while the previous
+            channel's result is written).
+
+        Raises
+        ------
+        TypeError
+            If a parameter is of the wrong type or outside its range.
+        """
+        per_channel: bool = False
+
+        def __post_init__(self):
+            super().__post_init__()
+            if not isinstance(self.per_channel, bool):
+                raise TypeError(f"per_channel must be a bool, not {self.per_channel!r}")
+
+        @property
+        def params_layout(self):
+            """Payload of the ``params`` port."""
+            return self._params_layout(1 if self.per_channel else self.cols)
+
+        @property
+        def out_layout(self):
+            """Payload of the ``out`` port."""
+            return data.ArrayLayout(self.out_shape, self.cols)
+
+        @property
+        def sum_width(self):
+            """Width of the partial-sum register: every sum of §11 fits it exactly."""
+            biased = max(self.acc_width, BIAS_BITS) + 1
+            widest = biased + MULTIPLIER_BITS
+            if self.residual_bits is not None:
+                widest = max(widest, self.residual_bits + MULTIPLIER_BITS
+                             + RESIDUAL_SHIFT_RANGE[1])
+            # one bit for the sum of the two products, one for the rounding term (< 2^62)
+            return max(widest, SHIFT_RANGE[1]) + 2
+
+    def __init__(self, **params):
+        self._config = self.Config(**params)
         super().__init__({
-            "acc": In(stream.Signature(data.ArrayLayout(signed(acc_width), cols))),
-            "params": In(stream.Signature(RequantParams(1 if per_channel else cols, None,
-                                                        residual_shape, bounds_shape))),
-            "out": Out(stream.Signature(data.ArrayLayout(self.out_shape, cols))),
+            "acc": In(stream.Signature(self._config.acc_layout)),
+            "params": In(stream.Signature(self._config.params_layout)),
+            "out": Out(stream.Signature(self._config.out_layout)),
         })
 
     @property
-    def cols(self):
-        """Values per vector."""
-        return self._cols
+    def config(self):
+        """The requantizer's :class:`SerialRequantizer.Config`."""
+        return self._config
 
-    @property
-    def per_channel(self):
-        """Whether ``params`` carries one channel per beat."""
-        return self._per_channel
-
-    @property
-    def out_shape(self):
-        """Shape of one requantized value."""
-        if self._runtime_bounds:
-            return signed(self._out_bits + 1)
-        return signed(self._out_bits) if self._out_signed else unsigned(self._out_bits)
-
-    @property
-    def sum_width(self):
-        """Width of the partial-sum register: every sum of §11 fits it exactly."""
-        biased = max(self._acc_width, BIAS_BITS) + 1
-        widest = biased + MULTIPLIER_BITS
-        if self._residual_bits is not None:
-            widest = max(widest, self._residual_bits + MULTIPLIER_BITS
-                         + RESIDUAL_SHIFT_RANGE[1])
-        # one bit for the sum of the two products, one for the rounding term (< 2^62)
-        return max(widest, SHIFT_RANGE[1]) + 2
+    cols = ConfigProperty()
+    per_channel = ConfigProperty()
+    out_shape = ConfigProperty()
+    sum_width = ConfigProperty()
 
     def elaborate(self, platform):
         m = Module()
-        cols = self._cols
+        cols = self._config.cols
         channel = Signal(range(cols))
-        per_channel = self._per_channel
+        per_channel = self._config.per_channel
         channel_params = self.params.payload.channels[0 if per_channel else channel]
 
-        biased = Signal(signed(max(self._acc_width, BIAS_BITS) + 1))
+        biased = Signal(signed(max(self._config.acc_width, BIAS_BITS) + 1))
         total = Signal(signed(self.sum_width))
         position = Signal(range(SHIFT_RANGE[1] + RESIDUAL_SHIFT_RANGE[1] + 1))
         shifts_left = Signal(range(SHIFT_RANGE[1] + 1))
@@ -147,7 +142,7 @@ class SerialRequantizer(wiring.Component):
         in_multiplier = position <= top
         m_bit = in_multiplier & multiplier.as_unsigned().bit_select(position[:5], 1)
         x_term = Mux(m_bit, Mux(position == top, -biased, biased), 0)
-        if self._residual_bits is not None:
+        if self._config.residual_bits is not None:
             residual = channel_params.residual
             residual_shift = channel_params.residual_shift
             residual_multiplier = channel_params.residual_multiplier
@@ -161,10 +156,10 @@ class SerialRequantizer(wiring.Component):
             r_term = 0
             first_position = top
         rounding = (shift != 0) & (position == shift - 1)
-        terms = Signal(signed(max(len(biased), self._residual_bits or 0) + 2))
+        terms = Signal(signed(max(len(biased), self._config.residual_bits or 0) + 2))
         m.d.comb += terms.eq(x_term + r_term)
 
-        if self._runtime_bounds:
+        if self._config.runtime_bounds:
             low = self.params.payload.low
             high = self.params.payload.high
             floor = Mux(self.params.payload.relu & (low < 0), 0, low)
