@@ -14,7 +14,7 @@ import torch
 from olmac.golden.formats import int_range
 from olmac.golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, MaxPool, QuantizeInput,
                             Requantize)
-from olmac.hw.network import MAX_DIM, MAX_KERNEL, STORAGE_BITS, OpKind, memory_layouts
+from olmac.hw.network import MAX_DIM, MAX_KERNEL, STORAGE_BITS, NetworkCore, OpKind
 
 __all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES"]
 
@@ -60,14 +60,17 @@ def _flat_slots(features: int, width: int) -> np.ndarray:
 
 @dataclass
 class CompiledNetwork:
-    """A program ready for :class:`NetworkCore`: the core's parameters and memory images,
-    and the packing of inputs and outputs.
+    """A program ready for :class:`NetworkCore`: the core's configuration and memory
+    images, and the packing of inputs and outputs.
 
-    ``core_params`` are the keyword arguments of ``NetworkCore`` (memories included);
+    ``config`` is the core's ``NetworkCore.Config`` and ``contents`` its memory images
+    (``program``, ``weights``, ``params``: lists of packed words), so
+    ``NetworkCore(config, **contents)`` runs the program;
     ``input_words``/``output_words`` words cross ``inputs``/``outputs`` per image;
     ``macs`` counts the multiply-accumulates of one image (every GEMM's ``M·K·N``).
     """
-    core_params: dict
+    config: NetworkCore.Config
+    contents: dict
     input_slots: np.ndarray
     output_slots: np.ndarray
     output_signed: bool
@@ -76,7 +79,7 @@ class CompiledNetwork:
 
     @property
     def width(self) -> int:
-        return self.core_params["width"]
+        return self.config.width
 
     @property
     def input_words(self) -> int:
@@ -336,14 +339,15 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     if compiler.outlier_bits:
         outlier_params = dict(weight_outlier_lanes=1, weight_outlier_bits=compiler.outlier_bits,
                               weight_outlier_slots=max(slots, 1))
-    params = dict(width=width, act_bits=act_bits, act_signed=act_signed,
-                  weight_bits=compiler.weight_bits, max_k=compiler.max_k,
-                  data_depth=max(compiler.data_words, 1),
-                  weight_depth=max(len(compiler.weight_beats), 1),
-                  param_depth=len(compiler.param_words),
-                  program_depth=len(compiler.descriptors), **outlier_params)
-    layouts = memory_layouts(params)
-    outlier_slots = params.get("weight_outlier_slots", 0)
+    config = NetworkCore.Config(
+        width=width, act_bits=act_bits, act_signed=act_signed,
+        weight_bits=compiler.weight_bits, max_k=compiler.max_k,
+        data_depth=max(compiler.data_words, 1),
+        weight_depth=max(len(compiler.weight_beats), 1),
+        param_depth=len(compiler.param_words),
+        program_depth=len(compiler.descriptors), **outlier_params)
+    layouts = config.layouts
+    outlier_slots = outlier_params.get("weight_outlier_slots", 0)
     weight_words = []
     for beat in compiler.weight_beats:
         word = {"tile": beat["tile"]}
@@ -352,10 +356,10 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                                                     "value": 0}] * (outlier_slots
                                                                     - len(beat["outliers"]))
         weight_words.append(_pack(layouts["weights"], word))
-    params.update(
+    contents = dict(
         program=[_pack(layouts["program"], d) for d in compiler.descriptors],
         weights=weight_words,
         params=[_pack(layouts["params"], p) for p in compiler.param_words])
-    return CompiledNetwork(params, compiler.input_slots, compiler.output_slots,
+    return CompiledNetwork(config, contents, compiler.input_slots, compiler.output_slots,
                            program.values[program.output].signed, compiler.macs,
                            compiler.descriptors)

@@ -55,8 +55,8 @@ class NetworkBench(wiring.Component):
 
     Parameters
     ----------
-    core_params : dict
-        Keyword arguments of :class:`NetworkCore`, memories included.
+    core : NetworkCore
+        The core, its memories loaded.
     images : ndarray
         ``N × input_words × width`` 16-bit slots, streamed in order.
     output_words : int
@@ -82,7 +82,7 @@ class NetworkBench(wiring.Component):
         The captured word at ``read_address``, one cycle later.
     """
 
-    def __init__(self, core_params, images, output_words, *, stall_sixteenths=0, seed=1):
+    def __init__(self, core, images, output_words, *, stall_sixteenths=0, seed=1):
         images = np.asarray(images, dtype=np.int64)
         if images.ndim != 3:
             raise ValueError(f"images must be N × words × width, not {images.shape}")
@@ -91,8 +91,10 @@ class NetworkBench(wiring.Component):
                             f"{stall_sixteenths!r}")
         if not 1 <= seed <= 0xFFFF:
             raise TypeError(f"seed must be an integer in 1..65535, not {seed!r}")
-        self._core = NetworkCore(**core_params)
-        self._width = core_params["width"]
+        if not isinstance(core, NetworkCore):
+            raise TypeError(f"core must be a NetworkCore, not {core!r}")
+        self._core = core
+        self._width = core.width
         masked = images & ((1 << STORAGE_BITS) - 1)
         self._input_words = [sum(int(v) << (STORAGE_BITS * lane) for lane, v in enumerate(word))
                              for image in masked for word in image]

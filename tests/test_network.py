@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
 # (Amaranth reads that only on line 1.) The tests of refused arguments leave unused objects.
-"""The network core (hw/network.py), its compiler (olmac/compiler.py) and whole networks on
+"""The network core (hw/network/), its compiler (olmac/compiler.py) and whole networks on
 Verilator (sim/network.py), all checked bit for bit against golden.run_integer.
 
 Fast tier: Amaranth's simulator with random stalls driven from Python. Verilator tier: the
@@ -36,6 +36,10 @@ def cnn_data():
 
 def _program(data, **options):
     return quantize_model(data.model, data.calibration, **{"scheme": "value_aware", **options})
+
+
+def _core(compiled):
+    return NetworkCore(compiled.config, **compiled.contents)
 
 
 def _run_core(core, compiled, pixels, *, pause=0.0, loads=()):
@@ -77,7 +81,7 @@ def test_core_runs_the_mlp_bit_exactly(mlp_data, pause):
     program = _program(mlp_data)
     pixels = to_pixels(mlp_data.images[:3])
     compiled = compile_program(program)
-    logits = _run_core(NetworkCore(**compiled.core_params), compiled, pixels, pause=pause)
+    logits = _run_core(_core(compiled), compiled, pixels, pause=pause)
     assert torch.equal(logits, run_integer(program, pixels))
 
 
@@ -87,7 +91,7 @@ def test_core_runs_the_residual_cnn_bit_exactly(cnn_data):
     program = _program(cnn_data)
     pixels = to_pixels(cnn_data.images[:2])
     compiled = compile_program(program, width=4)
-    logits = _run_core(NetworkCore(**compiled.core_params), compiled, pixels, pause=0.3)
+    logits = _run_core(_core(compiled), compiled, pixels, pause=0.3)
     assert torch.equal(logits, run_integer(program, pixels))
 
 
@@ -97,9 +101,8 @@ def test_core_loads_its_program_through_the_load_port(mlp_data):
     program = _program(mlp_data, scheme="mmse", act_bits=3, weight_bits=3)
     pixels = to_pixels(mlp_data.images[:2])
     compiled = compile_program(program)
-    images = {name: compiled.core_params[name] for name in ("program", "weights", "params")}
-    empty = {k: v for k, v in compiled.core_params.items() if k not in images}
-    core = NetworkCore(**empty)
+    images = compiled.contents
+    core = NetworkCore(compiled.config)
     memories = {"program": NetworkCore.Memory.PROGRAM, "weights": NetworkCore.Memory.WEIGHTS,
                 "params": NetworkCore.Memory.PARAMS}
     loads = [(memories[name], address, word) for name, words in images.items()
@@ -120,7 +123,7 @@ def test_core_maxpool_and_signed_requantize():
     assert any(op.KIND == "maxpool" for op in program.ops)
     pixels = torch.randint(0, 17, (2, 1, 8, 8))
     compiled = compile_program(program, width=2)
-    logits = _run_core(NetworkCore(**compiled.core_params), compiled, pixels, pause=0.2)
+    logits = _run_core(_core(compiled), compiled, pixels, pause=0.2)
     assert torch.equal(logits, run_integer(program, pixels))
 
 
@@ -176,9 +179,10 @@ def test_requantizer_with_residual_and_runtime_bounds():
 def test_core_refuses_bad_parameters(kwargs, error, message):
     params = dict(width=2, act_bits=4, weight_bits=4, max_k=8, data_depth=16, weight_depth=4,
                   param_depth=2, program_depth=4)
-    params.update(kwargs)
+    contents = {name: kwargs[name] for name in ("program", "weights") if name in kwargs}
+    params.update({name: value for name, value in kwargs.items() if name not in contents})
     with pytest.raises(error, match=message):
-        NetworkCore(**params)
+        NetworkCore(NetworkCore.Config(**params), **contents)
 
 
 def test_requantizer_refuses_bad_residual_options():
@@ -201,7 +205,7 @@ def test_compiler_refuses_schemes_the_core_does_not_run(mlp_data, scheme):
 
 def test_compiler_refuses_too_few_outlier_slots(mlp_data):
     program = _program(mlp_data)
-    needed = compile_program(program).core_params["weight_outlier_slots"]
+    needed = compile_program(program).config.weight_outlier_slots
     assert needed >= 2
     with pytest.raises(CompileError, match=rf"^a weight beat holds {needed} outliers, more "
                                            rf"than weight_outlier_slots = {needed - 1}$"):
@@ -242,10 +246,9 @@ def test_rtl_whole_test_split(name):
 
 def test_compiler_layouts_are_the_cores(cnn_data):
     """The compiler packs words through the layouts the core declares."""
-    from olmac.hw.network import memory_layouts
     compiled = compile_program(_program(cnn_data))
-    core = NetworkCore(**compiled.core_params)
-    layouts = memory_layouts(compiled.core_params)
+    core = _core(compiled)
+    layouts = compiled.config.layouts
     assert layouts == {"program": core.descriptor_layout, "weights": core.weight_layout,
                        "params": core.param_layout, "data": core.word_layout}
     from amaranth.back import rtlil

@@ -1,0 +1,30 @@
+"""The network core: runs an integer program (docs/program.md §9–§13) layer by layer on one
+MAC array, with on-chip program, weight, parameter and activation memories.
+
+The program is a list of :class:`OpDescriptor` words (docs/network.md §15 gives the op
+set, the loop order and the memory layout; a compiler, ``olmac.compiler``, produces
+them with the memory images). The core runs them in order and starts again at op 0 after
+an op marked ``final``, so a program that begins with a ``LOAD`` and ends with a ``STORE``
+classifies one image per pass.
+
+:class:`NetworkCore` (``core``) wires the parts: the :class:`Sequencer`, ``LOAD``/``STORE``
+(``transfers``), the beat and output walks (``walks``), the reducer, the requantizer's
+parameter feed and the write-back (``compute``), and the memories in a wide or a narrow
+variant (``memories``).
+"""
+
+from .compute import ParamFeed, Reducer, WriteBack
+from .core import NetworkCore
+from .layouts import (CHUNK_BITS, MAX_DIM, MAX_KERNEL, MEMORY_STYLES, REQUANTIZERS,
+                      STORAGE_BITS, ChannelWord, ControlSignature, LoadBeat, LoadTarget,
+                      OpDescriptor, OpKind, SideRequest, SideWords, VectorBeat)
+from .memories import NarrowMemories, WideMemories
+from .sequencer import Sequencer
+from .transfers import Loader, Storer
+from .walks import BeatWalk, OutputWalk
+
+__all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget", "LoadBeat",
+           "ControlSignature", "VectorBeat", "SideRequest", "SideWords", "STORAGE_BITS",
+           "MAX_DIM", "MAX_KERNEL", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
+           "Sequencer", "Loader", "Storer", "BeatWalk", "OutputWalk", "Reducer", "ParamFeed",
+           "WriteBack", "WideMemories", "NarrowMemories"]

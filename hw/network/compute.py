@@ -1,0 +1,187 @@
+"""The end of a compute op (docs/network.md §15): window sums and maxima, the requantizer's
+parameter beats, and the writes of its results."""
+
+from amaranth.hdl import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import WritePort
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .layouts import STORAGE_BITS, ControlSignature, OpKind, SideWords, VectorBeat
+from .walks import nested_counters, tile_pointer
+
+__all__ = ["Reducer", "ParamFeed", "WriteBack"]
+
+
+class Reducer(wiring.Component):
+    """Lane-wise window sums (SUM) and maxima (MAX) of the ``beats`` of each output, and the
+    one accumulator stream the requantizer reads: the array's during a GEMM, the reducer's
+    otherwise.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The core's configuration (lanes, accumulator width).
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        The op's kind: SUM, MAX, or GEMM (pass the array's accumulators on).
+    beats : In(stream.Signature(VectorBeat(width)))
+        A SUM's or MAX's operands; ``last`` closes a window.
+    array : In(stream.Signature(ArrayLayout(signed(acc_width), width)))
+        The array's accumulators.
+    acc : Out(stream.Signature(ArrayLayout(signed(acc_width), width)))
+        To the requantizer.
+    """
+
+    def __init__(self, config):
+        self._width = config.width
+        acc = data.ArrayLayout(signed(config.acc_width), config.width)
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "beats": In(stream.Signature(VectorBeat(config.width))),
+            "array": In(stream.Signature(acc)),
+            "acc": Out(stream.Signature(acc)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        kind = self.control.op.kind
+        is_gemm = kind == OpKind.GEMM
+        reduced = Signal(self.acc.payload.shape())
+        valid = Signal()
+        ready = ~is_gemm & self.acc.ready
+        partial = Signal(self.acc.payload.shape())
+        first = Signal(init=1)
+        m.d.comb += self.beats.ready.eq(~valid | ready)
+        with m.If(valid & ready):
+            m.d.sync += valid.eq(0)
+        with m.If(self.beats.valid & self.beats.ready):
+            last = self.beats.payload.last
+            for lane in range(self._width):
+                value = self.beats.payload.lanes[lane]
+                combined = Mux(first, value,
+                               Mux(kind == OpKind.SUM, partial[lane] + value,
+                                   Mux(value > partial[lane], value, partial[lane])))
+                m.d.sync += partial[lane].eq(combined)
+                with m.If(last):
+                    m.d.sync += reduced[lane].eq(combined)
+            m.d.sync += first.eq(last)
+            with m.If(last):
+                m.d.sync += valid.eq(1)
+        m.d.comb += [
+            self.acc.valid.eq(Mux(is_gemm, self.array.valid, valid)),
+            self.acc.payload.eq(Mux(is_gemm, self.array.payload, reduced)),
+            self.array.ready.eq(is_gemm & self.acc.ready),
+        ]
+        return m
+
+
+class ParamFeed(wiring.Component):
+    """The requantizer's parameter beats: each :class:`SideWords` answer of the memories
+    with the op's ReLU flag and output range; the residual is read signed or unsigned as
+    the op says, and is zero (with its multiplier and shift) in an op without one.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The core's configuration; a beat carries ``width`` channels, or one for a
+        per-channel serial requantizer.
+    params_layout : RequantParams
+        The requantizer's parameter beat.
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        The op's ``relu``, ``low``, ``high``, ``residual`` and ``res_signed``.
+    words : In(stream.Signature(SideWords(channels)))
+    params : Out(stream.Signature(params_layout))
+    """
+
+    def __init__(self, config, params_layout):
+        self._channels = 1 if config.per_channel else config.width
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "words": In(stream.Signature(SideWords(self._channels))),
+            "params": Out(stream.Signature(params_layout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        op = self.control.op
+        params = self.params.payload
+        m.d.comb += [
+            self.params.valid.eq(self.words.valid),
+            self.words.ready.eq(self.params.ready),
+            params.relu.eq(op.relu),
+            params.low.eq(op.low),
+            params.high.eq(op.high),
+        ]
+        for col in range(self._channels):
+            channel, word = params.channels[col], self.words.payload.channels[col]
+            slot = self.words.payload.residuals[col]
+            residual = Mux(op.res_signed, slot.as_signed(), slot)
+            m.d.comb += [
+                channel.bias.eq(word.bias),
+                channel.multiplier.eq(word.multiplier),
+                channel.shift.eq(word.shift),
+                channel.residual.eq(Mux(op.residual, residual, 0)),
+                channel.residual_multiplier.eq(Mux(op.residual, word.residual_multiplier, 0)),
+                channel.residual_shift.eq(Mux(op.residual, word.residual_shift, 0)),
+            ]
+        return m
+
+
+class WriteBack(wiring.Component):
+    """Writes each requantized vector of a compute op to the activation memory, in the
+    walks' order (``tile``, then pixel), each as one 16-bit-slot word; the op is done with
+    its last write.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The activation word layout and memory depth.
+    results_layout : ArrayLayout
+        The requantizer's output vector (``width`` values of at most 16 bits).
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        The op's ``out_base``, ``out_words`` and ``out_pixels``.
+    results : In(stream.Signature(results_layout))
+    write : In(WritePort.Signature(...))
+        The activation memory's write port (driven here).
+    done : Out(1)
+        The op's last word is written.
+    """
+
+    def __init__(self, config, results_layout):
+        self._width = config.width
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "results": In(stream.Signature(results_layout)),
+            "write": In(WritePort.Signature(addr_width=ceil_log2(config.data_depth),
+                                            shape=config.layouts["data"])),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        op, start = self.control.op, self.control.start
+        kind = op.kind
+        step = self.results.valid & self.results.ready
+        _, at_limit, final = nested_counters(m, "write", [op.out_words - 1, op.out_pixels - 1],
+                                             step, start)
+        pointer = tile_pointer(m, "write_pointer", op.out_base, op.out_words, step,
+                               at_limit[1], start)
+        compute = (kind == OpKind.GEMM) | (kind == OpKind.SUM) | (kind == OpKind.MAX)
+        m.d.comb += [
+            self.results.ready.eq(compute),
+            self.write.addr.eq(pointer),
+            self.write.en.eq(step),
+            self.done.eq(step & final),
+        ]
+        for col in range(self._width):
+            m.d.comb += self.write.data[col].eq(self.results.payload[col][:STORAGE_BITS])
+        return m

@@ -1,0 +1,348 @@
+"""The network core: the parts of hw/network wired around one MAC array and one
+requantizer (docs/network.md §15)."""
+
+from dataclasses import dataclass, fields
+from functools import cached_property, reduce
+
+from amaranth.hdl import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from olmac.spec import check_int
+from ..mac_array import ActBeat, MacArray, WeightBeat
+from ..requant import Requantizer
+from ..serial_requant import SerialRequantizer
+from .compute import ParamFeed, Reducer, WriteBack
+from .layouts import (MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS, WINDOW_GROWTH, ChannelWord,
+                      LoadBeat, LoadTarget, OpDescriptor, OpKind)
+from .memories import NarrowMemories, WideMemories
+from .sequencer import Sequencer
+from .transfers import Loader, Storer
+from .walks import BeatWalk, OutputWalk
+
+__all__ = ["NetworkCore"]
+
+
+def _share(m, port, select, first, second):
+    """Drive ``port`` (a memory port interface) from ``first`` while ``select`` holds, else
+    from ``second``; both see what the port returns."""
+    for path, member, value in port.signature.flatten(port):
+        ours, theirs = (reduce(getattr, path, part) for part in (first, second))
+        if member.flow == In:
+            m.d.comb += value.eq(Mux(select, ours, theirs))
+        else:
+            m.d.comb += [ours.eq(value), theirs.eq(value)]
+
+
+class NetworkCore(wiring.Component):
+    """Runs an integer program on one ``width × width`` MAC array (docs/network.md §15).
+
+    Activations live in one memory of ``width``-slot words, each slot 16 bits; a tensor of
+    ``C`` channels takes ``⌈C/width⌉`` words per pixel, pixels in row-major order, so a
+    GEMM beat reads the ``width`` channels of one word and one weight tile, and the
+    output vector of ``width`` channels is one word. GEMMs run on a :class:`MacArray`
+    (``lanes = cols = width``); window sums and maxima on a lane-wise :class:`Reducer`; both
+    end in one requantizer with residual and run-time bounds.
+
+    The parts: a :class:`Sequencer` fetches each op and tells every walk; a :class:`Loader`
+    and a :class:`Storer` run ``LOAD`` and ``STORE``; a compute op's :class:`BeatWalk` feeds
+    the array or the :class:`Reducer`, its :class:`OutputWalk` asks the memories for each
+    output's parameters and residual, which a :class:`ParamFeed` hands to the requantizer,
+    and a :class:`WriteBack` stores the results. The memories are a :class:`WideMemories`
+    or a :class:`NarrowMemories`, as ``config.memories`` says.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The formats, depths and options.
+    program, weights, params : list of int or None
+        Initial memory contents (packed words; zeros where not given). The ``load`` port
+        rewrites them while the core waits in a ``LOAD`` op. An all-zero program word is a
+        ``LOAD`` of no words, which halts the core: a core built without a program waits
+        for one to be loaded, then for a ``load`` beat to ``Memory.RESTART``.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`NetworkCore.Config`.
+    ValueError
+        If initial contents do not fit their memory.
+
+    Members
+    -------
+    inputs : In(stream.Signature(ArrayLayout(unsigned(16), width)))
+        Words for ``LOAD`` ops.
+    outputs : Out(stream.Signature(StructLayout({"word": ..., "last": 1})))
+        Words of ``STORE`` ops; ``last`` marks the final word of each ``STORE``.
+    load : In(stream.Signature(LoadBeat))
+        Memory writes ``(memory, address, word)``, or a restart at op 0 (``RESTART``);
+        taken only while a ``LOAD`` op waits and ``inputs`` offers nothing.
+    op_index : Out(range(program_depth))
+        The op running.
+    gemm_beats : Out(32)
+        Beats the array has taken since reset (for utilization figures).
+    """
+
+    #: Which memory a ``load`` beat writes.
+    Memory = LoadTarget
+
+    @dataclass(frozen=True)
+    class Config:
+        """A network core's formats, memory depths and options, validated, and what they
+        imply (layouts, accumulator width) without building hardware.
+
+        Parameters
+        ----------
+        width : int
+            Array lanes and columns, and channels per memory word; 1..64.
+        act_bits, act_signed : int, bool
+            The array's activation format; every GEMM input must fit it.
+        weight_bits : int
+            The dense weight width, 2..8.
+        max_k : int
+            Longest reduction (the padded ``K``) of any GEMM.
+        data_depth, weight_depth, param_depth, program_depth : int
+            Words of the activation, weight, parameter and program memories, 1..65536.
+        weight_outlier_lanes, weight_outlier_bits, weight_outlier_slots : int
+            Weight-outlier multipliers (0: none), their width and the slots per weight
+            word, as for :class:`MacArray`.
+        requantizer : str
+            ``"parallel"`` (default): a :class:`Requantizer` with ``2·width`` wide
+            multipliers, one vector a cycle. ``"serial"``: a :class:`SerialRequantizer`,
+            one channel at a time through a shift-and-add multiplier (tens of cycles a
+            channel, a few hundred logic cells), with the same results.
+        memories : str
+            ``"wide"`` (default): :class:`WideMemories`. ``"narrow"``:
+            :class:`NarrowMemories` (same results; loads of the program and parameter
+            memories and the walks take longer).
+        multipliers : str
+            Where the array's products go, as :class:`MacArray` takes it: ``"lut"``
+            (default), ``"dsp"`` or ``"packed"``.
+
+        Raises
+        ------
+        TypeError
+            If a parameter is of the wrong type or outside its range.
+        ValueError
+            If ``requantizer`` or ``memories`` is not one of its choices, or as
+            :class:`MacArray` raises.
+        """
+        width: int
+        act_bits: int
+        weight_bits: int
+        max_k: int
+        data_depth: int
+        weight_depth: int
+        param_depth: int
+        program_depth: int
+        act_signed: bool = False
+        weight_outlier_lanes: int = 0
+        weight_outlier_bits: int = 8
+        weight_outlier_slots: int | None = None
+        requantizer: str = "parallel"
+        memories: str = "wide"
+        multipliers: str = "lut"
+
+        def __post_init__(self):
+            check_int("Width", self.width, (1, 64))
+            if self.requantizer not in REQUANTIZERS:
+                raise ValueError(f"requantizer must be one of "
+                                 f"{', '.join(map(repr, REQUANTIZERS))}, not "
+                                 f"{self.requantizer!r}")
+            if self.memories not in MEMORY_STYLES:
+                raise ValueError(f"memories must be one of {', '.join(map(repr, MEMORY_STYLES))}"
+                                 f", not {self.memories!r}")
+            for name in ("data_depth", "weight_depth", "param_depth", "program_depth"):
+                check_int(name, getattr(self, name), (1, 65536))
+            self.acc_width  # checks the array's parameters
+
+        @property
+        def array_options(self) -> dict:
+            """The keyword arguments of the :class:`MacArray` (``acc_width`` aside)."""
+            return dict(lanes=self.width, cols=self.width, act_bits=self.act_bits,
+                        act_signed=self.act_signed, weight_bits=self.weight_bits,
+                        max_k=self.max_k, weight_outlier_lanes=self.weight_outlier_lanes,
+                        weight_outlier_bits=self.weight_outlier_bits,
+                        weight_outlier_slots=self.weight_outlier_slots,
+                        multipliers=self.multipliers)
+
+        @cached_property
+        def acc_width(self) -> int:
+            """Accumulator bits: the array's, or more for the reducer's window sums of
+            17-bit values."""
+            probe = MacArray(**self.array_options)
+            # built only to read its least accumulator width
+            probe._MustUse__used = True
+            return max(probe.acc_width, STORAGE_BITS + 1 + WINDOW_GROWTH)
+
+        @property
+        def per_channel(self) -> bool:
+            """A narrow core feeds the serial requantizer one channel's parameters at a
+            time."""
+            return self.requantizer == "serial" and self.memories == "narrow"
+
+        @property
+        def depths(self) -> dict:
+            """Memory depths by name: ``data``, ``weights``, ``params``, ``program``."""
+            return dict(data=self.data_depth, weights=self.weight_depth,
+                        params=self.param_depth, program=self.program_depth)
+
+        @cached_property
+        def layouts(self) -> dict:
+            """The word layout of each memory: ``program`` (:class:`OpDescriptor`),
+            ``weights`` (the array's weight beat), ``params`` (a :class:`ChannelWord` per
+            column) and ``data`` (16-bit slots)."""
+            slots = 0
+            if self.weight_outlier_lanes:
+                slots = self.weight_outlier_slots or self.width
+            outlier_shape = signed(self.weight_outlier_bits) if slots else None
+            return {
+                "program": OpDescriptor(self.data_depth, self.weight_depth, self.param_depth),
+                "weights": WeightBeat(signed(self.weight_bits), self.width, self.width,
+                                      outlier_shape, slots),
+                "params": data.ArrayLayout(ChannelWord(), self.width),
+                "data": data.ArrayLayout(unsigned(STORAGE_BITS), self.width),
+            }
+
+        @property
+        def act_layout(self) -> ActBeat:
+            """The array's activation beat (the core uses no activation outliers)."""
+            return ActBeat(signed(self.act_bits) if self.act_signed else unsigned(self.act_bits),
+                           self.width)
+
+        @property
+        def load_layout(self) -> LoadBeat:
+            """A beat of the ``load`` port: as wide as the widest program, weight or
+            parameter word."""
+            return LoadBeat(max(self.program_depth, self.weight_depth, self.param_depth),
+                            max(Shape.cast(self.layouts[name]).width
+                                for name in ("program", "weights", "params")))
+
+    def __init__(self, config, *, program=None, weights=None, params=None):
+        if not isinstance(config, NetworkCore.Config):
+            raise TypeError(f"config must be a NetworkCore.Config, not {config!r}")
+        self._config = config
+        self._contents = {}
+        for name, words in (("program", program), ("weights", weights), ("params", params)):
+            words = list(words or [])
+            depth = config.depths[name]
+            if len(words) > depth:
+                raise ValueError(f"{len(words)} {name} words do not fit {name} memory of "
+                                 f"depth {depth}")
+            limit = 1 << Shape.cast(config.layouts[name]).width
+            if any(not isinstance(w, int) or not 0 <= w < limit for w in words):
+                raise ValueError(f"Every {name} word must be an integer in 0..{limit - 1}")
+            self._contents[name] = words
+        self._array = MacArray(**config.array_options, acc_width=config.acc_width)
+        requantizer_options = dict(cols=config.width, acc_width=config.acc_width,
+                                   out_bits=STORAGE_BITS, residual_bits=STORAGE_BITS + 1,
+                                   runtime_bounds=True)
+        if config.requantizer == "serial":
+            self._requantizer = SerialRequantizer(**requantizer_options,
+                                                  per_channel=config.per_channel)
+        else:
+            self._requantizer = Requantizer(**requantizer_options)
+        word = config.layouts["data"]
+        super().__init__({
+            "inputs": In(stream.Signature(word)),
+            "outputs": Out(stream.Signature(data.StructLayout({"word": word,
+                                                               "last": unsigned(1)}))),
+            "load": In(stream.Signature(config.load_layout)),
+            "op_index": Out(range(config.program_depth)),
+            "gemm_beats": Out(32),
+        })
+
+    @property
+    def config(self):
+        """The :class:`NetworkCore.Config`."""
+        return self._config
+
+    @property
+    def width(self):
+        """Array lanes and columns; channels per activation word."""
+        return self._config.width
+
+    @property
+    def array(self):
+        """The :class:`MacArray`."""
+        return self._array
+
+    @property
+    def descriptor_layout(self):
+        """The :class:`OpDescriptor` of a program word."""
+        return self._config.layouts["program"]
+
+    @property
+    def weight_layout(self):
+        """The layout of a weight word: the array's weight beat."""
+        return self._config.layouts["weights"]
+
+    @property
+    def param_layout(self):
+        """The layout of a parameter word: ``width`` :class:`ChannelWord`."""
+        return self._config.layouts["params"]
+
+    @property
+    def word_layout(self):
+        """The layout of an activation word: ``width`` 16-bit slots."""
+        return self._config.layouts["data"]
+
+    @property
+    def depths(self):
+        """Memory depths by name: ``data``, ``weights``, ``params``, ``program``."""
+        return self._config.depths
+
+    def elaborate(self, platform):
+        m = Module()
+        config, array, requantizer = self._config, self._array, self._requantizer
+        if config.memories == "narrow":
+            memories = NarrowMemories(config, self._contents, per_channel=config.per_channel)
+        else:
+            memories = WideMemories(config, self._contents)
+        m.submodules.memories = memories
+        m.submodules.array = array
+        m.submodules.requantizer = requantizer
+        m.submodules.sequencer = sequencer = Sequencer(config)
+        m.submodules.loader = loader = Loader(config)
+        m.submodules.storer = storer = Storer(config)
+        m.submodules.beats = beats = BeatWalk(config)
+        m.submodules.reducer = reducer = Reducer(config)
+        m.submodules.outputs = outputs = OutputWalk(config)
+        m.submodules.feed = feed = ParamFeed(config, requantizer.params.payload.shape())
+        m.submodules.write_back = write_back = WriteBack(config,
+                                                         requantizer.out.payload.shape())
+
+        wiring.connect(m, sequencer.control, loader.control, storer.control, beats.control,
+                       reducer.control, outputs.control, feed.control, write_back.control)
+        wiring.connect(m, sequencer.fetch, memories.fetch)
+        wiring.connect(m, memories.descriptor, sequencer.descriptor)
+        m.d.comb += [
+            sequencer.done.eq(loader.done | storer.done | write_back.done),
+            sequencer.restart.eq(loader.restart),
+            self.op_index.eq(sequencer.op_index),
+            self.gemm_beats.eq(beats.gemm_beats),
+        ]
+
+        wiring.connect(m, wiring.flipped(self.inputs), loader.inputs)
+        wiring.connect(m, wiring.flipped(self.load), loader.load)
+        wiring.connect(m, loader.writes, memories.load)
+        wiring.connect(m, storer.outputs, wiring.flipped(self.outputs))
+
+        wiring.connect(m, beats.weights_read, memories.weights)
+        wiring.connect(m, beats.act, array.act)
+        wiring.connect(m, beats.weights, array.weights)
+        wiring.connect(m, beats.vector, reducer.beats)
+        wiring.connect(m, array.acc, reducer.array)
+        wiring.connect(m, reducer.acc, requantizer.acc)
+        wiring.connect(m, outputs.requests, memories.side)
+        wiring.connect(m, memories.side_words, feed.words)
+        wiring.connect(m, feed.params, requantizer.params)
+        wiring.connect(m, requantizer.out, write_back.results)
+
+        # STORE and the beat walk never run together, nor LOAD and the write-back: each pair
+        # takes turns on one activation memory port.
+        kind = sequencer.control.op.kind
+        _share(m, memories.operand, kind == OpKind.STORE, storer.read, beats.operand)
+        _share(m, memories.write, kind == OpKind.LOAD, loader.write, write_back.write)
+        m.d.comb += beats.granted.eq(memories.granted)
+        return m

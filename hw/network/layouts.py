@@ -1,0 +1,148 @@
+"""What the parts of the network core exchange: the op set and its descriptor, the word
+layouts of the memories, and the signatures between the sequencer and the walks
+(docs/network.md §15)."""
+
+from amaranth.hdl import *
+from amaranth.lib import data, enum, wiring
+from amaranth.lib.wiring import Out
+
+from olmac.spec import MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_SHIFT_RANGE
+
+__all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "WINDOW_GROWTH", "CHUNK_BITS",
+           "REQUANTIZERS", "MEMORY_STYLES", "OpKind", "OpDescriptor", "ChannelWord",
+           "LoadTarget", "LoadBeat", "ControlSignature", "VectorBeat", "SideRequest",
+           "SideWords"]
+
+#: Every activation memory slot is 16 bits: a highway tensor is stored at full width and a
+#: low-width tensor in its low bits (docs/network.md §15).
+STORAGE_BITS = 16
+#: Largest feature-map height/width and kernel/stride/padding the descriptors hold.
+MAX_DIM = 255
+MAX_KERNEL = 15
+#: Widest window sum of a SUM op: the reducer keeps 17 + this many bits.
+WINDOW_GROWTH = 8
+#: Bits of one row of a narrow memory (``memories="narrow"``): an iCE40 block RAM is 16 bits
+#: wide at its full depth of 256 words.
+CHUNK_BITS = 16
+#: Choices of the ``requantizer`` and ``memories`` options of ``NetworkCore.Config``.
+REQUANTIZERS = ("parallel", "serial")
+MEMORY_STYLES = ("wide", "narrow")
+
+
+class OpKind(enum.Enum, shape=3):
+    """What one op does (docs/network.md §15)."""
+    #: ``count`` words from ``inputs`` into the activation memory at ``out_base``.
+    LOAD = 0
+    #: ``count`` words from the activation memory at ``in_base`` to ``outputs``.
+    STORE = 1
+    #: Convolution or linear layer on the MAC array, requantized (with a residual).
+    GEMM = 2
+    #: Lane-wise window sum, requantized: average pooling, requantize, input quantization.
+    SUM = 3
+    #: Lane-wise window maximum (max pooling), passed through the requantizer unchanged.
+    MAX = 4
+
+
+class OpDescriptor(data.StructLayout):
+    """One op of a program; addresses are in words of the memory named."""
+
+    def __init__(self, data_depth, weight_depth, param_depth):
+        dim = range(MAX_DIM + 1)
+        kernel = range(MAX_KERNEL + 1)
+        super().__init__({
+            "kind": OpKind,
+            "final": unsigned(1),
+            "in_base": range(data_depth),
+            "out_base": range(data_depth),
+            "res_base": range(data_depth),
+            "count": range(data_depth + 1),
+            "in_h": dim, "in_w": dim, "in_words": range(data_depth + 1),
+            "out_h": dim, "out_w": dim, "out_words": range(data_depth + 1),
+            "out_pixels": range(data_depth + 1),
+            "kernel_h": kernel, "kernel_w": kernel,
+            "stride_h": kernel, "stride_w": kernel,
+            "pad_h": kernel, "pad_w": kernel,
+            "in_signed": unsigned(1),
+            "residual": unsigned(1),
+            "res_signed": unsigned(1),
+            "relu": unsigned(1),
+            "low": signed(STORAGE_BITS + 1),
+            "high": signed(STORAGE_BITS + 1),
+            "weight_base": range(weight_depth),
+            "param_base": range(param_depth),
+        })
+
+
+class ChannelWord(data.StructLayout):
+    """Requantization parameters of one output channel in the parameter memory."""
+
+    def __init__(self):
+        super().__init__({
+            "bias": signed(BIAS_BITS),
+            "multiplier": signed(MULTIPLIER_BITS),
+            "shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1),
+            "residual_multiplier": signed(MULTIPLIER_BITS),
+            "residual_shift": range(RESIDUAL_SHIFT_RANGE[0], RESIDUAL_SHIFT_RANGE[1] + 1),
+        })
+
+
+class LoadTarget(enum.Enum, shape=2):
+    """Which memory a ``load`` beat writes."""
+    PROGRAM = 0
+    WEIGHTS = 1
+    PARAMS = 2
+    #: Not a memory: start the program again at op 0.
+    RESTART = 3
+
+
+class LoadBeat(data.StructLayout):
+    """A write of one ``word`` (``word_bits`` wide) at ``address`` of a memory, or a
+    restart, on the core's ``load`` port."""
+
+    def __init__(self, depth, word_bits):
+        super().__init__({"memory": LoadTarget, "address": range(depth),
+                          "word": unsigned(word_bits)})
+
+
+class ControlSignature(wiring.Signature):
+    """The op running, from the sequencer to every walk (all of them listen).
+
+    Members
+    -------
+    op : Out(descriptor)
+        The descriptor; it holds from ``start`` until the op is done.
+    start : Out(1)
+        One cycle before the op runs: every walk restarts.
+    running : Out(1)
+        The op runs (``op`` is complete).
+    """
+
+    def __init__(self, descriptor):
+        super().__init__({"op": Out(descriptor), "start": Out(1), "running": Out(1)})
+
+
+class VectorBeat(data.StructLayout):
+    """One activation word for the reducer: ``width`` lanes read as 17-bit signed values
+    (zero under padding), ``last`` on a window's final beat."""
+
+    def __init__(self, width):
+        super().__init__({"lanes": data.ArrayLayout(signed(STORAGE_BITS + 1), width),
+                          "last": unsigned(1)})
+
+
+class SideRequest(data.StructLayout):
+    """What one output needs beside its accumulators: its parameter word and (if
+    ``read_residual``) its residual word."""
+
+    def __init__(self, data_depth, param_depth):
+        super().__init__({"param": range(param_depth), "residual": range(data_depth),
+                          "read_residual": unsigned(1)})
+
+
+class SideWords(data.StructLayout):
+    """The answer to a :class:`SideRequest` for ``channels`` channels: their parameter
+    words and residual slots (16 bits, sign not yet applied)."""
+
+    def __init__(self, channels):
+        super().__init__({"channels": data.ArrayLayout(ChannelWord(), channels),
+                          "residuals": data.ArrayLayout(unsigned(STORAGE_BITS), channels)})

@@ -1,0 +1,311 @@
+"""The core's four memories behind one set of ports, in two variants chosen once per core
+(docs/network.md §15): :class:`WideMemories` (a word per row, two activation read ports)
+and :class:`NarrowMemories` (program and parameter words as 16-bit rows, one activation
+read port shared by operands and residuals), for small FPGAs."""
+
+from amaranth.hdl import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory, ReadPort, WritePort
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .layouts import CHUNK_BITS, ChannelWord, LoadTarget, SideRequest, SideWords
+
+__all__ = ["WideMemories", "NarrowMemories"]
+
+_TARGETS = {LoadTarget.PROGRAM: "program", LoadTarget.WEIGHTS: "weights",
+            LoadTarget.PARAMS: "params"}
+
+
+def _row_slices(item_bits, items=1):
+    """``(offset, bits)`` of each row of a narrow memory word made of ``items`` fields of
+    ``item_bits`` bits, each starting on a row of its own (so one field, e.g. one channel's
+    parameters, is read without the rest), least significant first."""
+    rows = -(-item_bits // CHUNK_BITS)
+    return [(item * item_bits + row * CHUNK_BITS, min(CHUNK_BITS, item_bits - row * CHUNK_BITS))
+            for item in range(items) for row in range(rows)]
+
+
+def _write_row(m, target, index, value, slices):
+    """``target[offset:offset + bits] <= value`` for the row ``index`` (a signal) of
+    ``slices``."""
+    with m.Switch(index):
+        for row, (offset, bits) in enumerate(slices):
+            with m.Case(row):
+                m.d.sync += target[offset:offset + bits].eq(value[:bits])
+
+
+class _Memories(wiring.Component):
+    """The ports and memories of both variants; ``slices`` gives the rows of a word of each
+    memory stored as rows (the others hold a word per row)."""
+
+    def __init__(self, config, contents, channels, slices):
+        self._config = config
+        self._contents = {name: list(contents.get(name) or []) for name in _TARGETS.values()}
+        self._slices = slices
+        depths, layouts = config.depths, config.layouts
+        super().__init__({
+            "fetch": In(stream.Signature(range(depths["program"]))),
+            "granted": Out(1),
+            "descriptor": Out(stream.Signature(layouts["program"])),
+            "load": In(stream.Signature(config.load_layout)),
+            "weights": Out(ReadPort.Signature(addr_width=ceil_log2(depths["weights"]),
+                                              shape=layouts["weights"])),
+            "operand": Out(ReadPort.Signature(addr_width=ceil_log2(depths["data"]),
+                                              shape=layouts["data"])),
+            "write": Out(WritePort.Signature(addr_width=ceil_log2(depths["data"]),
+                                             shape=layouts["data"])),
+            "side": In(stream.Signature(SideRequest(depths["data"], depths["params"]))),
+            "side_words": Out(stream.Signature(SideWords(channels))),
+        })
+
+    def _rows(self, name):
+        return len(self._slices.get(name, [None]))
+
+    def _build(self, m):
+        """The four memories; connects the weight read port and the activation write port,
+        and writes ``load`` beats (a row a cycle where a word is rows, the beat taken with
+        its last row). Returns the memories by name."""
+        config = self._config
+        memories = {}
+        for name, layout in config.layouts.items():
+            words = self._contents.get(name, [])
+            if name in self._slices:
+                slices = self._slices[name]
+                memories[name] = Memory(
+                    shape=CHUNK_BITS, depth=config.depths[name] * len(slices),
+                    init=[(word >> offset) & ((1 << bits) - 1)
+                          for word in words for offset, bits in slices])
+            else:
+                memories[name] = Memory(shape=Shape.cast(layout).width,
+                                        depth=config.depths[name], init=words)
+            m.submodules[f"{name}_memory"] = memories[name]
+        wiring.connect(m, wiring.flipped(self.weights), memories["weights"].read_port())
+        wiring.connect(m, wiring.flipped(self.write), memories["data"].write_port())
+
+        beat = self.load.payload
+        row = Signal(range(max(self._rows(name) for name in _TARGETS.values())))
+        last_row = Signal.like(row)
+        with m.Switch(beat.memory):
+            for target, name in _TARGETS.items():
+                with m.Case(target):
+                    m.d.comb += last_row.eq(self._rows(name) - 1)
+        m.d.comb += self.load.ready.eq(row == last_row)
+        with m.If(self.load.valid):
+            m.d.sync += row.eq(Mux(self.load.ready, 0, row + 1))
+        for target, name in _TARGETS.items():
+            port = memories[name].write_port()
+            m.d.comb += port.en.eq(self.load.valid & (beat.memory == target))
+            if name in self._slices:
+                m.d.comb += port.addr.eq(beat.address * self._rows(name) + row)
+                with m.Switch(row):
+                    for index, (offset, bits) in enumerate(self._slices[name]):
+                        with m.Case(index):
+                            m.d.comb += port.data.eq(beat.word[offset:offset + bits])
+            else:
+                m.d.comb += [port.addr.eq(beat.address), port.data.eq(beat.word)]
+        return memories
+
+
+class WideMemories(_Memories):
+    """Every memory one word per row; the activation memory has a read port for the
+    operands (and ``STORE``) and one for the residuals, so nothing waits.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The core's configuration (layouts and depths).
+    contents : dict
+        Initial words of ``program``, ``weights`` and ``params`` (zeros where absent).
+
+    Members
+    -------
+    fetch : In(stream.Signature(range(program_depth)))
+        An op address; its descriptor follows on ``descriptor``.
+    descriptor : Out(stream.Signature(OpDescriptor))
+        The fetched descriptor, held until taken.
+    load : In(stream.Signature(LoadBeat))
+        Writes of program, weight and parameter words (never a ``RESTART``).
+    weights : Out(ReadPort.Signature(...))
+        The weight memory's read port.
+    operand : Out(ReadPort.Signature(...))
+        An activation read port for operands and ``STORE``.
+    granted : Out(1)
+        ``operand`` reads this cycle (always, here).
+    write : Out(WritePort.Signature(...))
+        The activation memory's write port.
+    side : In(stream.Signature(SideRequest))
+        A parameter word and a residual word to read.
+    side_words : Out(stream.Signature(SideWords(width)))
+        Their contents, a cycle later, held until taken.
+    """
+
+    def __init__(self, config, contents):
+        super().__init__(config, contents, config.width, {})
+
+    def elaborate(self, platform):
+        m = Module()
+        memories = self._build(m)
+        program = memories["program"].read_port()
+        m.d.comb += [
+            self.fetch.ready.eq(~self.descriptor.valid | self.descriptor.ready),
+            program.addr.eq(self.fetch.payload),
+            program.en.eq(self.fetch.ready),
+            self.descriptor.payload.eq(program.data),
+        ]
+        with m.If(self.fetch.ready):
+            m.d.sync += self.descriptor.valid.eq(self.fetch.valid)
+
+        wiring.connect(m, wiring.flipped(self.operand), memories["data"].read_port())
+        m.d.comb += self.granted.eq(1)
+
+        param_read = memories["params"].read_port()
+        residual_read = memories["data"].read_port()
+        advance = ~self.side_words.valid | self.side_words.ready
+        m.d.comb += [
+            self.side.ready.eq(advance),
+            param_read.addr.eq(self.side.payload.param),
+            param_read.en.eq(advance),
+            residual_read.addr.eq(self.side.payload.residual),
+            residual_read.en.eq(advance),
+            self.side_words.payload.channels.eq(param_read.data),
+            self.side_words.payload.residuals.eq(residual_read.data),
+        ]
+        with m.If(advance):
+            m.d.sync += self.side_words.valid.eq(self.side.valid)
+        return m
+
+
+class NarrowMemories(_Memories):
+    """The program and parameter memories hold a word as 16-bit rows (a shallow wide memory
+    then fits one or two iCE40 block RAMs instead of one per 16 bits of width), written by
+    ``load`` and read a row a cycle; each channel's parameters start on a row of their own.
+    The activation memory has one read port: a residual read takes it from the operands
+    (``granted`` low), and an operand read meanwhile is kept in a register.
+
+    Parameters
+    ----------
+    config, contents
+        As for :class:`WideMemories`.
+    per_channel : bool
+        Answer a ``side`` request one channel at a time (``width`` answers of one channel),
+        for a per-channel serial requantizer; the rows of one channel are all that is
+        gathered.
+
+    Members
+    -------
+    As :class:`WideMemories`; ``side_words`` carries ``1 if per_channel else width``
+    channels and comes after the rows are gathered and the residual is read.
+    """
+
+    def __init__(self, config, contents, *, per_channel=False):
+        self._per_channel = per_channel
+        slices = {"program": _row_slices(Shape.cast(config.layouts["program"]).width),
+                  "params": _row_slices(Shape.cast(ChannelWord()).width, config.width)}
+        super().__init__(config, contents, 1 if per_channel else config.width, slices)
+
+    def elaborate(self, platform):
+        m = Module()
+        memories = self._build(m)
+        self._fetch(m, memories["program"].read_port())
+
+        port = memories["data"].read_port()
+        # A residual read takes the port (`steal`); the operand read of a stalled beat is
+        # kept, since the requantizer waiting for that residual may be what stalls it.
+        steal = Signal()
+        residual_address = Signal.like(port.addr)
+        fresh = Signal()
+        held = Signal.like(port.data)
+        m.d.comb += [
+            port.addr.eq(Mux(steal, residual_address, self.operand.addr)),
+            port.en.eq(self.operand.en | steal),
+            self.operand.data.eq(Mux(fresh, port.data, held)),
+            self.granted.eq(~steal),
+        ]
+        m.d.sync += fresh.eq(self.operand.en & ~steal)
+        with m.If(fresh):
+            m.d.sync += held.eq(port.data)
+        self._side(m, memories["params"].read_port(), port, steal, residual_address)
+        return m
+
+    def _fetch(self, m, program):
+        """A descriptor a row a cycle (a row arrives the cycle after its address)."""
+        slices = self._slices["program"]
+        rows = len(slices)
+        gathering = Signal()
+        index = Signal(range(rows + 1))
+        base = Signal.like(program.addr)
+        word = Signal(len(self.descriptor.payload.as_value()))
+        m.d.comb += [
+            self.fetch.ready.eq(~gathering & (~self.descriptor.valid | self.descriptor.ready)),
+            program.addr.eq(base + index),
+            self.descriptor.payload.eq(word),
+        ]
+        with m.If(self.descriptor.ready):
+            m.d.sync += self.descriptor.valid.eq(0)
+        with m.If(self.fetch.valid & self.fetch.ready):
+            m.d.sync += [gathering.eq(1), index.eq(0), base.eq(self.fetch.payload * rows)]
+        with m.If(gathering):
+            with m.If(index != 0):
+                _write_row(m, word, index - 1, program.data, slices)
+            with m.If(index == rows):
+                m.d.sync += [gathering.eq(0), self.descriptor.valid.eq(1)]
+            with m.Else():
+                m.d.sync += index.eq(index + 1)
+
+    def _side(self, m, param_read, port, steal, residual_address):
+        """Each answer gathers its parameter rows (per channel: one channel's, then the
+        next's as each is taken) and, if asked, reads the residual on the shared port."""
+        width = self._config.width
+        rows = self._rows("params")
+        beat_rows = rows // width if self._per_channel else rows
+        answer = self.side_words
+        loading = Signal()
+        gathering = Signal()
+        index = Signal(range(beat_rows + 1))
+        base = Signal.like(param_read.addr)
+        word = Signal(len(answer.payload.channels.as_value()))
+        pending = Signal()
+        fresh = Signal()
+        residuals = Signal.like(port.data)
+        channel = Signal(range(width))
+        more_channels = Signal()
+        if self._per_channel:
+            m.d.comb += more_channels.eq(answer.valid & (channel != width - 1))
+        request = self.side.payload
+        m.d.comb += [
+            self.side.ready.eq((~answer.valid | answer.ready) & ~loading & ~more_channels),
+            steal.eq(pending),
+            param_read.addr.eq(base + index),
+            answer.payload.channels.eq(word),
+        ]
+        view = data.View(self.operand.data.shape(), residuals)
+        if self._per_channel:
+            m.d.comb += answer.payload.residuals[0].eq(view[channel])
+        else:
+            m.d.comb += answer.payload.residuals.eq(residuals)
+        m.d.sync += fresh.eq(steal)
+        with m.If(fresh):
+            m.d.sync += residuals.eq(port.data)
+        with m.If(steal):
+            m.d.sync += pending.eq(0)
+        with m.If(gathering):
+            with m.If(index != 0):
+                _write_row(m, word, index - 1, param_read.data, self._slices["params"][:beat_rows])
+            with m.If(index == beat_rows):
+                m.d.sync += gathering.eq(0)
+            with m.Else():
+                m.d.sync += index.eq(index + 1)
+        with m.If(self.side.valid & self.side.ready):
+            m.d.sync += [
+                answer.valid.eq(0), loading.eq(1), gathering.eq(1), index.eq(0),
+                base.eq(request.param * rows), pending.eq(request.read_residual),
+                residual_address.eq(request.residual), channel.eq(0),
+            ]
+        with m.Elif(loading & ~gathering & ~pending & ~fresh):
+            m.d.sync += [answer.valid.eq(1), loading.eq(0)]
+        with m.Elif(answer.valid & answer.ready):
+            m.d.sync += answer.valid.eq(0)
+            with m.If(more_channels):
+                m.d.sync += [channel.eq(channel + 1), loading.eq(1), gathering.eq(1),
+                             index.eq(0), base.eq(base + beat_rows)]

@@ -1,0 +1,140 @@
+"""``LOAD`` and ``STORE``: words between the core's streams and the activation memory, and
+memory writes from the ``load`` port (docs/network.md §15)."""
+
+from amaranth.hdl import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import ReadPort, WritePort
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .layouts import ControlSignature, LoadTarget, OpKind
+
+__all__ = ["Loader", "Storer"]
+
+
+class Loader(wiring.Component):
+    """Runs a ``LOAD`` op: ``count`` words from ``inputs`` to the activation memory from
+    ``out_base``. While it waits and ``inputs`` offers nothing, it passes ``load`` beats on
+    as memory writes (so program, weights and parameters change only between images) and
+    turns a ``RESTART`` beat into ``restart``. A ``LOAD`` of no words never ends: an empty
+    program memory halts.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The word and ``load`` beat layouts and the activation memory's depth.
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        A ``LOAD`` op's ``out_base`` and ``count``.
+    inputs : In(stream.Signature(word))
+        Words of the ``LOAD``.
+    write : In(WritePort.Signature(...))
+        The activation memory's write port (driven here).
+    load : In(stream.Signature(load_layout))
+        Memory writes and restarts.
+    writes : Out(stream.Signature(load_layout))
+        The memory writes of ``load`` (never a ``RESTART``).
+    restart : Out(1)
+        A ``RESTART`` beat was taken.
+    done : Out(1)
+        The ``LOAD`` op has taken its last word.
+    """
+
+    def __init__(self, config):
+        word = config.layouts["data"]
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "inputs": In(stream.Signature(word)),
+            "write": In(WritePort.Signature(addr_width=ceil_log2(config.data_depth),
+                                            shape=word)),
+            "load": In(stream.Signature(config.load_layout)),
+            "writes": Out(stream.Signature(config.load_layout)),
+            "restart": Out(1),
+            "done": Out(1),
+        })
+        self._data_depth = config.data_depth
+
+    def elaborate(self, platform):
+        m = Module()
+        op, start = self.control.op, self.control.start
+        loading_op = self.control.running & (op.kind == OpKind.LOAD)
+        index = Signal(range(self._data_depth + 1))
+        taken = self.inputs.valid & self.inputs.ready
+        m.d.comb += self.inputs.ready.eq(loading_op & (index != op.count))
+        with m.If(start):
+            m.d.sync += index.eq(0)
+        with m.Elif(taken):
+            m.d.sync += index.eq(index + 1)
+        m.d.comb += [
+            self.write.addr.eq(op.out_base + index),
+            self.write.data.eq(self.inputs.payload),
+            self.write.en.eq(taken),
+            self.done.eq(loading_op & ~start & (op.count != 0) & (index == op.count)),
+        ]
+
+        open_ = loading_op & ~self.inputs.valid
+        is_restart = self.load.payload.memory == LoadTarget.RESTART
+        m.d.comb += [
+            self.writes.valid.eq(self.load.valid & open_ & ~is_restart),
+            self.writes.payload.eq(self.load.payload),
+            self.load.ready.eq(open_ & (is_restart | self.writes.ready)),
+            self.restart.eq(self.load.valid & self.load.ready & is_restart),
+        ]
+        return m
+
+
+class Storer(wiring.Component):
+    """Runs a ``STORE`` op: ``count`` words of the activation memory from ``in_base`` to
+    ``outputs``, ``last`` on the final one. The read is one registered stage whose enable
+    is ``~valid | ready``, so a word holds while ``outputs`` stalls.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The activation word layout and memory depth.
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        A ``STORE`` op's ``in_base`` and ``count``.
+    read : In(ReadPort.Signature(...))
+        An activation memory read port (driven here).
+    outputs : Out(stream.Signature(StructLayout({"word": word, "last": 1})))
+    done : Out(1)
+        The ``STORE`` op's last word has left.
+    """
+
+    def __init__(self, config):
+        word = config.layouts["data"]
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "read": In(ReadPort.Signature(addr_width=ceil_log2(config.data_depth), shape=word)),
+            "outputs": Out(stream.Signature(data.StructLayout({"word": word,
+                                                               "last": unsigned(1)}))),
+            "done": Out(1),
+        })
+        self._data_depth = config.data_depth
+
+    def elaborate(self, platform):
+        m = Module()
+        op, start = self.control.op, self.control.start
+        storing_op = op.kind == OpKind.STORE
+        index = Signal(range(self._data_depth + 1))
+        storing = self.control.running & storing_op & (index != op.count)
+        advance = ~self.outputs.valid | self.outputs.ready
+        with m.If(start):
+            m.d.sync += [index.eq(0), self.outputs.valid.eq(0)]
+        with m.Elif(advance):
+            m.d.sync += [self.outputs.valid.eq(storing),
+                         self.outputs.payload.last.eq(index + 1 == op.count)]
+            with m.If(storing):
+                m.d.sync += index.eq(index + 1)
+        m.d.comb += [
+            self.read.addr.eq(op.in_base + index),
+            self.read.en.eq(advance),
+            self.outputs.payload.word.eq(self.read.data),
+            self.done.eq(storing_op & ~start & (index == op.count) & ~self.outputs.valid),
+        ]
+        return m

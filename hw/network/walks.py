@@ -1,0 +1,236 @@
+"""The two walks of a compute op (docs/network.md §15): the beat walk reads the operands,
+the output walk asks for what each output needs beside its accumulators."""
+
+from amaranth.hdl import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import ReadPort
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .layouts import ControlSignature, OpKind, SideRequest, VectorBeat
+
+__all__ = ["BeatWalk", "OutputWalk", "nested_counters", "tile_pointer"]
+
+
+def nested_counters(m, name, limits, step, clear):
+    """Nested counters, outermost first, each running ``0..limit``; ``step`` advances the
+    innermost and carries outwards, ``clear`` restarts them all. Returns the counters, the
+    "at its limit" flag of each and the flag that the position is the final one."""
+    counters = [Signal(unsigned(len(limit)), name=f"{name}_{index}")
+                for index, limit in enumerate(limits)]
+    at_limit = [counter == limit for counter, limit in zip(counters, limits)]
+    carry = step
+    for counter, limit_reached in reversed(list(zip(counters, at_limit))):
+        with m.If(clear):
+            m.d.sync += counter.eq(0)
+        with m.Elif(carry):
+            m.d.sync += counter.eq(Mux(limit_reached, 0, counter + 1))
+        carry = carry & limit_reached
+    final = Signal(name=f"{name}_final")
+    m.d.comb += final.eq(Cat(*at_limit).all())
+    return counters, at_limit, final
+
+
+def tile_pointer(m, name, base, stride, step, end_of_tile, clear):
+    """Address of the current output of a tile-major walk over a pixel-major tensor:
+    ``base + pixel·stride + tile``, kept without a multiplier."""
+    start = Signal.like(base, name=f"{name}_start")
+    pointer = Signal.like(base, name=name)
+    with m.If(clear):
+        m.d.sync += [start.eq(base), pointer.eq(base)]
+    with m.Elif(step):
+        with m.If(end_of_tile):
+            m.d.sync += [start.eq(start + 1), pointer.eq(start + 1)]
+        with m.Else():
+            m.d.sync += pointer.eq(pointer + stride)
+    return pointer
+
+
+def _is_compute(kind):
+    return (kind == OpKind.GEMM) | (kind == OpKind.SUM) | (kind == OpKind.MAX)
+
+
+class BeatWalk(wiring.Component):
+    """The operand walk of a compute op: ``tile``, output pixel, kernel tap and (GEMM only)
+    input channel word, one activation word and one weight word a beat, then one register
+    stage (the memories' read ports) whose enable is the stage's ``~valid | ready``.
+
+    A GEMM's beats go to the array (``act`` and ``weights`` together), a SUM's or MAX's to
+    the reducer (``vector``); padded taps read as zeros, ``last`` closes each output.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        Memory layouts and depths, and the array's activation beat.
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        The op's shapes, bases and ``in_signed``.
+    operand : In(ReadPort.Signature(...))
+        The activation memory read port (driven here).
+    granted : In(1)
+        The memories let the walk read ``operand`` this cycle (a narrow core's residual
+        reads take the port now and then).
+    weights_read : In(ReadPort.Signature(...))
+        The weight memory read port (driven here).
+    act : Out(stream.Signature(act_layout))
+    weights : Out(stream.Signature(weight_layout))
+        A GEMM's beats, valid together; ``act.ready`` paces both.
+    vector : Out(stream.Signature(VectorBeat(width)))
+        A SUM's or MAX's beats.
+    gemm_beats : Out(32)
+        Beats the array has taken since reset.
+    """
+
+    def __init__(self, config):
+        word, weight_layout = config.layouts["data"], config.layouts["weights"]
+        self._width = config.width
+        self._weight_depth = config.weight_depth
+        self._act_bits = config.act_bits
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "operand": In(ReadPort.Signature(addr_width=ceil_log2(config.data_depth),
+                                             shape=word)),
+            "weights_read": In(ReadPort.Signature(addr_width=ceil_log2(config.weight_depth),
+                                                  shape=weight_layout)),
+            "act": Out(stream.Signature(config.act_layout)),
+            "weights": Out(stream.Signature(weight_layout)),
+            "vector": Out(stream.Signature(VectorBeat(self._width))),
+            "granted": In(1),
+            "gemm_beats": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        op, start = self.control.op, self.control.start
+        is_gemm = op.kind == OpKind.GEMM
+
+        step = Signal()
+        limits = [op.out_words - 1, op.out_h - 1, op.out_w - 1, op.kernel_h - 1,
+                  op.kernel_w - 1, Mux(is_gemm, op.in_words - 1, 0)]
+        (tile, oy, ox, ky, kx, ci), at_limit, final = nested_counters(
+            m, "beat", limits, step, start)
+        end_of_pixel = at_limit[3] & at_limit[4] & at_limit[5]
+        end_of_tile = end_of_pixel & at_limit[1] & at_limit[2]
+        left = Signal()
+        with m.If(start):
+            m.d.sync += left.eq(_is_compute(op.kind))
+        with m.Elif(step & final):
+            m.d.sync += left.eq(0)
+
+        iy = Signal(signed(14))
+        ix = Signal(signed(14))
+        m.d.comb += [
+            iy.eq(oy * op.stride_h + ky - op.pad_h),
+            ix.eq(ox * op.stride_w + kx - op.pad_w),
+        ]
+        padding = (iy < 0) | (iy >= op.in_h) | (ix < 0) | (ix >= op.in_w)
+        # Out of range under padding; the padded operand is zeroed after the read.
+        address = op.in_base + (iy * op.in_w + ix) * op.in_words + Mux(is_gemm, ci, tile)
+        # Weights follow the beat order tile by tile, so a pointer replaces a multiplier.
+        weight_pointer = Signal(range(self._weight_depth))
+        tile_weights = Signal(range(self._weight_depth))
+        with m.If(start):
+            m.d.sync += [weight_pointer.eq(op.weight_base), tile_weights.eq(op.weight_base)]
+        with m.Elif(step):
+            with m.If(end_of_tile):
+                m.d.sync += [weight_pointer.eq(weight_pointer + 1),
+                             tile_weights.eq(weight_pointer + 1)]
+            with m.Elif(end_of_pixel):
+                m.d.sync += weight_pointer.eq(tile_weights)
+            with m.Else():
+                m.d.sync += weight_pointer.eq(weight_pointer + 1)
+
+        # The register stage after the memories: the beat, its padding and `last`.
+        valid = Signal()
+        padded = Signal()
+        last = Signal()
+        ready = Signal()
+        advance = ~valid | ready
+        m.d.comb += step.eq(advance & left & ~start & self.granted)
+        with m.If(start):
+            m.d.sync += valid.eq(0)
+        with m.Elif(advance):
+            m.d.sync += [valid.eq(left & self.granted), padded.eq(padding), last.eq(end_of_pixel)]
+        m.d.comb += [
+            self.operand.addr.eq(address),
+            self.operand.en.eq(advance),
+            self.weights_read.addr.eq(weight_pointer),
+            self.weights_read.en.eq(advance),
+        ]
+
+        operand = self.operand.data
+        m.d.comb += [
+            self.act.valid.eq(valid & is_gemm),
+            self.act.payload.last.eq(last),
+            self.weights.valid.eq(valid & is_gemm),
+            self.weights.payload.eq(self.weights_read.data),
+            self.vector.valid.eq(valid & ~is_gemm),
+            self.vector.payload.last.eq(last),
+            ready.eq(Mux(is_gemm, self.act.ready, self.vector.ready)),
+        ]
+        for lane in range(self._width):
+            slot = operand[lane]
+            m.d.comb += [
+                self.act.payload.data[lane].eq(Mux(padded, 0, slot[:self._act_bits])),
+                self.vector.payload.lanes[lane].eq(
+                    Mux(padded, 0, Mux(op.in_signed, slot.as_signed(), slot))),
+            ]
+        with m.If(self.act.valid & self.act.ready):
+            m.d.sync += self.gemm_beats.eq(self.gemm_beats + 1)
+        return m
+
+
+class OutputWalk(wiring.Component):
+    """The output walk of a compute op: the outputs in the beat walk's order (``tile``,
+    then pixel), one :class:`SideRequest` each: the tile's parameter word (a GEMM has one
+    per output tile, a SUM/MAX one for the op) and the residual word at the same pixel and
+    tile of the residual value.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The parameter and activation memory depths.
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        The op's ``out_words``, ``out_pixels``, ``param_base``, ``res_base`` and
+        ``residual``.
+    requests : Out(stream.Signature(SideRequest(data_depth, param_depth)))
+    """
+
+    def __init__(self, config):
+        self._param_depth = config.param_depth
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "requests": Out(stream.Signature(SideRequest(config.data_depth,
+                                                         config.param_depth))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        op, start = self.control.op, self.control.start
+        step = self.requests.valid & self.requests.ready
+        _, at_limit, final = nested_counters(m, "side", [op.out_words - 1, op.out_pixels - 1],
+                                             step, start)
+        left = Signal()
+        with m.If(start):
+            m.d.sync += left.eq(_is_compute(op.kind))
+        with m.Elif(step & final):
+            m.d.sync += left.eq(0)
+        param_pointer = Signal(range(self._param_depth))
+        with m.If(start):
+            m.d.sync += param_pointer.eq(op.param_base)
+        with m.Elif(step & at_limit[1] & (op.kind == OpKind.GEMM)):
+            m.d.sync += param_pointer.eq(param_pointer + 1)
+        residual_pointer = tile_pointer(m, "residual_pointer", op.res_base, op.out_words,
+                                        step, at_limit[1], start)
+        m.d.comb += [
+            self.requests.valid.eq(left & ~start),
+            self.requests.payload.param.eq(param_pointer),
+            self.requests.payload.residual.eq(residual_pointer),
+            self.requests.payload.read_residual.eq(op.residual),
+        ]
+        return m

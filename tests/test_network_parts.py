@@ -1,0 +1,529 @@
+"""Each part of the network core (hw/network/) on Amaranth's simulator, against what
+docs/network.md §15 says it does: the sequencer's op order, LOAD and STORE, the beat and
+output walks' orders and addresses, the reducer's window sums and maxima, the parameter
+feed, the write-back, and the two memory variants, which answer alike."""
+
+import random
+
+import pytest
+from amaranth.hdl import *
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.sim import Simulator
+
+from olmac.hw.network import (BeatWalk, Loader, NarrowMemories, NetworkCore, OpDescriptor,
+                              OpKind, OutputWalk, ParamFeed, Reducer, Sequencer, Storer,
+                              WideMemories, WriteBack)
+from olmac.hw.requant import RequantParams
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+WIDTH = 2
+CONFIG = NetworkCore.Config(width=WIDTH, act_bits=4, weight_bits=4, max_k=8, data_depth=64,
+                            weight_depth=32, param_depth=8, program_depth=4)
+DESCRIPTOR = CONFIG.layouts["program"]
+WORD = CONFIG.layouts["data"]
+
+
+def _op(**fields):
+    return DESCRIPTOR.const(fields)
+
+
+class _Harness(Elaboratable):
+    """``dut`` with memories (name → (shape, contents)) whose read or write ports are
+    connected to its members of the same names."""
+
+    def __init__(self, dut, **memories):
+        self.dut = dut
+        self._memories = memories
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = ClockDomain()  # a purely combinational part has none of its own
+        m.submodules.dut = self.dut
+        for name, (shape, contents, kind) in self._memories.items():
+            depth = 1 << len(getattr(self.dut, name).addr)
+            m.submodules[name] = memory = Memory(shape=Shape.cast(shape).width, depth=depth,
+                                                 init=contents)
+            port = memory.read_port() if kind == "read" else memory.write_port()
+            wiring.connect(m, getattr(self.dut, name), port)
+        return m
+
+
+def _simulate(top, *benches):
+    sim = Simulator(top if isinstance(top, _Harness) else _Harness(top))
+    sim.add_clock(1e-6)
+    for bench in benches[:-1]:
+        sim.add_testbench(bench, background=True)
+    sim.add_testbench(benches[-1])
+    sim.run()
+
+
+async def _run(ctx, control, op):
+    """Announce ``op`` as the sequencer does: ``start`` for one cycle, then ``running``."""
+    ctx.set(control.op, op)
+    ctx.set(control.start, 1)
+    await ctx.tick()
+    ctx.set(control.start, 0)
+    ctx.set(control.running, 1)
+
+
+async def _take(ctx, port, count, *, pause=0.3, seed=1, until=None):
+    """``count`` payloads of the stream ``port``, with ``ready`` dropped at random."""
+    rng = random.Random(seed)
+    taken = []
+    while len(taken) < count:
+        ready = rng.random() >= pause
+        ctx.set(port.ready, ready)
+        _, _, valid, payload = await ctx.tick().sample(port.valid, port.payload)
+        if ready and valid:
+            taken.append(payload)
+    ctx.set(port.ready, 0)
+    return taken
+
+
+async def _send(ctx, port, payloads, *, pause=0.3, seed=2):
+    rng = random.Random(seed)
+    for payload in payloads:
+        while rng.random() < pause:
+            await ctx.tick()
+        ctx.set(port.valid, 1)
+        ctx.set(port.payload, payload)
+        await ctx.tick().until(port.ready)
+        ctx.set(port.valid, 0)
+
+
+def test_sequencer_runs_ops_in_order_and_wraps_after_final():
+    """§15: ops run in order, each announced by one ``start`` cycle; after the op marked
+    ``final`` the core starts again at op 0; a restart goes to op 0 at once."""
+    dut = Sequencer(CONFIG)
+    program = [_op(kind=OpKind.LOAD), _op(kind=OpKind.GEMM), _op(kind=OpKind.STORE, final=1)]
+    fetched = []
+
+    async def memories(ctx):
+        ctx.set(dut.fetch.ready, 1)
+        async for _, _, fetching, address, taken in ctx.tick().sample(
+                dut.fetch.valid & dut.fetch.ready, dut.fetch.payload, dut.descriptor.ready):
+            if taken:
+                ctx.set(dut.descriptor.valid, 0)
+                ctx.set(dut.fetch.ready, 1)
+            if fetching:
+                fetched.append(address)
+                ctx.set(dut.fetch.ready, 0)
+                ctx.set(dut.descriptor.payload, program[address])
+                ctx.set(dut.descriptor.valid, 1)
+
+    async def bench(ctx):
+        for _ in range(5):
+            await ctx.tick().until(dut.control.start)  # returns after that edge
+            assert ctx.get(dut.control.running) and not ctx.get(dut.control.start)
+            await ctx.tick().repeat(3)
+            assert ctx.get(dut.control.running)
+            if len(fetched) == 5:
+                ctx.set(dut.restart, 1)
+            else:
+                ctx.set(dut.done, 1)
+            await ctx.tick()
+            ctx.set(dut.done, 0)
+            ctx.set(dut.restart, 0)
+        await ctx.tick().until(dut.control.start)
+        assert ctx.get(dut.op_index) == 0
+
+    _simulate(dut, memories, bench)
+    assert fetched == [0, 1, 2, 0, 1, 0]
+
+
+def test_loader_writes_inputs_and_passes_load_beats_between_them():
+    """``LOAD``: ``count`` input words to the activation memory from ``out_base``, done with
+    the last; ``load`` beats pass only while ``inputs`` offers nothing, and a ``RESTART``
+    beat becomes ``restart``, not a write."""
+    dut = Loader(CONFIG)
+    words = [[1, 2], [3, 4], [5, 6]]
+    writes = []
+    restarts = []
+
+    async def watch(ctx):
+        async for _, _, en, addr, value, restart in ctx.tick().sample(
+                dut.write.en, dut.write.addr, dut.write.data, dut.restart):
+            if en:
+                writes.append((addr, list(value)))
+            restarts.append(restart)
+
+    async def bench(ctx):
+        ctx.set(dut.writes.ready, 1)
+        await _run(ctx, dut.control, _op(kind=OpKind.LOAD, out_base=10, count=3))
+        ctx.set(dut.load.valid, 1)
+        ctx.set(dut.load.payload, {"memory": NetworkCore.Memory.WEIGHTS, "address": 5,
+                                   "word": 77})
+        ctx.set(dut.inputs.valid, 1)
+        ctx.set(dut.inputs.payload, words[0])
+        assert not ctx.get(dut.writes.valid) and not ctx.get(dut.load.ready)
+        for word in words:
+            ctx.set(dut.inputs.payload, word)
+            await ctx.tick().until(dut.inputs.ready)
+        ctx.set(dut.inputs.valid, 0)
+        assert ctx.get(dut.done)
+        assert ctx.get(dut.writes.valid) and ctx.get(dut.writes.payload.word) == 77
+        await ctx.tick()
+        ctx.set(dut.load.payload.memory, NetworkCore.Memory.RESTART)
+        assert not ctx.get(dut.writes.valid) and ctx.get(dut.load.ready)
+        await ctx.tick()
+        ctx.set(dut.load.valid, 0)
+        await ctx.tick()
+
+    _simulate(dut, watch, bench)
+    assert writes == [(10, [1, 2]), (11, [3, 4]), (12, [5, 6])]
+    assert sum(restarts) == 1
+
+
+def test_loader_of_no_words_halts():
+    """A ``LOAD`` of zero words never finishes (an empty program memory halts)."""
+    dut = Loader(CONFIG)
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(kind=OpKind.LOAD, count=0))
+        for _ in range(10):
+            assert not ctx.get(dut.done) and not ctx.get(dut.inputs.ready)
+            await ctx.tick()
+
+    _simulate(dut, bench)
+
+
+def test_storer_streams_words_with_last_under_stalls():
+    """``STORE``: ``count`` words from ``in_base`` to ``outputs``, ``last`` on the final
+    one, each held while ``outputs`` stalls; done once the last word has left."""
+    dut = Storer(CONFIG)
+    contents = [address * 0x10001 for address in range(64)]
+    top = _Harness(dut, read=(WORD, contents, "read"))
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(kind=OpKind.STORE, in_base=7, count=4))
+        taken = await _take(ctx, dut.outputs, 4)
+        assert [list(t.word) for t in taken] == [[a, a] for a in range(7, 11)]
+        assert [t.last for t in taken] == [0, 0, 0, 1]
+        await ctx.tick()
+        assert ctx.get(dut.done)
+
+    _simulate(top, bench)
+
+
+def _beat_walk(in_signed=0):
+    dut = BeatWalk(CONFIG)
+    # slot l of word a holds a + 16·l (and a signed pattern when asked)
+    contents = [sum(((a + 16 * l) | (0xFF00 if in_signed else 0)) << (16 * l)
+                    for l in range(WIDTH)) for a in range(64)]
+    top = _Harness(dut, operand=(WORD, contents, "read"),
+                   weights_read=(CONFIG.layouts["weights"], list(range(100, 132)), "read"))
+    return dut, top
+
+
+def _expected_beats(op, gemm):
+    """The beats of §15's loop order: tile, (oy, ox), (ky, kx), ci (GEMM only), each as
+    (activation word address or None when padded, weight address, last)."""
+    beats = []
+    for tile in range(op["out_words"]):
+        for oy in range(op["out_h"]):
+            for ox in range(op["out_w"]):
+                taps = [(ky, kx, ci) for ky in range(op["kernel_h"])
+                        for kx in range(op["kernel_w"])
+                        for ci in range(op["in_words"] if gemm else 1)]
+                for index, (ky, kx, ci) in enumerate(taps):
+                    iy = oy * op["stride_h"] + ky - op["pad_h"]
+                    ix = ox * op["stride_w"] + kx - op["pad_w"]
+                    inside = 0 <= iy < op["in_h"] and 0 <= ix < op["in_w"]
+                    address = (op["in_base"] + (iy * op["in_w"] + ix) * op["in_words"]
+                               + (ci if gemm else tile)) if inside else None
+                    beats.append((address, op["weight_base"] + tile * len(taps) + index,
+                                  int(index == len(taps) - 1)))
+    return beats
+
+
+_WINDOW = dict(in_base=3, in_h=3, in_w=3, in_words=2, out_h=2, out_w=2, out_words=2,
+               kernel_h=2, kernel_w=3, stride_h=2, stride_w=1, pad_h=1, pad_w=1,
+               weight_base=4)
+
+
+def test_beat_walk_gemm_order_padding_and_weights():
+    """A GEMM's beats follow §15's loop order; a padded tap's activations are 0; the
+    weight pointer steps per beat, returns to the tile's first word after each pixel and
+    moves on after the tile's last pixel; ``last`` closes each output."""
+    dut, top = _beat_walk()
+    expected = _expected_beats(_WINDOW, gemm=True)
+
+    async def bench(ctx):
+        ctx.set(dut.granted, 1)
+        await _run(ctx, dut.control, _op(kind=OpKind.GEMM, **_WINDOW))
+        taken = await _take(ctx, dut.act, len(expected))
+        got = [(list(t.data), t.last) for t in taken]
+        want = [([0] * WIDTH if a is None else [(a + 16 * l) & 0xF for l in range(WIDTH)],
+                 last) for a, _, last in expected]
+        assert got == want
+        await ctx.tick().repeat(3)
+        assert not ctx.get(dut.act.valid)
+        assert ctx.get(dut.gemm_beats) == len(expected)
+
+    seen = []
+
+    async def weight_order(ctx):
+        async for _, _, valid, ready, weight in ctx.tick().sample(
+                dut.weights.valid, dut.act.ready, Value.cast(dut.weights.payload)):
+            if valid and ready:
+                seen.append(weight)
+            if len(seen) == len(expected):
+                break
+
+    _simulate(top, weight_order, bench)
+    assert seen == [100 + w for _, w, _ in expected]
+
+
+@pytest.mark.parametrize("in_signed", [0, 1])
+def test_beat_walk_vector_reads_the_tiles_own_word(in_signed):
+    """A SUM/MAX beat reads the input word of its own ``tile`` (no ``ci`` loop), its lanes
+    as 16-bit signed or unsigned values by ``in_signed``, zero under padding; nothing goes
+    to the array."""
+    dut, top = _beat_walk(in_signed)
+    expected = _expected_beats(_WINDOW, gemm=False)
+
+    async def bench(ctx):
+        ctx.set(dut.granted, 1)
+        await _run(ctx, dut.control, _op(kind=OpKind.SUM, in_signed=in_signed, **_WINDOW))
+        taken = await _take(ctx, dut.vector, len(expected))
+        slot = (lambda a, l: (a + 16 * l) - 0x10000 + 0xFF00 if in_signed else a + 16 * l)
+        want = [([0] * WIDTH if a is None else [slot(a, l) for l in range(WIDTH)], last)
+                for a, _, last in expected]
+        assert [(list(t.lanes), t.last) for t in taken] == want
+        assert ctx.get(dut.gemm_beats) == 0
+
+    _simulate(top, bench)
+
+
+def test_beat_walk_waits_while_not_granted():
+    """While the memories lend the operand port elsewhere, no beat is read."""
+    dut, top = _beat_walk()
+
+    async def bench(ctx):
+        ctx.set(dut.granted, 0)
+        ctx.set(dut.vector.ready, 1)
+        await _run(ctx, dut.control, _op(kind=OpKind.SUM, **_WINDOW))
+        for _ in range(5):
+            assert not ctx.get(dut.vector.valid)
+            await ctx.tick()
+        ctx.set(dut.granted, 1)
+        await ctx.tick().repeat(2)
+        assert ctx.get(dut.vector.valid)
+
+    _simulate(top, bench)
+
+
+@pytest.mark.parametrize("kind", [OpKind.GEMM, OpKind.SUM])
+def test_output_walk_requests_in_output_order(kind):
+    """One request per output in the walks' order (tile, then pixel): a GEMM's parameter
+    word per output tile, a SUM/MAX's one word for all; the residual word at the same
+    pixel and tile of the residual value."""
+    dut = OutputWalk(CONFIG)
+    op = dict(out_words=3, out_pixels=4, param_base=2, res_base=20, residual=1)
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(kind=kind, **op))
+        taken = await _take(ctx, dut.requests, 12)
+        want = [(2 + (tile if kind == OpKind.GEMM else 0), 20 + pixel * 3 + tile, 1)
+                for tile in range(3) for pixel in range(4)]
+        assert [(t.param, t.residual, t.read_residual) for t in taken] == want
+        await ctx.tick()
+        assert not ctx.get(dut.requests.valid)
+
+    _simulate(dut, bench)
+
+
+@pytest.mark.parametrize("kind", [OpKind.SUM, OpKind.MAX])
+def test_reducer_sums_and_maxima_per_window(kind):
+    """Lane-wise window sum (SUM) or maximum (MAX) over the beats up to each ``last``."""
+    dut = Reducer(CONFIG)
+    rng = random.Random(5)
+    windows = [[[rng.randint(-65536, 65535) for _ in range(WIDTH)]
+                for _ in range(rng.randint(1, 4))] for _ in range(6)]
+    beats = [{"lanes": lanes, "last": int(i == len(w) - 1)}
+             for w in windows for i, lanes in enumerate(w)]
+    combine = sum if kind == OpKind.SUM else max
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(kind=kind))
+        taken = await _take(ctx, dut.acc, len(windows))
+        assert [list(t) for t in taken] == [[combine(b[l] for b in w) for l in range(WIDTH)]
+                                            for w in windows]
+
+    async def source(ctx):
+        await ctx.tick().repeat(2)
+        await _send(ctx, dut.beats, beats)
+
+    _simulate(dut, source, bench)
+
+
+def test_reducer_passes_the_arrays_accumulators_in_a_gemm():
+    dut = Reducer(CONFIG)
+    vectors = [[1, -2], [3, 4], [-5, 6]]
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(kind=OpKind.GEMM))
+        assert not ctx.get(dut.beats.valid)
+        taken = await _take(ctx, dut.acc, len(vectors))
+        assert [list(t) for t in taken] == vectors
+
+    async def source(ctx):
+        await ctx.tick().repeat(2)
+        await _send(ctx, dut.array, vectors)
+
+    _simulate(dut, source, bench)
+
+
+@pytest.mark.parametrize("residual,res_signed", [(0, 0), (1, 0), (1, 1)])
+def test_param_feed_applies_the_ops_formats(residual, res_signed):
+    """The parameter beat is the channel words with the op's ReLU flag and range; the
+    residual slot is read signed or unsigned by ``res_signed``, and an op without a
+    residual has ``r = M_r = t = 0``."""
+    layout = RequantParams(WIDTH, None, signed(17), signed(17))
+    dut = ParamFeed(CONFIG, layout)
+    channel = {"bias": -7, "multiplier": 12345, "shift": 9, "residual_multiplier": -3,
+               "residual_shift": 4}
+    words = {"channels": [channel] * WIDTH, "residuals": [0xFFFE, 5]}
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(kind=OpKind.GEMM, relu=1, low=0, high=15,
+                                         residual=residual, res_signed=res_signed))
+        ctx.set(dut.words.valid, 1)
+        ctx.set(dut.words.payload, words)
+        ctx.set(dut.params.ready, 1)
+        assert ctx.get(dut.params.valid) and ctx.get(dut.words.ready)
+        params = ctx.get(dut.params.payload)
+        assert (params.relu, params.low, params.high) == (1, 0, 15)
+        first = -2 if res_signed else 0xFFFE
+        for col, slot in enumerate([first, 5]):
+            got = params.channels[col]
+            assert (got.bias, got.multiplier, got.shift) == (-7, 12345, 9)
+            assert (got.residual, got.residual_multiplier, got.residual_shift) == (
+                (slot, -3, 4) if residual else (0, 0, 0))
+
+    _simulate(dut, bench)
+
+
+def test_write_back_addresses_and_done():
+    """Each result is written as one 16-bit-slot word at ``out_base + pixel·out_words +
+    tile``, in tile-then-pixel order; the op is done with its last write."""
+    dut = WriteBack(CONFIG, data.ArrayLayout(signed(16), WIDTH))
+    results = [[tile * 10 + pixel, -1 - pixel] for tile in range(2) for pixel in range(3)]
+    writes = []
+
+    async def watch(ctx):
+        async for _, _, en, addr, value, done in ctx.tick().sample(
+                dut.write.en, dut.write.addr, dut.write.data, dut.done):
+            if en:
+                writes.append((addr, list(value), done))
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(kind=OpKind.SUM, out_base=30, out_words=2,
+                                         out_pixels=3))
+        await _send(ctx, dut.results, results)
+        await ctx.tick()
+
+    _simulate(dut, watch, bench)
+    assert writes == [(30 + pixel * 2 + tile, [(tile * 10 + pixel), (-1 - pixel) & 0xFFFF],
+                       int(tile == 1 and pixel == 2))
+                      for tile in range(2) for pixel in range(3)]
+
+
+def _memories(variant, requantizer="parallel"):
+    config = NetworkCore.Config(width=WIDTH, act_bits=4, weight_bits=4, max_k=8,
+                                data_depth=16, weight_depth=4, param_depth=3,
+                                program_depth=3, requantizer=requantizer, memories=variant)
+    layouts = config.layouts
+    program = [layouts["program"].const({"kind": OpKind.SUM, "in_base": 3 + i, "count": i,
+                                         "low": -5, "high": 9}).as_value().value
+               for i in range(3)]
+    channels = [[{"bias": 100 * p + c, "multiplier": -c - 1, "shift": p, "residual_multiplier":
+                  7, "residual_shift": c} for c in range(WIDTH)] for p in range(3)]
+    params = [layouts["params"].const(word).as_value().value for word in channels]
+    contents = {"program": program, "params": params}
+    if variant == "narrow":
+        memories = NarrowMemories(config, contents, per_channel=config.per_channel)
+    else:
+        memories = WideMemories(config, contents)
+    return config, memories, program, channels
+
+
+@pytest.mark.parametrize("variant,requantizer", [("wide", "parallel"), ("narrow", "parallel"),
+                                                 ("narrow", "serial")])
+def test_memories_variants_answer_alike(variant, requantizer):
+    """Both variants: a fetched address answers its descriptor; a ``load`` beat rewrites a
+    program or parameter word; a side request answers the parameter word and the residual
+    word (per channel: one channel at a time, each with its residual slot); an activation
+    write is read back on the operand port."""
+    config, dut, program, channels = _memories(variant, requantizer)
+    layouts = config.layouts
+    new_op = layouts["program"].const({"kind": OpKind.GEMM, "final": 1, "out_base": 9})
+    new_channels = [{"bias": -1, "multiplier": 2, "shift": 3, "residual_multiplier": 4,
+                     "residual_shift": 5}] * WIDTH
+
+    async def fetch(ctx, address):
+        await _send(ctx, dut.fetch, [address], pause=0)
+        (descriptor,) = await _take(ctx, dut.descriptor, 1, pause=0)
+        return descriptor
+
+    async def side(ctx, param, residual):
+        await _send(ctx, dut.side, [{"param": param, "residual": residual,
+                                     "read_residual": 1}], pause=0)
+        answers = await _take(ctx, dut.side_words, 1 if not config.per_channel else WIDTH)
+        return ([c for a in answers for c in a.channels],
+                [r for a in answers for r in a.residuals])
+
+    async def bench(ctx):
+        ctx.set(dut.operand.en, 1)
+        for address in (2, 0):
+            descriptor = await fetch(ctx, address)
+            assert descriptor.as_value().value == program[address]
+        ctx.set(dut.write.addr, 6)
+        ctx.set(dut.write.data, [0x1234, 0xFEDC])
+        ctx.set(dut.write.en, 1)
+        await ctx.tick()
+        ctx.set(dut.write.en, 0)
+        got, residuals = await side(ctx, 1, 6)
+        assert [{k: getattr(c, k) for k in new_channels[0]} for c in got] == channels[1]
+        assert residuals == [0x1234, 0xFEDC]
+        ctx.set(dut.operand.addr, 6)
+        await ctx.tick().repeat(2)
+        assert ctx.get(dut.granted) and list(ctx.get(dut.operand.data)) == [0x1234, 0xFEDC]
+        await _send(ctx, dut.load, [
+            {"memory": NetworkCore.Memory.PROGRAM, "address": 1,
+             "word": new_op.as_value().value},
+            {"memory": NetworkCore.Memory.PARAMS, "address": 2,
+             "word": layouts["params"].const(new_channels).as_value().value}], pause=0)
+        assert (await fetch(ctx, 1)).as_value().value == new_op.as_value().value
+        got, _ = await side(ctx, 2, 6)
+        assert [{k: getattr(c, k) for k in new_channels[0]} for c in got] == new_channels
+
+    _simulate(dut, bench)
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("requantizer", "fast", r"^requantizer must be one of 'parallel', 'serial', not 'fast'$"),
+    ("memories", "tiny", r"^memories must be one of 'wide', 'narrow', not 'tiny'$"),
+    ("program_depth", 65537, r"^program_depth must be an integer in 1\.\.65536, not 65537$"),
+])
+def test_config_refuses_bad_options(option, value, message):
+    options = dict(width=WIDTH, act_bits=4, weight_bits=4, max_k=8, data_depth=16,
+                   weight_depth=4, param_depth=3, program_depth=3)
+    options[option] = value
+    with pytest.raises(ValueError if option != "program_depth" else TypeError, match=message):
+        NetworkCore.Config(**options)
+
+
+def test_config_derives_layouts_without_hardware():
+    """The configuration gives the memories' word layouts: an op descriptor, a weight beat
+    of ``width × width`` weights, ``width`` channel words, ``width`` 16-bit slots."""
+    config = NetworkCore.Config(width=3, act_bits=4, weight_bits=5, max_k=8, data_depth=16,
+                                weight_depth=4, param_depth=3, program_depth=3)
+    layouts = config.layouts
+    assert layouts["program"] == OpDescriptor(16, 4, 3)
+    assert layouts["data"] == data.ArrayLayout(unsigned(16), 3)
+    assert layouts["params"].length == 3
+    assert Shape.cast(layouts["weights"]).width == 3 * 3 * 5
+    assert config.depths == {"data": 16, "weights": 4, "params": 3, "program": 3}
