@@ -15,8 +15,9 @@ from amaranth.lib.wiring import In, Out
 from olmac.spec import ERROR_KIND, REPLY_KIND, SYNC, ErrorCode, check_int
 from .uart import DIVISOR_RANGE, UARTReceiver, UARTTransmitter
 
-__all__ = ["PacketByte", "AppSignature", "FrameReceiver", "FrameTransmitter", "HostLink",
-           "SerialHostLink", "LoopbackApp", "MAX_PAYLOAD_RANGE", "TIMEOUT_RANGE"]
+__all__ = ["PacketByte", "AppSignature", "SlotWriteSignature", "FrameReceiver", "RequestSlots",
+           "FrameTransmitter", "HostLink", "SerialHostLink", "LoopbackApp", "MAX_PAYLOAD_RANGE",
+           "TIMEOUT_RANGE"]
 
 #: Allowed payload capacities in bytes, inclusive. Replies carry one more byte (the kind),
 #: so a reply holds at most 65534 application bytes.
@@ -52,6 +53,33 @@ class AppSignature(wiring.Signature):
         })
 
 
+class SlotWriteSignature(wiring.Signature):
+    """The port between a :class:`FrameReceiver` (``Out``) and its :class:`RequestSlots`
+    (``In``): a frame's payload is written into the free slot as it arrives and kept only
+    once the whole frame has checked.
+
+    Members
+    -------
+    en : Out(1)
+        Write ``data`` at ``offset`` of the free slot.
+    offset : Out(16)
+        Position of the byte in the payload.
+    data : Out(8)
+        A payload byte.
+    commit : Out(1)
+        Strobe: the frame in the free slot has checked; it is ``length`` bytes long.
+    length : Out(16)
+        Payload bytes of the committed frame.
+    busy : In(1)
+        The free slot still holds a frame for the application: a frame that starts now
+        cannot be kept.
+    """
+
+    def __init__(self):
+        super().__init__({"en": Out(1), "offset": Out(16), "data": Out(8), "commit": Out(1),
+                          "length": Out(16), "busy": In(1)})
+
+
 def _check_timeout(timeout):
     return check_int("Inter-byte timeout", timeout, TIMEOUT_RANGE)
 
@@ -66,15 +94,14 @@ def _check_max_reply(max_reply):
 
 
 class FrameReceiver(wiring.Component):
-    """Frames from a host's byte stream, checked, to an application (the receiving half of
-    a :class:`HostLink`).
+    """Frames from a host's byte stream into :class:`RequestSlots` (the receiving half of a
+    :class:`HostLink`).
 
-    Incoming frames are parsed byte by byte into a request memory while their CRC is
-    computed; only a frame whose length and CRC check is released on ``request``, so a bad
-    frame is never partially applied. The memory has two slots: one frame can arrive while
-    the application still takes the previous one. ``rx`` is always accepted (a UART cannot
-    be held up): a frame that starts while both slots wait for the application is parsed but
-    dropped and reported ``BUSY``. After a damaged frame header (bad length, UART framing
+    Incoming frames are parsed byte by byte, their payload written to the free slot while
+    their CRC is computed; only a frame whose length and CRC check is committed, so a bad
+    frame is never partially applied. ``rx`` is always accepted (a UART cannot be held up):
+    a frame that starts while no slot is free is parsed but dropped and reported ``BUSY``.
+    After a damaged frame header (bad length, UART framing
     error) the rest of the frame is discarded until the line has been quiet for ``timeout``
     cycles, so its tail is never mistaken for a new frame. A frame stalled in the middle for
     ``timeout`` cycles is ``TRUNCATED``. Every state returns to hunting for the sync byte.
@@ -82,7 +109,7 @@ class FrameReceiver(wiring.Component):
     Parameters
     ----------
     max_payload : int
-        Longest request payload, 1..65535 bytes (the request memory holds two).
+        Longest request payload, 1..65535 bytes.
     timeout : int
         Quiet cycles after which a frame is truncated, 2..2**32-1.
 
@@ -97,8 +124,8 @@ class FrameReceiver(wiring.Component):
         Bytes from the host; ``ready`` is always high.
     rx_error : In(1)
         Strobe: a byte from the host was lost or damaged.
-    request : Out(stream.Signature(PacketByte()))
-        The payload of one good frame after another, each ending with ``last``.
+    slots : Out(SlotWriteSignature())
+        Payload writes and commits.
     error : Out(8)
         Strobe: the :class:`ErrorCode` of an error to report, 0 for none.
     """
@@ -109,46 +136,14 @@ class FrameReceiver(wiring.Component):
         super().__init__({
             "rx": In(stream.Signature(8)),
             "rx_error": In(1),
-            "request": Out(stream.Signature(PacketByte())),
+            "slots": Out(SlotWriteSignature()),
             "error": Out(8),
         })
 
     def elaborate(self, platform):
         m = Module()
-        # Two slots: a frame can arrive while the application still takes the previous one.
-        m.submodules.requests = requests = Memory(shape=8, depth=2 * self._max_payload,
-                                                  init=[])
-        write = requests.write_port()
-        read = requests.read_port()
-        m.submodules.rx_crc = crc = catalog.CRC16_CCITT_FALSE(data_width=8).create()
-
-        def address(slot, offset):
-            return Mux(slot, self._max_payload, 0) + offset
-
-        # Release of checked frames to the application, oldest slot first.
-        held = Signal(2)            # which slots hold a checked frame not yet released
-        held_length = Array(Signal(16, name=f"held_length_{slot}") for slot in range(2))
-        read_slot = Signal()
-        index = Signal(range(self._max_payload))
-        request = self.request
-        sent = request.valid & request.ready
-        m.d.comb += [
-            request.valid.eq(held.bit_select(read_slot, 1)),
-            request.payload.data.eq(read.data),
-            request.payload.last.eq(index == held_length[read_slot] - 1),
-        ]
-        # Read ahead so the port's output is always the byte at `index`.
-        with m.If(sent & request.payload.last):
-            m.d.comb += read.addr.eq(address(~read_slot, 0))
-            m.d.sync += [held.bit_select(read_slot, 1).eq(0), index.eq(0),
-                         read_slot.eq(~read_slot)]
-        with m.Elif(sent):
-            m.d.comb += read.addr.eq(address(read_slot, index + 1))
-            m.d.sync += index.eq(index + 1)
-        with m.Else():
-            m.d.comb += read.addr.eq(address(read_slot, index))
-
-        # Parser.
+        m.submodules.crc = crc = catalog.CRC16_CCITT_FALSE(data_width=8).create()
+        slots = self.slots
         byte = self.rx.payload
         got = self.rx.valid & ~self.rx_error
         m.d.comb += [self.rx.ready.eq(1), crc.data.eq(byte)]
@@ -163,15 +158,14 @@ class FrameReceiver(wiring.Component):
         length = Signal(16)
         count = Signal(16)
         crc_low = Signal(8)
-        write_slot = Signal()
-        dropping = Signal()         # both slots were busy when this frame began
+        dropping = Signal()         # no slot was free when this frame began
         pending = Signal(8)         # the error reported once a discarded frame ends
         report = self.error
         received_length = Cat(length[:8], byte)
 
         def start_frame():
             m.d.comb += crc.start.eq(1)
-            m.d.sync += dropping.eq(held.bit_select(write_slot, 1))
+            m.d.sync += dropping.eq(slots.busy)
             m.next = "LENGTH_LOW"
 
         def discard(code):
@@ -222,12 +216,8 @@ class FrameReceiver(wiring.Component):
             in_frame("LENGTH_HIGH", length_high)
 
             def payload():
-                m.d.comb += [
-                    crc.valid.eq(1),
-                    write.addr.eq(address(write_slot, count)),
-                    write.data.eq(byte),
-                    write.en.eq(~dropping),
-                ]
+                m.d.comb += [crc.valid.eq(1), slots.offset.eq(count), slots.data.eq(byte),
+                             slots.en.eq(~dropping)]
                 m.d.sync += count.eq(count + 1)
                 with m.If(count == length - 1):
                     m.next = "CRC_LOW"
@@ -244,8 +234,7 @@ class FrameReceiver(wiring.Component):
                 with m.Elif(dropping):
                     m.d.comb += report.eq(int(ErrorCode.BUSY))
                 with m.Else():
-                    m.d.sync += [held.bit_select(write_slot, 1).eq(1),
-                                 held_length[write_slot].eq(length), write_slot.eq(~write_slot)]
+                    m.d.comb += [slots.commit.eq(1), slots.length.eq(length)]
                 m.next = "HUNT"
             in_frame("CRC_HIGH", crc_high_byte)
 
@@ -253,6 +242,79 @@ class FrameReceiver(wiring.Component):
                 with m.If(timed_out):
                     m.d.comb += report.eq(pending)
                     m.next = "HUNT"
+        return m
+
+
+class RequestSlots(wiring.Component):
+    """Two slots of request payloads between a :class:`FrameReceiver` and the application:
+    one frame can arrive while the application still takes the previous one. Checked frames
+    are released on ``request``, oldest first.
+
+    Parameters
+    ----------
+    max_payload : int
+        Bytes of a slot, 1..65535.
+
+    Raises
+    ------
+    TypeError
+        If ``max_payload`` is not an integer in its range.
+
+    Members
+    -------
+    write : In(SlotWriteSignature())
+        Payload writes and commits from the receiver.
+    request : Out(stream.Signature(PacketByte()))
+        The payload of one committed frame after another, each ending with ``last``.
+    """
+
+    def __init__(self, *, max_payload):
+        self._max_payload = _check_max_payload(max_payload)
+        super().__init__({"write": In(SlotWriteSignature()),
+                          "request": Out(stream.Signature(PacketByte()))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.requests = requests = Memory(shape=8, depth=2 * self._max_payload,
+                                                  init=[])
+        port = requests.write_port()
+        read = requests.read_port()
+
+        def address(slot, offset):
+            return Mux(slot, self._max_payload, 0) + offset
+
+        held = Signal(2)            # which slots hold a checked frame not yet released
+        held_length = Array(Signal(16, name=f"held_length_{slot}") for slot in range(2))
+        write_slot = Signal()
+        read_slot = Signal()
+        index = Signal(range(self._max_payload))
+        request, write = self.request, self.write
+        sent = request.valid & request.ready
+        m.d.comb += [
+            request.valid.eq(held.bit_select(read_slot, 1)),
+            request.payload.data.eq(read.data),
+            request.payload.last.eq(index == held_length[read_slot] - 1),
+        ]
+        # Read ahead so the port's output is always the byte at `index`.
+        with m.If(sent & request.payload.last):
+            m.d.comb += read.addr.eq(address(~read_slot, 0))
+            m.d.sync += [held.bit_select(read_slot, 1).eq(0), index.eq(0),
+                         read_slot.eq(~read_slot)]
+        with m.Elif(sent):
+            m.d.comb += read.addr.eq(address(read_slot, index + 1))
+            m.d.sync += index.eq(index + 1)
+        with m.Else():
+            m.d.comb += read.addr.eq(address(read_slot, index))
+
+        m.d.comb += [
+            write.busy.eq(held.bit_select(write_slot, 1)),
+            port.addr.eq(address(write_slot, write.offset)),
+            port.data.eq(write.data),
+            port.en.eq(write.en),
+        ]
+        with m.If(write.commit):
+            m.d.sync += [held.bit_select(write_slot, 1).eq(1),
+                         held_length[write_slot].eq(write.length), write_slot.eq(~write_slot)]
         return m
 
 
@@ -450,10 +512,12 @@ class HostLink(_LinkParameters):
         m = Module()
         m.submodules.receiver = receiver = FrameReceiver(max_payload=self._max_payload,
                                                          timeout=self._timeout)
+        m.submodules.slots = slots = RequestSlots(max_payload=self._max_payload)
         m.submodules.transmitter = transmitter = FrameTransmitter(max_reply=self._max_reply)
         m.submodules.errors = errors = fifo.SyncFIFO(width=8, depth=ERROR_QUEUE_DEPTH)
         wiring.connect(m, wiring.flipped(self.rx), receiver.rx)
-        wiring.connect(m, receiver.request, wiring.flipped(self.app.request))
+        wiring.connect(m, receiver.slots, slots.write)
+        wiring.connect(m, slots.request, wiring.flipped(self.app.request))
         wiring.connect(m, wiring.flipped(self.app.reply), transmitter.reply)
         wiring.connect(m, transmitter.tx, wiring.flipped(self.tx))
         wiring.connect(m, errors.r_stream, transmitter.errors)

@@ -20,7 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 import olmac.host_link
 from olmac.hw.host_link import (FrameReceiver, FrameTransmitter, HostLink, LoopbackApp,
-                                SerialHostLink)
+                                RequestSlots, SerialHostLink)
 from olmac.hw.uart import UARTReceiver, UARTTransmitter
 from olmac.host_link import (FrameDecoder, FrameError, LinkError, SerialLink, crc16_ccitt,
                              decode_frame, decode_reply, encode_error, encode_frame, encode_reply)
@@ -197,10 +197,6 @@ def test_serial_link_device_and_timeout():
      r"^Inter-byte timeout must be an integer in 2\.\.4294967295, not 1$"),
     (HostLink, dict(max_payload=8, timeout=True), TypeError,
      r"^Inter-byte timeout must be an integer in 2\.\.4294967295, not True$"),
-    (FrameReceiver, dict(max_payload=0, timeout=10), TypeError,
-     r"^Maximum payload length must be an integer in 1\.\.65535, not 0$"),
-    (FrameTransmitter, dict(max_reply=65535), TypeError,
-     r"^Maximum reply length must be an integer in 1\.\.65534, not 65535$"),
     (SerialHostLink, dict(divisor=2, max_payload=8), TypeError,
      r"^UART divisor must be an integer in 4\.\.16777216, not 2$"),
     (SerialHostLink, dict(divisor=8, max_payload=8, timeout=80), ValueError,
@@ -209,6 +205,18 @@ def test_serial_link_device_and_timeout():
 def test_parameter_validation(factory, params, error, message):
     with pytest.raises(error, match=message):
         factory(**params)
+
+
+@pytest.mark.parametrize("part,params", [
+    (FrameReceiver, dict(max_payload=0, timeout=10)),
+    (RequestSlots, dict(max_payload=0)),
+    (FrameTransmitter, dict(max_reply=0)),
+])
+def test_link_parts_refuse_an_empty_memory(part, params):
+    """The parts of a HostLink check their memory capacities as the link does."""
+    with pytest.raises(TypeError, match=r"^Maximum (payload|reply) length must be an integer "
+                                        r"in 1\.\.6553[45], not 0$"):
+        part(**params)
 
 
 def test_properties():
