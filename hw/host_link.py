@@ -2,8 +2,9 @@
 
 The frame bytes and the error codes are plain data in :mod:`olmac.spec`; the host side
 (:mod:`olmac.host_link`) implements the format in Python, and this module is the hardware
-reading of the same spec: a :class:`FrameReceiver` and a :class:`FrameTransmitter` make a
-:class:`HostLink`, which :class:`SerialHostLink` puts behind a UART.
+reading of the same spec: a :class:`FrameReceiver`, :class:`RequestSlots` and a
+:class:`FrameTransmitter` make a :class:`HostLink`, which :class:`SerialHostLink` puts behind
+a UART.
 """
 
 from amaranth.hdl import *
@@ -466,8 +467,8 @@ class _LinkParameters(wiring.Component):
 
 class HostLink(_LinkParameters):
     """Frames between a host's byte stream and an application (docs/host_link.md): a
-    :class:`FrameReceiver` and a :class:`FrameTransmitter` with a queue of error reports
-    between them.
+    :class:`FrameReceiver` that fills :class:`RequestSlots`, and a :class:`FrameTransmitter`
+    with a queue of error reports from the receiver.
 
     A request reaches ``app.request`` only once its whole frame has checked; the application
     may produce its reply while it consumes the request. Up to four error frames
