@@ -262,7 +262,7 @@ def test_help_loads_neither_torch_nor_amaranth():
 
 @pytest.mark.parametrize("command", [["gemm"], ["quantize"], ["run"], ["demo"],
                                      ["gemm-demo"], ["build"], ["board"], ["board", "run"],
-                                     ["board", "build"]], ids=" ".join)
+                                     ["board", "build"], ["explore"]], ids=" ".join)
 def test_help_shows_every_default(command, capsys):
     """Each subcommand's help lists its options, each with its default where it has one."""
     with pytest.raises(SystemExit) as exit_info:

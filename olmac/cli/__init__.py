@@ -6,7 +6,8 @@ GEMM through the RTL and checks it against golden. ``olmac quantize`` lowers a P
 to an integer program artifact, ``olmac run`` runs one on the golden model or the network
 core's RTL, and ``olmac demo`` does it all for a demo network on the digits test split
 (docs/network.md). ``olmac build`` builds a MAC array bitstream for a board, ``olmac board``
-builds the network board or runs it over its UART.
+builds the network board or runs it over its UART, and ``olmac explore`` sweeps a design
+space on Dask.
 
 Each subcommand is a module of this package that parses its arguments and calls a library
 function (:func:`olmac.gemm.run`, :func:`olmac.network.run_demo`, ...).
@@ -30,6 +31,8 @@ COMMANDS = (
     ("gemm-demo", "gemm_demo", "a random GEMM through the RTL, checked against golden"),
     ("build", "build", "a BRAM-fed MAC array bitstream for a board"),
     ("board", "board", "build the network board, or run it over its UART"),
+    ("explore", "explore", "a design-space sweep on Dask, its table and its Pareto fronts "
+                           "(docs/explore.md)"),
 )
 
 
