@@ -18,7 +18,7 @@ from .host_link import SerialLink
 __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",
            "encode_infer", "decode_infer", "parse_info", "run_demo_board", "MEMORIES"]
 
-#: ``LOAD`` memory numbers by the names of ``CompiledNetwork.core_params``.
+#: ``LOAD`` memory numbers by the names of ``CompiledNetwork.contents``.
 MEMORIES = {"program": 0, "weights": 1, "params": 2}
 
 
@@ -44,12 +44,8 @@ class BoardInfo:
 
     def check(self, compiled):
         """Raise :class:`BoardError` unless ``compiled`` can be loaded into this board."""
-        params = compiled.core_params
         wanted = dict(width=compiled.width, input_words=compiled.input_words,
-                      output_words=compiled.output_words,
-                      depths={"program": params["program_depth"],
-                              "weights": params["weight_depth"],
-                              "params": params["param_depth"], "data": params["data_depth"]})
+                      output_words=compiled.output_words, depths=compiled.config.depths)
         have = dict(width=self.width, input_words=self.input_words,
                     output_words=self.output_words, depths=self.depths)
         if wanted != have:
@@ -79,7 +75,7 @@ def load_requests(compiled, info: BoardInfo, max_payload: int):
     """``LOAD`` requests that write every memory image of ``compiled``, each at most
     ``max_payload`` bytes, then ``RESTART``; yields ``(request, words)``."""
     for memory in MEMORIES:
-        words = list(compiled.core_params[memory])
+        words = list(compiled.contents[memory])
         size = info.word_bytes[memory]
         per_frame = max(1, (max_payload - 4) // size)
         for start in range(0, len(words), per_frame):

@@ -74,8 +74,8 @@ def test_board_at_the_pins():
     size = info.word_bytes["params"]
     per_frame = (max_payload - 4) // size
     zero_params = [encode_load("params", start, [0] * len(range(start, min(
-        start + per_frame, len(compiled.core_params["params"])))), size)
-        for start in range(0, len(compiled.core_params["params"]), per_frame)]
+        start + per_frame, len(compiled.contents["params"])))), size)
+        for start in range(0, len(compiled.contents["params"]), per_frame)]
     reload = [request for request, _ in load_requests(compiled, info, max_payload)]
     bad_crc = bytearray(encode_frame(infer[3]))
     bad_crc[-1] ^= 0x40
