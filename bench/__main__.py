@@ -26,9 +26,9 @@ import numpy as np
 
 from olmac import golden
 from olmac.fpga.synth import synthesize
-from olmac.hw import MacArray
+from olmac.hw import GemmEngine, MacArray
 from olmac.hw.codebook import CodebookDecoder
-from olmac.sim.job import EngineConfig, GemmCase, Job
+from olmac.sim.job import GemmCase, Job
 from olmac.sim.runner import run_job
 
 BUILD_ROOT = Path("build") / "bench"
@@ -54,8 +54,8 @@ def gemm_cycles():
     for lanes, cols, bits, m, k, n in GEMMS:
         low, high = golden.int_range(bits, True)
         case = GemmCase(rng.integers(low, high + 1, (m, k)), rng.integers(low, high + 1, (k, n)))
-        config = EngineConfig(lanes=lanes, cols=cols, act_bits=bits, weight_bits=bits,
-                              act_signed=True, max_k=k)
+        config = GemmEngine.Config(lanes=lanes, cols=cols, act_bits=bits, weight_bits=bits,
+                                   act_signed=True, max_k=k)
         stats = run_job(Job(config, [case], label="bench"), BUILD_ROOT).stats
         ideal = m * k * n / (lanes * cols)
         print(f"| {lanes}×{cols} | s{bits}×s{bits} | {m}×{k}×{n} | {stats['beats']} "
@@ -77,7 +77,7 @@ def synthesis(lanes, cols):
     macs = lanes * cols
     for bits in (2, 3, 4, 8):
         make = lambda: MacArray(lanes=lanes, cols=cols, act_bits=bits, weight_bits=bits,
-                                     act_signed=True, max_k=1024)
+                                act_signed=True, max_k=1024)
         started = time.perf_counter()
         plain = synthesize(make(), family="ice40", name="mac_array")
         booth = synthesize(make(), family="ice40", name="mac_array", booth=True)
@@ -111,8 +111,8 @@ def outlier_cycles(lanes=16, cols=8, m=8, k=512, n=16):
         f"{ratio:.0%} {placement}" for placement in placements for ratio in ratios[1:]) + " |")
     print("|---:|" + "---:|" * (2 * len(ratios) - 1))
     for outlier_lanes in (1, 2, 3, 4):
-        config = EngineConfig(lanes=lanes, cols=cols, act_bits=4, weight_bits=4,
-                              act_signed=True, max_k=k, act_outlier_lanes=outlier_lanes)
+        config = GemmEngine.Config(lanes=lanes, cols=cols, act_bits=4, weight_bits=4,
+                                   act_signed=True, max_k=k, act_outlier_lanes=outlier_lanes)
         cycles = lambda ratio, placement: run_job(
             Job(config, [_outlier_case(np.random.default_rng(1), m, k, n, ratio, placement)],
                 label="bench_outliers"), BUILD_ROOT).stats["cycles"]

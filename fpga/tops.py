@@ -1,7 +1,3 @@
-# amaranth: UnusedElaboratable=no
-# (Amaranth reads that only on line 1.) BramFedArray builds its MacArray in __init__, to
-# validate the parameters and expose the array; a BramFedArray that is never elaborated
-# already warns where it was created, so the inner array need not warn here as well.
 """Board-independent test tops: a :class:`~hw.MacArray` fed from block RAM, for fmax and
 resource measurements.
 
@@ -330,7 +326,7 @@ class BramFedArray(wiring.Component):
         if not isinstance(skid, bool):
             raise TypeError(f"Skid must be a bool, not {skid!r}")
         self._skid = skid
-        self._array = MacArray(
+        self._array_config = MacArray.Config(
             lanes=lanes, cols=cols, act_bits=act_bits, weight_bits=weight_bits,
             act_signed=act_signed, max_k=max_k, act_outlier_lanes=act_outlier_lanes,
             weight_outlier_lanes=weight_outlier_lanes, act_outlier_bits=act_outlier_bits,
@@ -341,8 +337,8 @@ class BramFedArray(wiring.Component):
 
     @property
     def array(self):
-        """The :class:`~hw.MacArray` under measurement."""
-        return self._array
+        """The :class:`~hw.MacArray.Config` of the array under measurement."""
+        return self._array_config
 
     @property
     def depth(self):
@@ -362,20 +358,20 @@ class BramFedArray(wiring.Component):
     @property
     def macs_per_cycle(self):
         """Dense multiply-accumulates per cycle in steady state (``lanes × cols``)."""
-        return self._array.lanes * self._array.cols
+        return self._array_config.lanes * self._array_config.cols
 
     def elaborate(self, platform):
         m = Module()
-        array = self._array
+        config = self._array_config
         m.submodules.feeder = feeder = BramFeeder(
-            array.act.payload.shape(), array.weights.payload.shape(), depth=self._depth,
-            beats_per_reduction=-(-array.max_k // array.lanes), seed=self._seed,
-            index_bounds={"lane": array.lanes, "col": array.cols})
-        m.submodules.array = array
-        m.submodules.fold = fold = XorFold(array.acc.payload.shape(), self._fold_width)
+            config.act_layout, config.weight_layout, depth=self._depth,
+            beats_per_reduction=-(-config.max_k // config.lanes), seed=self._seed,
+            index_bounds={"lane": config.lanes, "col": config.cols})
+        m.submodules.array = array = MacArray(**vars(config))
+        m.submodules.fold = fold = XorFold(config.acc_layout, self._fold_width)
         if self._skid:
-            m.submodules.act_skid = act_skid = SkidBuffer(array.act.payload.shape())
-            m.submodules.weight_skid = weight_skid = SkidBuffer(array.weights.payload.shape())
+            m.submodules.act_skid = act_skid = SkidBuffer(config.act_layout)
+            m.submodules.weight_skid = weight_skid = SkidBuffer(config.weight_layout)
             wiring.connect(m, feeder.act, act_skid.i)
             wiring.connect(m, act_skid.o, array.act)
             wiring.connect(m, feeder.weights, weight_skid.i)

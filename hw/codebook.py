@@ -6,7 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from olmac.spec import CODEBOOK_ENTRY_BITS, check_int
-from .config import ConfigProperty
+from .config import ConfigProperty, ConfiguredComponent
 from .mac_array import WeightBeat
 
 __all__ = ["GRANULARITIES", "DECODER_IDX_BITS", "MAX_SUBGROUPS", "CodeBeat", "CodebookEntry",
@@ -56,7 +56,7 @@ class CodebookEntry(data.StructLayout):
         })
 
 
-class CodebookDecoder(wiring.Component):
+class CodebookDecoder(ConfiguredComponent):
     """SYQ symmetric-codebook weight decoder (docs/codebooks.md §3–§4).
 
     Each beat of ``codes`` is a ``lanes × cols`` tile of codes
@@ -189,18 +189,14 @@ class CodebookDecoder(wiring.Component):
             """Payload of the ``weights`` port."""
             return WeightBeat(self.weight_shape, self.lanes, self.cols)
 
-    def __init__(self, **params):
-        self._config = self.Config(**params)
-        super().__init__({
-            "codes": In(stream.Signature(self._config.codes_layout)),
-            "load": In(stream.Signature(self._config.load_layout)),
-            "weights": Out(stream.Signature(self._config.weight_layout)),
-        })
-
-    @property
-    def config(self):
-        """The decoder's :class:`CodebookDecoder.Config`."""
-        return self._config
+        @property
+        def signature(self):
+            """The decoder's signature: ``codes``, ``load`` and ``weights``."""
+            return wiring.Signature({
+                "codes": In(stream.Signature(self.codes_layout)),
+                "load": In(stream.Signature(self.load_layout)),
+                "weights": Out(stream.Signature(self.weight_layout)),
+            })
 
     lanes = ConfigProperty()
     cols = ConfigProperty()

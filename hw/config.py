@@ -1,6 +1,37 @@
-"""Read-only component properties that read the component's configuration object."""
+"""Components made from a frozen configuration object, and their read-only properties."""
 
-__all__ = ["ConfigProperty"]
+from amaranth.lib import wiring
+
+__all__ = ["ConfiguredComponent", "ConfigProperty"]
+
+
+class ConfiguredComponent(wiring.Component):
+    """A component whose parameters are the fields of its nested ``Config`` class.
+
+    ``Config`` is a frozen dataclass that validates the parameters and derives everything
+    others need without building hardware, its ``signature`` (the component's ports)
+    included; the constructor makes the configuration, so a component is only created with
+    valid parameters, and takes its signature from it.
+
+    Parameters
+    ----------
+    **params
+        The fields of the class's ``Config``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the class's ``Config`` raises them.
+    """
+
+    def __init__(self, **params):
+        self._config = self.Config(**params)
+        super().__init__(self._config.signature)
+
+    @property
+    def config(self):
+        """The component's validated ``Config``."""
+        return self._config
 
 
 class ConfigProperty:

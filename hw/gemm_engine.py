@@ -1,14 +1,18 @@
+from dataclasses import dataclass, fields
+
 from amaranth.hdl import *
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 
 from .codebook import CodebookDecoder
+from .config import ConfiguredComponent
 from .mac_array import MacArray
 from .requant import Requantizer
 
 __all__ = ["GemmEngine"]
 
 
-class GemmEngine(wiring.Component):
+class GemmEngine(ConfiguredComponent):
     """The MAC array, behind a codebook decoder when the weights are SYQ codes, followed by
     a requantizer when an output format is given.
 
@@ -16,27 +20,13 @@ class GemmEngine(wiring.Component):
 
     Parameters
     ----------
-    **array_params
-        As for :class:`MacArray`.
-    out_bits : int or None
-        Requantized output width (2..16), or ``None`` to output the accumulators.
-    out_signed : bool
-        Signedness of the requantized output.
-    out_outlier_bits : int or None
-        Extract output outliers of this width (§7); only with ``out_bits``.
-    codebook : dict or None
-        :class:`~hw.codebook.CodebookDecoder` parameters (``idx_bits``, ``zero``,
-        ``entry_bits``, ``subgroups``, ``granularity``): the weights arrive as codes and the
-        decoder feeds the array at full throughput. ``weight_bits`` must then be
-        ``entry_bits + 1``.
+    **params
+        The fields of :class:`GemmEngine.Config`, which validates them.
 
     Raises
     ------
     TypeError, ValueError
-        As :class:`MacArray` and :class:`Requantizer` raise them.
-    ValueError
-        If ``out_outlier_bits`` is given without ``out_bits``, or a codebook is combined with
-        weight outliers, weight planes or a ``weight_bits`` other than ``entry_bits + 1``.
+        As :class:`GemmEngine.Config` raises them.
 
     Members
     -------
@@ -49,73 +39,146 @@ class GemmEngine(wiring.Component):
         Accumulator vectors, or requantized vectors with ``out_bits``.
     """
 
-    def __init__(self, *, out_bits=None, out_signed=True, out_outlier_bits=None,
-                 codebook=None, **array_params):
-        if out_outlier_bits is not None and out_bits is None:
-            raise ValueError(f"Output outliers (out_outlier_bits={out_outlier_bits}) need a "
-                             f"requantized output (out_bits)")
-        self._decoder = None
-        if codebook is not None:
-            if array_params.get("weight_outlier_lanes") or array_params.get("plane_shift_bits"):
-                raise ValueError("A codebook decoder cannot be combined with weight outliers "
-                                 "or weight planes")
-            self._decoder = CodebookDecoder(lanes=array_params["lanes"],
-                                            cols=array_params["cols"], **codebook)
-            if array_params.get("weight_bits") != self._decoder.entry_bits + 1:
-                raise ValueError(f"Weight width {array_params.get('weight_bits')} must be the "
-                                 f"decoded width entry_bits + 1 = "
-                                 f"{self._decoder.entry_bits + 1}")
-        self._array = MacArray(**array_params)
-        self._requantizer = None
-        array_members = self._array.signature.members
-        members = {"act": array_members["act"]}
-        if self._decoder is None:
-            members["weights"] = array_members["weights"]
-        else:
-            members["codes"] = self._decoder.signature.members["codes"]
-            members["load"] = self._decoder.signature.members["load"]
-        if out_bits is None:
-            members["out"] = array_members["acc"]
-        else:
-            self._requantizer = Requantizer(cols=self._array.cols,
-                                            acc_width=self._array.acc_width,
-                                            out_bits=out_bits, out_signed=out_signed,
-                                            outlier_bits=out_outlier_bits)
-            members["params"] = self._requantizer.signature.members["params"]
-            members["out"] = self._requantizer.signature.members["out"]
-        super().__init__(members)
+    @dataclass(frozen=True, kw_only=True)
+    class Config(MacArray.Config):
+        """A :class:`MacArray.Config` (the array's parameters, and what follows from them)
+        with the engine's decoder and requantizer; plain data, so a job file carries it
+        (``dataclasses.asdict``) and a build folder is named after it (:attr:`name`).
 
-    @property
-    def array(self):
-        """The :class:`MacArray`."""
-        return self._array
+        Parameters
+        ----------
+        out_bits : int or None
+            Requantized output width (2..16), or ``None`` to output the accumulators.
+        out_signed : bool
+            Signedness of the requantized output.
+        out_outlier_bits : int or None
+            Extract output outliers of this width (§7); only with ``out_bits``.
+        codebook : dict or None
+            :class:`~hw.codebook.CodebookDecoder.Config` fields other than ``lanes`` and
+            ``cols`` (``idx_bits``, ``zero``, ``entry_bits``, ``subgroups``,
+            ``granularity``): the weights arrive as codes and the decoder feeds the array at
+            full throughput. ``weight_bits`` must then be ``entry_bits + 1``.
 
-    @property
-    def decoder(self):
-        """The :class:`~hw.codebook.CodebookDecoder`, or ``None`` for plain weights."""
-        return self._decoder
+        Raises
+        ------
+        TypeError, ValueError
+            As :class:`MacArray.Config`, :class:`~hw.codebook.CodebookDecoder.Config` and
+            :class:`Requantizer.Config` raise them.
+        ValueError
+            If ``out_outlier_bits`` is given without ``out_bits``, or a codebook is combined
+            with weight outliers, weight planes or a ``weight_bits`` other than
+            ``entry_bits + 1``.
+        """
+        out_bits: int | None = None
+        out_signed: bool = True
+        out_outlier_bits: int | None = None
+        codebook: dict | None = None
 
-    @property
-    def requantizer(self):
-        """The :class:`Requantizer`, or ``None`` when accumulators are output."""
-        return self._requantizer
+        def __post_init__(self):
+            if self.out_outlier_bits is not None and self.out_bits is None:
+                raise ValueError(f"Output outliers (out_outlier_bits={self.out_outlier_bits}) "
+                                 f"need a requantized output (out_bits)")
+            if self.codebook is not None:
+                if self.weight_outlier_lanes or self.plane_shift_bits:
+                    raise ValueError("A codebook decoder cannot be combined with weight "
+                                     "outliers or weight planes")
+                decoded = self.decoder.entry_bits + 1
+                if self.weight_bits != decoded:
+                    raise ValueError(f"Weight width {self.weight_bits} must be the decoded "
+                                     f"width entry_bits + 1 = {decoded}")
+            super().__post_init__()
+            # Making the requantizer's configuration checks its parameters.
+            self.requantizer
+
+        @property
+        def array(self):
+            """The :class:`MacArray.Config` of the array."""
+            return MacArray.Config(**{field.name: getattr(self, field.name)
+                                      for field in fields(MacArray.Config)})
+
+        @property
+        def decoder(self):
+            """The :class:`~hw.codebook.CodebookDecoder.Config`, or ``None`` for plain
+            weights."""
+            if self.codebook is None:
+                return None
+            return CodebookDecoder.Config(lanes=self.lanes, cols=self.cols, **self.codebook)
+
+        @property
+        def requantizer(self):
+            """The :class:`Requantizer.Config`, or ``None`` when accumulators are output."""
+            if self.out_bits is None:
+                return None
+            return Requantizer.Config(cols=self.cols, acc_width=self.acc_width,
+                                      out_bits=self.out_bits, out_signed=self.out_signed,
+                                      outlier_bits=self.out_outlier_bits)
+
+        @property
+        def out_layout(self):
+            """Payload of the ``out`` port."""
+            if self.out_bits is None:
+                return self.acc_layout
+            return self.requantizer.out_layout
+
+        @property
+        def signature(self):
+            """The engine's signature: ``act``, ``weights`` (or the decoder's ``codes`` and
+            ``load``), the requantizer's ``params`` and ``out``."""
+            members = {"act": In(stream.Signature(self.act_layout))}
+            if self.decoder is None:
+                members["weights"] = In(stream.Signature(self.weight_layout))
+            else:
+                members["codes"] = In(stream.Signature(self.decoder.codes_layout))
+                members["load"] = In(stream.Signature(self.decoder.load_layout))
+            if self.requantizer is not None:
+                members["params"] = In(stream.Signature(self.requantizer.params_layout))
+            members["out"] = Out(stream.Signature(self.out_layout))
+            return wiring.Signature(members)
+
+        @property
+        def name(self):
+            """A file-name-safe identifier, unique per configuration."""
+            act = f"{'s' if self.act_signed else 'u'}{self.act_bits}"
+            out = "acc" if self.out_bits is None else \
+                f"{'s' if self.out_signed else 'u'}{self.out_bits}"
+            name = f"l{self.lanes}c{self.cols}_a{act}_w{self.weight_bits}_k{self.max_k}_{out}"
+            if self.act_outlier_lanes:
+                name += (f"_ao{self.act_outlier_lanes}b{self.act_outlier_bits}"
+                         f"s{self.act_outlier_slots}")
+            if self.weight_outlier_lanes:
+                name += (f"_wo{self.weight_outlier_lanes}b{self.weight_outlier_bits}"
+                         f"s{self.weight_outlier_slots}")
+            if self.out_outlier_bits:
+                name += f"_oo{self.out_outlier_bits}"
+            if self.plane_shift_bits:
+                name += f"_ps{self.plane_shift_bits}m{self.max_plane_shift}"
+            if self.codebook:
+                book = self.decoder
+                name += (f"_cb{book.idx_bits}{'z' if book.zero else ''}"
+                         f"e{book.entry_bits}{book.granularity[0]}{book.subgroups}")
+            if self.acc_width != self._required_acc_width():
+                name += f"_acc{self.acc_width}"
+            if self.multipliers != "lut":
+                name += f"_{self.multipliers}"
+            return name
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.array = self._array
-        wiring.connect(m, wiring.flipped(self.act), self._array.act)
-        if self._decoder is None:
-            wiring.connect(m, wiring.flipped(self.weights), self._array.weights)
+        config = self._config
+        m.submodules.array = array = MacArray(**vars(config.array))
+        wiring.connect(m, wiring.flipped(self.act), array.act)
+        if config.decoder is None:
+            wiring.connect(m, wiring.flipped(self.weights), array.weights)
         else:
-            m.submodules.decoder = self._decoder
-            wiring.connect(m, wiring.flipped(self.codes), self._decoder.codes)
-            wiring.connect(m, wiring.flipped(self.load), self._decoder.load)
-            wiring.connect(m, self._decoder.weights, self._array.weights)
-        if self._requantizer is None:
-            wiring.connect(m, self._array.acc, wiring.flipped(self.out))
+            m.submodules.decoder = decoder = CodebookDecoder(**vars(config.decoder))
+            wiring.connect(m, wiring.flipped(self.codes), decoder.codes)
+            wiring.connect(m, wiring.flipped(self.load), decoder.load)
+            wiring.connect(m, decoder.weights, array.weights)
+        if config.requantizer is None:
+            wiring.connect(m, array.acc, wiring.flipped(self.out))
         else:
-            m.submodules.requantizer = self._requantizer
-            wiring.connect(m, self._array.acc, self._requantizer.acc)
-            wiring.connect(m, wiring.flipped(self.params), self._requantizer.params)
-            wiring.connect(m, self._requantizer.out, wiring.flipped(self.out))
+            m.submodules.requantizer = requantizer = Requantizer(**vars(config.requantizer))
+            wiring.connect(m, array.acc, requantizer.acc)
+            wiring.connect(m, wiring.flipped(self.params), requantizer.params)
+            wiring.connect(m, requantizer.out, wiring.flipped(self.out))
         return m

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from olmac.spec import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
-from .config import ConfigProperty
+from .config import ConfigProperty, ConfiguredComponent
 from .multipliers import DSP_STAGES, MODES, PACKED_STAGES, DspProduct, PackedPair, packable
 from .result_buffer import ResultBuffer
 from .shapes import narrowest_signed, product_bounds
@@ -73,7 +73,7 @@ class WeightBeat(data.StructLayout):
         super().__init__(fields)
 
 
-class MacArray(wiring.Component):
+class MacArray(ConfiguredComponent):
     """Low-bit multiply-accumulate array with optional outlier lanes, output-stationary
     (docs/semantics.md §2, §4, §6).
 
@@ -328,6 +328,15 @@ class MacArray(wiring.Component):
             return data.ArrayLayout(signed(self.acc_width), self.cols)
 
         @property
+        def signature(self):
+            """The array's signature: ``act``, ``weights`` and ``acc``."""
+            return wiring.Signature({
+                "act": In(stream.Signature(self.act_layout)),
+                "weights": In(stream.Signature(self.weight_layout)),
+                "acc": Out(stream.Signature(self.acc_layout)),
+            })
+
+        @property
         def latency(self):
             """Cycles from a ``last`` beat's transfer to its result entering the output
             queue."""
@@ -391,19 +400,6 @@ class MacArray(wiring.Component):
         def _required_acc_width(self):
             # Shifting the accumulator left by S in total multiplies the bound by at most 2^S.
             return narrowest_signed(*self._accumulator_bounds()).width + self.max_plane_shift
-
-    def __init__(self, **params):
-        self._config = self.Config(**params)
-        super().__init__({
-            "act": In(stream.Signature(self._config.act_layout)),
-            "weights": In(stream.Signature(self._config.weight_layout)),
-            "acc": Out(stream.Signature(self._config.acc_layout)),
-        })
-
-    @property
-    def config(self):
-        """The array's :class:`MacArray.Config`."""
-        return self._config
 
     lanes = ConfigProperty()
     cols = ConfigProperty()

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from olmac.spec import (OUT_BITS, OUTLIER_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE,
                           RESIDUAL_BITS, RESIDUAL_SHIFT_RANGE, check_int)
-from .config import ConfigProperty
+from .config import ConfigProperty, ConfiguredComponent
 from .mac_array import MAX_ACC_WIDTH
 from .result_buffer import ResultBuffer
 from .shapes import shape_bounds
@@ -127,13 +127,23 @@ class RequantConfig:
         """Payload of the ``acc`` port."""
         return data.ArrayLayout(signed(self.acc_width), self.cols)
 
+    @property
+    def signature(self):
+        """The requantizer's signature: ``acc``, ``params`` (the subclass's
+        ``params_layout``) and ``out`` (its ``out_layout``)."""
+        return wiring.Signature({
+            "acc": In(stream.Signature(self.acc_layout)),
+            "params": In(stream.Signature(self.params_layout)),
+            "out": Out(stream.Signature(self.out_layout)),
+        })
+
     def _params_layout(self, cols, threshold_shape=None):
         residual_shape = None if self.residual_bits is None else signed(self.residual_bits)
         bounds_shape = self.out_shape if self.runtime_bounds else None
         return RequantParams(cols, threshold_shape, residual_shape, bounds_shape)
 
 
-class Requantizer(wiring.Component):
+class Requantizer(ConfiguredComponent):
     """Per-channel requantization ``clamp(((acc + bias)·M + 2^(s-1)) >> s, lo, hi)`` (§3),
     optionally with a residual added before the one rounding,
     ``clamp(((acc + bias)·M + r·M_r·2^t + 2^(s-1)) >> s, lo, hi)`` (docs/program.md §11).
@@ -214,19 +224,6 @@ class Requantizer(wiring.Component):
             if self.outlier_bits is None:
                 return data.ArrayLayout(self.out_shape, self.cols)
             return RequantOutput(self.out_shape, self.outlier_shape, self.cols)
-
-    def __init__(self, **params):
-        self._config = self.Config(**params)
-        super().__init__({
-            "acc": In(stream.Signature(self._config.acc_layout)),
-            "params": In(stream.Signature(self._config.params_layout)),
-            "out": Out(stream.Signature(self._config.out_layout)),
-        })
-
-    @property
-    def config(self):
-        """The requantizer's :class:`Requantizer.Config`."""
-        return self._config
 
     cols = ConfigProperty()
     out_shape = ConfigProperty()

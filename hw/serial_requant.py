@@ -7,18 +7,17 @@ integer semantics of :class:`hw.requant.Requantizer` (docs/semantics.md §3, doc
 from dataclasses import dataclass
 
 from amaranth.hdl import *
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data
 
 from olmac.spec import MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_SHIFT_RANGE
-from .config import ConfigProperty
+from .config import ConfigProperty, ConfiguredComponent
 from .requant import RequantConfig
 from .shapes import shape_bounds
 
 __all__ = ["SerialRequantizer"]
 
 
-class SerialRequantizer(wiring.Component):
+class SerialRequantizer(ConfiguredComponent):
     """Per-channel requantization, one channel after another:
     ``clamp(((acc + β)·M + r·M_r·2^t + 2^(s-1)) >> s, lo, hi)`` (docs/program.md §11; without
     a residual, docs/semantics.md §3), exactly as :class:`hw.requant.Requantizer`.
@@ -99,19 +98,6 @@ class SerialRequantizer(wiring.Component):
                              + RESIDUAL_SHIFT_RANGE[1])
             # one bit for the sum of the two products, one for the rounding term (< 2^62)
             return max(widest, SHIFT_RANGE[1]) + 2
-
-    def __init__(self, **params):
-        self._config = self.Config(**params)
-        super().__init__({
-            "acc": In(stream.Signature(self._config.acc_layout)),
-            "params": In(stream.Signature(self._config.params_layout)),
-            "out": Out(stream.Signature(self._config.out_layout)),
-        })
-
-    @property
-    def config(self):
-        """The requantizer's :class:`SerialRequantizer.Config`."""
-        return self._config
 
     cols = ConfigProperty()
     per_channel = ConfigProperty()

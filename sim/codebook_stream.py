@@ -90,7 +90,7 @@ def _layer_beats(decoder, layer, rows):
     return code_tiles, beat_ids, expected_tiles
 
 
-def codebook_program(decoder: CodebookDecoder, layers: list[CodebookLayer], *,
+def codebook_program(decoder: CodebookDecoder.Config, layers: list[CodebookLayer], *,
                      rows: int = 1) -> CodebookProgram:
     """Every layer's tables as one reload batch requested by its first tile, then its
     tiles repeated for ``rows`` activation rows (the order of docs/semantics.md §4).
@@ -115,12 +115,12 @@ def codebook_program(decoder: CodebookDecoder, layers: list[CodebookLayer], *,
         load_leaves.append(np.stack([layer.base + subgroup, index, groups.reshape(-1), last],
                                     axis=1))
     return CodebookProgram(
-        codes=LayoutCodec(decoder.codes.payload.shape()).pack(np.concatenate(code_leaves)),
-        loads=LayoutCodec(decoder.load.payload.shape()).pack(np.concatenate(load_leaves)),
+        codes=LayoutCodec(decoder.codes_layout).pack(np.concatenate(code_leaves)),
+        loads=LayoutCodec(decoder.load_layout).pack(np.concatenate(load_leaves)),
         tiles=np.concatenate(expected))
 
 
-def random_layers(decoder: CodebookDecoder, rng: np.random.Generator,
+def random_layers(decoder: CodebookDecoder.Config, rng: np.random.Generator,
                   count: int) -> list[CodebookLayer]:
     """``count`` layers of random codes (including the never-written ``1 << idx_bits``)
     and tables (entry 0 is 0 with a zero code), at random ids, so that later layers reload

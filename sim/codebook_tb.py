@@ -1,8 +1,4 @@
-# amaranth: UnusedElaboratable=no
 """cocotb testbench of :class:`hw.codebook.CodebookDecoder` on Verilator.
-
-(The first line turns off Amaranth's unused-elaboratable warning: the testbench builds a
-decoder only to read its port layouts.)
 
 A program is a list of layers in golden's own form (:func:`golden.syq.decode_to_int`'s
 ``codes`` and ``tables``), each loaded by one reload batch before its first tile: drivers
@@ -16,13 +12,12 @@ import os
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import ClockCycles
 
 from olmac.hw.codebook import CodebookDecoder
 from .codebook_stream import CodebookProgram, codebook_program, random_layers
 from .codec import LayoutCodec
-from .streams import StreamDriver, StreamMonitor
+from .streams import StreamDriver, StreamMonitor, start_and_reset
 
 __all__ = ["CONFIG_ENV", "config_env", "CodebookTestbench"]
 
@@ -41,13 +36,13 @@ class CodebookTestbench:
     """Streams a program through the DUT with random stalls on every stream and checks
     each decoded tile, in order, as it arrives."""
 
-    def __init__(self, dut, decoder: CodebookDecoder, program: CodebookProgram, *,
+    def __init__(self, dut, decoder: CodebookDecoder.Config, program: CodebookProgram, *,
                  pause_probability: float, seed: int):
         self.dut = dut
         self._program = program
         self._pause = pause_probability
         self._seed = seed
-        self._codec = LayoutCodec(decoder.weights.payload.shape())
+        self._codec = LayoutCodec(decoder.weight_layout)
         self.received = 0
         self.mismatches = []
 
@@ -61,11 +56,7 @@ class CodebookTestbench:
 
     async def run(self):
         dut = self.dut
-        Clock(dut.clk, 10, unit="ns").start()
-        dut.rst.value = 1
-        await ClockCycles(dut.clk, 2)
-        dut.rst.value = 0
-        await RisingEdge(dut.clk)
+        await start_and_reset(dut)
         codes = StreamDriver(dut, "codes", pause_probability=self._pause, seed=self._seed)
         load = StreamDriver(dut, "load", pause_probability=self._pause, seed=self._seed + 1)
         monitor = StreamMonitor(dut, "weights", pause_probability=self._pause,
@@ -82,7 +73,7 @@ class CodebookTestbench:
 async def run_program(dut):
     """Every tile of a program of random layers with reloads equals golden's decode."""
     config = json.loads(os.environ[CONFIG_ENV])
-    decoder = CodebookDecoder(**config["decoder"])
+    decoder = CodebookDecoder.Config(**config["decoder"])
     rng = np.random.default_rng(config["seed"])
     program = codebook_program(decoder, random_layers(decoder, rng, config["layers"]),
                                rows=config["rows"])

@@ -1,8 +1,4 @@
-# amaranth: UnusedElaboratable=no
 """cocotb testbench of :class:`hw.GemmEngine` on Verilator.
-
-(The first line turns off Amaranth's unused-elaboratable warning: the testbench builds
-an engine only to read its port layouts.)
 
 driver (act, weights[, params]) → DUT → monitor (out) → in-order scoreboard, whose
 expected vectors come from the golden model (docs/semantics.md §2–§4). The job to run
@@ -15,45 +11,11 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-import torch
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
 
-from olmac import golden
-from olmac.golden.mmse import combine_plane_accumulators
-from olmac.hw import GemmEngine
-from .job import JOB_ENV, Job
+from .job import JOB_ENV, Job, golden_result
 from .payloads import output_codec, output_leaves, output_values, stream_payloads
-from .streams import StreamDriver, StreamMonitor
+from .streams import StreamDriver, StreamMonitor, start_and_reset
 from .tiling import assemble_output, output_vectors
-
-
-def _golden_result(config, case):
-    """§2/§3 on the recombined tensors (§6: the reference of a layer with outliers is the
-    exact GEMM of dense + sparse), planes combined by §8, split by §7 when the engine
-    extracts output outliers: returns ``(dense, outliers or None)``."""
-    planes = case.weights if case.weights.ndim == 3 else case.weights[None]
-    accs = torch.stack([golden.gemm(
-        torch.from_numpy(case.acts), torch.from_numpy(plane),
-        act_bits=config.act_bits, act_signed=config.act_signed,
-        weight_bits=config.weight_bits,
-        act_outlier_bits=config.act_outlier_bits if config.act_outlier_lanes else None,
-        weight_outlier_bits=config.weight_outlier_bits if config.weight_outlier_lanes else None)
-        for plane in planes])
-    acc = accs[0] if case.plane_shifts is None else \
-        combine_plane_accumulators(accs, torch.from_numpy(case.plane_shifts))
-    if config.out_bits is None:
-        return acc.numpy(), None
-    y = golden.requantize_round_half_up(
-        acc, torch.from_numpy(case.bias), torch.from_numpy(case.multiplier),
-        torch.from_numpy(case.shift), out_bits=config.out_outlier_bits or config.out_bits,
-        out_signed=config.out_signed, relu=case.relu)
-    if config.out_outlier_bits is None:
-        return y.numpy(), None
-    dense, outliers = golden.split_output_outliers(y, case.outlier_threshold,
-                                                   out_bits=config.out_bits,
-                                                   out_signed=config.out_signed)
-    return dense.numpy(), outliers.numpy()
 
 
 class GemmTestbench:
@@ -62,8 +24,7 @@ class GemmTestbench:
     def __init__(self, dut, job: Job):
         self.dut = dut
         self.job = job
-        self._engine = GemmEngine(**vars(job.config))
-        self._out_codec = output_codec(self._engine)
+        self._out_codec = output_codec(job.config)
         self._received = []
         self._expected = []
         self.mismatches = []
@@ -71,13 +32,13 @@ class GemmTestbench:
     def _beats(self):
         streams = {}
         for case in self.job.cases:
-            for name, payloads in stream_payloads(self._engine, case).items():
+            for name, payloads in stream_payloads(self.job.config, case).items():
                 streams.setdefault(name, []).extend(payloads)
             if self.job.check:
                 cols = self.job.config.cols
-                dense, outliers = _golden_result(self.job.config, case)
+                dense, outliers = golden_result(self.job.config, case)
                 self._expected += list(output_leaves(
-                    self._engine, output_vectors(dense, cols),
+                    self.job.config, output_vectors(dense, cols),
                     None if outliers is None else output_vectors(outliers, cols)))
         return streams
 
@@ -92,11 +53,7 @@ class GemmTestbench:
 
     async def run(self):
         dut = self.dut
-        Clock(dut.clk, 10, unit="ns").start()
-        dut.rst.value = 1
-        await ClockCycles(dut.clk, 2)
-        dut.rst.value = 0
-        await RisingEdge(dut.clk)
+        await start_and_reset(dut)
 
         streams = self._beats()
         vector_count = sum(int(np.ceil(case.weights.shape[-1] / self.job.config.cols)) *
@@ -111,7 +68,7 @@ class GemmTestbench:
         await monitor.receive(vector_count, self._scoreboard)
         elapsed = time.perf_counter() - started
 
-        vectors = output_values(self._engine, np.array(self._received, dtype=np.int64))
+        vectors = output_values(self.job.config, np.array(self._received, dtype=np.int64))
         offset = 0
         for case in self.job.cases:
             m, n = case.acts.shape[0], case.weights.shape[-1]

@@ -9,58 +9,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-__all__ = ["EngineConfig", "GemmCase", "Job", "JOB_ENV"]
+from olmac import golden
+from olmac.golden.mmse import combine_plane_accumulators
+from olmac.hw import GemmEngine
+
+__all__ = ["GemmCase", "golden_result", "Job", "JOB_ENV"]
 
 #: Environment variable through which the simulator process finds its job file.
 JOB_ENV = "OLMAC_JOB"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Parameters of one generated :class:`hw.GemmEngine`."""
-    lanes: int
-    cols: int
-    act_bits: int
-    weight_bits: int
-    act_signed: bool
-    max_k: int
-    out_bits: int | None = None
-    out_signed: bool = True
-    act_outlier_lanes: int = 0
-    weight_outlier_lanes: int = 0
-    act_outlier_bits: int = 16
-    weight_outlier_bits: int = 16
-    act_outlier_slots: int | None = None
-    weight_outlier_slots: int | None = None
-    out_outlier_bits: int | None = None
-    plane_shift_bits: int = 0
-    max_plane_shift: int | None = None
-    codebook: dict | None = None
-
-    @property
-    def name(self):
-        """A file-name-safe identifier, unique per configuration."""
-        act = f"{'s' if self.act_signed else 'u'}{self.act_bits}"
-        out = "acc" if self.out_bits is None else \
-            f"{'s' if self.out_signed else 'u'}{self.out_bits}"
-        name = f"l{self.lanes}c{self.cols}_a{act}_w{self.weight_bits}_k{self.max_k}_{out}"
-        if self.act_outlier_lanes:
-            name += (f"_ao{self.act_outlier_lanes}b{self.act_outlier_bits}"
-                     f"s{self.act_outlier_slots or self.lanes}")
-        if self.weight_outlier_lanes:
-            name += (f"_wo{self.weight_outlier_lanes}b{self.weight_outlier_bits}"
-                     f"s{self.weight_outlier_slots or self.lanes}")
-        if self.out_outlier_bits:
-            name += f"_oo{self.out_outlier_bits}"
-        if self.plane_shift_bits:
-            name += f"_ps{self.plane_shift_bits}m{self.max_plane_shift}"
-        if self.codebook:
-            book = self.codebook
-            name += (f"_cb{book['idx_bits']}{'z' if book.get('zero') else ''}"
-                     f"e{book['entry_bits']}{book.get('granularity', 'layer')[0]}"
-                     f"{book.get('subgroups', 1)}")
-        return name
 
 
 @dataclass
@@ -82,12 +40,41 @@ class GemmCase:
     tables: np.ndarray | None = None
 
 
+def golden_result(config: GemmEngine.Config, case: GemmCase):
+    """What the engine ``config`` describes must output for ``case``: §2/§3 on the
+    recombined tensors (§6: the reference of a layer with outliers is the exact GEMM of
+    dense + sparse), planes combined by §8, split by §7 when the engine extracts output
+    outliers. Returns ``(dense, outliers or None)``, each M×N."""
+    planes = case.weights if case.weights.ndim == 3 else case.weights[None]
+    accs = torch.stack([golden.gemm(
+        torch.from_numpy(case.acts), torch.from_numpy(plane),
+        act_bits=config.act_bits, act_signed=config.act_signed,
+        weight_bits=config.weight_bits,
+        act_outlier_bits=config.act_outlier_bits if config.act_outlier_lanes else None,
+        weight_outlier_bits=config.weight_outlier_bits if config.weight_outlier_lanes else None)
+        for plane in planes])
+    acc = accs[0] if case.plane_shifts is None else \
+        combine_plane_accumulators(accs, torch.from_numpy(case.plane_shifts))
+    if config.out_bits is None:
+        return acc.numpy(), None
+    y = golden.requantize_round_half_up(
+        acc, torch.from_numpy(case.bias), torch.from_numpy(case.multiplier),
+        torch.from_numpy(case.shift), out_bits=config.out_outlier_bits or config.out_bits,
+        out_signed=config.out_signed, relu=case.relu)
+    if config.out_outlier_bits is None:
+        return y.numpy(), None
+    dense, outliers = golden.split_output_outliers(y, case.outlier_threshold,
+                                                   out_bits=config.out_bits,
+                                                   out_signed=config.out_signed)
+    return dense.numpy(), outliers.numpy()
+
+
 @dataclass
 class Job:
     """Everything one simulator run needs. ``pause_probability`` randomizes ``valid`` on
     every input and ``ready`` on the output; ``check`` makes the testbench's scoreboard
     compare every output vector with the golden model as it arrives."""
-    config: EngineConfig
+    config: GemmEngine.Config
     cases: list[GemmCase]
     pause_probability: float = 0.0
     seed: int = 0
@@ -130,7 +117,7 @@ class Job:
             cases.append(GemmCase(get("acts"), get("weights"), get("bias"), get("multiplier"),
                                   get("shift"), relu, threshold, get("plane_shifts"),
                                   get("codes"), get("tables")))
-        return cls(EngineConfig(**manifest["config"]), cases, manifest["pause_probability"],
+        return cls(GemmEngine.Config(**manifest["config"]), cases, manifest["pause_probability"],
                    manifest["seed"], manifest["check"], manifest["label"])
 
     def save_results(self, path: Path):

@@ -6,6 +6,7 @@ import torch
 from amaranth.hdl import Shape
 
 from olmac import golden
+from olmac.hw import GemmEngine
 from .codebook_stream import CodebookLayer, codebook_program
 from .codec import LayoutCodec
 from .job import GemmCase
@@ -31,9 +32,9 @@ def _param_leaves(case, cols, with_threshold):
     return np.concatenate([tiles, np.tile(layer, (len(tiles), 1))], axis=1)
 
 
-def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
-    """Packed payloads for each input stream of ``engine`` (a :class:`hw.GemmEngine`):
-    ``act``, ``weights`` (or, with a codebook decoder, ``codes`` and ``load``) and, with a
+def stream_payloads(config: GemmEngine.Config, case: GemmCase) -> dict[str, list[int]]:
+    """Packed payloads for each input stream of the engine ``config`` describes: ``act``,
+    ``weights`` (or, with a codebook decoder, ``codes`` and ``load``) and, with a
     requantizer, ``params``.
 
     Raises
@@ -41,26 +42,25 @@ def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
     ValueError
         If a beat holds more outliers than the engine carries per beat.
     """
-    array = engine.array
-    beats = gemm_beats(case.acts, case.weights, array.lanes, array.cols,
-                       act_dense_range=_range(array.act_shape),
-                       act_slots=array.act_outlier_slots,
-                       weight_dense_range=_range(array.weight_shape),
-                       weight_slots=array.weight_outlier_slots,
+    beats = gemm_beats(case.acts, case.weights, config.lanes, config.cols,
+                       act_dense_range=_range(config.act_shape),
+                       act_slots=config.act_outlier_slots,
+                       weight_dense_range=_range(config.weight_shape),
+                       weight_slots=config.weight_outlier_slots,
                        plane_shifts=case.plane_shifts)
-    if (beats.plane_shifts is not None) != bool(array.plane_shift_bits):
+    if (beats.plane_shifts is not None) != bool(config.plane_shift_bits):
         raise ValueError("Weight planes need an engine with plane shifts, and vice versa")
     if beats.plane_shifts is not None:
         total = case.plane_shifts.sum(axis=0).max(initial=0)
-        if total > array.max_plane_shift or case.plane_shifts.max(initial=0) >= \
-                1 << array.plane_shift_bits:
+        if total > config.max_plane_shift or case.plane_shifts.max(initial=0) >= \
+                1 << config.plane_shift_bits:
             raise ValueError(f"Plane shifts {case.plane_shifts.tolist()} exceed the engine's "
-                             f"{array.plane_shift_bits}-bit shifts or its total of "
-                             f"{array.max_plane_shift}")
+                             f"{config.plane_shift_bits}-bit shifts or its total of "
+                             f"{config.max_plane_shift}")
     count = len(beats.last)
     act_leaves = [beats.acts, beats.last[:, None]]
-    if engine.decoder is not None:
-        program = codebook_program(engine.decoder, [CodebookLayer(
+    if config.decoder is not None:
+        program = codebook_program(config.decoder, [CodebookLayer(
             torch.from_numpy(case.codes), torch.from_numpy(case.tables))],
             rows=case.acts.shape[0])
         if len(program.codes) != count:
@@ -74,46 +74,42 @@ def stream_payloads(engine, case: GemmCase) -> dict[str, list[int]]:
         weight_leaves.append(beats.weight_outliers.reshape(count, -1))
     if beats.plane_shifts is not None:
         weight_leaves.append(beats.plane_shifts)
-    if engine.decoder is None:
-        weight_payloads = {"weights": LayoutCodec(engine.weights.payload.shape()).pack(
+    if config.decoder is None:
+        weight_payloads = {"weights": LayoutCodec(config.weight_layout).pack(
             np.concatenate(weight_leaves, 1))}
     payloads = {
-        "act": LayoutCodec(engine.act.payload.shape()).pack(np.concatenate(act_leaves, 1)),
+        "act": LayoutCodec(config.act_layout).pack(np.concatenate(act_leaves, 1)),
         **weight_payloads,
     }
-    if engine.requantizer is not None:
-        requantizer = engine.requantizer
-        with_threshold = requantizer.outlier_shape is not None
+    if config.requantizer is not None:
+        with_threshold = config.out_outlier_bits is not None
         if with_threshold and case.outlier_threshold is None:
             raise ValueError("An engine with output outliers needs an outlier_threshold")
-        payloads["params"] = LayoutCodec(engine.params.payload.shape()).pack(
-            _param_leaves(case, array.cols, with_threshold))
+        payloads["params"] = LayoutCodec(config.requantizer.params_layout).pack(
+            _param_leaves(case, config.cols, with_threshold))
     return payloads
 
 
-def output_codec(engine) -> LayoutCodec:
-    """Unpacks ``engine.out`` payloads into leaf vectors (see :func:`output_leaves`)."""
-    return LayoutCodec(engine.out.payload.shape())
+def output_codec(config: GemmEngine.Config) -> LayoutCodec:
+    """Unpacks the engine's ``out`` payloads into leaf vectors (see :func:`output_leaves`)."""
+    return LayoutCodec(config.out_layout)
 
 
-def _extracts_outliers(engine):
-    return engine.requantizer is not None and engine.requantizer.outlier_shape is not None
-
-
-def output_leaves(engine, dense: np.ndarray, outliers: np.ndarray | None) -> np.ndarray:
+def output_leaves(config: GemmEngine.Config, dense: np.ndarray,
+                  outliers: np.ndarray | None) -> np.ndarray:
     """The ``out`` leaves expected for output vectors ``dense`` (R×cols): the values, or
     with output outliers (§7) the dense values then a ``(valid, col, value)`` slot per
     column."""
-    if not _extracts_outliers(engine):
+    if config.out_outlier_bits is None:
         return dense
     columns = np.broadcast_to(np.arange(dense.shape[1]), dense.shape)
     slots = np.stack([(outliers != 0).astype(np.int64), columns, outliers], axis=2)
     return np.concatenate([dense, slots.reshape(len(dense), -1)], axis=1)
 
 
-def output_values(engine, leaves: np.ndarray) -> np.ndarray:
+def output_values(config: GemmEngine.Config, leaves: np.ndarray) -> np.ndarray:
     """The values (R×cols) the next layer sees: with output outliers, dense + outliers."""
-    if not _extracts_outliers(engine):
+    if config.out_outlier_bits is None:
         return leaves
-    cols = engine.array.cols
+    cols = config.cols
     return leaves[:, :cols] + leaves[:, cols:].reshape(len(leaves), cols, 3)[:, :, 2]

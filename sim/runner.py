@@ -10,11 +10,11 @@ from amaranth.back import verilog
 from cocotb_tools.runner import Verilator, get_results
 
 from olmac.hw import GemmEngine
-from .job import JOB_ENV, EngineConfig, Job
+from .job import JOB_ENV, Job
 from .payloads import stream_payloads
 
 __all__ = ["MIN_VERILATOR", "verilator_environment", "LeanVerilator", "build_verilator",
-           "build_engine", "run_job"]
+           "run_cocotb", "build_engine", "run_job"]
 
 #: cocotb 2 needs at least this Verilator (older ones fail on its VPI glue).
 MIN_VERILATOR = (5, 36)
@@ -84,26 +84,57 @@ def build_verilator(source: Path, toplevel: str, build_dir: Path, *, always: boo
     return runner
 
 
-def build_engine(config: EngineConfig, build_root: Path, *, always=False, transform=None,
-                 check=None) -> Path:
-    """Write the engine's Verilog and compile it with Verilator; returns the build folder.
-
-    The Verilog is rewritten, and the model rebuilt, only when it changes (or ``always``).
-    ``transform``, if given, edits the Verilog text first: the testbench's own tests use it
-    to inject a fault and check that the scoreboard sees it. ``check``, if given, is called
-    with the elaborated engine before the (slow) compilation and may raise.
-    """
-    build_dir = build_root.resolve() / config.name
+def _write_verilog(component, toplevel: str, build_dir: Path, transform=None) -> Path:
+    """Write ``component``'s Verilog, edited by ``transform`` if given, into ``build_dir``;
+    the file is rewritten only when it changes, so an unchanged model is not rebuilt."""
     build_dir.mkdir(parents=True, exist_ok=True)
-    source = build_dir / f"{TOPLEVEL}.v"
-    engine = GemmEngine(**vars(config))
-    text = verilog.convert(engine, name=TOPLEVEL)
-    if check is not None:
-        check(engine)
+    source = build_dir / f"{toplevel}.v"
+    text = verilog.convert(component, name=toplevel)
     if transform is not None:
         text = transform(text)
     if not source.exists() or source.read_text() != text:
         source.write_text(text)
+    return source
+
+
+def _run_test(runner, build_dir: Path, toplevel: str, *, test_module: str, testcase: str,
+              env: dict[str, str], log_file: Path, results_xml: Path) -> tuple[int, int]:
+    """Run one cocotb test on a built model; returns (tests, failures) from its results."""
+    results_xml.unlink(missing_ok=True)
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=toplevel,
+                    hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
+                    testcase=testcase, extra_env=env, log_file=log_file,
+                    results_xml=str(results_xml))
+    except SystemExit:
+        pass  # under pytest the runner exits on a failed test; the results file tells
+    return get_results(results_xml) if results_xml.exists() else (0, 0)
+
+
+def run_cocotb(component, toplevel: str, build_dir: Path, *, test_module: str,
+               testcase: str, env: dict[str, str], transform=None) -> tuple[int, int]:
+    """Build ``component`` (its Verilog edited by ``transform``, if given, e.g. to inject a
+    fault) with Verilator in ``build_dir`` and run cocotb test ``testcase`` of
+    ``test_module`` on it with ``env``; returns (tests, failures). The log is
+    ``build_dir / "test.log"``."""
+    build_dir = build_dir.resolve()
+    source = _write_verilog(component, toplevel, build_dir, transform)
+    runner = build_verilator(source, toplevel, build_dir, always=True)
+    return _run_test(runner, build_dir, toplevel, test_module=test_module, testcase=testcase,
+                     env=env, log_file=build_dir / "test.log",
+                     results_xml=build_dir / "results.xml")
+
+
+def build_engine(config: GemmEngine.Config, build_root: Path, *, always=False,
+                 transform=None) -> Path:
+    """Write the engine's Verilog and compile it with Verilator; returns the build folder.
+
+    The Verilog is rewritten, and the model rebuilt, only when it changes (or ``always``).
+    ``transform``, if given, edits the Verilog text first: the testbench's own tests use it
+    to inject a fault and check that the scoreboard sees it.
+    """
+    build_dir = build_root.resolve() / config.name
+    source = _write_verilog(GemmEngine(**vars(config)), TOPLEVEL, build_dir, transform)
     build_verilator(source, TOPLEVEL, build_dir, always=always)
     return build_dir
 
@@ -118,27 +149,17 @@ def run_job(job: Job, build_root: Path, *, rebuild=False, transform=None) -> Job
     AssertionError
         If the job checks against golden and a vector mismatches (see ``job.stats``).
     """
-    def fits(engine):
-        for case in job.cases:
-            stream_payloads(engine, case)  # refuse here what the simulator process would
-
-    build_dir = build_engine(job.config, build_root, always=rebuild, transform=transform,
-                             check=fits)
+    for case in job.cases:
+        stream_payloads(job.config, case)  # refuse here what the simulator process would
+    build_dir = build_engine(job.config, build_root, always=rebuild, transform=transform)
     job_path = job.save(build_dir / "jobs")
-    runner = LeanVerilator()
-    results_xml = build_dir / f"{job.label}.results.xml"
     log_file = build_dir / f"{job.label}.log"
     for stale in (job_path.with_suffix(".stats.json"), job_path.with_suffix(".results.npz")):
         stale.unlink(missing_ok=True)
-    try:
-        runner.test(
-            test_module="olmac.sim.gemm_tb", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
-            build_dir=build_dir, test_dir=build_dir, testcase="run_job",
-            extra_env={JOB_ENV: str(job_path)},
-            log_file=log_file, results_xml=str(results_xml))
-    except SystemExit:
-        pass  # under pytest the runner exits on a failed test; the results file tells
-    tests, failures = get_results(results_xml) if results_xml.exists() else (0, 0)
+    tests, failures = _run_test(LeanVerilator(), build_dir, TOPLEVEL,
+                                test_module="olmac.sim.gemm_tb", testcase="run_job",
+                                env={JOB_ENV: str(job_path)}, log_file=log_file,
+                                results_xml=build_dir / f"{job.label}.results.xml")
     if failures or tests != 1:
         mismatches = "?"
         if job_path.with_suffix(".stats.json").exists():

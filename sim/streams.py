@@ -7,22 +7,40 @@ which is when the transfer rule (``valid & ready`` at the edge) applies.
 
 import random
 
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
-__all__ = ["StreamDriver", "StreamMonitor"]
+__all__ = ["start_and_reset", "StreamDriver", "StreamMonitor"]
 
 
-class StreamDriver:
-    """Sends packed payloads in order; before each one, idles ``valid`` with probability
-    ``pause_probability`` per cycle. ``valid`` never depends on ``ready``."""
+async def start_and_reset(dut):
+    """Start ``dut.clk`` (10 ns) and hold ``dut.rst`` for two cycles; returns right after
+    the first rising edge out of reset, where drivers and monitors start."""
+    Clock(dut.clk, 10, unit="ns").start()
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 2)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
 
-    def __init__(self, dut, name, *, pause_probability=0.0, seed=0):
+
+class _StreamPort:
+    """The signals of stream port ``name`` of ``dut`` and a seeded pause generator."""
+
+    def __init__(self, dut, name, pause_probability, seed):
         self._clk = dut.clk
         self._valid = getattr(dut, f"{name}__valid")
         self._ready = getattr(dut, f"{name}__ready")
         self._payload = getattr(dut, f"{name}__payload")
         self._pause = pause_probability
         self._random = random.Random(seed)
+
+
+class StreamDriver(_StreamPort):
+    """Sends packed payloads in order; before each one, idles ``valid`` with probability
+    ``pause_probability`` per cycle. ``valid`` never depends on ``ready``."""
+
+    def __init__(self, dut, name, *, pause_probability=0.0, seed=0):
+        super().__init__(dut, name, pause_probability, seed)
         self._valid.value = 0
 
     async def send(self, payloads):
@@ -42,18 +60,13 @@ class StreamDriver:
         self._valid.value = 0
 
 
-class StreamMonitor:
+class StreamMonitor(_StreamPort):
     """Accepts ``count`` payloads, dropping ``ready`` with probability
     ``pause_probability`` per cycle, and hands each one (an ``int``) to ``on_payload``.
     ``cycles`` counts the rising edges it waited through."""
 
     def __init__(self, dut, name, *, pause_probability=0.0, seed=1):
-        self._clk = dut.clk
-        self._valid = getattr(dut, f"{name}__valid")
-        self._ready = getattr(dut, f"{name}__ready")
-        self._payload = getattr(dut, f"{name}__payload")
-        self._pause = pause_probability
-        self._random = random.Random(seed)
+        super().__init__(dut, name, pause_probability, seed)
         self._ready.value = 0
         self.cycles = 0
 

@@ -1,9 +1,4 @@
-# amaranth: UnusedElaboratable=no
-"""Fast tier: the SYQ codebook decoder on Amaranth's simulator against golden.syq.
-
-(The first line silences UnusedElaboratable: the validation tests build components that
-are never elaborated.)
-"""
+"""Fast tier: the SYQ codebook decoder on Amaranth's simulator against golden.syq."""
 
 import gc
 
@@ -80,7 +75,7 @@ def test_decoder_matches_golden(idx_bits, zero, granularity):
     decoder = CodebookDecoder(lanes=3, cols=2, idx_bits=idx_bits, zero=zero, entry_bits=5,
                               subgroups=6, granularity=granularity)
     rng = np.random.default_rng(idx_bits * 10 + zero)
-    program = codebook_program(decoder, random_layers(decoder, rng, 6), rows=2)
+    program = codebook_program(decoder.config, random_layers(decoder.config, rng, 6), rows=2)
     tiles, _ = _decode(decoder, program, pause=0.3, seed=idx_bits)
     np.testing.assert_array_equal(tiles, program.tiles)
 
@@ -93,7 +88,7 @@ def test_widest_entries_and_single_subgroup():
                                   entry_bits=entry_bits, subgroups=1, granularity="layer")
         codes = torch.tensor([[0, 1], [2, 3]])
         layer = CodebookLayer(codes, torch.tensor([[[top, 0]]]))
-        program = codebook_program(decoder, [layer])
+        program = codebook_program(decoder.config, [layer])
         tiles, _ = _decode(decoder, program)
         np.testing.assert_array_equal(tiles[0], [[top, -top], [0, 0]])
 
@@ -109,7 +104,7 @@ def test_reloads_between_tiles():
     codes = torch.from_numpy(rng.integers(0, 8, size=(2, 6)))
     first = torch.tensor([[[0, 1, 2, 3]], [[0, 4, 5, 6]]])
     second = torch.tensor([[[0, 15, 14, 13]], [[0, 12, 11, 10]]])
-    program = codebook_program(decoder, [CodebookLayer(codes, first),
+    program = codebook_program(decoder.config, [CodebookLayer(codes, first),
                                          CodebookLayer(codes, second),
                                          CodebookLayer(codes, first)], rows=3)
     # A partial reload before one more tile: entry 2 of subgroup 1 changes, and a load to
@@ -142,7 +137,7 @@ def test_one_tile_per_cycle():
     rng = np.random.default_rng(2)
     layer = CodebookLayer(torch.from_numpy(rng.integers(0, 16, size=(3, 16))),
                           torch.from_numpy(rng.integers(0, 64, size=(3, 1, 8))))
-    program = codebook_program(decoder, [layer], rows=10)
+    program = codebook_program(decoder.config, [layer], rows=10)
     tiles, cycles = _decode(decoder, program)
     np.testing.assert_array_equal(tiles, program.tiles)
     assert len(program.tiles) == 40
@@ -193,7 +188,8 @@ def test_decoder_feeds_mac_array(granularity, idx_bits, zero, shape):
     array = MacArray(lanes=lanes, cols=cols, act_bits=4, weight_bits=entry_bits + 1,
                      act_signed=False, max_k=k)
     dut = _DecodedMacArray(decoder, array)
-    program = codebook_program(decoder, [CodebookLayer(coded.codes, coded.tables)], rows=rows)
+    program = codebook_program(decoder.config, [CodebookLayer(coded.codes, coded.tables)],
+                               rows=rows)
     acts = np.random.default_rng(1).integers(0, 16, size=(rows, k))
     beats = gemm_beats(acts, np.zeros((k, n), dtype=np.int64), lanes, cols)
     act_payloads = LayoutCodec(dut.act.payload.shape()).pack(
@@ -237,14 +233,14 @@ def test_decoder_refuses_bad_parameters(kwargs, error, message):
                   granularity="row")
     params.update(kwargs)
     with pytest.raises(error, match=message):
-        CodebookDecoder(**params)
+        CodebookDecoder.Config(**params)
 
 
 def test_program_refuses_a_layer_of_another_granularity():
     """The test program names each weight's subgroup by golden's broadcast of ``tables``;
     a row-wise layer cannot be sent to a pixel-wise decoder."""
-    decoder = CodebookDecoder(lanes=2, cols=2, idx_bits=0, zero=False, entry_bits=3,
-                              subgroups=4, granularity="pixel")
+    decoder = CodebookDecoder.Config(lanes=2, cols=2, idx_bits=0, zero=False, entry_bits=3,
+                                     subgroups=4, granularity="pixel")
     layer = CodebookLayer(torch.zeros(3, 2, dtype=torch.int64),
                           torch.ones(3, 1, 1, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"^The layer's subgroups are not pixel-wise$"):

@@ -9,12 +9,10 @@ testbench's in-order scoreboard (:mod:`sim.codebook_tb`) compares every decoded 
 from pathlib import Path
 
 import pytest
-from amaranth.back import verilog
-from cocotb_tools.runner import get_results
 
 from olmac.hw.codebook import CodebookDecoder
 from olmac.sim.codebook_tb import config_env
-from olmac.sim.runner import build_verilator
+from olmac.sim.runner import run_cocotb
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_ROOT = REPO_ROOT / "build" / "test-codebook"
@@ -40,23 +38,10 @@ CONFIGS = {
 def _run(name, params, build_root, *, transform=None, seed=7):
     """Build the decoder for ``params`` and run a program of reloading layers on it;
     returns (tests, failures) from the cocotb results file."""
-    build_dir = build_root.resolve() / name
-    build_dir.mkdir(parents=True, exist_ok=True)
-    source = build_dir / f"{TOPLEVEL}.v"
-    text = verilog.convert(CodebookDecoder(**params), name=TOPLEVEL)
-    source.write_text(transform(text) if transform else text)
-    runner = build_verilator(source, TOPLEVEL, build_dir, always=True)
-    results_xml = build_dir / "results.xml"
-    results_xml.unlink(missing_ok=True)
     env = config_env(params, layers=8, rows=4, pause_probability=0.3, seed=seed)
-    try:
-        runner.test(test_module="olmac.sim.codebook_tb", hdl_toplevel=TOPLEVEL,
-                    hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
-                    testcase="run_program", extra_env=env, log_file=build_dir / "test.log",
-                    results_xml=str(results_xml))
-    except SystemExit:
-        pass  # under pytest the runner exits on a failed test; the results file tells
-    return get_results(results_xml) if results_xml.exists() else (0, 0)
+    return run_cocotb(CodebookDecoder(**params), TOPLEVEL, build_root / name,
+                      test_module="olmac.sim.codebook_tb", testcase="run_program", env=env,
+                      transform=transform)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-# (Amaranth reads that only on line 1.) The validation tests build arrays that are never
-# elaborated.
+# (Amaranth reads that only on line 1.) The validation tests build multipliers whose
+# constructors refuse their operands, so they are never elaborated.
 """hw.multipliers and MacArray(multipliers=...): the packed DSP multiply exhaustively on the
 Amaranth simulator, the array in every mode against the golden GEMM,
 parameter validation, and what Yosys maps each mode to."""
@@ -11,20 +11,16 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 from amaranth.back import rtlil
 from amaranth.hdl import *
 from amaranth.sim import Simulator
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from olmac import golden
 from olmac.fpga.synth import KEEP_REPLICAS, _yosys, synthesize
-from olmac.hw import GemmEngine, MacArray
+from olmac.hw import MacArray
 from olmac.hw.multipliers import DSP_STAGES, PACKED_STAGES, DspProduct, PackedPair, packable
-from olmac.sim.job import GemmCase
-from tests.test_hw_pysim import (CONFIGS, OUTLIER_CONFIGS, _outlier_operands, _random_operands,
-                                 _run_gemm)
+from tests.test_hw_pysim import CONFIGS, OUTLIER_CONFIGS, check_dense_gemm, check_outlier_gemm
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -104,15 +100,7 @@ def test_packable():
     if mode == "dsp" or max(config[2], config[4]) <= 5])
 def test_modes_match_golden(mode, lanes, cols, act_bits, act_signed, weight_bits):
     """In every mode the array equals golden.gemm exactly, with random stalls."""
-    rng = np.random.default_rng(lanes * 100 + cols)
-    m, k, n = 3, 2 * lanes + 1, 2 * cols + 1
-    acts, weights = _random_operands(rng, m, k, n, act_bits, act_signed, weight_bits)
-    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=act_bits, weight_bits=weight_bits,
-                        act_signed=act_signed, max_k=k, multipliers=mode)
-    result, _, _ = _run_gemm(engine, GemmCase(acts, weights), pause=0.4)
-    expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=act_bits,
-                           act_signed=act_signed, weight_bits=weight_bits)
-    np.testing.assert_array_equal(result, expected.numpy())
+    check_dense_gemm(lanes, cols, act_bits, act_signed, weight_bits, 0.4, multipliers=mode)
 
 
 @pytest.mark.parametrize("mode", ["dsp", "packed"])
@@ -122,28 +110,13 @@ def test_modes_with_outliers_match_golden(mode, lanes, cols, act_lanes, weight_l
                                           act_slots, weight_slots, ratio, clustered):
     """With outlier lanes on DSP products (and packed dense products), the array equals the
     exact GEMM of the recombined tensors, under random stalls."""
-    rng = np.random.default_rng(lanes * 7 + act_lanes)
-    m, k, n = 3, 3 * lanes + 1, 2 * cols + 1
-    acts, weights = _outlier_operands(rng, m, k, n, ratio, clustered=clustered)
-    if not act_lanes:
-        acts = np.clip(acts, -8, 7)
-    if not weight_lanes:
-        weights = np.clip(weights, -8, 7)
-    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=k,
-                        act_outlier_lanes=act_lanes, weight_outlier_lanes=weight_lanes,
-                        act_outlier_slots=act_slots, weight_outlier_slots=weight_slots,
-                        multipliers=mode)
-    result, _, _ = _run_gemm(engine, GemmCase(acts, weights), pause=0.3)
-    expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=4,
-                           act_signed=True, weight_bits=4,
-                           act_outlier_bits=16 if act_lanes else None,
-                           weight_outlier_bits=16 if weight_lanes else None)
-    np.testing.assert_array_equal(result, expected.numpy())
+    check_outlier_gemm(lanes, cols, act_lanes, weight_lanes, act_slots, weight_slots, ratio,
+                       clustered, multipliers=mode)
 
 
 def test_latency_by_mode():
     """The DSP stages lengthen the pipeline only where the adder tree does not hide them."""
-    make = lambda mode, lanes, outliers: MacArray(
+    make = lambda mode, lanes, outliers: MacArray.Config(
         lanes=lanes, cols=4, act_bits=4, weight_bits=4, max_k=64, act_outlier_lanes=outliers,
         multipliers=mode)
     assert make("lut", 16, 2).latency == make("dsp", 16, 2).latency == 7
@@ -160,7 +133,8 @@ def test_latency_by_mode():
 ])
 def test_bad_multipliers(multipliers, error, message):
     with pytest.raises(error, match=message):
-        MacArray(lanes=2, cols=2, act_bits=8, weight_bits=8, max_k=4, multipliers=multipliers)
+        MacArray.Config(lanes=2, cols=2, act_bits=8, weight_bits=8, max_k=4,
+                        multipliers=multipliers)
 
 
 def test_packed_pair_refuses_wide():

@@ -240,7 +240,9 @@ def test_top_streams_memory_every_cycle():
     2 lanes), every reduction's accumulators are the exact dot products of its beats, and
     the fold output is the XOR-fold of every accumulator vector seen two cycles earlier."""
     top = _small_top(depth=4, act_bits=3, weight_bits=3, max_k=4, fold_width=5)
-    array = top.array
+    # The array is built in elaborate: elaborate the top here to watch the array's streams.
+    design = top.elaborate(platform=None)
+    array = design.submodules.array
     # The feeder is built in elaborate; a twin with the same arguments gives the contents.
     from olmac.fpga.tops import BramFeeder
     act_words, weight_words = BramFeeder(
@@ -263,7 +265,7 @@ def test_top_streams_memory_every_cycle():
             folds.append(ctx.get(top.fold))
             await ctx.tick()
 
-    simulator = Simulator(top)
+    simulator = Simulator(design)
     simulator.add_clock(1e-6)
     simulator.add_testbench(testbench)
     simulator.run()

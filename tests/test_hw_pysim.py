@@ -1,9 +1,4 @@
-# amaranth: UnusedElaboratable=no
-"""Fast tier: the hardware blocks on Amaranth's simulator against the golden model.
-
-(The first line silences UnusedElaboratable: the validation tests build components that
-are never elaborated.)
-"""
+"""Fast tier: the hardware blocks on Amaranth's simulator against the golden model."""
 
 import numpy as np
 import pytest
@@ -32,9 +27,9 @@ def _random_operands(rng, m, k, n, act_bits, act_signed, weight_bits):
 
 def _run_gemm(engine, case, *, pause=0.0, seed=0):
     """Stream ``case`` through ``engine``; returns (M×N result, cycles, beats)."""
-    payloads = stream_payloads(engine, case)
+    payloads = stream_payloads(engine.config, case)
     m, n = case.acts.shape[0], case.weights.shape[-1]
-    vector_count = m * -(-n // engine.array.cols)
+    vector_count = m * -(-n // engine.config.cols)
     sim = Simulator(engine)
     sim.add_clock(1e-6)
     for index, name in enumerate(payloads):
@@ -44,7 +39,7 @@ def _run_gemm(engine, case, *, pause=0.0, seed=0):
     sink = StreamSink(engine.out, vector_count, pause_probability=pause, seed=seed + 3)
     sim.add_testbench(sink.run)
     sim.run()
-    vectors = output_values(engine, output_codec(engine).unpack(sink.received))
+    vectors = output_values(engine.config, output_codec(engine.config).unpack(sink.received))
     return assemble_output(vectors, m, n), sink.cycles, len(payloads["act"])
 
 
@@ -61,11 +56,17 @@ CONFIGS = [
 @pytest.mark.parametrize("pause", [0.0, 0.4])
 def test_mac_array_matches_golden(lanes, cols, act_bits, act_signed, weight_bits, pause):
     """The array's accumulators equal golden.gemm exactly, with random stalls on all streams."""
+    check_dense_gemm(lanes, cols, act_bits, act_signed, weight_bits, pause)
+
+
+def check_dense_gemm(lanes, cols, act_bits, act_signed, weight_bits, pause, **options):
+    """An engine of the given shape (and ``options``) computes golden.gemm exactly on random
+    operands under random stalls; shared with test_dsp, which adds ``multipliers``."""
     rng = np.random.default_rng(lanes * 100 + cols)
     m, k, n = 3, 2 * lanes + 1, 2 * cols + 1
     acts, weights = _random_operands(rng, m, k, n, act_bits, act_signed, weight_bits)
     engine = GemmEngine(lanes=lanes, cols=cols, act_bits=act_bits, weight_bits=weight_bits,
-                        act_signed=act_signed, max_k=k)
+                        act_signed=act_signed, max_k=k, **options)
     result, _, _ = _run_gemm(engine, GemmCase(acts, weights), pause=pause)
     expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=act_bits,
                            act_signed=act_signed, weight_bits=weight_bits)
@@ -112,6 +113,14 @@ def test_outlier_lanes_match_golden(lanes, cols, act_lanes, weight_lanes, act_sl
                                     weight_slots, ratio, clustered):
     """With outlier lanes, the array equals the exact GEMM of the recombined tensors (§6),
     under random stalls, including more outliers per beat than lanes."""
+    check_outlier_gemm(lanes, cols, act_lanes, weight_lanes, act_slots, weight_slots, ratio,
+                       clustered)
+
+
+def check_outlier_gemm(lanes, cols, act_lanes, weight_lanes, act_slots, weight_slots, ratio,
+                       clustered, **options):
+    """An engine with the given outlier lanes (and ``options``) computes the exact GEMM of
+    the recombined tensors under random stalls; shared with test_dsp."""
     rng = np.random.default_rng(lanes * 7 + act_lanes)
     m, k, n = 3, 3 * lanes + 1, 2 * cols + 1
     acts, weights = _outlier_operands(rng, m, k, n, ratio, clustered=clustered)
@@ -121,7 +130,8 @@ def test_outlier_lanes_match_golden(lanes, cols, act_lanes, weight_lanes, act_sl
         weights = np.clip(weights, -8, 7)
     engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=k,
                         act_outlier_lanes=act_lanes, weight_outlier_lanes=weight_lanes,
-                        act_outlier_slots=act_slots, weight_outlier_slots=weight_slots)
+                        act_outlier_slots=act_slots, weight_outlier_slots=weight_slots,
+                        **options)
     result, _, _ = _run_gemm(engine, GemmCase(acts, weights), pause=0.3)
     expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=4,
                            act_signed=True, weight_bits=4,
@@ -138,7 +148,7 @@ def test_one_outlier_per_beat_costs_no_cycle():
     acts, weights = _random_operands(rng, m, lanes, cols, 4, True, 4)
     engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=lanes,
                         act_outlier_lanes=1, weight_outlier_lanes=1)
-    fill = engine.array.latency + 3
+    fill = engine.config.latency + 3
     one_each = acts.copy()
     one_each[:, 1] = 1000
     weights_one = weights.copy()
@@ -158,7 +168,7 @@ def test_mac_array_one_beat_per_cycle():
     rng = np.random.default_rng(7)
     acts, weights = _random_operands(rng, m, lanes, cols, 4, True, 4)
     _, cycles, beats = _run_gemm(engine, GemmCase(acts, weights))
-    fill = engine.array.latency + 3
+    fill = engine.config.latency + 3
     assert cycles <= beats + fill, (cycles, beats, fill)
 
 
@@ -255,7 +265,7 @@ def test_mac_array_refuses_bad_parameters(kwargs, error, message):
     params = dict(lanes=16, cols=4, act_bits=4, weight_bits=4, act_signed=True, max_k=1024)
     params.update(kwargs)
     with pytest.raises(error, match=message):
-        MacArray(**params)
+        MacArray.Config(**params)
 
 
 def test_mac_array_derives_the_accumulator_width_of_the_spec():
@@ -265,9 +275,9 @@ def test_mac_array_derives_the_accumulator_width_of_the_spec():
         for weight_bits in range(2, 9):
             for act_signed in (True, False):
                 for max_k, lanes in ((1, 1), (7, 4), (1024, 16), (1 << 20, 8)):
-                    array = MacArray(lanes=lanes, cols=1, act_bits=act_bits,
-                                          weight_bits=weight_bits, act_signed=act_signed,
-                                          max_k=max_k)
+                    array = MacArray.Config(lanes=lanes, cols=1, act_bits=act_bits,
+                                            weight_bits=weight_bits, act_signed=act_signed,
+                                            max_k=max_k)
                     assert array.acc_width == golden.accumulator_width(
                         max_k, lanes, act_bits, act_signed, weight_bits)
 
@@ -282,7 +292,7 @@ def test_requantizer_refuses_bad_parameters(kwargs, message):
     params = dict(cols=4, acc_width=20, out_bits=8, out_signed=True)
     params.update(kwargs)
     with pytest.raises(TypeError, match=message):
-        Requantizer(**params)
+        Requantizer.Config(**params)
 
 
 def test_requantizer_extracts_output_outliers():

@@ -11,20 +11,21 @@ import numpy as np
 import pytest
 
 from olmac import golden
-from olmac.sim.job import EngineConfig, GemmCase, Job
+from olmac.hw import GemmEngine
+from olmac.sim.job import GemmCase, Job
 from olmac.sim.runner import run_job
 
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "test-sim"
 
 CONFIGS = [
-    EngineConfig(lanes=4, cols=1, act_bits=2, weight_bits=2, act_signed=True, max_k=1100),
-    EngineConfig(lanes=8, cols=4, act_bits=3, weight_bits=3, act_signed=False, max_k=1100),
-    EngineConfig(lanes=16, cols=16, act_bits=4, weight_bits=4, act_signed=True, max_k=1100),
-    EngineConfig(lanes=8, cols=16, act_bits=8, weight_bits=8, act_signed=True, max_k=1100),
-    EngineConfig(lanes=5, cols=3, act_bits=8, weight_bits=2, act_signed=False, max_k=1100),
-    EngineConfig(lanes=16, cols=8, act_bits=4, weight_bits=4, act_signed=False, max_k=1100,
+    GemmEngine.Config(lanes=4, cols=1, act_bits=2, weight_bits=2, act_signed=True, max_k=1100),
+    GemmEngine.Config(lanes=8, cols=4, act_bits=3, weight_bits=3, act_signed=False, max_k=1100),
+    GemmEngine.Config(lanes=16, cols=16, act_bits=4, weight_bits=4, act_signed=True, max_k=1100),
+    GemmEngine.Config(lanes=8, cols=16, act_bits=8, weight_bits=8, act_signed=True, max_k=1100),
+    GemmEngine.Config(lanes=5, cols=3, act_bits=8, weight_bits=2, act_signed=False, max_k=1100),
+    GemmEngine.Config(lanes=16, cols=8, act_bits=4, weight_bits=4, act_signed=False, max_k=1100,
                  out_bits=8, out_signed=False),
-    EngineConfig(lanes=4, cols=6, act_bits=4, weight_bits=3, act_signed=True, max_k=1100,
+    GemmEngine.Config(lanes=4, cols=6, act_bits=4, weight_bits=3, act_signed=True, max_k=1100,
                  out_bits=16, out_signed=True),
 ]
 
@@ -90,7 +91,7 @@ def test_engine_bit_exact_under_backpressure(config):
 def test_scoreboard_catches_a_faulty_lane(tmp_path):
     """Fault injection: with one product inverted in the Verilog, the same job fails.
     (The check above is only worth something if it can fail.)"""
-    config = EngineConfig(lanes=4, cols=2, act_bits=4, weight_bits=4, act_signed=True,
+    config = GemmEngine.Config(lanes=4, cols=2, act_bits=4, weight_bits=4, act_signed=True,
                           max_k=16)
     rng = np.random.default_rng(5)
     case = GemmCase(rng.integers(-8, 8, (4, 16)), rng.integers(-8, 8, (16, 3)))
@@ -105,9 +106,9 @@ def test_scoreboard_catches_a_faulty_lane(tmp_path):
 
 
 OUTLIER_CONFIGS = [
-    EngineConfig(lanes=16, cols=4, act_bits=4, weight_bits=4, act_signed=True, max_k=300,
+    GemmEngine.Config(lanes=16, cols=4, act_bits=4, weight_bits=4, act_signed=True, max_k=300,
                  act_outlier_lanes=1, weight_outlier_lanes=1, weight_outlier_slots=64),
-    EngineConfig(lanes=8, cols=8, act_bits=4, weight_bits=3, act_signed=False, max_k=300,
+    GemmEngine.Config(lanes=8, cols=8, act_bits=4, weight_bits=3, act_signed=False, max_k=300,
                  act_outlier_lanes=2, weight_outlier_lanes=2, weight_outlier_bits=8,
                  weight_outlier_slots=64, out_bits=4, out_signed=False, out_outlier_bits=16),
 ]
@@ -165,7 +166,7 @@ def test_outlier_lanes_bit_exact_under_backpressure(config):
 def test_weight_planes_bit_exact_under_backpressure():
     """§8: 1-, 2- and 3-plane layers (2-bit planes, per-column shifts) through one engine,
     requantized; every vector equals golden's plane combination under random stalls."""
-    config = EngineConfig(lanes=8, cols=4, act_bits=4, weight_bits=2, act_signed=False,
+    config = GemmEngine.Config(lanes=8, cols=4, act_bits=4, weight_bits=2, act_signed=False,
                           max_k=3 * 200, plane_shift_bits=4, max_plane_shift=12, out_bits=8)
     rng = np.random.default_rng(17)
     cases = []
@@ -190,7 +191,7 @@ def test_codebook_engine_bit_exact_under_backpressure(idx_bits, zero, granularit
     from olmac.golden.syq import decode_to_int
     import torch
     entry_bits, lanes, cols, n = 5, 8, 4, 9
-    config = EngineConfig(lanes=lanes, cols=cols, act_bits=4, weight_bits=entry_bits + 1,
+    config = GemmEngine.Config(lanes=lanes, cols=cols, act_bits=4, weight_bits=entry_bits + 1,
                           act_signed=False, max_k=300, out_bits=8,
                           codebook=dict(idx_bits=idx_bits, zero=zero, entry_bits=entry_bits,
                                         granularity=granularity, subgroups=300))
