@@ -14,7 +14,6 @@ from amaranth.sim import Simulator
 from olmac.hw.network import (BeatWalk, Loader, NarrowMemories, NetworkCore, OpDescriptor,
                               OpKind, OutputWalk, ParamFeed, Reducer, Sequencer, Storer,
                               WideMemories, WriteBack)
-from olmac.hw.requant import RequantParams
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -381,8 +380,7 @@ def test_param_feed_applies_the_ops_formats(residual, res_signed):
     """The parameter beat is the channel words with the op's ReLU flag and range; the
     residual slot is read signed or unsigned by ``res_signed``, and an op without a
     residual has ``r = M_r = t = 0``."""
-    layout = RequantParams(WIDTH, None, signed(17), signed(17))
-    dut = ParamFeed(CONFIG, layout)
+    dut = ParamFeed(CONFIG)
     channel = {"bias": -7, "multiplier": 12345, "shift": 9, "residual_multiplier": -3,
                "residual_shift": 4}
     words = {"channels": [channel] * WIDTH, "residuals": [0xFFFE, 5]}
@@ -409,7 +407,7 @@ def test_param_feed_applies_the_ops_formats(residual, res_signed):
 def test_write_back_addresses_and_done():
     """Each result is written as one 16-bit-slot word at ``out_base + pixel·out_words +
     tile``, in tile-then-pixel order; the op is done with its last write."""
-    dut = WriteBack(CONFIG, data.ArrayLayout(signed(16), WIDTH))
+    dut = WriteBack(CONFIG)
     results = [[tile * 10 + pixel, -1 - pixel] for tile in range(2) for pixel in range(3)]
     writes = []
 

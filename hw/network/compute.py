@@ -86,25 +86,23 @@ class ParamFeed(wiring.Component):
     Parameters
     ----------
     config : NetworkCore.Config
-        The core's configuration; a beat carries ``width`` channels, or one for a
-        per-channel serial requantizer.
-    params_layout : RequantParams
-        The requantizer's parameter beat.
+        The requantizer's parameter beat; a beat carries ``width`` channels, or one for
+        a per-channel serial requantizer.
 
     Members
     -------
     control : In(ControlSignature(descriptor))
         The op's ``relu``, ``low``, ``high``, ``residual`` and ``res_signed``.
     words : In(stream.Signature(SideWords(channels)))
-    params : Out(stream.Signature(params_layout))
+    params : Out(stream.Signature(RequantParams))
     """
 
-    def __init__(self, config, params_layout):
+    def __init__(self, config):
         self._channels = 1 if config.per_channel else config.width
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
             "words": In(stream.Signature(SideWords(self._channels))),
-            "params": Out(stream.Signature(params_layout)),
+            "params": Out(stream.Signature(config.requantizer_config.params_layout)),
         })
 
     def elaborate(self, platform):
@@ -141,26 +139,24 @@ class WriteBack(wiring.Component):
     Parameters
     ----------
     config : NetworkCore.Config
-        The activation word layout and memory depth.
-    results_layout : ArrayLayout
-        The requantizer's output vector (``width`` values of at most 16 bits).
+        The activation word layout and memory depth, the requantizer's output vector.
 
     Members
     -------
     control : In(ControlSignature(descriptor))
         The op's ``out_base``, ``out_words`` and ``out_pixels``.
-    results : In(stream.Signature(results_layout))
+    results : In(stream.Signature(ArrayLayout(signed(16), width)))
     write : In(WritePort.Signature(...))
         The activation memory's write port (driven here).
     done : Out(1)
         The op's last word is written.
     """
 
-    def __init__(self, config, results_layout):
+    def __init__(self, config):
         self._width = config.width
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
-            "results": In(stream.Signature(results_layout)),
+            "results": In(stream.Signature(config.requantizer_config.out_layout)),
             "write": In(WritePort.Signature(addr_width=ceil_log2(config.data_depth),
                                             shape=config.layouts["data"])),
             "done": Out(1),

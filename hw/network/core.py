@@ -1,7 +1,7 @@
 """The network core: the parts of hw/network wired around one MAC array and one
 requantizer (docs/network.md §15)."""
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from functools import cached_property, reduce
 
 from amaranth.hdl import *
@@ -9,7 +9,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.spec import check_int
-from ..mac_array import ActBeat, MacArray, WeightBeat
+from ..mac_array import MacArray
 from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
 from .compute import ParamFeed, Reducer, WriteBack
@@ -154,26 +154,35 @@ class NetworkCore(wiring.Component):
                                  f", not {self.memories!r}")
             for name in ("data_depth", "weight_depth", "param_depth", "program_depth"):
                 check_int(name, getattr(self, name), (1, 65536))
-            self.acc_width  # checks the array's parameters
-
-        @property
-        def array_options(self) -> dict:
-            """The keyword arguments of the :class:`MacArray` (``acc_width`` aside)."""
-            return dict(lanes=self.width, cols=self.width, act_bits=self.act_bits,
-                        act_signed=self.act_signed, weight_bits=self.weight_bits,
-                        max_k=self.max_k, weight_outlier_lanes=self.weight_outlier_lanes,
-                        weight_outlier_bits=self.weight_outlier_bits,
-                        weight_outlier_slots=self.weight_outlier_slots,
-                        multipliers=self.multipliers)
+            self.array  # checks the array's parameters
 
         @cached_property
+        def array(self) -> MacArray.Config:
+            """The :class:`MacArray`'s configuration (``lanes = cols = width``), its
+            accumulators also wide enough for the reducer's window sums of 17-bit values."""
+            least = MacArray.Config(
+                lanes=self.width, cols=self.width, act_bits=self.act_bits,
+                act_signed=self.act_signed, weight_bits=self.weight_bits, max_k=self.max_k,
+                weight_outlier_lanes=self.weight_outlier_lanes,
+                weight_outlier_bits=self.weight_outlier_bits,
+                weight_outlier_slots=self.weight_outlier_slots, multipliers=self.multipliers)
+            return replace(least, acc_width=max(least.acc_width,
+                                                STORAGE_BITS + 1 + WINDOW_GROWTH))
+
+        @property
         def acc_width(self) -> int:
-            """Accumulator bits: the array's, or more for the reducer's window sums of
-            17-bit values."""
-            probe = MacArray(**self.array_options)
-            # built only to read its least accumulator width
-            probe._MustUse__used = True
-            return max(probe.acc_width, STORAGE_BITS + 1 + WINDOW_GROWTH)
+            """Accumulator bits, of the array and the reducer."""
+            return self.array.acc_width
+
+        @cached_property
+        def requantizer_config(self) -> Requantizer.Config | SerialRequantizer.Config:
+            """The requantizer's configuration: 16-bit outputs, a 17-bit residual and
+            run-time bounds; the serial one per channel with narrow memories."""
+            options = dict(cols=self.width, acc_width=self.acc_width, out_bits=STORAGE_BITS,
+                           residual_bits=STORAGE_BITS + 1, runtime_bounds=True)
+            if self.requantizer == "serial":
+                return SerialRequantizer.Config(**options, per_channel=self.per_channel)
+            return Requantizer.Config(**options)
 
         @property
         def per_channel(self) -> bool:
@@ -192,23 +201,12 @@ class NetworkCore(wiring.Component):
             """The word layout of each memory: ``program`` (:class:`OpDescriptor`),
             ``weights`` (the array's weight beat), ``params`` (a :class:`ChannelWord` per
             column) and ``data`` (16-bit slots)."""
-            slots = 0
-            if self.weight_outlier_lanes:
-                slots = self.weight_outlier_slots or self.width
-            outlier_shape = signed(self.weight_outlier_bits) if slots else None
             return {
                 "program": OpDescriptor(self.data_depth, self.weight_depth, self.param_depth),
-                "weights": WeightBeat(signed(self.weight_bits), self.width, self.width,
-                                      outlier_shape, slots),
+                "weights": self.array.weight_layout,
                 "params": data.ArrayLayout(ChannelWord(), self.width),
                 "data": data.ArrayLayout(unsigned(STORAGE_BITS), self.width),
             }
-
-        @property
-        def act_layout(self) -> ActBeat:
-            """The array's activation beat (the core uses no activation outliers)."""
-            return ActBeat(signed(self.act_bits) if self.act_signed else unsigned(self.act_bits),
-                           self.width)
 
         @property
         def load_layout(self) -> LoadBeat:
@@ -233,15 +231,9 @@ class NetworkCore(wiring.Component):
             if any(not isinstance(w, int) or not 0 <= w < limit for w in words):
                 raise ValueError(f"Every {name} word must be an integer in 0..{limit - 1}")
             self._contents[name] = words
-        self._array = MacArray(**config.array_options, acc_width=config.acc_width)
-        requantizer_options = dict(cols=config.width, acc_width=config.acc_width,
-                                   out_bits=STORAGE_BITS, residual_bits=STORAGE_BITS + 1,
-                                   runtime_bounds=True)
-        if config.requantizer == "serial":
-            self._requantizer = SerialRequantizer(**requantizer_options,
-                                                  per_channel=config.per_channel)
-        else:
-            self._requantizer = Requantizer(**requantizer_options)
+        self._array = MacArray(**vars(config.array))
+        requantizer = SerialRequantizer if config.requantizer == "serial" else Requantizer
+        self._requantizer = requantizer(**vars(config.requantizer_config))
         word = config.layouts["data"]
         super().__init__({
             "inputs": In(stream.Signature(word)),
@@ -308,9 +300,8 @@ class NetworkCore(wiring.Component):
         m.submodules.beats = beats = BeatWalk(config)
         m.submodules.reducer = reducer = Reducer(config)
         m.submodules.outputs = outputs = OutputWalk(config)
-        m.submodules.feed = feed = ParamFeed(config, requantizer.params.payload.shape())
-        m.submodules.write_back = write_back = WriteBack(config,
-                                                         requantizer.out.payload.shape())
+        m.submodules.feed = feed = ParamFeed(config)
+        m.submodules.write_back = write_back = WriteBack(config)
 
         wiring.connect(m, sequencer.control, loader.control, storer.control, beats.control,
                        reducer.control, outputs.control, feed.control, write_back.control)

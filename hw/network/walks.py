@@ -94,7 +94,7 @@ class BeatWalk(wiring.Component):
                                              shape=word)),
             "weights_read": In(ReadPort.Signature(addr_width=ceil_log2(config.weight_depth),
                                                   shape=weight_layout)),
-            "act": Out(stream.Signature(config.act_layout)),
+            "act": Out(stream.Signature(config.array.act_layout)),
             "weights": Out(stream.Signature(weight_layout)),
             "vector": Out(stream.Signature(VectorBeat(self._width))),
             "granted": In(1),
