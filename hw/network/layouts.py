@@ -6,7 +6,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import Out
 
-from olmac.spec import MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE, RESIDUAL_SHIFT_RANGE
+from ..requant import ChannelParams
 
 __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "WINDOW_GROWTH", "CHUNK_BITS",
            "REQUANTIZERS", "MEMORY_STYLES", "OpKind", "OpDescriptor", "ChannelWord",
@@ -74,16 +74,14 @@ class OpDescriptor(data.StructLayout):
 
 
 class ChannelWord(data.StructLayout):
-    """Requantization parameters of one output channel in the parameter memory."""
+    """Requantization parameters of one output channel in the parameter memory: the
+    requantizer's :class:`~hw.requant.ChannelParams` (β, M, s, M_r, t) without the residual
+    value ``r``, which the core reads from the activation memory."""
 
     def __init__(self):
-        super().__init__({
-            "bias": signed(BIAS_BITS),
-            "multiplier": signed(MULTIPLIER_BITS),
-            "shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1),
-            "residual_multiplier": signed(MULTIPLIER_BITS),
-            "residual_shift": range(RESIDUAL_SHIFT_RANGE[0], RESIDUAL_SHIFT_RANGE[1] + 1),
-        })
+        super().__init__({name: field.shape
+                          for name, field in ChannelParams(signed(STORAGE_BITS + 1))
+                          if name != "residual"})
 
 
 class LoadTarget(enum.Enum, shape=2):
