@@ -3,8 +3,17 @@
 import random
 
 from amaranth.hdl import Value
+from amaranth.sim import Simulator
 
-__all__ = ["StreamSource", "StreamSink"]
+__all__ = ["run_testbench", "StreamSource", "StreamSink"]
+
+
+def run_testbench(dut, testbench):
+    """Simulate ``dut`` with a 1 MHz clock until the async ``testbench(ctx)`` returns."""
+    simulator = Simulator(dut)
+    simulator.add_clock(1e-6)
+    simulator.add_testbench(testbench)
+    simulator.run()
 
 
 class StreamSource:

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from amaranth.back import rtlil
 from amaranth.hdl import *
-from amaranth.sim import Simulator
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from olmac.fpga.synth import KEEP_REPLICAS, _yosys, synthesize
 from olmac.hw import MacArray
 from olmac.hw.multipliers import DSP_STAGES, PACKED_STAGES, DspProduct, PackedPair, packable
+from olmac.sim.pysim import run_testbench
 from tests.test_hw_pysim import CONFIGS, OUTLIER_CONFIGS, check_dense_gemm, check_outlier_gemm
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -56,10 +56,7 @@ def test_packed_pair_exhaustive(act_shape):
                 if got != (a * b0, a * b1):
                     wrong.append((a, b0, b1, got))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    run_testbench(dut, testbench)
     assert not wrong, wrong[:5]
     assert len(cases) == 4096
 
@@ -81,10 +78,7 @@ def test_dsp_product_timing():
             await ctx.tick()
             seen.append(ctx.get(dut.p))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    run_testbench(dut, testbench)
     assert seen[DSP_STAGES - 1:][:len(cases)] == [a * b for a, b in cases]
 
 

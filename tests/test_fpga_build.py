@@ -17,7 +17,6 @@ from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.sim import Simulator
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from olmac.fpga import build
@@ -27,6 +26,7 @@ from olmac.fpga.report import (BuildReport, read_build_report, read_nextpnr_repo
 from olmac.fpga.rom import RegisteredRom, dp16kd_initvals
 from olmac.fpga.synth import _yosys
 from olmac.fpga.tops import BramFedArray
+from olmac.sim.pysim import run_testbench
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -265,10 +265,7 @@ def test_top_streams_memory_every_cycle():
             folds.append(ctx.get(top.fold))
             await ctx.tick()
 
-    simulator = Simulator(design)
-    simulator.add_clock(1e-6)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    run_testbench(design, testbench)
 
     first = transfers[0]
     assert transfers == list(range(first, 40))
@@ -374,10 +371,7 @@ def test_rom_elsewhere_is_a_memory():
             await ctx.tick()
             seen.append(ctx.get(rom.data))
 
-    simulator = Simulator(rom)
-    simulator.add_clock(1e-6)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    run_testbench(rom, testbench)
     assert seen == [0, 0x11, 0x11, 0x22, 0x33, 0x33, 0x44]
 
 

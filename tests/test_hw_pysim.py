@@ -148,7 +148,7 @@ def test_one_outlier_per_beat_costs_no_cycle():
     acts, weights = _random_operands(rng, m, lanes, cols, 4, True, 4)
     engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=lanes,
                         act_outlier_lanes=1, weight_outlier_lanes=1)
-    fill = engine.config.latency + 3
+    fill = engine.config.array.latency + 3
     one_each = acts.copy()
     one_each[:, 1] = 1000
     weights_one = weights.copy()
@@ -168,7 +168,7 @@ def test_mac_array_one_beat_per_cycle():
     rng = np.random.default_rng(7)
     acts, weights = _random_operands(rng, m, lanes, cols, 4, True, 4)
     _, cycles, beats = _run_gemm(engine, GemmCase(acts, weights))
-    fill = engine.config.latency + 3
+    fill = engine.config.array.latency + 3
     assert cycles <= beats + fill, (cycles, beats, fill)
 
 
