@@ -10,6 +10,7 @@ Command line (:func:`build_demo_board`)::
     olmac board build --board icebreaker [--model cnn] [--width 4]
 """
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -65,8 +66,9 @@ class NetworkBoard(wiring.Component):
 
     def __init__(self, compiled, *, divisor, requantizer="serial", memories="narrow",
                  multipliers="lut", timeout=None):
-        self._core = NetworkCore(**compiled.core_params, requantizer=requantizer,
-                                 memories=memories, multipliers=multipliers)
+        config = dataclasses.replace(compiled.config, requantizer=requantizer,
+                                     memories=memories, multipliers=multipliers)
+        self._core = NetworkCore(config, **compiled.contents)
         self._app = NetworkApp.for_core(self._core, input_words=compiled.input_words,
                                         output_words=compiled.output_words)
         max_reply = max(1 + compiled.output_words * compiled.width * 2, len(self._app.info()))

@@ -183,59 +183,47 @@ def _case(acts, weights, o):
     return case
 
 
-def _golden_result(case, o):
-    import torch
-    from olmac import golden
-    from olmac.golden.mmse import combine_plane_accumulators
-    planes = case.weights if case.weights.ndim == 3 else case.weights[None]
-    accs = torch.stack([golden.gemm(
-        torch.from_numpy(case.acts), torch.from_numpy(plane), act_bits=o["act_bits"],
-        act_signed=o["act_signed"], weight_bits=o["weight_bits"],
-        act_outlier_bits=o["act_outlier_bits"] if o["act_outlier_lanes"] else None,
-        weight_outlier_bits=o["weight_outlier_bits"] if o["weight_outlier_lanes"] else None)
-        for plane in planes])
-    acc = accs[0] if case.plane_shifts is None else \
-        combine_plane_accumulators(accs, torch.from_numpy(case.plane_shifts))
-    if case.multiplier is None:
-        return acc.numpy()
-    return golden.requantize_round_half_up(
-        acc, torch.from_numpy(case.bias), torch.from_numpy(case.multiplier),
-        torch.from_numpy(case.shift), out_bits=o["out_outlier_bits"] or o["out_bits"],
-        out_signed=o["out_signed"], relu=case.relu).numpy()
-
-
-def _rtl_run(case, o, build_root):
-    from olmac.sim.job import EngineConfig, Job
-    from olmac.sim.runner import run_job
+def _config(case, o):
+    """The :class:`GemmEngine.Config` of the engine that computes ``case`` with options
+    ``o``; golden reads the widths from it too."""
+    from olmac.hw import GemmEngine
     lanes, cols = o["lanes"], o["cols"]
-    config = EngineConfig(lanes=lanes, cols=cols, act_bits=o["act_bits"],
-                          weight_bits=o["weight_bits"], act_signed=o["act_signed"],
-                          max_k=case.acts.shape[1] * (case.weights.shape[0]
-                                                      if case.weights.ndim == 3 else 1),
-                          out_bits=o["out_bits"], out_signed=o["out_signed"],
-                          out_outlier_bits=o["out_outlier_bits"],
-                          act_outlier_lanes=o["act_outlier_lanes"],
-                          weight_outlier_lanes=o["weight_outlier_lanes"],
-                          act_outlier_bits=o["act_outlier_bits"],
-                          weight_outlier_bits=o["weight_outlier_bits"],
-                          act_outlier_slots=o["act_outlier_slots"],
-                          weight_outlier_slots=o["weight_outlier_slots"] or lanes * cols,
-                          codebook=None if case.codes is None else dict(
-                              idx_bits=o["idx_bits"], zero=o["zero"],
-                              entry_bits=o["entry_bits"],
-                              granularity=o["codebook_granularity"],
-                              subgroups=len(case.tables.reshape(-1, 1 << o["idx_bits"]))),
-                          plane_shift_bits=PLANE_SHIFT_BITS[1]
-                          if case.plane_shifts is not None else 0,
-                          max_plane_shift=None if case.plane_shifts is None else
-                          int(case.plane_shifts.sum(axis=0).max(initial=0)))
+    planes = case.weights.shape[0] if case.weights.ndim == 3 else 1
+    return GemmEngine.Config(
+        lanes=lanes, cols=cols, act_bits=o["act_bits"], weight_bits=o["weight_bits"],
+        act_signed=o["act_signed"], max_k=case.acts.shape[1] * planes,
+        out_bits=o["out_bits"], out_signed=o["out_signed"],
+        out_outlier_bits=o["out_outlier_bits"], act_outlier_lanes=o["act_outlier_lanes"],
+        weight_outlier_lanes=o["weight_outlier_lanes"], act_outlier_bits=o["act_outlier_bits"],
+        weight_outlier_bits=o["weight_outlier_bits"], act_outlier_slots=o["act_outlier_slots"],
+        weight_outlier_slots=o["weight_outlier_slots"] or
+        (lanes * cols if o["weight_outlier_lanes"] else None),
+        codebook=None if case.codes is None else dict(
+            idx_bits=o["idx_bits"], zero=o["zero"], entry_bits=o["entry_bits"],
+            granularity=o["codebook_granularity"],
+            subgroups=len(case.tables.reshape(-1, 1 << o["idx_bits"]))),
+        plane_shift_bits=PLANE_SHIFT_BITS[1] if case.plane_shifts is not None else 0,
+        max_plane_shift=None if case.plane_shifts is None else
+        int(case.plane_shifts.sum(axis=0).max(initial=0)))
+
+
+def _golden_run(config, case):
+    from olmac.sim.job import golden_result
+    dense, outliers = golden_result(config, case)
+    # Y holds dense + outliers, as the RTL's result does
+    return GemmRun(dense if outliers is None else dense + outliers, "golden")
+
+
+def _rtl_run(config, case, build_root):
+    from olmac.sim.job import Job
+    from olmac.sim.runner import run_job
     job = run_job(Job(config, [case], check=False, label="gemm"), Path(build_root))
     m, n = case.acts.shape[0], case.weights.shape[-1]
     stats = job.stats
     return GemmRun(job.results[0], "rtl", engine=config.name, cycles=stats["cycles"],
                    beats=stats["beats"],
                    # max_k counts every plane
-                   ideal_cycles=m * config.max_k * n / (lanes * cols),
+                   ideal_cycles=m * config.max_k * n / (config.lanes * config.cols),
                    cycles_per_second=stats["cycles_per_second"])
 
 
@@ -272,9 +260,10 @@ def run(acts, weights=None, *, backend="golden", act_bits, weight_bits=None, act
     options = dict(locals())
     options["weight_bits"] = _check_widths(options)
     case = _case(acts, weights, options)
+    config = _config(case, options)
     if backend == "rtl":
-        return _rtl_run(case, options, build_root)
-    return GemmRun(_golden_result(case, options), "golden")
+        return _rtl_run(config, case, build_root)
+    return _golden_run(config, case)
 
 
 def demo(*, m=8, k=300, n=20, bits=4, lanes=16, cols=8, seed=0) -> int:

@@ -3,6 +3,7 @@ checked image by image against the golden integer model (``olmac run``, ``olmac 
 model's quantization is :mod:`olmac.flow`).
 """
 
+import dataclasses
 import json
 import sys
 import time
@@ -24,12 +25,9 @@ UP5K_MEMORY_BITS = {"spram": 4 * 256 * 1024, "bram": 30 * 4096}
 def memory_bits(compiled) -> dict[str, int]:
     """Bits of each memory of the compiled core (depth × word width)."""
     from amaranth.hdl import Shape
-    from olmac.hw.network import memory_layouts
-    params = compiled.core_params
-    depths = {"data": params["data_depth"], "weights": params["weight_depth"],
-              "params": params["param_depth"], "program": params["program_depth"]}
-    return {name: depths[name] * Shape.cast(layout).width
-            for name, layout in memory_layouts(params).items()}
+    config = compiled.config
+    return {name: config.depths[name] * Shape.cast(layout).width
+            for name, layout in config.layouts.items()}
 
 
 @dataclass
@@ -100,9 +98,9 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
     """Run ``program`` on integer ``pixels`` through the network core on Verilator.
 
     The images are compiled into the bench's ROM, so the model runs alone until every
-    output word is captured (docs/network.md §16). ``core_options`` are further keyword
-    arguments of the core (``requantizer``, ``memories``, ``multipliers``), e.g. those of
-    the board top.
+    output word is captured (docs/network.md §16). ``core_options`` replace fields of the
+    core's ``NetworkCore.Config`` (``requantizer``, ``memories``, ``multipliers``), e.g.
+    with those of the board top.
 
     Raises
     ------
@@ -112,14 +110,15 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
         If the simulation fails.
     """
     from olmac.compiler import compile_program
+    from olmac.hw.network import NetworkCore
     from olmac.sim.network import NetworkBench, run_network
     pixels = check_pixels(program, pixels)
     compiled = compile_program(program, width=width)
-    bench = NetworkBench({**compiled.core_params, **(core_options or {})},
-                         compiled.pack_inputs(pixels),
+    config = dataclasses.replace(compiled.config, **(core_options or {}))
+    bench = NetworkBench(NetworkCore(config, **compiled.contents), compiled.pack_inputs(pixels),
                          compiled.output_words, stall_sixteenths=stall_sixteenths, seed=seed)
     # the serial requantizer takes about a hundred cycles a channel
-    per_image = 1_000_000 if (core_options or {}).get("requantizer") == "serial" else 100_000
+    per_image = 1_000_000 if config.requantizer == "serial" else 100_000
     show = _progress_bar(len(pixels), "RTL") if progress else None
     if progress:
         print("  building the Verilator model (cached when unchanged) ...", file=sys.stderr,
