@@ -294,12 +294,12 @@ class LoadHandler(wiring.Component):
         request_done = Signal()     # the request's last byte has been taken
         sent = Signal(range(3))     # reply bytes sent
 
-        memory_bytes = Signal.like(index)
+        last_byte = Signal.like(index)     # of a word of `memory`
         memory_depth = Signal(range(max(self._depths.values()) + 1))
         with m.Switch(memory):
             for name in _LOADABLE:
                 with m.Case(_MEMORY[name]):
-                    m.d.comb += [memory_bytes.eq(self._word_bytes[name] - 1),
+                    m.d.comb += [last_byte.eq(self._word_bytes[name] - 1),
                                  memory_depth.eq(self._depths[name])]
         m.d.comb += [
             self.load.payload.memory.eq(memory),
@@ -346,7 +346,7 @@ class LoadHandler(wiring.Component):
                 with m.If(request.valid):
                     m.d.sync += [word.word_select(index, 8).eq(byte), index.eq(index + 1),
                                  request_done.eq(is_last)]
-                    with m.If(index == memory_bytes):
+                    with m.If(index == last_byte):
                         with m.If(address >= memory_depth):
                             refuse(Status.BAD_ADDRESS)
                         with m.Else():
