@@ -185,6 +185,12 @@ def test_core_refuses_bad_parameters(kwargs, error, message):
         NetworkCore(NetworkCore.Config(**params), **contents)
 
 
+def test_core_refuses_a_config_of_another_type():
+    with pytest.raises(TypeError, match=r"^config must be a NetworkCore\.Config, not "
+                                        r"\{'width': 2\}$"):
+        NetworkCore({"width": 2})
+
+
 def test_requantizer_refuses_bad_residual_options():
     with pytest.raises(TypeError, match=r"^Residual width must be an integer in 2\.\.17, "
                                         r"not 18$"):

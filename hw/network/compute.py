@@ -7,7 +7,8 @@ from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .layouts import STORAGE_BITS, ControlSignature, OpKind, SideWords, VectorBeat
+from .layouts import (STORAGE_BITS, ControlSignature, OpKind, SideWords, VectorBeat,
+                      is_compute)
 from .walks import nested_counters, tile_pointer
 
 __all__ = ["Reducer", "ParamFeed", "WriteBack"]
@@ -165,15 +166,13 @@ class WriteBack(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         op, start = self.control.op, self.control.start
-        kind = op.kind
         step = self.results.valid & self.results.ready
         _, at_limit, final = nested_counters(m, "write", [op.out_words - 1, op.out_pixels - 1],
                                              step, start)
         pointer = tile_pointer(m, "write_pointer", op.out_base, op.out_words, step,
                                at_limit[1], start)
-        compute = (kind == OpKind.GEMM) | (kind == OpKind.SUM) | (kind == OpKind.MAX)
         m.d.comb += [
-            self.results.ready.eq(compute),
+            self.results.ready.eq(is_compute(op.kind)),
             self.write.addr.eq(pointer),
             self.write.en.eq(step),
             self.done.eq(step & final),

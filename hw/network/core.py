@@ -125,7 +125,7 @@ class NetworkCore(wiring.Component):
             If a parameter is of the wrong type or outside its range.
         ValueError
             If ``requantizer`` or ``memories`` is not one of its choices, or as
-            :class:`MacArray` raises.
+            :class:`MacArray.Config` raises.
         """
         width: int
         act_bits: int

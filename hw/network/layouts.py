@@ -10,7 +10,7 @@ from ..requant import ChannelParams
 
 __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "WINDOW_GROWTH", "CHUNK_BITS",
            "REQUANTIZERS", "MEMORY_STYLES", "OpKind", "OpDescriptor", "ChannelWord",
-           "LoadTarget", "LoadBeat", "ControlSignature", "VectorBeat", "SideRequest",
+           "LoadTarget", "LoadBeat", "is_compute", "ControlSignature", "VectorBeat", "SideRequest",
            "SideWords"]
 
 #: Every activation memory slot is 16 bits: a highway tensor is stored at full width and a
@@ -41,6 +41,11 @@ class OpKind(enum.Enum, shape=3):
     SUM = 3
     #: Lane-wise window maximum (max pooling), passed through the requantizer unchanged.
     MAX = 4
+
+
+def is_compute(kind):
+    """Whether an op of ``kind`` (a value of :class:`OpKind`) runs on the walks."""
+    return (kind == OpKind.GEMM) | (kind == OpKind.SUM) | (kind == OpKind.MAX)
 
 
 class OpDescriptor(data.StructLayout):

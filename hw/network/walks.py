@@ -2,12 +2,12 @@
 the output walk asks for what each output needs beside its accumulators."""
 
 from amaranth.hdl import *
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .layouts import ControlSignature, OpKind, SideRequest, VectorBeat
+from .layouts import ControlSignature, OpKind, SideRequest, VectorBeat, is_compute
 
 __all__ = ["BeatWalk", "OutputWalk", "nested_counters", "tile_pointer"]
 
@@ -44,10 +44,6 @@ def tile_pointer(m, name, base, stride, step, end_of_tile, clear):
         with m.Else():
             m.d.sync += pointer.eq(pointer + stride)
     return pointer
-
-
-def _is_compute(kind):
-    return (kind == OpKind.GEMM) | (kind == OpKind.SUM) | (kind == OpKind.MAX)
 
 
 class BeatWalk(wiring.Component):
@@ -115,7 +111,7 @@ class BeatWalk(wiring.Component):
         end_of_tile = end_of_pixel & at_limit[1] & at_limit[2]
         left = Signal()
         with m.If(start):
-            m.d.sync += left.eq(_is_compute(op.kind))
+            m.d.sync += left.eq(is_compute(op.kind))
         with m.Elif(step & final):
             m.d.sync += left.eq(0)
 
@@ -217,7 +213,7 @@ class OutputWalk(wiring.Component):
                                              step, start)
         left = Signal()
         with m.If(start):
-            m.d.sync += left.eq(_is_compute(op.kind))
+            m.d.sync += left.eq(is_compute(op.kind))
         with m.Elif(step & final):
             m.d.sync += left.eq(0)
         param_pointer = Signal(range(self._param_depth))
