@@ -67,6 +67,14 @@ class NetworkBench(wiring.Component):
     seed : int
         LFSR seed, 1..65535.
 
+    Raises
+    ------
+    TypeError
+        If ``core`` is not a :class:`NetworkCore`, or ``stall_sixteenths`` or ``seed`` is
+        out of range.
+    ValueError
+        If ``images`` is not three-dimensional.
+
     Members
     -------
     done : Out(1)
