@@ -454,7 +454,8 @@ def test_memories_variants_answer_alike(variant, requantizer):
     """Both variants: a fetched address answers its descriptor; a ``load`` beat rewrites a
     program or parameter word; a side request answers the parameter word and the residual
     word (per channel: one channel at a time, each with its residual slot); an activation
-    write is read back on the operand port."""
+    write is read back on the operand port. Only the narrow variant lends that port to a
+    residual read (``granted`` low)."""
     config, dut, program, channels = _memories(variant, requantizer)
     layouts = config.layouts
     new_op = layouts["program"].const({"kind": OpKind.GEMM, "final": 1, "out_base": 9})
@@ -498,7 +499,15 @@ def test_memories_variants_answer_alike(variant, requantizer):
         got, _ = await side(ctx, 2, 6)
         assert [{k: getattr(c, k) for k in new_channels[0]} for c in got] == new_channels
 
-    _simulate(dut, bench)
+    lent = []
+
+    async def watch(ctx):
+        async for _, _, granted in ctx.tick().sample(dut.granted):
+            lent.append(not granted)
+
+    _simulate(dut, watch, bench)
+    # narrow: each residual read takes the one activation read port for a cycle
+    assert sum(lent) == (2 if variant == "narrow" else 0)
 
 
 @pytest.mark.parametrize("option,value,message", [
