@@ -36,10 +36,6 @@ class GemmRun:
     cycles_per_second: float | None = None
 
 
-def _signed_range(bits):
-    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-
-
 def _channel_values(values, name, n, bounds):
     """``values`` (an integer for every channel, or one entry per channel) as N int64, each
     within the inclusive ``bounds``."""
@@ -79,6 +75,7 @@ def _decoded_codes(codes, codebook, *, idx_bits, entry_bits, granularity):
 def _check_widths(o):
     """The widths of the options ``o``, before any operand is looked at; returns the weight
     width (with codes, that of the decoded weights)."""
+    from olmac import golden
     weight_bits = o["weight_bits"]
     if o["codes"] is not None:
         check_int("--entry-bits", o["entry_bits"], CODEBOOK_ENTRY_BITS)
@@ -106,7 +103,7 @@ def _check_widths(o):
             check_int("--out-outlier-bits", o["out_outlier_bits"],
                       (out_bits + 1, OUTLIER_BITS[1]))
         if o["out_outlier_threshold"] is not None:
-            high = (1 << (out_bits - (1 if o["out_signed"] else 0))) - 1
+            high = golden.int_range(out_bits, o["out_signed"])[1]
             check_int("--out-outlier-threshold", o["out_outlier_threshold"], (0, high))
     if o["backend"] == "rtl":
         check_int("--lanes", o["lanes"], ARRAY_DIM)
@@ -168,9 +165,10 @@ def _case(acts, weights, o):
             raise ValueError("requantization needs --multiplier, --shift and --out-bits together")
         n = weights.shape[-1]
         case.multiplier = _channel_values(o["multiplier"], "--multiplier", n,
-                                          _signed_range(MULTIPLIER_BITS))
+                                          golden.int_range(MULTIPLIER_BITS, True))
         case.shift = _channel_values(o["shift"], "--shift", n, SHIFT_RANGE)
-        case.bias = _channel_values(o["bias"], "--bias", n, _signed_range(BIAS_BITS))
+        case.bias = _channel_values(o["bias"], "--bias", n,
+                                    golden.int_range(BIAS_BITS, True))
         case.relu = o["relu"]
         if (o["out_outlier_bits"] is None) != (o["out_outlier_threshold"] is None):
             raise ValueError("output outliers need --out-outlier-bits and "

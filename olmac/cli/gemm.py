@@ -5,8 +5,8 @@ import sys
 import numpy as np
 
 from olmac import gemm
-from olmac.spec import (ACT_BITS, CODEBOOK_ENTRY_BITS, CODEBOOK_IDX_BITS, MULTIPLIER_BITS,
-                        OUT_BITS, OUTLIER_BITS, SHIFT_RANGE, WEIGHT_BITS)
+from olmac.spec import (ACT_BITS, BIAS_BITS, CODEBOOK_ENTRY_BITS, CODEBOOK_IDX_BITS,
+                        MULTIPLIER_BITS, OUT_BITS, OUTLIER_BITS, SHIFT_RANGE, WEIGHT_BITS)
 from .common import UsageError, outlier_options
 
 
@@ -58,7 +58,8 @@ def arguments(parser):
                                               f"with N entries")
     requant.add_argument("--shift", help=f"shift s in {_range(SHIFT_RANGE)}: an integer or a "
                                          f".npy")
-    requant.add_argument("--bias", default="0", help="bias: an integer or a .npy")
+    requant.add_argument("--bias", default="0", help=f"int{BIAS_BITS} bias: an integer or a "
+                                                     f".npy")
     requant.add_argument("--out-bits", type=int, help=f"output width {_range(OUT_BITS)}")
     requant.add_argument("--unsigned-out", action="store_true", help="u<out-bits> output")
     requant.add_argument("--relu", action="store_true", help="clamp the output at 0")
