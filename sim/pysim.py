@@ -5,7 +5,7 @@ import random
 from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
-__all__ = ["run_testbench", "StreamSource", "StreamSink"]
+__all__ = ["run_testbench", "run_streams", "StreamSource", "StreamSink"]
 
 
 def run_testbench(dut, testbench):
@@ -14,6 +14,19 @@ def run_testbench(dut, testbench):
     simulator.add_clock(1e-6)
     simulator.add_testbench(testbench)
     simulator.run()
+
+
+def run_streams(dut, sources, sink):
+    """Simulate ``dut`` with a 1 MHz clock, every :class:`StreamSource` of ``sources``
+    sending in the background, until the :class:`StreamSink` ``sink`` has all its
+    payloads; returns them."""
+    simulator = Simulator(dut)
+    simulator.add_clock(1e-6)
+    for source in sources:
+        simulator.add_testbench(source.run, background=True)
+    simulator.add_testbench(sink.run)
+    simulator.run()
+    return sink.received
 
 
 class StreamSource:

@@ -116,21 +116,15 @@ def test_skid_buffer_passes_every_beat_in_order(pause):
     """fpga.tops.SkidBuffer hands on every beat once, in order and whole (across its
     payload slices), under random stalls on both sides, and at one beat per cycle when
     nothing stalls."""
-    from amaranth.sim import Simulator
     from olmac.fpga.tops import SkidBuffer
-    from olmac.sim.pysim import StreamSink, StreamSource
+    from olmac.sim.pysim import StreamSink, StreamSource, run_streams
 
     import random
     dut = SkidBuffer(unsigned(150))  # three slices of 64 bits, each with its own state copy
     rng = random.Random(2)
     beats = [rng.getrandbits(150) for _ in range(255)]
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(StreamSource(dut.i, beats, pause_probability=pause, seed=3).run,
-                      background=True)
     sink = StreamSink(dut.o, len(beats), pause_probability=pause, seed=4)
-    sim.add_testbench(sink.run)
-    sim.run()
+    run_streams(dut, [StreamSource(dut.i, beats, pause_probability=pause, seed=3)], sink)
     assert [int(value) for value in sink.received] == beats
     if not pause:
         assert sink.cycles <= len(beats) + 2

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from olmac import golden
 from olmac.hw import GemmEngine, MacArray, Requantizer
@@ -11,7 +10,7 @@ from olmac.hw.requant import RequantParams
 from olmac.sim.codec import LayoutCodec
 from olmac.sim.job import GemmCase
 from olmac.sim.payloads import output_codec, output_values, stream_payloads
-from olmac.sim.pysim import StreamSink, StreamSource
+from olmac.sim.pysim import StreamSink, StreamSource, run_streams
 from olmac.sim.tiling import assemble_output
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -30,16 +29,11 @@ def _run_gemm(engine, case, *, pause=0.0, seed=0):
     payloads = stream_payloads(engine.config, case)
     m, n = case.acts.shape[0], case.weights.shape[-1]
     vector_count = m * -(-n // engine.config.cols)
-    sim = Simulator(engine)
-    sim.add_clock(1e-6)
-    for index, name in enumerate(payloads):
-        sim.add_testbench(StreamSource(getattr(engine, name), payloads[name],
-                                       pause_probability=pause, seed=seed + index).run,
-                          background=True)
+    sources = [StreamSource(getattr(engine, name), payloads[name], pause_probability=pause,
+                            seed=seed + index) for index, name in enumerate(payloads)]
     sink = StreamSink(engine.out, vector_count, pause_probability=pause, seed=seed + 3)
-    sim.add_testbench(sink.run)
-    sim.run()
-    vectors = output_values(engine.config, output_codec(engine.config).unpack(sink.received))
+    received = run_streams(engine, sources, sink)
+    vectors = output_values(engine.config, output_codec(engine.config).unpack(received))
     return assemble_output(vectors, m, n), sink.cycles, len(payloads["act"])
 
 
@@ -188,17 +182,13 @@ def test_requantizer_matches_golden():
     param_leaves = np.concatenate(
         [np.stack([bias, multiplier, shift], axis=2).reshape(rows, -1), relu[:, None]], axis=1)
 
-    sim = Simulator(requantizer)
-    sim.add_clock(1e-6)
     acc_codec = LayoutCodec(requantizer.acc.payload.shape())
-    sim.add_testbench(StreamSource(requantizer.acc, acc_codec.pack(accs),
-                                   pause_probability=0.3).run, background=True)
-    sim.add_testbench(StreamSource(requantizer.params, params_codec.pack(param_leaves),
-                                   pause_probability=0.3, seed=5).run, background=True)
-    sink = StreamSink(requantizer.out, rows, pause_probability=0.3)
-    sim.add_testbench(sink.run)
-    sim.run()
-    result = LayoutCodec(requantizer.out.payload.shape()).unpack(sink.received)
+    received = run_streams(requantizer, [
+        StreamSource(requantizer.acc, acc_codec.pack(accs), pause_probability=0.3),
+        StreamSource(requantizer.params, params_codec.pack(param_leaves),
+                     pause_probability=0.3, seed=5),
+    ], StreamSink(requantizer.out, rows, pause_probability=0.3))
+    result = LayoutCodec(requantizer.out.payload.shape()).unpack(received)
     for row in range(rows):
         expected = golden.requantize_round_half_up(
             torch.tensor(accs[row:row + 1]), bias[row], multiplier[row], shift[row],
@@ -310,18 +300,14 @@ def test_requantizer_extracts_output_outliers():
     threshold = rng.integers(0, 8, size=rows)
     param_leaves = np.concatenate([np.stack([bias, multiplier, shift], axis=2).reshape(rows, -1),
                                    relu[:, None], threshold[:, None]], axis=1)
-    sim = Simulator(requantizer)
-    sim.add_clock(1e-6)
-    sim.add_testbench(StreamSource(requantizer.acc, LayoutCodec(
-        requantizer.acc.payload.shape()).pack(accs), pause_probability=0.3).run,
-        background=True)
-    sim.add_testbench(StreamSource(requantizer.params, LayoutCodec(
-        requantizer.params.payload.shape()).pack(param_leaves), pause_probability=0.3,
-        seed=5).run, background=True)
-    sink = StreamSink(requantizer.out, rows, pause_probability=0.3)
-    sim.add_testbench(sink.run)
-    sim.run()
-    leaves = LayoutCodec(requantizer.out.payload.shape()).unpack(sink.received)
+    received = run_streams(requantizer, [
+        StreamSource(requantizer.acc, LayoutCodec(requantizer.acc.payload.shape()).pack(accs),
+                     pause_probability=0.3),
+        StreamSource(requantizer.params, LayoutCodec(
+            requantizer.params.payload.shape()).pack(param_leaves), pause_probability=0.3,
+            seed=5),
+    ], StreamSink(requantizer.out, rows, pause_probability=0.3))
+    leaves = LayoutCodec(requantizer.out.payload.shape()).unpack(received)
     extracted = 0
     for row in range(rows):
         y = golden.requantize_round_half_up(torch.tensor(accs[row:row + 1]), bias[row],
