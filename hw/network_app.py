@@ -77,13 +77,29 @@ def _send_bytes(m, reply, values, index, *, last=1):
     return taken & final
 
 
+def _command(m, request, *, alone, more, reset=()):
+    """The FSM state ``"COMMAND"``: wait for a request (applying ``reset`` meanwhile) and
+    take its command byte; then state ``alone`` if that was all of it, else ``more``."""
+    with m.State("COMMAND"):
+        m.d.sync += reset
+        with m.If(_take(m, request)):
+            m.next = alone
+        with m.Elif(request.valid):
+            m.next = more
+
+
+def _drain(m, request, then):
+    """The FSM state ``"DRAIN"``: take the rest of the request, then state ``then``."""
+    with m.State("DRAIN"):
+        with m.If(_take(m, request)):
+            m.next = then
+
+
 def _refusal(m, request, reply, status, *, drain=True):
     """The FSM states that refuse a request: ``"DRAIN"`` takes the rest of it (only with
     ``drain``), then state ``status.name`` replies ``status`` alone; then ``"COMMAND"``."""
     if drain:
-        with m.State("DRAIN"):
-            with m.If(_take(m, request)):
-                m.next = status.name
+        _drain(m, request, status.name)
     with m.State(status.name):
         with m.If(_send(m, reply, status, 1)):
             m.next = "COMMAND"
@@ -204,15 +220,11 @@ class FixedCommand(wiring.Component):
         return self._reply
 
     def elaborate(self, platform):
-        m = Module()
-        request, reply = self.host.request, self.host.reply
         index = Signal(range(len(self._reply)))
+        request, reply = self.host.request, self.host.reply
+        m = Module()
         with m.FSM():
-            with m.State("COMMAND"):
-                with m.If(_take(m, request)):
-                    m.next = "ACTION" if self._action else "REPLY"
-                with m.Elif(request.valid):
-                    m.next = "DRAIN"
+            _command(m, request, alone="ACTION" if self._action else "REPLY", more="DRAIN")
             if self._action:
                 with m.State("ACTION"):
                     m.d.comb += self.action.valid.eq(1)
@@ -280,9 +292,9 @@ class LoadHandler(wiring.Component):
         return dict(self._word_bytes)
 
     def elaborate(self, platform):
-        m = Module()
         request, reply = self.host.request, self.host.reply
         byte, is_last = request.payload.data, request.payload.last
+        m = Module()
 
         status = Signal(8)
         count = Signal(16)          # words written
@@ -315,13 +327,10 @@ class LoadHandler(wiring.Component):
                 m.next = "DRAIN"
 
         with m.FSM():
-            with m.State("COMMAND"):
-                m.d.sync += [count.eq(0), index.eq(0), word.eq(0), status.eq(Status.OK)]
-                with m.If(_take(m, request)):
-                    m.d.sync += status.eq(Status.BAD_LENGTH)
-                    m.next = "REPLY"
-                with m.Elif(request.valid):
-                    m.next = "HEADER"
+            # a command byte alone lacks the header
+            _command(m, request, alone="REPLY", more="HEADER", reset=[
+                count.eq(0), index.eq(0), word.eq(0),
+                status.eq(Mux(request.payload.last, Status.BAD_LENGTH, Status.OK))])
             with m.State("HEADER"):
                 m.d.comb += request.ready.eq(1)
                 with m.If(request.valid):
@@ -362,9 +371,7 @@ class LoadHandler(wiring.Component):
                         m.next = "REPLY"
                     with m.Else():
                         m.next = "WORD"
-            with m.State("DRAIN"):
-                with m.If(_take(m, request)):
-                    m.next = "REPLY"
+            _drain(m, request, "REPLY")
             with m.State("REPLY"):
                 with m.If(_send_bytes(m, reply, [status, count[:8], count[8:]], sent)):
                     m.next = "COMMAND"
@@ -419,10 +426,10 @@ class InferHandler(wiring.Component):
         return self._input_words
 
     def elaborate(self, platform):
-        m = Module()
         request, reply = self.host.request, self.host.reply
         byte, is_last = request.payload.data, request.payload.last
         word_bytes = self._width * HIGHWAY_BITS // 8
+        m = Module()
 
         # One register for the input word being collected and, once the image is in, the
         # output word being sent.
@@ -435,12 +442,8 @@ class InferHandler(wiring.Component):
         m.d.comb += self.inputs.payload.eq(word)
 
         with m.FSM():
-            with m.State("COMMAND"):
-                m.d.sync += [words.eq(0), index.eq(0), word.eq(0), bad.eq(0)]
-                with m.If(_take(m, request)):
-                    m.next = "BAD_LENGTH"
-                with m.Elif(request.valid):
-                    m.next = "BYTES"
+            _command(m, request, alone="BAD_LENGTH", more="BYTES",
+                     reset=[words.eq(0), index.eq(0), word.eq(0), bad.eq(0)])
             with m.State("BYTES"):
                 m.d.comb += request.ready.eq(1)
                 with m.If(request.valid):
@@ -464,9 +467,7 @@ class InferHandler(wiring.Component):
                         m.d.sync += bad.eq(1)
                     with m.Else():
                         m.next = "BYTES"
-            with m.State("DRAIN"):
-                with m.If(_take(m, request)):
-                    m.next = "OUTPUTS"
+            _drain(m, request, "OUTPUTS")
             with m.State("OUTPUTS"):
                 with m.If(bad):
                     m.d.comb += self.outputs.ready.eq(1)
