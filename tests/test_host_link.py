@@ -480,6 +480,60 @@ def _run_host_link(pause, seed, scenario):
     return answers, requests
 
 
+def test_request_slots_hold_two_frames_in_order():
+    """RequestSlots (docs/host_link.md §3): two checked frames wait for the application and
+    come out whole, oldest first; while both wait, no slot is free (``busy``); a frame that
+    was written but never committed (one that failed its CRC) never comes out."""
+    dut = RequestSlots(max_payload=4)
+    frames = [b"\x01\x02\x03", b"\x04", b"\x05\x06\x07\x08"]
+    received, busy, release = [], [], []
+
+    async def receiver(ctx):
+        async def write(frame, *, commit=True):
+            for offset, byte in enumerate(frame):
+                ctx.set(dut.write.en, 1)
+                ctx.set(dut.write.offset, offset)
+                ctx.set(dut.write.data, byte)
+                await ctx.tick()
+            ctx.set(dut.write.en, 0)
+            if commit:
+                ctx.set(dut.write.commit, 1)
+                ctx.set(dut.write.length, len(frame))
+                await ctx.tick()
+                ctx.set(dut.write.commit, 0)
+
+        await write(b"\xaa\xbb", commit=False)
+        await write(frames[0])
+        await write(frames[1])
+        busy.append(ctx.get(dut.write.busy))
+        release.append(True)
+        await ctx.tick().until(~dut.write.busy)
+        await write(frames[2])
+
+    async def application(ctx):
+        await ctx.tick().repeat(20)
+        assert release, "the receiver has not written both frames"
+        request = dut.request
+        ctx.set(request.ready, 1)
+        frame = bytearray()
+        while len(received) < len(frames):
+            _, _, valid, byte, last = await ctx.tick().sample(
+                request.valid, request.payload.data, request.payload.last)
+            if valid:
+                frame.append(byte)
+                if last:
+                    received.append(bytes(frame))
+                    frame.clear()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(receiver)
+    sim.add_testbench(application)
+    sim.run_until(1e-6 * 200)
+    assert busy == [1]
+    assert received == frames
+
+
 @pytest.mark.parametrize("pause", [0.0, 0.5])
 def test_host_link_answers_every_frame(pause):
     """Every step's answer equals the frames the host-side codec builds: replies to good
