@@ -9,7 +9,7 @@ from amaranth.utils import ceil_log2
 
 from .layouts import (STORAGE_BITS, ControlSignature, OpKind, SideWords, VectorBeat,
                       is_compute)
-from .walks import nested_counters, tile_pointer
+from .walks import output_counters, tile_pointer
 
 __all__ = ["Reducer", "ParamFeed", "WriteBack"]
 
@@ -167,10 +167,9 @@ class WriteBack(wiring.Component):
         m = Module()
         op, start = self.control.op, self.control.start
         step = self.results.valid & self.results.ready
-        _, at_limit, final = nested_counters(m, "write", [op.out_words - 1, op.out_pixels - 1],
-                                             step, start)
+        end_of_tile, final = output_counters(m, "write", op, step, start)
         pointer = tile_pointer(m, "write_pointer", op.out_base, op.out_words, step,
-                               at_limit[1], start)
+                               end_of_tile, start)
         m.d.comb += [
             self.results.ready.eq(is_compute(op.kind)),
             self.write.addr.eq(pointer),

@@ -9,7 +9,7 @@ from amaranth.utils import ceil_log2
 
 from .layouts import ControlSignature, OpKind, SideRequest, VectorBeat, is_compute
 
-__all__ = ["BeatWalk", "OutputWalk", "nested_counters", "tile_pointer"]
+__all__ = ["BeatWalk", "OutputWalk", "nested_counters", "output_counters", "tile_pointer"]
 
 
 def nested_counters(m, name, limits, step, clear):
@@ -29,6 +29,15 @@ def nested_counters(m, name, limits, step, clear):
     final = Signal(name=f"{name}_final")
     m.d.comb += final.eq(Cat(*at_limit).all())
     return counters, at_limit, final
+
+
+def output_counters(m, name, op, step, clear):
+    """The outputs of the compute op ``op`` in the walks' order, ``tile`` outermost, then
+    pixel. Returns the flags that the position is its tile's last pixel and that it is the
+    op's last output."""
+    _, at_limit, final = nested_counters(m, name, [op.out_words - 1, op.out_pixels - 1],
+                                         step, clear)
+    return at_limit[1], final
 
 
 def tile_pointer(m, name, base, stride, step, end_of_tile, clear):
@@ -209,8 +218,7 @@ class OutputWalk(wiring.Component):
         m = Module()
         op, start = self.control.op, self.control.start
         step = self.requests.valid & self.requests.ready
-        _, at_limit, final = nested_counters(m, "side", [op.out_words - 1, op.out_pixels - 1],
-                                             step, start)
+        end_of_tile, final = output_counters(m, "side", op, step, start)
         left = Signal()
         with m.If(start):
             m.d.sync += left.eq(is_compute(op.kind))
@@ -219,10 +227,10 @@ class OutputWalk(wiring.Component):
         param_pointer = Signal(range(self._param_depth))
         with m.If(start):
             m.d.sync += param_pointer.eq(op.param_base)
-        with m.Elif(step & at_limit[1] & (op.kind == OpKind.GEMM)):
+        with m.Elif(step & end_of_tile & (op.kind == OpKind.GEMM)):
             m.d.sync += param_pointer.eq(param_pointer + 1)
         residual_pointer = tile_pointer(m, "residual_pointer", op.res_base, op.out_words,
-                                        step, at_limit[1], start)
+                                        step, end_of_tile, start)
         m.d.comb += [
             self.requests.valid.eq(left & ~start),
             self.requests.payload.param.eq(param_pointer),
