@@ -35,6 +35,11 @@ class GemmRun:
     ideal_cycles: float | None = None
     cycles_per_second: float | None = None
 
+    @property
+    def utilization(self) -> float | None:
+        """The share of the run's cycles the MAC array would need if kept busy."""
+        return None if self.cycles is None else self.ideal_cycles / self.cycles
+
 
 def _channel_values(values, name, n, bounds):
     """``values`` (an integer for every channel, or one entry per channel) as N int64, each
@@ -105,9 +110,9 @@ def _check_widths(o):
         if o["out_outlier_threshold"] is not None:
             high = golden.int_range(out_bits, o["out_signed"])[1]
             check_int("--out-outlier-threshold", o["out_outlier_threshold"], (0, high))
-    if o["backend"] == "rtl":
-        check_int("--lanes", o["lanes"], ARRAY_DIM)
-        check_int("--cols", o["cols"], ARRAY_DIM)
+    # golden reads its widths from the engine's configuration too
+    check_int("--lanes", o["lanes"], ARRAY_DIM)
+    check_int("--cols", o["cols"], ARRAY_DIM)
     return weight_bits
 
 
@@ -228,7 +233,8 @@ def _rtl_run(config, case, build_root):
 def run(acts, weights=None, *, backend="golden", act_bits, weight_bits=None, act_signed=True,
         lanes=16, cols=8, codes=None, codebook=None, idx_bits=1, entry_bits=7, zero=False,
         codebook_granularity="row", plane_shifts=None, act_outlier_lanes=0,
-        weight_outlier_lanes=0, act_outlier_bits=16, weight_outlier_bits=16,
+        weight_outlier_lanes=0, act_outlier_bits=OUTLIER_BITS[1],
+        weight_outlier_bits=OUTLIER_BITS[1],
         act_outlier_slots=None, weight_outlier_slots=None, multiplier=None, shift=None,
         bias=0, out_bits=None, out_signed=True, relu=False, out_outlier_bits=None,
         out_outlier_threshold=None, build_root="build/rtl") -> GemmRun:
@@ -280,9 +286,12 @@ def demo(*, m=8, k=300, n=20, bits=4, lanes=16, cols=8, seed=0) -> int:
     results = {}
     for backend in ("golden", "rtl"):
         started = time.perf_counter()
-        results[backend] = run(acts, weights, backend=backend, act_bits=bits,
-                               weight_bits=bits, lanes=lanes, cols=cols).values
-        print(f"  {backend:6s} backend: {time.perf_counter() - started:6.1f} s")
+        result = run(acts, weights, backend=backend, act_bits=bits, weight_bits=bits,
+                     lanes=lanes, cols=cols)
+        results[backend] = result.values
+        cost = "" if result.cycles is None else \
+            f" ({result.cycles} cycles, MAC utilization {result.utilization:.1%})"
+        print(f"  {backend:6s} backend: {time.perf_counter() - started:6.1f} s{cost}")
     exact = acts @ weights
     mismatches = int((results["rtl"] != results["golden"]).sum())
     print(f"  RTL vs golden:   {mismatches} mismatching elements of {exact.size}")

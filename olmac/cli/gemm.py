@@ -136,8 +136,7 @@ def run(args):
         raise UsageError(str(error)) from None
     if result.backend == "rtl":
         print(f"olmac: RTL {result.engine}: {result.cycles} cycles for {result.beats} beats "
-              f"(ideal {result.ideal_cycles:.0f}, MAC utilization "
-              f"{result.ideal_cycles / result.cycles:.1%}), "
+              f"(ideal {result.ideal_cycles:.0f}, MAC utilization {result.utilization:.1%}), "
               f"{result.cycles_per_second:,.0f} simulated cycles/s", file=sys.stderr)
     np.save(args.out, result.values.astype(np.int64))
     print(f"olmac: wrote {args.out} ({result.values.shape[0]}x{result.values.shape[1]} int64, "
