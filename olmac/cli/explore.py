@@ -1,6 +1,8 @@
 """``olmac explore``: a design-space sweep on Dask, its table and its Pareto fronts
 (:func:`olmac.explore.explore`, docs/explore.md)."""
 
+import sys
+
 from .common import UsageError
 
 
@@ -23,7 +25,17 @@ def run(args):
         raise UsageError(str(error)) from None
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, not {args.workers}")
-    result = explore(spec, scheduler=args.scheduler, workers=args.workers, out_dir=args.out)
+    try:
+        result = explore(spec, scheduler=args.scheduler, workers=args.workers,
+                         out_dir=args.out)
+    except OSError as error:
+        if args.scheduler is None:
+            raise
+        raise UsageError(f"--scheduler {args.scheduler}: {error}") from None
+    except KeyboardInterrupt:
+        print("olmac explore: interrupted; the table and report hold the points done",
+              file=sys.stderr)
+        return 130
     print(f"olmac explore: {len(result.rows)} points ({result.computed} computed, "
           f"{result.cached} from the cache, {result.failed} failed); table and report in "
           f"{result.out_dir}")

@@ -25,8 +25,8 @@ COLUMNS = ("id", "label", "status", *AXES, "accuracy_percent", "test_images", "m
            "board_dsps", "board_brams", "images_per_second", "seconds", "cached", "error")
 
 #: Short names of the axes in point labels.
-_SHORT = {"act_bits": "a", "weight_bits": "w", "outlier_ratio": "r", "width": "x",
-          "multipliers": "", "requantizer": "", "memories": "", "board": "", "scheme": ""}
+_SHORT = {"act_bits": "a", "weight_bits": "w", "multipliers": "", "requantizer": "",
+          "memories": "", "board": ""}
 _SCHEMES = {"value_aware": "va", "mmse": "mmse", "multi_tensor": "mt", "syq": "syq"}
 
 
@@ -43,7 +43,7 @@ class ExploreResult:
 
 def point_label(point: dict, varying) -> str:
     """A short name of ``point`` from the axes in ``varying`` (those with more than one
-    value), e.g. ``a4 w8 va r0.0156``; ``default`` when nothing varies.
+    value), e.g. ``a4 w8 va r0.0156 4x4``; ``default`` when nothing varies.
 
     >>> point_label({"act_bits": 4, "scheme": "mmse", "highway": False}, ["act_bits",
     ...             "scheme", "highway"])
@@ -60,6 +60,8 @@ def point_label(point: dict, varying) -> str:
             parts.append(_SCHEMES.get(value, value))
         elif axis == "outlier_ratio":
             parts.append(f"r{value:.3g}")
+        elif axis == "width":
+            parts.append(f"{value}x{value}")
         else:
             parts.append(f"{_SHORT[axis]}{value}")
     return " ".join(parts) or "default"

@@ -21,14 +21,15 @@ def pareto_front(costs, gains) -> list[int]:
     return sorted(front, key=lambda index: (points[index][0], -points[index][1]))
 
 
-#: The fronts drawn: file stem, the cost (x, lower is better) and gain (y, higher is
-#: better) columns with their axis titles, and whether one plot is drawn per board.
+#: The fronts drawn: file stem, title, the cost (x, lower is better) and gain (y, higher
+#: is better) columns with their axis titles, and whether one plot is drawn per board.
 PLOTS = (
-    ("pareto_accuracy_luts", ("luts", "LUT4 (Yosys, network core)"),
+    ("pareto_accuracy_luts", "accuracy vs LUT4", ("luts", "LUT4 (Yosys, network core)"),
      ("accuracy_percent", "golden accuracy on the digits test split (%)"), True),
-    ("pareto_accuracy_memory", ("memory_bits", "on-chip memory (bits)"),
+    ("pareto_accuracy_memory", "accuracy vs on-chip memory",
+     ("memory_bits", "on-chip memory (bits)"),
      ("accuracy_percent", "golden accuracy on the digits test split (%)"), False),
-    ("pareto_throughput_luts", ("luts", "LUT4 (Yosys, network core)"),
+    ("pareto_throughput_luts", "images/s vs LUT4", ("luts", "LUT4 (Yosys, network core)"),
      ("images_per_second", "images/s at the placed-and-routed fmax"), True),
 )
 
@@ -42,8 +43,9 @@ def _plot(path: Path, rows: list[dict], x: tuple, y: tuple, title: str) -> list[
     front = pareto_front(xs, ys)
     figure, axes = plt.subplots(figsize=(8, 5.5))
     axes.scatter(xs, ys, color="#bbbbbb", label="points", zorder=2)
+    # a staircase: each front point holds its gain until the next costlier one betters it
     axes.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color="#cc3311",
-              label="Pareto front", zorder=3)
+              drawstyle="steps-post", label="Pareto front", zorder=3)
     for row, cost, gain in zip(rows, xs, ys):
         axes.annotate(row["label"], (cost, gain), textcoords="offset points", xytext=(4, 4),
                       fontsize=7)
@@ -51,7 +53,7 @@ def _plot(path: Path, rows: list[dict], x: tuple, y: tuple, title: str) -> list[
     axes.set_ylabel(y[1])
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.legend(loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -72,14 +74,14 @@ def write_report(out_dir: Path | str, name: str, rows: list[dict]) -> Path:
     ok = [row for row in rows if row["status"] == "ok"]
     failed = [row for row in rows if row["status"] != "ok"]
     sections = []
-    for stem, x, y, per_board in PLOTS:
+    for stem, what, x, y, per_board in PLOTS:
         usable = [row for row in ok if row.get(x[0]) is not None and row.get(y[0]) is not None]
         groups = {}
         for row in usable:
             groups.setdefault(row.get("board") if per_board else None, []).append(row)
         for board, group in groups.items():
             file = f"{stem}_{board}.png" if per_board else f"{stem}.png"
-            title = f"{name}: {y[0]} vs {x[0]}" + (f" on {board}" if per_board else "")
+            title = f"{name}: {what}" + (f" on {board}" if per_board else "")
             front = _plot(out_dir / file, group, x, y, title)
             sections.append(f"## {title}\n\n![{title}]({file})\n\nThe front:\n\n"
                             f"{_front_table(front, x[0], y[0])}")
