@@ -6,6 +6,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import Out
 
+from olmac.spec import HIGHWAY_BITS
 from ..requant import ChannelParams
 
 __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "WINDOW_GROWTH", "CHUNK_BITS",
@@ -13,9 +14,9 @@ __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "WINDOW_GROWTH", "CHUNK_BITS
            "LoadTarget", "LoadBeat", "is_compute", "ControlSignature", "VectorBeat", "SideRequest",
            "SideWords"]
 
-#: Every activation memory slot is 16 bits: a highway tensor is stored at full width and a
-#: low-width tensor in its low bits (docs/network.md §15).
-STORAGE_BITS = 16
+#: Every activation memory slot is as wide as a highway tensor, so one is stored whole and a
+#: low-width tensor sits in the low bits (docs/network.md §15).
+STORAGE_BITS = HIGHWAY_BITS
 #: Largest feature-map height/width and kernel/stride/padding the descriptors hold.
 MAX_DIM = 255
 MAX_KERNEL = 15
