@@ -19,17 +19,17 @@ LAYERS = {
     "olmac.spec": 0,       # limits, widths, protocol constants: plain data
     "olmac.golden": 1,     # the bit-exact integer reference and the quantizers
     "olmac.hw": 1,         # the Amaranth generators
-    "olmac.compiler": 2,   # integer program → the network core's memories
+    "olmac.models": 2,     # float demo models, data, the training loop, studies
+    "olmac.compiler": 2,   # integer program → the network core's configuration and memories
     "olmac.host_link": 2,  # the host side of the UART link
-    "olmac.models": 2,     # float demo models, data, training, studies
-    "olmac.flow": 2,       # a user's or a demo model through quantization
-    "olmac.sim": 3,        # cocotb on Verilator
-    "olmac.fpga": 3,       # board tops, synthesis, place and route
-    "olmac.network": 4,    # whole networks on golden or the RTL
-    "olmac.gemm": 4,       # one GEMM on golden or the RTL
-    "olmac.board": 4,      # the board client
-    "olmac.explore": 4,    # design-space sweeps on Dask
-    "olmac.cli": 5,        # the command line, one module per subcommand
+    "olmac.flow": 3,       # a demo or user model through quantization
+    "olmac.sim": 4,        # cocotb on Verilator
+    "olmac.fpga": 4,       # board tops, synthesis, place and route
+    "olmac.network": 5,    # whole networks on golden or the RTL
+    "olmac.gemm": 5,       # one GEMM on golden or the RTL
+    "olmac.board": 5,      # the board client
+    "olmac.explore": 6,    # design-space sweeps on Dask
+    "olmac.cli": 7,        # the command line, one module per subcommand
 }
 
 
