@@ -24,6 +24,7 @@ LAYERS = {
     "olmac.host_link": 2,  # the host side of the UART link
     "olmac.flow": 3,       # a demo or user model through quantization
     "olmac.sim": 4,        # cocotb on Verilator
+    "olmac.formal": 4,     # SymbiYosys proofs of the hardware blocks
     "olmac.fpga": 4,       # board tops, synthesis, place and route
     "olmac.network": 5,    # whole networks on golden or the RTL
     "olmac.gemm": 5,       # one GEMM on golden or the RTL
