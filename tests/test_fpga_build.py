@@ -4,6 +4,7 @@
 """fpga.tops, fpga.build and fpga.report on a 2×2 2-bit array: one real iCEBreaker build (a
 few seconds), its nextpnr and Yosys reports, and the arguments build_bitstream refuses."""
 
+import argparse
 import json
 import random
 import subprocess
@@ -19,7 +20,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-from olmac.fpga import build
+from olmac import cli
+from olmac.cli import build as build_command
 from olmac.fpga.build import DoesNotFit, build_bitstream, toolchain_env
 from olmac.fpga.report import (BuildReport, read_build_report, read_nextpnr_report,
                          read_yosys_stat)
@@ -212,13 +214,15 @@ def test_does_not_fit(tmp_path):
 
 def test_cli_refuses_board(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        build.main(["--board", "nexys"])
+        cli.main(["build", "--board", "nexys"])
     assert exit_info.value.code == 2
     assert "argument --board: invalid choice: 'nexys'" in capsys.readouterr().err
 
 
 def test_cli_does_not_program_by_default():
-    args = build._parser().parse_args(["--board", "icebreaker"])
+    parser = argparse.ArgumentParser()
+    build_command.arguments(parser)
+    args = parser.parse_args(["--board", "icebreaker"])
     assert args.program is False
 
 
