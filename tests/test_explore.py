@@ -94,7 +94,7 @@ def test_expand_drops_what_no_measurement_reads(tmp_path):
     ('[axes]\nboard = ["de10"]', r"axes\.board must be one of 'icebreaker', .*, not 'de10'"),
     ('[axes]\noutlier_lanes = [1, 2]', r"axes\.outlier_lanes is not supported: .*"),
     ('[axes]\nclock = [12]', r"axes\.clock is not an axis; the axes are act_bits, .*"),
-    ('[axes]\nhighway = ["yes"]', r"axes\.highway must be one of True, False, not 'yes'"),
+    ('[axes]\nhighway = ["yes"]', r"axes\.highway must be true or false, not 'yes'"),
     ('[axes]\noutlier_ratio = [1.5]', r"axes\.outlier_ratio must be a number in \(0, 1\), "
                                       r"not 1\.5"),
     ('measure = ["golden", "timing"]', r"measure must be one of 'golden', .*, not 'timing'"),
@@ -162,6 +162,32 @@ def test_sweep_on_a_local_cluster_then_from_the_cache(tmp_path):
     assert len((out / "results.jsonl").read_text().splitlines()) == 8
 
 
+def test_ctrl_c_leaves_whole_rows_and_a_report(tmp_path, monkeypatch):
+    """Interrupted after its third row, a sweep raises KeyboardInterrupt with a table of
+    three whole rows and a report of them; the next run measures only the rest."""
+    from olmac.explore import driver
+    append = driver._Table.append
+    written = []
+
+    def append_then_interrupt(table, row):
+        append(table, row)
+        written.append(row["id"])
+        if len(written) == 3:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(driver._Table, "append", append_then_interrupt)
+    spec = _spec(tmp_path, '[axes]\nact_bits = [3, 4, 8]\nscheme = ["mmse", "value_aware"]\n')
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        explore(spec, workers=1, out_dir=out, progress=False)
+    assert [json.loads(line)["id"] for line in
+            (out / "results.jsonl").read_text().splitlines()] == written
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 3
+    assert "3 points: 3 measured, 0 failed" in (out / "report.md").read_text()
+    monkeypatch.setattr(driver._Table, "append", append)
+    again = explore(spec, workers=1, out_dir=out, progress=False)
+    assert (again.computed, again.cached, again.failed) == (3, 3, 0)
+
+
 def test_report_draws_each_front_per_board(tmp_path):
     """From hand-written rows: one accuracy-vs-LUT front per board, one accuracy-vs-memory
     front, images/s only where measured; the page links each PNG and lists each front."""
@@ -207,16 +233,17 @@ def scheduler_and_worker(tmp_path):
         filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
     logs = tmp_path / "dask"
     logs.mkdir()
-    processes = [subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-         "--port", str(port), "--no-dashboard"],
-        stdout=subprocess.DEVNULL, stderr=open(logs / "scheduler.log", "w"), env=env)]
-    try:
+    with open(logs / "scheduler.log", "w") as scheduler_log, \
+            open(logs / "worker.log", "w") as worker_log:
+        processes = [subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+             "--port", str(port), "--no-dashboard"],
+            stdout=subprocess.DEVNULL, stderr=scheduler_log, env=env)]
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
              "--no-dashboard", "--local-directory", str(logs)],
-            stdout=subprocess.DEVNULL, stderr=open(logs / "worker.log", "w"), env=env,
-            cwd=tmp_path))
+            stdout=subprocess.DEVNULL, stderr=worker_log, env=env, cwd=tmp_path))
+    try:
         from dask.distributed import Client
         with Client(address, timeout=60) as client:
             client.wait_for_workers(1, timeout=120)

@@ -98,6 +98,11 @@ class _Table:
         self._jsonl.close()
         self._csv.close()
 
+    def rows(self) -> list[dict]:
+        """The rows written, read back from ``results.jsonl``."""
+        with open(self._jsonl.name) as file:
+            return [json.loads(line) for line in file]
+
 
 def _client(scheduler, workers):
     """A Dask client of the scheduler at ``scheduler``, or of a new ``LocalCluster`` of
@@ -105,8 +110,10 @@ def _client(scheduler, workers):
     from dask.distributed import Client, LocalCluster
     if scheduler is not None:
         return Client(scheduler), None
+    # ":0": any free port for the scheduler's HTTP server (and dashboard, where bokeh is
+    # installed), so two sweeps on one machine do not contend for Dask's 8787
     cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                           processes=True, dashboard_address=None)
+                           processes=True, dashboard_address=":0")
     return Client(cluster), cluster
 
 
@@ -138,7 +145,7 @@ def explore(spec: Spec, *, scheduler: str | None = None, workers: int | None = N
                 "test_images": spec.test_images, "rtl_images": spec.rtl_images}
     cache = Cache(out_dir / "cache")
     table = _Table(out_dir)
-    rows, pending = [], {}
+    pending = {}
     bar = tqdm(total=len(points), desc=f"olmac explore {spec.name}", unit="point",
                disable=not progress, file=sys.stderr)
     counts = {"computed": 0, "cached": 0, "failed": 0}
@@ -147,8 +154,8 @@ def explore(spec: Spec, *, scheduler: str | None = None, workers: int | None = N
         row = {"id": key[:12], "label": point_label(point, varying), "status": status,
                **point, **measurements, "cached": cached, "error": error}
         table.append(row)
-        rows.append(row)
         bar.update()
+        return row
 
     try:
         for point in points:
@@ -178,9 +185,8 @@ def explore(spec: Spec, *, scheduler: str | None = None, workers: int | None = N
                         record(pending[key], key, "ok", measurements, "", False)
                     else:
                         counts["failed"] += 1
-                        record(pending[key], key, "failed", {}, _error(future), False)
-                        bar.write(f"failed: {rows[-1]['label']}: "
-                                  f"{rows[-1]['error'].splitlines()[0]}")
+                        row = record(pending[key], key, "failed", {}, _error(future), False)
+                        bar.write(f"failed: {row['label']}: {row['error'].splitlines()[0]}")
                     threads = sum(client.nthreads().values())
                     bar.set_postfix(running=min(len(futures) - done, threads),
                                     failed=counts["failed"])
@@ -194,5 +200,7 @@ def explore(spec: Spec, *, scheduler: str | None = None, workers: int | None = N
     finally:
         bar.close()
         table.close()
+        # the table is the record: an interrupt between two writes leaves it whole rows
+        rows = table.rows()
         write_report(out_dir, spec.name, rows)
     return ExploreResult(rows=rows, out_dir=out_dir, **counts)

@@ -108,7 +108,9 @@ def _axis_value(name, value):
             raise SpecError(f"{field} must be a number in (0, 1), not {value!r}")
         return float(value)
     if name == "highway":
-        return _choices(field, value, (True, False))
+        if not isinstance(value, bool):
+            raise SpecError(f"{field} must be true or false, not {value!r}")
+        return value
     return _choices(field, value, {"scheme": SCHEMES, "multipliers": MODES,
                                    "requantizer": REQUANTIZERS, "memories": MEMORY_STYLES,
                                    "board": tuple(BOARDS)}[name])
