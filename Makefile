@@ -7,7 +7,7 @@ JOBS   ?= 2
 
 BOARD  ?= icebreaker
 
-.PHONY: help venv demo test test-full bench bitstream clean
+.PHONY: help venv demo test test-full formal bench bitstream clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: $(STAMP) ## the suite: golden, Amaranth-simulator and cocotb/Verilator tes
 
 test-full: $(STAMP) ## the suite plus the slow sweeps
 	$(PY) -m pytest -n $(JOBS)
+
+formal: $(STAMP) ## every SymbiYosys proof (k-induction, z3) and its broken variants; logs in build/formal
+	$(PY) -m olmac.formal build/formal
 
 bench: $(STAMP) ## print cycle, utilization, simulation-speed and LUT/FF figures
 	$(PY) -m bench

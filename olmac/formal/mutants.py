@@ -1,0 +1,73 @@
+"""Deliberately broken variants of blocks, each of which a proof must reject.
+
+A proof that passes its block and fails its mutant shows that its properties can fail at all;
+:mod:`tests.test_formal` runs both. Each mutant wraps the real block and breaks one promise,
+so the properties that read the block's registers still find them.
+"""
+
+from amaranth.asserts import AnySeq
+from amaranth.hdl import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from olmac.hw.result_buffer import ResultBuffer
+
+__all__ = ["LossyResultBuffer"]
+
+#: The ways a :class:`LossyResultBuffer` breaks its buffer.
+FAULTS = ("drop", "withdraw")
+
+
+class LossyResultBuffer(wiring.Component):
+    """A :class:`~olmac.hw.result_buffer.ResultBuffer` with a fault on ``r``.
+
+    ``"drop"``: in a cycle chosen freely the buffer is told its result was taken though the
+    consumer was not ready, so a result is lost. ``"withdraw"``: in a cycle chosen freely
+    ``r.valid`` is hidden, so a held result is withdrawn before ``ready``.
+
+    Parameters
+    ----------
+    payload_shape : ShapeLike
+        Shape of one result.
+    depth : int
+        Number of entries.
+    fault : str
+        ``"drop"`` or ``"withdraw"``.
+
+    Raises
+    ------
+    ValueError
+        If ``fault`` is not ``"drop"`` or ``"withdraw"``.
+    """
+
+    def __init__(self, payload_shape, depth, fault):
+        if fault not in FAULTS:
+            raise ValueError(f"Fault must be 'drop' or 'withdraw', not {fault!r}")
+        self._buffer = ResultBuffer(payload_shape, depth)
+        self._fault = fault
+        super().__init__({
+            "claim": In(1),
+            "can_claim": Out(1),
+            "w": In(stream.Signature(payload_shape, always_ready=True)),
+            "r": Out(stream.Signature(payload_shape)),
+        })
+
+    @property
+    def depth(self):
+        """Number of entries."""
+        return self._buffer.depth
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.buffer = buffer = self._buffer
+        fault = AnySeq(1)
+        m.d.comb += [buffer.claim.eq(self.claim), self.can_claim.eq(buffer.can_claim),
+                     buffer.w.valid.eq(self.w.valid), buffer.w.payload.eq(self.w.payload),
+                     self.r.payload.eq(buffer.r.payload)]
+        if self._fault == "drop":
+            m.d.comb += [buffer.r.ready.eq(self.r.ready | fault),
+                         self.r.valid.eq(buffer.r.valid)]
+        else:
+            m.d.comb += [buffer.r.ready.eq(self.r.ready),
+                         self.r.valid.eq(buffer.r.valid & ~fault)]
+        return m

@@ -1,0 +1,77 @@
+"""The catalogue of olmac's formal proofs, each with the broken variants it must reject."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from olmac.hw.result_buffer import ResultBuffer
+from .mutants import LossyResultBuffer
+from .properties import ResultBufferProperties
+from .runner import prove
+
+__all__ = ["Proof", "PROOFS", "run_all"]
+
+
+@dataclass(frozen=True)
+class Proof:
+    """One property wrapper, how to run it, and the mutants it must fail on.
+
+    Attributes
+    ----------
+    name : str
+        Build folder name and test id.
+    wrapper : Callable
+        Builds the property wrapper of the real block.
+    mutants : dict
+        Mutant name → builder of the same wrapper around a broken block.
+    depth : int
+        Induction length (``prove``) or cycles checked (``bmc``).
+    mode : str
+        ``"prove"`` (k-induction) or ``"bmc"``.
+    slow : bool
+        Takes more than 30 s on the 2-core CI machine: ``make formal`` only, not ``make test``.
+    """
+    name: str
+    wrapper: Callable
+    mutants: dict
+    depth: int
+    mode: str = "prove"
+    slow: bool = False
+
+
+PROOFS = (
+    Proof("result_buffer_d2", lambda: ResultBufferProperties(ResultBuffer(2, 2), order=False),
+          {fault: (lambda fault=fault: ResultBufferProperties(LossyResultBuffer(2, 2, fault),
+                                                              order=False))
+           for fault in ("drop", "withdraw")},
+          depth=6),
+    Proof("result_buffer_d3", lambda: ResultBufferProperties(ResultBuffer(3, 3), order=False),
+          {"drop": lambda: ResultBufferProperties(LossyResultBuffer(3, 3, "drop"),
+                                                  order=False)},
+          depth=8),
+    Proof("result_buffer_order_d2",
+          lambda: ResultBufferProperties(ResultBuffer(2, 2), order=True),
+          {"drop": lambda: ResultBufferProperties(LossyResultBuffer(2, 2, "drop"),
+                                                  order=True)},
+          depth=12, mode="bmc", slow=True),
+)
+
+
+def run_all(build_dir, *, slow=True):
+    """Runs every proof (and its mutants) under ``build_dir``, yielding ``(as_expected, line)``.
+
+    A proof is as expected when it passes, a mutant when it fails. The line names the run,
+    its verdict and its time.
+    """
+    build_dir = Path(build_dir)
+    for proof in PROOFS:
+        if proof.slow and not slow:
+            continue
+        runs = [(proof.name, proof.wrapper, True)]
+        runs += [(f"{proof.name}-{name}", build, False) for name, build in proof.mutants.items()]
+        for name, build, expected in runs:
+            result = prove(build(), build_dir / name, depth=proof.depth, mode=proof.mode)
+            good = result.passed == expected
+            yield good, (f"{name:36} {proof.mode:5} depth {proof.depth:3} {result.status:7} "
+                         f"{'ok' if good else 'UNEXPECTED'} {result.seconds:6.1f} s  "
+                         f"{result.log}")

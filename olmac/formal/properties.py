@@ -1,0 +1,167 @@
+"""Property wrappers: each instantiates a block under test and states its rules.
+
+A wrapper drives the block's inputs with free values (``AnySeq``), constrains them with
+``Assume`` to what the block's documentation allows its environment to do, and states the
+block's promises with ``Assert``. It takes the block as a parameter, so a test can hand it a
+deliberately broken variant (:mod:`olmac.formal.mutants`) and see the proof fail.
+
+Where k-induction needs them, a wrapper also asserts invariants on the block's own registers
+(found by name in its elaborated fragment): without them the induction step starts from
+unreachable states, such as a stored count that disagrees with the queue pointers, and fails
+though every reachable state is fine.
+"""
+
+from amaranth.hdl import *
+from amaranth.asserts import AnyConst, AnySeq
+from amaranth.hdl import Fragment
+from amaranth.lib import data
+
+__all__ = ["StreamRules", "ResultBufferProperties"]
+
+
+def _assigned(fragment):
+    """Every signal that ``fragment`` or its subfragments assign, innermost first."""
+    for subfragment, _name, _src_loc in fragment.subfragments:
+        yield from _assigned(subfragment)
+    for statements in fragment.statements.values():
+        for statement in statements:
+            yield from statement._lhs_signals()
+
+
+def _registers(fragment, *names):
+    """The first signals called ``names`` that ``fragment`` (or a subfragment) assigns."""
+    found = {}
+    for signal in _assigned(fragment):
+        if signal.name in names:
+            found.setdefault(signal.name, signal)
+    missing = set(names) - set(found)
+    if missing:
+        raise ValueError(f"Registers must be assigned by the block, not missing: "
+                         f"{sorted(missing)}")
+    return [found[name] for name in names]
+
+
+class StreamRules(Elaboratable):
+    """The transfer rules of one ``amaranth.lib.stream`` port, as seen from its sink side.
+
+    Once ``valid`` is high it stays high, with the same payload, until a cycle with ``ready``:
+    ``valid`` never waits on ``ready`` and a beat is neither withdrawn nor changed.
+
+    Parameters
+    ----------
+    port : stream.Interface
+        The port of the block under test that sends (its ``valid`` and ``payload`` are
+        checked; its ``ready`` is read).
+    """
+
+    def __init__(self, port):
+        self._port = port
+
+    def elaborate(self, platform):
+        m = Module()
+        port = self._port
+        held = Signal()
+        payload = Signal.like(Value.cast(port.payload), name="held_payload")
+        m.d.sync += [held.eq(port.valid & ~port.ready), payload.eq(port.payload)]
+        with m.If(held):
+            m.d.comb += [Assert(port.valid, "valid dropped before ready"),
+                         Assert(Value.cast(port.payload) == payload,
+                                "payload changed while held")]
+        return m
+
+
+class ResultBufferProperties(Elaboratable):
+    """:class:`~olmac.hw.result_buffer.ResultBuffer` under every claim, write and ready pattern.
+
+    Environment (the buffer's documented contract): ``claim`` only while ``can_claim``, and
+    ``w.valid`` only for a result whose entry has been claimed in an earlier cycle and not yet
+    written (one result per claim; the pipeline takes at least a cycle). ``r.ready`` and the
+    payloads are free.
+
+    Properties:
+
+    * the stream rules on ``r`` (:class:`StreamRules`);
+    * counting transfers: ``r`` never sends more results than ``w`` wrote (none created), the
+      results held never exceed ``depth`` (no overflow: a write always finds room), and a
+      result held is offered on ``r`` within a cycle (none lost or stuck);
+    * credits: the claims not yet released by ``r`` never exceed ``depth``;
+    * with ``order``, order and payload: a result chosen freely (``AnyConst``) among the
+      writes leaves ``r`` as the same transfer number, with the same payload (no loss,
+      duplication or reordering).
+
+    The first three are k-inductive. The fourth is checked by BMC only: the tracked payload
+    may wait in the buffer's memory, whose rows an Amaranth wrapper cannot name, so the
+    induction step cannot be told that the row holds it.
+
+    Parameters
+    ----------
+    buffer : ResultBuffer
+        The block under test (or a broken variant with the same ports).
+    order : bool
+        Also track one result's number and payload.
+    """
+
+    def __init__(self, buffer, *, order):
+        self._buffer = buffer
+        self._order = order
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self._buffer
+        depth = dut.depth
+        fragment = Fragment.get(dut, platform)
+        m.submodules.dut = fragment
+        m.submodules.rules = StreamRules(dut.r)
+        m.d.comb += Assume(~ResetSignal())
+
+        m.d.comb += [dut.claim.eq(AnySeq(1)), dut.w.valid.eq(AnySeq(1)),
+                     dut.w.payload.eq(AnySeq(len(Value.cast(dut.w.payload)))),
+                     dut.r.ready.eq(AnySeq(1))]
+        m.d.comb += Assume(~dut.claim | dut.can_claim)
+
+        # Counts modulo a power of two above every bound checked, so their differences are
+        # exact while the counts themselves may wrap.
+        width = (2 * depth + 2).bit_length() + 1
+        claims, written, read = (Signal(width, name=n) for n in ("claims", "written", "read"))
+        wrote = dut.w.valid
+        sent = dut.r.valid & dut.r.ready
+        m.d.sync += [claims.eq(claims + dut.claim), written.eq(written + wrote),
+                     read.eq(read + sent)]
+        unwritten = (claims - written)[:width]
+        held = (written - read)[:width]
+        m.d.comb += Assume(~wrote | (unwritten != 0))
+
+        m.d.comb += [
+            Assert(held <= depth, "more results held than entries"),
+            Assert(~sent | (held != 0), "a result sent that was never written"),
+            Assert((claims - read)[:width] <= depth, "more entries claimed than exist"),
+            Assert(unwritten <= depth, "claims outrun the entries"),
+        ]
+        # A written result reaches the output register a cycle after it is counted as held.
+        waiting, waited = Signal(), Signal()
+        m.d.comb += waiting.eq((held != 0) & ~dut.r.valid)
+        m.d.sync += waited.eq(waiting)
+        m.d.comb += Assert(~(waited & waiting), "a held result not offered")
+
+        # Invariants of this implementation that make the induction step start from reachable
+        # states only: the stored count and the output register hold exactly the results
+        # written and not yet read, and the credit count is the claims not yet read.
+        stored, outstanding = _registers(fragment, "stored", "outstanding")
+        m.d.comb += [Assert(stored + dut.r.valid == held),
+                     Assert(outstanding == (claims - read)[:width])]
+        if not self._order:
+            return m
+        # One tracked result: its transfer number on `w` and its payload, chosen freely.
+        index = AnyConst(width)
+        payload = Signal.like(Value.cast(dut.w.payload), name="tracked_payload")
+        tracked_written = Signal()
+        with m.If(wrote & (written == index) & ~tracked_written):
+            m.d.sync += [payload.eq(dut.w.payload), tracked_written.eq(1)]
+        # A result may only be written once its number has not wrapped past the tracked one.
+        m.d.comb += Assume(~wrote | (written != index) | ~tracked_written)
+        with m.If(sent & (read == index)):
+            m.d.comb += [Assert(tracked_written, "the tracked result left before it came"),
+                         Assert(Value.cast(dut.r.payload) == payload,
+                                "the tracked result left with another payload")]
+
+        return m
