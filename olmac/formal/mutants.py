@@ -10,9 +10,10 @@ from amaranth.hdl import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.result_buffer import ResultBuffer
 
-__all__ = ["LossyResultBuffer"]
+__all__ = ["LossyResultBuffer", "OnesComplementDecoder"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -71,3 +72,18 @@ class LossyResultBuffer(wiring.Component):
             m.d.comb += [buffer.r.ready.eq(self.r.ready),
                          self.r.valid.eq(buffer.r.valid & ~fault)]
         return m
+
+
+class OnesComplementDecoder(CodebookDecoder):
+    """A :class:`~olmac.hw.codebook.CodebookDecoder` that negates by inverting the bits.
+
+    ``~m`` is ``-m - 1``: every negative weight is off by one, the classic slip of a
+    sign-magnitude decoder.
+    """
+
+    def _decode(self, code, stored):
+        sign, index = code[self._config.idx_bits], code[:self._config.idx_bits]
+        zero = [Const(0, self._config.entry_bits)] if self._config.zero else []
+        magnitude = Cat(*zero, *stored).word_select(index, self._config.entry_bits)
+        word = Cat(magnitude, Const(0, 1))
+        return Mux(sign, ~word, word)

@@ -4,9 +4,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.result_buffer import ResultBuffer
-from .mutants import LossyResultBuffer
-from .properties import ResultBufferProperties
+from .mutants import LossyResultBuffer, OnesComplementDecoder
+from .properties import CodebookDecodeProperties, ResultBufferProperties
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -39,6 +40,16 @@ class Proof:
     slow: bool = False
 
 
+def _decode_proof(idx_bits, zero):
+    """The decode proof of a one-weight decoder, with a negation off by one as its mutant."""
+    def wrapper(decoder_class):
+        return lambda: CodebookDecodeProperties(decoder_class(
+            lanes=1, cols=1, idx_bits=idx_bits, zero=zero, entry_bits=3))
+    return Proof(f"codebook_decode_i{idx_bits}{'_zero' if zero else ''}",
+                 wrapper(CodebookDecoder), {"ones_complement": wrapper(OnesComplementDecoder)},
+                 depth=1)
+
+
 PROOFS = (
     Proof("result_buffer_d2", lambda: ResultBufferProperties(ResultBuffer(2, 2), order=False),
           {fault: (lambda fault=fault: ResultBufferProperties(LossyResultBuffer(2, 2, fault),
@@ -54,6 +65,8 @@ PROOFS = (
           {"drop": lambda: ResultBufferProperties(LossyResultBuffer(2, 2, "drop"),
                                                   order=True)},
           depth=12, mode="bmc", slow=True),
+    # Binary, ternary-style (zero code) and the widest codebooks, 3-bit entries.
+    *(_decode_proof(idx_bits, zero) for idx_bits, zero in ((0, False), (1, True), (3, True))),
 )
 
 

@@ -16,7 +16,7 @@ from amaranth.asserts import AnyConst, AnySeq
 from amaranth.hdl import Fragment
 from amaranth.lib import data
 
-__all__ = ["StreamRules", "ResultBufferProperties"]
+__all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties"]
 
 
 def _assigned(fragment):
@@ -164,4 +164,49 @@ class ResultBufferProperties(Elaboratable):
                          Assert(Value.cast(dut.r.payload) == payload,
                                 "the tracked result left with another payload")]
 
+        return m
+
+
+class CodebookDecodeProperties(Elaboratable):
+    """The weight of every code of a :class:`~olmac.hw.codebook.CodebookDecoder` row.
+
+    For a free code and a free row of stored magnitudes (both ``AnySeq``), the decoder's
+    per-weight decode equals docs/codebooks.md §3 written out code by code here, not with the
+    decoder's multiplexers: with ``zero``, index 0 is 0 whatever the sign; otherwise index
+    ``i`` is ``T[i - zero]``, and the same index with the sign bit set is its negation
+    (symmetric entries negate). Combinational, so k-induction of depth 1 covers every input.
+
+    Parameters
+    ----------
+    decoder : CodebookDecoder
+        The block under test (or a broken variant). It is elaborated whole, with free
+        inputs, but only its decode is checked.
+    """
+
+    def __init__(self, decoder):
+        self._decoder = decoder
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.decoder = self._decoder
+        config = self._decoder._config
+        idx_bits, entry_bits, zero = config.idx_bits, config.entry_bits, config.zero
+        row_layout = data.ArrayLayout(unsigned(entry_bits), config.stored)
+        row = Signal(row_layout)
+        code = Signal(1 + idx_bits)
+        m.d.comb += [row.eq(AnySeq(row_layout.size)), code.eq(AnySeq(1 + idx_bits))]
+        weight = Signal(config.weight_shape)
+        m.d.comb += weight.eq(self._decoder._decode(code, row))
+
+        expected = Signal(config.weight_shape)
+        for sign in (0, 1):
+            for index in range(1 << idx_bits):
+                if zero and index == 0:
+                    value = C(0, config.weight_shape)
+                else:
+                    magnitude = Cat(row[index - int(zero)], C(0, 1)).as_signed()
+                    value = -magnitude if sign else magnitude
+                with m.If(code == (sign << idx_bits) | index):
+                    m.d.comb += expected.eq(value)
+        m.d.comb += Assert(weight == expected, "a code decodes to another weight")
         return m
