@@ -8,9 +8,11 @@ fusion of ReLU and residual adds (``_plan``), and the activation scales (``_Lowe
 and the ``"output"`` calibration, ``_search_clipping``).
 
 Supported layers: ``nn.Linear``; ``nn.Conv2d`` (lowered onto the GEMM by ``im2col``, §10);
-ReLU (fused into the requantization of the layer or add before it); the residual add
-(fused into the requantization of one of its operands, §11, with the *precision highway*:
-the skip tensor at 16 bits); ``nn.AvgPool2d`` (§12) and ``nn.MaxPool2d``; flatten.
+ReLU, with a cap for ReLU6/Hardtanh/``clamp`` (fused into the requantization of the layer
+or add before it); the residual add (fused into the requantization of one of its operands,
+§11, with the *precision highway*: the skip tensor at 16 bits); ``nn.AvgPool2d`` (§12) and
+``nn.MaxPool2d``; flatten. ``normalize`` first rewrites the other forms people write onto
+these (§17); ``supported_layers`` is the table of all of them.
 """
 
 import operator
@@ -28,12 +30,13 @@ from ..mmse import max_abs_scale, mmse_scale
 from .float_view import run_fake_quant
 from .integer_program import IntegerProgram
 from .kernels import im2col
+from .normalize import located, normalize, supported_layers
 from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
 from .schemes import SCHEMES
 from .types import ProgramError, Value
 
 __all__ = ["MMSE_SAMPLES", "ACT_CALIBRATIONS", "CLIP_FACTORS", "SEARCH_IMAGES",
-           "MIN_ALIGNED_MULTIPLIER", "quantize_model"]
+           "MIN_ALIGNED_MULTIPLIER", "quantize_model", "lowering_notes", "supported_layers"]
 
 #: Most values of one activation tensor the MMSE calibration searches over (§13).
 MMSE_SAMPLES = 1 << 14
@@ -68,8 +71,38 @@ def _unsupported(name: str, kind: str, why: str = "") -> ProgramError:
     return ProgramError(f"unsupported layer '{name}' ({kind}{' ' + why if why else ''})")
 
 
+#: Activations that need a lookup table (issue 13), a new core op: refused by name.
+_TABLE_ACTIVATIONS = {"gelu", "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "mish",
+                      "leakyrelu", "leaky_relu", "elu", "selu", "celu", "softplus", "prelu"}
+
+
+def _refused(name: str, kind: str) -> ProgramError:
+    """``_unsupported`` for a layer outside every supported form, saying what is supported
+    instead."""
+    short = kind.rsplit(".", 1)[-1].lower()
+    if short in _TABLE_ACTIVATIONS:
+        instead = "supported activations: ReLU; ReLU6, Hardtanh(0, m), clamp(0, m)"
+    elif short in ("conv1d", "conv3d", "convtranspose2d"):
+        instead = "supported convolutions: nn.Conv2d with groups=1"
+    elif short in ("cat", "concat", "stack"):
+        instead = "concatenation is not supported"
+    else:
+        instead = "supported layers: olmac.golden.program.lowering.supported_layers()"
+    return ProgramError(f"unsupported layer '{name}' ({kind}; {instead})")
+
+
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def _conv_padding(module: nn.Conv2d) -> tuple[int, int]:
+    """The explicit symmetric padding of ``module``: ``'same'`` (odd kernels, stride 1,
+    which ``_classify`` checks) is ``k // 2`` on each side."""
+    if module.padding == "valid":
+        return (0, 0)
+    if module.padding == "same":
+        return tuple(k // 2 for k in _pair(module.kernel_size))
+    return _pair(module.padding)
 
 
 _ADD = {operator.add, operator.iadd, torch.add}
@@ -90,8 +123,9 @@ def _classify(node: fx.Node, modules: dict) -> str:
         if isinstance(module, nn.Linear):
             return "linear"
         if isinstance(module, nn.Conv2d):
-            if isinstance(module.padding, str) and module.padding != "valid":
-                raise _unsupported(name, kind, f"with padding={module.padding!r}")
+            if module.padding == "same" and any(k % 2 == 0 for k in _pair(module.kernel_size)):
+                raise _unsupported(name, kind, "with padding='same' and an even kernel; only "
+                                   "odd kernels, whose padding is symmetric")
             if module.groups != 1 or _pair(module.dilation) != (1, 1) \
                     or module.padding_mode != "zeros":
                 raise _unsupported(name, kind, f"with groups={module.groups}, dilation="
@@ -111,7 +145,7 @@ def _classify(node: fx.Node, modules: dict) -> str:
             if (module.start_dim, module.end_dim) != (1, -1):
                 raise _unsupported(name, kind, "with start_dim != 1 or end_dim != -1")
             return "flatten"
-        raise _unsupported(name, kind)
+        raise _refused(name, kind)
     if node.op in ("call_function", "call_method"):
         target = node.target
         kind = _function_name(node)
@@ -122,7 +156,7 @@ def _classify(node: fx.Node, modules: dict) -> str:
             return "add"
         if target in _RELU or target in ("relu", "relu_"):
             if len(node.args) != 1:
-                raise _unsupported(node.name, kind)
+                raise _unsupported(node.name, kind, "other than relu(x)")
             return "relu"
         if target in _FLATTEN or target == "flatten":
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
@@ -130,8 +164,8 @@ def _classify(node: fx.Node, modules: dict) -> str:
             if (start, end) != (1, -1):
                 raise _unsupported(node.name, kind, "other than flatten(x, 1)")
             return "flatten"
-        raise _unsupported(node.name, kind)
-    raise _unsupported(node.name, f"fx {node.op} {node.target}")
+        raise _refused(node.name, kind)
+    raise _refused(node.name, f"fx {node.op} {node.target}")
 
 
 @dataclass
@@ -142,6 +176,7 @@ class _Step:
     input: fx.Node | None
     residual: fx.Node | None = None
     relu: bool = False
+    cap: float | None = None
     name: str = ""
 
     @property
@@ -149,8 +184,9 @@ class _Step:
         return self.nodes[-1]
 
 
-def _plan(graph: fx.Graph, kinds: dict) -> list[_Step]:
-    """Group the nodes into ops: GEMM [+ add] [+ ReLU] fused, pools and flatten alone."""
+def _plan(graph: fx.Graph, kinds: dict, errors: list[str]) -> list[_Step]:
+    """Group the nodes into ops: GEMM [+ add] [+ ReLU] fused, pools and flatten alone; a
+    ReLU or add that fuses into nothing is refused into ``errors``."""
     member: dict[fx.Node, _Step] = {}
     steps: list[_Step] = []
     for node in graph.nodes:
@@ -168,14 +204,16 @@ def _plan(graph: fx.Graph, kinds: dict) -> list[_Step]:
             if len(users) == 1 and kinds[users[0]] == "relu":
                 step.nodes.append(users[0])
                 step.relu = True
+                step.cap = users[0].meta.get("olmac_cap")
         elif kind in ("relu", "add"):
             if node not in member:
                 why = ("a ReLU must directly follow a Linear, Conv2d or residual add that has "
                        "no other user" if kind == "relu" else
                        "a residual add needs one operand that is a Linear or Conv2d with no "
                        "other user, into whose requantization it is fused")
-                raise _unsupported(node.name, _function_name(node) if node.op != "call_module"
-                                   else "nn.ReLU", "— " + why)
+                errors.append(located(node, str(_unsupported(
+                    node.name, _function_name(node) if node.op != "call_module" else "nn.ReLU",
+                    "— " + why))))
             continue
         elif kind == "output":
             continue
@@ -270,11 +308,17 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     of §11: the skip tensor is requantized to ``act_bits`` before the add and sums are
     low-width.
 
+    The model is first rewritten by ``normalize`` (§17): BatchNorm folded, Dropout/Identity
+    and a trailing softmax dropped (``lowering_notes`` lists what was), reshapes, functional
+    and adaptive pooling and capped ReLUs in the forms above.
+
     Raises
     ------
     ProgramError
-        For a layer the lowering does not support (``"unsupported layer 'layers.3'
-        (nn.GELU)"``), a model torch.fx cannot trace, or a bias or scale that does not fit.
+        For layers the lowering does not support (``"unsupported layer 'layers.3'
+        (nn.GELU)"``): every one of the model, one line each, with ``at file.py:line`` of the
+        user's ``forward`` where fx recorded it; a model torch.fx cannot trace, or a bias or
+        scale that does not fit.
     TypeError
         If a width is out of range.
     ValueError
@@ -289,16 +333,26 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                 not ACT_BITS[0] <= bits <= ACT_BITS[1]:
             raise TypeError(f"{name} must be an integer in {ACT_BITS[0]}..{ACT_BITS[1]}, "
                             f"not {bits!r}")
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception as error:  # fx raises many types for untraceable code
-        raise ProgramError(f"torch.fx cannot trace the model: {error}") from error
+    calibration = calibration.to(torch.float32)
+    normalized = normalize(model, calibration[:2])
+    traced = normalized.module
     modules = dict(traced.named_modules())
-    kinds = {node: _classify(node, modules) for node in traced.graph.nodes}
+    errors, kinds = [], {}
+    for node in traced.graph.nodes:
+        kinds[node] = "refused"
+        if node in normalized.errors:
+            errors.append(normalized.errors[node])
+            continue
+        try:
+            kinds[node] = _classify(node, modules)
+        except ProgramError as error:
+            errors.append(located(node, str(error)))
     inputs = [node for node, kind in kinds.items() if kind == "input"]
     if len(inputs) != 1:
         raise ProgramError(f"the model must take one input tensor, not {len(inputs)}")
-    steps = _plan(traced.graph, kinds)
+    steps = _plan(traced.graph, kinds, errors)
+    if errors:
+        raise ProgramError("\n".join(errors))
     result = next(node for node, kind in kinds.items() if kind == "output").args[0]
     if not isinstance(result, fx.Node):
         raise ProgramError("the model must return one tensor")
@@ -310,7 +364,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                                    f"not the output of a supported op")
     traced.eval()
     recorder = _Recorder(traced)
-    recorder.run(calibration.to(torch.float32))
+    recorder.run(calibration)
     cache = {}  # what does not depend on the activation scales, shared by every lowering
 
     def lower(clip: dict[str, float]) -> IntegerProgram:
@@ -338,6 +392,13 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     if act_calibration == "output":
         program = _search_clipping(program, lower, calibration, recorder.seen[result])
     return program
+
+
+@torch.no_grad()
+def lowering_notes(model: nn.Module, calibration: torch.Tensor) -> list[str]:
+    """What ``quantize_model`` folds or drops from ``model`` (§17), one line each: the
+    BatchNorms folded and a trailing softmax dropped (the program's logits are its input)."""
+    return normalize(model, calibration[:2].to(torch.float32)).notes
 
 
 def _search_clipping(program: IntegerProgram, lower, calibration: torch.Tensor,
@@ -419,6 +480,13 @@ class _Lowering:
             return float(mmse_scale(x, bits, signed=signed))
         return float(max_abs_scale(x, bits, signed=signed)) * self.clip.get(name, 1.0)
 
+    def capped(self, scale: float, step: _Step, bits: int) -> float:
+        """``scale``, at most ``cap/hi`` for a capped ReLU (§17): then the format's upper
+        clamp ``hi`` stands for at most the cap, as the float model's clamp does."""
+        if step.cap is None:
+            return scale
+        return min(scale, step.cap / int_range(bits, False)[1])
+
     def add_value(self, node: fx.Node, name: str, bits: int, signed: bool,
                   scale: float) -> str:
         self.values[name] = Value(tuple(self.floats[node].shape[1:]), bits, signed, scale)
@@ -498,16 +566,15 @@ class _Lowering:
         signed = not step.relu
         bits = HIGHWAY_BITS if wide else self.act_bits
         name = self.unique(node.target)
-        name = self.add_value(step.last, name, bits, signed,
-                              self.scale(step.last, bits, signed, name))
+        name = self.add_value(step.last, name, bits, signed, self.capped(
+            self.scale(step.last, bits, signed, name), step, bits))
         out = self.values[name]
         scheme = self.scheme_of(node.target)
         n = module.weight.shape[0]
         geometry = {}
         if isinstance(module, nn.Conv2d):
             geometry = {"kernel": _pair(module.kernel_size), "stride": _pair(module.stride),
-                        "padding": (0, 0) if module.padding == "valid"
-                        else _pair(module.padding)}
+                        "padding": _conv_padding(module)}
         zeros = torch.zeros(n, dtype=torch.int64)
         op = Gemm(name=name, input=source, output=name,
                   layer="conv2d" if geometry else "linear",

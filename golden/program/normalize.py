@@ -1,0 +1,289 @@
+"""The layers people write, rewritten onto the ones the lowering runs (docs/program.md §17).
+
+``normalize`` traces a model with ``torch.fx`` (recording where each node comes from in the
+user's ``forward``) and rewrites its graph, before any quantization, into the forms
+``lowering`` knows: BatchNorm folded into the Conv2d/Linear before it, eval-mode no-ops
+(Dropout, Identity, ``contiguous``) and a trailing softmax dropped, every
+``view``/``reshape``/``flatten`` that flattens to ``(N, features)`` made one
+``torch.flatten(x, 1)``, functional and adaptive pooling made ``nn.MaxPool2d``/
+``nn.AvgPool2d`` modules and ReLU6/Hardtanh/``clamp`` with a lower bound of 0 made a ReLU
+with a cap. Nothing here adds arithmetic: each rewrite is exact on the float model (BatchNorm
+folding up to float rounding), so the integer semantics of §9–§13 are unchanged.
+"""
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from .types import ProgramError
+
+__all__ = ["Normalized", "normalize", "located", "supported_layers"]
+
+#: Where torch's own frames live: a stack frame outside it is the user's code.
+_TORCH_DIR = str(Path(torch.__file__).parent)
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in forward')
+
+_DROPPED_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
+_DROPPED_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, torch.dropout}
+_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+_SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+_RESHAPES = {torch.flatten, torch.reshape}
+_BATCHNORMS = {nn.BatchNorm1d: nn.Linear, nn.BatchNorm2d: nn.Conv2d}
+_POOLS = {F.max_pool2d: nn.MaxPool2d, torch.max_pool2d: nn.MaxPool2d,
+          F.avg_pool2d: nn.AvgPool2d}
+_CAPS = {F.relu6: (0.0, 6.0), F.hardtanh: (-1.0, 1.0)}
+_CLAMPS = {torch.clamp, torch.clip}
+
+#: Every form the lowering supports: (what the user writes, what it lowers to), the table
+#: of the README.
+SUPPORTED = (
+    ("`nn.Linear`", "GEMM (§10)"),
+    ("`nn.Conv2d` (groups=1, dilation=1, zero padding, `padding='same'` with odd kernels)",
+     "GEMM on im2col (§10)"),
+    ("`nn.BatchNorm1d`/`nn.BatchNorm2d` right after a Linear/Conv2d",
+     "folded into its weights and bias (§17)"),
+    ("`nn.ReLU`, `F.relu`, `torch.relu`, `Tensor.relu` after a GEMM or residual add",
+     "the requantizer's lower clamp 0 (§10)"),
+    ("`nn.ReLU6`, `F.relu6`, `nn.Hardtanh(0, m)`, `torch.clamp(x, 0, m)` after a GEMM",
+     "the requantizer's clamp, scale ≤ m/hi (§17)"),
+    ("`a + b` (residual add) with a Linear/Conv2d operand", "fused into its requantization (§11)"),
+    ("`nn.AvgPool2d`, `F.avg_pool2d` (no padding)", "SUM + requantization (§12)"),
+    ("`nn.AdaptiveAvgPool2d`, `F.adaptive_avg_pool2d` (output size dividing the input)",
+     "an average pool (§12, §17)"),
+    ("`nn.MaxPool2d`, `F.max_pool2d` (no padding)", "MAX (§12)"),
+    ("`nn.Flatten`, `torch.flatten(x, 1)`, `x.flatten(1)`, `x.view(x.size(0), -1)`, "
+     "`x.reshape(x.shape[0], -1)`", "flatten (§12)"),
+    ("`nn.Dropout`, `nn.Identity`, `Tensor.contiguous`", "dropped (eval mode, §17)"),
+    ("a trailing `softmax`/`log_softmax`", "dropped: argmax-preserving, the logits are its "
+     "input (§17)"),
+)
+
+
+def supported_layers() -> str:
+    """The table of supported layers (Markdown), as the README shows it."""
+    rows = ["| you write | it runs as |", "|---|---|"]
+    rows += [f"| {layer} | {lowered} |" for layer, lowered in SUPPORTED]
+    return "\n".join(rows)
+
+
+def located(node: fx.Node, message: str) -> str:
+    """``message`` with `` at file.py:line`` of the innermost user ``forward`` that made
+    ``node``, where fx recorded it."""
+    frames = [(path, line) for path, line in _FRAME.findall(node.stack_trace or "")
+              if not path.startswith(_TORCH_DIR)]
+    if not frames:
+        return message
+    path, line = frames[-1]
+    return f"{message} at {Path(path).name}:{line}"
+
+
+@dataclass
+class Normalized:
+    """A traced, rewritten model: ``module`` (its graph in the lowering's forms), the
+    ``notes`` on what was dropped or folded (one line each) and ``errors``, the refusal of
+    each node the rewrite refused (one line each), by node."""
+    module: fx.GraphModule
+    notes: list[str] = field(default_factory=list)
+    errors: dict[fx.Node, str] = field(default_factory=dict)
+
+
+def _arg(node: fx.Node, index: int, name: str, default):
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+@torch.no_grad()
+def normalize(model: nn.Module, sample: torch.Tensor) -> Normalized:
+    """Trace ``model`` and rewrite it into the lowering's forms, running ``sample`` (a batch
+    of at least two inputs) through it for the shapes the rewrites need.
+
+    Raises
+    ------
+    ProgramError
+        If torch.fx cannot trace the model or ``sample`` cannot run through it.
+    """
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True
+    try:
+        graph = tracer.trace(model)
+    except Exception as error:  # fx raises many types for untraceable code
+        raise ProgramError(f"torch.fx cannot trace the model: {error}") from error
+    module = fx.GraphModule(tracer.root, graph)
+    module.eval()
+    try:
+        ShapeProp(module).propagate(sample)
+    except Exception as error:  # the user's forward can raise anything on a bad shape
+        cause = error.__cause__ or error  # ShapeProp wraps the error with the whole graph
+        raise ProgramError(f"the model cannot run on inputs of shape "
+                           f"{tuple(sample.shape[1:])}: {cause}") from error
+    result = _Rewrite(module, len(sample))
+    for node in list(graph.nodes):
+        result.visit(node)
+    graph.eliminate_dead_code()
+    module.recompile()
+    return Normalized(module, result.notes, result.errors)
+
+
+class _Rewrite:
+    """One pass over the graph, rewriting node by node (``visit``)."""
+
+    def __init__(self, module: fx.GraphModule, batch: int):
+        self.module, self.graph, self.batch = module, module.graph, batch
+        self.modules = dict(module.named_modules())
+        self.notes: list[str] = []
+        self.errors: dict[fx.Node, str] = {}
+
+    def refuse(self, node: fx.Node, message: str) -> None:
+        self.errors[node] = located(node, message)
+
+    def drop(self, node: fx.Node) -> None:
+        node.replace_all_uses_with(node.args[0])
+        self.graph.erase_node(node)
+
+    def replace(self, node: fx.Node, op: str, target, args: tuple,
+                meta: dict | None = None) -> None:
+        with self.graph.inserting_after(node):
+            new = self.graph.create_node(op, target, args, name=node.name)
+        new.meta.update(node.meta)
+        new.meta.update(meta or {})
+        node.replace_all_uses_with(new)
+        self.graph.erase_node(node)
+
+    def add_module(self, node: fx.Node, module: nn.Module) -> str:
+        name = node.name
+        while hasattr(self.module, name):
+            name += "_"
+        self.module.add_submodule(name, module)
+        self.modules[name] = module
+        return name
+
+    def visit(self, node: fx.Node) -> None:
+        module = self.modules.get(node.target) if node.op == "call_module" else None
+        method = node.target if node.op == "call_method" else None
+        function = node.target if node.op == "call_function" else None
+        if isinstance(module, _DROPPED_MODULES) or method == "contiguous" \
+                or function in _DROPPED_FUNCTIONS:
+            self.drop(node)
+        elif isinstance(module, _SOFTMAX_MODULES) or method in ("softmax", "log_softmax") \
+                or function in _SOFTMAX_FUNCTIONS:
+            self.softmax(node)
+        elif isinstance(module, tuple(_BATCHNORMS)):
+            self.batchnorm(node, module)
+        elif method in ("view", "reshape", "flatten") or function in _RESHAPES:
+            self.reshape(node)
+        elif function in _POOLS:
+            self.pool(node, _POOLS[function])
+        elif isinstance(module, nn.AdaptiveAvgPool2d) or function is F.adaptive_avg_pool2d:
+            size = module.output_size if module is not None else _arg(node, 1, "output_size", None)
+            self.adaptive(node, size)
+        elif isinstance(module, (nn.ReLU6, nn.Hardtanh)):
+            self.cap(node, type(module).__name__, module.min_val, module.max_val)
+        elif function in _CAPS:
+            low, high = _CAPS[function]
+            if function is F.hardtanh:
+                low, high = _arg(node, 1, "min_val", low), _arg(node, 2, "max_val", high)
+            self.cap(node, function.__name__, low, high)
+        elif function in _CLAMPS or method in ("clamp", "clip"):
+            self.cap(node, "clamp", _arg(node, 1, "min", None), _arg(node, 2, "max", None))
+
+    def softmax(self, node: fx.Node) -> None:
+        users = list(node.users)
+        dim = _arg(node, 1, "dim", None)
+        shape = _shape(node)
+        if [user.op for user in users] != ["output"] or shape is None or len(shape) != 2 \
+                or dim not in (1, -1):
+            self.refuse(node, f"unsupported layer '{node.name}' (a softmax other than the "
+                        f"model's result over dim 1 of (N, classes); a trailing one is "
+                        f"dropped)")
+            return
+        self.notes.append(f"dropped the trailing '{node.name}': softmax/log_softmax keep the "
+                          f"argmax, the program's logits are its input")
+        self.drop(node)
+
+    def batchnorm(self, node: fx.Node, bn: nn.Module) -> None:
+        before = node.args[0]
+        kind = _BATCHNORMS[type(bn)]
+        layer = self.modules.get(before.target) if isinstance(before, fx.Node) and \
+            before.op == "call_module" else None
+        shared = isinstance(layer, nn.Module) and sum(
+            other.op == "call_module" and other.target == before.target
+            for other in self.graph.nodes) > 1
+        name = before.name if isinstance(before, fx.Node) else repr(before)
+        if not isinstance(layer, kind) or len(before.users) != 1 or shared \
+                or bn.running_mean is None:
+            why = ("its input is used elsewhere" if isinstance(layer, kind) and
+                   len(before.users) != 1 else "the layer is called more than once" if shared
+                   else "it has no running statistics" if bn.running_mean is None
+                   else f"it must directly follow an nn.{kind.__name__}")
+            self.refuse(node, f"cannot fold BatchNorm '{node.target}' into '{name}': {why}")
+            return
+        fuse = fuse_conv_bn_eval if kind is nn.Conv2d else fuse_linear_bn_eval
+        folded = fuse(layer, bn)
+        self.module.add_submodule(before.target, folded)
+        self.modules[before.target] = folded
+        self.notes.append(f"folded BatchNorm '{node.target}' into '{before.target}'")
+        self.drop(node)
+
+    def reshape(self, node: fx.Node) -> None:
+        source, shape, out = node.args[0], _shape(node.args[0]), _shape(node)
+        if shape is not None and out is not None and shape[0] == self.batch \
+                and out == (self.batch, math.prod(shape[1:])):
+            if len(shape) == 2:
+                self.drop(node)
+            else:
+                self.replace(node, "call_function", torch.flatten, (source, 1))
+            return
+        kind = f"Tensor.{node.target}" if node.op == "call_method" else \
+            f"torch.{node.target.__name__}"
+        self.refuse(node, f"unsupported layer '{node.name}' ({kind} to shape "
+                    f"{list(out[1:]) if out else '?'} per sample; only flattening to "
+                    f"(N, features), e.g. x.view(x.size(0), -1))")
+
+    def pool(self, node: fx.Node, kind: type) -> None:
+        params = dict(zip(("kernel_size", "stride", "padding"), node.args[1:]), **node.kwargs)
+        if any(isinstance(value, fx.Node) for value in params.values()):
+            self.refuse(node, f"unsupported layer '{node.name}' ({node.target.__name__} with "
+                        f"computed parameters; only constants)")
+            return
+        try:
+            pool = kind(**params)
+        except TypeError as error:
+            self.refuse(node, f"unsupported layer '{node.name}' ({node.target.__name__}: "
+                        f"{error})")
+            return
+        self.replace(node, "call_module", self.add_module(node, pool), (node.args[0],))
+
+    def adaptive(self, node: fx.Node, size) -> None:
+        shape = _shape(node.args[0])
+        size = (size, size) if isinstance(size, int) else tuple(size or (None, None))
+        if shape is None or len(shape) != 4 or len(size) != 2:
+            self.refuse(node, f"unsupported layer '{node.name}' (adaptive_avg_pool2d on a "
+                        f"tensor of shape {shape})")
+            return
+        out = tuple(s if o is None else o for s, o in zip(shape[2:], size))
+        if any(s % o for s, o in zip(shape[2:], out)):
+            self.refuse(node, f"unsupported layer '{node.name}' (adaptive average pooling "
+                        f"{tuple(shape[2:])} → {out}; only an output size dividing the input)")
+            return
+        kernel = tuple(s // o for s, o in zip(shape[2:], out))
+        self.replace(node, "call_module", self.add_module(node, nn.AvgPool2d(kernel)),
+                     (node.args[0],))
+
+    def cap(self, node: fx.Node, kind: str, low, high) -> None:
+        if low != 0 or isinstance(high, fx.Node) or (high is not None and high <= 0):
+            self.refuse(node, f"unsupported layer '{node.name}' ({kind} with bounds "
+                        f"[{low}, {high}]; only [0, m] with m > 0, a ReLU with a cap)")
+            return
+        meta = {} if high is None else {"olmac_cap": float(high)}
+        self.replace(node, "call_function", torch.relu, (node.args[0],), meta)

@@ -1,0 +1,197 @@
+"""The layers people write (docs/program.md §17): models written the ordinary way, each
+quantized at 8/8 on digits within a point of float, one run bit-exactly on the network
+core, and every refusal of a model reported at once, by node and source line."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from olmac.compiler import compile_program
+from olmac.golden.program import ProgramError, run_integer, to_pixels
+from olmac.golden.program.lowering import lowering_notes, quantize_model, supported_layers
+from olmac.models.digits import as_images, load_digits_split
+from olmac.models.training import train
+from test_network import _core, _run_core
+
+
+class ConvBNStack(nn.Module):
+    """Conv+BN+ReLU, ``padding='same'``, ReLU6, ``F.max_pool2d``, Dropout,
+    ``x.view(x.size(0), -1)``, BatchNorm1d, ``clamp`` and a trailing ``log_softmax``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding="same"), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.relu6, self.drop = nn.ReLU6(), nn.Dropout(0.1)
+        self.fc1, self.bn3 = nn.Linear(16 * 4 * 4, 32), nn.BatchNorm1d(32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(self.relu6(self.bn2(self.conv2(x))), 2)
+        x = self.drop(x.view(x.size(0), -1))
+        x = torch.clamp(self.bn3(self.fc1(x)), 0, 6)
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+class ResidualBN(nn.Module):
+    """A residual block with BatchNorm, adaptive average pooling, Identity, ``contiguous``
+    and ``x.reshape(x.shape[0], -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv_a, self.bn_a = nn.Conv2d(8, 8, 3, padding="same"), nn.BatchNorm2d(8)
+        self.conv_b, self.bn_b = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.pool, self.skip = nn.AdaptiveAvgPool2d(2), nn.Identity()
+        self.head = nn.Linear(8 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        y = F.relu(self.bn_a(self.conv_a(x)))
+        x = F.relu(self.bn_b(self.conv_b(y)) + self.skip(x))
+        x = self.pool(x).contiguous()
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+class SmallNet(nn.Module):
+    """The RTL run: ``padding='same'``, Hardtanh(0, 4), ``F.avg_pool2d``, global
+    ``F.adaptive_avg_pool2d`` and ``torch.flatten(x, 1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 4, 3, padding="same"), nn.BatchNorm2d(4)
+        self.cap = nn.Hardtanh(0, 4)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.avg_pool2d(self.cap(self.bn(self.conv(x))), 2)
+        x = F.adaptive_avg_pool2d(F.relu(self.conv2(x)), 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    split = load_digits_split()
+    return as_images(split.x_train), split.y_train, as_images(split.x_test), split.y_test
+
+
+def _trained(factory, digits):
+    """``factory()`` trained from torch's own initialization (``train``'s would zero the
+    BatchNorm weights)."""
+    torch.manual_seed(0)
+    x, y, _, _ = digits
+    return train(factory(), x, y, epochs=30, lr=1e-2, batch=128, initialize=False)
+
+
+@pytest.mark.parametrize("factory", [ConvBNStack, ResidualBN])
+def test_ordinary_models_quantize_within_a_point(factory, digits):
+    """§17: each rewrite keeps the float function, so at 8/8 the integer program's test
+    accuracy is within one point of the float model's."""
+    model = _trained(factory, digits)
+    x, _, x_test, y_test = digits
+    program = quantize_model(model, x, act_bits=8, weight_bits=8, act_calibration="max")
+    with torch.no_grad():
+        float_accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
+    logits = run_integer(program, to_pixels(x_test))
+    integer_accuracy = float((logits.argmax(1) == y_test).float().mean())
+    assert float_accuracy > 0.9
+    assert abs(integer_accuracy - float_accuracy) <= 0.01
+
+
+def test_notes_say_what_was_folded_and_dropped(digits):
+    """§17: the folded BatchNorms and the dropped trailing softmax are listed."""
+    notes = lowering_notes(ConvBNStack().eval(), digits[0][:4])
+    assert "folded BatchNorm 'bn1' into 'conv1'" in notes
+    assert "folded BatchNorm 'bn3' into 'fc1'" in notes
+    assert any(note.startswith("dropped the trailing 'log_softmax'") for note in notes)
+
+
+class TrailingSoftmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x).softmax(1)
+
+
+def test_trailing_softmax_method_is_dropped():
+    """§17: ``Tensor.softmax`` at the end is dropped; the logits are the Linear's."""
+    model = TrailingSoftmax().eval()
+    program = quantize_model(model, torch.rand(16, 64), act_bits=8, weight_bits=8,
+                             act_calibration="max")
+    assert [op.KIND for op in program.ops] == ["quantize_input", "gemm"]
+    assert lowering_notes(model, torch.rand(2, 64))[0].startswith("dropped the trailing")
+
+
+def test_capped_relu_scale_is_at_most_the_cap(digits):
+    """§17: a Hardtanh(0, 4) after a GEMM gives its output a scale with hi·σ ≤ 4."""
+    program = quantize_model(SmallNet().eval(), digits[0][:64] * 8, act_bits=8,
+                             weight_bits=8, act_calibration="max")
+    value = program.values["conv"]
+    assert not value.signed and value.scale * 255 <= 4 + 1e-12
+
+
+def test_small_net_runs_bit_exactly_on_the_core(digits):
+    """The rewritten forms compile to the core's ops and run there exactly as golden."""
+    model = _trained(SmallNet, digits)
+    program = quantize_model(model, digits[0], act_bits=8, weight_bits=8,
+                             act_calibration="max")
+    pixels = to_pixels(digits[2][:2])
+    compiled = compile_program(program, width=4)
+    logits = _run_core(_core(compiled), compiled, pixels, pause=0.2)
+    assert torch.equal(logits, run_integer(program, pixels))
+
+
+class ManyRefusals(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.bn = nn.Linear(64, 16), nn.GELU(), nn.BatchNorm1d(16)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.bn(self.act(self.fc(x)))
+        return torch.sigmoid(self.out(x)).view(-1, 2, 5)
+
+
+def test_every_refusal_is_reported_at_once():
+    """§17: all refusals of a model in one error, one line each, naming the node and the
+    line of ``forward`` that made it."""
+    with pytest.raises(ProgramError) as info:
+        quantize_model(ManyRefusals().eval(), torch.rand(8, 64))
+    lines = str(info.value).splitlines()
+    line = r" at test_lowering_layers\.py:\d+$"
+    assert len(lines) == 4
+    assert re.match(r"^unsupported layer 'act' \(nn\.GELU; supported activations: ReLU; "
+                    r"ReLU6, Hardtanh\(0, m\), clamp\(0, m\)\)" + line, lines[0])
+    assert re.match(r"^cannot fold BatchNorm 'bn' into 'act': it must directly follow an "
+                    r"nn\.Linear" + line, lines[1])
+    assert re.match(r"^unsupported layer 'sigmoid' \(torch\.sigmoid; supported activations"
+                    + r".*\)" + line, lines[2])
+    assert re.match(r"^unsupported layer 'view' \(Tensor\.view to shape \[2, 5\] per sample; "
+                    r"only flattening to \(N, features\).*\)" + line, lines[3])
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("layer, message", [
+    (nn.Hardtanh(), r"Hardtanh with bounds \[-1\.0, 1\.0\]; only \[0, m\]"),
+    (nn.Conv2d(2, 2, 2, padding="same"), r"padding='same' and an even kernel"),
+    (nn.AdaptiveAvgPool2d(3), r"adaptive average pooling \(4, 4\) → \(3, 3\)"),
+])
+def test_forms_that_cannot_be_lowered_are_refused(layer, message):
+    """§17: a form outside the rewrites is refused by name, saying what is supported."""
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), layer, nn.Flatten(), nn.LazyLinear(3))
+    model(torch.rand(2, 2, 4, 4))
+    with pytest.raises(ProgramError, match=message):
+        quantize_model(model.eval(), torch.rand(4, 2, 4, 4))
+
+
+def test_docs_list_the_supported_layers():
+    """The table of docs/program.md §17 is ``supported_layers()``, generated from the code."""
+    assert supported_layers() in Path("docs/program.md").read_text()
