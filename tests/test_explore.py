@@ -7,7 +7,6 @@ The model is :func:`tiny_model`, a linear classifier fitted in closed form, so e
 quantizes in a fraction of a second.
 """
 
-import argparse
 import json
 import os
 import socket
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from olmac.cli.common import UsageError
+from olmac.cli import main
 from olmac.explore import (SpecError, expand, explore, load_spec, pareto_front, parse_spec,
                            write_report)
 
@@ -121,16 +120,30 @@ def test_spec_without_model_or_not_toml(tmp_path):
         load_spec(path)
 
 
-def test_cli_reports_a_spec_error_as_usage(tmp_path):
-    """``olmac explore`` turns a bad spec into a usage error (one line, exit status 2)."""
-    from olmac.cli import explore as command
-    parser = argparse.ArgumentParser()
-    command.arguments(parser)
-    path = tmp_path / "bad.toml"
-    path.write_text('model = "mlp"\n[axes]\nwidth = [0]\n')
-    args = parser.parse_args([str(path)])
-    with pytest.raises(UsageError, match=r"^axes\.width must be an integer 1\.\.64, not 0$"):
-        args.run(args)
+def _usage_error(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["explore", *map(str, argv)])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_cli_reports_a_bad_spec_or_scheduler_in_one_line(tmp_path, capsys):
+    """``olmac explore`` turns a bad spec, a missing file or an unreachable scheduler into
+    one ``olmac: error:`` line with exit status 2."""
+    import dask
+    import distributed  # noqa: F401 (its config defaults, which dask.config.set restores)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "mlp"\n[axes]\nwidth = [0]\n')
+    assert _usage_error(capsys, bad) == \
+        "olmac: error: axes.width must be an integer 1..64, not 0"
+    assert _usage_error(capsys, tmp_path / "missing.toml") == \
+        f"olmac: error: spec {tmp_path / 'missing.toml'}: No such file or directory"
+    good = tmp_path / "good.toml"
+    good.write_text('model = "mlp"\n')
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        error = _usage_error(capsys, good, "--scheduler", address, "--out", tmp_path / "out")
+    assert error.startswith(f"olmac: error: --scheduler {address}: ") and "\n" not in error
 
 
 def test_sweep_on_a_local_cluster_then_from_the_cache(tmp_path):

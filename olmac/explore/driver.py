@@ -144,11 +144,15 @@ def explore(spec: Spec, *, scheduler: str | None = None, workers: int | None = N
                 "calibration_images": spec.calibration_images,
                 "test_images": spec.test_images, "rtl_images": spec.rtl_images}
     cache = Cache(out_dir / "cache")
+    keyed = [(point, point_key(point, spec)) for point in points]
+    stored = {key: cache.get(key) for _point, key in keyed}
+    pending = {key: point for point, key in keyed if stored[key] is None}
+    # connect before touching the table: an unreachable scheduler leaves the last one as is
+    client, cluster = _client(scheduler, workers) if pending else (None, None)
     table = _Table(out_dir)
-    pending = {}
     bar = tqdm(total=len(points), desc=f"olmac explore {spec.name}", unit="point",
                disable=not progress, file=sys.stderr)
-    counts = {"computed": 0, "cached": 0, "failed": 0}
+    counts = {"computed": 0, "cached": len(points) - len(pending), "failed": 0}
 
     def record(point, key, status, measurements, error, cached):
         row = {"id": key[:12], "label": point_label(point, varying), "status": status,
@@ -157,47 +161,41 @@ def explore(spec: Spec, *, scheduler: str | None = None, workers: int | None = N
         bar.update()
         return row
 
+    futures = {}
     try:
-        for point in points:
-            key = point_key(point, spec)
-            stored = cache.get(key)
-            if stored is None:
-                pending[key] = point
-            else:
-                counts["cached"] += 1
-                record(point, key, "ok", stored, "", True)
+        for point, key in keyed:
+            if stored[key] is not None:
+                record(point, key, "ok", stored[key], "", True)
         if pending:
-            client, cluster = _client(scheduler, workers)
-            futures = {}
-            try:
-                futures = {client.submit(measure_point, point, settings,
-                                         str(out_dir / "work" / key[:16]),
-                                         key=f"olmac-explore-{key}", retries=0): key
-                           for key, point in pending.items()}
-                threads = sum(client.nthreads().values())
-                bar.set_postfix(running=min(len(futures), threads), failed=0)
-                for done, future in enumerate(as_completed(futures), start=1):
-                    key = futures[future]
-                    counts["computed"] += 1
-                    if future.status == "finished":
-                        measurements = future.result()
-                        cache.put(key, measurements)
-                        record(pending[key], key, "ok", measurements, "", False)
-                    else:
-                        counts["failed"] += 1
-                        row = record(pending[key], key, "failed", {}, _error(future), False)
-                        bar.write(f"failed: {row['label']}: {row['error'].splitlines()[0]}")
-                    threads = sum(client.nthreads().values())
-                    bar.set_postfix(running=min(len(futures) - done, threads),
-                                    failed=counts["failed"])
-            except KeyboardInterrupt:
-                client.cancel(list(futures))
-                raise
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+            futures = {client.submit(measure_point, point, settings,
+                                     str(out_dir / "work" / key[:16]),
+                                     key=f"olmac-explore-{key}", retries=0): key
+                       for key, point in pending.items()}
+            bar.set_postfix(running=min(len(futures), sum(client.nthreads().values())),
+                            failed=0)
+            for done, future in enumerate(as_completed(futures), start=1):
+                key = futures[future]
+                counts["computed"] += 1
+                if future.status == "finished":
+                    measurements = future.result()
+                    cache.put(key, measurements)
+                    record(pending[key], key, "ok", measurements, "", False)
+                else:
+                    counts["failed"] += 1
+                    row = record(pending[key], key, "failed", {}, _error(future), False)
+                    bar.write(f"failed: {row['label']}: {row['error'].splitlines()[0]}")
+                bar.set_postfix(running=min(len(futures) - done,
+                                            sum(client.nthreads().values())),
+                                failed=counts["failed"])
+    except KeyboardInterrupt:
+        if futures:
+            client.cancel(list(futures))
+        raise
     finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
         bar.close()
         table.close()
         # the table is the record: an interrupt between two writes leaves it whole rows
