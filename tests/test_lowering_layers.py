@@ -121,9 +121,13 @@ class TrailingSoftmax(nn.Module):
         return self.fc(x).softmax(1)
 
 
-def test_trailing_softmax_method_is_dropped():
-    """§17: ``Tensor.softmax`` at the end is dropped; the logits are the Linear's."""
-    model = TrailingSoftmax().eval()
+@pytest.mark.parametrize("model", [
+    TrailingSoftmax(), nn.Sequential(nn.Linear(64, 10), nn.Softmax(dim=1)),
+    nn.Sequential(nn.Linear(64, 10), nn.LogSoftmax(-1))])
+def test_trailing_softmax_is_dropped(model):
+    """§17: a softmax at the end (method or module) is dropped; the logits are the
+    Linear's."""
+    model = model.eval()
     program = quantize_model(model, torch.rand(16, 64), act_bits=8, weight_bits=8,
                              act_calibration="max")
     assert [op.KIND for op in program.ops] == ["quantize_input", "gemm"]

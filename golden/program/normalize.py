@@ -199,7 +199,8 @@ class _Rewrite:
 
     def softmax(self, node: fx.Node) -> None:
         users = list(node.users)
-        dim = _arg(node, 1, "dim", None)
+        dim = self.modules[node.target].dim if node.op == "call_module" \
+            else _arg(node, 1, "dim", None)
         shape = _shape(node)
         if [user.op for user in users] != ["output"] or shape is None or len(shape) != 2 \
                 or dim not in (1, -1):
