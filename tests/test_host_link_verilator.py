@@ -8,11 +8,9 @@ the host-side codec builds; a fault-injection run checks that the comparison can
 from pathlib import Path
 
 import pytest
-from amaranth.back import verilog
-from cocotb_tools.runner import get_results
 
 from olmac.sim.host_link_tb import config_env, loopback_top
-from olmac.sim.runner import build_verilator
+from olmac.sim.runner import run_cocotb
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_ROOT = REPO_ROOT / "build" / "sim" / "host_link"
@@ -24,23 +22,9 @@ CONFIG = dict(divisor=4, max_payload=24, timeout=160)
 
 def _run(build_dir, *, transform=None, seed=3):
     """Build the loopback top and run the exchange; returns (tests, failures)."""
-    build_dir = build_dir.resolve()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    source = build_dir / f"{TOPLEVEL}.v"
-    text = verilog.convert(loopback_top(**CONFIG), name=TOPLEVEL)
-    source.write_text(transform(text) if transform else text)
-    runner = build_verilator(source, TOPLEVEL, build_dir, always=True)
-    results_xml = build_dir / "results.xml"
-    results_xml.unlink(missing_ok=True)
-    env = config_env(**CONFIG, seed=seed)
-    try:
-        runner.test(test_module="olmac.sim.host_link_tb", hdl_toplevel=TOPLEVEL,
-                    hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
-                    testcase="exchange_frames", extra_env=env,
-                    log_file=build_dir / "test.log", results_xml=str(results_xml))
-    except SystemExit:
-        pass  # under pytest the runner exits on a failed test; the results file tells
-    return get_results(results_xml) if results_xml.exists() else (0, 0)
+    return run_cocotb(loopback_top(**CONFIG), TOPLEVEL, build_dir,
+                      test_module="olmac.sim.host_link_tb", testcase="exchange_frames",
+                      env=config_env(**CONFIG, seed=seed), transform=transform)
 
 
 def test_host_link_at_the_pins():
