@@ -182,6 +182,23 @@ def test_every_refusal_is_reported_at_once():
                     r"only flattening to \(N, features\).*\)" + line, lines[3])
 
 
+class SharedConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(torch.flatten(self.bn(y) + y, 1))
+
+
+def test_batchnorm_whose_input_is_used_elsewhere_is_refused():
+    """§17: folding would change the other user's input, so the error names both layers."""
+    with pytest.raises(ProgramError, match=r"(?m)^cannot fold BatchNorm 'bn' into 'conv': its "
+                       r"input is used elsewhere at test_lowering_layers\.py:\d+$"):
+        quantize_model(SharedConv().eval(), torch.rand(4, 1, 4, 4))
+
+
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 @pytest.mark.parametrize("layer, message", [
     (nn.Hardtanh(), r"Hardtanh with bounds \[-1\.0, 1\.0\]; only \[0, m\]"),

@@ -242,7 +242,8 @@ class _Rewrite:
                 and out == (self.batch, math.prod(shape[1:])):
             if len(shape) == 2:
                 self.drop(node)
-            else:
+            # torch.flatten(x, 1) is the lowering's own form: kept, with its name.
+            elif node.target is not torch.flatten or node.args[1:] != (1,) or node.kwargs:
                 self.replace(node, "call_function", torch.flatten, (source, 1))
             return
         kind = f"Tensor.{node.target}" if node.op == "call_method" else \
