@@ -11,9 +11,10 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.hw.codebook import CodebookDecoder
+from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 
-__all__ = ["LossyResultBuffer", "OnesComplementDecoder"]
+__all__ = ["LossyResultBuffer", "OnesComplementDecoder", "SkewedRequantizer"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -87,3 +88,30 @@ class OnesComplementDecoder(CodebookDecoder):
         magnitude = Cat(*zero, *stored).word_select(index, self._config.entry_bits)
         word = Cat(magnitude, Const(0, 1))
         return Mux(sign, ~word, word)
+
+
+class SkewedRequantizer(wiring.Component):
+    """A :class:`~olmac.hw.requant.Requantizer` whose accumulators arrive one too high.
+
+    An off-by-one before the rounding: every output whose ``(acc + 1 + β)·M`` rounds or
+    clamps differently from ``(acc + β)·M`` is wrong.
+
+    Parameters
+    ----------
+    **params
+        As :class:`~olmac.hw.requant.Requantizer` takes them.
+    """
+
+    def __init__(self, **params):
+        self._requantizer = Requantizer(**params)
+        super().__init__(self._requantizer.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.requantizer = inner = self._requantizer
+        wiring.connect(m, wiring.flipped(self.params), inner.params)
+        wiring.connect(m, inner.out, wiring.flipped(self.out))
+        m.d.comb += [inner.acc.valid.eq(self.acc.valid), self.acc.ready.eq(inner.acc.ready)]
+        for column, value in enumerate(self.acc.payload):
+            m.d.comb += inner.acc.payload[column].eq(value + 1)
+        return m

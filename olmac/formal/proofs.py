@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import Callable
 
 from olmac.hw.codebook import CodebookDecoder
+from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
-from .mutants import LossyResultBuffer, OnesComplementDecoder
-from .properties import CodebookDecodeProperties, ResultBufferProperties
+from .mutants import LossyResultBuffer, OnesComplementDecoder, SkewedRequantizer
+from .properties import CodebookDecodeProperties, RequantizerProperties, ResultBufferProperties
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -50,6 +51,18 @@ def _decode_proof(idx_bits, zero):
                  depth=1)
 
 
+def _requant_proof(out_signed):
+    """§3 on a one-column u2/s2 requantizer with 4-bit accumulators, parameters and shifts
+    up to 5, against an input skewed by one."""
+    def wrapper(requantizer_class):
+        return lambda: RequantizerProperties(
+            requantizer_class(cols=1, acc_width=4, out_bits=2, out_signed=out_signed),
+            param_bits=4, max_shift=5)
+    return Proof(f"requant_{'s' if out_signed else 'u'}2",
+                 wrapper(Requantizer), {"skewed": wrapper(SkewedRequantizer)},
+                 depth=10, mode="bmc", slow=True)
+
+
 PROOFS = (
     Proof("result_buffer_d2", lambda: ResultBufferProperties(ResultBuffer(2, 2), order=False),
           {fault: (lambda fault=fault: ResultBufferProperties(LossyResultBuffer(2, 2, fault),
@@ -67,6 +80,9 @@ PROOFS = (
           depth=12, mode="bmc", slow=True),
     # Binary, ternary-style (zero code) and the widest codebooks, 3-bit entries.
     *(_decode_proof(idx_bits, zero) for idx_bits, zero in ((0, False), (1, True), (3, True))),
+    # Bounded: the output queue is a memory; about 7 cycles from input to output, so 10
+    # cycles see the first three transfers under every stall pattern.
+    *(_requant_proof(out_signed) for out_signed in (False, True)),
 )
 
 

@@ -16,7 +16,8 @@ from amaranth.asserts import AnyConst, AnySeq
 from amaranth.hdl import Fragment
 from amaranth.lib import data
 
-__all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties"]
+__all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
+           "RequantizerProperties"]
 
 
 def _assigned(fragment):
@@ -209,4 +210,74 @@ class CodebookDecodeProperties(Elaboratable):
                 with m.If(code == (sign << idx_bits) | index):
                     m.d.comb += expected.eq(value)
         m.d.comb += Assert(weight == expected, "a code decodes to another weight")
+        return m
+
+
+class RequantizerProperties(Elaboratable):
+    """A :class:`~olmac.hw.requant.Requantizer` (one column, no residual, no outliers)
+    against docs/semantics.md §3 written here as one Amaranth expression.
+
+    ``clamp(((acc + β)·M + r) >> s, max(lo, 0) if relu else lo, hi)`` with
+    ``r = 2^(s-1)`` for ``s > 0`` else 0 (round half up), for a freely chosen transfer
+    (``AnyConst`` number) among free accumulators and parameter beats, and the stream rules on
+    ``out``. The parameters are assumed within ``|β|, |M| ≤ 2^(param_bits-1)`` and
+    ``s ≤ max_shift`` so the solver's multipliers stay small; the datapath is the full-width
+    one. Checked by BMC: the requantizer's output queue is a memory (see
+    :class:`ResultBufferProperties`).
+
+    Parameters
+    ----------
+    requantizer : Requantizer
+        The block under test (``cols=1``), or a broken variant.
+    param_bits : int
+        Width the bias and the multiplier are assumed to fit, signed.
+    max_shift : int
+        Largest shift assumed.
+    """
+
+    def __init__(self, requantizer, *, param_bits, max_shift):
+        self._dut = requantizer
+        self._param_bits = param_bits
+        self._max_shift = max_shift
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self._dut
+        m.submodules.dut = dut
+        m.submodules.rules = StreamRules(dut.out)
+        m.d.comb += Assume(~ResetSignal())
+        for port in (dut.acc, dut.params):
+            m.d.comb += [port.valid.eq(AnySeq(1)),
+                         port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
+        m.d.comb += dut.out.ready.eq(AnySeq(1))
+        channel = dut.params.payload.channels[0]
+        limit = 1 << (self._param_bits - 1)
+        m.d.comb += [Assume((channel.bias >= -limit) & (channel.bias < limit)),
+                     Assume((channel.multiplier >= -limit) & (channel.multiplier < limit)),
+                     Assume(channel.shift <= self._max_shift)]
+
+        acc = dut.acc.payload[0]
+        x = acc + channel.bias
+        p = x * channel.multiplier
+        r = (C(1, 2) << channel.shift) >> 1
+        q = (p + r) >> channel.shift
+        out_shape = Shape.cast(dut.out.payload.shape().elem_shape)
+        lo = -(1 << (out_shape.width - 1)) if out_shape.signed else 0
+        hi = (1 << (out_shape.width - int(out_shape.signed))) - 1
+        low = Mux(dut.params.payload.relu, max(lo, 0), lo)
+        expected = Signal(out_shape)
+        m.d.comb += expected.eq(Mux(q < low, low, Mux(q > hi, hi, q)))
+
+        width = 6
+        taken, sent = Signal(width), Signal(width)
+        accepted = dut.acc.valid & dut.acc.ready
+        delivered = dut.out.valid & dut.out.ready
+        m.d.sync += [taken.eq(taken + accepted), sent.eq(sent + delivered)]
+        index = AnyConst(width)
+        tracked, tracked_taken = Signal(out_shape), Signal()
+        with m.If(accepted & (taken == index)):
+            m.d.sync += [tracked.eq(expected), tracked_taken.eq(1)]
+        with m.If(delivered & (sent == index)):
+            m.d.comb += [Assert(tracked_taken, "a result left before its input came"),
+                         Assert(dut.out.payload[0] == tracked, "a value differs from §3")]
         return m
