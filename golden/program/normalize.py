@@ -160,13 +160,21 @@ class _Rewrite:
         node.replace_all_uses_with(new)
         self.graph.erase_node(node)
 
-    def add_module(self, node: fx.Node, module: nn.Module) -> str:
+    def become(self, node: fx.Node, module: nn.Module, meta: dict | None = None) -> None:
+        """Make ``node`` a call of ``module`` on its first argument: a module node keeps its
+        name and target (the submodule is swapped; the user's model keeps its own), a
+        function or method node is replaced by a call of a new submodule of its name."""
+        if node.op == "call_module":
+            self.module.add_submodule(node.target, module)
+            self.modules[node.target] = module
+            node.meta.update(meta or {})
+            return
         name = node.name
         while hasattr(self.module, name):
             name += "_"
         self.module.add_submodule(name, module)
         self.modules[name] = module
-        return name
+        self.replace(node, "call_module", name, (node.args[0],), meta)
 
     def visit(self, node: fx.Node) -> None:
         module = self.modules.get(node.target) if node.op == "call_module" else None
@@ -264,7 +272,7 @@ class _Rewrite:
             self.refuse(node, f"unsupported layer '{node.name}' ({node.target.__name__}: "
                         f"{error})")
             return
-        self.replace(node, "call_module", self.add_module(node, pool), (node.args[0],))
+        self.become(node, pool)
 
     def adaptive(self, node: fx.Node, size) -> None:
         shape = _shape(node.args[0])
@@ -279,13 +287,11 @@ class _Rewrite:
                         f"{tuple(shape[2:])} → {out}; only an output size dividing the input)")
             return
         kernel = tuple(s // o for s, o in zip(shape[2:], out))
-        self.replace(node, "call_module", self.add_module(node, nn.AvgPool2d(kernel)),
-                     (node.args[0],))
+        self.become(node, nn.AvgPool2d(kernel))
 
     def cap(self, node: fx.Node, kind: str, low, high) -> None:
         if low != 0 or isinstance(high, fx.Node) or (high is not None and high <= 0):
             self.refuse(node, f"unsupported layer '{node.name}' ({kind} with bounds "
                         f"[{low}, {high}]; only [0, m] with m > 0, a ReLU with a cap)")
             return
-        meta = {} if high is None else {"olmac_cap": float(high)}
-        self.replace(node, "call_function", torch.relu, (node.args[0],), meta)
+        self.become(node, nn.ReLU(), {} if high is None else {"olmac_cap": float(high)})
