@@ -5,6 +5,8 @@ A proof that passes its block and fails its mutant shows that its properties can
 so the properties that read the block's registers still find them.
 """
 
+from dataclasses import asdict
+
 from amaranth.asserts import AnySeq
 from amaranth.hdl import *
 from amaranth.lib import stream, wiring
@@ -14,7 +16,7 @@ from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 
-__all__ = ["LossyResultBuffer", "OnesComplementDecoder", "SkewedRequantizer"]
+__all__ = ["HastyDecoder", "LossyResultBuffer", "OnesComplementDecoder", "SkewedRequantizer"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -114,4 +116,20 @@ class SkewedRequantizer(wiring.Component):
         m.d.comb += [inner.acc.valid.eq(self.acc.valid), self.acc.ready.eq(inner.acc.ready)]
         for column, value in enumerate(self.acc.payload):
             m.d.comb += inner.acc.payload[column].eq(value + 1)
+        return m
+
+
+class HastyDecoder(CodebookDecoder):
+    """A :class:`~olmac.hw.codebook.CodebookDecoder` that takes a new tile while its last one
+    is still held: it reads ``weights.ready`` as always high, so a stalled tile is
+    overwritten (lost) and the held payload changes."""
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.decoder = decoder = CodebookDecoder(**asdict(self._config))
+        wiring.connect(m, wiring.flipped(self.codes), decoder.codes)
+        wiring.connect(m, wiring.flipped(self.load), decoder.load)
+        m.d.comb += [self.weights.valid.eq(decoder.weights.valid),
+                     self.weights.payload.eq(decoder.weights.payload),
+                     decoder.weights.ready.eq(1)]
         return m

@@ -7,8 +7,9 @@ from typing import Callable
 from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
-from .mutants import LossyResultBuffer, OnesComplementDecoder, SkewedRequantizer
-from .properties import CodebookDecodeProperties, RequantizerProperties, ResultBufferProperties
+from .mutants import HastyDecoder, LossyResultBuffer, OnesComplementDecoder, SkewedRequantizer
+from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
+                         RequantizerProperties, ResultBufferProperties)
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -51,6 +52,10 @@ def _decode_proof(idx_bits, zero):
                  depth=1)
 
 
+_STREAM_DECODER = dict(lanes=2, cols=2, idx_bits=1, zero=True, entry_bits=2, subgroups=2,
+                       granularity="row")
+
+
 def _requant_proof(out_signed):
     """§3 on a one-column u2/s2 requantizer with 4-bit accumulators, parameters and shifts
     up to 5, against an input skewed by one."""
@@ -80,6 +85,11 @@ PROOFS = (
           depth=12, mode="bmc", slow=True),
     # Binary, ternary-style (zero code) and the widest codebooks, 3-bit entries.
     *(_decode_proof(idx_bits, zero) for idx_bits, zero in ((0, False), (1, True), (3, True))),
+    # 2×2 tiles, per-column codebooks: several read ports and a load stream beside the tiles.
+    Proof("codebook_streams",
+          lambda: CodebookStreamProperties(CodebookDecoder(**_STREAM_DECODER)),
+          {"hasty": lambda: CodebookStreamProperties(HastyDecoder(**_STREAM_DECODER))},
+          depth=4),
     # Bounded: the output queue is a memory; about 7 cycles from input to output, so 10
     # cycles see the first three transfers under every stall pattern.
     *(_requant_proof(out_signed) for out_signed in (False, True)),

@@ -17,7 +17,7 @@ from amaranth.hdl import Fragment
 from amaranth.lib import data
 
 __all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
-           "RequantizerProperties"]
+           "CodebookStreamProperties", "RequantizerProperties"]
 
 
 def _assigned(fragment):
@@ -280,4 +280,44 @@ class RequantizerProperties(Elaboratable):
         with m.If(delivered & (sent == index)):
             m.d.comb += [Assert(tracked_taken, "a result left before its input came"),
                          Assert(dut.out.payload[0] == tracked, "a value differs from §3")]
+        return m
+
+
+class CodebookStreamProperties(Elaboratable):
+    """The streams of a :class:`~olmac.hw.codebook.CodebookDecoder` under free inputs and stalls.
+
+    The stream rules on ``weights`` (:class:`StreamRules`), and counting transfers: every
+    tile accepted on ``codes`` leaves ``weights`` once, one cycle later at the earliest
+    (tiles accepted minus tiles sent is 1 exactly while ``weights.valid``, so none is created,
+    lost or duplicated); no load is taken in a cycle that accepts a tile. k-induction.
+
+    Parameters
+    ----------
+    decoder : CodebookDecoder
+        The block under test, or a broken variant with the same ports.
+    """
+
+    def __init__(self, decoder):
+        self._decoder = decoder
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self._decoder
+        m.submodules.dut = dut
+        m.submodules.rules = StreamRules(dut.weights)
+        m.d.comb += Assume(~ResetSignal())
+        for port in (dut.codes, dut.load):
+            m.d.comb += [port.valid.eq(AnySeq(1)),
+                         port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
+        m.d.comb += dut.weights.ready.eq(AnySeq(1))
+
+        accepted = dut.codes.valid & dut.codes.ready
+        sent = dut.weights.valid & dut.weights.ready
+        taken, given = Signal(4), Signal(4)
+        m.d.sync += [taken.eq(taken + accepted), given.eq(given + sent)]
+        m.d.comb += [
+            Assert((taken - given)[:4] == dut.weights.valid, "a tile created, lost or doubled"),
+            Assert(~(accepted & dut.load.valid & dut.load.ready),
+                   "a load taken in a cycle that accepts a tile"),
+        ]
         return m
