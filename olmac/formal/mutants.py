@@ -13,10 +13,11 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.hw.codebook import CodebookDecoder
+from olmac.hw.host_link import RequestSlots
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 
-__all__ = ["HastyDecoder", "LossyResultBuffer", "OnesComplementDecoder", "SkewedRequantizer"]
+__all__ = ["HastyDecoder", "LossyRequestSlots", "LossyResultBuffer", "OnesComplementDecoder", "SkewedRequantizer"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -132,4 +133,28 @@ class HastyDecoder(CodebookDecoder):
         m.d.comb += [self.weights.valid.eq(decoder.weights.valid),
                      self.weights.payload.eq(decoder.weights.payload),
                      decoder.weights.ready.eq(1)]
+        return m
+
+
+class LossyRequestSlots(wiring.Component):
+    """A :class:`~olmac.hw.host_link.RequestSlots` told, in a cycle chosen freely, that a
+    request byte was taken though the application was not ready: a byte is lost.
+
+    Parameters
+    ----------
+    max_payload : int
+        Bytes of a slot.
+    """
+
+    def __init__(self, *, max_payload):
+        self._slots = RequestSlots(max_payload=max_payload)
+        super().__init__(self._slots.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.slots = slots = self._slots
+        wiring.connect(m, wiring.flipped(self.write), slots.write)
+        m.d.comb += [self.request.valid.eq(slots.request.valid),
+                     self.request.payload.eq(slots.request.payload),
+                     slots.request.ready.eq(self.request.ready | AnySeq(1))]
         return m

@@ -5,11 +5,13 @@ from pathlib import Path
 from typing import Callable
 
 from olmac.hw.codebook import CodebookDecoder
+from olmac.hw.host_link import RequestSlots
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
-from .mutants import HastyDecoder, LossyResultBuffer, OnesComplementDecoder, SkewedRequantizer
+from .mutants import (HastyDecoder, LossyRequestSlots, LossyResultBuffer, OnesComplementDecoder,
+                      SkewedRequantizer)
 from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
-                         RequantizerProperties, ResultBufferProperties)
+                         RequantizerProperties, RequestSlotsProperties, ResultBufferProperties)
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -90,6 +92,11 @@ PROOFS = (
           lambda: CodebookStreamProperties(CodebookDecoder(**_STREAM_DECODER)),
           {"hasty": lambda: CodebookStreamProperties(HastyDecoder(**_STREAM_DECODER))},
           depth=4),
+    Proof("request_slots",
+          lambda: RequestSlotsProperties(RequestSlots(max_payload=3), max_payload=3),
+          {"drop": lambda: RequestSlotsProperties(LossyRequestSlots(max_payload=3),
+                                                  max_payload=3)},
+          depth=6),
     # Bounded: the output queue is a memory; about 7 cycles from input to output, so 10
     # cycles see the first three transfers under every stall pattern.
     *(_requant_proof(out_signed) for out_signed in (False, True)),

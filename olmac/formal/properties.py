@@ -17,7 +17,7 @@ from amaranth.hdl import Fragment
 from amaranth.lib import data
 
 __all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
-           "CodebookStreamProperties", "RequantizerProperties"]
+           "CodebookStreamProperties", "RequantizerProperties", "RequestSlotsProperties"]
 
 
 def _assigned(fragment):
@@ -319,5 +319,92 @@ class CodebookStreamProperties(Elaboratable):
             Assert((taken - given)[:4] == dut.weights.valid, "a tile created, lost or doubled"),
             Assert(~(accepted & dut.load.valid & dut.load.ready),
                    "a load taken in a cycle that accepts a tile"),
+        ]
+        return m
+
+
+class RequestSlotsProperties(Elaboratable):
+    """The two frame slots of a :class:`~olmac.hw.host_link.RequestSlots`.
+
+    Environment (the receiver's side of :class:`~olmac.hw.host_link.SlotWriteSignature`): a
+    frame is written and committed only while ``busy`` is low (the receiver drops a frame
+    that starts while it is high, and only its own commit raises it), at offsets below
+    ``max_payload``, with no byte in the commit's cycle (the CRC comes between), with a length of 1..``max_payload``; byte values and ``request.ready``
+    are free. Properties (k-induction): the stream rules on
+    ``request``; ``request.valid`` exactly while a committed frame is not yet released (none
+    created or lost); each frame sends exactly its committed length, ``last`` on its final
+    byte, oldest first; ``busy`` exactly while both slots hold a frame (no overflow, no frame
+    refused while a slot is free). Byte values need the memory's contents and are not
+    checked here.
+
+    Parameters
+    ----------
+    slots : RequestSlots
+        The block under test, or a broken variant with the same ports.
+    max_payload : int
+        Its slot size.
+    """
+
+    def __init__(self, slots, *, max_payload):
+        self._slots = slots
+        self._max_payload = max_payload
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self._slots
+        fragment = Fragment.get(dut, platform)
+        m.submodules.dut = fragment
+        m.submodules.rules = StreamRules(dut.request)
+        m.d.comb += Assume(~ResetSignal())
+        write, request = dut.write, dut.request
+        for name in ("en", "offset", "data", "commit", "length"):
+            signal = getattr(write, name)
+            m.d.comb += signal.eq(AnySeq(len(signal)))
+        m.d.comb += request.ready.eq(AnySeq(1))
+        m.d.comb += [Assume(~(write.commit | write.en) | ~write.busy),
+                     Assume(~write.en | (write.offset < self._max_payload)),
+                     Assume(~(write.en & write.commit)),
+                     Assume(~write.commit | ((write.length >= 1) &
+                                             (write.length <= self._max_payload)))]
+
+        # The frames committed and not released, oldest first, and the bytes sent of the
+        # oldest.
+        lengths = Array(Signal(16, name=f"length_{n}") for n in range(2))
+        count = Signal(range(3))
+        sent_bytes = Signal(16)
+        sent = request.valid & request.ready
+        released = sent & request.payload.last
+        with m.If(released):
+            m.d.sync += [lengths[0].eq(lengths[1]), sent_bytes.eq(0)]
+        with m.Elif(sent):
+            m.d.sync += sent_bytes.eq(sent_bytes + 1)
+        with m.If(write.commit):
+            m.d.sync += lengths[count - released].eq(write.length)
+        m.d.sync += count.eq(count + write.commit - released)
+
+        m.d.comb += [
+            Assert(request.valid == (count != 0), "a frame created or lost"),
+            Assert(write.busy == (count == 2), "busy without two frames held"),
+            Assert(~sent | (request.payload.last == (sent_bytes == lengths[0] - 1)),
+                   "a frame sent with another length"),
+        ]
+
+        held, index, read_slot, write_slot, length_0, length_1 = _registers(
+            fragment, "held", "index", "read_slot", "write_slot", "held_length_0",
+            "held_length_1")
+        held_lengths = Array([length_0, length_1])
+        def plausible(length):
+            return (length >= 1) & (length <= self._max_payload)
+        m.d.comb += [
+            Assert((count == 0) | plausible(lengths[0])),
+            Assert((count != 2) | plausible(lengths[1])),
+            Assert(index == sent_bytes),
+            Assert(held[0] + held[1] == count),
+            Assert((count != 0) | (sent_bytes == 0)),
+            Assert((count == 0) | (sent_bytes < lengths[0])),
+            Assert((count == 1) == (write_slot != read_slot)),
+            Assert((count == 0) | held.bit_select(read_slot, 1)),
+            Assert((count == 0) | (held_lengths[read_slot] == lengths[0])),
+            Assert((count != 2) | (held_lengths[~read_slot] == lengths[1])),
         ]
         return m
