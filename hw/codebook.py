@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import CODEBOOK_ENTRY_BITS, check_int
+from olmac.spec import ARRAY_DIM, CODEBOOK_ENTRY_BITS, check_int
 from .config import ConfigProperty, ConfiguredComponent
 from .mac_array import WeightBeat
 
@@ -147,8 +147,8 @@ class CodebookDecoder(ConfiguredComponent):
         granularity: str = "layer"
 
         def __post_init__(self):
-            check_int("Lane count", self.lanes, (1, 64))
-            check_int("Column count", self.cols, (1, 64))
+            check_int("Lane count", self.lanes, ARRAY_DIM)
+            check_int("Column count", self.cols, ARRAY_DIM)
             check_int("Index width", self.idx_bits, DECODER_IDX_BITS)
             if not isinstance(self.zero, bool):
                 raise TypeError(f"Zero code must be a bool, not {self.zero!r}")

@@ -4,7 +4,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import (ACT_BITS, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
+from olmac.spec import (ACT_BITS, ARRAY_DIM, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
 from .config import ConfigProperty, ConfiguredComponent
 from .multipliers import DSP_STAGES, MODES, PACKED_STAGES, DspProduct, PackedPair, packable
@@ -223,8 +223,8 @@ class MacArray(ConfiguredComponent):
 
         def __post_init__(self):
             resolve = lambda name, value: object.__setattr__(self, name, value)
-            check_int("Lane count", self.lanes, (1, 64))
-            check_int("Column count", self.cols, (1, 64))
+            check_int("Lane count", self.lanes, ARRAY_DIM)
+            check_int("Column count", self.cols, ARRAY_DIM)
             check_int("Activation width", self.act_bits, ACT_BITS)
             check_int("Weight width", self.weight_bits, WEIGHT_BITS)
             if not isinstance(self.act_signed, bool):

@@ -12,7 +12,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import HIGHWAY_BITS, INFO_MAGIC, PROTOCOL_VERSION, Command, Status, check_int
+from olmac.spec import ARRAY_DIM, HIGHWAY_BITS, INFO_MAGIC, PROTOCOL_VERSION, Command, Status, check_int
 from .host_link import MAX_PAYLOAD_RANGE, AppSignature
 from .network import NetworkCore
 
@@ -411,7 +411,7 @@ class InferHandler(wiring.Component):
     """
 
     def __init__(self, *, width, input_words):
-        self._width = check_int("Width", width, (1, 64))
+        self._width = check_int("Width", width, ARRAY_DIM)
         self._input_words = check_int("Input words", input_words, (1, 65535))
         super().__init__({"host": In(AppSignature()), **_core_streams(width)})
 
@@ -544,7 +544,7 @@ class NetworkApp(wiring.Component):
     """
 
     def __init__(self, *, width, load_layout, depths, word_bits, input_words, output_words):
-        self._width = check_int("Width", width, (1, 64))
+        self._width = check_int("Width", width, ARRAY_DIM)
         self._load_layout = _check_load_layout(load_layout)
         self._depths = _check_table("depths", depths, (*_LOADABLE, "data"), (1, 65536 * 8192))
         word_bits = _check_table("word_bits", word_bits, _LOADABLE, (1, 65536 * 8192))

@@ -4,7 +4,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import (OUT_BITS, OUTLIER_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE,
+from olmac.spec import (ARRAY_DIM, OUT_BITS, OUTLIER_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE,
                           RESIDUAL_BITS, RESIDUAL_SHIFT_RANGE, check_int)
 from .config import ConfigProperty, ConfiguredComponent
 from .mac_array import MAX_ACC_WIDTH
@@ -105,7 +105,7 @@ class RequantConfig:
     runtime_bounds: bool = False
 
     def __post_init__(self):
-        check_int("Column count", self.cols, (1, 64))
+        check_int("Column count", self.cols, ARRAY_DIM)
         check_int("Accumulator width", self.acc_width, (1, MAX_ACC_WIDTH))
         check_int("Output width", self.out_bits, OUT_BITS)
         if not isinstance(self.out_signed, bool):

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from olmac.spec import (ACT_BITS, BIAS_BITS, CODEBOOK_ENTRY_BITS, CODEBOOK_IDX_BITS,
-                        MULTIPLIER_BITS, OUT_BITS, OUTLIER_BITS, OUTLIER_LANES,
+from olmac.spec import (ACT_BITS, ARRAY_DIM, BIAS_BITS, CODEBOOK_ENTRY_BITS,
+                        CODEBOOK_IDX_BITS, MULTIPLIER_BITS, OUT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                         PLANE_SHIFT_BITS, SHIFT_RANGE, WEIGHT_BITS, check_int)
 
-__all__ = ["ARRAY_DIM", "GemmRun", "run", "demo"]
+__all__ = ["GemmRun", "run", "demo"]
 
 #: Allowed lanes and columns of the RTL's MAC array, inclusive (MacArray's bounds).
-ARRAY_DIM = (1, 64)
 
 
 @dataclass(frozen=True)

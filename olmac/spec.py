@@ -10,7 +10,8 @@ and nothing here imports another part of olmac.
 import enum
 
 __all__ = [
-    "ACT_BITS", "WEIGHT_BITS", "OUTLIER_BITS", "OUTLIER_LANES", "PLANE_SHIFT_BITS",
+    "ACT_BITS", "WEIGHT_BITS", "ARRAY_DIM", "STALL_SIXTEENTHS", "OUTLIER_BITS", "OUTLIER_LANES",
+    "PLANE_SHIFT_BITS",
     "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
     "RESIDUAL_SHIFT_RANGE", "HIGHWAY_BITS", "CODEBOOK_IDX_BITS", "CODEBOOK_ENTRY_BITS",
     "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
@@ -24,6 +25,9 @@ ACT_BITS = (2, 8)
 WEIGHT_BITS = (2, 8)
 #: Allowed widths of activation and weight outliers (§6), inclusive.
 OUTLIER_BITS = (3, 16)
+#: Allowed lanes (multipliers along K) and columns (along N) of a MAC array, and widths of a
+#: network core, inclusive.
+ARRAY_DIM = (1, 64)
 #: Allowed numbers of outlier multipliers of each kind (§6), inclusive.
 OUTLIER_LANES = (0, 16)
 #: Allowed widths of the per-column plane shift of multi-tensor layers (§8), inclusive.
@@ -40,6 +44,8 @@ SHIFT_RANGE = (0, 63)
 RESIDUAL_BITS = (2, 17)
 #: Allowed residual shifts ``t`` (docs/program.md §11), inclusive.
 RESIDUAL_SHIFT_RANGE = (0, 31)
+#: Allowed chances, in sixteenths, that a Verilator bench withholds a stream's valid or ready.
+STALL_SIXTEENTHS = (0, 15)
 #: Width of the precision highway (docs/program.md §11): skip tensors and a program's output
 #: are s16/u16.
 HIGHWAY_BITS = 16

@@ -22,6 +22,7 @@ from amaranth.lib.wiring import In, Out
 from cocotb_tools.runner import get_results
 
 from olmac.hw.network import STORAGE_BITS, NetworkCore
+from olmac.spec import STALL_SIXTEENTHS, check_int
 from .runner import LeanVerilator, build_verilator
 
 __all__ = ["NetworkBench", "NetworkRun", "build_network", "run_network"]
@@ -94,9 +95,7 @@ class NetworkBench(wiring.Component):
         images = np.asarray(images, dtype=np.int64)
         if images.ndim != 3:
             raise ValueError(f"images must be N × words × width, not {images.shape}")
-        if not 0 <= stall_sixteenths <= 15:
-            raise TypeError(f"stall_sixteenths must be an integer in 0..15, not "
-                            f"{stall_sixteenths!r}")
+        check_int("stall_sixteenths", stall_sixteenths, STALL_SIXTEENTHS)
         if not 1 <= seed <= 0xFFFF:
             raise TypeError(f"seed must be an integer in 1..65535, not {seed!r}")
         if not isinstance(core, NetworkCore):

@@ -8,7 +8,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import check_int
+from olmac.spec import ARRAY_DIM, check_int
 from ..mac_array import MacArray
 from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
@@ -144,7 +144,7 @@ class NetworkCore(wiring.Component):
         multipliers: str = "lut"
 
         def __post_init__(self):
-            check_int("Width", self.width, (1, 64))
+            check_int("Width", self.width, ARRAY_DIM)
             if self.requantizer not in REQUANTIZERS:
                 raise ValueError(f"requantizer must be one of "
                                  f"{', '.join(map(repr, REQUANTIZERS))}, not "

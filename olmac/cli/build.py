@@ -11,7 +11,7 @@ from .common import UsageError, outlier_options
 
 
 def arguments(parser):
-    from olmac.gemm import ARRAY_DIM
+    from olmac.spec import ARRAY_DIM
     parser.add_argument("--board", required=True, choices=BOARDS, help="the board")
     parser.add_argument("--lanes", type=int, default=8,
                         help=f"multipliers per column (K), {ARRAY_DIM[0]}..{ARRAY_DIM[1]}")

@@ -1,6 +1,8 @@
 """``olmac demo``: a demo network through the RTL, checked image by image against golden
 (:func:`olmac.network.run_demo`)."""
 
+from olmac.spec import STALL_SIXTEENTHS
+
 from .quantize import quantization_arguments
 from .common import UsageError
 
@@ -11,7 +13,7 @@ def arguments(parser):
     parser.add_argument("--width", type=int, default=8, help="a width × width MAC array")
     parser.add_argument("--stall-sixteenths", type=int, default=0,
                         help="random stalls on the input and output streams, in sixteenths "
-                             "of the beats")
+                             "of the beats" + f", {STALL_SIXTEENTHS[0]}..{STALL_SIXTEENTHS[1]}")
     parser.set_defaults(run=run)
 
 

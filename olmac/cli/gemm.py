@@ -5,8 +5,8 @@ import sys
 import numpy as np
 
 from olmac import gemm
-from olmac.spec import (ACT_BITS, BIAS_BITS, CODEBOOK_ENTRY_BITS, CODEBOOK_IDX_BITS,
-                        MULTIPLIER_BITS, OUT_BITS, OUTLIER_BITS, SHIFT_RANGE, WEIGHT_BITS)
+from olmac.spec import (ACT_BITS, ARRAY_DIM, BIAS_BITS, CODEBOOK_ENTRY_BITS,
+                        CODEBOOK_IDX_BITS, MULTIPLIER_BITS, OUT_BITS, OUTLIER_BITS, SHIFT_RANGE, WEIGHT_BITS)
 from .common import UsageError, outlier_options
 
 
@@ -25,9 +25,9 @@ def arguments(parser):
     parser.add_argument("--unsigned-acts", action="store_true",
                         help="activations are u<act-bits> instead of s<act-bits>")
     parser.add_argument("--lanes", type=int, default=16,
-                        help=f"RTL: multipliers along K, {_range(gemm.ARRAY_DIM)}")
+                        help=f"RTL: multipliers along K, {_range(ARRAY_DIM)}")
     parser.add_argument("--cols", type=int, default=8,
-                        help=f"RTL: columns along N, {_range(gemm.ARRAY_DIM)}")
+                        help=f"RTL: columns along N, {_range(ARRAY_DIM)}")
     parser.add_argument("--out", required=True, help="Y: M×N int64 .npy")
     codebook = parser.add_argument_group(
         "SYQ codebook weights (docs/codebooks.md): W is golden's decode of the codes; the RTL "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from olmac.spec import STALL_SIXTEENTHS
+
 from .common import UsageError
 
 
@@ -18,7 +20,7 @@ def arguments(parser):
     parser.add_argument("--width", type=int, default=8, help="RTL: a width × width MAC array")
     parser.add_argument("--stall-sixteenths", type=int, default=0,
                         help="RTL: random stalls on the input and output streams, in "
-                             "sixteenths of the beats")
+                             "sixteenths of the beats" + f", {STALL_SIXTEENTHS[0]}..{STALL_SIXTEENTHS[1]}")
     parser.add_argument("--out", required=True, help="logits .npy (N × F int64)")
     parser.set_defaults(run=run)
 
