@@ -14,10 +14,11 @@ from amaranth.lib.wiring import In, Out
 
 from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.host_link import RequestSlots
+from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 
-__all__ = ["HastyDecoder", "LossyRequestSlots", "LossyResultBuffer", "OnesComplementDecoder", "SkewedRequantizer"]
+__all__ = ["BlindLaneArray", "HastyDecoder", "LossyRequestSlots", "LossyResultBuffer", "OnesComplementDecoder", "SkewedRequantizer"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -157,4 +158,29 @@ class LossyRequestSlots(wiring.Component):
         m.d.comb += [self.request.valid.eq(slots.request.valid),
                      self.request.payload.eq(slots.request.payload),
                      slots.request.ready.eq(self.request.ready | AnySeq(1))]
+        return m
+
+
+class BlindLaneArray(wiring.Component):
+    """A :class:`~olmac.hw.mac_array.MacArray` whose last lane always sees a zero activation:
+    one product of every column sum is lost.
+
+    Parameters
+    ----------
+    **params
+        As :class:`~olmac.hw.mac_array.MacArray` takes them.
+    """
+
+    def __init__(self, **params):
+        self._array = MacArray(**params)
+        super().__init__(self._array.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.array = array = self._array
+        wiring.connect(m, wiring.flipped(self.weights), array.weights)
+        wiring.connect(m, array.acc, wiring.flipped(self.acc))
+        m.d.comb += [array.act.valid.eq(self.act.valid), self.act.ready.eq(array.act.ready),
+                     array.act.payload.eq(self.act.payload),
+                     array.act.payload.data[-1].eq(0)]
         return m

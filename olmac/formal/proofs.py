@@ -6,12 +6,13 @@ from typing import Callable
 
 from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.host_link import RequestSlots
+from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
-from .mutants import (HastyDecoder, LossyRequestSlots, LossyResultBuffer, OnesComplementDecoder,
+from .mutants import (BlindLaneArray, HastyDecoder, LossyRequestSlots, LossyResultBuffer, OnesComplementDecoder,
                       SkewedRequantizer)
 from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
-                         RequantizerProperties, RequestSlotsProperties, ResultBufferProperties)
+                         MacArrayProperties, RequantizerProperties, RequestSlotsProperties, ResultBufferProperties)
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -58,6 +59,9 @@ _STREAM_DECODER = dict(lanes=2, cols=2, idx_bits=1, zero=True, entry_bits=2, sub
                        granularity="row")
 
 
+_SMALL_ARRAY = dict(lanes=2, cols=2, act_bits=2, weight_bits=2, max_k=8)
+
+
 def _requant_proof(out_signed):
     """§3 on a one-column u2/s2 requantizer with 4-bit accumulators, parameters and shifts
     up to 5, against an input skewed by one."""
@@ -100,6 +104,12 @@ PROOFS = (
     # Bounded: the output queue is a memory; about 7 cycles from input to output, so 10
     # cycles see the first three transfers under every stall pattern.
     *(_requant_proof(out_signed) for out_signed in (False, True)),
+    # 2×2 signed 2-bit, dense: 6 cycles from a reduction's last beat to `acc`, so 12 cycles
+    # see every reduction closed in the first six.
+    Proof("mac_array_2x2",
+          lambda: MacArrayProperties(MacArray(**_SMALL_ARRAY)),
+          {"blind_lane": lambda: MacArrayProperties(BlindLaneArray(**_SMALL_ARRAY))},
+          depth=12, mode="bmc", slow=True),
 )
 
 

@@ -17,7 +17,8 @@ from amaranth.hdl import Fragment
 from amaranth.lib import data
 
 __all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
-           "CodebookStreamProperties", "RequantizerProperties", "RequestSlotsProperties"]
+           "CodebookStreamProperties", "RequantizerProperties", "RequestSlotsProperties",
+           "MacArrayProperties"]
 
 
 def _assigned(fragment):
@@ -407,4 +408,63 @@ class RequestSlotsProperties(Elaboratable):
             Assert((count == 0) | (held_lengths[read_slot] == lengths[0])),
             Assert((count != 2) | (held_lengths[~read_slot] == lengths[1])),
         ]
+        return m
+
+
+class MacArrayProperties(Elaboratable):
+    """A dense :class:`~olmac.hw.mac_array.MacArray` against docs/semantics.md §2/§4 written
+    here: the accumulator vector of a freely chosen reduction (``AnyConst`` number) is the
+    exact sum over its beats of ``Σ_lane act[lane] · w[lane][col]``, and the stream rules
+    hold on ``acc``. Beats, ``last`` and stalls are free. Checked by BMC: the array's output
+    queue is a memory (see :class:`ResultBufferProperties`).
+
+    Parameters
+    ----------
+    array : MacArray
+        The block under test (no outlier lanes, no plane shifts), or a broken variant.
+    """
+
+    def __init__(self, array):
+        self._array = array
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self._array
+        m.submodules.dut = dut
+        m.submodules.rules = StreamRules(dut.acc)
+        m.d.comb += Assume(~ResetSignal())
+        for port in (dut.act, dut.weights):
+            m.d.comb += [port.valid.eq(AnySeq(1)),
+                         port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
+        m.d.comb += dut.acc.ready.eq(AnySeq(1))
+
+        act, tile = dut.act.payload.data, dut.weights.payload.tile
+        acc_layout = dut.acc.payload.shape()
+        cols, acc_shape = acc_layout.length, acc_layout.elem_shape
+        running = [Signal(acc_shape, name=f"running_{col}") for col in range(cols)]
+        beat = [sum(Value.cast(act[lane]) * Value.cast(tile[lane][col])
+                    for lane in range(len(act)))
+                for col in range(cols)]
+        accepted = dut.act.valid & dut.act.ready
+        closing = accepted & dut.act.payload.last
+
+        width = 4
+        closed, sent = Signal(width), Signal(width)
+        delivered = dut.acc.valid & dut.acc.ready
+        m.d.sync += [closed.eq(closed + closing), sent.eq(sent + delivered)]
+        index = AnyConst(width)
+        expected = [Signal(acc_shape, name=f"expected_{col}") for col in range(cols)]
+        tracked_closed = Signal()
+        with m.If(accepted):
+            for col in range(cols):
+                m.d.sync += running[col].eq(Mux(dut.act.payload.last, 0,
+                                                running[col] + beat[col]))
+        with m.If(closing & (closed == index)):
+            m.d.sync += [expected[col].eq(running[col] + beat[col]) for col in range(cols)]
+            m.d.sync += tracked_closed.eq(1)
+        with m.If(delivered & (sent == index)):
+            m.d.comb += Assert(tracked_closed, "a result left before its reduction closed")
+            m.d.comb += [Assert(dut.acc.payload[col] == expected[col],
+                                "a column sum differs from the exact sum of products")
+                         for col in range(cols)]
         return m
