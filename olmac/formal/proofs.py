@@ -113,7 +113,7 @@ PROOFS = (
 )
 
 
-def run_all(build_dir, *, slow=True):
+def run_all(build_dir):
     """Runs every proof (and its mutants) under ``build_dir``, yielding ``(as_expected, line)``.
 
     A proof is as expected when it passes, a mutant when it fails. The line names the run,
@@ -121,13 +121,11 @@ def run_all(build_dir, *, slow=True):
     """
     build_dir = Path(build_dir)
     for proof in PROOFS:
-        if proof.slow and not slow:
-            continue
         runs = [(proof.name, proof.wrapper, True)]
         runs += [(f"{proof.name}-{name}", build, False) for name, build in proof.mutants.items()]
         for name, build, expected in runs:
             result = prove(build(), build_dir / name, depth=proof.depth, mode=proof.mode)
             good = result.passed == expected
-            yield good, (f"{name:36} {proof.mode:5} depth {proof.depth:3} {result.status:7} "
+            yield good, (f"{name:40} {proof.mode:5} depth {proof.depth:3} {result.status:7} "
                          f"{'ok' if good else 'UNEXPECTED'} {result.seconds:6.1f} s  "
                          f"{result.log}")
