@@ -6,6 +6,7 @@ a failed point recorded with its error while the rest go on, and the report at t
 import csv
 import io
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -112,8 +113,11 @@ def _client(scheduler, workers):
         return Client(scheduler), None
     # ":0": any free port for the scheduler's HTTP server (and dashboard, where bokeh is
     # installed), so two sweeps on one machine do not contend for Dask's 8787
+    # silence_logs: the nannies' warnings when a busy worker is slow to stop at the end
+    # would follow the summary; a worker lost mid-sweep shows as a failed row anyway
     cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                           processes=True, dashboard_address=":0")
+                           processes=True, dashboard_address=":0",
+                           silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
 
