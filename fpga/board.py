@@ -12,6 +12,7 @@ Command line (:func:`build_demo_board`)::
 
 import dataclasses
 import os
+from operator import attrgetter
 from pathlib import Path
 
 from amaranth.hdl import *
@@ -76,20 +77,9 @@ class NetworkBoard(wiring.Component):
                                     max_reply=max_reply, timeout=timeout)
         super().__init__()
 
-    @property
-    def core(self):
-        """The :class:`NetworkCore`."""
-        return self._core
-
-    @property
-    def app(self):
-        """The :class:`NetworkApp`."""
-        return self._app
-
-    @property
-    def link(self):
-        """The :class:`SerialHostLink`."""
-        return self._link
+    core = property(attrgetter("_core"), doc="The :class:`NetworkCore`.")
+    app = property(attrgetter("_app"), doc="The :class:`NetworkApp`.")
+    link = property(attrgetter("_link"), doc="The :class:`SerialHostLink`.")
 
     def elaborate(self, platform):
         m = Module()

@@ -9,6 +9,7 @@ chip, so no product, partial sum or accumulator bit is dead logic.
 """
 
 import random
+from operator import attrgetter
 
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
@@ -101,10 +102,7 @@ class BramFeeder(wiring.Component):
             "weights": Out(stream.Signature(weight_shape)),
         })
 
-    @property
-    def depth(self):
-        """Words in each memory."""
-        return self._depth
+    depth = property(attrgetter("_depth"), doc="Words in each memory.")
 
     @property
     def memory_bits(self):
@@ -335,25 +333,11 @@ class BramFedArray(wiring.Component):
             weight_outlier_slots=weight_outlier_lanes or None, multipliers=multipliers)
         super().__init__({"fold": Out(fold_width)})
 
-    @property
-    def array(self):
-        """The :class:`~hw.MacArray.Config` of the array under measurement."""
-        return self._array_config
-
-    @property
-    def depth(self):
-        """Words in each memory."""
-        return self._depth
-
-    @property
-    def seed(self):
-        """Seed of the memory contents."""
-        return self._seed
-
-    @property
-    def fold_width(self):
-        """Output bits."""
-        return self._fold_width
+    array = property(attrgetter("_array_config"),
+                     doc="The :class:`~hw.MacArray.Config` of the array under measurement.")
+    depth = property(attrgetter("_depth"), doc="Words in each memory.")
+    seed = property(attrgetter("_seed"), doc="Seed of the memory contents.")
+    fold_width = property(attrgetter("_fold_width"), doc="Output bits.")
 
     @property
     def macs_per_cycle(self):

@@ -88,15 +88,8 @@ class CodebookDecoder(ConfiguredComponent):
 
     One tile per cycle in steady state, with a latency of one cycle.
 
-    Parameters
-    ----------
-    **params
-        The fields of :class:`CodebookDecoder.Config`, which validates them.
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :class:`CodebookDecoder.Config` raises them.
+    Made from keyword arguments, the fields of :class:`CodebookDecoder.Config`, which validates
+    them (see its Raises).
 
     Members
     -------

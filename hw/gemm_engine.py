@@ -18,15 +18,8 @@ class GemmEngine(ConfiguredComponent):
 
     This is the top level that ``olmac gemm --backend rtl`` runs on Verilator.
 
-    Parameters
-    ----------
-    **params
-        The fields of :class:`GemmEngine.Config`, which validates them.
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :class:`GemmEngine.Config` raises them.
+    Made from keyword arguments, the fields of :class:`GemmEngine.Config`, which validates
+    them (see its Raises).
 
     Members
     -------

@@ -7,6 +7,8 @@ reading of the same spec: a :class:`FrameReceiver`, :class:`RequestSlots` and a
 a UART.
 """
 
+from operator import attrgetter
+
 from amaranth.hdl import *
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.crc import catalog
@@ -449,20 +451,10 @@ class _LinkParameters(wiring.Component):
         self._timeout = _check_timeout(timeout)
         super().__init__(members)
 
-    @property
-    def max_payload(self):
-        """Capacity of the request memory in bytes."""
-        return self._max_payload
-
-    @property
-    def max_reply(self):
-        """Capacity of the reply memory in bytes."""
-        return self._max_reply
-
-    @property
-    def timeout(self):
-        """Inter-byte timeout in clock cycles."""
-        return self._timeout
+    max_payload = property(attrgetter("_max_payload"),
+                           doc="Capacity of the request memory in bytes.")
+    max_reply = property(attrgetter("_max_reply"), doc="Capacity of the reply memory in bytes.")
+    timeout = property(attrgetter("_timeout"), doc="Inter-byte timeout in clock cycles.")
 
 
 class HostLink(_LinkParameters):
@@ -572,10 +564,7 @@ class SerialHostLink(_LinkParameters):
                              f"{10 * divisor} cycles, not {timeout}")
         super().__init__(None, max_payload=max_payload, max_reply=max_reply, timeout=timeout)
 
-    @property
-    def divisor(self):
-        """Clock cycles per bit."""
-        return self._divisor
+    divisor = property(attrgetter("_divisor"), doc="Clock cycles per bit.")
 
     def elaborate(self, platform):
         m = Module()

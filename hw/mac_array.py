@@ -128,15 +128,8 @@ class MacArray(ConfiguredComponent):
     the activation register, and the activation-outlier lanes have their own copy of the
     weight tile.
 
-    Parameters
-    ----------
-    **params
-        The fields of :class:`MacArray.Config`, which validates them.
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :class:`MacArray.Config` raises them.
+    Made from keyword arguments, the fields of :class:`MacArray.Config`, which validates
+    them (see its Raises).
 
     Members
     -------

@@ -8,11 +8,14 @@ application of the link by itself (``host: In(AppSignature())``): it sees the wh
 command byte included, and gives one reply. :class:`NetworkApp` wires them together.
 """
 
+from operator import attrgetter
+
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import ARRAY_DIM, HIGHWAY_BITS, INFO_MAGIC, PROTOCOL_VERSION, Command, Status, check_int
+from olmac.spec import (ARRAY_DIM, HIGHWAY_BITS, INFO_MAGIC, PROTOCOL_VERSION, Command, Status,
+                        check_int)
 from .host_link import MAX_PAYLOAD_RANGE, AppSignature
 from .network import NetworkCore
 
@@ -143,10 +146,7 @@ class Dispatcher(wiring.Component):
         super().__init__({"host": In(AppSignature()),
                           "handlers": Out(AppSignature()).array(len(commands))})
 
-    @property
-    def commands(self):
-        """The command of each handler."""
-        return self._commands
+    commands = property(attrgetter("_commands"), doc="The command of each handler.")
 
     def elaborate(self, platform):
         m = Module()
@@ -214,10 +214,7 @@ class FixedCommand(wiring.Component):
             members["action"] = Out(stream.Signature(0))
         super().__init__(members)
 
-    @property
-    def reply(self):
-        """The reply to the one-byte request."""
-        return self._reply
+    reply = property(attrgetter("_reply"), doc="The reply to the one-byte request.")
 
     def elaborate(self, platform):
         index = Signal(range(len(self._reply)))
@@ -415,15 +412,8 @@ class InferHandler(wiring.Component):
         self._input_words = check_int("Input words", input_words, (1, 65535))
         super().__init__({"host": In(AppSignature()), **_core_streams(width)})
 
-    @property
-    def width(self):
-        """Slots per word."""
-        return self._width
-
-    @property
-    def input_words(self):
-        """Words of an image."""
-        return self._input_words
+    width = property(attrgetter("_width"), doc="Slots per word.")
+    input_words = property(attrgetter("_input_words"), doc="Words of an image.")
 
     def elaborate(self, platform):
         request, reply = self.host.request, self.host.reply
@@ -564,10 +554,7 @@ class NetworkApp(wiring.Component):
                               "params": Shape.cast(core.param_layout).width},
                    input_words=input_words, output_words=output_words)
 
-    @property
-    def width(self):
-        """Slots per activation word."""
-        return self._width
+    width = property(attrgetter("_width"), doc="Slots per activation word.")
 
     @property
     def word_bytes(self):

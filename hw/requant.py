@@ -154,15 +154,8 @@ class Requantizer(ConfiguredComponent):
     the arithmetic shift rounds half up. Like the array, the pipeline never stalls; the
     input waits for a :class:`ResultBuffer` credit.
 
-    Parameters
-    ----------
-    **params
-        The fields of :class:`Requantizer.Config`, which validates them.
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :class:`Requantizer.Config` raises them.
+    Made from keyword arguments, the fields of :class:`Requantizer.Config`, which validates
+    them (see its Raises).
 
     Members
     -------

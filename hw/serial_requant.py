@@ -31,15 +31,8 @@ class SerialRequantizer(ConfiguredComponent):
     leaves when all ``cols`` channels are done. The inputs are held by the stream rules
     while the channels run, so only the partial sum and the output vector are registered.
 
-    Parameters
-    ----------
-    **params
-        The fields of :class:`SerialRequantizer.Config`, which validates them.
-
-    Raises
-    ------
-    TypeError
-        As :class:`SerialRequantizer.Config` raises them.
+    Made from keyword arguments, the fields of :class:`SerialRequantizer.Config`, which validates
+    them (see its Raises).
 
     Members
     -------
