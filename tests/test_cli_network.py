@@ -90,7 +90,8 @@ def test_unsupported_layer_is_named(tmp_path, capsys):
     message = _refused(capsys, ["quantize", "--model", "network_models:gelu_mlp",
                                 "--calibration", str(tmp_path / "calibration.npy"),
                                 "--out", str(tmp_path / "program")])
-    assert message == "olmac: error: unsupported layer '1' (nn.GELU)"
+    assert message == ("olmac: error: unsupported layer '1' (nn.GELU; supported activations: "
+                       "ReLU; ReLU6, Hardtanh(0, m), clamp(0, m))")
 
 
 def test_own_model_needs_calibration(tmp_path, capsys):

@@ -493,8 +493,10 @@ class AddOfInputs(nn.Module):
 
 @pytest.mark.parametrize("model, shape, message", [
     (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)),
-     (4,), r"^unsupported layer '3' \(nn\.GELU\)$"),
-    (Sigmoid(), (4,), r"^unsupported layer 'sigmoid' \(torch\.sigmoid\)$"),
+     (4,), r"^unsupported layer '3' \(nn\.GELU; supported activations: ReLU; ReLU6, "
+     r"Hardtanh\(0, m\), clamp\(0, m\)\)$"),
+    (Sigmoid(), (4,), r"^unsupported layer 'sigmoid' \(torch\.sigmoid; supported activations: "
+     r".*\) at test_program\.py:\d+$"),
     (nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), (2, 5, 5),
      r"^unsupported layer '0' \(nn\.Conv2d with groups=2, dilation=\(1, 1\), "
      r"padding_mode='zeros'; only groups=1, dilation=1, zeros padding\)$"),
@@ -503,10 +505,10 @@ class AddOfInputs(nn.Module):
      r"override; only padding=0 and ceil_mode=False\)$"),
     (ReluAfterPool(), (1, 6, 6),
      r"^unsupported layer 'relu' \(nn\.ReLU — a ReLU must directly follow a Linear, Conv2d "
-     r"or residual add that has no other user\)$"),
+     r"or residual add that has no other user\) at test_program\.py:\d+$"),
     (AddOfInputs(), (4,), r"^unsupported layer 'add' \(operator\.add — a residual add needs "
      r"one operand that is a Linear or Conv2d with no other user, into whose requantization "
-     r"it is fused\)$"),
+     r"it is fused\) at test_program\.py:\d+$"),
 ])
 def test_unsupported_layers_are_named(model, shape, message):
     """§9: anything outside the supported set raises, naming the node and its type."""
@@ -518,7 +520,9 @@ def test_unsupported_layer_in_digits_mlp():
     """The issue's example: a GELU in the MLP's ``layers`` is ``'layers.3' (nn.GELU)``."""
     model = DigitsMLP()
     model.layers[3] = nn.GELU()
-    with pytest.raises(ProgramError, match=r"^unsupported layer 'layers\.3' \(nn\.GELU\)$"):
+    with pytest.raises(ProgramError, match=r"^unsupported layer 'layers\.3' \(nn\.GELU; "
+                       r"supported activations: ReLU; ReLU6, Hardtanh\(0, m\), clamp\(0, m\)\) "
+                       r"at digits\.py:\d+$"):
         quantize_model(model, torch.rand(8, 64))
 
 

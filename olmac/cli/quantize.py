@@ -2,7 +2,10 @@
 :func:`olmac.flow.quantize`."""
 
 import importlib
+import importlib.util
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -46,16 +49,29 @@ def arguments(parser):
 
 
 def _model(spec):
-    """A demo model name, or ``module:callable`` returning a trained ``nn.Module``."""
+    """A demo model name, or ``module:callable`` / ``path/to/file.py:callable`` returning a
+    trained ``nn.Module``; modules and files resolve from the current directory."""
     from olmac.flow import demo_data
     if spec in DEMO_MODELS:
         return demo_data(spec).model
-    module_name, _, attribute = spec.partition(":")
-    if not attribute:
-        raise UsageError(f"--model must be one of {', '.join(DEMO_MODELS)} or "
-                         f"'module:callable', not {spec!r}")
+    source, _, attribute = spec.rpartition(":")
+    if not source or not attribute:
+        raise UsageError(f"--model must be one of {', '.join(DEMO_MODELS)}, 'module:callable' "
+                         f"or 'file.py:callable', not {spec!r}")
     try:
-        factory = getattr(importlib.import_module(module_name), attribute)
+        if source.endswith(".py"):
+            path = Path(source)
+            if not path.is_file():
+                raise UsageError(f"--model {spec}: no file {source}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            # as `python -m` would: a module in the current directory needs no PYTHONPATH
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(source)
+        factory = getattr(module, attribute)
     except (ImportError, AttributeError) as error:
         raise UsageError(f"--model {spec}: {error}") from None
     return factory()
