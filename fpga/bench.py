@@ -1,7 +1,7 @@
 """Resources and fmax of MAC arrays fed from block RAM (:class:`~fpga.tops.BramFedArray`),
 placed and routed for ECP5 and iCE40 with the YoWASP tools: figures, not assertions.
 
-``python -m fpga.bench [--quick | --full]`` (or :func:`section`) builds each configuration of
+``python -m olmac.fpga.bench [--quick | --full]`` (or :func:`section`) builds each configuration of
 a grid of (family, array, operand width, activation-outlier lanes, multiplier mode):
 
 * ECP5: LFE5U-85F speed grade 6 on the ULX3S-85F, ``synth_ecp5 -nowidelut``;
@@ -196,7 +196,7 @@ def section(quick: bool = False, full: bool = False, families=None) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fpga.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m olmac.fpga.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="build a small subset only")

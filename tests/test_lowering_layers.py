@@ -213,6 +213,8 @@ def test_forms_that_cannot_be_lowered_are_refused(layer, message):
         quantize_model(model.eval(), torch.rand(4, 2, 4, 4))
 
 
-def test_docs_list_the_supported_layers():
-    """The table of docs/program.md §17 is ``supported_layers()``, generated from the code."""
-    assert supported_layers() in Path("docs/program.md").read_text()
+@pytest.mark.parametrize("document", ["docs/program.md", "README.md"])
+def test_docs_list_the_supported_layers(document):
+    """The tables of docs/program.md §17 and of the README are ``supported_layers()``,
+    generated from the code."""
+    assert supported_layers() in Path(document).read_text()
