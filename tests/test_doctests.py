@@ -1,5 +1,5 @@
-"""The worked examples in the docstrings of the golden model, the demo models (and the
-port codec) still hold."""
+"""The worked examples in the docstrings of the golden model, the demo models, the sweeps'
+report and driver (and the port codec) still hold."""
 
 import doctest
 import importlib
@@ -11,7 +11,7 @@ from olmac import golden, models
 
 MODULES = sorted([info.name for package in (golden, models)
                   for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")]
-                 + ["olmac.sim.codec"])
+                 + ["olmac.sim.codec", "olmac.explore.report", "olmac.explore.driver"])
 
 
 @pytest.mark.parametrize("name", MODULES)
