@@ -18,7 +18,8 @@ from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 
-__all__ = ["BlindLaneArray", "HastyDecoder", "LossyRequestSlots", "LossyResultBuffer", "OnesComplementDecoder", "SkewedRequantizer"]
+__all__ = ["BlindLaneArray", "HastyDecoder", "LossyRequestSlots", "LossyResultBuffer",
+           "OnesComplementDecoder", "SkewedRequantizer"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")

@@ -9,10 +9,10 @@ from olmac.hw.host_link import RequestSlots
 from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
-from .mutants import (BlindLaneArray, HastyDecoder, LossyRequestSlots, LossyResultBuffer, OnesComplementDecoder,
-                      SkewedRequantizer)
-from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
-                         MacArrayProperties, RequantizerProperties, RequestSlotsProperties, ResultBufferProperties)
+from .mutants import (BlindLaneArray, HastyDecoder, LossyRequestSlots, LossyResultBuffer,
+                      OnesComplementDecoder, SkewedRequantizer)
+from .properties import (CodebookDecodeProperties, CodebookStreamProperties, MacArrayProperties,
+                         RequantizerProperties, RequestSlotsProperties, ResultBufferProperties)
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]

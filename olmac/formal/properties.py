@@ -330,13 +330,13 @@ class RequestSlotsProperties(Elaboratable):
     Environment (the receiver's side of :class:`~olmac.hw.host_link.SlotWriteSignature`): a
     frame is written and committed only while ``busy`` is low (the receiver drops a frame
     that starts while it is high, and only its own commit raises it), at offsets below
-    ``max_payload``, with no byte in the commit's cycle (the CRC comes between), with a length of 1..``max_payload``; byte values and ``request.ready``
-    are free. Properties (k-induction): the stream rules on
-    ``request``; ``request.valid`` exactly while a committed frame is not yet released (none
-    created or lost); each frame sends exactly its committed length, ``last`` on its final
-    byte, oldest first; ``busy`` exactly while both slots hold a frame (no overflow, no frame
-    refused while a slot is free). Byte values need the memory's contents and are not
-    checked here.
+    ``max_payload``, with no byte in the commit's cycle (the CRC comes between), with a
+    length of 1..``max_payload``; byte values and ``request.ready`` are free. Properties
+    (k-induction): the stream rules on ``request``; ``request.valid`` exactly while a
+    committed frame is not yet released (none created or lost); each frame sends exactly its
+    committed length, ``last`` on its final byte, oldest first; ``busy`` exactly while both
+    slots hold a frame (no overflow, no frame refused while a slot is free). Byte values need
+    the memory's contents and are not checked here.
 
     Parameters
     ----------
