@@ -7,12 +7,12 @@ deliberately broken variant (:mod:`olmac.formal.mutants`) and see the proof fail
 
 Where k-induction needs them, a wrapper also asserts invariants on the block's own registers
 (found by name in its elaborated fragment): without them the induction step starts from
-unreachable states, such as a stored count that disagrees with the queue pointers, and fails
-though every reachable state is fine.
+unreachable states, such as a stored count that disagrees with the results written and read,
+and fails though every reachable state is fine.
 """
 
-from amaranth.hdl import *
 from amaranth.asserts import AnyConst, AnySeq
+from amaranth.hdl import *
 from amaranth.hdl import Fragment
 from amaranth.lib import data
 
@@ -38,8 +38,7 @@ def _registers(fragment, *names):
             found.setdefault(signal.name, signal)
     missing = set(names) - set(found)
     if missing:
-        raise ValueError(f"Registers must be assigned by the block, not missing: "
-                         f"{sorted(missing)}")
+        raise ValueError(f"The block assigns no register named {', '.join(sorted(missing))}")
     return [found[name] for name in names]
 
 
