@@ -74,7 +74,8 @@ class ResultBuffer(wiring.Component):
         m.submodules.storage = storage = Memory(shape=self._payload_shape, depth=depth,
                                                 init=[])
         write, read = storage.write_port(), storage.read_port(domain="comb")
-        produce, consume = Signal(range(depth)), Signal(range(depth))
+        produce = Signal(range(depth))
+        consume = Signal(range(depth))
         stored = Signal(range(depth + 1))
         m.d.comb += [write.addr.eq(produce), write.data.eq(self.w.payload),
                      write.en.eq(self.w.valid), read.addr.eq(consume)]

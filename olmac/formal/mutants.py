@@ -52,12 +52,7 @@ class LossyResultBuffer(wiring.Component):
             raise ValueError(f"Fault must be 'drop' or 'withdraw', not {fault!r}")
         self._buffer = ResultBuffer(payload_shape, depth)
         self._fault = fault
-        super().__init__({
-            "claim": In(1),
-            "can_claim": Out(1),
-            "w": In(stream.Signature(payload_shape, always_ready=True)),
-            "r": Out(stream.Signature(payload_shape)),
-        })
+        super().__init__(self._buffer.signature)
 
     @property
     def depth(self):

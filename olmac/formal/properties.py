@@ -71,6 +71,19 @@ class StreamRules(Elaboratable):
         return m
 
 
+def _free_streams(m, dut, inputs, output):
+    """Put ``dut`` under test with every stream of ``inputs`` driven by the solver (valid and
+    payload free in every cycle, so the producer is any producer), ``output``'s ready free
+    too, its stream rules checked, and reset held low after the first cycle."""
+    m.submodules.dut = dut
+    m.submodules.rules = StreamRules(output)
+    m.d.comb += Assume(~ResetSignal())
+    for port in inputs:
+        m.d.comb += [port.valid.eq(AnySeq(1)),
+                     port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
+    m.d.comb += output.ready.eq(AnySeq(1))
+
+
 class ResultBufferProperties(Elaboratable):
     """:class:`~olmac.hw.result_buffer.ResultBuffer` under every claim, write and ready pattern.
 
@@ -243,13 +256,7 @@ class RequantizerProperties(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         dut = self._dut
-        m.submodules.dut = dut
-        m.submodules.rules = StreamRules(dut.out)
-        m.d.comb += Assume(~ResetSignal())
-        for port in (dut.acc, dut.params):
-            m.d.comb += [port.valid.eq(AnySeq(1)),
-                         port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
-        m.d.comb += dut.out.ready.eq(AnySeq(1))
+        _free_streams(m, dut, (dut.acc, dut.params), dut.out)
         channel = dut.params.payload.channels[0]
         limit = 1 << (self._param_bits - 1)
         m.d.comb += [Assume((channel.bias >= -limit) & (channel.bias < limit)),
@@ -303,13 +310,7 @@ class CodebookStreamProperties(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         dut = self._decoder
-        m.submodules.dut = dut
-        m.submodules.rules = StreamRules(dut.weights)
-        m.d.comb += Assume(~ResetSignal())
-        for port in (dut.codes, dut.load):
-            m.d.comb += [port.valid.eq(AnySeq(1)),
-                         port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
-        m.d.comb += dut.weights.ready.eq(AnySeq(1))
+        _free_streams(m, dut, (dut.codes, dut.load), dut.weights)
 
         accepted = dut.codes.valid & dut.codes.ready
         sent = dut.weights.valid & dut.weights.ready
@@ -429,13 +430,7 @@ class MacArrayProperties(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         dut = self._array
-        m.submodules.dut = dut
-        m.submodules.rules = StreamRules(dut.acc)
-        m.d.comb += Assume(~ResetSignal())
-        for port in (dut.act, dut.weights):
-            m.d.comb += [port.valid.eq(AnySeq(1)),
-                         port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
-        m.d.comb += dut.acc.ready.eq(AnySeq(1))
+        _free_streams(m, dut, (dut.act, dut.weights), dut.acc)
 
         act, tile = dut.act.payload.data, dut.weights.payload.tile
         acc_layout = dut.acc.payload.shape()
