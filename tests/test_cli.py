@@ -3,6 +3,7 @@ bad input is refused with a message naming what is wrong."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,7 +261,7 @@ def test_help_loads_neither_torch_nor_amaranth():
     assert done.stdout.splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("command", [["gemm"], ["quantize"], ["run"], ["demo"],
+@pytest.mark.parametrize("command", [["gemm"], ["quantize"], ["layers"], ["run"], ["demo"],
                                      ["gemm-demo"], ["build"], ["board"], ["board", "run"],
                                      ["board", "build"], ["explore"]], ids=" ".join)
 def test_help_shows_every_default(command, capsys):
@@ -279,3 +280,11 @@ def test_gemm_demo_refuses_a_bad_width_in_one_line(capsys):
         main(["gemm-demo", "--bits", "9"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "olmac: error: --bits must be an integer in 2..8, not 9\n"
+
+
+def test_layers_prints_the_supported_table(capsys):
+    """``olmac layers`` prints the table of docs/program.md §17, whole."""
+    main(["layers"])
+    out = capsys.readouterr().out
+    assert out.startswith("| you write | it runs as |\n|---|---|\n")
+    assert len(out.splitlines()) > 10 and out in Path("docs/program.md").read_text()

@@ -3,7 +3,7 @@
 ``olmac gemm`` computes ``Y = A·W`` (optionally requantized, docs/semantics.md §3) on the
 golden model or on the generated RTL under Verilator; ``olmac gemm-demo`` runs a random
 GEMM through the RTL and checks it against golden. ``olmac quantize`` lowers a PyTorch model
-to an integer program artifact, ``olmac run`` runs one on the golden model or the network
+to an integer program artifact (``olmac layers`` lists the layers it lowers), ``olmac run`` runs one on the golden model or the network
 core's RTL, and ``olmac demo`` does it all for a demo network on the digits test split
 (docs/network.md). ``olmac build`` builds a MAC array bitstream for a board, ``olmac board``
 builds the network board or runs it over its UART, and ``olmac explore`` sweeps a design
@@ -25,6 +25,7 @@ COMMANDS = (
     ("gemm", "gemm", "Y = A·W on the golden model or the RTL"),
     ("quantize", "quantize", "a PyTorch model to an integer program artifact "
                              "(docs/program.md)"),
+    ("layers", "layers", "the layers olmac quantize lowers, and what each runs as"),
     ("run", "run", "an integer program on integer pixels, golden model or RTL (Verilator)"),
     ("demo", "demo", "a demo network on the digits test split through the RTL, checked "
                      "image by image against golden"),
