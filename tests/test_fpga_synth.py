@@ -111,25 +111,6 @@ def test_bad_parameters(kwargs, error, message):
         synthesize(**kwargs)
 
 
-@pytest.mark.parametrize("pause", [0.0, 0.5])
-def test_skid_buffer_passes_every_beat_in_order(pause):
-    """fpga.tops.SkidBuffer hands on every beat once, in order and whole (across its
-    payload slices), under random stalls on both sides, and at one beat per cycle when
-    nothing stalls."""
-    from olmac.fpga.tops import SkidBuffer
-    from olmac.sim.pysim import StreamSink, StreamSource, run_streams
-
-    import random
-    dut = SkidBuffer(unsigned(150))  # three slices of 64 bits, each with its own state copy
-    rng = random.Random(2)
-    beats = [rng.getrandbits(150) for _ in range(255)]
-    sink = StreamSink(dut.o, len(beats), pause_probability=pause, seed=4)
-    run_streams(dut, [StreamSource(dut.i, beats, pause_probability=pause, seed=3)], sink)
-    assert [int(value) for value in sink.received] == beats
-    if not pause:
-        assert sink.cycles <= len(beats) + 2
-
-
 def test_bram_fed_array_skid_must_be_bool():
     from olmac.fpga.tops import BramFedArray
     with pytest.raises(TypeError, match=r"^Skid must be a bool, not 1$"):

@@ -17,9 +17,10 @@ from olmac.hw.host_link import RequestSlots
 from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
+from olmac.hw.stream import SkidBuffer
 
 __all__ = ["BlindLaneArray", "HastyDecoder", "LossyRequestSlots", "LossyResultBuffer",
-           "OnesComplementDecoder", "SkewedRequantizer"]
+           "OnesComplementDecoder", "OverrunSkidBuffer", "SkewedRequantizer"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -179,4 +180,27 @@ class BlindLaneArray(wiring.Component):
         m.d.comb += [array.act.valid.eq(self.act.valid), self.act.ready.eq(array.act.ready),
                      array.act.payload.eq(self.act.payload),
                      array.act.payload.data[-1].eq(0)]
+        return m
+
+
+class OverrunSkidBuffer(wiring.Component):
+    """A :class:`~olmac.hw.stream.SkidBuffer` whose upstream ``ready`` is always high: a beat
+    offered while the skid register is full is taken from the producer and lost.
+
+    Parameters
+    ----------
+    payload_shape : ShapeLike
+        Shape of one beat.
+    """
+
+    def __init__(self, payload_shape):
+        self._buffer = SkidBuffer(payload_shape)
+        super().__init__(self._buffer.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.buffer = buffer = self._buffer
+        wiring.connect(m, buffer.o, wiring.flipped(self.o))
+        m.d.comb += [buffer.i.valid.eq(self.i.valid), buffer.i.payload.eq(self.i.payload),
+                     self.i.ready.eq(1)]
         return m

@@ -4,15 +4,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from amaranth.hdl import unsigned
+
 from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.host_link import RequestSlots
 from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
+from olmac.hw.stream import SkidBuffer
 from .mutants import (BlindLaneArray, HastyDecoder, LossyRequestSlots, LossyResultBuffer,
-                      OnesComplementDecoder, SkewedRequantizer)
+                      OnesComplementDecoder, OverrunSkidBuffer, SkewedRequantizer)
 from .properties import (CodebookDecodeProperties, CodebookStreamProperties, MacArrayProperties,
-                         RequantizerProperties, RequestSlotsProperties, ResultBufferProperties)
+                         RequantizerProperties, RequestSlotsProperties, ResultBufferProperties,
+                         SkidBufferProperties)
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -75,6 +79,10 @@ def _requant_proof(out_signed):
 
 
 PROOFS = (
+    # 130 bits: three payload slices, each with its own copy of the state.
+    Proof("skid_buffer", lambda: SkidBufferProperties(SkidBuffer(unsigned(130))),
+          {"overrun": lambda: SkidBufferProperties(OverrunSkidBuffer(unsigned(130)))},
+          depth=2),
     Proof("result_buffer_d2", lambda: ResultBufferProperties(ResultBuffer(2, 2), order=False),
           {fault: (lambda fault=fault: ResultBufferProperties(LossyResultBuffer(2, 2, fault),
                                                               order=False))

@@ -18,7 +18,7 @@ from amaranth.lib import data
 
 __all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
            "CodebookStreamProperties", "RequantizerProperties", "RequestSlotsProperties",
-           "MacArrayProperties"]
+           "MacArrayProperties", "SkidBufferProperties"]
 
 
 def _assigned(fragment):
@@ -461,4 +461,53 @@ class MacArrayProperties(Elaboratable):
             m.d.comb += [Assert(dut.acc.payload[col] == expected[col],
                                 "a column sum differs from the exact sum of products")
                          for col in range(cols)]
+        return m
+
+
+class SkidBufferProperties(Elaboratable):
+    """A :class:`~olmac.hw.stream.SkidBuffer` against an ideal one-beat skid register.
+
+    Beats on ``i`` (valid and payload free in every cycle, any producer) and ``o.ready`` are
+    free. Properties (k-induction): the stream rules on ``o``; counting transfers, beats
+    accepted on ``i`` minus beats sent on ``o`` is 0 or 1 and is 1 exactly while ``i.ready``
+    is low (none created, lost or doubled, and upstream waits only on a held beat); the beat
+    held is offered on ``o`` with the payload it was accepted with, and with none held ``o``
+    is ``i`` itself (so beats leave in order, unchanged, with no cycle added).
+
+    Parameters
+    ----------
+    buffer : SkidBuffer
+        The block under test, or a broken variant with the same ports.
+    """
+
+    def __init__(self, buffer):
+        self._buffer = buffer
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self._buffer
+        fragment = Fragment.get(dut, platform)
+        _free_streams(m, fragment, (dut.i,), dut.o)
+        accepted = dut.i.valid & dut.i.ready
+        sent = dut.o.valid & dut.o.ready
+        held = Signal(2)
+        kept = Signal.like(Value.cast(dut.i.payload), name="kept")
+        m.d.sync += held.eq(held + accepted - sent)
+        with m.If(accepted & ~sent):
+            m.d.sync += kept.eq(dut.i.payload)
+        m.d.comb += [
+            Assert(held <= 1, "more than one beat held"),
+            Assert(dut.i.ready == (held == 0), "upstream stalled with no beat held"),
+            Assert(dut.o.valid == ((held != 0) | dut.i.valid), "a beat created or lost"),
+            Assert(Value.cast(dut.o.payload) ==
+                   Mux(held != 0, kept, Value.cast(dut.i.payload)),
+                   "a beat left with another payload"),
+        ]
+        # Invariants of this implementation: every copy of its state says "a beat held"
+        # exactly while one is, and the skid register holds it.
+        full, skid = _registers(fragment, "full", "skid")
+        selects = [signal for signal in _assigned(fragment)
+                   if signal.name.startswith("select_")]
+        m.d.comb += [Assert(state == (held != 0)) for state in (full, *selects)]
+        m.d.comb += Assert((held == 0) | (Value.cast(skid) == kept))
         return m
