@@ -9,10 +9,18 @@ from __future__ import annotations  # the annotations name torch types; torch lo
 
 from dataclasses import dataclass
 
-__all__ = ["DEMO_MODELS", "DemoData", "demo_data", "quantize"]
+__all__ = ["DEMO_MODELS", "OUTSIDE_REFUSED", "RANGE_USED_WARNED", "DemoData", "demo_data",
+           "check_inputs", "quantize"]
 
 #: The demo networks of :mod:`olmac.models.demo`.
 DEMO_MODELS = ("cnn", "mlp")
+
+#: Largest fraction of input values outside the input quantizer's range that is accepted
+#: (with a warning above 0): more is the wrong units or sign, and clamped away.
+OUTSIDE_REFUSED = 0.01
+#: Inputs whose largest magnitude is under this fraction of the input range are warned
+#: about: they use a few of the pixel steps, as data in the wrong units does.
+RANGE_USED_WARNED = 0.25
 
 
 @dataclass
@@ -53,3 +61,60 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
     return quantize_model(model, calibration, act_bits=act_bits, weight_bits=weight_bits,
                           scheme=scheme, highway=highway, outlier_ratio=outlier_ratio,
                           pixel_max=pixel_max, pixel_scale=pixel_scale)
+
+
+def check_inputs(label: str, images: torch.Tensor, *, pixel_max: int = 16,
+                 pixel_scale: float = 1 / 16) -> list[str]:
+    """Whether real inputs ``images`` (``N × input shape``) fit the range the program's input
+    quantizer holds, ``0 .. pixel_max·pixel_scale`` (docs/program.md §13): the warnings, one
+    line each, naming ``label`` (the argument) and the statistic.
+
+    Half a pixel step of slack is allowed at either end (that much rounds into range).
+
+    >>> check_inputs("x", torch.tensor([[0.0, 0.05]]), pixel_max=16, pixel_scale=1 / 16)
+    ['x: the largest value is 0.05, 5 % of the input range 0..1 (pixel-max 16 × pixel-scale \
+0.0625): are the inputs in the wrong units?']
+
+    Raises
+    ------
+    ValueError
+        If ``pixel_max`` or ``pixel_scale`` is not positive; naming ``label``, for no images, a value that is NaN or infinite, constant inputs,
+        or more than ``OUTSIDE_REFUSED`` of the values outside the range (with a hint when
+        they look like pixels instead of pixel × pixel-scale).
+    """
+    import torch
+    if not (pixel_max > 0 and pixel_scale > 0):
+        raise ValueError(f"pixel-max and pixel-scale must be positive, not {pixel_max!r} and "
+                         f"{pixel_scale!r}")
+    high = pixel_max * pixel_scale
+    expected = f"the input range 0..{high:g} (pixel-max {pixel_max} × pixel-scale " \
+               f"{pixel_scale:g})"
+    values = images.detach().to(torch.float64).reshape(-1)
+    if len(images) == 0 or values.numel() == 0:
+        raise ValueError(f"{label}: no images (shape {tuple(images.shape)})")
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise ValueError(f"{label}: {bad} of {values.numel()} values are NaN or infinite; "
+                         f"expected real inputs in {expected}")
+    low_value, high_value = float(values.min()), float(values.max())
+    if low_value == high_value:
+        raise ValueError(f"{label}: every value is {low_value:g} (constant inputs "
+                         f"calibrate nothing); expected real inputs spread over {expected}")
+    slack = pixel_scale / 2
+    outside = float(((values < -slack) | (values > high + slack)).double().mean())
+    statistic = f"{100 * outside:.3g} % of the values lie outside {expected} " \
+                f"(min {low_value:g}, max {high_value:g})"
+    if outside > OUTSIDE_REFUSED:
+        hint = ""
+        if low_value >= 0 and high_value <= pixel_max + slack:
+            hint = f"; they look like pixels 0..{pixel_max}: give pixel × pixel-scale " \
+                       f"(divide by {1 / pixel_scale:g})"
+        elif high_value <= slack:
+            hint = "; they look negated"
+        raise ValueError(f"{label}: {statistic}, more than {100 * OUTSIDE_REFUSED:g} %{hint}")
+    warnings = [f"{label}: {statistic}; they are clamped"] if outside > 0 else []
+    peak = float(values.abs().max())
+    if peak < RANGE_USED_WARNED * high:
+        warnings.append(f"{label}: the largest value is {peak:g}, {100 * peak / high:.3g} % of "
+                        f"{expected}: are the inputs in the wrong units?")
+    return warnings

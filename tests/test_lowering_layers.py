@@ -82,8 +82,7 @@ def digits():
 
 
 def _trained(factory, digits):
-    """``factory()`` trained from torch's own initialization (``train``'s would zero the
-    BatchNorm weights)."""
+    """``factory()`` trained from torch's own initialization, as a user's model would be."""
     torch.manual_seed(0)
     x, y, _, _ = digits
     return train(factory(), x, y, epochs=30, lr=1e-2, batch=128, initialize=False)

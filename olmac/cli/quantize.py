@@ -92,11 +92,17 @@ def _calibration(args):
 
 
 def run(args):
-    from olmac.flow import quantize
+    from olmac.flow import check_inputs, quantize
     from olmac.golden import artifact
     from olmac.golden.program import ProgramError
     model = _model(args.model)
     calibration = _calibration(args)
+    try:
+        for warning in check_inputs("--calibration", calibration, pixel_max=args.pixel_max,
+                                    pixel_scale=args.pixel_scale):
+            print(f"olmac: warning: {warning}", file=sys.stderr)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     try:
         program = quantize(model, calibration, act_bits=args.act_bits,
                            weight_bits=args.weight_bits, scheme=args.scheme,

@@ -42,7 +42,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 3
     passes over the data; returns ``model`` in eval mode.
 
     With ``initialize``, ``torch.manual_seed(seed)`` then Kaiming-uniform weights (every
-    parameter of two or more dimensions) and zero biases; without, training goes on from
+    parameter of two or more dimensions), unit normalization scales (a one-dimensional
+    ``weight``, as of BatchNorm) and zero biases; without, training goes on from
     the model's current parameters (quantization-aware fine-tuning from trained float
     weights) and the global random state is left alone. ``batch=None`` takes one step per
     epoch on the whole data; else each epoch visits the data in a random order (a
@@ -52,9 +53,12 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 3
     with one_thread():
         if initialize:
             torch.manual_seed(seed)
-            for parameter in model.parameters():
+            for name, parameter in model.named_parameters():
                 if parameter.dim() > 1:
                     nn.init.kaiming_uniform_(parameter, nonlinearity="relu")
+                elif name.rpartition(".")[2] == "weight":
+                    # a normalization's scale: zero would cut every path through it
+                    nn.init.ones_(parameter)
                 else:
                     nn.init.zeros_(parameter)
         shuffle = None if batch is None else torch.Generator().manual_seed(seed)

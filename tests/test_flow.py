@@ -1,0 +1,87 @@
+"""``olmac.flow``: calibration and training inputs checked against the input quantizer's
+range, and training in the flow."""
+
+import numpy as np
+import pytest
+import torch
+
+from olmac.cli import main
+from olmac.flow import OUTSIDE_REFUSED, check_inputs
+from olmac.models.digits import load_digits_split
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_split()
+
+
+def test_real_digits_pass_silently(digits):
+    """The demo's own calibration images (pixel/16, in 0..1) give no warning."""
+    assert check_inputs("--calibration", digits.x_train) == []
+
+
+def test_pixel_units_are_refused_with_the_fraction_outside(digits):
+    """Digits in pixels (0..16) against the range 0..1: the refusal names the fraction of
+    values above 1 + half a step, counted here directly on the pixels."""
+    pixels = digits.x_train * 16
+    fraction = float((pixels.numpy() > 1 + 1 / 32).mean())
+    assert fraction > OUTSIDE_REFUSED
+    with pytest.raises(ValueError) as error:
+        check_inputs("--calibration", pixels)
+    assert str(error.value).startswith(
+        f"--calibration: {100 * fraction:.3g} % of the values lie outside the input range "
+        f"0..1 (pixel-max 16 × pixel-scale 0.0625) (min 0, max 16), more than 1 %; "
+        f"they look like pixels 0..16")
+
+
+@pytest.mark.parametrize("images,start", [
+    (-torch.rand(4, 64), "--calibration: "),
+    (torch.full((3, 64), 0.5), "--calibration: every value is 0.5"),
+    (torch.tensor([[float("nan"), 1.0], [0.0, float("inf")]]),
+     "--calibration: 2 of 4 values are NaN or infinite"),
+    (torch.zeros(0, 64), "--calibration: no images"),
+])
+def test_wrong_sign_constant_and_non_finite_are_refused(images, start):
+    with pytest.raises(ValueError, match="^" + start.replace("[", r"\[")):
+        check_inputs("--calibration", images)
+
+
+def test_a_few_values_out_of_range_or_a_small_range_are_warned_about(digits):
+    """Under ``OUTSIDE_REFUSED`` outside: a warning naming the fraction; inputs using a
+    sixteenth of the range (divided by 16 twice): a warning naming the share used."""
+    images = digits.x_train.clone()
+    images[0, :10] = 2.0  # 10 values of all of them
+    warnings = check_inputs("--calibration", images)
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"--calibration: {100 * 10 / images.numel():.3g} % of the values lie outside")
+    assert check_inputs("--calibration", digits.x_train / 16) == [
+        "--calibration: the largest value is 0.0625, 6.25 % of the input range 0..1 "
+        "(pixel-max 16 × pixel-scale 0.0625): are the inputs in the wrong units?"]
+
+
+def test_cli_refuses_a_calibration_file_in_pixels(digits, tmp_path, capsys):
+    """The issue's case: the MLP's calibration file in pixels instead of real units is
+    refused at quantize time with exit status 2 and one line."""
+    path = tmp_path / "pixels.npy"
+    np.save(path, (digits.x_train * 16).numpy())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", "--model", "mlp", "--calibration", str(path),
+              "--out", str(tmp_path / "program")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("olmac: error: --calibration: ") and "look like pixels" in error
+    assert "\n" not in error and not (tmp_path / "program").exists()
+
+
+def test_initialization_keeps_batchnorm_scales_at_one():
+    """``train(initialize=True)`` re-initializes a BatchNorm to the identity (scale 1,
+    shift 0), not to a scale of 0 that would cut the path through it."""
+    from torch import nn
+    from olmac.models.training import train
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    train(model, torch.rand(8, 4), torch.zeros(8, dtype=torch.int64), epochs=0)
+    assert torch.equal(model[1].weight, torch.ones(3))
+    assert torch.equal(model[1].bias, torch.zeros(3)) and torch.equal(model[0].bias,
+                                                                       torch.zeros(3))
