@@ -19,6 +19,7 @@ from amaranth.hdl import *
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
+from olmac import spec
 from olmac.hw.host_link import SerialHostLink
 from olmac.hw.network import NetworkCore
 from olmac.hw.network_app import NetworkApp
@@ -28,7 +29,7 @@ __all__ = ["NetworkBoard", "BOARD_BAUD", "build_network_board", "demo_network",
            "build_demo_board"]
 
 #: The link's default baud rate.
-BOARD_BAUD = 115200
+BOARD_BAUD = spec.BOARD_BAUD
 
 
 class NetworkBoard(wiring.Component):

@@ -33,6 +33,8 @@ from amaranth_boards.ecpix5 import ECPIX585Platform
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
+from olmac import spec
+
 from .report import BuildReport, read_build_report
 from .synth import KEEP_REPLICAS
 
@@ -73,7 +75,8 @@ class _Board:
     extra_resources: str | None = None
 
 
-#: The boards :func:`build_bitstream` knows, by their command-line name.
+#: The boards :func:`build_bitstream` knows, by their command-line name (the keys are
+#: ``olmac.spec.BOARD_NAMES``).
 BOARDS = {
     # iCE40UP5K-SG48, 12 MHz; the break-off PMOD adds five LEDs to the two on the board.
     "icebreaker": _Board(ICEBreakerPlatform, "ice40", _leds("led", 7), "break_off_pmod"),
@@ -88,7 +91,7 @@ BOARDS = {
 #: ECP5; the default on iCE40), ``"booth"`` every one into Booth-encoded LUT logic (fewer
 #: LUTs), ``"hybrid"`` those with both operands at most 8 bits wide (the dense products) into
 #: Booth LUT logic and the wider ones (outlier products) into DSP blocks.
-MULTIPLIERS = ("dsp", "lut", "booth", "hybrid")
+MULTIPLIERS = spec.MULTIPLIERS
 
 #: Yosys selection of the multiplies "hybrid" keeps out of the DSP blocks.
 _NARROW_MULTIPLIES = "t:$mul r:A_WIDTH<=8 %i r:B_WIDTH<=8 %i"

@@ -15,11 +15,12 @@ from olmac.golden.formats import int_range
 from olmac.golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, MaxPool, QuantizeInput,
                             Requantize)
 from olmac.hw.network import MAX_DIM, MAX_KERNEL, STORAGE_BITS, NetworkCore, OpKind
+from olmac.spec import CORE_SCHEMES
 
 __all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES"]
 
 #: Weight schemes the sequencer runs (the array's dense lanes plus weight-outlier lanes).
-SUPPORTED_SCHEMES = ("mmse", "value_aware")
+SUPPORTED_SCHEMES = CORE_SCHEMES
 
 
 class CompileError(ValueError):

@@ -11,7 +11,8 @@ import enum
 
 __all__ = [
     "ACT_BITS", "WEIGHT_BITS", "ARRAY_DIM", "STALL_SIXTEENTHS", "OUTLIER_BITS", "OUTLIER_LANES",
-    "PLANE_SHIFT_BITS",
+    "PLANE_SHIFT_BITS", "WEIGHT_SCHEMES", "CORE_SCHEMES", "BOARD_NAMES", "MULTIPLIERS",
+    "REQUANTIZERS", "MEMORY_STYLES", "BOARD_BAUD",
     "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
     "RESIDUAL_SHIFT_RANGE", "HIGHWAY_BITS", "CODEBOOK_IDX_BITS", "CODEBOOK_ENTRY_BITS",
     "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
@@ -32,6 +33,19 @@ ARRAY_DIM = (1, 64)
 OUTLIER_LANES = (0, 16)
 #: Allowed widths of the per-column plane shift of multi-tensor layers (§8), inclusive.
 PLANE_SHIFT_BITS = (0, 4)
+#: The weight schemes of an integer program (docs/program.md §10) and those the network core
+#: runs; here, not only in golden/, so the command line lists them without importing torch.
+WEIGHT_SCHEMES = ("mmse", "value_aware", "multi_tensor", "syq")
+CORE_SCHEMES = ("mmse", "value_aware")
+#: The choices the board builds (fpga/) and the network core (hw/network/) offer, named here
+#: for the same reason: ``olmac build --help`` need not import amaranth. The boards by their
+#: command-line name; where the multiplies go; the network core's requantizer and memory
+#: style; the host link's default baud rate.
+BOARD_NAMES = ("icebreaker", "ulx3s-85f", "ecpix5-85")
+MULTIPLIERS = ("dsp", "lut", "booth", "hybrid")
+REQUANTIZERS = ("parallel", "serial")
+MEMORY_STYLES = ("wide", "narrow")
+BOARD_BAUD = 115200
 #: Allowed requantized output widths (§1), inclusive.
 OUT_BITS = (2, 16)
 #: Width of the signed per-channel requantization multiplier and bias (§3).

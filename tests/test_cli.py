@@ -251,19 +251,35 @@ def test_version(capsys):
     assert capsys.readouterr().out == f"olmac {olmac.__version__}\n"
 
 
+HELP_COMMANDS = [["gemm"], ["quantize"], ["layers"], ["run"], ["demo"], ["gemm-demo"],
+                 ["build"], ["board"], ["board", "run"], ["board", "build"], ["explore"]]
+
+
 def test_help_loads_neither_torch_nor_amaranth():
-    """``olmac --help`` answers without importing torch or amaranth (each takes seconds)."""
-    code = ("import sys\nfrom olmac.cli import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit:\n    pass\n"
+    """``olmac --help`` and every subcommand's ``--help`` answer without importing torch or
+    amaranth (each takes seconds to import; the help must come in under one)."""
+    code = ("import sys\nfrom olmac.cli import main\n"
+            f"for command in {[[]] + HELP_COMMANDS!r}:\n"
+            "    try:\n        main(command + ['--help'])\n    except SystemExit:\n        pass\n"
             "print([name for name in ('torch', 'amaranth') if name in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("command", [["gemm"], ["quantize"], ["layers"], ["run"], ["demo"],
-                                     ["gemm-demo"], ["build"], ["board"], ["board", "run"],
-                                     ["board", "build"], ["explore"]], ids=" ".join)
+def test_scheme_and_board_names_match_their_modules():
+    """The choices the command line takes from ``olmac.spec`` (so that its help needs no
+    torch or amaranth) are those the golden model, compiler, core and boards define."""
+    from olmac import spec
+    from olmac.compiler import SUPPORTED_SCHEMES
+    from olmac.fpga.build import BOARDS
+    from olmac.golden.program import SCHEMES
+    assert tuple(SCHEMES) == spec.WEIGHT_SCHEMES
+    assert set(SUPPORTED_SCHEMES) <= set(SCHEMES)
+    assert tuple(BOARDS) == spec.BOARD_NAMES
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)
 def test_help_shows_every_default(command, capsys):
     """Each subcommand's help lists its options, each with its default where it has one."""
     with pytest.raises(SystemExit) as exit_info:

@@ -6,6 +6,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import Out
 
+from olmac import spec
 from olmac.spec import HIGHWAY_BITS
 from ..requant import ChannelParams
 
@@ -26,8 +27,8 @@ WINDOW_GROWTH = 8
 #: wide at its full depth of 256 words.
 CHUNK_BITS = 16
 #: Choices of the ``requantizer`` and ``memories`` options of ``NetworkCore.Config``.
-REQUANTIZERS = ("parallel", "serial")
-MEMORY_STYLES = ("wide", "narrow")
+REQUANTIZERS = spec.REQUANTIZERS
+MEMORY_STYLES = spec.MEMORY_STYLES
 
 
 class OpKind(enum.Enum, shape=3):

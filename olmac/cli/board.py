@@ -6,9 +6,7 @@ import sys
 from pathlib import Path
 
 from olmac.flow import DEMO_MODELS
-from olmac.fpga.board import BOARD_BAUD
-from olmac.fpga.build import BOARDS
-from olmac.hw.network import MEMORY_STYLES, REQUANTIZERS
+from olmac.spec import BOARD_BAUD, BOARD_NAMES, MEMORY_STYLES, REQUANTIZERS
 from .common import UsageError
 
 
@@ -17,7 +15,7 @@ def arguments(parser):
     help = "build the board top (UART host link, command protocol, network core preloaded " \
            "with a demo network) and report its resources and fmax"
     build = commands.add_parser("build", help=help, description=help)
-    build.add_argument("--board", required=True, choices=BOARDS, help="the board")
+    build.add_argument("--board", required=True, choices=BOARD_NAMES, help="the board")
     build.add_argument("--model", choices=DEMO_MODELS, default="cnn", help="the demo network")
     build.add_argument("--width", type=int, default=4, help="MAC array width")
     build.add_argument("--baud", type=int, default=BOARD_BAUD, help="the UART's baud rate")

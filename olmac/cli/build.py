@@ -5,14 +5,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from olmac.fpga.build import BOARDS, MULTIPLIERS
-from olmac.spec import ACT_BITS, WEIGHT_BITS
+from olmac.spec import ACT_BITS, BOARD_NAMES, MULTIPLIERS, WEIGHT_BITS
 from .common import UsageError, outlier_options
 
 
 def arguments(parser):
     from olmac.spec import ARRAY_DIM
-    parser.add_argument("--board", required=True, choices=BOARDS, help="the board")
+    parser.add_argument("--board", required=True, choices=BOARD_NAMES, help="the board")
     parser.add_argument("--lanes", type=int, default=8,
                         help=f"multipliers per column (K), {ARRAY_DIM[0]}..{ARRAY_DIM[1]}")
     parser.add_argument("--cols", type=int, default=8,
