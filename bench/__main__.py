@@ -10,6 +10,8 @@
    (bench/codebooks.py).
 6. Whole networks on the RTL: cycles per inference, MAC utilization, simulated images/s
    (bench/network_rtl.py).
+6a. The layers people write: models of olmac.models.ordinary at 8/8, accuracy and RTL
+   cycles (bench/layers.py).
 7. Whole-network accuracy on digits: float, plain 2/3/4-bit, + outliers, highway on/off,
    SYQ ternary (bench/networks.py).
 8. The character LSTM: validation perplexity with and without the cell-state highway
@@ -165,7 +167,7 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
 
 
 SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl",
-            "networks", "lstm", "fpga")
+            "layers", "networks", "lstm", "fpga")
 
 
 def main():
@@ -191,6 +193,9 @@ def main():
     if "network-rtl" in sections:
         from bench import network_rtl
         network_rtl.report()
+    if "layers" in sections:
+        from bench import layers
+        layers.report()
     if "networks" in sections:
         from bench import networks
         networks.bench_section()

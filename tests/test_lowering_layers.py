@@ -13,8 +13,9 @@ from torch.nn import functional as F
 from olmac.compiler import compile_program
 from olmac.golden.program import ProgramError, run_integer, to_pixels
 from olmac.golden.program.lowering import lowering_notes, quantize_model, supported_layers
+from olmac.golden.program.normalize import normalize
 from olmac.models.digits import as_images, load_digits_split
-from olmac.models.training import train
+from olmac.models.ordinary import DepthwiseSeparable, SequenceCNN, as_sequences, trained
 from test_network import _core, _run_core
 
 
@@ -75,25 +76,41 @@ class SmallNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+def _digits(shape):
+    split = load_digits_split()
+    return shape(split.x_train), split.y_train, shape(split.x_test), split.y_test
+
+
 @pytest.fixture(scope="module")
 def digits():
-    split = load_digits_split()
-    return as_images(split.x_train), split.y_train, as_images(split.x_test), split.y_test
+    return _digits(as_images)
 
 
-def _trained(factory, digits):
-    """``factory()`` trained from torch's own initialization, as a user's model would be."""
-    torch.manual_seed(0)
-    x, y, _, _ = digits
-    return train(factory(), x, y, epochs=30, lr=1e-2, batch=128, initialize=False)
+@pytest.fixture(scope="module")
+def sequences():
+    return _digits(as_sequences)
 
 
-@pytest.mark.parametrize("factory", [ConvBNStack, ResidualBN])
-def test_ordinary_models_quantize_within_a_point(factory, digits):
+@pytest.fixture(scope="module")
+def models(digits, sequences):
+    """Each model class trained once for the module (``olmac.models.ordinary.trained``),
+    with its data: a model on sequences (``SequenceCNN``) reads the digits as
+    ``as_sequences``, every other as images."""
+    cache = {}
+
+    def model(factory):
+        data = sequences if factory is SequenceCNN else digits
+        if factory not in cache:
+            cache[factory] = trained(factory, data[0], data[1])
+        return cache[factory], data
+    return model
+
+
+@pytest.mark.parametrize("factory", [ConvBNStack, ResidualBN, DepthwiseSeparable, SequenceCNN])
+def test_ordinary_models_quantize_within_a_point(factory, models):
     """§17: each rewrite keeps the float function, so at 8/8 the integer program's test
     accuracy is within one point of the float model's."""
-    model = _trained(factory, digits)
-    x, _, x_test, y_test = digits
+    model, (x, _, x_test, y_test) = models(factory)
     program = quantize_model(model, x, act_bits=8, weight_bits=8, act_calibration="max")
     with torch.no_grad():
         float_accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
@@ -109,6 +126,61 @@ def test_notes_say_what_was_folded_and_dropped(digits):
     assert "folded BatchNorm 'bn1' into 'conv1'" in notes
     assert "folded BatchNorm 'bn3' into 'fc1'" in notes
     assert any(note.startswith("dropped the trailing 'log_softmax'") for note in notes)
+
+
+@pytest.mark.parametrize("groups, channels", [(2, (4, 6)), (3, (3, 3)), (4, (8, 4))])
+def test_grouped_convolution_becomes_block_diagonal(groups, channels):
+    """§17: the dense convolution with the block-diagonal weight gives the grouped one's
+    outputs (compared with torch's own grouped convolution), with its BatchNorm folded."""
+    torch.manual_seed(groups)
+    model = nn.Sequential(nn.Conv2d(channels[0], channels[1], 3, padding=1, groups=groups),
+                          nn.BatchNorm2d(channels[1])).eval()
+    model[1].running_mean.uniform_(-1, 1)
+    x = torch.randn(3, channels[0], 5, 5)
+    normalized = normalize(model, x[:2])
+    dense = [m for m in normalized.module.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.groups for m in dense] == [1]
+    torch.testing.assert_close(normalized.module(x), model(x))
+    assert normalized.notes[0] == (f"made the grouped convolution '0' (groups={groups}) "
+                                   f"dense, with a block-diagonal weight")
+
+
+class OneD(nn.Module):
+    """Every 1-D form: Conv1d (grouped, ``padding='same'``), BatchNorm1d on a sequence and
+    on features, functional max/avg/adaptive pooling, MaxPool1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv1d(4, 6, 3, padding="same", groups=2), nn.BatchNorm1d(6)
+        self.conv2, self.pool = nn.Conv1d(6, 6, 1), nn.MaxPool1d(2, 1)
+        self.fc, self.bn_fc = nn.Linear(12, 5), nn.BatchNorm1d(5)
+
+    def forward(self, x):
+        x = F.max_pool1d(F.relu(self.bn(self.conv(x))), 2)
+        x = F.avg_pool1d(self.pool(F.relu(self.conv2(x))), 2, 1)
+        x = F.adaptive_avg_pool1d(x, 2)
+        return self.bn_fc(self.fc(torch.flatten(x, 1)))
+
+
+def test_one_dimensional_layers_become_two_dimensional():
+    """§17: on ``(N, C, 1, L)`` the 2-D twins compute the 1-D model's outputs (against
+    torch's own 1-D layers), and every 1-D layer on a sequence is gone."""
+    torch.manual_seed(1)
+    model = OneD().eval()
+    for bn in (model.bn, model.bn_fc):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(3, 4, 13)
+    normalized = normalize(model, x[:2])
+    assert normalized.input_shape == (4, 1, 13)
+    torch.testing.assert_close(normalized.module(x.unsqueeze(2)), model(x))
+    called = dict(normalized.module.named_modules())
+    kinds = [type(called[n.target]).__name__ if n.op == "call_module" else str(n.target)
+             for n in normalized.module.graph.nodes]
+    assert not [kind for kind in kinds if "1d" in kind]  # the BatchNorms are folded
+    program = quantize_model(model, torch.rand(16, 4, 13), act_bits=8, weight_bits=8,
+                             act_calibration="max")
+    assert program.input_shape == (4, 1, 13)
 
 
 class TrailingSoftmax(nn.Module):
@@ -141,13 +213,14 @@ def test_capped_relu_scale_is_at_most_the_cap(digits):
     assert not value.signed and value.scale * 255 <= 4 + 1e-12
 
 
-def test_small_net_runs_bit_exactly_on_the_core(digits):
+@pytest.mark.parametrize("factory, images, width", [
+    (SmallNet, 2, 4), (DepthwiseSeparable, 1, 8), (SequenceCNN, 1, 8)])
+def test_rewritten_models_run_bit_exactly_on_the_core(factory, images, width, models):
     """The rewritten forms compile to the core's ops and run there exactly as golden."""
-    model = _trained(SmallNet, digits)
-    program = quantize_model(model, digits[0], act_bits=8, weight_bits=8,
-                             act_calibration="max")
-    pixels = to_pixels(digits[2][:2])
-    compiled = compile_program(program, width=4)
+    model, (x, _, x_test, _) = models(factory)
+    program = quantize_model(model, x, act_bits=8, weight_bits=8, act_calibration="max")
+    pixels = to_pixels(x_test[:images])
+    compiled = compile_program(program, width=width)
     logits = _run_core(_core(compiled), compiled, pixels, pause=0.2)
     assert torch.equal(logits, run_integer(program, pixels))
 

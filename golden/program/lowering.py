@@ -82,8 +82,8 @@ def _refused(name: str, kind: str) -> ProgramError:
     short = kind.rsplit(".", 1)[-1].lower()
     if short in _TABLE_ACTIVATIONS:
         instead = "supported activations: ReLU; ReLU6, Hardtanh(0, m), clamp(0, m)"
-    elif short in ("conv1d", "conv3d", "convtranspose2d"):
-        instead = "supported convolutions: nn.Conv2d with groups=1"
+    elif short.startswith("conv"):  # Conv3d, ConvTranspose*, F.conv2d
+        instead = "supported convolutions: nn.Conv2d and nn.Conv1d (any groups)"
     elif short in ("cat", "concat", "stack"):
         instead = "concatenation is not supported"
     else:
@@ -126,11 +126,10 @@ def _classify(node: fx.Node, modules: dict) -> str:
             if module.padding == "same" and any(k % 2 == 0 for k in _pair(module.kernel_size)):
                 raise _unsupported(name, kind, "with padding='same' and an even kernel; only "
                                    "odd kernels, whose padding is symmetric")
-            if module.groups != 1 or _pair(module.dilation) != (1, 1) \
-                    or module.padding_mode != "zeros":
-                raise _unsupported(name, kind, f"with groups={module.groups}, dilation="
-                                   f"{module.dilation}, padding_mode={module.padding_mode!r}; "
-                                   f"only groups=1, dilation=1, zeros padding")
+            if _pair(module.dilation) != (1, 1) or module.padding_mode != "zeros":
+                raise _unsupported(name, kind, f"with dilation={module.dilation}, "
+                                   f"padding_mode={module.padding_mode!r}; only dilation=1, "
+                                   f"zeros padding")
             return "conv2d"
         if isinstance(module, nn.ReLU):
             return "relu"
@@ -335,6 +334,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                             f"not {bits!r}")
     calibration = calibration.to(torch.float32)
     normalized = normalize(model, calibration[:2])
+    # a model on (C, L) sequences runs as one on (C, 1, L) maps (§17)
+    calibration = calibration.reshape(len(calibration), *normalized.input_shape)
     traced = normalized.module
     modules = dict(traced.named_modules())
     errors, kinds = [], {}

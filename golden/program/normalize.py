@@ -2,7 +2,9 @@
 
 ``normalize`` traces a model with ``torch.fx`` (recording where each node comes from in the
 user's ``forward``) and rewrites its graph, before any quantization, into the forms
-``lowering`` knows: BatchNorm folded into the Conv2d/Linear before it, eval-mode no-ops
+``lowering`` knows: a model on ``(N, C, L)`` sequences run on ``(N, C, 1, L)`` maps (its 1-D layers made
+2-D), grouped convolutions made dense (block-diagonal weights), BatchNorm folded into the
+Conv2d/Linear before it, eval-mode no-ops
 (Dropout, Identity, ``contiguous``) and a trailing softmax dropped, every
 ``view``/``reshape``/``flatten`` that flattens to ``(N, features)`` made one
 ``torch.flatten(x, 1)``, functional and adaptive pooling made ``nn.MaxPool2d``/
@@ -38,6 +40,10 @@ _RESHAPES = {torch.flatten, torch.reshape}
 _BATCHNORMS = {nn.BatchNorm1d: nn.Linear, nn.BatchNorm2d: nn.Conv2d}
 _POOLS = {F.max_pool2d: nn.MaxPool2d, torch.max_pool2d: nn.MaxPool2d,
           F.avg_pool2d: nn.AvgPool2d}
+_ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
+_POOLS_1D = {F.max_pool1d: nn.MaxPool1d, torch.max_pool1d: nn.MaxPool1d,
+             F.avg_pool1d: nn.AvgPool1d, torch.avg_pool1d: nn.AvgPool1d}
+_ADAPTIVE_1D = {F.adaptive_avg_pool1d, torch.adaptive_avg_pool1d}
 _CAPS = {F.relu6: (0.0, 6.0), F.hardtanh: (-1.0, 1.0)}
 _CLAMPS = {torch.clamp, torch.clip}
 
@@ -45,8 +51,13 @@ _CLAMPS = {torch.clamp, torch.clip}
 #: of the README.
 SUPPORTED = (
     ("`nn.Linear`", "GEMM (§10)"),
-    ("`nn.Conv2d` (groups=1, dilation=1, zero padding, `padding='same'` with odd kernels)",
+    ("`nn.Conv2d` (dilation=1, zero padding, `padding='same'` with odd kernels)",
      "GEMM on im2col (§10)"),
+    ("depthwise and grouped `nn.Conv2d` (`groups` > 1)",
+     "one GEMM with a block-diagonal weight (§17)"),
+    ("`nn.Conv1d`, `nn.BatchNorm1d`, `nn.MaxPool1d`/`F.max_pool1d`, `nn.AvgPool1d`/"
+     "`F.avg_pool1d`, `nn.AdaptiveAvgPool1d`/`F.adaptive_avg_pool1d` on `(N, C, L)` inputs",
+     "the 2-D layer of kernel (1, k) on `(C, 1, L)` maps (§17)"),
     ("`nn.BatchNorm1d`/`nn.BatchNorm2d` right after a Linear/Conv2d",
      "folded into its weights and bias (§17)"),
     ("`nn.ReLU`, `F.relu`, `torch.relu`, `Tensor.relu` after a GEMM or residual add",
@@ -88,8 +99,11 @@ def located(node: fx.Node, message: str) -> str:
 class Normalized:
     """A traced, rewritten model: ``module`` (its graph in the lowering's forms), the
     ``notes`` on what was dropped or folded (one line each) and ``errors``, the refusal of
-    each node the rewrite refused (one line each), by node."""
+    each node the rewrite refused (one line each), by node. ``input_shape`` is the
+    per-sample shape ``module`` takes: the model's, or ``(C, 1, L)`` for a model on
+    ``(C, L)`` sequences, whose 1-D layers became 2-D ones on maps of height 1."""
     module: fx.GraphModule
+    input_shape: tuple[int, ...]
     notes: list[str] = field(default_factory=list)
     errors: dict[fx.Node, str] = field(default_factory=dict)
 
@@ -121,18 +135,60 @@ def normalize(model: nn.Module, sample: torch.Tensor) -> Normalized:
         raise ProgramError(f"torch.fx cannot trace the model: {error}") from error
     module = fx.GraphModule(tracer.root, graph)
     module.eval()
+    _propagate(module, sample)
+    result = _Rewrite(module, len(sample))
+    if sample.dim() == 3:
+        result.lift()
+        sample = sample.unsqueeze(2)
+        module.recompile()
+        if not result.errors:  # a refused 1-D form would not run on the lifted input
+            _propagate(module, sample)
+    for node in list(graph.nodes):
+        result.visit(node)
+    graph.eliminate_dead_code()
+    module.recompile()
+    return Normalized(module, tuple(sample.shape[1:]), result.notes, result.errors)
+
+
+def _propagate(module: fx.GraphModule, sample: torch.Tensor) -> None:
+    """Record every node's output shape on ``sample`` (``node.meta``)."""
     try:
         ShapeProp(module).propagate(sample)
     except Exception as error:  # the user's forward can raise anything on a bad shape
         cause = error.__cause__ or error  # ShapeProp wraps the error with the whole graph
         raise ProgramError(f"the model cannot run on inputs of shape "
                            f"{tuple(sample.shape[1:])}: {cause}") from error
-    result = _Rewrite(module, len(sample))
-    for node in list(graph.nodes):
-        result.visit(node)
-    graph.eliminate_dead_code()
-    module.recompile()
-    return Normalized(module, result.notes, result.errors)
+
+
+def _single(value) -> int:
+    return value if isinstance(value, int) else value[0]
+
+
+def _two_d(layer: nn.Module) -> nn.Module:
+    """The 2-D layer that computes ``layer`` (a 1-D one) on ``(N, C, 1, L)`` maps (§17)."""
+    if isinstance(layer, nn.Conv1d):
+        padding = layer.padding if isinstance(layer.padding, str) else (0, layer.padding[0])
+        twin = nn.Conv2d(layer.in_channels, layer.out_channels, (1, layer.kernel_size[0]),
+                         (1, layer.stride[0]), padding, (1, layer.dilation[0]), layer.groups,
+                         layer.bias is not None, layer.padding_mode)
+        twin.weight.copy_(layer.weight.unsqueeze(2))
+        if layer.bias is not None:
+            twin.bias.copy_(layer.bias)
+    elif isinstance(layer, nn.BatchNorm1d):
+        twin = nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum, layer.affine,
+                              layer.track_running_stats)
+        twin.load_state_dict(layer.state_dict())
+    elif isinstance(layer, nn.MaxPool1d):
+        twin = nn.MaxPool2d((1, _single(layer.kernel_size)), (1, _single(layer.stride)),
+                            (0, _single(layer.padding)), (1, _single(layer.dilation)),
+                            layer.return_indices, layer.ceil_mode)
+    elif isinstance(layer, nn.AvgPool1d):
+        twin = nn.AvgPool2d((1, _single(layer.kernel_size)), (1, _single(layer.stride)),
+                            (0, _single(layer.padding)), layer.ceil_mode,
+                            layer.count_include_pad)
+    else:
+        twin = nn.AdaptiveAvgPool2d((1, _single(layer.output_size)))
+    return twin.eval()
 
 
 class _Rewrite:
@@ -176,11 +232,30 @@ class _Rewrite:
         self.modules[name] = module
         self.replace(node, "call_module", name, (node.args[0],), meta)
 
+    def lift(self) -> None:
+        """A model on ``(N, C, L)`` as one on ``(N, C, 1, L)`` (§17): functional 1-D pooling
+        made modules, then every 1-D layer (on a 3-D tensor) its 2-D twin."""
+        for node in list(self.graph.nodes):
+            function = node.target if node.op == "call_function" else None
+            if function in _POOLS_1D:
+                self.pool(node, _POOLS_1D[function])
+            elif function in _ADAPTIVE_1D:
+                self.become(node, nn.AdaptiveAvgPool1d(_arg(node, 1, "output_size", None)))
+        for node in list(self.graph.nodes):
+            module = self.modules.get(node.target) if node.op == "call_module" else None
+            shape = _shape(node.args[0]) if node.args else None
+            if isinstance(module, _ONE_D) and shape is not None and len(shape) == 3:
+                self.become(node, _two_d(module))
+        self.notes.append("ran the model on (C, 1, L) maps: each 1-D layer as the 2-D one of "
+                          "kernel (1, k)")
+
     def visit(self, node: fx.Node) -> None:
         module = self.modules.get(node.target) if node.op == "call_module" else None
         method = node.target if node.op == "call_method" else None
         function = node.target if node.op == "call_function" else None
-        if isinstance(module, _DROPPED_MODULES) or method == "contiguous" \
+        if isinstance(module, nn.Conv2d) and module.groups > 1:
+            self.ungroup(node, module)
+        elif isinstance(module, _DROPPED_MODULES) or method == "contiguous" \
                 or function in _DROPPED_FUNCTIONS:
             self.drop(node)
         elif isinstance(module, _SOFTMAX_MODULES) or method in ("softmax", "log_softmax") \
@@ -204,6 +279,25 @@ class _Rewrite:
             self.cap(node, function.__name__, low, high)
         elif function in _CLAMPS or method in ("clamp", "clip"):
             self.cap(node, "clamp", _arg(node, 1, "min", None), _arg(node, 2, "max", None))
+
+    def ungroup(self, node: fx.Node, conv: nn.Conv2d) -> None:
+        """A grouped (or depthwise) convolution as the dense one with its block-diagonal
+        weight (§17): output channel ``o`` of group ``g`` keeps its weights on the input
+        channels of group ``g`` and has 0 on every other, so it computes the same sums."""
+        dense = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          conv.padding, conv.dilation, 1, conv.bias is not None,
+                          conv.padding_mode)
+        dense.weight.zero_()
+        per_in = conv.in_channels // conv.groups
+        per_out = conv.out_channels // conv.groups
+        for group in range(conv.groups):
+            outputs = slice(group * per_out, (group + 1) * per_out)
+            dense.weight[outputs, group * per_in:(group + 1) * per_in] = conv.weight[outputs]
+        if conv.bias is not None:
+            dense.bias.copy_(conv.bias)
+        self.notes.append(f"made the grouped convolution '{node.target}' (groups="
+                          f"{conv.groups}) dense, with a block-diagonal weight")
+        self.become(node, dense.eval())  # eval, as the traced model: BatchNorm folds into it
 
     def softmax(self, node: fx.Node) -> None:
         users = list(node.users)

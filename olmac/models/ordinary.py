@@ -1,0 +1,75 @@
+"""Models written the ordinary way, with the layers people use beyond the demo networks:
+the examples of the lowering (docs/program.md §17), measured in the README and checked on
+the network core by the tests.
+
+* ``DepthwiseSeparable``: a stem convolution, a depthwise-separable block (depthwise 3×3
+  with BatchNorm and ReLU6, pointwise 1×1 with BatchNorm and ReLU), a grouped 3×3
+  convolution (4 groups, stride 2), adaptive average pooling to 2×2 and a Linear head, on
+  ``N×1×8×8`` digits images.
+* ``SequenceCNN``: ``nn.Conv1d`` layers with ``BatchNorm1d``, ``padding='same'``,
+  ``nn.MaxPool1d`` and ``F.adaptive_avg_pool1d`` on digits read as sequences
+  (``as_sequences``: ``N×8×8``, the 8 rows as channels along the 8 columns).
+
+``trained`` trains one from torch's own initialization, as a user's model would be, with
+the demo networks' epochs and mini-batches.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .demo import BATCH, EPOCHS
+from .training import train
+
+__all__ = ["DepthwiseSeparable", "SequenceCNN", "as_sequences", "trained"]
+
+
+class DepthwiseSeparable(nn.Module):
+    """Depthwise-separable and grouped convolutions (``groups`` > 1) on digits images."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn_dw, self.act = nn.BatchNorm2d(8), nn.ReLU6()
+        self.pointwise, self.bn_pw = nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16)
+        self.grouped = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=4)
+        self.head = nn.Linear(16 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        x = self.act(self.bn_dw(self.depthwise(x)))
+        x = F.relu(self.bn_pw(self.pointwise(x)))
+        x = F.adaptive_avg_pool2d(F.relu(self.grouped(x)), 2)
+        return self.head(x.flatten(1))
+
+
+class SequenceCNN(nn.Module):
+    """One-dimensional convolutions (``nn.Conv1d``) on ``N×8×8`` sequences."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv1d(8, 16, 3, padding=1), nn.BatchNorm1d(16)
+        self.conv2, self.bn2 = nn.Conv1d(16, 32, 3, padding="same"), nn.BatchNorm1d(32)
+        self.pool = nn.MaxPool1d(2)
+        self.conv3 = nn.Conv1d(32, 32, 3, padding=1)
+        self.head = nn.Linear(32 * 2, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))
+        x = F.adaptive_avg_pool1d(F.relu(self.conv3(x)), 2)
+        return self.head(x.view(x.size(0), -1))
+
+
+def as_sequences(x: torch.Tensor) -> torch.Tensor:
+    """Flat ``N×64`` digits as ``N×8×8`` sequences: 8 channels (the rows), length 8."""
+    return x.reshape(len(x), 8, 8)
+
+
+def trained(factory, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0) -> nn.Module:
+    """``factory()`` trained on ``x``, ``y`` for ``EPOCHS`` epochs of mini-batches of
+    ``BATCH``, from torch's initialization under ``torch.manual_seed(seed)``; eval mode."""
+    torch.manual_seed(seed)
+    return train(factory(), x, y, epochs=EPOCHS, lr=1e-2, batch=BATCH, seed=seed,
+                 initialize=False)
