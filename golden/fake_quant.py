@@ -2,10 +2,11 @@
 
 import torch
 
-from olmac.spec import MULTIPLIER_BITS, SHIFT_RANGE
+from olmac.spec import ACT_BITS, HIGHWAY_BITS, MULTIPLIER_BITS, SHIFT_RANGE, check_int
 from .formats import int_range
 
-__all__ = ["to_int_round_half_even", "dequantize", "fake_quantize", "requant_params"]
+__all__ = ["to_int_round_half_even", "dequantize", "fake_quantize", "fake_quantize_ste",
+           "requant_params"]
 
 
 def to_int_round_half_even(x: torch.Tensor, scale: torch.Tensor | float, bits: int,
@@ -36,6 +37,35 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, bits: int,
     tensor([0.5000, 3.5000])
     """
     return dequantize(to_int_round_half_even(x, scale, bits, signed), scale)
+
+
+def fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor | float, bits: int,
+                      signed: bool) -> torch.Tensor:
+    """``fake_quantize`` (``σ·clamp(round_half_even(x/σ), lo, hi)``) in the forward pass,
+    with straight-through gradients for quantization-aware training: ``∂y/∂x = 1`` where
+    ``lo·σ ≤ x ≤ hi·σ`` and 0 outside (the clipped estimator), and, for a ``scale`` that
+    requires a gradient, LSQ's ``∂y/∂σ = round(x/σ) − x/σ`` inside and ``lo`` or ``hi``
+    outside (the learned step size).
+
+    >>> x = torch.tensor([0.3, 0.75, 9.0, -9.0], requires_grad=True)
+    >>> y = fake_quantize_ste(x, 0.5, 3, True)
+    >>> y.detach(), torch.autograd.grad(y.sum(), x)[0]
+    (tensor([ 0.5000,  1.0000,  1.5000, -2.0000]), tensor([1., 1., 0., 0.]))
+    >>> scale = torch.tensor(0.5, requires_grad=True)
+    >>> torch.autograd.grad(fake_quantize_ste(torch.tensor([0.3, 9.0]), scale, 3, True).sum(),
+    ...                     scale)[0]
+    tensor(3.4000)
+
+    Raises
+    ------
+    TypeError
+        If ``bits`` is not an integer in 2..16.
+    """
+    check_int("bits", bits, (ACT_BITS[0], HIGHWAY_BITS))
+    low, high = int_range(bits, signed)
+    steps = torch.clamp(x / scale, low, high)
+    # round(steps) + 0 exactly in the forward pass, the identity in the backward pass
+    return (torch.round(steps) + (steps - steps.detach())) * scale
 
 
 def requant_params(real_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,11 +9,16 @@ from __future__ import annotations  # the annotations name torch types; torch lo
 
 from dataclasses import dataclass
 
-__all__ = ["DEMO_MODELS", "OUTSIDE_REFUSED", "RANGE_USED_WARNED", "DemoData", "demo_data",
+__all__ = ["DEMO_MODELS", "TRAIN_LR", "TRAIN_BATCH", "OUTSIDE_REFUSED", "RANGE_USED_WARNED", "DemoData", "demo_data",
            "check_inputs", "quantize"]
 
 #: The demo networks of :mod:`olmac.models.demo`.
 DEMO_MODELS = ("cnn", "mlp")
+
+#: Learning rate of quantization-aware training in the flow (Adam, from trained weights).
+TRAIN_LR = 1e-3
+#: Mini-batch of quantization-aware training in the flow.
+TRAIN_BATCH = 64
 
 #: Largest fraction of input values outside the input quantizer's range that is accepted
 #: (with a warning above 0): more is the wrong units or sign, and clamped away.
@@ -26,12 +31,13 @@ RANGE_USED_WARNED = 0.25
 @dataclass
 class DemoData:
     """A trained demo model with its calibration images (the training split) and the test
-    split (real images and labels)."""
+    split (real images and labels); ``train_labels`` label the calibration images."""
     name: str
     model: torch.nn.Module
     calibration: torch.Tensor
     images: torch.Tensor
     labels: torch.Tensor
+    train_labels: torch.Tensor
 
 
 def demo_data(name: str) -> DemoData:
@@ -49,19 +55,46 @@ def demo_data(name: str) -> DemoData:
     split = load_digits_split()
     if name == "cnn":
         return DemoData(name, cnn(split), as_images(split.x_train), as_images(split.x_test),
-                        split.y_test)
-    return DemoData(name, mlp(split), split.x_train, split.x_test, split.y_test)
+                        split.y_test, split.y_train)
+    return DemoData(name, mlp(split), split.x_train, split.x_test, split.y_test,
+                    split.y_train)
 
 
 def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_aware",
-             highway=True, outlier_ratio=1 / 64, pixel_max=16, pixel_scale=1 / 16):
+             highway=True, outlier_ratio=1 / 64, pixel_max=16, pixel_scale=1 / 16,
+             train_images=None, train_labels=None, epochs=0, lr=TRAIN_LR, batch=TRAIN_BATCH,
+             seed=0, report=None):
     """``golden.program.quantize_model`` with the demo's defaults: 4-bit W/A, value-aware
-    weights with one outlier per 64 weights of a channel (≈ 1.6 %), MMSE scales, highway."""
+    weights with one outlier per 64 weights of a channel (≈ 1.6 %), MMSE scales, highway.
+
+    With ``epochs > 0`` the program is fine-tuned on ``train_images`` (real, as
+    ``calibration``) and ``train_labels`` (class indices) through its float view
+    (``golden.program.training.TrainableProgram``, docs/program.md §13) by
+    ``models.training.train``: Adam at ``lr`` on shuffled mini-batches of ``batch``,
+    ``seed`` for the order, ``report(epoch, loss, accuracy)`` after each epoch; then lowered
+    again. Deterministic for given arguments.
+    """
     from olmac.golden.program import quantize_model
+    fine_tune = None
+    if epochs:
+        from olmac.golden.program.training import TrainableProgram
+        from olmac.models.training import train
+
+        def fine_tune(program, layers, options):
+            classes = program.values[program.output].shape[0]
+            if len(train_labels) != len(train_images) or int(train_labels.min()) < 0 \
+                    or int(train_labels.max()) >= classes:
+                raise ValueError(f"training labels must be {len(train_images)} class indices "
+                                 f"in 0..{classes - 1} (the program has {classes} logits), "
+                                 f"not {len(train_labels)} in {int(train_labels.min())}.."
+                                 f"{int(train_labels.max())}")
+            trainable = TrainableProgram(program, layers, options)
+            train(trainable, train_images, train_labels, epochs=epochs, lr=lr, batch=batch,
+                  seed=seed, initialize=False, report=report)
+            return trainable.finish()
     return quantize_model(model, calibration, act_bits=act_bits, weight_bits=weight_bits,
                           scheme=scheme, highway=highway, outlier_ratio=outlier_ratio,
-                          pixel_max=pixel_max, pixel_scale=pixel_scale)
-
+                          pixel_max=pixel_max, pixel_scale=pixel_scale, fine_tune=fine_tune)
 
 def check_inputs(label: str, images: torch.Tensor, *, pixel_max: int = 16,
                  pixel_scale: float = 1 / 16) -> list[str]:
@@ -71,6 +104,7 @@ def check_inputs(label: str, images: torch.Tensor, *, pixel_max: int = 16,
 
     Half a pixel step of slack is allowed at either end (that much rounds into range).
 
+    >>> import torch
     >>> check_inputs("x", torch.tensor([[0.0, 0.05]]), pixel_max=16, pixel_scale=1 / 16)
     ['x: the largest value is 0.05, 5 % of the input range 0..1 (pixel-max 16 × pixel-scale \
 0.0625): are the inputs in the wrong units?']

@@ -11,7 +11,8 @@ from olmac import golden, models
 
 MODULES = sorted([info.name for package in (golden, models)
                   for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")]
-                 + ["olmac.sim.codec", "olmac.explore.report", "olmac.explore.driver"])
+                 + ["olmac.flow", "olmac.sim.codec", "olmac.explore.report",
+                    "olmac.explore.driver"])
 
 
 @pytest.mark.parametrize("name", MODULES)

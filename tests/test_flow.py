@@ -85,3 +85,87 @@ def test_initialization_keeps_batchnorm_scales_at_one():
     assert torch.equal(model[1].weight, torch.ones(3))
     assert torch.equal(model[1].bias, torch.zeros(3)) and torch.equal(model[0].bias,
                                                                        torch.zeros(3))
+
+
+# -- training in the flow ------------------------------------------------------------------
+
+#: Calibration and training images of the fast tests (the MLP's first training images).
+SUBSET = 256
+
+
+@pytest.fixture(scope="module")
+def mlp_data():
+    from olmac.flow import demo_data
+    return demo_data("mlp")
+
+
+@pytest.mark.parametrize("scheme", ["mmse", "value_aware", "multi_tensor"])
+def test_trainable_program_starts_as_the_float_view(mlp_data, scheme):
+    """§13: before any step, the trainable program's logits are ``run_fake_quant``'s (the
+    float view of the post-training program) up to float64 rounding, and every trainable
+    parameter gets a gradient from the loss."""
+    from olmac.golden.program import quantize_model, run_fake_quant
+    from olmac.golden.program.training import TrainableProgram
+    images = mlp_data.calibration[:SUBSET]
+    seen = {}
+
+    def fine_tune(program, layers, options):
+        trainable = TrainableProgram(program, layers, options)
+        seen["logits"] = trainable(images[:64])
+        seen["expected"] = run_fake_quant(program, images[:64])
+        torch.nn.functional.cross_entropy(
+            seen["logits"], mlp_data.train_labels[:64]).backward()
+        seen["grads"] = [p.grad for p in trainable.parameters()]
+        return trainable.finish()
+
+    quantize_model(mlp_data.model, images, act_bits=3, weight_bits=3, scheme=scheme,
+                   fine_tune=fine_tune)
+    torch.testing.assert_close(seen["logits"], seen["expected"], rtol=1e-9, atol=1e-9)
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in seen["grads"])
+
+
+def _train_cli(tmp_path, mlp_data, out, *extra):
+    for name, array in (("calibration", mlp_data.calibration[:SUBSET]),
+                        ("labels", mlp_data.train_labels[:SUBSET])):
+        np.save(tmp_path / f"{name}.npy", array.numpy())
+    main(["quantize", "--model", "mlp", "--act-bits", "2", "--weight-bits", "2",
+          "--scheme", "mmse", "--calibration", str(tmp_path / "calibration.npy"),
+          "--train-images", str(tmp_path / "calibration.npy"),
+          "--train-labels", str(tmp_path / "labels.npy"), "--epochs", "3",
+          "--out", str(tmp_path / out), *extra])
+    return tmp_path / out
+
+
+def test_training_is_deterministic_and_beats_post_training(mlp_data, tmp_path, capsys):
+    """``olmac quantize --epochs`` twice with one seed writes byte-identical artifacts; a
+    progress bar reports each epoch's loss; at 2/2 the trained program's integer accuracy
+    on the test split beats the post-training program's."""
+    from olmac.golden import artifact
+    from olmac.golden.program import run_integer, to_pixels
+    first = _train_cli(tmp_path, mlp_data, "a")
+    err = capsys.readouterr().err
+    assert "training: 100%" in err and "3/3" in err and "loss=" in err
+    second = _train_cli(tmp_path, mlp_data, "b")
+    for name in ("program.json", "program.npz"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    third = _train_cli(tmp_path, mlp_data, "c", "--seed", "1")
+    assert (first / "program.npz").read_bytes() != (third / "program.npz").read_bytes()
+    main(["quantize", "--model", "mlp", "--act-bits", "2", "--weight-bits", "2",
+          "--scheme", "mmse", "--calibration", str(tmp_path / "calibration.npy"),
+          "--out", str(tmp_path / "ptq")])
+    pixels = to_pixels(mlp_data.images)
+    accuracy = lambda path: float((run_integer(artifact.load(path), pixels).argmax(1)
+                                   == mlp_data.labels).double().mean())
+    assert accuracy(first) > accuracy(tmp_path / "ptq")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--epochs", "-1"], "--epochs must be a non-negative integer, not -1"),
+    (["--train-labels", "x.npy"], "--train-images and --train-labels need --epochs ≥ 1"),
+    (["--epochs", "1", "--lr", "0"], "--lr must be positive, not 0.0"),
+])
+def test_bad_training_options_are_refused(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", "--model", "mlp", "--out", str(tmp_path / "p"), *extra])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"olmac: error: {message}"

@@ -1,15 +1,17 @@
 """The float view of an integer program (docs/semantics.md §5): ``run_fake_quant``, the
 real-valued computation the integer program approximates, used to calibrate it."""
 
+from collections.abc import Callable
+
 import torch
 
 from ..fake_quant import to_int_round_half_even
 from .integer_program import IntegerProgram
 from .kernels import from_rows, im2col, nchw_rows, pool_windows
-from .ops import AvgPool, Flatten, MaxPool, QuantizeInput, Requantize
+from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
 from .types import Value
 
-__all__ = ["run_fake_quant"]
+__all__ = ["run_fake_quant", "float_view"]
 
 
 def _fake(x: torch.Tensor, value: Value) -> torch.Tensor:
@@ -29,33 +31,48 @@ def run_fake_quant(program: IntegerProgram, images: torch.Tensor) -> torch.Tenso
 
     ``images`` are real (``p·pixel_scale``), ``N`` of ``input_shape`` or flattened.
     """
-    x = images.to(torch.float64).reshape(len(images), *program.input_shape)
+    def program_weights(op: Gemm) -> tuple[torch.Tensor, torch.Tensor]:
+        weight_scale = op.weight_scale.to(torch.float64)
+        return (op.weight_scheme.matrix().to(torch.float64) * weight_scale,
+                op.bias.to(torch.float64) * program.values[op.input].scale * weight_scale)
+
+    return float_view(program, images.to(torch.float64),
+                      lambda name, x: _fake(x, program.values[name]), program_weights)
+
+
+def float_view(program: IntegerProgram, images: torch.Tensor,
+               fake: Callable[[str, torch.Tensor], torch.Tensor],
+               weights: Callable[[Gemm], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The arithmetic of the float view (``run_fake_quant``) with its two choices given:
+    ``fake(name, x)`` is the value ``name`` of real ``x`` (its fake quantization), and
+    ``weights(op)`` a GEMM's real ``K×N`` weight and ``N`` bias. Quantization-aware
+    training passes differentiable ones (straight-through, trained weights); the result
+    has the dtype of ``images``."""
+    x = images.reshape(len(images), *program.input_shape)
     n = len(x)
     env: dict[str, torch.Tensor] = {}
     for op in program.ops:
         out = program.values[op.output]
         if isinstance(op, QuantizeInput):
-            env[op.output] = _fake(x, out)
+            env[op.output] = fake(op.output, x)
         elif isinstance(op, Requantize):
-            env[op.output] = _fake(env[op.input], out)
+            env[op.output] = fake(op.output, env[op.input])
         elif isinstance(op, Flatten):
             env[op.output] = env[op.input].reshape(n, -1)
         elif isinstance(op, MaxPool):
             env[op.output] = pool_windows(env[op.input], op.kernel, op.stride).amax(-1)
         elif isinstance(op, AvgPool):
-            env[op.output] = _fake(
-                pool_windows(env[op.input], op.kernel, op.stride).mean(-1), out)
+            env[op.output] = fake(op.output,
+                                  pool_windows(env[op.input], op.kernel, op.stride).mean(-1))
         else:
-            source = program.values[op.input]
             acts = env[op.input]
             if op.layer == "conv2d":
                 acts = im2col(acts, op.kernel, op.stride, op.padding)
-            weight_scale = op.weight_scale.to(torch.float64)
-            y = (acts @ (op.weight_scheme.matrix().to(torch.float64) * weight_scale)
-                 + op.bias.to(torch.float64) * source.scale * weight_scale)
+            weight, bias = weights(op)
+            y = acts @ weight.to(acts.dtype) + bias.to(acts.dtype)
             if op.residual is not None:
                 y = y + nchw_rows(env[op.residual])
             if op.relu:
                 y = y.clamp(min=0)
-            env[op.output] = from_rows(_fake(y, out), n, out.shape)
+            env[op.output] = from_rows(fake(op.output, y), n, out.shape)
     return env[program.output]

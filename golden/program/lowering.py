@@ -15,7 +15,9 @@ or add before it); the residual add (fused into the requantization of one of its
 these (§17); ``supported_layers`` is the table of all of them.
 """
 
+import copy
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
@@ -36,7 +38,8 @@ from .schemes import SCHEMES
 from .types import ProgramError, Value
 
 __all__ = ["MMSE_SAMPLES", "ACT_CALIBRATIONS", "CLIP_FACTORS", "SEARCH_IMAGES",
-           "MIN_ALIGNED_MULTIPLIER", "quantize_model", "lowering_notes", "supported_layers"]
+           "MIN_ALIGNED_MULTIPLIER", "Trained", "quantize_model", "lowering_notes",
+           "supported_layers"]
 
 #: Most values of one activation tensor the MMSE calibration searches over (§13).
 MMSE_SAMPLES = 1 << 14
@@ -276,6 +279,15 @@ def _align_shifts(label, residual_multiplier, residual_shift, shift):
     return residual_multiplier, left
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What quantization-aware training (``quantize_model``'s ``fine_tune``) hands back
+    besides the trained layers: the activation ``scales`` it learned, by value name, and
+    per-layer scheme options (``{"syq_magnitudes": ...}``), by layer name."""
+    scales: Mapping[str, float]
+    layer_options: Mapping[str, dict] = field(default_factory=dict)
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int = 4,
                    weight_bits: int = 4, scheme: str | Mapping[str, str] = "mmse",
@@ -284,7 +296,9 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                    bias_correction: bool = True, pixel_max: int = 16,
                    pixel_scale: float = 1 / 16, outlier_ratio: float = 1 / 64,
                    weight_outlier_bits: int | None = None, planes: int = 2,
-                   syq_idx_bits: int = 1, syq_granularity: str = "row") -> IntegerProgram:
+                   syq_idx_bits: int = 1, syq_granularity: str = "row",
+                   fine_tune: Callable[[IntegerProgram, dict[str, nn.Module], dict], Trained]
+                   | None = None) -> IntegerProgram:
     """Lower ``model`` to an ``IntegerProgram`` (§9–§13), calibrated on ``calibration``.
 
     ``calibration``: real images ``N×input_shape`` (typically the training images); the
@@ -306,6 +320,13 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     of the quantized weights on the calibration batch back into the bias (§13). ``highway=False`` is the ablation
     of §11: the skip tensor is requantized to ``act_bits`` before the add and sums are
     low-width.
+
+    ``fine_tune`` (quantization-aware training, §13) is called with the post-training
+    program, the normalized float layers by GEMM name (BatchNorm folded; copies: the
+    model is not changed) and the scheme options; it trains the layers' weights and biases
+    in place and returns a ``Trained``. The model is then lowered again from the trained
+    layers with the learned activation scales (16-bit values by max-abs on the trained
+    float model), without clipping search or bias correction.
 
     The model is first rewritten by ``normalize`` (§17): BatchNorm folded, Dropout/Identity
     and a trailing softmax dropped (``lowering_notes`` lists what was), reshapes, functional
@@ -333,6 +354,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
             raise TypeError(f"{name} must be an integer in {ACT_BITS[0]}..{ACT_BITS[1]}, "
                             f"not {bits!r}")
     calibration = calibration.to(torch.float32)
+    if fine_tune is not None:
+        model = copy.deepcopy(model)  # training changes the normalized layers in place
     normalized = normalize(model, calibration[:2])
     # a model on (C, L) sequences runs as one on (C, 1, L) maps (§17)
     calibration = calibration.reshape(len(calibration), *normalized.input_shape)
@@ -367,22 +390,22 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     recorder = _Recorder(traced)
     recorder.run(calibration)
     cache = {}  # what does not depend on the activation scales, shared by every lowering
+    options = {"outlier_ratio": outlier_ratio,
+               "weight_outlier_bits": weight_outlier_bits
+               if weight_outlier_bits is not None else min(2 * weight_bits, HIGHWAY_BITS),
+               "planes": planes, "syq_idx_bits": syq_idx_bits,
+               "syq_granularity": syq_granularity}
 
-    def lower(clip: dict[str, float]) -> IntegerProgram:
+    def lower(clip: dict[str, float], trained: Trained | None = None) -> IntegerProgram:
         lowering = _Lowering(
             modules=modules, floats=recorder.seen, result=result, act_bits=act_bits,
             input_bits=act_bits if input_bits is None else input_bits,
             weight_bits=weight_bits, highway=highway,
             act_calibration="mmse" if act_calibration == "mmse" else "max",
-            bias_correction=bias_correction,
+            bias_correction=bias_correction and trained is None,
             scheme_of=(lambda name: scheme) if isinstance(scheme, str)
             else (lambda name: scheme.get(name, "mmse")),
-            options={"outlier_ratio": outlier_ratio,
-                     "weight_outlier_bits": weight_outlier_bits
-                     if weight_outlier_bits is not None else min(2 * weight_bits, HIGHWAY_BITS),
-                     "planes": planes, "syq_idx_bits": syq_idx_bits,
-                     "syq_granularity": syq_granularity},
-            clip=clip, cache=cache)
+            options=options, clip=clip, cache=cache, trained=trained)
         lowering.residuals = {step.residual for step in steps if step.residual is not None}
         for step in steps:
             lowering.lower(step, pixel_max, pixel_scale)
@@ -392,6 +415,15 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     program = lower({})
     if act_calibration == "output":
         program = _search_clipping(program, lower, calibration, recorder.seen[result])
+    if fine_tune is not None:
+        layers = {step.nodes[0].target: modules[step.nodes[0].target]
+                  for step in steps if step.kind == "gemm"}
+        with torch.enable_grad():
+            trained = fine_tune(program, layers, dict(options))
+        recorder = _Recorder(traced)
+        recorder.run(calibration)  # the trained float model's activations
+        cache.clear()
+        program = lower({}, trained)
     return program
 
 
@@ -455,6 +487,7 @@ class _Lowering:
     options: dict
     clip: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    trained: Trained | None = None
     residuals: set = field(default_factory=set)
     values: dict = field(default_factory=dict)
     value_of: dict = field(default_factory=dict)
@@ -470,6 +503,8 @@ class _Lowering:
     def scale(self, node: fx.Node, bits: int, signed: bool, name: str = "") -> float:
         """Calibrated scale of ``node``'s float output at ``bits`` (§13), for the value
         ``name`` (whose clipping factor of the ``"output"`` calibration applies)."""
+        if bits <= ACT_BITS[1] and self.trained is not None and name in self.trained.scales:
+            return float(self.trained.scales[name])
         x = self.floats[node].detach().to(torch.float64).reshape(-1)
         if bits > ACT_BITS[1]:
             peak = float(x.abs().max())
@@ -541,7 +576,8 @@ class _Lowering:
             self.ops.append(AvgPool(name, source, name, kernel, stride, int(multiplier),
                                     int(shift)))
 
-    def weights(self, label: str, weight: torch.Tensor, scheme: str) -> dict:
+    def weights(self, layer: str, weight: torch.Tensor, scheme: str) -> dict:
+        label = f"layer '{layer}'"
         key = ("weights", label)
         if key in self.cache:
             return self.cache[key]
@@ -549,7 +585,9 @@ class _Lowering:
             raise ProgramError(f"{label}: scheme must be one of {', '.join(SCHEMES)}, not "
                                f"{scheme!r}")
         try:
-            self.cache[key] = SCHEMES[scheme].quantize(weight, self.weight_bits, self.options)
+            options = self.options if self.trained is None else \
+                {**self.options, **self.trained.layer_options.get(layer, {})}
+            self.cache[key] = SCHEMES[scheme].quantize(weight, self.weight_bits, options)
         except (TypeError, ValueError) as error:
             raise ProgramError(f"{label}: {scheme} weights: {error}") from error
         return self.cache[key]
@@ -582,7 +620,7 @@ class _Lowering:
                   in_features=module.weight[0].numel(), out_features=n, scheme=scheme,
                   weight_bits=self.weight_bits, relu=step.relu, bias=zeros, multiplier=zeros,
                   shift=zeros, **geometry,
-                  **self.weights(label, module.weight, scheme))
+                  **self.weights(node.target, module.weight, scheme))
         weight_scale = op.weight_scale.to(torch.float64)
         bias_real = module.bias.detach().to(torch.float64) if module.bias is not None \
             else torch.zeros(n, dtype=torch.float64)

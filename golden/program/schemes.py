@@ -11,6 +11,7 @@ and, for the lowering, the op's fields for a float weight (``quantize``).
 """
 
 from abc import ABC, abstractmethod
+from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
@@ -68,6 +69,19 @@ class WeightScheme(ABC):
         """The op's weight fields (tensors, this scheme's attributes, ``weight_scale``) for
         the float ``weight`` of a layer (torch layout, ``N×K`` or ``N×C×kh×kw``) at
         ``bits``, tuned by ``options`` (the keyword arguments of ``quantize_model``)."""
+
+    @classmethod
+    def real_weight(cls, weight: torch.Tensor, bits: int, options: dict) -> torch.Tensor:
+        """The real ``K×N`` weight (float64) that ``quantize``'s integer weights for the
+        float ``weight`` stand for, ``matrix()·weight_scale``: what the float view
+        multiplies with, for quantization-aware training (docs/program.md §13)."""
+        fields = cls.quantize(weight, bits, options)
+        n, k = weight.shape[0], weight[0].numel()
+        op = SimpleNamespace(**{"weight_outlier_bits": None, "idx_bits": None, **fields},
+                             weight_bits=bits, in_features=k, out_features=n,
+                             layer="linear" if weight.dim() == 2 else "conv2d",
+                             kernel=tuple(weight.shape[2:]) or None)
+        return cls(op).matrix().to(torch.float64) * fields["weight_scale"].to(torch.float64)
 
 
 def _rows(weight: torch.Tensor) -> torch.Tensor:
@@ -220,8 +234,11 @@ class Syq(WeightScheme):
     @classmethod
     def quantize(cls, weight, bits, options):
         weight = weight.detach()
-        magnitudes = init_codebook(weight, granularity=options["syq_granularity"],
-                                   idx_bits=options["syq_idx_bits"], zero=True)
+        magnitudes = options.get("syq_magnitudes")  # learned by training, else initialized
+        if magnitudes is None:
+            magnitudes = init_codebook(weight, granularity=options["syq_granularity"],
+                                       idx_bits=options["syq_idx_bits"], zero=True)
+        magnitudes = magnitudes.detach()
         codes = encode(weight, magnitudes, zero=True, entry_bits=bits - 1)
         return {"codes": codes.codes, "tables": codes.tables, "idx_bits": codes.idx_bits,
                 "weight_scale": torch.full((weight.shape[0],), 2.0 ** -codes.frac_bits,

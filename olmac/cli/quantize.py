@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from olmac.flow import DEMO_MODELS
+from olmac.flow import DEMO_MODELS, TRAIN_LR
 from .common import UsageError
 
 
@@ -44,6 +44,17 @@ def arguments(parser):
     parser.add_argument("--pixel-scale", type=float, default=1 / 16,
                         help="the real value of one pixel step")
     parser.add_argument("--out", required=True, help="artifact directory to write")
+    training = parser.add_argument_group(
+        "quantization-aware training", "with --epochs, fine-tune through the integer "
+        "program's float view before writing it (docs/program.md §13)")
+    training.add_argument("--epochs", type=int, default=0,
+                          help="training epochs, 0 for post-training quantization only")
+    training.add_argument("--train-images", help="real training images .npy (N × input "
+                          "shape, the units of --calibration); default for the demo models: "
+                          "their training split")
+    training.add_argument("--train-labels", help="class indices .npy (N integers)")
+    training.add_argument("--lr", type=float, default=TRAIN_LR, help="Adam's learning rate")
+    training.add_argument("--seed", type=int, default=0, help="seed of the batch order")
     parser.set_defaults(run=run)
 
 
@@ -90,6 +101,59 @@ def _calibration(args):
     return torch.from_numpy(np.ascontiguousarray(calibration)).to(torch.float32)
 
 
+def _training_data(args, calibration):
+    """The training images and labels of ``--epochs``, checked; ``(None, None)`` without."""
+    import torch
+    from olmac.flow import check_inputs, demo_data
+    if args.epochs < 0:
+        raise UsageError(f"--epochs must be a non-negative integer, not {args.epochs}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be positive, not {args.lr}")
+    if args.epochs == 0:
+        if args.train_images or args.train_labels:
+            raise UsageError("--train-images and --train-labels need --epochs ≥ 1")
+        return None, None
+    if args.train_images is None and args.train_labels is None \
+            and args.model in DEMO_MODELS:
+        data = demo_data(args.model)
+        return data.calibration, data.train_labels
+    if args.train_images is None or args.train_labels is None:
+        raise UsageError("--epochs needs --train-images and --train-labels for a model of "
+                         "your own (or both for a demo model)")
+    images, labels = np.load(args.train_images), np.load(args.train_labels)
+    if not np.issubdtype(images.dtype, np.floating):
+        raise UsageError(f"--train-images ({args.train_images}) must hold real images "
+                         f"(pixel × pixel-scale), not {images.dtype}")
+    if images.shape[1:] != tuple(calibration.shape[1:]):
+        raise UsageError(f"--train-images has images of shape {images.shape[1:]}, "
+                         f"--calibration {tuple(calibration.shape[1:])}: they must agree")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != images.shape[:1] \
+            or (labels < 0).any():
+        raise UsageError(f"--train-labels must be {len(images)} non-negative integer class "
+                         f"indices (one per image), not {labels.dtype} of shape "
+                         f"{labels.shape}")
+    images = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
+    try:
+        for warning in check_inputs("--train-images", images, pixel_max=args.pixel_max,
+                                    pixel_scale=args.pixel_scale):
+            print(f"olmac: warning: {warning}", file=sys.stderr)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return images, torch.from_numpy(labels.astype(np.int64))
+
+
+def _progress(epochs):
+    """A tqdm bar on stderr, one step per epoch, showing the epoch's loss and accuracy;
+    ``(report, close)``."""
+    from tqdm import tqdm
+    bar = tqdm(total=epochs, desc="training", unit="epoch", file=sys.stderr)
+
+    def report(epoch, loss, accuracy):
+        bar.set_postfix(loss=f"{loss:.4f}", accuracy=f"{accuracy:.2%}", refresh=False)
+        bar.update()
+    return report, bar.close
+
+
 def run(args):
     from olmac.flow import check_inputs, quantize
     from olmac.golden import artifact
@@ -102,13 +166,19 @@ def run(args):
             print(f"olmac: warning: {warning}", file=sys.stderr)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    images, labels = _training_data(args, calibration)
+    report, close = _progress(args.epochs) if args.epochs else (None, lambda: None)
     try:
         program = quantize(model, calibration, act_bits=args.act_bits,
                            weight_bits=args.weight_bits, scheme=args.scheme,
                            highway=not args.no_highway, outlier_ratio=args.outlier_ratio,
-                           pixel_max=args.pixel_max, pixel_scale=args.pixel_scale)
+                           pixel_max=args.pixel_max, pixel_scale=args.pixel_scale,
+                           train_images=images, train_labels=labels, epochs=args.epochs,
+                           lr=args.lr, seed=args.seed, report=report)
     except (ProgramError, TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
+    finally:
+        close()
     path = artifact.save(program, args.out)
     print(program.describe())
     print(f"olmac: wrote the integer program to {path}", file=sys.stderr)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from olmac.golden.fake_quant import fake_quantize
+from olmac.golden.fake_quant import fake_quantize_ste
 from olmac.golden.formats import int_range
 from olmac.golden.mmse import mmse_scale
 from olmac.spec import HIGHWAY_BITS, WEIGHT_BITS, check_int
@@ -167,29 +167,6 @@ def corpus_split(text: str | None = None, valid_fraction: float = 0.1) -> Corpus
 
 def _check_bits(name: str, bits: int) -> int:
     return check_int(name, bits, BITS_RANGE)
-
-
-def fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor | float, bits: int,
-                      signed: bool) -> torch.Tensor:
-    """``fake_quantize`` (``α·clamp(round_half_even(x/α), lo, hi)``, golden/fake_quant.py)
-    in the forward pass, with the clipped straight-through gradient ``∂y/∂x = 1`` where
-    ``lo·α ≤ x ≤ hi·α`` and 0 outside.
-
-    >>> x = torch.tensor([0.3, 0.75, 9.0, -9.0], requires_grad=True)
-    >>> y = fake_quantize_ste(x, 0.5, 3, True)
-    >>> y.detach(), torch.autograd.grad(y.sum(), x)[0]
-    (tensor([ 0.5000,  1.0000,  1.5000, -2.0000]), tensor([1., 1., 0., 0.]))
-
-    Raises
-    ------
-    TypeError
-        If ``bits`` is not an integer in 2..16.
-    """
-    _check_bits("bits", bits)
-    low, high = int_range(bits, signed)
-    clipped = torch.clamp(x, low * scale, high * scale)
-    value = fake_quantize(x.detach(), scale, bits, signed).to(x.dtype)
-    return clipped + (value - clipped).detach()
 
 
 def weight_scale(w: torch.Tensor, bits: int, method: str = "mmse") -> torch.Tensor:

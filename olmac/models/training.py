@@ -37,7 +37,8 @@ def one_thread() -> Iterator[None]:
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 300,
           lr: float = 1e-2, batch: int | None = None, seed: int = 0,
-          initialize: bool = True) -> nn.Module:
+          initialize: bool = True,
+          report: Callable[[int, float, float], None] | None = None) -> nn.Module:
     """Adam on the cross-entropy of ``model(x)`` against the labels ``y`` for ``epochs``
     passes over the data; returns ``model`` in eval mode.
 
@@ -48,7 +49,9 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 3
     weights) and the global random state is left alone. ``batch=None`` takes one step per
     epoch on the whole data; else each epoch visits the data in a random order (a
     generator of its own, seeded with ``seed``) in mini-batches of ``batch``. Runs on one
-    CPU thread (``one_thread``): the result depends only on the arguments.
+    CPU thread (``one_thread``): the result depends only on the arguments. ``report``, if
+    given, is called after each epoch with the epoch (from 1), the mean loss and the
+    accuracy of the epoch's batches (as they were scored before each step).
     """
     with one_thread():
         if initialize:
@@ -64,16 +67,24 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 3
         shuffle = None if batch is None else torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         model.train()
-        for _ in range(epochs):
+        for epoch in range(epochs):
             if shuffle is None:
                 batches = [slice(None)]
             else:
                 order = torch.randperm(len(x), generator=shuffle)
                 batches = [order[start:start + batch] for start in range(0, len(x), batch)]
+            loss_sum, right = 0.0, 0
             for chosen in batches:
                 optimizer.zero_grad()
-                nn.functional.cross_entropy(model(x[chosen]), y[chosen]).backward()
+                logits = model(x[chosen])
+                loss = nn.functional.cross_entropy(logits, y[chosen])
+                loss.backward()
                 optimizer.step()
+                if report is not None:
+                    loss_sum += loss.item() * len(logits)
+                    right += int((logits.argmax(1) == y[chosen]).sum())
+            if report is not None:
+                report(epoch + 1, loss_sum / len(x), right / len(x))
     return model.eval()
 
 
