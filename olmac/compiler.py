@@ -14,12 +14,15 @@ import torch
 from olmac.golden.formats import int_range
 from olmac.golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, MaxPool, QuantizeInput,
                             Requantize)
-from olmac.hw.network import MAX_DIM, MAX_KERNEL, STORAGE_BITS, NetworkCore, OpKind
-from olmac.spec import CORE_SCHEMES
+from olmac.hw.network import (ACT_SHIFT_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES, STORAGE_BITS,
+                              NetworkCore, OpKind)
+from olmac.spec import CORE_SCHEMES, PLANE_SHIFT_BITS
 
-__all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES"]
+__all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES",
+           "digit_count", "plan_passes"]
 
-#: Weight schemes the sequencer runs (the array's dense lanes plus weight-outlier lanes).
+#: Weight schemes the sequencer runs: every scheme of golden/program/schemes.py (SYQ
+#: decoded by the compiler, multi-tensor planes as passes, docs/network.md §15).
 SUPPORTED_SCHEMES = CORE_SCHEMES
 
 
@@ -109,14 +112,113 @@ class CompiledNetwork:
         return torch.from_numpy(logits)
 
 
+def digit_count(bits: int, signed: bool, array_bits: int, array_signed: bool) -> tuple[int, int]:
+    """``(k, D)``: an ``s<bits>``/``u<bits>`` operand on an array operand of
+    ``array_bits`` runs as ``D`` digits of ``k`` bits (docs/network.md §15): the lower ones
+    ``(x >> k·j) mod 2^k``, the top one ``x >> k·(D−1)``; ``k = array_bits − 1`` on a signed
+    array operand (a lower digit must be non-negative), else ``array_bits``.
+
+    >>> digit_count(8, True, 4, True), digit_count(8, False, 4, False), digit_count(3, False, 4, False)
+    ((3, 3), (4, 2), (4, 1))
+
+    Raises
+    ------
+    ValueError
+        For a signed operand on an unsigned array operand.
+    """
+    if signed and not array_signed:
+        raise ValueError(f"signed {bits}-bit operands need a signed array operand")
+    k = array_bits - 1 if array_signed else array_bits
+    cap = array_bits if signed == array_signed else array_bits - 1
+    return k, 1 + max(0, -(-(bits - cap) // k))
+
+
+def _digits(x: np.ndarray, k: int, count: int) -> list[np.ndarray]:
+    """The ``count`` digits of ``x`` (int64), most significant first (``digit_count``)."""
+    return [x >> (k * j) if j == count - 1 else (x >> (k * j)) & ((1 << k) - 1)
+            for j in reversed(range(count))]
+
+
+@dataclass
+class _Pass:
+    """One pass of a GEMM (a whole reduction): the ``K×N`` dense weights, the weight
+    outliers it carries, its exponent per column (the pass counts ``2^exponent`` times)
+    and the activation digit it multiplies (shift, and whether it is a lower digit)."""
+    dense: np.ndarray
+    outliers: np.ndarray | None
+    exponent: np.ndarray
+    act_shift: int
+    act_low: bool
+
+
+def plan_passes(op: Gemm, act_bits: int, act_signed: bool, array_act_bits: int,
+                array_act_signed: bool, array_weight_bits: int) -> list[_Pass]:
+    """The passes of ``op`` on an array of the given operand widths, in the order they
+    run: every product of an activation digit and a weight plane (the multi-tensor planes,
+    each cut into digits as wide as the array's weights), exponents non-increasing in every
+    column down to 0, so ``acc ← (acc << (e_prev − e)) + partial`` (Horner) gives
+    ``Σ 2^e·partial`` exactly (docs/network.md §15). The weight outliers of a value-aware
+    layer join the pass of each activation digit whose weight plane has exponent 0.
+
+    Raises
+    ------
+    CompileError
+        (without the op's label) If no order of the passes keeps every column's exponent
+        non-increasing, or there are more than ``MAX_PASSES``.
+    """
+    scheme = op.weight_scheme
+    n = op.out_features
+    if op.scheme == "multi_tensor":
+        planes = op.weights.to(torch.int64).numpy()
+        exponents = op.plane_exponents.to(torch.int64).numpy()
+        totals = [exponents[p:].sum(0) if p < len(planes) - 1 else np.zeros(n, np.int64)
+                  for p in range(len(planes))]
+        totals = [t.astype(np.int64) for t in totals]
+    elif op.scheme == "value_aware":
+        planes, totals = [op.weights.to(torch.int64).numpy()], [np.zeros(n, np.int64)]
+    else:
+        planes, totals = [scheme.matrix().numpy()], [np.zeros(n, np.int64)]
+    outliers = (op.weight_outliers.to(torch.int64).numpy() if op.scheme == "value_aware"
+                else None)
+    k_w, count_w = digit_count(op.weight_bits, True, array_weight_bits, True)
+    components = []   # (dense, exponent per column)
+    for plane, total in zip(planes, totals):
+        for index, digit in enumerate(_digits(plane, k_w, count_w)):
+            components.append((digit, total + k_w * (count_w - 1 - index)))
+    k_a, count_a = digit_count(act_bits, act_signed, array_act_bits, array_act_signed)
+    passes = []
+    for j in reversed(range(count_a)):
+        for dense, exponent in components:
+            carries = outliers is not None and not exponent.any()
+            passes.append(_Pass(dense, outliers if carries else None, exponent + k_a * j,
+                                k_a * j, j < count_a - 1 and array_act_signed))
+    passes.sort(key=lambda p: -int(p.exponent.sum()))
+    steps = [a.exponent - b.exponent for a, b in zip(passes, passes[1:])]
+    if any((step < 0).any() for step in steps):
+        raise CompileError(f"its {len(passes)} passes (activation digits × multi-tensor "
+                           f"planes) have no order whose exponents fall in every column; "
+                           f"activations of at most {array_act_bits} bits (one digit) or "
+                           f"an array of {act_bits}-bit activations make it run")
+    if len(passes) > MAX_PASSES:
+        raise CompileError(f"it needs {len(passes)} passes (activation digits × weight "
+                           f"planes), more than {MAX_PASSES}; an array of "
+                           f"{op.weight_bits}/{act_bits} runs it in one")
+    return passes
+
+
 def _pack(layout, value) -> int:
     return layout.const(value).as_value().value
 
 
 class _Compiler:
-    def __init__(self, program: IntegerProgram, width: int):
+    def __init__(self, program: IntegerProgram, width: int, array_bits):
         self.program = program
         self.width = width
+        self.array_bits = array_bits   # (weight, activation) bits, signedness of activations
+        self.errors: list[str] = []
+        self.plane_shift = 0           # widest shift before a pass
+        self.max_plane_shift = 0       # largest first-pass exponent
+        self.act_shift = 0             # largest activation digit shift
         self.stored: dict[str, _Stored] = {}
         self.data_words = 0
         self.descriptors: list[dict] = []
@@ -124,8 +226,6 @@ class _Compiler:
         self.param_words: list[list[dict]] = []
         self.macs = 0
         self.max_k = 1
-        self.act_formats: set[tuple[int, bool]] = set()
-        self.weight_bits = 2
         self.outlier_bits = None
         self.max_outliers = 0
 
@@ -183,19 +283,21 @@ class _Compiler:
             param_base=self.uniform_params(multiplier, shift), **self.bounds(out_value))
 
     def gemm(self, label: str, op: Gemm) -> None:
-        if op.scheme not in SUPPORTED_SCHEMES:
-            raise CompileError(f"{label}: the network core runs the schemes "
-                               f"{', '.join(SUPPORTED_SCHEMES)}, not {op.scheme!r}")
         source_value = self.program.values[op.input]
         out_value = self.program.values[op.output]
-        self.act_formats.add((source_value.bits, source_value.signed))
-        self.weight_bits = max(self.weight_bits, op.weight_bits)
+        weight_bits, act_bits, act_signed = self.array_bits
+        try:
+            passes = plan_passes(op, source_value.bits, source_value.signed, act_bits,
+                                 act_signed, weight_bits)
+        except (ValueError, CompileError) as error:
+            raise CompileError(f"{label}: {error}") from None
+        self.plane_shift = max([self.plane_shift] + [int((a.exponent - b.exponent).max())
+                                                     for a, b in zip(passes, passes[1:])])
+        self.max_plane_shift = max(self.max_plane_shift, int(passes[0].exponent.max()))
+        self.act_shift = max(self.act_shift, max(p.act_shift for p in passes))
         source = self.stored[op.input]
         out = self.allocate_value(op.output)
         width = self.width
-        dense = op.weights.to(torch.int64).numpy()
-        outliers = (op.weight_outliers.to(torch.int64).numpy()
-                    if op.weight_outliers is not None else np.zeros_like(dense))
         if op.weight_outliers is not None:
             self.outlier_bits = max(self.outlier_bits or 0, op.weight_outlier_bits)
         n_out = op.out_features
@@ -217,30 +319,24 @@ class _Compiler:
             m_rows = 1
         in_words = source.channel_words if op.layer == "conv2d" else source.words
         self.macs += m_rows * op.in_features * n_out
-        self.max_k = max(self.max_k, kh * kw * in_words * width)
+        self.max_k = max(self.max_k, kh * kw * in_words * width * len(passes))
         weight_base = len(self.weight_beats)
         param_base = len(self.param_words)
         for tile in range(out.channel_words):
-            for ky in range(kh):
-                for kx in range(kw):
-                    for word in range(in_words):
-                        beat_tile = [[0] * width for _ in range(width)]
-                        beat_outliers = []
-                        for lane in range(width):
-                            k = k_index(ky, kx, word, lane)
-                            if k < 0:
-                                continue
-                            for col in range(width):
-                                n = tile * width + col
-                                if n >= n_out:
-                                    continue
-                                beat_tile[lane][col] = int(dense[k, n])
-                                if outliers[k, n]:
-                                    beat_outliers.append({"valid": 1, "lane": lane,
-                                                          "col": col,
-                                                          "value": int(outliers[k, n])})
-                        self.max_outliers = max(self.max_outliers, len(beat_outliers))
-                        self.weight_beats.append({"tile": beat_tile, "outliers": beat_outliers})
+            columns = [tile * width + col for col in range(width)]
+            for index, step in enumerate(passes):
+                # The shift before a pass is applied with its first beat (MacArray §8).
+                shifts = ([0] * width if index == 0 else
+                          [int(passes[index - 1].exponent[n] - step.exponent[n])
+                           if n < n_out else 0 for n in columns])
+                first = True
+                for ky in range(kh):
+                    for kx in range(kw):
+                        for word in range(in_words):
+                            self.weight_beats.append(self.beat(
+                                step, [k_index(ky, kx, word, lane) for lane in range(width)],
+                                columns, n_out, shifts if first else [0] * width))
+                            first = False
             tile_params = []
             for col in range(width):
                 n = tile * width + col
@@ -267,95 +363,165 @@ class _Compiler:
             out_h=out_pixels[0], out_w=out_pixels[1], out_words=out.channel_words,
             out_pixels=out_pixels[0] * out_pixels[1], kernel_h=kh, kernel_w=kw,
             stride_h=sh, stride_w=sw, pad_h=ph, pad_w=pw, relu=int(op.relu),
+            last_pass=len(passes) - 1,
             weight_base=weight_base, param_base=param_base, **residual,
             **self.bounds(out_value, op.relu))
+
+    def beat(self, step: _Pass, rows: list[int], columns: list[int], n_out: int,
+             shifts: list[int]) -> dict:
+        """One weight word of ``step``: the weights of K rows ``rows`` (-1: none) and the
+        output channels ``columns``, the pass's outliers among them, ``shifts`` and the
+        pass's activation digit."""
+        width = self.width
+        tile = [[0] * width for _ in range(width)]
+        outliers = []
+        for lane, k in enumerate(rows):
+            if k < 0:
+                continue
+            for col, n in enumerate(columns):
+                if n >= n_out:
+                    continue
+                tile[lane][col] = int(step.dense[k, n])
+                if step.outliers is not None and step.outliers[k, n]:
+                    outliers.append({"valid": 1, "lane": lane, "col": col,
+                                     "value": int(step.outliers[k, n])})
+        self.max_outliers = max(self.max_outliers, len(outliers))
+        return {"tile": tile, "outliers": outliers, "plane_shift": shifts,
+                "act_shift": step.act_shift, "act_low": int(step.act_low)}
 
     def compile(self) -> None:
         program = self.program
         first = program.ops[0]
         pixels = self.allocate_value(first.output)  # the raw pixels, laid out as the input
+        self.pixels = pixels
         del self.stored[first.output]
         self.descriptor("load", OpKind.LOAD, out_base=pixels.base, count=pixels.words)
         for index, op in enumerate(program.ops):
-            label = op.label(index)
-            if isinstance(op, QuantizeInput):
-                self.vector_op(label, OpKind.SUM, pixels, op.output, op.multiplier, op.shift,
-                               in_signed=0)
-            elif isinstance(op, Requantize):
-                self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
-                               op.multiplier, op.shift,
-                               in_signed=int(program.values[op.input].signed))
-            elif isinstance(op, AvgPool):
-                self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
-                               op.multiplier, op.shift,
-                               in_signed=int(program.values[op.input].signed),
-                               kernel=op.kernel, stride=op.stride)
-            elif isinstance(op, MaxPool):
-                self.vector_op(label, OpKind.MAX, self.stored[op.input], op.output, 1, 0,
-                               in_signed=int(program.values[op.input].signed),
-                               kernel=op.kernel, stride=op.stride)
-            elif isinstance(op, Flatten):
-                self.stored[op.output] = self.stored[op.input]  # same words, same slots
-            elif isinstance(op, Gemm):
-                self.gemm(label, op)
-            else:
-                raise CompileError(f"{label}: the network core has no {op.KIND!r} op")
+            try:
+                self.compile_op(op.label(index), op)
+            except CompileError as error:
+                # Every op is checked: the error lists each one the core cannot run.
+                self.errors.append(str(error))
+                if op.output not in self.stored:
+                    self.allocate_value(op.output)
+        if self.errors:
+            raise CompileError("\n".join(self.errors))
         out = self.stored[program.output]
         self.descriptor("store", OpKind.STORE, in_base=out.base, count=out.words, final=1)
         self.input_slots = pixels.slots
         self.output_slots = out.slots
 
+    def compile_op(self, label: str, op) -> None:
+        program, pixels = self.program, self.pixels
+        if isinstance(op, QuantizeInput):
+            self.vector_op(label, OpKind.SUM, pixels, op.output, op.multiplier, op.shift,
+                           in_signed=0)
+        elif isinstance(op, Requantize):
+            self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
+                           op.multiplier, op.shift,
+                           in_signed=int(program.values[op.input].signed))
+        elif isinstance(op, AvgPool):
+            self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
+                           op.multiplier, op.shift,
+                           in_signed=int(program.values[op.input].signed),
+                           kernel=op.kernel, stride=op.stride)
+        elif isinstance(op, MaxPool):
+            self.vector_op(label, OpKind.MAX, self.stored[op.input], op.output, 1, 0,
+                           in_signed=int(program.values[op.input].signed),
+                           kernel=op.kernel, stride=op.stride)
+        elif isinstance(op, Flatten):
+            self.stored[op.output] = self.stored[op.input]  # same words, same slots
+        elif isinstance(op, Gemm):
+            self.gemm(label, op)
+        else:
+            raise CompileError(f"{label}: the network core has no {op.KIND!r} op")
+
 
 def compile_program(program: IntegerProgram, *, width: int = 8,
-                    weight_outlier_slots: int | None = None) -> CompiledNetwork:
+                    weight_outlier_slots: int | None = None,
+                    array_bits: tuple[int, int] | None = None) -> CompiledNetwork:
     """Compile ``program`` for a :class:`NetworkCore` of ``width × width`` MACs.
 
-    The core's formats are the program's: activations as wide as the widest GEMM input
-    (unsigned if every GEMM input is), weights as the widest GEMM weight, one weight-outlier
-    lane when a layer is value-aware, with as many slots per weight word as the fullest
-    beat needs (or ``weight_outlier_slots``). Memories are exactly as deep as the program.
+    ``array_bits`` = ``(W, A)`` fixes the array's dense operand widths: weights ``s<W>``,
+    activations ``u<A>`` (``s<A>`` if a GEMM reads signed activations); a layer wider than
+    the array runs as several passes (``plan_passes``, docs/network.md §15). By default the
+    array is as wide as the program needs and every layer runs in one pass (multi-tensor
+    layers: one per plane): activations as wide as the widest GEMM input (unsigned if every
+    GEMM input is), weights as the widest GEMM weight. One weight-outlier lane when a layer
+    is value-aware, with as many slots per weight word as the fullest beat needs (or
+    ``weight_outlier_slots``). Memories are exactly as deep as the program.
 
     Raises
     ------
+    TypeError
+        If ``width`` or ``array_bits`` is not of its form.
     CompileError
-        For a scheme or op the core does not run, a feature map or kernel beyond the
-        descriptor fields, or a beat with more weight outliers than
-        ``weight_outlier_slots``.
+        For every op the core cannot run, one line each: a feature map or kernel beyond
+        the descriptor fields, a layer whose passes do not fit (too many, or no order for
+        a multi-tensor layer's exponents); or a beat with more weight outliers than
+        ``weight_outlier_slots``, or a core configuration the program cannot have.
     """
     if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 64:
         raise TypeError(f"width must be an integer in 1..64, not {width!r}")
-    compiler = _Compiler(program, width)
+    gemms = [op for op in program.ops if isinstance(op, Gemm)]
+    formats = {(program.values[op.input].bits, program.values[op.input].signed)
+               for op in gemms}
+    act_signed = any(signed for _, signed in formats)
+    if array_bits is None:
+        act_bits = max([bits + (1 if act_signed and not signed else 0)
+                        for bits, signed in formats], default=2)
+        array_bits = (max([op.weight_bits for op in gemms], default=2), act_bits)
+    elif not (isinstance(array_bits, tuple) and len(array_bits) == 2
+              and all(isinstance(b, int) and not isinstance(b, bool) and 2 <= b <= 8
+                      for b in array_bits)):
+        raise TypeError(f"array_bits must be a pair (weight bits, activation bits) of "
+                        f"integers in 2..8, not {array_bits!r}")
+    compiler = _Compiler(program, width, (array_bits[0], array_bits[1], act_signed))
     compiler.compile()
-    signs = {signed for _, signed in compiler.act_formats}
-    act_signed = True in signs
-    act_bits = max(bits + (1 if act_signed and not signed else 0)
-                   for bits, signed in compiler.act_formats)
     slots = compiler.max_outliers if compiler.outlier_bits else 0
     if weight_outlier_slots is not None:
         if slots > weight_outlier_slots:
             raise CompileError(f"a weight beat holds {slots} outliers, more than "
                                f"weight_outlier_slots = {weight_outlier_slots}")
         slots = weight_outlier_slots
-    outlier_params = {}
+    options = {}
     if compiler.outlier_bits:
-        outlier_params = dict(weight_outlier_lanes=1, weight_outlier_bits=compiler.outlier_bits,
-                              weight_outlier_slots=max(slots, 1))
-    config = NetworkCore.Config(
-        width=width, act_bits=act_bits, act_signed=act_signed,
-        weight_bits=compiler.weight_bits, max_k=compiler.max_k,
-        data_depth=max(compiler.data_words, 1),
-        weight_depth=max(len(compiler.weight_beats), 1),
-        param_depth=len(compiler.param_words),
-        program_depth=len(compiler.descriptors), **outlier_params)
+        options.update(weight_outlier_lanes=1, weight_outlier_bits=compiler.outlier_bits,
+                       weight_outlier_slots=max(slots, 1))
+    if compiler.plane_shift:
+        options.update(plane_shift_bits=compiler.plane_shift.bit_length(),
+                       max_plane_shift=compiler.max_plane_shift)
+    if compiler.act_shift:
+        options.update(act_shift_bits=compiler.act_shift.bit_length())
+    for name, bits, limits in (("a plane shift", options.get("plane_shift_bits", 0),
+                                PLANE_SHIFT_BITS),
+                               ("an activation shift", options.get("act_shift_bits", 0),
+                                ACT_SHIFT_BITS)):
+        if bits > limits[1]:
+            raise CompileError(f"{name} of {bits} bits exceeds the core's {limits[1]}")
+    try:
+        config = NetworkCore.Config(
+            width=width, act_bits=array_bits[1], act_signed=act_signed,
+            weight_bits=array_bits[0], max_k=compiler.max_k,
+            data_depth=max(compiler.data_words, 1),
+            weight_depth=max(len(compiler.weight_beats), 1),
+            param_depth=len(compiler.param_words),
+            program_depth=len(compiler.descriptors), **options)
+    except (TypeError, ValueError) as error:
+        raise CompileError(f"the program's core cannot be built: {error}") from None
     layouts = config.layouts
-    outlier_slots = outlier_params.get("weight_outlier_slots", 0)
+    outlier_slots = options.get("weight_outlier_slots", 0)
     weight_words = []
     for beat in compiler.weight_beats:
-        word = {"tile": beat["tile"]}
+        word = {"beat": {"tile": beat["tile"]}}
         if outlier_slots:
-            word["outliers"] = beat["outliers"] + [{"valid": 0, "lane": 0, "col": 0,
-                                                    "value": 0}] * (outlier_slots
-                                                                    - len(beat["outliers"]))
+            word["beat"]["outliers"] = beat["outliers"] + [
+                {"valid": 0, "lane": 0, "col": 0, "value": 0}] * (outlier_slots
+                                                                 - len(beat["outliers"]))
+        if config.plane_shift_bits:
+            word["beat"]["plane_shift"] = beat["plane_shift"]
+        if config.act_shift_bits:
+            word.update(act_shift=beat["act_shift"], act_low=beat["act_low"])
         weight_words.append(_pack(layouts["weights"], word))
     contents = dict(
         program=[_pack(layouts["program"], d) for d in compiler.descriptors],

@@ -36,7 +36,7 @@ PLANE_SHIFT_BITS = (0, 4)
 #: The weight schemes of an integer program (docs/program.md §10) and those the network core
 #: runs; here, not only in golden/, so the command line lists them without importing torch.
 WEIGHT_SCHEMES = ("mmse", "value_aware", "multi_tensor", "syq")
-CORE_SCHEMES = ("mmse", "value_aware")
+CORE_SCHEMES = WEIGHT_SCHEMES
 #: The choices the board builds (fpga/) and the network core (hw/network/) offer, named here
 #: for the same reason: ``olmac build --help`` need not import amaranth. The boards by their
 #: command-line name; where the multiplies go; the network core's requantizer and memory

@@ -200,15 +200,6 @@ def test_requantizer_refuses_bad_residual_options():
         Requantizer(cols=2, acc_width=20, out_bits=8, outlier_bits=12, runtime_bounds=True)
 
 
-@pytest.mark.parametrize("scheme", ["syq", "multi_tensor"])
-def test_compiler_refuses_schemes_the_core_does_not_run(mlp_data, scheme):
-    program = _program(mlp_data, scheme=scheme)
-    with pytest.raises(CompileError, match=rf"^op 1 \(gemm 'layers\.0'\): the network core "
-                                           rf"runs the schemes mmse, value_aware, not "
-                                           rf"'{scheme}'$"):
-        compile_program(program)
-
-
 def test_compiler_refuses_too_few_outlier_slots(mlp_data):
     program = _program(mlp_data)
     needed = compile_program(program).config.weight_outlier_slots

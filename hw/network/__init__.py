@@ -15,16 +15,17 @@ variant (``memories``).
 
 from .compute import ParamFeed, Reducer, WriteBack
 from .core import NetworkCore
-from .layouts import (CHUNK_BITS, MAX_DIM, MAX_KERNEL, MEMORY_STYLES, REQUANTIZERS,
-                      STORAGE_BITS, ChannelWord, ControlSignature, LoadBeat, LoadTarget,
-                      OpDescriptor, OpKind, SideRequest, SideWords, VectorBeat)
+from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES,
+                      MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS, ChannelWord,
+                      ControlSignature, LoadBeat, LoadTarget, OpDescriptor, OpKind,
+                      SideRequest, SideWords, VectorBeat, WeightWord)
 from .memories import NarrowMemories, WideMemories
 from .sequencer import Sequencer
 from .transfers import Loader, Storer
 from .walks import BeatWalk, OutputWalk
 
 __all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget", "LoadBeat",
-           "ControlSignature", "VectorBeat", "SideRequest", "SideWords", "STORAGE_BITS",
-           "MAX_DIM", "MAX_KERNEL", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
+           "ControlSignature", "VectorBeat", "SideRequest", "SideWords", "WeightWord",
+           "STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
            "Sequencer", "Loader", "Storer", "BeatWalk", "OutputWalk", "Reducer", "ParamFeed",
            "WriteBack", "WideMemories", "NarrowMemories"]

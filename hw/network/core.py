@@ -13,8 +13,9 @@ from ..mac_array import MacArray
 from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
 from .compute import ParamFeed, Reducer, WriteBack
-from .layouts import (MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS, WINDOW_GROWTH, ChannelWord,
-                      LoadBeat, LoadTarget, OpDescriptor, OpKind)
+from .layouts import (ACT_SHIFT_BITS, MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS,
+                      WINDOW_GROWTH, ChannelWord, LoadBeat, LoadTarget, OpDescriptor, OpKind,
+                      WeightWord)
 from .memories import NarrowMemories, WideMemories
 from .sequencer import Sequencer
 from .transfers import Loader, Storer
@@ -106,6 +107,13 @@ class NetworkCore(wiring.Component):
         weight_outlier_lanes, weight_outlier_bits, weight_outlier_slots : int
             Weight-outlier multipliers (0: none), their width and the slots per weight
             word, as for :class:`MacArray`.
+        plane_shift_bits, max_plane_shift : int
+            The array's per-column plane shift (0: none) and the largest total shift of one
+            reduction, as for :class:`MacArray`: the weight planes of multi-tensor layers
+            and the passes of a layer wider than the array.
+        act_shift_bits : int
+            Width of a weight word's activation shift, 0..4 (0: none): a layer whose
+            activations are wider than ``act_bits`` runs one pass per activation digit.
         requantizer : str
             ``"parallel"`` (default): a :class:`Requantizer` with ``2·width`` wide
             multipliers, one vector a cycle. ``"serial"``: a :class:`SerialRequantizer`,
@@ -139,6 +147,9 @@ class NetworkCore(wiring.Component):
         weight_outlier_lanes: int = 0
         weight_outlier_bits: int = 8
         weight_outlier_slots: int | None = None
+        plane_shift_bits: int = 0
+        max_plane_shift: int | None = None
+        act_shift_bits: int = 0
         requantizer: str = "parallel"
         memories: str = "wide"
         multipliers: str = "lut"
@@ -154,6 +165,7 @@ class NetworkCore(wiring.Component):
                                  f", not {self.memories!r}")
             for name in ("data_depth", "weight_depth", "param_depth", "program_depth"):
                 check_int(name, getattr(self, name), (1, 65536))
+            check_int("act_shift_bits", self.act_shift_bits, ACT_SHIFT_BITS)
             self.array  # checks the array's parameters
 
         @cached_property
@@ -165,7 +177,9 @@ class NetworkCore(wiring.Component):
                 act_signed=self.act_signed, weight_bits=self.weight_bits, max_k=self.max_k,
                 weight_outlier_lanes=self.weight_outlier_lanes,
                 weight_outlier_bits=self.weight_outlier_bits,
-                weight_outlier_slots=self.weight_outlier_slots, multipliers=self.multipliers)
+                weight_outlier_slots=self.weight_outlier_slots,
+                plane_shift_bits=self.plane_shift_bits, max_plane_shift=self.max_plane_shift,
+                multipliers=self.multipliers)
             return replace(least, acc_width=max(least.acc_width,
                                                 STORAGE_BITS + 1 + WINDOW_GROWTH))
 
@@ -199,11 +213,12 @@ class NetworkCore(wiring.Component):
         @cached_property
         def layouts(self) -> dict:
             """The word layout of each memory: ``program`` (:class:`OpDescriptor`),
-            ``weights`` (the array's weight beat), ``params`` (a :class:`ChannelWord` per
+            ``weights`` (a :class:`WeightWord`: the array's weight beat and the
+            activation shift), ``params`` (a :class:`ChannelWord` per
             column) and ``data`` (16-bit slots)."""
             return {
                 "program": OpDescriptor(self.data_depth, self.weight_depth, self.param_depth),
-                "weights": self.array.weight_layout,
+                "weights": WeightWord(self.array.weight_layout, self.act_shift_bits),
                 "params": data.ArrayLayout(ChannelWord(), self.width),
                 "data": data.ArrayLayout(unsigned(STORAGE_BITS), self.width),
             }
@@ -266,7 +281,7 @@ class NetworkCore(wiring.Component):
 
     @property
     def weight_layout(self):
-        """The layout of a weight word: the array's weight beat."""
+        """The layout of a weight word: a :class:`WeightWord`."""
         return self._config.layouts["weights"]
 
     @property

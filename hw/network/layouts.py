@@ -10,7 +10,8 @@ from olmac import spec
 from olmac.spec import HIGHWAY_BITS
 from ..requant import ChannelParams
 
-__all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "WINDOW_GROWTH", "CHUNK_BITS",
+__all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS",
+           "WINDOW_GROWTH", "CHUNK_BITS", "WeightWord",
            "REQUANTIZERS", "MEMORY_STYLES", "OpKind", "OpDescriptor", "ChannelWord",
            "LoadTarget", "LoadBeat", "is_compute", "ControlSignature", "VectorBeat", "SideRequest",
            "SideWords"]
@@ -21,6 +22,12 @@ STORAGE_BITS = HIGHWAY_BITS
 #: Largest feature-map height/width and kernel/stride/padding the descriptors hold.
 MAX_DIM = 255
 MAX_KERNEL = 15
+#: Most passes of one GEMM (docs/network.md §15, per-layer precision): the products of a
+#: layer's activation digits and weight planes, each a whole reduction.
+MAX_PASSES = 16
+#: Widths of a weight word's activation shift (0: no activation digits): which bits of a
+#: 16-bit slot a pass reads.
+ACT_SHIFT_BITS = (0, 4)
 #: Widest window sum of a SUM op: the reducer keeps 17 + this many bits.
 WINDOW_GROWTH = 8
 #: Bits of one row of a narrow memory (``memories="narrow"``): an iCE40 block RAM is 16 bits
@@ -69,6 +76,7 @@ class OpDescriptor(data.StructLayout):
             "kernel_h": kernel, "kernel_w": kernel,
             "stride_h": kernel, "stride_w": kernel,
             "pad_h": kernel, "pad_w": kernel,
+            "last_pass": range(MAX_PASSES),
             "in_signed": unsigned(1),
             "residual": unsigned(1),
             "res_signed": unsigned(1),
@@ -78,6 +86,19 @@ class OpDescriptor(data.StructLayout):
             "weight_base": range(weight_depth),
             "param_base": range(param_depth),
         })
+
+
+class WeightWord(data.StructLayout):
+    """One word of the weight memory: the array's weight ``beat`` and, with
+    ``act_shift_bits``, which digit of the activation slots the beat multiplies: the slot
+    shifted right by ``act_shift``, its low ``act_bits`` bits, the top one cleared if
+    ``act_low`` (a lower digit of a signed array, docs/network.md §15)."""
+
+    def __init__(self, beat, act_shift_bits=0):
+        fields = {"beat": beat}
+        if act_shift_bits:
+            fields.update(act_shift=unsigned(act_shift_bits), act_low=unsigned(1))
+        super().__init__(fields)
 
 
 class ChannelWord(data.StructLayout):

@@ -56,9 +56,12 @@ def tile_pointer(m, name, base, stride, step, end_of_tile, clear):
 
 
 class BeatWalk(wiring.Component):
-    """The operand walk of a compute op: ``tile``, output pixel, kernel tap and (GEMM only)
-    input channel word, one activation word and one weight word a beat, then one register
-    stage (the memories' read ports) whose enable is the stage's ``~valid | ready``.
+    """The operand walk of a compute op: ``tile``, output pixel, (GEMM only) pass, kernel
+    tap and (GEMM only) input channel word, one activation word and one weight word a beat,
+    then one register stage (the memories' read ports) whose enable is the stage's
+    ``~valid | ready``. A GEMM of several passes (``last_pass``) walks the taps and
+    channel words once per pass, each beat multiplying the activation digit its weight word
+    names (docs/network.md §15, per-layer precision).
 
     A GEMM's beats go to the array (``act`` and ``weights`` together), a SUM's or MAX's to
     the reducer (``vector``); padded taps read as zeros, ``last`` closes each output.
@@ -80,7 +83,7 @@ class BeatWalk(wiring.Component):
     weights_read : In(ReadPort.Signature(...))
         The weight memory read port (driven here).
     act : Out(stream.Signature(act_layout))
-    weights : Out(stream.Signature(weight_layout))
+    weights : Out(stream.Signature(array weight beat))
         A GEMM's beats, valid together; ``act.ready`` paces both.
     vector : Out(stream.Signature(VectorBeat(width)))
         A SUM's or MAX's beats.
@@ -93,6 +96,7 @@ class BeatWalk(wiring.Component):
         self._width = config.width
         self._weight_depth = config.weight_depth
         self._act_bits = config.act_bits
+        self._act_shift_bits = config.act_shift_bits
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
             "operand": In(ReadPort.Signature(addr_width=ceil_log2(config.data_depth),
@@ -100,7 +104,7 @@ class BeatWalk(wiring.Component):
             "weights_read": In(ReadPort.Signature(addr_width=ceil_log2(config.weight_depth),
                                                   shape=weight_layout)),
             "act": Out(stream.Signature(config.array.act_layout)),
-            "weights": Out(stream.Signature(weight_layout)),
+            "weights": Out(stream.Signature(config.array.weight_layout)),
             "vector": Out(stream.Signature(VectorBeat(self._width))),
             "granted": In(1),
             "gemm_beats": Out(32),
@@ -112,11 +116,11 @@ class BeatWalk(wiring.Component):
         is_gemm = op.kind == OpKind.GEMM
 
         step = Signal()
-        limits = [op.out_words - 1, op.out_h - 1, op.out_w - 1, op.kernel_h - 1,
-                  op.kernel_w - 1, Mux(is_gemm, op.in_words - 1, 0)]
-        (tile, oy, ox, ky, kx, ci), at_limit, final = nested_counters(
+        limits = [op.out_words - 1, op.out_h - 1, op.out_w - 1, Mux(is_gemm, op.last_pass, 0),
+                  op.kernel_h - 1, op.kernel_w - 1, Mux(is_gemm, op.in_words - 1, 0)]
+        (tile, oy, ox, _, ky, kx, ci), at_limit, final = nested_counters(
             m, "beat", limits, step, start)
-        end_of_pixel = at_limit[3] & at_limit[4] & at_limit[5]
+        end_of_pixel = at_limit[3] & at_limit[4] & at_limit[5] & at_limit[6]
         end_of_tile = end_of_pixel & at_limit[1] & at_limit[2]
         left = Signal()
         with m.If(start):
@@ -170,7 +174,7 @@ class BeatWalk(wiring.Component):
             self.act.valid.eq(valid & is_gemm),
             self.act.payload.last.eq(last),
             self.weights.valid.eq(valid & is_gemm),
-            self.weights.payload.eq(self.weights_read.data),
+            self.weights.payload.eq(self.weights_read.data.beat),
             self.vector.valid.eq(valid & ~is_gemm),
             self.vector.payload.last.eq(last),
             ready.eq(Mux(is_gemm, self.act.ready, self.vector.ready)),
@@ -178,13 +182,22 @@ class BeatWalk(wiring.Component):
         for lane in range(self._width):
             slot = operand[lane]
             m.d.comb += [
-                self.act.payload.data[lane].eq(Mux(padded, 0, slot[:self._act_bits])),
+                self.act.payload.data[lane].eq(Mux(padded, 0, self._digit(slot))),
                 self.vector.payload.lanes[lane].eq(
                     Mux(padded, 0, Mux(op.in_signed, slot.as_signed(), slot))),
             ]
         with m.If(self.act.valid & self.act.ready):
             m.d.sync += self.gemm_beats.eq(self.gemm_beats + 1)
         return m
+
+    def _digit(self, slot):
+        """The array's operand of one 16-bit ``slot``: its low ``act_bits`` bits, or with
+        activation shifts the digit the beat's weight word names."""
+        if not self._act_shift_bits:
+            return slot[:self._act_bits]
+        word = self.weights_read.data
+        digit = (slot >> word.act_shift)[:self._act_bits]
+        return Cat(digit[:-1], digit[-1] & ~word.act_low)
 
 
 class OutputWalk(wiring.Component):

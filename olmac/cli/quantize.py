@@ -16,7 +16,7 @@ from .common import UsageError
 def quantization_arguments(parser, default_model=None, own_models=True):
     """The options ``olmac quantize`` and ``olmac demo`` share."""
     # from olmac.spec, not golden/ or the compiler: `--help` must not wait for torch
-    from olmac.spec import ACT_BITS, CORE_SCHEMES, WEIGHT_BITS, WEIGHT_SCHEMES
+    from olmac.spec import ACT_BITS, WEIGHT_BITS, WEIGHT_SCHEMES
     help_text = " or ".join(DEMO_MODELS)
     if own_models:
         help_text += ", or module:callable returning a trained nn.Module"
@@ -27,8 +27,7 @@ def quantization_arguments(parser, default_model=None, own_models=True):
     parser.add_argument("--weight-bits", type=int, default=4,
                         help=f"{WEIGHT_BITS[0]}..{WEIGHT_BITS[1]}")
     parser.add_argument("--scheme", default="value_aware", choices=WEIGHT_SCHEMES,
-                        help=f"weight scheme of every layer (the RTL runs "
-                             f"{' and '.join(CORE_SCHEMES)})")
+                        help="weight scheme of every layer")
     parser.add_argument("--outlier-ratio", type=float, default=1 / 64,
                         help="value_aware: weight outliers per weight of a channel")
     parser.add_argument("--no-highway", action="store_true",
