@@ -25,7 +25,7 @@ __all__ = ["FORMAT", "VERSION", "MANIFEST_FILE", "TENSORS_FILE", "ArtifactError"
 #: The ``format`` field of every manifest.
 FORMAT = "olmac-integer-program"
 #: The version this module writes and the only one it reads (§14).
-VERSION = 1
+VERSION = 2
 MANIFEST_FILE = "program.json"
 TENSORS_FILE = "program.npz"
 

@@ -266,7 +266,7 @@ class _Compiler:
         return len(self.param_words) - 1
 
     def vector_op(self, label, kind, source: _Stored, out_name, multiplier, shift,
-                  in_signed, kernel=(1, 1), stride=(1, 1)):
+                  in_signed, kernel=(1, 1), stride=(1, 1), padding=(0, 0)):
         out_value = self.program.values[out_name]
         if kernel == (1, 1) and stride == (1, 1):
             # elementwise: any layout, kept slot for slot
@@ -279,7 +279,8 @@ class _Compiler:
             label, kind, in_base=source.base, out_base=out.base, in_h=in_h, in_w=in_w,
             in_words=source.channel_words, out_h=out_h, out_w=out_w,
             out_words=out.channel_words, out_pixels=out_h * out_w, kernel_h=kernel[0],
-            kernel_w=kernel[1], stride_h=stride[0], stride_w=stride[1], in_signed=in_signed,
+            kernel_w=kernel[1], stride_h=stride[0], stride_w=stride[1], pad_h=padding[0],
+            pad_w=padding[1], in_signed=in_signed,
             param_base=self.uniform_params(multiplier, shift), **self.bounds(out_value))
 
     def gemm(self, label: str, op: Gemm) -> None:
@@ -424,11 +425,11 @@ class _Compiler:
             self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
                            op.multiplier, op.shift,
                            in_signed=int(program.values[op.input].signed),
-                           kernel=op.kernel, stride=op.stride)
+                           kernel=op.kernel, stride=op.stride, padding=op.padding)
         elif isinstance(op, MaxPool):
             self.vector_op(label, OpKind.MAX, self.stored[op.input], op.output, 1, 0,
                            in_signed=int(program.values[op.input].signed),
-                           kernel=op.kernel, stride=op.stride)
+                           kernel=op.kernel, stride=op.stride, padding=op.padding)
         elif isinstance(op, Flatten):
             self.stored[op.output] = self.stored[op.input]  # same words, same slots
         elif isinstance(op, Gemm):

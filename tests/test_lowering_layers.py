@@ -20,7 +20,7 @@ from test_network import _core, _run_core
 
 
 class ConvBNStack(nn.Module):
-    """Conv+BN+ReLU, ``padding='same'``, ReLU6, ``F.max_pool2d``, Dropout,
+    """Conv+BN+ReLU, ``padding='same'``, ReLU6, ``F.max_pool2d(x, 3, 2, padding=1)``, Dropout,
     ``x.view(x.size(0), -1)``, BatchNorm1d, ``clamp`` and a trailing ``log_softmax``."""
 
     def __init__(self):
@@ -33,7 +33,7 @@ class ConvBNStack(nn.Module):
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(self.relu6(self.bn2(self.conv2(x))), 2)
+        x = F.max_pool2d(self.relu6(self.bn2(self.conv2(x))), 3, 2, padding=1)
         x = self.drop(x.view(x.size(0), -1))
         x = torch.clamp(self.bn3(self.fc1(x)), 0, 6)
         return F.log_softmax(self.fc2(x), dim=1)

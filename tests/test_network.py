@@ -112,15 +112,20 @@ def test_core_loads_its_program_through_the_load_port(mlp_data):
     assert torch.equal(logits, run_integer(program, pixels))
 
 
-def test_core_maxpool_and_signed_requantize():
-    """A max-pooling model with a signed (no-ReLU) hidden layer: MAX ops and signed 16-bit
-    reads, on the smallest array."""
+@pytest.mark.parametrize("pool", [torch.nn.MaxPool2d(2), torch.nn.MaxPool2d(3, 2, padding=1),
+                                  torch.nn.AvgPool2d(3, 2, padding=1)],
+                         ids=["max2", "max3-stride2-pad1", "avg3-stride2-pad1"])
+def test_core_pooling_and_signed_requantize(pool):
+    """A pooling model with a signed (no-ReLU) hidden layer: MAX/SUM ops (padded: a MAX
+    window's padding never wins, even over negative values) and signed 16-bit reads, on
+    the smallest array."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.MaxPool2d(2),
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), pool,
                                 torch.nn.Flatten(), torch.nn.Linear(48, 5))
     calibration = torch.rand(64, 1, 8, 8)
     program = quantize_model(model, calibration, act_bits=3, weight_bits=3)
-    assert any(op.KIND == "maxpool" for op in program.ops)
+    assert program.values[program.ops[1].output].signed
+    assert [op.KIND for op in program.ops][2] == type(pool).__name__[:7].lower()
     pixels = torch.randint(0, 17, (2, 1, 8, 8))
     compiled = compile_program(program, width=2)
     logits = _run_core(_core(compiled), compiled, pixels, pause=0.2)

@@ -6,6 +6,7 @@ the implementation beyond reading the program's fields. Each property test's doc
 says which property it checks.
 """
 
+import dataclasses
 import functools
 import json
 import time
@@ -135,7 +136,9 @@ def flatten_nchw(sample):
 
 
 def ref_pool(op, x, values):
-    (kh, kw), (sh, sw) = op.kernel, op.stride
+    """§12 window by window: the taps inside the input (a padded tap adds 0 to a sum and
+    never wins a maximum)."""
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
     out = values[op.output]
     lo, hi = value_range(out)
     result = []
@@ -144,11 +147,12 @@ def ref_pool(op, x, values):
         for plane in sample:
             h, w = len(plane), len(plane[0])
             rows = []
-            for oy in range((h - kh) // sh + 1):
+            for oy in range((h + 2 * ph - kh) // sh + 1):
                 row = []
-                for ox in range((w - kw) // sw + 1):
-                    window = [plane[oy * sh + ky][ox * sw + kx]
-                              for ky in range(kh) for kx in range(kw)]
+                for ox in range((w + 2 * pw - kw) // sw + 1):
+                    taps = [(oy * sh + ky - ph, ox * sw + kx - pw)
+                            for ky in range(kh) for kx in range(kw)]
+                    window = [plane[iy][ix] for iy, ix in taps if 0 <= iy < h and 0 <= ix < w]
                     row.append(max(window) if op.KIND == "maxpool"
                                else rq(sum(window), op.multiplier, op.shift, lo, hi))
                 rows.append(row)
@@ -281,14 +285,18 @@ def test_im2col_gemm_equals_conv2d(seed, n, c, o, kh, kw, h, w, sh, sw, ph, pw):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2 ** 16), kh=st.integers(1, 3), kw=st.integers(1, 3),
-       sh=st.integers(1, 3), sw=st.integers(1, 3))
-def test_pool_windows_equal_torch_pooling(seed, kh, kw, sh, sw):
-    """§12: window sums are ``kh·kw·avg_pool2d`` and maxima ``max_pool2d``, exactly."""
+       sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 1), pw=st.integers(0, 1))
+def test_pool_windows_equal_torch_pooling(seed, kh, kw, sh, sw, ph, pw):
+    """§12: window sums over the zero-padded input are ``kh·kw·avg_pool2d`` (with
+    ``count_include_pad``) and maxima over the input padded with the format's minimum
+    ``max_pool2d`` (which pads with −∞), exactly."""
+    ph, pw = min(ph, kh // 2), min(pw, kw // 2)
     x = torch.randint(-100, 100, (2, 3, 6, 7), generator=torch.Generator().manual_seed(seed))
-    windows = pool_windows(x, (kh, kw), (sh, sw))
-    avg = F.avg_pool2d(x.double(), (kh, kw), (sh, sw))
-    assert torch.equal(windows.sum(-1).double(), avg * (kh * kw))
-    assert torch.equal(windows.amax(-1).double(), F.max_pool2d(x.double(), (kh, kw), (sh, sw)))
+    sums = pool_windows(x, (kh, kw), (sh, sw), (ph, pw)).sum(-1)
+    avg = F.avg_pool2d(x.double(), (kh, kw), (sh, sw), (ph, pw), count_include_pad=True)
+    assert torch.equal(sums.double(), avg * (kh * kw))
+    maxima = pool_windows(x, (kh, kw), (sh, sw), (ph, pw), -128).amax(-1)
+    assert torch.equal(maxima.double(), F.max_pool2d(x.double(), (kh, kw), (sh, sw), (ph, pw)))
 
 
 @settings(max_examples=200, deadline=None)
@@ -497,12 +505,13 @@ class AddOfInputs(nn.Module):
      r"Hardtanh\(0, m\), clamp\(0, m\)\)$"),
     (Sigmoid(), (4,), r"^unsupported layer 'sigmoid' \(torch\.sigmoid; supported activations: "
      r".*\) at test_program\.py:\d+$"),
-    (nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), (2, 5, 5),
-     r"^unsupported layer '0' \(nn\.Conv2d with groups=2, dilation=\(1, 1\), "
-     r"padding_mode='zeros'; only groups=1, dilation=1, zeros padding\)$"),
-    (nn.Sequential(nn.AvgPool2d(2, padding=1)), (1, 4, 4),
-     r"^unsupported layer '0' \(nn\.AvgPool2d with padding, ceil_mode, dilation or a divisor "
-     r"override; only padding=0 and ceil_mode=False\)$"),
+    (nn.Sequential(nn.Conv2d(2, 2, 3, dilation=2)), (2, 5, 5),
+     r"^unsupported layer '0' \(nn\.Conv2d with dilation=\(2, 2\), padding_mode='zeros'; "
+     r"only dilation=1, zeros padding\)$"),
+    (nn.Sequential(nn.AvgPool2d(2, padding=1, count_include_pad=False)), (1, 4, 4),
+     r"^unsupported layer '0' \(nn\.AvgPool2d with ceil_mode, dilation, return_indices, a "
+     r"divisor override or count_include_pad=False; only ceil_mode=False and averages over "
+     r"the whole \(zero-padded\) window\)$"),
     (ReluAfterPool(), (1, 6, 6),
      r"^unsupported layer 'relu' \(nn\.ReLU — a ReLU must directly follow a Linear, Conv2d "
      r"or residual add that has no other user\) at test_program\.py:\d+$"),
@@ -641,10 +650,10 @@ CORRUPTIONS = [
      r"^artifact manifest '.+program\.json' does not exist$"),
     ("format", None, _set(["format"], "onnx"),
      r"^artifact format must be 'olmac-integer-program', not 'onnx'$"),
-    ("newer version", None, _set(["version"], 2),
-     r"^artifact version 2 is newer than this reader \(version 1\); update olmac to load it$"),
-    ("older version", None, _set(["version"], 0),
-     r"^artifact version 0 is not supported; this reader reads version 1 only$"),
+    ("newer version", None, _set(["version"], 3),
+     r"^artifact version 3 is newer than this reader \(version 2\); update olmac to load it$"),
+    ("older version", None, _set(["version"], 1),
+     r"^artifact version 1 is not supported; this reader reads version 2 only$"),
     ("missing top field", None, _delete(["output"]),
      r"^artifact manifest: missing field 'output'$"),
     ("unknown top field", None, _set(["comment"], "hi"),
@@ -759,3 +768,17 @@ def test_pixels_outside_range_are_refused():
     program, pixels = small_program()
     with pytest.raises(ValueError, match=r"^pixels must lie in 0\.\.16$"):
         run_integer(program, pixels + 1)
+
+
+def test_pool_padding_beyond_half_the_kernel_is_refused():
+    """§12: a side's padding is at most half the kernel, so every window holds an input
+    tap (the maximum never comes from the padding)."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(3, 2, padding=1), nn.Flatten(),
+                          nn.Linear(2 * 3 * 3, 3)).eval()
+    program = quantize_model(model, torch.rand(8, 1, 8, 8), act_calibration="max")
+    ops = list(program.ops)
+    assert ops[2].padding == (1, 1)
+    ops[2] = dataclasses.replace(ops[2], padding=(2, 1))
+    with pytest.raises(ProgramError, match=r"^op 2 \(maxpool '1'\): field 'padding' must be at "
+                       r"most half the kernel \(3, 3\), not \(2, 1\)$"):
+        dataclasses.replace(program, ops=tuple(ops))

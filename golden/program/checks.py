@@ -62,11 +62,11 @@ def _expected_output_shape(op, label: str, values: Mapping[str, Value],
         if ho < 1 or wo < 1:
             raise ProgramError(f"{label}: the {kh}×{kw} kernel does not fit input shape {shape}")
         return (op.out_features, ho, wo)
-    (kh, kw), (sh, sw) = op.kernel, op.stride
-    if len(shape) != 3 or shape[1] < kh or shape[2] < kw:
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    if len(shape) != 3 or shape[1] + 2 * ph < kh or shape[2] + 2 * pw < kw:
         raise ProgramError(f"{label}: input '{op.input}' has shape {shape}, expected (C, H, W) "
-                           f"with H >= {kh}, W >= {kw}")
-    return (shape[0], (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1)
+                           f"with H + {2 * ph} >= {kh}, W + {2 * pw} >= {kw}")
+    return (shape[0], (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
 
 
 def _check_op_attributes(op, label: str) -> None:
@@ -78,6 +78,11 @@ def _check_op_attributes(op, label: str) -> None:
     if isinstance(op, (AvgPool, MaxPool)):
         check_pair(label, "kernel", op.kernel, 1)
         check_pair(label, "stride", op.stride, 1)
+        check_pair(label, "padding", op.padding, 0)
+        if any(2 * p > k for p, k in zip(op.padding, op.kernel)):
+            # then every window holds an element of the input (§12)
+            raise ProgramError(f"{label}: field 'padding' must be at most half the kernel "
+                               f"{op.kernel}, not {op.padding}")
     if isinstance(op, Gemm):
         _check_gemm_attributes(op, label)
 

@@ -60,10 +60,11 @@ def float_view(program: IntegerProgram, images: torch.Tensor,
         elif isinstance(op, Flatten):
             env[op.output] = env[op.input].reshape(n, -1)
         elif isinstance(op, MaxPool):
-            env[op.output] = pool_windows(env[op.input], op.kernel, op.stride).amax(-1)
+            env[op.output] = pool_windows(env[op.input], op.kernel, op.stride, op.padding,
+                                          -torch.inf).amax(-1)
         elif isinstance(op, AvgPool):
-            env[op.output] = fake(op.output,
-                                  pool_windows(env[op.input], op.kernel, op.stride).mean(-1))
+            env[op.output] = fake(op.output, pool_windows(env[op.input], op.kernel, op.stride,
+                                                          op.padding).mean(-1))
         else:
             acts = env[op.input]
             if op.layer == "conv2d":

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from ..formats import int_range
 from ..integer import requantize_round_half_up
 from .integer_program import IntegerProgram
 from .kernels import from_rows, im2col, nchw_rows, pool_windows, \
@@ -69,9 +70,12 @@ def run_integer(program: IntegerProgram, pixels: torch.Tensor) -> torch.Tensor:
         elif isinstance(op, Flatten):
             env[op.output] = env[op.input].reshape(n, -1)
         elif isinstance(op, MaxPool):
-            env[op.output] = pool_windows(env[op.input], op.kernel, op.stride).amax(-1)
+            source = program.values[op.input]
+            lowest = int_range(source.bits, source.signed)[0]
+            env[op.output] = pool_windows(env[op.input], op.kernel, op.stride, op.padding,
+                                          lowest).amax(-1)
         elif isinstance(op, AvgPool):
-            sums = pool_windows(env[op.input], op.kernel, op.stride).sum(-1)
+            sums = pool_windows(env[op.input], op.kernel, op.stride, op.padding).sum(-1)
             env[op.output] = _requantize_tensor(sums, op.multiplier, op.shift, out)
         else:
             env[op.output] = _run_gemm(op, env, program.values[op.input], out, n)

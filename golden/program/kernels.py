@@ -35,19 +35,23 @@ def im2col(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
     return patches.permute(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
 
 
-def pool_windows(x: torch.Tensor, kernel: tuple[int, int],
-                 stride: tuple[int, int]) -> torch.Tensor:
-    """The ``N×C×Ho×Wo×(kh·kw)`` windows of a pooling without padding (§12).
+def pool_windows(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                 padding: tuple[int, int] = (0, 0), fill=0) -> torch.Tensor:
+    """The ``N×C×Ho×Wo×(kh·kw)`` windows of a pooling (§12).
 
-    Window ``(oy, ox)`` holds ``X[n, c, oy·sh + ky, ox·sw + kx]`` in ``(ky, kx)`` row-major
-    order; ``Ho = (H − kh) // sh + 1``.
+    Window ``(oy, ox)`` holds ``X[n, c, oy·sh + ky − ph, ox·sw + kx − pw]`` in ``(ky, kx)``
+    row-major order, and ``fill`` where that index falls in the padding;
+    ``Ho = (H + 2·ph − kh) // sh + 1``, likewise ``Wo``.
 
     >>> pool_windows(torch.arange(16).reshape(1, 1, 4, 4), (2, 2), (2, 2))[0, 0, 0]
     tensor([[0, 1, 4, 5],
             [2, 3, 6, 7]])
+    >>> pool_windows(torch.arange(4).reshape(1, 1, 2, 2), (2, 2), (2, 2), (1, 1), -9)[0, 0, 0]
+    tensor([[-9, -9, -9,  0],
+            [-9, -9,  1, -9]])
     """
-    (kh, kw), (sh, sw) = kernel, stride
-    windows = x.unfold(2, kh, sh).unfold(3, kw, sw)
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    windows = F.pad(x, (pw, pw, ph, ph), value=fill).unfold(2, kh, sh).unfold(3, kw, sw)
     return windows.reshape(*windows.shape[:4], kh * kw)
 
 

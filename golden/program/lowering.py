@@ -137,11 +137,7 @@ def _classify(node: fx.Node, modules: dict) -> str:
         if isinstance(module, nn.ReLU):
             return "relu"
         if isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)):
-            extra = (module.dilation != 1 and _pair(module.dilation) != (1, 1)) \
-                if isinstance(module, nn.MaxPool2d) else module.divisor_override is not None
-            if _pair(module.padding) != (0, 0) or module.ceil_mode or extra:
-                raise _unsupported(name, kind, "with padding, ceil_mode, dilation or a divisor "
-                                   "override; only padding=0 and ceil_mode=False")
+            _check_pool(module, name, kind)
             return "avgpool" if isinstance(module, nn.AvgPool2d) else "maxpool"
         if isinstance(module, nn.Flatten):
             if (module.start_dim, module.end_dim) != (1, -1):
@@ -168,6 +164,20 @@ def _classify(node: fx.Node, modules: dict) -> str:
             return "flatten"
         raise _refused(node.name, kind)
     raise _refused(node.name, f"fx {node.op} {node.target}")
+
+
+def _check_pool(module: nn.Module, name: str, kind: str) -> None:
+    """Raise naming a pooling module outside §12: ceil_mode, a dilation, a divisor
+    override, or an average that leaves the padding out of its count."""
+    if isinstance(module, nn.MaxPool2d):
+        extra = _pair(module.dilation) != (1, 1) or module.return_indices
+    else:
+        extra = module.divisor_override is not None or (
+            not module.count_include_pad and _pair(module.padding) != (0, 0))
+    if module.ceil_mode or extra:
+        raise _unsupported(name, kind, "with ceil_mode, dilation, return_indices, a divisor "
+                           "override or count_include_pad=False; only ceil_mode=False and "
+                           "averages over the whole (zero-padded) window")
 
 
 @dataclass
@@ -566,14 +576,15 @@ class _Lowering:
             module = self.modules[node.target]
             kernel = _pair(module.kernel_size)
             stride = _pair(module.stride or module.kernel_size)
+            padding = _pair(module.padding)
             if step.kind == "maxpool":
                 self.add_value(node, name, bits, signed, scale)
-                self.ops.append(MaxPool(name, source, name, kernel, stride))
+                self.ops.append(MaxPool(name, source, name, kernel, stride, padding))
                 return
             self.add_value(node, name, bits, signed, self.scale(node, bits, signed, name))
             multiplier, shift = _requant(f"avgpool '{name}'", scale / (
                 kernel[0] * kernel[1] * self.values[name].scale))
-            self.ops.append(AvgPool(name, source, name, kernel, stride, int(multiplier),
+            self.ops.append(AvgPool(name, source, name, kernel, stride, padding, int(multiplier),
                                     int(shift)))
 
     def weights(self, layer: str, weight: torch.Tensor, scheme: str) -> dict:

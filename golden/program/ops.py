@@ -113,10 +113,12 @@ class Gemm(_Mapping):
 
 @dataclass(frozen=True, eq=False)
 class AvgPool(_Mapping):
-    """Average pooling without padding (§12): the window sum, requantized by §3 with
-    ``β = 0`` and the scalar ``(M, s)``: ``y = clamp((Σ·M + 2^(s−1)) >> s, lo, hi)``."""
+    """Average pooling (§12): the window sum over the input padded with zeros (``padding``
+    ``(ph, pw)`` on each side), requantized by §3 with ``β = 0`` and the scalar ``(M, s)``:
+    ``y = clamp((Σ·M + 2^(s−1)) >> s, lo, hi)``."""
     kernel: tuple[int, int]
     stride: tuple[int, int]
+    padding: tuple[int, int]
     multiplier: int
     shift: int
     KIND: ClassVar[str] = "avgpool"
@@ -124,9 +126,11 @@ class AvgPool(_Mapping):
 
 @dataclass(frozen=True, eq=False)
 class MaxPool(_Mapping):
-    """Max pooling without padding: the window maximum, exact, same format and scale."""
+    """Max pooling (§12): the window maximum over the input padded with the minimum of its
+    format (``padding`` ``(ph, pw)`` on each side), exact, same format and scale."""
     kernel: tuple[int, int]
     stride: tuple[int, int]
+    padding: tuple[int, int]
     KIND: ClassVar[str] = "maxpool"
 
 

@@ -7,7 +7,7 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .layouts import ControlSignature, OpKind, SideRequest, VectorBeat, is_compute
+from .layouts import STORAGE_BITS, ControlSignature, OpKind, SideRequest, VectorBeat, is_compute
 
 __all__ = ["BeatWalk", "OutputWalk", "nested_counters", "output_counters", "tile_pointer"]
 
@@ -64,7 +64,8 @@ class BeatWalk(wiring.Component):
     names (docs/network.md §15, per-layer precision).
 
     A GEMM's beats go to the array (``act`` and ``weights`` together), a SUM's or MAX's to
-    the reducer (``vector``); padded taps read as zeros, ``last`` closes each output.
+    the reducer (``vector``); padded taps read as zeros (a MAX's as the lowest lane value,
+    below every slot), ``last`` closes each output.
 
     Parameters
     ----------
@@ -170,6 +171,9 @@ class BeatWalk(wiring.Component):
         ]
 
         operand = self.operand.data
+        # A padded tap of a MAX reads below every 16-bit value, so the window's maximum is
+        # that of its input taps (each window has one: padding ≤ kernel/2); a SUM's reads 0.
+        pad_value = Mux(op.kind == OpKind.MAX, -(1 << STORAGE_BITS), 0)
         m.d.comb += [
             self.act.valid.eq(valid & is_gemm),
             self.act.payload.last.eq(last),
@@ -184,7 +188,7 @@ class BeatWalk(wiring.Component):
             m.d.comb += [
                 self.act.payload.data[lane].eq(Mux(padded, 0, self._digit(slot))),
                 self.vector.payload.lanes[lane].eq(
-                    Mux(padded, 0, Mux(op.in_signed, slot.as_signed(), slot))),
+                    Mux(padded, pad_value, Mux(op.in_signed, slot.as_signed(), slot))),
             ]
         with m.If(self.act.valid & self.act.ready):
             m.d.sync += self.gemm_beats.eq(self.gemm_beats + 1)
