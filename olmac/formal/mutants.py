@@ -13,14 +13,15 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.hw.codebook import CodebookDecoder
-from olmac.hw.host_link import RequestSlots
+from olmac.hw.host_link import FrameReceiver, RequestSlots
 from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 from olmac.hw.stream import SkidBuffer
 
-__all__ = ["BlindLaneArray", "HastyDecoder", "LossyRequestSlots", "LossyResultBuffer",
-           "OnesComplementDecoder", "OverrunSkidBuffer", "SkewedRequantizer"]
+__all__ = ["BlindLaneArray", "DeafFrameReceiver", "HastyDecoder", "LossyRequestSlots",
+           "LossyResultBuffer", "OnesComplementDecoder", "OverrunSkidBuffer",
+           "SkewedRequantizer"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -203,4 +204,29 @@ class OverrunSkidBuffer(wiring.Component):
         wiring.connect(m, buffer.o, wiring.flipped(self.o))
         m.d.comb += [buffer.i.valid.eq(self.i.valid), buffer.i.payload.eq(self.i.payload),
                      self.i.ready.eq(1)]
+        return m
+
+
+class DeafFrameReceiver(wiring.Component):
+    """A :class:`~olmac.hw.host_link.FrameReceiver` that misses a byte in a cycle chosen
+    freely without reporting it (a lost UART byte taken for none): it parses a byte stream
+    other than the one the host sent.
+
+    Parameters
+    ----------
+    **params
+        As :class:`~olmac.hw.host_link.FrameReceiver` takes them.
+    """
+
+    def __init__(self, **params):
+        self._receiver = FrameReceiver(**params)
+        super().__init__(self._receiver.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.receiver = receiver = self._receiver
+        wiring.connect(m, receiver.slots, wiring.flipped(self.slots))
+        m.d.comb += [receiver.rx.valid.eq(self.rx.valid & ~AnySeq(1)),
+                     receiver.rx.payload.eq(self.rx.payload), self.rx.ready.eq(1),
+                     receiver.rx_error.eq(self.rx_error), self.error.eq(receiver.error)]
         return m

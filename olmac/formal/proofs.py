@@ -7,14 +7,16 @@ from typing import Callable
 from amaranth.hdl import unsigned
 
 from olmac.hw.codebook import CodebookDecoder
-from olmac.hw.host_link import RequestSlots
+from olmac.hw.host_link import FrameReceiver, RequestSlots
 from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 from olmac.hw.stream import SkidBuffer
-from .mutants import (BlindLaneArray, HastyDecoder, LossyRequestSlots, LossyResultBuffer,
-                      OnesComplementDecoder, OverrunSkidBuffer, SkewedRequantizer)
-from .properties import (CodebookDecodeProperties, CodebookStreamProperties, MacArrayProperties,
+from .mutants import (BlindLaneArray, DeafFrameReceiver, HastyDecoder, LossyRequestSlots,
+                      LossyResultBuffer, OnesComplementDecoder, OverrunSkidBuffer,
+                      SkewedRequantizer)
+from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
+                         FrameReceiverProperties, MacArrayProperties,
                          RequantizerProperties, RequestSlotsProperties, ResultBufferProperties,
                          SkidBufferProperties)
 from .runner import prove
@@ -109,6 +111,17 @@ PROOFS = (
           {"drop": lambda: RequestSlotsProperties(LossyRequestSlots(max_payload=3),
                                                   max_payload=3)},
           depth=6),
+    # Payloads of one and two bytes, a frame byte at most every two cycles. Mutants: a byte
+    # missed unreported, and a receiver that waits one cycle longer than its timeout (which
+    # shows only after a byte and four quiet cycles: depth 5).
+    Proof("frame_receiver",
+          lambda: FrameReceiverProperties(FrameReceiver(max_payload=2, timeout=2),
+                                          max_payload=2, timeout=2),
+          {"deaf": lambda: FrameReceiverProperties(DeafFrameReceiver(max_payload=2, timeout=2),
+                                                   max_payload=2, timeout=2),
+           "late": lambda: FrameReceiverProperties(FrameReceiver(max_payload=2, timeout=3),
+                                                   max_payload=2, timeout=2)},
+          depth=5),
     # Bounded: the output queue is a memory; about 7 cycles from input to output, so 10
     # cycles see the first three transfers under every stall pattern.
     *(_requant_proof(out_signed) for out_signed in (False, True)),

@@ -16,9 +16,11 @@ from amaranth.hdl import *
 from amaranth.hdl import Fragment
 from amaranth.lib import data
 
+from olmac.spec import SYNC
+
 __all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
            "CodebookStreamProperties", "RequantizerProperties", "RequestSlotsProperties",
-           "MacArrayProperties", "SkidBufferProperties"]
+           "MacArrayProperties", "SkidBufferProperties", "FrameReceiverProperties"]
 
 
 def _assigned(fragment):
@@ -510,4 +512,165 @@ class SkidBufferProperties(Elaboratable):
                    if signal.name.startswith("select_")]
         m.d.comb += [Assert(state == (held != 0)) for state in (full, *selects)]
         m.d.comb += Assert((held == 0) | (Value.cast(skid) == kept))
+        return m
+
+
+def _crc16_ccitt_false(m, data_bytes, name):
+    """CRC-16/CCITT-FALSE of ``data_bytes`` (8-bit values) as docs/host_link.md §2 writes it:
+    polynomial 0x1021, initial value 0xFFFF, no reflection, no final XOR; bit by bit,
+    independently of :mod:`amaranth.lib.crc`, which the receiver uses. Each step is a signal
+    of ``m`` (an expression that names the previous step twice doubles in size per bit)."""
+    crc = C(0xFFFF, 16)
+    for index, byte in enumerate(data_bytes):
+        crc = crc ^ Cat(C(0, 8), byte)
+        for bit in range(8):
+            step = Signal(16, name=f"{name}_{index}_{bit}")
+            m.d.comb += step.eq((crc << 1)[:16] ^ Mux(crc[15], 0x1021, 0))
+            crc = step
+    return crc
+
+
+def _fsm_states(state_signal, *names):
+    """The encodings of the states called ``names`` of an elaborated ``FSM``'s state signal."""
+    codes = {state_signal.decoder(code).split("/")[0]: code
+             for code in range(1 << len(state_signal))}
+    return [codes[name] for name in names]
+
+
+class FrameReceiverProperties(Elaboratable):
+    """A :class:`~olmac.hw.host_link.FrameReceiver` under every byte sequence.
+
+    Bytes, their timing, damaged bytes (``rx_error``) and ``slots.busy`` are free. The
+    wrapper keeps the last ``max_payload + 5`` bytes received, and whether any was damaged.
+    Properties (k-induction):
+
+    * a frame is applied only if its length and CRC hold (docs/host_link.md §2): when
+      ``slots.commit`` rises with length ``L``, ``1 ≤ L ≤ max_payload``, the last ``L + 5``
+      bytes are the sync byte, ``L`` little-endian, ``L`` payload bytes and their
+      CRC-16/CCITT-FALSE (computed here bit by bit), none of them damaged and none missed,
+      and the bytes written to the slot at offsets ``0..L-1`` are that payload;
+    * it returns to sync hunting: a frame in progress has taken at most ``max_payload + 4``
+      bytes after its sync byte (so after one frame's bytes it hunts again or discards), and
+      after ``timeout + 1`` quiet cycles following any byte sequence it is hunting.
+
+    Parameters
+    ----------
+    receiver : FrameReceiver
+        The block under test, or a broken variant with the same ports.
+    max_payload : int
+        Its longest payload.
+    timeout : int
+        Its inter-byte timeout in cycles.
+    """
+
+    def __init__(self, receiver, *, max_payload, timeout):
+        self._receiver = receiver
+        self._max_payload = max_payload
+        self._timeout = timeout
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self._receiver
+        fragment = Fragment.get(dut, platform)
+        m.submodules.dut = fragment
+        m.d.comb += Assume(~ResetSignal())
+        for signal in (dut.rx.valid, dut.rx.payload, dut.rx_error, dut.slots.busy):
+            m.d.comb += signal.eq(AnySeq(len(signal)))
+        max_payload, frame_bytes = self._max_payload, self._max_payload + 5
+        got = dut.rx.valid & dut.rx.ready & ~dut.rx_error
+
+        # The bytes received, newest first (the current one included), and how many of the
+        # latest were received whole and in a row (saturating at one frame).
+        history = [Signal(8, name=f"history_{n}") for n in range(frame_bytes - 1)]
+        with m.If(got):
+            m.d.sync += [history[0].eq(dut.rx.payload)]
+            m.d.sync += [later.eq(earlier) for earlier, later in zip(history, history[1:])]
+        window = [dut.rx.payload, *history]
+        clean = Signal(range(frame_bytes + 1))
+        with m.If(dut.rx_error):
+            m.d.sync += clean.eq(0)
+        with m.Elif(got & (clean != frame_bytes)):
+            m.d.sync += clean.eq(clean + 1)
+
+        # What the receiver wrote to the slot, by offset.
+        written = Array(Signal(8, name=f"written_{n}") for n in range(max_payload))
+        with m.If(dut.slots.en):
+            m.d.comb += Assert(dut.slots.offset < max_payload, "a write outside the slot")
+            m.d.sync += written[dut.slots.offset].eq(dut.slots.data)
+
+        with m.If(dut.slots.commit):
+            m.d.comb += Assert(got, "a frame committed without its last byte")
+            m.d.comb += Assert((dut.slots.length >= 1) & (dut.slots.length <= max_payload),
+                               "a frame committed with a length out of range")
+        for length in range(1, max_payload + 1):
+            # window[0] is the CRC's high byte, window[length + 4] the sync byte.
+            frame = window[:length + 5][::-1]
+            good = ((frame[0] == SYNC) & (Cat(frame[1], frame[2]) == length) &
+                    (_crc16_ccitt_false(m, frame[1:length + 3], f"crc_{length}") ==
+                     Cat(frame[-2], frame[-1])) &
+                    (clean >= length + 4))
+            same = Cat(*written[:length]) == Cat(*frame[3:length + 3])
+            with m.If(dut.slots.commit & (dut.slots.length == length)):
+                m.d.comb += [Assert(good, "a frame applied whose sync, length or CRC fails"),
+                             Assert(same, "a frame applied with other payload bytes")]
+
+        # Sync hunting: bytes since the frame's sync, and quiet cycles since the last byte.
+        state, length, count, dropping, crc_reg, quiet, crc_low_byte = _registers(
+            fragment, "fsm_state", "length", "count", "dropping", "crc_reg", "quiet",
+            "crc_low")
+        (hunt, garbage, discard, length_low, length_high, payload, crc_low,
+         crc_high) = _fsm_states(state, "HUNT", "GARBAGE", "DISCARD", "LENGTH_LOW",
+                                 "LENGTH_HIGH", "PAYLOAD", "CRC_LOW", "CRC_HIGH")
+        hunting = (state == hunt) | (state == garbage)
+        in_frame = ~hunting & (state != discard)
+        since_sync = Signal(range(frame_bytes + 1))
+        with m.If(got):
+            m.d.sync += since_sync.eq(Mux(hunting, 0, since_sync + 1))
+        # Exactly one frame's bytes: the sync byte, two length bytes, the payload, two CRC
+        # bytes; the CRC's high byte ends the frame (at most max_payload + 4 after the sync).
+        m.d.comb += [
+            Assert((state != length_low) | (since_sync == 0), "a frame out of step"),
+            Assert((state != length_high) | (since_sync == 1), "a frame out of step"),
+            Assert((state != payload) | (since_sync == 2 + count), "a frame out of step"),
+            Assert((state != crc_low) | (since_sync == 2 + length), "a frame out of step"),
+            Assert((state != crc_high) | (since_sync == 3 + length), "a frame out of step"),
+        ]
+        silent = Signal(range(self._timeout + 2))
+        with m.If(dut.rx.valid | dut.rx_error):
+            m.d.sync += silent.eq(0)
+        with m.Elif(silent <= self._timeout):
+            m.d.sync += silent.eq(silent + 1)
+        m.d.comb += Assert((silent <= self._timeout) | (state == hunt),
+                           "not hunting after a quiet timeout")
+
+        # Invariants of this implementation, so the induction step needs no whole frame: a
+        # frame's length has checked before its payload, its byte count stays below it, and
+        # its registers hold what the bytes since the sync say (length, CRC so far, payload
+        # written, none damaged).
+        payload_states = (state == payload) | (state == crc_low) | (state == crc_high)
+        past = Array(history)
+        m.d.comb += [
+            Assert(~payload_states | ((length >= 1) & (length <= max_payload))),
+            Assert((state != payload) | (count < length)),
+            Assert(~in_frame | (past[since_sync] == SYNC)),
+            Assert(~in_frame | (clean > since_sync)),
+            Assert(~payload_states |
+                   (length == Cat(past[since_sync - 1], past[since_sync - 2]))),
+            Assert((state != length_low) | (crc_reg == 0xFFFF)),
+            Assert((state != length_high) | (length[:8] == history[0])),
+            Assert((state != crc_high) | (crc_low_byte == history[0])),
+            Assert(quiet == Mux(silent > self._timeout, self._timeout, silent)),
+        ]
+        crc_states = (state == length_high) | (state == payload) | (state == crc_low)
+        for taken in range(1, max_payload + 3):
+            so_far = _crc16_ccitt_false(m, history[:taken][::-1], f"so_far_{taken}")
+            m.d.comb += Assert(~crc_states | (since_sync != taken) | (crc_reg == so_far))
+            before_last = _crc16_ccitt_false(m, history[1:taken + 1][::-1],
+                                             f"before_last_{taken}")
+            m.d.comb += Assert((state != crc_high) | (since_sync != taken + 1) |
+                               (crc_reg == before_last))
+        kept = Mux(state == payload, count, length)
+        for offset in range(max_payload):
+            m.d.comb += Assert(~payload_states | dropping | (offset >= kept) |
+                               (written[offset] == past[since_sync - 3 - offset]))
         return m
