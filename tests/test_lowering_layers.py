@@ -2,6 +2,7 @@
 quantized at 8/8 on digits within a point of float, one run bit-exactly on the network
 core, and every refusal of a model reported at once, by node and source line."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -76,6 +77,22 @@ class SmallNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class Branches(nn.Module):
+    """Two branches joined by ``torch.cat`` on the channels: one after a ReLU (unsigned),
+    one without (signed), of different widths."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 6, 3, padding=1)
+        self.conv, self.fc = nn.Conv2d(10, 8, 3, padding=1), nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = torch.cat([F.relu(self.a(x)), self.b(x)], dim=1)
+        return self.fc(F.avg_pool2d(F.relu(self.conv(x)), 2).flatten(1))
+
+
 def _digits(shape):
     split = load_digits_split()
     return shape(split.x_train), split.y_train, shape(split.x_test), split.y_test
@@ -106,7 +123,8 @@ def models(digits, sequences):
     return model
 
 
-@pytest.mark.parametrize("factory", [ConvBNStack, ResidualBN, DepthwiseSeparable, SequenceCNN])
+@pytest.mark.parametrize("factory", [ConvBNStack, ResidualBN, DepthwiseSeparable, SequenceCNN,
+                                     Branches])
 def test_ordinary_models_quantize_within_a_point(factory, models):
     """§17: each rewrite keeps the float function, so at 8/8 the integer program's test
     accuracy is within one point of the float model's."""
@@ -213,16 +231,68 @@ def test_capped_relu_scale_is_at_most_the_cap(digits):
     assert not value.signed and value.scale * 255 <= 4 + 1e-12
 
 
-@pytest.mark.parametrize("factory, images, width", [
-    (SmallNet, 2, 4), (DepthwiseSeparable, 1, 8), (SequenceCNN, 1, 8)])
-def test_rewritten_models_run_bit_exactly_on_the_core(factory, images, width, models):
+@pytest.mark.parametrize("factory, images, width, bits", [
+    (SmallNet, 2, 4, 8), (DepthwiseSeparable, 1, 8, 8), (SequenceCNN, 1, 8, 8),
+    (Branches, 1, 4, 7)])  # u7 and s7 activations: one 8-bit signed array
+def test_rewritten_models_run_bit_exactly_on_the_core(factory, images, width, bits, models):
     """The rewritten forms compile to the core's ops and run there exactly as golden."""
     model, (x, _, x_test, _) = models(factory)
-    program = quantize_model(model, x, act_bits=8, weight_bits=8, act_calibration="max")
+    program = quantize_model(model, x, act_bits=bits, weight_bits=bits,
+                             act_calibration="max")
     pixels = to_pixels(x_test[:images])
     compiled = compile_program(program, width=width)
     logits = _run_core(_core(compiled), compiled, pixels, pause=0.2)
     assert torch.equal(logits, run_integer(program, pixels))
+
+
+def _values(program, *names):
+    """The integer tensors of the values ``names`` of ``program``, by running the program
+    cut after the op that writes each."""
+    def cut(name):
+        end = next(i for i, op in enumerate(program.ops) if op.output == name) + 1
+        ops = program.ops[:end]
+        values = {op.output: program.values[op.output] for op in ops}
+        return dataclasses.replace(program, values=values, ops=ops, output=name)
+    return [cut(name) for name in names]
+
+
+def test_concatenation_rescales_each_operand_to_the_output(digits, models):
+    """§17: ``torch.cat`` holds each operand's channels in order, each rescaled to the
+    output's scale and rounded to nearest: ``|y·σ_y − x·σ_x| ≤ σ_y/2``; the output is
+    signed (one operand is) and its range covers both operands' ranges."""
+    model, (x, _, x_test, _) = models(Branches)
+    program = quantize_model(model, x, act_bits=8, weight_bits=8, act_calibration="max")
+    pixels = to_pixels(x_test[:16])
+    a, b, cat = _values(program, "a", "b", "cat")
+    va, vb, vcat = (program.values[name] for name in ("a", "b", "cat"))
+    assert vcat.signed and not va.signed and vb.signed and vcat.shape == (10, 8, 8)
+    assert vcat.scale * 127 >= max(va.scale * 255, vb.scale * 127) * (1 - 1e-12)
+    ya, yb, y = (run_integer(p, pixels).double() for p in (a, b, cat))
+    assert (y[:, :4] * vcat.scale - ya * va.scale).abs().max() <= vcat.scale / 2 + 1e-12
+    assert (y[:, 4:] * vcat.scale - yb * vb.scale).abs().max() <= vcat.scale / 2 + 1e-12
+    assert ya.max() > 0 and yb.min() < 0
+
+
+def test_concatenation_of_one_scale_is_exact():
+    """§17: operands that share the output's format and scale are copied exactly (a
+    ``torch.cat`` of one tensor with itself, on features)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 6), nn.ReLU())
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = model, nn.Linear(12, 3)
+
+        def forward(self, x):
+            h = self.body(x)
+            return self.head(torch.cat((h, h), 1))
+    program = quantize_model(Twice().eval(), torch.rand(32, 16), act_bits=6, weight_bits=6,
+                             act_calibration="max")
+    h, cat = _values(program, "body.0", "cat")
+    pixels = torch.randint(0, 17, (8, 16))
+    yh, y = run_integer(h, pixels), run_integer(cat, pixels)
+    assert torch.equal(y, torch.cat((yh, yh), 1))
 
 
 class ManyRefusals(nn.Module):

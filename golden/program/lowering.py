@@ -88,7 +88,7 @@ def _refused(name: str, kind: str) -> ProgramError:
     elif short.startswith("conv"):  # Conv3d, ConvTranspose*, F.conv2d
         instead = "supported convolutions: nn.Conv2d and nn.Conv1d (any groups)"
     elif short in ("cat", "concat", "stack"):
-        instead = "concatenation is not supported"
+        instead = "supported: torch.cat along dim 1 (channels or features)"
     else:
         instead = "supported layers: olmac.golden.program.lowering.supported_layers()"
     return ProgramError(f"unsupported layer '{name}' ({kind}; {instead})")
@@ -156,6 +156,8 @@ def _classify(node: fx.Node, modules: dict) -> str:
             if len(node.args) != 1:
                 raise _unsupported(node.name, kind, "other than relu(x)")
             return "relu"
+        if target in _CATS:
+            return _check_cat(node, kind)
         if target in _FLATTEN or target == "flatten":
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
@@ -164,6 +166,24 @@ def _classify(node: fx.Node, modules: dict) -> str:
             return "flatten"
         raise _refused(node.name, kind)
     raise _refused(node.name, f"fx {node.op} {node.target}")
+
+
+_CATS = {torch.cat, torch.concat, torch.concatenate}
+
+
+def _check_cat(node: fx.Node, kind: str) -> str:
+    """``"cat"`` for a concatenation of tensors along the channels (dim 1) of ``(N, C, H,
+    W)`` or ``(N, F)``; raise naming any other."""
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    meta = node.meta.get("tensor_meta")
+    ndim = len(meta.shape) if meta is not None and hasattr(meta, "shape") else 0
+    if not (isinstance(tensors, (list, tuple)) and tensors
+            and all(isinstance(t, fx.Node) for t in tensors)) or ndim not in (2, 4) \
+            or not isinstance(dim, int) or dim % ndim != 1:
+        raise _unsupported(node.name, kind, "other than of tensors along dim 1, the channels "
+                           "of (N, C, H, W) or the features of (N, F)")
+    return "cat"
 
 
 def _check_pool(module: nn.Module, name: str, kind: str) -> None:
@@ -190,6 +210,7 @@ class _Step:
     relu: bool = False
     cap: float | None = None
     name: str = ""
+    operands: tuple = ()
 
     @property
     def last(self) -> fx.Node:
@@ -229,6 +250,9 @@ def _plan(graph: fx.Graph, kinds: dict, errors: list[str]) -> list[_Step]:
             continue
         elif kind == "output":
             continue
+        elif kind == "cat":
+            step = _Step("cat", [node], None, operands=tuple(node.args[0] if node.args
+                                                            else node.kwargs["tensors"]))
         else:
             step = _Step(kind, [node], node.args[0])
         for member_node in step.nodes:
@@ -392,7 +416,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
         raise ProgramError("the model must return one tensor")
     produced = {step.last for step in steps}
     for step in steps:
-        for node in (step.input, step.residual):
+        for node in (step.input, step.residual, *step.operands):
             if node is not None and node not in produced:
                 raise ProgramError(f"'{node.name}' is read by '{step.nodes[0].name}' but is "
                                    f"not the output of a supported op")
@@ -564,6 +588,8 @@ class _Lowering:
             self.ops.append(QuantizeInput(name, name, int(multiplier), int(shift)))
         elif step.kind == "gemm":
             self.ops.append(self.gemm(step))
+        elif step.kind == "cat":
+            self.concatenate(step)
         else:
             source = self.value_of[step.input]
             bits, signed, scale = (self.values[source].bits, self.values[source].signed,
@@ -586,6 +612,51 @@ class _Lowering:
                 kernel[0] * kernel[1] * self.values[name].scale))
             self.ops.append(AvgPool(name, source, name, kernel, stride, padding, int(multiplier),
                                     int(shift)))
+
+    def concatenate(self, step: _Step) -> None:
+        """``torch.cat`` along the channels (§17): one value in the operands' widest low
+        format (signed if any is), its scale the largest operand range over the format's
+        ``hi``; operand ``i`` enters through a 1×1 GEMM with 0/1 weights (a Linear's on
+        features) whose requantization rescales it to that scale and adds the earlier
+        operands' channels as its residual, exactly (``M_r·2^(t−s) = 1``)."""
+        node = step.nodes[0]
+        operands = [self.low(operand) for operand in step.operands]
+        sources = [self.values[operand] for operand in operands]
+        signed = any(source.signed for source in sources)
+        wide = node is self.result or (self.highway and node in self.residuals)
+        bits = HIGHWAY_BITS if wide else max(source.bits for source in sources)
+        hi = int_range(bits, signed)[1]
+        scale = max(source.scale * int_range(source.bits, source.signed)[1] / hi
+                    for source in sources) * self.clip.get(node.name, 1.0)
+        channels = sum(source.shape[0] for source in sources)
+        name = self.unique(node.name)
+        label = f"layer '{name}'"
+        zeros = torch.zeros(channels, dtype=torch.int64)
+        geometry = {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0)} \
+            if len(sources[0].shape) == 3 else {}
+        offset, previous = 0, None
+        for index, (operand, source) in enumerate(zip(operands, sources)):
+            part = name if index == len(operands) - 1 else self.unique(f"{name}.part{index}")
+            self.values[part] = Value((channels, *source.shape[1:]), bits, signed, scale)
+            weights = torch.zeros(source.shape[0], channels, dtype=torch.int64)
+            weights[:, offset:offset + source.shape[0]] = torch.eye(source.shape[0])
+            offset += source.shape[0]
+            multiplier, shift = _requant(label, torch.full((channels,), source.scale / scale,
+                                                           dtype=torch.float64))
+            extra = {}
+            if previous is not None:
+                residual_multiplier, residual_shift = _align_shifts(label, *_requant(
+                    label, torch.ones(channels, dtype=torch.float64)), shift)
+                extra = {"residual": previous, "residual_multiplier": residual_multiplier,
+                         "residual_shift": residual_shift}
+            self.ops.append(Gemm(
+                name=part, input=operand, output=part, layer="conv2d" if geometry else "linear",
+                in_features=source.shape[0], out_features=channels, scheme="mmse",
+                weight_bits=ACT_BITS[0], relu=False, bias=zeros, multiplier=multiplier,
+                shift=shift, weight_scale=torch.ones(channels, dtype=torch.float64),
+                weights=weights, **geometry, **extra))
+            previous = part
+        self.value_of[node] = name
 
     def weights(self, layer: str, weight: torch.Tensor, scheme: str) -> dict:
         label = f"layer '{layer}'"

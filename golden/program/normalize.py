@@ -65,6 +65,9 @@ SUPPORTED = (
     ("`nn.ReLU6`, `F.relu6`, `nn.Hardtanh(0, m)`, `torch.clamp(x, 0, m)` after a GEMM",
      "the requantizer's clamp, scale ≤ m/hi (§17)"),
     ("`a + b` (residual add) with a Linear/Conv2d operand", "fused into its requantization (§11)"),
+    ("`torch.cat([a, b, ...], 1)` on channels `(N, C, H, W)` or features `(N, F)`",
+     "each operand rescaled to the output's scale: 1×1 GEMMs of 0/1 weights chained by "
+     "their residual (§17)"),
     ("`nn.AvgPool2d`, `F.avg_pool2d` (padding ≤ kernel/2, `count_include_pad=True`)",
      "SUM over the zero-padded window + requantization (§12)"),
     ("`nn.AdaptiveAvgPool2d`, `F.adaptive_avg_pool2d` (output size dividing the input)",
