@@ -206,6 +206,13 @@ class FrameDecoder:
         return ready
 
 
+#: Device reports after which :meth:`SerialLink.request` sends its frame again: the frame
+#: was damaged, cut or crowded out on the way, so the device did not apply it (docs/host_link.md
+#: §4). ``REPLY_OVERFLOW`` is not among them: the same request would overflow again.
+RETRY_CODES = frozenset({ErrorCode.CRC, ErrorCode.LENGTH, ErrorCode.TRUNCATED,
+                         ErrorCode.FRAMING, ErrorCode.GARBAGE, ErrorCode.BUSY})
+
+
 class SerialLink:
     """Request/reply over a serial port: send one frame, wait for the device's answer.
 
@@ -213,6 +220,12 @@ class SerialLink:
     before returning. ``GARBAGE`` reports that arrive first (stray bytes before a frame
     are reported separately from the frame's own answer) are skipped; if no other answer
     follows, the ``GARBAGE`` report is raised at the timeout.
+
+    A request whose answer times out, or is one of :data:`RETRY_CODES`, is sent again, up to
+    ``attempts`` times in all; :attr:`last_attempts` says what each attempt of the latest
+    request met, and the error raised after the last one lists them. A reply lost on the
+    way back (timeout) means the device may have applied the request: commands are sent
+    again only because every board command is idempotent (docs/host_link.md §6).
 
     Parameters
     ----------
@@ -225,20 +238,26 @@ class SerialLink:
         Seconds to wait for a whole reply.
     max_payload : int
         Longest reply frame payload accepted.
+    attempts : int
+        Sends of one request at most, 1..16.
 
     Raises
     ------
+    TypeError
+        If ``attempts`` is not an integer in 1..16.
     serial.SerialException
         If the port cannot be opened.
     """
 
     def __init__(self, port: str, baudrate: int = 115200, *, timeout: float = 1.0,
-                 max_payload: int = MAX_LENGTH):
+                 max_payload: int = MAX_LENGTH, attempts: int = 3):
         import serial  # only the host link needs pyserial
 
+        self._attempts = check_int("Attempts", attempts, (1, 16))
         self._port_name = port
         self._timeout = timeout
         self._max_payload = max_payload
+        self.last_attempts = []
         self._serial = serial.serial_for_url(port, baudrate=baudrate, timeout=0.01)
 
     @property
@@ -292,6 +311,30 @@ class SerialLink:
         raise TimeoutError(f"No reply from {self._port_name} within {self._timeout} s")
 
     def request(self, payload: bytes) -> bytes:
-        """Send ``payload`` and return the application's reply (see :meth:`receive`)."""
-        self.send(payload)
-        return self.receive()
+        """Send ``payload`` and return the application's reply (see :meth:`receive`),
+        sending it again after a timeout or a retryable error report.
+
+        Raises
+        ------
+        LinkError, TimeoutError
+            As :meth:`receive` raises them, from the last attempt, when every attempt failed
+            or an error is not retryable; the message ends with what each attempt met.
+        """
+        self.last_attempts = []
+        while True:
+            self.send(payload)
+            try:
+                reply = self.receive()
+            except (LinkError, TimeoutError) as error:
+                retry = isinstance(error, TimeoutError) or error.code in RETRY_CODES
+                self.last_attempts.append(
+                    "timeout" if isinstance(error, TimeoutError) else getattr(
+                        error.code, "name", str(error.code)))
+                if not retry or len(self.last_attempts) == self._attempts:
+                    error.args = (f"{error.args[0]} ({len(self.last_attempts)} "
+                                  f"attempt{'s' if len(self.last_attempts) > 1 else ''}: "
+                                  f"{', '.join(self.last_attempts)})",)
+                    raise
+            else:
+                self.last_attempts.append("ok")
+                return reply

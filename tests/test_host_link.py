@@ -173,7 +173,8 @@ def test_serial_link_device_and_timeout():
         with SerialLink(name, 115200, timeout=0.3) as link:
             assert link.request(b"abc") == b"cba"
             thread.join()
-            with pytest.raises(TimeoutError, match=rf"^No reply from {name} within 0\.3 s$"):
+            with pytest.raises(TimeoutError, match=rf"^No reply from {name} within 0\.3 s "
+                                                   r"\(3 attempts: timeout, timeout, timeout\)$"):
                 link.request(b"abc")
     finally:
         os.close(device)
@@ -601,3 +602,96 @@ def test_serial_host_link_loopback():
     sim.add_testbench(host)
     sim.run()
     assert answers == [expected for _, expected in steps]
+
+
+# Retries ------------------------------------------------------------------------------------
+
+class _FakeSerial:
+    """A serial port whose device answers each request frame from a script: ``None`` (no
+    answer: the host times out), an error code (an error frame), ``b"..."`` (garbled bytes
+    in place of the answer) or ``"echo"`` (the reply is the request's payload reversed)."""
+
+    def __init__(self, script):
+        self._script = list(script)
+        self._decoder = FrameDecoder()
+        self._pending = b""
+        self.requests = 0
+
+    def write(self, data):
+        for payload in self._decoder.feed(data):
+            self.requests += 1
+            answer = self._script.pop(0)
+            if answer == "echo":
+                self._pending += encode_reply(payload[::-1])
+            elif isinstance(answer, bytes):
+                self._pending += answer
+            elif answer is not None:
+                self._pending += encode_error(answer)
+
+    def read(self, size):
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    @property
+    def in_waiting(self):
+        return len(self._pending)
+
+    def flush(self):
+        pass
+
+    def reset_input_buffer(self):
+        self._pending = b""
+
+    def close(self):
+        pass
+
+
+def _fake_link(monkeypatch, script, **options):
+    serial = pytest.importorskip("serial")
+    port = _FakeSerial(script)
+    monkeypatch.setattr(serial, "serial_for_url", lambda *args, **kwargs: port)
+    return SerialLink("fake://", timeout=0.05, **options), port
+
+
+def test_request_retries_after_damage_and_timeouts(monkeypatch):
+    """A CRC report, a lost answer and a garbled answer are each followed by a resend; the
+    fourth attempt's reply is returned and every attempt is reported."""
+    garbled = bytearray(encode_reply(b"xy"))
+    garbled[-1] ^= 0x01
+    link, port = _fake_link(monkeypatch, [ErrorCode.CRC, None, bytes(garbled), "echo"],
+                            attempts=4)
+    assert link.request(b"abc") == b"cba"
+    assert link.last_attempts == ["CRC", "timeout", "timeout", "ok"]
+    assert port.requests == 4
+
+
+def test_request_gives_up_after_its_attempts(monkeypatch):
+    """Attempts are bounded: after three BUSY reports the third one is raised, naming every
+    attempt, and no fourth frame is sent."""
+    link, port = _fake_link(monkeypatch, [ErrorCode.BUSY] * 3 + ["echo"])
+    with pytest.raises(LinkError, match=r"^device reported BUSY: .* \(3 attempts: BUSY, BUSY, "
+                                        r"BUSY\)$"):
+        link.request(b"abc")
+    assert port.requests == 3
+
+
+def test_request_does_not_retry_an_overflow(monkeypatch):
+    """REPLY_OVERFLOW would recur: it is raised after one attempt."""
+    link, port = _fake_link(monkeypatch, [ErrorCode.REPLY_OVERFLOW, "echo"])
+    with pytest.raises(LinkError, match=r"\(1 attempt: REPLY_OVERFLOW\)$"):
+        link.request(b"abc")
+    assert port.requests == 1
+
+
+def test_request_timeout_names_its_attempts(monkeypatch):
+    link, _ = _fake_link(monkeypatch, [None, None], attempts=2)
+    with pytest.raises(TimeoutError, match=r"^No reply from fake:// within 0\.05 s "
+                                           r"\(2 attempts: timeout, timeout\)$"):
+        link.request(b"abc")
+
+
+@pytest.mark.parametrize("attempts", [0, 17, 2.0])
+def test_serial_link_refuses_bad_attempts(monkeypatch, attempts):
+    with pytest.raises(TypeError, match=rf"^Attempts must be an integer in 1\.\.16, "
+                                        rf"not {attempts}$"):
+        _fake_link(monkeypatch, [], attempts=attempts)
