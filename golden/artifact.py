@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .program import OPS, IntegerProgram, ProgramError, Value, tensor_specs
+from .program import OPS, ActOutliers, IntegerProgram, ProgramError, Value, tensor_specs
 
 __all__ = ["FORMAT", "VERSION", "MANIFEST_FILE", "TENSORS_FILE", "ArtifactError", "save",
            "load", "manifest_checksum"]
@@ -25,14 +25,15 @@ __all__ = ["FORMAT", "VERSION", "MANIFEST_FILE", "TENSORS_FILE", "ArtifactError"
 #: The ``format`` field of every manifest.
 FORMAT = "olmac-integer-program"
 #: The version this module writes and the only one it reads (§14).
-VERSION = 2
+VERSION = 3
 MANIFEST_FILE = "program.json"
 TENSORS_FILE = "program.npz"
 
 _PAIRS = ("kernel", "stride", "padding")
 _TOP_FIELDS = ("format", "version", "tensors_file", "input", "values", "ops", "output",
                "manifest_sha256")
-_VALUE_FIELDS = ("shape", "bits", "signed", "scale")
+_VALUE_FIELDS = ("shape", "bits", "signed", "scale", "outliers")
+_OUTLIER_FIELDS = ("bits", "word_values", "block_words", "slots")
 _REF_FIELDS = ("key", "shape", "dtype", "sha256")
 
 
@@ -83,7 +84,9 @@ def save(program: IntegerProgram, directory: Path | str) -> Path:
         "input": {"shape": list(program.input_shape), "pixel_max": program.pixel_max,
                   "pixel_scale": program.pixel_scale},
         "values": {name: {"shape": list(value.shape), "bits": value.bits,
-                          "signed": value.signed, "scale": value.scale}
+                          "signed": value.signed, "scale": value.scale,
+                          "outliers": None if value.outliers is None else
+                          {name: getattr(value.outliers, name) for name in _OUTLIER_FIELDS}}
                    for name, value in program.values.items()},
         "ops": ops,
         "output": program.output,
@@ -168,8 +171,12 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
 def _value(name, entry) -> Value:
     where = f"artifact value '{name}'"
     entry = _fields(where, entry, _VALUE_FIELDS)
+    outliers = entry["outliers"]
+    if outliers is not None:
+        outliers = ActOutliers(**_fields(f"{where}: field 'outliers'", outliers,
+                                         _OUTLIER_FIELDS))
     return Value(_shape(where, "shape", entry["shape"]), entry["bits"], entry["signed"],
-                 entry["scale"])
+                 entry["scale"], outliers)
 
 
 def _op(index: int, entry, arrays: dict, used: set):

@@ -14,18 +14,20 @@ of docs/program.md, which continues docs/semantics.md (§1–§8) with §9–§1
 from .checks import check_program, tensor_specs
 from .float_view import run_fake_quant
 from .integer_program import IntegerProgram
-from .interpreter import run_integer, to_pixels
+from .interpreter import act_outlier_counts, run_integer, to_pixels
 from .kernels import im2col, pool_windows, requantize_residual_round_half_up
 from .lowering import (ACT_CALIBRATIONS, CLIP_FACTORS, MIN_ALIGNED_MULTIPLIER, MMSE_SAMPLES,
                        SEARCH_IMAGES, quantize_model)
 from .ops import OPS, AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
+from .outliers import OutlierCounts, keep_act_outliers, storage_shape, storage_words
 from .schemes import SCHEMES, WeightScheme
-from .types import ProgramError, TensorSpec, Value
+from .types import ActOutliers, ProgramError, TensorSpec, Value
 
 __all__ = [
     "SCHEMES", "WeightScheme", "MMSE_SAMPLES", "MIN_ALIGNED_MULTIPLIER",
     "ACT_CALIBRATIONS", "CLIP_FACTORS", "SEARCH_IMAGES",
-    "ProgramError", "Value",
+    "ProgramError", "Value", "ActOutliers", "OutlierCounts", "keep_act_outliers",
+    "storage_shape", "storage_words", "act_outlier_counts",
     "TensorSpec", "QuantizeInput", "Gemm", "AvgPool", "MaxPool", "Requantize", "Flatten",
     "OPS", "IntegerProgram", "tensor_specs", "check_program", "im2col", "pool_windows",
     "requantize_residual_round_half_up", "quantize_model", "run_integer", "run_fake_quant",

@@ -9,7 +9,7 @@ from olmac.spec import (ACT_BITS, BIAS_BITS, MULTIPLIER_BITS, OUT_BITS, RESIDUAL
 from ..formats import int_range
 from .ops import OPS, AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
 from .schemes import SCHEMES
-from .types import (ProgramError, TensorSpec, Value, check_field, check_pair,
+from .types import (ActOutliers, ProgramError, TensorSpec, Value, check_field, check_pair,
                     check_positive_finite)
 
 __all__ = ["tensor_specs", "check_program"]
@@ -140,6 +140,48 @@ def _check_shape(label: str, field_name: str, shape) -> None:
                            f"integers, not {shape!r}")
 
 
+#: Most values of one storage word and most words of one outlier block (§18).
+MAX_WORD_VALUES = 64
+MAX_BLOCK_WORDS = 256
+
+
+def _check_outliers(label: str, value: Value) -> None:
+    """The activation-outlier storage of a value (§18)."""
+    outliers = value.outliers
+    if not isinstance(outliers, ActOutliers):
+        raise ProgramError(f"{label}: field 'outliers' must be ActOutliers or None, not "
+                           f"{outliers!r}")
+    if not ACT_BITS[0] <= value.bits <= ACT_BITS[1]:
+        raise ProgramError(f"{label}: only a value of {ACT_BITS[0]}..{ACT_BITS[1]} bits keeps "
+                           f"activation outliers, not {value.format}")
+    check_field(label, "outliers.bits", outliers.bits, int, (value.bits + 1, OUT_BITS[1]))
+    check_field(label, "outliers.word_values", outliers.word_values, int,
+                (1, MAX_WORD_VALUES))
+    check_field(label, "outliers.block_words", outliers.block_words, int,
+                (1, MAX_BLOCK_WORDS))
+    if outliers.block_words & (outliers.block_words - 1):
+        raise ProgramError(f"{label}: field 'outliers.block_words' must be a power of two, "
+                           f"not {outliers.block_words}")
+    check_field(label, "outliers.slots", outliers.slots, int, (1, outliers.block_values))
+
+
+def _check_outlier_use(label: str, op, values: Mapping[str, Value]) -> None:
+    """Who may write and read a value with activation outliers (§18)."""
+    out = values[op.output]
+    if isinstance(op, Flatten):
+        if out.outliers != values[op.input].outliers:
+            raise ProgramError(f"{label}: output '{op.output}' must keep the activation "
+                               f"outliers of input '{op.input}' (the same words, §18)")
+        return
+    if isinstance(op, MaxPool) and out.outliers is not None:
+        raise ProgramError(f"{label}: a maxpool output cannot keep activation outliers (§18)")
+    readers = [op.residual] if isinstance(op, Gemm) else op.inputs
+    for name in readers:
+        if name is not None and values[name].outliers is not None:
+            raise ProgramError(f"{label}: reads '{name}', which keeps activation outliers; "
+                               f"only a GEMM input or a flatten reads such a value (§18)")
+
+
 def check_program(program) -> None:
     """Raise ``ProgramError`` unless ``program`` (an ``IntegerProgram``) keeps every rule
     of §9."""
@@ -154,6 +196,8 @@ def check_program(program) -> None:
         check_field(label, "bits", value.bits, int, OUT_BITS)
         check_field(label, "signed", value.signed, bool)
         check_positive_finite(label, "scale", value.scale)
+        if value.outliers is not None:
+            _check_outliers(label, value)
     if not isinstance(program.ops, tuple) or not program.ops:
         raise ProgramError("program: field 'ops' must be a non-empty tuple")
     produced = set()
@@ -179,6 +223,7 @@ def check_program(program) -> None:
             raise ProgramError(f"{label}: writes value '{op.output}' a second time")
         produced.add(op.output)
         out = values[op.output]
+        _check_outlier_use(label, op, values)
         shape = _expected_output_shape(op, label, values, program.input_shape)
         if out.shape != shape:
             raise ProgramError(f"{label}: output '{op.output}' has shape {out.shape}, "

@@ -9,15 +9,19 @@ from ..fake_quant import to_int_round_half_even
 from .integer_program import IntegerProgram
 from .kernels import from_rows, im2col, nchw_rows, pool_windows
 from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
-from .types import Value
+from .outliers import stored
 
 __all__ = ["run_fake_quant", "float_view"]
 
 
-def _fake(x: torch.Tensor, value: Value) -> torch.Tensor:
-    """``σ·clamp(round_half_even(x/σ), lo, hi)`` in float64 (semantics §5)."""
-    return to_int_round_half_even(x, value.scale, value.bits, value.signed).to(
-        torch.float64) * value.scale
+def _fake(x: torch.Tensor, program: IntegerProgram, name: str) -> torch.Tensor:
+    """``σ·clamp(round_half_even(x/σ), lo, hi)`` in float64 (semantics §5) for the value
+    ``name`` (``x`` is ``N×`` its shape); with activation outliers, clamped to the outlier
+    format and then stored as docs/program.md §18 stores it (the block rule saturates
+    what a block cannot keep)."""
+    value = program.values[name]
+    q = to_int_round_half_even(x, value.scale, value.produced_bits, value.signed)
+    return stored(program, name, q)[0].to(torch.float64) * value.scale
 
 
 @torch.no_grad()
@@ -37,7 +41,7 @@ def run_fake_quant(program: IntegerProgram, images: torch.Tensor) -> torch.Tenso
                 op.bias.to(torch.float64) * program.values[op.input].scale * weight_scale)
 
     return float_view(program, images.to(torch.float64),
-                      lambda name, x: _fake(x, program.values[name]), program_weights)
+                      lambda name, x: _fake(x, program, name), program_weights)
 
 
 def float_view(program: IntegerProgram, images: torch.Tensor,
@@ -45,7 +49,8 @@ def float_view(program: IntegerProgram, images: torch.Tensor,
                weights: Callable[[Gemm], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """The arithmetic of the float view (``run_fake_quant``) with its two choices given:
     ``fake(name, x)`` is the value ``name`` of real ``x`` (its fake quantization), and
-    ``weights(op)`` a GEMM's real ``K×N`` weight and ``N`` bias. Quantization-aware
+    ``weights(op)`` a GEMM's real ``K×N`` weight and ``N`` bias (``x`` is always ``N×`` the
+    value's shape). Quantization-aware
     training passes differentiable ones (straight-through, trained weights); the result
     has the dtype of ``images``."""
     x = images.reshape(len(images), *program.input_shape)
@@ -75,5 +80,5 @@ def float_view(program: IntegerProgram, images: torch.Tensor,
                 y = y + nchw_rows(env[op.residual])
             if op.relu:
                 y = y.clamp(min=0)
-            env[op.output] = from_rows(fake(op.output, y), n, out.shape)
+            env[op.output] = fake(op.output, from_rows(y, n, out.shape))
     return env[program.output]

@@ -11,9 +11,10 @@ from .integer_program import IntegerProgram
 from .kernels import from_rows, im2col, nchw_rows, pool_windows, \
     requantize_residual_round_half_up
 from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
+from .outliers import OutlierCounts, stored
 from .types import Value
 
-__all__ = ["to_pixels", "run_integer"]
+__all__ = ["to_pixels", "run_integer", "act_outlier_counts"]
 
 
 def to_pixels(images: torch.Tensor, pixel_scale: float = 1 / 16) -> torch.Tensor:
@@ -28,7 +29,7 @@ def to_pixels(images: torch.Tensor, pixel_scale: float = 1 / 16) -> torch.Tensor
 def _requantize_tensor(x: torch.Tensor, multiplier: int, shift: int, out: Value) -> torch.Tensor:
     """§3 elementwise with ``β = 0`` and one ``(M, s)``, on a tensor of any shape."""
     flat = requantize_round_half_up(x.reshape(-1, 1), 0, multiplier, shift,
-                                    out_bits=out.bits, out_signed=out.signed)
+                                    out_bits=out.produced_bits, out_signed=out.signed)
     return flat.reshape(x.shape)
 
 
@@ -45,7 +46,7 @@ def _check_pixels(program: IntegerProgram, pixels: torch.Tensor) -> torch.Tensor
 
 
 def run_integer(program: IntegerProgram, pixels: torch.Tensor) -> torch.Tensor:
-    """Execute the program on integer pixels exactly (§9–§13): ``N×F`` int64 logits.
+    """Execute the program on integer pixels exactly (§9–§13, §18): ``N×F`` int64 logits.
 
     ``pixels`` holds ``N`` images in ``0..pixel_max`` of ``input_shape`` (or flattened).
     The result is the output value, in its format (``s16``); its real value is
@@ -58,27 +59,45 @@ def run_integer(program: IntegerProgram, pixels: torch.Tensor) -> torch.Tensor:
     ValueError
         If ``pixels`` has the wrong shape or a pixel is outside ``0..pixel_max``.
     """
+    return _execute(program, pixels, {})
+
+
+def act_outlier_counts(program: IntegerProgram,
+                       pixels: torch.Tensor) -> dict[str, OutlierCounts]:
+    """What the block rule of §18 did on ``pixels`` (as for ``run_integer``), per value
+    with activation outliers that an op computes (flatten outputs share their input's)."""
+    counts: dict[str, OutlierCounts] = {}
+    _execute(program, pixels, counts)
+    return counts
+
+
+def _execute(program: IntegerProgram, pixels: torch.Tensor,
+             counts: dict[str, OutlierCounts]) -> torch.Tensor:
     x = _check_pixels(program, pixels)
     n = len(x)
     env: dict[str, torch.Tensor] = {}
     for op in program.ops:
         out = program.values[op.output]
         if isinstance(op, QuantizeInput):
-            env[op.output] = _requantize_tensor(x, op.multiplier, op.shift, out)
+            y = _requantize_tensor(x, op.multiplier, op.shift, out)
         elif isinstance(op, Requantize):
-            env[op.output] = _requantize_tensor(env[op.input], op.multiplier, op.shift, out)
+            y = _requantize_tensor(env[op.input], op.multiplier, op.shift, out)
         elif isinstance(op, Flatten):
-            env[op.output] = env[op.input].reshape(n, -1)
+            env[op.output] = env[op.input].reshape(n, -1)  # the same words (§18)
+            continue
         elif isinstance(op, MaxPool):
             source = program.values[op.input]
             lowest = int_range(source.bits, source.signed)[0]
-            env[op.output] = pool_windows(env[op.input], op.kernel, op.stride, op.padding,
-                                          lowest).amax(-1)
+            y = pool_windows(env[op.input], op.kernel, op.stride, op.padding,
+                             lowest).amax(-1)
         elif isinstance(op, AvgPool):
             sums = pool_windows(env[op.input], op.kernel, op.stride, op.padding).sum(-1)
-            env[op.output] = _requantize_tensor(sums, op.multiplier, op.shift, out)
+            y = _requantize_tensor(sums, op.multiplier, op.shift, out)
         else:
-            env[op.output] = _run_gemm(op, env, program.values[op.input], out, n)
+            y = _run_gemm(op, env, program.values[op.input], out, n)
+        env[op.output], value_counts = stored(program, op.output, y)
+        if value_counts is not None:
+            counts.setdefault(op.output, OutlierCounts()).add(value_counts)
     return env[program.output]
 
 
@@ -86,13 +105,15 @@ def _run_gemm(op: Gemm, env: dict, source: Value, out: Value, n: int) -> torch.T
     acts = env[op.input]
     if op.layer == "conv2d":
         acts = im2col(acts, op.kernel, op.stride, op.padding)
-    acc = op.weight_scheme.accumulate(acts, source.bits, source.signed)
+    acc = op.weight_scheme.accumulate(acts, source.bits, source.signed,
+                                      source.outliers and source.outliers.bits)
     if op.residual is None:
         y = requantize_round_half_up(acc, op.bias, op.multiplier, op.shift,
-                                     out_bits=out.bits, out_signed=out.signed, relu=op.relu)
+                                     out_bits=out.produced_bits, out_signed=out.signed,
+                                     relu=op.relu)
     else:
         y = requantize_residual_round_half_up(
             acc, op.bias, op.multiplier, op.shift, nchw_rows(env[op.residual]),
-            op.residual_multiplier, op.residual_shift, out_bits=out.bits,
+            op.residual_multiplier, op.residual_shift, out_bits=out.produced_bits,
             out_signed=out.signed, relu=op.relu)
     return from_rows(y, n, out.shape)

@@ -16,6 +16,7 @@ these (§17); ``supported_layers`` is the table of all of them.
 """
 
 import copy
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -35,11 +36,11 @@ from .kernels import im2col
 from .normalize import located, normalize, supported_layers
 from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
 from .schemes import SCHEMES
-from .types import ProgramError, Value
+from .types import ActOutliers, ProgramError, Value
 
 __all__ = ["MMSE_SAMPLES", "ACT_CALIBRATIONS", "CLIP_FACTORS", "SEARCH_IMAGES",
-           "MIN_ALIGNED_MULTIPLIER", "Trained", "quantize_model", "lowering_notes",
-           "supported_layers"]
+           "MIN_ALIGNED_MULTIPLIER", "MAX_ACT_OUTLIER_RATIO", "Trained", "quantize_model",
+           "lowering_notes", "supported_layers"]
 
 #: Most values of one activation tensor the MMSE calibration searches over (§13).
 MMSE_SAMPLES = 1 << 14
@@ -51,6 +52,9 @@ CLIP_FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 SEARCH_IMAGES = 512
 #: Least residual multiplier the shift alignment of a highway add may leave (§11).
 MIN_ALIGNED_MULTIPLIER = 1 << 8
+#: Largest fraction of a tensor's calibration values that may lie beyond its activation
+#: outlier threshold (§18).
+MAX_ACT_OUTLIER_RATIO = 0.1
 
 def _type_name(target) -> str:
     cls = target if isinstance(target, type) else type(target)
@@ -332,7 +336,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                    weight_outlier_bits: int | None = None, planes: int = 2,
                    syq_idx_bits: int = 1, syq_granularity: str = "row",
                    fine_tune: Callable[[IntegerProgram, dict[str, nn.Module], dict], Trained]
-                   | None = None) -> IntegerProgram:
+                   | None = None, act_outlier_ratio: float = 0.0,
+                   act_outliers: ActOutliers | None = None) -> IntegerProgram:
     """Lower ``model`` to an ``IntegerProgram`` (§9–§13), calibrated on ``calibration``.
 
     ``calibration``: real images ``N×input_shape`` (typically the training images); the
@@ -362,6 +367,13 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     layers with the learned activation scales (16-bit values by max-abs on the trained
     float model), without clipping search or bias correction.
 
+    ``act_outlier_ratio`` R (0..``MAX_ACT_OUTLIER_RATIO``; 0 = none) gives run-time
+    activation outliers (§18) to every low-width value that an op requantizes and only GEMMs
+    read (through flattens): its scale puts the largest fraction R of its calibration
+    values beyond the dense format, and they are stored as ``act_outliers`` says (by
+    default s16/u15 outliers, one slot per block of 8 words of 8 values, the storage of an
+    8-wide core).
+
     The model is first rewritten by ``normalize`` (§17): BatchNorm folded, Dropout/Identity
     and a trailing softmax dropped (``lowering_notes`` lists what was), reshapes, functional
     and adaptive pooling and capped ReLUs in the forms above.
@@ -376,8 +388,13 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     TypeError
         If a width is out of range.
     ValueError
-        If ``act_calibration`` is not one of ``ACT_CALIBRATIONS``.
+        If ``act_calibration`` is not one of ``ACT_CALIBRATIONS``, or
+        ``act_outlier_ratio`` is outside 0..``MAX_ACT_OUTLIER_RATIO``.
     """
+    if isinstance(act_outlier_ratio, bool) or not isinstance(act_outlier_ratio, (int, float)) \
+            or not 0 <= act_outlier_ratio <= MAX_ACT_OUTLIER_RATIO:
+        raise ValueError(f"act_outlier_ratio must be a number in 0..{MAX_ACT_OUTLIER_RATIO}, "
+                         f"not {act_outlier_ratio!r}")
     if act_calibration not in ACT_CALIBRATIONS:
         raise ValueError(f"act_calibration must be one of {', '.join(map(repr, ACT_CALIBRATIONS))}"
                          f", not {act_calibration!r}")
@@ -430,6 +447,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                "planes": planes, "syq_idx_bits": syq_idx_bits,
                "syq_granularity": syq_granularity}
 
+    outliers: dict[str, ActOutliers] = {}  # filled once the program's readers are known
+
     def lower(clip: dict[str, float], trained: Trained | None = None) -> IntegerProgram:
         lowering = _Lowering(
             modules=modules, floats=recorder.seen, result=result, act_bits=act_bits,
@@ -439,7 +458,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
             bias_correction=bias_correction and trained is None,
             scheme_of=(lambda name: scheme) if isinstance(scheme, str)
             else (lambda name: scheme.get(name, "mmse")),
-            options=options, clip=clip, cache=cache, trained=trained)
+            options=options, clip=clip, cache=cache, trained=trained,
+            act_outliers=outliers, act_outlier_ratio=act_outlier_ratio)
         lowering.residuals = {step.residual for step in steps if step.residual is not None}
         for step in steps:
             lowering.lower(step, pixel_max, pixel_scale)
@@ -447,6 +467,9 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                               lowering.values, tuple(lowering.ops), lowering.value_of[result])
 
     program = lower({})
+    if act_outlier_ratio > 0:
+        outliers.update(_outlier_values(program, act_outliers))
+        program = lower({})
     if act_calibration == "output":
         program = _search_clipping(program, lower, calibration, recorder.seen[result])
     if fine_tune is not None:
@@ -459,6 +482,45 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
         cache.clear()
         program = lower({}, trained)
     return program
+
+
+def _outlier_values(program: IntegerProgram,
+                    storage: ActOutliers | None) -> dict[str, ActOutliers]:
+    """The values that take activation outliers (§18) and how each stores them: every
+    low-width output of a GEMM, requantize or average pool that only GEMM inputs read
+    (through flattens, which then keep the same outliers). The outliers are s16 for a
+    signed value and u15 for an unsigned one, so that each is a 16-bit signed number."""
+    readers: dict[str, list] = {}
+    for op in program.ops:
+        for name in op.inputs:
+            readers.setdefault(name, []).append(op)
+
+    def flattened(name: str) -> list[str] | None:
+        """``name`` and the flatten outputs of it, or None if anything else reads them."""
+        names = [name]
+        for op in readers.get(name, []):
+            if isinstance(op, Flatten):
+                more = flattened(op.output)
+                if more is None:
+                    return None
+                names += more
+            elif not isinstance(op, Gemm) or op.input != name or op.residual == name:
+                return None
+        return names
+
+    chosen = {}
+    for op in program.ops:
+        value = program.values[op.output]
+        if not isinstance(op, (Gemm, Requantize, AvgPool)) or value.bits > ACT_BITS[1] \
+                or not readers.get(op.output):
+            continue
+        names = flattened(op.output)
+        if names is not None:
+            bits = HIGHWAY_BITS - (0 if value.signed else 1)
+            given = storage or ActOutliers(bits=bits, word_values=8, block_words=8, slots=1)
+            for name in names:
+                chosen[name] = replace(given, bits=bits)
+    return chosen
 
 
 @torch.no_grad()
@@ -479,6 +541,8 @@ def _search_clipping(program: IntegerProgram, lower, calibration: torch.Tensor,
     """
     inherited = {op.output for op in program.ops
                  if isinstance(op, (QuantizeInput, Flatten, MaxPool))}
+    # a value with activation outliers has the scale its outlier ratio sets (§18)
+    inherited |= {name for name, value in program.values.items() if value.outliers}
     names = [op.output for op in program.ops
              if program.values[op.output].bits <= ACT_BITS[1] and op.output not in inherited]
     stride = -(-len(calibration) // SEARCH_IMAGES)
@@ -505,6 +569,18 @@ def _search_clipping(program: IntegerProgram, lower, calibration: torch.Tensor,
     return program
 
 
+def _outlier_scale(x: torch.Tensor, bits: int, signed: bool, ratio: float) -> float:
+    """The scale whose dense format ends at the activation outlier threshold of ``x``
+    (§18): the ``⌈(1 − ratio)·n⌉``-th smallest ``|x|`` over ``hi`` (max-abs when that is
+    0)."""
+    magnitude = x.abs()
+    rank = max(1, math.ceil((1 - ratio) * len(magnitude)))
+    threshold = float(magnitude.kthvalue(rank).values)
+    if threshold <= 0:
+        return float(max_abs_scale(x, bits, signed=signed))
+    return threshold / int_range(bits, signed)[1]
+
+
 @dataclass
 class _Lowering:
     """The state of ``quantize_model`` while it emits ops in plan order."""
@@ -523,6 +599,8 @@ class _Lowering:
     cache: dict = field(default_factory=dict)
     trained: Trained | None = None
     residuals: set = field(default_factory=set)
+    act_outliers: dict = field(default_factory=dict)
+    act_outlier_ratio: float = 0.0
     values: dict = field(default_factory=dict)
     value_of: dict = field(default_factory=dict)
     low_of: dict = field(default_factory=dict)
@@ -540,6 +618,8 @@ class _Lowering:
         if bits <= ACT_BITS[1] and self.trained is not None and name in self.trained.scales:
             return float(self.trained.scales[name])
         x = self.floats[node].detach().to(torch.float64).reshape(-1)
+        if name in self.act_outliers:
+            return _outlier_scale(x, bits, signed, self.act_outlier_ratio)
         if bits > ACT_BITS[1]:
             peak = float(x.abs().max())
             return peak / int_range(bits, signed)[1] if peak > 0 else 1.0
@@ -559,7 +639,8 @@ class _Lowering:
 
     def add_value(self, node: fx.Node, name: str, bits: int, signed: bool,
                   scale: float) -> str:
-        self.values[name] = Value(tuple(self.floats[node].shape[1:]), bits, signed, scale)
+        self.values[name] = Value(tuple(self.floats[node].shape[1:]), bits, signed, scale,
+                                  self.act_outliers.get(name))
         self.value_of[node] = name
         return name
 
@@ -573,7 +654,8 @@ class _Lowering:
         if name not in self.low_of:
             copy = self.unique(f"{name}.low")
             scale = self.scale(node, self.act_bits, source.signed, copy)
-            self.values[copy] = Value(source.shape, self.act_bits, source.signed, scale)
+            self.values[copy] = Value(source.shape, self.act_bits, source.signed, scale,
+                                      self.act_outliers.get(copy))
             multiplier, shift = _requant(f"requantize '{copy}'", source.scale / scale)
             self.ops.append(Requantize(copy, name, copy, int(multiplier), int(shift)))
             self.low_of[name] = copy

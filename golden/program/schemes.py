@@ -57,11 +57,13 @@ class WeightScheme(ABC):
     def matrix(self) -> torch.Tensor:
         """The one ``K×N`` integer weight (int64) the accumulator equals a GEMM with."""
 
-    def accumulate(self, acts: torch.Tensor, act_bits: int, act_signed: bool) -> torch.Tensor:
+    def accumulate(self, acts: torch.Tensor, act_bits: int, act_signed: bool,
+                   act_outlier_bits: int | None = None) -> torch.Tensor:
         """``acc`` (``M×N``, int64) of the ``M×K`` activations in
-        ``s<act_bits>``/``u<act_bits>`` (§9): by default the GEMM with ``matrix()``."""
+        ``s<act_bits>``/``u<act_bits>`` (§9), with activation outliers up to
+        ``act_outlier_bits`` wide (§18): by default the GEMM with ``matrix()``."""
         return gemm(acts, self.matrix(), act_bits=act_bits, act_signed=act_signed,
-                    weight_bits=self._op.weight_bits)
+                    weight_bits=self._op.weight_bits, act_outlier_bits=act_outlier_bits)
 
     @classmethod
     @abstractmethod
@@ -139,9 +141,9 @@ class ValueAware(WeightScheme):
     def matrix(self):
         return self._op.weights.to(torch.int64) + self._op.weight_outliers.to(torch.int64)
 
-    def accumulate(self, acts, act_bits, act_signed):
+    def accumulate(self, acts, act_bits, act_signed, act_outlier_bits=None):
         return gemm(acts, self.matrix(), act_bits=act_bits, act_signed=act_signed,
-                    weight_bits=self._op.weight_bits,
+                    weight_bits=self._op.weight_bits, act_outlier_bits=act_outlier_bits,
                     weight_outlier_bits=self._op.weight_outlier_bits)
 
     @classmethod
@@ -183,9 +185,10 @@ class MultiTensor(WeightScheme):
             total = (total << self._op.plane_exponents[p - 1].to(torch.int64)) + planes[p]
         return total
 
-    def accumulate(self, acts, act_bits, act_signed):
+    def accumulate(self, acts, act_bits, act_signed, act_outlier_bits=None):
         accs = torch.stack([gemm(acts, plane, act_bits=act_bits, act_signed=act_signed,
-                                 weight_bits=self._op.weight_bits)
+                                 weight_bits=self._op.weight_bits,
+                                 act_outlier_bits=act_outlier_bits)
                             for plane in self._op.weights])
         return combine_plane_accumulators(accs, self._op.plane_exponents)
 

@@ -9,7 +9,7 @@ import torch
 
 from ..formats import format_name, int_range
 
-__all__ = ["ProgramError", "Value", "TensorSpec", "check_field", "check_pair",
+__all__ = ["ProgramError", "ActOutliers", "Value", "TensorSpec", "check_field", "check_pair",
            "check_positive_finite"]
 
 
@@ -19,18 +19,46 @@ class ProgramError(ValueError):
 
 
 @dataclass(frozen=True)
+class ActOutliers:
+    """How a value stores its run-time activation outliers (§18): values outside the dense
+    format are kept up to ``bits`` wide (the value's signedness), in blocks of
+    ``block_words`` storage words of ``word_values`` values, at most ``slots`` per block."""
+    bits: int
+    word_values: int
+    block_words: int
+    slots: int
+
+    @property
+    def block_values(self) -> int:
+        """Values per block, ``block_words·word_values``."""
+        return self.block_words * self.word_values
+
+
+@dataclass(frozen=True)
 class Value:
     """A tensor of the program (§9): per-sample ``shape`` (``(C, H, W)`` or ``(F,)``), the
     integer format ``s<bits>``/``u<bits>`` and the real ``scale`` σ it stands for
-    (value ``σ·q``; metadata for the float view, unused by the integer semantics)."""
+    (value ``σ·q``; metadata for the float view, unused by the integer semantics);
+    ``outliers`` when it keeps run-time activation outliers beyond that format (§18)."""
     shape: tuple[int, ...]
     bits: int
     signed: bool
     scale: float
+    outliers: ActOutliers | None = None
 
     @property
     def format(self) -> str:
-        return format_name(self.bits, self.signed)
+        if self.outliers is None:
+            return format_name(self.bits, self.signed)
+        dense, wide = (format_name(bits, self.signed) for bits in (self.bits,
+                                                                   self.outliers.bits))
+        return f"{dense}+{wide}"
+
+    @property
+    def produced_bits(self) -> int:
+        """The width an op computes this value at before storing it (§18): the outlier
+        width with outliers, else ``bits``."""
+        return self.bits if self.outliers is None else self.outliers.bits
 
 
 @dataclass(frozen=True)
