@@ -10,7 +10,8 @@ and nothing here imports another part of olmac.
 import enum
 
 __all__ = [
-    "ACT_BITS", "WEIGHT_BITS", "ARRAY_DIM", "STALL_SIXTEENTHS", "OUTLIER_BITS", "OUTLIER_LANES",
+    "ACT_BITS", "WEIGHT_BITS", "ACT_OUTLIER_RATIO",
+    "ARRAY_DIM", "STALL_SIXTEENTHS", "OUTLIER_BITS", "OUTLIER_LANES",
     "PLANE_SHIFT_BITS", "WEIGHT_SCHEMES", "CORE_SCHEMES", "BOARD_NAMES", "MULTIPLIERS",
     "REQUANTIZERS", "MEMORY_STYLES", "BOARD_BAUD",
     "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
@@ -46,6 +47,9 @@ MULTIPLIERS = ("dsp", "lut", "booth", "hybrid")
 REQUANTIZERS = ("parallel", "serial")
 MEMORY_STYLES = ("wide", "narrow")
 BOARD_BAUD = 115200
+#: Allowed fractions of a tensor's calibration values beyond its activation outlier
+#: threshold (docs/program.md §18), inclusive.
+ACT_OUTLIER_RATIO = (0.0, 0.1)
 #: Allowed requantized output widths (§1), inclusive.
 OUT_BITS = (2, 16)
 #: Width of the signed per-channel requantization multiplier and bias (§3).

@@ -26,7 +26,8 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from olmac.spec import ACT_BITS, BIAS_BITS, HIGHWAY_BITS, RESIDUAL_SHIFT_RANGE
+from olmac.spec import (ACT_BITS, ACT_OUTLIER_RATIO, BIAS_BITS, HIGHWAY_BITS,
+                        RESIDUAL_SHIFT_RANGE)
 from ..fake_quant import requant_params
 from ..formats import int_range
 from ..mmse import max_abs_scale, mmse_scale
@@ -54,7 +55,7 @@ SEARCH_IMAGES = 512
 MIN_ALIGNED_MULTIPLIER = 1 << 8
 #: Largest fraction of a tensor's calibration values that may lie beyond its activation
 #: outlier threshold (§18).
-MAX_ACT_OUTLIER_RATIO = 0.1
+MAX_ACT_OUTLIER_RATIO = ACT_OUTLIER_RATIO[1]
 
 def _type_name(target) -> str:
     cls = target if isinstance(target, type) else type(target)

@@ -16,7 +16,7 @@ from .common import UsageError
 def quantization_arguments(parser, default_model=None, own_models=True):
     """The options ``olmac quantize`` and ``olmac demo`` share."""
     # from olmac.spec, not golden/ or the compiler: `--help` must not wait for torch
-    from olmac.spec import ACT_BITS, WEIGHT_BITS, WEIGHT_SCHEMES
+    from olmac.spec import ACT_BITS, ACT_OUTLIER_RATIO, WEIGHT_BITS, WEIGHT_SCHEMES
     help_text = " or ".join(DEMO_MODELS)
     if own_models:
         help_text += ", or module:callable returning a trained nn.Module"
@@ -32,6 +32,27 @@ def quantization_arguments(parser, default_model=None, own_models=True):
                         help="value_aware: weight outliers per weight of a channel")
     parser.add_argument("--no-highway", action="store_true",
                         help="requantize residual paths to the low width (the ablation)")
+    parser.add_argument("--act-outlier-ratio", type=_ratio(ACT_OUTLIER_RATIO), default=0.0,
+                        help="run-time activation outliers: the fraction of each eligible "
+                             "tensor's calibration values kept beyond its dense range at 16 "
+                             f"bits (docs/program.md §18), {ACT_OUTLIER_RATIO[0]:g}.."
+                             f"{ACT_OUTLIER_RATIO[1]:g}; 0 = none")
+
+
+def _ratio(bounds):
+    """An argparse type: a number in ``bounds`` (inclusive), or a one-line usage error."""
+    import argparse
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not bounds[0] <= value <= bounds[1]:
+            raise argparse.ArgumentTypeError(f"must be a number in {bounds[0]:g}..{bounds[1]:g}"
+                                             f", not {text!r}")
+        return value
+    return parse
 
 
 def arguments(parser):
@@ -171,6 +192,7 @@ def run(args):
         program = quantize(model, calibration, act_bits=args.act_bits,
                            weight_bits=args.weight_bits, scheme=args.scheme,
                            highway=not args.no_highway, outlier_ratio=args.outlier_ratio,
+                           act_outlier_ratio=args.act_outlier_ratio,
                            pixel_max=args.pixel_max, pixel_scale=args.pixel_scale,
                            train_images=images, train_labels=labels, epochs=args.epochs,
                            lr=args.lr, seed=args.seed, report=report)
