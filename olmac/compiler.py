@@ -38,6 +38,7 @@ class _Stored:
     slots: np.ndarray
     pixels: tuple[int, int]       # (H, W) of an image tensor, (1, 1) for a flat one
     channel_words: int            # words per pixel
+    packed: bool = False          # in the packed memory (else the 16-bit one)
 
     @property
     def words(self) -> int:
@@ -210,17 +211,32 @@ def _pack(layout, value) -> int:
     return layout.const(value).as_value().value
 
 
+def _packable(program: IntegerProgram, act_bits: int, act_signed: bool) -> set[str]:
+    """The values stored in the packed memory (docs/network.md §15): every one that fits
+    an activation slot, except residuals (the residual port reads the 16-bit memory) and
+    the output; a flatten and its input share their words, so both or neither."""
+    wide = {program.output} | {op.residual for op in program.ops
+                               if isinstance(op, Gemm) and op.residual is not None}
+    for op in reversed(program.ops):
+        if isinstance(op, Flatten) and op.output in wide:
+            wide.add(op.input)
+    return {name for name, value in program.values.items() if name not in wide and
+            value.bits + (1 if act_signed and not value.signed else 0) <= act_bits}
+
+
 class _Compiler:
-    def __init__(self, program: IntegerProgram, width: int, array_bits):
+    def __init__(self, program: IntegerProgram, width: int, array_bits, packed: bool):
         self.program = program
         self.width = width
         self.array_bits = array_bits   # (weight, activation) bits, signedness of activations
+        self.packed = _packable(program, array_bits[1], array_bits[2]) if packed else set()
         self.errors: list[str] = []
         self.plane_shift = 0           # widest shift before a pass
         self.max_plane_shift = 0       # largest first-pass exponent
         self.act_shift = 0             # largest activation digit shift
         self.stored: dict[str, _Stored] = {}
         self.data_words = 0
+        self.packed_words = 0
         self.descriptors: list[dict] = []
         self.weight_beats: list[dict] = []   # per beat: dense tile and outliers
         self.param_words: list[list[dict]] = []
@@ -228,21 +244,63 @@ class _Compiler:
         self.max_k = 1
         self.outlier_bits = None
         self.max_outliers = 0
+        self.outlier_storage = None   # (block_words, slots) of the activation outliers
+        self.outlier_base: dict[str, int] = {}
+        self.outlier_blocks = 0
 
-    def allocate(self, slots: np.ndarray, pixels, channel_words) -> _Stored:
-        stored = _Stored(self.data_words, slots, pixels, channel_words)
-        self.data_words += stored.words
+    def allocate(self, slots: np.ndarray, pixels, channel_words, packed=False) -> _Stored:
+        if packed:
+            stored = _Stored(self.packed_words, slots, pixels, channel_words, True)
+            self.packed_words += stored.words
+        else:
+            stored = _Stored(self.data_words, slots, pixels, channel_words)
+            self.data_words += stored.words
         return stored
 
-    def allocate_value(self, name: str) -> _Stored:
+    def outliers(self, label: str, name: str, stored: _Stored, role: str) -> dict:
+        """The descriptor fields of value ``name``'s activation outliers (docs/program.md
+        §18) as an op's input (``role = "in"``) or output (``"out"``, which allocates its
+        blocks in the outlier memory); none for a value without them."""
         value = self.program.values[name]
+        if value.outliers is None:
+            return {}
+        storage = value.outliers
+        if storage.word_values != self.width:
+            raise CompileError(f"{label}: value '{name}' keeps activation outliers in words of "
+                               f"{storage.word_values} values; this core's words hold "
+                               f"{self.width} (quantize for width {self.width})")
+        layout = (storage.block_words, storage.slots)
+        if self.outlier_storage not in (None, layout):
+            raise CompileError(f"{label}: value '{name}' keeps {storage.slots} outliers per "
+                               f"{storage.block_words} words, another value "
+                               f"{self.outlier_storage[1]} per {self.outlier_storage[0]}: one "
+                               f"core has one outlier block format")
+        self.outlier_storage = layout
+        if value.bits + (1 if self.array_bits[2] and not value.signed else 0) \
+                > self.array_bits[1]:
+            raise CompileError(f"{label}: value '{name}' keeps activation outliers but is "
+                               f"wider than the array's {self.array_bits[1]}-bit activations "
+                               f"(digit passes would add each outlier once per pass)")
+        if role == "out":
+            self.outlier_base[name] = self.outlier_blocks
+            self.outlier_blocks += -(-stored.words // storage.block_words)
+            low, high = int_range(value.bits, value.signed)
+            return {"out_outliers": 1, "out_obase": self.outlier_base[name],
+                    "dense_low": low, "dense_high": high}
+        return {"in_outliers": 1, "in_obase": self.outlier_base[name]}
+
+    def allocate_value(self, name: str, pixels: bool = False) -> _Stored:
+        """Words for value ``name`` (or, with ``pixels``, the raw pixels of the input, which
+        are 16-bit)."""
+        value = self.program.values[name]
+        packed = name in self.packed and not pixels
         if len(value.shape) == 3:
             c, h, w = value.shape
             stored = self.allocate(_image_slots(c, h, w, self.width), (h, w),
-                                   -(-c // self.width))
+                                   -(-c // self.width), packed)
         else:
             slots = _flat_slots(value.shape[0], self.width)
-            stored = self.allocate(slots, (1, 1), len(slots))
+            stored = self.allocate(slots, (1, 1), len(slots), packed)
         self.stored[name] = stored
         return stored
 
@@ -257,7 +315,8 @@ class _Compiler:
 
     @staticmethod
     def bounds(value, relu=False) -> dict:
-        low, high = int_range(value.bits, value.signed)
+        """The requantizer's clamp: the value's format, or its outlier format (§18)."""
+        low, high = int_range(value.produced_bits, value.signed)
         return {"low": max(low, 0) if relu else low, "high": high}
 
     def uniform_params(self, multiplier: int, shift: int) -> int:
@@ -270,13 +329,16 @@ class _Compiler:
         out_value = self.program.values[out_name]
         if kernel == (1, 1) and stride == (1, 1):
             # elementwise: any layout, kept slot for slot
-            out = self.allocate(source.slots, source.pixels, source.channel_words)
+            out = self.allocate(source.slots, source.pixels, source.channel_words,
+                                out_name in self.packed)
             self.stored[out_name] = out
         else:
             out = self.allocate_value(out_name)
         (in_h, in_w), (out_h, out_w) = source.pixels, out.pixels
         self.descriptor(
-            label, kind, in_base=source.base, out_base=out.base, in_h=in_h, in_w=in_w,
+            label, kind, **self.outliers(label, out_name, out, "out"),
+            in_packed=int(source.packed), out_packed=int(out.packed), in_base=source.base,
+            out_base=out.base, in_h=in_h, in_w=in_w,
             in_words=source.channel_words, out_h=out_h, out_w=out_w,
             out_words=out.channel_words, out_pixels=out_h * out_w, kernel_h=kernel[0],
             kernel_w=kernel[1], stride_h=stride[0], stride_w=stride[1], pad_h=padding[0],
@@ -359,7 +421,10 @@ class _Compiler:
             residual = {"residual": 1, "res_base": self.stored[op.residual].base,
                         "res_signed": int(residual_value.signed)}
         self.descriptor(
-            label, OpKind.GEMM, in_base=source.base, out_base=out.base,
+            label, OpKind.GEMM, **self.outliers(label, op.input, source, "in"),
+            **self.outliers(label, op.output, out, "out"), in_packed=int(source.packed),
+            out_packed=int(out.packed), in_base=source.base,
+            out_base=out.base,
             in_h=in_pixels[0], in_w=in_pixels[1], in_words=in_words,
             out_h=out_pixels[0], out_w=out_pixels[1], out_words=out.channel_words,
             out_pixels=out_pixels[0] * out_pixels[1], kernel_h=kh, kernel_w=kw,
@@ -393,7 +458,7 @@ class _Compiler:
     def compile(self) -> None:
         program = self.program
         first = program.ops[0]
-        pixels = self.allocate_value(first.output)  # the raw pixels, laid out as the input
+        pixels = self.allocate_value(first.output, pixels=True)  # laid out as the input
         self.pixels = pixels
         del self.stored[first.output]
         self.descriptor("load", OpKind.LOAD, out_base=pixels.base, count=pixels.words)
@@ -432,6 +497,8 @@ class _Compiler:
                            kernel=op.kernel, stride=op.stride, padding=op.padding)
         elif isinstance(op, Flatten):
             self.stored[op.output] = self.stored[op.input]  # same words, same slots
+            if op.input in self.outlier_base:  # and the same outlier blocks (§18)
+                self.outlier_base[op.output] = self.outlier_base[op.input]
         elif isinstance(op, Gemm):
             self.gemm(label, op)
         else:
@@ -440,7 +507,8 @@ class _Compiler:
 
 def compile_program(program: IntegerProgram, *, width: int = 8,
                     weight_outlier_slots: int | None = None,
-                    array_bits: tuple[int, int] | None = None) -> CompiledNetwork:
+                    array_bits: tuple[int, int] | None = None, act_outlier_lanes: int = 1,
+                    packed: bool = True) -> CompiledNetwork:
     """Compile ``program`` for a :class:`NetworkCore` of ``width × width`` MACs.
 
     ``array_bits`` = ``(W, A)`` fixes the array's dense operand widths: weights ``s<W>``,
@@ -450,7 +518,12 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     layers: one per plane): activations as wide as the widest GEMM input (unsigned if every
     GEMM input is), weights as the widest GEMM weight. One weight-outlier lane when a layer
     is value-aware, with as many slots per weight word as the fullest beat needs (or
-    ``weight_outlier_slots``). Memories are exactly as deep as the program.
+    ``weight_outlier_slots``), and ``act_outlier_lanes`` activation-outlier lanes with an
+    outlier memory when a value keeps activation outliers (docs/program.md §18). With
+    ``packed`` every value that fits the array's activation slot (all but the pixels, the
+    highway tensors, the residuals, the logits and values read in digit passes) is stored
+    in a packed memory of ``act_bits``-bit slots (docs/network.md §15); without, every
+    value takes 16-bit slots. Memories are exactly as deep as the program.
 
     Raises
     ------
@@ -459,8 +532,9 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     CompileError
         For every op the core cannot run, one line each: a feature map or kernel beyond
         the descriptor fields, a layer whose passes do not fit (too many, or no order for
-        a multi-tensor layer's exponents); or a beat with more weight outliers than
-        ``weight_outlier_slots``, or a core configuration the program cannot have.
+        a multi-tensor layer's exponents), activation outliers in words of another width,
+        in two block formats or read in digit passes; or a beat with more weight outliers
+        than ``weight_outlier_slots``, or a core configuration the program cannot have.
     """
     if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 64:
         raise TypeError(f"width must be an integer in 1..64, not {width!r}")
@@ -477,7 +551,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                       for b in array_bits)):
         raise TypeError(f"array_bits must be a pair (weight bits, activation bits) of "
                         f"integers in 2..8, not {array_bits!r}")
-    compiler = _Compiler(program, width, (array_bits[0], array_bits[1], act_signed))
+    compiler = _Compiler(program, width, (array_bits[0], array_bits[1], act_signed), packed)
     compiler.compile()
     slots = compiler.max_outliers if compiler.outlier_bits else 0
     if weight_outlier_slots is not None:
@@ -494,6 +568,10 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                        max_plane_shift=compiler.max_plane_shift)
     if compiler.act_shift:
         options.update(act_shift_bits=compiler.act_shift.bit_length())
+    if compiler.outlier_storage is not None:
+        block_words, act_slots = compiler.outlier_storage
+        options.update(act_outlier_lanes=act_outlier_lanes, act_outlier_block_words=block_words,
+                       act_outlier_slots=act_slots, outlier_depth=compiler.outlier_blocks)
     for name, bits, limits in (("a plane shift", options.get("plane_shift_bits", 0),
                                 PLANE_SHIFT_BITS),
                                ("an activation shift", options.get("act_shift_bits", 0),
@@ -504,7 +582,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         config = NetworkCore.Config(
             width=width, act_bits=array_bits[1], act_signed=act_signed,
             weight_bits=array_bits[0], max_k=compiler.max_k,
-            data_depth=max(compiler.data_words, 1),
+            data_depth=max(compiler.data_words, 1), packed_depth=compiler.packed_words,
             weight_depth=max(len(compiler.weight_beats), 1),
             param_depth=len(compiler.param_words),
             program_depth=len(compiler.descriptors), **options)
@@ -525,7 +603,10 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
             word.update(act_shift=beat["act_shift"], act_low=beat["act_low"])
         weight_words.append(_pack(layouts["weights"], word))
     contents = dict(
-        program=[_pack(layouts["program"], d) for d in compiler.descriptors],
+        # a core without a packed memory has no in_packed/out_packed fields (all 0)
+        program=[_pack(layouts["program"], {name: value for name, value in d.items()
+                                            if name in layouts["program"].members})
+                 for d in compiler.descriptors],
         weights=weight_words,
         params=[_pack(layouts["params"], p) for p in compiler.param_words])
     return CompiledNetwork(config, contents, compiler.input_slots, compiler.output_slots,

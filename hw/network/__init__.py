@@ -9,8 +9,8 @@ classifies one image per pass.
 
 :class:`NetworkCore` (``core``) wires the parts: the :class:`Sequencer`, ``LOAD``/``STORE``
 (``transfers``), the beat and output walks (``walks``), the reducer, the requantizer's
-parameter feed and the write-back (``compute``), and the memories in a wide or a narrow
-variant (``memories``).
+parameter feed and the write-back (``compute``), the memories in a wide or a narrow
+variant (``memories``), and the activation-outlier store (``outliers``).
 """
 
 from .compute import ParamFeed, Reducer, WriteBack
@@ -20,6 +20,8 @@ from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSE
                       ControlSignature, LoadBeat, LoadTarget, OpDescriptor, OpKind,
                       SideRequest, SideWords, VectorBeat, WeightWord)
 from .memories import NarrowMemories, WideMemories
+from .outliers import ActOutlierStore
+from .packed import PackedMemory
 from .sequencer import Sequencer
 from .transfers import Loader, Storer
 from .walks import BeatWalk, OutputWalk
@@ -28,4 +30,5 @@ __all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget",
            "ControlSignature", "VectorBeat", "SideRequest", "SideWords", "WeightWord",
            "STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
            "Sequencer", "Loader", "Storer", "BeatWalk", "OutputWalk", "Reducer", "ParamFeed",
-           "WriteBack", "WideMemories", "NarrowMemories"]
+           "WriteBack", "WideMemories", "NarrowMemories", "ActOutlierStore",
+           "PackedMemory"]

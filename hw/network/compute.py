@@ -158,7 +158,7 @@ class WriteBack(wiring.Component):
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
             "results": In(stream.Signature(config.requantizer_config.out_layout)),
-            "write": In(WritePort.Signature(addr_width=ceil_log2(config.data_depth),
+            "write": In(WritePort.Signature(addr_width=ceil_log2(config.address_depth),
                                             shape=config.layouts["data"])),
             "done": Out(1),
         })

@@ -8,15 +8,17 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import ARRAY_DIM, check_int
+from olmac.spec import ARRAY_DIM, OUTLIER_LANES, check_int
 from ..mac_array import MacArray
 from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
 from .compute import ParamFeed, Reducer, WriteBack
-from .layouts import (ACT_SHIFT_BITS, MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS,
-                      WINDOW_GROWTH, ChannelWord, LoadBeat, LoadTarget, OpDescriptor, OpKind,
-                      WeightWord)
+from .layouts import (ACT_SHIFT_BITS, MEMORY_STYLES, OUTLIER_VALUE_BITS, REQUANTIZERS,
+                      STORAGE_BITS, WINDOW_GROWTH, ChannelWord, LoadBeat, LoadTarget,
+                      OpDescriptor, OpKind, OutlierBlock, WeightWord)
 from .memories import NarrowMemories, WideMemories
+from .outliers import ActOutlierStore
+from .packed import PackedMemory
 from .sequencer import Sequencer
 from .transfers import Loader, Storer
 from .walks import BeatWalk, OutputWalk
@@ -114,6 +116,18 @@ class NetworkCore(wiring.Component):
         act_shift_bits : int
             Width of a weight word's activation shift, 0..4 (0: none): a layer whose
             activations are wider than ``act_bits`` runs one pass per activation digit.
+        act_outlier_lanes : int
+            Activation-outlier multipliers of the array (0: no run-time activation
+            outliers, docs/program.md §18), 0..16; a beat with more outliers than lanes
+            takes a cycle more per further group.
+        act_outlier_block_words, act_outlier_slots : int
+            Words per outlier block (a power of two, 1..256) and outliers each block keeps
+            (1..``block_words·width``); a beat carries up to ``act_outlier_slots``.
+        outlier_depth : int
+            Blocks of the outlier memory, 1..65536.
+        packed_depth : int
+            Words of the packed activation memory (``width`` slots of ``act_bits`` bits),
+            0..65536; 0: every activation in the 16-bit memory.
         requantizer : str
             ``"parallel"`` (default): a :class:`Requantizer` with ``2·width`` wide
             multipliers, one vector a cycle. ``"serial"``: a :class:`SerialRequantizer`,
@@ -153,9 +167,23 @@ class NetworkCore(wiring.Component):
         requantizer: str = "parallel"
         memories: str = "wide"
         multipliers: str = "lut"
+        act_outlier_lanes: int = 0
+        act_outlier_block_words: int = 8
+        act_outlier_slots: int = 1
+        outlier_depth: int = 1
+        packed_depth: int = 0
 
         def __post_init__(self):
             check_int("Width", self.width, ARRAY_DIM)
+            check_int("act_outlier_lanes", self.act_outlier_lanes, OUTLIER_LANES)
+            check_int("act_outlier_block_words", self.act_outlier_block_words, (1, 256))
+            if self.act_outlier_block_words & (self.act_outlier_block_words - 1):
+                raise ValueError(f"act_outlier_block_words must be a power of two, not "
+                                 f"{self.act_outlier_block_words}")
+            check_int("act_outlier_slots", self.act_outlier_slots,
+                      (1, self.act_outlier_block_words * self.width))
+            check_int("outlier_depth", self.outlier_depth, (1, 65536))
+            check_int("packed_depth", self.packed_depth, (0, 65536))
             if self.requantizer not in REQUANTIZERS:
                 raise ValueError(f"requantizer must be one of "
                                  f"{', '.join(map(repr, REQUANTIZERS))}, not "
@@ -179,7 +207,9 @@ class NetworkCore(wiring.Component):
                 weight_outlier_bits=self.weight_outlier_bits,
                 weight_outlier_slots=self.weight_outlier_slots,
                 plane_shift_bits=self.plane_shift_bits, max_plane_shift=self.max_plane_shift,
-                multipliers=self.multipliers)
+                multipliers=self.multipliers, act_outlier_lanes=self.act_outlier_lanes,
+                act_outlier_bits=OUTLIER_VALUE_BITS,
+                act_outlier_slots=self.act_outlier_slots if self.act_outlier_lanes else None)
             return replace(least, acc_width=max(least.acc_width,
                                                 STORAGE_BITS + 1 + WINDOW_GROWTH))
 
@@ -217,11 +247,29 @@ class NetworkCore(wiring.Component):
             activation shift), ``params`` (a :class:`ChannelWord` per
             column) and ``data`` (16-bit slots)."""
             return {
-                "program": OpDescriptor(self.data_depth, self.weight_depth, self.param_depth),
+                "program": OpDescriptor(self.address_depth, self.weight_depth,
+                                        self.param_depth,
+                                        self.outlier_depth if self.act_outlier_lanes else 0,
+                                        packed=bool(self.packed_depth)),
                 "weights": WeightWord(self.array.weight_layout, self.act_shift_bits),
                 "params": data.ArrayLayout(ChannelWord(), self.width),
                 "data": data.ArrayLayout(unsigned(STORAGE_BITS), self.width),
             }
+
+        @property
+        def address_depth(self) -> int:
+            """Words an activation address reaches: the deeper of the 16-bit and the packed
+            memory (each value lives in one of them)."""
+            return max(self.data_depth, self.packed_depth)
+
+        @property
+        def outlier_layout(self) -> OutlierBlock | None:
+            """A word of the outlier memory (one block's slots), or ``None`` without
+            activation outliers."""
+            if not self.act_outlier_lanes:
+                return None
+            return OutlierBlock(self.act_outlier_block_words * self.width,
+                                self.act_outlier_slots)
 
         @property
         def load_layout(self) -> LoadBeat:
@@ -343,12 +391,28 @@ class NetworkCore(wiring.Component):
         wiring.connect(m, outputs.requests, memories.side)
         wiring.connect(m, memories.side_words, feed.words)
         wiring.connect(m, feed.params, requantizer.params)
-        wiring.connect(m, requantizer.out, write_back.results)
+        if config.act_outlier_lanes:
+            m.submodules.outliers = outliers = ActOutlierStore(config)
+            wiring.connect(m, sequencer.control, outliers.control)
+            wiring.connect(m, requantizer.out, outliers.results)
+            wiring.connect(m, outliers.dense, write_back.results)
+            wiring.connect(m, beats.outliers_read, outliers.read)
+            m.d.comb += outliers.image_start.eq(sequencer.control.start &
+                                                (sequencer.op_index == 0))
+        else:
+            wiring.connect(m, requantizer.out, write_back.results)
 
         # STORE and the beat walk never run together, nor LOAD and the write-back: each pair
         # takes turns on one activation memory port.
         kind = sequencer.control.op.kind
-        _share(m, memories.operand, kind == OpKind.STORE, storer.read, beats.operand)
-        _share(m, memories.write, kind == OpKind.LOAD, loader.write, write_back.write)
+        operand, write = beats.operand, write_back.write
+        if config.packed_depth:
+            m.submodules.packed = packed = PackedMemory(config)
+            wiring.connect(m, sequencer.control, packed.control)
+            wiring.connect(m, beats.operand, packed.operand)
+            wiring.connect(m, write_back.write, packed.write)
+            operand, write = packed.wide_operand, packed.wide_write
+        _share(m, memories.operand, kind == OpKind.STORE, storer.read, operand)
+        _share(m, memories.write, kind == OpKind.LOAD, loader.write, write)
         m.d.comb += beats.granted.eq(memories.granted)
         return m

@@ -14,7 +14,7 @@ __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BIT
            "WINDOW_GROWTH", "CHUNK_BITS", "WeightWord",
            "REQUANTIZERS", "MEMORY_STYLES", "OpKind", "OpDescriptor", "ChannelWord",
            "LoadTarget", "LoadBeat", "is_compute", "ControlSignature", "VectorBeat", "SideRequest",
-           "SideWords"]
+           "SideWords", "OUTLIER_VALUE_BITS", "OutlierSlot", "OutlierBlock"]
 
 #: Every activation memory slot is as wide as a highway tensor, so one is stored whole and a
 #: low-width tensor sits in the low bits (docs/network.md §15).
@@ -33,6 +33,9 @@ WINDOW_GROWTH = 8
 #: Bits of one row of a narrow memory (``memories="narrow"``): an iCE40 block RAM is 16 bits
 #: wide at its full depth of 256 words.
 CHUNK_BITS = 16
+#: Width of a stored activation outlier (docs/program.md §18): a 16-bit signed number (an
+#: unsigned value's outliers are u15).
+OUTLIER_VALUE_BITS = HIGHWAY_BITS
 #: Choices of the ``requantizer`` and ``memories`` options of ``NetworkCore.Config``.
 REQUANTIZERS = spec.REQUANTIZERS
 MEMORY_STYLES = spec.MEMORY_STYLES
@@ -58,11 +61,21 @@ def is_compute(kind):
 
 
 class OpDescriptor(data.StructLayout):
-    """One op of a program; addresses are in words of the memory named."""
+    """One op of a program; addresses are in words of the memory named. With a packed
+    activation memory (``packed``), whether the op's input and output are packed (their
+    addresses are then in that memory); with an outlier memory (``outlier_depth``), whether
+    they keep activation outliers (docs/program.md §18), their blocks' bases and the dense
+    range of the output."""
 
-    def __init__(self, data_depth, weight_depth, param_depth):
+    def __init__(self, data_depth, weight_depth, param_depth, outlier_depth=0, packed=False):
         dim = range(MAX_DIM + 1)
         kernel = range(MAX_KERNEL + 1)
+        outliers = {"in_packed": unsigned(1), "out_packed": unsigned(1)} if packed else {}
+        if outlier_depth:
+            outliers |= {"in_outliers": unsigned(1), "in_obase": range(outlier_depth),
+                        "out_outliers": unsigned(1), "out_obase": range(outlier_depth),
+                        "dense_low": signed(STORAGE_BITS + 1),
+                        "dense_high": signed(STORAGE_BITS + 1)}
         super().__init__({
             "kind": OpKind,
             "final": unsigned(1),
@@ -85,6 +98,7 @@ class OpDescriptor(data.StructLayout):
             "high": signed(STORAGE_BITS + 1),
             "weight_base": range(weight_depth),
             "param_base": range(param_depth),
+            **outliers,
         })
 
 
@@ -172,3 +186,22 @@ class SideWords(data.StructLayout):
     def __init__(self, channels):
         super().__init__({"channels": data.ArrayLayout(ChannelWord(), channels),
                           "residuals": data.ArrayLayout(unsigned(STORAGE_BITS), channels)})
+
+
+class OutlierSlot(data.StructLayout):
+    """One kept activation outlier of a block (docs/program.md §18): its ``position`` in the
+    block (``word·width + lane``) and its value; an empty slot holds the value 0, which is
+    never an outlier."""
+
+    def __init__(self, block_values):
+        super().__init__({"position": range(max(block_values, 2)),
+                          "value": signed(OUTLIER_VALUE_BITS)})
+
+
+class OutlierBlock(data.StructLayout):
+    """A word of the outlier memory: the ``slots`` of one block and the image ``parity`` it
+    was written in (a block of the other parity is stale: its slots read as empty)."""
+
+    def __init__(self, block_values, slots):
+        super().__init__({"parity": unsigned(1),
+                          "slots": data.ArrayLayout(OutlierSlot(block_values), slots)})

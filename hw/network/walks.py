@@ -5,7 +5,7 @@ from amaranth.hdl import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from .layouts import STORAGE_BITS, ControlSignature, OpKind, SideRequest, VectorBeat, is_compute
 
@@ -67,6 +67,12 @@ class BeatWalk(wiring.Component):
     the reducer (``vector``); padded taps read as zeros (a MAX's as the lowest lane value,
     below every slot), ``last`` closes each output.
 
+    With activation outliers (docs/program.md §18) a GEMM whose input keeps them also reads
+    the block of each activation word from the outlier memory (``outliers_read``), in the
+    same register stage: the block's kept outliers that belong to this word go to the
+    array's outlier slots (valid ones first) and their dense lanes read 0, so the array
+    adds each outlier once (semantics.md §6).
+
     Parameters
     ----------
     config : NetworkCore.Config
@@ -90,17 +96,25 @@ class BeatWalk(wiring.Component):
         A SUM's or MAX's beats.
     gemm_beats : Out(32)
         Beats the array has taken since reset.
+    outliers_read : In(ReadPort.Signature(...))
+        With activation outliers: the outlier memory's read port (driven here).
     """
 
     def __init__(self, config):
         word, weight_layout = config.layouts["data"], config.layouts["weights"]
+        self._config = config
         self._width = config.width
         self._weight_depth = config.weight_depth
         self._act_bits = config.act_bits
         self._act_shift_bits = config.act_shift_bits
+        outliers = {}
+        if config.act_outlier_lanes:
+            outliers["outliers_read"] = In(ReadPort.Signature(
+                addr_width=ceil_log2(config.outlier_depth), shape=config.outlier_layout))
         super().__init__({
+            **outliers,
             "control": In(ControlSignature(config.layouts["program"])),
-            "operand": In(ReadPort.Signature(addr_width=ceil_log2(config.data_depth),
+            "operand": In(ReadPort.Signature(addr_width=ceil_log2(config.address_depth),
                                              shape=word)),
             "weights_read": In(ReadPort.Signature(addr_width=ceil_log2(config.weight_depth),
                                                   shape=weight_layout)),
@@ -137,7 +151,9 @@ class BeatWalk(wiring.Component):
         ]
         padding = (iy < 0) | (iy >= op.in_h) | (ix < 0) | (ix >= op.in_w)
         # Out of range under padding; the padded operand is zeroed after the read.
-        address = op.in_base + (iy * op.in_w + ix) * op.in_words + Mux(is_gemm, ci, tile)
+        offset = Signal(range(self._config.address_depth))
+        m.d.comb += offset.eq((iy * op.in_w + ix) * op.in_words + Mux(is_gemm, ci, tile))
+        address = op.in_base + offset
         # Weights follow the beat order tile by tile, so a pointer replaces a multiplier.
         weight_pointer = Signal(range(self._weight_depth))
         tile_weights = Signal(range(self._weight_depth))
@@ -163,6 +179,7 @@ class BeatWalk(wiring.Component):
             m.d.sync += valid.eq(0)
         with m.Elif(advance):
             m.d.sync += [valid.eq(left & self.granted), padded.eq(padding), last.eq(end_of_pixel)]
+        outlier_lanes = self._outliers(m, op, offset, advance, padded)
         m.d.comb += [
             self.operand.addr.eq(address),
             self.operand.en.eq(advance),
@@ -186,7 +203,8 @@ class BeatWalk(wiring.Component):
         for lane in range(self._width):
             slot = operand[lane]
             m.d.comb += [
-                self.act.payload.data[lane].eq(Mux(padded, 0, self._digit(slot))),
+                self.act.payload.data[lane].eq(Mux(padded | outlier_lanes[lane], 0,
+                                                   self._digit(slot))),
                 self.vector.payload.lanes[lane].eq(
                     Mux(padded, pad_value, Mux(op.in_signed, slot.as_signed(), slot))),
             ]
@@ -202,6 +220,43 @@ class BeatWalk(wiring.Component):
         word = self.weights_read.data
         digit = (slot >> word.act_shift)[:self._act_bits]
         return Cat(digit[:-1], digit[-1] & ~word.act_low)
+
+    def _outliers(self, m, op, offset, advance, padded):
+        """Reads the block of the word at ``offset`` of an input with activation outliers
+        and hands the word's kept outliers to the array's slots, valid ones first. Returns,
+        per lane, whether an outlier replaces the dense value there."""
+        config, width = self._config, self._width
+        if not config.act_outlier_lanes:
+            return [Const(0)] * width
+        block_shift = exact_log2(config.act_outlier_block_words)
+        word = Signal(range(config.act_outlier_block_words))
+        read = self.outliers_read
+        m.d.comb += [read.addr.eq(op.in_obase + (offset >> block_shift)), read.en.eq(advance)]
+        with m.If(advance):
+            m.d.sync += word.eq(offset[:block_shift] if block_shift else 0)
+        lane_bits = exact_log2(width) if width & (width - 1) == 0 else None
+        matches = []
+        for slot in read.data.slots:
+            if lane_bits is not None:
+                in_word, lane = slot.position[lane_bits:], slot.position[:lane_bits]
+            else:
+                in_word, lane = slot.position // width, slot.position % width
+            match = Signal(name="outlier_match")
+            m.d.comb += match.eq(op.in_outliers & ~padded & (slot.value != 0) & (in_word == word))
+            matches.append((match, lane, slot.value))
+        # compaction: output slot k takes the k-th matching stored slot
+        for index, out in enumerate(self.act.payload.outliers):
+            for count_before, (match, lane, value) in enumerate(matches):
+                earlier = sum((previous for previous, _, _ in matches[:count_before]),
+                              Const(0, range(len(matches) + 1)))
+                with m.If(match & (earlier == index)):
+                    m.d.comb += [out.valid.eq(1), out.lane.eq(lane), out.value.eq(value)]
+        replaced = [Signal(name=f"outlier_lane_{lane}") for lane in range(width)]
+        for match, lane, _ in matches:
+            for target in range(width):
+                with m.If(match & (lane == target)):
+                    m.d.comb += replaced[target].eq(1)
+        return replaced
 
 
 class OutputWalk(wiring.Component):

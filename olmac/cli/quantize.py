@@ -32,27 +32,21 @@ def quantization_arguments(parser, default_model=None, own_models=True):
                         help="value_aware: weight outliers per weight of a channel")
     parser.add_argument("--no-highway", action="store_true",
                         help="requantize residual paths to the low width (the ablation)")
-    parser.add_argument("--act-outlier-ratio", type=_ratio(ACT_OUTLIER_RATIO), default=0.0,
+    parser.add_argument("--act-outlier-ratio", type=float, default=0.0,
                         help="run-time activation outliers: the fraction of each eligible "
                              "tensor's calibration values kept beyond its dense range at 16 "
                              f"bits (docs/program.md §18), {ACT_OUTLIER_RATIO[0]:g}.."
                              f"{ACT_OUTLIER_RATIO[1]:g}; 0 = none")
 
 
-def _ratio(bounds):
-    """An argparse type: a number in ``bounds`` (inclusive), or a one-line usage error."""
-    import argparse
 
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        if value is None or not bounds[0] <= value <= bounds[1]:
-            raise argparse.ArgumentTypeError(f"must be a number in {bounds[0]:g}..{bounds[1]:g}"
-                                             f", not {text!r}")
-        return value
-    return parse
+def check_act_outlier_ratio(args):
+    """``--act-outlier-ratio`` within ``ACT_OUTLIER_RATIO``, or a one-line usage error."""
+    from olmac.spec import ACT_OUTLIER_RATIO
+    low, high = ACT_OUTLIER_RATIO
+    if not low <= args.act_outlier_ratio <= high:
+        raise UsageError(f"--act-outlier-ratio must be a number in {low:g}..{high:g}, not "
+                         f"{args.act_outlier_ratio:g}")
 
 
 def arguments(parser):
@@ -178,6 +172,7 @@ def run(args):
     from olmac.flow import check_inputs, quantize
     from olmac.golden import artifact
     from olmac.golden.program import ProgramError
+    check_act_outlier_ratio(args)
     model = _model(args.model)
     calibration = _calibration(args)
     try:

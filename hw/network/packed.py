@@ -1,0 +1,81 @@
+"""Packed low-bit activation storage (docs/network.md §15): a second activation memory whose
+slots are as wide as the array's activations, between the walks and the 16-bit one."""
+
+from amaranth.hdl import *
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory, ReadPort, WritePort
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .layouts import ControlSignature
+
+__all__ = ["PackedMemory"]
+
+
+class PackedMemory(wiring.Component):
+    """The packed activation memory: ``width`` slots of ``act_bits`` bits a word, for every
+    value a GEMM can read (at most ``act_bits`` wide); highway tensors, the pixels and the
+    logits stay in the 16-bit memory. It sits on the beat walk's operand port and the
+    write-back's write port and passes each access on to the 16-bit memory unless the op's
+    ``in_packed``/``out_packed`` says the value is packed. A packed word is read back as
+    16-bit slots, sign-extended for a signed input (``in_signed``), so the walk reads both
+    memories alike.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The width, ``act_bits``, ``packed_depth`` and the address space of both memories.
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        The op's ``in_packed``, ``out_packed`` and ``in_signed``.
+    operand : Out(ReadPort.Signature(...))
+        The beat walk's operand port, over both memories.
+    write : Out(WritePort.Signature(...))
+        The write-back's port, over both memories.
+    wide_operand, wide_write : In(ReadPort.Signature(...)), In(WritePort.Signature(...))
+        The 16-bit memory's ports (driven here).
+    """
+
+    def __init__(self, config):
+        self._config = config
+        word = config.layouts["data"]
+        address = ceil_log2(config.address_depth)
+        wide = ceil_log2(config.data_depth)
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "operand": Out(ReadPort.Signature(addr_width=address, shape=word)),
+            "write": Out(WritePort.Signature(addr_width=address, shape=word)),
+            "wide_operand": In(ReadPort.Signature(addr_width=wide, shape=word)),
+            "wide_write": In(WritePort.Signature(addr_width=wide, shape=word)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self._config
+        op = self.control.op
+        bits = config.act_bits
+        m.submodules.memory = memory = Memory(
+            shape=data.ArrayLayout(unsigned(bits), config.width), depth=config.packed_depth,
+            init=[])
+        read, write = memory.read_port(), memory.write_port()
+        m.d.comb += [
+            read.addr.eq(self.operand.addr), read.en.eq(self.operand.en & op.in_packed),
+            self.wide_operand.addr.eq(self.operand.addr),
+            self.wide_operand.en.eq(self.operand.en & ~op.in_packed),
+            write.addr.eq(self.write.addr), write.en.eq(self.write.en & op.out_packed),
+            self.wide_write.addr.eq(self.write.addr),
+            self.wide_write.en.eq(self.write.en & ~op.out_packed),
+            self.wide_write.data.eq(self.write.data),
+        ]
+        for lane in range(config.width):
+            slot = read.data[lane]
+            m.d.comb += [
+                write.data[lane].eq(self.write.data[lane][:bits]),
+                # assigning the signed view sign-extends it to the 16-bit slot
+                self.operand.data[lane].eq(Mux(
+                    op.in_packed, Mux(op.in_signed, slot.as_signed(), slot),
+                    self.wide_operand.data[lane])),
+            ]
+        return m
