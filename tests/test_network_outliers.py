@@ -162,10 +162,12 @@ def test_core_runs_the_mlp_with_activation_outliers(mlp_data):
 
 
 def test_compiler_refuses_outliers_of_another_word_width():
+    """Every op that writes or reads such a value is named, one line each."""
     program, _ = placement_program(slots=1, width=4)
-    with pytest.raises(CompileError, match=r"^op 1 \(requantize 'low'\): value 'low' keeps "
-                       r"activation outliers in words of 4 values; this core's words hold 8 "
-                       r"\(quantize for width 8\)$"):
+    words = r"keeps activation outliers in words of 4 values; this core's words hold 8 " \
+            r"\(quantize for width 8\)"
+    with pytest.raises(CompileError, match=rf"^op 1 \(requantize 'low'\): value 'low' {words}\n"
+                       rf"op 3 \(gemm 'fc'\): value 'flat' {words}$"):
         compile_program(program, width=8)
 
 
