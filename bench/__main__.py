@@ -10,6 +10,9 @@
    (bench/codebooks.py).
 6. Whole networks on the RTL: cycles per inference, MAC utilization, simulated images/s
    (bench/network_rtl.py).
+6b. Run-time activation outliers and packed activations: the demo CNN at 4/4 and 3/3,
+   with and without activation outliers, accuracy, cycles, outlier cycle overhead and
+   activation memory bits (bench/act_outliers.py).
 6a. The layers people write: models of olmac.models.ordinary at 8/8, accuracy and RTL
    cycles (bench/layers.py).
 7. Whole-network accuracy on digits: float, plain 2/3/4-bit, + outliers, highway on/off,
@@ -167,7 +170,7 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
 
 
 SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl",
-            "layers", "networks", "lstm", "fpga")
+            "act-outliers", "layers", "networks", "lstm", "fpga")
 
 
 def main():
@@ -193,6 +196,9 @@ def main():
     if "network-rtl" in sections:
         from bench import network_rtl
         network_rtl.report()
+    if "act-outliers" in sections:
+        from bench import act_outliers
+        act_outliers.report()
     if "layers" in sections:
         from bench import layers
         layers.report()

@@ -15,7 +15,8 @@ import torch
 
 from olmac.flow import demo_data, quantize
 
-__all__ = ["UP5K_MEMORY_BITS", "check_pixels", "run_rtl", "memory_bits", "NetworkResult",
+__all__ = ["UP5K_MEMORY_BITS", "check_pixels", "run_rtl", "memory_bits", "activation_memory",
+           "NetworkResult",
            "run_demo"]
 
 #: On-chip memory of an iCE40UP5K: four 256-kbit SPRAMs and thirty 4-kbit block RAMs.
@@ -23,11 +24,35 @@ UP5K_MEMORY_BITS = {"spram": 4 * 256 * 1024, "bram": 30 * 4096}
 
 
 def memory_bits(compiled) -> dict[str, int]:
-    """Bits of each memory of the compiled core (depth × word width)."""
+    """Bits of each memory of the compiled core (depth × word width): the four of
+    ``config.layouts``, the packed activation memory (``packed``) and the activation
+    outliers' (``outliers``) where the core has them."""
     from amaranth.hdl import Shape
     config = compiled.config
-    return {name: config.depths[name] * Shape.cast(layout).width
+    bits = {name: config.depths[name] * Shape.cast(layout).width
             for name, layout in config.layouts.items()}
+    if config.packed_depth:
+        bits["packed"] = config.packed_depth * config.width * config.act_bits
+    if config.act_outlier_lanes:
+        bits["outliers"] = config.outlier_depth * Shape.cast(config.outlier_layout).width
+    return bits
+
+
+def activation_memory(compiled) -> dict[str, float]:
+    """On-chip activation memory of a compiled core in bits (docs/network.md §15): as
+    built (16-bit words, packed words and outlier blocks), against every slot at 16 bits
+    (``slots16``, the core before packing) and against an 8-bit baseline (the packed
+    values at 8 bits, no outliers; 16-bit values as built), and the bits per stored
+    low-width value (packed slot and its share of the outlier blocks)."""
+    bits = memory_bits(compiled)
+    config = compiled.config
+    low_values = config.packed_depth * config.width
+    low_bits = bits.get("packed", 0) + bits.get("outliers", 0)
+    return {"bits": bits["data"] + low_bits,
+            "slots16": bits["data"] + low_values * 16,
+            "baseline8": bits["data"] + low_values * 8,
+            "low_values": low_values,
+            "bits_per_low_value": low_bits / low_values if low_values else 0.0}
 
 
 @dataclass
@@ -41,6 +66,7 @@ class NetworkResult:
     seconds: float
     build_seconds: float
     memory: dict = field(default_factory=dict)
+    activation_memory: dict = field(default_factory=dict)
 
     @property
     def cycles_per_image(self) -> float:
@@ -131,7 +157,7 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
         print(file=sys.stderr)
     return NetworkResult(compiled.unpack_outputs(run.slots), run.cycles, run.gemm_beats,
                          compiled.macs, compiled.width, run.seconds, run.build_seconds,
-                         memory_bits(compiled))
+                         memory_bits(compiled), activation_memory(compiled))
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -165,9 +191,29 @@ def _plot(path: Path, rows: dict, labels, predictions, title: str) -> None:
     plt.close(figure)
 
 
+def _activation_row(figures: dict) -> str:
+    """The demo's activation-memory row: as built, against 16-bit slots and 8 bits."""
+    bits = figures["bits"]
+    return (f"{bits / 1024:.1f} kbit, {figures['bits_per_low_value']:.2f} bits per low-width "
+            f"value (16-bit slots: {figures['slots16'] / 1024:.1f} kbit, "
+            f"{100 * (1 - bits / figures['slots16']):.0f} % less; 8-bit: "
+            f"{figures['baseline8'] / 1024:.1f} kbit, "
+            f"{100 * (1 - bits / figures['baseline8']):.0f} % less)")
+
+
+def _outlier_row(counts) -> str:
+    """The demo's activation-outlier row (docs/program.md §18), over every value."""
+    total = {name: sum(c[name] for c in counts)
+             for name in ("values", "outliers", "saturated", "blocks", "blocks_over")}
+    return (f"{100 * total['outliers'] / total['values']:.2f} % of the values; "
+            f"{total['blocks_over']} of {total['blocks']} blocks over budget "
+            f"({100 * total['blocks_over'] / total['blocks']:.1f} %), "
+            f"{total['saturated']} outliers saturated")
+
+
 def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
              scheme: str = "value_aware", highway: bool = True, images: int | None = None,
-             outlier_ratio: float = 1 / 64,
+             outlier_ratio: float = 1 / 64, act_outlier_ratio: float = 0.0,
              width: int = 8, stall_sixteenths: int = 0, out_dir: Path | str = "build/demo") -> dict:
     """The ``make demo`` flow: train (or load) the demo model, quantize it, compile it for
     the core, run the test split through the RTL, check every image's logits against the
@@ -175,7 +221,7 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
     ``report.png`` under ``out_dir``. Returns the report; ``mismatching_images`` is the
     number of images whose logits differ anywhere."""
     from olmac.golden import artifact
-    from olmac.golden.program import run_integer, to_pixels
+    from olmac.golden.program import act_outlier_counts, run_integer, to_pixels
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -187,7 +233,7 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
           f"{scheme} weights, highway {'on' if highway else 'off'}, {len(labels)} test images")
     program = quantize(data.model, data.calibration, act_bits=act_bits,
                        weight_bits=weight_bits, scheme=scheme, highway=highway,
-                       outlier_ratio=outlier_ratio)
+                       outlier_ratio=outlier_ratio, act_outlier_ratio=act_outlier_ratio)
     artifact.save(program, out_dir / "program")
     print(program.describe())
     pixels = to_pixels(test_images)
@@ -215,6 +261,10 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
         "memory_bits": result.memory,
         "memory_bits_total": sum(result.memory.values()),
         "up5k_memory_bits": UP5K_MEMORY_BITS,
+        "activation_memory": result.activation_memory,
+        "act_outlier_ratio": act_outlier_ratio,
+        "act_outliers": {name: dataclasses.asdict(counts) for name, counts in
+                         act_outlier_counts(program, pixels).items()},
     }
     rows = [("float accuracy", f"{accuracy['float']:.2f} %"),
             ("golden (integer) accuracy", f"{accuracy['golden']:.2f} %"),
@@ -226,7 +276,10 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
                            f"{result.cycles / result.seconds / 1e3:.0f} k cycles/s"),
             ("on-chip memory", f"{sum(result.memory.values()) / 1024:.1f} kbit "
                                f"(UP5K: {UP5K_MEMORY_BITS['spram'] // 1024} kbit SPRAM + "
-                               f"{UP5K_MEMORY_BITS['bram'] // 1024} kbit BRAM)")]
+                               f"{UP5K_MEMORY_BITS['bram'] // 1024} kbit BRAM)"),
+            ("on-chip activation memory", _activation_row(result.activation_memory))]
+    if report["act_outliers"]:
+        rows.append(("activation outliers", _outlier_row(report["act_outliers"].values())))
     table = "| | |\n|---|---|\n" + "".join(f"| {name} | {value} |\n" for name, value in rows)
     print()
     print(table)

@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 from olmac.compiler import CompileError, compile_program
 from olmac.golden.program import (ActOutliers, Flatten, Gemm, IntegerProgram, QuantizeInput,
                                   Requantize, Value, quantize_model, run_integer, to_pixels)
-from olmac.hw.network import ActOutlierStore, NetworkCore, OpKind
+from olmac.hw.network import ActOutlierStore, NetworkCore, OpKind, PackedMemory
 from olmac.network import demo_data, run_rtl
 from olmac.sim.codec import LayoutCodec
 from olmac.sim.pysim import StreamSink, StreamSource
@@ -73,6 +73,48 @@ def test_store_saturates_and_keeps_the_best_outlier_of_each_block():
     assert vector.unpack(sink.received).tolist() == [[3, 1], [0, 3], [2, 3]]
     assert [(block.parity, block.slots[0].position, block.slots[0].value)
             for block in read_blocks] == [(1, 3, 9), (1, 1, 7)]
+
+
+# -- the packed memory alone ---------------------------------------------------------------
+
+def test_packed_memory_routes_by_the_op_and_extends_the_sign():
+    """Writes of a packed output keep the low act_bits of each slot and never reach the
+    16-bit memory; reads of a packed input come back as 16-bit slots, sign-extended for a
+    signed input; other accesses pass through to the 16-bit memory's ports."""
+    config = NetworkCore.Config(width=2, act_bits=3, weight_bits=2, max_k=2, data_depth=4,
+                                weight_depth=1, param_depth=1, program_depth=1,
+                                packed_depth=8)
+    packed = PackedMemory(config)
+    layout = config.layouts["program"]
+    read = []
+
+    async def bench(ctx):
+        ctx.set(packed.control.op, layout.const({"kind": OpKind.SUM, "out_packed": 1}))
+        ctx.set(packed.write.addr, 6)
+        ctx.set(packed.write.data, [0xFFFD, 2])  # −3 and 2 in 16-bit slots
+        ctx.set(packed.write.en, 1)
+        assert ctx.get(packed.wide_write.en) == 0
+        await ctx.tick()
+        ctx.set(packed.write.en, 0)
+        for signed in (1, 0):
+            ctx.set(packed.control.op, layout.const({"kind": OpKind.SUM, "in_packed": 1,
+                                                      "in_signed": signed}))
+            ctx.set(packed.operand.addr, 6)
+            ctx.set(packed.operand.en, 1)
+            assert ctx.get(packed.wide_operand.en) == 0
+            await ctx.tick()
+            read.append(list(ctx.get(packed.operand.data)))
+        ctx.set(packed.control.op, layout.const({"kind": OpKind.SUM}))
+        ctx.set(packed.write.en, 1)
+        assert (ctx.get(packed.wide_write.en), ctx.get(packed.wide_operand.en)) == (1, 1)
+        ctx.set(packed.wide_operand.data, [7, 9])
+        assert list(ctx.get(packed.operand.data)) == [7, 9]
+
+    sim = Simulator(packed)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert read == [[0xFFFD, 2], [0b101, 2]]  # −3 as s3 sign-extended; as u3 it reads 5
 
 
 # -- whole programs -------------------------------------------------------------------------
@@ -194,3 +236,19 @@ def test_rtl_adversarial_placements_under_stalls():
     result = run_rtl(program, pixels, width=4, stall_sixteenths=6, seed=5,
                      build_dir="build/sim/test_network_outliers")
     assert torch.equal(result.logits, (_kept_by_hand(2).reshape(3, -1) @ weights).repeat(4, 1))
+
+
+@pytest.mark.slow
+def test_rtl_cnn_with_activation_outliers_under_stalls():
+    """Verilator: 60 test images of the demo CNN at 3 bits with 2 % activation outliers and
+    packed activations, random stalls on both streams: no logit differs from golden."""
+    data = demo_data("cnn")
+    program = quantize_model(data.model, data.calibration, scheme="value_aware", act_bits=3,
+                             weight_bits=3, act_outlier_ratio=0.02)
+    assert any(value.outliers for value in program.values.values())
+    pixels = to_pixels(data.images[:60])
+    result = run_rtl(program, pixels, stall_sixteenths=5, seed=9,
+                     build_dir="build/sim/test_network_outliers_cnn")
+    assert result.activation_memory["bits_per_low_value"] < 3.5
+    mismatches = int((result.logits != run_integer(program, pixels)).any(1).sum())
+    assert mismatches == 0, f"{mismatches} of 60 images differ"

@@ -3,7 +3,7 @@
 
 from olmac.spec import STALL_SIXTEENTHS
 
-from .quantize import quantization_arguments
+from .quantize import check_act_outlier_ratio, quantization_arguments
 from .common import UsageError
 
 
@@ -20,11 +20,13 @@ def arguments(parser):
 def run(args):
     from olmac.compiler import CompileError
     from olmac.network import run_demo
+    check_act_outlier_ratio(args)
     try:
         report = run_demo(model=args.model, act_bits=args.act_bits,
                           weight_bits=args.weight_bits, scheme=args.scheme,
                           highway=not args.no_highway, images=args.images,
-                          outlier_ratio=args.outlier_ratio, width=args.width,
+                          outlier_ratio=args.outlier_ratio,
+                          act_outlier_ratio=args.act_outlier_ratio, width=args.width,
                           stall_sixteenths=args.stall_sixteenths)
     except (CompileError, TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
