@@ -232,7 +232,7 @@ def test_maxpool_never_writes_outliers():
               "low": Value((1, 2, 2), 3, False, 1.0, storage(1, word_values=1)),
               "pooled": Value((1, 1, 1), 3, False, 1.0, storage(1, word_values=1))}
     ops = (QuantizeInput("input", "input", ONE, 30), Requantize("low", "input", "low", ONE, 30),
-           MaxPool("pooled", "low", "pooled", (2, 2), (2, 2)))
+           MaxPool("pooled", "low", "pooled", (2, 2), (2, 2), (0, 0)))
     with pytest.raises(ProgramError, match=r"^op 2 \(maxpool 'pooled'\): (a maxpool output "
                        r"cannot keep|reads 'low')"):
         IntegerProgram((1, 2, 2), 16, 1.0, values, ops, "pooled")
