@@ -10,7 +10,34 @@ def gelu_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 16), nn.GELU(), nn.Linear(16, 10)).eval()
 
 
+def softmax_mlp() -> nn.Module:
+    """``tiny_mlp`` with a BatchNorm to fold and a trailing ``LogSoftmax`` to drop."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10),
+                         nn.LogSoftmax(1)).eval()
+
+
 def tiny_mlp() -> nn.Module:
     """An untrained but supported model of the digits input shape."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+
+
+def _digits_trained(factory, shape) -> nn.Module:
+    from olmac.models.digits import load_digits_split
+    from olmac.models.ordinary import trained
+    split = load_digits_split()
+    return trained(factory, shape(split.x_train), split.y_train)
+
+
+def depthwise_separable() -> nn.Module:
+    """``olmac.models.ordinary.DepthwiseSeparable`` trained on the digits images."""
+    from olmac.models.digits import as_images
+    from olmac.models.ordinary import DepthwiseSeparable
+    return _digits_trained(DepthwiseSeparable, as_images)
+
+
+def sequence_cnn() -> nn.Module:
+    """``olmac.models.ordinary.SequenceCNN`` (Conv1d) trained on the digits as sequences."""
+    from olmac.models.ordinary import SequenceCNN, as_sequences
+    return _digits_trained(SequenceCNN, as_sequences)

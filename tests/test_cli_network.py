@@ -94,6 +94,18 @@ def test_unsupported_layer_is_named(tmp_path, capsys):
                        "ReLU; ReLU6, Hardtanh(0, m), clamp(0, m))")
 
 
+def test_listing_says_what_was_folded_and_dropped(tmp_path, capsys):
+    """docs/program.md §17: the program listing ends with the BatchNorm folded and the
+    trailing softmax dropped (the logits are its input)."""
+    np.save(tmp_path / "calibration.npy", np.random.default_rng(0).random((32, 64)))
+    main(["quantize", "--model", "network_models:softmax_mlp", "--calibration",
+          str(tmp_path / "calibration.npy"), "--out", str(tmp_path / "program")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == ["# folded BatchNorm '1' into '0'",
+                          "# dropped the trailing '4': softmax/log_softmax keep the argmax, "
+                          "the program's logits are its input"]
+
+
 def test_own_model_needs_calibration(tmp_path, capsys):
     message = _refused(capsys, ["quantize", "--model", "network_models:tiny_mlp",
                                 "--out", str(tmp_path / "program")])

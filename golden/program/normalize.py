@@ -315,7 +315,8 @@ class _Rewrite:
                         f"model's result over dim 1 of (N, classes); a trailing one is "
                         f"dropped)")
             return
-        self.notes.append(f"dropped the trailing '{node.name}': softmax/log_softmax keep the "
+        name = node.target if node.op == "call_module" else node.name
+        self.notes.append(f"dropped the trailing '{name}': softmax/log_softmax keep the "
                           f"argmax, the program's logits are its input")
         self.drop(node)
 

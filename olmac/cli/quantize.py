@@ -196,5 +196,8 @@ def run(args):
     finally:
         close()
     path = artifact.save(program, args.out)
+    from olmac.golden.program.lowering import lowering_notes
     print(program.describe())
+    for note in lowering_notes(model, calibration):  # what was folded or dropped (§17)
+        print(f"# {note}")
     print(f"olmac: wrote the integer program to {path}", file=sys.stderr)
