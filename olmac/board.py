@@ -1,9 +1,10 @@
 """Host side of a network board (docs/host_link.md §6): the command protocol of
 :class:`hw.network_app.NetworkApp` over a :class:`olmac.host_link.SerialLink`.
 
-``olmac board run`` loads a compiled demo network (optionally), sends test images and
-compares every image's logits with the golden integer model; ``olmac board build`` builds
-the board top (:mod:`fpga.board`).
+``olmac board run`` loads a compiled network (a demo's or a user's integer program;
+optionally), sends images and returns their logits, compared with the golden integer model
+when asked (:func:`run_board`); ``olmac board build`` builds the board top
+(:mod:`fpga.board`).
 """
 
 import struct
@@ -16,7 +17,8 @@ from olmac.spec import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
 from .host_link import SerialLink
 
 __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",
-           "encode_infer", "decode_infer", "parse_info", "run_demo_board", "MEMORIES"]
+           "encode_infer", "decode_infer", "parse_info", "run_board", "compare_with_golden",
+           "demo_inputs", "MEMORIES"]
 
 #: ``LOAD`` memory numbers by the names of ``CompiledNetwork.contents``.
 MEMORIES = {"program": 0, "weights": 1, "params": 2}
@@ -152,43 +154,59 @@ class BoardClient(SerialLink):
         return decode_infer(compiled, self.request(encode_infer(compiled, pixels)))
 
 
-def run_demo_board(port, *, baud=115200, model="cnn", width=4, images=20, load=False,
-                   timeout=5.0) -> int:
-    """``olmac board run``: send the first ``images`` test images of the demo ``model``
-    compiled for ``width`` (:func:`fpga.board.demo_network`) to the board on ``port``,
-    after loading its memories if ``load``, and compare every image's logits with the
-    golden integer model; prints each mismatch and a summary, and returns the number of
-    mismatching images.
+def run_board(port, program, pixels: torch.Tensor, *, width=None, baud=115200, load=False,
+              timeout=5.0) -> torch.Tensor:
+    """``olmac board run``: the logits (``N × F`` int64) of ``program`` (an
+    :class:`olmac.golden.program.IntegerProgram`) on the integer ``pixels`` (``N`` images)
+    on the board at ``port``, compiled for ``width`` (default: the board's, from ``INFO``)
+    and loaded into the board first if ``load`` (otherwise the board runs what it holds,
+    which must have been built or loaded from the same program).
 
     Raises
     ------
     BoardError
-        If the board does not fit the network or refuses a command.
+        If the board does not fit the compiled program or refuses a command.
+    olmac.compiler.CompileError
+        If the program does not run on the network core at that width.
     olmac.host_link.FrameError, olmac.host_link.LinkError, TimeoutError, OSError
         As :class:`BoardClient` raises.
     """
-    from olmac.fpga.board import demo_network
-    from olmac.golden.program import run_integer, to_pixels
-
-    program, compiled, data = demo_network(model, width=width)
-    pixels = to_pixels(data.images[:images])
-    expected = run_integer(program, pixels)
-    labels = data.labels[:images]
+    from olmac.compiler import compile_program
     with BoardClient(port, baud, timeout=timeout) as board:
         info = board.info()
         print(f"board: width {info.width}, {info.input_words} input words, "
               f"{info.output_words} output words, protocol v{info.version}")
+        compiled = compile_program(program, width=width or info.width)
         info.check(compiled)
         if load:
             print(f"loaded {board.load(compiled)} words")
-        mismatches = correct = 0
-        for index in range(len(pixels)):
-            logits = board.infer(compiled, pixels[index])
-            if not torch.equal(logits, expected[index]):
-                mismatches += 1
-                print(f"image {index}: board {logits.tolist()} != golden "
-                      f"{expected[index].tolist()}")
-            correct += int(logits.argmax()) == int(labels[index])
-    print(f"{len(pixels)} images: {mismatches} mismatches against the golden integer model, "
-          f"accuracy {correct / max(len(pixels), 1):.1%}")
+        return torch.stack([board.infer(compiled, image) for image in pixels])
+
+
+def compare_with_golden(program, pixels: torch.Tensor, logits: torch.Tensor,
+                        labels=None) -> int:
+    """Compare every image's ``logits`` with the golden integer model of ``program`` on
+    ``pixels``; prints each mismatch and a summary (with the accuracy when ``labels`` are
+    given) and returns the number of mismatching images."""
+    from olmac.golden.program import run_integer
+    expected = run_integer(program, pixels)
+    mismatches = 0
+    for index, (got, want) in enumerate(zip(logits, expected)):
+        if not torch.equal(got, want):
+            mismatches += 1
+            print(f"image {index}: board {got.tolist()} != golden {want.tolist()}")
+    summary = f"{len(pixels)} images: {mismatches} mismatches against the golden integer model"
+    if labels is not None:
+        correct = int((logits.argmax(1) == torch.as_tensor(labels)[:len(logits)]).sum())
+        summary += f", accuracy {correct / max(len(pixels), 1):.1%}"
+    print(summary)
     return mismatches
+
+
+def demo_inputs(model="cnn", *, images=20):
+    """The demo ``model``'s integer program (:func:`fpga.board.demo_network`), its first
+    ``images`` test images as integer pixels and their labels."""
+    from olmac.fpga.board import demo_network
+    from olmac.golden.program import to_pixels
+    program, _compiled, data = demo_network(model)
+    return program, to_pixels(data.images[:images]), data.labels[:images]

@@ -13,7 +13,7 @@ __all__ = [
     "ACT_BITS", "WEIGHT_BITS", "ACT_OUTLIER_RATIO",
     "ARRAY_DIM", "STALL_SIXTEENTHS", "OUTLIER_BITS", "OUTLIER_LANES",
     "PLANE_SHIFT_BITS", "WEIGHT_SCHEMES", "CORE_SCHEMES", "BOARD_NAMES", "MULTIPLIERS",
-    "REQUANTIZERS", "MEMORY_STYLES", "BOARD_BAUD",
+    "REQUANTIZERS", "MEMORY_STYLES", "BOARD_BAUD", "BOARD_DEFAULTS",
     "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
     "RESIDUAL_SHIFT_RANGE", "HIGHWAY_BITS", "CODEBOOK_IDX_BITS", "CODEBOOK_ENTRY_BITS",
     "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
@@ -50,6 +50,13 @@ BOARD_BAUD = 115200
 #: Allowed fractions of a tensor's calibration values beyond its activation outlier
 #: threshold (docs/program.md §18), inclusive.
 ACT_OUTLIER_RATIO = (0.0, 0.1)
+#: The network board's array width and core options by board (``olmac board build``'s
+#: defaults, docs/host_link.md §6): the iCE40UP5K fits only with the serial requantizer and
+#: narrow memories; the ECP5-85F boards have the block RAM for wide memories and the
+#: MULT18X18Ds for the parallel requantizer.
+_UP5K_BOARD = {"width": 2, "requantizer": "serial", "memories": "narrow"}
+_ECP5_BOARD = {"width": 16, "requantizer": "parallel", "memories": "wide"}
+BOARD_DEFAULTS = {"icebreaker": _UP5K_BOARD, "ulx3s-85f": _ECP5_BOARD, "ecpix5-85": _ECP5_BOARD}
 #: Allowed requantized output widths (§1), inclusive.
 OUT_BITS = (2, 16)
 #: Width of the signed per-channel requantization multiplier and bias (§3).

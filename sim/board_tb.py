@@ -5,10 +5,15 @@ The host side is played step by step: each step puts raw bytes on ``rx`` bit by 
 (:class:`sim.host_link_tb.UARTMonitor`, decoded with the host codec). The steps come from
 the pytest side in ``OLMAC_BOARD_JOB`` (JSON); the answers go back in a JSON file, and the
 pytest side checks them against the golden model (docs/host_link.md §6).
+
+:func:`serve` puts the board's UART on a TCP socket instead, so the real host side
+(``olmac board run --port socket://127.0.0.1:PORT``, pyserial's socket URL) talks to the
+simulated board as it would to the device.
 """
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import cocotb
@@ -18,18 +23,25 @@ from cocotb.triggers import ClockCycles, RisingEdge
 from olmac.host_link import FrameDecoder, FrameError
 from olmac.sim.host_link_tb import UARTDriver, UARTMonitor
 
-__all__ = ["JOB_ENV", "PUBLIC_PORTS", "exchange"]
+__all__ = ["JOB_ENV", "PUBLIC_PORTS", "exchange", "serve"]
 
 JOB_ENV = "OLMAC_BOARD_JOB"
 #: The only signals the testbench touches.
 PUBLIC_PORTS = ("clk", "rst", "rx", "tx")
 
 
+async def _reset(dut):
+    Clock(dut.clk, 10, unit="ns").start()
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 2)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+
+
 @cocotb.test()
 async def exchange(dut):
     job = json.loads(os.environ[JOB_ENV])
     divisor = job["divisor"]
-    Clock(dut.clk, 10, unit="ns").start()
     decoder = FrameDecoder()
     frames = []
 
@@ -41,10 +53,7 @@ async def exchange(dut):
 
     driver = UARTDriver(dut.clk, dut.rx, divisor)
     monitor = UARTMonitor(dut.clk, dut.tx, divisor, on_byte)
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
+    await _reset(dut)
     cocotb.start_soon(monitor.run())
     answers = []
     for step in job["steps"]:
@@ -59,3 +68,36 @@ async def exchange(dut):
         answers.append([None if frame is None else frame.hex() for frame in frames[start:]])
     Path(job["results"]).write_text(json.dumps({"answers": answers,
                                                 "uart_errors": monitor.errors}))
+
+
+@cocotb.test()
+async def serve(dut):
+    """The UART as a TCP server on 127.0.0.1 (its port written to ``job["port_file"]``):
+    bytes from the client go onto ``rx``, bytes from ``tx`` back to the client, for
+    ``job["connections"]`` connections one after another, each until the client closes."""
+    job = json.loads(os.environ[JOB_ENV])
+    divisor = job["divisor"]
+    peer = {}
+    driver = UARTDriver(dut.clk, dut.rx, divisor)
+    monitor = UARTMonitor(dut.clk, dut.tx, divisor,
+                          lambda byte: peer["socket"].sendall(bytes([byte])))
+    await _reset(dut)
+    cocotb.start_soon(monitor.run())
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(job["accept_timeout"])
+        Path(job["port_file"]).write_text(str(server.getsockname()[1]))
+        for _ in range(job["connections"]):
+            # simulated time stands still while no client is connected
+            peer["socket"], _address = server.accept()
+            with peer["socket"]:
+                peer["socket"].setblocking(False)
+                while True:
+                    try:
+                        data = peer["socket"].recv(4096)
+                    except BlockingIOError:
+                        await ClockCycles(dut.clk, 16 * divisor)
+                        continue
+                    if not data:
+                        break
+                    await driver.send(data)
+    assert monitor.errors == []

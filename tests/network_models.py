@@ -41,3 +41,12 @@ def sequence_cnn() -> nn.Module:
     """``olmac.models.ordinary.SequenceCNN`` (Conv1d) trained on the digits as sequences."""
     from olmac.models.ordinary import SequenceCNN, as_sequences
     return _digits_trained(SequenceCNN, as_sequences)
+
+
+def tiny_cnn() -> nn.Module:
+    """An untrained convolutional model of the digits input shape (1 × 8 × 8), written the
+    ordinary way; small enough for the board's cocotb test."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10)).eval()

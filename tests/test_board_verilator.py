@@ -1,21 +1,33 @@
 """Slow tier: the network board top (UART host link + NetworkApp + NetworkCore with the
 serial requantizer and narrow memories) on Verilator, driven at its UART pins.
 
-The demo MLP (4-bit value-aware, width 4) is preloaded; the test asks INFO, runs images
-on the preloaded memories, corrupts the parameter memory with LOAD (the logits change),
-loads every memory image back with LOAD and RESTART (the logits are bit-exact again), and
-sends a frame with a bad CRC, a truncated frame and a bad command, each answered with an
-error, after which INFER is still bit-exact against golden ``run_integer``.
+The board is built, as ``olmac board build --program`` builds it, from an integer program
+artifact that is not a demo: an untrained CNN of the user's (``network_models.tiny_cnn``)
+through ``olmac quantize``. One test asks INFO, runs images on the preloaded memories,
+corrupts the parameter memory with LOAD (the logits change), loads every memory image back
+with LOAD and RESTART (the logits are bit-exact again), and sends a frame with a bad CRC, a
+truncated frame and a bad command, each answered with an error, after which INFER is still
+bit-exact against golden ``run_integer``. Another puts the simulated UART on a TCP socket
+and runs ``olmac board run --program DIR --inputs X.npy --port socket://... --check``
+against it, preloaded and with ``--load``. The slow one runs the demo CNN on the ULX3S-85F's
+board top (width 16, parallel requantizer, wide memories).
 """
 
 import json
 from pathlib import Path
+import threading
 import time
 
+import numpy as np
+import pytest
 import torch
 from amaranth.back import verilog
 
-from olmac.fpga.board import NetworkBoard, demo_network
+from olmac.cli import main
+from olmac.compiler import compile_program
+from olmac.flow import demo_data
+from olmac.fpga.board import NetworkBoard, board_defaults, demo_network
+from olmac.golden import artifact
 from olmac.golden.program import run_integer, to_pixels
 from olmac.board import decode_infer, encode_infer, encode_load, load_requests, parse_info
 from olmac.host_link import decode_reply, encode_frame
@@ -24,8 +36,10 @@ from olmac.sim.board_tb import JOB_ENV, PUBLIC_PORTS
 from olmac.sim.runner import build_verilator
 
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "sim" / "board"
+MODELS = Path(__file__).resolve().parent / "network_models.py"
 TOPLEVEL = "olmac_board"
 DIVISOR = 4
+WIDTH = 4
 
 
 def _build(top, build_dir):
@@ -38,30 +52,51 @@ def _build(top, build_dir):
     return build_verilator(source, TOPLEVEL, build_dir, always=changed, ports=PUBLIC_PORTS)
 
 
+def _simulate(runner, build_dir, testcase, job):
+    runner.test(test_module="olmac.sim.board_tb", hdl_toplevel=TOPLEVEL,
+                hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
+                testcase=testcase, extra_env={JOB_ENV: json.dumps(job)},
+                log_file=build_dir / f"{testcase}.log",
+                results_xml=str(build_dir / f"{testcase}.xml"))
+
+
 def _exchange(runner, build_dir, steps):
     results = build_dir / "answers.json"
     results.unlink(missing_ok=True)
-    job = {"divisor": DIVISOR, "results": str(results), "steps": steps}
     try:
-        runner.test(test_module="olmac.sim.board_tb", hdl_toplevel=TOPLEVEL,
-                    hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
-                    testcase="exchange",
-                    extra_env={JOB_ENV: json.dumps(job)},
-                    log_file=build_dir / "test.log", results_xml=str(build_dir / "results.xml"))
+        _simulate(runner, build_dir, "exchange",
+                  {"divisor": DIVISOR, "results": str(results), "steps": steps})
     except SystemExit:
         pass
-    assert results.exists(), f"the simulation failed; see {build_dir / 'test.log'}"
+    assert results.exists(), f"the simulation failed; see {build_dir / 'exchange.log'}"
     return json.loads(results.read_text())
 
 
-def test_board_at_the_pins():
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """The artifact directory, its program, some test pixels (``.npy`` too), the compiled
+    network and the Verilator runner of its board top."""
+    work = tmp_path_factory.mktemp("board")
+    data = demo_data("cnn")
+    np.save(work / "calibration.npy", data.calibration[:64].numpy())
+    main(["quantize", "--model", f"{MODELS}:tiny_cnn", "--calibration",
+          str(work / "calibration.npy"), "--out", str(work / "program")])
+    program = artifact.load(work / "program")
+    pixels = to_pixels(data.images[:4])
+    np.save(work / "pixels.npy", pixels.numpy())
+    compiled = compile_program(program, width=WIDTH)
+    top = NetworkBoard(compiled, divisor=DIVISOR)
+    return dict(work=work, program=program, pixels=pixels, compiled=compiled, top=top,
+                runner=_build(top, BUILD_ROOT))
+
+
+def test_board_at_the_pins(board):
     """Preloaded and reloaded inference are bit-exact against golden run_integer; LOAD
     changes what the core computes; bad CRC, truncated frames and a bad command get error
     answers and the link recovers."""
     started = time.monotonic()
-    program, compiled, data = demo_network("mlp", width=4)
-    top = NetworkBoard(compiled, divisor=DIVISOR)
-    pixels = to_pixels(data.images[:4])
+    program, compiled, top, pixels = (board[key] for key in
+                                      ("program", "compiled", "top", "pixels"))
     expected = run_integer(program, pixels)
     info = parse_info(top.app.info())
     max_payload = top.app.request_bytes
@@ -87,8 +122,7 @@ def test_board_at_the_pins():
                 {"send": encode_frame(infer[3])[:40].hex(), "timeout": long},
                 step(bytes([0x55, 1, 2])),
                 step(infer[3])])
-    runner = _build(top, BUILD_ROOT)
-    result = _exchange(runner, BUILD_ROOT, steps)
+    result = _exchange(board["runner"], BUILD_ROOT, steps)
     answers = result["answers"]
     assert result["uart_errors"] == []
     assert all(len(frames) == 1 and frames[0] is not None for frames in answers), answers
@@ -113,3 +147,61 @@ def test_board_at_the_pins():
     assert app_reply(base + 3) == bytes([Status.BAD_COMMAND])
     assert torch.equal(decode_infer(compiled, app_reply(base + 4)), expected[3])
     print(f"board test: {time.monotonic() - started:.0f} s wall")
+
+
+def test_board_run_cli_over_a_socket(board, capsys):
+    """``olmac board run --program DIR --inputs X.npy --check`` against the simulated board
+    (UART bridged to a TCP socket): zero mismatches on the preloaded memories and again
+    after ``--load``, and the logits it writes equal golden run_integer."""
+    work = board["work"]
+    port_file = work / "port"
+    port_file.unlink(missing_ok=True)
+    job = {"divisor": DIVISOR, "port_file": str(port_file), "connections": 2,
+           "accept_timeout": 600}
+    failure = []
+
+    def simulate():
+        try:
+            _simulate(board["runner"], BUILD_ROOT, "serve", job)
+        except SystemExit as error:
+            failure.append(error)
+
+    simulation = threading.Thread(target=simulate)
+    simulation.start()
+    deadline = time.monotonic() + 120
+    while not port_file.exists() and time.monotonic() < deadline and simulation.is_alive():
+        time.sleep(0.2)
+    assert port_file.exists(), f"the simulation did not start; see {BUILD_ROOT / 'serve.log'}"
+    port = f"socket://127.0.0.1:{port_file.read_text()}"
+    common = ["board", "run", "--program", str(work / "program"), "--inputs",
+              str(work / "pixels.npy"), "--port", port, "--timeout", "120", "--check"]
+    main(common)
+    main(common + ["--load", "--out", str(work / "logits.npy")])
+    simulation.join()
+    assert not failure, f"the simulation failed; see {BUILD_ROOT / 'serve.log'}"
+    output = capsys.readouterr().out
+    assert output.count("4 images: 0 mismatches against the golden integer model") == 2
+    assert torch.equal(torch.from_numpy(np.load(work / "logits.npy")),
+                       run_integer(board["program"], board["pixels"]))
+
+
+@pytest.mark.slow
+def test_ecp5_board_runs_the_demo_cnn():
+    """The ULX3S-85F's board top as ``olmac board build --board ulx3s-85f`` builds it
+    (``board_defaults``: width 16, parallel requantizer, wide memories) answers INFO for the
+    demo CNN and runs its images bit-exact against golden run_integer."""
+    options = board_defaults("ulx3s-85f")
+    program, compiled, data = demo_network("cnn", width=options.pop("width"))
+    top = NetworkBoard(compiled, divisor=DIVISOR, **options)
+    pixels = to_pixels(data.images[:6])
+    build_dir = BUILD_ROOT.parent / "board_ulx3s"
+    steps = [{"send": encode_frame(payload).hex(), "timeout": 400_000}
+             for payload in [bytes([Command.INFO])]
+             + [encode_infer(compiled, image) for image in pixels]]
+    result = _exchange(_build(top, build_dir), build_dir, steps)
+    assert result["uart_errors"] == []
+    assert all(len(frames) == 1 and frames[0] for frames in result["answers"]), result
+    replies = [decode_reply(bytes.fromhex(frames[0])) for frames in result["answers"]]
+    parse_info(replies[0]).check(compiled)
+    logits = torch.stack([decode_infer(compiled, reply) for reply in replies[1:]])
+    assert torch.equal(logits, run_integer(program, pixels))

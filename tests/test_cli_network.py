@@ -152,3 +152,22 @@ def test_board_run_reports_a_port_that_does_not_answer_as_a_board(capsys):
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip() == \
         "olmac board: Frame kind must be 0x00 or 0xee, not 04"
+
+
+def test_board_commands_refuse_bad_programs_and_inputs(mlp_artifact, tmp_path, capsys):
+    """``olmac board build|run --program``: a missing artifact, inputs without a program, a
+    program without inputs and pixels of the wrong shape are refused by name, with status 2,
+    before any build or port is touched."""
+    missing = tmp_path / "nothing"
+    assert _refused(capsys, ["board", "build", "--board", "icebreaker", "--program",
+                             str(missing)]) == \
+        f"olmac: error: artifact manifest '{missing / 'program.json'}' does not exist"
+    run = ["board", "run", "--port", "loop://"]
+    assert _refused(capsys, run + ["--program", str(mlp_artifact)]) == \
+        "olmac: error: --inputs is required with --program"
+    np.save(tmp_path / "bad.npy", np.zeros((2, 63), dtype=np.int64))
+    assert _refused(capsys, run + ["--inputs", str(tmp_path / "bad.npy")]) == \
+        "olmac: error: --inputs needs --program (the demo takes its test images)"
+    assert _refused(capsys, run + ["--program", str(mlp_artifact), "--inputs",
+                                   str(tmp_path / "bad.npy")]).startswith(
+        f"olmac: error: --inputs ({tmp_path / 'bad.npy'}): pixels must be N ≥ 1 images")

@@ -6,7 +6,8 @@ import importlib
 
 from olmac.spec import OUTLIER_BITS, OUTLIER_LANES
 
-__all__ = ["UsageError", "Formatter", "Command", "outlier_options"]
+__all__ = ["UsageError", "Formatter", "Command", "outlier_options", "load_program",
+           "load_pixels"]
 
 
 class UsageError(Exception):
@@ -56,3 +57,25 @@ def outlier_options(parser):
         parser.add_argument(f"--{kind}-outlier-bits", type=int, default=OUTLIER_BITS[1],
                             help=f"{noun} outlier width, above the {noun} width, up to "
                                  f"{OUTLIER_BITS[1]}")
+
+
+def load_program(directory):
+    """The integer program artifact in ``directory`` (``--program``), or a
+    :class:`UsageError`."""
+    from olmac.golden import artifact
+    try:
+        return artifact.load(directory)
+    except artifact.ArtifactError as error:
+        raise UsageError(str(error)) from None
+
+
+def load_pixels(program, path):
+    """The integer pixels of ``program`` in the ``.npy`` file ``path`` (``--inputs``), as
+    ``N × input_shape`` int64, or a :class:`UsageError`."""
+    import numpy as np
+    import torch
+    from olmac.network import check_pixels
+    try:
+        return check_pixels(program, torch.from_numpy(np.load(path)))
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--inputs ({path}): {error}") from None

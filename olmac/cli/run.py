@@ -9,7 +9,7 @@ import numpy as np
 
 from olmac.spec import STALL_SIXTEENTHS
 
-from .common import UsageError
+from .common import UsageError, load_pixels, load_program
 
 
 def arguments(parser):
@@ -26,19 +26,11 @@ def arguments(parser):
 
 
 def run(args):
-    import torch
     from olmac.compiler import CompileError
-    from olmac.golden import artifact
     from olmac.golden.program import run_integer
-    from olmac.network import check_pixels, run_rtl
-    try:
-        program = artifact.load(args.program)
-    except artifact.ArtifactError as error:
-        raise UsageError(str(error)) from None
-    try:
-        pixels = check_pixels(program, torch.from_numpy(np.load(args.inputs)))
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"--inputs ({args.inputs}): {error}") from None
+    from olmac.network import run_rtl
+    program = load_program(args.program)
+    pixels = load_pixels(program, args.inputs)
     started = time.perf_counter()
     if args.backend == "golden":
         logits = run_integer(program, pixels)
