@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 
-def gelu_mlp() -> nn.Module:
-    """A model with a layer the integer program does not support (``nn.GELU``)."""
+def mish_mlp() -> nn.Module:
+    """A model with a layer the integer program does not support (``nn.Mish``)."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 16), nn.GELU(), nn.Linear(16, 10)).eval()
+    return nn.Sequential(nn.Linear(64, 16), nn.Mish(), nn.Linear(16, 10)).eval()
 
 
 def softmax_mlp() -> nn.Module:

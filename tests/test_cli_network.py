@@ -87,11 +87,12 @@ def test_truncated_tensors_are_refused(mlp_artifact, test_pixels, tmp_path, caps
 
 def test_unsupported_layer_is_named(tmp_path, capsys):
     np.save(tmp_path / "calibration.npy", np.random.default_rng(0).random((32, 64)))
-    message = _refused(capsys, ["quantize", "--model", "network_models:gelu_mlp",
+    message = _refused(capsys, ["quantize", "--model", "network_models:mish_mlp",
                                 "--calibration", str(tmp_path / "calibration.npy"),
                                 "--out", str(tmp_path / "program")])
-    assert message == ("olmac: error: unsupported layer '1' (nn.GELU; supported activations: "
-                       "ReLU; ReLU6, Hardtanh(0, m), clamp(0, m))")
+    assert message == ("olmac: error: unsupported layer '1' (nn.Mish; supported activations: "
+                       "ReLU; ReLU6, Hardtanh(0, m), clamp(0, m); Sigmoid, Tanh, Hardswish, "
+                       "SiLU, GELU as tables)")
 
 
 def test_listing_says_what_was_folded_and_dropped(tmp_path, capsys):

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from olmac.compiler import compile_program
-from olmac.golden.program import ProgramError, run_integer, to_pixels
+from olmac.compiler import CompileError, compile_program
+from olmac.golden.program import ProgramError, run_fake_quant, run_integer, to_pixels
 from olmac.golden.program.lowering import lowering_notes, quantize_model, supported_layers
 from olmac.golden.program.normalize import normalize
 from olmac.models.digits import as_images, load_digits_split
@@ -298,12 +298,12 @@ def test_concatenation_of_one_scale_is_exact():
 class ManyRefusals(nn.Module):
     def __init__(self):
         super().__init__()
-        self.fc, self.act, self.bn = nn.Linear(64, 16), nn.GELU(), nn.BatchNorm1d(16)
+        self.fc, self.act, self.bn = nn.Linear(64, 16), nn.Mish(), nn.BatchNorm1d(16)
         self.out = nn.Linear(16, 10)
 
     def forward(self, x):
         x = self.bn(self.act(self.fc(x)))
-        return torch.sigmoid(self.out(x)).view(-1, 2, 5)
+        return F.softplus(self.out(x)).view(-1, 2, 5)
 
 
 def test_every_refusal_is_reported_at_once():
@@ -314,11 +314,12 @@ def test_every_refusal_is_reported_at_once():
     lines = str(info.value).splitlines()
     line = r" at test_lowering_layers\.py:\d+$"
     assert len(lines) == 4
-    assert re.match(r"^unsupported layer 'act' \(nn\.GELU; supported activations: ReLU; "
-                    r"ReLU6, Hardtanh\(0, m\), clamp\(0, m\)\)" + line, lines[0])
+    assert re.match(r"^unsupported layer 'act' \(nn\.Mish; supported activations: ReLU; "
+                    r"ReLU6, Hardtanh\(0, m\), clamp\(0, m\); Sigmoid, Tanh, Hardswish, SiLU, "
+                    r"GELU as tables\)" + line, lines[0])
     assert re.match(r"^cannot fold BatchNorm 'bn' into 'act': it must directly follow an "
                     r"nn\.Linear" + line, lines[1])
-    assert re.match(r"^unsupported layer 'sigmoid' \(torch\.sigmoid; supported activations"
+    assert re.match(r"^unsupported layer 'softplus' \(torch\.softplus; supported activations"
                     + r".*\)" + line, lines[2])
     assert re.match(r"^unsupported layer 'view' \(Tensor\.view to shape \[2, 5\] per sample; "
                     r"only flattening to \(N, features\).*\)" + line, lines[3])
@@ -360,3 +361,29 @@ def test_docs_list_the_supported_layers(document):
     """The tables of docs/program.md §17 and of the README are ``supported_layers()``,
     generated from the code."""
     assert supported_layers() in Path(document).read_text()
+
+
+@pytest.mark.parametrize("activation, function", [
+    (nn.Sigmoid(), torch.sigmoid), (nn.Tanh(), torch.tanh), (nn.Hardswish(), F.hardswish),
+    (nn.SiLU(), F.silu), (nn.GELU(), F.gelu),
+    (nn.GELU("tanh"), lambda x: F.gelu(x, approximate="tanh"))], ids=str)
+def test_table_activations(activation, function):
+    """§12: the table holds ``f`` of every input code, rounded half even to the output
+    grid (checked against torch's own ``f`` and ``torch.round``); the integer program and
+    its float view agree; the network core, which has no table part, refuses the op."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), activation, nn.Linear(8, 3)).eval()
+    program = quantize_model(model, torch.rand(64, 16), act_bits=5, weight_bits=5,
+                             act_calibration="max")
+    op = program.ops[2]
+    x, y = program.values[op.input], program.values[op.output]
+    assert op.KIND == "lookup" and (x.bits, x.signed) == (5, True) and len(op.table) == 32
+    real = function(torch.arange(-16, 16, dtype=torch.float64) * x.scale)
+    low, high = (-16, 15) if y.signed else (0, 31)
+    assert torch.equal(op.table, torch.round(real / y.scale).clamp(low, high).long())
+    pixels = torch.randint(0, 17, (32, 16))
+    assert torch.equal(run_integer(program, pixels).argmax(1),
+                       run_fake_quant(program, pixels / 16).argmax(1))
+    with pytest.raises(CompileError, match=r"op 2 \(lookup '1'\): the network core has no "
+                       r"'lookup' op"):
+        compile_program(program, width=4)

@@ -476,13 +476,13 @@ def test_cached_trains_once(tmp_path):
 
 # -- unsupported layers --------------------------------------------------------------------
 
-class Sigmoid(nn.Module):
+class Softplus(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
-        return torch.sigmoid(self.fc(x))
+        return F.softplus(self.fc(x))
 
 
 class ReluAfterPool(nn.Module):
@@ -500,10 +500,10 @@ class AddOfInputs(nn.Module):
 
 
 @pytest.mark.parametrize("model, shape, message", [
-    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)),
-     (4,), r"^unsupported layer '3' \(nn\.GELU; supported activations: ReLU; ReLU6, "
-     r"Hardtanh\(0, m\), clamp\(0, m\)\)$"),
-    (Sigmoid(), (4,), r"^unsupported layer 'sigmoid' \(torch\.sigmoid; supported activations: "
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Mish(), nn.Linear(4, 2)),
+     (4,), r"^unsupported layer '3' \(nn\.Mish; supported activations: ReLU; ReLU6, "
+     r"Hardtanh\(0, m\), clamp\(0, m\); Sigmoid, Tanh, Hardswish, SiLU, GELU as tables\)$"),
+    (Softplus(), (4,), r"^unsupported layer 'softplus' \(torch\.softplus; supported activations: "
      r".*\) at test_program\.py:\d+$"),
     (nn.Sequential(nn.Conv2d(2, 2, 3, dilation=2)), (2, 5, 5),
      r"^unsupported layer '0' \(nn\.Conv2d with dilation=\(2, 2\), padding_mode='zeros'; "
@@ -526,12 +526,13 @@ def test_unsupported_layers_are_named(model, shape, message):
 
 
 def test_unsupported_layer_in_digits_mlp():
-    """The issue's example: a GELU in the MLP's ``layers`` is ``'layers.3' (nn.GELU)``."""
+    """As in the issue's example: a Mish in the MLP's ``layers`` is
+    ``'layers.3' (nn.Mish)``."""
     model = DigitsMLP()
-    model.layers[3] = nn.GELU()
-    with pytest.raises(ProgramError, match=r"^unsupported layer 'layers\.3' \(nn\.GELU; "
-                       r"supported activations: ReLU; ReLU6, Hardtanh\(0, m\), clamp\(0, m\)\) "
-                       r"at digits\.py:\d+$"):
+    model.layers[3] = nn.Mish()
+    with pytest.raises(ProgramError, match=r"^unsupported layer 'layers\.3' \(nn\.Mish; "
+                       r"supported activations: ReLU; ReLU6, Hardtanh\(0, m\), clamp\(0, m\); "
+                       r".* at digits\.py:\d+$"):
         quantize_model(model, torch.rand(8, 64))
 
 

@@ -7,7 +7,8 @@ from typing import Mapping
 from olmac.spec import (ACT_BITS, BIAS_BITS, MULTIPLIER_BITS, OUT_BITS, RESIDUAL_SHIFT_RANGE,
                         SHIFT_RANGE, WEIGHT_BITS)
 from ..formats import int_range
-from .ops import OPS, AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
+from .ops import (OPS, TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput,
+                  Requantize)
 from .schemes import SCHEMES
 from .types import (ActOutliers, ProgramError, TensorSpec, Value, check_field, check_pair,
                     check_positive_finite)
@@ -23,6 +24,9 @@ def tensor_specs(op) -> dict[str, TensorSpec]:
     ``op``'s attributes must already be valid. Raises ``ProgramError`` (without the op's
     label) where the shape of one tensor decides another's and is itself wrong.
     """
+    if isinstance(op, Lookup):
+        # every output format of a table fits s16 storage; check_program checks the range
+        return {"table": TensorSpec.integer((1 << op.in_bits,), OUT_BITS[1], True)}
     if not isinstance(op, Gemm):
         return {}
     n = op.out_features
@@ -44,7 +48,7 @@ def _expected_output_shape(op, label: str, values: Mapping[str, Value],
     if isinstance(op, QuantizeInput):
         return tuple(input_shape)
     shape = values[op.input].shape
-    if isinstance(op, Requantize):
+    if isinstance(op, (Requantize, Lookup)):
         return shape
     if isinstance(op, Flatten):
         return (math.prod(shape),)
@@ -85,6 +89,12 @@ def _check_op_attributes(op, label: str) -> None:
                                f"{op.kernel}, not {op.padding}")
     if isinstance(op, Gemm):
         _check_gemm_attributes(op, label)
+    if isinstance(op, Lookup):
+        check_field(label, "function", op.function, str)
+        if op.function not in TABLE_FUNCTIONS:
+            raise ProgramError(f"{label}: field 'function' must be one of "
+                               f"{', '.join(TABLE_FUNCTIONS)}, not {op.function!r}")
+        check_field(label, "in_bits", op.in_bits, int, ACT_BITS)
 
 
 def _check_gemm_attributes(op: Gemm, label: str) -> None:
@@ -131,6 +141,18 @@ def _check_gemm_tensors(op: Gemm, label: str) -> None:
     for name, spec in specs.items():
         spec.check(label, name, getattr(op, name))
     op.weight_scheme.check_tensors(label)
+
+
+def _check_lookup(op: Lookup, label: str, values: Mapping[str, Value]) -> None:
+    source, out = values[op.input], values[op.output]
+    if source.bits != op.in_bits:
+        raise ProgramError(f"{label}: input '{op.input}' is {source.format}, but field "
+                           f"'in_bits' is {op.in_bits}")
+    if not ACT_BITS[0] <= out.bits <= ACT_BITS[1]:
+        raise ProgramError(f"{label}: output '{op.output}' is {out.format}; a table writes "
+                           f"{ACT_BITS[0]}..{ACT_BITS[1]} bits")
+    TensorSpec.integer((1 << op.in_bits,), out.bits, out.signed).check(label, "table",
+                                                                       op.table)
 
 
 def _check_shape(label: str, field_name: str, shape) -> None:
@@ -237,6 +259,8 @@ def check_program(program) -> None:
                 raise ProgramError(f"{label}: output '{op.output}' must keep the format"
                                    f"{'' if isinstance(op, AvgPool) else ' and scale'} of "
                                    f"input '{op.input}'")
+        if isinstance(op, Lookup):
+            _check_lookup(op, label, values)
         if isinstance(op, Gemm):
             source = values[op.input]
             if not ACT_BITS[0] <= source.bits <= ACT_BITS[1]:

@@ -8,7 +8,8 @@ import torch
 from ..fake_quant import to_int_round_half_even
 from .integer_program import IntegerProgram
 from .kernels import from_rows, im2col, nchw_rows, pool_windows
-from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
+from .ops import TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, \
+    Requantize
 from .outliers import stored
 
 __all__ = ["run_fake_quant", "float_view"]
@@ -70,6 +71,9 @@ def float_view(program: IntegerProgram, images: torch.Tensor,
         elif isinstance(op, AvgPool):
             env[op.output] = fake(op.output, pool_windows(env[op.input], op.kernel, op.stride,
                                                           op.padding).mean(-1))
+        elif isinstance(op, Lookup):
+            # on the input's grid this is the table (both round half even)
+            env[op.output] = fake(op.output, TABLE_FUNCTIONS[op.function](env[op.input]))
         else:
             acts = env[op.input]
             if op.layer == "conv2d":

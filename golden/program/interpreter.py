@@ -10,7 +10,7 @@ from ..integer import requantize_round_half_up
 from .integer_program import IntegerProgram
 from .kernels import from_rows, im2col, nchw_rows, pool_windows, \
     requantize_residual_round_half_up
-from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
+from .ops import AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, Requantize
 from .outliers import OutlierCounts, stored
 from .types import Value
 
@@ -93,6 +93,10 @@ def _execute(program: IntegerProgram, pixels: torch.Tensor,
         elif isinstance(op, AvgPool):
             sums = pool_windows(env[op.input], op.kernel, op.stride, op.padding).sum(-1)
             y = _requantize_tensor(sums, op.multiplier, op.shift, out)
+        elif isinstance(op, Lookup):
+            source = program.values[op.input]
+            y = op.table.to(torch.int64)[env[op.input] - int_range(source.bits,
+                                                                   source.signed)[0]]
         else:
             y = _run_gemm(op, env, program.values[op.input], out, n)
         env[op.output], value_counts = stored(program, op.output, y)

@@ -28,14 +28,15 @@ from torch.nn import functional as F
 
 from olmac.spec import (ACT_BITS, ACT_OUTLIER_RATIO, BIAS_BITS, HIGHWAY_BITS,
                         RESIDUAL_SHIFT_RANGE)
-from ..fake_quant import requant_params
+from ..fake_quant import requant_params, to_int_round_half_even
 from ..formats import int_range
 from ..mmse import max_abs_scale, mmse_scale
 from .float_view import run_fake_quant
 from .integer_program import IntegerProgram
 from .kernels import im2col
 from .normalize import located, normalize, supported_layers
-from .ops import AvgPool, Flatten, Gemm, MaxPool, QuantizeInput, Requantize
+from .ops import (TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput,
+                  Requantize)
 from .schemes import SCHEMES
 from .types import ActOutliers, ProgramError, Value
 
@@ -79,17 +80,38 @@ def _unsupported(name: str, kind: str, why: str = "") -> ProgramError:
     return ProgramError(f"unsupported layer '{name}' ({kind}{' ' + why if why else ''})")
 
 
-#: Activations that need a lookup table (issue 13), a new core op: refused by name.
-_TABLE_ACTIVATIONS = {"gelu", "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "mish",
-                      "leakyrelu", "leaky_relu", "elu", "selu", "celu", "softplus", "prelu"}
+#: Activations without a form here: refused, naming the supported ones.
+_OTHER_ACTIVATIONS = {"hardsigmoid", "mish", "leakyrelu", "leaky_relu", "elu", "selu", "celu",
+                      "softplus", "prelu", "softsign", "logsigmoid", "relu6"}
+#: Activations the lowering makes tables (``Lookup``, §12), by module, function or method.
+_TABLE_MODULES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Hardswish: "hardswish",
+                  nn.SiLU: "silu"}
+_TABLE_CALLS = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
+                F.tanh: "tanh", F.hardswish: "hardswish", F.silu: "silu", "sigmoid": "sigmoid",
+                "tanh": "tanh"}
+
+
+def _table_function(node: fx.Node, modules: dict) -> str | None:
+    """The ``TABLE_FUNCTIONS`` name of an activation the lowering tabulates, else None."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        if isinstance(module, nn.GELU):
+            return "gelu" if module.approximate == "none" else "gelu_tanh"
+        return _TABLE_MODULES.get(type(module))
+    if node.op not in ("call_function", "call_method") or len(node.args) != 1:
+        return None
+    if node.target is F.gelu:
+        return "gelu" if node.kwargs.get("approximate", "none") == "none" else "gelu_tanh"
+    return None if node.kwargs else _TABLE_CALLS.get(node.target)
 
 
 def _refused(name: str, kind: str) -> ProgramError:
     """``_unsupported`` for a layer outside every supported form, saying what is supported
     instead."""
     short = kind.rsplit(".", 1)[-1].lower()
-    if short in _TABLE_ACTIVATIONS:
-        instead = "supported activations: ReLU; ReLU6, Hardtanh(0, m), clamp(0, m)"
+    if short in _OTHER_ACTIVATIONS:
+        instead = ("supported activations: ReLU; ReLU6, Hardtanh(0, m), clamp(0, m); Sigmoid, "
+                   "Tanh, Hardswish, SiLU, GELU as tables")
     elif short.startswith("conv"):  # Conv3d, ConvTranspose*, F.conv2d
         instead = "supported convolutions: nn.Conv2d and nn.Conv1d (any groups)"
     elif short in ("cat", "concat", "stack"):
@@ -125,6 +147,8 @@ def _classify(node: fx.Node, modules: dict) -> str:
         return "input"
     if node.op == "output":
         return "output"
+    if _table_function(node, modules) is not None:
+        return "lookup"
     if node.op == "call_module":
         module = modules[node.target]
         name, kind = node.target, _type_name(module)
@@ -673,6 +697,8 @@ class _Lowering:
             self.ops.append(self.gemm(step))
         elif step.kind == "cat":
             self.concatenate(step)
+        elif step.kind == "lookup":
+            self.lookup(step)
         else:
             source = self.value_of[step.input]
             bits, signed, scale = (self.values[source].bits, self.values[source].signed,
@@ -695,6 +721,26 @@ class _Lowering:
                 kernel[0] * kernel[1] * self.values[name].scale))
             self.ops.append(AvgPool(name, source, name, kernel, stride, padding, int(multiplier),
                                     int(shift)))
+
+    def lookup(self, step: _Step) -> None:
+        """A tabulated activation (§12, §17): the input at its low width, the output at
+        ``act_bits`` (signed if ``f`` is negative somewhere on the input's grid) with its
+        calibrated scale, and the table ``clamp(round_half_even(f(σ_x·q)/σ_y))`` over every
+        input code ``q``."""
+        node = step.nodes[0]
+        function = _table_function(node, self.modules)
+        source = self.low(step.input)
+        x = self.values[source]
+        low, high = int_range(x.bits, x.signed)
+        real = TABLE_FUNCTIONS[function](torch.arange(low, high + 1, dtype=torch.float64)
+                                         * x.scale)
+        signed = bool((real < 0).any())
+        name = self.unique(node.target if node.op == "call_module" else node.name)
+        self.add_value(node, name, self.act_bits, signed,
+                       self.scale(node, self.act_bits, signed, name))
+        table = to_int_round_half_even(real, torch.tensor(self.values[name].scale),
+                                       self.act_bits, signed=signed)
+        self.ops.append(Lookup(name, source, name, function, x.bits, table.to(torch.int64)))
 
     def concatenate(self, step: _Step) -> None:
         """``torch.cat`` along the channels (§17): one value in the operands' widest low

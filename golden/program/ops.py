@@ -9,10 +9,12 @@ from functools import cached_property
 from typing import ClassVar
 
 import torch
+from torch.nn import functional as F
 
 from .schemes import SCHEMES, WeightScheme
 
-__all__ = ["QuantizeInput", "Gemm", "AvgPool", "MaxPool", "Requantize", "Flatten", "OPS"]
+__all__ = ["QuantizeInput", "Gemm", "AvgPool", "MaxPool", "Requantize", "Flatten", "Lookup",
+           "TABLE_FUNCTIONS", "OPS"]
 
 
 class _Op:
@@ -149,5 +151,25 @@ class Flatten(_Mapping):
     KIND: ClassVar[str] = "flatten"
 
 
+#: The functions a ``lookup`` op tabulates, by name (float64 in, float64 out).
+TABLE_FUNCTIONS = {
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "hardswish": F.hardswish, "silu": F.silu,
+    "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Lookup(_Mapping):
+    """An elementwise function as a table (§12): ``y = table[x − lo]`` for ``x`` in the
+    input's format ``[lo, hi]`` (``in_bits`` wide, 2..8); ``table`` (``2^in_bits``
+    entries) holds ``clamp(round_half_even(f(σ_x·x)/σ_y), lo', hi')`` in the output's
+    format for ``f = TABLE_FUNCTIONS[function]``."""
+    function: str
+    in_bits: int
+    table: torch.Tensor = _tensor()
+    KIND: ClassVar[str] = "lookup"
+
+
 #: The op classes by ``KIND``.
-OPS = {cls.KIND: cls for cls in (QuantizeInput, Gemm, AvgPool, MaxPool, Requantize, Flatten)}
+OPS = {cls.KIND: cls for cls in (QuantizeInput, Gemm, AvgPool, MaxPool, Requantize, Flatten,
+                                 Lookup)}
