@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from olmac.compiler import CompileError, compile_program
+from olmac.flow import quantize
 from olmac.golden.program import ProgramError, run_fake_quant, run_integer, to_pixels
 from olmac.golden.program.lowering import lowering_notes, quantize_model, supported_layers
 from olmac.golden.program.normalize import normalize
@@ -387,3 +388,25 @@ def test_table_activations(activation, function):
     with pytest.raises(CompileError, match=r"op 2 \(lookup '1'\): the network core has no "
                        r"'lookup' op"):
         compile_program(program, width=4)
+
+
+class Joined(nn.Module):
+    """Two Linear branches on features joined by ``torch.cat``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(16, 6), nn.Linear(16, 4), nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.head(torch.cat([F.relu(self.a(x)), self.b(x)], 1))
+
+
+def test_concatenation_fine_tunes_around_its_copies():
+    """Quantization-aware training keeps a concatenation's 0/1 copies (they have no float
+    layer) and trains the layers around them; the result is lowered again."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 17, (64, 16)) / 16
+    program = quantize(Joined().eval(), images, act_bits=4, weight_bits=4, scheme="mmse",
+                       train_images=images, train_labels=torch.randint(0, 3, (64,)), epochs=1)
+    kinds = [(op.KIND, op.name) for op in program.ops]
+    assert ("gemm", "cat.part0") in kinds and ("gemm", "cat") in kinds

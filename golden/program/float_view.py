@@ -36,13 +36,17 @@ def run_fake_quant(program: IntegerProgram, images: torch.Tensor) -> torch.Tenso
 
     ``images`` are real (``p·pixel_scale``), ``N`` of ``input_shape`` or flattened.
     """
-    def program_weights(op: Gemm) -> tuple[torch.Tensor, torch.Tensor]:
-        weight_scale = op.weight_scale.to(torch.float64)
-        return (op.weight_scheme.matrix().to(torch.float64) * weight_scale,
-                op.bias.to(torch.float64) * program.values[op.input].scale * weight_scale)
-
     return float_view(program, images.to(torch.float64),
-                      lambda name, x: _fake(x, program, name), program_weights)
+                      lambda name, x: _fake(x, program, name),
+                      lambda op: program_weights(program, op))
+
+
+def program_weights(program: IntegerProgram, op: Gemm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A GEMM's real ``K×N`` weight ``σ_w·W`` and ``N`` bias ``σ_a·σ_w·β`` as the program
+    holds them."""
+    weight_scale = op.weight_scale.to(torch.float64)
+    return (op.weight_scheme.matrix().to(torch.float64) * weight_scale,
+            op.bias.to(torch.float64) * program.values[op.input].scale * weight_scale)
 
 
 def float_view(program: IntegerProgram, images: torch.Tensor,

@@ -26,7 +26,7 @@ from torch import nn
 from olmac.spec import ACT_BITS
 from ..fake_quant import fake_quantize_ste
 from ..syq import init_codebook, syq_quantize
-from .float_view import float_view
+from .float_view import float_view, program_weights
 from .integer_program import IntegerProgram
 from .lowering import Trained
 from .ops import Gemm
@@ -49,7 +49,8 @@ class TrainableProgram(nn.Module):
     def __init__(self, program: IntegerProgram, layers: dict[str, nn.Module], options: dict):
         super().__init__()
         self.program, self._layers, self._options = program, layers, options
-        self._gemms = [op for op in program.ops if isinstance(op, Gemm)]
+        # a concatenation's 0/1 copies (§17) have no float layer: they stay as they are
+        self._gemms = [op for op in program.ops if isinstance(op, Gemm) and op.name in layers]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.magnitudes = nn.ParameterList()
@@ -80,6 +81,8 @@ class TrainableProgram(nn.Module):
         return fake_quantize_ste(x, scale, value.bits, value.signed)
 
     def _weights(self, op: Gemm) -> tuple[torch.Tensor, torch.Tensor]:
+        if op not in self._gemms:
+            return program_weights(self.program, op)
         i = self._gemms.index(op)
         weight = self.weights[i]
         n = weight.shape[0]
