@@ -236,3 +236,18 @@ def test_maxpool_never_writes_outliers():
     with pytest.raises(ProgramError, match=r"^op 2 \(maxpool 'pooled'\): (a maxpool output "
                        r"cannot keep|reads 'low')"):
         IntegerProgram((1, 2, 2), 16, 1.0, values, ops, "pooled")
+
+
+# -- the command line -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["quantize", "--model", "mlp", "--out", "unused"],
+                                     ["demo", "--images", "1"]])
+@pytest.mark.parametrize("ratio", ["0.5", "-0.01", "nan"])
+def test_cli_refuses_a_bad_act_outlier_ratio(capsys, command, ratio):
+    """One line naming the option and its range, exit status 2, before any work."""
+    from olmac.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--act-outlier-ratio", ratio])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == \
+        f"olmac: error: --act-outlier-ratio must be a number in 0..0.1, not {float(ratio):g}"

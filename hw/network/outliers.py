@@ -11,10 +11,10 @@ from amaranth.utils import ceil_log2, exact_log2
 from .layouts import ControlSignature, OutlierBlock, is_compute
 from .walks import output_counters, tile_pointer
 
-__all__ = ["ActOutlierStore", "better_outlier"]
+__all__ = ["ActOutlierStore"]
 
 
-def better_outlier(a, b):
+def _better(a, b):
     """Whether candidate ``a`` ranks before ``b`` (§18): valid before invalid, then the
     larger correction ``|e|``, then the lower position. Candidates are ``(valid, excess,
     position)`` triples of values."""
@@ -159,7 +159,7 @@ class ActOutlierStore(wiring.Component):
             if best is None:
                 best = candidate
                 continue
-            keep = better_outlier((candidate[0], candidate[1], candidate[2].position),
+            keep = _better((candidate[0], candidate[1], candidate[2].position),
                                   (best[0], best[1], best[2].position))
             step = (Signal(name=f"{name}_{index}_valid"),
                     Signal.like(pool[0][1], name=f"{name}_{index}_excess"),
