@@ -174,6 +174,19 @@ def test_core_runs_adversarial_outlier_placements(slots):
     assert torch.equal(logits, expected)
 
 
+@pytest.mark.parametrize("requantizer", ["parallel", "serial"])
+def test_narrow_core_runs_outliers_and_packed_values(requantizer):
+    """The narrow memories (one activation read port, lent to residual reads) with the
+    packed memory and the outlier store, under random stalls."""
+    program, weights = placement_program(slots=2)
+    compiled = compile_program(program, width=4)
+    config = dataclasses.replace(compiled.config, memories="narrow", requantizer=requantizer)
+    assert config.packed_depth and config.act_outlier_lanes
+    core = NetworkCore(config, **compiled.contents)
+    logits = _run_core(core, compiled, PLACEMENTS, pause=0.3)
+    assert torch.equal(logits, _kept_by_hand(2).reshape(3, -1) @ weights)
+
+
 def test_core_runs_outliers_across_tiles_of_a_block():
     """Blocks of 2 words on a 2-wide core: a pixel's 4 channels are 2 words (tiles), so a
     block is filled by vectors written far apart (tile by tile) and still keeps the best."""
