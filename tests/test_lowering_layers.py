@@ -410,3 +410,11 @@ def test_concatenation_fine_tunes_around_its_copies():
                        train_images=images, train_labels=torch.randint(0, 3, (64,)), epochs=1)
     kinds = [(op.KIND, op.name) for op in program.ops]
     assert ("gemm", "cat.part0") in kinds and ("gemm", "cat") in kinds
+
+
+def test_refusal_of_an_unknown_layer_points_to_the_table():
+    """§17: a layer outside every form is refused by name, pointing to ``olmac layers``."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)).eval()
+    with pytest.raises(ProgramError, match=r"^unsupported layer '1' \(nn\.LayerNorm; supported "
+                       r"layers: olmac layers lists them\)$"):
+        quantize_model(model, torch.rand(8, 4))

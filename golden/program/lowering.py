@@ -117,7 +117,7 @@ def _refused(name: str, kind: str) -> ProgramError:
     elif short in ("cat", "concat", "stack"):
         instead = "supported: torch.cat along dim 1 (channels or features)"
     else:
-        instead = "supported layers: olmac.golden.program.lowering.supported_layers()"
+        instead = "supported layers: olmac layers lists them"
     return ProgramError(f"unsupported layer '{name}' ({kind}; {instead})")
 
 
