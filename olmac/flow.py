@@ -71,7 +71,8 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
     With ``epochs > 0`` the program is fine-tuned on ``train_images`` (real, as
     ``calibration``) and ``train_labels`` (class indices) through its float view
     (``golden.program.training.TrainableProgram``, docs/program.md §13) by
-    ``models.training.train``: Adam at ``lr`` on shuffled mini-batches of ``batch``,
+    ``models.training.train``: Adam from ``lr`` annealed to 0 on a half cosine, on
+    shuffled mini-batches of ``batch``,
     ``seed`` for the order, ``report(epoch, loss, accuracy)`` after each epoch; then lowered
     again. Deterministic for given arguments.
     """
@@ -91,12 +92,13 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
                                  f"{int(train_labels.max())}")
             trainable = TrainableProgram(program, layers, options)
             train(trainable, train_images, train_labels, epochs=epochs, lr=lr, batch=batch,
-                  seed=seed, initialize=False, report=report)
+                  seed=seed, initialize=False, anneal=True, report=report)
             return trainable.finish()
     return quantize_model(model, calibration, act_bits=act_bits, weight_bits=weight_bits,
                           scheme=scheme, highway=highway, outlier_ratio=outlier_ratio,
                           act_outlier_ratio=act_outlier_ratio, pixel_max=pixel_max,
                           pixel_scale=pixel_scale, fine_tune=fine_tune)
+
 
 def check_inputs(label: str, images: torch.Tensor, *, pixel_max: int = 16,
                  pixel_scale: float = 1 / 16) -> list[str]:

@@ -99,8 +99,11 @@ def mlp_data():
     return demo_data("mlp")
 
 
-@pytest.mark.parametrize("scheme", ["mmse", "value_aware", "multi_tensor"])
-def test_trainable_program_starts_as_the_float_view(mlp_data, scheme):
+@pytest.mark.parametrize("scheme,rotate,act_outlier_ratio", [
+    ("mmse", False, 0.0), ("value_aware", False, 0.0), ("multi_tensor", False, 0.0),
+    ("mmse", True, 0.0), ("mmse", False, 0.02)])
+def test_trainable_program_starts_as_the_float_view(mlp_data, scheme, rotate,
+                                                    act_outlier_ratio):
     """§13: before any step, the trainable program's logits are ``run_fake_quant``'s (the
     float view of the post-training program) up to float64 rounding, and every trainable
     parameter gets a gradient from the loss."""
@@ -119,7 +122,7 @@ def test_trainable_program_starts_as_the_float_view(mlp_data, scheme):
         return trainable.finish()
 
     quantize_model(mlp_data.model, images, act_bits=3, weight_bits=3, scheme=scheme,
-                   fine_tune=fine_tune)
+                   rotate=rotate, act_outlier_ratio=act_outlier_ratio, fine_tune=fine_tune)
     torch.testing.assert_close(seen["logits"], seen["expected"], rtol=1e-9, atol=1e-9)
     assert all(g is not None and bool(g.abs().sum() > 0) for g in seen["grads"])
 

@@ -8,7 +8,7 @@ from olmac.spec import (ACT_BITS, BIAS_BITS, MULTIPLIER_BITS, OUT_BITS, RESIDUAL
                         SHIFT_RANGE, WEIGHT_BITS)
 from ..formats import int_range
 from .ops import (OPS, TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput,
-                  Requantize)
+                  Requantize, Rotate)
 from .schemes import SCHEMES
 from .types import (ActOutliers, ProgramError, TensorSpec, Value, check_field, check_pair,
                     check_positive_finite)
@@ -50,6 +50,11 @@ def _expected_output_shape(op, label: str, values: Mapping[str, Value],
     shape = values[op.input].shape
     if isinstance(op, (Requantize, Lookup)):
         return shape
+    if isinstance(op, Rotate):
+        if shape[0] < 1 or shape[0] & (shape[0] - 1):
+            raise ProgramError(f"{label}: input '{op.input}' has shape {shape}; a rotation "
+                               f"needs a power-of-two first axis")
+        return shape
     if isinstance(op, Flatten):
         return (math.prod(shape),)
     if isinstance(op, Gemm):
@@ -76,7 +81,7 @@ def _expected_output_shape(op, label: str, values: Mapping[str, Value],
 def _check_op_attributes(op, label: str) -> None:
     for name in ("name", "output") + (() if isinstance(op, QuantizeInput) else ("input",)):
         check_field(label, name, getattr(op, name), str)
-    if isinstance(op, (QuantizeInput, AvgPool, Requantize)):
+    if isinstance(op, (QuantizeInput, AvgPool, Requantize, Rotate)):
         check_field(label, "multiplier", op.multiplier, int, _S32)
         check_field(label, "shift", op.shift, int, SHIFT_RANGE)
     if isinstance(op, (AvgPool, MaxPool)):

@@ -7,9 +7,9 @@ import torch
 
 from ..fake_quant import to_int_round_half_even
 from .integer_program import IntegerProgram
-from .kernels import from_rows, im2col, nchw_rows, pool_windows
+from .kernels import from_rows, im2col, nchw_rows, pool_windows, walsh_hadamard
 from .ops import TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, \
-    Requantize
+    Requantize, Rotate
 from .outliers import stored
 
 __all__ = ["run_fake_quant", "float_view"]
@@ -31,7 +31,8 @@ def run_fake_quant(program: IntegerProgram, images: torch.Tensor) -> torch.Tenso
 
     Every value is ``σ·q`` with ``q = clamp(round_half_even(x/σ))`` of its real ``x``;
     a GEMM computes ``x = A·(σ_w·W) + σ_a·σ_w·β (+ residual)`` with the program's own
-    integer weights and biases; pooling averages. It differs from ``run_integer`` only by
+    integer weights and biases; pooling averages; a rotation is the orthonormal
+    ``walsh_hadamard(x)/√n``. It differs from ``run_integer`` only by
     the rounding of ``M·2^(−s)`` and by ties (half even here, half up there).
 
     ``images`` are real (``p·pixel_scale``), ``N`` of ``input_shape`` or flattened.
@@ -67,6 +68,9 @@ def float_view(program: IntegerProgram, images: torch.Tensor,
             env[op.output] = fake(op.output, x)
         elif isinstance(op, Requantize):
             env[op.output] = fake(op.output, env[op.input])
+        elif isinstance(op, Rotate):
+            rotated = walsh_hadamard(env[op.input], 1)
+            env[op.output] = fake(op.output, rotated / rotated.shape[1] ** 0.5)
         elif isinstance(op, Flatten):
             env[op.output] = env[op.input].reshape(n, -1)
         elif isinstance(op, MaxPool):

@@ -9,8 +9,8 @@ from ..formats import int_range
 from ..integer import requantize_round_half_up
 from .integer_program import IntegerProgram
 from .kernels import from_rows, im2col, nchw_rows, pool_windows, \
-    requantize_residual_round_half_up
-from .ops import AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, Requantize
+    requantize_residual_round_half_up, walsh_hadamard
+from .ops import AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, Requantize, Rotate
 from .outliers import OutlierCounts, stored
 from .types import Value
 
@@ -82,6 +82,9 @@ def _execute(program: IntegerProgram, pixels: torch.Tensor,
             y = _requantize_tensor(x, op.multiplier, op.shift, out)
         elif isinstance(op, Requantize):
             y = _requantize_tensor(env[op.input], op.multiplier, op.shift, out)
+        elif isinstance(op, Rotate):
+            y = _requantize_tensor(walsh_hadamard(env[op.input]), op.multiplier, op.shift,
+                                   out)
         elif isinstance(op, Flatten):
             env[op.output] = env[op.input].reshape(n, -1)  # the same words (§18)
             continue

@@ -9,8 +9,8 @@ from olmac.spec import HIGHWAY_BITS, MULTIPLIER_BITS, RESIDUAL_SHIFT_RANGE, SHIF
 from ..formats import check_in_format, int_range
 from ..integer import MAX_ACC_BITS, _per_channel
 
-__all__ = ["im2col", "pool_windows", "requantize_residual_round_half_up", "nchw_rows",
-           "from_rows"]
+__all__ = ["im2col", "pool_windows", "walsh_hadamard", "requantize_residual_round_half_up",
+           "nchw_rows", "from_rows"]
 
 _S32 = int_range(MULTIPLIER_BITS, signed=True)
 
@@ -53,6 +53,36 @@ def pool_windows(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, in
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     windows = F.pad(x, (pw, pw, ph, ph), value=fill).unfold(2, kh, sh).unfold(3, kw, sw)
     return windows.reshape(*windows.shape[:4], kh * kw)
+
+
+def walsh_hadamard(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The unnormalized fast Walsh–Hadamard transform of ``x`` along ``dim`` (§19):
+    ``y = x ×_dim H_n`` with ``H_1 = [1]``, ``H_2n = [[H_n, H_n], [H_n, −H_n]]`` (Sylvester
+    order), in ``log2(n)`` butterfly stages of one add and one subtract per pair; exact on
+    integers (each stage widens by one bit) and differentiable on floats.
+    ``H_n·H_n = n·I``, so ``walsh_hadamard(x)/√n`` is a rotation and its own inverse.
+
+    >>> walsh_hadamard(torch.tensor([[1, 0, 0, 0], [1, 2, 3, 4]]))
+    tensor([[ 1,  1,  1,  1],
+            [10, -2, -4,  0]])
+
+    Raises
+    ------
+    ValueError
+        If the size along ``dim`` is not a power of two.
+    """
+    n = x.shape[dim]
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"the Walsh–Hadamard transform needs a power-of-two size, not {n}")
+    moved = x.movedim(dim, -1)
+    shape = moved.shape
+    half = 1
+    while half < n:
+        pairs = moved.reshape(*shape[:-1], n // (2 * half), 2, half)
+        first, second = pairs[..., 0, :], pairs[..., 1, :]
+        moved = torch.stack((first + second, first - second), dim=-2).reshape(shape)
+        half *= 2
+    return moved.movedim(-1, dim)
 
 
 def nchw_rows(x: torch.Tensor) -> torch.Tensor:

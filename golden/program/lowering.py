@@ -33,10 +33,10 @@ from ..formats import int_range
 from ..mmse import max_abs_scale, mmse_scale
 from .float_view import run_fake_quant
 from .integer_program import IntegerProgram
-from .kernels import im2col
+from .kernels import im2col, walsh_hadamard
 from .normalize import located, normalize, supported_layers
 from .ops import (TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput,
-                  Requantize)
+                  Requantize, Rotate)
 from .schemes import SCHEMES
 from .types import ActOutliers, ProgramError, Value
 
@@ -360,6 +360,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                    pixel_scale: float = 1 / 16, outlier_ratio: float = 1 / 64,
                    weight_outlier_bits: int | None = None, planes: int = 2,
                    syq_idx_bits: int = 1, syq_granularity: str = "row",
+                   rotate: bool = False,
                    fine_tune: Callable[[IntegerProgram, dict[str, nn.Module], dict], Trained]
                    | None = None, act_outlier_ratio: float = 0.0,
                    act_outliers: ActOutliers | None = None) -> IntegerProgram:
@@ -384,6 +385,11 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     of the quantized weights on the calibration batch back into the bias (§13). ``highway=False`` is the ablation
     of §11: the skip tensor is requantized to ``act_bits`` before the add and sums are
     low-width.
+
+    ``rotate`` (§19) rotates the input space of every GEMM whose input is not the pixels
+    and has a power-of-two first axis (features, or channels) by the Walsh–Hadamard
+    transform: the weights offline, the activations online (a ``Rotate`` op on the
+    producer's output, which is then 16-bit, as every GEMM output is under ``rotate``).
 
     ``fine_tune`` (quantization-aware training, §13) is called with the post-training
     program, the normalized float layers by GEMM name (BatchNorm folded; copies: the
@@ -484,7 +490,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
             scheme_of=(lambda name: scheme) if isinstance(scheme, str)
             else (lambda name: scheme.get(name, "mmse")),
             options=options, clip=clip, cache=cache, trained=trained,
-            act_outliers=outliers, act_outlier_ratio=act_outlier_ratio)
+            act_outliers=outliers, act_outlier_ratio=act_outlier_ratio, rotate=rotate)
         lowering.residuals = {step.residual for step in steps if step.residual is not None}
         for step in steps:
             lowering.lower(step, pixel_max, pixel_scale)
@@ -623,12 +629,14 @@ class _Lowering:
     clip: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
     trained: Trained | None = None
+    rotate: bool = False
     residuals: set = field(default_factory=set)
     act_outliers: dict = field(default_factory=dict)
     act_outlier_ratio: float = 0.0
     values: dict = field(default_factory=dict)
     value_of: dict = field(default_factory=dict)
     low_of: dict = field(default_factory=dict)
+    rotated_of: dict = field(default_factory=dict)
     ops: list = field(default_factory=list)
 
     def unique(self, name: str) -> str:
@@ -669,13 +677,28 @@ class _Lowering:
         self.value_of[node] = name
         return name
 
-    def low(self, node: fx.Node) -> str:
+    def low(self, node: fx.Node, rotate: bool = False) -> str:
         """The value of ``node`` at ``act_bits`` for a GEMM: itself if at most 8 bits wide,
-        else a ``Requantize`` copy ``<name>.low`` (made once)."""
+        else a ``Requantize`` copy ``<name>.low`` (made once); with ``rotate`` and a
+        power-of-two first axis, a ``Rotate`` copy ``<name>.rot`` (§19) instead."""
         name = self.value_of[node]
         source = self.values[name]
         if source.bits <= ACT_BITS[1]:
             return name
+        size = source.shape[0]
+        if rotate and size >= 2 and not size & (size - 1):
+            if name not in self.rotated_of:
+                copy = self.unique(f"{name}.rot")
+                key = ("rotated", node)  # the rotated float activations, for the scale
+                self.floats[key] = walsh_hadamard(
+                    self.floats[node].detach().to(torch.float64), 1) / size ** 0.5
+                scale = self.scale(key, self.act_bits, True, copy)
+                self.values[copy] = Value(source.shape, self.act_bits, True, scale)
+                multiplier, shift = _requant(f"rotate '{copy}'",
+                                             source.scale / (size ** 0.5 * scale))
+                self.ops.append(Rotate(copy, name, copy, int(multiplier), int(shift)))
+                self.rotated_of[name] = copy
+            return self.rotated_of[name]
         if name not in self.low_of:
             copy = self.unique(f"{name}.low")
             scale = self.scale(node, self.act_bits, source.signed, copy)
@@ -807,11 +830,16 @@ class _Lowering:
         node = step.nodes[0]
         module = self.modules[node.target]
         label = f"layer '{node.target}'"
-        source = self.low(step.input)
+        source = self.low(step.input, rotate=self.rotate)
         act = self.values[source]
+        rotated = source in self.rotated_of.values()
+        weight = module.weight.detach()
+        if rotated:  # offline, into the rotated input space (§19)
+            weight = walsh_hadamard(weight.to(torch.float64), 1) / weight.shape[1] ** 0.5
         # With the highway the skip tensors and the residual sums (the stream a following
-        # block takes its skip from) are 16-bit (§11); the output is always 16-bit.
-        wide = step.last is self.result or (self.highway and (
+        # block takes its skip from) are 16-bit (§11); the output is always 16-bit; under
+        # rotation every GEMM output is, for the next layer's online rotation (§19).
+        wide = step.last is self.result or self.rotate or (self.highway and (
             step.last in self.residuals or step.residual is not None))
         signed = not step.relu
         bits = HIGHWAY_BITS if wide else self.act_bits
@@ -828,21 +856,22 @@ class _Lowering:
         zeros = torch.zeros(n, dtype=torch.int64)
         op = Gemm(name=name, input=source, output=name,
                   layer="conv2d" if geometry else "linear",
-                  in_features=module.weight[0].numel(), out_features=n, scheme=scheme,
+                  in_features=weight[0].numel(), out_features=n, scheme=scheme,
                   weight_bits=self.weight_bits, relu=step.relu, bias=zeros, multiplier=zeros,
                   shift=zeros, **geometry,
-                  **self.weights(node.target, module.weight, scheme))
+                  **self.weights(node.target, weight, scheme))
         weight_scale = op.weight_scale.to(torch.float64)
         bias_real = module.bias.detach().to(torch.float64) if module.bias is not None \
             else torch.zeros(n, dtype=torch.float64)
         if self.bias_correction:
             key = ("mean input", label)
             if key not in self.cache:
-                acts = self.floats[step.input].detach().to(torch.float64)
+                acts = self.floats[("rotated", step.input) if rotated else step.input]
+                acts = acts.detach().to(torch.float64)
                 if geometry:
                     acts = im2col(acts, op.kernel, op.stride, op.padding)
                 self.cache[key] = acts.mean(0)
-            error = (module.weight.detach().to(torch.float64).reshape(n, -1).T
+            error = (weight.to(torch.float64).reshape(n, -1).T
                      - op.weight_scheme.matrix().to(torch.float64) * weight_scale)
             bias_real = bias_real + self.cache[key] @ error
         bias = torch.round(bias_real / (act.scale * weight_scale))

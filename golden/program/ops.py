@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from .schemes import SCHEMES, WeightScheme
 
-__all__ = ["QuantizeInput", "Gemm", "AvgPool", "MaxPool", "Requantize", "Flatten", "Lookup",
-           "TABLE_FUNCTIONS", "OPS"]
+__all__ = ["QuantizeInput", "Gemm", "AvgPool", "MaxPool", "Requantize", "Rotate", "Flatten",
+           "Lookup", "TABLE_FUNCTIONS", "OPS"]
 
 
 class _Op:
@@ -146,6 +146,17 @@ class Requantize(_Mapping):
 
 
 @dataclass(frozen=True, eq=False)
+class Rotate(_Mapping):
+    """A tensor rotated into a GEMM's input space and requantized (§19): the unnormalized
+    Walsh–Hadamard transform ``h = x ×₀ H_n`` over the first axis (``F`` features or
+    ``C`` channels of every pixel; ``n`` a power of two), exact, then §3 with ``β = 0``:
+    ``y = clamp((h·M + 2^(s−1)) >> s, lo, hi)``, ``M·2^(−s) = σ_x/(√n·σ_y)``."""
+    multiplier: int
+    shift: int
+    KIND: ClassVar[str] = "rotate"
+
+
+@dataclass(frozen=True, eq=False)
 class Flatten(_Mapping):
     """``C×H×W`` to ``C·H·W`` features in row-major ``(c, y, x)`` order; no arithmetic."""
     KIND: ClassVar[str] = "flatten"
@@ -171,5 +182,5 @@ class Lookup(_Mapping):
 
 
 #: The op classes by ``KIND``.
-OPS = {cls.KIND: cls for cls in (QuantizeInput, Gemm, AvgPool, MaxPool, Requantize, Flatten,
-                                 Lookup)}
+OPS = {cls.KIND: cls for cls in (QuantizeInput, Gemm, AvgPool, MaxPool, Requantize, Rotate,
+                                 Flatten, Lookup)}

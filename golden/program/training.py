@@ -11,7 +11,9 @@ What trains, in place of what the post-training lowering chose:
   step), the backward pass goes straight through to the float weight;
 * SYQ layers' codebook magnitudes (``syq_quantize``'s gradients, as in the SYQ study);
 * each low-width activation's step size σ (LSQ, ``fake_quantize_ste``), as ``log σ``,
-  starting from the calibrated scale. The input keeps the pixel grid and 16-bit values
+  starting from the calibrated scale; with activation outliers (§18) the step is the
+  dense format's (so the value-aware threshold ``hi·σ`` is learned) and the block rule
+  applies in the forward pass. The input keeps the pixel grid and 16-bit values
   (the highway, the logits) keep their scales while training; the lowering afterwards
   calibrates them on the trained float model.
 
@@ -25,11 +27,14 @@ from torch import nn
 
 from olmac.spec import ACT_BITS
 from ..fake_quant import fake_quantize_ste
+from ..formats import int_range
 from ..syq import init_codebook, syq_quantize
 from .float_view import float_view, program_weights
 from .integer_program import IntegerProgram
 from .lowering import Trained
-from .ops import Gemm
+from .kernels import walsh_hadamard
+from .ops import Gemm, Rotate
+from .outliers import stored
 from .schemes import SCHEMES
 
 __all__ = ["TrainableProgram"]
@@ -51,6 +56,7 @@ class TrainableProgram(nn.Module):
         self.program, self._layers, self._options = program, layers, options
         # a concatenation's 0/1 copies (§17) have no float layer: they stay as they are
         self._gemms = [op for op in program.ops if isinstance(op, Gemm) and op.name in layers]
+        self._rotated = {op.output for op in program.ops if isinstance(op, Rotate)}
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.magnitudes = nn.ParameterList()
@@ -63,7 +69,7 @@ class TrainableProgram(nn.Module):
             if op.scheme == "syq":
                 self._syq[op.name] = len(self.magnitudes)
                 self.magnitudes.append(nn.Parameter(init_codebook(
-                    weight, granularity=options["syq_granularity"],
+                    self._rotate(op, weight), granularity=options["syq_granularity"],
                     idx_bits=options["syq_idx_bits"], zero=True)))
         inherited = {op.output for op in program.ops if op.KIND in ("flatten", "maxpool")}
         self._learned = [name for name, value in program.values.items()
@@ -78,13 +84,27 @@ class TrainableProgram(nn.Module):
         value = self.program.values[name]
         scale = self.log_scales[self._index[name]].exp() if name in self._index \
             else value.scale
-        return fake_quantize_ste(x, scale, value.bits, value.signed)
+        if value.outliers is None:
+            return fake_quantize_ste(x, scale, value.bits, value.signed)
+        # activation outliers (§18): the outlier format's steps, then the block rule
+        # (what a block cannot keep saturates), with fake_quantize_ste's gradients
+        low, high = int_range(value.produced_bits, value.signed)
+        steps = torch.clamp(x / scale, low, high)
+        kept = stored(self.program, name, torch.round(steps).to(torch.int64))[0]
+        return (kept.to(steps.dtype) + (steps - steps.detach())) * scale
+
+    def _rotate(self, op: Gemm, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` in the input space of ``op``: rotated as the lowering does (§19)
+        where ``op`` reads a ``Rotate`` output."""
+        if op.input not in self._rotated:
+            return weight
+        return walsh_hadamard(weight, 1) / weight.shape[1] ** 0.5
 
     def _weights(self, op: Gemm) -> tuple[torch.Tensor, torch.Tensor]:
         if op not in self._gemms:
             return program_weights(self.program, op)
         i = self._gemms.index(op)
-        weight = self.weights[i]
+        weight = self._rotate(op, self.weights[i])
         n = weight.shape[0]
         if op.name in self._syq:
             real = syq_quantize(weight, self.magnitudes[self._syq[op.name]], zero=True)

@@ -37,7 +37,7 @@ def one_thread() -> Iterator[None]:
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 300,
           lr: float = 1e-2, batch: int | None = None, seed: int = 0,
-          initialize: bool = True,
+          initialize: bool = True, anneal: bool = False,
           report: Callable[[int, float, float], None] | None = None) -> nn.Module:
     """Adam on the cross-entropy of ``model(x)`` against the labels ``y`` for ``epochs``
     passes over the data; returns ``model`` in eval mode.
@@ -48,7 +48,9 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 3
     the model's current parameters (quantization-aware fine-tuning from trained float
     weights) and the global random state is left alone. ``batch=None`` takes one step per
     epoch on the whole data; else each epoch visits the data in a random order (a
-    generator of its own, seeded with ``seed``) in mini-batches of ``batch``. Runs on one
+    generator of its own, seeded with ``seed``) in mini-batches of ``batch``. With
+    ``anneal`` the learning rate falls from ``lr`` to 0 over all steps on a half cosine
+    (the end point of fine-tuning then does not jitter with the last steps). Runs on one
     CPU thread (``one_thread``): the result depends only on the arguments. ``report``, if
     given, is called after each epoch with the epoch (from 1), the mean loss and the
     accuracy of the epoch's batches (as they were scored before each step).
@@ -66,6 +68,9 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 3
                     nn.init.zeros_(parameter)
         shuffle = None if batch is None else torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        steps = epochs * (1 if batch is None else -(-len(x) // batch))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) \
+            if anneal else None
         model.train()
         for epoch in range(epochs):
             if shuffle is None:
@@ -80,6 +85,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 3
                 loss = nn.functional.cross_entropy(logits, y[chosen])
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
                 if report is not None:
                     loss_sum += loss.item() * len(logits)
                     right += int((logits.argmax(1) == y[chosen]).sum())

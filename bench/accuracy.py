@@ -1,0 +1,173 @@
+"""The accuracy table: post-training and trained integer programs over seeds,
+``python -m bench.accuracy [--model cnn|mlp] [--seeds 5] [--rows NAME ...]``.
+
+For every row and seed: the demo model of that seed (``olmac.models.demo``, cached under
+``build/models``) is quantized by ``quantize_model`` (the default calibration, §13), then
+fine-tuned through its float view for ``EPOCHS`` epochs (``olmac.flow.quantize``'s
+training, §13) and lowered again. Both programs are scored by ``run_integer`` on every
+test image; the float model's own accuracy is the reference. Each (row, model, seed) is
+computed once and kept, with the trained artifact, under ``build/models/accuracy``; the
+table prints mean ± standard deviation (with Bessel's correction) over the seeds, and the
+on-chip bits of the program's weights and of one image's activations.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from olmac.flow import TRAIN_BATCH, TRAIN_LR
+from olmac.golden import artifact
+from olmac.golden.program import Gemm, quantize_model, run_integer, tensor_specs, to_pixels
+from olmac.golden.program.training import TrainableProgram
+from olmac.models.demo import cnn, mlp
+from olmac.models.digits import as_images, load_digits_split
+from olmac.models.training import MODEL_DIR, one_thread, train
+
+__all__ = ["EPOCHS", "SEEDS", "Row", "ROWS", "measure", "report"]
+
+#: Training epochs of every trained row.
+EPOCHS = 12
+#: Seeds of the table (the float model's initialization and the batch order).
+SEEDS = 5
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration: its ``name`` (the cache key), what the table says of it, and the
+    options of ``quantize_model``."""
+    name: str
+    label: str
+    options: dict = field(default_factory=dict)
+
+
+def _widths(bits: int, highway: bool) -> Row:
+    return Row(f"{bits}{bits}{'hw' if highway else ''}", f"{bits}/{bits} MMSE"
+               + (", highway" if highway else ", no highway"),
+               {"weight_bits": bits, "act_bits": bits, "scheme": "mmse", "highway": highway})
+
+
+#: The rows of the table.
+ROWS = [_widths(bits, highway) for bits in (4, 3, 2) for highway in (True, False)] + [
+    Row("syq3", "SYQ ternary W, 4-bit A", {"weight_bits": 4, "act_bits": 4, "scheme": "syq"}),
+    Row("syq2", "SYQ binary W, 4-bit A", {"weight_bits": 4, "act_bits": 4, "scheme": "syq",
+                                          "syq_idx_bits": 0}),
+    Row("mt22", "multi-tensor 2×2-bit W, 4-bit A",
+        {"weight_bits": 2, "act_bits": 4, "scheme": "multi_tensor", "planes": 2}),
+    Row("va3", "value-aware W (1 %), 3/3",
+        {"weight_bits": 3, "act_bits": 3, "scheme": "value_aware", "outlier_ratio": 0.01}),
+] + [Row(f"rot{bits}", f"{bits}/{bits} MMSE, Hadamard rotation",
+         {"weight_bits": bits, "act_bits": bits, "scheme": "mmse", "rotate": True})
+     for bits in (4, 3)]
+_BY_NAME = {row.name: row for row in ROWS}
+
+
+def memory_bits(program) -> tuple[int, int]:
+    """``(weight bits, activation bits)``: every GEMM's weight tensors (weights, outliers,
+    planes, codes, tables) at their formats' widths, and every value of one image at its
+    width."""
+    weights = 0
+    for op in program.ops:
+        if isinstance(op, Gemm):
+            specs = tensor_specs(op)
+            for name in ("weights", "weight_outliers", "plane_exponents", "codes", "tables"):
+                if name in specs:
+                    spec = specs[name]
+                    bits = int(spec.format[1:])
+                    weights += bits * torch.Size(spec.shape).numel()
+    activations = sum(value.bits * torch.Size(value.shape).numel()
+                      for value in program.values.values())
+    return weights, activations
+
+
+def _accuracy(program, pixels, labels) -> float:
+    return float((run_integer(program, pixels).argmax(1) == labels).double().mean())
+
+
+def measure(model: str, row: Row, seed: int, directory: Path = MODEL_DIR) -> dict:
+    """The post-training and trained accuracy (and memory bits) of ``row`` on the demo
+    ``model`` of ``seed``, from the cache if there."""
+    path = Path(directory) / "accuracy" / f"{model}_{row.name}_e{EPOCHS}_s{seed}"
+    if (path / "result.json").exists():
+        return json.loads((path / "result.json").read_text())
+    digits = load_digits_split()
+    float_model = (cnn if model == "cnn" else mlp)(digits, seed=seed)
+    shaped = as_images if model == "cnn" else (lambda x: x)
+    images, test = shaped(digits.x_train), shaped(digits.x_test)
+    pixels = to_pixels(digits.x_test)
+    seen = {}
+
+    def fine_tune(program, layers, options):
+        seen["ptq"] = program
+        trainable = TrainableProgram(program, layers, options)
+        train(trainable, images, digits.y_train, epochs=EPOCHS, lr=TRAIN_LR,
+              batch=TRAIN_BATCH, seed=seed, initialize=False, anneal=True)
+        return trainable.finish()
+
+    started = time.perf_counter()
+    with one_thread():
+        trained = quantize_model(float_model, images, fine_tune=fine_tune, **row.options)
+        with torch.no_grad():
+            float_accuracy = float((float_model(test).argmax(1) == digits.y_test)
+                                   .double().mean())
+        result = {"float": float_accuracy,
+                  "ptq": _accuracy(seen["ptq"], pixels, digits.y_test),
+                  "trained": _accuracy(trained, pixels, digits.y_test),
+                  "memory_bits": memory_bits(trained),
+                  "seconds": time.perf_counter() - started}
+    artifact.save(trained, path)
+    (path / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def _mean_std(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def report(model: str = "cnn", seeds: int = SEEDS, rows=None) -> dict:
+    """Print the markdown table of ``rows`` (names of ``ROWS``; all by default) on the demo
+    ``model`` over ``seeds`` seeds; return ``{row name: [result per seed]}``."""
+    chosen = [_BY_NAME[name] for name in rows] if rows else ROWS
+    title = "residual CNN" if model == "cnn" else "MLP"
+    print(f"## Accuracy on digits, {title}, {seeds} seeds (every test image, "
+          f"`run_integer`; mean ± std in %)")
+    print()
+    print("| configuration | post-training | trained | weights kbit | activations kbit |")
+    print("|---|---:|---:|---:|---:|")
+    results = {}
+    for row in chosen:
+        results[row.name] = [measure(model, row, seed) for seed in range(seeds)]
+        if row is chosen[0]:
+            print(f"| float | {_mean_std([r['float'] for r in results[row.name]])} | | "
+                  f"| |")
+        weights, activations = results[row.name][0]["memory_bits"]
+        print(f"| {row.label} | {_mean_std([r['ptq'] for r in results[row.name]])} "
+              f"| {_mean_std([r['trained'] for r in results[row.name]])} "
+              f"| {weights / 1000:.1f} | {activations / 1000:.1f} |", flush=True)
+    print()
+    print(f"Trained: {EPOCHS} epochs through the float view (docs/program.md §13), Adam "
+          f"from {TRAIN_LR:g} annealed to 0, batches of {TRAIN_BATCH}. Weights kbit: every GEMM's weight "
+          f"tensors at their widths; activations kbit: every value of one image at its "
+          f"width (16-bit highway tensors and logits included).")
+    print()
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__)
+    parser.add_argument("--model", choices=("cnn", "mlp"), action="append")
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--rows", nargs="+", choices=list(_BY_NAME))
+    args = parser.parse_args()
+    for model in args.model or ("cnn", "mlp"):
+        report(model, args.seeds, args.rows)
+
+
+if __name__ == "__main__":
+    main()
