@@ -92,6 +92,9 @@ def test_rotated_mlp_keeps_its_accuracy_at_8_bits(rotated, tmp_path):
 
 
 def test_the_core_refuses_the_rotate_op(rotated):
+    """The core has no rotation: the compiler names every ``rotate`` op, one line each."""
     with pytest.raises(CompileError, match=r"^op 2 \(rotate 'layers\.0\.rot'\): the network "
-                                           r"core has no 'rotate' op$"):
+                                           r"core has no 'rotate' op\nop 4 \(rotate "
+                                           r"'layers\.2\.rot'\): the network core has no "
+                                           r"'rotate' op$"):
         compile_program(rotated[1])
