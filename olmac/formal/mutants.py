@@ -21,7 +21,7 @@ from olmac.hw.stream import SkidBuffer
 
 __all__ = ["BlindLaneArray", "DeafFrameReceiver", "HastyDecoder", "LossyRequestSlots",
            "LossyResultBuffer", "OnesComplementDecoder", "OverrunSkidBuffer",
-           "SkewedRequantizer"]
+           "SkewedRequantizer", "TamperedArray"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -229,4 +229,47 @@ class DeafFrameReceiver(wiring.Component):
         m.d.comb += [receiver.rx.valid.eq(self.rx.valid & ~AnySeq(1)),
                      receiver.rx.payload.eq(self.rx.payload), self.rx.ready.eq(1),
                      receiver.rx_error.eq(self.rx_error), self.error.eq(receiver.error)]
+        return m
+
+
+class TamperedArray(wiring.Component):
+    """A :class:`~olmac.hw.mac_array.MacArray` whose beats are tampered with on the way in:
+    ``"act_outlier"`` loses the first activation-outlier slot (an outlier never counted),
+    ``"weight_outlier"`` the first weight-outlier slot.
+
+    Parameters
+    ----------
+    fault : str
+        One of the two above.
+    **params
+        As :class:`~olmac.hw.mac_array.MacArray` takes them.
+
+    Raises
+    ------
+    ValueError
+        If ``fault`` is not one of the two.
+    """
+
+    FAULTS = ("act_outlier", "weight_outlier")
+
+    def __init__(self, fault, **params):
+        if fault not in self.FAULTS:
+            raise ValueError(f"Fault must be one of {', '.join(self.FAULTS)}, not {fault!r}")
+        self._fault = fault
+        self._array = MacArray(**params)
+        super().__init__(self._array.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.array = array = self._array
+        wiring.connect(m, array.acc, wiring.flipped(self.acc))
+        m.d.comb += [array.act.valid.eq(self.act.valid), self.act.ready.eq(array.act.ready),
+                     array.act.payload.eq(self.act.payload),
+                     array.weights.valid.eq(self.weights.valid),
+                     self.weights.ready.eq(array.weights.ready),
+                     array.weights.payload.eq(self.weights.payload)]
+        if self._fault == "act_outlier":
+            m.d.comb += array.act.payload.outliers[0].valid.eq(0)
+        else:
+            m.d.comb += array.weights.payload.outliers[0].valid.eq(0)
         return m

@@ -14,7 +14,7 @@ from olmac.hw.result_buffer import ResultBuffer
 from olmac.hw.stream import SkidBuffer
 from .mutants import (BlindLaneArray, DeafFrameReceiver, HastyDecoder, LossyRequestSlots,
                       LossyResultBuffer, OnesComplementDecoder, OverrunSkidBuffer,
-                      SkewedRequantizer)
+                      SkewedRequantizer, TamperedArray)
 from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
                          FrameReceiverProperties, MacArrayProperties,
                          RequantizerProperties, RequestSlotsProperties, ResultBufferProperties,
@@ -66,6 +66,11 @@ _STREAM_DECODER = dict(lanes=2, cols=2, idx_bits=1, zero=True, entry_bits=2, sub
 
 
 _SMALL_ARRAY = dict(lanes=2, cols=2, act_bits=2, weight_bits=2, max_k=8)
+#: The same with one multiplier of each outlier kind, two slots each (so a beat may take
+#: two sub-beats) and 3-bit outliers.
+_OUTLIER_ARRAY = dict(_SMALL_ARRAY, act_outlier_lanes=1, weight_outlier_lanes=1,
+                      act_outlier_bits=3, weight_outlier_bits=3, act_outlier_slots=2,
+                      weight_outlier_slots=2)
 
 
 def _requant_proof(out_signed):
@@ -131,6 +136,16 @@ PROOFS = (
           lambda: MacArrayProperties(MacArray(**_SMALL_ARRAY)),
           {"blind_lane": lambda: MacArrayProperties(BlindLaneArray(**_SMALL_ARRAY))},
           depth=12, mode="bmc", slow=True),
+    # The outlier merge: bounded like the dense array (its output queue is a memory), and
+    # only to the first result (6 cycles from a beat to `acc`, so one-beat reductions): with
+    # 1-bit plane shifts as well the solver's step 7 ran past 10 minutes. Each mutant drops
+    # one kind of outlier.
+    Proof("mac_array_2x2_outliers",
+          lambda: MacArrayProperties(MacArray(**_OUTLIER_ARRAY)),
+          {fault: (lambda fault=fault: MacArrayProperties(TamperedArray(fault,
+                                                                        **_OUTLIER_ARRAY)))
+           for fault in TamperedArray.FAULTS},
+          depth=7, mode="bmc", slow=True),
 )
 
 

@@ -414,35 +414,78 @@ class RequestSlotsProperties(Elaboratable):
 
 
 class MacArrayProperties(Elaboratable):
-    """A dense :class:`~olmac.hw.mac_array.MacArray` against docs/semantics.md §2/§4 written
+    """A :class:`~olmac.hw.mac_array.MacArray` against docs/semantics.md §2/§4/§6/§8 written
     here: the accumulator vector of a freely chosen reduction (``AnyConst`` number) is the
-    exact sum over its beats of ``Σ_lane act[lane] · w[lane][col]``, and the stream rules
-    hold on ``acc``. Beats, ``last`` and stalls are free. Checked by BMC: the array's output
-    queue is a memory (see :class:`ResultBufferProperties`).
+    exact sum over its beats of ``Σ_lane a[lane] · w[lane][col]`` of the *recombined*
+    operands (dense plus every valid outlier at its position, §6), and the stream rules
+    hold on ``acc``. Beats, outliers, ``last`` and stalls are free within §6's rules for the
+    producer: valid outlier slots first, positions in range, at most one outlier per
+    position, the dense slot of an outlier position zero. So every outlier is counted once
+    and an outlier × outlier product once. Checked by BMC: the array's output queue is a
+    memory (see :class:`ResultBufferProperties`).
 
     Parameters
     ----------
     array : MacArray
-        The block under test (no outlier lanes, no plane shifts), or a broken variant.
+        The block under test (any outlier lanes and plane shifts), or a broken variant.
     """
 
     def __init__(self, array):
         self._array = array
 
+    def _assume_outlier_rules(self, m, slots, positions, lanes, cols):
+        """§6's producer rules for one beat's outlier ``slots``; ``positions(slot)`` is the
+        tuple of its indices, checked against ``(lanes, cols)``."""
+        for index, slot in enumerate(slots):
+            if index:
+                m.d.comb += Assume(~slot.valid | slots[index - 1].valid)
+            m.d.comb += Assume(~slot.valid | Cat(*(
+                index_value < bound for index_value, bound in
+                zip(positions(slot), (lanes, cols)))).all())
+            for other in slots[:index]:
+                same = Cat(*(x == y for x, y in zip(positions(slot), positions(other)))).all()
+                m.d.comb += Assume(~(slot.valid & other.valid & same))
+
     def elaborate(self, platform):
         m = Module()
         dut = self._array
         _free_streams(m, dut, (dut.act, dut.weights), dut.acc)
-
-        act, tile = dut.act.payload.data, dut.weights.payload.tile
+        act_beat, weight_beat = dut.act.payload, dut.weights.payload
+        act, tile = act_beat.data, weight_beat.tile
+        lanes = len(act)
         acc_layout = dut.acc.payload.shape()
         cols, acc_shape = acc_layout.length, acc_layout.elem_shape
-        running = [Signal(acc_shape, name=f"running_{col}") for col in range(cols)]
-        beat = [sum(Value.cast(act[lane]) * Value.cast(tile[lane][col])
-                    for lane in range(len(act)))
+        act_fields = act_beat.shape().members
+        weight_fields = weight_beat.shape().members
+
+        # The recombined operands: dense plus the valid outliers at their positions.
+        full_act = [Value.cast(act[lane]) for lane in range(lanes)]
+        full_w = [[Value.cast(tile[lane][col]) for col in range(cols)] for lane in range(lanes)]
+        if "outliers" in act_fields:
+            slots = [act_beat.outliers[i] for i in range(len(act_beat.outliers))]
+            self._assume_outlier_rules(m, slots, lambda slot: (slot.lane,), lanes, cols)
+            for lane in range(lanes):
+                for slot in slots:
+                    here = slot.valid & (slot.lane == lane)
+                    m.d.comb += Assume(~here | (act[lane] == 0))
+                    full_act[lane] = full_act[lane] + Mux(here, slot.value, 0)
+        if "outliers" in weight_fields:
+            slots = [weight_beat.outliers[i] for i in range(len(weight_beat.outliers))]
+            self._assume_outlier_rules(m, slots, lambda slot: (slot.lane, slot.col), lanes,
+                                       cols)
+            for lane in range(lanes):
+                for col in range(cols):
+                    for slot in slots:
+                        here = slot.valid & (slot.lane == lane) & (slot.col == col)
+                        m.d.comb += Assume(~here | (tile[lane][col] == 0))
+                        full_w[lane][col] = full_w[lane][col] + Mux(here, slot.value, 0)
+        beat = [sum(full_act[lane] * full_w[lane][col] for lane in range(lanes))
                 for col in range(cols)]
+
+        running = [Signal(acc_shape, name=f"running_{col}") for col in range(cols)]
+        summed = [running[col] + beat[col] for col in range(cols)]
         accepted = dut.act.valid & dut.act.ready
-        closing = accepted & dut.act.payload.last
+        closing = accepted & act_beat.last
 
         width = 4
         closed, sent = Signal(width), Signal(width)
@@ -453,10 +496,9 @@ class MacArrayProperties(Elaboratable):
         tracked_closed = Signal()
         with m.If(accepted):
             for col in range(cols):
-                m.d.sync += running[col].eq(Mux(dut.act.payload.last, 0,
-                                                running[col] + beat[col]))
+                m.d.sync += running[col].eq(Mux(act_beat.last, 0, summed[col]))
         with m.If(closing & (closed == index)):
-            m.d.sync += [expected[col].eq(running[col] + beat[col]) for col in range(cols)]
+            m.d.sync += [expected[col].eq(summed[col]) for col in range(cols)]
             m.d.sync += tracked_closed.eq(1)
         with m.If(delivered & (sent == index)):
             m.d.comb += Assert(tracked_closed, "a result left before its reduction closed")
