@@ -13,6 +13,8 @@
 6b. Run-time activation outliers and packed activations: the demo CNN at 4/4 and 3/3,
    with and without activation outliers, accuracy, cycles, outlier cycle overhead and
    activation memory bits (bench/act_outliers.py).
+6c. Weight schemes and per-layer widths on the RTL: SYQ, multi-tensor, mixed layers, 8/8
+   first and last layers on a 4/4 array (bench/network_schemes.py).
 6a. The layers people write: models of olmac.models.ordinary at 8/8, accuracy and RTL
    cycles (bench/layers.py).
 7. Whole-network accuracy on digits: float, plain 2/3/4-bit, + outliers, highway on/off,
@@ -170,7 +172,7 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
 
 
 SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl",
-            "act-outliers", "layers", "networks", "lstm", "fpga")
+            "act-outliers", "network-schemes", "layers", "networks", "lstm", "fpga")
 
 
 def main():
@@ -199,6 +201,9 @@ def main():
     if "act-outliers" in sections:
         from bench import act_outliers
         act_outliers.report()
+    if "network-schemes" in sections:
+        from bench import network_schemes
+        network_schemes.report()
     if "layers" in sections:
         from bench import layers
         layers.report()

@@ -63,10 +63,11 @@ def demo_data(name: str) -> DemoData:
 def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_aware",
              highway=True, outlier_ratio=1 / 64, act_outlier_ratio=0.0, pixel_max=16,
              pixel_scale=1 / 16, train_images=None, train_labels=None, epochs=0, lr=TRAIN_LR,
-             batch=TRAIN_BATCH, seed=0, report=None):
+             batch=TRAIN_BATCH, seed=0, report=None, layer_bits=None, layer_schemes=None):
     """``golden.program.quantize_model`` with the demo's defaults: 4-bit W/A, value-aware
     weights with one outlier per 64 weights of a channel (≈ 1.6 %), MMSE scales, highway,
-    no activation outliers unless ``act_outlier_ratio`` (docs/program.md §18).
+    no activation outliers unless ``act_outlier_ratio`` (docs/program.md §18);
+    ``layer_bits``/``layer_schemes`` set single layers' widths and schemes.
 
     With ``epochs > 0`` the program is fine-tuned on ``train_images`` (real, as
     ``calibration``) and ``train_labels`` (class indices) through its float view
@@ -97,7 +98,8 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
     return quantize_model(model, calibration, act_bits=act_bits, weight_bits=weight_bits,
                           scheme=scheme, highway=highway, outlier_ratio=outlier_ratio,
                           act_outlier_ratio=act_outlier_ratio, pixel_max=pixel_max,
-                          pixel_scale=pixel_scale, fine_tune=fine_tune)
+                          pixel_scale=pixel_scale, fine_tune=fine_tune,
+                          layer_bits=layer_bits, layer_schemes=layer_schemes)
 
 
 def check_inputs(label: str, images: torch.Tensor, *, pixel_max: int = 16,

@@ -120,13 +120,15 @@ def _progress_bar(total: int, label: str):
 
 def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: int = 0,
             seed: int = 1, build_dir: Path | str = "build/sim/network",
-            progress: bool = False, core_options: dict | None = None) -> NetworkResult:
+            progress: bool = False, core_options: dict | None = None,
+            array_bits: tuple[int, int] | None = None) -> NetworkResult:
     """Run ``program`` on integer ``pixels`` through the network core on Verilator.
 
     The images are compiled into the bench's ROM, so the model runs alone until every
     output word is captured (docs/network.md §16). ``core_options`` replace fields of the
     core's ``NetworkCore.Config`` (``requantizer``, ``memories``, ``multipliers``), e.g.
-    with those of the board top.
+    with those of the board top. ``array_bits`` fixes the array's operand widths
+    (``compile_program``; wider layers run in passes).
 
     Raises
     ------
@@ -139,7 +141,7 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
     from olmac.hw.network import NetworkCore
     from olmac.sim.network import NetworkBench, run_network
     pixels = check_pixels(program, pixels)
-    compiled = compile_program(program, width=width)
+    compiled = compile_program(program, width=width, array_bits=array_bits)
     config = dataclasses.replace(compiled.config, **(core_options or {}))
     bench = NetworkBench(NetworkCore(config, **compiled.contents), compiled.pack_inputs(pixels),
                          compiled.output_words, stall_sixteenths=stall_sixteenths, seed=seed)
@@ -214,12 +216,16 @@ def _outlier_row(counts) -> str:
 def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
              scheme: str = "value_aware", highway: bool = True, images: int | None = None,
              outlier_ratio: float = 1 / 64, act_outlier_ratio: float = 0.0,
-             width: int = 8, stall_sixteenths: int = 0, out_dir: Path | str = "build/demo") -> dict:
+             width: int = 8, stall_sixteenths: int = 0, out_dir: Path | str = "build/demo",
+             layer_bits: dict | None = None, layer_schemes: dict | None = None,
+             array_bits: tuple[int, int] | None = None) -> dict:
     """The ``make demo`` flow: train (or load) the demo model, quantize it, compile it for
     the core, run the test split through the RTL, check every image's logits against the
     golden integer model, print a table and write ``report.md``, ``report.json`` and
     ``report.png`` under ``out_dir``. Returns the report; ``mismatching_images`` is the
-    number of images whose logits differ anywhere."""
+    number of images whose logits differ anywhere. ``layer_bits``/``layer_schemes`` set
+    single layers' widths and schemes (``quantize_model``); the array's operand widths are
+    ``array_bits``, by default ``(weight_bits, act_bits)``, so wider layers run in passes."""
     from olmac.golden import artifact
     from olmac.golden.program import act_outlier_counts, run_integer, to_pixels
     out_dir = Path(out_dir)
@@ -233,7 +239,9 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
           f"{scheme} weights, highway {'on' if highway else 'off'}, {len(labels)} test images")
     program = quantize(data.model, data.calibration, act_bits=act_bits,
                        weight_bits=weight_bits, scheme=scheme, highway=highway,
-                       outlier_ratio=outlier_ratio, act_outlier_ratio=act_outlier_ratio)
+                       outlier_ratio=outlier_ratio, act_outlier_ratio=act_outlier_ratio,
+                       layer_bits=layer_bits, layer_schemes=layer_schemes)
+    array_bits = (weight_bits, act_bits) if array_bits is None else array_bits
     artifact.save(program, out_dir / "program")
     print(program.describe())
     pixels = to_pixels(test_images)
@@ -241,6 +249,7 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
         float_logits = data.model(test_images.to(torch.float32))
     golden_logits = run_integer(program, pixels)
     result = run_rtl(program, pixels, width=width, stall_sixteenths=stall_sixteenths,
+                     array_bits=array_bits,
                      build_dir=Path("build/sim") / f"network_{model}", progress=True)
     mismatching = int((result.logits != golden_logits).any(1).sum())
     accuracy = {"float": _accuracy(float_logits, labels),
@@ -249,6 +258,9 @@ def run_demo(*, model: str = "cnn", act_bits: int = 4, weight_bits: int = 4,
     report = {
         "model": model, "act_bits": act_bits, "weight_bits": weight_bits, "scheme": scheme,
         "highway": highway, "images": len(labels), "array": f"{width}x{width}",
+        "array_bits": "/".join(map(str, array_bits)),
+        "layer_bits": {name: "/".join(map(str, w)) for name, w in (layer_bits or {}).items()},
+        "layer_schemes": dict(layer_schemes or {}),
         "accuracy_percent": accuracy, "mismatching_images": mismatching,
         "mismatching_logits": int((result.logits != golden_logits).sum()),
         "cycles_total": result.cycles, "cycles_per_inference": result.cycles_per_image,

@@ -39,7 +39,8 @@ class IntegerProgram:
             extra = ""
             if isinstance(op, Gemm):
                 extra = (f" {op.layer} {op.in_features}→{op.out_features} {op.scheme} "
-                         f"w{op.weight_bits}{' relu' if op.relu else ''}")
+                         f"w{op.weight_bits}/a{self.values[op.input].bits}"
+                         f"{' relu' if op.relu else ''}")
             lines.append(f"{index:2d} {op.KIND:14s} {op.name:12s} ({ins}) → "
                          f"{op.output}:{out.format}{list(out.shape)}{extra}")
         return "\n".join(lines)

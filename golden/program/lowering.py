@@ -361,6 +361,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                    weight_outlier_bits: int | None = None, planes: int = 2,
                    syq_idx_bits: int = 1, syq_granularity: str = "row",
                    rotate: bool = False,
+                   layer_bits: Mapping[str, tuple[int, int]] | None = None,
+                   layer_schemes: Mapping[str, str] | None = None,
                    fine_tune: Callable[[IntegerProgram, dict[str, nn.Module], dict], Trained]
                    | None = None, act_outlier_ratio: float = 0.0,
                    act_outliers: ActOutliers | None = None) -> IntegerProgram:
@@ -376,6 +378,11 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     ``outlier_ratio``/``weight_outlier_bits`` (value-aware; the outlier width defaults to
     ``min(2·weight_bits, 16)``), ``planes`` (multi-tensor) and
     ``syq_idx_bits``/``syq_granularity`` (SYQ: ternary, per row) tune them.
+    ``layer_schemes`` (layer name → scheme) overrides ``scheme`` layer by layer and
+    ``layer_bits`` (layer name → ``(weight_bits, act_bits)``) the widths (§10, per-layer
+    precision): the layer's weights and the value it reads take them (the value's producer
+    writes it at the widest width its GEMM readers ask for). In both, ``"first"`` and
+    ``"last"`` name the first and last GEMM layer.
     ``act_calibration`` sets the scales of the low-width activations: ``"output"`` (the
     default) starts from max-abs and picks, tensor by tensor, the clipping factor of
     ``CLIP_FACTORS`` whose program's float view (``run_fake_quant``) has the least KL
@@ -416,6 +423,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
         (nn.GELU)"``): every one of the model, one line each, with ``at file.py:line`` of the
         user's ``forward`` where fx recorded it; a model torch.fx cannot trace, or a bias or
         scale that does not fit.
+        A name of ``layer_bits`` or ``layer_schemes`` that is no GEMM layer of the model.
     TypeError
         If a width is out of range.
     ValueError
@@ -468,6 +476,9 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
             if node is not None and node not in produced:
                 raise ProgramError(f"'{node.name}' is read by '{step.nodes[0].name}' but is "
                                    f"not the output of a supported op")
+    gemms = [step for step in steps if step.kind == "gemm"]
+    widths = _per_layer("layer_bits", layer_bits, gemms, _check_widths)
+    schemes = _per_layer("layer_schemes", layer_schemes, gemms, lambda label, value: value)
     traced.eval()
     recorder = _Recorder(traced)
     recorder.run(calibration)
@@ -487,8 +498,9 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
             weight_bits=weight_bits, highway=highway,
             act_calibration="mmse" if act_calibration == "mmse" else "max",
             bias_correction=bias_correction and trained is None,
-            scheme_of=(lambda name: scheme) if isinstance(scheme, str)
-            else (lambda name: scheme.get(name, "mmse")),
+            scheme_of=lambda name: schemes.get(name, scheme if isinstance(scheme, str)
+                                               else scheme.get(name, "mmse")),
+            layer_bits=widths, act_demand=_act_demand(steps, widths, act_bits, input_bits),
             options=options, clip=clip, cache=cache, trained=trained,
             act_outliers=outliers, act_outlier_ratio=act_outlier_ratio, rotate=rotate)
         lowering.residuals = {step.residual for step in steps if step.residual is not None}
@@ -552,6 +564,51 @@ def _outlier_values(program: IntegerProgram,
             for name in names:
                 chosen[name] = replace(given, bits=bits)
     return chosen
+
+
+def _check_widths(label: str, value) -> tuple[int, int]:
+    """``value`` if it is a pair ``(weight_bits, act_bits)`` of widths in 2..8."""
+    if not (isinstance(value, tuple) and len(value) == 2 and all(
+            isinstance(b, int) and not isinstance(b, bool) and ACT_BITS[0] <= b <= ACT_BITS[1]
+            for b in value)):
+        raise TypeError(f"{label} must be a pair (weight bits, activation bits) of integers "
+                        f"in {ACT_BITS[0]}..{ACT_BITS[1]}, not {value!r}")
+    return value
+
+
+def _per_layer(option: str, given, gemms: list, check) -> dict:
+    """``given`` (layer name or ``first``/``last`` → value) by the GEMM layers' names, each
+    value checked by ``check(label, value)``."""
+    names = [step.nodes[0].target for step in gemms]
+    resolved = {}
+    for name, value in (given or {}).items():
+        target = {"first": names[0], "last": names[-1]}.get(name, name) if names else name
+        if target not in names:
+            raise ProgramError(f"{option}: no GEMM layer {name!r}; the layers are "
+                               f"{', '.join(names)} (or first, last)")
+        resolved[target] = check(f"{option}[{name!r}]", value)
+    return resolved
+
+
+def _act_demand(steps: list, widths: dict, act_bits: int, input_bits: int | None) -> dict:
+    """The width each fx node's value takes where a GEMM reads it: the widest its readers
+    ask for (their ``widths`` entry, else ``act_bits``; the input: ``input_bits`` if given),
+    carried back through flatten and pooling, which keep their input's width."""
+    demand = {}
+    for step in steps:
+        if step.kind == "gemm":
+            bits = widths.get(step.nodes[0].target, (None, act_bits))[1]
+            demand[step.input] = max(demand.get(step.input, 0), bits)
+    for step in reversed(steps):
+        if step.kind in ("flatten", "maxpool", "avgpool") and step.last in demand:
+            demand[step.input] = max(demand.get(step.input, 0), demand[step.last])
+    inputs = [step.nodes[0] for step in steps if step.kind == "input"]
+    overridden = {step.input for step in steps if step.kind == "gemm"
+                  and step.nodes[0].target in widths}
+    for node in inputs:
+        if input_bits is not None and node not in overridden:
+            demand[node] = input_bits
+    return demand
 
 
 @torch.no_grad()
@@ -626,6 +683,8 @@ class _Lowering:
     bias_correction: bool
     scheme_of: object
     options: dict
+    layer_bits: dict = field(default_factory=dict)
+    act_demand: dict = field(default_factory=dict)
     clip: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
     trained: Trained | None = None
@@ -677,9 +736,13 @@ class _Lowering:
         self.value_of[node] = name
         return name
 
+    def bits_of(self, node: fx.Node) -> int:
+        """The low width of ``node``'s value: as its GEMM readers ask (``act_demand``)."""
+        return self.act_demand.get(node, self.act_bits)
+
     def low(self, node: fx.Node, rotate: bool = False) -> str:
-        """The value of ``node`` at ``act_bits`` for a GEMM: itself if at most 8 bits wide,
-        else a ``Requantize`` copy ``<name>.low`` (made once); with ``rotate`` and a
+        """The value of ``node`` at its low width for a GEMM: itself if at most 8 bits
+        wide, else a ``Requantize`` copy ``<name>.low`` (made once); with ``rotate`` and a
         power-of-two first axis, a ``Rotate`` copy ``<name>.rot`` (§19) instead."""
         name = self.value_of[node]
         source = self.values[name]
@@ -692,8 +755,9 @@ class _Lowering:
                 key = ("rotated", node)  # the rotated float activations, for the scale
                 self.floats[key] = walsh_hadamard(
                     self.floats[node].detach().to(torch.float64), 1) / size ** 0.5
-                scale = self.scale(key, self.act_bits, True, copy)
-                self.values[copy] = Value(source.shape, self.act_bits, True, scale)
+                bits = self.bits_of(node)
+                scale = self.scale(key, bits, True, copy)
+                self.values[copy] = Value(source.shape, bits, True, scale)
                 multiplier, shift = _requant(f"rotate '{copy}'",
                                              source.scale / (size ** 0.5 * scale))
                 self.ops.append(Rotate(copy, name, copy, int(multiplier), int(shift)))
@@ -701,8 +765,9 @@ class _Lowering:
             return self.rotated_of[name]
         if name not in self.low_of:
             copy = self.unique(f"{name}.low")
-            scale = self.scale(node, self.act_bits, source.signed, copy)
-            self.values[copy] = Value(source.shape, self.act_bits, source.signed, scale,
+            bits = self.bits_of(node)
+            scale = self.scale(node, bits, source.signed, copy)
+            self.values[copy] = Value(source.shape, bits, source.signed, scale,
                                       self.act_outliers.get(copy))
             multiplier, shift = _requant(f"requantize '{copy}'", source.scale / scale)
             self.ops.append(Requantize(copy, name, copy, int(multiplier), int(shift)))
@@ -712,8 +777,9 @@ class _Lowering:
     def lower(self, step: _Step, pixel_max: int, pixel_scale: float) -> None:
         node = step.nodes[0]
         if step.kind == "input":
-            scale = pixel_max * pixel_scale / int_range(self.input_bits, False)[1]
-            name = self.add_value(node, "input", self.input_bits, False, scale)
+            bits = self.act_demand.get(node, self.input_bits)
+            scale = pixel_max * pixel_scale / int_range(bits, False)[1]
+            name = self.add_value(node, "input", bits, False, scale)
             multiplier, shift = _requant("quantize_input", pixel_scale / scale)
             self.ops.append(QuantizeInput(name, name, int(multiplier), int(shift)))
         elif step.kind == "gemm":
@@ -810,7 +876,7 @@ class _Lowering:
             previous = part
         self.value_of[node] = name
 
-    def weights(self, layer: str, weight: torch.Tensor, scheme: str) -> dict:
+    def weights(self, layer: str, weight: torch.Tensor, scheme: str, bits: int) -> dict:
         label = f"layer '{layer}'"
         key = ("weights", label)
         if key in self.cache:
@@ -821,7 +887,10 @@ class _Lowering:
         try:
             options = self.options if self.trained is None else \
                 {**self.options, **self.trained.layer_options.get(layer, {})}
-            self.cache[key] = SCHEMES[scheme].quantize(weight, self.weight_bits, options)
+            if layer in self.layer_bits and options["weight_outlier_bits"] <= bits:
+                # the default outlier width follows the layer's own weights
+                options = {**options, "weight_outlier_bits": min(2 * bits, HIGHWAY_BITS)}
+            self.cache[key] = SCHEMES[scheme].quantize(weight, bits, options)
         except (TypeError, ValueError) as error:
             raise ProgramError(f"{label}: {scheme} weights: {error}") from error
         return self.cache[key]
@@ -842,12 +911,13 @@ class _Lowering:
         wide = step.last is self.result or self.rotate or (self.highway and (
             step.last in self.residuals or step.residual is not None))
         signed = not step.relu
-        bits = HIGHWAY_BITS if wide else self.act_bits
+        bits = HIGHWAY_BITS if wide else self.bits_of(step.last)
         name = self.unique(node.target)
         name = self.add_value(step.last, name, bits, signed, self.capped(
             self.scale(step.last, bits, signed, name), step, bits))
         out = self.values[name]
         scheme = self.scheme_of(node.target)
+        weight_bits = self.layer_bits.get(node.target, (self.weight_bits,))[0]
         n = module.weight.shape[0]
         geometry = {}
         if isinstance(module, nn.Conv2d):
@@ -857,9 +927,9 @@ class _Lowering:
         op = Gemm(name=name, input=source, output=name,
                   layer="conv2d" if geometry else "linear",
                   in_features=weight[0].numel(), out_features=n, scheme=scheme,
-                  weight_bits=self.weight_bits, relu=step.relu, bias=zeros, multiplier=zeros,
+                  weight_bits=weight_bits, relu=step.relu, bias=zeros, multiplier=zeros,
                   shift=zeros, **geometry,
-                  **self.weights(node.target, weight, scheme))
+                  **self.weights(node.target, weight, scheme, weight_bits))
         weight_scale = op.weight_scale.to(torch.float64)
         bias_real = module.bias.detach().to(torch.float64) if module.bias is not None \
             else torch.zeros(n, dtype=torch.float64)

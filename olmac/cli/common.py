@@ -4,10 +4,10 @@ one-line usage error."""
 import argparse
 import importlib
 
-from olmac.spec import OUTLIER_BITS, OUTLIER_LANES
+from olmac.spec import ACT_BITS, OUTLIER_BITS, OUTLIER_LANES, WEIGHT_SCHEMES
 
 __all__ = ["UsageError", "Formatter", "Command", "outlier_options", "load_program",
-           "load_pixels"]
+           "load_pixels", "widths", "layer_widths", "layer_schemes", "array_options"]
 
 
 class UsageError(Exception):
@@ -43,6 +43,60 @@ class Command(argparse.ArgumentParser):
             self._module = None
         return super().parse_known_args(args, namespace)
 
+
+
+def widths(option: str, text: str) -> tuple[int, int]:
+    """``W/A`` as ``(W, A)``, each in 2..8; else a :class:`UsageError` naming ``option``.
+
+    >>> widths("--array-bits", "4/8")
+    (4, 8)
+    """
+    weight, _, act = text.partition("/")
+    try:
+        pair = (int(weight), int(act))
+    except ValueError:
+        pair = None
+    if pair is None or not all(ACT_BITS[0] <= b <= ACT_BITS[1] for b in pair):
+        raise UsageError(f"{option} {text!r}: widths must be W/A, each an integer in "
+                         f"{ACT_BITS[0]}..{ACT_BITS[1]} (e.g. 8/8)")
+    return pair
+
+
+def _per_layer(option: str, text: str | None, value) -> dict:
+    """``NAME=VALUE[,NAME=VALUE...]`` as a dict, each value read by ``value``."""
+    result = {}
+    for item in (text or "").split(",") if text else []:
+        name, equals, rest = item.partition("=")
+        if not equals or not name or not rest:
+            raise UsageError(f"{option} {item!r}: expected NAME=VALUE[,NAME=VALUE...] with "
+                             f"NAME a layer of the program listing, first or last")
+        if name in result:
+            raise UsageError(f"{option}: layer {name!r} is given twice")
+        result[name] = value(rest)
+    return result
+
+
+def layer_widths(text: str | None) -> dict:
+    """``--layer-bits NAME=W/A[,...]`` as ``{NAME: (W, A)}``."""
+    return _per_layer("--layer-bits", text, lambda rest: widths("--layer-bits", rest))
+
+
+def layer_schemes(text: str | None) -> dict:
+    """``--layer-scheme NAME=SCHEME[,...]`` as ``{NAME: SCHEME}``."""
+    def scheme(rest):
+        if rest not in WEIGHT_SCHEMES:
+            raise UsageError(f"--layer-scheme: scheme {rest!r} is not one of "
+                             f"{', '.join(WEIGHT_SCHEMES)}")
+        return rest
+    return _per_layer("--layer-scheme", text, scheme)
+
+
+def array_options(parser, default_help: str):
+    """The network core's array, as ``olmac quantize`` checks a program against it and
+    ``olmac run``/``olmac demo`` build it: ``--width`` and ``--array-bits``."""
+    parser.add_argument("--width", type=int, default=8, help="a width × width MAC array")
+    parser.add_argument("--array-bits", help="the array's weight/activation widths W/A; "
+                        "wider layers run as several passes; " + default_help)
 
 
 def outlier_options(parser):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from olmac.flow import DEMO_MODELS, TRAIN_LR
-from .common import UsageError
+from .common import UsageError, array_options, layer_schemes, layer_widths, widths
 
 
 def quantization_arguments(parser, default_model=None, own_models=True):
@@ -37,7 +37,12 @@ def quantization_arguments(parser, default_model=None, own_models=True):
                              "tensor's calibration values kept beyond its dense range at 16 "
                              f"bits (docs/program.md §18), {ACT_OUTLIER_RATIO[0]:g}.."
                              f"{ACT_OUTLIER_RATIO[1]:g}; 0 = none")
-
+    parser.add_argument("--layer-scheme", metavar="NAME=SCHEME[,...]",
+                        help="the weight scheme of single layers, NAME as the program "
+                             "listing prints it, or first/last")
+    parser.add_argument("--layer-bits", metavar="NAME=W/A[,...]",
+                        help="weight/activation widths of single layers (e.g. "
+                             "first=8/8,last=8/8)")
 
 
 def check_act_outlier_ratio(args):
@@ -58,6 +63,8 @@ def arguments(parser):
     parser.add_argument("--pixel-scale", type=float, default=1 / 16,
                         help="the real value of one pixel step")
     parser.add_argument("--out", required=True, help="artifact directory to write")
+    array_options(parser, "the program is checked against this core before it is written "
+                          "(default: an array as wide as its widest layer)")
     training = parser.add_argument_group(
         "quantization-aware training", "with --epochs, fine-tune through the integer "
         "program's float view before writing it (docs/program.md §13)")
@@ -181,6 +188,9 @@ def run(args):
             print(f"olmac: warning: {warning}", file=sys.stderr)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    per_layer = dict(layer_bits=layer_widths(args.layer_bits),
+                     layer_schemes=layer_schemes(args.layer_scheme))
+    array_bits = widths("--array-bits", args.array_bits) if args.array_bits else None
     images, labels = _training_data(args, calibration)
     report, close = _progress(args.epochs) if args.epochs else (None, lambda: None)
     try:
@@ -190,14 +200,38 @@ def run(args):
                            act_outlier_ratio=args.act_outlier_ratio,
                            pixel_max=args.pixel_max, pixel_scale=args.pixel_scale,
                            train_images=images, train_labels=labels, epochs=args.epochs,
-                           lr=args.lr, seed=args.seed, report=report)
+                           lr=args.lr, seed=args.seed, report=report, **per_layer)
     except (ProgramError, TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(_option_names(str(error))) from None
     finally:
         close()
+    check_core(program, args.width, array_bits)
     path = artifact.save(program, args.out)
     from olmac.golden.program.lowering import lowering_notes
     print(program.describe())
     for note in lowering_notes(model, calibration):  # what was folded or dropped (§17)
         print(f"# {note}")
     print(f"olmac: wrote the integer program to {path}", file=sys.stderr)
+
+
+def _option_names(message: str) -> str:
+    """A lowering message about ``layer_bits``/``layer_schemes`` with the options' names."""
+    for keyword, option in (("layer_bits", "--layer-bits"), ("layer_schemes", "--layer-scheme")):
+        message = message.replace(keyword, option)
+    return message
+
+
+def check_core(program, width: int, array_bits) -> None:
+    """Refuse, before anything is written, a program the network core of ``width`` and
+    ``array_bits`` cannot run: one line per layer, each naming it and what makes it run."""
+    from olmac.compiler import CompileError, compile_program
+    try:
+        compile_program(program, width=width, array_bits=array_bits)
+    except CompileError as error:
+        lines = str(error).splitlines()
+        raise UsageError("\nolmac: error: ".join(
+            [f"the network core ({width}x{width}"
+             f"{', ' + '/'.join(map(str, array_bits)) + ' array' if array_bits else ''}) "
+             f"cannot run {len(lines)} op(s); nothing written"] + lines)) from None
+    except TypeError as error:
+        raise UsageError(f"--width: {error}") from None

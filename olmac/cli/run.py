@@ -9,7 +9,7 @@ import numpy as np
 
 from olmac.spec import STALL_SIXTEENTHS
 
-from .common import UsageError, load_pixels, load_program
+from .common import UsageError, array_options, load_pixels, load_program, widths
 
 
 def arguments(parser):
@@ -17,7 +17,7 @@ def arguments(parser):
     parser.add_argument("--inputs", required=True, help="integer pixels .npy, N × input shape")
     parser.add_argument("--backend", choices=("golden", "rtl"), default="golden",
                         help="the golden integer model or the RTL on Verilator")
-    parser.add_argument("--width", type=int, default=8, help="RTL: a width × width MAC array")
+    array_options(parser, "RTL; default: as wide as the program's widest layer")
     parser.add_argument("--stall-sixteenths", type=int, default=0,
                         help="RTL: random stalls on the input and output streams, in "
                              "sixteenths of the beats" + f", {STALL_SIXTEENTHS[0]}..{STALL_SIXTEENTHS[1]}")
@@ -31,12 +31,13 @@ def run(args):
     from olmac.network import run_rtl
     program = load_program(args.program)
     pixels = load_pixels(program, args.inputs)
+    array_bits = widths("--array-bits", args.array_bits) if args.array_bits else None
     started = time.perf_counter()
     if args.backend == "golden":
         logits = run_integer(program, pixels)
     else:
         try:
-            result = run_rtl(program, pixels, width=args.width,
+            result = run_rtl(program, pixels, width=args.width, array_bits=array_bits,
                              stall_sixteenths=args.stall_sixteenths,
                              build_dir=Path("build/sim") / f"run_{Path(args.program).name}",
                              progress=True)
