@@ -118,3 +118,41 @@ def test_compiler_refuses_multi_tensor_planes_with_activation_digits(mlp_data):
                                            r"activations of at most 4 bits \(one digit\) or "
                                            r"an array of 8-bit activations make it run$"):
         plan_passes(op, 8, False, 4, False, 4)
+
+
+def test_beat_walk_repeats_the_taps_per_pass_with_each_passs_digit():
+    """A GEMM of three passes walks its taps three times (``last`` only on the final pass's
+    last beat); each beat hands the array the digit its weight word names: the slot
+    shifted right by ``act_shift``, ``act_bits`` wide, the top bit cleared by ``act_low``."""
+    from test_network_parts import _Harness, _run, _simulate, _take
+    from olmac.hw.network import BeatWalk, NetworkCore, OpKind
+    config = NetworkCore.Config(width=2, act_bits=4, act_signed=True, weight_bits=4, max_k=64,
+                                data_depth=16, weight_depth=8, param_depth=2,
+                                program_depth=2, act_shift_bits=3)
+    dut = BeatWalk(config)
+    word = config.layouts["weights"]
+    digits = [(6, 0), (3, 1), (0, 1)]   # (act_shift, act_low) of the three passes, top first
+    # two taps per pass (kernel 1×2), the same (act_shift, act_low) on both
+    weights = [word.const({"act_shift": s, "act_low": low}).as_value().value
+               for s, low in digits for _ in range(2)]
+    slots = [0xFF, 0xFFA5]    # u8 255 (lower digits 0b1111: act_low matters) and s16 −91
+    data = [slots[0] | slots[1] << 16] * 16
+    top = _Harness(dut, operand=(config.layouts["data"], data, "read"),
+                   weights_read=(word, weights, "read"))
+    op = config.layouts["program"].const(dict(
+        kind=OpKind.GEMM, in_h=1, in_w=2, in_words=1, out_h=1, out_w=1, out_words=1,
+        out_pixels=1, kernel_h=1, kernel_w=2, stride_h=1, stride_w=1, last_pass=2))
+
+    def digit(slot, shift, low):
+        value = (slot >> shift) & 0xF
+        return value & 0x7 if low else value - 16 if value & 0x8 else value
+
+    async def bench(ctx):
+        ctx.set(dut.granted, 1)
+        await _run(ctx, dut.control, op)
+        taken = await _take(ctx, dut.act, 6)
+        assert [(list(t.data), t.last) for t in taken] == [
+            ([digit(s, shift, low) for s in slots], int(index == 5))
+            for index, (shift, low) in enumerate(d for d in digits for _ in range(2))]
+
+    _simulate(top, bench)
