@@ -1,8 +1,10 @@
 """cocotb testbench of :class:`fpga.board.NetworkBoard` on Verilator, at the UART pins.
 
 The host side is played step by step: each step puts raw bytes on ``rx`` bit by bit
-(:class:`sim.host_link_tb.UARTDriver`) and waits for one answer frame on ``tx``
-(:class:`sim.host_link_tb.UARTMonitor`, decoded with the host codec). The steps come from
+(:class:`sim.host_link_tb.UARTDriver`; optionally one byte with a low stop bit,
+``bad_stop_at``) and waits for ``answers`` frames (default one) on ``tx``
+(:class:`sim.host_link_tb.UARTMonitor`, decoded with the host codec), polling every
+``poll`` cycles, then ``settle`` cycles more for any extra frame. The steps come from
 the pytest side in ``OLMAC_BOARD_JOB`` (JSON); the answers go back in a JSON file, and the
 pytest side checks them against the golden model (docs/host_link.md §6).
 
@@ -58,13 +60,13 @@ async def exchange(dut):
     answers = []
     for step in job["steps"]:
         start = len(frames)
-        await driver.send(bytes.fromhex(step["send"]))
-        waited = 0
-        while len(frames) == start and waited < step["timeout"]:
-            await ClockCycles(dut.clk, 1000)
-            waited += 1000
-        # let a late second frame (there should be none) show up
-        await ClockCycles(dut.clk, 30 * divisor)
+        await driver.send(bytes.fromhex(step["send"]), bad_stop_at=step.get("bad_stop_at"))
+        waited, poll = 0, step.get("poll", 1000)
+        while len(frames) - start < step.get("answers", 1) and waited < step["timeout"]:
+            await ClockCycles(dut.clk, poll)
+            waited += poll
+        # let a late extra frame (there should be none) show up
+        await ClockCycles(dut.clk, step.get("settle", 30 * divisor))
         answers.append([None if frame is None else frame.hex() for frame in frames[start:]])
     Path(job["results"]).write_text(json.dumps({"answers": answers,
                                                 "uart_errors": monitor.errors}))

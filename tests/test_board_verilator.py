@@ -11,9 +11,16 @@ bit-exact against golden ``run_integer``. Another puts the simulated UART on a T
 and runs ``olmac board run --program DIR --inputs X.npy --port socket://... --check``
 against it, preloaded and with ``--load``. The slow one runs the demo CNN on the ULX3S-85F's
 board top (width 16, parallel requantizer, wide memories).
+
+The link soak (150 frames after the first test; ``test_link_soak``, slow: 10⁴ frames) sends
+INFO frames, 30 % of them damaged (bit flips, a damaged sync byte, truncation, a dropped
+byte, stray bytes before a frame, a low stop bit) and some back to back, checks that every
+whole frame gets the right reply and every damaged one its error, and ends with a bit-exact
+INFER.
 """
 
 import json
+import random
 from pathlib import Path
 import threading
 import time
@@ -31,7 +38,7 @@ from olmac.golden import artifact
 from olmac.golden.program import run_integer, to_pixels
 from olmac.board import decode_infer, encode_infer, encode_load, load_requests, parse_info
 from olmac.host_link import decode_reply, encode_frame
-from olmac.spec import Command, ErrorCode, Status
+from olmac.spec import SYNC, Command, ErrorCode, Status
 from olmac.sim.board_tb import JOB_ENV, PUBLIC_PORTS
 from olmac.sim.runner import build_verilator
 
@@ -40,6 +47,8 @@ MODELS = Path(__file__).resolve().parent / "network_models.py"
 TOPLEVEL = "olmac_board"
 DIVISOR = 4
 WIDTH = 4
+#: The board link's inter-byte timeout: SerialHostLink's default of four byte times.
+LINK_TIMEOUT = 40 * DIVISOR
 
 
 def _build(top, build_dir):
@@ -147,6 +156,9 @@ def test_board_at_the_pins(board):
     assert app_reply(base + 3) == bytes([Status.BAD_COMMAND])
     assert torch.equal(decode_infer(compiled, app_reply(base + 4)), expected[3])
     print(f"board test: {time.monotonic() - started:.0f} s wall")
+    # A short soak of the link on the same build and in the same test (another test could
+    # run its exchange at the same time under pytest-xdist); test_link_soak is the long one.
+    _soak(board, board["runner"], BUILD_ROOT, 150, seed=1)
 
 
 def test_board_run_cli_over_a_socket(board, capsys):
@@ -205,3 +217,99 @@ def test_ecp5_board_runs_the_demo_cnn():
     parse_info(replies[0]).check(compiled)
     logits = torch.stack([decode_infer(compiled, reply) for reply in replies[1:]])
     assert torch.equal(logits, run_integer(program, pixels))
+
+
+#: Kinds of soak step and their weights; all but "good" and "pair" are damaged (30 %).
+_SOAK_KINDS = {"good": 60, "pair": 10, "flip": 8, "sync": 4, "truncate": 5, "drop": 5,
+               "garbage": 5, "framing": 3}
+
+
+def _soak_steps(rng, frames, request, timeout):
+    """At least ``frames`` frames of ``request`` (whose answer is known), most of them whole,
+    the rest damaged as _SOAK_KINDS says. Returns ``(steps, expected)``: per step the
+    answers it must get, each ``("reply", None)`` (the request's reply) or ``("error",
+    codes)`` (an error frame with one of ``codes``)."""
+    frame = encode_frame(request)
+    reply, crc = ("reply", None), lambda *codes: ("error", set(codes))
+    steps, expected, sent = [], [], 0
+    kinds, weights = zip(*_SOAK_KINDS.items())
+    while sent < frames:
+        kind = rng.choices(kinds, weights)[0]
+        data, bad_stop_at = frame, None
+        if kind == "good":
+            answers = [reply]
+        elif kind == "pair":  # two frames back to back, answered in order
+            data, answers = frame + frame, [reply, reply]
+        elif kind == "flip":  # a bit of the payload or the CRC
+            data = bytearray(frame)
+            data[rng.randrange(3, len(frame))] ^= 1 << rng.randrange(8)
+            answers = [crc(ErrorCode.CRC)]
+        elif kind == "sync":  # the sync byte damaged: the rest is garbage
+            data = bytes([SYNC ^ (1 << rng.randrange(8))]) + frame[1:]
+            answers = [crc(ErrorCode.GARBAGE)]
+        elif kind == "truncate":
+            data, answers = frame[:rng.randrange(1, len(frame))], [crc(ErrorCode.TRUNCATED)]
+        elif kind == "drop":  # a length byte lost: a wrong length; a later one: a short frame
+            index = rng.randrange(1, len(frame))
+            data = frame[:index] + frame[index + 1:]
+            answers = [crc(ErrorCode.LENGTH, ErrorCode.TRUNCATED, ErrorCode.CRC)]
+        elif kind == "garbage":  # stray bytes before a whole frame
+            stray = bytes(rng.choice([b for b in range(256) if b != SYNC])
+                          for _ in range(rng.randrange(1, 8)))
+            data, answers = stray + frame, [crc(ErrorCode.GARBAGE), reply]
+        else:  # a byte with a low stop bit
+            bad_stop_at = rng.randrange(len(frame))
+            answers = [crc(ErrorCode.FRAMING)]
+        sent += 2 if kind == "pair" else 1
+        steps.append({"send": bytes(data).hex(), "timeout": 50_000, "poll": 50,
+                      "answers": len(answers), "settle": 2 * timeout,
+                      **({"bad_stop_at": bad_stop_at} if bad_stop_at is not None else {})})
+        expected.append(answers)
+    return steps, expected
+
+
+def _check_soak(answers, expected, app_reply):
+    """Every step got exactly its answers: whole frames the request's reply, damaged ones an
+    error frame of an allowed code (never a reply). Returns the damaged frames counted."""
+    damaged = 0
+    for index, (got, wanted) in enumerate(zip(answers, expected)):
+        assert len(got) == len(wanted) and None not in got, (index, got, wanted)
+        for frame, (kind, codes) in zip(got, wanted):
+            payload = bytes.fromhex(frame)
+            if kind == "reply":
+                assert decode_reply(payload) == app_reply, (index, got)
+            else:
+                assert payload[0] == 0xEE and payload[1] in codes, (index, got, codes)
+        damaged += any(kind == "error" for kind, _ in wanted)
+    return damaged
+
+
+def _soak(board, runner, build_dir, frames, seed):
+    """``frames`` INFO frames (30 % damaged) to the board top, then one INFER: every answer
+    as expected and the inference bit-exact against golden ``run_integer``."""
+    program, compiled, top, pixels = (board[key] for key in
+                                      ("program", "compiled", "top", "pixels"))
+    steps, expected = _soak_steps(random.Random(seed), frames, bytes([Command.INFO]),
+                                  LINK_TIMEOUT)
+    steps.append({"send": encode_frame(encode_infer(compiled, pixels[0])).hex(),
+                  "timeout": 400_000})
+    started = time.monotonic()
+    result = _exchange(runner, build_dir, steps)
+    assert result["uart_errors"] == []
+    damaged = _check_soak(result["answers"][:-1], expected, top.app.info())
+    assert 10 * damaged >= len(expected)
+    final = result["answers"][-1]
+    assert len(final) == 1
+    assert torch.equal(decode_infer(compiled, decode_reply(bytes.fromhex(final[0]))),
+                       run_integer(program, pixels[:1])[0])
+    print(f"link soak: {frames} frames, {damaged} damaged, "
+          f"{time.monotonic() - started:.0f} s wall")
+
+
+@pytest.mark.slow
+def test_link_soak(board):
+    """10⁴ frames, 30 % damaged, on the board top at its pins: the link never wedges, every
+    whole frame gets its reply, every damaged one an error, and inference stays bit-exact
+    (its own build folder: its exchange must not share files with the other tests')."""
+    build_dir = BUILD_ROOT.parent / "board-soak"
+    _soak(board, _build(board["top"], build_dir), build_dir, 10_000, seed=2)
