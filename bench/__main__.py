@@ -19,6 +19,9 @@
    cycles (bench/layers.py).
 7. Whole-network accuracy on digits: float, plain 2/3/4-bit, + outliers, highway on/off,
    SYQ ternary (bench/networks.py).
+7a. The accuracy table: post-training and trained integer programs, mean ± std over five
+   seeds, for the residual CNN and the MLP (bench/accuracy.py; trains each row once, hours
+   on two busy cores, then cached under build/models/accuracy).
 8. The character LSTM: validation perplexity with and without the cell-state highway
    (olmac/models/lstm.py; trains on first use, a few minutes, then cached).
 9. FPGA resources and fmax of BRAM-fed arrays on iCE40 and ECP5 (fpga/bench.py; about
@@ -172,7 +175,8 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
 
 
 SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl",
-            "act-outliers", "network-schemes", "layers", "networks", "lstm", "fpga")
+            "act-outliers", "network-schemes", "layers", "networks", "accuracy", "lstm",
+            "fpga")
 
 
 def main():
@@ -210,6 +214,10 @@ def main():
     if "networks" in sections:
         from bench import networks
         networks.bench_section()
+    if "accuracy" in sections:
+        from bench import accuracy
+        for model in ("cnn", "mlp"):
+            accuracy.report(model)
     if "lstm" in sections:
         from olmac.models import lstm
         lstm.bench_section()

@@ -60,6 +60,9 @@ ROWS = [_widths(bits, highway) for bits in (4, 3, 2) for highway in (True, False
         {"weight_bits": 2, "act_bits": 4, "scheme": "multi_tensor", "planes": 2}),
     Row("va3", "value-aware W (1 %), 3/3",
         {"weight_bits": 3, "act_bits": 3, "scheme": "value_aware", "outlier_ratio": 0.01}),
+] + [Row(f"ao{bits}_{ratio}", f"4/{bits} MMSE, {ratio} % activation outliers",
+         {"weight_bits": 4, "act_bits": bits, "scheme": "mmse",
+          "act_outlier_ratio": ratio / 100}) for bits in (3, 4) for ratio in (1, 2)
 ] + [Row(f"rot{bits}", f"{bits}/{bits} MMSE, Hadamard rotation",
          {"weight_bits": bits, "act_bits": bits, "scheme": "mmse", "rotate": True})
      for bits in (4, 3)]
