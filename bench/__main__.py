@@ -24,8 +24,11 @@
    on two busy cores, then cached under build/models/accuracy).
 8. The character LSTM: validation perplexity with and without the cell-state highway
    (olmac/models/lstm.py; trains on first use, a few minutes, then cached).
-9. FPGA resources and fmax of BRAM-fed arrays on iCE40 and ECP5 (fpga/bench.py; about
-   6 minutes: one nextpnr at a time).
+9. FPGA resources and fmax of BRAM-fed arrays on iCE40 and ECP5, the issue's targets with
+   nextpnr seeds 1–3 (fpga/bench.py; about 45 minutes: one nextpnr at a time).
+10. The network board with the demo CNN on the ULX3S-85F (width 16 and 8) and the
+   iCEBreaker (width 4 and 2): resources, fmax, cycles, images/s and GOPS at fmax
+   (bench/boards.py; an hour or more: the UP5K builds route slowly).
 """
 
 import argparse
@@ -176,7 +179,7 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
 
 SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl",
             "act-outliers", "network-schemes", "layers", "networks", "accuracy", "lstm",
-            "fpga")
+            "fpga", "boards")
 
 
 def main():
@@ -224,6 +227,9 @@ def main():
     if "fpga" in sections:
         from olmac.fpga import bench as fpga_bench
         fpga_bench.section()
+    if "boards" in sections:
+        from bench import boards
+        boards.report()
 
 
 if __name__ == "__main__":
