@@ -25,13 +25,15 @@ __all__ = ["FORMAT", "VERSION", "MANIFEST_FILE", "TENSORS_FILE", "ArtifactError"
 #: The ``format`` field of every manifest.
 FORMAT = "olmac-integer-program"
 #: The version this module writes and the only one it reads (§14).
-VERSION = 3
+VERSION = 4
 MANIFEST_FILE = "program.json"
 TENSORS_FILE = "program.npz"
 
 _PAIRS = ("kernel", "stride", "padding")
 _TOP_FIELDS = ("format", "version", "tensors_file", "input", "values", "ops", "output",
                "manifest_sha256")
+_INPUT_FIELDS = ("shape", "pixel_min", "pixel_max", "pixel_scale", "real_inputs",
+                 "input_order")
 _VALUE_FIELDS = ("shape", "bits", "signed", "scale", "outliers")
 _OUTLIER_FIELDS = ("bits", "word_values", "block_words", "slots")
 _REF_FIELDS = ("key", "shape", "dtype", "sha256")
@@ -81,8 +83,10 @@ def save(program: IntegerProgram, directory: Path | str) -> Path:
         "format": FORMAT,
         "version": VERSION,
         "tensors_file": TENSORS_FILE,
-        "input": {"shape": list(program.input_shape), "pixel_max": program.pixel_max,
-                  "pixel_scale": program.pixel_scale},
+        "input": {"shape": list(program.input_shape), "pixel_min": program.pixel_min,
+                  "pixel_max": program.pixel_max, "pixel_scale": program.pixel_scale,
+                  "real_inputs": program.real_inputs,
+                  "input_order": list(program.input_order)},
         "values": {name: {"shape": list(value.shape), "bits": value.bits,
                           "signed": value.signed, "scale": value.scale,
                           "outliers": None if value.outliers is None else
@@ -254,7 +258,7 @@ def load(directory: Path | str) -> IntegerProgram:
         raise ArtifactError(f"artifact manifest: field 'tensors_file' must be "
                             f"{TENSORS_FILE!r}, not {manifest['tensors_file']!r}")
     header = _fields("artifact manifest: field 'input'", manifest["input"],
-                     ("shape", "pixel_max", "pixel_scale"))
+                     _INPUT_FIELDS)
     values = manifest["values"]
     if not isinstance(values, dict):
         raise ArtifactError("artifact manifest: field 'values' must be a JSON object")
@@ -272,7 +276,9 @@ def load(directory: Path | str) -> IntegerProgram:
         program = IntegerProgram(
             _shape("artifact manifest: field 'input'", "shape", header["shape"]),
             header["pixel_max"], header["pixel_scale"], values,
-            tuple(op for op, _ in built), manifest["output"])
+            tuple(op for op, _ in built), manifest["output"], pixel_min=header["pixel_min"],
+            real_inputs=header["real_inputs"], input_order=_shape(
+                "artifact manifest: field 'input'", "input_order", header["input_order"]))
     except ProgramError as error:
         raise ArtifactError(f"artifact {error}") from None
     for index, (op, references) in enumerate(built):

@@ -6,6 +6,7 @@ The compiler is the only place that reads both sides: it takes the program from
 ``golden`` and packs it through the layouts ``hw`` declares.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from olmac.golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, MaxPoo
                             Requantize)
 from olmac.hw.network import (ACT_SHIFT_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES, STORAGE_BITS,
                               NetworkCore, OpKind)
-from olmac.spec import CORE_SCHEMES, PLANE_SHIFT_BITS
+from olmac.spec import ACT_BITS, CORE_SCHEMES, PLANE_SHIFT_BITS
 
 __all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES",
            "digit_count", "plan_passes"]
@@ -474,14 +475,18 @@ class _Compiler:
             raise CompileError("\n".join(self.errors))
         out = self.stored[program.output]
         self.descriptor("store", OpKind.STORE, in_base=out.base, count=out.words, final=1)
-        self.input_slots = pixels.slots
+        # The slots index the value "input"; an input_order makes that a permutation of the
+        # pixels as the host gives them, which the packing of the inputs applies.
+        source = program.arranged(torch.arange(math.prod(program.input_shape)).reshape(
+            1, *program.input_shape)).reshape(-1).numpy()
+        self.input_slots = np.where(pixels.slots >= 0, source[pixels.slots], -1)
         self.output_slots = out.slots
 
     def compile_op(self, label: str, op) -> None:
         program, pixels = self.program, self.pixels
         if isinstance(op, QuantizeInput):
             self.vector_op(label, OpKind.SUM, pixels, op.output, op.multiplier, op.shift,
-                           in_signed=0)
+                           in_signed=int(self.program.pixel_min < 0))
         elif isinstance(op, Requantize):
             self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
                            op.multiplier, op.shift,
@@ -543,8 +548,9 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                for op in gemms}
     act_signed = any(signed for _, signed in formats)
     if array_bits is None:
-        act_bits = max([bits + (1 if act_signed and not signed else 0)
-                        for bits, signed in formats], default=2)
+        # u8 beside a signed input needs s9: the widest array, s8, runs it as passes
+        act_bits = min(max([bits + (1 if act_signed and not signed else 0)
+                            for bits, signed in formats], default=2), ACT_BITS[1])
         array_bits = (max([op.weight_bits for op in gemms], default=2), act_bits)
     elif not (isinstance(array_bits, tuple) and len(array_bits) == 2
               and all(isinstance(b, int) and not isinstance(b, bool) and 2 <= b <= 8

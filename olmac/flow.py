@@ -62,8 +62,9 @@ def demo_data(name: str) -> DemoData:
 
 def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_aware",
              highway=True, outlier_ratio=1 / 64, act_outlier_ratio=0.0, pixel_max=16,
-             pixel_scale=1 / 16, train_images=None, train_labels=None, epochs=0, lr=TRAIN_LR,
-             batch=TRAIN_BATCH, seed=0, report=None, layer_bits=None, layer_schemes=None):
+             pixel_scale=1 / 16, real_inputs=False, train_images=None, train_labels=None,
+             epochs=0, lr=TRAIN_LR, batch=TRAIN_BATCH, seed=0, report=None, layer_bits=None,
+             layer_schemes=None):
     """``golden.program.quantize_model`` with the demo's defaults: 4-bit W/A, value-aware
     weights with one outlier per 64 weights of a channel (≈ 1.6 %), MMSE scales, highway,
     no activation outliers unless ``act_outlier_ratio`` (docs/program.md §18);
@@ -98,15 +99,17 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
     return quantize_model(model, calibration, act_bits=act_bits, weight_bits=weight_bits,
                           scheme=scheme, highway=highway, outlier_ratio=outlier_ratio,
                           act_outlier_ratio=act_outlier_ratio, pixel_max=pixel_max,
-                          pixel_scale=pixel_scale, fine_tune=fine_tune,
-                          layer_bits=layer_bits, layer_schemes=layer_schemes)
+                          pixel_scale=pixel_scale, real_inputs=real_inputs,
+                          fine_tune=fine_tune, layer_bits=layer_bits,
+                          layer_schemes=layer_schemes)
 
 
 def check_inputs(label: str, images: torch.Tensor, *, pixel_max: int = 16,
-                 pixel_scale: float = 1 / 16) -> list[str]:
+                 pixel_scale: float = 1 / 16, real_inputs: bool = False) -> list[str]:
     """Whether real inputs ``images`` (``N × input shape``) fit the range the program's input
     quantizer holds, ``0 .. pixel_max·pixel_scale`` (docs/program.md §13): the warnings, one
-    line each, naming ``label`` (the argument) and the statistic.
+    line each, naming ``label`` (the argument) and the statistic. With ``real_inputs`` the
+    range is the calibration's own, so only the checks that do not need one are made.
 
     Half a pixel step of slack is allowed at either end (that much rounds into range).
 
@@ -123,23 +126,27 @@ def check_inputs(label: str, images: torch.Tensor, *, pixel_max: int = 16,
         they look like pixels instead of pixel × pixel-scale).
     """
     import torch
-    if not (pixel_max > 0 and pixel_scale > 0):
+    if not real_inputs and not (pixel_max > 0 and pixel_scale > 0):
         raise ValueError(f"pixel-max and pixel-scale must be positive, not {pixel_max!r} and "
                          f"{pixel_scale!r}")
     high = pixel_max * pixel_scale
     expected = f"the input range 0..{high:g} (pixel-max {pixel_max} × pixel-scale " \
                f"{pixel_scale:g})"
+    within, spread = ("real inputs",) * 2 if real_inputs else \
+        (f"real inputs in {expected}", f"real inputs spread over {expected}")
     values = images.detach().to(torch.float64).reshape(-1)
     if len(images) == 0 or values.numel() == 0:
         raise ValueError(f"{label}: no images (shape {tuple(images.shape)})")
     bad = int((~torch.isfinite(values)).sum())
     if bad:
         raise ValueError(f"{label}: {bad} of {values.numel()} values are NaN or infinite; "
-                         f"expected real inputs in {expected}")
+                         f"expected {within}")
     low_value, high_value = float(values.min()), float(values.max())
     if low_value == high_value:
         raise ValueError(f"{label}: every value is {low_value:g} (constant inputs "
-                         f"calibrate nothing); expected real inputs spread over {expected}")
+                         f"calibrate nothing); expected {spread}")
+    if real_inputs:
+        return []
     slack = pixel_scale / 2
     outside = float(((values < -slack) | (values > high + slack)).double().mean())
     statistic = f"{100 * outside:.3g} % of the values lie outside {expected} " \

@@ -86,7 +86,7 @@ def check_pixels(program, pixels) -> torch.Tensor:
     TypeError
         If ``pixels`` is not an integer tensor.
     ValueError
-        If it has the wrong shape or a pixel is outside ``0..pixel_max``.
+        If it has the wrong shape or a pixel is outside ``pixel_min..pixel_max``.
     """
     pixels = torch.as_tensor(pixels)
     if pixels.dtype.is_floating_point or pixels.dtype.is_complex or pixels.dtype == torch.bool:
@@ -95,9 +95,10 @@ def check_pixels(program, pixels) -> torch.Tensor:
     if pixels.dim() < 1 or len(pixels) == 0 or pixels[0].numel() != per_image:
         raise ValueError(f"pixels must be N ≥ 1 images of shape {program.input_shape} (or "
                          f"{per_image} values each), not {tuple(pixels.shape)}")
-    if ((pixels < 0) | (pixels > program.pixel_max)).any():
-        raise ValueError(f"pixels must lie in 0..{program.pixel_max}")
-    return pixels.to(torch.int64).reshape(len(pixels), *program.input_shape)
+    pixels = pixels.to(torch.int64)  # torch compares no unsigned type but uint8
+    if ((pixels < program.pixel_min) | (pixels > program.pixel_max)).any():
+        raise ValueError(f"pixels must lie in {program.pixel_min}..{program.pixel_max}")
+    return pixels.reshape(len(pixels), *program.input_shape)
 
 
 def _progress_bar(total: int, label: str):

@@ -71,8 +71,8 @@ def test_corrupted_artifact_is_refused(mlp_artifact, test_pixels, tmp_path, caps
     (broken / "program.json").write_text(json.dumps(manifest))
     message = _refused(capsys, ["run", "--program", str(broken), "--inputs",
                                 str(test_pixels[0]), "--out", str(tmp_path / "x.npy")])
-    assert message == ("olmac: error: artifact manifest does not match its manifest_sha256 "
-                       "(modified after it was written)")
+    assert message == (f"olmac: error: --program ({broken}): artifact manifest does not "
+                       f"match its manifest_sha256 (modified after it was written)")
 
 
 def test_truncated_tensors_are_refused(mlp_artifact, test_pixels, tmp_path, capsys):
@@ -114,15 +114,17 @@ def test_own_model_needs_calibration(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("pixels,message", [
-    (np.full((2, 64), 0.5), "pixels must be integers, not torch.float64"),
-    (np.full((2, 64), 17), "pixels must lie in 0..16"),
-    (np.zeros((2, 63), dtype=np.int64), "pixels must be N ≥ 1 images of shape (64,)"),
+    (np.full((2, 64), 0.5), " must hold integer pixels 0..16, not torch.float64; a model for "
+                            "real inputs is quantized with --real-inputs"),
+    (np.full((2, 64), 17), ": pixels must lie in 0..16"),
+    (np.full((2, 64), 17, dtype=np.uint16), ": pixels must lie in 0..16"),
+    (np.zeros((2, 63), dtype=np.int64), ": pixels must be N ≥ 1 images of shape (64,)"),
 ])
 def test_bad_pixels_are_refused(mlp_artifact, tmp_path, capsys, pixels, message):
     np.save(tmp_path / "bad.npy", pixels)
     error = _refused(capsys, ["run", "--program", str(mlp_artifact), "--inputs",
                               str(tmp_path / "bad.npy"), "--out", str(tmp_path / "x.npy")])
-    assert error.startswith(f"olmac: error: --inputs ({tmp_path / 'bad.npy'}): {message}")
+    assert error.startswith(f"olmac: error: --inputs ({tmp_path / 'bad.npy'}){message}")
 
 
 def test_rtl_refuses_a_scheme_the_core_does_not_run(tmp_path, test_pixels, capsys):
@@ -162,7 +164,8 @@ def test_board_commands_refuse_bad_programs_and_inputs(mlp_artifact, tmp_path, c
     missing = tmp_path / "nothing"
     assert _refused(capsys, ["board", "build", "--board", "icebreaker", "--program",
                              str(missing)]) == \
-        f"olmac: error: artifact manifest '{missing / 'program.json'}' does not exist"
+        f"olmac: error: --program ({missing}): artifact manifest " \
+        f"'{missing / 'program.json'}' does not exist"
     run = ["board", "run", "--port", "loop://"]
     assert _refused(capsys, run + ["--program", str(mlp_artifact)]) == \
         "olmac: error: --inputs is required with --program"

@@ -553,8 +553,9 @@ def small_program(scheme="mmse"):
 
 
 def assert_same_program(a, b):
-    assert (a.input_shape, a.pixel_max, a.pixel_scale, a.output) == \
-        (b.input_shape, b.pixel_max, b.pixel_scale, b.output)
+    assert (a.input_shape, a.pixel_min, a.pixel_max, a.pixel_scale, a.real_inputs,
+            a.output) == (b.input_shape, b.pixel_min, b.pixel_max, b.pixel_scale,
+                          b.real_inputs, b.output)
     assert dict(a.values) == dict(b.values)
     assert len(a.ops) == len(b.ops)
     for x, y in zip(a.ops, b.ops):
@@ -651,14 +652,23 @@ CORRUPTIONS = [
      r"^artifact manifest '.+program\.json' does not exist$"),
     ("format", None, _set(["format"], "onnx"),
      r"^artifact format must be 'olmac-integer-program', not 'onnx'$"),
-    ("newer version", None, _set(["version"], 4),
-     r"^artifact version 4 is newer than this reader \(version 3\); update olmac to load it$"),
-    ("older version", None, _set(["version"], 2),
-     r"^artifact version 2 is not supported; this reader reads version 3 only$"),
+    ("newer version", None, _set(["version"], 5),
+     r"^artifact version 5 is newer than this reader \(version 4\); update olmac to load it$"),
+    ("older version", None, _set(["version"], 3),
+     r"^artifact version 3 is not supported; this reader reads version 4 only$"),
     ("missing top field", None, _delete(["output"]),
      r"^artifact manifest: missing field 'output'$"),
     ("unknown top field", None, _set(["comment"], "hi"),
      r"^artifact manifest: unknown field 'comment'$"),
+    ("missing input field", None, _delete(["input", "real_inputs"]),
+     r"^artifact manifest: field 'input': missing field 'real_inputs'$"),
+    ("positive pixel_min", None, _set(["input", "pixel_min"], 1),
+     r"^artifact program: field 'pixel_min' must be int in -32768\.\.0, not 1$"),
+    ("signed pixels beyond s16", None,
+     lambda m: (_set(["input", "pixel_min"], -1)(m), _set(["input", "pixel_max"], 40000)(m)),
+     r"^artifact program: field 'pixel_max' must be int in 1\.\.32767, not 40000$"),
+    ("real_inputs not a bool", None, _set(["input", "real_inputs"], 1),
+     r"^artifact program: field 'real_inputs' must be bool, not 1$"),
     ("missing op field", None, _delete(["ops", 2, "weight_bits"]),
      OP2 + r"missing field 'weight_bits'$"),
     ("unknown op field", None, _set(["ops", 2, "colour"], "red"),

@@ -14,7 +14,8 @@ of docs/program.md, which continues docs/semantics.md (§1–§8) with §9–§1
 from .checks import check_program, tensor_specs
 from .float_view import run_fake_quant
 from .integer_program import IntegerProgram
-from .interpreter import act_outlier_counts, run_integer, to_pixels
+from .interpreter import (act_outlier_counts, quantize_inputs, quantize_real_round_half_up,
+                          run_integer, to_pixels)
 from .kernels import im2col, pool_windows, requantize_residual_round_half_up
 from .lowering import (ACT_CALIBRATIONS, CLIP_FACTORS, MIN_ALIGNED_MULTIPLIER, MMSE_SAMPLES,
                        SEARCH_IMAGES, quantize_model)
@@ -33,5 +34,5 @@ __all__ = [
     "Flatten", "Lookup", "TABLE_FUNCTIONS",
     "OPS", "IntegerProgram", "tensor_specs", "check_program", "im2col", "pool_windows",
     "requantize_residual_round_half_up", "quantize_model", "run_integer", "run_fake_quant",
-    "to_pixels",
+    "to_pixels", "quantize_inputs", "quantize_real_round_half_up",
 ]

@@ -213,7 +213,17 @@ def check_program(program) -> None:
     """Raise ``ProgramError`` unless ``program`` (an ``IntegerProgram``) keeps every rule
     of §9."""
     _check_shape("program", "input_shape", program.input_shape)
-    check_field("program", "pixel_max", program.pixel_max, int, (1, (1 << 16) - 1))
+    # pixels travel in the core's 16-bit slots: u16, or s16 when some are negative
+    check_field("program", "pixel_min", program.pixel_min, int, (-(1 << 15), 0))
+    check_field("program", "pixel_max", program.pixel_max, int,
+                (1, (1 << 16) - 1 if program.pixel_min == 0 else (1 << 15) - 1))
+    check_field("program", "real_inputs", program.real_inputs, bool)
+    order = program.input_order
+    if not (isinstance(order, tuple)
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in order)
+            and sorted(order) in ([], list(range(len(program.input_shape))))):
+        raise ProgramError(f"program: field 'input_order' must be () or a permutation of "
+                           f"0..{len(program.input_shape) - 1}, not {order!r}")
     check_positive_finite("program", "pixel_scale", program.pixel_scale)
     for name, value in program.values.items():
         label = f"value '{name}'"
@@ -251,7 +261,8 @@ def check_program(program) -> None:
         produced.add(op.output)
         out = values[op.output]
         _check_outlier_use(label, op, values)
-        shape = _expected_output_shape(op, label, values, program.input_shape)
+        shape = _expected_output_shape(op, label, values, tuple(
+            program.input_shape[d] for d in order) if order else program.input_shape)
         if out.shape != shape:
             raise ProgramError(f"{label}: output '{op.output}' has shape {out.shape}, "
                                f"expected {shape}")

@@ -59,7 +59,7 @@ def float_view(program: IntegerProgram, images: torch.Tensor,
     value's shape). Quantization-aware
     training passes differentiable ones (straight-through, trained weights); the result
     has the dtype of ``images``."""
-    x = images.reshape(len(images), *program.input_shape)
+    x = program.arranged(images.reshape(len(images), *program.input_shape))
     n = len(x)
     env: dict[str, torch.Tensor] = {}
     for op in program.ops:

@@ -15,10 +15,14 @@ __all__ = ["IntegerProgram"]
 class IntegerProgram:
     """An integer program (§9): ``ops`` in execution order over the named ``values``.
 
-    The input is ``N`` images of ``input_shape`` pixels in ``0..pixel_max`` (pixel ``p``
-    stands for ``p·pixel_scale``); the first op is the ``QuantizeInput`` producing
-    ``"input"``; ``output`` names the value returned (the logits, ``s16``). Construction
-    checks every rule of §9 and raises ``ProgramError`` naming the op and field.
+    The input is ``N`` images of ``input_shape`` integer pixels in
+    ``pixel_min..pixel_max`` (pixel ``p`` stands for ``p·pixel_scale``); the first op is
+    the ``QuantizeInput`` producing ``"input"``; ``output`` names the value returned (the
+    logits, ``s16``). With ``real_inputs`` the program takes real values (standardized
+    features, say) that the host quantizes to pixels first (§13, ``quantize_inputs``).
+    ``input_order``, if not empty, permutes each input's dimensions before
+    ``quantize_input`` (an NHWC model: ``(2, 0, 1)``). Construction checks every rule of
+    §9 and raises ``ProgramError`` naming the op and field.
     """
     input_shape: tuple[int, ...]
     pixel_max: int
@@ -26,9 +30,19 @@ class IntegerProgram:
     values: Mapping[str, Value]
     ops: tuple
     output: str
+    pixel_min: int = 0
+    real_inputs: bool = False
+    input_order: tuple[int, ...] = ()
 
     def __post_init__(self):
         check_program(self)
+
+    def arranged(self, x):
+        """``N`` inputs of ``input_shape`` in the layout of the value ``"input"``: their
+        dimensions permuted by ``input_order`` (a layout, no arithmetic)."""
+        if not self.input_order:
+            return x
+        return x.permute(0, *(1 + d for d in self.input_order))
 
     def describe(self) -> str:
         """One line per op: kind, name, input/output formats and widths."""

@@ -14,7 +14,8 @@ from .ops import AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, Requant
 from .outliers import OutlierCounts, stored
 from .types import Value
 
-__all__ = ["to_pixels", "run_integer", "act_outlier_counts"]
+__all__ = ["to_pixels", "quantize_real_round_half_up", "quantize_inputs", "run_integer",
+           "act_outlier_counts"]
 
 
 def to_pixels(images: torch.Tensor, pixel_scale: float = 1 / 16) -> torch.Tensor:
@@ -26,6 +27,43 @@ def to_pixels(images: torch.Tensor, pixel_scale: float = 1 / 16) -> torch.Tensor
     return torch.round(images.to(torch.float64) / pixel_scale).to(torch.int64)
 
 
+def quantize_real_round_half_up(x: torch.Tensor, scale: float, lo: int,
+                                hi: int) -> torch.Tensor:
+    """Real ``x`` to integers ``p = clamp(⌊x/scale + 1/2⌋, lo, hi)`` (round half up), with
+    ``x/scale`` in float64: the host's input quantizer (docs/program.md §13).
+
+    >>> quantize_real_round_half_up(torch.tensor([-1.25, -0.75, 0.25, 0.75, 9.0]), 0.5, -2, 3)
+    tensor([-2, -1,  1,  2,  3])
+    """
+    return torch.floor(x.to(torch.float64) / scale + 0.5).clamp(lo, hi).to(torch.int64)
+
+
+def quantize_inputs(program: IntegerProgram, inputs: torch.Tensor) -> torch.Tensor:
+    """Real ``inputs`` (``N`` of ``input_shape``, or flat) to the program's integer pixels
+    by the host rule of §13: ``p = clamp(⌊x/pixel_scale + 1/2⌋, pixel_min, pixel_max)``;
+    values beyond the calibrated range clamp, as every quantizer of the program does.
+
+    Raises
+    ------
+    TypeError
+        If ``inputs`` is complex or boolean.
+    ValueError
+        If it has the wrong shape or holds a NaN or infinite value.
+    """
+    if inputs.dtype.is_complex or inputs.dtype == torch.bool:
+        raise TypeError(f"inputs must be real numbers, not {inputs.dtype}")
+    _check_shape(program, inputs)
+    x = inputs.to(torch.float64)
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        position = [int(i) for i in bad.nonzero()[0]]
+        raise ValueError(f"inputs{position} = {float(x[tuple(position)])}: every input must "
+                         f"be a finite real number")
+    pixels = quantize_real_round_half_up(x, program.pixel_scale, program.pixel_min,
+                                         program.pixel_max)
+    return pixels.reshape(len(pixels), *program.input_shape)
+
+
 def _requantize_tensor(x: torch.Tensor, multiplier: int, shift: int, out: Value) -> torch.Tensor:
     """§3 elementwise with ``β = 0`` and one ``(M, s)``, on a tensor of any shape."""
     flat = requantize_round_half_up(x.reshape(-1, 1), 0, multiplier, shift,
@@ -33,22 +71,27 @@ def _requantize_tensor(x: torch.Tensor, multiplier: int, shift: int, out: Value)
     return flat.reshape(x.shape)
 
 
+def _check_shape(program: IntegerProgram, tensor: torch.Tensor) -> None:
+    if tensor.dim() < 1 or math.prod(tensor.shape[1:]) != math.prod(program.input_shape):
+        raise ValueError(f"inputs must be N images of shape {program.input_shape} (or flat), "
+                         f"not {tuple(tensor.shape)}")
+
+
 def _check_pixels(program: IntegerProgram, pixels: torch.Tensor) -> torch.Tensor:
-    if pixels.dim() < 1 or math.prod(pixels.shape[1:]) != math.prod(program.input_shape):
-        raise ValueError(f"pixels must be N images of shape {program.input_shape} (or flat), "
-                         f"not {tuple(pixels.shape)}")
+    _check_shape(program, pixels)
     if pixels.dtype.is_floating_point or pixels.dtype.is_complex or pixels.dtype == torch.bool:
         raise TypeError(f"pixels must be an integer tensor, not {pixels.dtype}")
     wide = pixels.to(torch.int64)
-    if ((wide < 0) | (wide > program.pixel_max)).any():
-        raise ValueError(f"pixels must lie in 0..{program.pixel_max}")
+    if ((wide < program.pixel_min) | (wide > program.pixel_max)).any():
+        raise ValueError(f"pixels must lie in {program.pixel_min}..{program.pixel_max}")
     return wide.reshape(len(wide), *program.input_shape)
 
 
 def run_integer(program: IntegerProgram, pixels: torch.Tensor) -> torch.Tensor:
     """Execute the program on integer pixels exactly (§9–§13, §18): ``N×F`` int64 logits.
 
-    ``pixels`` holds ``N`` images in ``0..pixel_max`` of ``input_shape`` (or flattened).
+    ``pixels`` holds ``N`` images in ``pixel_min..pixel_max`` of ``input_shape`` (or
+    flattened); a program with ``real_inputs`` takes ``quantize_inputs`` of its real inputs.
     The result is the output value, in its format (``s16``); its real value is
     ``program.values[program.output].scale`` times it.
 
@@ -57,7 +100,7 @@ def run_integer(program: IntegerProgram, pixels: torch.Tensor) -> torch.Tensor:
     TypeError
         If ``pixels`` is not an integer tensor.
     ValueError
-        If ``pixels`` has the wrong shape or a pixel is outside ``0..pixel_max``.
+        If ``pixels`` has the wrong shape or a pixel is outside ``pixel_min..pixel_max``.
     """
     return _execute(program, pixels, {})
 
@@ -73,7 +116,7 @@ def act_outlier_counts(program: IntegerProgram,
 
 def _execute(program: IntegerProgram, pixels: torch.Tensor,
              counts: dict[str, OutlierCounts]) -> torch.Tensor:
-    x = _check_pixels(program, pixels)
+    x = program.arranged(_check_pixels(program, pixels))
     n = len(x)
     env: dict[str, torch.Tensor] = {}
     for op in program.ops:

@@ -140,11 +140,27 @@ _RELU = {torch.relu, F.relu}
 _FLATTEN = {torch.flatten}
 
 
+def _input_order(node: fx.Node) -> tuple[int, ...] | None:
+    """The per-sample permutation of ``x.permute(0, ...)`` (or ``torch.permute``) applied to
+    the model's input and to nothing else, as an NHWC model starts; else None."""
+    if node.target not in ("permute", torch.permute) or node.kwargs or not node.args \
+            or getattr(node.args[0], "op", None) != "placeholder" \
+            or len(node.args[0].users) != 1:
+        return None
+    dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) \
+        else node.args[1:]
+    if not dims or dims[0] != 0 or sorted(dims) != list(range(len(dims))):
+        return None
+    return tuple(d - 1 for d in dims[1:])
+
+
 def _classify(node: fx.Node, modules: dict) -> str:
     """``input``/``output``/``linear``/``conv2d``/``relu``/``add``/``avgpool``/``maxpool``/
     ``flatten`` for a node the lowering supports; raise naming anything else."""
     if node.op == "placeholder":
         return "input"
+    if _input_order(node) is not None:
+        return "input_order"
     if node.op == "output":
         return "output"
     if _table_function(node, modules) is not None:
@@ -255,6 +271,9 @@ def _plan(graph: fx.Graph, kinds: dict, errors: list[str]) -> list[_Step]:
         kind = kinds[node]
         if kind == "input":
             step = _Step("input", [node], None)
+            step.nodes += [user for user in node.users if kinds[user] == "input_order"]
+        elif kind == "input_order":
+            continue  # part of the input step
         elif kind in ("linear", "conv2d"):
             step = _Step("gemm", [node], node.args[0])
             users = list(node.users)
@@ -357,9 +376,9 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                    input_bits: int | None = None, highway: bool = True,
                    act_calibration: str = "output",
                    bias_correction: bool = True, pixel_max: int = 16,
-                   pixel_scale: float = 1 / 16, outlier_ratio: float = 1 / 64,
-                   weight_outlier_bits: int | None = None, planes: int = 2,
-                   syq_idx_bits: int = 1, syq_granularity: str = "row",
+                   pixel_scale: float = 1 / 16, real_inputs: bool = False,
+                   outlier_ratio: float = 1 / 64, weight_outlier_bits: int | None = None,
+                   planes: int = 2, syq_idx_bits: int = 1, syq_granularity: str = "row",
                    rotate: bool = False,
                    layer_bits: Mapping[str, tuple[int, int]] | None = None,
                    layer_schemes: Mapping[str, str] | None = None,
@@ -369,7 +388,10 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     """Lower ``model`` to an ``IntegerProgram`` (§9–§13), calibrated on ``calibration``.
 
     ``calibration``: real images ``N×input_shape`` (typically the training images); the
-    float model's activations on them set every activation scale (§13). Widths:
+    float model's activations on them set every activation scale (§13). The inputs are
+    integer pixels ``0..pixel_max`` standing for ``p·pixel_scale``, or, with
+    ``real_inputs``, real values (negative too) that the host quantizes to the input
+    format, whose scale is calibrated like an activation's (§13). Widths:
     ``act_bits`` for the activations a GEMM reads and ``weight_bits`` for its weights
     (2..8); ``input_bits`` for the quantized pixels (``act_bits`` unless given); the skip
     tensors and residual sums (with ``highway``) and the output are 16-bit. ``scheme``:
@@ -505,9 +527,17 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
             act_outliers=outliers, act_outlier_ratio=act_outlier_ratio, rotate=rotate)
         lowering.residuals = {step.residual for step in steps if step.residual is not None}
         for step in steps:
-            lowering.lower(step, pixel_max, pixel_scale)
+            lowering.lower(step, pixel_max, pixel_scale, real_inputs)
+        if real_inputs:  # the host quantizes straight to the input format (§13)
+            first = lowering.values["input"]
+            low, high = int_range(first.bits, first.signed)
+            return IntegerProgram(tuple(calibration.shape[1:]), high, first.scale,
+                                  lowering.values, tuple(lowering.ops),
+                                  lowering.value_of[result], pixel_min=low, real_inputs=True,
+                                  input_order=lowering.input_order)
         return IntegerProgram(tuple(calibration.shape[1:]), pixel_max, float(pixel_scale),
-                              lowering.values, tuple(lowering.ops), lowering.value_of[result])
+                              lowering.values, tuple(lowering.ops), lowering.value_of[result],
+                              input_order=lowering.input_order)
 
     program = lower({})
     if act_outlier_ratio > 0:
@@ -624,11 +654,13 @@ def _search_clipping(program: IntegerProgram, lower, calibration: torch.Tensor,
     ``CLIP_FACTORS`` on its max-abs scale, by coordinate descent (two passes, in program
     order) on the KL divergence of the float view's logits from the float ``logits``.
 
-    The input keeps its declared range; flatten and max-pool outputs inherit their
-    input's scale. A candidate replaces the current factor only if strictly better.
+    Pixel inputs keep their declared range (real inputs are clipped like activations);
+    flatten and max-pool outputs inherit their input's scale. A candidate replaces the
+    current factor only if strictly better.
     """
     inherited = {op.output for op in program.ops
-                 if isinstance(op, (QuantizeInput, Flatten, MaxPool))}
+                 if isinstance(op, (Flatten, MaxPool))
+                 or isinstance(op, QuantizeInput) and not program.real_inputs}
     # a value with activation outliers has the scale its outlier ratio sets (§18)
     inherited |= {name for name, value in program.values.items() if value.outliers}
     names = [op.output for op in program.ops
@@ -692,6 +724,7 @@ class _Lowering:
     residuals: set = field(default_factory=set)
     act_outliers: dict = field(default_factory=dict)
     act_outlier_ratio: float = 0.0
+    input_order: tuple = ()
     values: dict = field(default_factory=dict)
     value_of: dict = field(default_factory=dict)
     low_of: dict = field(default_factory=dict)
@@ -774,12 +807,22 @@ class _Lowering:
             self.low_of[name] = copy
         return self.low_of[name]
 
-    def lower(self, step: _Step, pixel_max: int, pixel_scale: float) -> None:
+    def lower(self, step: _Step, pixel_max: int, pixel_scale: float,
+              real_inputs: bool) -> None:
         node = step.nodes[0]
         if step.kind == "input":
             bits = self.act_demand.get(node, self.input_bits)
-            scale = pixel_max * pixel_scale / int_range(bits, False)[1]
-            name = self.add_value(node, "input", bits, False, scale)
+            if real_inputs:
+                # signed only if the data has negative values: otherwise the sign bit of a
+                # symmetric format would waste half the codes (§13)
+                signed = bool((self.floats[node] < 0).any())
+                scale = self.scale(node, bits, signed, "input")
+                pixel_scale = scale  # the pixels are the input format itself: M·2^−s = 1
+            else:
+                signed = False
+                scale = pixel_max * pixel_scale / int_range(bits, False)[1]
+            name = self.add_value(step.last, "input", bits, signed, scale)
+            self.input_order = _input_order(step.last) or ()
             multiplier, shift = _requant("quantize_input", pixel_scale / scale)
             self.ops.append(QuantizeInput(name, name, int(multiplier), int(shift)))
         elif step.kind == "gemm":

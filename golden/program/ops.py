@@ -55,7 +55,7 @@ def _tensor(optional: bool = False):
 
 @dataclass(frozen=True, eq=False)
 class QuantizeInput(_Op):
-    """Pixels ``p`` (``0..pixel_max``) to the first activation format (§13):
+    """Pixels ``p`` (``pixel_min..pixel_max``) to the first activation format (§13):
     ``y = clamp((p·M + 2^(s−1)) >> s, lo, hi)`` (§3 with ``acc = p``, ``β = 0``)."""
     name: str
     output: str

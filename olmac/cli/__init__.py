@@ -13,10 +13,8 @@ Each subcommand is a module of this package that parses its arguments and calls 
 function (:func:`olmac.gemm.run`, :func:`olmac.network.run_demo`, ...).
 """
 
-import argparse
-
 import olmac
-from .common import Command, Formatter, UsageError
+from .common import Command, Formatter, Parser, UsageError
 
 __all__ = ["main"]
 
@@ -41,8 +39,8 @@ def main(argv=None):
     """Run the command line ``argv`` (default ``sys.argv[1:]``). Returns on success; exits
     with status 2 and a one-line ``olmac: error: ...`` on bad input, or with the status a
     subcommand reports (1: a mismatch or a failed build)."""
-    parser = argparse.ArgumentParser(prog="olmac", description=olmac.__doc__.splitlines()[0],
-                                     formatter_class=Formatter)
+    parser = Parser(prog="olmac", description=olmac.__doc__.splitlines()[0],
+                    formatter_class=Formatter)
     parser.add_argument("--version", action="version", version=f"olmac {olmac.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Command)
     for name, module, help in COMMANDS:

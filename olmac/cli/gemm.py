@@ -7,7 +7,7 @@ import numpy as np
 from olmac import gemm
 from olmac.spec import (ACT_BITS, ARRAY_DIM, BIAS_BITS, CODEBOOK_ENTRY_BITS,
                         CODEBOOK_IDX_BITS, MULTIPLIER_BITS, OUT_BITS, OUTLIER_BITS, SHIFT_RANGE, WEIGHT_BITS)
-from .common import UsageError, outlier_options
+from .common import UsageError, load_array, outlier_options, output_file
 
 
 def _range(bounds):
@@ -72,21 +72,6 @@ def arguments(parser):
     parser.set_defaults(run=run)
 
 
-def _load(path, name, dims=None):
-    """The integer array of the .npy ``path`` of option ``name``, with ``dims`` dimensions
-    (any if ``None``)."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{name}: cannot read {path}: {error}") from None
-    if dims is not None and array.ndim not in dims:
-        raise UsageError(f"{name} ({path}) must be a {' or '.join(f'{d}-D' for d in dims)} "
-                         f"array, not shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise UsageError(f"{name} ({path}) must hold integers, not {array.dtype}")
-    return array.astype(np.int64)
-
-
 def _per_channel(text, name):
     """An integer literal (the same for every channel) or a .npy of one entry per channel."""
     if text is None:
@@ -95,22 +80,18 @@ def _per_channel(text, name):
         return int(text)
     except ValueError:
         pass
-    try:
-        values = np.load(text, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{name}: {text!r} is neither an integer nor a readable .npy "
-                         f"file ({error})") from None
-    if not np.issubdtype(values.dtype, np.integer):
-        raise UsageError(f"{name} ({text}) must hold integers, not {values.dtype}")
-    return values
+    if not text.endswith(".npy"):
+        raise UsageError(f"{name} must be an integer or a .npy file, not {text!r}")
+    return load_array(name, text)
 
 
 def _optional(path, name, dims=None):
-    return None if path is None else _load(path, name, dims)
+    return None if path is None else load_array(name, path, dims=dims)
 
 
 def run(args):
-    acts = _load(args.acts, "--acts", (2,))
+    output_file("--out", args.out)
+    acts = load_array("--acts", args.acts, dims=(2,))
     weights = _optional(args.weights, "--weights", (2, 3) if args.plane_shifts else (2,))
     try:
         result = gemm.run(

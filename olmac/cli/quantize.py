@@ -3,14 +3,20 @@
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 from olmac.flow import DEMO_MODELS, TRAIN_LR
-from .common import UsageError, array_options, layer_schemes, layer_widths, widths
+from .common import (UsageError, array_options, in_range, layer_schemes, layer_widths,
+                     load_array, widths)
+
+#: The pixels' defaults: digits are 0..16, standing for 0..1.
+PIXEL_MAX, PIXEL_SCALE = 16, 1 / 16
 
 
 def quantization_arguments(parser, default_model=None, own_models=True):
@@ -19,7 +25,8 @@ def quantization_arguments(parser, default_model=None, own_models=True):
     from olmac.spec import ACT_BITS, ACT_OUTLIER_RATIO, WEIGHT_BITS, WEIGHT_SCHEMES
     help_text = " or ".join(DEMO_MODELS)
     if own_models:
-        help_text += ", or module:callable returning a trained nn.Module"
+        help_text += (", module:callable or file.py:callable returning a trained nn.Module, "
+                      "or a float ONNX model file.onnx (opset ≥ 13)")
     parser.add_argument("--model", default=default_model, required=default_model is None,
                         help=help_text, **({} if own_models else {"choices": DEMO_MODELS}))
     parser.add_argument("--act-bits", type=int, default=4,
@@ -58,10 +65,16 @@ def arguments(parser):
     quantization_arguments(parser)
     parser.add_argument("--calibration", help="real calibration images .npy (N × input "
                         "shape); default for the demo models: their training split")
-    parser.add_argument("--pixel-max", type=int, default=16,
-                        help="inputs are integer pixels 0..pixel-max")
-    parser.add_argument("--pixel-scale", type=float, default=1 / 16,
-                        help="the real value of one pixel step")
+    parser.add_argument("--real-inputs", action="store_true",
+                        help="the inputs are real values (standardized features, negative "
+                             "too), quantized by `olmac run` with a scale calibrated here "
+                             "(docs/program.md §13); default: integer pixels")
+    parser.add_argument("--pixel-max", type=int,
+                        help=f"inputs are integer pixels 0..pixel-max, 1..65535 (default: "
+                             f"{PIXEL_MAX})")
+    parser.add_argument("--pixel-scale", type=float,
+                        help=f"the real value of one pixel step, positive (default: "
+                             f"1/{1 / PIXEL_SCALE:g})")
     parser.add_argument("--out", required=True, help="artifact directory to write")
     array_options(parser, "the program is checked against this core before it is written "
                           "(default: an array as wide as its widest layer)")
@@ -80,20 +93,30 @@ def arguments(parser):
 
 
 def _model(spec):
-    """A demo model name, or ``module:callable`` / ``path/to/file.py:callable`` returning a
-    trained ``nn.Module``; modules and files resolve from the current directory."""
+    """A demo model name, ``module:callable`` / ``path/to/file.py:callable`` returning a
+    trained ``nn.Module`` (modules and files resolve from the current directory), or a
+    float ONNX model ``path/to/model.onnx`` (:func:`olmac.models.onnx_import.load_onnx`)."""
+    from torch import nn
     from olmac.flow import demo_data
     if spec in DEMO_MODELS:
         return demo_data(spec).model
+    if spec.endswith(".onnx"):
+        from olmac.models.onnx_import import OnnxError, load_onnx
+        if not Path(spec).is_file():
+            raise UsageError(f"--model: no file {spec}")
+        try:
+            return load_onnx(spec)
+        except OnnxError as error:
+            raise UsageError(f"--model {error}") from None
     source, _, attribute = spec.rpartition(":")
     if not source or not attribute:
-        raise UsageError(f"--model must be one of {', '.join(DEMO_MODELS)}, 'module:callable' "
-                         f"or 'file.py:callable', not {spec!r}")
+        raise UsageError(f"--model must be one of {', '.join(DEMO_MODELS)}, 'module:callable', "
+                         f"'file.py:callable' or 'model.onnx', not {spec!r}")
+    if source.endswith(".py") and not Path(source).is_file():
+        raise UsageError(f"--model {spec}: no file {source}")
     try:
         if source.endswith(".py"):
             path = Path(source)
-            if not path.is_file():
-                raise UsageError(f"--model {spec}: no file {source}")
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
@@ -103,9 +126,21 @@ def _model(spec):
                 sys.path.insert(0, os.getcwd())
             module = importlib.import_module(source)
         factory = getattr(module, attribute)
-    except (ImportError, AttributeError) as error:
-        raise UsageError(f"--model {spec}: {error}") from None
-    return factory()
+        model = factory()
+    except Exception as error:  # the user's own code: one line saying where it failed
+        raise UsageError(f"--model {spec}: {type(error).__name__}: "
+                         f"{' '.join(str(error).split())}{_where(error)}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {spec}: {attribute}() must return an nn.Module, not "
+                         f"{type(model).__name__}")
+    return model
+
+
+def _where(error: Exception) -> str:
+    """`` (at file:line)`` of the innermost frame of ``error`` outside olmac, if any."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if "importlib" not in frame.filename]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if len(frames) > 1 else ""
 
 
 def _calibration(args):
@@ -115,11 +150,43 @@ def _calibration(args):
         if args.model not in DEMO_MODELS:
             raise UsageError("--calibration is required for a model of your own")
         return demo_data(args.model).calibration
-    calibration = np.load(args.calibration)
-    if not np.issubdtype(calibration.dtype, np.floating):
-        raise UsageError(f"--calibration ({args.calibration}) must hold real images "
-                         f"(pixel × pixel-scale), not {calibration.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(calibration)).to(torch.float32)
+    calibration = load_array("--calibration", args.calibration, real=True)
+    if calibration.dtype != np.float64:
+        raise UsageError(f"--calibration ({args.calibration}) must hold real "
+                         f"{'values' if args.real_inputs else 'images (pixel × pixel-scale)'}"
+                         f", not {calibration.dtype}")
+    if calibration.ndim < 2:
+        raise UsageError(f"--calibration ({args.calibration}) must be N samples of the "
+                         f"model's input shape, not shape {calibration.shape}")
+    return torch.from_numpy(calibration).to(torch.float32)
+
+
+def _check_fits(model, calibration, path):
+    """Run the float model on two calibration samples, so that samples of the wrong shape
+    are named here rather than deep in tracing."""
+    import torch
+    try:
+        with torch.no_grad():
+            model.eval()(calibration[:2])
+    except Exception as error:  # whatever the user's forward raises on them
+        raise UsageError(f"--calibration ({path}): the model cannot run on samples of shape "
+                         f"{tuple(calibration.shape[1:])}: {' '.join(str(error).split())}"
+                         ) from None
+
+
+def _pixels(args) -> tuple[int, float]:
+    """``--pixel-max`` and ``--pixel-scale``, checked (defaults for pixel inputs)."""
+    if args.real_inputs:
+        if args.pixel_max is not None or args.pixel_scale is not None:
+            raise UsageError("--pixel-max and --pixel-scale describe pixel inputs; with "
+                             "--real-inputs the scale is calibrated")
+        return PIXEL_MAX, PIXEL_SCALE
+    pixel_max = PIXEL_MAX if args.pixel_max is None else args.pixel_max
+    pixel_scale = PIXEL_SCALE if args.pixel_scale is None else args.pixel_scale
+    in_range("--pixel-max", pixel_max, (1, (1 << 16) - 1))
+    if not (math.isfinite(pixel_scale) and pixel_scale > 0):
+        raise UsageError(f"--pixel-scale must be a positive real number, not {pixel_scale}")
+    return pixel_max, pixel_scale
 
 
 def _training_data(args, calibration):
@@ -141,22 +208,23 @@ def _training_data(args, calibration):
     if args.train_images is None or args.train_labels is None:
         raise UsageError("--epochs needs --train-images and --train-labels for a model of "
                          "your own (or both for a demo model)")
-    images, labels = np.load(args.train_images), np.load(args.train_labels)
+    images = load_array("--train-images", args.train_images, real=True)
+    labels = load_array("--train-labels", args.train_labels)
     if not np.issubdtype(images.dtype, np.floating):
         raise UsageError(f"--train-images ({args.train_images}) must hold real images "
                          f"(pixel × pixel-scale), not {images.dtype}")
     if images.shape[1:] != tuple(calibration.shape[1:]):
         raise UsageError(f"--train-images has images of shape {images.shape[1:]}, "
                          f"--calibration {tuple(calibration.shape[1:])}: they must agree")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != images.shape[:1] \
-            or (labels < 0).any():
+    if labels.shape != images.shape[:1] or (labels < 0).any():
         raise UsageError(f"--train-labels must be {len(images)} non-negative integer class "
                          f"indices (one per image), not {labels.dtype} of shape "
                          f"{labels.shape}")
-    images = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
+    images = torch.from_numpy(images).to(torch.float32)
+    pixel_max, pixel_scale = _pixels(args)
     try:
-        for warning in check_inputs("--train-images", images, pixel_max=args.pixel_max,
-                                    pixel_scale=args.pixel_scale):
+        for warning in check_inputs("--train-images", images, pixel_max=pixel_max,
+                                    pixel_scale=pixel_scale, real_inputs=args.real_inputs):
             print(f"olmac: warning: {warning}", file=sys.stderr)
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -180,11 +248,17 @@ def run(args):
     from olmac.golden import artifact
     from olmac.golden.program import ProgramError
     check_act_outlier_ratio(args)
+    pixel_max, pixel_scale = _pixels(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out ({args.out}) is a file, not an artifact directory")
     model = _model(args.model)
     calibration = _calibration(args)
+    if args.calibration is not None:
+        _check_fits(model, calibration, args.calibration)
     try:
-        for warning in check_inputs("--calibration", calibration, pixel_max=args.pixel_max,
-                                    pixel_scale=args.pixel_scale):
+        for warning in check_inputs("--calibration", calibration, pixel_max=pixel_max,
+                                    pixel_scale=pixel_scale, real_inputs=args.real_inputs):
             print(f"olmac: warning: {warning}", file=sys.stderr)
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -198,15 +272,20 @@ def run(args):
                            weight_bits=args.weight_bits, scheme=args.scheme,
                            highway=not args.no_highway, outlier_ratio=args.outlier_ratio,
                            act_outlier_ratio=args.act_outlier_ratio,
-                           pixel_max=args.pixel_max, pixel_scale=args.pixel_scale,
-                           train_images=images, train_labels=labels, epochs=args.epochs,
-                           lr=args.lr, seed=args.seed, report=report, **per_layer)
+                           pixel_max=pixel_max, pixel_scale=pixel_scale,
+                           real_inputs=args.real_inputs, train_images=images,
+                           train_labels=labels, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                           report=report, **per_layer)
     except (ProgramError, TypeError, ValueError) as error:
         raise UsageError(_option_names(str(error))) from None
     finally:
         close()
     check_core(program, args.width, array_bits)
-    path = artifact.save(program, args.out)
+    try:
+        path = artifact.save(program, out)
+    except OSError as error:
+        raise UsageError(f"--out ({args.out}): cannot write the artifact: "
+                         f"{error.strerror or error}") from None
     from olmac.golden.program.lowering import lowering_notes
     print(program.describe())
     for note in lowering_notes(model, calibration):  # what was folded or dropped (§17)
