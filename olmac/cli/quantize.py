@@ -192,7 +192,7 @@ def _pixels(args) -> tuple[int, float]:
 def _training_data(args, calibration):
     """The training images and labels of ``--epochs``, checked; ``(None, None)`` without."""
     import torch
-    from olmac.flow import check_inputs, demo_data
+    from olmac.flow import demo_data
     if args.epochs < 0:
         raise UsageError(f"--epochs must be a non-negative integer, not {args.epochs}")
     if not args.lr > 0:
@@ -221,14 +221,21 @@ def _training_data(args, calibration):
                          f"indices (one per image), not {labels.dtype} of shape "
                          f"{labels.shape}")
     images = torch.from_numpy(images).to(torch.float32)
+    _check_inputs("--train-images", images, args)
+    return images, torch.from_numpy(labels.astype(np.int64))
+
+
+def _check_inputs(label, images, args):
+    """``olmac.flow.check_inputs`` of the images given as ``label``: its warnings printed,
+    its refusal a :class:`UsageError`."""
+    from olmac.flow import check_inputs
     pixel_max, pixel_scale = _pixels(args)
     try:
-        for warning in check_inputs("--train-images", images, pixel_max=pixel_max,
+        for warning in check_inputs(label, images, pixel_max=pixel_max,
                                     pixel_scale=pixel_scale, real_inputs=args.real_inputs):
             print(f"olmac: warning: {warning}", file=sys.stderr)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return images, torch.from_numpy(labels.astype(np.int64))
 
 
 def _progress(epochs):
@@ -244,7 +251,7 @@ def _progress(epochs):
 
 
 def run(args):
-    from olmac.flow import check_inputs, quantize
+    from olmac.flow import quantize
     from olmac.golden import artifact
     from olmac.golden.program import ProgramError
     check_act_outlier_ratio(args)
@@ -256,12 +263,7 @@ def run(args):
     calibration = _calibration(args)
     if args.calibration is not None:
         _check_fits(model, calibration, args.calibration)
-    try:
-        for warning in check_inputs("--calibration", calibration, pixel_max=pixel_max,
-                                    pixel_scale=pixel_scale, real_inputs=args.real_inputs):
-            print(f"olmac: warning: {warning}", file=sys.stderr)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    _check_inputs("--calibration", calibration, args)
     per_layer = dict(layer_bits=layer_widths(args.layer_bits),
                      layer_schemes=layer_schemes(args.layer_scheme))
     array_bits = widths("--array-bits", args.array_bits) if args.array_bits else None
