@@ -1,13 +1,19 @@
-"""Whole networks on Verilator: a :class:`NetworkBench` top holds the network core with every
-input image preloaded in a ROM and a RAM that captures the logits, so the simulation runs
-with Python out of the per-cycle loop: cocotb waits on one trigger (``done``) and reads the
-results at the end (docs/network.md §16).
+"""Whole networks on Verilator (docs/network.md §16): a :class:`NetworkBench` top holds a
+network core built from its configuration alone, between memories that Verilog reads from
+files at time zero (``$readmemh``) and writes to a file when the run is done
+(``$writememh``). The program, weights and parameters reach the core through its ``load``
+port, as on a board, and the images stream in after them; so a new artifact of the same
+core configuration, new images, other stalls or another seed reuse the compiled model
+(:mod:`sim.cache`).
 
-Random backpressure comes from a hardware LFSR that drops ``valid`` on the input side and
-``ready`` on the output side; it is seeded, so a run is reproducible.
+The clock is made inside the simulator (Verilator ``--timing``) and the run's counts come
+as plusargs, so the cocotb test only releases reset and waits for ``done``: no Python runs
+per cycle. Random backpressure comes from a hardware LFSR that drops ``valid`` on the input
+side and ``ready`` on the output side; its seed and the stall rate are run-time inputs.
 """
 
 import json
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -17,154 +23,220 @@ import numpy as np
 from amaranth.back import verilog
 from amaranth.hdl import *
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 from cocotb_tools.runner import get_results
 
 from olmac.hw.network import STORAGE_BITS, NetworkCore
-from olmac.spec import STALL_SIXTEENTHS, check_int
+from olmac.spec import NETWORK_JOB_ENV, STALL_SIXTEENTHS, check_int
+from .cache import cached_model
 from .runner import LeanVerilator, build_verilator
 
-__all__ = ["NetworkBench", "NetworkRun", "build_network", "run_network"]
+__all__ = ["NetworkBench", "NetworkRun", "load_words", "build_network", "run_network"]
 
-TOPLEVEL = "olmac_network"
-RESULTS_ENV = "OLMAC_NETWORK_RESULTS"
-#: The only signals the testbench touches, made visible to VPI by a Verilator control file.
-_PUBLIC_PORTS = ("clk", "rst", "done", "captured", "cycles", "gemm_beats", "read_address",
-                 "read_word")
+BENCH = "olmac_network"
+TOPLEVEL = "olmac_network_sim"
+CLOCK_NS = 10
+#: Words of the image and result memories, unless a run needs more (then a power of two).
+CAPACITY = 1 << 16
+#: Files the memories read and write, in the run's folder (the simulator's working folder).
+FILES = {"loads": "loads.hex", "images": "images.hex", "results": "results.hex"}
+_PUBLIC_PORTS = ("rst", "done", "captured", "cycles", "gemm_beats")
+# --timing for the clock made in Verilog; -O2 instead of Verilator's default -Os for the
+# model's C++ (the requantizer's wide arithmetic is then inlined); X values resolved once.
+BUILD_ARGS = ("--timing", "--x-assign", "fast", "--x-initial", "fast",
+              "-CFLAGS", "-O2", "-CFLAGS", "-fcoroutines")
+
+_FILE_MEMORY = """\
+// A memory whose contents come from the $readmemh file LOAD at time zero (if named) and
+// that writes itself to the file DUMP ($writememh) on the first clock edge with `dump`
+// high: the bench's images and results change without a new Verilator build.
+module olmac_file_memory #(parameter WIDTH = 1, parameter ABITS = 1, parameter LOAD = "",
+                           parameter DUMP = "") (
+    input clk,
+    input read_en, input [ABITS-1:0] read_addr, output reg [WIDTH-1:0] read_data,
+    input write_en, input [ABITS-1:0] write_addr, input [WIDTH-1:0] write_data,
+    input dump);
+  reg [WIDTH-1:0] memory [0:(1 << ABITS) - 1];
+  reg dumped = 1'b0;
+  initial if (LOAD != "") $readmemh(LOAD, memory);
+  always @(posedge clk) begin
+    if (read_en) read_data <= memory[read_addr];
+    if (write_en) memory[write_addr] <= write_data;
+    if (dump && !dumped && DUMP != "") begin
+      $writememh(DUMP, memory);
+      dumped <= 1'b1;
+    end
+  end
+endmodule
+"""
+
+_TOP = f"""\
+// The simulation top: the clock toggles inside the simulator (Verilator --timing), so no
+// testbench code runs per cycle; the run's counts, stall rate and seed come as plusargs.
+module {TOPLEVEL}(input rst, output done, output [31:0] captured, output [31:0] cycles,
+                  output [31:0] gemm_beats);
+  reg clk = 1'b0;
+  always #{CLOCK_NS // 2} clk = ~clk;
+  reg [31:0] loads = 0, inputs = 0, outputs = 0, stall = 0, seed = 1;
+  integer found;
+  initial begin
+    found = $value$plusargs("loads=%d", loads);
+    found = $value$plusargs("inputs=%d", inputs);
+    found = $value$plusargs("outputs=%d", outputs);
+    found = $value$plusargs("stall=%d", stall);
+    found = $value$plusargs("seed=%d", seed);
+  end
+  {BENCH} bench(.clk(clk), .rst(rst), .load_count(loads), .input_count(inputs),
+    .output_count(outputs), .stall(stall[3:0]), .seed(seed[15:0]), .done(done),
+    .captured(captured), .cycles(cycles), .gemm_beats(gemm_beats));
+endmodule
+"""
 
 
 class _Lfsr(wiring.Component):
-    """A 16-bit Galois LFSR (x^16 + x^14 + x^13 + x^11 + 1), one step per cycle."""
+    """A 16-bit Galois LFSR (x^16 + x^14 + x^13 + x^11 + 1), one step per cycle, that
+    starts from ``seed`` (its all-zero reset state would never move)."""
 
+    seed: In(16)
     value: Out(16)
-
-    def __init__(self, seed):
-        self._seed = seed
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        state = Signal(16, init=self._seed)
-        m.d.sync += state.eq(Mux(state[0], (state >> 1) ^ 0xB400, state >> 1))
+        state = Signal(16)
+        step = Mux(state[0], (state >> 1) ^ 0xB400, state >> 1)
+        m.d.sync += state.eq(Mux(state == 0, self.seed, step))
         m.d.comb += self.value.eq(state)
         return m
 
 
+def _file_memory(width, depth, *, load="", dump=""):
+    """An ``olmac_file_memory`` instance and its ports (as signals)."""
+    abits = max(ceil_log2(depth), 1)
+    ports = {"read_en": Signal(), "read_addr": Signal(abits), "read_data": Signal(width),
+             "write_en": Signal(), "write_addr": Signal(abits), "write_data": Signal(width),
+             "dump": Signal()}
+    instance = Instance(
+        "olmac_file_memory", p_WIDTH=width, p_ABITS=abits, p_LOAD=load, p_DUMP=dump,
+        i_clk=ClockSignal(),
+        **{f"{'o' if name == 'read_data' else 'i'}_{name}": port
+           for name, port in ports.items()})
+    return instance, ports
+
+
+def _stream_out(m, memory, count, stream, offer):
+    """Stream words ``0..count-1`` of ``memory`` (a file memory's ports) to ``stream``,
+    valid only while ``offer``; the next word is read while the current one waits.
+    Returns the flag that every word has been taken."""
+    sent = Signal(32)
+    pending = Signal()
+    take = ~pending | (stream.valid & stream.ready)
+    more = sent != count
+    m.d.comb += [memory["read_addr"].eq(sent), memory["read_en"].eq(take),
+                 stream.valid.eq(pending & offer), stream.payload.eq(memory["read_data"])]
+    with m.If(take):
+        m.d.sync += pending.eq(more)
+        with m.If(more):
+            m.d.sync += sent.eq(sent + 1)
+    return ~more & ~pending
+
+
 class NetworkBench(wiring.Component):
-    """A :class:`NetworkCore` between an input ROM and an output RAM (simulation top).
+    """A :class:`NetworkCore` built from ``config`` alone between file memories
+    (simulation top for Verilator): the load beats (program, weights, parameters, then a
+    ``RESTART``) from ``loads.hex``, then the images from ``images.hex``; the output words
+    go to a memory written to ``results.hex`` when ``done``.
 
     Parameters
     ----------
-    core : NetworkCore
-        The core, its memories loaded.
-    images : ndarray
-        ``N × input_words × width`` 16-bit slots, streamed in order.
-    output_words : int
-        Words the core stores per image.
-    stall_sixteenths : int
-        Chance, in sixteenths (0..15), that the ROM withholds ``valid`` and the RAM
-        withholds ``ready`` on a cycle.
-    seed : int
-        LFSR seed, 1..65535.
+    config : NetworkCore.Config
+        The core's configuration.
+    capacity : int
+        Words of the image and result memories (a power of two, at least 2).
 
     Raises
     ------
     TypeError
-        If ``core`` is not a :class:`NetworkCore`, or ``stall_sixteenths`` or ``seed`` is
-        out of range.
-    ValueError
-        If ``images`` is not three-dimensional.
+        If ``config`` is not a ``NetworkCore.Config`` or ``capacity`` is not a power of
+        two of at least 2.
 
     Members
     -------
+    load_count, input_count, output_count : In(32)
+        Load beats, input words and output words of the run.
+    stall : In(4)
+        Chance, in sixteenths, that the image memory withholds ``valid`` and the result
+        memory withholds ``ready`` on a cycle.
+    seed : In(16)
+        The LFSR's seed (not 0).
     done : Out(1)
-        All ``N·output_words`` words have been captured.
+        ``output_count`` words have been captured.
     captured : Out(32)
         Words captured so far (for a progress bar).
     cycles : Out(32)
-        Cycles from reset to ``done``.
+        Cycles from the end of the loads to ``done``.
     gemm_beats : Out(32)
         Beats the MAC array took.
-    read_address : In(range(N·output_words))
-    read_word : Out(width·16)
-        The captured word at ``read_address``, one cycle later.
     """
 
-    def __init__(self, core, images, output_words, *, stall_sixteenths=0, seed=1):
-        images = np.asarray(images, dtype=np.int64)
-        if images.ndim != 3:
-            raise ValueError(f"images must be N × words × width, not {images.shape}")
-        check_int("stall_sixteenths", stall_sixteenths, STALL_SIXTEENTHS)
-        if not 1 <= seed <= 0xFFFF:
-            raise TypeError(f"seed must be an integer in 1..65535, not {seed!r}")
-        if not isinstance(core, NetworkCore):
-            raise TypeError(f"core must be a NetworkCore, not {core!r}")
-        self._core = core
-        self._width = core.width
-        masked = images & ((1 << STORAGE_BITS) - 1)
-        self._input_words = [sum(int(v) << (STORAGE_BITS * lane) for lane, v in enumerate(word))
-                             for image in masked for word in image]
-        self._output_count = len(images) * output_words
-        self._stall = stall_sixteenths
-        self._seed = seed
-        super().__init__({
-            "done": Out(1),
-            "captured": Out(32),
-            "cycles": Out(32),
-            "gemm_beats": Out(32),
-            "read_address": In(range(max(self._output_count, 2))),
-            "read_word": Out(self._width * STORAGE_BITS),
-        })
+    load_count: In(32)
+    input_count: In(32)
+    output_count: In(32)
+    stall: In(4)
+    seed: In(16)
+    done: Out(1)
+    captured: Out(32)
+    cycles: Out(32)
+    gemm_beats: Out(32)
+
+    def __init__(self, config, *, capacity=CAPACITY):
+        if not isinstance(config, NetworkCore.Config):
+            raise TypeError(f"config must be a NetworkCore.Config, not {config!r}")
+        if (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 2
+                or capacity & (capacity - 1)):
+            raise TypeError(f"capacity must be a power of two of at least 2, not {capacity!r}")
+        self._config = config
+        self._capacity = capacity
+        super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.core = core = self._core
-        m.submodules.lfsr = lfsr = _Lfsr(self._seed)
-        width = self._width * STORAGE_BITS
-        m.submodules.images = images = Memory(shape=width, depth=len(self._input_words),
-                                              init=self._input_words)
-        m.submodules.results = results = Memory(shape=width, depth=max(self._output_count, 2),
-                                                init=[])
-        image_read = images.read_port()
-        result_write = results.write_port()
-        result_read = results.read_port()
+        config = self._config
+        m.submodules.core = core = NetworkCore(config)
+        m.submodules.lfsr = lfsr = _Lfsr()
+        m.d.comb += lfsr.seed.eq(self.seed)
+        load_bits = Shape.cast(config.load_layout).width
+        word_bits = config.width * STORAGE_BITS
+        load_depth = sum(config.depths[name] for name in ("program", "weights", "params")) + 1
+        m.submodules.loads, loads = _file_memory(load_bits, load_depth, load=FILES["loads"])
+        m.submodules.images, images = _file_memory(word_bits, self._capacity,
+                                                   load=FILES["images"])
+        m.submodules.results, results = _file_memory(word_bits, self._capacity,
+                                                     dump=FILES["results"])
 
-        # The ROM streams its words; the next one is read while the current one waits.
-        sent = Signal(range(len(self._input_words) + 1))
-        pending = Signal()
-        offer = lfsr.value[:4] >= self._stall
-        take = ~pending | (core.inputs.valid & core.inputs.ready)
-        m.d.comb += [image_read.addr.eq(sent), image_read.en.eq(take)]
-        with m.If(take):
-            m.d.sync += pending.eq(sent != len(self._input_words))
-            with m.If(sent != len(self._input_words)):
-                m.d.sync += sent.eq(sent + 1)
-        m.d.comb += [
-            core.inputs.valid.eq(pending & offer),
-            core.inputs.payload.eq(image_read.data),
-        ]
+        loaded = _stream_out(m, loads, self.load_count, core.load, 1)
+        # Inputs wait for the loads: the core takes `load` beats only while they offer none.
+        _stream_out(m, images, self.input_count, core.inputs,
+                    loaded & (lfsr.value[:4] >= self.stall))
 
-        captured = Signal(range(self._output_count + 1))
-        m.d.comb += core.outputs.ready.eq(lfsr.value[4:8] >= self._stall)
+        captured = Signal(32)
+        m.d.comb += core.outputs.ready.eq(lfsr.value[4:8] >= self.stall)
         accepted = core.outputs.valid & core.outputs.ready
         m.d.comb += [
-            result_write.addr.eq(captured),
-            result_write.data.eq(core.outputs.payload.word),
-            result_write.en.eq(accepted),
+            results["write_addr"].eq(captured),
+            results["write_data"].eq(core.outputs.payload.word),
+            results["write_en"].eq(accepted),
         ]
         with m.If(accepted):
             m.d.sync += captured.eq(captured + 1)
-
-        done = captured == self._output_count
-        with m.If(~done):
+        done = captured == self.output_count
+        with m.If(loaded & ~done):
             m.d.sync += self.cycles.eq(self.cycles + 1)
         m.d.comb += [
+            results["dump"].eq(done),
             self.done.eq(done),
             self.captured.eq(captured),
             self.gemm_beats.eq(core.gemm_beats),
-            result_read.addr.eq(self.read_address),
-            self.read_word.eq(result_read.data),
         ]
         return m
 
@@ -172,28 +244,61 @@ class NetworkBench(wiring.Component):
 @dataclass
 class NetworkRun:
     """What one simulation returns: the captured output words (``N × output_words ×
-    width`` slots), total cycles, array beats, and wall-clock seconds of the simulation
-    and of the Verilator build."""
+    width`` slots), cycles and array beats, wall-clock and CPU seconds of the model's run
+    (reset to ``done``), seconds of the whole simulator process, and seconds spent
+    building the model (0 when it came from the cache) and where it is."""
     slots: np.ndarray
     cycles: int
     gemm_beats: int
     seconds: float
+    cpu_seconds: float
+    process_seconds: float
     build_seconds: float
+    model: Path
 
 
-def build_network(bench: NetworkBench, build_dir: Path) -> tuple[Path, float]:
-    """Write ``bench``'s Verilog and compile it with Verilator (only when the Verilog
-    changed); returns the build folder and the seconds spent."""
-    build_dir = Path(build_dir).resolve()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    source = build_dir / f"{TOPLEVEL}.v"
-    text = verilog.convert(bench, name=TOPLEVEL)
-    started = time.monotonic()
-    changed = not source.exists() or source.read_text() != text
-    if changed:
-        source.write_text(text)
-    build_verilator(source, TOPLEVEL, build_dir, always=changed, ports=_PUBLIC_PORTS)
-    return build_dir, time.monotonic() - started
+def load_words(config, contents) -> list[int]:
+    """The ``load`` beats that write ``contents`` (``program``, ``weights``, ``params``:
+    lists of words) into a core of ``config``, then a ``RESTART``, as packed integers."""
+    layout = config.load_layout
+    beats = [layout.const({"memory": getattr(NetworkCore.Memory, name.upper()),
+                           "address": address, "word": word}).as_value().value
+             for name in ("program", "weights", "params")
+             for address, word in enumerate(contents.get(name) or [])]
+    return beats + [layout.const({"memory": NetworkCore.Memory.RESTART}).as_value().value]
+
+
+def _hex_words(words) -> str:
+    return "".join(f"{word:x}\n" for word in words)
+
+
+def _hex_slots(slots: np.ndarray) -> str:
+    """Rows of 16-bit slots as hex words, lane 0 least significant."""
+    rows = (np.asarray(slots, dtype=np.int64).reshape(-1, slots.shape[-1])
+            & ((1 << STORAGE_BITS) - 1))[:, ::-1].astype(">u2")
+    digits = rows.tobytes().hex()
+    step = 4 * rows.shape[1]
+    return "".join(digits[start:start + step] + "\n" for start in range(0, len(digits), step))
+
+
+def _read_slots(path: Path, count: int, width: int) -> np.ndarray:
+    lines = [line for line in path.read_text().split() if not line.startswith("//")][:count]
+    data = bytes.fromhex("".join(line.rjust(4 * width, "0") for line in lines))
+    return np.frombuffer(data, dtype=">u2").reshape(count, width)[:, ::-1].astype(np.int64)
+
+
+def build_network(config, *, capacity=CAPACITY) -> tuple[Path, float]:
+    """The compiled bench of ``config`` from the cache, built first if absent; returns
+    its folder and the seconds spent building."""
+    # Without source locations, so an edit of the Python elsewhere keeps the cache key.
+    text = verilog.convert(NetworkBench(config, capacity=capacity), name=BENCH,
+                           emit_src=False)
+    sources = {f"{BENCH}.v": text, "olmac_file_memory.v": _FILE_MEMORY, f"{TOPLEVEL}.v": _TOP}
+
+    def build(folder, paths):
+        build_verilator(paths, TOPLEVEL, folder, always=True, ports=_PUBLIC_PORTS,
+                        build_args=BUILD_ARGS, timescale=("1ns", "1ps"))
+    return cached_model(sources, TOPLEVEL, build, build_args=BUILD_ARGS, ports=_PUBLIC_PORTS)
 
 
 def _watch(path: Path, progress, stop: threading.Event) -> None:
@@ -204,43 +309,68 @@ def _watch(path: Path, progress, stop: threading.Event) -> None:
             pass
 
 
-def run_network(bench: NetworkBench, build_dir: Path, *, images: int, output_words: int,
-                width: int, timeout_cycles: int, progress=None) -> NetworkRun:
-    """Build ``bench`` and simulate it until ``done``; raises ``RuntimeError`` if the run
-    fails or does not finish within ``timeout_cycles``.
+def run_network(config, contents, inputs: np.ndarray, *, output_words: int,
+                stall_sixteenths: int = 0, seed: int = 1, timeout_cycles: int,
+                progress=None) -> NetworkRun:
+    """Simulate a core of ``config`` loaded with ``contents`` on ``inputs`` (``N ×
+    input_words × width`` 16-bit slots) until it has stored ``N·output_words`` words.
 
     ``progress``, if given, is called now and then with the number of images finished (the
-    testbench wakes every few thousand cycles to report it, not every cycle)."""
-    build_dir, build_seconds = build_network(bench, build_dir)
-    results_path = build_dir / "network_results.npz"
-    results_path.unlink(missing_ok=True)
-    results_xml = build_dir / "network.results.xml"
-    results_xml.unlink(missing_ok=True)
-    log_file = build_dir / "network.log"
-    progress_path = build_dir / "network.progress"
-    progress_path.unlink(missing_ok=True)
-    job = {"results": str(results_path), "progress": str(progress_path),
-           "output_words": output_words, "output_count": images * output_words,
-           "width": width, "timeout_cycles": timeout_cycles}
-    stop = threading.Event()
-    if progress is not None:
-        threading.Thread(target=_watch, args=(progress_path, progress, stop), daemon=True).start()
-    started = time.monotonic()
-    try:
-        LeanVerilator().test(
-            test_module="olmac.sim.network_tb", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
-            build_dir=build_dir, test_dir=build_dir, testcase="run_network",
-            extra_env={RESULTS_ENV: json.dumps(job)},
-            log_file=log_file, results_xml=str(results_xml))
-    except SystemExit:
-        pass  # under pytest the runner exits on a failed test; the results file tells
-    finally:
-        stop.set()
-    seconds = time.monotonic() - started
-    tests, failures = get_results(results_xml) if results_xml.exists() else (0, 0)
-    if failures or tests != 1 or not results_path.exists():
-        raise RuntimeError(f"the network simulation failed; see {log_file}")
-    with np.load(results_path) as saved:
-        slots = saved["slots"].reshape(images, output_words, width)
-        cycles, beats = int(saved["cycles"]), int(saved["gemm_beats"])
-    return NetworkRun(slots, cycles, beats, seconds, build_seconds)
+    testbench wakes every few tens of thousands of cycles to report it, not every cycle).
+
+    Raises
+    ------
+    TypeError
+        If ``stall_sixteenths`` or ``seed`` is out of range.
+    RuntimeError
+        If the run fails or does not finish within ``timeout_cycles``.
+    """
+    check_int("stall_sixteenths", stall_sixteenths, STALL_SIXTEENTHS)
+    check_int("seed", seed, (1, 0xFFFF))
+    inputs = np.asarray(inputs)
+    images, width = len(inputs), config.width
+    input_count = inputs.shape[0] * inputs.shape[1]
+    output_count = images * output_words
+    needed = max(input_count, output_count)
+    capacity = CAPACITY if needed <= CAPACITY else 1 << ceil_log2(needed)
+    model, build_seconds = build_network(config, capacity=capacity)
+    loads = load_words(config, contents)
+    with tempfile.TemporaryDirectory(prefix="olmac-network-") as folder:
+        folder = Path(folder)
+        (folder / FILES["loads"]).write_text(_hex_words(loads))
+        (folder / FILES["images"]).write_text(_hex_slots(inputs))
+        results = folder / "results.json"
+        progress_path = folder / "progress"
+        job = {"results": str(results), "progress": str(progress_path),
+               "output_words": output_words, "timeout_cycles": timeout_cycles,
+               "clock_ns": CLOCK_NS}
+        stop = threading.Event()
+        if progress is not None:
+            threading.Thread(target=_watch, args=(progress_path, progress, stop),
+                             daemon=True).start()
+        log_file = folder / "network.log"
+        results_xml = folder / "results.xml"
+        started = time.monotonic()
+        try:
+            LeanVerilator().test(
+                test_module="olmac.sim.network_tb", hdl_toplevel=TOPLEVEL,
+                hdl_toplevel_lang="verilog", build_dir=model, test_dir=folder,
+                testcase="run_network", extra_env={NETWORK_JOB_ENV: json.dumps(job)},
+                plusargs=[f"+loads={len(loads)}", f"+inputs={input_count}",
+                          f"+outputs={output_count}", f"+stall={stall_sixteenths}",
+                          f"+seed={seed}"],
+                log_file=log_file, results_xml=str(results_xml))
+        except SystemExit:
+            pass  # under pytest the runner exits on a failed test; the results file tells
+        finally:
+            stop.set()
+        process_seconds = time.monotonic() - started
+        tests, failures = get_results(results_xml) if results_xml.exists() else (0, 0)
+        if failures or tests != 1 or not results.exists():
+            tail = log_file.read_text()[-3000:] if log_file.exists() else "(no log)"
+            raise RuntimeError(f"the network simulation failed:\n{tail}")
+        summary = json.loads(results.read_text())
+        slots = _read_slots(folder / FILES["results"], output_count, width)
+    return NetworkRun(slots.reshape(images, output_words, width), summary["cycles"],
+                      summary["gemm_beats"], summary["seconds"], summary["cpu_seconds"],
+                      process_seconds, build_seconds, model)

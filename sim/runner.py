@@ -70,17 +70,21 @@ class LeanVerilator(Verilator):
         return commands
 
 
-def build_verilator(source: Path, toplevel: str, build_dir: Path, *, always: bool,
-                    ports=("*",)) -> LeanVerilator:
-    """Compile ``source`` with Verilator into ``build_dir``, with only ``ports`` of the top
-    module (by default all of its signals) visible to the testbench; returns the runner."""
+def build_verilator(source, toplevel: str, build_dir: Path, *, always: bool, ports=("*",),
+                    build_args=(), timescale=None) -> LeanVerilator:
+    """Compile ``source`` (a Verilog file, or a list of them) with Verilator into
+    ``build_dir``, with only ``ports`` of the top module (by default all of its signals)
+    visible to the testbench and ``build_args`` after the common ones; returns the
+    runner."""
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
     control = build_dir / f"{toplevel}.vlt"
     control.write_text("`verilator_config\n" + "".join(
         f'public_flat_rw -module "{toplevel}" -var "{port}"\n' for port in ports))
     os.environ.update(verilator_environment())
     runner = LeanVerilator()
-    runner.build(sources=[control, source], hdl_toplevel=toplevel, build_dir=build_dir,
-                 build_args=VERILATOR_ARGS, always=always, log_file=build_dir / "build.log")
+    runner.build(sources=[control, *sources], hdl_toplevel=toplevel, build_dir=build_dir,
+                 build_args=[*VERILATOR_ARGS, *build_args], always=always,
+                 timescale=timescale, log_file=build_dir / "build.log")
     return runner
 
 

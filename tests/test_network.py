@@ -226,11 +226,25 @@ def test_rtl_residual_cnn_subset_under_stalls(cnn_data, tmp_path_factory):
     """Verilator: 40 test images of the demo CNN with random stalls on both streams."""
     program = _program(cnn_data)
     pixels = to_pixels(cnn_data.images[:40])
-    result = run_rtl(program, pixels, stall_sixteenths=5, seed=77,
-                     build_dir="build/sim/test_network_cnn")
+    result = run_rtl(program, pixels, stall_sixteenths=5, seed=77)
     mismatches = int((result.logits != run_integer(program, pixels)).any(1).sum())
     assert mismatches == 0, f"{mismatches} of 40 images differ"
     assert result.cycles > 40 * 2000  # the stalls cost cycles; the run really happened
+
+
+def test_rtl_second_artifact_reuses_the_model(cnn_data):
+    """Verilator: an artifact calibrated on other images has the same core configuration
+    but other parameters; it runs bit-exact on the model the first one built (or found),
+    without a build, as do other images, stalls and seed."""
+    first = _program(cnn_data)
+    second = quantize_model(cnn_data.model, cnn_data.calibration[:64], scheme="value_aware")
+    assert compile_program(first).config == compile_program(second).config
+    assert compile_program(first).contents != compile_program(second).contents
+    pixels = to_pixels(cnn_data.images[40:52])
+    runs = [run_rtl(first, pixels), run_rtl(second, pixels[:5], stall_sixteenths=9, seed=3)]
+    for program, run, images in zip((first, second), runs, (pixels, pixels[:5])):
+        assert torch.equal(run.logits, run_integer(program, images))
+    assert runs[1].build_seconds == 0
 
 
 @pytest.mark.slow
@@ -240,8 +254,7 @@ def test_rtl_whole_test_split(name):
     data = demo_data(name)
     program = _program(data)
     pixels = to_pixels(data.images)
-    result = run_rtl(program, pixels, stall_sixteenths=3,
-                     build_dir=f"build/sim/test_network_full_{name}")
+    result = run_rtl(program, pixels, stall_sixteenths=3)
     mismatches = int((result.logits != run_integer(program, pixels)).any(1).sum())
     assert mismatches == 0, f"{mismatches} of {len(pixels)} images differ"
 

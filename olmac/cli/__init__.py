@@ -7,7 +7,7 @@ to an integer program artifact (``olmac layers`` lists the layers it lowers), ``
 core's RTL, and ``olmac demo`` does it all for a demo network on the digits test split
 (docs/network.md). ``olmac build`` builds a MAC array bitstream for a board, ``olmac board``
 builds the network board or runs it over its UART, and ``olmac explore`` sweeps a design
-space on Dask.
+space on Dask. ``olmac cache`` shows or empties the cache of compiled Verilator models.
 
 Each subcommand is a module of this package that parses its arguments and calls a library
 function (:func:`olmac.gemm.run`, :func:`olmac.network.run_demo`, ...).
@@ -32,6 +32,7 @@ COMMANDS = (
     ("board", "board", "build the network board, or run it over its UART"),
     ("explore", "explore", "a design-space sweep on Dask, its table and its Pareto fronts "
                            "(docs/explore.md)"),
+    ("cache", "cache", "the size of the cache of compiled Verilator models, or clean it"),
 )
 
 

@@ -4,7 +4,6 @@ the host quantizes), on the golden model or on the network core's RTL
 
 import sys
 import time
-from pathlib import Path
 
 from olmac.spec import ARRAY_DIM, STALL_SIXTEENTHS
 
@@ -46,9 +45,7 @@ def run(args):
     else:
         try:
             result = run_rtl(program, pixels, width=args.width, array_bits=array_bits,
-                             stall_sixteenths=args.stall_sixteenths,
-                             build_dir=Path("build/sim") / f"run_{Path(args.program).name}",
-                             progress=True)
+                             stall_sixteenths=args.stall_sixteenths, progress=True)
         except (CompileError, TypeError, ValueError) as error:
             raise UsageError(str(error)) from None
         logits = result.logits

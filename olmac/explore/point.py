@@ -79,7 +79,8 @@ def _pnr(compiled, point, work_dir: Path) -> dict:
 def measure_point(point: dict, settings: dict, work_dir: str) -> dict:
     """Measure ``point`` (a dict of :data:`olmac.explore.spec.AXES` values) as ``settings``
     say (``model``, ``measure``, ``calibration_images``, ``test_images``, ``rtl_images``);
-    the RTL and place-and-route builds go under ``work_dir``. Returns the measurements as
+    place-and-route builds go under ``work_dir``, the RTL model into the build cache
+    (:mod:`olmac.sim.cache`). Returns the measurements as
     a flat dict (``accuracy_percent``, ``memory_bits``, ``rtl_bit_exact``,
     ``cycles_per_image``, ``luts``, ``flip_flops``, ``dsps``, ``brams``, ``fmax_mhz``,
     ``images_per_second``, ``seconds``: those the measurements give).
@@ -119,7 +120,6 @@ def measure_point(point: dict, settings: dict, work_dir: str) -> dict:
         from olmac.network import run_rtl
         count = settings["rtl_images"]
         rtl = run_rtl(program, pixels[:count], width=point["width"],
-                      build_dir=work_dir / "sim",
                       core_options={name: point[name]
                                     for name in ("requantizer", "memories", "multipliers")})
         result["rtl_mismatching_images"] = int((rtl.logits != golden[:count]).any(1).sum())
