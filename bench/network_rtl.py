@@ -13,11 +13,12 @@ def report(width: int = 8) -> None:
           "| MAC utilization | simulated images/s | simulated cycles/s "
           "| cycles per CPU second | simulator process s | build s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    results = {}
     for name in ("mlp", "cnn"):
         data = demo_data(name)
         program = quantize(data.model, data.calibration)  # the demo's settings
         pixels = to_pixels(data.images)
-        result = run_rtl(program, pixels, width=width)
+        result = results[name] = run_rtl(program, pixels, width=width)
         mismatching = int((result.logits != run_integer(program, pixels)).any(1).sum())
         print(f"| {name} | {len(pixels)} | {mismatching} | {result.cycles_per_image:,.0f} "
               f"| {result.macs_per_image:,} | {result.utilization:.1%} "
@@ -25,6 +26,18 @@ def report(width: int = 8) -> None:
               f"| {result.cycles_per_cpu_second:,.0f} | {result.process_seconds:.1f} "
               f"| {result.build_seconds:.0f} |", flush=True)
     print()
+    for name, result in results.items():
+        print(f"Cycles per layer of the {name} (per inference) against the ideal "
+              f"(the layer's MACs over the {width * width} MACs of the array; 0 for ops "
+              f"without MACs):")
+        print()
+        print("| op | kind | cycles | ideal | utilization |")
+        print("|---|---|---:|---:|---:|")
+        for layer in result.layers:
+            share = f"{layer['ideal'] / layer['cycles']:.1%}" if layer["ideal"] else "–"
+            print(f"| {layer['label']} | {layer['kind']} | {layer['cycles']:,.0f} "
+                  f"| {layer['ideal']:,.0f} | {share} |")
+        print()
     print("4-bit W/A, value-aware weights (one outlier per 64 weights of a channel), highway "
           "on. Simulated rates count the model's run from reset to the last output word (wall "
           "clock, and per second of the simulator's own CPU time); the process column adds "

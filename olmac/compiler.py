@@ -73,7 +73,8 @@ class CompiledNetwork:
     (``program``, ``weights``, ``params``: lists of packed words), so
     ``NetworkCore(config, **contents)`` runs the program;
     ``input_words``/``output_words`` words cross ``inputs``/``outputs`` per image;
-    ``macs`` counts the multiply-accumulates of one image (every GEMM's ``M·K·N``).
+    ``macs`` counts the multiply-accumulates of one image (every GEMM's ``M·K·N``);
+    ``ops`` holds each op's descriptor fields, its ``label`` and (a GEMM's) ``macs``.
     """
     config: NetworkCore.Config
     contents: dict
@@ -312,7 +313,7 @@ class _Compiler:
         for name in ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w"):
             if fields.get(name, 0) > MAX_KERNEL:
                 raise CompileError(f"{label}: {name} = {fields[name]} exceeds {MAX_KERNEL}")
-        self.descriptors.append({"kind": kind, **fields})
+        self.descriptors.append({"kind": kind, "label": label, **fields})
 
     @staticmethod
     def bounds(value, relu=False) -> dict:
@@ -382,7 +383,8 @@ class _Compiler:
             in_pixels, out_pixels = (1, 1), (1, 1)
             m_rows = 1
         in_words = source.channel_words if op.layer == "conv2d" else source.words
-        self.macs += m_rows * op.in_features * n_out
+        macs = m_rows * op.in_features * n_out
+        self.macs += macs
         self.max_k = max(self.max_k, kh * kw * in_words * width * len(passes))
         weight_base = len(self.weight_beats)
         param_base = len(self.param_words)
@@ -422,7 +424,7 @@ class _Compiler:
             residual = {"residual": 1, "res_base": self.stored[op.residual].base,
                         "res_signed": int(residual_value.signed)}
         self.descriptor(
-            label, OpKind.GEMM, **self.outliers(label, op.input, source, "in"),
+            label, OpKind.GEMM, macs=macs, **self.outliers(label, op.input, source, "in"),
             **self.outliers(label, op.output, out, "out"), in_packed=int(source.packed),
             out_packed=int(out.packed), in_base=source.base,
             out_base=out.base,

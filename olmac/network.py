@@ -58,7 +58,9 @@ def activation_memory(compiled) -> dict[str, float]:
 @dataclass
 class NetworkResult:
     """Logits of the RTL and what the run cost: seconds of the model's run (wall clock and
-    CPU), of the whole simulator process, and of the Verilator build (0 if cached)."""
+    CPU), of the whole simulator process, and of the Verilator build (0 if cached).
+    ``layers`` has one dict per op of the compiled program: ``label``, ``kind``,
+    ``cycles`` per image and ``ideal``, a GEMM's MACs over the array's (0 for other ops)."""
     logits: torch.Tensor
     cycles: int
     gemm_beats: int
@@ -70,6 +72,7 @@ class NetworkResult:
     build_seconds: float
     memory: dict = field(default_factory=dict)
     activation_memory: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
 
     @property
     def cycles_per_image(self) -> float:
@@ -174,7 +177,11 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
     return NetworkResult(compiled.unpack_outputs(run.slots), run.cycles, run.gemm_beats,
                          compiled.macs, compiled.width, run.seconds, run.cpu_seconds,
                          run.process_seconds, run.build_seconds, memory_bits(compiled),
-                         activation_memory(compiled))
+                         activation_memory(compiled),
+                         [{"label": op["label"], "kind": op["kind"].name,
+                           "cycles": int(cycles) / len(pixels),
+                           "ideal": op.get("macs", 0) / compiled.width ** 2}
+                          for op, cycles in zip(compiled.ops, run.op_cycles)])
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -25,6 +25,8 @@ CACHE_ENV = "OLMAC_CACHE"
 #: Least recently used models are removed beyond this size.
 MAX_CACHE_BYTES = 2 << 30
 _KEEP = (".v", ".vlt", ".log")
+#: A private build folder this old (seconds) belongs to a process that died.
+_STALE = 3600
 
 
 def cache_dir() -> Path:
@@ -59,8 +61,12 @@ def cache_size(root: Path | None = None) -> tuple[int, int]:
 
 def clean_cache(root: Path | None = None, *, keep_bytes: int = 0) -> tuple[int, int]:
     """Remove the least recently used models until the cache holds at most ``keep_bytes``;
-    returns ``(models, bytes)`` removed."""
+    returns ``(models, bytes)`` removed. Private build folders older than an hour (left
+    by a build whose process was killed) go too."""
     root = root or cache_dir()
+    for private in _models(root):  # builds whose process was killed
+        if private.name.startswith(".") and private.stat().st_mtime < time.time() - _STALE:
+            shutil.rmtree(private, ignore_errors=True)
     models = [model for model in _models(root) if not model.name.startswith(".")]
     models.sort(key=lambda model: model.stat().st_mtime, reverse=True)
     sizes = [_size(model) for model in models]

@@ -40,14 +40,15 @@ CLOCK_NS = 10
 #: Words of the image and result memories, unless a run needs more (then a power of two).
 CAPACITY = 1 << 16
 #: Files the memories read and write, in the run's folder (the simulator's working folder).
-FILES = {"loads": "loads.hex", "images": "images.hex", "results": "results.hex"}
+FILES = {"loads": "loads.hex", "images": "images.hex", "results": "results.hex",
+         "op_cycles": "op_cycles.hex"}
 _PUBLIC_PORTS = ("rst", "done", "captured", "cycles", "gemm_beats")
 # --timing for the clock made in Verilog; -O2 instead of Verilator's default -Os for the
 # model's C++ (the requantizer's wide arithmetic is then inlined); X values resolved once.
 BUILD_ARGS = ("--timing", "--x-assign", "fast", "--x-initial", "fast",
               "-CFLAGS", "-O2", "-CFLAGS", "-fcoroutines")
 
-_FILE_MEMORY = """\
+_MEMORIES = """\
 // A memory whose contents come from the $readmemh file LOAD at time zero (if named) and
 // that writes itself to the file DUMP ($writememh) on the first clock edge with `dump`
 // high: the bench's images and results change without a new Verilator build.
@@ -65,6 +66,23 @@ module olmac_file_memory #(parameter WIDTH = 1, parameter ABITS = 1, parameter L
     if (write_en) memory[write_addr] <= write_data;
     if (dump && !dumped && DUMP != "") begin
       $writememh(DUMP, memory);
+      dumped <= 1'b1;
+    end
+  end
+endmodule
+
+// Cycles spent in each op of the program, written to the file DUMP ($writememh) on the
+// first clock edge with `dump` high: the per-layer cycles of `make bench`.
+module olmac_op_cycles #(parameter ABITS = 1, parameter DUMP = "") (
+    input clk, input count, input [ABITS-1:0] op, input dump);
+  reg [31:0] cycles [0:(1 << ABITS) - 1];
+  reg dumped = 1'b0;
+  integer index;
+  initial for (index = 0; index < (1 << ABITS); index = index + 1) cycles[index] = 0;
+  always @(posedge clk) begin
+    if (count) cycles[op] <= cycles[op] + 1;
+    if (dump && !dumped) begin
+      $writememh(DUMP, cycles);
       dumped <= 1'b1;
     end
   end
@@ -145,7 +163,8 @@ class NetworkBench(wiring.Component):
     """A :class:`NetworkCore` built from ``config`` alone between file memories
     (simulation top for Verilator): the load beats (program, weights, parameters, then a
     ``RESTART``) from ``loads.hex``, then the images from ``images.hex``; the output words
-    go to a memory written to ``results.hex`` when ``done``.
+    go to a memory written to ``results.hex`` when ``done``, and the cycles each op took
+    (summed over the images) to ``op_cycles.hex``.
 
     Parameters
     ----------
@@ -232,6 +251,11 @@ class NetworkBench(wiring.Component):
         done = captured == self.output_count
         with m.If(loaded & ~done):
             m.d.sync += self.cycles.eq(self.cycles + 1)
+        op = Signal(max(ceil_log2(config.program_depth), 1))
+        m.d.comb += op.eq(core.op_index)
+        m.submodules.op_cycles = Instance(
+            "olmac_op_cycles", p_ABITS=len(op), p_DUMP=FILES["op_cycles"],
+            i_clk=ClockSignal(), i_count=loaded & ~done, i_op=op, i_dump=done)
         m.d.comb += [
             results["dump"].eq(done),
             self.done.eq(done),
@@ -244,11 +268,13 @@ class NetworkBench(wiring.Component):
 @dataclass
 class NetworkRun:
     """What one simulation returns: the captured output words (``N × output_words ×
-    width`` slots), cycles and array beats, wall-clock and CPU seconds of the model's run
+    width`` slots), cycles, the cycles of each op of the program (summed over the images)
+    and array beats, wall-clock and CPU seconds of the model's run
     (reset to ``done``), seconds of the whole simulator process, and seconds spent
     building the model (0 when it came from the cache) and where it is."""
     slots: np.ndarray
     cycles: int
+    op_cycles: np.ndarray
     gemm_beats: int
     seconds: float
     cpu_seconds: float
@@ -293,7 +319,7 @@ def build_network(config, *, capacity=CAPACITY) -> tuple[Path, float]:
     # Without source locations, so an edit of the Python elsewhere keeps the cache key.
     text = verilog.convert(NetworkBench(config, capacity=capacity), name=BENCH,
                            emit_src=False)
-    sources = {f"{BENCH}.v": text, "olmac_file_memory.v": _FILE_MEMORY, f"{TOPLEVEL}.v": _TOP}
+    sources = {f"{BENCH}.v": text, "olmac_memories.v": _MEMORIES, f"{TOPLEVEL}.v": _TOP}
 
     def build(folder, paths):
         build_verilator(paths, TOPLEVEL, folder, always=True, ports=_PUBLIC_PORTS,
@@ -304,9 +330,11 @@ def build_network(config, *, capacity=CAPACITY) -> tuple[Path, float]:
 def _watch(path: Path, progress, stop: threading.Event) -> None:
     while not stop.wait(0.25):
         try:
-            progress(int(path.read_text() or 0))
-        except (FileNotFoundError, ValueError):
-            pass
+            text = path.read_text()
+        except FileNotFoundError:
+            continue
+        if text.strip().isdigit():  # not caught between the test's truncate and write
+            progress(int(text))
 
 
 def run_network(config, contents, inputs: np.ndarray, *, output_words: int,
@@ -371,6 +399,9 @@ def run_network(config, contents, inputs: np.ndarray, *, output_words: int,
             raise RuntimeError(f"the network simulation failed:\n{tail}")
         summary = json.loads(results.read_text())
         slots = _read_slots(folder / FILES["results"], output_count, width)
+        op_cycles = np.array([int(line, 16) for line in
+                              (folder / FILES["op_cycles"]).read_text().split()
+                              if not line.startswith("//")][:config.program_depth])
     return NetworkRun(slots.reshape(images, output_words, width), summary["cycles"],
-                      summary["gemm_beats"], summary["seconds"], summary["cpu_seconds"],
+                      op_cycles, summary["gemm_beats"], summary["seconds"], summary["cpu_seconds"],
                       process_seconds, build_seconds, model)

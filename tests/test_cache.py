@@ -66,6 +66,15 @@ def test_clean_removes_least_recently_used_first(tmp_path):
     assert cache_size(tmp_path) == (0, 0)
 
 
+def test_clean_removes_builds_left_by_killed_processes(tmp_path):
+    stale, fresh = (tmp_path / "verilator" / name for name in (".abc-old", ".abc-new"))
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+    os.utime(stale, (1000, 1000))
+    clean_cache(tmp_path)
+    assert (stale.exists(), fresh.exists()) == (False, True)
+
+
 def test_cache_outgrowing_its_cap_drops_the_oldest(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "MAX_CACHE_BYTES", 2500)
     first, _ = cached_model({"top.v": "// 1\n"}, "top", _Build(), root=tmp_path)

@@ -245,6 +245,14 @@ def test_rtl_second_artifact_reuses_the_model(cnn_data):
     for program, run, images in zip((first, second), runs, (pixels, pixels[:5])):
         assert torch.equal(run.logits, run_integer(program, images))
     assert runs[1].build_seconds == 0
+    # every cycle belongs to one op, and no GEMM beats its MACs over the array's
+    layers = runs[0].layers
+    assert [layer["kind"] for layer in layers] == [
+        "LOAD", "SUM", "GEMM", "SUM", "GEMM", "GEMM", "SUM", "SUM", "GEMM", "STORE"]
+    assert sum(layer["cycles"] for layer in layers) == runs[0].cycles_per_image
+    assert all(layer["cycles"] >= layer["ideal"] for layer in layers)
+    assert layers[0]["cycles"] >= 64  # the LOAD takes the 64 pixel words
+    assert sum(layer["ideal"] for layer in layers) * 64 == runs[0].macs_per_image
 
 
 @pytest.mark.slow

@@ -246,8 +246,7 @@ def test_rtl_adversarial_placements_under_stalls():
     """Verilator: the adversarial placements with two slots per block, random stalls."""
     program, weights = placement_program(slots=2)
     pixels = PLACEMENTS.repeat(4, 1, 1, 1)
-    result = run_rtl(program, pixels, width=4, stall_sixteenths=6, seed=5,
-                     build_dir="build/sim/test_network_outliers")
+    result = run_rtl(program, pixels, width=4, stall_sixteenths=6, seed=5)
     assert torch.equal(result.logits, (_kept_by_hand(2).reshape(3, -1) @ weights).repeat(4, 1))
 
 
@@ -260,8 +259,7 @@ def test_rtl_cnn_with_activation_outliers_under_stalls():
                              weight_bits=3, act_outlier_ratio=0.02)
     assert any(value.outliers for value in program.values.values())
     pixels = to_pixels(data.images[:60])
-    result = run_rtl(program, pixels, stall_sixteenths=5, seed=9,
-                     build_dir="build/sim/test_network_outliers_cnn")
+    result = run_rtl(program, pixels, stall_sixteenths=5, seed=9)
     assert result.activation_memory["bits_per_low_value"] < 3.5
     mismatches = int((result.logits != run_integer(program, pixels)).any(1).sum())
     assert mismatches == 0, f"{mismatches} of 60 images differ"
