@@ -33,8 +33,7 @@ def report(width: int = 8) -> None:
         program = quantize(data.model, data.calibration, act_bits=bits, weight_bits=bits,
                            act_outlier_ratio=ratio)
         golden = run_integer(program, pixels)
-        result = run_rtl(program, pixels, width=width,
-                         build_dir=f"build/bench/act_outliers_{bits}_{ratio}")
+        result = run_rtl(program, pixels, width=width)
         mismatching = int((result.logits != golden).any(1).sum())
         cycles = result.cycles_per_image
         base_cycles.setdefault(bits, cycles)

@@ -27,8 +27,7 @@ def report(width: int = 8, rtl_images: int = 100) -> None:
         pixels = to_pixels(x_test)
         logits = run_integer(program, pixels)
         integer = float((logits.argmax(1) == split.y_test).float().mean())
-        result = run_rtl(program, pixels[:rtl_images], width=width,
-                         build_dir=f"build/bench/layers_{name}")
+        result = run_rtl(program, pixels[:rtl_images], width=width)
         mismatching = int((result.logits != logits[:rtl_images]).any(1).sum())
         print(f"| {name} | {accuracy(model, x_test, split.y_test):.2%} | {integer:.2%} "
               f"| {rtl_images} | {mismatching} | {result.cycles_per_image:,.0f} "
