@@ -35,8 +35,7 @@ def report(width: int = 8) -> None:
     for label, options, array in CONFIGURATIONS:
         program = quantize(data.model, data.calibration, **options)
         golden = run_integer(program, pixels)
-        result = run_rtl(program, pixels, width=width, array_bits=array,
-                         build_dir="build/bench/network_schemes")
+        result = run_rtl(program, pixels, width=width, array_bits=array)
         mismatching = int((result.logits != golden).any(1).sum())
         accuracy = [float((logits.argmax(1) == data.labels).double().mean())
                     for logits in (golden, result.logits)]
