@@ -38,8 +38,7 @@ def report(images: int = 20) -> None:
             print(f"{head} {reason} |" + " |" * 9, flush=True)
             continue
         pixels = to_pixels(data.images[:images])
-        rtl = run_rtl(program, pixels, width=width, core_options=options,
-                      build_dir=BUILD_ROOT / f"rtl_w{width}_{'_'.join(options.values())}")
+        rtl = run_rtl(program, pixels, width=width, core_options=options)
         mismatching = int((rtl.logits != run_integer(program, pixels)).any(1).sum())
         per_second = built.fmax_mhz * 1e6 / rtl.cycles_per_image
         print(f"{head} {built.luts} | {built.flip_flops} | {built.logic} | {built.dsps} "
