@@ -59,6 +59,27 @@ def _image_slots(channels: int, height: int, width_px: int, width: int) -> np.nd
     return slots
 
 
+def _im2col_slots(shape, op, out_pixels, width: int) -> tuple[np.ndarray, int]:
+    """The im2col columns of convolution ``op`` over a ``C×H×W`` input, laid out across
+    the lanes (docs/network.md §15): per output pixel, ``⌈C·kh·kw/width⌉`` words whose slot
+    ``k`` (the weight row ``(c·kh + ky)·kw + kx``) holds the input at ``(c, y·sh + ky − ph,
+    x·sw + kx − pw)``, or -1 (a zero) in the padding. Returns the slots and the words per
+    pixel."""
+    channels, height, width_px = shape
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    columns = channels * kh * kw
+    words = -(-columns // width)
+    k = np.arange(words * width)
+    c, ky, kx = k // (kh * kw), k // kw % kh, k % kw
+    rows = []
+    for y in range(out_pixels[0]):
+        for x in range(out_pixels[1]):
+            iy, ix = y * sh + ky - ph, x * sw + kx - pw
+            inside = (k < columns) & (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width_px)
+            rows.append(np.where(inside, (c * height + iy) * width_px + ix, -1))
+    return np.concatenate(rows).reshape(-1, width), words
+
+
 def _flat_slots(features: int, width: int) -> np.ndarray:
     index = np.arange(-(-features // width) * width).reshape(-1, width)
     return np.where(index < features, index, -1)
@@ -239,6 +260,7 @@ class _Compiler:
         self.stored: dict[str, _Stored] = {}
         self.data_words = 0
         self.packed_words = 0
+        self.im2col: dict = {}  # the quantized input → the convolution whose columns it holds
         self.descriptors: list[dict] = []
         self.weight_beats: list[dict] = []   # per beat: dense tile and outliers
         self.param_words: list[list[dict]] = []
@@ -366,7 +388,16 @@ class _Compiler:
         if op.weight_outliers is not None:
             self.outlier_bits = max(self.outlier_bits or 0, op.weight_outlier_bits)
         n_out = op.out_features
-        if op.layer == "conv2d":
+        if self.im2col.get(op.input) is op:
+            # The input holds this convolution's im2col columns: a 1×1 GEMM over them.
+            (kh, kw), (sh, sw), (ph, pw) = (1, 1), (1, 1), (0, 0)
+
+            def k_index(ky, kx, word, lane):
+                k = word * width + lane
+                return k if k < op.in_features else -1
+            in_pixels, out_pixels = source.pixels, out.pixels
+            m_rows = out_pixels[0] * out_pixels[1]
+        elif op.layer == "conv2d":
             (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
             channels = source_value.shape[0]
 
@@ -458,12 +489,35 @@ class _Compiler:
         return {"tile": tile, "outliers": outliers, "plane_shift": shifts,
                 "act_shift": step.act_shift, "act_low": int(step.act_low)}
 
+    def im2col_reader(self, name: str):
+        """The convolution that alone reads value ``name`` (the quantized input) if its
+        im2col columns take fewer words than its taps take channel words (a first layer
+        with few input channels fills a lane per channel, the columns fill them all), and
+        ``name`` keeps no activation outliers; else None."""
+        readers = [op for op in self.program.ops if name in op.inputs]
+        value = self.program.values[name]
+        if (len(readers) != 1 or not isinstance(readers[0], Gemm)
+                or readers[0].layer != "conv2d" or value.outliers is not None):
+            return None
+        conv = readers[0]
+        (kh, kw), channels = conv.kernel, value.shape[0]
+        im2col_words = -(-channels * kh * kw // self.width)
+        return conv if im2col_words < kh * kw * -(-channels // self.width) else None
+
     def compile(self) -> None:
         program = self.program
         first = program.ops[0]
-        pixels = self.allocate_value(first.output, pixels=True)  # laid out as the input
+        conv = self.im2col_reader(first.output)
+        if conv is None:
+            pixels = self.allocate_value(first.output, pixels=True)  # laid out as the input
+        else:  # the pixels come as the columns of the first convolution (gemm)
+            out_pixels = tuple(program.values[conv.output].shape[1:])
+            slots, words = _im2col_slots(program.values[first.output].shape, conv, out_pixels,
+                                         self.width)
+            pixels = self.allocate(slots, out_pixels, words)
+            self.im2col[first.output] = conv
         self.pixels = pixels
-        del self.stored[first.output]
+        self.stored.pop(first.output, None)  # the quantized input is written by its op
         self.descriptor("load", OpKind.LOAD, out_base=pixels.base, count=pixels.words)
         for index, op in enumerate(program.ops):
             try:

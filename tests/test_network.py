@@ -222,6 +222,23 @@ def test_compiler_program_shape(cnn_data):
                      OpKind.GEMM, OpKind.SUM, OpKind.SUM, OpKind.GEMM, OpKind.STORE]
 
 
+def test_compiler_packs_the_first_convolutions_taps_across_lanes(cnn_data):
+    """The CNN's one-channel 3×3 first convolution runs as a 1×1 GEMM over its im2col
+    columns: two words a pixel (9 taps on 8 lanes) instead of nine beats of one lane."""
+    compiled = compile_program(_program(cnn_data))
+    conv1 = compiled.ops[2]
+    assert (conv1["kind"], conv1["kernel_h"], conv1["kernel_w"], conv1["in_words"]) == (
+        OpKind.GEMM, 1, 1, 2)
+    assert compiled.input_words == 64 * 2
+    pixels = torch.arange(64).reshape(1, 1, 8, 8)
+    words = compiled.pack_inputs(pixels)[0]
+    # pixel (0, 0): taps (ky, kx) row-major; those above or left of the image are padding
+    assert words[0].tolist() == [0, 0, 0, 0, 0, 1, 0, 8]
+    assert words[1].tolist() == [9, 0, 0, 0, 0, 0, 0, 0]
+    # pixel (3, 4): the 3×3 window around input pixel 3·8 + 4 = 28
+    assert words[2 * 28: 2 * 28 + 2].ravel()[:9].tolist() == [19, 20, 21, 27, 28, 29, 35, 36, 37]
+
+
 def test_rtl_residual_cnn_subset_under_stalls(cnn_data, tmp_path_factory):
     """Verilator: 40 test images of the demo CNN with random stalls on both streams."""
     program = _program(cnn_data)
