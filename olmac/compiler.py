@@ -490,10 +490,11 @@ class _Compiler:
                 "act_shift": step.act_shift, "act_low": int(step.act_low)}
 
     def im2col_reader(self, name: str):
-        """The convolution that alone reads value ``name`` (the quantized input) if its
-        im2col columns take fewer words than its taps take channel words (a first layer
-        with few input channels fills a lane per channel, the columns fill them all), and
-        ``name`` keeps no activation outliers; else None."""
+        """The convolution that alone reads value ``name`` (the quantized input) if it
+        costs fewer cycles over the input's im2col columns than over its channels (a first
+        layer with few input channels fills a lane per channel, the columns fill them all;
+        but the columns are more words to load and quantize), and ``name`` keeps no
+        activation outliers; else None."""
         readers = [op for op in self.program.ops if name in op.inputs]
         value = self.program.values[name]
         if (len(readers) != 1 or not isinstance(readers[0], Gemm)
@@ -502,7 +503,10 @@ class _Compiler:
         conv = readers[0]
         (kh, kw), channels = conv.kernel, value.shape[0]
         im2col_words = -(-channels * kh * kw // self.width)
-        return conv if im2col_words < kh * kw * -(-channels // self.width) else None
+        channel_words = -(-channels // self.width)
+        # per output pixel: LOAD, quantize and GEMM beats, each a word of columns or of
+        # channels (the GEMM once per tap)
+        return conv if 3 * im2col_words < (2 + kh * kw) * channel_words else None
 
     def compile(self) -> None:
         program = self.program
