@@ -127,16 +127,6 @@ def test_bad_pixels_are_refused(mlp_artifact, tmp_path, capsys, pixels, message)
     assert error.startswith(f"olmac: error: --inputs ({tmp_path / 'bad.npy'}){message}")
 
 
-def test_rtl_refuses_a_scheme_the_core_does_not_run(tmp_path, test_pixels, capsys):
-    main(["quantize", "--model", "mlp", "--scheme", "syq", "--out", str(tmp_path / "syq")])
-    capsys.readouterr()
-    message = _refused(capsys, ["run", "--program", str(tmp_path / "syq"), "--inputs",
-                                str(test_pixels[0]), "--backend", "rtl",
-                                "--out", str(tmp_path / "x.npy")])
-    assert message == ("olmac: error: op 1 (gemm 'layers.0'): the network core runs the "
-                       "schemes mmse, value_aware, not 'syq'")
-
-
 def test_demo_subset_writes_its_report(tmp_path, monkeypatch):
     """``olmac demo`` on 16 MLP images: zero mismatches and the three report files."""
     monkeypatch.chdir(tmp_path)
