@@ -24,10 +24,10 @@ demo: $(STAMP) ## the residual CNN on the whole digits test split through the RT
 	$(VENV)/bin/olmac demo
 
 test: $(STAMP) ## the suite: golden, Amaranth-simulator and cocotb/Verilator tests (CI runs this)
-	$(PY) -m pytest -n $(JOBS) -m "not slow"
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow"
 
 test-full: $(STAMP) ## the suite plus the slow sweeps
-	$(PY) -m pytest -n $(JOBS)
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup
 
 formal: $(STAMP) ## every SymbiYosys proof (k-induction, z3) and its broken variants; logs in build/formal
 	$(PY) -m olmac.formal build/formal

@@ -81,6 +81,11 @@ def _exchange(runner, build_dir, steps):
     return json.loads(results.read_text())
 
 
+#: The tests that share the ``board`` fixture build one Verilator model into BUILD_ROOT, so
+#: they run in one xdist worker (``--dist loadgroup``, Makefile) rather than race to build it.
+SHARES_THE_BOARD = pytest.mark.xdist_group("board_top")
+
+
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     """The artifact directory, its program, some test pixels (``.npy`` too), the compiled
@@ -99,6 +104,7 @@ def board(tmp_path_factory):
                 runner=_build(top, BUILD_ROOT))
 
 
+@SHARES_THE_BOARD
 def test_board_at_the_pins(board):
     """Preloaded and reloaded inference are bit-exact against golden run_integer; LOAD
     changes what the core computes; bad CRC, truncated frames and a bad command get error
@@ -161,6 +167,7 @@ def test_board_at_the_pins(board):
     _soak(board, board["runner"], BUILD_ROOT, 150, seed=1)
 
 
+@SHARES_THE_BOARD
 def test_board_run_cli_over_a_socket(board, capsys):
     """``olmac board run --program DIR --inputs X.npy --check`` against the simulated board
     (UART bridged to a TCP socket): zero mismatches on the preloaded memories and again
@@ -307,6 +314,7 @@ def _soak(board, runner, build_dir, frames, seed):
 
 
 @pytest.mark.slow
+@SHARES_THE_BOARD
 def test_link_soak(board):
     """10⁴ frames, 30 % damaged, on the board top at its pins: the link never wedges, every
     whole frame gets its reply, every damaged one an error, and inference stays bit-exact

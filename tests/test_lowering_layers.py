@@ -367,7 +367,10 @@ def test_docs_list_the_supported_layers(document):
 @pytest.mark.parametrize("activation, function", [
     (nn.Sigmoid(), torch.sigmoid), (nn.Tanh(), torch.tanh), (nn.Hardswish(), F.hardswish),
     (nn.SiLU(), F.silu), (nn.GELU(), F.gelu),
-    (nn.GELU("tanh"), lambda x: F.gelu(x, approximate="tanh"))], ids=str)
+    (nn.GELU("tanh"), lambda x: F.gelu(x, approximate="tanh"))],
+    # ids from the modules only: a function's repr holds its address, which differs between
+    # xdist workers, and workers must collect the same test names
+    ids=["Sigmoid", "Tanh", "Hardswish", "SiLU", "GELU", "GELU-tanh"])
 def test_table_activations(activation, function):
     """§12: the table holds ``f`` of every input code, rounded half even to the output
     grid (checked against torch's own ``f`` and ``torch.round``); the integer program and
