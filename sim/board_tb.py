@@ -27,6 +27,8 @@ from olmac.sim.host_link_tb import UARTDriver, UARTMonitor
 
 __all__ = ["JOB_ENV", "PUBLIC_PORTS", "exchange", "serve"]
 
+#: The environment variable naming the job's JSON file (a file, not the JSON itself: a soak's
+#: thousands of steps exceed the limit on one environment string).
 JOB_ENV = "OLMAC_BOARD_JOB"
 #: The only signals the testbench touches.
 PUBLIC_PORTS = ("clk", "rst", "rx", "tx")
@@ -42,7 +44,7 @@ async def _reset(dut):
 
 @cocotb.test()
 async def exchange(dut):
-    job = json.loads(os.environ[JOB_ENV])
+    job = json.loads(Path(os.environ[JOB_ENV]).read_text())
     divisor = job["divisor"]
     decoder = FrameDecoder()
     frames = []
@@ -77,7 +79,7 @@ async def serve(dut):
     """The UART as a TCP server on 127.0.0.1 (its port written to ``job["port_file"]``):
     bytes from the client go onto ``rx``, bytes from ``tx`` back to the client, for
     ``job["connections"]`` connections one after another, each until the client closes."""
-    job = json.loads(os.environ[JOB_ENV])
+    job = json.loads(Path(os.environ[JOB_ENV]).read_text())
     divisor = job["divisor"]
     peer = {}
     driver = UARTDriver(dut.clk, dut.rx, divisor)

@@ -62,9 +62,11 @@ def _build(top, build_dir):
 
 
 def _simulate(runner, build_dir, testcase, job):
+    job_file = build_dir / f"{testcase}.job.json"
+    job_file.write_text(json.dumps(job))
     runner.test(test_module="olmac.sim.board_tb", hdl_toplevel=TOPLEVEL,
                 hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
-                testcase=testcase, extra_env={JOB_ENV: json.dumps(job)},
+                testcase=testcase, extra_env={JOB_ENV: str(job_file)},
                 log_file=build_dir / f"{testcase}.log",
                 results_xml=str(build_dir / f"{testcase}.xml"))
 
