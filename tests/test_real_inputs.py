@@ -135,3 +135,24 @@ def test_pixel_options_with_real_inputs_are_refused(tabular, monkeypatch, capsys
                              "--out", "p"]) == (
         "olmac: error: --pixel-max and --pixel-scale describe pixel inputs; with "
         "--real-inputs the scale is calibrated\n")
+
+
+def test_training_keeps_the_clipped_input_scale(tabular):
+    """§13: with real inputs the "output" search clips the input's scale like an
+    activation's, and training keeps the input's grid, so the program lowered again after
+    ``--epochs`` has the post-training program's input scale, clip factor included (an
+    outlier feature makes max-abs a poor 3-bit input scale, so the search clips it)."""
+    from olmac.flow import quantize
+    from olmac.golden.program import quantize_model
+    folder, _, _ = tabular
+    model = nn.Sequential(nn.Linear(30, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
+                          nn.Linear(16, 2))
+    model.load_state_dict(torch.load(folder / "tabular.pt"))
+    x = torch.tensor(np.load(folder / "calibration.npy"), dtype=torch.float32)
+    labels = (model(x).argmax(1)).detach()
+    post = quantize_model(model, x, act_bits=3, weight_bits=3, real_inputs=True)
+    maximum = float(x.abs().max()) / 3  # s3: hi = 3
+    assert post.values["input"].scale < 0.95 * maximum  # clipped
+    trained = quantize(model, x, act_bits=3, weight_bits=3, scheme="mmse",
+                       real_inputs=True, train_images=x, train_labels=labels, epochs=1)
+    assert trained.values["input"].scale == post.values["input"].scale

@@ -13,7 +13,8 @@ What trains, in place of what the post-training lowering chose:
 * each low-width activation's step size σ (LSQ, ``fake_quantize_ste``), as ``log σ``,
   starting from the calibrated scale; with activation outliers (§18) the step is the
   dense format's (so the value-aware threshold ``hi·σ`` is learned) and the block rule
-  applies in the forward pass. The input keeps the pixel grid and 16-bit values
+  applies in the forward pass. The input keeps its grid (pixels, or a real input's
+  calibrated and clipped scale, handed back to the lowering) and 16-bit values
   (the highway, the logits) keep their scales while training; the lowering afterwards
   calibrates them on the trained float model.
 
@@ -129,6 +130,10 @@ class TrainableProgram(nn.Module):
             else:
                 layer.bias.copy_(bias)
         scales = dict(zip(self._learned, self.log_scales.detach().exp().tolist()))
+        if self.program.real_inputs:
+            # the real input's grid was fixed while training, clip factor (§13) included:
+            # the second lowering must not recalibrate it by max-abs
+            scales["input"] = self.program.values["input"].scale
         codebooks = {name: {"syq_magnitudes": self.magnitudes[i].detach().clone()}
                      for name, i in self._syq.items()}
         return Trained(scales, codebooks)
