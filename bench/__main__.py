@@ -32,6 +32,7 @@
 """
 
 import argparse
+import importlib
 import time
 from pathlib import Path
 
@@ -177,9 +178,40 @@ def decoder_cost(lanes=8, cols=8, entry_bits=7):
     print()
 
 
-SECTIONS = ("gemm", "outliers", "synthesis", "value-aware", "codebooks", "network-rtl",
-            "act-outliers", "network-schemes", "layers", "networks", "accuracy", "lstm",
-            "fpga", "boards")
+def _section(module: str, function: str):
+    """The section that is ``<module>.<function>()`` (imported only when it runs)."""
+    return lambda: getattr(importlib.import_module(module), function)()
+
+
+def _report(module: str):
+    """The section that is ``bench.<module>.report()``."""
+    return _section(f"bench.{module}", "report")
+
+
+def _accuracy():
+    from bench import accuracy
+    for model in ("cnn", "mlp"):
+        accuracy.report(model)
+
+
+#: Every section, in the order ``make bench`` prints them, and what runs it.
+RUNNERS = {
+    "gemm": gemm_cycles,
+    "outliers": outlier_cycles,
+    "synthesis": lambda: (synthesis(lanes=16, cols=4), outlier_lane_cost()),
+    "value-aware": _report("value_aware"),
+    "codebooks": lambda: (decoder_cost(), _report("codebooks")()),
+    "network-rtl": _report("network_rtl"),
+    "act-outliers": _report("act_outliers"),
+    "network-schemes": _report("network_schemes"),
+    "layers": _report("layers"),
+    "networks": _section("bench.networks", "bench_section"),
+    "accuracy": _accuracy,
+    "lstm": _section("olmac.models.lstm", "bench_section"),
+    "fpga": _section("olmac.fpga.bench", "section"),
+    "boards": _report("boards"),
+}
+SECTIONS = tuple(RUNNERS)
 
 
 def main():
@@ -188,49 +220,9 @@ def main():
                         help="run only these sections (repeatable)")
     args = parser.parse_args()
     sections = args.only or SECTIONS
-    if "gemm" in sections:
-        gemm_cycles()
-    if "outliers" in sections:
-        outlier_cycles()
-    if "synthesis" in sections:
-        synthesis(lanes=16, cols=4)
-        outlier_lane_cost()
-    if "value-aware" in sections:
-        from bench import value_aware
-        value_aware.report()
-    if "codebooks" in sections:
-        from bench import codebooks
-        decoder_cost()
-        codebooks.report()
-    if "network-rtl" in sections:
-        from bench import network_rtl
-        network_rtl.report()
-    if "act-outliers" in sections:
-        from bench import act_outliers
-        act_outliers.report()
-    if "network-schemes" in sections:
-        from bench import network_schemes
-        network_schemes.report()
-    if "layers" in sections:
-        from bench import layers
-        layers.report()
-    if "networks" in sections:
-        from bench import networks
-        networks.bench_section()
-    if "accuracy" in sections:
-        from bench import accuracy
-        for model in ("cnn", "mlp"):
-            accuracy.report(model)
-    if "lstm" in sections:
-        from olmac.models import lstm
-        lstm.bench_section()
-    if "fpga" in sections:
-        from olmac.fpga import bench as fpga_bench
-        fpga_bench.section()
-    if "boards" in sections:
-        from bench import boards
-        boards.report()
-
+    for section, run in RUNNERS.items():
+        if section in sections:
+            run()
 
 if __name__ == "__main__":
     main()

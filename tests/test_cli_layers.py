@@ -12,18 +12,12 @@ from olmac.cli import main
 from olmac.flow import demo_data
 from olmac.golden import artifact
 from olmac.golden.program import run_integer, to_pixels
+from test_cli_network import _refused
 
 pytestmark = pytest.mark.filterwarnings("error")
 
 MIXED = ["--layer-bits", "first=8/8,last=8/8", "--layer-scheme",
          "first=syq,layers.2=multi_tensor", "--array-bits", "4/4"]
-
-
-def _refused(capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err.strip()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,19 @@ __all__ = ["BlindLaneArray", "DeafFrameReceiver", "HastyDecoder", "LossyRequestS
 FAULTS = ("drop", "withdraw")
 
 
-class LossyResultBuffer(wiring.Component):
+class _BrokenBlock(wiring.Component):
+    """A broken variant of the block class ``BLOCK``: it builds the real block from its own
+    parameters and takes the block's signature, so it stands wherever the block would (its
+    ``elaborate`` wires the block in and breaks one promise on the way)."""
+
+    BLOCK: type
+
+    def __init__(self, *args, **params):
+        self._block = self.BLOCK(*args, **params)
+        super().__init__(self._block.signature)
+
+
+class LossyResultBuffer(_BrokenBlock):
     """A :class:`~olmac.hw.result_buffer.ResultBuffer` with a fault on ``r``.
 
     ``"drop"``: in a cycle chosen freely the buffer is told its result was taken though the
@@ -49,21 +61,22 @@ class LossyResultBuffer(wiring.Component):
         If ``fault`` is not ``"drop"`` or ``"withdraw"``.
     """
 
+    BLOCK = ResultBuffer
+
     def __init__(self, payload_shape, depth, fault):
         if fault not in FAULTS:
             raise ValueError(f"Fault must be 'drop' or 'withdraw', not {fault!r}")
-        self._buffer = ResultBuffer(payload_shape, depth)
         self._fault = fault
-        super().__init__(self._buffer.signature)
+        super().__init__(payload_shape, depth)
 
     @property
     def depth(self):
         """Number of entries."""
-        return self._buffer.depth
+        return self._block.depth
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.buffer = buffer = self._buffer
+        m.submodules.buffer = buffer = self._block
         fault = AnySeq(1)
         m.d.comb += [buffer.claim.eq(self.claim), self.can_claim.eq(buffer.can_claim),
                      buffer.w.valid.eq(self.w.valid), buffer.w.payload.eq(self.w.payload),
@@ -92,7 +105,7 @@ class OnesComplementDecoder(CodebookDecoder):
         return Mux(sign, ~word, word)
 
 
-class SkewedRequantizer(wiring.Component):
+class SkewedRequantizer(_BrokenBlock):
     """A :class:`~olmac.hw.requant.Requantizer` whose accumulators arrive one too high.
 
     An off-by-one before the rounding: every output whose ``(acc + 1 + β)·M`` rounds or
@@ -104,13 +117,11 @@ class SkewedRequantizer(wiring.Component):
         As :class:`~olmac.hw.requant.Requantizer` takes them.
     """
 
-    def __init__(self, **params):
-        self._requantizer = Requantizer(**params)
-        super().__init__(self._requantizer.signature)
+    BLOCK = Requantizer
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.requantizer = inner = self._requantizer
+        m.submodules.requantizer = inner = self._block
         wiring.connect(m, wiring.flipped(self.params), inner.params)
         wiring.connect(m, inner.out, wiring.flipped(self.out))
         m.d.comb += [inner.acc.valid.eq(self.acc.valid), self.acc.ready.eq(inner.acc.ready)]
@@ -135,7 +146,7 @@ class HastyDecoder(CodebookDecoder):
         return m
 
 
-class LossyRequestSlots(wiring.Component):
+class LossyRequestSlots(_BrokenBlock):
     """A :class:`~olmac.hw.host_link.RequestSlots` told, in a cycle chosen freely, that a
     request byte was taken though the application was not ready: a byte is lost.
 
@@ -145,13 +156,11 @@ class LossyRequestSlots(wiring.Component):
         Bytes of a slot.
     """
 
-    def __init__(self, *, max_payload):
-        self._slots = RequestSlots(max_payload=max_payload)
-        super().__init__(self._slots.signature)
+    BLOCK = RequestSlots
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.slots = slots = self._slots
+        m.submodules.slots = slots = self._block
         wiring.connect(m, wiring.flipped(self.write), slots.write)
         m.d.comb += [self.request.valid.eq(slots.request.valid),
                      self.request.payload.eq(slots.request.payload),
@@ -159,7 +168,7 @@ class LossyRequestSlots(wiring.Component):
         return m
 
 
-class BlindLaneArray(wiring.Component):
+class BlindLaneArray(_BrokenBlock):
     """A :class:`~olmac.hw.mac_array.MacArray` whose last lane always sees a zero activation:
     one product of every column sum is lost.
 
@@ -169,13 +178,11 @@ class BlindLaneArray(wiring.Component):
         As :class:`~olmac.hw.mac_array.MacArray` takes them.
     """
 
-    def __init__(self, **params):
-        self._array = MacArray(**params)
-        super().__init__(self._array.signature)
+    BLOCK = MacArray
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.array = array = self._array
+        m.submodules.array = array = self._block
         wiring.connect(m, wiring.flipped(self.weights), array.weights)
         wiring.connect(m, array.acc, wiring.flipped(self.acc))
         m.d.comb += [array.act.valid.eq(self.act.valid), self.act.ready.eq(array.act.ready),
@@ -184,7 +191,7 @@ class BlindLaneArray(wiring.Component):
         return m
 
 
-class OverrunSkidBuffer(wiring.Component):
+class OverrunSkidBuffer(_BrokenBlock):
     """A :class:`~olmac.hw.stream.SkidBuffer` whose upstream ``ready`` is always high: a beat
     offered while the skid register is full is taken from the producer and lost.
 
@@ -194,20 +201,18 @@ class OverrunSkidBuffer(wiring.Component):
         Shape of one beat.
     """
 
-    def __init__(self, payload_shape):
-        self._buffer = SkidBuffer(payload_shape)
-        super().__init__(self._buffer.signature)
+    BLOCK = SkidBuffer
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.buffer = buffer = self._buffer
+        m.submodules.buffer = buffer = self._block
         wiring.connect(m, buffer.o, wiring.flipped(self.o))
         m.d.comb += [buffer.i.valid.eq(self.i.valid), buffer.i.payload.eq(self.i.payload),
                      self.i.ready.eq(1)]
         return m
 
 
-class DeafFrameReceiver(wiring.Component):
+class DeafFrameReceiver(_BrokenBlock):
     """A :class:`~olmac.hw.host_link.FrameReceiver` that misses a byte in a cycle chosen
     freely without reporting it (a lost UART byte taken for none): it parses a byte stream
     other than the one the host sent.
@@ -218,13 +223,11 @@ class DeafFrameReceiver(wiring.Component):
         As :class:`~olmac.hw.host_link.FrameReceiver` takes them.
     """
 
-    def __init__(self, **params):
-        self._receiver = FrameReceiver(**params)
-        super().__init__(self._receiver.signature)
+    BLOCK = FrameReceiver
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.receiver = receiver = self._receiver
+        m.submodules.receiver = receiver = self._block
         wiring.connect(m, receiver.slots, wiring.flipped(self.slots))
         m.d.comb += [receiver.rx.valid.eq(self.rx.valid & ~AnySeq(1)),
                      receiver.rx.payload.eq(self.rx.payload), self.rx.ready.eq(1),
@@ -232,7 +235,7 @@ class DeafFrameReceiver(wiring.Component):
         return m
 
 
-class TamperedArray(wiring.Component):
+class TamperedArray(_BrokenBlock):
     """A :class:`~olmac.hw.mac_array.MacArray` whose beats are tampered with on the way in:
     ``"act_outlier"`` loses the first activation-outlier slot (an outlier never counted),
     ``"weight_outlier"`` the first weight-outlier slot.
@@ -250,18 +253,18 @@ class TamperedArray(wiring.Component):
         If ``fault`` is not one of the two.
     """
 
+    BLOCK = MacArray
     FAULTS = ("act_outlier", "weight_outlier")
 
     def __init__(self, fault, **params):
         if fault not in self.FAULTS:
             raise ValueError(f"Fault must be one of {', '.join(self.FAULTS)}, not {fault!r}")
         self._fault = fault
-        self._array = MacArray(**params)
-        super().__init__(self._array.signature)
+        super().__init__(**params)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.array = array = self._array
+        m.submodules.array = array = self._block
         wiring.connect(m, array.acc, wiring.flipped(self.acc))
         m.d.comb += [array.act.valid.eq(self.act.valid), self.act.ready.eq(array.act.ready),
                      array.act.payload.eq(self.act.payload),

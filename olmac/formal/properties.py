@@ -86,6 +86,26 @@ def _free_streams(m, dut, inputs, output):
     m.d.comb += output.ready.eq(AnySeq(1))
 
 
+def _check_nth_result(m, *, produced, predicted, delivered, actual, shape, width, early,
+                      differs):
+    """Check every result of a block with one register per value: the solver picks a result
+    number (``AnyConst``); the prediction is recorded when that result is produced
+    (``produced`` high for the ``n``-th time) and compared with what leaves when the
+    ``n``-th result is ``delivered``. ``predicted`` and ``actual`` are matching lists of
+    values of ``shape``; results are counted in ``width`` bits (more than a bounded run can
+    reach). ``early`` and ``differs`` are the two assertions' messages."""
+    made, sent = Signal(width, name="made"), Signal(width, name="sent")
+    m.d.sync += [made.eq(made + produced), sent.eq(sent + delivered)]
+    index = AnyConst(width)
+    recorded = [Signal(shape, name=f"recorded_{i}") for i in range(len(predicted))]
+    was_made = Signal()
+    with m.If(produced & (made == index)):
+        m.d.sync += [*(r.eq(p) for r, p in zip(recorded, predicted)), was_made.eq(1)]
+    with m.If(delivered & (sent == index)):
+        m.d.comb += Assert(was_made, early)
+        m.d.comb += [Assert(a == r, differs) for a, r in zip(actual, recorded)]
+
+
 class ResultBufferProperties(Elaboratable):
     """:class:`~olmac.hw.result_buffer.ResultBuffer` under every claim, write and ready pattern.
 
@@ -277,18 +297,11 @@ class RequantizerProperties(Elaboratable):
         expected = Signal(out_shape)
         m.d.comb += expected.eq(Mux(q < low, low, Mux(q > hi, hi, q)))
 
-        width = 6
-        taken, sent = Signal(width), Signal(width)
-        accepted = dut.acc.valid & dut.acc.ready
-        delivered = dut.out.valid & dut.out.ready
-        m.d.sync += [taken.eq(taken + accepted), sent.eq(sent + delivered)]
-        index = AnyConst(width)
-        tracked, tracked_taken = Signal(out_shape), Signal()
-        with m.If(accepted & (taken == index)):
-            m.d.sync += [tracked.eq(expected), tracked_taken.eq(1)]
-        with m.If(delivered & (sent == index)):
-            m.d.comb += [Assert(tracked_taken, "a result left before its input came"),
-                         Assert(dut.out.payload[0] == tracked, "a value differs from §3")]
+        _check_nth_result(m, produced=dut.acc.valid & dut.acc.ready, predicted=[expected],
+                          delivered=dut.out.valid & dut.out.ready,
+                          actual=[dut.out.payload[0]], shape=out_shape, width=6,
+                          early="a result left before its input came",
+                          differs="a value differs from §3")
         return m
 
 
@@ -487,24 +500,15 @@ class MacArrayProperties(Elaboratable):
         accepted = dut.act.valid & dut.act.ready
         closing = accepted & act_beat.last
 
-        width = 4
-        closed, sent = Signal(width), Signal(width)
-        delivered = dut.acc.valid & dut.acc.ready
-        m.d.sync += [closed.eq(closed + closing), sent.eq(sent + delivered)]
-        index = AnyConst(width)
-        expected = [Signal(acc_shape, name=f"expected_{col}") for col in range(cols)]
-        tracked_closed = Signal()
         with m.If(accepted):
             for col in range(cols):
                 m.d.sync += running[col].eq(Mux(act_beat.last, 0, summed[col]))
-        with m.If(closing & (closed == index)):
-            m.d.sync += [expected[col].eq(summed[col]) for col in range(cols)]
-            m.d.sync += tracked_closed.eq(1)
-        with m.If(delivered & (sent == index)):
-            m.d.comb += Assert(tracked_closed, "a result left before its reduction closed")
-            m.d.comb += [Assert(dut.acc.payload[col] == expected[col],
-                                "a column sum differs from the exact sum of products")
-                         for col in range(cols)]
+        _check_nth_result(m, produced=closing, predicted=summed,
+                          delivered=dut.acc.valid & dut.acc.ready,
+                          actual=[dut.acc.payload[col] for col in range(cols)],
+                          shape=acc_shape, width=4,
+                          early="a result left before its reduction closed",
+                          differs="a column sum differs from the exact sum of products")
         return m
 
 
