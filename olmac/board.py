@@ -133,8 +133,13 @@ class BoardClient(SerialLink):
 
     def load(self, compiled) -> int:
         """Write every memory image of ``compiled`` and restart the program; returns the
-        words written. Raises :class:`BoardError` if the board does not fit ``compiled``
-        or refuses a write."""
+        words written. Raises :class:`BoardError` if the board does not fit ``compiled``,
+        ``compiled`` has lookup tables, or the board refuses a write."""
+        if compiled.contents.get("tables"):
+            # silently keeping the preloaded tables would give another program's answers
+            raise BoardError("the program has lookup tables, which LOAD cannot write (the "
+                             "board protocol has no table memory): run it without --load on "
+                             "a board built with it (olmac board build --program)")
         info = self.info()
         info.check(compiled)
         max_payload = self._board_max_payload or 1 + info.input_words * info.width * 2

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from olmac.golden.formats import int_range
-from olmac.golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, MaxPool, QuantizeInput,
-                            Requantize)
+from olmac.golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, Lookup, MaxPool,
+                                 QuantizeInput, Requantize)
 from olmac.hw.network import (ACT_SHIFT_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES, STORAGE_BITS,
-                              NetworkCore, OpKind)
+                              TABLE_ENTRY_BITS, NetworkCore, OpKind)
 from olmac.spec import ACT_BITS, CORE_SCHEMES, PLANE_SHIFT_BITS
 
 __all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES",
@@ -247,9 +247,27 @@ def _packable(program: IntegerProgram, act_bits: int, act_signed: bool) -> set[s
             value.bits + (1 if act_signed and not value.signed else 0) <= act_bits}
 
 
+def _fused_tables(program: IntegerProgram) -> dict[str, Lookup]:
+    """The ``lookup`` ops the op writing their input runs (docs/network.md §15), by that
+    input: every one whose input only it reads and a GEMM, SUM or MAX op writes (so the
+    table part maps the producer's results on their way to memory, in no cycle of its
+    own). The others run as a SUM pass of their own."""
+    producers = {op.output: op for op in program.ops if not isinstance(op, (Flatten, Lookup))}
+    fused = {}
+    for op in program.ops:
+        if (isinstance(op, Lookup) and op.input in producers and op.input != program.output
+                and sum(op.input in other.inputs for other in program.ops) == 1):
+            fused[op.input] = op
+    return fused
+
+
 class _Compiler:
-    def __init__(self, program: IntegerProgram, width: int, array_bits, packed: bool):
+    def __init__(self, program: IntegerProgram, width: int, array_bits, packed: bool,
+                 tables: bool):
         self.program = program
+        self.tables = tables
+        self.fused = _fused_tables(program) if tables else {}
+        self.table_entries: list[int] = []
         self.width = width
         self.array_bits = array_bits   # (weight, activation) bits, signedness of activations
         self.packed = _packable(program, array_bits[1], array_bits[2]) if packed else set()
@@ -348,19 +366,34 @@ class _Compiler:
                                   "residual_multiplier": 0, "residual_shift": 0}] * self.width)
         return len(self.param_words) - 1
 
+    def table(self, lookup: Lookup | None) -> dict:
+        """The descriptor fields of an op whose results go through ``lookup``'s table (none
+        without one): the table's place in the table memory and the input's lowest code,
+        from which ``compile_program`` derives ``table_offset``."""
+        if lookup is None:
+            return {}
+        source = self.program.values[lookup.input]
+        base = len(self.table_entries)
+        self.table_entries += [int(entry) for entry in lookup.table]
+        return {"table": 1, "table_base": base,
+                "table_low": int_range(source.bits, source.signed)[0]}
+
     def vector_op(self, label, kind, source: _Stored, out_name, multiplier, shift,
-                  in_signed, kernel=(1, 1), stride=(1, 1), padding=(0, 0)):
+                  in_signed, kernel=(1, 1), stride=(1, 1), padding=(0, 0), lookup=None):
+        """A SUM or MAX op writing ``out_name`` (clamped to its format), or, through
+        ``lookup``'s table, the lookup's output."""
         out_value = self.program.values[out_name]
+        stored_name = out_name if lookup is None else lookup.output
         if kernel == (1, 1) and stride == (1, 1):
             # elementwise: any layout, kept slot for slot
             out = self.allocate(source.slots, source.pixels, source.channel_words,
-                                out_name in self.packed)
-            self.stored[out_name] = out
+                                stored_name in self.packed)
+            self.stored[stored_name] = out
         else:
-            out = self.allocate_value(out_name)
+            out = self.allocate_value(stored_name)
         (in_h, in_w), (out_h, out_w) = source.pixels, out.pixels
         self.descriptor(
-            label, kind, **self.outliers(label, out_name, out, "out"),
+            label, kind, **self.outliers(label, stored_name, out, "out"), **self.table(lookup),
             in_packed=int(source.packed), out_packed=int(out.packed), in_base=source.base,
             out_base=out.base, in_h=in_h, in_w=in_w,
             in_words=source.channel_words, out_h=out_h, out_w=out_w,
@@ -369,8 +402,9 @@ class _Compiler:
             pad_w=padding[1], in_signed=in_signed,
             param_base=self.uniform_params(multiplier, shift), **self.bounds(out_value))
 
-    def gemm(self, label: str, op: Gemm) -> None:
+    def gemm(self, label: str, op: Gemm, lookup: Lookup | None = None) -> None:
         source_value = self.program.values[op.input]
+        stored_name = op.output if lookup is None else lookup.output
         out_value = self.program.values[op.output]
         weight_bits, act_bits, act_signed = self.array_bits
         try:
@@ -383,7 +417,7 @@ class _Compiler:
         self.max_plane_shift = max(self.max_plane_shift, int(passes[0].exponent.max()))
         self.act_shift = max(self.act_shift, max(p.act_shift for p in passes))
         source = self.stored[op.input]
-        out = self.allocate_value(op.output)
+        out = self.allocate_value(stored_name)
         width = self.width
         if op.weight_outliers is not None:
             self.outlier_bits = max(self.outlier_bits or 0, op.weight_outlier_bits)
@@ -456,7 +490,8 @@ class _Compiler:
                         "res_signed": int(residual_value.signed)}
         self.descriptor(
             label, OpKind.GEMM, macs=macs, **self.outliers(label, op.input, source, "in"),
-            **self.outliers(label, op.output, out, "out"), in_packed=int(source.packed),
+            **self.outliers(label, stored_name, out, "out"), **self.table(lookup),
+            in_packed=int(source.packed),
             out_packed=int(out.packed), in_base=source.base,
             out_base=out.base,
             in_h=in_pixels[0], in_w=in_pixels[1], in_words=in_words,
@@ -529,8 +564,10 @@ class _Compiler:
             except CompileError as error:
                 # Every op is checked: the error lists each one the core cannot run.
                 self.errors.append(str(error))
-                if op.output not in self.stored:
-                    self.allocate_value(op.output)
+                lookup = self.fused.get(op.output)
+                for name in (op.output, lookup and lookup.output):
+                    if name and name not in self.stored:
+                        self.allocate_value(name)
         if self.errors:
             raise CompileError("\n".join(self.errors))
         out = self.stored[program.output]
@@ -544,28 +581,41 @@ class _Compiler:
 
     def compile_op(self, label: str, op) -> None:
         program, pixels = self.program, self.pixels
+        lookup = self.fused.get(op.output)  # this op's results go through a table
         if isinstance(op, QuantizeInput):
             self.vector_op(label, OpKind.SUM, pixels, op.output, op.multiplier, op.shift,
-                           in_signed=int(self.program.pixel_min < 0))
+                           in_signed=int(self.program.pixel_min < 0), lookup=lookup)
         elif isinstance(op, Requantize):
             self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
                            op.multiplier, op.shift,
-                           in_signed=int(program.values[op.input].signed))
+                           in_signed=int(program.values[op.input].signed), lookup=lookup)
         elif isinstance(op, AvgPool):
             self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
                            op.multiplier, op.shift,
                            in_signed=int(program.values[op.input].signed),
-                           kernel=op.kernel, stride=op.stride, padding=op.padding)
+                           kernel=op.kernel, stride=op.stride, padding=op.padding,
+                           lookup=lookup)
         elif isinstance(op, MaxPool):
             self.vector_op(label, OpKind.MAX, self.stored[op.input], op.output, 1, 0,
                            in_signed=int(program.values[op.input].signed),
-                           kernel=op.kernel, stride=op.stride, padding=op.padding)
+                           kernel=op.kernel, stride=op.stride, padding=op.padding,
+                           lookup=lookup)
+        elif isinstance(op, Lookup):
+            if not self.tables:
+                raise CompileError(f"{label}: this network core has no lookup-table part; "
+                                   f"a core with one (the simulator's, `olmac run --backend "
+                                   f"rtl`) runs it")
+            if op.input not in self.fused:
+                # its own pass: the input copied through the requantizer (M = 1, s = 0,
+                # clamped to its own format) and the table
+                self.vector_op(label, OpKind.SUM, self.stored[op.input], op.input, 1, 0,
+                               in_signed=int(program.values[op.input].signed), lookup=op)
         elif isinstance(op, Flatten):
             self.stored[op.output] = self.stored[op.input]  # same words, same slots
             if op.input in self.outlier_base:  # and the same outlier blocks (§18)
                 self.outlier_base[op.output] = self.outlier_base[op.input]
         elif isinstance(op, Gemm):
-            self.gemm(label, op)
+            self.gemm(label, op, lookup)
         else:
             raise CompileError(f"{label}: the network core has no {op.KIND!r} op")
 
@@ -573,7 +623,7 @@ class _Compiler:
 def compile_program(program: IntegerProgram, *, width: int = 8,
                     weight_outlier_slots: int | None = None,
                     array_bits: tuple[int, int] | None = None, act_outlier_lanes: int = 1,
-                    packed: bool = True) -> CompiledNetwork:
+                    packed: bool = True, tables: bool = True) -> CompiledNetwork:
     """Compile ``program`` for a :class:`NetworkCore` of ``width × width`` MACs.
 
     ``array_bits`` = ``(W, A)`` fixes the array's dense operand widths: weights ``s<W>``,
@@ -588,7 +638,11 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     ``packed`` every value that fits the array's activation slot (all but the pixels, the
     highway tensors, the residuals, the logits and values read in digit passes) is stored
     in a packed memory of ``act_bits``-bit slots (docs/network.md §15); without, every
-    value takes 16-bit slots. Memories are exactly as deep as the program.
+    value takes 16-bit slots. With ``tables`` the core has a lookup-table memory holding
+    the table of every ``lookup`` op (docs/program.md §12), each applied to the results of
+    the op writing its input where that input has no other reader, else in a pass of its
+    own (docs/network.md §15); without, a ``lookup`` op is refused. Memories are exactly
+    as deep as the program.
 
     Raises
     ------
@@ -617,7 +671,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                       for b in array_bits)):
         raise TypeError(f"array_bits must be a pair (weight bits, activation bits) of "
                         f"integers in 2..8, not {array_bits!r}")
-    compiler = _Compiler(program, width, (array_bits[0], array_bits[1], act_signed), packed)
+    compiler = _Compiler(program, width, (array_bits[0], array_bits[1], act_signed), packed,
+                         tables)
     compiler.compile()
     slots = compiler.max_outliers if compiler.outlier_bits else 0
     if weight_outlier_slots is not None:
@@ -638,6 +693,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         block_words, act_slots = compiler.outlier_storage
         options.update(act_outlier_lanes=act_outlier_lanes, act_outlier_block_words=block_words,
                        act_outlier_slots=act_slots, outlier_depth=compiler.outlier_blocks)
+    if compiler.table_entries:
+        options.update(table_depth=len(compiler.table_entries))
     for name, bits, limits in (("a plane shift", options.get("plane_shift_bits", 0),
                                 PLANE_SHIFT_BITS),
                                ("an activation shift", options.get("act_shift_bits", 0),
@@ -655,6 +712,11 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     except (TypeError, ValueError) as error:
         raise CompileError(f"the program's core cannot be built: {error}") from None
     layouts = config.layouts
+    for descriptor in compiler.descriptors:
+        if descriptor.get("table"):
+            # lands on entry x − lo of the op's table for input code x (TablePart)
+            descriptor["table_offset"] = ((descriptor["table_base"] - descriptor["table_low"])
+                                          % (1 << config.tables.address_bits))
     outlier_slots = options.get("weight_outlier_slots", 0)
     weight_words = []
     for beat in compiler.weight_beats:
@@ -675,6 +737,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                  for d in compiler.descriptors],
         weights=weight_words,
         params=[_pack(layouts["params"], p) for p in compiler.param_words])
+    if compiler.table_entries:
+        contents["tables"] = [entry % (1 << TABLE_ENTRY_BITS) for entry in compiler.table_entries]
     return CompiledNetwork(config, contents, compiler.input_slots, compiler.output_slots,
                            program.values[program.output].signed, compiler.macs,
                            compiler.descriptors)

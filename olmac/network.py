@@ -25,9 +25,11 @@ UP5K_MEMORY_BITS = {"spram": 4 * 256 * 1024, "bram": 30 * 4096}
 
 def memory_bits(compiled) -> dict[str, int]:
     """Bits of each memory of the compiled core (depth × word width): the four of
-    ``config.layouts``, the packed activation memory (``packed``) and the activation
-    outliers' (``outliers``) where the core has them."""
+    ``config.layouts``, the packed activation memory (``packed``), the activation
+    outliers' (``outliers``) and the lookup tables' (``tables``: one copy per lane) where
+    the core has them."""
     from amaranth.hdl import Shape
+    from olmac.hw.network import TABLE_ENTRY_BITS
     config = compiled.config
     bits = {name: config.depths[name] * Shape.cast(layout).width
             for name, layout in config.layouts.items()}
@@ -35,6 +37,8 @@ def memory_bits(compiled) -> dict[str, int]:
         bits["packed"] = config.packed_depth * config.width * config.act_bits
     if config.act_outlier_lanes:
         bits["outliers"] = config.outlier_depth * Shape.cast(config.outlier_layout).width
+    if config.table_depth:
+        bits["tables"] = config.table_depth * config.width * TABLE_ENTRY_BITS
     return bits
 
 

@@ -284,12 +284,13 @@ class NetworkRun:
 
 
 def load_words(config, contents) -> list[int]:
-    """The ``load`` beats that write ``contents`` (``program``, ``weights``, ``params``:
-    lists of words) into a core of ``config``, then a ``RESTART``, as packed integers."""
+    """The ``load`` beats that write ``contents`` (``program``, ``weights``, ``params`` and,
+    with a table memory, ``tables``: lists of words) into a core of ``config``, then a
+    ``RESTART``, as packed integers."""
     layout = config.load_layout
     beats = [layout.const({"memory": getattr(NetworkCore.Memory, name.upper()),
                            "address": address, "word": word}).as_value().value
-             for name in ("program", "weights", "params")
+             for name in ("program", "weights", "params", "tables")
              for address, word in enumerate(contents.get(name) or [])]
     return beats + [layout.const({"memory": NetworkCore.Memory.RESTART}).as_value().value]
 

@@ -44,10 +44,14 @@ def tiny_model() -> torch.nn.Module:
     return torch.nn.Sequential(layer)
 
 
-def sigmoid_model() -> torch.nn.Module:
-    """:func:`tiny_model` followed by a sigmoid: golden runs it as a lookup table; the
-    network core's compiler refuses it."""
-    return torch.nn.Sequential(tiny_model(), torch.nn.Sigmoid())
+def wide_kernel_model() -> torch.nn.Module:
+    """A convolution of 17×17 kernels (padding 8 on the 8×8 images) before a linear head:
+    golden runs it; the network core's compiler refuses it, the kernel being beyond its
+    descriptors' kernel fields (``MAX_KERNEL`` = 15)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 17, padding=8), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(128, 10))
+    model.takes_images = True
+    return model
 
 
 def _spec(tmp_path, text, name="sweep", model="tiny_model"):
@@ -281,20 +285,20 @@ def scheduler_and_worker(tmp_path):
 def test_sweep_on_a_separate_scheduler_records_a_failed_point(tmp_path,
                                                                scheduler_and_worker):
     """The same kind of spec runs unchanged on a separately started scheduler and worker; a
-    point the compiler refuses (a sigmoid lowers to a lookup table, which the network core
-    has no part for) is a failed row with its error, and is tried again on a re-run."""
+    point the compiler refuses (a 17×17 kernel, beyond the core's descriptor fields) is a
+    failed row with its error, and is tried again on a re-run."""
     axes = 'measure = ["golden", "memory"]\n[axes]\nact_bits = [4, 8]\nwidth = 2\n'
     good = explore(_spec(tmp_path, axes, name="good"), scheduler=scheduler_and_worker,
                    out_dir=tmp_path / "good", progress=False)
     assert (good.computed, good.failed) == (2, 0)
     assert all(row["status"] == "ok" and row["memory_bits"] > 0 for row in good.rows)
-    spec = _spec(tmp_path, axes, model="sigmoid_model")
+    spec = _spec(tmp_path, axes, model="wide_kernel_model")
     result = explore(spec, scheduler=scheduler_and_worker, out_dir=tmp_path / "out",
                      progress=False)
     assert (result.computed, result.failed) == (2, 2)
     for row in result.rows:
         assert row["status"] == "failed" and row["error"].startswith("CompileError: ")
-        assert "no 'lookup' op" in row["error"]
+        assert "kernel_h = 17 exceeds 15" in row["error"]
     assert "## Failed points" in (tmp_path / "out" / "report.md").read_text()
     # failed points are not cached: a re-run tries them again
     again = explore(spec, scheduler=scheduler_and_worker, out_dir=tmp_path / "out",

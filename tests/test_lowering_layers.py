@@ -374,7 +374,8 @@ def test_docs_list_the_supported_layers(document):
 def test_table_activations(activation, function):
     """§12: the table holds ``f`` of every input code, rounded half even to the output
     grid (checked against torch's own ``f`` and ``torch.round``); the integer program and
-    its float view agree; the network core, which has no table part, refuses the op."""
+    its float view agree; the network core runs it with a table part and refuses it
+    without one."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 8), activation, nn.Linear(8, 3)).eval()
     program = quantize_model(model, torch.rand(64, 16), act_bits=5, weight_bits=5,
@@ -388,9 +389,10 @@ def test_table_activations(activation, function):
     pixels = torch.randint(0, 17, (32, 16))
     assert torch.equal(run_integer(program, pixels).argmax(1),
                        run_fake_quant(program, pixels / 16).argmax(1))
-    with pytest.raises(CompileError, match=r"op 2 \(lookup '1'\): the network core has no "
-                       r"'lookup' op"):
-        compile_program(program, width=4)
+    assert compile_program(program, width=4).config.table_depth == 32
+    with pytest.raises(CompileError, match=r"^op 2 \(lookup '1'\): this network core has no "
+                       r"lookup-table part"):
+        compile_program(program, width=4, tables=False)
 
 
 class Joined(nn.Module):

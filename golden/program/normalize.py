@@ -69,8 +69,7 @@ SUPPORTED = (
      "each operand rescaled to the output's scale: 1×1 GEMMs of 0/1 weights chained by "
      "their residual (§17)"),
     ("`nn.Sigmoid`, `nn.Tanh`, `nn.Hardswish`, `nn.SiLU`, `nn.GELU` and their functions",
-     "a lookup table of every input code (§12, §17; golden only: the core has no table "
-     "part yet)"),
+     "a lookup table of every input code (§12, §17), evaluated by the core's table part"),
     ("`nn.AvgPool2d`, `F.avg_pool2d` (padding ≤ kernel/2, `count_include_pad=True`)",
      "SUM over the zero-padded window + requantization (§12)"),
     ("`nn.AdaptiveAvgPool2d`, `F.adaptive_avg_pool2d` (output size dividing the input)",

@@ -10,7 +10,8 @@ classifies one image per pass.
 :class:`NetworkCore` (``core``) wires the parts: the :class:`Sequencer`, ``LOAD``/``STORE``
 (``transfers``), the beat and output walks (``walks``), the reducer, the requantizer's
 parameter feed and the write-back (``compute``), the memories in a wide or a narrow
-variant (``memories``), and the activation-outlier store (``outliers``).
+variant (``memories``), the activation-outlier store (``outliers``) and the lookup tables
+(``tables``).
 """
 
 from .compute import ParamFeed, Reducer, WriteBack
@@ -18,11 +19,12 @@ from .core import NetworkCore
 from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES,
                       MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS, ChannelWord,
                       ControlSignature, LoadBeat, LoadTarget, OpDescriptor, OpKind,
-                      SideRequest, SideWords, VectorBeat, WeightWord)
+                      SideRequest, SideWords, TABLE_ENTRY_BITS, VectorBeat, WeightWord)
 from .memories import NarrowMemories, WideMemories
 from .outliers import ActOutlierStore
 from .packed import PackedMemory
 from .sequencer import Sequencer
+from .tables import TablePart
 from .transfers import Loader, Storer
 from .walks import BeatWalk, OutputWalk
 
@@ -31,4 +33,4 @@ __all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget",
            "STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
            "Sequencer", "Loader", "Storer", "BeatWalk", "OutputWalk", "Reducer", "ParamFeed",
            "WriteBack", "WideMemories", "NarrowMemories", "ActOutlierStore",
-           "PackedMemory"]
+           "PackedMemory", "TablePart", "TABLE_ENTRY_BITS"]

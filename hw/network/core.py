@@ -14,12 +14,13 @@ from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
 from .compute import ParamFeed, Reducer, WriteBack
 from .layouts import (ACT_SHIFT_BITS, MEMORY_STYLES, OUTLIER_VALUE_BITS, REQUANTIZERS,
-                      STORAGE_BITS, WINDOW_GROWTH, ChannelWord, LoadBeat, LoadTarget,
+                      STORAGE_BITS, TABLE_ENTRY_BITS, WINDOW_GROWTH, ChannelWord, LoadBeat, LoadTarget,
                       OpDescriptor, OpKind, OutlierBlock, WeightWord)
 from .memories import NarrowMemories, WideMemories
 from .outliers import ActOutlierStore
 from .packed import PackedMemory
 from .sequencer import Sequencer
+from .tables import TablePart
 from .transfers import Loader, Storer
 from .walks import BeatWalk, OutputWalk
 
@@ -35,6 +36,20 @@ def _share(m, port, select, first, second):
             m.d.comb += value.eq(Mux(select, ours, theirs))
         else:
             m.d.comb += [ours.eq(value), theirs.eq(value)]
+
+
+def _route_loads(m, writes, memories, tables):
+    """``load`` beats to the table part (``TABLES``, an entry in the word's low bits) or to
+    the memories (every other target)."""
+    to_tables = writes.payload.memory == LoadTarget.TABLES
+    m.d.comb += [
+        memories.valid.eq(writes.valid & ~to_tables),
+        memories.payload.eq(writes.payload),
+        tables.valid.eq(writes.valid & to_tables),
+        tables.payload.address.eq(writes.payload.address),
+        tables.payload.entry.eq(writes.payload.word[:TABLE_ENTRY_BITS]),
+        writes.ready.eq(Mux(to_tables, tables.ready, memories.ready)),
+    ]
 
 
 class NetworkCore(wiring.Component):
@@ -58,8 +73,9 @@ class NetworkCore(wiring.Component):
     ----------
     config : NetworkCore.Config
         The formats, depths and options.
-    program, weights, params : list of int or None
-        Initial memory contents (packed words; zeros where not given). The ``load`` port
+    program, weights, params, tables : list of int or None
+        Initial memory contents (packed words; table entries as 9-bit two's complement
+        words, only with a table memory; zeros where not given). The ``load`` port
         rewrites them while the core waits in a ``LOAD`` op. An all-zero program word is a
         ``LOAD`` of no words, which halts the core: a core built without a program waits
         for one to be loaded, then for a ``load`` beat to ``Memory.RESTART``.
@@ -128,6 +144,10 @@ class NetworkCore(wiring.Component):
         packed_depth : int
             Words of the packed activation memory (``width`` slots of ``act_bits`` bits),
             0..65536; 0: every activation in the 16-bit memory.
+        table_depth : int
+            Entries of the lookup-table memory (a :class:`TablePart` between the
+            requantizer and the write-back, docs/network.md §15), 0 or 4..65536; 0: no
+            table part (a core without tables pays nothing for them).
         requantizer : str
             ``"parallel"`` (default): a :class:`Requantizer` with ``2·width`` wide
             multipliers, one vector a cycle. ``"serial"``: a :class:`SerialRequantizer`,
@@ -172,6 +192,7 @@ class NetworkCore(wiring.Component):
         act_outlier_slots: int = 1
         outlier_depth: int = 1
         packed_depth: int = 0
+        table_depth: int = 0
 
         def __post_init__(self):
             check_int("Width", self.width, ARRAY_DIM)
@@ -194,7 +215,9 @@ class NetworkCore(wiring.Component):
             for name in ("data_depth", "weight_depth", "param_depth", "program_depth"):
                 check_int(name, getattr(self, name), (1, 65536))
             check_int("act_shift_bits", self.act_shift_bits, ACT_SHIFT_BITS)
+            check_int("table_depth", self.table_depth, (0, 65536))
             self.array  # checks the array's parameters
+            self.tables  # and the table part's
 
         @cached_property
         def array(self) -> MacArray.Config:
@@ -217,6 +240,14 @@ class NetworkCore(wiring.Component):
         def acc_width(self) -> int:
             """Accumulator bits, of the array and the reducer."""
             return self.array.acc_width
+
+        @cached_property
+        def tables(self) -> TablePart.Config | None:
+            """The :class:`TablePart`'s configuration, or ``None`` without tables."""
+            if not self.table_depth:
+                return None
+            slot = self.requantizer_config.out_layout.elem_shape
+            return TablePart.Config(self.width, self.table_depth, Shape.cast(slot).width)
 
         @cached_property
         def requantizer_config(self) -> Requantizer.Config | SerialRequantizer.Config:
@@ -250,7 +281,9 @@ class NetworkCore(wiring.Component):
                 "program": OpDescriptor(self.address_depth, self.weight_depth,
                                         self.param_depth,
                                         self.outlier_depth if self.act_outlier_lanes else 0,
-                                        packed=bool(self.packed_depth)),
+                                        packed=bool(self.packed_depth),
+                                        table_address_bits=self.tables.address_bits
+                                        if self.tables else 0),
                 "weights": WeightWord(self.array.weight_layout, self.act_shift_bits),
                 "params": data.ArrayLayout(ChannelWord(), self.width),
                 "data": data.ArrayLayout(unsigned(STORAGE_BITS), self.width),
@@ -274,14 +307,26 @@ class NetworkCore(wiring.Component):
         @property
         def load_layout(self) -> LoadBeat:
             """A beat of the ``load`` port: as wide as the widest program, weight or
-            parameter word."""
-            return LoadBeat(max(self.program_depth, self.weight_depth, self.param_depth),
-                            max(Shape.cast(self.layouts[name]).width
-                                for name in ("program", "weights", "params")))
+            parameter word (or table entry)."""
+            return LoadBeat(max(self.program_depth, self.weight_depth, self.param_depth,
+                                self.table_depth),
+                            max([Shape.cast(self.layouts[name]).width
+                                 for name in ("program", "weights", "params")]
+                                + [TABLE_ENTRY_BITS]))
 
-    def __init__(self, config, *, program=None, weights=None, params=None):
+    def __init__(self, config, *, program=None, weights=None, params=None, tables=None):
         if not isinstance(config, NetworkCore.Config):
             raise TypeError(f"config must be a NetworkCore.Config, not {config!r}")
+        tables = list(tables or [])
+        if tables and not config.tables:
+            raise ValueError("Table entries need a core with a table memory (table_depth)")
+        if any(not isinstance(word, int) or not 0 <= word < 1 << TABLE_ENTRY_BITS
+               for word in tables):
+            raise ValueError(f"Every tables word must be an integer in "
+                             f"0..{(1 << TABLE_ENTRY_BITS) - 1}")
+        half = 1 << (TABLE_ENTRY_BITS - 1)
+        self._tables = (TablePart(config.tables, tables=[(w ^ half) - half for w in tables])
+                        if config.tables else None)
         self._config = config
         self._contents = {}
         for name, words in (("program", program), ("weights", weights), ("params", params)):
@@ -379,7 +424,11 @@ class NetworkCore(wiring.Component):
 
         wiring.connect(m, wiring.flipped(self.inputs), loader.inputs)
         wiring.connect(m, wiring.flipped(self.load), loader.load)
-        wiring.connect(m, loader.writes, memories.load)
+        if self._tables is None:
+            wiring.connect(m, loader.writes, memories.load)
+        else:
+            m.submodules.tables = tables = self._tables
+            _route_loads(m, loader.writes, memories.load, tables.write)
         wiring.connect(m, storer.outputs, wiring.flipped(self.outputs))
 
         wiring.connect(m, beats.weights_read, memories.weights)
@@ -391,16 +440,22 @@ class NetworkCore(wiring.Component):
         wiring.connect(m, outputs.requests, memories.side)
         wiring.connect(m, memories.side_words, feed.words)
         wiring.connect(m, feed.params, requantizer.params)
+        results = requantizer.out
+        if self._tables is not None:
+            wiring.connect(m, requantizer.out, tables.results)
+            m.d.comb += [tables.enable.eq(sequencer.control.op.table),
+                         tables.offset.eq(sequencer.control.op.table_offset)]
+            results = tables.out
         if config.act_outlier_lanes:
             m.submodules.outliers = outliers = ActOutlierStore(config)
             wiring.connect(m, sequencer.control, outliers.control)
-            wiring.connect(m, requantizer.out, outliers.results)
+            wiring.connect(m, results, outliers.results)
             wiring.connect(m, outliers.dense, write_back.results)
             wiring.connect(m, beats.outliers_read, outliers.read)
             m.d.comb += outliers.image_start.eq(sequencer.control.start &
                                                 (sequencer.op_index == 0))
         else:
-            wiring.connect(m, requantizer.out, write_back.results)
+            wiring.connect(m, results, write_back.results)
 
         # STORE and the beat walk never run together, nor LOAD and the write-back: each pair
         # takes turns on one activation memory port.

@@ -14,7 +14,7 @@ __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BIT
            "WINDOW_GROWTH", "CHUNK_BITS", "WeightWord",
            "REQUANTIZERS", "MEMORY_STYLES", "OpKind", "OpDescriptor", "ChannelWord",
            "LoadTarget", "LoadBeat", "is_compute", "ControlSignature", "VectorBeat", "SideRequest",
-           "SideWords", "OUTLIER_VALUE_BITS", "OutlierSlot", "OutlierBlock"]
+           "SideWords", "OUTLIER_VALUE_BITS", "OutlierSlot", "OutlierBlock", "TABLE_ENTRY_BITS"]
 
 #: Every activation memory slot is as wide as a highway tensor, so one is stored whole and a
 #: low-width tensor sits in the low bits (docs/network.md §15).
@@ -36,6 +36,10 @@ CHUNK_BITS = 16
 #: Width of a stored activation outlier (docs/program.md §18): a 16-bit signed number (an
 #: unsigned value's outliers are u15).
 OUTLIER_VALUE_BITS = HIGHWAY_BITS
+#: Width of a lookup-table entry (docs/program.md §12): a table writes 2..8-bit values,
+#: u8 or s8 at most, so one signed 9-bit entry holds either (an ECP5 block RAM is 9 bits
+#: wide at its full depth).
+TABLE_ENTRY_BITS = spec.ACT_BITS[1] + 1
 #: Choices of the ``requantizer`` and ``memories`` options of ``NetworkCore.Config``.
 REQUANTIZERS = spec.REQUANTIZERS
 MEMORY_STYLES = spec.MEMORY_STYLES
@@ -65,9 +69,12 @@ class OpDescriptor(data.StructLayout):
     activation memory (``packed``), whether the op's input and output are packed (their
     addresses are then in that memory); with an outlier memory (``outlier_depth``), whether
     they keep activation outliers (docs/program.md §18), their blocks' bases and the dense
-    range of the output."""
+    range of the output; with a table memory (``table_address_bits``), whether the op's
+    results go through a lookup table and ``table_offset``, the table's first entry minus
+    the lowest input code, modulo ``2^table_address_bits`` (docs/network.md §15)."""
 
-    def __init__(self, data_depth, weight_depth, param_depth, outlier_depth=0, packed=False):
+    def __init__(self, data_depth, weight_depth, param_depth, outlier_depth=0, packed=False,
+                 table_address_bits=0):
         dim = range(MAX_DIM + 1)
         kernel = range(MAX_KERNEL + 1)
         outliers = {"in_packed": unsigned(1), "out_packed": unsigned(1)} if packed else {}
@@ -76,6 +83,8 @@ class OpDescriptor(data.StructLayout):
                         "out_outliers": unsigned(1), "out_obase": range(outlier_depth),
                         "dense_low": signed(STORAGE_BITS + 1),
                         "dense_high": signed(STORAGE_BITS + 1)}
+        if table_address_bits:
+            outliers |= {"table": unsigned(1), "table_offset": unsigned(table_address_bits)}
         super().__init__({
             "kind": OpKind,
             "final": unsigned(1),
@@ -126,13 +135,15 @@ class ChannelWord(data.StructLayout):
                           if name != "residual"})
 
 
-class LoadTarget(enum.Enum, shape=2):
+class LoadTarget(enum.Enum, shape=3):
     """Which memory a ``load`` beat writes."""
     PROGRAM = 0
     WEIGHTS = 1
     PARAMS = 2
     #: Not a memory: start the program again at op 0.
     RESTART = 3
+    #: The lookup tables (a core with a table memory): one entry a beat.
+    TABLES = 4
 
 
 class LoadBeat(data.StructLayout):
