@@ -326,6 +326,20 @@ def test_every_refusal_is_reported_at_once():
                     r"only flattening to \(N, features\).*\)" + line, lines[3])
 
 
+def test_batchnorm_refusal_names_the_conv1d_the_user_wrote():
+    """§17: a BatchNorm1d that cannot fold in a Conv1d model (a ReLU between) names
+    ``nn.Conv1d``, not the 2-D layer the model runs as; in a Linear model ``nn.Linear``."""
+    conv = nn.Sequential(nn.Conv1d(4, 6, 3), nn.ReLU(), nn.BatchNorm1d(6), nn.Flatten(),
+                         nn.Linear(36, 3)).eval()
+    with pytest.raises(ProgramError, match=r"^cannot fold BatchNorm '2' into '_1': it must "
+                                           r"directly follow an nn\.Conv1d( at .*)?$"):
+        quantize_model(conv, torch.rand(8, 4, 8))
+    linear = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.BatchNorm1d(6), nn.Linear(6, 3)).eval()
+    with pytest.raises(ProgramError, match=r"^cannot fold BatchNorm '2' into '_1': it must "
+                                           r"directly follow an nn\.Linear( at .*)?$"):
+        quantize_model(linear, torch.rand(8, 8))
+
+
 class SharedConv(nn.Module):
     def __init__(self):
         super().__init__()

@@ -206,6 +206,7 @@ class _Rewrite:
         self.modules = dict(module.named_modules())
         self.notes: list[str] = []
         self.errors: dict[fx.Node, str] = {}
+        self.lifted: set[str] = set()  # targets of the 1-D modules made 2-D (``lift``)
 
     def refuse(self, node: fx.Node, message: str) -> None:
         self.errors[node] = located(node, message)
@@ -253,6 +254,7 @@ class _Rewrite:
             shape = _shape(node.args[0]) if node.args else None
             if isinstance(module, _ONE_D) and shape is not None and len(shape) == 3:
                 self.become(node, _two_d(module))
+                self.lifted.add(node.target)
         self.notes.append("ran the model on (C, 1, L) maps: each 1-D layer as the 2-D one of "
                           "kernel (1, k)")
 
@@ -336,7 +338,9 @@ class _Rewrite:
             why = ("its input is used elsewhere" if isinstance(layer, kind) and
                    len(before.users) != 1 else "the layer is called more than once" if shared
                    else "it has no running statistics" if bn.running_mean is None
-                   else f"it must directly follow an nn.{kind.__name__}")
+                   # a lifted BatchNorm1d is a 2-D one now: name the layer the user wrote
+                   else f"it must directly follow an nn."
+                        f"{'Conv1d' if node.target in self.lifted else kind.__name__}")
             self.refuse(node, f"cannot fold BatchNorm '{node.target}' into '{name}': {why}")
             return
         fuse = fuse_conv_bn_eval if kind is nn.Conv2d else fuse_linear_bn_eval
