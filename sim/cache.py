@@ -10,6 +10,7 @@ instead of about 145 MB). Least recently used models are removed once the cache 
 :data:`MAX_CACHE_BYTES`; ``olmac cache clean`` removes them all.
 """
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -85,8 +86,10 @@ def cached_model(sources: dict[str, str], toplevel: str, build, *, build_args=()
     first with ``build(folder, source_paths)`` if the cache does not hold it. Returns the
     folder and the seconds spent building (0 when it was cached).
 
-    A build runs in a private folder that is renamed into place when it succeeds, so two
-    processes building the same model at once both end with a complete one.
+    A build runs in a private folder that is renamed into place when it succeeds, and
+    holds a lock on its key (``locks/<key>``): a second process asking for the same model
+    meanwhile (pytest-xdist workers) waits for that build and uses its model instead of
+    building it again.
     """
     root = (root or cache_dir()).resolve()
     key = cache_key(sources, toplevel, build_args, ports)
@@ -94,9 +97,19 @@ def cached_model(sources: dict[str, str], toplevel: str, build, *, build_args=()
     if (model / toplevel).exists():
         os.utime(model)  # most recently used
         return model, 0.0
-    (root / "verilator").mkdir(parents=True, exist_ok=True)
+    for folder in ("verilator", "locks"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    with open(root / "locks" / key, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (model / toplevel).exists():  # built by the process that held the lock
+            return model, 0.0
+        return model, _build_model(sources, toplevel, build, model, root)
+
+
+def _build_model(sources, toplevel, build, model, root) -> float:
+    """Build into a private folder and rename it to ``model``; returns the seconds."""
     started = time.monotonic()
-    private = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root / "verilator"))
+    private = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=root / "verilator"))
     try:
         paths = []
         for name, text in sources.items():
@@ -106,11 +119,8 @@ def cached_model(sources: dict[str, str], toplevel: str, build, *, build_args=()
         for entry in list(private.iterdir()):
             if entry.name != toplevel and entry.suffix not in _KEEP:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        try:
-            private.rename(model)
-        except OSError:  # another process finished the same model first
-            pass
+        private.rename(model)
     finally:
         shutil.rmtree(private, ignore_errors=True)
     clean_cache(root, keep_bytes=MAX_CACHE_BYTES)
-    return model, time.monotonic() - started
+    return time.monotonic() - started

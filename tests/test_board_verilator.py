@@ -40,9 +40,9 @@ from olmac.board import decode_infer, encode_infer, encode_load, load_requests, 
 from olmac.host_link import decode_reply, encode_frame
 from olmac.spec import SYNC, Command, ErrorCode, Status
 from olmac.sim.board_tb import JOB_ENV, PUBLIC_PORTS
-from olmac.sim.runner import build_verilator
+from olmac.sim.cache import cached_model
+from olmac.sim.runner import LeanVerilator, build_verilator
 
-BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "sim" / "board"
 MODELS = Path(__file__).resolve().parent / "network_models.py"
 TOPLEVEL = "olmac_board"
 DIVISOR = 4
@@ -51,47 +51,43 @@ WIDTH = 4
 LINK_TIMEOUT = 40 * DIVISOR
 
 
-def _build(top, build_dir):
-    build_dir.mkdir(parents=True, exist_ok=True)
-    source = build_dir / f"{TOPLEVEL}.v"
-    text = verilog.convert(top, name=TOPLEVEL)
-    changed = not source.exists() or source.read_text() != text
-    if changed:
-        source.write_text(text)
-    return build_verilator(source, TOPLEVEL, build_dir, always=changed, ports=PUBLIC_PORTS)
+def _build(top):
+    """The compiled Verilator model of ``top``, from the build cache (sim/cache.py): tests
+    that run in other pytest-xdist workers wait for one build of it, and each test runs it
+    in a folder of its own, so they never write into one folder at once."""
+    def build(folder, paths):
+        build_verilator(paths, TOPLEVEL, folder, always=True, ports=PUBLIC_PORTS)
+    model, _seconds = cached_model({f"{TOPLEVEL}.v": verilog.convert(top, name=TOPLEVEL)},
+                                   TOPLEVEL, build, ports=PUBLIC_PORTS)
+    return model
 
 
-def _simulate(runner, build_dir, testcase, job):
-    job_file = build_dir / f"{testcase}.job.json"
+def _simulate(model, run_dir, testcase, job):
+    job_file = run_dir / f"{testcase}.job.json"
     job_file.write_text(json.dumps(job))
-    runner.test(test_module="olmac.sim.board_tb", hdl_toplevel=TOPLEVEL,
-                hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=build_dir,
-                testcase=testcase, extra_env={JOB_ENV: str(job_file)},
-                log_file=build_dir / f"{testcase}.log",
-                results_xml=str(build_dir / f"{testcase}.xml"))
+    LeanVerilator().test(test_module="olmac.sim.board_tb", hdl_toplevel=TOPLEVEL,
+                         hdl_toplevel_lang="verilog", build_dir=model, test_dir=run_dir,
+                         testcase=testcase, extra_env={JOB_ENV: str(job_file)},
+                         log_file=run_dir / f"{testcase}.log",
+                         results_xml=str(run_dir / f"{testcase}.xml"))
 
 
-def _exchange(runner, build_dir, steps):
-    results = build_dir / "answers.json"
+def _exchange(model, run_dir, steps):
+    results = run_dir / "answers.json"
     results.unlink(missing_ok=True)
     try:
-        _simulate(runner, build_dir, "exchange",
+        _simulate(model, run_dir, "exchange",
                   {"divisor": DIVISOR, "results": str(results), "steps": steps})
     except SystemExit:
         pass
-    assert results.exists(), f"the simulation failed; see {build_dir / 'exchange.log'}"
+    assert results.exists(), f"the simulation failed; see {run_dir / 'exchange.log'}"
     return json.loads(results.read_text())
-
-
-#: The tests that share the ``board`` fixture build one Verilator model into BUILD_ROOT, so
-#: they run in one xdist worker (``--dist loadgroup``, Makefile) rather than race to build it.
-SHARES_THE_BOARD = pytest.mark.xdist_group("board_top")
 
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     """The artifact directory, its program, some test pixels (``.npy`` too), the compiled
-    network and the Verilator runner of its board top."""
+    network and the Verilator model of its board top."""
     work = tmp_path_factory.mktemp("board")
     data = demo_data("cnn")
     np.save(work / "calibration.npy", data.calibration[:64].numpy())
@@ -103,11 +99,10 @@ def board(tmp_path_factory):
     compiled = compile_program(program, width=WIDTH)
     top = NetworkBoard(compiled, divisor=DIVISOR)
     return dict(work=work, program=program, pixels=pixels, compiled=compiled, top=top,
-                runner=_build(top, BUILD_ROOT))
+                model=_build(top))
 
 
-@SHARES_THE_BOARD
-def test_board_at_the_pins(board):
+def test_board_at_the_pins(board, tmp_path):
     """Preloaded and reloaded inference are bit-exact against golden run_integer; LOAD
     changes what the core computes; bad CRC, truncated frames and a bad command get error
     answers and the link recovers."""
@@ -139,7 +134,7 @@ def test_board_at_the_pins(board):
                 {"send": encode_frame(infer[3])[:40].hex(), "timeout": long},
                 step(bytes([0x55, 1, 2])),
                 step(infer[3])])
-    result = _exchange(board["runner"], BUILD_ROOT, steps)
+    result = _exchange(board["model"], tmp_path, steps)
     answers = result["answers"]
     assert result["uart_errors"] == []
     assert all(len(frames) == 1 and frames[0] is not None for frames in answers), answers
@@ -164,13 +159,11 @@ def test_board_at_the_pins(board):
     assert app_reply(base + 3) == bytes([Status.BAD_COMMAND])
     assert torch.equal(decode_infer(compiled, app_reply(base + 4)), expected[3])
     print(f"board test: {time.monotonic() - started:.0f} s wall")
-    # A short soak of the link on the same build and in the same test (another test could
-    # run its exchange at the same time under pytest-xdist); test_link_soak is the long one.
-    _soak(board, board["runner"], BUILD_ROOT, 150, seed=1)
+    # A short soak of the link on the same top; test_link_soak (slow) is the long one.
+    _soak(board, tmp_path, 150, seed=1)
 
 
-@SHARES_THE_BOARD
-def test_board_run_cli_over_a_socket(board, capsys):
+def test_board_run_cli_over_a_socket(board, capsys, tmp_path):
     """``olmac board run --program DIR --inputs X.npy --check`` against the simulated board
     (UART bridged to a TCP socket): zero mismatches on the preloaded memories and again
     after ``--load``, and the logits it writes equal golden run_integer."""
@@ -183,7 +176,7 @@ def test_board_run_cli_over_a_socket(board, capsys):
 
     def simulate():
         try:
-            _simulate(board["runner"], BUILD_ROOT, "serve", job)
+            _simulate(board["model"], tmp_path, "serve", job)
         except SystemExit as error:
             failure.append(error)
 
@@ -192,14 +185,14 @@ def test_board_run_cli_over_a_socket(board, capsys):
     deadline = time.monotonic() + 120
     while not port_file.exists() and time.monotonic() < deadline and simulation.is_alive():
         time.sleep(0.2)
-    assert port_file.exists(), f"the simulation did not start; see {BUILD_ROOT / 'serve.log'}"
+    assert port_file.exists(), f"the simulation did not start; see {tmp_path / 'serve.log'}"
     port = f"socket://127.0.0.1:{port_file.read_text()}"
     common = ["board", "run", "--program", str(work / "program"), "--inputs",
               str(work / "pixels.npy"), "--port", port, "--timeout", "120", "--check"]
     main(common)
     main(common + ["--load", "--out", str(work / "logits.npy")])
     simulation.join()
-    assert not failure, f"the simulation failed; see {BUILD_ROOT / 'serve.log'}"
+    assert not failure, f"the simulation failed; see {tmp_path / 'serve.log'}"
     output = capsys.readouterr().out
     assert output.count("4 images: 0 mismatches against the golden integer model") == 2
     assert torch.equal(torch.from_numpy(np.load(work / "logits.npy")),
@@ -207,7 +200,7 @@ def test_board_run_cli_over_a_socket(board, capsys):
 
 
 @pytest.mark.slow
-def test_ecp5_board_runs_the_demo_cnn():
+def test_ecp5_board_runs_the_demo_cnn(tmp_path):
     """The ULX3S-85F's board top as ``olmac board build --board ulx3s-85f`` builds it
     (``board_defaults``: width 16, parallel requantizer, wide memories) answers INFO for the
     demo CNN and runs its images bit-exact against golden run_integer."""
@@ -215,11 +208,10 @@ def test_ecp5_board_runs_the_demo_cnn():
     program, compiled, data = demo_network("cnn", width=options.pop("width"))
     top = NetworkBoard(compiled, divisor=DIVISOR, **options)
     pixels = to_pixels(data.images[:6])
-    build_dir = BUILD_ROOT.parent / "board_ulx3s"
     steps = [{"send": encode_frame(payload).hex(), "timeout": 400_000}
              for payload in [bytes([Command.INFO])]
              + [encode_infer(compiled, image) for image in pixels]]
-    result = _exchange(_build(top, build_dir), build_dir, steps)
+    result = _exchange(_build(top), tmp_path, steps)
     assert result["uart_errors"] == []
     assert all(len(frames) == 1 and frames[0] for frames in result["answers"]), result
     replies = [decode_reply(bytes.fromhex(frames[0])) for frames in result["answers"]]
@@ -293,7 +285,7 @@ def _check_soak(answers, expected, app_reply):
     return damaged
 
 
-def _soak(board, runner, build_dir, frames, seed):
+def _soak(board, run_dir, frames, seed):
     """``frames`` INFO frames (30 % damaged) to the board top, then one INFER: every answer
     as expected and the inference bit-exact against golden ``run_integer``."""
     program, compiled, top, pixels = (board[key] for key in
@@ -303,7 +295,7 @@ def _soak(board, runner, build_dir, frames, seed):
     steps.append({"send": encode_frame(encode_infer(compiled, pixels[0])).hex(),
                   "timeout": 400_000})
     started = time.monotonic()
-    result = _exchange(runner, build_dir, steps)
+    result = _exchange(board["model"], run_dir, steps)
     assert result["uart_errors"] == []
     damaged = _check_soak(result["answers"][:-1], expected, top.app.info())
     assert 10 * damaged >= len(expected)
@@ -316,10 +308,7 @@ def _soak(board, runner, build_dir, frames, seed):
 
 
 @pytest.mark.slow
-@SHARES_THE_BOARD
-def test_link_soak(board):
+def test_link_soak(board, tmp_path):
     """10⁴ frames, 30 % damaged, on the board top at its pins: the link never wedges, every
-    whole frame gets its reply, every damaged one an error, and inference stays bit-exact
-    (its own build folder: its exchange must not share files with the other tests')."""
-    build_dir = BUILD_ROOT.parent / "board-soak"
-    _soak(board, _build(board["top"], build_dir), build_dir, 10_000, seed=2)
+    whole frame gets its reply, every damaged one an error, and inference stays bit-exact."""
+    _soak(board, tmp_path, 10_000, seed=2)

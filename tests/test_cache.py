@@ -3,6 +3,8 @@ is built once per distinct input, found again without a build, kept within its s
 removed by ``clean``. A stand-in build function writes the files a Verilator build would."""
 
 import os
+import threading
+import time
 
 import pytest
 
@@ -34,6 +36,30 @@ def test_second_run_of_the_same_verilog_does_not_build(tmp_path):
     again, seconds_again = cached_model(dict(sources), "top", build, root=tmp_path)
     assert (again, seconds_again, build.calls) == (model, 0.0, 1)
     assert sorted(path.name for path in model.iterdir()) == ["top", "top.v"]  # objects gone
+
+
+def test_a_second_process_asking_during_a_build_waits_for_it(tmp_path):
+    """While one caller builds a model, another caller of the same model (here a thread,
+    an open file of its own like a second pytest-xdist worker) waits for that build and
+    gets its folder; nothing is built twice."""
+    building = threading.Event()
+    build = _Build()
+
+    def slow_build(folder, paths):
+        building.set()
+        time.sleep(0.5)  # the second caller arrives meanwhile
+        build(folder, paths)
+
+    sources = {"top.v": "module top; endmodule\n"}
+    results = []
+    first = threading.Thread(target=lambda: results.append(
+        cached_model(sources, "top", slow_build, root=tmp_path)))
+    first.start()
+    building.wait()
+    second = cached_model(sources, "top", slow_build, root=tmp_path)
+    first.join()
+    assert build.calls == 1
+    assert second == (results[0][0], 0.0) and (second[0] / "top").exists()
 
 
 @pytest.mark.parametrize("change", ["source", "args", "ports", "toplevel"])
