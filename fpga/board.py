@@ -25,7 +25,7 @@ from olmac.hw.network import NetworkCore
 from olmac.hw.network_app import NetworkApp
 from .build import _board, _synth_options, run_build, toolchain_env
 
-__all__ = ["NetworkBoard", "BOARD_BAUD", "board_defaults",
+__all__ = ["NetworkBoard", "BOARD_BAUD", "board_defaults", "what_would_fit",
            "build_network_board", "demo_network", "build_board"]
 
 #: The link's default baud rate.
@@ -44,6 +44,27 @@ def board_defaults(board):
     """
     _board(board)
     return dict(spec.BOARD_DEFAULTS[board])
+
+
+def what_would_fit(board, width):
+    """What to try when the network board of ``board`` at ``width`` does not fit, for a
+    one-line error: the board's default width where ``width`` is above it (the default is
+    the widest that fits the UP5K, and fits the demo CNN on the ECP5-85F), else a smaller
+    program, or the ECP5 board for an iCE40 one.
+
+    Raises
+    ------
+    ValueError
+        If ``board`` is not one of :data:`fpga.build.BOARDS`.
+    """
+    default = board_defaults(board)["width"]
+    advice = []
+    if width > default:
+        advice.append(f"--width {default} (the {board}'s default, which fits the demo CNN)")
+    advice.append("a program with fewer weights and activations")
+    if _board(board).family == "ice40":
+        advice.append("--board ulx3s-85f (an ECP5-85F)")
+    return ", or ".join(advice)
 
 
 class NetworkBoard(wiring.Component):

@@ -114,7 +114,13 @@ class BuildFailed(RuntimeError):
 
 
 class DoesNotFit(BuildFailed):
-    """nextpnr could not place the design: it needs more of some site than the device has."""
+    """nextpnr could not place the design: it needs more of some site than the device has.
+    ``over`` names those sites as nextpnr counts them (``"ICESTORM_LC: 8762/ 5280 165%"``),
+    empty where it failed without saying which."""
+
+    def __init__(self, message, over=()):
+        super().__init__(message)
+        self.over = tuple(over)
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,7 @@ def _failure(build_dir, returncode, output):
     if over or re.search(r"no BELs remaining|Unable to find legal placement|too many",
                          text, re.IGNORECASE):
         return DoesNotFit(f"does not fit ({'; '.join(over) or 'placement failed'}); end of "
-                          f"{log.name}:\n{tail}")
+                          f"{log.name}:\n{tail}", over)
     return BuildFailed(f"build failed with exit status {returncode}; end of {log.name}:\n{tail}")
 
 

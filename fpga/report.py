@@ -26,6 +26,9 @@ _BELS = {
 
 #: Prefix nextpnr-ecp5 gives a clock net it promoted to a global buffer.
 _GLOBAL_PREFIX = "$glbnet$"
+#: nextpnr-ice40 lists the constant-zero net it routes on a global buffer (the clock input
+#: of unused DSP and RAM ports) among the clocks: nothing toggles on it, so it is no clock.
+_CONSTANT_NET = "$PACKER_GND_NET"
 
 
 @dataclass(frozen=True)
@@ -255,7 +258,8 @@ def read_nextpnr_report(report):
                    for bel, use in sorted(report["utilization"].items())}
     clocks = tuple(ClockReport(name=_clock_name(name), achieved_mhz=timing["achieved"],
                                constraint_mhz=timing["constraint"])
-                   for name, timing in sorted(report["fmax"].items()))
+                   for name, timing in sorted(report["fmax"].items())
+                   if not name.startswith(_CONSTANT_NET))
     if not clocks:
         raise ValueError("nextpnr report has no clock in 'fmax'")
     slowest = min(clocks, key=lambda clock: clock.achieved_mhz)

@@ -372,3 +372,30 @@ def test_network_board_fits_the_up5k(tmp_path):
     assert report.brams.used <= report.brams.available
     assert report.dsps.used <= report.dsps.available
     assert result.runs_at_board_clock, f"fmax {report.fmax_mhz:.1f} MHz < 12 MHz"
+
+
+@pytest.mark.slow
+def test_cli_builds_a_users_program_for_the_icebreaker(tmp_path, capsys):
+    """``olmac board build --board icebreaker --program DIR`` of an artifact that is not a
+    demo (an untrained CNN written the ordinary way, ``network_models.tiny_cnn``, through
+    ``olmac quantize``) at the board's default width writes a bitstream, and its report
+    (``report.json``) stays within the UP5K's logic cells, block RAMs and DSPs and meets
+    the board's 12 MHz clock."""
+    import json
+    from pathlib import Path
+
+    from olmac.cli import main
+    from olmac.flow import demo_data
+    models = Path(__file__).resolve().parent / "network_models.py"
+    np.save(tmp_path / "calibration.npy", demo_data("cnn").calibration[:64].numpy())
+    main(["quantize", "--model", f"{models}:tiny_cnn", "--calibration",
+          str(tmp_path / "calibration.npy"), "--out", str(tmp_path / "program")])
+    main(["board", "build", "--board", "icebreaker", "--program", str(tmp_path / "program"),
+          "--build-dir", str(tmp_path / "build")])
+    assert "bitstream: " in capsys.readouterr().out
+    assert (tmp_path / "build" / "top.bin").stat().st_size > 0
+    report = json.loads((tmp_path / "build" / "report.json").read_text())
+    assert report["device"] == "iCE40UP5K-SG48"
+    for site in ("logic", "brams", "dsps"):
+        assert report[site]["used"] <= report[site]["available"], site
+    assert report["fmax_mhz"] >= 12.0

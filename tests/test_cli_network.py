@@ -147,6 +147,32 @@ def test_board_run_reports_a_port_that_does_not_answer_as_a_board(capsys):
         "olmac board: Frame kind must be 0x00 or 0xee, not 04"
 
 
+@pytest.mark.parametrize("board, width, advice", [
+    ("icebreaker", "4", "--width 2 (the icebreaker's default, which fits the demo CNN), or a "
+                        "program with fewer weights and activations, or --board ulx3s-85f "
+                        "(an ECP5-85F)"),
+    ("ulx3s-85f", "16", "a program with fewer weights and activations")])
+def test_board_build_of_a_program_that_does_not_fit(mlp_artifact, tmp_path, capsys,
+                                                     monkeypatch, board, width, advice):
+    """A program whose board top nextpnr cannot place: one line naming ``--program`` and
+    ``--width``, the sites over the device and what would fit, status 2. The build is stood
+    in for (a real one takes minutes); ``test_fpga_build.py::test_does_not_fit`` checks
+    that nextpnr's failure becomes ``DoesNotFit``."""
+    from olmac.fpga import board as fpga_board
+    from olmac.fpga.build import DoesNotFit
+    over = "ICESTORM_LC: 8762/ 5280 165%"
+
+    def too_big(*args, **kwargs):
+        raise DoesNotFit(f"does not fit ({over}); end of top.tim:\nInfo: ...", [over])
+
+    monkeypatch.setattr(fpga_board, "build_network_board", too_big)
+    assert _refused(capsys, ["board", "build", "--board", board, "--program",
+                             str(mlp_artifact), "--width", width, "--build-dir",
+                             str(tmp_path)]) == \
+        f"olmac: error: --program {mlp_artifact} at --width {width} does not fit the " \
+        f"{board} ({over}); try {advice}"
+
+
 def test_board_commands_refuse_bad_programs_and_inputs(mlp_artifact, tmp_path, capsys):
     """``olmac board build|run --program``: a missing artifact, inputs without a program, a
     program without inputs and pixels of the wrong shape are refused by name, with status 2,

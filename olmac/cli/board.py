@@ -64,18 +64,25 @@ def arguments(parser):
 
 def _build(args):
     from olmac.compiler import CompileError
-    from olmac.fpga.board import build_board
+    from olmac.fpga.board import board_defaults, build_board, what_would_fit
+    from olmac.fpga.build import DoesNotFit
     program = load_program(args.program) if args.program else None
+    width = board_defaults(args.board)["width"] if args.width is None else args.width
     try:
         result = build_board(args.board, model=args.model or "cnn", program=program,
                              name=args.program.name if args.program else None,
-                             width=args.width, baud=args.baud, requantizer=args.requantizer,
+                             width=width, baud=args.baud, requantizer=args.requantizer,
                              memories=args.memories, target_mhz=args.target_mhz,
                              build_dir=args.build_dir)
     except CompileError as error:
         raise UsageError(f"--program ({args.program}): {error}") from None
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
+    except DoesNotFit as error:
+        network = f"--program {args.program}" if args.program else f"--model {args.model or 'cnn'}"
+        raise UsageError(f"{network} at --width {width} does not fit the {args.board} "
+                         f"({'; '.join(error.over) or 'nextpnr could not place it'}); try "
+                         f"{what_would_fit(args.board, width)}") from None
     except (RuntimeError, OSError) as error:
         # BuildFailed and DoesNotFit, or a missing tool
         print(f"olmac board build: {error}", file=sys.stderr)
