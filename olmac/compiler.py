@@ -15,15 +15,18 @@ import torch
 from olmac.golden.formats import int_range
 from olmac.golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, Lookup, MaxPool,
                                  QuantizeInput, Requantize)
+from olmac.hw.codebook import DECODER_IDX_BITS, MAX_SUBGROUPS
 from olmac.hw.network import (ACT_SHIFT_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES, STORAGE_BITS,
-                              TABLE_ENTRY_BITS, NetworkCore, OpKind)
+                              TABLE_ENTRY_BITS, CodebookMode, NetworkCore, OpKind, code_tiles,
+                              codebook_word_entries)
 from olmac.spec import ACT_BITS, CORE_SCHEMES, PLANE_SHIFT_BITS
 
 __all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES",
            "digit_count", "plan_passes"]
 
-#: Weight schemes the sequencer runs: every scheme of golden/program/schemes.py (SYQ
-#: decoded by the compiler, multi-tensor planes as passes, docs/network.md §15).
+#: Weight schemes the sequencer runs: every scheme of golden/program/schemes.py (SYQ codes
+#: through the core's codebook decoder, docs/network.md §17; multi-tensor planes as
+#: passes, §15).
 SUPPORTED_SCHEMES = CORE_SCHEMES
 
 
@@ -230,6 +233,62 @@ def plan_passes(op: Gemm, act_bits: int, act_signed: bool, array_act_bits: int,
     return passes
 
 
+@dataclass
+class _Codebook:
+    """How an SYQ GEMM that runs in one pass reaches the core's codebook decoder
+    (docs/network.md §17): ``mode``, the ``K×N`` codes re-encoded for the core's
+    ``idx_bits`` (sign above index) and the tables' ``G × (2^idx_bits − 1)`` magnitudes
+    (index 1 up), subgroup ``g`` the output channel (``ROW``) or the tap ``ky·kw + kx``
+    (``PIXEL``)."""
+    mode: CodebookMode
+    codes: np.ndarray
+    tables: np.ndarray
+
+
+def _codebook(op: Gemm, idx_bits: int, weight_bits: int) -> _Codebook:
+    """``op``'s codes and tables for a decoder of ``idx_bits``.
+
+    Raises
+    ------
+    CompileError
+        (without the op's label) If the decoder cannot decode them: an index width
+        outside 1..3 or as wide as the array's ``weight_bits``, codebooks without a zero
+        code, or subgroups other than the layer, the output channels or the kernel taps.
+    """
+    k = op.idx_bits
+    top = min(DECODER_IDX_BITS[1], weight_bits - 1)
+    if not 1 <= k <= top:
+        raise CompileError(f"its SYQ codes have idx_bits = {k}; the core's codebook decoder "
+                           f"takes 1..{top} with a zero code (quantize with syq_idx_bits "
+                           f"{top} or less)")
+    tables = op.tables.to(torch.int64).numpy()
+    if tables[..., 0].any():
+        raise CompileError("its SYQ codebooks have no zero code (T[g][0] ≠ 0); the core's "
+                           "codebook decoder reads index 0 as 0 (quantize's SYQ layers "
+                           "have one)")
+    groups = tables.shape[:-1]
+    n = op.out_features
+    if all(size == 1 for size in groups):
+        mode = CodebookMode.LAYER
+    elif groups[0] == n and all(size == 1 for size in groups[1:]):
+        mode = CodebookMode.ROW
+    elif op.layer == "conv2d" and groups[:2] == (1, 1) and groups[2:] == op.kernel:
+        mode = CodebookMode.PIXEL
+    else:
+        raise CompileError(f"its SYQ tables have subgroups {tuple(groups)}; the core's "
+                           f"codebook decoder takes one codebook per layer, output channel "
+                           f"or kernel tap (syq_granularity 'layer', 'row' or 'pixel')")
+    count = int(np.prod(groups))
+    if count > MAX_SUBGROUPS:
+        raise CompileError(f"its {count} SYQ codebooks exceed the {MAX_SUBGROUPS} the core's "
+                           f"codebook decoder holds (syq_granularity 'layer' or 'pixel')")
+    codes = op.codes.to(torch.int64).reshape(n, -1).T.numpy()
+    sign, index = codes >> k, codes & ((1 << k) - 1)
+    stored = np.zeros((count, (1 << idx_bits) - 1), dtype=np.int64)
+    stored[:, :(1 << k) - 1] = tables.reshape(count, 1 << k)[:, 1:]
+    return _Codebook(mode, (sign << idx_bits) | index, stored)
+
+
 def _pack(layout, value) -> int:
     return layout.const(value).as_value().value
 
@@ -263,7 +322,7 @@ def _fused_tables(program: IntegerProgram) -> dict[str, Lookup]:
 
 class _Compiler:
     def __init__(self, program: IntegerProgram, width: int, array_bits, packed: bool,
-                 tables: bool):
+                 tables: bool, codebook: bool):
         self.program = program
         self.tables = tables
         self.fused = _fused_tables(program) if tables else {}
@@ -271,6 +330,14 @@ class _Compiler:
         self.width = width
         self.array_bits = array_bits   # (weight, activation) bits, signedness of activations
         self.packed = _packable(program, array_bits[1], array_bits[2]) if packed else set()
+        # SYQ layers that run in one pass keep their codes (docs/network.md §17); one in
+        # passes is decoded here, as its weights are cut into digits.
+        self.coded = {id(op) for op in program.ops if codebook and isinstance(op, Gemm)
+                      and op.scheme == "syq" and self.one_pass(op)}
+        self.idx_bits = max([op.idx_bits for op in program.ops if id(op) in self.coded
+                             and 1 <= op.idx_bits <= DECODER_IDX_BITS[1]
+                             and op.idx_bits < array_bits[0]], default=1)
+        self.subgroups = 0
         self.errors: list[str] = []
         self.plane_shift = 0           # widest shift before a pass
         self.max_plane_shift = 0       # largest first-pass exponent
@@ -280,7 +347,9 @@ class _Compiler:
         self.packed_words = 0
         self.im2col: dict = {}  # the quantized input → the convolution whose columns it holds
         self.descriptors: list[dict] = []
-        self.weight_beats: list[dict] = []   # per beat: dense tile and outliers
+        # per word: a dense beat (its tile and outliers) or, of an SYQ GEMM, a table or code
+        # word (the bits of its tile)
+        self.weight_beats: list[dict | int] = []
         self.param_words: list[list[dict]] = []
         self.macs = 0
         self.max_k = 1
@@ -289,6 +358,15 @@ class _Compiler:
         self.outlier_storage = None   # (block_words, slots) of the activation outliers
         self.outlier_base: dict[str, int] = {}
         self.outlier_blocks = 0
+
+    def one_pass(self, op: Gemm) -> bool:
+        """Whether GEMM ``op`` runs in one pass: weights and activations fit the array."""
+        source = self.program.values[op.input]
+        weight_bits, act_bits, act_signed = self.array_bits
+        if source.signed and not act_signed:
+            return False
+        return op.weight_bits <= weight_bits and digit_count(
+            source.bits, source.signed, act_bits, act_signed)[1] == 1
 
     def allocate(self, slots: np.ndarray, pixels, channel_words, packed=False) -> _Stored:
         if packed:
@@ -412,6 +490,12 @@ class _Compiler:
                                  act_signed, weight_bits)
         except (ValueError, CompileError) as error:
             raise CompileError(f"{label}: {error}") from None
+        coded = None
+        if id(op) in self.coded:
+            try:
+                coded = _codebook(op, self.idx_bits, weight_bits)
+            except CompileError as error:
+                raise CompileError(f"{label}: {error}") from None
         self.plane_shift = max([self.plane_shift] + [int((a.exponent - b.exponent).max())
                                                      for a, b in zip(passes, passes[1:])])
         self.max_plane_shift = max(self.max_plane_shift, int(passes[0].exponent.max()))
@@ -453,6 +537,7 @@ class _Compiler:
         self.max_k = max(self.max_k, kh * kw * in_words * width * len(passes))
         weight_base = len(self.weight_beats)
         param_base = len(self.param_words)
+        code_tiles = []
         for tile in range(out.channel_words):
             columns = [tile * width + col for col in range(width)]
             for index, step in enumerate(passes):
@@ -464,9 +549,12 @@ class _Compiler:
                 for ky in range(kh):
                     for kx in range(kw):
                         for word in range(in_words):
-                            self.weight_beats.append(self.beat(
-                                step, [k_index(ky, kx, word, lane) for lane in range(width)],
-                                columns, n_out, shifts if first else [0] * width))
+                            rows = [k_index(ky, kx, word, lane) for lane in range(width)]
+                            if coded is not None:
+                                code_tiles.append(self.code_tile(coded, rows, columns, n_out))
+                            else:
+                                self.weight_beats.append(self.beat(
+                                    step, rows, columns, n_out, shifts if first else [0] * width))
                             first = False
             tile_params = []
             for col in range(width):
@@ -488,6 +576,9 @@ class _Compiler:
             residual_value = self.program.values[op.residual]
             residual = {"residual": 1, "res_base": self.stored[op.residual].base,
                         "res_signed": int(residual_value.signed)}
+        codebook = {}
+        if coded is not None:
+            weight_base, codebook = self.code_words(coded, code_tiles)
         self.descriptor(
             label, OpKind.GEMM, macs=macs, **self.outliers(label, op.input, source, "in"),
             **self.outliers(label, stored_name, out, "out"), **self.table(lookup),
@@ -499,8 +590,41 @@ class _Compiler:
             out_pixels=out_pixels[0] * out_pixels[1], kernel_h=kh, kernel_w=kw,
             stride_h=sh, stride_w=sw, pad_h=ph, pad_w=pw, relu=int(op.relu),
             last_pass=len(passes) - 1,
-            weight_base=weight_base, param_base=param_base, **residual,
+            weight_base=weight_base, param_base=param_base, **residual, **codebook,
             **self.bounds(out_value, op.relu))
+
+    def code_tile(self, coded: _Codebook, rows: list[int], columns: list[int],
+                  n_out: int) -> int:
+        """The codes of K rows ``rows`` (-1: none) and output channels ``columns`` as one
+        tile's bits, ``[lane][col]`` at ``(lane·width + col)·(1 + idx_bits)``; a padded
+        place holds the zero code."""
+        bits, tile = 1 + self.idx_bits, 0
+        for lane, k in enumerate(rows):
+            for col, n in enumerate(columns):
+                if k >= 0 and n < n_out:
+                    tile |= int(coded.codes[k, n]) << ((lane * self.width + col) * bits)
+        return tile
+
+    def code_words(self, coded: _Codebook, tiles: list[int]) -> tuple[int, dict]:
+        """Appends an SYQ GEMM's codebook words, then its code tiles, ``code_tiles`` to a
+        word (docs/network.md §17); returns the first code word's address and the
+        descriptor's codebook fields."""
+        weight_bits = self.array_bits[0]
+        entry_bits, per_word = weight_bits - 1, codebook_word_entries(self.width, weight_bits)
+        entries = coded.tables.reshape(-1)
+        self.subgroups = max(self.subgroups, len(coded.tables))
+        words = -(-len(entries) // per_word)
+        for start in range(0, len(entries), per_word):
+            self.weight_beats.append(sum(int(value) << (index * entry_bits) for index, value
+                                         in enumerate(entries[start:start + per_word])))
+        base = len(self.weight_beats)
+        per_word = code_tiles(weight_bits, self.idx_bits)
+        tile_bits = self.width * self.width * (1 + self.idx_bits)
+        for start in range(0, len(tiles), per_word):
+            self.weight_beats.append(sum(tile << (index * tile_bits) for index, tile
+                                         in enumerate(tiles[start:start + per_word])))
+        return base, {"codebook": coded.mode, "codebook_words": words,
+                      "codebook_entries": len(entries)}
 
     def beat(self, step: _Pass, rows: list[int], columns: list[int], n_out: int,
              shifts: list[int]) -> dict:
@@ -536,6 +660,8 @@ class _Compiler:
                 or readers[0].layer != "conv2d" or value.outliers is not None):
             return None
         conv = readers[0]
+        if id(conv) in self.coded and math.prod(conv.tables.shape[2:-1]) > 1:
+            return None  # per-tap codebooks: the decoder takes one subgroup per column
         (kh, kw), channels = conv.kernel, value.shape[0]
         im2col_words = -(-channels * kh * kw // self.width)
         channel_words = -(-channels // self.width)
@@ -623,7 +749,8 @@ class _Compiler:
 def compile_program(program: IntegerProgram, *, width: int = 8,
                     weight_outlier_slots: int | None = None,
                     array_bits: tuple[int, int] | None = None, act_outlier_lanes: int = 1,
-                    packed: bool = True, tables: bool = True) -> CompiledNetwork:
+                    packed: bool = True, tables: bool = True,
+                    codebook: bool = True) -> CompiledNetwork:
     """Compile ``program`` for a :class:`NetworkCore` of ``width × width`` MACs.
 
     ``array_bits`` = ``(W, A)`` fixes the array's dense operand widths: weights ``s<W>``,
@@ -641,8 +768,11 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     value takes 16-bit slots. With ``tables`` the core has a lookup-table memory holding
     the table of every ``lookup`` op (docs/program.md §12), each applied to the results of
     the op writing its input where that input has no other reader, else in a pass of its
-    own (docs/network.md §15); without, a ``lookup`` op is refused. Memories are exactly
-    as deep as the program.
+    own (docs/network.md §15); without, a ``lookup`` op is refused.
+    With ``codebook`` an SYQ layer that runs in one pass keeps its codes in the weight
+    memory, and the core has a codebook decoder sized for them (docs/network.md §17);
+    without, or for an SYQ layer that runs in passes, the compiler decodes the weights.
+    Memories are exactly as deep as the program.
 
     Raises
     ------
@@ -652,7 +782,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         For every op the core cannot run, one line each: a feature map or kernel beyond
         the descriptor fields, a layer whose passes do not fit (too many, or no order for
         a multi-tensor layer's exponents), activation outliers in words of another width,
-        in two block formats or read in digit passes; or a beat with more weight outliers
+        in two block formats or read in digit passes, SYQ codes the codebook decoder
+        cannot decode (``_codebook``); or a beat with more weight outliers
         than ``weight_outlier_slots``, or a core configuration the program cannot have.
     """
     if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 64:
@@ -672,7 +803,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         raise TypeError(f"array_bits must be a pair (weight bits, activation bits) of "
                         f"integers in 2..8, not {array_bits!r}")
     compiler = _Compiler(program, width, (array_bits[0], array_bits[1], act_signed), packed,
-                         tables)
+                         tables, codebook)
     compiler.compile()
     slots = compiler.max_outliers if compiler.outlier_bits else 0
     if weight_outlier_slots is not None:
@@ -689,6 +820,9 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                        max_plane_shift=compiler.max_plane_shift)
     if compiler.act_shift:
         options.update(act_shift_bits=compiler.act_shift.bit_length())
+    if compiler.subgroups:
+        options.update(codebook_subgroups=compiler.subgroups,
+                       codebook_idx_bits=compiler.idx_bits)
     if compiler.outlier_storage is not None:
         block_words, act_slots = compiler.outlier_storage
         options.update(act_outlier_lanes=act_outlier_lanes, act_outlier_block_words=block_words,
@@ -719,7 +853,11 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                                           % (1 << config.tables.address_bits))
     outlier_slots = options.get("weight_outlier_slots", 0)
     weight_words = []
+    tile_offset = layouts["weights"]["beat"].offset + config.array.weight_layout["tile"].offset
     for beat in compiler.weight_beats:
+        if isinstance(beat, int):  # an SYQ table or code word: its tile's bits
+            weight_words.append(beat << tile_offset)
+            continue
         word = {"beat": {"tile": beat["tile"]}}
         if outlier_slots:
             word["beat"]["outliers"] = beat["outliers"] + [

@@ -14,12 +14,13 @@ variant (``memories``), the activation-outlier store (``outliers``) and the look
 (``tables``).
 """
 
+from .codes import CodebookPath, code_tiles, codebook_word_entries
 from .compute import ParamFeed, Reducer, WriteBack
 from .core import NetworkCore
 from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES,
                       MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS, ChannelWord,
-                      ControlSignature, LoadBeat, LoadTarget, OpDescriptor, OpKind,
-                      SideRequest, SideWords, TABLE_ENTRY_BITS, VectorBeat, WeightWord)
+                      CodebookMode, ControlSignature, LoadBeat, LoadTarget, OpDescriptor,
+                      OpKind, SideRequest, SideWords, TABLE_ENTRY_BITS, VectorBeat, WeightWord)
 from .memories import NarrowMemories, WideMemories
 from .outliers import ActOutlierStore
 from .packed import PackedMemory
@@ -33,4 +34,5 @@ __all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget",
            "STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
            "Sequencer", "Loader", "Storer", "BeatWalk", "OutputWalk", "Reducer", "ParamFeed",
            "WriteBack", "WideMemories", "NarrowMemories", "ActOutlierStore",
-           "PackedMemory", "TablePart", "TABLE_ENTRY_BITS"]
+           "PackedMemory", "TablePart", "TABLE_ENTRY_BITS", "CodebookPath", "CodebookMode",
+           "code_tiles", "codebook_word_entries"]

@@ -9,6 +9,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.spec import ARRAY_DIM, OUTLIER_LANES, check_int
+from ..codebook import DECODER_IDX_BITS, MAX_SUBGROUPS, CodebookDecoder
 from ..mac_array import MacArray
 from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
@@ -16,6 +17,7 @@ from .compute import ParamFeed, Reducer, WriteBack
 from .layouts import (ACT_SHIFT_BITS, MEMORY_STYLES, OUTLIER_VALUE_BITS, REQUANTIZERS,
                       STORAGE_BITS, TABLE_ENTRY_BITS, WINDOW_GROWTH, ChannelWord, LoadBeat, LoadTarget,
                       OpDescriptor, OpKind, OutlierBlock, WeightWord)
+from .codes import CodebookPath, code_tiles, codebook_word_entries
 from .memories import NarrowMemories, WideMemories
 from .outliers import ActOutlierStore
 from .packed import PackedMemory
@@ -160,6 +162,12 @@ class NetworkCore(wiring.Component):
         multipliers : str
             Where the array's products go, as :class:`MacArray` takes it: ``"lut"``
             (default), ``"dsp"`` or ``"packed"``.
+        codebook_subgroups : int
+            Codebooks the SYQ decoder holds for one op (0, the default: no decoder, every
+            weight word dense), 0..4096 (docs/network.md §17).
+        codebook_idx_bits : int
+            Index width of the decoder's codes (``1 + codebook_idx_bits`` bits a weight,
+            index 0 the zero code), 1..3; at most ``weight_bits − 1``.
 
         Raises
         ------
@@ -193,6 +201,8 @@ class NetworkCore(wiring.Component):
         outlier_depth: int = 1
         packed_depth: int = 0
         table_depth: int = 0
+        codebook_subgroups: int = 0
+        codebook_idx_bits: int = 1
 
         def __post_init__(self):
             check_int("Width", self.width, ARRAY_DIM)
@@ -216,8 +226,14 @@ class NetworkCore(wiring.Component):
                 check_int(name, getattr(self, name), (1, 65536))
             check_int("act_shift_bits", self.act_shift_bits, ACT_SHIFT_BITS)
             check_int("table_depth", self.table_depth, (0, 65536))
+            check_int("codebook_subgroups", self.codebook_subgroups, (0, MAX_SUBGROUPS))
             self.array  # checks the array's parameters
             self.tables  # and the table part's
+            if self.codebook_subgroups:
+                # A code no wider than a weight, so a word of codes holds a tile at least.
+                check_int("codebook_idx_bits", self.codebook_idx_bits,
+                          (max(DECODER_IDX_BITS[0], 1),
+                           min(DECODER_IDX_BITS[1], self.weight_bits - 1)))
 
         @cached_property
         def array(self) -> MacArray.Config:
@@ -235,6 +251,27 @@ class NetworkCore(wiring.Component):
                 act_outlier_slots=self.act_outlier_slots if self.act_outlier_lanes else None)
             return replace(least, acc_width=max(least.acc_width,
                                                 STORAGE_BITS + 1 + WINDOW_GROWTH))
+
+        @cached_property
+        def codebook(self) -> CodebookDecoder.Config | None:
+            """The SYQ decoder's configuration (a subgroup id per column, zero code,
+            decoded weights as wide as the array's), or ``None`` without one."""
+            if not self.codebook_subgroups:
+                return None
+            return CodebookDecoder.Config(
+                lanes=self.width, cols=self.width, idx_bits=self.codebook_idx_bits, zero=True,
+                entry_bits=self.weight_bits - 1, subgroups=self.codebook_subgroups,
+                granularity="row")
+
+        @property
+        def code_tiles(self) -> int:
+            """Tiles of codes one weight word holds (:func:`code_tiles`)."""
+            return code_tiles(self.weight_bits, self.codebook_idx_bits)
+
+        @property
+        def codebook_word_entries(self) -> int:
+            """Table entries one weight word holds (:func:`codebook_word_entries`)."""
+            return codebook_word_entries(self.width, self.weight_bits)
 
         @property
         def acc_width(self) -> int:
@@ -283,7 +320,9 @@ class NetworkCore(wiring.Component):
                                         self.outlier_depth if self.act_outlier_lanes else 0,
                                         packed=bool(self.packed_depth),
                                         table_address_bits=self.tables.address_bits
-                                        if self.tables else 0),
+                                        if self.tables else 0,
+                                        codebook_entries=self.codebook_subgroups
+                                        * ((1 << self.codebook_idx_bits) - 1)),
                 "weights": WeightWord(self.array.weight_layout, self.act_shift_bits),
                 "params": data.ArrayLayout(ChannelWord(), self.width),
                 "data": data.ArrayLayout(unsigned(STORAGE_BITS), self.width),
@@ -432,8 +471,16 @@ class NetworkCore(wiring.Component):
         wiring.connect(m, storer.outputs, wiring.flipped(self.outputs))
 
         wiring.connect(m, beats.weights_read, memories.weights)
-        wiring.connect(m, beats.act, array.act)
-        wiring.connect(m, beats.weights, array.weights)
+        if config.codebook:
+            m.submodules.codebook = codebook = CodebookPath(config)
+            wiring.connect(m, sequencer.control, codebook.control)
+            for name in ("act", "weights", "codes", "codebooks"):
+                wiring.connect(m, getattr(beats, name), getattr(codebook, f"beat_{name}"))
+            wiring.connect(m, codebook.act, array.act)
+            wiring.connect(m, codebook.weights, array.weights)
+        else:
+            wiring.connect(m, beats.act, array.act)
+            wiring.connect(m, beats.weights, array.weights)
         wiring.connect(m, beats.vector, reducer.beats)
         wiring.connect(m, array.acc, reducer.array)
         wiring.connect(m, reducer.acc, requantizer.acc)

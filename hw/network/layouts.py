@@ -14,7 +14,8 @@ __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BIT
            "WINDOW_GROWTH", "CHUNK_BITS", "WeightWord",
            "REQUANTIZERS", "MEMORY_STYLES", "OpKind", "OpDescriptor", "ChannelWord",
            "LoadTarget", "LoadBeat", "is_compute", "ControlSignature", "VectorBeat", "SideRequest",
-           "SideWords", "OUTLIER_VALUE_BITS", "OutlierSlot", "OutlierBlock", "TABLE_ENTRY_BITS"]
+           "SideWords", "OUTLIER_VALUE_BITS", "OutlierSlot", "OutlierBlock", "TABLE_ENTRY_BITS",
+           "CodebookMode"]
 
 #: Every activation memory slot is as wide as a highway tensor, so one is stored whole and a
 #: low-width tensor sits in the low bits (docs/network.md §15).
@@ -59,6 +60,16 @@ class OpKind(enum.Enum, shape=3):
     MAX = 4
 
 
+class CodebookMode(enum.Enum, shape=2):
+    """How a GEMM's weight words are read (docs/network.md §17): dense tiles, or SYQ codes
+    whose decoder tables are loaded at the op's start, one codebook for the layer, per
+    output channel (``ROW``) or per kernel tap (``PIXEL``)."""
+    DENSE = 0
+    LAYER = 1
+    ROW = 2
+    PIXEL = 3
+
+
 def is_compute(kind):
     """Whether an op of ``kind`` (a value of :class:`OpKind`) runs on the walks."""
     return (kind == OpKind.GEMM) | (kind == OpKind.SUM) | (kind == OpKind.MAX)
@@ -71,10 +82,12 @@ class OpDescriptor(data.StructLayout):
     they keep activation outliers (docs/program.md §18), their blocks' bases and the dense
     range of the output; with a table memory (``table_address_bits``), whether the op's
     results go through a lookup table and ``table_offset``, the table's first entry minus
-    the lowest input code, modulo ``2^table_address_bits`` (docs/network.md §15)."""
+    the lowest input code, modulo ``2^table_address_bits`` (docs/network.md §15); with a
+    codebook decoder (``codebook_entries``, the most codebook entries of one op), a GEMM's
+    :class:`CodebookMode` and its codebooks (docs/network.md §17)."""
 
     def __init__(self, data_depth, weight_depth, param_depth, outlier_depth=0, packed=False,
-                 table_address_bits=0):
+                 table_address_bits=0, codebook_entries=0):
         dim = range(MAX_DIM + 1)
         kernel = range(MAX_KERNEL + 1)
         outliers = {"in_packed": unsigned(1), "out_packed": unsigned(1)} if packed else {}
@@ -85,6 +98,9 @@ class OpDescriptor(data.StructLayout):
                         "dense_high": signed(STORAGE_BITS + 1)}
         if table_address_bits:
             outliers |= {"table": unsigned(1), "table_offset": unsigned(table_address_bits)}
+        if codebook_entries:
+            outliers |= {"codebook": CodebookMode, "codebook_words": range(weight_depth + 1),
+                         "codebook_entries": range(codebook_entries + 1)}
         super().__init__({
             "kind": OpKind,
             "final": unsigned(1),

@@ -7,7 +7,8 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from .layouts import STORAGE_BITS, ControlSignature, OpKind, SideRequest, VectorBeat, is_compute
+from .layouts import (STORAGE_BITS, CodebookMode, ControlSignature, OpKind, SideRequest,
+                      VectorBeat, is_compute)
 
 __all__ = ["BeatWalk", "OutputWalk", "nested_counters", "output_counters", "tile_pointer"]
 
@@ -73,6 +74,12 @@ class BeatWalk(wiring.Component):
     array's outlier slots (valid ones first) and their dense lanes read 0, so the array
     adds each outlier once (semantics.md §6).
 
+    With a codebook decoder, an SYQ GEMM (``op.codebook`` not ``DENSE``) first reads its
+    ``codebook_words`` codebook words (those before ``weight_base``) to ``codebooks``, then
+    walks as any GEMM with its weight pointer counting code tiles, ``code_tiles`` to a
+    word: each beat also goes to ``codes`` with its tile of codes and each column's
+    subgroup (docs/network.md §17).
+
     Parameters
     ----------
     config : NetworkCore.Config
@@ -98,6 +105,10 @@ class BeatWalk(wiring.Component):
         Beats the array has taken since reset.
     outliers_read : In(ReadPort.Signature(...))
         With activation outliers: the outlier memory's read port (driven here).
+    codes : Out(stream.Signature(CodeBeat(...)))
+        With a codebook decoder: a GEMM's beats as codes, valid with ``act``.
+    codebooks : Out(stream.Signature(unsigned(tile bits)))
+        With a codebook decoder: an SYQ GEMM's codebook words.
     """
 
     def __init__(self, config):
@@ -111,6 +122,10 @@ class BeatWalk(wiring.Component):
         if config.act_outlier_lanes:
             outliers["outliers_read"] = In(ReadPort.Signature(
                 addr_width=ceil_log2(config.outlier_depth), shape=config.outlier_layout))
+        if config.codebook:
+            tile_bits = Shape.cast(config.array.weight_layout["tile"].shape).width
+            outliers["codes"] = Out(stream.Signature(config.codebook.codes_layout))
+            outliers["codebooks"] = Out(stream.Signature(unsigned(tile_bits)))
         super().__init__({
             **outliers,
             "control": In(ControlSignature(config.layouts["program"])),
@@ -154,11 +169,16 @@ class BeatWalk(wiring.Component):
         offset = Signal(range(self._config.address_depth))
         m.d.comb += offset.eq((iy * op.in_w + ix) * op.in_words + Mux(is_gemm, ci, tile))
         address = op.in_base + offset
-        # Weights follow the beat order tile by tile, so a pointer replaces a multiplier.
-        weight_pointer = Signal(range(self._weight_depth))
-        tile_weights = Signal(range(self._weight_depth))
+        # Weights follow the beat order tile by tile, so a pointer replaces a multiplier. It
+        # counts code tiles in an SYQ GEMM: the word is its top bits, the tile its low ones.
+        codebook = self._config.codebook
+        tile_shift = exact_log2(self._config.code_tiles) if codebook else 0
+        syq = (op.codebook != CodebookMode.DENSE) if codebook else Const(0)
+        weight_pointer = Signal(range(self._weight_depth << tile_shift))
+        tile_weights = Signal.like(weight_pointer)
         with m.If(start):
-            m.d.sync += [weight_pointer.eq(op.weight_base), tile_weights.eq(op.weight_base)]
+            base = Mux(syq, op.weight_base << tile_shift, op.weight_base)
+            m.d.sync += [weight_pointer.eq(base), tile_weights.eq(base)]
         with m.Elif(step):
             with m.If(end_of_tile):
                 m.d.sync += [weight_pointer.eq(weight_pointer + 1),
@@ -174,16 +194,20 @@ class BeatWalk(wiring.Component):
         last = Signal()
         ready = Signal()
         advance = ~valid | ready
-        m.d.comb += step.eq(advance & left & ~start & self.granted)
+        codebook_phase, is_codebook, word_address = self._codebooks(
+            m, op, start, advance, syq & is_gemm, tile_shift, weight_pointer,
+            tiles=(tile, ky * op.kernel_w + kx))
+        m.d.comb += step.eq(advance & left & ~start & self.granted & ~codebook_phase)
         with m.If(start):
             m.d.sync += valid.eq(0)
         with m.Elif(advance):
-            m.d.sync += [valid.eq(left & self.granted), padded.eq(padding), last.eq(end_of_pixel)]
+            m.d.sync += [valid.eq(codebook_phase | (left & self.granted)), padded.eq(padding),
+                         last.eq(end_of_pixel)]
         outlier_lanes = self._outliers(m, op, offset, advance, padded)
         m.d.comb += [
             self.operand.addr.eq(address),
             self.operand.en.eq(advance),
-            self.weights_read.addr.eq(weight_pointer),
+            self.weights_read.addr.eq(word_address),
             self.weights_read.en.eq(advance),
         ]
 
@@ -192,14 +216,18 @@ class BeatWalk(wiring.Component):
         # that of its input taps (each window has one: padding ≤ kernel/2); a SUM's reads 0.
         pad_value = Mux(op.kind == OpKind.MAX, -(1 << STORAGE_BITS), 0)
         m.d.comb += [
-            self.act.valid.eq(valid & is_gemm),
+            self.act.valid.eq(valid & is_gemm & ~is_codebook),
             self.act.payload.last.eq(last),
-            self.weights.valid.eq(valid & is_gemm),
+            self.weights.valid.eq(valid & is_gemm & ~is_codebook),
             self.weights.payload.eq(self.weights_read.data.beat),
             self.vector.valid.eq(valid & ~is_gemm),
             self.vector.payload.last.eq(last),
-            ready.eq(Mux(is_gemm, self.act.ready, self.vector.ready)),
+            ready.eq(Mux(is_codebook, self.codebooks.ready if codebook else 0,
+                         Mux(is_gemm, self.act.ready, self.vector.ready))),
         ]
+        if codebook:
+            m.d.comb += [self.codes.valid.eq(self.act.valid),
+                         self.codebooks.valid.eq(valid & is_codebook)]
         for lane in range(self._width):
             slot = operand[lane]
             m.d.comb += [
@@ -211,6 +239,42 @@ class BeatWalk(wiring.Component):
         with m.If(self.act.valid & self.act.ready):
             m.d.sync += self.gemm_beats.eq(self.gemm_beats + 1)
         return m
+
+    def _codebooks(self, m, op, start, advance, syq, tile_shift, weight_pointer, tiles):
+        """With a codebook decoder: the codebook phase of an SYQ GEMM, its words read from
+        ``weight_base − codebook_words`` on, and the ``codes`` of each beat, the tile
+        ``weight_pointer`` names within its word and one subgroup per column (``tiles``:
+        the beat's output tile and kernel tap). Returns whether the walk reads codebooks, its
+        stage holds a codebook word, and the weight memory's address."""
+        codebook = self._config.codebook
+        if not codebook:
+            return Const(0), Const(0), weight_pointer
+        left = Signal.like(op.codebook_words, name="codebook_words_left")
+        pointer = Signal(range(self._weight_depth), name="codebook_pointer")
+        phase = left != 0
+        with m.If(start):
+            m.d.sync += [left.eq(Mux(syq, op.codebook_words, 0)),
+                         pointer.eq(op.weight_base - op.codebook_words)]
+        with m.Elif(advance & phase):
+            m.d.sync += [left.eq(left - 1), pointer.eq(pointer + 1)]
+        is_codebook = Signal()
+        index = Signal(max(tile_shift, 1))
+        tile, tap = (Signal.like(value, name=name) for value, name in
+                     zip(tiles, ("group_tile", "group_tap")))
+        with m.If(advance):
+            m.d.sync += [is_codebook.eq(phase), index.eq(weight_pointer[:tile_shift]),
+                         tile.eq(tiles[0]), tap.eq(tiles[1])]
+        raw = self.weights_read.data.beat.tile.as_value()
+        code_bits = Shape.cast(codebook.codes_layout["tile"].shape).width
+        m.d.comb += [self.codebooks.payload.eq(raw),
+                     self.codes.payload.tile.eq(raw.word_select(index, code_bits)
+                                                if tile_shift else raw[:code_bits])]
+        mode = op.codebook
+        for col, group in enumerate(self.codes.payload.subgroup):
+            m.d.comb += group.eq(Mux(mode == CodebookMode.ROW, tile * self._width + col,
+                                     Mux(mode == CodebookMode.PIXEL, tap, 0)))
+        return phase, is_codebook, Mux(phase, pointer, Mux(syq, weight_pointer >> tile_shift,
+                                                        weight_pointer))
 
     def _digit(self, slot):
         """The array's operand of one 16-bit ``slot``: its low ``act_bits`` bits, or with

@@ -1,0 +1,126 @@
+# amaranth: UnusedElaboratable=no
+# (Amaranth reads that only on line 1.) The tests of refused arguments leave unused objects.
+"""SYQ codes in the network core's weight memory and its codebook decoder
+(docs/network.md §17): Amaranth's simulator under random stalls against
+golden.run_integer, the weight image's size from the code format, and the refusals."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from olmac.compiler import CompileError, compile_program
+from olmac.golden.program import Gemm, quantize_model, run_integer, to_pixels
+from olmac.hw.network import CodebookMode, NetworkCore
+from olmac.network import demo_data
+from test_network import _core, _run_core
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+@pytest.fixture(scope="module")
+def mlp_data():
+    return demo_data("mlp")
+
+
+@pytest.fixture(scope="module")
+def cnn_data():
+    return demo_data("cnn")
+
+
+def _syq(data, **options):
+    return quantize_model(data.model, data.calibration, scheme="syq", **options)
+
+
+@pytest.fixture(scope="module")
+def mlp_syq(mlp_data):
+    """The MLP with ternary row-wise SYQ layers (quantize's default)."""
+    return _syq(mlp_data)
+
+
+def _gemms(program):
+    return [op for op in program.ops if isinstance(op, Gemm)]
+
+
+@pytest.mark.parametrize("model,granularity,idx_bits,images", [
+    ("mlp", "row", 1, 2), ("mlp", "layer", 3, 1), ("cnn", "pixel", 2, 1)])
+def test_core_decodes_syq_codes_bit_exactly(mlp_data, cnn_data, model, granularity, idx_bits,
+                                            images):
+    """Every SYQ layer's codes go through the decoder (tables loaded at each SYQ op's
+    start: one codebook for the layer, one per output channel, one per kernel tap), and
+    every logit equals run_integer under random stalls on both streams."""
+    data = {"mlp": mlp_data, "cnn": cnn_data}[model]
+    program = _syq(data, syq_granularity=granularity, syq_idx_bits=idx_bits)
+    compiled = compile_program(program, width=4)
+    coded = [d for d in compiled.ops if d["kind"].name == "GEMM"]
+    mode = {"row": CodebookMode.ROW, "layer": CodebookMode.LAYER, "pixel": CodebookMode.PIXEL}
+    # a linear layer's "pixel" codebooks are per row (docs/codebooks.md §3)
+    expected = [mode[granularity] if op.layer == "conv2d" or granularity == "layer"
+                else CodebookMode.ROW for op in _gemms(program)]
+    assert [d["codebook"] for d in coded] == expected
+    assert compiled.config.codebook_idx_bits == idx_bits
+    pixels = to_pixels(data.images[:images])
+    logits = _run_core(_core(compiled), compiled, pixels, pause=0.3)
+    assert torch.equal(logits, run_integer(program, pixels))
+
+
+@pytest.mark.parametrize("width", [4, 8])
+def test_syq_weight_image_holds_codes(mlp_syq, width):
+    """With the decoder, each SYQ layer of the MLP takes ``⌈K·N·(1 + idx_bits) / b⌉``
+    words of codes (K, N padded to the array, ``b = width²·W`` bits of weights a word)
+    plus ``⌈G·(2^idx_bits − 1) / ⌊b / (W − 1)⌋⌉`` words of tables (whole entries to a word);
+    the dense image takes ``K·N / width²`` words: far more."""
+    program = mlp_syq
+    coded = compile_program(program, width=width)
+    dense = compile_program(program, width=width, codebook=False)
+    assert dense.config.codebook is None
+    bits = coded.config.weight_bits
+    word = width * width * bits
+    expected_codes = expected_tables = expected_dense = 0
+    for op in _gemms(program):
+        k, n = (math.ceil(size / width) * width for size in (op.in_features, op.out_features))
+        expected_codes += math.ceil(k * n * (1 + op.idx_bits) / word)
+        expected_tables += math.ceil(math.prod(op.tables.shape[:-1])
+                                     * (2 ** op.idx_bits - 1) / (word // (bits - 1)))
+        expected_dense += k * n // (width * width)
+    assert len(coded.contents["weights"]) == expected_codes + expected_tables
+    assert len(dense.contents["weights"]) == expected_dense
+    assert expected_codes + expected_tables < expected_dense / 1.5
+
+
+def test_syq_layer_in_passes_is_decoded_by_the_compiler(mlp_data):
+    """An 8-bit SYQ layer on a 4-bit array runs as weight digits, which codes cannot be
+    cut into: the compiler decodes it, and the core has no decoder for it."""
+    program = _syq(mlp_data, weight_bits=8, act_bits=4)
+    compiled = compile_program(program, width=4, array_bits=(4, 4))
+    assert compiled.config.codebook is None
+    assert all(d.get("codebook", CodebookMode.DENSE) == CodebookMode.DENSE
+               for d in compiled.ops)
+
+
+def test_compiler_refuses_codes_the_decoder_cannot_decode(mlp_data, mlp_syq):
+    """4-bit indexes are past the decoder; a codebook without a zero code is refused too;
+    each line names its layer."""
+    program = _syq(mlp_data, weight_bits=8, syq_idx_bits=4)
+    with pytest.raises(CompileError, match=r"^op 1 \(gemm 'layers\.0'\): its SYQ codes have "
+                                           r"idx_bits = 4; the core's codebook decoder takes "
+                                           r"1\.\.3 with a zero code"):
+        compile_program(program, width=4)
+    program = copy.deepcopy(mlp_syq)
+    _gemms(program)[1].tables[..., 0] = 1
+    with pytest.raises(CompileError, match=r"^op \d+ \(gemm 'layers\.2'\): its SYQ codebooks "
+                                           r"have no zero code"):
+        compile_program(program, width=4)
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("codebook_subgroups", 4097, r"^codebook_subgroups must be an integer in 0\.\.4096, not 4097$"),
+    ("codebook_idx_bits", 4, r"^codebook_idx_bits must be an integer in 1\.\.3, not 4$"),
+])
+def test_core_config_refuses_bad_codebook_options(option, value, message):
+    options = dict(width=2, act_bits=4, weight_bits=8, max_k=8, data_depth=16, weight_depth=4,
+                   param_depth=2, program_depth=4, codebook_subgroups=2)
+    options[option] = value
+    with pytest.raises(TypeError, match=message):
+        NetworkCore.Config(**options)
