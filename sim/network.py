@@ -226,7 +226,8 @@ class NetworkBench(wiring.Component):
         m.d.comb += lfsr.seed.eq(self.seed)
         load_bits = Shape.cast(config.load_layout).width
         word_bits = config.width * STORAGE_BITS
-        load_depth = sum(config.depths[name] for name in ("program", "weights", "params")) + 1
+        load_depth = sum(config.depths[name] for name in ("program", "weights", "params")) \
+            + config.table_depth + 1
         m.submodules.loads, loads = _file_memory(load_bits, load_depth, load=FILES["loads"])
         m.submodules.images, images = _file_memory(word_bits, self._capacity,
                                                    load=FILES["images"])

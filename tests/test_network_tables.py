@@ -6,13 +6,18 @@ table into the op that writes its input or gives it a pass of its own (docs/netw
 simulator, under random stalls, with packed or 16-bit storage and with activation
 outliers; a core without a table part refuses the op in one line."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from olmac.cli import main
 from olmac.compiler import CompileError, compile_program
-from olmac.golden.program import quantize_model, run_integer
+from olmac.golden import artifact
+from olmac.golden.program import quantize_model, run_integer, to_pixels
 from olmac.hw.network import NetworkCore, OpKind
+from olmac.models.digits import as_images, load_digits_split
 
 from test_network import _run_core
 
@@ -86,3 +91,40 @@ def test_core_without_tables_refuses_a_lookup_in_one_line():
                                            r"lookup-table part; a core with one \(the "
                                            r"simulator's, `olmac run --backend rtl`\) runs it$"):
         compile_program(program, tables=False)
+
+
+class Functional(nn.Module):
+    def forward(self, x):
+        return F.silu(F.hardswish(x))
+
+
+def test_functional_forms_become_tables():
+    """§17: ``F.hardswish(x)`` and ``F.silu(x)``, which fx records with their default
+    ``inplace=False``, lower to lookup ops."""
+    program = _program(nn.Sequential(nn.Linear(4, 4), Functional(), nn.Linear(4, 2)), (4,))
+    assert [op.KIND for op in program.ops] == ["quantize_input", "gemm", "lookup", "lookup",
+                                               "gemm"]
+
+
+def test_rtl_run_of_table_activations_equals_golden(tmp_path):
+    """Verilator: ``olmac.models.ordinary.SmoothActivations`` (Hardswish, SiLU, Tanh after a
+    flatten, a sigmoid gate) quantized with ``olmac quantize`` at 8/8 runs through ``olmac
+    run --backend rtl`` under random stalls to the logits of ``--backend golden``."""
+    split = load_digits_split()
+    calibration, pixels = tmp_path / "calibration.npy", tmp_path / "pixels.npy"
+    np.save(calibration, as_images(split.x_train[:64]).double().numpy())
+    np.save(pixels, to_pixels(as_images(split.x_test[:4])).numpy())
+    program = tmp_path / "program"
+    torch.manual_seed(0)
+    main(["quantize", "--model", "olmac.models.ordinary:SmoothActivations", "--calibration",
+          str(calibration), "--act-bits", "8", "--weight-bits", "8", "--scheme", "mmse",
+          "--out", str(program)])
+    kinds = [op.KIND for op in artifact.load(program).ops]
+    assert kinds.count("lookup") == 4
+    for backend in ("golden", "rtl"):
+        main(["run", "--program", str(program), "--inputs", str(pixels), "--backend", backend,
+              "--width", "4", "--stall-sixteenths", "5", "--out", str(tmp_path / f"{backend}.npy")]
+             if backend == "rtl" else ["run", "--program", str(program), "--inputs",
+                                       str(pixels), "--out", str(tmp_path / f"{backend}.npy")])
+    rtl, golden = np.load(tmp_path / "rtl.npy"), np.load(tmp_path / "golden.npy")
+    assert np.array_equal(rtl, golden)

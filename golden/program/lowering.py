@@ -102,7 +102,9 @@ def _table_function(node: fx.Node, modules: dict) -> str | None:
         return None
     if node.target is F.gelu:
         return "gelu" if node.kwargs.get("approximate", "none") == "none" else "gelu_tanh"
-    return None if node.kwargs else _TABLE_CALLS.get(node.target)
+    # fx records F.silu(x) and F.hardswish(x) with their default inplace=False: in place
+    # or not, the function's value is the same
+    return None if set(node.kwargs) - {"inplace"} else _TABLE_CALLS.get(node.target)
 
 
 def _refused(name: str, kind: str) -> ProgramError:

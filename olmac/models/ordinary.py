@@ -9,6 +9,10 @@ the network core by the tests.
 * ``SequenceCNN``: ``nn.Conv1d`` layers with ``BatchNorm1d``, ``padding='same'``,
   ``nn.MaxPool1d`` and ``F.adaptive_avg_pool1d`` on digits read as sequences
   (``as_sequences``: ``N×8×8``, the 8 rows as channels along the 8 columns).
+* ``SmoothActivations``: the table activations (docs/program.md §12): ``nn.Hardswish``
+  after the first convolution, ``F.silu`` after the second, a ``torch.sigmoid`` gate after
+  the hidden Linear and ``nn.Tanh`` after a flatten (a table not fused into a GEMM), on
+  ``N×1×8×8`` digits images.
 
 ``trained`` trains one from torch's own initialization, as a user's model would be, with
 the demo networks' epochs and mini-batches.
@@ -21,7 +25,8 @@ from torch.nn import functional as F
 from .demo import BATCH, EPOCHS
 from .training import train
 
-__all__ = ["DepthwiseSeparable", "SequenceCNN", "as_sequences", "trained"]
+__all__ = ["DepthwiseSeparable", "SequenceCNN", "SmoothActivations", "as_sequences",
+           "trained"]
 
 
 class DepthwiseSeparable(nn.Module):
@@ -60,6 +65,24 @@ class SequenceCNN(nn.Module):
         x = self.pool(F.relu(self.bn2(self.conv2(x))))
         x = F.adaptive_avg_pool1d(F.relu(self.conv3(x)), 2)
         return self.head(x.view(x.size(0), -1))
+
+
+class SmoothActivations(nn.Module):
+    """Smooth activations, each a lookup table on the core, between convolutions on digits
+    images."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.act1 = nn.Conv2d(1, 8, 3, padding=1), nn.Hardswish()
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.pool, self.squash = nn.AvgPool2d(2), nn.Tanh()
+        self.hidden = nn.Linear(16 * 2 * 2, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.silu(self.conv2(self.act1(self.conv1(x))))
+        x = self.squash(self.pool(x).flatten(1))
+        return self.head(torch.sigmoid(self.hidden(x)))
 
 
 def as_sequences(x: torch.Tensor) -> torch.Tensor:
