@@ -18,6 +18,7 @@ from olmac.golden import artifact
 from olmac.golden.program import quantize_model, run_integer, to_pixels
 from olmac.hw.network import NetworkCore, OpKind
 from olmac.models.digits import as_images, load_digits_split
+from test_cli_network import _refused
 
 from test_network import _run_core
 
@@ -123,8 +124,38 @@ def test_rtl_run_of_table_activations_equals_golden(tmp_path):
     assert kinds.count("lookup") == 4
     for backend in ("golden", "rtl"):
         main(["run", "--program", str(program), "--inputs", str(pixels), "--backend", backend,
-              "--width", "4", "--stall-sixteenths", "5", "--out", str(tmp_path / f"{backend}.npy")]
+              "--width", "2", "--stall-sixteenths", "5", "--out", str(tmp_path / f"{backend}.npy")]
              if backend == "rtl" else ["run", "--program", str(program), "--inputs",
                                        str(pixels), "--out", str(tmp_path / f"{backend}.npy")])
     rtl, golden = np.load(tmp_path / "rtl.npy"), np.load(tmp_path / "golden.npy")
     assert np.array_equal(rtl, golden)
+
+
+def test_quantize_refuses_tables_for_a_core_without_them(tmp_path, capsys):
+    """``olmac quantize --no-tables`` checks against a core without the table part: each
+    table refused in one line naming it and what runs it, exit 2, nothing written."""
+    calibration = tmp_path / "calibration.npy"
+    np.save(calibration, as_images(load_digits_split().x_train[:16]).double().numpy())
+    out = tmp_path / "program"
+    lines = _refused(capsys, ["quantize", "--model", "olmac.models.ordinary:SmoothActivations",
+                              "--calibration", str(calibration), "--no-tables",
+                              "--out", str(out)]).splitlines()
+    assert lines[0] == ("olmac: error: the network core (8x8, no tables) cannot run 4 op(s); "
+                        "nothing written")
+    assert lines[1] == ("olmac: error: op 2 (lookup 'act1'): this network core has no "
+                        "lookup-table part; a core with one (the simulator's, `olmac run "
+                        "--backend rtl`) runs it")
+    assert len(lines) == 5 and not out.exists()
+
+
+def test_board_refuses_to_load_tables():
+    """The board protocol has no table memory: loading a program with tables over the link
+    is refused (keeping the preloaded tables would answer for another program); the check
+    comes before any frame is sent."""
+    from olmac.board import BoardClient, BoardError
+    torch.manual_seed(0)
+    compiled = compile_program(_program(nn.Sequential(nn.Linear(6, 5), nn.Tanh(),
+                                                      nn.Linear(5, 3)), (6,)))
+    with pytest.raises(BoardError, match=r"^the program has lookup tables, which LOAD cannot "
+                                         r"write"):
+        BoardClient.load(None, compiled)  # no link: nothing may be sent

@@ -76,6 +76,9 @@ def arguments(parser):
                         help=f"the real value of one pixel step, positive (default: "
                              f"1/{1 / PIXEL_SCALE:g})")
     parser.add_argument("--out", required=True, help="artifact directory to write")
+    parser.add_argument("--no-tables", action="store_true",
+                        help="check against a network core without the lookup-table part "
+                             "(Sigmoid, Tanh, Hardswish, SiLU, GELU are then refused)")
     array_options(parser, "the program is checked against this core before it is written "
                           "(default: an array as wide as its widest layer)")
     training = parser.add_argument_group(
@@ -282,7 +285,7 @@ def run(args):
         raise UsageError(_option_names(str(error))) from None
     finally:
         close()
-    check_core(program, args.width, array_bits)
+    check_core(program, args.width, array_bits, tables=not args.no_tables)
     try:
         path = artifact.save(program, out)
     except OSError as error:
@@ -302,17 +305,19 @@ def _option_names(message: str) -> str:
     return message
 
 
-def check_core(program, width: int, array_bits) -> None:
+def check_core(program, width: int, array_bits, *, tables: bool = True) -> None:
     """Refuse, before anything is written, a program the network core of ``width`` and
-    ``array_bits`` cannot run: one line per layer, each naming it and what makes it run."""
+    ``array_bits`` (with a lookup-table part if ``tables``) cannot run: one line per layer,
+    each naming it and what makes it run."""
     from olmac.compiler import CompileError, compile_program
     try:
-        compile_program(program, width=width, array_bits=array_bits)
+        compile_program(program, width=width, array_bits=array_bits, tables=tables)
     except CompileError as error:
         lines = str(error).splitlines()
         raise UsageError("\nolmac: error: ".join(
             [f"the network core ({width}x{width}"
-             f"{', ' + '/'.join(map(str, array_bits)) + ' array' if array_bits else ''}) "
+             f"{', ' + '/'.join(map(str, array_bits)) + ' array' if array_bits else ''}"
+             f"{'' if tables else ', no tables'}) "
              f"cannot run {len(lines)} op(s); nothing written"] + lines)) from None
     except TypeError as error:
         raise UsageError(f"--width: {error}") from None
