@@ -92,6 +92,12 @@ def arguments(parser):
     training.add_argument("--train-labels", help="class indices .npy (N integers)")
     training.add_argument("--lr", type=float, default=TRAIN_LR, help="Adam's learning rate")
     training.add_argument("--seed", type=int, default=0, help="seed of the batch order")
+    budget = parser.add_argument_group(
+        "per-layer widths by budget", "choose each layer's weight width by its measured "
+        "sensitivity (docs/program.md §20); --layer-bits entries stay fixed and count")
+    budget.add_argument("--budget-bits", type=float, metavar="B",
+                        help="average bits per weight over all weights, a number in "
+                             "2..8; replaces --weight-bits")
     parser.set_defaults(run=run)
 
 
@@ -271,10 +277,15 @@ def run(args):
                      layer_schemes=layer_schemes(args.layer_scheme))
     array_bits = widths("--array-bits", args.array_bits) if args.array_bits else None
     images, labels = _training_data(args, calibration)
+    weight_bits, budget = args.weight_bits, None
+    if args.budget_bits is not None:
+        from olmac.budget import REFERENCE_BITS
+        budget = _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale)
+        per_layer["layer_bits"], weight_bits = budget[0].layer_bits, REFERENCE_BITS
     report, close = _progress(args.epochs) if args.epochs else (None, lambda: None)
     try:
         program = quantize(model, calibration, act_bits=args.act_bits,
-                           weight_bits=args.weight_bits, scheme=args.scheme,
+                           weight_bits=weight_bits, scheme=args.scheme,
                            highway=not args.no_highway, outlier_ratio=args.outlier_ratio,
                            act_outlier_ratio=args.act_outlier_ratio,
                            pixel_max=pixel_max, pixel_scale=pixel_scale,
@@ -295,12 +306,72 @@ def run(args):
     print(program.describe())
     for note in lowering_notes(model, calibration):  # what was folded or dropped (§17)
         print(f"# {note}")
+    if budget is not None:
+        for line in _budget_table(*budget, program, args.act_outlier_ratio):
+            print(f"# {line}")
     print(f"olmac: wrote the integer program to {path}", file=sys.stderr)
+
+
+def _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale):
+    """``--budget-bits``: the sensitivities of ``model``'s layers, measured with the options
+    of ``args`` (a progress bar on stderr), and the widths chosen under the budget;
+    ``(allocation, sensitivity)``."""
+    from tqdm import tqdm
+    from olmac.budget import allocate, measure_sensitivity
+    from olmac.golden.program import ProgramError
+    from olmac.spec import WEIGHT_BITS
+    low, high = WEIGHT_BITS
+    if not (math.isfinite(args.budget_bits) and low <= args.budget_bits <= high):
+        raise UsageError(f"--budget-bits must be a number in {low}..{high} (average bits per "
+                         f"weight), not {args.budget_bits:g}")
+    bar = tqdm(desc="sensitivity", unit="lowering", file=sys.stderr)
+
+    def report(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+    try:
+        sensitivity = measure_sensitivity(
+            model, calibration, act_bits=args.act_bits, scheme=args.scheme,
+            highway=not args.no_highway, outlier_ratio=args.outlier_ratio,
+            act_outlier_ratio=args.act_outlier_ratio, pixel_max=pixel_max,
+            pixel_scale=pixel_scale, real_inputs=args.real_inputs, report=report,
+            **per_layer)
+        return allocate(sensitivity, args.budget_bits), sensitivity
+    except (ProgramError, TypeError, ValueError) as error:
+        raise UsageError(_option_names(str(error))) from None
+    finally:
+        bar.close()
+
+
+def _budget_table(allocation, sensitivity, program, act_outlier_ratio) -> list[str]:
+    """What ``--budget-bits`` chose, one line per layer (with the ``--act-outlier-ratio``
+    of the value it reads, where it has activation outliers), then the averages and the KL
+    divergence of the written program's logits from the float model's."""
+    from olmac.budget import measured_kl
+    from olmac.golden.program import Gemm
+    lines = [f"budget {allocation.budget_bits:g} bits per weight: widths by sensitivity "
+             f"(ΔKL: the logits' KL increase, in nats, with the layer alone at its width)",
+             f"{'layer':16s} {'weights':>8s} {'W/A':>5s} {'act outliers':>12s} "
+             f"{'ΔKL':>10s}"]
+    for op in program.ops:
+        if isinstance(op, Gemm):
+            value = program.values[op.input]
+            ratio = f"{100 * act_outlier_ratio:g} %" if value.outliers else "none"
+            change = f"{allocation.sensitivity[op.name]:+10.5f}" \
+                if op.name in allocation.sensitivity else f"{'fixed':>10s}"
+            lines.append(f"{op.name:16s} {op.in_features * op.out_features:8d} "
+                         f"{op.weight_bits:>2d}/{value.bits:<2d} {ratio:>12s} {change}")
+    lines.append(f"average {allocation.average_bits:.3f} bits per weight; Σ ΔKL "
+                 f"{allocation.total_sensitivity:.5f}; KL of this program from the float "
+                 f"model {measured_kl(sensitivity, program):.5f} (all free layers at 8 bits: "
+                 f"{sensitivity.reference_kl:.5f}, max-abs scales)")
+    return lines
 
 
 def _option_names(message: str) -> str:
     """A lowering message about ``layer_bits``/``layer_schemes`` with the options' names."""
-    for keyword, option in (("layer_bits", "--layer-bits"), ("layer_schemes", "--layer-scheme")):
+    for keyword, option in (("layer_bits", "--layer-bits"), ("layer_schemes", "--layer-scheme"),
+                            ("budget_bits", "--budget-bits")):
         message = message.replace(keyword, option)
     return message
 

@@ -1,0 +1,171 @@
+"""``olmac quantize --budget-bits``: per-layer weight widths chosen by measured sensitivity
+under an average bits-per-weight budget (olmac/budget.py, docs/program.md §20)."""
+
+import contextlib
+import io
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from olmac.budget import REFERENCE_BITS, allocate, measure_sensitivity
+from olmac.cli import main
+from olmac.flow import demo_data
+from olmac.golden import artifact
+from olmac.golden.program import ProgramError, run_integer, to_pixels
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+#: Candidate widths of the library tests (fewer than the CLI's 2..8, to stay fast).
+WIDTHS = (2, 3, 5)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return demo_data("mlp")
+
+
+@pytest.fixture(scope="module")
+def sensitivity(mlp):
+    return measure_sensitivity(mlp.model, mlp.calibration, act_bits=4, scheme="mmse",
+                               widths=WIDTHS)
+
+
+def _refused(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_narrower_weights_are_more_sensitive(sensitivity):
+    """The measurement lowers the layer it names: for every layer the KL increase at 2 bits
+    is above those at 3 and 5 bits and above 0 (the reference width, 8 bits; at 5 bits a
+    layer may land a little below it)."""
+    assert list(sensitivity.kl) == ["layers.0", "layers.2", "layers.4"]
+    for name, kl in sensitivity.kl.items():
+        assert sorted(kl) == [*WIDTHS, REFERENCE_BITS], name
+        assert kl[2] > max(kl[3], kl[5], 0.0) and kl[REFERENCE_BITS] == 0.0, (name, kl)
+
+
+def test_allocation_is_the_least_sensitive_within_the_budget(sensitivity):
+    """For budgets from the least the layers allow up to 8 bits, the allocation's average
+    (Σ W·n / Σ n over the reference program's layer sizes, recomputed here) stays within
+    the budget, its summed KL increase equals the least of every combination of widths
+    within the budget (enumerated here), and it never grows with the budget."""
+    counts = {name: width.weights for name, width in sensitivity.layers.items()}
+    assert counts == {"layers.0": 64 * 64, "layers.2": 64 * 64, "layers.4": 64 * 10}
+    total = sum(counts.values())
+    names = list(counts)
+    candidates = [*WIDTHS, REFERENCE_BITS]
+    combos = [(sum(w * counts[n] for w, n in zip(combo, names)) / total,
+               sum(sensitivity.kl[n][w] for w, n in zip(combo, names)))
+              for combo in itertools.product(candidates, repeat=len(names))]
+    assert sensitivity.least_bits == 2.0
+    previous = None
+    for budget in np.arange(2.0, 8.01, 0.25):
+        chosen = allocate(sensitivity, float(budget))
+        bits = {name: pair[0] for name, pair in chosen.layer_bits.items()}
+        average = sum(bits[n] * counts[n] for n in names) / total
+        assert average == pytest.approx(chosen.average_bits) and average <= budget
+        best = min(kl for bits_used, kl in combos if bits_used <= budget)
+        assert chosen.total_sensitivity == pytest.approx(best, abs=1e-12)
+        assert previous is None or chosen.total_sensitivity <= previous
+        previous = chosen.total_sensitivity
+    # every layer at the reference width is a candidate of the largest budget
+    assert allocate(sensitivity, 8.0).total_sensitivity <= 0.0
+
+
+def test_measurement_and_choice_are_deterministic(mlp, sensitivity):
+    """A second measurement (of one width) gives the same numbers bit for bit, and the
+    same budget the same allocation."""
+    again = measure_sensitivity(mlp.model, mlp.calibration, act_bits=4, scheme="mmse",
+                                widths=(2,))
+    assert again.reference_kl == sensitivity.reference_kl
+    for name in sensitivity.kl:
+        assert again.kl[name][2] == sensitivity.kl[name][2]
+    assert allocate(sensitivity, 3.3) == allocate(sensitivity, 3.3)
+
+
+def test_fixed_layers_count_and_bound_the_budget(mlp, sensitivity):
+    """A layer given by ``layer_bits`` keeps its widths, counts in the average, and makes a
+    budget below the least it allows an error naming that least."""
+    fixed = measure_sensitivity(mlp.model, mlp.calibration, act_bits=4, scheme="mmse",
+                                widths=(2,), layer_bits={"last": (8, 8)})
+    assert fixed.fixed == {"layers.4"} and list(fixed.kl) == ["layers.0", "layers.2"]
+    least = (2 * 4096 * 2 + 8 * 640) / 8832
+    assert fixed.least_bits == pytest.approx(least)
+    assert allocate(fixed, 2.5).layer_bits["layers.4"] == (8, 8)
+    with pytest.raises(ValueError, match=r"^budget_bits 2\.3 is below 2\.435, the least "
+                                         r"this model allows .*layers\.4 fixed"):
+        allocate(fixed, 2.3)
+    for bad in (1.9, 8.5, float("nan"), True, "3"):
+        with pytest.raises(ValueError, match=r"^budget_bits must be a number in 2\.\.8"):
+            allocate(sensitivity, bad)
+
+
+def test_codes_and_planes_are_not_allocated(mlp):
+    """SYQ codes and multi-tensor planes are not W-bit weights: a budget refuses them."""
+    with pytest.raises(ValueError, match=r"^layer 'layers\.0' has scheme syq, whose weights "
+                                         r"are not W-bit integers"):
+        measure_sensitivity(mlp.model, mlp.calibration, scheme="syq", widths=(2,))
+    with pytest.raises(ProgramError, match="no GEMM layer 'conv9'"):
+        measure_sensitivity(mlp.model, mlp.calibration, layer_bits={"conv9": (4, 4)})
+
+
+@pytest.mark.parametrize("value", ["1.5", "9", "nan"])
+def test_cli_refuses_a_budget_out_of_range(capsys, tmp_path, value):
+    """Before any work: one line naming ``--budget-bits`` and its range."""
+    error = _refused(capsys, ["quantize", "--model", "mlp", "--budget-bits", value,
+                              "--out", str(tmp_path / "p")])
+    assert error == (f"olmac: error: --budget-bits must be a number in 2..8 (average bits "
+                     f"per weight), not {float(value):g}")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.fixture(scope="module")
+def budget_artifact(tmp_path_factory):
+    """An artifact of ``--budget-bits 3.5`` with the last layer fixed at 8/8, and what
+    ``olmac quantize`` printed."""
+    directory = tmp_path_factory.mktemp("budget") / "program"
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        main(["quantize", "--model", "mlp", "--scheme", "mmse", "--budget-bits", "3.5",
+              "--layer-bits", "last=8/8", "--out", str(directory)])
+    return directory, out.getvalue()
+
+
+def test_cli_records_and_prints_the_choice(budget_artifact):
+    """The artifact's own widths and sizes (read from program.json here) average at most
+    the budget, the fixed layer keeps 8/8, and the printed table has one row per layer
+    with its weights and the widths the artifact holds (``fixed`` for the given layer),
+    and the average reached."""
+    directory, out = budget_artifact
+    manifest = json.loads((directory / "program.json").read_text())
+    gemms = [op for op in manifest["ops"] if op["kind"] == "gemm"]
+    counts = [op["in_features"] * op["out_features"] for op in gemms]
+    average = sum(op["weight_bits"] * n for op, n in zip(gemms, counts)) / sum(counts)
+    assert 3.0 < average <= 3.5
+    assert gemms[-1]["weight_bits"] == 8
+    program = artifact.load(directory)
+    act_bits = [program.values[op.input].bits for op in program.ops if op.KIND == "gemm"]
+    assert act_bits == [4, 4, 8]
+    rows = [line.split() for line in out.splitlines() if line.startswith("# layers.")]
+    assert [row[1:4] for row in rows] == [
+        [op["name"], str(n), f"{op['weight_bits']}/{a}"]
+        for op, n, a in zip(gemms, counts, act_bits)]
+    assert rows[-1][-1] == "fixed" and all(float(row[-1]) > 0 for row in rows[:-1])
+    assert f"# average {average:.3f} bits per weight" in out
+
+
+def test_budget_artifact_runs_on_the_rtl(budget_artifact, tmp_path):
+    """``olmac run --backend rtl`` (Verilator, random stalls) of the budget artifact gives
+    golden's logits on a few test images."""
+    directory = budget_artifact[0]
+    subset = tmp_path / "subset.npy"
+    np.save(subset, to_pixels(demo_data("mlp").images[:6]).numpy())
+    main(["run", "--program", str(directory), "--inputs", str(subset), "--backend",
+          "rtl", "--stall-sixteenths", "5", "--out", str(tmp_path / "rtl.npy")])
+    expected = run_integer(artifact.load(directory), torch.from_numpy(np.load(subset)))
+    np.testing.assert_array_equal(np.load(tmp_path / "rtl.npy"), expected.numpy())
