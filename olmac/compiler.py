@@ -281,7 +281,8 @@ def _codebook(op: Gemm, idx_bits: int, weight_bits: int) -> _Codebook:
     count = int(np.prod(groups))
     if count > MAX_SUBGROUPS:
         raise CompileError(f"its {count} SYQ codebooks exceed the {MAX_SUBGROUPS} the core's "
-                           f"codebook decoder holds (syq_granularity 'layer' or 'pixel')")
+                           f"codebook decoder holds (fewer output channels, syq_granularity "
+                           f"'layer', or another scheme for this layer: --layer-scheme)")
     codes = op.codes.to(torch.int64).reshape(n, -1).T.numpy()
     sign, index = codes >> k, codes & ((1 << k) - 1)
     stored = np.zeros((count, (1 << idx_bits) - 1), dtype=np.int64)

@@ -26,8 +26,8 @@ UP5K_MEMORY_BITS = {"spram": 4 * 256 * 1024, "bram": 30 * 4096}
 def memory_bits(compiled) -> dict[str, int]:
     """Bits of each memory of the compiled core (depth × word width): the four of
     ``config.layouts``, the packed activation memory (``packed``), the activation
-    outliers' (``outliers``) and the lookup tables' (``tables``: one copy per lane) where
-    the core has them."""
+    outliers' (``outliers``), the lookup tables' (``tables``: one copy per lane) and the
+    SYQ decoder's codebooks (``codebooks``, docs/network.md §17) where the core has them."""
     from amaranth.hdl import Shape
     from olmac.hw.network import TABLE_ENTRY_BITS
     config = compiled.config
@@ -39,6 +39,9 @@ def memory_bits(compiled) -> dict[str, int]:
         bits["outliers"] = config.outlier_depth * Shape.cast(config.outlier_layout).width
     if config.table_depth:
         bits["tables"] = config.table_depth * config.width * TABLE_ENTRY_BITS
+    if config.codebook:
+        decoder = config.codebook
+        bits["codebooks"] = decoder.subgroups * decoder.stored * decoder.entry_bits
     return bits
 
 
@@ -142,7 +145,7 @@ def _progress_bar(total: int, label: str):
 
 def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: int = 0,
             seed: int = 1, progress: bool = False, core_options: dict | None = None,
-            array_bits: tuple[int, int] | None = None) -> NetworkResult:
+            array_bits: tuple[int, int] | None = None, codebook: bool = True) -> NetworkResult:
     """Run ``program`` on integer ``pixels`` through the network core on Verilator.
 
     The model is built from the core's configuration alone and kept in the build cache
@@ -151,7 +154,8 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
     (docs/network.md §16). ``core_options`` replace fields of the core's
     ``NetworkCore.Config`` (``requantizer``, ``memories``, ``multipliers``), e.g. with
     those of the board top. ``array_bits`` fixes the array's operand widths
-    (``compile_program``; wider layers run in passes).
+    (``compile_program``; wider layers run in passes); ``codebook = False`` builds the
+    core without the SYQ decoder (the compiler decodes SYQ weights, docs/network.md §17).
 
     Raises
     ------
@@ -163,7 +167,7 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
     from olmac.compiler import compile_program
     from olmac.sim.network import run_network
     pixels = check_pixels(program, pixels)
-    compiled = compile_program(program, width=width, array_bits=array_bits)
+    compiled = compile_program(program, width=width, array_bits=array_bits, codebook=codebook)
     config = dataclasses.replace(compiled.config, **(core_options or {}))
     # the serial requantizer takes about a hundred cycles a channel
     per_image = 1_000_000 if config.requantizer == "serial" else 100_000

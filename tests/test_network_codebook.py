@@ -7,13 +7,16 @@ golden.run_integer, the weight image's size from the code format, and the refusa
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from olmac.cli import main
 from olmac.compiler import CompileError, compile_program
 from olmac.golden.program import Gemm, quantize_model, run_integer, to_pixels
 from olmac.hw.network import CodebookMode, NetworkCore
 from olmac.network import demo_data
+from test_cli_network import _refused
 from test_network import _core, _run_core
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -112,6 +115,25 @@ def test_compiler_refuses_codes_the_decoder_cannot_decode(mlp_data, mlp_syq):
     with pytest.raises(CompileError, match=r"^op \d+ \(gemm 'layers\.2'\): its SYQ codebooks "
                                            r"have no zero code"):
         compile_program(program, width=4)
+
+
+def test_quantize_refuses_more_codebooks_than_the_decoder_holds(tmp_path, monkeypatch, capsys):
+    """A row-wise SYQ layer of 4 097 output channels needs 4 097 codebooks, one more than
+    the decoder holds: ``olmac quantize`` refuses it before writing, naming the layer and
+    what makes it run."""
+    (tmp_path / "wide.py").write_text(
+        "from torch import nn\n\ndef model():\n"
+        "    return nn.Sequential(nn.Linear(4, 4097), nn.ReLU(), nn.Linear(4097, 3))\n")
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).random((16, 4)))
+    monkeypatch.chdir(tmp_path)
+    lines = _refused(capsys, ["quantize", "--model", "wide.py:model", "--calibration",
+                              "cal.npy", "--scheme", "syq", "--out", "out"]).splitlines()
+    assert lines == [
+        "olmac: error: the network core (8x8) cannot run 1 op(s); nothing written",
+        "olmac: error: op 1 (gemm '0'): its 4097 SYQ codebooks exceed the 4096 the core's "
+        "codebook decoder holds (fewer output channels, syq_granularity 'layer', or another "
+        "scheme for this layer: --layer-scheme)"]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("option,value,message", [
