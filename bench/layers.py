@@ -10,7 +10,8 @@ from olmac.network import run_rtl
 
 #: The models and how each reads a digits image.
 MODELS = (("depthwise-separable", ordinary.DepthwiseSeparable, as_images),
-          ("Conv1d", ordinary.SequenceCNN, ordinary.as_sequences))
+          ("Conv1d", ordinary.SequenceCNN, ordinary.as_sequences),
+          ("table activations", ordinary.SmoothActivations, as_images))
 
 
 def report(width: int = 8, rtl_images: int = 100) -> None:

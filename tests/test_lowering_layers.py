@@ -17,7 +17,8 @@ from olmac.golden.program import ProgramError, run_fake_quant, run_integer, to_p
 from olmac.golden.program.lowering import lowering_notes, quantize_model, supported_layers
 from olmac.golden.program.normalize import normalize
 from olmac.models.digits import as_images, load_digits_split
-from olmac.models.ordinary import DepthwiseSeparable, SequenceCNN, as_sequences, trained
+from olmac.models.ordinary import (DepthwiseSeparable, SequenceCNN, SmoothActivations,
+                                   as_sequences, trained)
 from test_network import _core, _run_core
 
 
@@ -125,7 +126,7 @@ def models(digits, sequences):
 
 
 @pytest.mark.parametrize("factory", [ConvBNStack, ResidualBN, DepthwiseSeparable, SequenceCNN,
-                                     Branches])
+                                     Branches, SmoothActivations])
 def test_ordinary_models_quantize_within_a_point(factory, models):
     """§17: each rewrite keeps the float function, so at 8/8 the integer program's test
     accuracy is within one point of the float model's."""

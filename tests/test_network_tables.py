@@ -6,6 +6,8 @@ table into the op that writes its input or gives it a pass of its own (docs/netw
 simulator, under random stalls, with packed or 16-bit storage and with activation
 outliers; a core without a table part refuses the op in one line."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -32,12 +34,13 @@ def _program(model, shape, **options):
                                                         "act_calibration": "max", **options})
 
 
-def _check(program, shape, *, width=2, images=3, pause=0.3, **options):
-    """The core's logits against ``run_integer`` on random pixels; returns the compiled
-    network."""
+def _check(program, shape, *, width=2, images=3, pause=0.3, core=None, **options):
+    """The core's logits against ``run_integer`` on random pixels (``core``: options of
+    the core's configuration); returns the compiled network."""
     compiled = compile_program(program, width=width, **options)
     pixels = torch.randint(0, 17, (images, *shape), generator=torch.Generator().manual_seed(2))
-    logits = _run_core(NetworkCore(compiled.config, **compiled.contents), compiled, pixels,
+    config = dataclasses.replace(compiled.config, **(core or {}))
+    logits = _run_core(NetworkCore(config, **compiled.contents), compiled, pixels,
                        pause=pause)
     assert torch.equal(logits, run_integer(program, pixels))
     return compiled
@@ -47,15 +50,18 @@ def _kinds(compiled):
     return [(op["kind"], bool(op.get("table"))) for op in compiled.ops]
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "16-bit"])
-def test_tables_fused_into_the_ops_writing_their_inputs(packed):
+@pytest.mark.parametrize("packed, core", [
+    (True, None), (False, None), (True, {"requantizer": "serial", "memories": "narrow"})],
+    ids=["packed", "16-bit", "serial-narrow"])
+def test_tables_fused_into_the_ops_writing_their_inputs(packed, core):
     """A sigmoid on the quantized input (fused into its SUM op) and a Hardswish after a
-    Linear (fused into its GEMM): no op of their own, and golden's logits, packed or not."""
+    Linear (fused into its GEMM): no op of their own, and golden's logits, packed or not,
+    and on the small-FPGA core (serial requantizer, narrow memories)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Sigmoid(), nn.Linear(6, 5), nn.Hardswish(), nn.Linear(5, 3))
     program = _program(model, (6,))
     assert [op.KIND for op in program.ops].count("lookup") == 2
-    compiled = _check(program, (6,), packed=packed)
+    compiled = _check(program, (6,), packed=packed, core=core)
     assert _kinds(compiled) == [(OpKind.LOAD, False), (OpKind.SUM, True),
                                 (OpKind.GEMM, True), (OpKind.GEMM, False),
                                 (OpKind.STORE, False)]
