@@ -126,6 +126,7 @@ class NetworkBoard(wiring.Component):
         wiring.connect(m, app.inputs, core.inputs)
         wiring.connect(m, core.outputs, app.outputs)
         wiring.connect(m, app.load, core.load)
+        m.d.comb += app.fault.eq(core.fault)
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
         return m
 

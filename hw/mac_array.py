@@ -8,6 +8,7 @@ from olmac.spec import (ACT_BITS, ARRAY_DIM, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_
                           PLANE_SHIFT_BITS, check_int)
 from .config import ConfigProperty, ConfiguredComponent
 from .multipliers import DSP_STAGES, MODES, PACKED_STAGES, DspProduct, PackedPair, packable
+from .outlier_rules import OutlierRules
 from .result_buffer import ResultBuffer
 from .shapes import narrowest_signed, product_bounds
 
@@ -139,6 +140,10 @@ class MacArray(ConfiguredComponent):
         Weight tiles (and weight outliers); one per activation vector.
     acc : Out(stream.Signature(ArrayLayout(signed(acc_width), cols)))
         One vector of column sums per reduction.
+    fault : Out(1)
+        A beat broke §6's outlier rules (a position outside the array, or two outliers of
+        one kind at one position; :class:`~hw.outlier_rules.OutlierRules`); sticky until
+        reset. Always 0 without outlier lanes: dense beats cannot break a rule.
     """
 
     @dataclass(frozen=True, kw_only=True)
@@ -322,11 +327,12 @@ class MacArray(ConfiguredComponent):
 
         @property
         def signature(self):
-            """The array's signature: ``act``, ``weights`` and ``acc``."""
+            """The array's signature: ``act``, ``weights``, ``acc`` and ``fault``."""
             return wiring.Signature({
                 "act": In(stream.Signature(self.act_layout)),
                 "weights": In(stream.Signature(self.weight_layout)),
                 "acc": Out(stream.Signature(self.acc_layout)),
+                "fault": Out(1),
             })
 
         @property
@@ -453,6 +459,7 @@ class MacArray(ConfiguredComponent):
         if self._config.has_outliers:
             act_slots = self._register_slots(m, self.act, "act", hold)
             weight_slots = self._register_slots(m, self.weights, "weight", hold)
+            self._check_rules(m, act_slots, weight_slots, held & (sub == 0))
             full_acts = Signal.like(self.act.payload.data, reset_less=True)
             loads.append(full_acts.eq(self.act.payload.data))
             # The activation-outlier lanes read the weights through a lane multiplexer;
@@ -596,6 +603,20 @@ class MacArray(ConfiguredComponent):
         else:
             m.d.sync += slots.eq(port.payload.outliers)
         return slots
+
+    def _check_rules(self, m, act_slots, weight_slots, check):
+        """Hand the registered outlier slots' positions to an :class:`OutlierRules` while
+        ``check`` (a taken beat's first sub-beat), and its fault to ``fault``."""
+        config = self._config
+        m.submodules.rules = rules = OutlierRules(
+            lanes=config.lanes, cols=config.cols, act_outlier_slots=config.act_outlier_slots,
+            weight_outlier_slots=config.weight_outlier_slots)
+        for slots, positions in ((act_slots, getattr(rules, "act", None)),
+                                 (weight_slots, getattr(rules, "weights", None))):
+            for index in range(len(slots) if slots is not None else 0):
+                m.d.comb += [getattr(positions[index], field).eq(getattr(slots[index], field))
+                             for field in positions[index].shape().members]
+        m.d.comb += [rules.check.eq(check), self.fault.eq(rules.fault)]
 
     def _final_group(self, act_payload, weight_payload):
         """Index of the last group of slots holding a valid outlier (0 if none)."""

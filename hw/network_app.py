@@ -380,7 +380,8 @@ class InferHandler(wiring.Component):
 
     The request holds exactly ``input_words`` words of ``width`` 16-bit slots (slot 0 first,
     little-endian); the reply is ``OK`` and the words the core gives up to the one marked
-    ``last``. A request with other than ``input_words`` words is answered ``BAD_LENGTH``: if it
+    ``last``, or ``FAULT`` alone (the words dropped) if the core's ``fault`` is high when its
+    first output word comes: by then every op before the ``STORE`` has finished. A request with other than ``input_words`` words is answered ``BAD_LENGTH``: if it
     has any word, its image is completed with zero words (a long request's extra bytes are
     dropped) and run, and its outputs are dropped, so the core waits for the next image
     either way.
@@ -405,12 +406,15 @@ class InferHandler(wiring.Component):
         Image words to the core.
     outputs : In(stream.Signature(StructLayout({"word": ..., "last": 1})))
         Output words from the core.
+    fault : In(1)
+        The core's ``fault``.
     """
 
     def __init__(self, *, width, input_words):
         self._width = check_int("Width", width, ARRAY_DIM)
         self._input_words = check_int("Input words", input_words, (1, 65535))
-        super().__init__({"host": In(AppSignature()), **_core_streams(width)})
+        super().__init__({"host": In(AppSignature()), **_core_streams(width),
+                          "fault": In(1)})
 
     width = property(attrgetter("_width"), doc="Slots per word.")
     input_words = property(attrgetter("_input_words"), doc="Words of an image.")
@@ -428,12 +432,14 @@ class InferHandler(wiring.Component):
         words = Signal(range(self._input_words))    # words sent to the core
         request_done = Signal()     # the request's last byte has been taken
         bad = Signal()              # the request is not one image: drop its outputs
+        faulted = Signal()          # the core's array faulted: drop the outputs too
         last = Signal()             # the output word being sent is the last
         m.d.comb += self.inputs.payload.eq(word)
 
         with m.FSM():
             _command(m, request, alone="BAD_LENGTH", more="BYTES",
-                     reset=[words.eq(0), index.eq(0), word.eq(0), bad.eq(0)])
+                     reset=[words.eq(0), index.eq(0), word.eq(0), bad.eq(0),
+                            faulted.eq(0)])
             with m.State("BYTES"):
                 m.d.comb += request.ready.eq(1)
                 with m.If(request.valid):
@@ -459,13 +465,18 @@ class InferHandler(wiring.Component):
                         m.next = "BYTES"
             _drain(m, request, "OUTPUTS")
             with m.State("OUTPUTS"):
-                with m.If(bad):
+                with m.If(bad | faulted):
                     m.d.comb += self.outputs.ready.eq(1)
                     with m.If(self.outputs.valid & self.outputs.payload.last):
                         m.next = "BAD_LENGTH"
-                with m.Else():
-                    with m.If(_send(m, reply, Status.OK, 0)):
-                        m.next = "TAKE"
+                        with m.If(~bad):
+                            m.next = "FAULT"
+                with m.Elif(self.outputs.valid):
+                    with m.If(self.fault):
+                        m.d.sync += faulted.eq(1)
+                    with m.Else():
+                        with m.If(_send(m, reply, Status.OK, 0)):
+                            m.next = "TAKE"
             with m.State("TAKE"):
                 m.d.comb += self.outputs.ready.eq(1)
                 with m.If(self.outputs.valid):
@@ -481,6 +492,7 @@ class InferHandler(wiring.Component):
                     with m.Else():
                         m.next = "TAKE"
             _refusal(m, request, reply, Status.BAD_LENGTH, drain=False)
+            _refusal(m, request, reply, Status.FAULT, drain=False)
         return m
 
 
@@ -527,8 +539,9 @@ class NetworkApp(wiring.Component):
     -------
     host : In(AppSignature())
         Requests and replies of the host link.
-    inputs, outputs
-        Image words to and stored words from the core, as :class:`InferHandler` has them.
+    inputs, outputs, fault
+        Image words to and stored words from the core, and its fault flag, as
+        :class:`InferHandler` has them.
     load : Out(stream.Signature(load_layout))
         Memory writes and restarts to the core.
     """
@@ -542,7 +555,7 @@ class NetworkApp(wiring.Component):
         self._output_words = check_int("Output words", output_words, (1, 65535))
         self._word_bytes = {name: -(-bits // 8) for name, bits in word_bits.items()}
         super().__init__({"host": In(AppSignature()), **_core_streams(width),
-                          "load": Out(stream.Signature(load_layout))})
+                          "load": Out(stream.Signature(load_layout)), "fault": In(1)})
 
     @classmethod
     def for_core(cls, core, *, input_words, output_words):
@@ -593,6 +606,7 @@ class NetworkApp(wiring.Component):
         infer = handlers[Command.INFER]
         wiring.connect(m, infer.inputs, wiring.flipped(self.inputs))
         wiring.connect(m, wiring.flipped(self.outputs), infer.outputs)
+        m.d.comb += infer.fault.eq(self.fault)
 
         # A restart is a load beat to memory RESTART, whose address and word the core does
         # not read: only `memory` is chosen (a multiplexer on the word would cost a LUT a bit).

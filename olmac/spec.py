@@ -136,6 +136,9 @@ class Status(enum.IntEnum):
     BAD_LENGTH = 0x02
     BAD_MEMORY = 0x03
     BAD_ADDRESS = 0x04
+    #: The core's MAC array was given a beat that breaks the outlier rules of
+    #: docs/semantics.md §6 (since reset): its results cannot be trusted.
+    FAULT = 0x05
 
 
 def check_int(description, value, bounds):

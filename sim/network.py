@@ -42,7 +42,7 @@ CAPACITY = 1 << 16
 #: Files the memories read and write, in the run's folder (the simulator's working folder).
 FILES = {"loads": "loads.hex", "images": "images.hex", "results": "results.hex",
          "op_cycles": "op_cycles.hex"}
-_PUBLIC_PORTS = ("rst", "done", "captured", "cycles", "gemm_beats")
+_PUBLIC_PORTS = ("rst", "done", "captured", "cycles", "gemm_beats", "fault")
 # --timing for the clock made in Verilog; -O2 instead of Verilator's default -Os for the
 # model's C++ (the requantizer's wide arithmetic is then inlined); X values resolved once.
 BUILD_ARGS = ("--timing", "--x-assign", "fast", "--x-initial", "fast",
@@ -93,7 +93,7 @@ _TOP = f"""\
 // The simulation top: the clock toggles inside the simulator (Verilator --timing), so no
 // testbench code runs per cycle; the run's counts, stall rate and seed come as plusargs.
 module {TOPLEVEL}(input rst, output done, output [31:0] captured, output [31:0] cycles,
-                  output [31:0] gemm_beats);
+                  output [31:0] gemm_beats, output fault);
   reg clk = 1'b0;
   always #{CLOCK_NS // 2} clk = ~clk;
   reg [31:0] loads = 0, inputs = 0, outputs = 0, stall = 0, seed = 1;
@@ -107,7 +107,7 @@ module {TOPLEVEL}(input rst, output done, output [31:0] captured, output [31:0] 
   end
   {BENCH} bench(.clk(clk), .rst(rst), .load_count(loads), .input_count(inputs),
     .output_count(outputs), .stall(stall[3:0]), .seed(seed[15:0]), .done(done),
-    .captured(captured), .cycles(cycles), .gemm_beats(gemm_beats));
+    .captured(captured), .cycles(cycles), .gemm_beats(gemm_beats), .fault(fault));
 endmodule
 """
 
@@ -196,6 +196,8 @@ class NetworkBench(wiring.Component):
         Cycles from the end of the loads to ``done``.
     gemm_beats : Out(32)
         Beats the MAC array took.
+    fault : Out(1)
+        The core's ``fault`` (a beat broke docs/semantics.md §6's outlier rules).
     """
 
     load_count: In(32)
@@ -207,6 +209,7 @@ class NetworkBench(wiring.Component):
     captured: Out(32)
     cycles: Out(32)
     gemm_beats: Out(32)
+    fault: Out(1)
 
     def __init__(self, config, *, capacity=CAPACITY):
         if not isinstance(config, NetworkCore.Config):
@@ -262,6 +265,7 @@ class NetworkBench(wiring.Component):
             self.done.eq(done),
             self.captured.eq(captured),
             self.gemm_beats.eq(core.gemm_beats),
+            self.fault.eq(core.fault),
         ]
         return m
 

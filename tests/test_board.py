@@ -191,12 +191,15 @@ def _app():
 class _FakeCore:
     """Stands in for a NetworkCore: takes load beats and input words (recording them) and
     answers every ``input_words`` words with ``output_words`` words, the first slot of each
-    the sum of the image's slots plus its index."""
+    the sum of the image's slots plus its index. From image ``fault_from`` on (counting
+    from 0) it raises ``fault`` before its outputs, as a core whose array saw a beat break
+    the outlier rules does, and keeps it high."""
 
-    def __init__(self, app):
+    def __init__(self, app, fault_from=None):
         self.app = app
         self.loads = []
         self.images = []
+        self.fault_from = fault_from
 
     async def run(self, ctx):
         app = self.app
@@ -214,6 +217,9 @@ class _FakeCore:
                     self.images.append(image)
                     total = sum(sum(word) for word in image)
                     ctx.set(app.inputs.ready, 0)
+                    if len(self.images) - 1 == self.fault_from:
+                        ctx.set(app.fault, 1)
+                        await ctx.tick().repeat(3)
                     for index in range(_APP["output_words"]):
                         ctx.set(app.outputs.valid, 1)
                         ctx.set(app.outputs.payload.word, [(total + index) & 0xFFFF, index])
@@ -255,9 +261,9 @@ def last_seen(got):
     return got[-1] is None
 
 
-def _run_app(requests):
+def _run_app(requests, fault_from=None):
     app = _app()
-    core = _FakeCore(app)
+    core = _FakeCore(app, fault_from)
     replies = []
 
     async def host(ctx):
@@ -335,6 +341,20 @@ def test_app_errors_are_reported_and_the_app_recovers():
     assert core.loads == [(NetworkCore.Memory.PROGRAM, 3, 0x030201),
                           (NetworkCore.Memory.WEIGHTS, 0, 0x0201)]
     assert core.images[0] == [[1, 2], [3 & 0xFF, 0], [0, 0]]
+    assert len(core.images) == 3
+
+
+def test_a_core_fault_turns_infer_replies_into_fault():
+    """A core whose array faulted (its ``fault`` rises while an image runs) gets FAULT alone
+    for that INFER and every later one, its outputs taken and dropped so it never waits;
+    the INFERs before the fault are answered as usual, and other commands still work."""
+    image = [1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0]
+    replies, core = _run_app([[Command.INFER, *image], [Command.INFER, *image],
+                              [Command.INFO], [Command.INFER, *image]], fault_from=1)
+    assert replies[0] == bytes([Status.OK, 21, 0, 0, 0, 22, 0, 1, 0])
+    assert replies[1] == bytes([Status.FAULT])
+    assert replies[2][0] == Status.OK
+    assert replies[3] == bytes([Status.FAULT])
     assert len(core.images) == 3
 
 

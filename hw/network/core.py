@@ -102,6 +102,9 @@ class NetworkCore(wiring.Component):
         The op running.
     gemm_beats : Out(32)
         Beats the array has taken since reset (for utilization figures).
+    fault : Out(1)
+        The array's ``fault``: a beat broke the outlier rules of docs/semantics.md §6
+        (sticky until reset; never raised by a program the compiler made).
     """
 
     #: Which memory a ``load`` beat writes.
@@ -389,6 +392,7 @@ class NetworkCore(wiring.Component):
             "load": In(stream.Signature(config.load_layout)),
             "op_index": Out(range(config.program_depth)),
             "gemm_beats": Out(32),
+            "fault": Out(1),
         })
 
     @property
@@ -459,6 +463,7 @@ class NetworkCore(wiring.Component):
             sequencer.restart.eq(loader.restart),
             self.op_index.eq(sequencer.op_index),
             self.gemm_beats.eq(beats.gemm_beats),
+            self.fault.eq(array.fault),
         ]
 
         wiring.connect(m, wiring.flipped(self.inputs), loader.inputs)
