@@ -78,6 +78,29 @@ def test_table_after_a_flatten_runs_as_a_pass_of_its_own():
     assert (OpKind.SUM, True) in _kinds(compiled)
 
 
+class ReadTwice(nn.Module):
+    """A tanh whose input is read again (by a concatenation): the table cannot replace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(10, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(torch.cat([torch.tanh(h), h], 1))
+
+
+@pytest.mark.parametrize("factory", [ReadTwice, lambda: nn.Sequential(nn.Linear(6, 4),
+                                                                       nn.Sigmoid())],
+                         ids=["input-read-twice", "table-is-the-output"])
+def test_tables_on_values_read_twice_and_as_the_output(factory):
+    """A table whose input has another reader (its own pass: the input stays stored) and a
+    sigmoid as the program's output (unsigned logits in 16-bit slots) match golden."""
+    torch.manual_seed(0)
+    compiled = _check(_program(factory(), (6,)), (6,))
+    assert any(op.get("table") for op in compiled.ops)
+
+
 def test_tables_beside_activation_outliers():
     """A GELU table in a network whose ReLU layer keeps 10 % activation outliers (§18; a
     table's own output never has any: every entry is in its format): the table part sits
