@@ -3,8 +3,8 @@
 
 For every row and seed: the demo model of that seed (``olmac.models.demo``, cached under
 ``build/models``) is quantized by ``quantize_model`` (the default calibration, §13), then
-fine-tuned through its float view for ``EPOCHS`` epochs (``olmac.flow.quantize``'s
-training, §13) and lowered again. Both programs are scored by ``run_integer`` on every
+fine-tuned through its float view for ``EPOCHS`` epochs (``olmac.flow.fine_tuner``, the
+training of ``olmac quantize --epochs``, §13) and lowered again. Both programs are scored by ``run_integer`` on every
 test image; the float model's own accuracy is the reference. Each (row, model, seed) is
 computed once and kept, with the trained artifact, under ``build/models/accuracy``; the
 table prints mean ± standard deviation (with Bessel's correction) over the seeds, and the
@@ -20,18 +20,17 @@ from pathlib import Path
 
 import torch
 
-from olmac.flow import TRAIN_BATCH, TRAIN_LR
+from olmac.flow import TRAIN_BATCH, TRAIN_LR, fine_tuner
 from olmac.golden import artifact
 from olmac.golden.program import Gemm, quantize_model, run_integer, tensor_specs, to_pixels
-from olmac.golden.program.training import TrainableProgram
 from olmac.models.demo import cnn, mlp
 from olmac.models.digits import as_images, load_digits_split
-from olmac.models.training import MODEL_DIR, one_thread, train
+from olmac.models.training import MODEL_DIR, one_thread
 
 __all__ = ["EPOCHS", "SEEDS", "Row", "ROWS", "measure", "report"]
 
 #: Training epochs of every trained row.
-EPOCHS = 12
+EPOCHS = 40
 #: Seeds of the table (the float model's initialization and the batch order).
 SEEDS = 5
 
@@ -94,7 +93,8 @@ def _accuracy(program, pixels, labels) -> float:
 def measure(model: str, row: Row, seed: int, directory: Path = MODEL_DIR) -> dict:
     """The post-training and trained accuracy (and memory bits) of ``row`` on the demo
     ``model`` of ``seed``, from the cache if there."""
-    path = Path(directory) / "accuracy" / f"{model}_{row.name}_e{EPOCHS}_s{seed}"
+    path = Path(directory) / "accuracy" / \
+        f"{model}_{row.name}_e{EPOCHS}_lr{TRAIN_LR:g}_kd_s{seed}"
     if (path / "result.json").exists():
         return json.loads((path / "result.json").read_text())
     digits = load_digits_split()
@@ -103,13 +103,11 @@ def measure(model: str, row: Row, seed: int, directory: Path = MODEL_DIR) -> dic
     images, test = shaped(digits.x_train), shaped(digits.x_test)
     pixels = to_pixels(digits.x_test)
     seen = {}
+    tuner = fine_tuner(float_model, images, digits.y_train, epochs=EPOCHS, seed=seed)
 
     def fine_tune(program, layers, options):
         seen["ptq"] = program
-        trainable = TrainableProgram(program, layers, options)
-        train(trainable, images, digits.y_train, epochs=EPOCHS, lr=TRAIN_LR,
-              batch=TRAIN_BATCH, seed=seed, initialize=False, anneal=True)
-        return trainable.finish()
+        return tuner(program, layers, options)
 
     started = time.perf_counter()
     with one_thread():
@@ -154,8 +152,9 @@ def report(model: str = "cnn", seeds: int = SEEDS, rows=None) -> dict:
               f"| {_mean_std([r['trained'] for r in results[row.name]])} "
               f"| {weights / 1000:.1f} | {activations / 1000:.1f} |", flush=True)
     print()
-    print(f"Trained: {EPOCHS} epochs through the float view (docs/program.md §13), Adam "
-          f"from {TRAIN_LR:g} annealed to 0, batches of {TRAIN_BATCH}. Weights kbit: every GEMM's weight "
+    print(f"Trained: {EPOCHS} epochs through the float view (docs/program.md §13), "
+          f"distilled from the float model, Adam from {TRAIN_LR:g} annealed to 0, batches "
+          f"of {TRAIN_BATCH}. Weights kbit: every GEMM's weight "
           f"tensors at their widths; activations kbit: every value of one image at its "
           f"width (16-bit highway tensors and logits included).")
     print()

@@ -172,3 +172,32 @@ def test_bad_training_options_are_refused(tmp_path, capsys, extra, message):
         main(["quantize", "--model", "mlp", "--out", str(tmp_path / "p"), *extra])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"olmac: error: {message}"
+
+
+def test_a_saturated_activation_outlier_is_clipped_for_training(mlp_data):
+    """§13/§18: training sees a value with activation outliers as its readers do, the
+    outliers over a block's slots saturated to the dense format's top, and such a value
+    passes no gradient to its input (a kept outlier passes 1). Every element is an
+    outlier here, so each block keeps exactly ``slots`` of them (counted from the storage
+    parameters, not from the block rule)."""
+    from olmac.golden.program import quantize_model
+    from olmac.golden.program.training import fake_quantize_stored_ste
+    program = quantize_model(mlp_data.model, mlp_data.calibration[:SUBSET], act_bits=3,
+                             weight_bits=3, scheme="mmse", act_outlier_ratio=0.02)
+    name = next(name for name, value in program.values.items()
+                if value.outliers is not None and len(value.shape) == 1)
+    value = program.values[name]
+    spec = value.outliers
+    features = value.shape[0]
+    blocks = -(-(-(-features // spec.word_values)) // spec.block_words)
+    top = 2 ** value.bits - 1  # unsigned after a ReLU
+    x = torch.full((1, features), (top + 5.25) * value.scale, dtype=torch.float64,
+                   requires_grad=True)
+    y = fake_quantize_stored_ste(program, name, x, value.scale)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    kept = grad == 1
+    assert spec.slots * blocks < features  # some saturate
+    assert int(kept.sum()) == spec.slots * blocks
+    assert bool((grad[~kept] == 0).all())
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], (top + 5) * value.scale))
+    torch.testing.assert_close(y[~kept], torch.full_like(y[~kept], top * value.scale))

@@ -38,7 +38,27 @@ from .ops import Gemm, Rotate
 from .outliers import stored
 from .schemes import SCHEMES
 
-__all__ = ["TrainableProgram"]
+__all__ = ["TrainableProgram", "fake_quantize_stored_ste"]
+
+
+def fake_quantize_stored_ste(program: IntegerProgram, name: str, x: torch.Tensor,
+                             scale: torch.Tensor | float) -> torch.Tensor:
+    """The value ``name`` of ``program``, which has activation outliers (§18), of real
+    ``x`` (``N×`` its shape) at step ``scale``, for training: ``σ·k`` with ``k`` the level
+    its readers see (``round_half_even(x/σ)`` clamped to the outlier format, then the
+    block rule: what a block cannot keep saturates to the dense format). Gradients as
+    ``fake_quantize_ste``'s, with a value that the block rule saturated counted as
+    clipped: ``∂/∂x = 0`` and ``∂/∂σ = k``. (Passing the gradient straight through there
+    rewards growing a value the forward pass clamps: the 4/3 + 2 % residual CNN trained
+    at 10⁻² diverged, 97 % after 6 epochs, 23 % after 40.)
+    """
+    value = program.values[name]
+    low, high = int_range(value.produced_bits, value.signed)
+    steps = torch.clamp(x / scale, low, high)
+    rounded = torch.round(steps)
+    kept = stored(program, name, rounded.to(torch.int64))[0].to(steps.dtype)
+    straight = rounded + (steps - steps.detach())
+    return torch.where(kept == rounded, straight, kept) * scale
 
 
 class TrainableProgram(nn.Module):
@@ -87,12 +107,7 @@ class TrainableProgram(nn.Module):
             else value.scale
         if value.outliers is None:
             return fake_quantize_ste(x, scale, value.bits, value.signed)
-        # activation outliers (§18): the outlier format's steps, then the block rule
-        # (what a block cannot keep saturates), with fake_quantize_ste's gradients
-        low, high = int_range(value.produced_bits, value.signed)
-        steps = torch.clamp(x / scale, low, high)
-        kept = stored(self.program, name, torch.round(steps).to(torch.int64))[0]
-        return (kept.to(steps.dtype) + (steps - steps.detach())) * scale
+        return fake_quantize_stored_ste(self.program, name, x, scale)
 
     def _rotate(self, op: Gemm, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` in the input space of ``op``: rotated as the lowering does (§19)

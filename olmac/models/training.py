@@ -1,6 +1,7 @@
 """The one training loop of the float models and studies, and the cache of trained weights.
 
-``train`` is Adam on cross-entropy, full-batch or on shuffled mini-batches, from a fresh
+``train`` is Adam on cross-entropy (against the labels, or against a teacher's softened
+predictions: knowledge distillation), full-batch or on shuffled mini-batches, from a fresh
 initialization or (quantization-aware fine-tuning) from the model's current parameters.
 It runs on one CPU thread, so a run is deterministic for a seed whatever the machine's
 thread count. ``cached`` keeps a trained ``state_dict`` under a directory
@@ -38,9 +39,17 @@ def one_thread() -> Iterator[None]:
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 300,
           lr: float = 1e-2, batch: int | None = None, seed: int = 0,
           initialize: bool = True, anneal: bool = False,
+          teacher: torch.Tensor | None = None,
           report: Callable[[int, float, float], None] | None = None) -> nn.Module:
     """Adam on the cross-entropy of ``model(x)`` against the labels ``y`` for ``epochs``
     passes over the data; returns ``model`` in eval mode.
+
+    With ``teacher`` (another model's logits on ``x``, ``N×classes``) the target is the
+    teacher's softmax instead of the labels (knowledge distillation at temperature 1, as
+    quantization-aware training from a float model does it: the float model's
+    confidences carry more than the labels, and a student that can only approximate
+    them is not pushed to fit the few images the float model gets wrong); ``y`` then only
+    scores the reported accuracy.
 
     With ``initialize``, ``torch.manual_seed(seed)`` then Kaiming-uniform weights (every
     parameter of two or more dimensions), unit normalization scales (a one-dimensional
@@ -82,7 +91,9 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 3
             for chosen in batches:
                 optimizer.zero_grad()
                 logits = model(x[chosen])
-                loss = nn.functional.cross_entropy(logits, y[chosen])
+                target = y[chosen] if teacher is None else \
+                    teacher[chosen].to(logits.dtype).softmax(1)
+                loss = nn.functional.cross_entropy(logits, target)
                 loss.backward()
                 optimizer.step()
                 if schedule is not None:
