@@ -15,8 +15,8 @@ from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
 from .compute import ParamFeed, Reducer, WriteBack
 from .layouts import (ACT_SHIFT_BITS, MEMORY_STYLES, OUTLIER_VALUE_BITS, REQUANTIZERS,
-                      STORAGE_BITS, TABLE_ENTRY_BITS, WINDOW_GROWTH, ChannelWord, LoadBeat, LoadTarget,
-                      OpDescriptor, OpKind, OutlierBlock, WeightWord)
+                      STORAGE_BITS, TABLE_ENTRY_BITS, WINDOW_GROWTH, ChannelWord, LoadBeat,
+                      LoadTarget, OpDescriptor, OpKind, OutlierBlock, WeightWord)
 from .codes import CodebookPath, code_tiles, codebook_word_entries
 from .memories import NarrowMemories, WideMemories
 from .outliers import ActOutlierStore
