@@ -46,8 +46,8 @@ class Sensitivity:
     def least_bits(self) -> float:
         """The least average bits per weight any allocation reaches: the free layers at
         their narrowest candidate width, the fixed ones at theirs."""
-        return _average({name: min(self.kl[name]) if name in self.kl else width.weight_bits
-                         for name, width in self.layers.items()}, self.layers)
+        return _least_bits(self.layers, self.fixed, {name: min(kl)
+                                                     for name, kl in self.kl.items()})
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,32 @@ class Allocation:
         return sum(self.sensitivity.values())
 
 
-def _average(bits: dict, layers: dict) -> float:
-    """``Σ W_l·n_l / Σ n_l`` of the widths ``bits`` by layer name."""
+def _least_bits(layers: dict, fixed, narrowest: dict) -> float:
+    """``Σ W_l·n_l / Σ n_l`` with the free layers at their ``narrowest`` widths and the
+    ``fixed`` ones at their own."""
     total = sum(width.weights for width in layers.values())
-    return sum(bits[name] * width.weights for name, width in layers.items()) / total
+    return sum((width.weight_bits if name in fixed else narrowest[name]) * width.weights
+               for name, width in layers.items()) / total
+
+
+def _check_budget(budget_bits, least: float, fixed) -> None:
+    """Raise ``ValueError`` unless ``budget_bits`` is a number in ``WEIGHT_BITS`` and at
+    least ``least``."""
+    low, high = WEIGHT_BITS
+    if isinstance(budget_bits, bool) or not isinstance(budget_bits, (int, float)) \
+            or not low <= budget_bits <= high:
+        raise ValueError(f"budget_bits must be a number in {low}..{high} (average weight "
+                         f"bits per weight), not {budget_bits!r}")
+    if budget_bits < least:
+        names = ", ".join(sorted(fixed))
+        raise ValueError(f"budget_bits {budget_bits:g} is below {least:.4g}, the least this "
+                         f"model allows (every layer at its narrowest width"
+                         f"{'; ' + names + ' fixed by layer_bits' if names else ''})")
 
 
 def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=None,
                         widths=tuple(range(WEIGHT_BITS[0], WEIGHT_BITS[1] + 1)),
-                        images: int = SENSITIVITY_IMAGES, report=None,
+                        images: int = SENSITIVITY_IMAGES, budget_bits=None, report=None,
                         **options) -> Sensitivity:
     """Lower ``model`` (``quantize_model`` with ``act_bits``, ``options`` and max-abs
     activation scales, one lowering each) once with every layer not in ``layer_bits`` at
@@ -82,15 +99,17 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
     alone at the width; score each program by ``logit_kl`` of its exact logits
     (``real_logits``) from the float model's on at most ``images`` calibration images.
     The layers of ``layer_bits`` (name, ``first`` or ``last`` → ``(W, A)``) keep their
-    widths throughout. ``report(done, total)`` is called after each lowering.
+    widths throughout. ``report(done, total)`` is called after each lowering. A
+    ``budget_bits`` that :func:`allocate` would refuse is refused after the first lowering,
+    before the others.
 
     Raises
     ------
     ProgramError
         As ``quantize_model`` (a name of ``layer_bits`` that is no GEMM layer, …).
     ValueError
-        If a layer's scheme is not one of ``BUDGET_SCHEMES``, or a width of ``widths`` is
-        not in ``WEIGHT_BITS``.
+        If a layer's scheme is not one of ``BUDGET_SCHEMES``, a width of ``widths`` is
+        not in ``WEIGHT_BITS``, or ``budget_bits`` is refused.
     """
     import torch
     from olmac.golden.program import quantize_model
@@ -118,6 +137,9 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
             raise ValueError(f"layer {op.name!r} has scheme {op.scheme}, whose weights are "
                              f"not W-bit integers; a budget allocates "
                              f"{' and '.join(BUDGET_SCHEMES)} layers")
+    if budget_bits is not None:
+        _check_budget(budget_bits, _least_bits(layers, fixed, dict.fromkeys(names, widths[0])),
+                      fixed)
     sample = calibration[::-(-len(calibration) // images)]
     with torch.no_grad():
         normalized = normalize(model, calibration[:2])
@@ -153,18 +175,8 @@ def allocate(sensitivity: Sensitivity, budget_bits: float) -> Allocation:
         If ``budget_bits`` is not a number in ``WEIGHT_BITS``, or is below the least
         average the layers allow (``Sensitivity.least_bits``).
     """
-    low, high = WEIGHT_BITS
-    if isinstance(budget_bits, bool) or not isinstance(budget_bits, (int, float)) \
-            or not low <= budget_bits <= high:
-        raise ValueError(f"budget_bits must be a number in {low}..{high} (average weight "
-                         f"bits per weight), not {budget_bits!r}")
+    _check_budget(budget_bits, sensitivity.least_bits, sensitivity.fixed)
     layers, kl = sensitivity.layers, sensitivity.kl
-    least = sensitivity.least_bits
-    if budget_bits < least:
-        fixed = ", ".join(sorted(sensitivity.fixed))
-        raise ValueError(f"budget_bits {budget_bits:g} is below {least:.4g}, the least this "
-                         f"model allows (every layer at its narrowest width"
-                         f"{'; ' + fixed + ' fixed by layer_bits' if fixed else ''})")
     # in whole bits, so that the comparison is exact; the slack absorbs B·n's rounding
     capacity = math.floor(budget_bits * sum(w.weights for w in layers.values()) + 1e-6)
     fixed_bits = sum(w.weight_bits * w.weights for n, w in layers.items() if n not in kl)

@@ -91,7 +91,8 @@ def test_measurement_and_choice_are_deterministic(mlp, sensitivity):
 
 def test_fixed_layers_count_and_bound_the_budget(mlp, sensitivity):
     """A layer given by ``layer_bits`` keeps its widths, counts in the average, and makes a
-    budget below the least it allows an error naming that least."""
+    budget below the least it allows an error naming that least (in the measurement
+    already, when it is given the budget)."""
     fixed = measure_sensitivity(mlp.model, mlp.calibration, act_bits=4, scheme="mmse",
                                 widths=(2,), layer_bits={"last": (8, 8)})
     assert fixed.fixed == {"layers.4"} and list(fixed.kl) == ["layers.0", "layers.2"]
@@ -101,6 +102,12 @@ def test_fixed_layers_count_and_bound_the_budget(mlp, sensitivity):
     with pytest.raises(ValueError, match=r"^budget_bits 2\.3 is below 2\.435, the least "
                                          r"this model allows .*layers\.4 fixed"):
         allocate(fixed, 2.3)
+    lowered = []
+    with pytest.raises(ValueError, match=r"^budget_bits 2\.3 is below 2\.435"):
+        measure_sensitivity(mlp.model, mlp.calibration, act_bits=4, scheme="mmse",
+                            widths=(2,), layer_bits={"last": (8, 8)}, budget_bits=2.3,
+                            report=lambda done, total: lowered.append(done))
+    assert lowered == []  # refused before any layer's candidates were lowered
     for bad in (1.9, 8.5, float("nan"), True, "3"):
         with pytest.raises(ValueError, match=r"^budget_bits must be a number in 2\.\.8"):
             allocate(sensitivity, bad)
@@ -123,6 +130,15 @@ def test_cli_refuses_a_budget_out_of_range(capsys, tmp_path, value):
     assert error == (f"olmac: error: --budget-bits must be a number in 2..8 (average bits "
                      f"per weight), not {float(value):g}")
     assert not (tmp_path / "p").exists()
+
+
+def test_cli_refuses_a_budget_with_a_weight_width(capsys, tmp_path):
+    """``--budget-bits`` chooses the weight widths, so ``--weight-bits`` beside it is an
+    error rather than silently unused."""
+    error = _refused(capsys, ["quantize", "--model", "mlp", "--weight-bits", "3",
+                              "--budget-bits", "3", "--out", str(tmp_path / "p")])
+    assert error.startswith("olmac: error: argument --budget-bits: not allowed with "
+                            "argument --weight-bits")
 
 
 @pytest.fixture(scope="module")

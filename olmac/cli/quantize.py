@@ -19,8 +19,9 @@ from .common import (UsageError, array_options, in_range, layer_schemes, layer_w
 PIXEL_MAX, PIXEL_SCALE = 16, 1 / 16
 
 
-def quantization_arguments(parser, default_model=None, own_models=True):
-    """The options ``olmac quantize`` and ``olmac demo`` share."""
+def quantization_arguments(parser, default_model=None, own_models=True, budget=False):
+    """The options ``olmac quantize`` and ``olmac demo`` share; with ``budget``,
+    ``--budget-bits`` too, which excludes ``--weight-bits``."""
     # from olmac.spec, not golden/ or the compiler: `--help` must not wait for torch
     from olmac.spec import ACT_BITS, ACT_OUTLIER_RATIO, WEIGHT_BITS, WEIGHT_SCHEMES
     help_text = " or ".join(DEMO_MODELS)
@@ -31,8 +32,16 @@ def quantization_arguments(parser, default_model=None, own_models=True):
                         help=help_text, **({} if own_models else {"choices": DEMO_MODELS}))
     parser.add_argument("--act-bits", type=int, default=4,
                         help=f"{ACT_BITS[0]}..{ACT_BITS[1]}")
-    parser.add_argument("--weight-bits", type=int, default=4,
+    widths = parser.add_mutually_exclusive_group() if budget else parser
+    widths.add_argument("--weight-bits", type=int, default=4,
                         help=f"{WEIGHT_BITS[0]}..{WEIGHT_BITS[1]}")
+    if budget:
+        widths.add_argument("--budget-bits", type=float, metavar="B",
+                            help=f"instead: each layer's weight width chosen by its measured "
+                                 f"sensitivity so that the average bits per weight over all "
+                                 f"weights is at most B, a number in {WEIGHT_BITS[0]}.."
+                                 f"{WEIGHT_BITS[1]}; --layer-bits entries stay fixed "
+                                 f"(docs/program.md §20)")
     parser.add_argument("--scheme", default="value_aware", choices=WEIGHT_SCHEMES,
                         help="weight scheme of every layer")
     parser.add_argument("--outlier-ratio", type=float, default=1 / 64,
@@ -62,7 +71,7 @@ def check_act_outlier_ratio(args):
 
 
 def arguments(parser):
-    quantization_arguments(parser)
+    quantization_arguments(parser, budget=True)
     parser.add_argument("--calibration", help="real calibration images .npy (N × input "
                         "shape); default for the demo models: their training split")
     parser.add_argument("--real-inputs", action="store_true",
@@ -92,12 +101,6 @@ def arguments(parser):
     training.add_argument("--train-labels", help="class indices .npy (N integers)")
     training.add_argument("--lr", type=float, default=TRAIN_LR, help="Adam's learning rate")
     training.add_argument("--seed", type=int, default=0, help="seed of the batch order")
-    budget = parser.add_argument_group(
-        "per-layer widths by budget", "choose each layer's weight width by its measured "
-        "sensitivity (docs/program.md §20); --layer-bits entries stay fixed and count")
-    budget.add_argument("--budget-bits", type=float, metavar="B",
-                        help="average bits per weight over all weights, a number in "
-                             "2..8; replaces --weight-bits")
     parser.set_defaults(run=run)
 
 
@@ -334,8 +337,8 @@ def _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale):
             model, calibration, act_bits=args.act_bits, scheme=args.scheme,
             highway=not args.no_highway, outlier_ratio=args.outlier_ratio,
             act_outlier_ratio=args.act_outlier_ratio, pixel_max=pixel_max,
-            pixel_scale=pixel_scale, real_inputs=args.real_inputs, report=report,
-            **per_layer)
+            pixel_scale=pixel_scale, real_inputs=args.real_inputs,
+            budget_bits=args.budget_bits, report=report, **per_layer)
         return allocate(sensitivity, args.budget_bits), sensitivity
     except (ProgramError, TypeError, ValueError) as error:
         raise UsageError(_option_names(str(error))) from None
