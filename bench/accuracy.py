@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from olmac.budget import REFERENCE_BITS, allocate, measure_sensitivity
 from olmac.flow import TRAIN_BATCH, TRAIN_LR, fine_tuner
 from olmac.golden import artifact
 from olmac.golden.program import Gemm, quantize_model, run_integer, tensor_specs, to_pixels
@@ -64,7 +65,9 @@ ROWS = [_widths(bits, highway) for bits in (4, 3, 2) for highway in (True, False
           "act_outlier_ratio": ratio / 100}) for bits in (3, 4) for ratio in (1, 2)
 ] + [Row(f"rot{bits}", f"{bits}/{bits} MMSE, Hadamard rotation",
          {"weight_bits": bits, "act_bits": bits, "scheme": "mmse", "rotate": True})
-     for bits in (4, 3)]
+     for bits in (4, 3)] + [
+    Row("budget25", "2.5 bits per weight by sensitivity (MMSE), 3-bit A",
+        {"budget_bits": 2.5, "act_bits": 3, "scheme": "mmse"})]
 _BY_NAME = {row.name: row for row in ROWS}
 
 
@@ -84,6 +87,16 @@ def memory_bits(program) -> tuple[int, int]:
     activations = sum(value.bits * torch.Size(value.shape).numel()
                       for value in program.values.values())
     return weights, activations
+
+
+def _allocated(options: dict, model, images) -> dict:
+    """``options`` with a ``budget_bits`` replaced by the per-layer widths ``olmac quantize
+    --budget-bits`` chooses for ``model`` (docs/program.md §20)."""
+    if "budget_bits" not in options:
+        return options
+    rest = {name: value for name, value in options.items() if name != "budget_bits"}
+    allocation = allocate(measure_sensitivity(model, images, **rest), options["budget_bits"])
+    return {**rest, "weight_bits": REFERENCE_BITS, "layer_bits": allocation.layer_bits}
 
 
 def _accuracy(program, pixels, labels) -> float:
@@ -111,7 +124,8 @@ def measure(model: str, row: Row, seed: int, directory: Path = MODEL_DIR) -> dic
 
     started = time.perf_counter()
     with one_thread():
-        trained = quantize_model(float_model, images, fine_tune=fine_tune, **row.options)
+        trained = quantize_model(float_model, images, fine_tune=fine_tune,
+                                 **_allocated(row.options, float_model, images))
         with torch.no_grad():
             float_accuracy = float((float_model(test).argmax(1) == digits.y_test)
                                    .double().mean())
