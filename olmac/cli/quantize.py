@@ -70,6 +70,17 @@ def check_act_outlier_ratio(args):
                          f"{args.act_outlier_ratio:g}")
 
 
+def check_budget_bits(args):
+    """``--budget-bits``, where given, a number within ``WEIGHT_BITS``, or a one-line usage
+    error (before any work; the least a model allows is checked once it is lowered)."""
+    from olmac.spec import WEIGHT_BITS
+    low, high = WEIGHT_BITS
+    if args.budget_bits is not None and not (math.isfinite(args.budget_bits)
+                                             and low <= args.budget_bits <= high):
+        raise UsageError(f"--budget-bits must be a number in {low}..{high} (average bits per "
+                         f"weight), not {args.budget_bits:g}")
+
+
 def arguments(parser):
     quantization_arguments(parser, budget=True)
     parser.add_argument("--calibration", help="real calibration images .npy (N × input "
@@ -267,6 +278,7 @@ def run(args):
     from olmac.golden import artifact
     from olmac.golden.program import ProgramError
     check_act_outlier_ratio(args)
+    check_budget_bits(args)
     pixel_max, pixel_scale = _pixels(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -322,11 +334,6 @@ def _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale):
     from tqdm import tqdm
     from olmac.budget import allocate, measure_sensitivity
     from olmac.golden.program import ProgramError
-    from olmac.spec import WEIGHT_BITS
-    low, high = WEIGHT_BITS
-    if not (math.isfinite(args.budget_bits) and low <= args.budget_bits <= high):
-        raise UsageError(f"--budget-bits must be a number in {low}..{high} (average bits per "
-                         f"weight), not {args.budget_bits:g}")
     bar = tqdm(desc="sensitivity", unit="lowering", file=sys.stderr)
 
     def report(done, total):
