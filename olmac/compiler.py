@@ -290,6 +290,32 @@ def _codebook(op: Gemm, idx_bits: int, weight_bits: int) -> _Codebook:
     return _Codebook(mode, (sign << idx_bits) | index, stored)
 
 
+def _band(nonzero: np.ndarray) -> tuple[int, int]:
+    """``(band_step, band_words)`` of a GEMM whose tile ``t`` has non-zero weights only on
+    the input words ``nonzero[t]`` (docs/network.md §15): the fewest words a tile such that
+    tile ``t`` reads words ``t·band_step ..`` and misses none of its own. A grouped
+    convolution's block-diagonal weight skips its zero blocks; a dense layer reads them all
+    (``band_step`` 0).
+
+    >>> _band(np.eye(3, dtype=bool)), _band(np.ones((2, 3), dtype=bool))
+    ((1, 1), (0, 3))
+    """
+    tiles, in_words = nonzero.shape
+    best = (0, in_words)
+    for step in range(1, in_words):
+        starts = np.arange(tiles) * step
+        words = 1
+        for tile, start in enumerate(starts):
+            used = np.flatnonzero(nonzero[tile])
+            if used.size and used[0] < start:
+                break
+            words = max(words, int(used[-1]) - int(start) + 1 if used.size else 1)
+        else:
+            if starts[-1] + words <= in_words and words < best[1]:
+                best = (step, words)
+    return best
+
+
 def _pack(layout, value) -> int:
     return layout.const(value).as_value().value
 
@@ -476,7 +502,8 @@ class _Compiler:
             in_packed=int(source.packed), out_packed=int(out.packed), in_base=source.base,
             out_base=out.base, in_h=in_h, in_w=in_w,
             in_words=source.channel_words, out_h=out_h, out_w=out_w,
-            out_words=out.channel_words, out_pixels=out_h * out_w, kernel_h=kernel[0],
+            out_words=out.channel_words, out_pixels=out_h * out_w,
+            out_stride=out.channel_words, kernel_h=kernel[0],
             kernel_w=kernel[1], stride_h=stride[0], stride_w=stride[1], pad_h=padding[0],
             pad_w=padding[1], in_signed=in_signed,
             param_base=self.uniform_params(multiplier, shift), **self.bounds(out_value))
@@ -533,9 +560,11 @@ class _Compiler:
             in_pixels, out_pixels = (1, 1), (1, 1)
             m_rows = 1
         in_words = source.channel_words if op.layer == "conv2d" else source.words
+        band_step, band_words = _band(self.nonzero_words(
+            passes, k_index, (kh, kw), in_words, out.channel_words, n_out))
         macs = m_rows * op.in_features * n_out
         self.macs += macs
-        self.max_k = max(self.max_k, kh * kw * in_words * width * len(passes))
+        self.max_k = max(self.max_k, kh * kw * band_words * width * len(passes))
         weight_base = len(self.weight_beats)
         param_base = len(self.param_words)
         code_tiles = []
@@ -549,7 +578,7 @@ class _Compiler:
                 first = True
                 for ky in range(kh):
                     for kx in range(kw):
-                        for word in range(in_words):
+                        for word in range(tile * band_step, tile * band_step + band_words):
                             rows = [k_index(ky, kx, word, lane) for lane in range(width)]
                             if coded is not None:
                                 code_tiles.append(self.code_tile(coded, rows, columns, n_out))
@@ -587,8 +616,10 @@ class _Compiler:
             out_packed=int(out.packed), in_base=source.base,
             out_base=out.base,
             in_h=in_pixels[0], in_w=in_pixels[1], in_words=in_words,
+            band_words=band_words, band_step=band_step,
             out_h=out_pixels[0], out_w=out_pixels[1], out_words=out.channel_words,
-            out_pixels=out_pixels[0] * out_pixels[1], kernel_h=kh, kernel_w=kw,
+            out_pixels=out_pixels[0] * out_pixels[1], out_stride=out.channel_words,
+            kernel_h=kh, kernel_w=kw,
             stride_h=sh, stride_w=sw, pad_h=ph, pad_w=pw, relu=int(op.relu),
             last_pass=len(passes) - 1,
             weight_base=weight_base, param_base=param_base, **residual, **codebook,
@@ -626,6 +657,24 @@ class _Compiler:
                                          in enumerate(tiles[start:start + per_word])))
         return base, {"codebook": coded.mode, "codebook_words": words,
                       "codebook_entries": len(entries)}
+
+    def nonzero_words(self, passes: list[_Pass], k_index, kernel, in_words: int, tiles: int,
+                      n_out: int) -> np.ndarray:
+        """``[tile, word]``: whether any pass has a non-zero weight (dense or outlier) of
+        output tile ``tile`` on input word ``word`` at some kernel tap."""
+        width = self.width
+        nonzero = np.zeros((tiles, in_words), dtype=bool)
+        for word in range(in_words):
+            rows = np.array([k_index(ky, kx, word, lane) for ky in range(kernel[0])
+                             for kx in range(kernel[1]) for lane in range(width)])
+            rows = rows[rows >= 0]
+            for step in passes:
+                weights = step.dense[rows] != 0
+                if step.outliers is not None:
+                    weights |= step.outliers[rows] != 0
+                used = np.flatnonzero(weights.any(0))
+                nonzero[np.unique(used // width), word] = True
+        return nonzero
 
     def beat(self, step: _Pass, rows: list[int], columns: list[int], n_out: int,
              shifts: list[int]) -> dict:

@@ -217,15 +217,17 @@ def _beat_walk(in_signed=0):
 
 
 def _expected_beats(op, gemm):
-    """The beats of §15's loop order: tile, (oy, ox), (ky, kx), ci (GEMM only), each as
-    (activation word address or None when padded, weight address, last)."""
+    """The beats of §15's loop order: tile, (oy, ox), (ky, kx), ci (GEMM only: the tile's
+    band, ``band_words`` words from ``tile·band_step``), each as (activation word address
+    or None when padded, weight address, last)."""
     beats = []
     for tile in range(op["out_words"]):
+        band = range(tile * op["band_step"], tile * op["band_step"] + op["band_words"])
         for oy in range(op["out_h"]):
             for ox in range(op["out_w"]):
                 taps = [(ky, kx, ci) for ky in range(op["kernel_h"])
                         for kx in range(op["kernel_w"])
-                        for ci in range(op["in_words"] if gemm else 1)]
+                        for ci in (band if gemm else [None])]
                 for index, (ky, kx, ci) in enumerate(taps):
                     iy = oy * op["stride_h"] + ky - op["pad_h"]
                     ix = ox * op["stride_w"] + kx - op["pad_w"]
@@ -237,21 +239,28 @@ def _expected_beats(op, gemm):
     return beats
 
 
-_WINDOW = dict(in_base=3, in_h=3, in_w=3, in_words=2, out_h=2, out_w=2, out_words=2,
-               kernel_h=2, kernel_w=3, stride_h=2, stride_w=1, pad_h=1, pad_w=1,
-               weight_base=4)
+_WINDOW = dict(in_base=3, in_h=3, in_w=3, in_words=2, band_words=2, band_step=0, out_h=2,
+               out_w=2, out_words=2, kernel_h=2, kernel_w=3, stride_h=2, stride_w=1, pad_h=1,
+               pad_w=1, weight_base=4)
 
 
-def test_beat_walk_gemm_order_padding_and_weights():
+@pytest.mark.parametrize("band", [(2, 0), (1, 1)], ids=["dense", "band"])
+def test_beat_walk_gemm_order_padding_and_weights(band):
     """A GEMM's beats follow §15's loop order; a padded tap's activations are 0; the
     weight pointer steps per beat, returns to the tile's first word after each pixel and
-    moves on after the tile's last pixel; ``last`` closes each output."""
+    moves on after the tile's last pixel; ``last`` closes each output. With a band of one
+    word a tile stepping one word (a depthwise convolution's) tile ``t`` reads word ``t``
+    of each 2-word pixel only."""
+    window = {**_WINDOW, "band_words": band[0], "band_step": band[1]}
     dut, top = _beat_walk()
-    expected = _expected_beats(_WINDOW, gemm=True)
+    expected = _expected_beats(window, gemm=True)
+    if band == (1, 1):  # the band from the loop order above, written out for tile 1
+        assert [a for a, _, _ in expected[len(expected) // 2:]][:6] == [
+            None, None, None, None, 3 + 1, 3 + 2 + 1]
 
     async def bench(ctx):
         ctx.set(dut.granted, 1)
-        await _run(ctx, dut.control, _op(kind=OpKind.GEMM, **_WINDOW))
+        await _run(ctx, dut.control, _op(kind=OpKind.GEMM, **window))
         taken = await _take(ctx, dut.act, len(expected))
         got = [(list(t.data), t.last) for t in taken]
         want = [([0] * WIDTH if a is None else [(a + 16 * l) & 0xF for l in range(WIDTH)],
@@ -405,8 +414,9 @@ def test_param_feed_applies_the_ops_formats(residual, res_signed):
 
 
 def test_write_back_addresses_and_done():
-    """Each result is written as one 16-bit-slot word at ``out_base + pixel·out_words +
-    tile``, in tile-then-pixel order; the op is done with its last write."""
+    """Each result is written as one 16-bit-slot word at ``out_base + pixel·out_stride +
+    tile``, in tile-then-pixel order (a 2-word output inside a 5-word concatenation); the
+    op is done with its last write."""
     dut = WriteBack(CONFIG)
     results = [[tile * 10 + pixel, -1 - pixel] for tile in range(2) for pixel in range(3)]
     writes = []
@@ -419,12 +429,12 @@ def test_write_back_addresses_and_done():
 
     async def bench(ctx):
         await _run(ctx, dut.control, _op(kind=OpKind.SUM, out_base=30, out_words=2,
-                                         out_pixels=3))
+                                         out_pixels=3, out_stride=5))
         await _send(ctx, dut.results, results)
         await ctx.tick()
 
     _simulate(dut, watch, bench)
-    assert writes == [(30 + pixel * 2 + tile, [(tile * 10 + pixel), (-1 - pixel) & 0xFFFF],
+    assert writes == [(30 + pixel * 5 + tile, [(tile * 10 + pixel), (-1 - pixel) & 0xFFFF],
                        int(tile == 1 and pixel == 2))
                       for tile in range(2) for pixel in range(3)]
 

@@ -140,7 +140,7 @@ def test_beat_walk_repeats_the_taps_per_pass_with_each_passs_digit():
     top = _Harness(dut, operand=(config.layouts["data"], data, "read"),
                    weights_read=(word, weights, "read"))
     op = config.layouts["program"].const(dict(
-        kind=OpKind.GEMM, in_h=1, in_w=2, in_words=1, out_h=1, out_w=1, out_words=1,
+        kind=OpKind.GEMM, in_h=1, in_w=2, in_words=1, band_words=1, out_h=1, out_w=1, out_words=1,
         out_pixels=1, kernel_h=1, kernel_w=2, stride_h=1, stride_w=1, last_pass=2))
 
     def digit(slot, shift, low):

@@ -134,8 +134,8 @@ class ParamFeed(wiring.Component):
 
 class WriteBack(wiring.Component):
     """Writes each requantized vector of a compute op to the activation memory, in the
-    walks' order (``tile``, then pixel), each as one 16-bit-slot word; the op is done with
-    its last write.
+    walks' order (``tile``, then pixel), each as one 16-bit-slot word at ``out_base +
+    pixel·out_stride + tile``; the op is done with its last write.
 
     Parameters
     ----------
@@ -145,7 +145,8 @@ class WriteBack(wiring.Component):
     Members
     -------
     control : In(ControlSignature(descriptor))
-        The op's ``out_base``, ``out_words`` and ``out_pixels``.
+        The op's ``out_base``, ``out_words``, ``out_pixels`` and ``out_stride`` (the words
+        between pixels: ``out_words``, or a concatenation's words per pixel).
     results : In(stream.Signature(ArrayLayout(signed(16), width)))
     write : In(WritePort.Signature(...))
         The activation memory's write port (driven here).
@@ -168,7 +169,7 @@ class WriteBack(wiring.Component):
         op, start = self.control.op, self.control.start
         step = self.results.valid & self.results.ready
         end_of_tile, final = output_counters(m, "write", op, step, start)
-        pointer = tile_pointer(m, "write_pointer", op.out_base, op.out_words, step,
+        pointer = tile_pointer(m, "write_pointer", op.out_base, op.out_stride, step,
                                end_of_tile, start)
         m.d.comb += [
             self.results.ready.eq(is_compute(op.kind)),

@@ -111,6 +111,11 @@ class OpDescriptor(data.StructLayout):
             "in_h": dim, "in_w": dim, "in_words": range(data_depth + 1),
             "out_h": dim, "out_w": dim, "out_words": range(data_depth + 1),
             "out_pixels": range(data_depth + 1),
+            # a GEMM's input words per tile: `band_words` from word `tile·band_step` of each
+            # pixel (a grouped convolution skips its zero weight blocks); the write-back's
+            # words between pixels (an output inside a concatenation, docs/network.md §15)
+            "band_words": range(data_depth + 1), "band_step": range(data_depth + 1),
+            "out_stride": range(data_depth + 1),
             "kernel_h": kernel, "kernel_w": kernel,
             "stride_h": kernel, "stride_w": kernel,
             "pad_h": kernel, "pad_w": kernel,

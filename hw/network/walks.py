@@ -58,7 +58,9 @@ def tile_pointer(m, name, base, stride, step, end_of_tile, clear):
 
 class BeatWalk(wiring.Component):
     """The operand walk of a compute op: ``tile``, output pixel, (GEMM only) pass, kernel
-    tap and (GEMM only) input channel word, one activation word and one weight word a beat,
+    tap and (GEMM only) input channel word of the tile's band (``band_words`` words from
+    word ``tile·band_step`` of each ``in_words``-word pixel), one activation word and one
+    weight word a beat,
     then one register stage (the memories' read ports) whose enable is the stage's
     ``~valid | ready``. A GEMM of several passes (``last_pass``) walks the taps and
     channel words once per pass, each beat multiplying the activation digit its weight word
@@ -147,7 +149,7 @@ class BeatWalk(wiring.Component):
 
         step = Signal()
         limits = [op.out_words - 1, op.out_h - 1, op.out_w - 1, Mux(is_gemm, op.last_pass, 0),
-                  op.kernel_h - 1, op.kernel_w - 1, Mux(is_gemm, op.in_words - 1, 0)]
+                  op.kernel_h - 1, op.kernel_w - 1, Mux(is_gemm, op.band_words - 1, 0)]
         (tile, oy, ox, _, ky, kx, ci), at_limit, final = nested_counters(
             m, "beat", limits, step, start)
         end_of_pixel = at_limit[3] & at_limit[4] & at_limit[5] & at_limit[6]
@@ -165,9 +167,16 @@ class BeatWalk(wiring.Component):
             ix.eq(ox * op.stride_w + kx - op.pad_w),
         ]
         padding = (iy < 0) | (iy >= op.in_h) | (ix < 0) | (ix >= op.in_w)
+        # A GEMM tile's first input word: a pointer, so the band costs no multiplier.
+        band_start = Signal(range(self._config.address_depth + 1))
+        with m.If(start):
+            m.d.sync += band_start.eq(0)
+        with m.Elif(step & end_of_tile):
+            m.d.sync += band_start.eq(band_start + op.band_step)
         # Out of range under padding; the padded operand is zeroed after the read.
         offset = Signal(range(self._config.address_depth))
-        m.d.comb += offset.eq((iy * op.in_w + ix) * op.in_words + Mux(is_gemm, ci, tile))
+        m.d.comb += offset.eq((iy * op.in_w + ix) * op.in_words
+                              + Mux(is_gemm, band_start + ci, tile))
         address = op.in_base + offset
         # Weights follow the beat order tile by tile, so a pointer replaces a multiplier. It
         # counts code tiles in an SYQ GEMM: the word is its top bits, the tile its low ones.
