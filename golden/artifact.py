@@ -201,7 +201,7 @@ def _op(index: int, entry, arrays: dict, used: set):
     kwargs = {}
     for f in attributes:
         value = entry.get(f.name)
-        if f.name in _PAIRS and isinstance(value, list):
+        if (f.name in _PAIRS or f.name == "parts") and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
     references = entry["tensors"]

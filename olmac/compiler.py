@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from olmac.golden.formats import int_range
-from olmac.golden.program import (AvgPool, Flatten, Gemm, IntegerProgram, Lookup, MaxPool,
-                                 QuantizeInput, Requantize)
+from olmac.golden.program import (AvgPool, Concat, Flatten, Gemm, IntegerProgram, Lookup,
+                                  MaxPool, QuantizeInput, Requantize)
 from olmac.hw.codebook import DECODER_IDX_BITS, MAX_SUBGROUPS
 from olmac.hw.network import (ACT_SHIFT_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES, STORAGE_BITS,
                               TABLE_ENTRY_BITS, CodebookMode, NetworkCore, OpKind, code_tiles,
@@ -43,23 +43,33 @@ class _Stored:
     pixels: tuple[int, int]       # (H, W) of an image tensor, (1, 1) for a flat one
     channel_words: int            # words per pixel
     packed: bool = False          # in the packed memory (else the 16-bit one)
+    stride: int = 0               # words from one pixel to the next: channel_words, or
+    #                               a concatenation's (a part inside it)
+
+    def __post_init__(self):
+        self.stride = self.stride or self.channel_words
 
     @property
     def words(self) -> int:
         return len(self.slots)
 
+    @property
+    def channel_map(self) -> np.ndarray:
+        """``[word, lane]``: the channel (feature) of a pixel's slot, or -1."""
+        first = self.slots[:self.channel_words]
+        return np.where(first >= 0, first // (self.pixels[0] * self.pixels[1]), -1)
+
+
+def _layout_slots(channel_map: np.ndarray, height: int, width_px: int) -> np.ndarray:
+    """The slots of a ``C×H×W`` value whose pixels (row-major) each hold the words
+    ``channel_map`` (``[word, lane]``: a channel or -1)."""
+    pixels = np.arange(height * width_px)[:, None, None]
+    flat = channel_map[None] * (height * width_px) + pixels
+    return np.where(channel_map[None] >= 0, flat, -1).reshape(-1, channel_map.shape[1])
+
 
 def _image_slots(channels: int, height: int, width_px: int, width: int) -> np.ndarray:
-    channel_words = -(-channels // width)
-    slots = np.full((height * width_px * channel_words, width), -1, dtype=np.int64)
-    for pixel in range(height * width_px):
-        y, x = divmod(pixel, width_px)
-        for word in range(channel_words):
-            for lane in range(width):
-                c = word * width + lane
-                if c < channels:
-                    slots[pixel * channel_words + word, lane] = (c * height + y) * width_px + x
-    return slots
+    return _layout_slots(_flat_slots(channels, width), height, width_px)
 
 
 def _im2col_slots(shape, op, out_pixels, width: int) -> tuple[np.ndarray, int]:
@@ -323,14 +333,20 @@ def _pack(layout, value) -> int:
 def _packable(program: IntegerProgram, act_bits: int, act_signed: bool) -> set[str]:
     """The values stored in the packed memory (docs/network.md §15): every one that fits
     an activation slot, except residuals (the residual port reads the 16-bit memory) and
-    the output; a flatten and its input share their words, so both or neither."""
+    the output; a flatten and its input share their words, so both or neither, and a
+    concatenation and its parts all or none."""
     wide = {program.output} | {op.residual for op in program.ops
                                if isinstance(op, Gemm) and op.residual is not None}
-    for op in reversed(program.ops):
-        if isinstance(op, Flatten) and op.output in wide:
-            wide.add(op.input)
-    return {name for name, value in program.values.items() if name not in wide and
-            value.bits + (1 if act_signed and not value.signed else 0) <= act_bits}
+    packed = {name for name, value in program.values.items() if name not in wide and
+              value.bits + (1 if act_signed and not value.signed else 0) <= act_bits}
+    # a concatenation and its parts share its words, so all or none (as a flatten's)
+    groups = [{op.input, op.output} for op in program.ops if isinstance(op, Flatten)] + [
+        {*op.parts, op.output} for op in program.ops if isinstance(op, Concat)]
+    while any(group & packed and group - packed for group in groups):
+        for group in groups:
+            if group - packed:
+                packed -= group
+    return packed
 
 
 def _fused_tables(program: IntegerProgram) -> dict[str, Lookup]:
@@ -385,6 +401,119 @@ class _Compiler:
         self.outlier_storage = None   # (block_words, slots) of the activation outliers
         self.outlier_base: dict[str, int] = {}
         self.outlier_blocks = 0
+        self.containers: dict[str, _Stored] = {}   # a concatenation's words, by its name
+        self.maps: dict[str, np.ndarray] = {}
+        self.placeable = self.concat_parts()
+        self.placed: set[str] = set()
+
+    def concat_parts(self) -> dict[str, tuple[Concat, int]]:
+        """The values whose producer may write them straight into their concatenation
+        (docs/network.md §15), each to the ``concat`` op and its place there: a part (its
+        first use in any concatenation) written by a compute op, without activation
+        outliers, that is no residual (the residual port reads whole words of a value of
+        its own), no flatten's input (a flat value is contiguous) and not the output."""
+        program = self.program
+        writers = {op.output: op for op in program.ops}
+        contiguous = {program.output} | {op.residual for op in program.ops
+                                         if isinstance(op, Gemm)} | {
+            op.input for op in program.ops if isinstance(op, Flatten)}
+        parts = {}
+        for op in program.ops:
+            if not isinstance(op, Concat):
+                continue
+            for index, part in enumerate(op.parts):
+                if (part not in parts and part not in contiguous
+                        and isinstance(writers[part], (Gemm, Requantize, AvgPool, MaxPool,
+                                                       Lookup))
+                        and program.values[part].outliers is None):
+                    parts[part] = (op, index)
+        return parts
+
+    def layout(self, name: str) -> np.ndarray:
+        """``[word, lane]``: the channel each slot of a pixel of value ``name`` holds (or
+        -1) where the compiler lays it out by channels: in order, ``⌈C/width⌉`` words; a
+        concatenation's parts each from a word of their own, in order (a part whose
+        channels do not fill its last word leaves zero lanes there, docs/network.md §15);
+        a lane-for-lane op's output (requantize, pooling, table) as its input."""
+        if name not in self.maps:
+            writer = next((op for op in self.program.ops if op.output == name), None)
+            shape = self.program.values[name].shape
+            if isinstance(writer, Concat):
+                maps, offset = [], 0
+                for part in writer.parts:
+                    channels = self.layout(part)
+                    maps.append(np.where(channels >= 0, channels + offset, -1))
+                    offset += self.program.values[part].shape[0]
+                self.maps[name] = np.concatenate(maps)
+            elif isinstance(writer, (Requantize, AvgPool, MaxPool, Lookup)) and len(shape) == 3:
+                self.maps[name] = self.layout(writer.input)
+            else:
+                self.maps[name] = _flat_slots(shape[0], self.width)
+        return self.maps[name]
+
+    def container(self, op: Concat) -> _Stored:
+        """The words of the concatenation ``op`` (allocated once), laid out as ``layout``
+        says, so every part starts on a word."""
+        if op.output not in self.containers:
+            value = self.program.values[op.output]
+            channel_map = self.layout(op.output)
+            pixels = value.shape[1:] if len(value.shape) == 3 else (1, 1)
+            self.containers[op.output] = self.allocate(
+                _layout_slots(channel_map, *pixels), tuple(pixels), len(channel_map),
+                op.output in self.packed)
+        return self.containers[op.output]
+
+    def part_offset(self, op: Concat, index: int) -> int:
+        """The first word of part ``index`` in each pixel of concatenation ``op``."""
+        return sum(len(self.layout(part)) for part in op.parts[:index])
+
+    def output_of(self, name: str, channel_map: np.ndarray, pixels) -> _Stored:
+        """Words for the output ``name`` of a compute op that writes the channels
+        ``channel_map`` (``[word, lane]``) per pixel: its place in its concatenation where
+        it has one and ``channel_map`` is its ``layout``, else words of its own."""
+        if name in self.placeable and np.array_equal(channel_map, self.layout(name)):
+            op, index = self.placeable[name]
+            container = self.container(op)
+            stored = _Stored(container.base + self.part_offset(op, index),
+                             _layout_slots(channel_map, *pixels), tuple(pixels),
+                             len(channel_map), container.packed, container.stride)
+            self.placed.add(name)
+        else:
+            stored = self.allocate(_layout_slots(channel_map, *pixels), tuple(pixels),
+                                   len(channel_map), name in self.packed)
+        self.stored[name] = stored
+        return stored
+
+    def concat(self, label: str, op: Concat) -> None:
+        """A concatenation is its container's words: each part its producer did not
+        write there is copied in by an identity SUM (``M = 1, s = 0``), which reads the
+        part's channels in order."""
+        container = self.container(op)
+        value = self.program.values[op.output]
+        dense = np.array_equal(self.layout(op.output), _flat_slots(value.shape[0], self.width))
+        if not dense and any(isinstance(reader, Gemm) and reader.residual == op.output
+                             for reader in self.program.ops):
+            raise CompileError(f"{label}: '{op.output}' is a residual, but its parts' "
+                               f"channels do not fill whole words of {self.width}")
+        for index, part in enumerate(op.parts):
+            if self.placeable.get(part) == (op, index) and part in self.placed:
+                continue
+            source = self.stored[part]
+            if not np.array_equal(source.slots, _layout_slots(
+                    self.layout(part), *source.pixels)):
+                raise CompileError(f"{label}: part '{part}' is not laid out by channels (a "
+                                   f"flattened feature map), so it cannot be copied word "
+                                   f"by word into the concatenation")
+            (h, w), words = source.pixels, source.channel_words
+            self.descriptor(
+                f"{label} copy of '{part}'", OpKind.SUM, in_packed=int(source.packed),
+                out_packed=int(container.packed), in_base=source.base,
+                out_base=container.base + self.part_offset(op, index), in_h=h, in_w=w,
+                in_words=source.stride, out_h=h, out_w=w, out_words=words,
+                out_pixels=h * w, out_stride=container.stride, kernel_h=1, kernel_w=1,
+                stride_h=1, stride_w=1, in_signed=int(value.signed),
+                param_base=self.uniform_params(1, 0), **self.bounds(value))
+        self.stored[op.output] = container
 
     def one_pass(self, op: Gemm) -> bool:
         """Whether GEMM ``op`` runs in one pass: weights and activations fit the array."""
@@ -489,21 +618,23 @@ class _Compiler:
         ``lookup``'s table, the lookup's output."""
         out_value = self.program.values[out_name]
         stored_name = out_name if lookup is None else lookup.output
-        if kernel == (1, 1) and stride == (1, 1):
-            # elementwise: any layout, kept slot for slot
+        if kernel == (1, 1) and stride == (1, 1) and not np.array_equal(
+                source.slots, _layout_slots(source.channel_map, *source.pixels)):
+            # elementwise over im2col columns: kept slot for slot
             out = self.allocate(source.slots, source.pixels, source.channel_words,
                                 stored_name in self.packed)
             self.stored[stored_name] = out
-        else:
-            out = self.allocate_value(stored_name)
+        else:  # lane for lane: the input's channel layout, at the output's pixels
+            out = self.output_of(stored_name, source.channel_map, out_value.shape[1:]
+                                 if len(out_value.shape) == 3 else (1, 1))
         (in_h, in_w), (out_h, out_w) = source.pixels, out.pixels
         self.descriptor(
             label, kind, **self.outliers(label, stored_name, out, "out"), **self.table(lookup),
             in_packed=int(source.packed), out_packed=int(out.packed), in_base=source.base,
             out_base=out.base, in_h=in_h, in_w=in_w,
-            in_words=source.channel_words, out_h=out_h, out_w=out_w,
+            in_words=source.stride, out_h=out_h, out_w=out_w,
             out_words=out.channel_words, out_pixels=out_h * out_w,
-            out_stride=out.channel_words, kernel_h=kernel[0],
+            out_stride=out.stride, kernel_h=kernel[0],
             kernel_w=kernel[1], stride_h=stride[0], stride_w=stride[1], pad_h=padding[0],
             pad_w=padding[1], in_signed=in_signed,
             param_base=self.uniform_params(multiplier, shift), **self.bounds(out_value))
@@ -529,8 +660,9 @@ class _Compiler:
         self.max_plane_shift = max(self.max_plane_shift, int(passes[0].exponent.max()))
         self.act_shift = max(self.act_shift, max(p.act_shift for p in passes))
         source = self.stored[op.input]
-        out = self.allocate_value(stored_name)
         width = self.width
+        out = self.output_of(stored_name, _flat_slots(op.out_features, width),
+                             out_value.shape[1:] if op.layer == "conv2d" else (1, 1))
         if op.weight_outliers is not None:
             self.outlier_bits = max(self.outlier_bits or 0, op.weight_outlier_bits)
         n_out = op.out_features
@@ -545,11 +677,11 @@ class _Compiler:
             m_rows = out_pixels[0] * out_pixels[1]
         elif op.layer == "conv2d":
             (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
-            channels = source_value.shape[0]
+            channel_map = source.channel_map  # a concatenation's may skip lanes
 
             def k_index(ky, kx, word, lane):
-                c = word * width + lane
-                return (c * kh + ky) * kw + kx if c < channels else -1
+                c = int(channel_map[word, lane])
+                return (c * kh + ky) * kw + kx if c >= 0 else -1
             in_pixels, out_pixels = source.pixels, out.pixels
             m_rows = out_pixels[0] * out_pixels[1]
         else:
@@ -615,10 +747,11 @@ class _Compiler:
             in_packed=int(source.packed),
             out_packed=int(out.packed), in_base=source.base,
             out_base=out.base,
-            in_h=in_pixels[0], in_w=in_pixels[1], in_words=in_words,
+            in_h=in_pixels[0], in_w=in_pixels[1],
+            in_words=source.stride if op.layer == "conv2d" else in_words,
             band_words=band_words, band_step=band_step,
             out_h=out_pixels[0], out_w=out_pixels[1], out_words=out.channel_words,
-            out_pixels=out_pixels[0] * out_pixels[1], out_stride=out.channel_words,
+            out_pixels=out_pixels[0] * out_pixels[1], out_stride=out.stride,
             kernel_h=kh, kernel_w=kw,
             stride_h=sh, stride_w=sw, pad_h=ph, pad_w=pw, relu=int(op.relu),
             last_pass=len(passes) - 1,
@@ -792,6 +925,8 @@ class _Compiler:
                 self.outlier_base[op.output] = self.outlier_base[op.input]
         elif isinstance(op, Gemm):
             self.gemm(label, op, lookup)
+        elif isinstance(op, Concat):
+            self.concat(label, op)
         else:
             raise CompileError(f"{label}: the network core has no {op.KIND!r} op")
 

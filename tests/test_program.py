@@ -675,7 +675,7 @@ CORRUPTIONS = [
      OP2 + r"unknown field 'colour'$"),
     ("unknown kind", None, _set(["ops", 2, "kind"], "softmax"),
      r"^artifact op 2: field 'kind' must be one of quantize_input, gemm, avgpool, maxpool, "
-     r"requantize, rotate, flatten, lookup, not 'softmax'$"),
+     r"requantize, rotate, flatten, concat, lookup, not 'softmax'$"),
     ("bad attribute", None, _set(["ops", 2, "weight_bits"], 9),
      OP2 + r"field 'weight_bits' must be int in 2\.\.8, not 9$"),
     ("bad value width", None, _set(["values", "input", "bits"], 17),

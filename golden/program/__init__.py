@@ -19,8 +19,8 @@ from .interpreter import (act_outlier_counts, quantize_inputs, quantize_real_rou
 from .kernels import im2col, pool_windows, requantize_residual_round_half_up
 from .lowering import (ACT_CALIBRATIONS, CLIP_FACTORS, MIN_ALIGNED_MULTIPLIER, MMSE_SAMPLES,
                        SEARCH_IMAGES, quantize_model)
-from .ops import OPS, TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, \
-    Requantize, Rotate
+from .ops import OPS, TABLE_FUNCTIONS, AvgPool, Concat, Flatten, Gemm, Lookup, MaxPool, \
+    QuantizeInput, Requantize, Rotate
 from .outliers import OutlierCounts, keep_act_outliers, storage_shape, storage_words
 from .schemes import SCHEMES, WeightScheme
 from .types import ActOutliers, ProgramError, TensorSpec, Value
@@ -31,7 +31,7 @@ __all__ = [
     "ProgramError", "Value", "ActOutliers", "OutlierCounts", "keep_act_outliers",
     "storage_shape", "storage_words", "act_outlier_counts",
     "TensorSpec", "QuantizeInput", "Gemm", "AvgPool", "MaxPool", "Requantize", "Rotate",
-    "Flatten", "Lookup", "TABLE_FUNCTIONS",
+    "Flatten", "Concat", "Lookup", "TABLE_FUNCTIONS",
     "OPS", "IntegerProgram", "tensor_specs", "check_program", "im2col", "pool_windows",
     "requantize_residual_round_half_up", "quantize_model", "run_integer", "run_fake_quant",
     "to_pixels", "quantize_inputs", "quantize_real_round_half_up",

@@ -7,8 +7,8 @@ from typing import Mapping
 from olmac.spec import (ACT_BITS, BIAS_BITS, MULTIPLIER_BITS, OUT_BITS, RESIDUAL_SHIFT_RANGE,
                         SHIFT_RANGE, WEIGHT_BITS)
 from ..formats import int_range
-from .ops import (OPS, TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput,
-                  Requantize, Rotate)
+from .ops import (OPS, TABLE_FUNCTIONS, AvgPool, Concat, Flatten, Gemm, Lookup, MaxPool,
+                  QuantizeInput, Requantize, Rotate)
 from .schemes import SCHEMES
 from .types import (ActOutliers, ProgramError, TensorSpec, Value, check_field, check_pair,
                     check_positive_finite)
@@ -47,6 +47,12 @@ def _expected_output_shape(op, label: str, values: Mapping[str, Value],
     """The output shape an op produces from its input's shape (§9), or raise."""
     if isinstance(op, QuantizeInput):
         return tuple(input_shape)
+    if isinstance(op, Concat):
+        shapes = [values[part].shape for part in op.parts]
+        if any(shape[1:] != shapes[0][1:] for shape in shapes):
+            raise ProgramError(f"{label}: parts of shapes {shapes} differ beyond the first "
+                               f"axis")
+        return (sum(shape[0] for shape in shapes), *shapes[0][1:])
     shape = values[op.input].shape
     if isinstance(op, (Requantize, Lookup)):
         return shape
@@ -79,8 +85,13 @@ def _expected_output_shape(op, label: str, values: Mapping[str, Value],
 
 
 def _check_op_attributes(op, label: str) -> None:
-    for name in ("name", "output") + (() if isinstance(op, QuantizeInput) else ("input",)):
+    for name in ("name", "output") + (() if isinstance(op, (QuantizeInput, Concat))
+                                      else ("input",)):
         check_field(label, name, getattr(op, name), str)
+    if isinstance(op, Concat) and not (isinstance(op.parts, tuple) and op.parts and all(
+            isinstance(part, str) for part in op.parts)):
+        raise ProgramError(f"{label}: field 'parts' must be a non-empty tuple of value names, "
+                           f"not {op.parts!r}")
     if isinstance(op, (QuantizeInput, AvgPool, Requantize, Rotate)):
         check_field(label, "multiplier", op.multiplier, int, _S32)
         check_field(label, "shift", op.shift, int, SHIFT_RANGE)
@@ -200,8 +211,9 @@ def _check_outlier_use(label: str, op, values: Mapping[str, Value]) -> None:
             raise ProgramError(f"{label}: output '{op.output}' must keep the activation "
                                f"outliers of input '{op.input}' (the same words, §18)")
         return
-    if isinstance(op, MaxPool) and out.outliers is not None:
-        raise ProgramError(f"{label}: a maxpool output cannot keep activation outliers (§18)")
+    if isinstance(op, (MaxPool, Concat)) and out.outliers is not None:
+        raise ProgramError(f"{label}: a {op.KIND} output cannot keep activation outliers "
+                           f"(§18)")
     readers = [op.residual] if isinstance(op, Gemm) else op.inputs
     for name in readers:
         if name is not None and values[name].outliers is not None:
@@ -275,6 +287,15 @@ def check_program(program) -> None:
                 raise ProgramError(f"{label}: output '{op.output}' must keep the format"
                                    f"{'' if isinstance(op, AvgPool) else ' and scale'} of "
                                    f"input '{op.input}'")
+        if isinstance(op, Concat):
+            for part in op.parts:
+                source = values[part]
+                if (source.bits, source.signed, source.scale) != (out.bits, out.signed,
+                                                                  out.scale):
+                    raise ProgramError(f"{label}: part '{part}' ({source.format}, scale "
+                                       f"{source.scale:g}) must have the format and scale "
+                                       f"of output '{op.output}' ({out.format}, scale "
+                                       f"{out.scale:g})")
         if isinstance(op, Lookup):
             _check_lookup(op, label, values)
         if isinstance(op, Gemm):

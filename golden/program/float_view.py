@@ -8,7 +8,7 @@ import torch
 from ..fake_quant import to_int_round_half_even
 from .integer_program import IntegerProgram
 from .kernels import from_rows, im2col, nchw_rows, pool_windows, walsh_hadamard
-from .ops import TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, \
+from .ops import TABLE_FUNCTIONS, AvgPool, Concat, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, \
     Requantize, Rotate
 from .outliers import stored
 
@@ -73,6 +73,8 @@ def float_view(program: IntegerProgram, images: torch.Tensor,
             env[op.output] = fake(op.output, rotated / rotated.shape[1] ** 0.5)
         elif isinstance(op, Flatten):
             env[op.output] = env[op.input].reshape(n, -1)
+        elif isinstance(op, Concat):
+            env[op.output] = torch.cat([env[part] for part in op.parts], 1)
         elif isinstance(op, MaxPool):
             env[op.output] = pool_windows(env[op.input], op.kernel, op.stride, op.padding,
                                           -torch.inf).amax(-1)

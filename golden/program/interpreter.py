@@ -10,7 +10,7 @@ from ..integer import requantize_round_half_up
 from .integer_program import IntegerProgram
 from .kernels import from_rows, im2col, nchw_rows, pool_windows, \
     requantize_residual_round_half_up, walsh_hadamard
-from .ops import AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, Requantize, Rotate
+from .ops import AvgPool, Concat, Flatten, Gemm, Lookup, MaxPool, QuantizeInput, Requantize, Rotate
 from .outliers import OutlierCounts, stored
 from .types import Value
 
@@ -130,6 +130,9 @@ def _execute(program: IntegerProgram, pixels: torch.Tensor,
                                    out)
         elif isinstance(op, Flatten):
             env[op.output] = env[op.input].reshape(n, -1)  # the same words (§18)
+            continue
+        elif isinstance(op, Concat):  # a layout: the parts are in the output's format
+            env[op.output] = torch.cat([env[part] for part in op.parts], 1)
             continue
         elif isinstance(op, MaxPool):
             source = program.values[op.input]

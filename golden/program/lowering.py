@@ -35,7 +35,7 @@ from .float_view import run_fake_quant
 from .integer_program import IntegerProgram
 from .kernels import im2col, walsh_hadamard
 from .normalize import located, normalize, supported_layers
-from .ops import (TABLE_FUNCTIONS, AvgPool, Flatten, Gemm, Lookup, MaxPool, QuantizeInput,
+from .ops import (TABLE_FUNCTIONS, AvgPool, Concat, Flatten, Gemm, Lookup, MaxPool, QuantizeInput,
                   Requantize, Rotate)
 from .schemes import SCHEMES
 from .types import ActOutliers, ProgramError, Value
@@ -326,6 +326,29 @@ def _branch(add: fx.Node, kinds: dict) -> fx.Node | None:
     return None
 
 
+def _cat_members(steps: list, result: fx.Node, highway: bool, rotate: bool) -> dict:
+    """The operands that their concatenation's producer-side layout takes (§17), each to
+    its ``cat`` step: the output of a GEMM that is not capped, not the model's result and
+    not a 16-bit tensor (skip tensor or residual sum of the highway, rotation), appearing
+    once in one concatenation. Its GEMM writes it in the concatenation's format and scale."""
+    if rotate:
+        return {}
+    producer = {step.last: step for step in steps}
+    residuals = {step.residual for step in steps if step.residual is not None}
+    members = {}
+    for step in steps:
+        if step.kind != "cat":
+            continue
+        for operand in step.operands:
+            source = producer[operand]
+            if (source.kind == "gemm" and source.cap is None and operand is not result
+                    and operand not in members and step.operands.count(operand) == 1
+                    and not (highway and (operand in residuals
+                                          or source.residual is not None))):
+                members[operand] = step
+    return members
+
+
 class _Recorder(fx.Interpreter):
     """Runs the traced float model, keeping every node's output."""
 
@@ -528,6 +551,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
             options=options, clip=clip, cache=cache, trained=trained,
             act_outliers=outliers, act_outlier_ratio=act_outlier_ratio, rotate=rotate)
         lowering.residuals = {step.residual for step in steps if step.residual is not None}
+        lowering.cat_of = _cat_members(steps, result, highway, rotate)
+        lowering.producers = {step.last: step for step in steps}
         for step in steps:
             lowering.lower(step, pixel_max, pixel_scale, real_inputs)
         if real_inputs:  # the host quantizes straight to the input format (§13)
@@ -665,6 +690,8 @@ def _search_clipping(program: IntegerProgram, lower, calibration: torch.Tensor,
                  or isinstance(op, QuantizeInput) and not program.real_inputs}
     # a value with activation outliers has the scale its outlier ratio sets (§18)
     inherited |= {name for name, value in program.values.items() if value.outliers}
+    # a concatenation's parts have its scale (§17)
+    inherited |= {part for op in program.ops if isinstance(op, Concat) for part in op.parts}
     names = [op.output for op in program.ops
              if program.values[op.output].bits <= ACT_BITS[1] and op.output not in inherited]
     stride = -(-len(calibration) // SEARCH_IMAGES)
@@ -731,6 +758,9 @@ class _Lowering:
     value_of: dict = field(default_factory=dict)
     low_of: dict = field(default_factory=dict)
     rotated_of: dict = field(default_factory=dict)
+    cat_of: dict = field(default_factory=dict)
+    producers: dict = field(default_factory=dict)
+    cat_values: dict = field(default_factory=dict)
     ops: list = field(default_factory=list)
 
     def unique(self, name: str) -> str:
@@ -876,50 +906,48 @@ class _Lowering:
                                        self.act_bits, signed=signed)
         self.ops.append(Lookup(name, source, name, function, x.bits, table.to(torch.int64)))
 
-    def concatenate(self, step: _Step) -> None:
-        """``torch.cat`` along the channels (§17): one value in the operands' widest low
-        format (signed if any is), its scale the largest operand range over the format's
-        ``hi``; operand ``i`` enters through a 1×1 GEMM with 0/1 weights (a Linear's on
-        features) whose requantization rescales it to that scale and adds the earlier
-        operands' channels as its residual, exactly (``M_r·2^(t−s) = 1``)."""
+    def cat_value(self, step: _Step) -> str:
+        """The value of the concatenation ``step`` (§17), declared when first asked for
+        (its member GEMMs write in its format before it runs): ``HIGHWAY_BITS`` if it is
+        the result or a highway skip tensor, else the widest width asked of it or of an
+        operand; signed if an operand is (a GEMM without ReLU, or negative on the
+        calibration images); the scale calibrated on the concatenated float tensor."""
         node = step.nodes[0]
-        operands = [self.low(operand) for operand in step.operands]
-        sources = [self.values[operand] for operand in operands]
-        signed = any(source.signed for source in sources)
-        wide = node is self.result or (self.highway and node in self.residuals)
-        bits = HIGHWAY_BITS if wide else max(source.bits for source in sources)
-        hi = int_range(bits, signed)[1]
-        scale = max(source.scale * int_range(source.bits, source.signed)[1] / hi
-                    for source in sources) * self.clip.get(node.name, 1.0)
-        channels = sum(source.shape[0] for source in sources)
-        name = self.unique(node.name)
-        label = f"layer '{name}'"
-        zeros = torch.zeros(channels, dtype=torch.int64)
-        geometry = {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0)} \
-            if len(sources[0].shape) == 3 else {}
-        offset, previous = 0, None
-        for index, (operand, source) in enumerate(zip(operands, sources)):
-            part = name if index == len(operands) - 1 else self.unique(f"{name}.part{index}")
-            self.values[part] = Value((channels, *source.shape[1:]), bits, signed, scale)
-            weights = torch.zeros(source.shape[0], channels, dtype=torch.int64)
-            weights[:, offset:offset + source.shape[0]] = torch.eye(source.shape[0])
-            offset += source.shape[0]
-            multiplier, shift = _requant(label, torch.full((channels,), source.scale / scale,
-                                                           dtype=torch.float64))
-            extra = {}
-            if previous is not None:
-                residual_multiplier, residual_shift = _align_shifts(label, *_requant(
-                    label, torch.ones(channels, dtype=torch.float64)), shift)
-                extra = {"residual": previous, "residual_multiplier": residual_multiplier,
-                         "residual_shift": residual_shift}
-            self.ops.append(Gemm(
-                name=part, input=operand, output=part, layer="conv2d" if geometry else "linear",
-                in_features=source.shape[0], out_features=channels, scheme="mmse",
-                weight_bits=ACT_BITS[0], relu=False, bias=zeros, multiplier=multiplier,
-                shift=shift, weight_scale=torch.ones(channels, dtype=torch.float64),
-                weights=weights, **geometry, **extra))
-            previous = part
-        self.value_of[node] = name
+        if node not in self.cat_values:
+            wide = node is self.result or (self.highway and node in self.residuals)
+            bits = HIGHWAY_BITS if wide else max(
+                self.bits_of(operand) for operand in (node, *step.operands))
+            signed = any(not self.producers[operand].relu if operand in self.cat_of else
+                         bool((self.floats[operand] < 0).any()) for operand in step.operands)
+            name = self.unique(node.name)
+            self.values[name] = Value(tuple(self.floats[node].shape[1:]), bits, signed,
+                                      self.scale(node, bits, signed, name))
+            self.cat_values[node] = name
+        return self.cat_values[node]
+
+    def concatenate(self, step: _Step) -> None:
+        """``torch.cat`` along the channels (§17): a ``concat`` of parts in the value's
+        format and scale (``cat_value``). A member GEMM wrote its part in that format;
+        any other operand not already in it is requantized into a part
+        ``<name>.part<i>`` (§3 with ``M·2^(−s) = σ_x/σ_y``)."""
+        name = self.cat_value(step)
+        out = self.values[name]
+        parts = []
+        for index, operand in enumerate(step.operands):
+            source_name = self.value_of[operand]
+            source = self.values[source_name]
+            if self.cat_of.get(operand) is step or (source.bits, source.signed, source.scale,
+                                                    source.outliers) == (
+                    out.bits, out.signed, out.scale, None):
+                parts.append(source_name)
+                continue
+            part = self.unique(f"{name}.part{index}")
+            self.values[part] = Value(source.shape, out.bits, out.signed, out.scale)
+            multiplier, shift = _requant(f"concatenation '{name}'", source.scale / out.scale)
+            self.ops.append(Requantize(part, source_name, part, int(multiplier), int(shift)))
+            parts.append(part)
+        self.ops.append(Concat(name, tuple(parts), name))
+        self.value_of[step.nodes[0]] = name
 
     def weights(self, layer: str, weight: torch.Tensor, scheme: str, bits: int) -> dict:
         label = f"layer '{layer}'"
@@ -955,11 +983,15 @@ class _Lowering:
         # rotation every GEMM output is, for the next layer's online rotation (§19).
         wide = step.last is self.result or self.rotate or (self.highway and (
             step.last in self.residuals or step.residual is not None))
-        signed = not step.relu
-        bits = HIGHWAY_BITS if wide else self.bits_of(step.last)
         name = self.unique(node.target)
-        name = self.add_value(step.last, name, bits, signed, self.capped(
-            self.scale(step.last, bits, signed, name), step, bits))
+        if step.last in self.cat_of:  # written straight into its concatenation (§17)
+            cat = self.values[self.cat_value(self.cat_of[step.last])]
+            name = self.add_value(step.last, name, cat.bits, cat.signed, cat.scale)
+        else:
+            signed = not step.relu
+            bits = HIGHWAY_BITS if wide else self.bits_of(step.last)
+            name = self.add_value(step.last, name, bits, signed, self.capped(
+                self.scale(step.last, bits, signed, name), step, bits))
         out = self.values[name]
         scheme = self.scheme_of(node.target)
         weight_bits = self.layer_bits.get(node.target, (self.weight_bits,))[0]

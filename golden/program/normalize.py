@@ -66,8 +66,8 @@ SUPPORTED = (
      "the requantizer's clamp, scale ≤ m/hi (§17)"),
     ("`a + b` (residual add) with a Linear/Conv2d operand", "fused into its requantization (§11)"),
     ("`torch.cat([a, b, ...], 1)` on channels `(N, C, H, W)` or features `(N, F)`",
-     "each operand rescaled to the output's scale: 1×1 GEMMs of 0/1 weights chained by "
-     "their residual (§17)"),
+     "a `concat` (a layout): GEMM operands written in its format, others requantized "
+     "into it (§17)"),
     ("`nn.Sigmoid`, `nn.Tanh`, `nn.Hardswish`, `nn.SiLU`, `nn.GELU` and their functions",
      "a lookup table of every input code (§12, §17), evaluated by the core's table part"),
     ("`nn.AvgPool2d`, `F.avg_pool2d` (padding ≤ kernel/2, `count_include_pad=True`)",

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from .schemes import SCHEMES, WeightScheme
 
 __all__ = ["QuantizeInput", "Gemm", "AvgPool", "MaxPool", "Requantize", "Rotate", "Flatten",
-           "Lookup", "TABLE_FUNCTIONS", "OPS"]
+           "Concat", "Lookup", "TABLE_FUNCTIONS", "OPS"]
 
 
 class _Op:
@@ -162,6 +162,21 @@ class Flatten(_Mapping):
     KIND: ClassVar[str] = "flatten"
 
 
+@dataclass(frozen=True, eq=False)
+class Concat(_Op):
+    """``torch.cat`` along the first axis (channels of ``C×H×W``, features of ``F``): the
+    values ``parts`` in order, each already in the output's format and scale; a layout, no
+    arithmetic (§17)."""
+    name: str
+    parts: tuple[str, ...]
+    output: str
+    KIND: ClassVar[str] = "concat"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self.parts)
+
+
 #: The functions a ``lookup`` op tabulates, by name (float64 in, float64 out).
 TABLE_FUNCTIONS = {
     "sigmoid": torch.sigmoid, "tanh": torch.tanh, "hardswish": F.hardswish, "silu": F.silu,
@@ -183,4 +198,4 @@ class Lookup(_Mapping):
 
 #: The op classes by ``KIND``.
 OPS = {cls.KIND: cls for cls in (QuantizeInput, Gemm, AvgPool, MaxPool, Requantize, Rotate,
-                                 Flatten, Lookup)}
+                                 Flatten, Concat, Lookup)}

@@ -6,6 +6,10 @@ the network core by the tests.
   with BatchNorm and ReLU6, pointwise 1×1 with BatchNorm and ReLU), a grouped 3×3
   convolution (4 groups, stride 2), adaptive average pooling to 2×2 and a Linear head, on
   ``N×1×8×8`` digits images.
+* ``InceptionBranches``: Inception-style branches (1×1, 3×3, max pool) joined by
+  ``torch.cat`` on the channels, average pooling and a Linear head.
+* ``DenseBlocks``: DenseNet-style ``torch.cat([x, f(x)], 1)`` twice (3 + 5 channels, then
+  8 + 6), max pooling and a Linear head.
 * ``SequenceCNN``: ``nn.Conv1d`` layers with ``BatchNorm1d``, ``padding='same'``,
   ``nn.MaxPool1d`` and ``F.adaptive_avg_pool1d`` on digits read as sequences
   (``as_sequences``: ``N×8×8``, the 8 rows as channels along the 8 columns).
@@ -25,8 +29,8 @@ from torch.nn import functional as F
 from .demo import BATCH, EPOCHS
 from .training import train
 
-__all__ = ["DepthwiseSeparable", "SequenceCNN", "SmoothActivations", "as_sequences",
-           "trained"]
+__all__ = ["DepthwiseSeparable", "InceptionBranches", "DenseBlocks", "SequenceCNN",
+           "SmoothActivations", "as_sequences", "trained"]
 
 
 class DepthwiseSeparable(nn.Module):
@@ -47,6 +51,38 @@ class DepthwiseSeparable(nn.Module):
         x = F.relu(self.bn_pw(self.pointwise(x)))
         x = F.adaptive_avg_pool2d(F.relu(self.grouped(x)), 2)
         return self.head(x.flatten(1))
+
+
+class InceptionBranches(nn.Module):
+    """Inception-style branches (1×1, 3×3, max pool) joined on the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.b1, self.b3 = nn.Conv2d(6, 4, 1), nn.Conv2d(6, 5, 3, padding=1)
+        self.head = nn.Linear(15 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        pooled = F.max_pool2d(x, 3, 1, padding=1)
+        x = torch.cat([F.relu(self.b1(x)), self.b3(x), pooled], 1)
+        return self.head(F.avg_pool2d(x, 2).flatten(1))
+
+
+class DenseBlocks(nn.Module):
+    """DenseNet-style: each block's input concatenated with its output, twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.c1, self.c2 = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(14 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = torch.cat([x, F.relu(self.c1(x))], 1)
+        x = torch.cat([x, self.c2(x)], 1)
+        return self.head(F.max_pool2d(x, 2).flatten(1))
 
 
 class SequenceCNN(nn.Module):
