@@ -618,15 +618,16 @@ class _Compiler:
         ``lookup``'s table, the lookup's output."""
         out_value = self.program.values[out_name]
         stored_name = out_name if lookup is None else lookup.output
-        if kernel == (1, 1) and stride == (1, 1) and not np.array_equal(
-                source.slots, _layout_slots(source.channel_map, *source.pixels)):
+        elementwise = kernel == (1, 1) and stride == (1, 1)
+        pixels = source.pixels if elementwise else out_value.shape[1:]
+        if elementwise and not np.array_equal(
+                source.slots, _layout_slots(source.channel_map, *pixels)):
             # elementwise over im2col columns: kept slot for slot
             out = self.allocate(source.slots, source.pixels, source.channel_words,
                                 stored_name in self.packed)
             self.stored[stored_name] = out
-        else:  # lane for lane: the input's channel layout, at the output's pixels
-            out = self.output_of(stored_name, source.channel_map, out_value.shape[1:]
-                                 if len(out_value.shape) == 3 else (1, 1))
+        else:  # lane for lane: the input's channel layout (a flatten's: its input's words)
+            out = self.output_of(stored_name, source.channel_map, pixels)
         (in_h, in_w), (out_h, out_w) = source.pixels, out.pixels
         self.descriptor(
             label, kind, **self.outliers(label, stored_name, out, "out"), **self.table(lookup),
