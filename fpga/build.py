@@ -416,7 +416,7 @@ def config_label(top, multipliers=None):
     act = f"{'s' if array.act_shape.signed else 'u'}{array.act_shape.width}"
     label = (f"{array.lanes}x{array.cols}_{act}s{array.weight_shape.width}"
              f"_k{array.max_k}_ao{array.act_outlier_lanes}_wo{array.weight_outlier_lanes}"
-             f"_d{top.depth}")
+             f"_d{top.depth}{f'_p{array.product_stages}' if array.product_stages > 1 else ''}")
     return label + (f"_{multipliers}" if multipliers else "")
 
 

@@ -153,6 +153,8 @@ class GemmEngine(ConfiguredComponent):
                 name += f"_acc{self.acc_width}"
             if self.multipliers != "lut":
                 name += f"_{self.multipliers}"
+            if self.product_stages != 1:
+                name += f"_p{self.product_stages}"
             return name
 
     def elaborate(self, platform):

@@ -118,7 +118,8 @@ class MacArray(ConfiguredComponent):
     :attr:`Config.latency`).
 
     **Cycle timing.** Stage 0 holds the beat; the dense products are registered at stage 1
-    (``"packed"``: stage 3, the DSP block's two and the split), each adder-tree level adds a stage, the outlier products are
+    (``"packed"``: stage 3, the DSP block's two and the split; ``product_stages=2``: stage
+    2, the partial products and their sum), each adder-tree level adds a stage, the outlier products are
     registered at stage 1 (``"dsp"``, ``"packed"``: stage 3, after a fabric register for the
     operands and the DSP block's two) and summed per column one stage later; whichever is
     later sets the stage ``S`` at which both sums join the accumulators, and a result
@@ -190,6 +191,11 @@ class MacArray(ConfiguredComponent):
             Where products go: ``"lut"`` (default, ``*`` left to synthesis), ``"dsp"`` (dense
             in LUTs, outliers in registered DSP blocks) or ``"packed"`` (dense two per
             registered DSP block, outliers one per block).
+        product_stages : int
+            Registers in each dense product outside DSP blocks, 1 (default) or 2: the
+            weight split into its low and high halves, the two partial products
+            registered, then their sum (one stage more; the 16×16 array's critical path
+            on ECP5 was the one-stage 4×4 product). Not with ``"packed"``.
 
         Raises
         ------
@@ -200,7 +206,8 @@ class MacArray(ConfiguredComponent):
             If ``acc_width`` is narrower than §2 requires for ``max_k``, or ``max_k`` needs
             more than 44 bits, or an outlier width is not wider than its dense width, or
             ``multipliers`` is not one of its modes, or is ``"packed"`` for operands two of
-            whose products do not fit one 18×18 multiply (wider than 5 bits).
+            whose products do not fit one 18×18 multiply (wider than 5 bits), or with two
+            ``product_stages``.
         """
         lanes: int
         cols: int
@@ -218,6 +225,7 @@ class MacArray(ConfiguredComponent):
         plane_shift_bits: int = 0
         max_plane_shift: int | None = None
         multipliers: str = "lut"
+        product_stages: int = 1
 
         def __post_init__(self):
             resolve = lambda name, value: object.__setattr__(self, name, value)
@@ -285,6 +293,10 @@ class MacArray(ConfiguredComponent):
                 raise ValueError(f"Packed multipliers need two {self.act_shape!r} × "
                                  f"{self.weight_shape!r} products to fit one 18×18 "
                                  f"multiply, which they do not")
+            check_int("Dense product stages", self.product_stages, (1, 2))
+            if self.multipliers == "packed" and self.product_stages == 2:
+                raise ValueError("Packed multipliers take their stages from the DSP block; "
+                                 "product_stages must be 1, not 2")
 
         @property
         def act_shape(self):
@@ -354,7 +366,7 @@ class MacArray(ConfiguredComponent):
         @property
         def dense_product_stage(self):
             """Stage at which the dense products are registered."""
-            return PACKED_STAGES if self.multipliers == "packed" else 1
+            return PACKED_STAGES if self.multipliers == "packed" else self.product_stages
 
         @property
         def outlier_product_stage(self):
@@ -415,6 +427,7 @@ class MacArray(ConfiguredComponent):
     max_k = ConfigProperty()
     acc_width = ConfigProperty()
     multipliers = ConfigProperty()
+    product_stages = ConfigProperty()
     latency = ConfigProperty()
 
     def elaborate(self, platform):
@@ -589,7 +602,20 @@ class MacArray(ConfiguredComponent):
             for lane in range(self._config.lanes):
                 product = Signal(shape, name=f"product_c{col}_l{lane}", reset_less=True)
                 act, weight = acts_of(col)[lane], tile[lane][col]
-                m.d.sync += product.eq(act * weight)
+                if self._config.product_stages == 2:
+                    # w = high·2^h + low, low unsigned: two narrower products a cycle, each
+                    # about half the 4×4 product's logic depth, summed the next cycle.
+                    half = self._config.weight_bits // 2
+                    partials = []
+                    for part, operand in (("low", weight[:half]),
+                                          ("high", weight[half:].as_signed())):
+                        partial = Signal((act * operand).shape(), reset_less=True,
+                                         name=f"product_{part}_c{col}_l{lane}")
+                        m.d.sync += partial.eq(act * operand)
+                        partials.append(partial)
+                    m.d.sync += product.eq(partials[0] + (partials[1] << half))
+                else:
+                    m.d.sync += product.eq(act * weight)
                 level[col].append((product, 1))
         return level
 

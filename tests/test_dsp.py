@@ -108,6 +108,22 @@ def test_modes_with_outliers_match_golden(mode, lanes, cols, act_lanes, weight_l
                        clustered, multipliers=mode)
 
 
+@pytest.mark.parametrize("lanes,cols,act_bits,act_signed,weight_bits", CONFIGS)
+def test_two_stage_products_match_golden(lanes, cols, act_bits, act_signed, weight_bits):
+    """With each dense product in two stages (the products of the weight's low and high
+    halves, then their sum; weights of 2 to 8 bits, so halves of 1 to 4 bits) the array
+    equals golden.gemm exactly, with random stalls."""
+    check_dense_gemm(lanes, cols, act_bits, act_signed, weight_bits, 0.4, multipliers="dsp",
+                     product_stages=2)
+
+
+@pytest.mark.parametrize("config", OUTLIER_CONFIGS[:3])
+def test_two_stage_products_with_outliers_match_golden(config):
+    """Two-stage dense products line up with the outlier products and sums (whichever is
+    later sets the accumulation stage): the exact GEMM of the recombined tensors."""
+    check_outlier_gemm(*config, multipliers="dsp", product_stages=2)
+
+
 def test_latency_by_mode():
     """The DSP stages lengthen the pipeline only where the adder tree does not hide them."""
     make = lambda mode, lanes, outliers: MacArray.Config(
@@ -117,6 +133,13 @@ def test_latency_by_mode():
     assert make("packed", 16, 2).latency == 9
     assert make("lut", 2, 1).latency == 4 and make("dsp", 2, 1).latency == 6
     assert make("lut", 1, 0).latency == 3 and make("dsp", 1, 0).latency == 3
+    # two product stages: one more before a 4-level tree (16 lanes); with 2 lanes the
+    # outlier products (a fabric register, the DSP block's two, their sum) still set it
+    two = lambda mode, lanes, outliers: MacArray.Config(
+        lanes=lanes, cols=4, act_bits=4, weight_bits=4, max_k=64, act_outlier_lanes=outliers,
+        multipliers=mode, product_stages=2)
+    assert two("dsp", 16, 2).latency == two("lut", 16, 0).latency == 8
+    assert two("dsp", 2, 1).latency == 6 and two("lut", 1, 0).latency == 4
 
 
 @pytest.mark.parametrize("multipliers, error, message", [
@@ -129,6 +152,18 @@ def test_bad_multipliers(multipliers, error, message):
     with pytest.raises(error, match=message):
         MacArray.Config(lanes=2, cols=2, act_bits=8, weight_bits=8, max_k=4,
                         multipliers=multipliers)
+
+
+@pytest.mark.parametrize("multipliers, stages, error, message", [
+    ("lut", 3, TypeError, r"^Dense product stages must be an integer in 1\.\.2, not 3$"),
+    ("dsp", True, TypeError, r"^Dense product stages must be an integer in 1\.\.2, not True$"),
+    ("packed", 2, ValueError, r"^Packed multipliers take their stages from the DSP block; "
+                              r"product_stages must be 1, not 2$"),
+])
+def test_bad_product_stages(multipliers, stages, error, message):
+    with pytest.raises(error, match=message):
+        MacArray.Config(lanes=2, cols=2, act_bits=4, weight_bits=4, max_k=4,
+                        multipliers=multipliers, product_stages=stages)
 
 
 def test_packed_pair_refuses_wide():

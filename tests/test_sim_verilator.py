@@ -111,6 +111,11 @@ OUTLIER_CONFIGS = [
     GemmEngine.Config(lanes=8, cols=8, act_bits=4, weight_bits=3, act_signed=False, max_k=300,
                  act_outlier_lanes=2, weight_outlier_lanes=2, weight_outlier_bits=8,
                  weight_outlier_slots=64, out_bits=4, out_signed=False, out_outlier_bits=16),
+    # the ECP5 timing configuration in small: outlier products in DSP stages, dense products
+    # in two stages (a 3-bit weight: halves of 1 and 2 bits)
+    GemmEngine.Config(lanes=8, cols=4, act_bits=4, weight_bits=3, act_signed=True, max_k=300,
+                 act_outlier_lanes=2, weight_outlier_lanes=1, weight_outlier_slots=32,
+                 multipliers="dsp", product_stages=2),
 ]
 
 
