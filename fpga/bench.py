@@ -11,8 +11,9 @@ The multiplier mode is :class:`~hw.MacArray`'s ``multipliers`` with the build ma
 goes with it (:data:`MAPPING`): ``lut`` leaves products as ``*``, the dense ones mapped to
 Booth LUT logic and (ECP5) the outlier ones inferred into unregistered MULT18X18D blocks
 (``fpga.build``'s ``"hybrid"``); ``dsp`` instantiates the outlier products as registered
-DSP blocks and maps every dense product to Booth LUT logic; ``packed`` instantiates the
-dense products two to a registered DSP block as well.
+DSP blocks and maps every dense product to Booth LUT logic; ``dsp2`` is ``dsp`` with each
+dense product in two stages (``product_stages=2``); ``packed`` instantiates the dense
+products two to a registered DSP block as well.
 
 Each clock is constrained above the issue's target (ECP5 150 MHz, iCE40 60 MHz) so that
 nextpnr's timing-driven placement keeps pushing past it; the fmax is nextpnr's achieved
@@ -67,16 +68,21 @@ FAMILIES = {
                     skid=False),
 }
 
-#: fpga.build's ``multipliers`` mapping for each (family, MacArray multiplier mode).
+#: fpga.build's ``multipliers`` mapping for each (family, mode).
 MAPPING = {
-    ("ecp5", "lut"): "hybrid", ("ecp5", "dsp"): "booth", ("ecp5", "packed"): "booth",
+    ("ecp5", "lut"): "hybrid", ("ecp5", "dsp"): "booth", ("ecp5", "dsp2"): "booth",
+    ("ecp5", "packed"): "booth",
     ("ice40", "lut"): "booth", ("ice40", "dsp"): "booth", ("ice40", "packed"): "booth",
 }
+
+#: The :class:`~hw.MacArray` options of each mode: its ``multipliers``, and ``dsp2``'s
+#: two-stage dense products.
+_ARRAY_OPTIONS = {"dsp2": {"multipliers": "dsp", "product_stages": 2}}
 
 #: The issue's array targets: ((family, lanes, cols, bits, activation-outlier lanes,
 #: multiplier mode), fmax target in MHz, LUT4 per PE target (None: none set)).
 TARGETS = [
-    (("ecp5", 16, 16, 4, 2, "dsp"), 150, None),
+    (("ecp5", 16, 16, 4, 2, "dsp2"), 150, None),
     (("ice40", 8, 8, 4, 0, "lut"), 75, 35),
     (("ecp5", 8, 8, 4, 0, "lut"), None, 23),
 ]
@@ -127,7 +133,8 @@ def _build(family_key, lanes, cols, bits, outliers, mode, seed=1):
     multipliers = MAPPING[family_key, mode]
     top = BramFedArray(lanes=lanes, cols=cols, act_bits=bits, weight_bits=bits,
                        act_signed=True, max_k=MAX_K, act_outlier_lanes=outliers,
-                       multipliers=mode, skid=family.skid)
+                       skid=family.skid,
+                       **_ARRAY_OPTIONS.get(mode, {"multipliers": mode}))
     label = f"{config_label(top, multipliers)}_{mode}{'_skid' if family.skid else ''}" \
             f"{f'_seed{seed}' if seed != 1 else ''}"
     try:
