@@ -6,6 +6,7 @@ golden.run_integer, the weight image's size from the code format, and the refusa
 
 import copy
 import math
+import random
 
 import numpy as np
 import pytest
@@ -14,10 +15,11 @@ import torch
 from olmac.cli import main
 from olmac.compiler import CompileError, compile_program
 from olmac.golden.program import Gemm, quantize_model, run_integer, to_pixels
-from olmac.hw.network import CodebookMode, NetworkCore
+from olmac.hw.network import CodebookMode, CodebookPath, NetworkCore, OpKind
 from olmac.network import demo_data
 from test_cli_network import _refused
 from test_network import _core, _run_core
+from test_network_parts import _run, _send, _simulate
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -146,3 +148,84 @@ def test_core_config_refuses_bad_codebook_options(option, value, message):
     options[option] = value
     with pytest.raises(TypeError, match=message):
         NetworkCore.Config(**options)
+
+
+def test_codebook_path_decodes_under_backpressure_and_bypasses_dense_ops():
+    """The CodebookPath on its own, the array stalling at random: an SYQ op's beats leave as ``(−1)^sign · T[g][index]`` (docs/codebooks.md §4, computed
+    here from the entries sent) with their activations in order, each once; a second SYQ
+    op reloads other codebooks; a dense op's beats pass unchanged."""
+    config = NetworkCore.Config(width=2, act_bits=4, weight_bits=4, max_k=8, data_depth=64,
+                                weight_depth=32, param_depth=8, program_depth=4,
+                                codebook_subgroups=3, codebook_idx_bits=2)
+    dut = CodebookPath(config)
+    descriptor = config.layouts["program"]
+    per_word, rng = config.codebook_word_entries, random.Random(5)
+    ops = []
+    for mode in (CodebookMode.ROW, CodebookMode.LAYER, CodebookMode.DENSE):
+        tables = [[rng.randrange(8) for _ in range(3)] for _ in range(3)]  # g × index 1..3
+        entries = [value for row in tables for value in row]
+        words = [sum(v << (3 * i) for i, v in enumerate(entries[s:s + per_word]))
+                 for s in range(0, len(entries), per_word)]
+        beats = []
+        for _ in range(12):
+            codes = [[rng.randrange(8) for _ in range(2)] for _ in range(2)]
+            groups = [rng.randrange(3) for _ in range(2)]
+            act = {"data": [rng.randrange(16) for _ in range(2)], "last": rng.randrange(2)}
+            decoded = [[(-1) ** (code >> 2) * ([0] + tables[groups[col]])[code & 3]
+                        for col, code in enumerate(row)] for row in codes]
+            beats.append((act, codes, groups, decoded))
+        ops.append((mode, words, len(entries), beats))
+    layouts = {name: getattr(dut, name).payload.shape()
+               for name in ("beat_act", "beat_codes", "beat_weights", "weights")}
+    got = {"act": [], "weights": []}
+
+    async def array(ctx):
+        """Takes ``act`` and ``weights`` together, as the MacArray does, stalling at
+        random."""
+        local = random.Random(1)
+        while True:
+            ready = local.random() < 0.6 and ctx.get(dut.act.valid) and \
+                ctx.get(dut.weights.valid)
+            ctx.set(dut.act.ready, ready)
+            ctx.set(dut.weights.ready, ready)
+            _, _, *sampled = await ctx.tick().sample(
+                dut.act.valid, dut.act.ready, dut.act.payload, dut.weights.valid,
+                dut.weights.ready, dut.weights.payload)
+            act_valid, act_ready, act, weights_valid, weights_ready, weights = sampled
+            if act_valid and act_ready:
+                assert weights_valid and weights_ready
+                got["act"].append(act)
+                got["weights"].append(weights)
+
+    async def bench(ctx):
+        expected = 0
+        for mode, words, entries, beats in ops:
+            syq = mode != CodebookMode.DENSE
+            await _run(ctx, dut.control, descriptor.const({
+                "kind": OpKind.GEMM, "codebook": mode, "codebook_entries": entries,
+                "codebook_words": len(words) if syq else 0}))
+            if syq:
+                await _send(ctx, dut.beat_codebooks, words)
+            for act, codes, groups, decoded in beats:
+                ctx.set(dut.beat_act.payload, layouts["beat_act"].const(act))
+                ctx.set(dut.beat_codes.payload, layouts["beat_codes"].const(
+                    {"tile": codes, "subgroup": groups}))
+                ctx.set(dut.beat_weights.payload, layouts["beat_weights"].const(
+                    {"tile": decoded}))
+                for port in (dut.beat_act, dut.beat_codes, dut.beat_weights):
+                    ctx.set(port.valid, 1)
+                await ctx.tick().until(dut.beat_act.ready)
+                for port in (dut.beat_act, dut.beat_codes, dut.beat_weights):
+                    ctx.set(port.valid, 0)
+            expected += len(beats)
+            while len(got["weights"]) < expected:  # the op ends when its beats are out
+                await ctx.tick()
+            ctx.set(dut.control.running, 0)
+        await ctx.tick().repeat(4)
+
+    _simulate(dut, array, bench)
+    beats = [beat for op in ops for beat in op[3]]
+    assert [{"data": list(a.data), "last": a.last} for a in got["act"]] == \
+        [act for act, _, _, _ in beats]
+    assert [[list(row) for row in w.tile] for w in got["weights"]] == \
+        [decoded for _, _, _, decoded in beats]
