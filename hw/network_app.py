@@ -472,11 +472,14 @@ class InferHandler(wiring.Component):
                         with m.If(~bad):
                             m.next = "FAULT"
                 with m.Elif(self.outputs.valid):
+                    # decided once: a fault rising later must not withdraw an offered OK
                     with m.If(self.fault):
                         m.d.sync += faulted.eq(1)
                     with m.Else():
-                        with m.If(_send(m, reply, Status.OK, 0)):
-                            m.next = "TAKE"
+                        m.next = "STATUS"
+            with m.State("STATUS"):
+                with m.If(_send(m, reply, Status.OK, 0)):
+                    m.next = "TAKE"
             with m.State("TAKE"):
                 m.d.comb += self.outputs.ready.eq(1)
                 with m.If(self.outputs.valid):
