@@ -5,8 +5,12 @@ import re
 import pytest
 from amaranth.hdl import Fragment
 
+from olmac.formal.properties import output_streams
 from olmac.formal.proofs import PROOFS
 from olmac.formal.runner import prove
+from olmac.hw.host_link import FrameTransmitter
+from olmac.hw.network_app import Dispatcher
+from olmac.spec import Command
 
 
 def _marks(proof):
@@ -43,3 +47,18 @@ def test_prove_rejects_bad_mode(tmp_path):
     with pytest.raises(ValueError, match=re.escape("Proof mode must be 'prove' or 'bmc', "
                                                    "not 'cover'")):
         prove(Fragment(), tmp_path, depth=4, mode="cover")
+
+
+def test_output_streams_finds_the_sending_ports():
+    """The ports the stream-rule proofs check are those the blocks' docstrings list as
+    sent: a transmitter's ``tx`` (not ``reply`` or ``errors``, which it receives); a
+    dispatcher's ``host.reply`` and every handler's ``request``, nested in flipped
+    signatures and arrays."""
+    names = lambda block: [name for name, _ in output_streams(block)]
+    assert names(FrameTransmitter(max_reply=2)) == ["FrameTransmitter.tx"]
+    assert names(Dispatcher([Command.LOAD, Command.INFO])) == [
+        "Dispatcher.host.reply", "Dispatcher.handlers[0].request",
+        "Dispatcher.handlers[1].request"]
+    assert [name for name, _ in output_streams(FrameTransmitter(max_reply=2),
+                                               sending=False)] == [
+        "FrameTransmitter.reply", "FrameTransmitter.errors"]

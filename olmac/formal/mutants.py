@@ -18,10 +18,11 @@ from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 from olmac.hw.stream import SkidBuffer
+from .properties import output_streams
 
 __all__ = ["BlindLaneArray", "DeafFrameReceiver", "HastyDecoder", "LossyRequestSlots",
            "LossyResultBuffer", "OnesComplementDecoder", "OverrunSkidBuffer",
-           "SkewedRequantizer", "TamperedArray"]
+           "SkewedRequantizer", "TamperedArray", "WithdrawnStream"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -238,23 +239,24 @@ class DeafFrameReceiver(_BrokenBlock):
 class TamperedArray(_BrokenBlock):
     """A :class:`~olmac.hw.mac_array.MacArray` whose beats are tampered with on the way in:
     ``"act_outlier"`` loses the first activation-outlier slot (an outlier never counted),
-    ``"weight_outlier"`` the first weight-outlier slot.
+    ``"weight_outlier"`` the first weight-outlier slot, ``"plane_shift"`` the first column's
+    plane shift (§8: a plane added unscaled).
 
     Parameters
     ----------
     fault : str
-        One of the two above.
+        One of the three above.
     **params
         As :class:`~olmac.hw.mac_array.MacArray` takes them.
 
     Raises
     ------
     ValueError
-        If ``fault`` is not one of the two.
+        If ``fault`` is not one of the three.
     """
 
     BLOCK = MacArray
-    FAULTS = ("act_outlier", "weight_outlier")
+    FAULTS = ("act_outlier", "weight_outlier", "plane_shift")
 
     def __init__(self, fault, **params):
         if fault not in self.FAULTS:
@@ -273,6 +275,38 @@ class TamperedArray(_BrokenBlock):
                      array.weights.payload.eq(self.weights.payload)]
         if self._fault == "act_outlier":
             m.d.comb += array.act.payload.outliers[0].valid.eq(0)
-        else:
+        elif self._fault == "weight_outlier":
             m.d.comb += array.weights.payload.outliers[0].valid.eq(0)
+        else:
+            m.d.comb += array.weights.payload.plane_shift[0].eq(0)
+        return m
+
+
+class WithdrawnStream(wiring.Component):
+    """Any block whose first sending stream port (``properties.output_streams`` order) hides
+    ``valid`` in a cycle chosen freely: a beat withdrawn before ``ready``, which the stream
+    rules forbid. Everything else passes through.
+
+    Parameters
+    ----------
+    block : wiring.Component
+        The block to break (built by the caller).
+    """
+
+    def __init__(self, block):
+        self._block = block
+        super().__init__(block.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.block = block = self._block
+        hidden = output_streams(block)[0][1].valid
+        for (_, member, outer), (_, _, inner) in zip(self.signature.flatten(self),
+                                                    block.signature.flatten(block)):
+            if member.flow == In:
+                m.d.comb += inner.eq(outer)
+            elif inner is hidden:
+                m.d.comb += outer.eq(inner & AnySeq(1))
+            else:
+                m.d.comb += outer.eq(inner)
         return m

@@ -1,24 +1,32 @@
 """The catalogue of olmac's formal proofs, each with the broken variants it must reject."""
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from amaranth.hdl import unsigned
+from amaranth.lib import data
 
 from olmac.hw.codebook import CodebookDecoder
-from olmac.hw.host_link import FrameReceiver, RequestSlots
+from olmac.hw.gemm_engine import GemmEngine
+from olmac.hw.host_link import FrameReceiver, FrameTransmitter, LoopbackApp, RequestSlots
+from olmac.hw.network.layouts import LoadTarget
+from olmac.hw.network_app import FixedCommand, InferHandler, LoadHandler
+from olmac.hw.uart import UARTReceiver
 from olmac.hw.mac_array import MacArray
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 from olmac.hw.stream import SkidBuffer
 from .mutants import (BlindLaneArray, DeafFrameReceiver, HastyDecoder, LossyRequestSlots,
                       LossyResultBuffer, OnesComplementDecoder, OverrunSkidBuffer,
-                      SkewedRequantizer, TamperedArray)
+                      SkewedRequantizer, TamperedArray, WithdrawnStream)
 from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
                          FrameReceiverProperties, MacArrayProperties,
                          RequantizerProperties, RequestSlotsProperties, ResultBufferProperties,
-                         SkidBufferProperties)
+                         SkidBufferProperties, StreamPortProperties,
+                         frame_transmitter_invariants)
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -71,17 +79,67 @@ _SMALL_ARRAY = dict(lanes=2, cols=2, act_bits=2, weight_bits=2, max_k=8)
 _OUTLIER_ARRAY = dict(_SMALL_ARRAY, act_outlier_lanes=1, weight_outlier_lanes=1,
                       act_outlier_bits=3, weight_outlier_bits=3, act_outlier_slots=2,
                       weight_outlier_slots=2)
+#: The dense array with 1-bit plane shifts (§8).
+_PLANE_ARRAY = dict(_SMALL_ARRAY, plane_shift_bits=1)
+#: Outliers and plane shifts, one slot for each outlier multiplier, so every beat takes one
+#: sub-beat (the k-inductive form's condition).
+_OUTLIER_PLANE_ARRAY = dict(_PLANE_ARRAY, act_outlier_lanes=1, weight_outlier_lanes=1,
+                            act_outlier_bits=3, weight_outlier_bits=3, act_outlier_slots=1,
+                            weight_outlier_slots=1)
 
 
-def _requant_proof(out_signed):
+def _array_proof(name, params, mutants, **options):
+    """The MAC array's k-inductive proof at its output queue for ``params``; ``mutants``
+    maps names to broken-array builders taking ``**params``."""
+    config = MacArray.Config(**params)
+    return Proof(name, lambda: MacArrayProperties(MacArray(**params), config),
+                 {mutant: (lambda build=build: MacArrayProperties(build(**params), config))
+                  for mutant, build in mutants.items()},
+                 depth=config.latency + 2, **options)
+
+
+def _stream_proof(name, build, depth, invariants=None, slow=False):
+    """The stream rules on every port through which ``build()`` sends, all inputs free; the
+    mutant withdraws a beat of the first such port."""
+    return Proof(f"streams_{name}", lambda: StreamPortProperties(build(), invariants),
+                 {"withdrawn": lambda: StreamPortProperties(WithdrawnStream(build()),
+                                                            invariants)},
+                 depth=depth, slow=slow)
+
+
+#: Blocks whose stream ports have no proof of their own above, at small sizes.
+_STREAM_BLOCKS = {
+    "frame_transmitter": (lambda: FrameTransmitter(max_reply=2), 8,
+                          frame_transmitter_invariants),
+    # A byte takes about 40 cycles at the smallest divisor: the mutant's base case needs them.
+    "uart_receiver": (lambda: UARTReceiver(divisor=4), 44, None, True),
+    "fixed_command": (lambda: FixedCommand(bytes([0, 1])), 4),
+    "infer_handler": (lambda: InferHandler(width=1, input_words=2), 8),
+    "load_handler": (lambda: LoadHandler(
+        load_layout=data.StructLayout({"memory": LoadTarget, "address": range(2),
+                                       "word": unsigned(8)}),
+        depths=dict(program=2, weights=2, params=2),
+        word_bytes=dict(program=1, weights=1, params=1)), 8),
+    "loopback_app": (lambda: LoopbackApp(), 4),
+    "gemm_engine": (lambda: GemmEngine(lanes=2, cols=2, act_bits=2, weight_bits=2,
+                                       max_k=4), 10),
+}
+
+
+def _requant_proof(out_signed, *, at_queue):
     """§3 on a one-column u2/s2 requantizer with 4-bit accumulators, parameters and shifts
-    up to 5, against an input skewed by one."""
+    up to 5, against an input skewed by one: end to end (bounded), or at the output queue's
+    write port (k-induction over the pipeline's latency and one cycle more)."""
+    latency = Requantizer.latency if at_queue else None
     def wrapper(requantizer_class):
         return lambda: RequantizerProperties(
             requantizer_class(cols=1, acc_width=4, out_bits=2, out_signed=out_signed),
-            param_bits=4, max_shift=5)
-    return Proof(f"requant_{'s' if out_signed else 'u'}2",
-                 wrapper(Requantizer), {"skewed": wrapper(SkewedRequantizer)},
+            param_bits=4, max_shift=5, latency=latency)
+    name = f"requant_{'s' if out_signed else 'u'}2{'_datapath' if at_queue else ''}"
+    if at_queue:
+        return Proof(name, wrapper(Requantizer), {"skewed": wrapper(SkewedRequantizer)},
+                     depth=Requantizer.latency + 1, slow=True)
+    return Proof(name, wrapper(Requantizer), {"skewed": wrapper(SkewedRequantizer)},
                  depth=10, mode="bmc", slow=True)
 
 
@@ -129,7 +187,8 @@ PROOFS = (
           depth=5),
     # Bounded: the output queue is a memory; about 7 cycles from input to output, so 10
     # cycles see the first three transfers under every stall pattern.
-    *(_requant_proof(out_signed) for out_signed in (False, True)),
+    *(_requant_proof(out_signed, at_queue=at_queue) for at_queue in (True, False)
+      for out_signed in (False, True)),
     # 2×2 signed 2-bit, dense: 6 cycles from a reduction's last beat to `acc`, so 12 cycles
     # see every reduction closed in the first six.
     Proof("mac_array_2x2",
@@ -144,24 +203,43 @@ PROOFS = (
           lambda: MacArrayProperties(MacArray(**_OUTLIER_ARRAY)),
           {fault: (lambda fault=fault: MacArrayProperties(TamperedArray(fault,
                                                                         **_OUTLIER_ARRAY)))
-           for fault in TamperedArray.FAULTS},
+           for fault in ("act_outlier", "weight_outlier")},
           depth=7, mode="bmc", slow=True),
+    # k-induction at the output queue's write port: every reduction of any length, with plane
+    # shifts, then with outliers too (one sub-beat per beat).
+    _array_proof("mac_array_2x2_planes", _PLANE_ARRAY,
+                 {"blind_lane": BlindLaneArray,
+                  "plane_shift": lambda **p: TamperedArray("plane_shift", **p)}),
+    *(_stream_proof(name, *spec) for name, spec in _STREAM_BLOCKS.items()),
+    _array_proof("mac_array_2x2_outlier_planes", _OUTLIER_PLANE_ARRAY,
+                 {fault: (lambda fault=fault, **p: TamperedArray(fault, **p))
+                  for fault in TamperedArray.FAULTS}, slow=True),
 )
 
 
-def run_all(build_dir):
-    """Runs every proof (and its mutants) under ``build_dir``, yielding ``(as_expected, line)``.
+def run_all(build_dir, *, jobs=None):
+    """Runs every proof (and its mutants) under ``build_dir``, ``jobs`` at a time (default:
+    one per CPU; each is a SymbiYosys process), yielding ``(as_expected, line)`` in catalogue
+    order.
 
     A proof is as expected when it passes, a mutant when it fails. The line names the run,
     its verdict and its time.
     """
     build_dir = Path(build_dir)
+    runs = []
     for proof in PROOFS:
-        runs = [(proof.name, proof.wrapper, True)]
-        runs += [(f"{proof.name}-{name}", build, False) for name, build in proof.mutants.items()]
-        for name, build, expected in runs:
-            result = prove(build(), build_dir / name, depth=proof.depth, mode=proof.mode)
-            good = result.passed == expected
-            yield good, (f"{name:40} {proof.mode:5} depth {proof.depth:3} {result.status:7} "
-                         f"{'ok' if good else 'UNEXPECTED'} {result.seconds:6.1f} s  "
-                         f"{result.log}")
+        runs.append((proof, proof.name, proof.wrapper, True))
+        runs += [(proof, f"{proof.name}-{name}", build, False)
+                 for name, build in proof.mutants.items()]
+
+    def run(item):
+        proof, name, build, expected = item
+        result = prove(build(), build_dir / name, depth=proof.depth, mode=proof.mode)
+        good = result.passed == expected
+        return good, (f"{name:40} {proof.mode:5} depth {proof.depth:3} {result.status:7} "
+                      f"{'ok' if good else 'UNEXPECTED'} {result.seconds:6.1f} s  "
+                      f"{result.log}")
+
+    # Threads suffice: each run waits on its own solver process.
+    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        yield from pool.map(run, runs)

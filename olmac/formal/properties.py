@@ -14,13 +14,15 @@ and fails though every reachable state is fine.
 from amaranth.asserts import AnyConst, AnySeq
 from amaranth.hdl import *
 from amaranth.hdl import Fragment
-from amaranth.lib import data
+from amaranth.lib import data, stream
+from amaranth.lib.wiring import In, Out
 
 from olmac.spec import SYNC
 
 __all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
            "CodebookStreamProperties", "RequantizerProperties", "RequestSlotsProperties",
-           "MacArrayProperties", "SkidBufferProperties", "FrameReceiverProperties"]
+           "MacArrayProperties", "SkidBufferProperties", "FrameReceiverProperties",
+           "output_streams", "StreamPortProperties", "frame_transmitter_invariants"]
 
 
 def _assigned(fragment):
@@ -55,10 +57,14 @@ class StreamRules(Elaboratable):
     port : stream.Interface
         The port of the block under test that sends (its ``valid`` and ``payload`` are
         checked; its ``ready`` is read).
+    assume : bool
+        Assume the rules instead of asserting them: ``port`` is one through which the block
+        receives, and its producer keeps them.
     """
 
-    def __init__(self, port):
+    def __init__(self, port, *, assume=False):
         self._port = port
+        self._check = Assume if assume else Assert
 
     def elaborate(self, platform):
         m = Module()
@@ -67,9 +73,80 @@ class StreamRules(Elaboratable):
         payload = Signal.like(Value.cast(port.payload), name="held_payload")
         m.d.sync += [held.eq(port.valid & ~port.ready), payload.eq(port.payload)]
         with m.If(held):
-            m.d.comb += [Assert(port.valid, "valid dropped before ready"),
-                         Assert(Value.cast(port.payload) == payload,
-                                "payload changed while held")]
+            m.d.comb += [self._check(port.valid, "valid dropped before ready"),
+                         self._check(Value.cast(port.payload) == payload,
+                                     "payload changed while held")]
+        return m
+
+
+def _under_test(m, dut, platform):
+    """Elaborate ``dut`` into ``m`` with the reset held low after the first cycle; returns
+    its fragment, whose registers a wrapper may name."""
+    fragment = Fragment.get(dut, platform)
+    m.submodules.dut = fragment
+    m.d.comb += Assume(~ResetSignal())
+    return fragment
+
+
+def output_streams(component, *, sending=True):
+    """Every ``amaranth.lib.stream`` port through which ``component`` sends (nested
+    signatures and arrays of them included), as ``(name, interface)`` pairs; with
+    ``sending=False``, every one through which it receives."""
+    driven = {id(value) for _path, member, value in component.signature.flatten(component)
+              if member.flow == Out}
+    found = []
+
+    def visit(name, interface, signature):
+        if isinstance(signature, stream.Signature):
+            if (id(interface.valid) in driven) == sending:
+                found.append((name, interface))
+            return
+        for member_name, member in signature.members.items():
+            if not member.is_signature:
+                continue
+            children = [(f"{name}.{member_name}", getattr(interface, member_name))]
+            for dimension in member.dimensions:
+                children = [(f"{n}[{i}]", c[i]) for n, c in children for i in range(dimension)]
+            for child_name, child in children:
+                visit(child_name, child, member.signature)
+
+    visit(type(component).__name__, component, component.signature)
+    return found
+
+
+class StreamPortProperties(Elaboratable):
+    """The stream rules (:class:`StreamRules`) on every stream port through which ``block``
+    sends, with every input of ``block`` free in every cycle (``AnySeq``: any consumer's
+    ``ready``, any control input, any producer that keeps the stream rules itself) and the
+    reset held low after the first cycle.
+
+    Parameters
+    ----------
+    block : wiring.Component
+        The block under test, or a broken variant with the same ports.
+    invariants : callable or None
+        ``invariants(fragment)`` returns assertions over the block's registers (found by
+        name in its elaborated ``fragment``) that keep the induction step to reachable
+        states.
+    """
+
+    def __init__(self, block, invariants=None):
+        self._block = block
+        self._invariants = invariants
+
+    def elaborate(self, platform):
+        m = Module()
+        block = self._block
+        fragment = _under_test(m, block, platform)
+        if self._invariants is not None:
+            m.d.comb += self._invariants(fragment)
+        for _path, member, value in block.signature.flatten(block):
+            if member.flow == In:
+                m.d.comb += value.eq(AnySeq(len(Value.cast(value))))
+        for index, (_name, port) in enumerate(output_streams(block)):
+            m.submodules[f"rules_{index}"] = StreamRules(port)
+        for index, (_name, port) in enumerate(output_streams(block, sending=False)):
+            m.submodules[f"producer_{index}"] = StreamRules(port, assume=True)
         return m
 
 
@@ -145,10 +222,8 @@ class ResultBufferProperties(Elaboratable):
         m = Module()
         dut = self._buffer
         depth = dut.depth
-        fragment = Fragment.get(dut, platform)
-        m.submodules.dut = fragment
+        fragment = _under_test(m, dut, platform)
         m.submodules.rules = StreamRules(dut.r)
-        m.d.comb += Assume(~ResetSignal())
 
         m.d.comb += [dut.claim.eq(AnySeq(1)), dut.w.valid.eq(AnySeq(1)),
                      dut.w.payload.eq(AnySeq(len(Value.cast(dut.w.payload)))),
@@ -253,12 +328,20 @@ class RequantizerProperties(Elaboratable):
     against docs/semantics.md §3 written here as one Amaranth expression.
 
     ``clamp(((acc + β)·M + r) >> s, max(lo, 0) if relu else lo, hi)`` with
-    ``r = 2^(s-1)`` for ``s > 0`` else 0 (round half up), for a freely chosen transfer
-    (``AnyConst`` number) among free accumulators and parameter beats, and the stream rules on
-    ``out``. The parameters are assumed within ``|β|, |M| ≤ 2^(param_bits-1)`` and
-    ``s ≤ max_shift`` so the solver's multipliers stay small; the datapath is the full-width
-    one. Checked by BMC: the requantizer's output queue is a memory (see
-    :class:`ResultBufferProperties`).
+    ``r = 2^(s-1)`` for ``s > 0`` else 0 (round half up), among free accumulators and
+    parameter beats, with the stream rules on ``out``. The parameters are assumed within
+    ``|β|, |M| ≤ 2^(param_bits-1)`` and ``s ≤ max_shift`` so the solver's multipliers stay
+    small; the datapath is the full-width one.
+
+    Two forms. Without ``latency``, end to end: a freely chosen transfer (``AnyConst``
+    number) leaves ``out`` with its value; checked by BMC only, because the output queue is
+    a memory (see :class:`ResultBufferProperties`). With ``latency`` (the block's documented
+    cycles from an input transfer to its output queue's write port), at the queue: every
+    transfer is written to the queue exactly ``latency`` cycles later with its value, and
+    nothing else is written. The datapath is a pipeline with no enables, so its state is a
+    function of the last ``latency`` cycles' inputs and k-induction of ``latency + 1`` or
+    more closes; the queue itself is :class:`ResultBufferProperties`' block (its counting
+    proved by k-induction, its order and payloads bounded).
 
     Parameters
     ----------
@@ -268,17 +351,21 @@ class RequantizerProperties(Elaboratable):
         Width the bias and the multiplier are assumed to fit, signed.
     max_shift : int
         Largest shift assumed.
+    latency : int or None
+        Check at the queue's write port (named ``w``), this many cycles after the input.
     """
 
-    def __init__(self, requantizer, *, param_bits, max_shift):
+    def __init__(self, requantizer, *, param_bits, max_shift, latency=None):
         self._dut = requantizer
         self._param_bits = param_bits
         self._max_shift = max_shift
+        self._latency = latency
 
     def elaborate(self, platform):
         m = Module()
         dut = self._dut
-        _free_streams(m, dut, (dut.acc, dut.params), dut.out)
+        fragment = Fragment.get(dut, platform)
+        _free_streams(m, fragment, (dut.acc, dut.params), dut.out)
         channel = dut.params.payload.channels[0]
         limit = 1 << (self._param_bits - 1)
         m.d.comb += [Assume((channel.bias >= -limit) & (channel.bias < limit)),
@@ -296,8 +383,20 @@ class RequantizerProperties(Elaboratable):
         low = Mux(dut.params.payload.relu, max(lo, 0), lo)
         expected = Signal(out_shape)
         m.d.comb += expected.eq(Mux(q < low, low, Mux(q > hi, hi, q)))
+        accepted = dut.acc.valid & dut.acc.ready
 
-        _check_nth_result(m, produced=dut.acc.valid & dut.acc.ready, predicted=[expected],
+        if self._latency is not None:
+            written, value = _registers(fragment, "w__valid", "w__payload")
+            for stage in range(self._latency):
+                later = Signal(name=f"expect_valid_{stage}"), Signal(out_shape,
+                                                                      name=f"expect_{stage}")
+                m.d.sync += [later[0].eq(accepted), later[1].eq(expected)]
+                accepted, expected = later
+            m.d.comb += [Assert(written == accepted, "a result written out of step"),
+                         Assert(~written | (value == expected.as_unsigned()),
+                                "a value differs from §3")]
+            return m
+        _check_nth_result(m, produced=accepted, predicted=[expected],
                           delivered=dut.out.valid & dut.out.ready,
                           actual=[dut.out.payload[0]], shape=out_shape, width=6,
                           early="a result left before its input came",
@@ -368,10 +467,8 @@ class RequestSlotsProperties(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         dut = self._slots
-        fragment = Fragment.get(dut, platform)
-        m.submodules.dut = fragment
+        fragment = _under_test(m, dut, platform)
         m.submodules.rules = StreamRules(dut.request)
-        m.d.comb += Assume(~ResetSignal())
         write, request = dut.write, dut.request
         for name in ("en", "offset", "data", "commit", "length"):
             signal = getattr(write, name)
@@ -428,23 +525,37 @@ class RequestSlotsProperties(Elaboratable):
 
 class MacArrayProperties(Elaboratable):
     """A :class:`~olmac.hw.mac_array.MacArray` against docs/semantics.md §2/§4/§6/§8 written
-    here: the accumulator vector of a freely chosen reduction (``AnyConst`` number) is the
-    exact sum over its beats of ``Σ_lane a[lane] · w[lane][col]`` of the *recombined*
-    operands (dense plus every valid outlier at its position, §6), and the stream rules
-    hold on ``acc``. Beats, outliers, ``last`` and stalls are free within §6's rules for the
-    producer: valid outlier slots first, positions in range, at most one outlier per
-    position, the dense slot of an outlier position zero. So every outlier is counted once
-    and an outlier × outlier product once. Checked by BMC: the array's output queue is a
-    memory (see :class:`ResultBufferProperties`).
+    here: the accumulator vector of a reduction is the exact sum over its beats of
+    ``Σ_lane a[lane] · w[lane][col]`` of the *recombined* operands (dense plus every valid
+    outlier at its position, §6), the accumulator shifted left by each beat's plane shift
+    before that beat is added (§8), and the stream rules hold on ``acc``. Beats, outliers,
+    plane shifts, ``last`` and stalls are free within §6's rules for the producer: valid
+    outlier slots first, positions in range, at most one outlier per position, the dense slot
+    of an outlier position zero. So every outlier is counted once and an outlier × outlier
+    product once.
+
+    Two forms. Without ``config``, end to end: a freely chosen reduction (``AnyConst``
+    number) leaves ``acc`` with its sums; checked by BMC only, because the output queue is a
+    memory (see :class:`ResultBufferProperties`). With ``config`` (the array's
+    :class:`~olmac.hw.mac_array.MacArray.Config`, whose documented ``latency`` and
+    ``sum_stage`` give the timing), at the output queue's write port (named ``w``): every
+    closing beat's sums are written exactly ``latency`` cycles after it is taken, and
+    nothing else is written; k-induction, with the invariant that each column's accumulator
+    register (``acc_c<col>``) holds the running sum of ``sum_stage + 1`` cycles before. This
+    needs beats of one sub-beat (outlier slots no more than outlier lanes): a held beat's
+    sub-beats reach the accumulators over several cycles.
 
     Parameters
     ----------
     array : MacArray
         The block under test (any outlier lanes and plane shifts), or a broken variant.
+    config : MacArray.Config or None
+        Check at the queue with this configuration's timing.
     """
 
-    def __init__(self, array):
+    def __init__(self, array, config=None):
         self._array = array
+        self._config = config
 
     def _assume_outlier_rules(self, m, slots, positions, lanes, cols):
         """§6's producer rules for one beat's outlier ``slots``; ``positions(slot)`` is the
@@ -462,7 +573,8 @@ class MacArrayProperties(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         dut = self._array
-        _free_streams(m, dut, (dut.act, dut.weights), dut.acc)
+        fragment = Fragment.get(dut, platform)
+        _free_streams(m, fragment, (dut.act, dut.weights), dut.acc)
         act_beat, weight_beat = dut.act.payload, dut.weights.payload
         act, tile = act_beat.data, weight_beat.tile
         lanes = len(act)
@@ -496,13 +608,20 @@ class MacArrayProperties(Elaboratable):
                 for col in range(cols)]
 
         running = [Signal(acc_shape, name=f"running_{col}") for col in range(cols)]
-        summed = [running[col] + beat[col] for col in range(cols)]
+        shifted = running
+        if "plane_shift" in weight_fields:
+            shifted = [running[col] << weight_beat.plane_shift[col] for col in range(cols)]
+        summed = [Signal(acc_shape, name=f"summed_{col}") for col in range(cols)]
+        m.d.comb += [summed[col].eq(shifted[col] + beat[col]) for col in range(cols)]
         accepted = dut.act.valid & dut.act.ready
         closing = accepted & act_beat.last
 
         with m.If(accepted):
             for col in range(cols):
                 m.d.sync += running[col].eq(Mux(act_beat.last, 0, summed[col]))
+        if self._config is not None:
+            self._check_at_queue(m, fragment, closing, summed, running, acc_shape)
+            return m
         _check_nth_result(m, produced=closing, predicted=summed,
                           delivered=dut.acc.valid & dut.acc.ready,
                           actual=[dut.acc.payload[col] for col in range(cols)],
@@ -510,6 +629,33 @@ class MacArrayProperties(Elaboratable):
                           early="a result left before its reduction closed",
                           differs="a column sum differs from the exact sum of products")
         return m
+
+    def _check_at_queue(self, m, fragment, closing, summed, running, acc_shape):
+        """The k-inductive form: ``summed`` of every ``closing`` beat at the queue's write
+        port ``latency`` cycles later, the accumulators ``sum_stage + 1`` cycles behind
+        ``running``."""
+        config = self._config
+        cols = len(summed)
+        written, value = _registers(fragment, "w__valid", "w__payload")
+        accumulators = _registers(fragment, *(f"acc_c{col}" for col in range(cols)))
+        history = [(closing, summed, running)]
+        for stage in range(config.latency):
+            valid, sums, runs = history[-1]
+            later = (Signal(name=f"closing_d{stage}"),
+                     [Signal(acc_shape, name=f"summed_c{col}_d{stage}") for col in range(cols)],
+                     [Signal(acc_shape, name=f"running_c{col}_d{stage}") for col in range(cols)])
+            m.d.sync += [later[0].eq(valid),
+                         *(a.eq(b) for a, b in zip(later[1], sums)),
+                         *(a.eq(b) for a, b in zip(later[2], runs))]
+            history.append(later)
+        valid, sums, _ = history[config.latency]
+        packed = Cat(*(total.as_unsigned() for total in sums))
+        m.d.comb += [Assert(written == valid, "a result written out of step"),
+                     Assert(~written | (value == packed),
+                            "a column sum differs from the exact sum of products")]
+        _, _, behind = history[config.sum_stage + 1]
+        m.d.comb += [Assert(accumulator == expected)
+                     for accumulator, expected in zip(accumulators, behind)]
 
 
 class SkidBufferProperties(Elaboratable):
@@ -559,6 +705,16 @@ class SkidBufferProperties(Elaboratable):
         m.d.comb += [Assert(state == (held != 0)) for state in (full, *selects)]
         m.d.comb += Assert((held == 0) | (Value.cast(skid) == kept))
         return m
+
+
+def frame_transmitter_invariants(fragment):
+    """A :class:`~olmac.hw.host_link.FrameTransmitter` frames a reply only once it is
+    complete, so while a reply frame is sent nothing writes the memory its body comes from
+    (the induction step would otherwise start with the collector writing under the byte on
+    ``tx``)."""
+    state, is_error, complete = _registers(fragment, "fsm_state", "is_error", "complete")
+    idle, = _fsm_states(state, "IDLE")
+    return [Assert((state == idle) | is_error | complete)]
 
 
 def _crc16_ccitt_false(m, data_bytes, name):
@@ -617,9 +773,7 @@ class FrameReceiverProperties(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         dut = self._receiver
-        fragment = Fragment.get(dut, platform)
-        m.submodules.dut = fragment
-        m.d.comb += Assume(~ResetSignal())
+        fragment = _under_test(m, dut, platform)
         for signal in (dut.rx.valid, dut.rx.payload, dut.rx_error, dut.slots.busy):
             m.d.comb += signal.eq(AnySeq(len(signal)))
         max_payload, frame_bytes = self._max_payload, self._max_payload + 5
