@@ -15,6 +15,7 @@ from amaranth.lib.wiring import In, Out
 from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.host_link import FrameReceiver, RequestSlots
 from olmac.hw.mac_array import MacArray
+from olmac.hw.outlier_rules import OutlierRules
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 from olmac.hw.stream import SkidBuffer
@@ -22,7 +23,7 @@ from .properties import output_streams
 
 __all__ = ["BlindLaneArray", "DeafFrameReceiver", "HastyDecoder", "LossyRequestSlots",
            "LossyResultBuffer", "OnesComplementDecoder", "OverrunSkidBuffer",
-           "SkewedRequantizer", "TamperedArray", "WithdrawnStream"]
+           "SkewedRequantizer", "TamperedArray", "WithdrawnStream", "LenientRules"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -310,3 +311,13 @@ class WithdrawnStream(wiring.Component):
             else:
                 m.d.comb += outer.eq(inner)
         return m
+
+
+class LenientRules(OutlierRules):
+    """An :class:`~olmac.hw.outlier_rules.OutlierRules` that checks positions against the
+    array's bounds only: two outliers at one position pass unflagged."""
+
+    def _broken(self, slots, fields, bounds):
+        return [slot.valid & Cat(*(getattr(slot, field) >= bound
+                                   for field, bound in zip(fields, bounds))).any()
+                for slot in slots]

@@ -14,19 +14,20 @@ from olmac.hw.gemm_engine import GemmEngine
 from olmac.hw.host_link import FrameReceiver, FrameTransmitter, LoopbackApp, RequestSlots
 from olmac.hw.network.layouts import LoadTarget
 from olmac.hw.network_app import FixedCommand, InferHandler, LoadHandler
-from olmac.hw.uart import UARTReceiver
 from olmac.hw.mac_array import MacArray
+from olmac.hw.outlier_rules import OutlierRules
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
 from olmac.hw.stream import SkidBuffer
+from olmac.hw.uart import UARTReceiver
 from .mutants import (BlindLaneArray, DeafFrameReceiver, HastyDecoder, LossyRequestSlots,
                       LossyResultBuffer, OnesComplementDecoder, OverrunSkidBuffer,
-                      SkewedRequantizer, TamperedArray, WithdrawnStream)
+                      LenientRules, SkewedRequantizer, TamperedArray, WithdrawnStream)
 from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
                          FrameReceiverProperties, MacArrayProperties,
                          RequantizerProperties, RequestSlotsProperties, ResultBufferProperties,
-                         SkidBufferProperties, StreamPortProperties,
-                         frame_transmitter_invariants)
+                         OutlierRulesProperties, SkidBufferProperties,
+                         StreamPortProperties, frame_transmitter_invariants)
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -86,6 +87,9 @@ _PLANE_ARRAY = dict(_SMALL_ARRAY, plane_shift_bits=1)
 _OUTLIER_PLANE_ARRAY = dict(_PLANE_ARRAY, act_outlier_lanes=1, weight_outlier_lanes=1,
                             act_outlier_bits=3, weight_outlier_bits=3, act_outlier_slots=1,
                             weight_outlier_slots=1)
+
+
+_RULES = dict(lanes=3, cols=3, act_outlier_slots=2, weight_outlier_slots=3)
 
 
 def _array_proof(name, params, mutants, **options):
@@ -211,6 +215,11 @@ PROOFS = (
                  {"blind_lane": BlindLaneArray,
                   "plane_shift": lambda **p: TamperedArray("plane_shift", **p)}),
     *(_stream_proof(name, *spec) for name, spec in _STREAM_BLOCKS.items()),
+    # The MAC array's fault flag: three lanes and columns (indices of two bits can point past
+    # them), two activation and three weight outlier slots.
+    Proof("outlier_rules",
+          lambda: OutlierRulesProperties(OutlierRules(**_RULES)),
+          {"lenient": lambda: OutlierRulesProperties(LenientRules(**_RULES))}, depth=3),
     _array_proof("mac_array_2x2_outlier_planes", _OUTLIER_PLANE_ARRAY,
                  {fault: (lambda fault=fault, **p: TamperedArray(fault, **p))
                   for fault in TamperedArray.FAULTS}, slow=True),

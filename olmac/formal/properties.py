@@ -22,7 +22,8 @@ from olmac.spec import SYNC
 __all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
            "CodebookStreamProperties", "RequantizerProperties", "RequestSlotsProperties",
            "MacArrayProperties", "SkidBufferProperties", "FrameReceiverProperties",
-           "output_streams", "StreamPortProperties", "frame_transmitter_invariants"]
+           "output_streams", "StreamPortProperties", "frame_transmitter_invariants",
+           "OutlierRulesProperties"]
 
 
 def _assigned(fragment):
@@ -873,4 +874,52 @@ class FrameReceiverProperties(Elaboratable):
         for offset in range(max_payload):
             m.d.comb += Assert(~payload_states | dropping | (offset >= kept) |
                                (written[offset] == past[since_sync - 3 - offset]))
+        return m
+
+
+class OutlierRulesProperties(Elaboratable):
+    """An :class:`~olmac.hw.outlier_rules.OutlierRules` against docs/semantics.md §6's
+    producer rules written here: ``fault`` is high exactly from the second cycle after a
+    checked beat (``check``) one of whose valid outliers lies outside the array (lane
+    ``>= lanes``, column ``>= cols``) or shares its position with another valid outlier of
+    its kind, and stays high. Positions, valid bits and ``check`` are free in every cycle;
+    k-induction.
+
+    Parameters
+    ----------
+    rules : OutlierRules
+        The block under test, or a broken variant with the same ports.
+    """
+
+    def __init__(self, rules):
+        self._rules = rules
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self._rules
+        fragment = _under_test(m, dut, platform)
+        config = dut.config
+        kinds = []
+        if config.act_outlier_slots:
+            kinds.append((dut.act, config.act_outlier_slots, ("lane",), (config.lanes,)))
+        if config.weight_outlier_slots:
+            kinds.append((dut.weights, config.weight_outlier_slots, ("lane", "col"),
+                          (config.lanes, config.cols)))
+        broken = Const(0)
+        for port, count, fields, bounds in kinds:
+            m.d.comb += Value.cast(port).eq(AnySeq(len(Value.cast(port))))
+            slots = [port[index] for index in range(count)]
+            for index, slot in enumerate(slots):
+                for field, bound in zip(fields, bounds):
+                    broken = broken | (slot.valid & (getattr(slot, field) >= bound))
+                for other in slots[index + 1:]:
+                    same = Cat(*(getattr(slot, f) == getattr(other, f) for f in fields)).all()
+                    broken = broken | (slot.valid & other.valid & same)
+        m.d.comb += dut.check.eq(AnySeq(1))
+        seen, expected = Signal(), Signal()
+        m.d.sync += [seen.eq(dut.check & broken), expected.eq(expected | seen)]
+        m.d.comb += Assert(dut.fault == expected, "fault differs from the rules")
+        # Invariant of this implementation: its verdict register is the last check's.
+        verdict, = _registers(fragment, "verdict")
+        m.d.comb += Assert(verdict == seen)
         return m
