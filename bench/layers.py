@@ -46,5 +46,6 @@ def table(width: int, rtl_images: int, models) -> None:
     print("Max-abs activation calibration; weights MMSE per channel. A grouped convolution "
           "runs as the dense one with a block-diagonal weight, each output tile walking "
           "only its groups' input words; a concatenation is a layout (no MACs). MACs count "
-          "the dense GEMMs.")
+          "the dense GEMMs, a grouped convolution's zero blocks included (so its "
+          "utilization can pass 100 %).")
     print()
