@@ -132,6 +132,18 @@ def test_cli_refuses_a_budget_out_of_range(capsys, tmp_path, value):
     assert not (tmp_path / "p").exists()
 
 
+def test_cli_refuses_a_budget_below_its_fixed_layers(capsys, tmp_path):
+    """A budget the ``--layer-bits`` layers leave no room for: one line naming both options
+    and the least, after the first lowering, nothing written."""
+    error = _refused(capsys, ["quantize", "--model", "mlp", "--scheme", "mmse",
+                              "--layer-bits", "last=8/8", "--budget-bits", "2.2",
+                              "--out", str(tmp_path / "p")])
+    assert error == ("olmac: error: --budget-bits 2.2 is below 2.435, the least this model "
+                     "allows (every layer at its narrowest width; layers.4 fixed by "
+                     "--layer-bits)")
+    assert not (tmp_path / "p").exists()
+
+
 def test_cli_refuses_a_budget_with_a_weight_width(capsys, tmp_path):
     """``--budget-bits`` chooses the weight widths, so ``--weight-bits`` beside it is an
     error rather than silently unused."""

@@ -334,11 +334,13 @@ def _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale):
     from tqdm import tqdm
     from olmac.budget import allocate, measure_sensitivity
     from olmac.golden.program import ProgramError
-    bar = tqdm(desc="sensitivity", unit="lowering", file=sys.stderr)
+    bars = []  # opened at the first report, once the number of lowerings is known
 
     def report(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, desc="sensitivity", unit="lowering",
+                             file=sys.stderr))
+        bars[0].update(done - bars[0].n)
     try:
         sensitivity = measure_sensitivity(
             model, calibration, act_bits=args.act_bits, scheme=args.scheme,
@@ -350,7 +352,8 @@ def _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale):
     except (ProgramError, TypeError, ValueError) as error:
         raise UsageError(_option_names(str(error))) from None
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def _budget_table(allocation, sensitivity, program, act_outlier_ratio) -> list[str]:
