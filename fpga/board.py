@@ -25,7 +25,8 @@ from olmac.hw.network import NetworkCore
 from olmac.hw.network_app import NetworkApp
 from .build import _board, _synth_options, run_build, toolchain_env
 
-__all__ = ["NetworkBoard", "BOARD_BAUD", "board_defaults", "what_would_fit",
+__all__ = ["NetworkBoard", "BOARD_BAUD", "board_defaults", "default_array_multipliers",
+           "what_would_fit",
            "build_network_board", "demo_network", "build_board"]
 
 #: The link's default baud rate.
@@ -44,6 +45,19 @@ def board_defaults(board):
     """
     _board(board)
     return dict(spec.BOARD_DEFAULTS[board])
+
+
+def default_array_multipliers(board, width):
+    """The core's ``multipliers`` option a board build uses for ``board`` at ``width``:
+    ``"packed"`` on iCE40 up to width 2 (the dense and outlier products then take 3 of the
+    UP5K's 8 SB_MAC16), ``"lut"`` otherwise.
+
+    Raises
+    ------
+    ValueError
+        If ``board`` is not one of :data:`fpga.build.BOARDS`.
+    """
+    return "packed" if _board(board).family == "ice40" and width <= 2 else "lut"
 
 
 def what_would_fit(board, width):
@@ -167,9 +181,9 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     its report, also written as ``report.json``/``report.md`` into ``build_dir``).
     ``requantizer`` and ``memories`` default to the board's (:func:`board_defaults`).
 
-    ``array_multipliers`` is the core's ``multipliers`` option (default on iCE40:
-    ``"packed"`` up to width 2, whose dense and outlier products take 3 of the UP5K's 8
-    SB_MAC16; ``"lut"`` above); ``multipliers`` the flow's (:func:`fpga.build.build_bitstream`;
+    ``array_multipliers`` is the core's ``multipliers`` option (default:
+    :func:`default_array_multipliers`); ``multipliers`` the flow's
+    (:func:`fpga.build.build_bitstream`;
     default on iCE40 ``"dsp"``: ``synth_ice40 -dsp`` also puts the sequencer's address
     multiplies into SB_MAC16s, about 550 LUT4 fewer; on ECP5 ``"hybrid"`` with products up to
     16 bits in LUT logic, so only the requantizer's go into MULT18X18Ds).
@@ -192,9 +206,8 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     defaults = board_defaults(board)
     requantizer = requantizer or defaults["requantizer"]
     memories = memories or defaults["memories"]
-    if array_multipliers is None:
-        array_multipliers = "packed" if spec.family == "ice40" and compiled.width <= 2 \
-            else "lut"
+    array_multipliers = (array_multipliers
+                         or default_array_multipliers(board, compiled.width))
     top = NetworkBoard(compiled, divisor=divisor, requantizer=requantizer, memories=memories,
                        multipliers=array_multipliers)
     env = {**os.environ, **toolchain_env(board)}

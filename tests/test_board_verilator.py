@@ -33,7 +33,8 @@ from amaranth.back import verilog
 from olmac.cli import main
 from olmac.compiler import compile_program
 from olmac.flow import demo_data
-from olmac.fpga.board import NetworkBoard, board_defaults, demo_network
+from olmac.fpga.board import (NetworkBoard, board_defaults, default_array_multipliers,
+                               demo_network)
 from olmac.golden import artifact
 from olmac.golden.program import run_integer, to_pixels
 from olmac.board import decode_infer, encode_infer, encode_load, load_requests, parse_info
@@ -199,6 +200,21 @@ def test_board_run_cli_over_a_socket(board, capsys, tmp_path):
                        run_integer(board["program"], board["pixels"]))
 
 
+def _runs_bit_exact(top, compiled, program, pixels, run_dir):
+    """``top`` answers INFO for ``compiled`` and runs ``pixels`` bit-exact against golden
+    run_integer, at its UART pins."""
+    steps = [{"send": encode_frame(payload).hex(), "timeout": 400_000}
+             for payload in [bytes([Command.INFO])]
+             + [encode_infer(compiled, image) for image in pixels]]
+    result = _exchange(_build(top), run_dir, steps)
+    assert result["uart_errors"] == []
+    assert all(len(frames) == 1 and frames[0] for frames in result["answers"]), result
+    replies = [decode_reply(bytes.fromhex(frames[0])) for frames in result["answers"]]
+    parse_info(replies[0]).check(compiled)
+    logits = torch.stack([decode_infer(compiled, reply) for reply in replies[1:]])
+    assert torch.equal(logits, run_integer(program, pixels))
+
+
 @pytest.mark.slow
 def test_ecp5_board_runs_the_demo_cnn(tmp_path):
     """The ULX3S-85F's board top as ``olmac board build --board ulx3s-85f`` builds it
@@ -207,17 +223,22 @@ def test_ecp5_board_runs_the_demo_cnn(tmp_path):
     options = board_defaults("ulx3s-85f")
     program, compiled, data = demo_network("cnn", width=options.pop("width"))
     top = NetworkBoard(compiled, divisor=DIVISOR, **options)
-    pixels = to_pixels(data.images[:6])
-    steps = [{"send": encode_frame(payload).hex(), "timeout": 400_000}
-             for payload in [bytes([Command.INFO])]
-             + [encode_infer(compiled, image) for image in pixels]]
-    result = _exchange(_build(top), tmp_path, steps)
-    assert result["uart_errors"] == []
-    assert all(len(frames) == 1 and frames[0] for frames in result["answers"]), result
-    replies = [decode_reply(bytes.fromhex(frames[0])) for frames in result["answers"]]
-    parse_info(replies[0]).check(compiled)
-    logits = torch.stack([decode_infer(compiled, reply) for reply in replies[1:]])
-    assert torch.equal(logits, run_integer(program, pixels))
+    _runs_bit_exact(top, compiled, program, to_pixels(data.images[:6]), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, width", [("icebreaker", 2), ("ulx3s-85f", 8)])
+def test_users_program_on_the_board_tops_that_are_built(board, tmp_path, name, width):
+    """The artifact's board tops as ``olmac board build --program`` builds them for the
+    iCEBreaker (its default width 2: serial requantizer, narrow memories, packed
+    products) and for the ULX3S-85F at width 8 (parallel requantizer, wide memories) run
+    its images bit-exact against golden run_integer."""
+    options = board_defaults(name)
+    options.pop("width")
+    compiled = compile_program(board["program"], width=width)
+    top = NetworkBoard(compiled, divisor=DIVISOR,
+                       multipliers=default_array_multipliers(name, width), **options)
+    _runs_bit_exact(top, compiled, board["program"], board["pixels"], tmp_path)
 
 
 #: Kinds of soak step and their weights; all but "good" and "pair" are damaged (30 %).
