@@ -30,6 +30,7 @@ differs between Python versions, so cached weights are named after a digest of i
 
 import hashlib
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,13 @@ from .training import MODEL_DIR, cached, one_thread
 
 __all__ = [
     "ALPHABET", "EMBED", "HIDDEN", "BITS_RANGE", "WEIGHT_SCALES",
-    "CALIBRATION_SAMPLES", "FLOAT_STEPS", "QAT_STEPS",
+    "CALIBRATION_SAMPLES", "FLOAT_STEPS", "QAT_STEPS", "SEEDS",
     "load_corpus", "encode", "decode", "corpus_digest", "CorpusSplit", "corpus_split",
     "fake_quantize_ste", "weight_scale", "activation_scale", "gate_scales", "LSTMQuant",
     "StepQuant", "lstm_step", "CharLSTM", "set_weight_scales", "calibrate", "train_tbptt",
     "train_float",
     "finetune", "perplexity", "float_model", "quantized_model", "PerplexityRow",
-    "perplexity_table", "bench_section",
+    "mean_std", "perplexity_table", "print_table", "bench_section",
 ]
 
 #: The model's characters: newline and printable ASCII without the capitals (text is
@@ -73,6 +74,9 @@ CALIBRATION_SAMPLES = 1 << 14
 FLOAT_STEPS = 2400
 #: Optimizer steps of quantization-aware fine-tuning per variant (batch 32 × 64 characters).
 QAT_STEPS = 150
+#: Seeds of the float models that ``perplexity_table`` averages over (each quantized
+#: variant is fine-tuned from the float model of its seed).
+SEEDS = (0, 1, 2)
 
 
 # -- corpus --------------------------------------------------------------------------------
@@ -519,7 +523,7 @@ def _streams(tokens: torch.Tensor, batch: int) -> torch.Tensor:
 
 def train_tbptt(model: CharLSTM, tokens: torch.Tensor, *, steps: int, batch: int = 64,
                 length: int = 64, lr: float = 3e-3, fused: bool = False,
-                rescale_every: int = 0) -> list[float]:
+                rescale_every: int = 0, anneal: bool = False) -> list[float]:
     """Adam on next-character cross-entropy by truncated back-propagation through time;
     returns the loss of every step. ``model`` is left in eval mode.
 
@@ -527,8 +531,9 @@ def train_tbptt(model: CharLSTM, tokens: torch.Tensor, *, steps: int, batch: int
     ``length`` characters of every stream and starts from the previous step's state
     (detached), from zero again when the streams wrap around. Gradients are clipped to a
     total norm of 1. With ``rescale_every > 0`` (quantization-aware training) the weight
-    scales are recomputed from the current weights every that many steps. One thread;
-    deterministic for a given model and ``tokens``.
+    scales are recomputed from the current weights every that many steps. With
+    ``anneal`` the learning rate falls from ``lr`` to 0 over the ``steps`` on a half
+    cosine. One thread; deterministic for a given model and ``tokens``.
 
     Raises
     ------
@@ -543,6 +548,8 @@ def train_tbptt(model: CharLSTM, tokens: torch.Tensor, *, steps: int, batch: int
         raise ValueError(f"streams of {streams.shape[1]} characters are shorter than "
                          f"length + 1 = {length + 1}")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if anneal
+                else None)
     losses = []
     with one_thread():
         model.train()
@@ -562,6 +569,8 @@ def train_tbptt(model: CharLSTM, tokens: torch.Tensor, *, steps: int, batch: int
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             losses.append(loss.item())
         if rescale_every:
             set_weight_scales(model)
@@ -583,10 +592,13 @@ def train_float(model: CharLSTM, split: CorpusSplit, *, steps: int = FLOAT_STEPS
 
 def finetune(model: CharLSTM, split: CorpusSplit, *, steps: int = QAT_STEPS) -> CharLSTM:
     """Quantization-aware fine-tuning of a calibrated quantized ``model``: ``train_tbptt``
-    on ``split.train`` through the explicit cell, batch 32 × 64 characters, Adam at
-    10⁻³, weight scales refreshed every 25 steps and at the end (activation scales stay
-    those of the calibration)."""
-    train_tbptt(model, split.train, steps=steps, batch=32, lr=1e-3, rescale_every=25)
+    on ``split.train`` through the explicit cell, batch 32 × 64 characters, Adam from
+    10⁻³ annealed to 0 on a half cosine (so the end point does not jitter with the last
+    batches: the two variants of one width are compared at rest), weight scales
+    refreshed every 25 steps and at the end (activation scales stay those of the
+    calibration)."""
+    train_tbptt(model, split.train, steps=steps, batch=32, lr=1e-3, rescale_every=25,
+                anneal=True)
     return model
 
 
@@ -617,73 +629,139 @@ def _calibration_tokens(split: CorpusSplit) -> torch.Tensor:
     return _streams(split.train[:8 * 256], 8)
 
 
-def float_model(split: CorpusSplit | None = None, *,
+def float_model(split: CorpusSplit | None = None, *, seed: int = 0,
                 directory: Path | str = MODEL_DIR) -> CharLSTM:
-    """The float model of ``train_float``, cached as
-    ``lstm_float_s<FLOAT_STEPS>_<digest>.pt``."""
+    """The float model of ``train_float`` with ``seed``, cached as
+    ``lstm_float_s<FLOAT_STEPS>_seed<seed>_<digest>.pt``.
+
+    Raises
+    ------
+    TypeError
+        If ``seed`` is not an integer in 0..2³¹ − 1.
+    """
+    check_int("seed", seed, (0, (1 << 31) - 1))
     split = corpus_split() if split is None else split
-    return cached(f"lstm_float_s{FLOAT_STEPS}_{split.digest}", CharLSTM,
-                  lambda model: train_float(model, split), directory)
+    return cached(f"lstm_float_s{FLOAT_STEPS}_seed{seed}_{split.digest}", CharLSTM,
+                  lambda model: train_float(model, split, seed=seed), directory)
 
 
-def quantized_model(quant: LSTMQuant, split: CorpusSplit | None = None, *,
+def quantized_model(quant: LSTMQuant, split: CorpusSplit | None = None, *, seed: int = 0,
                     directory: Path | str = MODEL_DIR, steps: int = QAT_STEPS) -> CharLSTM:
-    """``quant``'s variant: the float model's weights, ``calibrate``d on the training text,
-    then ``finetune``d for ``steps`` (0: post-training quantization); cached as
-    ``lstm_<quant.tag>_s<FLOAT_STEPS>_q<steps>_<digest>.pt``."""
+    """``quant``'s variant: the weights of the float model of ``seed``, ``calibrate``d on
+    the training text, then ``finetune``d for ``steps`` (0: post-training quantization);
+    cached as ``lstm_<quant.tag>_s<FLOAT_STEPS>_q<steps>a_seed<seed>_<digest>.pt`` (``a``:
+    the annealed fine-tuning)."""
     split = corpus_split() if split is None else split
 
     def build(model: CharLSTM) -> CharLSTM:
-        model.load_state_dict(float_model(split, directory=directory).state_dict())
+        model.load_state_dict(float_model(split, seed=seed, directory=directory).state_dict())
         with one_thread():
             calibrate(model, _calibration_tokens(split))
         return finetune(model, split, steps=steps) if steps else model
 
-    name = f"lstm_{quant.tag}_s{FLOAT_STEPS}_q{steps}_{split.digest}"
+    name = f"lstm_{quant.tag}_s{FLOAT_STEPS}_q{steps}a_seed{seed}_{split.digest}"
     return cached(name, lambda: CharLSTM(quant), build, directory)
 
 
 @dataclass(frozen=True)
 class PerplexityRow:
-    """One row of ``perplexity_table``: ``perplexity`` after quantization-aware
-    fine-tuning, ``ptq`` after calibration alone; ``bits``, ``highway`` and ``ptq`` are
-    ``None`` for the float model."""
+    """One row of ``perplexity_table``: per seed (in ``seeds`` order) the validation
+    perplexity after quantization-aware fine-tuning (``qat``) and after calibration alone
+    (``ptq``); ``bits``, ``highway`` and ``ptq`` are ``None`` for the float model, whose
+    values are in ``qat``."""
     label: str
     bits: int | None
     highway: bool | None
-    perplexity: float
-    ptq: float | None
+    seeds: tuple[int, ...]
+    qat: tuple[float, ...]
+    ptq: tuple[float, ...] | None
+
+    @property
+    def perplexity(self) -> float:
+        """Mean of ``qat`` over the seeds."""
+        return statistics.fmean(self.qat)
 
 
-def perplexity_table(bits: tuple[int, ...] = (4, 3, 2), *, split: CorpusSplit | None = None,
-                     directory: Path | str = MODEL_DIR, steps: int = QAT_STEPS,
-                     weight_scale: str = "mmse") -> list[PerplexityRow]:
-    """Validation perplexity of the float model, then of each width in ``bits`` with the
-    highway (``c`` at 16 bits), then of each without (``c`` at the same width): after
-    ``steps`` of quantization-aware fine-tuning, and (``ptq``) after calibration alone.
+def mean_std(values: tuple[float, ...]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``n − 1``; 0 for one value).
 
-    Trains what is not cached under ``directory`` (first run: 1–3 min for the float model
-    and 15–40 s per quantized variant on one thread, by the machine's load); cached, the
-    evaluation takes about 15 s.
+    >>> mean_std((3.0, 4.0, 5.0))
+    (4.0, 1.0)
+    """
+    return (statistics.fmean(values),
+            statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def perplexity_table(bits: tuple[int, ...] = (4, 3, 2), *, seeds: tuple[int, ...] = SEEDS,
+                     split: CorpusSplit | None = None, directory: Path | str = MODEL_DIR,
+                     steps: int = QAT_STEPS, weight_scale: str = "mmse"
+                     ) -> list[PerplexityRow]:
+    """Validation perplexity, per seed in ``seeds``, of the float model, then of each
+    width in ``bits`` with the highway (``c`` at 16 bits), then of each without (``c`` at
+    the same width): after ``steps`` of quantization-aware fine-tuning, and (``ptq``)
+    after calibration alone.
+
+    Trains what is not cached under ``directory`` (first run, per seed: 1–3 min for the
+    float model and 15–40 s per quantized variant on one thread, by the machine's load);
+    cached, the evaluation takes about 15 s per seed.
 
     Raises
     ------
     TypeError
-        If a width is not an integer in 2..16.
+        If a width is not an integer in 2..16 or a seed not an integer in 0..2³¹ − 1.
     ValueError
-        If ``weight_scale`` is not one of ``WEIGHT_SCALES``.
+        If ``weight_scale`` is not one of ``WEIGHT_SCALES`` or ``seeds`` is empty.
     """
     quants = [LSTMQuant(b, highway=highway, weight_scale=weight_scale)
               for highway in (True, False) for b in bits]
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
     split = corpus_split() if split is None else split
-    rows = [PerplexityRow("float", None, None,
-                          perplexity(float_model(split, directory=directory), split.valid),
-                          None)]
+    rows = [PerplexityRow("float", None, None, seeds, tuple(
+        perplexity(float_model(split, seed=seed, directory=directory), split.valid)
+        for seed in seeds), None)]
     for quant in quants:
-        ptq, qat = (perplexity(quantized_model(quant, split, directory=directory, steps=n),
-                               split.valid) for n in (0, steps))
-        rows.append(PerplexityRow(quant.label, quant.bits, quant.highway, qat, ptq))
+        ptq, qat = (tuple(perplexity(quantized_model(quant, split, seed=seed,
+                                                     directory=directory, steps=n),
+                                     split.valid) for seed in seeds)
+                    for n in (0, steps))
+        rows.append(PerplexityRow(quant.label, quant.bits, quant.highway, seeds, qat, ptq))
     return rows
+
+
+def _cell(values: tuple[float, ...]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def print_table(rows: list[PerplexityRow]) -> None:
+    """Print ``perplexity_table``'s rows as markdown: mean ± standard deviation over the
+    seeds, then whether the highway's QAT mean is lower than the no-highway one by more
+    than one standard deviation (the larger of the two) at each width."""
+    print("| model | weights, x, h, gates | cell state c | perplexity, PTQ "
+          "| perplexity, QAT |")
+    print("|---|---|---|---:|---:|")
+    for row in rows:
+        if row.bits is None:
+            print(f"| float | float | float | {_cell(row.qat)} | {_cell(row.qat)} |")
+        else:
+            cell = f"{HIGHWAY_BITS} bits (highway)" if row.highway else f"{row.bits} bits"
+            print(f"| {row.label} | {row.bits} bits | {cell} | {_cell(row.ptq)} | "
+                  f"{_cell(row.qat)} |")
+    pairs = {(row.bits, row.highway): row for row in rows if row.bits is not None}
+    print()
+    for bits in sorted({b for b, _ in pairs}, reverse=True):
+        if (bits, True) not in pairs or (bits, False) not in pairs:
+            continue
+        for column in ("ptq", "qat"):
+            (high, high_std), (low, low_std) = (mean_std(getattr(pairs[(bits, hw)], column))
+                                                for hw in (True, False))
+            verdict = ("helps" if low - high > max(high_std, low_std) else
+                       "hurts" if high - low > max(high_std, low_std) else
+                       "within one std")
+            print(f"- {bits} bits, {column.upper()}: highway {high:.3f}, without "
+                  f"{low:.3f}: {verdict}")
 
 
 def bench_section(directory: Path | str = MODEL_DIR) -> None:
@@ -693,18 +771,10 @@ def bench_section(directory: Path | str = MODEL_DIR) -> None:
     print("## Character LSTM: precision highway on the cell state (docs/lstm.md)")
     print()
     print(f"Validation perplexity per character (exp of mean cross-entropy), pydoc topics "
-          f"text, {QAT_STEPS} QAT steps per variant; c at {HIGHWAY_BITS} bits with the "
-          f"highway, at the same width without.")
+          f"text, mean ± standard deviation over seeds {', '.join(map(str, SEEDS))} (one "
+          f"float model per seed), {QAT_STEPS} QAT steps per variant; c at {HIGHWAY_BITS} "
+          f"bits with the highway, at the same width without.")
     print()
-    print("| model | weights, x, h, gates | cell state c | perplexity, PTQ "
-          "| perplexity, QAT |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        if row.bits is None:
-            print(f"| float | float | float | {row.perplexity:.3f} | {row.perplexity:.3f} |")
-        else:
-            cell = f"{HIGHWAY_BITS} bits (highway)" if row.highway else f"{row.bits} bits"
-            print(f"| {row.label} | {row.bits} bits | {cell} | {row.ptq:.3f} | "
-                  f"{row.perplexity:.3f} |")
+    print_table(rows)
     print()
     print(f"({time.perf_counter() - began:.1f} s including any training not cached)")
