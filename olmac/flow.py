@@ -66,11 +66,12 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
              highway=True, outlier_ratio=1 / 64, act_outlier_ratio=0.0, pixel_max=16,
              pixel_scale=1 / 16, real_inputs=False, train_images=None, train_labels=None,
              epochs=0, lr=TRAIN_LR, batch=TRAIN_BATCH, seed=0, report=None, layer_bits=None,
-             layer_schemes=None):
+             layer_schemes=None, layer_outlier_ratios=None):
     """``golden.program.quantize_model`` with the demo's defaults: 4-bit W/A, value-aware
     weights with one outlier per 64 weights of a channel (≈ 1.6 %), MMSE scales, highway,
     no activation outliers unless ``act_outlier_ratio`` (docs/program.md §18);
-    ``layer_bits``/``layer_schemes`` set single layers' widths and schemes.
+    ``layer_bits``/``layer_schemes``/``layer_outlier_ratios`` set single layers' widths,
+    schemes and weight-outlier ratios.
 
     With ``epochs > 0`` the program is fine-tuned on ``train_images`` (real, as
     ``calibration``) and ``train_labels`` (class indices) by :func:`fine_tuner`; then
@@ -84,7 +85,8 @@ def quantize(model, calibration, *, act_bits=4, weight_bits=4, scheme="value_awa
                           act_outlier_ratio=act_outlier_ratio, pixel_max=pixel_max,
                           pixel_scale=pixel_scale, real_inputs=real_inputs,
                           fine_tune=fine_tune, layer_bits=layer_bits,
-                          layer_schemes=layer_schemes)
+                          layer_schemes=layer_schemes,
+                          layer_outlier_ratios=layer_outlier_ratios)
 
 
 def fine_tuner(model, train_images, train_labels, *, epochs, lr=TRAIN_LR, batch=TRAIN_BATCH,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from olmac.budget import REFERENCE_BITS, allocate, measure_sensitivity
+from olmac.budget import OUTLIER_RATIOS, REFERENCE_BITS, allocate, measure_sensitivity
 from olmac.cli import main
-from olmac.flow import demo_data
+from olmac.flow import demo_data, quantize
 from olmac.golden import artifact
 from olmac.golden.program import ProgramError, run_integer, to_pixels
 
@@ -45,9 +45,13 @@ def test_narrower_weights_are_more_sensitive(sensitivity):
     is above those at 3 and 5 bits and above 0 (the reference width, 8 bits; at 5 bits a
     layer may land a little below it)."""
     assert list(sensitivity.kl) == ["layers.0", "layers.2", "layers.4"]
-    for name, kl in sensitivity.kl.items():
-        assert sorted(kl) == [*WIDTHS, REFERENCE_BITS], name
+    for name, by_key in sensitivity.kl.items():
+        assert sorted(by_key) == [(w, None) for w in (*WIDTHS, REFERENCE_BITS)], name
+        kl = {w: value for (w, _), value in by_key.items()}
         assert kl[2] > max(kl[3], kl[5], 0.0) and kl[REFERENCE_BITS] == 0.0, (name, kl)
+        # an MMSE weight costs its width, no more
+        assert sensitivity.cost[name] == {(w, None): w * sensitivity.layers[name].weights
+                                          for w, _ in by_key}
 
 
 def test_allocation_is_the_least_sensitive_within_the_budget(sensitivity):
@@ -61,7 +65,7 @@ def test_allocation_is_the_least_sensitive_within_the_budget(sensitivity):
     names = list(counts)
     candidates = [*WIDTHS, REFERENCE_BITS]
     combos = [(sum(w * counts[n] for w, n in zip(combo, names)) / total,
-               sum(sensitivity.kl[n][w] for w, n in zip(combo, names)))
+               sum(sensitivity.kl[n][w, None] for w, n in zip(combo, names)))
               for combo in itertools.product(candidates, repeat=len(names))]
     assert sensitivity.least_bits == 2.0
     previous = None
@@ -85,7 +89,7 @@ def test_measurement_and_choice_are_deterministic(mlp, sensitivity):
                                 widths=(2,))
     assert again.reference_kl == sensitivity.reference_kl
     for name in sensitivity.kl:
-        assert again.kl[name][2] == sensitivity.kl[name][2]
+        assert again.kl[name][2, None] == sensitivity.kl[name][2, None]
     assert allocate(sensitivity, 3.3) == allocate(sensitivity, 3.3)
 
 
@@ -111,6 +115,76 @@ def test_fixed_layers_count_and_bound_the_budget(mlp, sensitivity):
     for bad in (1.9, 8.5, float("nan"), True, "3"):
         with pytest.raises(ValueError, match=r"^budget_bits must be a number in 2\.\.8"):
             allocate(sensitivity, bad)
+
+
+def _stored_bits(program) -> tuple[int, int]:
+    """The bits a value-aware program's weights take and their number, recomputed from its
+    tensors by the block format of docs/value_aware.md §4: ``W`` bits per dense weight;
+    each channel's ``K`` weights in blocks of 64, every block of a layer with as many slots
+    as its fullest block holds outliers, a slot ``log2 64 = 6`` offset bits plus the
+    outlier width."""
+    bits = count = 0
+    for op in program.ops:
+        if op.KIND != "gemm":
+            continue
+        k, n = op.weight_outliers.shape
+        per_block = [int((op.weight_outliers[start:start + 64, channel] != 0).sum())
+                     for channel in range(n) for start in range(0, k, 64)]
+        bits += op.weight_bits * k * n + len(per_block) * max(per_block) \
+            * (6 + op.weight_outlier_bits)
+        count += k * n
+    return bits, count
+
+
+@pytest.fixture(scope="module")
+def aware(mlp):
+    """Value-aware sensitivities at 2 bits (and the 8-bit reference) and every ratio."""
+    return measure_sensitivity(mlp.model, mlp.calibration, act_bits=4,
+                               scheme="value_aware", widths=(2,))
+
+
+def test_value_aware_candidates_are_width_and_outlier_ratio(aware):
+    """Each value-aware layer is measured at every width with every ratio of
+    ``OUTLIER_RATIOS``; the reference (8 bits, the run's 1/64) has ΔKL 0; outliers cost
+    bits (a 16-bit value and a 6-bit offset per slot: the MLP's channels are one 64-weight
+    block each, so a ratio of 1/64 is one slot per channel and 1/32 two)."""
+    assert OUTLIER_RATIOS == (0.0, 1 / 64, 1 / 32)
+    for name, cost in aware.cost.items():
+        channels = {"layers.4": 10}.get(name, 64)
+        count = aware.layers[name].weights
+        assert sorted(cost) == [(w, r) for w in (2, 8) for r in OUTLIER_RATIOS]
+        assert cost == {(w, r): w * count + int(r * 64) * channels * (16 + 6)
+                        for w, r in cost}, name
+        assert aware.kl[name][8, 1 / 64] == 0.0
+        # at 2 bits, outliers help: fewer large weights are clipped into the dense range
+        assert aware.kl[name][2, 0.0] > aware.kl[name][2, 1 / 32], name
+
+
+def test_value_aware_allocation_fits_its_stored_bits(mlp, aware):
+    """Programs lowered with the chosen widths and ratios store at most the budget in bits
+    per weight (recomputed from their outlier tensors), exactly the allocation's average;
+    the summed ΔKL is the least of every combination of candidates within the budget
+    (enumerated here) and never grows with the budget."""
+    names = list(aware.kl)
+    count = sum(aware.layers[name].weights for name in names)
+    keys = [sorted(aware.kl[name]) for name in names]
+    combos = [(sum(aware.cost[n][key] for n, key in zip(names, combo)) / count,
+               sum(aware.kl[n][key] for n, key in zip(names, combo)))
+              for combo in itertools.product(*keys)]
+    previous = None
+    for budget in (2.0, 2.3, 3.5, 8.0):
+        chosen = allocate(aware, budget)
+        assert chosen.total_sensitivity == pytest.approx(
+            min(kl for bits, kl in combos if bits <= budget), abs=1e-12)
+        assert previous is None or chosen.total_sensitivity <= previous
+        previous = chosen.total_sensitivity
+        program = quantize(mlp.model, mlp.calibration, act_bits=4, weight_bits=REFERENCE_BITS,
+                           layer_bits=chosen.layer_bits,
+                           layer_outlier_ratios=chosen.outlier_ratios)
+        bits, weights = _stored_bits(program)
+        assert weights == count and bits / count <= budget
+        assert bits / count == pytest.approx(chosen.average_bits, abs=1e-12)
+    assert set(allocate(aware, 2.3).outlier_ratios.values()) != {0.0}  # outliers were bought
 
 
 def test_codes_and_planes_are_not_allocated(mlp):
@@ -183,6 +257,8 @@ def test_cli_records_and_prints_the_choice(budget_artifact):
     assert [row[1:4] for row in rows] == [
         [op["name"], str(n), f"{op['weight_bits']}/{a}"]
         for op, n, a in zip(gemms, counts, act_bits)]
+    # MMSE weights: no weight outliers, and a weight takes its width
+    assert [row[4:6] for row in rows] == [["-", f"{op['weight_bits']:.3f}"] for op in gemms]
     assert rows[-1][-1] == "fixed" and all(float(row[-1]) > 0 for row in rows[:-1])
     assert f"# average {average:.3f} bits per weight" in out
 

@@ -407,6 +407,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
                    rotate: bool = False,
                    layer_bits: Mapping[str, tuple[int, int]] | None = None,
                    layer_schemes: Mapping[str, str] | None = None,
+                   layer_outlier_ratios: Mapping[str, float] | None = None,
                    fine_tune: Callable[[IntegerProgram, dict[str, nn.Module], dict], Trained]
                    | None = None, act_outlier_ratio: float = 0.0,
                    act_outliers: ActOutliers | None = None) -> IntegerProgram:
@@ -429,7 +430,9 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     ``layer_bits`` (layer name → ``(weight_bits, act_bits)``) the widths (§10, per-layer
     precision): the layer's weights and the value it reads take them (the value's producer
     writes it at the widest width its GEMM readers ask for). In both, ``"first"`` and
-    ``"last"`` name the first and last GEMM layer.
+    ``"last"`` name the first and last GEMM layer. ``layer_outlier_ratios`` (layer name →
+    ratio in ``[0, 1)``) overrides ``outlier_ratio`` for single value-aware layers (the
+    per-layer choice of ``olmac quantize --budget-bits``, §20).
     ``act_calibration`` sets the scales of the low-width activations: ``"output"`` (the
     default) starts from max-abs and picks, tensor by tensor, the clipping factor of
     ``CLIP_FACTORS`` whose program's float view (``run_fake_quant``) has the least KL
@@ -470,7 +473,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
         (nn.GELU)"``): every one of the model, one line each, with ``at file.py:line`` of the
         user's ``forward`` where fx recorded it; a model torch.fx cannot trace, or a bias or
         scale that does not fit.
-        A name of ``layer_bits`` or ``layer_schemes`` that is no GEMM layer of the model.
+        A name of ``layer_bits``, ``layer_schemes`` or ``layer_outlier_ratios`` that is no
+        GEMM layer of the model.
     TypeError
         If a width is out of range.
     ValueError
@@ -526,6 +530,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     gemms = [step for step in steps if step.kind == "gemm"]
     widths = _per_layer("layer_bits", layer_bits, gemms, _check_widths)
     schemes = _per_layer("layer_schemes", layer_schemes, gemms, lambda label, value: value)
+    ratios = _per_layer("layer_outlier_ratios", layer_outlier_ratios, gemms,
+                        lambda label, value: value)  # checked by the value-aware scheme
     traced.eval()
     recorder = _Recorder(traced)
     recorder.run(calibration)
@@ -547,7 +553,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
             bias_correction=bias_correction and trained is None,
             scheme_of=lambda name: schemes.get(name, scheme if isinstance(scheme, str)
                                                else scheme.get(name, "mmse")),
-            layer_bits=widths, act_demand=_act_demand(steps, widths, act_bits, input_bits),
+            layer_bits=widths, outlier_ratios=ratios, act_demand=_act_demand(steps, widths, act_bits, input_bits),
             options=options, clip=clip, cache=cache, trained=trained,
             act_outliers=outliers, act_outlier_ratio=act_outlier_ratio, rotate=rotate)
         lowering.residuals = {step.residual for step in steps if step.residual is not None}
@@ -745,6 +751,7 @@ class _Lowering:
     scheme_of: object
     options: dict
     layer_bits: dict = field(default_factory=dict)
+    outlier_ratios: dict = field(default_factory=dict)
     act_demand: dict = field(default_factory=dict)
     clip: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
@@ -958,8 +965,10 @@ class _Lowering:
             raise ProgramError(f"{label}: scheme must be one of {', '.join(SCHEMES)}, not "
                                f"{scheme!r}")
         try:
-            options = self.options if self.trained is None else \
-                {**self.options, **self.trained.layer_options.get(layer, {})}
+            options = {**self.options, **({"outlier_ratio": self.outlier_ratios[layer]}
+                                          if layer in self.outlier_ratios else {})}
+            if self.trained is not None:
+                options = {**options, **self.trained.layer_options.get(layer, {})}
             if layer in self.layer_bits and options["weight_outlier_bits"] <= bits:
                 # the default outlier width follows the layer's own weights
                 options = {**options, "weight_outlier_bits": min(2 * bits, HIGHWAY_BITS)}

@@ -8,8 +8,14 @@ import torch
 from .integer_program import IntegerProgram
 from .interpreter import quantize_inputs, run_integer
 from .ops import Gemm
+from ..value_aware import block_word_bits
 
-__all__ = ["LayerWidth", "logit_kl", "real_logits", "layer_widths", "average_weight_bits"]
+__all__ = ["LayerWidth", "OUTLIER_BLOCK", "logit_kl", "real_logits", "layer_widths",
+           "average_weight_bits", "weight_storage_bits"]
+
+#: Weights per block of the value-aware storage format (docs/value_aware.md §4), along a
+#: channel's reduction dimension.
+OUTLIER_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -61,3 +67,31 @@ def average_weight_bits(widths: dict[str, LayerWidth]) -> float:
     """
     total = sum(width.weights for width in widths.values())
     return sum(width.weight_bits * width.weights for width in widths.values()) / total
+
+
+def weight_storage_bits(op: Gemm) -> int:
+    """The bits ``op``'s weights take: ``W`` per weight, and for value-aware weights the
+    outlier slots of the block format (docs/value_aware.md §4): each channel's ``K``
+    weights cut into ``⌈K/64⌉`` blocks, every block with as many ``(P + o)``-bit slots as
+    the fullest block of the layer holds outliers (``P = 6`` offset bits, ``o`` the outlier
+    width); the padding of a short last block is not stored.
+
+    >>> from types import SimpleNamespace as Op
+    >>> outliers = torch.zeros(100, 2, dtype=torch.int64)
+    >>> outliers[3, 0] = outliers[70, 0] = outliers[71, 1] = 9
+    >>> weight_storage_bits(Op(scheme="value_aware", weight_bits=4, weight_outlier_bits=8,
+    ...                        in_features=100, out_features=2, weight_outliers=outliers))
+    856
+    """
+    count = op.in_features * op.out_features
+    if op.scheme != "value_aware":
+        return op.weight_bits * count
+    blocks = -(-op.in_features // OUTLIER_BLOCK)
+    padded = torch.zeros(blocks * OUTLIER_BLOCK, op.out_features, dtype=torch.int64)
+    padded[:op.in_features] = op.weight_outliers.to(torch.int64)
+    quota = int((padded.reshape(blocks, OUTLIER_BLOCK, -1) != 0).sum(1).max())
+    slot = block_word_bits(op.weight_bits, block=OUTLIER_BLOCK, quota=1,
+                           outlier_bits=op.weight_outlier_bits) \
+        - block_word_bits(op.weight_bits, block=OUTLIER_BLOCK, quota=0,
+                          outlier_bits=op.weight_outlier_bits)
+    return op.weight_bits * count + blocks * op.out_features * quota * slot

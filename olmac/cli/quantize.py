@@ -37,9 +37,11 @@ def quantization_arguments(parser, default_model=None, own_models=True, budget=F
                         help=f"{WEIGHT_BITS[0]}..{WEIGHT_BITS[1]}")
     if budget:
         widths.add_argument("--budget-bits", type=float, metavar="B",
-                            help=f"instead: each layer's weight width chosen by its measured "
-                                 f"sensitivity so that the average bits per weight over all "
-                                 f"weights is at most B, a number in {WEIGHT_BITS[0]}.."
+                            help=f"instead: each layer's weight width (and a value-aware "
+                                 f"layer's weight-outlier ratio, 0, 1/64 or 1/32) chosen by "
+                                 f"its measured sensitivity so that the average bits per "
+                                 f"weight, outlier slots included, is at most B, a number in "
+                                 f"{WEIGHT_BITS[0]}.."
                                  f"{WEIGHT_BITS[1]}; --layer-bits entries stay fixed "
                                  f"(docs/program.md §20)")
     parser.add_argument("--scheme", default="value_aware", choices=WEIGHT_SCHEMES,
@@ -297,6 +299,7 @@ def run(args):
         from olmac.budget import REFERENCE_BITS
         budget = _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale)
         per_layer["layer_bits"], weight_bits = budget[0].layer_bits, REFERENCE_BITS
+        per_layer["layer_outlier_ratios"] = budget[0].outlier_ratios
     report, close = _progress(args.epochs) if args.epochs else (None, lambda: None)
     try:
         program = quantize(model, calibration, act_bits=args.act_bits,
@@ -357,23 +360,31 @@ def _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale):
 
 
 def _budget_table(allocation, sensitivity, program, act_outlier_ratio) -> list[str]:
-    """What ``--budget-bits`` chose, one line per layer (with the ``--act-outlier-ratio``
-    of the value it reads, where it has activation outliers), then the averages and the KL
+    """What ``--budget-bits`` chose, one line per layer (its weight-outlier ratio where it
+    is value-aware, the bits per weight its weights take, the ``--act-outlier-ratio`` of
+    the value it reads where that has activation outliers), then the averages and the KL
     divergence of the written program's logits from the float model's."""
+    from fractions import Fraction
     from olmac.budget import measured_kl
     from olmac.golden.program import Gemm
-    lines = [f"budget {allocation.budget_bits:g} bits per weight: widths by sensitivity "
-             f"(ΔKL: the logits' KL increase, in nats, with the layer alone at its width)",
-             f"{'layer':16s} {'weights':>8s} {'W/A':>5s} {'act outliers':>12s} "
-             f"{'ΔKL':>10s}"]
+    from olmac.golden.program.sensitivity import weight_storage_bits
+    lines = [f"budget {allocation.budget_bits:g} bits per weight: widths and weight-outlier "
+             f"ratios by sensitivity (ΔKL: the logits' KL increase, in nats, with the layer "
+             f"alone at its choice)",
+             f"{'layer':16s} {'weights':>8s} {'W/A':>5s} {'w outliers':>10s} "
+             f"{'bits/w':>7s} {'act outliers':>12s} {'ΔKL':>10s}"]
     for op in program.ops:
         if isinstance(op, Gemm):
             value = program.values[op.input]
+            count = op.in_features * op.out_features
+            outliers = str(Fraction(allocation.outlier_ratios[op.name])) \
+                if op.name in allocation.outlier_ratios else "-"
             ratio = f"{100 * act_outlier_ratio:g} %" if value.outliers else "none"
             change = f"{allocation.sensitivity[op.name]:+10.5f}" \
                 if op.name in allocation.sensitivity else f"{'fixed':>10s}"
-            lines.append(f"{op.name:16s} {op.in_features * op.out_features:8d} "
-                         f"{op.weight_bits:>2d}/{value.bits:<2d} {ratio:>12s} {change}")
+            lines.append(f"{op.name:16s} {count:8d} {op.weight_bits:>2d}/{value.bits:<2d} "
+                         f"{outliers:>10s} {weight_storage_bits(op) / count:7.3f} "
+                         f"{ratio:>12s} {change}")
     lines.append(f"average {allocation.average_bits:.3f} bits per weight; Σ ΔKL "
                  f"{allocation.total_sensitivity:.5f}; KL of this program from the float "
                  f"model {measured_kl(sensitivity, program):.5f} (all free layers at 8 bits: "
