@@ -99,7 +99,8 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
     activation scales, one lowering each) once with every layer not in ``layer_bits`` at
     ``REFERENCE_BITS`` (and the run's ``outlier_ratio``) and once per such layer and
     candidate with that layer alone changed: each width of ``widths``, for a value-aware
-    layer each width with each weight-outlier ratio of ``ratios``. Each program is scored
+    layer each width with each weight-outlier ratio of ``ratios`` (of ratios that give a
+    channel of ``K`` weights the same ``⌊r·K⌋`` outliers, only the least). Each program is scored
     by ``logit_kl`` of its exact logits (``real_logits``) from the float model's on at
     most ``images`` calibration images, each candidate costed by the bits its layer's
     weights take in it (``weight_storage_bits``). The layers of ``layer_bits`` (name,
@@ -158,8 +159,20 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
     aware = {name for name in names if gemms[name].scheme == "value_aware"}
     references = {name: (REFERENCE_BITS, ratio if name in aware else None)
                   for name in names if name not in fixed}
+
+    def distinct(name: str) -> dict:
+        """The ratios of ``ratios`` by the outliers per channel they give, ``⌊r·K⌋``
+        (value_aware.md §1), the least of equals: the others lower the same weights."""
+        by_count = {}
+        for r in sorted(ratios):
+            by_count.setdefault(math.floor(r * gemms[name].in_features), r)
+        return by_count
+
     candidates = {name: sorted({(width, r) for width in widths
-                                for r in (ratios if name in aware else (None,))}
+                                for count, r in (distinct(name).items() if name in aware
+                                                 else [(None, None)])
+                                if width != REFERENCE_BITS or count is None
+                                or count != math.floor(ratio * gemms[name].in_features)}
                                | {reference}, key=lambda key: (key[0], key[1] or 0))
                   for name, reference in references.items()}
     total, done = sum(map(len, candidates.values())) - len(candidates), 0

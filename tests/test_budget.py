@@ -187,6 +187,22 @@ def test_value_aware_allocation_fits_its_stored_bits(mlp, aware):
     assert set(allocate(aware, 2.3).outlier_ratios.values()) != {0.0}  # outliers were bought
 
 
+def test_ratios_with_the_same_outliers_are_lowered_once():
+    """A channel of ``K`` weights keeps ``⌊r·K⌋`` outliers (value_aware.md §1): a 3×3
+    convolution of one channel (``K = 9``) has none at any ratio up to 1/32, so it is
+    measured at 2 bits once (and at the reference); a linear layer of ``K = 72`` keeps one
+    at 1/64 and two at 1/32, three candidates per width."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 3))
+    lowered = []
+    measured = measure_sensitivity(model, torch.rand(64, 1, 8, 8), scheme="value_aware",
+                                   widths=(2,), report=lambda done, total: lowered.append(total))
+    assert sorted(measured.kl["0"]) == [(2, 0.0), (8, 1 / 64)]
+    assert sorted(measured.kl["3"]) == [(w, r) for w in (2, 8) for r in OUTLIER_RATIOS]
+    assert set(lowered) == {1 + 5} and len(lowered) == 6
+
+
 def test_codes_and_planes_are_not_allocated(mlp):
     """SYQ codes and multi-tensor planes are not W-bit weights: a budget refuses them."""
     with pytest.raises(ValueError, match=r"^layer 'layers\.0' has scheme syq, whose weights "
