@@ -19,6 +19,7 @@ Command line (:func:`build`)::
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -388,21 +389,39 @@ def run_build(platform, top, build_dir, *, board, family, env, synth_opts, scrip
     plan.extract(str(build_dir))
     started = time.perf_counter()
     try:
-        done = subprocess.run(["sh", f"{plan.script}.sh"], cwd=build_dir, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=timeout_s)
+        returncode, output = _run_script(f"{plan.script}.sh", build_dir, env, timeout_s)
     except subprocess.TimeoutExpired:
         raise BuildFailed(f"build ran past timeout_s={timeout_s}; end of its log:\n"
                           f"{_log_tail(build_dir / f'{_NAME}.tim')}") from None
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise _failure(build_dir, done.returncode, done.stdout)
+    if returncode != 0:
+        raise _failure(build_dir, returncode, output)
     report = read_build_report(build_dir / "nextpnr.json", build_dir / f"{_NAME}.stat.json",
                                family=family, device=_device_name(platform))
     report.write(build_dir)
     bitstream = build_dir / (f"{_NAME}.bin" if family == "ice40" else f"{_NAME}.bit")
     return BuildResult(board=board, build_dir=build_dir, bitstream=bitstream, report=report,
                        board_clock_mhz=platform.default_clk_frequency / 1e6, seconds=seconds)
+
+
+def _run_script(script, cwd, env, timeout_s):
+    """Run ``sh script`` in ``cwd`` with ``env``; returns ``(returncode, output)``.
+
+    Raises
+    ------
+    subprocess.TimeoutExpired
+        After ``timeout_s`` seconds, once the script and every process it started are
+        killed (killing only the shell would leave nextpnr running for as long as it takes).
+    """
+    process = subprocess.Popen(["sh", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # its own session: the tools, not us
+        process.communicate()
+        raise
+    return process.returncode, output
 
 
 def _device_name(platform):

@@ -397,3 +397,26 @@ def test_rom_elsewhere_is_a_memory():
 def test_rom_bad_parameters(kwargs, error, message):
     with pytest.raises(error, match=message):
         RegisteredRom(8, **kwargs)
+
+
+def _running(pid):
+    """Whether ``pid`` is a live process (not gone, not a zombie awaiting its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_build_timeout_kills_the_tools_too(tmp_path):
+    """A build script past its timeout goes with every process it started (a shell killed
+    alone left nextpnr routing for an hour after ``olmac board build`` gave up)."""
+    import time
+    from olmac.fpga.build import _run_script
+    (tmp_path / "build.sh").write_text("sleep 60 >/dev/null 2>&1 &\necho $! > tool.pid\nwait\n")
+    with pytest.raises(subprocess.TimeoutExpired):
+        _run_script("build.sh", tmp_path, None, 2)
+    tool = int((tmp_path / "tool.pid").read_text())
+    deadline = time.monotonic() + 10
+    while _running(tool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(tool), "the tool outlived its build"
