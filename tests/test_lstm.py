@@ -175,13 +175,14 @@ def test_annealed_training_learning_rates(monkeypatch):
 def test_print_table_verdicts(capsys):
     """Mean ± sample std by hand, and the highway verdict against one standard deviation:
     2 bits 5 ± 1 vs 8 ± 1 helps, 3 bits 4 ± 1 vs 4.5 ± 1 is within one std, 4 bits
-    (QAT) 3.9 vs 3.5 with std 0.1 hurts."""
+    (QAT) 3.9 vs 3.5 with std 0.1 hurts. Per-seed differences (without − highway): 2 bits
+    3, 4, 2 (mean 3, std 1), 3 bits 0.5 each, 4 bits −0.4 each (std 0)."""
     def row(bits, highway, qat, ptq):
         return PerplexityRow("x", bits, highway, (0, 1, 2), qat, ptq)
 
     rows = [PerplexityRow("float", None, None, (0, 1, 2), (3.0, 3.5, 4.0), None),
             row(2, True, (4.0, 5.0, 6.0), (4.0, 5.0, 6.0)),
-            row(2, False, (7.0, 8.0, 9.0), (7.0, 8.0, 9.0)),
+            row(2, False, (7.0, 9.0, 8.0), (7.0, 9.0, 8.0)),
             row(3, True, (3.0, 4.0, 5.0), (3.0, 4.0, 5.0)),
             row(3, False, (3.5, 4.5, 5.5), (3.5, 4.5, 5.5)),
             row(4, True, (3.8, 3.9, 4.0), (3.0, 3.0, 3.0)),
@@ -190,9 +191,12 @@ def test_print_table_verdicts(capsys):
     out = capsys.readouterr().out
     assert "| float | float | float | 3.500 ± 0.500 | 3.500 ± 0.500 |" in out
     assert "| x | 2 bits | 16 bits (highway) | 5.000 ± 1.000 | 5.000 ± 1.000 |" in out
-    assert "- 2 bits, QAT: highway 5.000, without 8.000: helps" in out
-    assert "- 3 bits, PTQ: highway 4.000, without 4.500: within one std" in out
-    assert "- 4 bits, QAT: highway 3.900, without 3.500: hurts" in out
+    assert ("- 2 bits, QAT: highway 5.000, without 8.000: helps; without − highway per seed "
+            "3.000 ± 1.000") in out
+    assert ("- 3 bits, PTQ: highway 4.000, without 4.500: within one std; without − "
+            "highway per seed 0.500 ± 0.000") in out
+    assert ("- 4 bits, QAT: highway 3.900, without 3.500: hurts; without − highway per "
+            "seed -0.400 ± 0.000") in out
     assert "- 4 bits, PTQ: highway 3.000, without 3.000: within one std" in out
 
 

@@ -760,8 +760,12 @@ def print_table(rows: list[PerplexityRow]) -> None:
             verdict = ("helps" if low - high > max(high_std, low_std) else
                        "hurts" if high - low > max(high_std, low_std) else
                        "within one std")
+            # both variants of a seed start from the same float model: the per-seed
+            # difference removes the spread the float models share
+            gain = tuple(a - b for a, b in zip(getattr(pairs[(bits, False)], column),
+                                               getattr(pairs[(bits, True)], column)))
             print(f"- {bits} bits, {column.upper()}: highway {high:.3f}, without "
-                  f"{low:.3f}: {verdict}")
+                  f"{low:.3f}: {verdict}; without − highway per seed {_cell(gain)}")
 
 
 def bench_section(directory: Path | str = MODEL_DIR) -> None:
