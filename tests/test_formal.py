@@ -54,11 +54,13 @@ def test_output_streams_finds_the_sending_ports():
     sent: a transmitter's ``tx`` (not ``reply`` or ``errors``, which it receives); a
     dispatcher's ``host.reply`` and every handler's ``request``, nested in flipped
     signatures and arrays."""
-    names = lambda block: [name for name, _ in output_streams(block)]
-    assert names(FrameTransmitter(max_reply=2)) == ["FrameTransmitter.tx"]
-    assert names(Dispatcher([Command.LOAD, Command.INFO])) == [
-        "Dispatcher.host.reply", "Dispatcher.handlers[0].request",
-        "Dispatcher.handlers[1].request"]
-    assert [name for name, _ in output_streams(FrameTransmitter(max_reply=2),
-                                               sending=False)] == [
-        "FrameTransmitter.reply", "FrameTransmitter.errors"]
+    transmitter = FrameTransmitter(max_reply=2)
+    dispatcher = Dispatcher([Command.LOAD, Command.INFO])
+    names = lambda block, **kw: [name for name, _ in output_streams(block, **kw)]
+    assert names(transmitter) == ["FrameTransmitter.tx"]
+    assert names(transmitter, sending=False) == ["FrameTransmitter.reply",
+                                                 "FrameTransmitter.errors"]
+    assert names(dispatcher) == ["Dispatcher.host.reply", "Dispatcher.handlers[0].request",
+                                 "Dispatcher.handlers[1].request"]
+    for block in (transmitter, dispatcher):
+        Fragment.get(block, None)   # elaborated, so none is reported unused
