@@ -22,8 +22,8 @@
 7a. The accuracy table: post-training and trained integer programs, mean ± std over five
    seeds, for the residual CNN and the MLP (bench/accuracy.py; trains each row once, hours
    on two busy cores, then cached under build/models/accuracy).
-8. The character LSTM: validation perplexity with and without the cell-state highway
-   (olmac/models/lstm.py; trains on first use, a few minutes, then cached).
+8. The character LSTM: validation perplexity with and without the cell-state highway, seeds 0–2
+   (olmac/models/lstm.py; trains on first use, about 10 minutes idle, then cached).
 9. FPGA resources and fmax of BRAM-fed arrays on iCE40 and ECP5, the issue's targets with
    nextpnr seeds 1–3 (fpga/bench.py; about 45 minutes: one nextpnr at a time).
 10. The network board with the demo CNN on the ULX3S-85F (width 16 and 8) and the
