@@ -1,6 +1,6 @@
 """One cache of compiled Verilator models, keyed by a hash of everything that goes into the
 build (the Verilog text, the top module, the visible ports, the Verilator arguments and
-versions), so a second run of the same generated Verilog never rebuilds (docs/network.md
+versions, the CPU), so a second run of the same generated Verilog never rebuilds (docs/network.md
 §16).
 
 The cache lives in ``$OLMAC_CACHE`` or, by default, ``build/cache`` of the working
@@ -13,6 +13,7 @@ instead of about 145 MB). Least recently used models are removed once the cache 
 import fcntl
 import hashlib
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -35,10 +36,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path("build") / "cache")
 
 
+def _host_cpu() -> str:
+    """The CPU's model and instruction-set flags (Linux), else its architecture: a model
+    built with ``-march=native`` must not run from a cache shared with another CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    return "\n".join(sorted({line for line in lines
+                              if line.startswith(("model name", "flags", "Features"))}))
+
+
 def cache_key(sources: dict[str, str], toplevel: str, build_args, ports) -> str:
     """The hash of a build's inputs: 24 hex digits."""
     digest = hashlib.sha256()
-    for part in (toplevel, *build_args, "\0", *ports, version("verilator"), version("cocotb")):
+    for part in (toplevel, *build_args, "\0", *ports, version("verilator"), version("cocotb"),
+                 _host_cpu()):
         digest.update(part.encode() + b"\0")
     for name in sorted(sources):
         digest.update(name.encode() + b"\0" + sources[name].encode() + b"\0")
