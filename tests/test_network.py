@@ -24,16 +24,6 @@ from olmac.sim.pysim import StreamSink, StreamSource
 pytestmark = pytest.mark.filterwarnings("error")
 
 
-@pytest.fixture(scope="module")
-def mlp_data():
-    return demo_data("mlp")
-
-
-@pytest.fixture(scope="module")
-def cnn_data():
-    return demo_data("cnn")
-
-
 def _program(data, **options):
     return quantize_model(data.model, data.calibration, **{"scheme": "value_aware", **options})
 

@@ -16,22 +16,11 @@ from olmac.cli import main
 from olmac.compiler import CompileError, compile_program
 from olmac.golden.program import Gemm, quantize_model, run_integer, to_pixels
 from olmac.hw.network import CodebookMode, CodebookPath, NetworkCore, OpKind
-from olmac.network import demo_data
 from test_cli_network import _refused
 from test_network import _core, _run_core
 from test_network_parts import _run, _send, _simulate
 
 pytestmark = pytest.mark.filterwarnings("error")
-
-
-@pytest.fixture(scope="module")
-def mlp_data():
-    return demo_data("mlp")
-
-
-@pytest.fixture(scope="module")
-def cnn_data():
-    return demo_data("cnn")
 
 
 def _syq(data, **options):

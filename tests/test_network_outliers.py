@@ -196,11 +196,6 @@ def test_core_runs_outliers_across_tiles_of_a_block():
     assert torch.equal(logits, run_integer(program, PLACEMENTS))
 
 
-@pytest.fixture(scope="module")
-def mlp_data():
-    return demo_data("mlp")
-
-
 def test_core_runs_the_mlp_with_activation_outliers(mlp_data):
     """The demo MLP with 5 % activation outliers and value-aware weights (an activation
     outlier meets weight outliers at its lane), under random stalls; the kept outliers

@@ -10,15 +10,9 @@ import torch
 
 from olmac.compiler import CompileError, compile_program, plan_passes
 from olmac.golden.program import Gemm, quantize_model, run_integer, to_pixels
-from olmac.network import demo_data
 from test_network import _core, _run_core
 
 pytestmark = pytest.mark.filterwarnings("error")
-
-
-@pytest.fixture(scope="module")
-def mlp_data():
-    return demo_data("mlp")
 
 
 def _mlp(data, **options):
