@@ -22,6 +22,9 @@
 7a. The accuracy table: post-training and trained integer programs, mean ± std over five
    seeds, for the residual CNN and the MLP (bench/accuracy.py; trains each row once, hours
    on two busy cores, then cached under build/models/accuracy).
+7b. The budget's choice against uniform widths: --budget-bits 2.5 (value-aware, 3-bit
+   activations, post-training) on the CNN and the MLP, seeds 0–2, beside the knapsack alone
+   and the best uniform allocation within the budget (bench/budget.py; minutes a seed).
 8. The character LSTM: validation perplexity with and without the cell-state highway, seeds 0–2
    (olmac/models/lstm.py; trains on first use, about 10 minutes idle, then cached).
 9. FPGA resources and fmax of BRAM-fed arrays on iCE40 and ECP5, the issue's targets with
@@ -194,6 +197,12 @@ def _accuracy():
         accuracy.report(model)
 
 
+def _budget():
+    from bench import budget
+    for model in ("cnn", "mlp"):
+        budget.report(model)
+
+
 #: Every section, in the order ``make bench`` prints them, and what runs it.
 RUNNERS = {
     "gemm": gemm_cycles,
@@ -207,6 +216,7 @@ RUNNERS = {
     "layers": _report("layers"),
     "networks": _section("bench.networks", "bench_section"),
     "accuracy": _accuracy,
+    "budget": _budget,
     "lstm": _section("olmac.models.lstm", "bench_section"),
     "fpga": _section("olmac.fpga.bench", "section"),
     "boards": _report("boards"),

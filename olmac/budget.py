@@ -1,21 +1,26 @@
-"""Per-layer weight widths under a budget of bits per weight (``olmac quantize
---budget-bits``, docs/program.md §20): each layer's sensitivity is measured on calibration
-images (:func:`measure_sensitivity`), then the widths whose summed sensitivity is least
-within the budget are chosen exactly (:func:`allocate`).
+"""Per-layer weight widths under a budget of bits per weight or of on-chip memory
+(``olmac quantize --budget-bits`` / ``--budget-kbit``, docs/program.md §20): each layer's
+sensitivity is measured on calibration images (:func:`measure_sensitivity`), the widths
+whose summed sensitivity is least within a bits-per-weight budget are found exactly
+(:func:`allocate`), and a few whole allocations, uniform ones among them, are lowered and
+the one whose joint KL is least is taken (:func:`choose`, :func:`choose_kbit`).
 
 Only the golden model is used, so the flow (:mod:`olmac.flow`) and everything above can
-build on it.
+build on it; what a program takes on chip is a function handed in (the compiler and the
+core's memories sit above the golden model).
 """
 
 from __future__ import annotations  # the annotations name torch types; torch loads on use
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from olmac.spec import WEIGHT_BITS
 
 __all__ = ["REFERENCE_BITS", "SENSITIVITY_IMAGES", "BUDGET_SCHEMES", "OUTLIER_RATIOS",
-           "Sensitivity", "Allocation", "measure_sensitivity", "allocate", "measured_kl"]
+           "FRONT_CANDIDATES", "Sensitivity", "Allocation", "measure_sensitivity", "allocate",
+           "choose", "choose_kbit", "uniform_allocations", "measured_kl"]
 
 #: The weight width every other layer keeps while one layer's sensitivity is measured,
 #: and the widest a layer is given.
@@ -28,6 +33,10 @@ BUDGET_SCHEMES = ("mmse", "value_aware")
 #: The weight-outlier ratios a value-aware layer is measured at beside each width: none,
 #: one per 64-weight block (the default) and two (docs/program.md §20).
 OUTLIER_RATIOS = (0.0, 1 / 64, 1 / 32)
+#: Allocations of the knapsack's Pareto front (the least summed ΔKL within the budget and
+#: the next ones below it) that :func:`choose` lowers and measures jointly, beside the
+#: uniform allocations within the budget.
+FRONT_CANDIDATES = 8
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,10 @@ class Sensitivity:
     ratio of a value-aware layer, ``None`` for MMSE) the bits the layer's weights take
     (``cost``, ``weight_storage_bits``) and the increase of the logits' KL divergence from
     the float model's over the reference program's (``kl``, nats; 0 at the reference), on
-    ``images`` whose float logits are ``reference``."""
+    ``images`` whose float logits are ``reference``; each free layer's reduction length
+    ``K`` (``reduction``), and ``lower(bits, ratios)``, the lowering the candidates were
+    measured with (``bits``: free layers' ``(W, A)``, ``ratios``: their weight-outlier
+    ratios), so that whole allocations can be measured the same way."""
     layers: dict
     fixed: frozenset
     fixed_bits: int
@@ -48,6 +60,8 @@ class Sensitivity:
     reference_kl: float
     images: torch.Tensor
     reference: torch.Tensor
+    reduction: dict
+    lower: Callable = field(repr=False, compare=False)
 
     @property
     def least_bits(self) -> float:
@@ -63,12 +77,18 @@ class Allocation:
     ``quantize_model`` takes them), ``outlier_ratios`` (each free value-aware layer's
     weight-outlier ratio, as its ``layer_outlier_ratios``), each free layer's KL increase
     at its choice (``sensitivity``), and the average bits per weight reached under
-    ``budget_bits``."""
+    ``budget_bits`` (``None`` under a ``budget_kbit``); where the allocation was lowered
+    whole, the KL of its logits from the float model's (``kl``, nats, as
+    :func:`measured_kl`) and, under ``budget_kbit``, the on-chip bits it compiles to
+    (``memory_bits``)."""
     layer_bits: dict
     outlier_ratios: dict
     sensitivity: dict
     average_bits: float
-    budget_bits: float
+    budget_bits: float | None
+    kl: float | None = None
+    memory_bits: int | None = None
+    budget_kbit: float | None = None
 
     @property
     def total_sensitivity(self) -> float:
@@ -91,10 +111,31 @@ def _check_budget(budget_bits, least: float, fixed) -> None:
                          f"{'; ' + names + ' fixed by layer_bits' if names else ''})")
 
 
+def _check_kbit(budget_kbit, least_bits: int, fixed) -> None:
+    """Raise ``ValueError`` unless ``budget_kbit`` is a positive number and at least
+    ``least_bits`` / 1024."""
+    if isinstance(budget_kbit, bool) or not isinstance(budget_kbit, (int, float)) \
+            or not (math.isfinite(budget_kbit) and budget_kbit > 0):
+        raise ValueError(f"budget_kbit must be a positive number (kbit of on-chip memory), "
+                         f"not {budget_kbit!r}")
+    if budget_kbit * 1024 < least_bits:
+        names = ", ".join(sorted(fixed))
+        raise ValueError(f"budget_kbit {budget_kbit:g} is below {_kbit_up(least_bits)}, the "
+                         f"least on-chip memory this model compiles to (every layer at its "
+                         f"narrowest width without weight outliers"
+                         f"{'; ' + names + ' fixed by layer_bits' if names else ''})")
+
+
+def _kbit_up(bits: int) -> str:
+    """``bits`` in kbit, rounded up at the third decimal (a budget of that is enough)."""
+    return f"{math.ceil(bits / 1.024) / 1000:.3f}"
+
+
 def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=None,
                         widths=tuple(range(WEIGHT_BITS[0], WEIGHT_BITS[1] + 1)),
                         ratios=OUTLIER_RATIOS, images: int = SENSITIVITY_IMAGES,
-                        budget_bits=None, report=None, **options) -> Sensitivity:
+                        budget_bits=None, budget_kbit=None, memory_bits=None, report=None,
+                        **options) -> Sensitivity:
     """Lower ``model`` (``quantize_model`` with ``act_bits``, ``options`` and max-abs
     activation scales, one lowering each) once with every layer not in ``layer_bits`` at
     ``REFERENCE_BITS`` (and the run's ``outlier_ratio``) and once per such layer and
@@ -106,7 +147,9 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
     weights take in it (``weight_storage_bits``). The layers of ``layer_bits`` (name,
     ``first`` or ``last`` → ``(W, A)``) keep their widths throughout.
     ``report(done, total)`` is called after each lowering. A ``budget_bits`` that
-    :func:`allocate` would refuse is refused after the first lowering, before the others.
+    :func:`allocate` would refuse is refused after the first lowering, before the others;
+    so is a ``budget_kbit`` below the on-chip bits (``memory_bits(program)``) of the free
+    layers at the narrowest width without weight outliers, after a second lowering.
 
     Raises
     ------
@@ -114,7 +157,7 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
         As ``quantize_model`` (a name of ``layer_bits`` that is no GEMM layer, …).
     ValueError
         If a layer's scheme is not one of ``BUDGET_SCHEMES``, a width of ``widths`` is
-        not in ``WEIGHT_BITS``, or ``budget_bits`` is refused.
+        not in ``WEIGHT_BITS``, or ``budget_bits`` or ``budget_kbit`` is refused.
     """
     import torch
     from olmac.golden.program import quantize_model
@@ -150,6 +193,11 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
         _check_budget(budget_bits, (fixed_bits + sum(widths[0] * layers[name].weights
                                                      for name in names if name not in fixed))
                       / sum(width.weights for width in layers.values()), fixed)
+    if budget_kbit is not None:
+        free = [name for name in names if name not in fixed]
+        _check_kbit(budget_kbit, memory_bits(lower(
+            {name: (widths[0], layers[name].act_bits) for name in free},
+            {name: 0.0 for name in free if gemms[name].scheme == "value_aware"})), fixed)
     sample = calibration[::-(-len(calibration) // images)]
     with torch.no_grad():
         normalized = normalize(model, calibration[:2])
@@ -192,7 +240,50 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
                     report(done, total)
             cost[name][width, r] = weight_storage_bits(
                 next(op for op in program.ops if op.name == name))
-    return Sensitivity(layers, fixed, fixed_bits, kl, cost, base_kl, sample, reference)
+    return Sensitivity(layers, fixed, fixed_bits, kl, cost, base_kl, sample, reference,
+                       {name: gemms[name].in_features for name in kl}, lower)
+
+
+def _front(sensitivity: Sensitivity, capacity: int) -> list[tuple]:
+    """The Pareto front of (bits, summed ΔKL) of the free layers' candidates within
+    ``capacity`` bits, fixed layers included: ``(bits, sum, keys)`` by increasing bits and
+    decreasing sum, each state the least sum of its bits and below; layer by layer, a
+    multiple-choice knapsack, exact and deterministic."""
+    kl, cost = sensitivity.kl, sensitivity.cost
+    free = list(kl)
+    rest = [sum(min(cost[name].values()) for name in free[i:]) for i in range(len(free) + 1)]
+    front = [(sensitivity.fixed_bits, 0.0, ())]
+    for index, name in enumerate(free):
+        grown = sorted((bits + cost[name][key], total + kl[name][key], choice + (key,))
+                       for bits, total, choice in front
+                       for key in sorted(kl[name], key=_order)
+                       if bits + cost[name][key] + rest[index + 1] <= capacity)
+        front, best = [], math.inf
+        for state in grown:  # by bits: keep each state that lowers the least sum so far
+            if state[1] < best:
+                front.append(state)
+                best = state[1]
+    return front
+
+
+def _order(key: tuple) -> tuple:
+    """A candidate ``(W, r)``'s place among a layer's, by width then ratio."""
+    return key[0], key[1] or 0
+
+
+def _allocation(sensitivity: Sensitivity, chosen: dict, **fields) -> Allocation:
+    """The :class:`Allocation` of the free layers' candidates ``chosen`` (name → ``(W, r)``),
+    with ``fields`` (``budget_bits``, ``kl``, …) as given."""
+    layers = sensitivity.layers
+    count = sum(w.weights for w in layers.values())
+    bits = sensitivity.fixed_bits + sum(sensitivity.cost[name][key]
+                                        for name, key in chosen.items())
+    layer_bits = {name: (chosen[name][0] if name in chosen else width.weight_bits,
+                         width.act_bits) for name, width in layers.items()}
+    return Allocation(layer_bits, {name: key[1] for name, key in chosen.items()
+                                   if key[1] is not None},
+                      {name: sensitivity.kl[name][key] for name, key in chosen.items()},
+                      bits / count, **{"budget_bits": None, **fields})
 
 
 def allocate(sensitivity: Sensitivity, budget_bits: float) -> Allocation:
@@ -210,31 +301,148 @@ def allocate(sensitivity: Sensitivity, budget_bits: float) -> Allocation:
         average the layers allow (``Sensitivity.least_bits``).
     """
     _check_budget(budget_bits, sensitivity.least_bits, sensitivity.fixed)
-    layers, kl, cost = sensitivity.layers, sensitivity.kl, sensitivity.cost
-    count = sum(w.weights for w in layers.values())
-    # in whole bits, so that the comparison is exact; the slack absorbs B·n's rounding
-    capacity = math.floor(budget_bits * count + 1e-6)
-    free = list(kl)
-    rest = [sum(min(cost[name].values()) for name in free[i:]) for i in range(len(free) + 1)]
-    front = [(sensitivity.fixed_bits, 0.0, ())]
-    for index, name in enumerate(free):
-        grown = sorted((bits + cost[name][key], total + kl[name][key], choice + (key,))
-                       for bits, total, choice in front
-                       for key in sorted(kl[name], key=lambda key: (key[0], key[1] or 0))
-                       if bits + cost[name][key] + rest[index + 1] <= capacity)
-        front, best = [], math.inf
-        for state in grown:  # by bits: keep each state that lowers the least sum so far
-            if state[1] < best:
-                front.append(state)
-                best = state[1]
-    bits, _, choice = front[-1]
-    chosen = dict(zip(free, choice))
-    layer_bits = {name: (chosen[name][0] if name in chosen else width.weight_bits,
-                         width.act_bits) for name, width in layers.items()}
-    return Allocation(layer_bits, {name: key[1] for name, key in chosen.items()
-                                   if key[1] is not None},
-                      {name: kl[name][chosen[name]] for name in free}, bits / count,
-                      budget_bits)
+    choice = _front(sensitivity, _capacity(sensitivity, budget_bits))[-1][2]
+    return _allocation(sensitivity, dict(zip(sensitivity.kl, choice)), budget_bits=budget_bits)
+
+
+def _capacity(sensitivity: Sensitivity, budget_bits: float) -> int:
+    """``budget_bits`` times the number of weights, in whole bits so that comparisons are
+    exact (the slack absorbs the product's rounding)."""
+    return math.floor(budget_bits * sum(w.weights for w in sensitivity.layers.values())
+                      + 1e-6)
+
+
+def _uniform(sensitivity: Sensitivity, width: int, ratio: float) -> dict:
+    """Every free layer at ``width`` with the weight-outlier ratio ``ratio`` (MMSE layers
+    without): each layer's candidate of that width with as many outliers per channel,
+    ``⌊r·K⌋``, or ``None`` where the layer has none such."""
+    chosen = {}
+    for name, by_key in sensitivity.kl.items():
+        count = math.floor(ratio * sensitivity.reduction[name])
+        keys = [key for key in sorted(by_key, key=_order) if key[0] == width and (
+            key[1] is None or math.floor(key[1] * sensitivity.reduction[name]) == count)]
+        if not keys:
+            return None
+        chosen[name] = keys[0]
+    return chosen
+
+
+def _uniforms(sensitivity: Sensitivity) -> list[dict]:
+    """The distinct uniform allocations: every width measured, with every ratio."""
+    widths = sorted({key[0] for by_key in sensitivity.kl.values() for key in by_key})
+    ratios = sorted({key[1] or 0.0 for by_key in sensitivity.kl.values() for key in by_key})
+    found = []
+    for width in widths:
+        for ratio in ratios:
+            chosen = _uniform(sensitivity, width, ratio)
+            if chosen is not None and chosen not in found:
+                found.append(chosen)
+    return found
+
+
+def uniform_allocations(sensitivity: Sensitivity) -> list[Allocation]:
+    """Every distinct uniform allocation: all free layers at one measured width and
+    weight-outlier ratio (as :func:`_uniform`), by width then ratio."""
+    return [_allocation(sensitivity, chosen) for chosen in _uniforms(sensitivity)]
+
+
+def _joint(sensitivity: Sensitivity, chosen: dict):
+    """``chosen`` (name → ``(W, r)``) lowered whole, as the candidates were."""
+    return sensitivity.lower({name: (key[0], sensitivity.layers[name].act_bits)
+                              for name, key in chosen.items()},
+                             {name: key[1] for name, key in chosen.items()
+                              if key[1] is not None})
+
+
+def _best(sensitivity: Sensitivity, candidates: list[dict], within, report, **fields):
+    """Of ``candidates`` (distinct ones, in order), each lowered whole and kept if
+    ``within(chosen, program)`` gives a number (its on-chip bits; ``True`` if not costed
+    by the program), the one whose logits' KL from the float model's is least (ties: the
+    first); ``report(done, total)`` after each lowering."""
+    best = None
+    for done, chosen in enumerate(candidates, 1):
+        program = _joint(sensitivity, chosen)
+        kept = within(chosen, program)
+        if kept is not False:
+            kl = measured_kl(sensitivity, program)
+            if best is None or kl < best.kl:
+                best = _allocation(sensitivity, chosen, kl=kl, **fields,
+                                   **({} if kept is True else {"memory_bits": kept}))
+        if report is not None:
+            report(done, len(candidates))
+    return best
+
+
+def choose(sensitivity: Sensitivity, budget_bits: float, *, front: int = FRONT_CANDIDATES,
+           report=None) -> Allocation:
+    """The allocation within ``budget_bits`` (average bits per weight, as :func:`allocate`)
+    whose logits, lowered whole, are closest to the float model's (least
+    :func:`measured_kl`): of the last ``front`` states of the knapsack's Pareto front
+    (:func:`allocate`'s choice and the next-best sums with fewer bits) and every uniform
+    allocation (all free layers at one width and weight-outlier ratio) within the budget.
+    Summed one-layer sensitivities mislead where layers interact (at 2 bits, say); the
+    joint measurement decides, and a uniform allocation within the budget is never
+    measured better than the choice. ``report(done, total)`` after each lowering.
+
+    Raises
+    ------
+    ValueError
+        As :func:`allocate`.
+    """
+    _check_budget(budget_bits, sensitivity.least_bits, sensitivity.fixed)
+    capacity = _capacity(sensitivity, budget_bits)
+    candidates = []
+    for _, _, choice in reversed(_front(sensitivity, capacity)[-front:]):
+        candidates.append(dict(zip(sensitivity.kl, choice)))
+    for chosen in _uniforms(sensitivity):
+        bits = sensitivity.fixed_bits + sum(sensitivity.cost[name][key]
+                                            for name, key in chosen.items())
+        if bits <= capacity and chosen not in candidates:
+            candidates.append(chosen)
+    return _best(sensitivity, candidates, lambda chosen, program: True, report,
+                 budget_bits=budget_bits)
+
+
+def choose_kbit(sensitivity: Sensitivity, budget_kbit: float, memory_bits, *,
+                report=None) -> Allocation:
+    """The allocation whose program takes at most ``budget_kbit`` kbit (1024 bits) on chip,
+    ``memory_bits(program)`` as the compiled core's memories add up, with the logits
+    closest to the float model's (least :func:`measured_kl`). The candidates, each lowered
+    whole and compiled: for every width cap ``w`` and weight-outlier ratio cap ``r``, each
+    free layer at its least sensitive candidate of at most ``w`` bits and ratio ``r``
+    (the core's weight word is as wide as its widest layer and holds the outlier slots of
+    its fullest beat, so narrower layers under the cap save nothing), and every uniform
+    allocation. ``report(done, total)`` after each lowering.
+
+    Raises
+    ------
+    ValueError
+        If ``budget_kbit`` is not a positive number, or is below what the free layers at
+        their narrowest width without weight outliers compile to.
+    """
+    kl, reduction = sensitivity.kl, sensitivity.reduction
+    keys = {key for by_key in kl.values() for key in by_key}
+
+    def outliers(name, key) -> int:  # per channel, ⌊r·K⌋ (value_aware.md §1)
+        return math.floor((key[1] or 0.0) * reduction[name])
+    candidates = []
+    for width in sorted({key[0] for key in keys}):
+        for ratio in sorted({key[1] or 0.0 for key in keys}):
+            chosen = {name: min((key for key in by_key if key[0] <= width and outliers(
+                                 name, key) <= math.floor(ratio * reduction[name])),
+                                key=lambda key: (by_key[key], _order(key)))
+                      for name, by_key in kl.items()}
+            if chosen not in candidates:
+                candidates.append(chosen)
+    # the first is every layer at its narrowest width without outliers: the least memory
+    least = memory_bits(_joint(sensitivity, candidates[0]))
+    _check_kbit(budget_kbit, least, sensitivity.fixed)
+    candidates += [chosen for chosen in _uniforms(sensitivity) if chosen not in candidates]
+
+    def within(chosen, program):
+        bits = memory_bits(program)
+        return bits if bits <= budget_kbit * 1024 else False
+    return _best(sensitivity, candidates, within, report, budget_kbit=budget_kbit)
 
 
 def measured_kl(sensitivity: Sensitivity, program) -> float:

@@ -1,16 +1,19 @@
-"""``olmac quantize --budget-bits``: per-layer weight widths chosen by measured sensitivity
-under an average bits-per-weight budget (olmac/budget.py, docs/program.md §20)."""
+"""``olmac quantize --budget-bits`` / ``--budget-kbit``: per-layer weight widths chosen by
+measured sensitivity under an average bits-per-weight budget or a budget of on-chip memory
+(olmac/budget.py, docs/program.md §20)."""
 
 import contextlib
 import io
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from olmac.budget import OUTLIER_RATIOS, REFERENCE_BITS, allocate, measure_sensitivity
+from olmac.budget import (OUTLIER_RATIOS, REFERENCE_BITS, allocate, choose, choose_kbit,
+                          measure_sensitivity)
 from olmac.cli import main
 from olmac.flow import demo_data, quantize
 from olmac.golden import artifact
@@ -289,3 +292,134 @@ def test_budget_artifact_runs_on_the_rtl(budget_artifact, tmp_path):
           "rtl", "--stall-sixteenths", "5", "--out", str(tmp_path / "rtl.npy")])
     expected = run_integer(artifact.load(directory), torch.from_numpy(np.load(subset)))
     np.testing.assert_array_equal(np.load(tmp_path / "rtl.npy"), expected.numpy())
+
+
+def _lowered_kl(mlp, sensitivity, layer_bits, ratios):
+    """The KL of a program lowered here, with the measurement's options, from the float
+    logits the sensitivities were measured against."""
+    from olmac.golden.program import quantize_model
+    from olmac.golden.program.sensitivity import logit_kl, real_logits
+    program = quantize_model(mlp.model, mlp.calibration.to(torch.float32), act_bits=4,
+                             weight_bits=REFERENCE_BITS, act_calibration="max",
+                             scheme="value_aware", layer_bits=layer_bits,
+                             layer_outlier_ratios=ratios)
+    return float(logit_kl(sensitivity.reference, real_logits(program, sensitivity.images)))
+
+
+def test_choice_is_never_measured_worse_than_a_uniform_allocation(mlp, aware):
+    """``choose`` keeps to the budget and its whole program is at least as close to the
+    float model (KL on the measurement images) as every uniform allocation within the
+    budget and as the summed-ΔKL knapsack's choice, each lowered here on its own."""
+    counts = {name: width.weights for name, width in aware.layers.items()}
+    for budget in (2.3, 3.0):
+        chosen = choose(aware, budget)
+        assert chosen.average_bits <= budget and chosen.budget_bits == budget
+        assert chosen.kl == pytest.approx(_lowered_kl(mlp, aware, chosen.layer_bits,
+                                                      chosen.outlier_ratios), abs=1e-12)
+        knapsack = allocate(aware, budget)
+        assert chosen.kl <= _lowered_kl(mlp, aware, knapsack.layer_bits,
+                                        knapsack.outlier_ratios) + 1e-12
+        uniform_within = 0
+        for width in (2, 8):
+            for ratio in OUTLIER_RATIOS:
+                # the MLP's channels are one 64-weight block: ⌊64·r⌋ slots of 22 bits each
+                bits = sum(width * n + int(64 * ratio) * (n // 64) * 22
+                           for n in counts.values())
+                if bits / sum(counts.values()) <= budget:
+                    uniform_within += 1
+                    assert chosen.kl <= _lowered_kl(
+                        mlp, aware, {name: (width, 4) for name in counts},
+                        {name: ratio for name in counts}) + 1e-12, (budget, width, ratio)
+        assert uniform_within == (1 if budget == 2.3 else 3)
+
+
+def _on_chip(program) -> int:
+    from olmac.compiler import compile_program
+    from olmac.network import memory_bits
+    return sum(memory_bits(compile_program(program)).values())
+
+
+#: The MLP's weight beats on an 8×8 array (docs/network.md §15: one word per 8×8 tile of
+#: each layer's K×N weights): 64→64, 64→64 and 64→10.
+MLP_BEATS = 8 * 8 + 8 * 8 + 8 * 2
+
+
+def test_kbit_cost_is_the_compiled_memory(mlp, sensitivity):
+    """Under ``budget_kbit`` (MMSE weights, the array as wide as the widest layer) the
+    choice's on-chip bits are what its program compiles to, within the budget; a wider
+    layer costs a weight word of ``64·W`` bits per beat, so two budgets' memories differ
+    by ``MLP_BEATS·64`` bits per bit of the widest layer, whatever the narrower ones are;
+    a budget below every layer at 2 bits is refused naming that least."""
+    chosen = {budget: choose_kbit(sensitivity, budget, _on_chip) for budget in (60, 80)}
+    least = None
+    for budget, allocation in chosen.items():
+        assert allocation.budget_kbit == budget and allocation.budget_bits is None
+        assert allocation.memory_bits <= budget * 1024
+        program = quantize(mlp.model, mlp.calibration, act_bits=4, scheme="mmse",
+                           weight_bits=REFERENCE_BITS, layer_bits=allocation.layer_bits)
+        assert _on_chip(program) == allocation.memory_bits
+        widest = max(bits for bits, _ in allocation.layer_bits.values())
+        base = allocation.memory_bits - MLP_BEATS * 64 * widest
+        assert least is None or base == least
+        least = base
+    # the rest of the core (activations, parameters, program) does not move with the widths
+    narrowest = least + MLP_BEATS * 64 * 2
+    assert max(bits for bits, _ in chosen[80].layer_bits.values()) \
+        > max(bits for bits, _ in chosen[60].layer_bits.values())
+    with pytest.raises(ValueError, match=rf"^budget_kbit 30 is below "
+                                         rf"{math.ceil(narrowest / 1.024) / 1000:.3f}, the "
+                                         rf"least on-chip memory this model compiles to"):
+        choose_kbit(sensitivity, 30, _on_chip)
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match=r"^budget_kbit must be a positive number"):
+            choose_kbit(sensitivity, bad, _on_chip)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "nan", "inf"])
+def test_cli_refuses_a_kbit_budget_out_of_range(capsys, tmp_path, value):
+    """Before any work: one line naming ``--budget-kbit`` and its form."""
+    error = _refused(capsys, ["quantize", "--model", "mlp", "--budget-kbit", value,
+                              "--out", str(tmp_path / "p")])
+    assert error == (f"olmac: error: --budget-kbit must be a positive number (kbit of "
+                     f"on-chip memory), not {float(value):g}")
+
+
+@pytest.mark.parametrize("other", [["--budget-bits", "3"], ["--weight-bits", "3"]])
+def test_cli_kbit_excludes_the_other_widths(capsys, tmp_path, other):
+    """``--budget-kbit`` chooses the widths: beside ``--budget-bits`` or ``--weight-bits``
+    it is one line naming both."""
+    error = _refused(capsys, ["quantize", "--model", "mlp", *other, "--budget-kbit", "50",
+                              "--out", str(tmp_path / "p")])
+    assert error.startswith(f"olmac: error: argument --budget-kbit: not allowed with "
+                            f"argument {other[0]}")
+
+
+@pytest.mark.slow  # about 30 s of CPU: 21 sensitivity lowerings, then the search's
+def test_cli_kbit_budget_records_the_choice(capsys, tmp_path):
+    """``--budget-kbit`` with MMSE weights: the artifact's widths compile to at most the
+    budget (the weight memory recomputed from the widest width and the beats), the choice
+    is recorded in ``budget.json`` beside the artifact and printed; a budget below the
+    narrowest widths is one line naming the least, nothing written."""
+    directory = tmp_path / "program"
+    budget = 48.0
+    main(["quantize", "--model", "mlp", "--scheme", "mmse", "--budget-kbit", str(budget),
+          "--out", str(directory)])
+    out = capsys.readouterr().out
+    program = artifact.load(directory)
+    record = json.loads((directory / "budget.json").read_text())
+    widths = {op.name: op.weight_bits for op in program.ops if op.KIND == "gemm"}
+    assert record["budget"] == {"bits_per_weight": None, "kbit": budget}
+    assert {name: layer["weight_bits"] for name, layer in record["layers"].items()} == widths
+    assert record["on_chip_bits"] == _on_chip(program) <= budget * 1024
+    narrowest = record["on_chip_bits"] - MLP_BEATS * 64 * (max(widths.values()) - 2)
+    # the widest width the budget leaves room for is taken (more bits, less KL)
+    assert narrowest + MLP_BEATS * 64 * (max(widths.values()) + 1 - 2) > budget * 1024
+    assert f"# budget {budget:g} kbit of on-chip memory" in out
+    assert f"on-chip memory {record['on_chip_bits'] / 1024:.3f} kbit" in out
+    error = _refused(capsys, ["quantize", "--model", "mlp", "--scheme", "mmse",
+                              "--budget-kbit", "20", "--out", str(tmp_path / "q")])
+    assert error == (f"olmac: error: --budget-kbit 20 is below "
+                     f"{math.ceil(narrowest / 1.024) / 1000:.3f}, the least on-chip memory "
+                     f"this model compiles to (every layer at its narrowest width without "
+                     f"weight outliers)")
+    assert not (tmp_path / "q").exists()

@@ -21,7 +21,8 @@ PIXEL_MAX, PIXEL_SCALE = 16, 1 / 16
 
 def quantization_arguments(parser, default_model=None, own_models=True, budget=False):
     """The options ``olmac quantize`` and ``olmac demo`` share; with ``budget``,
-    ``--budget-bits`` too, which excludes ``--weight-bits``."""
+    ``--budget-bits`` and ``--budget-kbit`` too, which exclude ``--weight-bits`` and each
+    other."""
     # from olmac.spec, not golden/ or the compiler: `--help` must not wait for torch
     from olmac.spec import ACT_BITS, ACT_OUTLIER_RATIO, WEIGHT_BITS, WEIGHT_SCHEMES
     help_text = " or ".join(DEMO_MODELS)
@@ -44,6 +45,12 @@ def quantization_arguments(parser, default_model=None, own_models=True, budget=F
                                  f"{WEIGHT_BITS[0]}.."
                                  f"{WEIGHT_BITS[1]}; --layer-bits entries stay fixed "
                                  f"(docs/program.md §20)")
+        widths.add_argument("--budget-kbit", type=float, metavar="K",
+                            help="instead: the widths and weight-outlier ratios chosen so "
+                                 "that the program compiled for the core of --width and "
+                                 "--array-bits takes at most K kbit (1024 bits) of on-chip "
+                                 "memory in all (weights, activations, parameters, program, "
+                                 "tables), a positive number (docs/program.md §20)")
     parser.add_argument("--scheme", default="value_aware", choices=WEIGHT_SCHEMES,
                         help="weight scheme of every layer")
     parser.add_argument("--outlier-ratio", type=float, default=1 / 64,
@@ -72,15 +79,20 @@ def check_act_outlier_ratio(args):
                          f"{args.act_outlier_ratio:g}")
 
 
-def check_budget_bits(args):
-    """``--budget-bits``, where given, a number within ``WEIGHT_BITS``, or a one-line usage
-    error (before any work; the least a model allows is checked once it is lowered)."""
+def check_budget(args):
+    """``--budget-bits``, where given, a number within ``WEIGHT_BITS``, and
+    ``--budget-kbit`` a positive number, or a one-line usage error (before any work; the
+    least a model allows is checked once it is lowered)."""
     from olmac.spec import WEIGHT_BITS
     low, high = WEIGHT_BITS
     if args.budget_bits is not None and not (math.isfinite(args.budget_bits)
                                              and low <= args.budget_bits <= high):
         raise UsageError(f"--budget-bits must be a number in {low}..{high} (average bits per "
                          f"weight), not {args.budget_bits:g}")
+    if args.budget_kbit is not None and not (math.isfinite(args.budget_kbit)
+                                             and args.budget_kbit > 0):
+        raise UsageError(f"--budget-kbit must be a positive number (kbit of on-chip memory), "
+                         f"not {args.budget_kbit:g}")
 
 
 def arguments(parser):
@@ -280,7 +292,7 @@ def run(args):
     from olmac.golden import artifact
     from olmac.golden.program import ProgramError
     check_act_outlier_ratio(args)
-    check_budget_bits(args)
+    check_budget(args)
     pixel_max, pixel_scale = _pixels(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -295,9 +307,11 @@ def run(args):
     array_bits = widths("--array-bits", args.array_bits) if args.array_bits else None
     images, labels = _training_data(args, calibration)
     weight_bits, budget = args.weight_bits, None
-    if args.budget_bits is not None:
+    on_chip = _on_chip_bits(args.width, array_bits, not args.no_tables)
+    if args.budget_bits is not None or args.budget_kbit is not None:
         from olmac.budget import REFERENCE_BITS
-        budget = _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale)
+        budget = _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale,
+                           on_chip)
         per_layer["layer_bits"], weight_bits = budget[0].layer_bits, REFERENCE_BITS
         per_layer["layer_outlier_ratios"] = budget[0].outlier_ratios
     report, close = _progress(args.epochs) if args.epochs else (None, lambda: None)
@@ -315,8 +329,17 @@ def run(args):
     finally:
         close()
     check_core(program, args.width, array_bits, tables=not args.no_tables)
+    memory = on_chip(program) if budget is not None else None
+    if args.budget_kbit is not None and memory > args.budget_kbit * 1024:
+        # trained weights keep ⌊r·K⌋ outliers a channel, but a beat may now hold more
+        raise UsageError(f"--budget-kbit {args.budget_kbit:g}: the final program takes "
+                         f"{memory / 1024:.3f} kbit on chip, more than the "
+                         f"{budget[0].memory_bits / 1024:.3f} of the chosen allocation "
+                         f"(training moved weight outliers into one beat); nothing written")
     try:
         path = artifact.save(program, out)
+        if budget is not None:
+            _record(out, *budget, program, memory)
     except OSError as error:
         raise UsageError(f"--out ({args.out}): cannot write the artifact: "
                          f"{error.strerror or error}") from None
@@ -325,33 +348,56 @@ def run(args):
     for note in lowering_notes(model, calibration):  # what was folded or dropped (§17)
         print(f"# {note}")
     if budget is not None:
-        for line in _budget_table(*budget, program, args.act_outlier_ratio):
+        for line in _budget_table(*budget, program, args.act_outlier_ratio, memory):
             print(f"# {line}")
     print(f"olmac: wrote the integer program to {path}", file=sys.stderr)
 
 
-def _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale):
-    """``--budget-bits``: the sensitivities of ``model``'s layers, measured with the options
-    of ``args`` (a progress bar on stderr), and the widths chosen under the budget;
-    ``(allocation, sensitivity)``."""
-    from tqdm import tqdm
-    from olmac.budget import allocate, measure_sensitivity
-    from olmac.golden.program import ProgramError
-    bars = []  # opened at the first report, once the number of lowerings is known
+def _on_chip_bits(width: int, array_bits, tables: bool):
+    """What a program takes on chip compiled for the core of ``width``, ``array_bits`` and
+    ``tables``: the bits of all its memories (``olmac.network.memory_bits``), infinite if
+    that core cannot run it."""
+    from olmac.compiler import CompileError, compile_program
+    from olmac.network import memory_bits
 
-    def report(done, total):
-        if not bars:
-            bars.append(tqdm(total=total, desc="sensitivity", unit="lowering",
-                             file=sys.stderr))
-        bars[0].update(done - bars[0].n)
+    def bits(program) -> float:
+        try:
+            compiled = compile_program(program, width=width, array_bits=array_bits,
+                                       tables=tables)
+        except (CompileError, TypeError):  # check_core names why, for the final program
+            return math.inf
+        return sum(memory_bits(compiled).values())
+    return bits
+
+
+def _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale, on_chip):
+    """``--budget-bits`` or ``--budget-kbit``: the sensitivities of ``model``'s layers,
+    measured with the options of ``args``, and the allocation chosen under the budget (each
+    with a progress bar on stderr); ``(allocation, sensitivity)``."""
+    from tqdm import tqdm
+    from olmac.budget import choose, choose_kbit, measure_sensitivity
+    from olmac.golden.program import ProgramError
+    bars = []  # each opened at its first report, once the number of lowerings is known
+
+    def progress(name):
+        def report(done, total):
+            if not bars or bars[-1].desc != name:
+                bars.append(tqdm(total=total, desc=name, unit="lowering", file=sys.stderr))
+            bars[-1].update(done - bars[-1].n)
+        return report
     try:
         sensitivity = measure_sensitivity(
             model, calibration, act_bits=args.act_bits, scheme=args.scheme,
             highway=not args.no_highway, outlier_ratio=args.outlier_ratio,
             act_outlier_ratio=args.act_outlier_ratio, pixel_max=pixel_max,
             pixel_scale=pixel_scale, real_inputs=args.real_inputs,
-            budget_bits=args.budget_bits, report=report, **per_layer)
-        return allocate(sensitivity, args.budget_bits), sensitivity
+            budget_bits=args.budget_bits, budget_kbit=args.budget_kbit, memory_bits=on_chip,
+            report=progress("sensitivity"), **per_layer)
+        if args.budget_kbit is not None:
+            return choose_kbit(sensitivity, args.budget_kbit, on_chip,
+                               report=progress("allocations")), sensitivity
+        return choose(sensitivity, args.budget_bits,
+                      report=progress("allocations")), sensitivity
     except (ProgramError, TypeError, ValueError) as error:
         raise UsageError(_option_names(str(error))) from None
     finally:
@@ -359,18 +405,21 @@ def _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale):
             bar.close()
 
 
-def _budget_table(allocation, sensitivity, program, act_outlier_ratio) -> list[str]:
-    """What ``--budget-bits`` chose, one line per layer (its weight-outlier ratio where it
-    is value-aware, the bits per weight its weights take, the ``--act-outlier-ratio`` of
-    the value it reads where that has activation outliers), then the averages and the KL
-    divergence of the written program's logits from the float model's."""
+def _budget_table(allocation, sensitivity, program, act_outlier_ratio, memory) -> list[str]:
+    """What ``--budget-bits``/``--budget-kbit`` chose, one line per layer (its
+    weight-outlier ratio where it is value-aware, the bits per weight its weights take, the
+    ``--act-outlier-ratio`` of the value it reads where that has activation outliers), then
+    the averages, the on-chip memory (``memory`` bits) and the KL divergence of the written
+    program's logits from the float model's."""
     from fractions import Fraction
     from olmac.budget import measured_kl
     from olmac.golden.program import Gemm
     from olmac.golden.program.sensitivity import weight_storage_bits
-    lines = [f"budget {allocation.budget_bits:g} bits per weight: widths and weight-outlier "
-             f"ratios by sensitivity (ΔKL: the logits' KL increase, in nats, with the layer "
-             f"alone at its choice)",
+    budget = f"{allocation.budget_bits:g} bits per weight" if allocation.budget_kbit is None \
+        else f"{allocation.budget_kbit:g} kbit of on-chip memory"
+    lines = [f"budget {budget}: widths and weight-outlier ratios by sensitivity (ΔKL: the "
+             f"logits' KL increase, in nats, with the layer alone at its choice), the "
+             f"allocation of least joint KL among those measured (docs/program.md §20)",
              f"{'layer':16s} {'weights':>8s} {'W/A':>5s} {'w outliers':>10s} "
              f"{'bits/w':>7s} {'act outliers':>12s} {'ΔKL':>10s}"]
     for op in program.ops:
@@ -385,17 +434,37 @@ def _budget_table(allocation, sensitivity, program, act_outlier_ratio) -> list[s
             lines.append(f"{op.name:16s} {count:8d} {op.weight_bits:>2d}/{value.bits:<2d} "
                          f"{outliers:>10s} {weight_storage_bits(op) / count:7.3f} "
                          f"{ratio:>12s} {change}")
-    lines.append(f"average {allocation.average_bits:.3f} bits per weight; Σ ΔKL "
-                 f"{allocation.total_sensitivity:.5f}; KL of this program from the float "
-                 f"model {measured_kl(sensitivity, program):.5f} (all free layers at 8 bits: "
-                 f"{sensitivity.reference_kl:.5f}, max-abs scales)")
+    lines.append(f"average {allocation.average_bits:.3f} bits per weight; on-chip memory "
+                 f"{memory / 1024:.3f} kbit; Σ ΔKL {allocation.total_sensitivity:.5f}; KL "
+                 f"from the float model {allocation.kl:.5f} (max-abs scales; all free layers "
+                 f"at 8 bits: {sensitivity.reference_kl:.5f}), of this program "
+                 f"{measured_kl(sensitivity, program):.5f}")
     return lines
+
+
+def _record(directory: Path, allocation, sensitivity, program, memory) -> None:
+    """``budget.json`` beside the artifact: the budget, what each GEMM layer got, and what
+    the allocation reaches (docs/program.md §20)."""
+    import json
+    from olmac.golden.program import Gemm
+    record = {
+        "budget": {"bits_per_weight": allocation.budget_bits,
+                   "kbit": allocation.budget_kbit},
+        "layers": {op.name: {"weight_bits": op.weight_bits,
+                             "act_bits": program.values[op.input].bits,
+                             "weight_outlier_ratio": allocation.outlier_ratios.get(op.name),
+                             "fixed": op.name in sensitivity.fixed}
+                   for op in program.ops if isinstance(op, Gemm)},
+        "average_bits_per_weight": allocation.average_bits,
+        "on_chip_bits": memory,
+        "kl": allocation.kl}
+    (directory / "budget.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _option_names(message: str) -> str:
     """A lowering message about ``layer_bits``/``layer_schemes`` with the options' names."""
     for keyword, option in (("layer_bits", "--layer-bits"), ("layer_schemes", "--layer-scheme"),
-                            ("budget_bits", "--budget-bits")):
+                            ("budget_bits", "--budget-bits"), ("budget_kbit", "--budget-kbit")):
         message = message.replace(keyword, option)
     return message
 
