@@ -41,6 +41,11 @@ class PacketByte(data.StructLayout):
 class AppSignature(wiring.Signature):
     """The port between a :class:`HostLink` (``Out``) and an application (``In``).
 
+    The application takes every byte of each request, up to the one marked ``last``, and
+    answers it with one reply. It may start its reply, and even end it, before it has taken
+    the whole request (a :class:`~hw.network_app.Dispatcher` waits for both ends, in either
+    order, before it hands its handlers the next request).
+
     Members
     -------
     request : Out(stream.Signature(PacketByte()))

@@ -112,9 +112,10 @@ class Dispatcher(wiring.Component):
     """Hands each request to the handler of its command byte and the handler's reply back.
 
     The command byte stays in the request: a handler sees the whole request. A request whose
-    command has no handler is taken whole and answered ``BAD_COMMAND``. The next request
-    goes out after the last byte of the reply, so a handler must take all of its request
-    before it sends that byte.
+    command has no handler is taken whole and answered ``BAD_COMMAND``. The next request is
+    dispatched once the handler has both taken its request's last byte and sent its reply's
+    last byte, in either order (``AppSignature`` lets a handler end its reply early): until
+    then the rest of the request still goes to that handler, and nothing else of it does.
 
     Parameters
     ----------
@@ -148,13 +149,35 @@ class Dispatcher(wiring.Component):
 
     commands = property(attrgetter("_commands"), doc="The command of each handler.")
 
+    def _serve(self, m, handler, request_done, reply_done):
+        """In a handler's state: pass its request (until its last byte is taken) and its reply
+        (until its last byte is sent) through; back to ``"COMMAND"`` when both have ended."""
+        request, reply = self.host.request, self.host.reply
+        m.d.comb += [
+            handler.request.valid.eq(request.valid & ~request_done),
+            request.ready.eq(handler.request.ready & ~request_done),
+            reply.valid.eq(handler.reply.valid & ~reply_done),
+            reply.payload.eq(handler.reply.payload),
+            handler.reply.ready.eq(reply.ready & ~reply_done),
+        ]
+        request_ends = request.valid & request.ready & request.payload.last
+        reply_ends = reply.valid & reply.ready & reply.payload.last
+        with m.If((request_done | request_ends) & (reply_done | reply_ends)):
+            m.next = "COMMAND"
+        with m.Else():
+            m.d.sync += [request_done.eq(request_done | request_ends),
+                         reply_done.eq(reply_done | reply_ends)]
+
     def elaborate(self, platform):
         m = Module()
-        request, reply = self.host.request, self.host.reply
+        request = self.host.request
         for handler in self.handlers:
             m.d.comb += handler.request.payload.eq(request.payload)
+        # The selected handler's request and reply have passed their last byte.
+        request_done, reply_done = Signal(name="request_done"), Signal(name="reply_done")
         with m.FSM():
             with m.State("COMMAND"):
+                m.d.sync += [request_done.eq(0), reply_done.eq(0)]
                 with m.If(request.valid):
                     with m.Switch(request.payload.data):
                         for index, command in enumerate(self._commands):
@@ -164,16 +187,8 @@ class Dispatcher(wiring.Component):
                             m.next = "DRAIN"
             for index, handler in enumerate(self.handlers):
                 with m.State(f"HANDLER_{index}"):
-                    m.d.comb += [
-                        handler.request.valid.eq(request.valid),
-                        request.ready.eq(handler.request.ready),
-                        reply.valid.eq(handler.reply.valid),
-                        reply.payload.eq(handler.reply.payload),
-                        handler.reply.ready.eq(reply.ready),
-                    ]
-                    with m.If(reply.valid & reply.ready & reply.payload.last):
-                        m.next = "COMMAND"
-            _refusal(m, request, reply, Status.BAD_COMMAND)
+                    self._serve(m, handler, request_done, reply_done)
+            _refusal(m, request, self.host.reply, Status.BAD_COMMAND)
         return m
 
 

@@ -15,6 +15,7 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 from amaranth.sim import Simulator
 
+from olmac.formal.mutants import EagerDispatcher
 from olmac.hw.network import NetworkCore
 from olmac.hw.network_app import Dispatcher, FixedCommand, InferHandler, LoadHandler
 from olmac.spec import Command, Status
@@ -140,6 +141,116 @@ def test_dispatcher_routes_requests_and_refuses_unknown_commands():
                             bytes([Status.BAD_COMMAND]), bytes([1, 2])]
     assert seen == {0: [bytes([Command.LOAD, 0, 1, 0, 9])],
                     1: [bytes([Command.INFO]), bytes([Command.INFO, 5])]}
+
+
+def _early_replies(dut, requests):
+    """Drives ``dut`` (a dispatcher of LOAD and INFO) with handlers that reply first: each
+    sends its index as a one-byte reply as soon as a request is offered, before it takes any
+    of it, then takes the request with ``ready`` dropping at random. The host sends the
+    requests back to back and takes replies meanwhile. Returns the requests each handler
+    took, the replies and every handler request beat withdrawn or changed while held."""
+    taken = {0: [], 1: []}
+    replies, broken = [], []
+
+    def handler(index):
+        async def run(ctx):
+            port, rng = dut.handlers[index], random.Random(index)
+            # (sampling loops, not `until`, which cannot be left when the simulation ends)
+            while True:
+                while not (await ctx.tick().sample(port.request.valid))[2]:
+                    pass
+                ctx.set(port.reply.valid, 1)
+                ctx.set(port.reply.payload.data, index)
+                ctx.set(port.reply.payload.last, 1)
+                while not (await ctx.tick().sample(port.reply.ready))[2]:
+                    pass
+                ctx.set(port.reply.valid, 0)
+                got = bytearray()
+                while not got or not last:
+                    ready = rng.random() >= 0.5
+                    ctx.set(port.request.ready, ready)
+                    _, _, valid, byte, last = await ctx.tick().sample(
+                        port.request.valid, port.request.payload.data,
+                        port.request.payload.last)
+                    if ready and valid:
+                        got.append(byte)
+                    else:
+                        last = False
+                ctx.set(port.request.ready, 0)
+                taken[index].append(bytes(got))
+        return run
+
+    async def watch(ctx):
+        # the stream rules on every handler's request: a beat offered and not taken is
+        # offered again, unchanged, in the next cycle
+        ports = [port.request for port in dut.handlers]
+        signals = [value for port in ports
+                   for value in (port.valid, port.ready, port.payload.data, port.payload.last)]
+        held = [None] * len(ports)
+        while True:
+            _, _, *values = await ctx.tick().sample(*signals)
+            for index in range(len(ports)):
+                valid, ready, *payload = values[4 * index:4 * index + 4]
+                if held[index] is not None and (not valid or payload != held[index]):
+                    broken.append((index, held[index], valid, payload))
+                held[index] = payload if valid and not ready else None
+
+    async def collect(ctx):
+        reply = dut.host.reply
+        ctx.set(reply.ready, 1)
+        while True:
+            _, _, valid, byte = await ctx.tick().sample(reply.valid, reply.payload.data)
+            if valid:
+                replies.append(byte)
+
+    async def send(ctx):
+        request, rng = dut.host.request, random.Random(2)
+        for payload in requests:
+            for index, byte in enumerate(payload):
+                while rng.random() < 0.3:
+                    await ctx.tick()
+                ctx.set(request.valid, 1)
+                ctx.set(request.payload.data, byte)
+                ctx.set(request.payload.last, index == len(payload) - 1)
+                while not (await ctx.tick().sample(request.ready))[2]:
+                    pass
+                ctx.set(request.valid, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    for testbench in (handler(0), handler(1), watch, collect):
+        sim.add_testbench(testbench, background=True)
+    sim.add_testbench(send)
+    sim.run_until(1e-6 * 2000)
+    return taken, replies, broken
+
+
+_EARLY_REQUESTS = [[Command.INFO, 1, 2, 3], [Command.LOAD, 4], [Command.INFO],
+                   [Command.LOAD, 5, 6, 7, 8], [Command.INFO, 9]]
+
+
+def test_dispatcher_keeps_a_request_whose_reply_ended_first():
+    """Issue 15: a handler may end its reply before it has taken its whole request
+    (AppSignature). The dispatcher keeps offering the rest of that request to the same
+    handler, no byte withdrawn or changed before it is taken, and reads the next command only
+    after both have ended: every handler takes exactly its requests, each gets one reply."""
+    taken, replies, broken = _early_replies(Dispatcher([Command.LOAD, Command.INFO]),
+                                            _EARLY_REQUESTS)
+    assert broken == []
+    assert taken == {0: [bytes([Command.LOAD, 4]), bytes([Command.LOAD, 5, 6, 7, 8])],
+                     1: [bytes([Command.INFO, 1, 2, 3]), bytes([Command.INFO]),
+                         bytes([Command.INFO, 9])]}
+    assert replies == [1, 0, 1, 0, 1]
+
+
+def test_early_replies_catch_the_dispatcher_before_the_fix():
+    """The same drive finds the fault of the dispatcher before issue 15's fix (back to
+    COMMAND as soon as the reply ends: the held byte withdrawn, the rest of the request
+    read as new commands), so the test above can fail."""
+    taken, replies, broken = _early_replies(EagerDispatcher([Command.LOAD, Command.INFO]),
+                                            _EARLY_REQUESTS)
+    assert broken
+    assert len(replies) != len(_EARLY_REQUESTS) or taken[1][0] != bytes([Command.INFO, 1, 2, 3])
 
 
 @pytest.mark.parametrize("commands,error,message", [

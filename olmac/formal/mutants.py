@@ -15,15 +15,18 @@ from amaranth.lib.wiring import In, Out
 from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.host_link import FrameReceiver, RequestSlots
 from olmac.hw.mac_array import MacArray
+from olmac.hw.network_app import Dispatcher
 from olmac.hw.outlier_rules import OutlierRules
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
+from olmac.hw.serial_requant import SerialRequantizer
 from olmac.hw.stream import SkidBuffer
 from .properties import output_streams
 
 __all__ = ["BlindLaneArray", "DeafFrameReceiver", "HastyDecoder", "LossyRequestSlots",
            "LossyResultBuffer", "OnesComplementDecoder", "OverrunSkidBuffer",
-           "SkewedRequantizer", "TamperedArray", "WithdrawnStream", "LenientRules"]
+           "SkewedRequantizer", "TamperedArray", "WithdrawnStream", "LenientRules",
+           "EagerDispatcher", "SkewedSerialRequantizer", "DroppedTransfer"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -130,6 +133,32 @@ class SkewedRequantizer(_BrokenBlock):
         for column, value in enumerate(self.acc.payload):
             m.d.comb += inner.acc.payload[column].eq(value + 1)
         return m
+
+
+class SkewedSerialRequantizer(SkewedRequantizer):
+    """A :class:`~olmac.hw.serial_requant.SerialRequantizer` whose accumulators arrive one
+    too high (as :class:`SkewedRequantizer`).
+
+    Parameters
+    ----------
+    **params
+        As :class:`~olmac.hw.serial_requant.SerialRequantizer` takes them.
+    """
+
+    BLOCK = SerialRequantizer
+
+
+class EagerDispatcher(Dispatcher):
+    """A :class:`~olmac.hw.network_app.Dispatcher` as it was before issue 15's fix: back to
+    ``COMMAND`` as soon as the handler's reply ends, so a handler that ends its reply before
+    it has taken its whole request has the held byte withdrawn, and the rest of its request
+    is read as a new command."""
+
+    def _serve(self, m, handler, request_done, reply_done):
+        super()._serve(m, handler, request_done, reply_done)
+        reply = self.host.reply
+        with m.If(reply.valid & reply.ready & reply.payload.last):
+            m.next = "COMMAND"
 
 
 class HastyDecoder(CodebookDecoder):
@@ -283,7 +312,32 @@ class TamperedArray(_BrokenBlock):
         return m
 
 
-class WithdrawnStream(wiring.Component):
+class _PortFault(wiring.Component):
+    """Any built block with a fault on some of its port signals: a subclass's
+    ``_faults(block)`` maps
+    the ids of the block's own signals to how each is driven instead (a function of the
+    outer and the inner signal giving a statement); every other signal passes through."""
+
+    def __init__(self, block):
+        self._block = block
+        super().__init__(block.signature)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.block = block = self._block
+        faults = self._faults(block)
+        for (_, member, outer), (_, _, inner) in zip(self.signature.flatten(self),
+                                                    block.signature.flatten(block)):
+            if id(inner) in faults:
+                m.d.comb += faults[id(inner)](outer, inner)
+            elif member.flow == In:
+                m.d.comb += inner.eq(outer)
+            else:
+                m.d.comb += outer.eq(inner)
+        return m
+
+
+class WithdrawnStream(_PortFault):
     """Any block whose first sending stream port (``properties.output_streams`` order) hides
     ``valid`` in a cycle chosen freely: a beat withdrawn before ``ready``, which the stream
     rules forbid. Everything else passes through.
@@ -294,23 +348,29 @@ class WithdrawnStream(wiring.Component):
         The block to break (built by the caller).
     """
 
-    def __init__(self, block):
-        self._block = block
-        super().__init__(block.signature)
+    def _faults(self, block):
+        hidden = AnySeq(1)
+        return {id(output_streams(block)[0][1].valid):
+                lambda outer, inner: outer.eq(inner & ~hidden)}
 
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.block = block = self._block
-        hidden = output_streams(block)[0][1].valid
-        for (_, member, outer), (_, _, inner) in zip(self.signature.flatten(self),
-                                                    block.signature.flatten(block)):
-            if member.flow == In:
-                m.d.comb += inner.eq(outer)
-            elif inner is hidden:
-                m.d.comb += outer.eq(inner & AnySeq(1))
-            else:
-                m.d.comb += outer.eq(inner)
-        return m
+
+class DroppedTransfer(_PortFault):
+    """Any block whose first receiving stream port (``properties.output_streams`` order,
+    ``sending=False``) loses a beat in a cycle chosen freely: the producer's beat is taken
+    (``ready`` high) but the block does not see it, so a transfer is lost between the
+    block's input and output. Everything else passes through.
+
+    Parameters
+    ----------
+    block : wiring.Component
+        The block to break (built by the caller).
+    """
+
+    def _faults(self, block):
+        port = output_streams(block, sending=False)[0][1]
+        lost = AnySeq(1)
+        return {id(port.valid): lambda outer, inner: inner.eq(outer & ~lost),
+                id(port.ready): lambda outer, inner: outer.eq(inner | lost)}
 
 
 class LenientRules(OutlierRules):

@@ -13,21 +13,28 @@ from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.gemm_engine import GemmEngine
 from olmac.hw.host_link import FrameReceiver, FrameTransmitter, LoopbackApp, RequestSlots
 from olmac.hw.network.layouts import LoadTarget
-from olmac.hw.network_app import FixedCommand, InferHandler, LoadHandler
+from olmac.hw.network_app import Dispatcher, FixedCommand, InferHandler, LoadHandler
 from olmac.hw.mac_array import MacArray
 from olmac.hw.outlier_rules import OutlierRules
+from olmac.spec import Command
 from olmac.hw.requant import Requantizer
 from olmac.hw.result_buffer import ResultBuffer
+from olmac.hw.serial_requant import SerialRequantizer
 from olmac.hw.stream import SkidBuffer
 from olmac.hw.uart import UARTReceiver
-from .mutants import (BlindLaneArray, DeafFrameReceiver, HastyDecoder, LossyRequestSlots,
-                      LossyResultBuffer, OnesComplementDecoder, OverrunSkidBuffer,
-                      LenientRules, SkewedRequantizer, TamperedArray, WithdrawnStream)
+from .mutants import (BlindLaneArray, DeafFrameReceiver, DroppedTransfer, EagerDispatcher,
+                      HastyDecoder, LossyRequestSlots, LossyResultBuffer,
+                      OnesComplementDecoder, OverrunSkidBuffer, LenientRules,
+                      SkewedRequantizer, SkewedSerialRequantizer, TamperedArray,
+                      WithdrawnStream)
 from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
                          FrameReceiverProperties, MacArrayProperties,
                          RequantizerProperties, RequestSlotsProperties, ResultBufferProperties,
-                         OutlierRulesProperties, SkidBufferProperties,
-                         StreamPortProperties, frame_transmitter_invariants)
+                         OutlierRulesProperties, SerialRequantizerProperties,
+                         SkidBufferProperties, StreamPortProperties, dispatcher_counts,
+                         fixed_command_counts, frame_transmitter_invariants,
+                         gemm_engine_counts, infer_handler_counts, load_handler_counts,
+                         loopback_counts)
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -50,7 +57,11 @@ class Proof:
     mode : str
         ``"prove"`` (k-induction) or ``"bmc"``.
     slow : bool
-        Takes more than 30 s on the 2-core CI machine: ``make formal`` only, not ``make test``.
+        Takes more than 30 s on the 2-core CI machine: ``make formal`` and ``make test-full``,
+        not ``make test``.
+    cross_check : bool
+        A bounded check that a k-inductive proof of the catalogue covers: ``make test-full``
+        only, not ``make formal`` (which must fit 10 minutes on 2 cores).
     """
     name: str
     wrapper: Callable
@@ -58,6 +69,7 @@ class Proof:
     depth: int
     mode: str = "prove"
     slow: bool = False
+    cross_check: bool = False
 
 
 def _decode_proof(idx_bits, zero):
@@ -102,31 +114,62 @@ def _array_proof(name, params, mutants, **options):
                  depth=config.latency + 2, **options)
 
 
-def _stream_proof(name, build, depth, invariants=None, slow=False):
-    """The stream rules on every port through which ``build()`` sends, all inputs free; the
-    mutant withdraws a beat of the first such port."""
-    return Proof(f"streams_{name}", lambda: StreamPortProperties(build(), invariants),
-                 {"withdrawn": lambda: StreamPortProperties(WithdrawnStream(build()),
-                                                            invariants)},
+def _stream_proof(name, build, depth, invariants=None, slow=False, counting=None,
+                  broken=None, withdrawn=True):
+    """The stream rules on every port through which ``build()`` sends, all inputs free, and
+    with ``counting`` its count relation; the mutants withdraw a beat of the first such port
+    (unless not ``withdrawn``), lose one taken on the first port through which it receives
+    (with ``counting``), and are the broken blocks ``broken`` names (name → builder)."""
+    mutants = {"withdrawn": lambda: WithdrawnStream(build())} if withdrawn else {}
+    if counting is not None:
+        mutants["dropped"] = lambda: DroppedTransfer(build())
+    mutants.update(broken or {})
+    return Proof(f"streams_{name}",
+                 lambda: StreamPortProperties(build(), invariants, counting),
+                 {fault: (lambda block=block: StreamPortProperties(block(), invariants,
+                                                                   counting))
+                  for fault, block in mutants.items()},
                  depth=depth, slow=slow)
 
 
-#: Blocks whose stream ports have no proof of their own above, at small sizes.
+_GEMM = dict(lanes=2, cols=2, act_bits=2, weight_bits=2, max_k=4)
+_COMMANDS = [Command.LOAD, Command.INFO]
+
+#: Blocks whose stream ports have no proof of their own above, at small sizes: builder,
+#: depth, invariants, slow, count relation.
 _STREAM_BLOCKS = {
     "frame_transmitter": (lambda: FrameTransmitter(max_reply=2), 8,
                           frame_transmitter_invariants),
     # A byte takes about 40 cycles at the smallest divisor: the mutant's base case needs them.
     "uart_receiver": (lambda: UARTReceiver(divisor=4), 44, None, True),
-    "fixed_command": (lambda: FixedCommand(bytes([0, 1])), 4),
-    "infer_handler": (lambda: InferHandler(width=1, input_words=2), 8),
+    "fixed_command": (lambda: FixedCommand(bytes([0, 1]), action=True), 4, None, False,
+                      fixed_command_counts),
+    "infer_handler": (lambda: InferHandler(width=1, input_words=2), 8, None, False,
+                      infer_handler_counts),
     "load_handler": (lambda: LoadHandler(
         load_layout=data.StructLayout({"memory": LoadTarget, "address": range(2),
                                        "word": unsigned(8)}),
         depths=dict(program=2, weights=2, params=2),
-        word_bytes=dict(program=1, weights=1, params=1)), 8),
-    "loopback_app": (lambda: LoopbackApp(), 4),
-    "gemm_engine": (lambda: GemmEngine(lanes=2, cols=2, act_bits=2, weight_bits=2,
-                                       max_k=4), 10),
+        word_bytes=dict(program=1, weights=1, params=1)), 8, None, False,
+        load_handler_counts),
+    "loopback_app": (lambda: LoopbackApp(), 4, None, False, loopback_counts),
+    # Without a requantizer the engine is the array and its output queue: the relation
+    # needs the array's latency. Depth: the pipeline's state is its last `latency` inputs,
+    # and the mutant's base case needs a first result on `out` (latency + 6 cycles).
+    "gemm_engine": (lambda: GemmEngine(**_GEMM), MacArray.Config(**_GEMM).latency + 6, None,
+                    False, gemm_engine_counts(MacArray.Config(**_GEMM).latency)),
+    # The composition array → requantizer, each with its output queue and credits. The
+    # requantizer's 32-bit multipliers make it slow; its `out` is a ResultBuffer like the
+    # engine's above, whose withdrawn mutant fails there (here it took 105 s), so only the
+    # dropped transfer is its mutant.
+    "gemm_engine_requant": (lambda: GemmEngine(**_GEMM, out_bits=2),
+                            MacArray.Config(**_GEMM).latency + Requantizer.latency + 2, None,
+                            True, gemm_engine_counts(MacArray.Config(**_GEMM).latency,
+                                                     Requantizer.latency), None, False),
+    # Free handlers: any handler that keeps the stream rules, one that ends its reply
+    # before it has taken its whole request included. Mutant: the dispatcher before the fix.
+    "dispatcher": (lambda: Dispatcher(_COMMANDS), 4, None, False, dispatcher_counts,
+                   {"eager": lambda: EagerDispatcher(_COMMANDS)}),
 }
 
 
@@ -143,8 +186,22 @@ def _requant_proof(out_signed, *, at_queue):
     if at_queue:
         return Proof(name, wrapper(Requantizer), {"skewed": wrapper(SkewedRequantizer)},
                      depth=Requantizer.latency + 1, slow=True)
+    # The datapath proofs above cover §3 by k-induction and the queue's counting is proved
+    # on its own: this end-to-end bounded form (66-363 s) is a cross-check.
     return Proof(name, wrapper(Requantizer), {"skewed": wrapper(SkewedRequantizer)},
-                 depth=10, mode="bmc", slow=True)
+                 depth=10, mode="bmc", slow=True, cross_check=True)
+
+
+def _serial_requant_proof(out_signed):
+    """§3 on a one-column u2/s2 serial requantizer, parameters as :func:`_requant_proof`
+    has them, against an input skewed by one; k-induction."""
+    def wrapper(requantizer_class):
+        return lambda: SerialRequantizerProperties(
+            requantizer_class(cols=1, acc_width=4, out_bits=2, out_signed=out_signed),
+            param_bits=4, max_shift=5)
+    return Proof(f"serial_requant_{'s' if out_signed else 'u'}2",
+                 wrapper(SerialRequantizer), {"skewed": wrapper(SkewedSerialRequantizer)},
+                 depth=1, slow=True)
 
 
 PROOFS = (
@@ -193,12 +250,14 @@ PROOFS = (
     # cycles see the first three transfers under every stall pattern.
     *(_requant_proof(out_signed, at_queue=at_queue) for at_queue in (True, False)
       for out_signed in (False, True)),
+    *(_serial_requant_proof(out_signed) for out_signed in (False, True)),
     # 2×2 signed 2-bit, dense: 6 cycles from a reduction's last beat to `acc`, so 12 cycles
     # see every reduction closed in the first six.
+    # A cross-check of `mac_array_2x2_dense` (the same array at its queue, k-induction).
     Proof("mac_array_2x2",
           lambda: MacArrayProperties(MacArray(**_SMALL_ARRAY)),
           {"blind_lane": lambda: MacArrayProperties(BlindLaneArray(**_SMALL_ARRAY))},
-          depth=12, mode="bmc", slow=True),
+          depth=12, mode="bmc", slow=True, cross_check=True),
     # The outlier merge: bounded like the dense array (its output queue is a memory), and
     # only to the first result (6 cycles from a beat to `acc`, so one-beat reductions): with
     # 1-bit plane shifts as well the solver's step 7 ran past 10 minutes. Each mutant drops
@@ -211,6 +270,7 @@ PROOFS = (
           depth=7, mode="bmc", slow=True),
     # k-induction at the output queue's write port: every reduction of any length, with plane
     # shifts, then with outliers too (one sub-beat per beat).
+    _array_proof("mac_array_2x2_dense", _SMALL_ARRAY, {"blind_lane": BlindLaneArray}),
     _array_proof("mac_array_2x2_planes", _PLANE_ARRAY,
                  {"blind_lane": BlindLaneArray,
                   "plane_shift": lambda **p: TamperedArray("plane_shift", **p)}),
@@ -227,9 +287,10 @@ PROOFS = (
 
 
 def run_all(build_dir, *, jobs=None):
-    """Runs every proof (and its mutants) under ``build_dir``, ``jobs`` at a time (default:
-    one per CPU; each is a SymbiYosys process), yielding ``(as_expected, line)`` in catalogue
-    order.
+    """Runs every proof of ``make formal`` (all but the cross-checks) and its mutants under
+    ``build_dir``, ``jobs`` at a time (default: one per CPU; each is a SymbiYosys process),
+    the slow ones first so that no long run starts last; yields ``(as_expected, line)`` in
+    catalogue order.
 
     A proof is as expected when it passes, a mutant when it fails. The line names the run,
     its verdict and its time.
@@ -237,6 +298,8 @@ def run_all(build_dir, *, jobs=None):
     build_dir = Path(build_dir)
     runs = []
     for proof in PROOFS:
+        if proof.cross_check:
+            continue
         runs.append((proof, proof.name, proof.wrapper, True))
         runs += [(proof, f"{proof.name}-{name}", build, False)
                  for name, build in proof.mutants.items()]
@@ -251,4 +314,7 @@ def run_all(build_dir, *, jobs=None):
 
     # Threads suffice: each run waits on its own solver process.
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        yield from pool.map(run, runs)
+        futures = {id(item): pool.submit(run, item)
+                   for item in sorted(runs, key=lambda item: not item[0].slow)}
+        for item in runs:
+            yield futures[id(item)].result()

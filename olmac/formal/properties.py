@@ -23,7 +23,9 @@ __all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
            "CodebookStreamProperties", "RequantizerProperties", "RequestSlotsProperties",
            "MacArrayProperties", "SkidBufferProperties", "FrameReceiverProperties",
            "output_streams", "StreamPortProperties", "frame_transmitter_invariants",
-           "OutlierRulesProperties"]
+           "OutlierRulesProperties", "SerialRequantizerProperties", "fixed_command_counts",
+           "load_handler_counts", "infer_handler_counts", "loopback_counts",
+           "dispatcher_counts", "gemm_engine_counts"]
 
 
 def _assigned(fragment):
@@ -66,11 +68,13 @@ class StreamRules(Elaboratable):
     def __init__(self, port, *, assume=False):
         self._port = port
         self._check = Assume if assume else Assert
+        #: A beat was offered and not taken in the previous cycle (so it is held now).
+        self.held = Signal(name="held")
 
     def elaborate(self, platform):
         m = Module()
         port = self._port
-        held = Signal()
+        held = self.held
         payload = Signal.like(Value.cast(port.payload), name="held_payload")
         m.d.sync += [held.eq(port.valid & ~port.ready), payload.eq(port.payload)]
         with m.If(held):
@@ -129,11 +133,16 @@ class StreamPortProperties(Elaboratable):
         ``invariants(fragment)`` returns assertions over the block's registers (found by
         name in its elaborated ``fragment``) that keep the induction step to reachable
         states.
+    counting : callable or None
+        ``counting(m, block, fragment)`` adds to ``m`` the block's count relation between
+        the transfers it takes and those it sends (none created, lost or doubled), with the
+        invariants over its registers that make it inductive.
     """
 
-    def __init__(self, block, invariants=None):
+    def __init__(self, block, invariants=None, counting=None):
         self._block = block
         self._invariants = invariants
+        self._counting = counting
 
     def elaborate(self, platform):
         m = Module()
@@ -148,7 +157,161 @@ class StreamPortProperties(Elaboratable):
             m.submodules[f"rules_{index}"] = StreamRules(port)
         for index, (_name, port) in enumerate(output_streams(block, sending=False)):
             m.submodules[f"producer_{index}"] = StreamRules(port, assume=True)
+        if self._counting is not None:
+            self._counting(m, block, fragment)
         return m
+
+
+def _ended(port):
+    """The last beat of a message (a ``PacketByte`` stream) passes ``port`` in this cycle."""
+    return port.valid & port.ready & port.payload.last
+
+
+def _balance(m, up, down, name, *, width=4):
+    """A signed counter in ``m`` of the cycles with ``up`` minus those with ``down`` (both
+    1-bit); the assertions on it keep it far from its ``width`` bits."""
+    count = Signal(signed(width), name=name)
+    m.d.sync += count.eq(count + up - down)
+    return count
+
+
+def _in_states(state, *names):
+    """``state`` (an elaborated ``FSM``'s state signal) is one of the states ``names``."""
+    return Cat(*(state == code for code in _fsm_states(state, *names))).any()
+
+
+def _one_reply_per_request(m, block, fragment, answering, *, pending=None):
+    """The count relation of an application (``host: In(AppSignature())``): requests
+    ended (last byte taken) minus replies ended (last byte sent) is 1 exactly in the FSM
+    states ``answering`` (or, with ``pending``, when that expression says so) and 0 otherwise:
+    every request gets one reply, no reply comes without one."""
+    open_requests = _balance(m, _ended(block.host.request), _ended(block.host.reply),
+                             "open_requests")
+    if pending is None:
+        state, = _registers(fragment, "fsm_state")
+        pending = _in_states(state, *answering)
+    m.d.comb += Assert(open_requests == pending, "a request without one reply")
+
+
+def fixed_command_counts(m, block, fragment):
+    """:class:`~olmac.hw.network_app.FixedCommand`: one reply per request (pending from the
+    request's last byte through ``ACTION``, ``REPLY`` or ``BAD_LENGTH``), and one ``action``
+    beat per one-byte request, before its reply."""
+    with_action = "action" in block.signature.members
+    _one_reply_per_request(m, block, fragment,
+                           ("ACTION", "REPLY", "BAD_LENGTH") if with_action
+                           else ("REPLY", "BAD_LENGTH"))
+    if with_action:
+        state, = _registers(fragment, "fsm_state")
+        acted = _balance(m, _ended(block.host.request) & _in_states(state, "COMMAND"),
+                         block.action.valid & block.action.ready, "unapplied")
+        m.d.comb += Assert(acted == _in_states(state, "ACTION"), "an action lost or doubled")
+
+
+def load_handler_counts(m, block, fragment):
+    """:class:`~olmac.hw.network_app.LoadHandler`: one reply per request (pending in
+    ``REPLY``, and in ``WRITE`` once the last byte is in), and the count it replies is the
+    number of ``load`` beats sent for the request (none lost or doubled)."""
+    state, request_done, count = _registers(fragment, "fsm_state", "request_done", "count")
+    _one_reply_per_request(m, block, fragment, (), pending=_in_states(state, "REPLY") |
+                           (_in_states(state, "WRITE") & request_done))
+    loads = Signal.like(count, name="loads")
+    with m.If(_ended(block.host.reply)):
+        m.d.sync += loads.eq(0)
+    with m.Elif(block.load.valid & block.load.ready):
+        m.d.sync += loads.eq(loads + 1)
+    command = _in_states(state, "COMMAND")
+    m.d.comb += [Assert(command | (count == loads), "a load beat lost or doubled"),
+                 Assert(~command | (loads == 0))]
+
+
+def infer_handler_counts(m, block, fragment):
+    """:class:`~olmac.hw.network_app.InferHandler`: one reply per request (pending from the
+    last request byte: in ``WORD`` once it is in, and from ``OUTPUTS`` to the reply's end)."""
+    state, request_done = _registers(fragment, "fsm_state", "request_done")
+    _one_reply_per_request(m, block, fragment, (), pending=_in_states(
+        state, "OUTPUTS", "STATUS", "TAKE", "SEND", "BAD_LENGTH", "FAULT") |
+        (_in_states(state, "WORD") & request_done))
+
+
+def loopback_counts(m, block, fragment):
+    """:class:`~olmac.hw.host_link.LoopbackApp`: every request byte is a reply byte in the
+    same cycle, ``last`` included (bytes and messages taken minus sent stay 0)."""
+    request, reply = block.host.request, block.host.reply
+    echoed = _balance(m, request.valid & request.ready, reply.valid & reply.ready, "echoed")
+    m.d.comb += Assert(echoed == 0, "a byte lost or doubled")
+    _one_reply_per_request(m, block, fragment, (), pending=C(0))
+
+
+def dispatcher_counts(m, block, fragment):
+    """:class:`~olmac.hw.network_app.Dispatcher`: one reply on ``host`` per request, with
+    handlers free (a handler may end its reply before it has taken its whole request): in a
+    handler's state, requests ended minus replies ended is ``request_done - reply_done``, so
+    at most one ahead either way; 1 while refusing a command, 0 otherwise."""
+    commands = len(block.handlers)
+    state, request_done, reply_done = _registers(fragment, "fsm_state", "request_done",
+                                                 "reply_done")
+    serving = _in_states(state, *(f"HANDLER_{index}" for index in range(commands)))
+    open_requests = _balance(m, _ended(block.host.request), _ended(block.host.reply),
+                             "open_requests")
+    ahead = C(0, signed(2)) + request_done - reply_done
+    m.d.comb += Assert(open_requests == Mux(serving, ahead, _in_states(state, "BAD_COMMAND")),
+                       "a request without one reply")
+    m.d.comb += Assert(~serving | ~(request_done & reply_done))
+
+
+def _subfragment(fragment, *path):
+    """The subfragment of ``fragment`` reached by the submodule names ``path``, each the
+    first of its name at any depth below the last (so a mutant's wrapping layer is skipped)."""
+    def find(parent, name):
+        for sub, sub_name, _ in parent.subfragments:
+            if sub_name == name:
+                return sub
+        for sub, _, _ in parent.subfragments:
+            if isinstance(sub, Fragment) and (found := find(sub, name)) is not None:
+                return found
+        return None
+    for name in path:
+        fragment = find(fragment, name)
+    return fragment
+
+
+def gemm_engine_counts(latency, requant_latency=None):
+    """The count relation of a :class:`~olmac.hw.gemm_engine.GemmEngine` whose array writes
+    a reduction's sums to its output queue ``latency`` cycles after its closing beat (and,
+    with ``requant_latency``, whose requantizer writes its result to its own queue that
+    many cycles after it takes the sums): reductions closed minus results sent on ``out``
+    equals the credits in use of the queues (``outstanding``), and each queue's equals its
+    results in flight (the closing beats of the last ``latency`` cycles; the requantizer's
+    pipeline valid bits) plus those it holds (``stored`` and its ``r.valid``). So the
+    credits never let a result overflow a queue, and none is lost or doubled under any
+    ready pattern."""
+    def counting(m, block, fragment):
+        closing = block.act.valid & block.act.ready & block.act.payload.last
+        depth = latency + 4 + (0 if requant_latency is None else requant_latency + 4)
+        results = _balance(m, closing, block.out.valid & block.out.ready, "results",
+                           width=(2 * depth).bit_length() + 1)
+        flight = [closing]
+        for stage in range(latency):
+            later = Signal(name=f"closed_d{stage}")
+            m.d.sync += later.eq(flight[-1])
+            flight.append(later)
+        queues = [(_subfragment(fragment, "array", "results"), sum(flight[1:]))]
+        if requant_latency is not None:
+            requantizer = _subfragment(fragment, "requantizer")
+            stages = _registers(requantizer, *(f"valid_{stage}"
+                                               for stage in range(requant_latency - 1)),
+                                "w__valid")
+            queues.append((_subfragment(requantizer, "results"), sum(stages)))
+        owed = 0
+        for queue, in_flight in queues:
+            stored, outstanding, offered = _registers(queue, "stored", "outstanding",
+                                                      "r__valid")
+            m.d.comb += Assert(outstanding == in_flight + stored + offered,
+                               "a result lost or doubled")
+            owed += outstanding
+        m.d.comb += Assert(results == owed, "credits differ from results owed")
+    return counting
 
 
 def _free_streams(m, dut, inputs, output):
@@ -324,6 +487,31 @@ class CodebookDecodeProperties(Elaboratable):
         return m
 
 
+def _section3(m, dut, param_bits, max_shift):
+    """docs/semantics.md §3 for the one-column requantizer ``dut`` (its ``acc`` and
+    ``params`` payloads), written here as one expression:
+    ``clamp(((acc + β)·M + r) >> s, max(lo, 0) if relu else lo, hi)`` with ``r = 2^(s-1)``
+    for ``s > 0`` else 0 (round half up). Assumes ``|β|, |M| ≤ 2^(param_bits-1)`` and
+    ``s ≤ max_shift`` (so the solver's multipliers stay small); returns the expected output
+    (a signal of ``m``) and its shape."""
+    channel = dut.params.payload.channels[0]
+    limit = 1 << (param_bits - 1)
+    m.d.comb += [Assume((channel.bias >= -limit) & (channel.bias < limit)),
+                 Assume((channel.multiplier >= -limit) & (channel.multiplier < limit)),
+                 Assume(channel.shift <= max_shift)]
+    x = dut.acc.payload[0] + channel.bias
+    p = x * channel.multiplier
+    r = (C(1, 2) << channel.shift) >> 1
+    q = (p + r) >> channel.shift
+    out_shape = Shape.cast(dut.out.payload.shape().elem_shape)
+    lo = -(1 << (out_shape.width - 1)) if out_shape.signed else 0
+    hi = (1 << (out_shape.width - int(out_shape.signed))) - 1
+    low = Mux(dut.params.payload.relu, max(lo, 0), lo)
+    expected = Signal(out_shape, name="expected")
+    m.d.comb += expected.eq(Mux(q < low, low, Mux(q > hi, hi, q)))
+    return expected, out_shape
+
+
 class RequantizerProperties(Elaboratable):
     """A :class:`~olmac.hw.requant.Requantizer` (one column, no residual, no outliers)
     against docs/semantics.md §3 written here as one Amaranth expression.
@@ -367,23 +555,7 @@ class RequantizerProperties(Elaboratable):
         dut = self._dut
         fragment = Fragment.get(dut, platform)
         _free_streams(m, fragment, (dut.acc, dut.params), dut.out)
-        channel = dut.params.payload.channels[0]
-        limit = 1 << (self._param_bits - 1)
-        m.d.comb += [Assume((channel.bias >= -limit) & (channel.bias < limit)),
-                     Assume((channel.multiplier >= -limit) & (channel.multiplier < limit)),
-                     Assume(channel.shift <= self._max_shift)]
-
-        acc = dut.acc.payload[0]
-        x = acc + channel.bias
-        p = x * channel.multiplier
-        r = (C(1, 2) << channel.shift) >> 1
-        q = (p + r) >> channel.shift
-        out_shape = Shape.cast(dut.out.payload.shape().elem_shape)
-        lo = -(1 << (out_shape.width - 1)) if out_shape.signed else 0
-        hi = (1 << (out_shape.width - int(out_shape.signed))) - 1
-        low = Mux(dut.params.payload.relu, max(lo, 0), lo)
-        expected = Signal(out_shape)
-        m.d.comb += expected.eq(Mux(q < low, low, Mux(q > hi, hi, q)))
+        expected, out_shape = _section3(m, dut, self._param_bits, self._max_shift)
         accepted = dut.acc.valid & dut.acc.ready
 
         if self._latency is not None:
@@ -403,6 +575,99 @@ class RequantizerProperties(Elaboratable):
                           early="a result left before its input came",
                           differs="a value differs from §3")
         return m
+
+
+class SerialRequantizerProperties(Elaboratable):
+    """A :class:`~olmac.hw.serial_requant.SerialRequantizer` (one column, no residual, no
+    runtime bounds) against docs/semantics.md §3 written here (as for
+    :class:`RequantizerProperties`), by k-induction.
+
+    Producers of ``acc`` and ``params`` keep the stream rules (assumed: the block reads its
+    inputs while it holds them); their payloads and ``out.ready`` are free, and the
+    parameters assumed as :class:`RequantizerProperties` has them. Properties:
+
+    * every vector taken on ``acc`` leaves ``out`` exactly once (taken minus sent is
+      ``out.valid``), with its §3 value;
+    * the stream rules on ``out``.
+
+    Invariants of this implementation make the step inductive without the ~40 cycles a
+    result takes: outside ``IDLE`` both inputs are held and no result waits; in ``SUM`` at
+    bit ``p`` the partial sum is Horner's sum of the positions above ``p``,
+    ``(acc + β)·(M >> (p + 1)) + ⌊2^(s-1) / 2^(p+1)⌋``; in ``SHIFT`` it is the whole sum
+    shifted right by the shifts done. They are written for the assumed small parameters
+    (operands cut to the bits they fit, so the solver's multipliers stay small).
+
+    Parameters
+    ----------
+    requantizer : SerialRequantizer
+        The block under test (``cols=1``), or a broken variant.
+    param_bits : int
+        Width the bias and the multiplier are assumed to fit, signed.
+    max_shift : int
+        Largest shift assumed.
+    """
+
+    def __init__(self, requantizer, *, param_bits, max_shift):
+        self._dut = requantizer
+        self._param_bits = param_bits
+        self._max_shift = max_shift
+
+    def elaborate(self, platform):
+        m = Module()
+        dut = self._dut
+        fragment = _under_test(m, dut, platform)
+        m.submodules.rules = StreamRules(dut.out)
+        producers = [StreamRules(port, assume=True) for port in (dut.acc, dut.params)]
+        m.submodules.acc_producer, m.submodules.params_producer = producers
+        for port in (dut.acc, dut.params):
+            m.d.comb += [port.valid.eq(AnySeq(1)),
+                         port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
+        m.d.comb += dut.out.ready.eq(AnySeq(1))
+        expected, out_shape = _section3(m, dut, self._param_bits, self._max_shift)
+
+        accepted = dut.acc.valid & dut.acc.ready
+        sent = dut.out.valid & dut.out.ready
+        waiting = _balance(m, accepted, sent, "waiting", width=3)
+        kept = Signal(out_shape, name="kept")
+        with m.If(accepted):
+            m.d.sync += kept.eq(expected)
+        result = dut.out.payload[0]
+        m.d.comb += [
+            Assert(waiting == dut.out.valid, "a vector lost or doubled"),
+            Assert(~accepted | (result == expected), "a value differs from §3"),
+            Assert(~dut.out.valid | (result == kept), "a value differs from §3"),
+        ]
+        self._invariants(m, fragment, producers)
+        return m
+
+    def _invariants(self, m, fragment, producers):
+        dut = self._dut
+        state, biased, total, position, shifts_left, out_valid = _registers(
+            fragment, "fsm_state", "biased", "total", "position", "shifts_left", "out_valid")
+        idle, sum_state, shift_state = _fsm_states(state, "IDLE", "SUM", "SHIFT")
+        channel = dut.params.payload.channels[0]
+        # Operands cut to the bits they fit under the assumptions (acc + β, M, the shift).
+        x_bits = max(len(dut.acc.payload[0]), self._param_bits) + 1
+        x = (dut.acc.payload[0] + channel.bias)[:x_bits].as_signed()
+        multiplier = channel.multiplier[:self._param_bits].as_signed()
+        shift = channel.shift
+        top = len(channel.multiplier) - 1
+        first = Mux(shift > top, shift - 1, top)
+        rounding = (C(1, 2) << shift) >> 1
+        # Horner's partial sum above bit `position`, and the whole sum.
+        above = Mux(position >= top, 0, x * (multiplier >> (position + 1)))
+        horner = Signal(signed(len(total)), name="horner")
+        m.d.comb += horner.eq(above + (rounding >> (position + 1)))
+        whole = x * multiplier + rounding
+        shifted = Signal(signed(len(total)), name="shifted")
+        m.d.comb += shifted.eq(whole >> (shift - shifts_left).as_unsigned())
+        busy = state != idle
+        m.d.comb += [
+            Assert(~busy | (producers[0].held & producers[1].held & ~out_valid)),
+            Assert((state != sum_state) | ((biased == x) & (position <= first) &
+                                           (shifts_left == shift) & (total == horner))),
+            Assert((state != shift_state) | ((shifts_left <= shift) & (total == shifted))),
+        ]
 
 
 class CodebookStreamProperties(Elaboratable):
@@ -735,8 +1000,12 @@ def _crc16_ccitt_false(m, data_bytes, name):
 
 def _fsm_states(state_signal, *names):
     """The encodings of the states called ``names`` of an elaborated ``FSM``'s state signal."""
-    codes = {state_signal.decoder(code).split("/")[0]: code
-             for code in range(1 << len(state_signal))}
+    codes = {}
+    for code in range(1 << len(state_signal)):
+        try:
+            codes[state_signal.decoder(code).split("/")[0]] = code
+        except KeyError:    # an encoding no state has (fewer states than a power of two)
+            pass
     return [codes[name] for name in names]
 
 
