@@ -4,6 +4,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from olmac.spec import check_int
+from .ram import NO_COLLISIONS
 
 __all__ = ["ResultBuffer"]
 
@@ -71,8 +72,12 @@ class ResultBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         depth = self._depth
+        # The entry under `consume` is written only while the queue is empty (its read is
+        # then unused): a full queue has no credit left for a write. So no read needs
+        # the iCE40 block RAM's undefined collision result emulated (two registers and a
+        # multiplexer a bit).
         m.submodules.storage = storage = Memory(shape=self._payload_shape, depth=depth,
-                                                init=[])
+                                                init=[], attrs=NO_COLLISIONS)
         write, read = storage.write_port(), storage.read_port(domain="comb")
         produce = Signal(range(depth))
         consume = Signal(range(depth))

@@ -176,7 +176,7 @@ def test_core_runs_adversarial_outlier_placements(slots):
 
 @pytest.mark.parametrize("requantizer", ["parallel", "serial"])
 def test_narrow_core_runs_outliers_and_packed_values(requantizer):
-    """The narrow memories (one activation read port, lent to residual reads) with the
+    """The narrow memories (one activation port, lent to writes and residual reads) with the
     packed memory and the outlier store, under random stalls."""
     program, weights = placement_program(slots=2)
     compiled = compile_program(program, width=4)

@@ -465,7 +465,7 @@ def test_memories_variants_answer_alike(variant, requantizer):
     program or parameter word; a side request answers the parameter word and the residual
     word (per channel: one channel at a time, each with its residual slot); an activation
     write is read back on the operand port. Only the narrow variant lends that port to a
-    residual read (``granted`` low)."""
+    write or a residual read (``granted`` low)."""
     config, dut, program, channels = _memories(variant, requantizer)
     layouts = config.layouts
     new_op = layouts["program"].const({"kind": OpKind.GEMM, "final": 1, "out_base": 9})
@@ -516,8 +516,40 @@ def test_memories_variants_answer_alike(variant, requantizer):
             lent.append(not granted)
 
     _simulate(dut, watch, bench)
-    # narrow: each residual read takes the one activation read port for a cycle
-    assert sum(lent) == (2 if variant == "narrow" else 0)
+    # narrow: the one write and each of the two residual reads take the one activation
+    # port for a cycle
+    assert sum(lent) == (3 if variant == "narrow" else 0)
+
+
+def test_narrow_memories_let_writes_go_first():
+    """The narrow activation memory has one port: writes on consecutive cycles take it
+    (``granted`` low) while a residual read and an operand read wait; then each reads the
+    word written last at its address, and a word written over answers its new value."""
+    config, dut, _program, _channels = _memories("narrow", "serial")
+    words = {3: [0x0101, 0x0202], 5: [0x0303, 0x0404]}
+
+    async def bench(ctx):
+        for address, value in [(3, [9, 9]), (5, words[5]), (3, words[3])]:
+            ctx.set(dut.write.addr, address)
+            ctx.set(dut.write.data, value)
+            ctx.set(dut.write.en, 1)
+            if address == 5:
+                # asked while writes go on: waits for the port
+                ctx.set(dut.side.valid, 1)
+                ctx.set(dut.side.payload, {"param": 0, "residual": 5, "read_residual": 1})
+                ctx.set(dut.operand.addr, 3)
+                ctx.set(dut.operand.en, 1)
+            await ctx.tick()
+            assert not ctx.get(dut.granted)
+        ctx.set(dut.write.en, 0)
+        ctx.set(dut.side.valid, 0)
+        answers = await _take(ctx, dut.side_words, config.width, pause=0)
+        assert [a.residuals[0] for a in answers] == words[5]
+        await ctx.tick().until(dut.granted)
+        await ctx.tick().repeat(2)
+        assert list(ctx.get(dut.operand.data)) == words[3]
+
+    _simulate(dut, bench)
 
 
 @pytest.mark.parametrize("option,value,message", [

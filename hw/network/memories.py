@@ -1,7 +1,15 @@
 """The core's four memories behind one set of ports, in two variants chosen once per core
 (docs/network.md §15): :class:`WideMemories` (a word per row, two activation read ports)
 and :class:`NarrowMemories` (program and parameter words as 16-bit rows, one activation
-read port shared by operands and residuals), for small FPGAs."""
+port shared by writes, operands and residuals, in an iCE40UP's SPRAM), for small FPGAs.
+
+Every block RAM here is marked ``no_rw_check`` and read through
+:func:`~hw.ram.no_collision_read_port`: no read ever uses a word written in the same cycle
+(an op's output never shares words with its inputs, the compiler allocating each value
+words of its own, and the program, weight and parameter memories are written
+only by ``load`` beats, while a ``LOAD`` op waits and nothing reads them), so Yosys need not
+emulate Amaranth's read-before-write on the iCE40 block RAMs, which define no collision
+result: that took two registers and a multiplexer a bit of every memory word."""
 
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
@@ -9,6 +17,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from ..ram import NO_COLLISIONS, SinglePortMemory, no_collision_read_port
 from .layouts import CHUNK_BITS, ChannelWord, LoadTarget, SideRequest, SideWords
 
 __all__ = ["WideMemories", "NarrowMemories"]
@@ -63,25 +72,28 @@ class _Memories(wiring.Component):
         return len(self._slices.get(name, [None]))
 
     def _build(self, m):
-        """The four memories; connects the weight read port and the activation write port,
-        and writes ``load`` beats (a row a cycle where a word is rows, the beat taken with
-        its last row). Returns the memories by name."""
+        """The program, weight and parameter memories; connects the weight read port and
+        writes ``load`` beats (a row a cycle where a word is rows, the beat taken with its
+        last row). Returns the memories by name."""
         config = self._config
         memories = {}
-        for name, layout in config.layouts.items():
+        for name in _TARGETS.values():
+            layout = config.layouts[name]
             words = self._contents.get(name, [])
             if name in self._slices:
                 slices = self._slices[name]
                 memories[name] = Memory(
                     shape=CHUNK_BITS, depth=config.depths[name] * len(slices),
                     init=[(word >> offset) & ((1 << bits) - 1)
-                          for word in words for offset, bits in slices])
+                          for word in words for offset, bits in slices],
+                    attrs=NO_COLLISIONS)
             else:
                 memories[name] = Memory(shape=Shape.cast(layout).width,
-                                        depth=config.depths[name], init=words)
+                                        depth=config.depths[name], init=words,
+                                        attrs=NO_COLLISIONS)
             m.submodules[f"{name}_memory"] = memories[name]
-        wiring.connect(m, wiring.flipped(self.weights), memories["weights"].read_port())
-        wiring.connect(m, wiring.flipped(self.write), memories["data"].write_port())
+        wiring.connect(m, wiring.flipped(self.weights),
+                       no_collision_read_port(m, memories["weights"]))
 
         beat = self.load.payload
         row = Signal(range(max(self._rows(name) for name in _TARGETS.values())))
@@ -146,7 +158,11 @@ class WideMemories(_Memories):
     def elaborate(self, platform):
         m = Module()
         memories = self._build(m)
-        program = memories["program"].read_port()
+        m.submodules.data_memory = activations = Memory(
+            shape=Shape.cast(self._config.layouts["data"]).width,
+            depth=self._config.depths["data"], init=[], attrs=NO_COLLISIONS)
+        wiring.connect(m, wiring.flipped(self.write), activations.write_port())
+        program = no_collision_read_port(m, memories["program"])
         m.d.comb += [
             self.fetch.ready.eq(~self.descriptor.valid | self.descriptor.ready),
             program.addr.eq(self.fetch.payload),
@@ -156,11 +172,11 @@ class WideMemories(_Memories):
         with m.If(self.fetch.ready):
             m.d.sync += self.descriptor.valid.eq(self.fetch.valid)
 
-        wiring.connect(m, wiring.flipped(self.operand), memories["data"].read_port())
+        wiring.connect(m, wiring.flipped(self.operand), no_collision_read_port(m, activations))
         m.d.comb += self.granted.eq(1)
 
-        param_read = memories["params"].read_port()
-        residual_read = memories["data"].read_port()
+        param_read = no_collision_read_port(m, memories["params"])
+        residual_read = no_collision_read_port(m, activations)
         advance = ~self.side_words.valid | self.side_words.ready
         m.d.comb += [
             self.side.ready.eq(advance),
@@ -180,7 +196,8 @@ class NarrowMemories(_Memories):
     """The program and parameter memories hold a word as 16-bit rows (a shallow wide memory
     then fits one or two iCE40 block RAMs instead of one per 16 bits of width), written by
     ``load`` and read a row a cycle; each channel's parameters start on a row of their own.
-    The activation memory has one read port: a residual read takes it from the operands
+    The activation memory is a :class:`~hw.ram.SinglePortMemory` (on an iCE40UP,
+    its SPRAM): a write, then a residual read, takes the port from the operands
     (``granted`` low), and an operand read meanwhile is kept in a register.
 
     Parameters
@@ -207,25 +224,33 @@ class NarrowMemories(_Memories):
     def elaborate(self, platform):
         m = Module()
         memories = self._build(m)
-        self._fetch(m, memories["program"].read_port())
+        self._fetch(m, no_collision_read_port(m, memories["program"]))
 
-        port = memories["data"].read_port()
-        # A residual read takes the port (`steal`); the operand read of a stalled beat is
-        # kept, since the requantizer waiting for that residual may be what stalls it.
+        config = self._config
+        m.submodules.data_memory = port = SinglePortMemory(
+            width=Shape.cast(config.layouts["data"]).width, depth=config.depths["data"])
+        # A write takes the port first (the write-back cannot wait), then a residual read
+        # (`steal`); the operand read of a stalled beat is kept, since the requantizer
+        # waiting for that residual may be what stalls it.
+        writing = self.write.en
         steal = Signal()
         residual_address = Signal.like(port.addr)
         fresh = Signal()
-        held = Signal.like(port.data)
+        held = Signal(self.operand.data.shape())
         m.d.comb += [
-            port.addr.eq(Mux(steal, residual_address, self.operand.addr)),
-            port.en.eq(self.operand.en | steal),
-            self.operand.data.eq(Mux(fresh, port.data, held)),
-            self.granted.eq(~steal),
+            port.addr.eq(Mux(writing, self.write.addr,
+                             Mux(steal, residual_address, self.operand.addr))),
+            port.write_en.eq(writing),
+            port.write_data.eq(self.write.data),
+            port.read_en.eq(self.operand.en | steal),
+            self.operand.data.eq(Mux(fresh, port.read_data, held)),
+            self.granted.eq(~steal & ~writing),
         ]
-        m.d.sync += fresh.eq(self.operand.en & ~steal)
+        m.d.sync += fresh.eq(self.operand.en & ~steal & ~writing)
         with m.If(fresh):
-            m.d.sync += held.eq(port.data)
-        self._side(m, memories["params"].read_port(), port, steal, residual_address)
+            m.d.sync += held.eq(port.read_data)
+        self._side(m, no_collision_read_port(m, memories["params"]), port, steal & ~writing,
+                   steal, residual_address)
         return m
 
     def _fetch(self, m, program):
@@ -253,9 +278,10 @@ class NarrowMemories(_Memories):
             with m.Else():
                 m.d.sync += index.eq(index + 1)
 
-    def _side(self, m, param_read, port, steal, residual_address):
+    def _side(self, m, param_read, port, reading, steal, residual_address):
         """Each answer gathers its parameter rows (per channel: one channel's, then the
-        next's as each is taken) and, if asked, reads the residual on the shared port."""
+        next's as each is taken) and, if asked, reads the residual on the shared port:
+        ``steal`` asks for it, ``reading`` is high when the port reads it."""
         width = self._config.width
         rows = self._rows("params")
         beat_rows = rows // width if self._per_channel else rows
@@ -267,7 +293,7 @@ class NarrowMemories(_Memories):
         word = Signal(len(answer.payload.channels.as_value()))
         pending = Signal()
         fresh = Signal()
-        residuals = Signal.like(port.data)
+        residuals = Signal(len(port.read_data))
         channel = Signal(range(width))
         more_channels = Signal()
         if self._per_channel:
@@ -284,10 +310,10 @@ class NarrowMemories(_Memories):
             m.d.comb += answer.payload.residuals[0].eq(view[channel])
         else:
             m.d.comb += answer.payload.residuals.eq(residuals)
-        m.d.sync += fresh.eq(steal)
+        m.d.sync += fresh.eq(reading)
         with m.If(fresh):
-            m.d.sync += residuals.eq(port.data)
-        with m.If(steal):
+            m.d.sync += residuals.eq(port.read_data)
+        with m.If(reading):
             m.d.sync += pending.eq(0)
         with m.If(gathering):
             with m.If(index != 0):

@@ -7,6 +7,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from ..ram import NO_COLLISIONS, no_collision_read_port
 from .layouts import ControlSignature
 
 __all__ = ["PackedMemory"]
@@ -58,8 +59,9 @@ class PackedMemory(wiring.Component):
         bits = config.act_bits
         m.submodules.memory = memory = Memory(
             shape=data.ArrayLayout(unsigned(bits), config.width), depth=config.packed_depth,
-            init=[])
-        read, write = memory.read_port(), memory.write_port()
+            # no op reads a word it writes (memories.py says why this matters on iCE40)
+            init=[], attrs=NO_COLLISIONS)
+        read, write = no_collision_read_port(m, memory), memory.write_port()
         m.d.comb += [
             read.addr.eq(self.operand.addr), read.en.eq(self.operand.en & op.in_packed),
             self.wide_operand.addr.eq(self.operand.addr),
