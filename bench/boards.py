@@ -23,8 +23,9 @@ def report(images: int = 20) -> None:
           "seed 1)")
     print()
     print("| board | width | requantizer, memories | LUT4 | FF | logic sites | DSP | BRAM "
-          "| fmax MHz | cycles/image | images/s at fmax | GOPS at fmax | RTL mismatches |")
-    print("|---|---:|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|")
+          "| SPRAM | fmax MHz | cycles/image | images/s at fmax | GOPS at fmax "
+          "| RTL mismatches |")
+    print("|---|---:|---|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|")
     for board, width in BOARDS:
         options = board_defaults(board)
         options.pop("width")
@@ -35,14 +36,15 @@ def report(images: int = 20) -> None:
                                         **options).report
         except BuildFailed as error:
             reason = str(error).splitlines()[0].removesuffix("; end of top.tim:")
-            print(f"{head} {reason} |" + " |" * 9, flush=True)
+            print(f"{head} {reason} |" + " |" * 10, flush=True)
             continue
         pixels = to_pixels(data.images[:images])
         rtl = run_rtl(program, pixels, width=width, core_options=options)
         mismatching = int((rtl.logits != run_integer(program, pixels)).any(1).sum())
         per_second = built.fmax_mhz * 1e6 / rtl.cycles_per_image
         print(f"{head} {built.luts} | {built.flip_flops} | {built.logic} | {built.dsps} "
-              f"| {built.brams} | {built.fmax_mhz:.1f} | {rtl.cycles_per_image:,.0f} "
+              f"| {built.brams} | {built.utilization.get('ICESTORM_SPRAM', '—')} "
+              f"| {built.fmax_mhz:.1f} | {rtl.cycles_per_image:,.0f} "
               f"| {per_second:,.0f} | {2 * rtl.macs_per_image * per_second / 1e9:.2f} "
               f"| {mismatching}/{len(pixels)} |", flush=True)
     print()
