@@ -6,6 +6,7 @@ The compiler is the only place that reads both sides: it takes the program from
 ``golden`` and packs it through the layouts ``hw`` declares.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import torch
 
 from olmac.golden.formats import int_range
 from olmac.golden.program import (AvgPool, Concat, Flatten, Gemm, IntegerProgram, Lookup,
-                                  MaxPool, QuantizeInput, Requantize)
+                                  MaxPool, QuantizeInput, Requantize, Value)
 from olmac.hw.codebook import DECODER_IDX_BITS, MAX_SUBGROUPS
 from olmac.hw.network import (ACT_SHIFT_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES, STORAGE_BITS,
                               TABLE_ENTRY_BITS, CodebookMode, NetworkCore, OpKind, code_tiles,
@@ -22,7 +23,7 @@ from olmac.hw.network import (ACT_SHIFT_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES, S
 from olmac.spec import ACT_BITS, CORE_SCHEMES, PLANE_SHIFT_BITS
 
 __all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES",
-           "digit_count", "plan_passes"]
+           "digit_count", "plan_passes", "with_copy_gemms"]
 
 #: Weight schemes the sequencer runs: every scheme of golden/program/schemes.py (SYQ codes
 #: through the core's codebook decoder, docs/network.md §17; multi-tensor planes as
@@ -363,10 +364,105 @@ def _fused_tables(program: IntegerProgram) -> dict[str, Lookup]:
     return fused
 
 
+def _channel_layout(program: IntegerProgram, name: str, width: int,
+                    maps: dict[str, np.ndarray]) -> np.ndarray:
+    """``[word, lane]``: the channel each slot of a pixel of value ``name`` holds (or
+    -1) where the compiler lays it out by channels: in order, ``⌈C/width⌉`` words; a
+    concatenation's parts each from a word of their own, in order (a part whose
+    channels do not fill its last word leaves zero lanes there, docs/network.md §15);
+    a lane-for-lane op's output (requantize, pooling, table) as its input; a GEMM's with a
+    residual as that residual (its zero lanes are the GEMM's zero columns). ``maps``
+    caches the answers."""
+    if name not in maps:
+        writer = next((op for op in program.ops if op.output == name), None)
+        shape = program.values[name].shape
+        if isinstance(writer, Concat):
+            parts, offset = [], 0
+            for part in writer.parts:
+                channels = _channel_layout(program, part, width, maps)
+                parts.append(np.where(channels >= 0, channels + offset, -1))
+                offset += program.values[part].shape[0]
+            maps[name] = np.concatenate(parts)
+        elif isinstance(writer, (Requantize, AvgPool, MaxPool, Lookup)) and len(shape) == 3:
+            maps[name] = _channel_layout(program, writer.input, width, maps)
+        elif isinstance(writer, Gemm) and writer.residual is not None:
+            # the residual port adds word for word, lane for lane (docs/network.md §15)
+            maps[name] = _channel_layout(program, writer.residual, width, maps)
+        else:
+            maps[name] = _flat_slots(shape[0], width)
+    return maps[name]
+
+
+def _unique(values, name: str) -> str:
+    """``name``, or ``name`` with a number, that is not a key of ``values``."""
+    return next(candidate for candidate in (name if count == 0 else f"{name}.{count}"
+                                            for count in range(len(values) + 1))
+                if candidate not in values)
+
+
+def _identity_gemm(source: str, output: str, value: Value) -> Gemm:
+    """A Linear that copies the vector ``source`` (of ``value``'s shape and format) into
+    ``output`` unchanged: identity weights (``s2``), ``β = 0``, ``M = 1``, ``s = 0`` and
+    the format's clamp."""
+    features = value.shape[0]
+    ones = torch.ones(features, dtype=torch.int64)
+    return Gemm(name=output, input=source, output=output, layer="linear", in_features=features,
+                out_features=features, scheme="mmse", weight_bits=2, relu=False,
+                bias=torch.zeros(features, dtype=torch.int32),
+                multiplier=ones.to(torch.int32), shift=torch.zeros(features, dtype=torch.uint8),
+                weight_scale=ones.to(torch.float64),
+                weights=torch.eye(features, dtype=torch.int8))
+
+
+def with_copy_gemms(program: IntegerProgram, width: int) -> tuple[IntegerProgram, list[str]]:
+    """``program`` with an identity GEMM (:func:`_identity_gemm`, a Linear) copying each
+    concatenation part that is a flattened feature map into its concatenation, on a core
+    of ``width`` lanes (docs/network.md §15), and the label of every op of the result.
+
+    A flattened feature map keeps its image's words, a pixel's channels to a word, so its
+    slots do not hold its features in order; the SUM that copies other parts works lane
+    for lane and cannot reorder them, while a GEMM's weight rows follow the slots. The copy
+    is exact (weights 1, ``M = 1``, ``s = 0``, the value's own clamp), so the result
+    computes what ``program`` does; it is named after its concatenation in the labels,
+    and the other ops keep the labels of ``program``, so errors name the user's ops.
+    ``program`` comes back unchanged where no part needs a copy."""
+    maps: dict[str, np.ndarray] = {}
+    writers = {op.output: op for op in program.ops}
+
+    def flattened_image(name):  # slots in image order: a flatten of a C×H×W value
+        root = name
+        while isinstance(writers.get(root), Flatten):
+            root = writers[root].input
+        shape = program.values[root].shape
+        return root != name and len(shape) == 3 and not (
+            shape[1] * shape[2] == 1 and np.array_equal(
+                _channel_layout(program, root, width, maps), _flat_slots(shape[0], width)))
+
+    values, ops, labels = dict(program.values), [], []
+    for index, op in enumerate(program.ops):
+        label = op.label(index)
+        if isinstance(op, Concat) and any(map(flattened_image, op.parts)):
+            parts = list(op.parts)
+            for place, part in enumerate(parts):
+                if flattened_image(part):
+                    copy = _unique(values, f"{part}.in.{op.output}")
+                    values[copy] = program.values[part]
+                    ops.append(_identity_gemm(part, copy, program.values[part]))
+                    labels.append(f"{label} copy of '{part}'")
+                    parts[place] = copy
+            op = dataclasses.replace(op, parts=tuple(parts))
+        ops.append(op)
+        labels.append(label)
+    if len(ops) == len(program.ops):
+        return program, labels
+    return dataclasses.replace(program, values=values, ops=tuple(ops)), labels
+
+
 class _Compiler:
-    def __init__(self, program: IntegerProgram, width: int, array_bits, packed: bool,
-                 tables: bool, codebook: bool):
+    def __init__(self, program: IntegerProgram, labels: list[str], width: int, array_bits,
+                 packed: bool, tables: bool, codebook: bool):
         self.program = program
+        self.labels = labels
         self.tables = tables
         self.fused = _fused_tables(program) if tables else {}
         self.table_entries: list[int] = []
@@ -430,26 +526,9 @@ class _Compiler:
         return parts
 
     def layout(self, name: str) -> np.ndarray:
-        """``[word, lane]``: the channel each slot of a pixel of value ``name`` holds (or
-        -1) where the compiler lays it out by channels: in order, ``⌈C/width⌉`` words; a
-        concatenation's parts each from a word of their own, in order (a part whose
-        channels do not fill its last word leaves zero lanes there, docs/network.md §15);
-        a lane-for-lane op's output (requantize, pooling, table) as its input."""
-        if name not in self.maps:
-            writer = next((op for op in self.program.ops if op.output == name), None)
-            shape = self.program.values[name].shape
-            if isinstance(writer, Concat):
-                maps, offset = [], 0
-                for part in writer.parts:
-                    channels = self.layout(part)
-                    maps.append(np.where(channels >= 0, channels + offset, -1))
-                    offset += self.program.values[part].shape[0]
-                self.maps[name] = np.concatenate(maps)
-            elif isinstance(writer, (Requantize, AvgPool, MaxPool, Lookup)) and len(shape) == 3:
-                self.maps[name] = self.layout(writer.input)
-            else:
-                self.maps[name] = _flat_slots(shape[0], self.width)
-        return self.maps[name]
+        """``[word, lane]``: the channel each slot of a pixel of value ``name`` holds, as
+        :func:`_channel_layout` says."""
+        return _channel_layout(self.program, name, self.width, self.maps)
 
     def container(self, op: Concat) -> _Stored:
         """The words of the concatenation ``op`` (allocated once), laid out as ``layout``
@@ -487,23 +566,14 @@ class _Compiler:
     def concat(self, label: str, op: Concat) -> None:
         """A concatenation is its container's words: each part its producer did not
         write there is copied in by an identity SUM (``M = 1, s = 0``), which reads the
-        part's channels in order."""
+        part's channels in order (lane for lane: every part is laid out by channels, as
+        :func:`with_copy_gemms` made sure)."""
         container = self.container(op)
         value = self.program.values[op.output]
-        dense = np.array_equal(self.layout(op.output), _flat_slots(value.shape[0], self.width))
-        if not dense and any(isinstance(reader, Gemm) and reader.residual == op.output
-                             for reader in self.program.ops):
-            raise CompileError(f"{label}: '{op.output}' is a residual, but its parts' "
-                               f"channels do not fill whole words of {self.width}")
         for index, part in enumerate(op.parts):
             if self.placeable.get(part) == (op, index) and part in self.placed:
                 continue
             source = self.stored[part]
-            if not np.array_equal(source.slots, _layout_slots(
-                    self.layout(part), *source.pixels)):
-                raise CompileError(f"{label}: part '{part}' is not laid out by channels (a "
-                                   f"flattened feature map), so it cannot be copied word "
-                                   f"by word into the concatenation")
             (h, w), words = source.pixels, source.channel_words
             self.descriptor(
                 f"{label} copy of '{part}'", OpKind.SUM, in_packed=int(source.packed),
@@ -662,7 +732,9 @@ class _Compiler:
         self.act_shift = max(self.act_shift, max(p.act_shift for p in passes))
         source = self.stored[op.input]
         width = self.width
-        out = self.output_of(stored_name, _flat_slots(op.out_features, width),
+        # the output's channels in order, or as its residual's where that skips lanes
+        out_map = self.layout(op.output)
+        out = self.output_of(stored_name, out_map,
                              out_value.shape[1:] if op.layer == "conv2d" else (1, 1))
         if op.weight_outliers is not None:
             self.outlier_bits = max(self.outlier_bits or 0, op.weight_outlier_bits)
@@ -694,7 +766,7 @@ class _Compiler:
             m_rows = 1
         in_words = source.channel_words if op.layer == "conv2d" else source.words
         band_step, band_words = _band(self.nonzero_words(
-            passes, k_index, (kh, kw), in_words, out.channel_words, n_out))
+            passes, k_index, (kh, kw), in_words, out_map))
         macs = m_rows * op.in_features * n_out
         self.macs += macs
         self.max_k = max(self.max_k, kh * kw * band_words * width * len(passes))
@@ -702,12 +774,12 @@ class _Compiler:
         param_base = len(self.param_words)
         code_tiles = []
         for tile in range(out.channel_words):
-            columns = [tile * width + col for col in range(width)]
+            columns = [int(n) for n in out_map[tile]]
             for index, step in enumerate(passes):
                 # The shift before a pass is applied with its first beat (MacArray §8).
                 shifts = ([0] * width if index == 0 else
                           [int(passes[index - 1].exponent[n] - step.exponent[n])
-                           if n < n_out else 0 for n in columns])
+                           if n >= 0 else 0 for n in columns])
                 first = True
                 for ky in range(kh):
                     for kx in range(kw):
@@ -720,9 +792,8 @@ class _Compiler:
                                     step, rows, columns, n_out, shifts if first else [0] * width))
                             first = False
             tile_params = []
-            for col in range(width):
-                n = tile * width + col
-                if n >= n_out:
+            for n in columns:
+                if n < 0:
                     tile_params.append({"bias": 0, "multiplier": 0, "shift": 0,
                                      "residual_multiplier": 0, "residual_shift": 0})
                     continue
@@ -767,7 +838,7 @@ class _Compiler:
         bits, tile = 1 + self.idx_bits, 0
         for lane, k in enumerate(rows):
             for col, n in enumerate(columns):
-                if k >= 0 and n < n_out:
+                if k >= 0 and 0 <= n < n_out:
                     tile |= int(coded.codes[k, n]) << ((lane * self.width + col) * bits)
         return tile
 
@@ -792,12 +863,15 @@ class _Compiler:
         return base, {"codebook": coded.mode, "codebook_words": words,
                       "codebook_entries": len(entries)}
 
-    def nonzero_words(self, passes: list[_Pass], k_index, kernel, in_words: int, tiles: int,
-                      n_out: int) -> np.ndarray:
+    def nonzero_words(self, passes: list[_Pass], k_index, kernel, in_words: int,
+                      out_map: np.ndarray) -> np.ndarray:
         """``[tile, word]``: whether any pass has a non-zero weight (dense or outlier) of
-        output tile ``tile`` on input word ``word`` at some kernel tap."""
+        output tile ``tile`` (the output channels ``out_map[tile]``) on input word ``word``
+        at some kernel tap."""
         width = self.width
-        nonzero = np.zeros((tiles, in_words), dtype=bool)
+        nonzero = np.zeros((len(out_map), in_words), dtype=bool)
+        tile_of = np.zeros(int(out_map.max()) + 1, dtype=np.int64)
+        tile_of[out_map[out_map >= 0]] = np.nonzero(out_map >= 0)[0]
         for word in range(in_words):
             rows = np.array([k_index(ky, kx, word, lane) for ky in range(kernel[0])
                              for kx in range(kernel[1]) for lane in range(width)])
@@ -807,7 +881,7 @@ class _Compiler:
                 if step.outliers is not None:
                     weights |= step.outliers[rows] != 0
                 used = np.flatnonzero(weights.any(0))
-                nonzero[np.unique(used // width), word] = True
+                nonzero[np.unique(tile_of[used]), word] = True
         return nonzero
 
     def beat(self, step: _Pass, rows: list[int], columns: list[int], n_out: int,
@@ -822,7 +896,7 @@ class _Compiler:
             if k < 0:
                 continue
             for col, n in enumerate(columns):
-                if n >= n_out:
+                if not 0 <= n < n_out:
                     continue
                 tile[lane][col] = int(step.dense[k, n])
                 if step.outliers is not None and step.outliers[k, n]:
@@ -870,7 +944,7 @@ class _Compiler:
         self.descriptor("load", OpKind.LOAD, out_base=pixels.base, count=pixels.words)
         for index, op in enumerate(program.ops):
             try:
-                self.compile_op(op.label(index), op)
+                self.compile_op(self.labels[index], op)
             except CompileError as error:
                 # Every op is checked: the error lists each one the core cannot run.
                 self.errors.append(str(error))
@@ -974,6 +1048,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     """
     if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 64:
         raise TypeError(f"width must be an integer in 1..64, not {width!r}")
+    program, labels = with_copy_gemms(program, width)
     gemms = [op for op in program.ops if isinstance(op, Gemm)]
     formats = {(program.values[op.input].bits, program.values[op.input].signed)
                for op in gemms}
@@ -988,8 +1063,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                       for b in array_bits)):
         raise TypeError(f"array_bits must be a pair (weight bits, activation bits) of "
                         f"integers in 2..8, not {array_bits!r}")
-    compiler = _Compiler(program, width, (array_bits[0], array_bits[1], act_signed), packed,
-                         tables, codebook)
+    compiler = _Compiler(program, labels, width, (array_bits[0], array_bits[1], act_signed),
+                         packed, tables, codebook)
     compiler.compile()
     slots = compiler.max_outliers if compiler.outlier_bits else 0
     if weight_outlier_slots is not None:

@@ -8,8 +8,9 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from olmac.compiler import compile_program
+from olmac.compiler import compile_program, with_copy_gemms
 from olmac.golden import artifact
 from olmac.golden.program import (Concat, Gemm, ProgramError, Requantize, check_program,
                                   run_integer, to_pixels)
@@ -105,6 +106,72 @@ def test_concatenations_run_exactly_on_the_core():
     on Amaranth's simulator, against golden."""
     _, images, program = _program(Dense)
     compiled = compile_program(program, width=4)
+    pixels = to_pixels(images[:2])
+    assert torch.equal(_run_core(_core(compiled), compiled, pixels, pause=0.3),
+                       run_integer(program, pixels))
+
+
+class FlatFeatures(nn.Module):
+    """A flattened feature map concatenated with features computed from it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+        self.head = nn.Linear(3 * 4 * 4 + 5, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.stem(x)), 2).flatten(1)
+        return self.head(torch.cat([x, F.relu(self.fc(x))], 1))
+
+
+class ConcatResidual(nn.Module):
+    """A concatenation of 3 + 3 channels added back after a 1×1 convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.branch = nn.Conv2d(3, 3, 3, padding=1)
+        self.mix = nn.Conv2d(6, 6, 1)
+        self.head = nn.Linear(6 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        y = torch.cat([x, F.relu(self.branch(x))], 1)
+        return self.head(F.avg_pool2d(F.relu(self.mix(y) + y), 2).flatten(1))
+
+
+def test_a_flattened_part_is_copied_by_an_identity_gemm():
+    """docs/network.md §15: a flattened feature map (its slots in image order) enters its
+    concatenation through one Linear with identity weights named after the
+    concatenation, which computes what the program does; the core (4 wide, under
+    backpressure, Amaranth's simulator) runs it exactly against golden on the program
+    as the user's model gave it."""
+    _, images, program = _program(FlatFeatures)
+    pixels = to_pixels(images[:2])
+    copied, labels = with_copy_gemms(program, 4)
+    added = [op for op in copied.ops if isinstance(op, Gemm) and op not in program.ops]
+    assert [(op.KIND, op.in_features, op.out_features) for op in added] == [
+        ("gemm", 48, 48)]
+    assert torch.equal(added[0].weights.to(torch.int64), torch.eye(48, dtype=torch.int64))
+    assert [label for label in labels if "copy" in label] == [
+        "op 5 (concat 'cat') copy of 'flatten_1'"]
+    assert torch.equal(run_integer(copied, pixels), run_integer(program, pixels))
+    compiled = compile_program(program, width=4)
+    assert torch.equal(_run_core(_core(compiled), compiled, pixels, pause=0.3),
+                       run_integer(program, pixels))
+
+
+def test_a_concatenation_with_zero_lanes_is_a_residual():
+    """docs/network.md §15: the GEMM that adds a concatenation of 3 + 3 channels on a
+    4-wide core writes its columns as the concatenation's lanes (zero columns where it
+    has zero lanes), so the residual port adds lane for lane; no copy, and the core runs
+    it exactly against golden under backpressure."""
+    _, images, program = _program(ConcatResidual)
+    compiled = compile_program(program, width=4)
+    assert with_copy_gemms(program, 4)[0] is program
+    mix = next(d for d in compiled.ops if d["label"] == "op 6 (gemm 'mix')")
+    assert (mix["residual"], mix["out_words"]) == (1, 2)
     pixels = to_pixels(images[:2])
     assert torch.equal(_run_core(_core(compiled), compiled, pixels, pause=0.3),
                        run_integer(program, pixels))
