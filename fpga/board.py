@@ -175,7 +175,7 @@ def demo_network(model="cnn", *, width=4, calibration=64):
 
 def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer=None,
                         memories=None, array_multipliers=None, multipliers=None,
-                        target_mhz=None, seed=1, timeout_s=3600):
+                        target_mhz=None, seed=1, timeout_s=3600, progress=None):
     """Synthesize, place, route and pack a :class:`NetworkBoard` for ``board``'s UART pins
     at its default clock; returns a :class:`fpga.build.BuildResult` (resources and fmax in
     its report, also written as ``report.json``/``report.md`` into ``build_dir``).
@@ -186,14 +186,16 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     (:func:`fpga.build.build_bitstream`;
     default on iCE40 ``"dsp"``: ``synth_ice40 -dsp`` also puts the sequencer's address
     multiplies into SB_MAC16s, about 550 LUT4 fewer; on ECP5 ``"hybrid"`` with products up to
-    16 bits in LUT logic, so only the requantizer's go into MULT18X18Ds).
+    16 bits in LUT logic, so only the requantizer's go into MULT18X18Ds). The build is
+    stopped after ``timeout_s`` seconds; ``progress`` is as :func:`fpga.build.run_build`'s.
 
     Raises
     ------
     ValueError
         If ``board`` is not one of :data:`fpga.build.BOARDS`.
     TypeError
-        If ``baud`` is not a positive integer or the divisor it gives is out of range.
+        If ``baud`` is not a positive integer or the divisor it gives is out of range, or
+        ``timeout_s`` is not a positive number.
     DoesNotFit, BuildFailed
         As :func:`fpga.build.build_bitstream`.
     """
@@ -201,6 +203,9 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     spec = _board(board)
     if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:
         raise TypeError(f"Baud rate must be a positive integer, not {baud!r}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
+            or not timeout_s > 0:
+        raise TypeError(f"Timeout must be a positive number of seconds, not {timeout_s!r}")
     platform = _targeted(spec.platform, target_mhz)()
     divisor = round(platform.default_clk_frequency / baud)
     defaults = board_defaults(board)
@@ -218,18 +223,20 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
         narrow_bits=16)
     return run_build(platform, _OnPins(top), build_dir, board=board, family=spec.family,
                      env=env, synth_opts=synth_opts, script_after_read=after_read, seed=seed,
-                     timeout_s=timeout_s)
+                     timeout_s=timeout_s, progress=progress)
 
 
 def build_board(board, *, model="cnn", program=None, name=None, width=None, baud=BOARD_BAUD,
-                requantizer=None, memories=None, target_mhz=None, build_dir=None):
+                requantizer=None, memories=None, target_mhz=None, build_dir=None,
+                timeout_s=3600, progress=None):
     """``olmac board build``: :func:`build_network_board` of ``program`` (an
     :class:`olmac.golden.program.IntegerProgram`, e.g. an artifact of ``olmac quantize``;
     by default the demo ``model``'s, :func:`demo_network`) compiled for ``width``, whose
     memories the compiler sizes to the program. ``width``, ``requantizer`` and
     ``memories`` default to the board's (:func:`board_defaults`). ``build_dir`` defaults to
     ``build/fpga/<board>/board_<name>_w<width>_<requantizer>_<memories>`` of the working
-    directory (``name``: the model's, or ``"program"``). Returns the
+    directory (``name``: the model's, or ``"program"``). ``timeout_s`` and ``progress`` are
+    :func:`build_network_board`'s. Returns the
     :class:`fpga.build.BuildResult`; raises what :func:`demo_network`,
     :func:`olmac.compiler.compile_program` and :func:`build_network_board` raise.
     """
@@ -248,4 +255,5 @@ def build_board(board, *, model="cnn", program=None, name=None, width=None, baud
                               / f"board_{name}_w{width}_{requantizer}_{memories}")
     print(f"building the {name} board top for {board} in {build_dir}", flush=True)
     return build_network_board(board, compiled, build_dir, baud=baud, requantizer=requantizer,
-                               memories=memories, target_mhz=target_mhz)
+                               memories=memories, target_mhz=target_mhz, timeout_s=timeout_s,
+                               progress=progress)

@@ -368,9 +368,11 @@ def build_bitstream(board, top, build_dir, *, target_mhz=None, multipliers=None,
 
 
 def run_build(platform, top, build_dir, *, board, family, env, synth_opts, script_after_read,
-              seed, timeout_s) -> BuildResult:
+              seed, timeout_s, progress=None) -> BuildResult:
     """Run ``platform``'s build of ``top`` (the design on its pins) in ``build_dir`` with the
-    YoWASP tools in ``env``, and read and write its report.
+    YoWASP tools in ``env``, and read and write its report. ``progress``, if given, is
+    called with a one-line string as the build enters each step (synthesis, nextpnr's
+    packing, placement and routing, the bitstream) and every ten minutes within one.
 
     Raises
     ------
@@ -384,14 +386,17 @@ def run_build(platform, top, build_dir, *, board, family, env, synth_opts, scrip
         # --timing-allow-fail: a missed target is a measurement, not an error.
         nextpnr_opts=f"--report nextpnr.json --timing-allow-fail --seed {seed}")
     build_dir = Path(build_dir)
-    for stale in ("nextpnr.json", f"{_NAME}.stat.json", f"{_NAME}.tim", f"{_NAME}.rpt"):
+    for stale in ("nextpnr.json", f"{_NAME}.stat.json", f"{_NAME}.tim", f"{_NAME}.rpt",
+                  "build.log"):
         (build_dir / stale).unlink(missing_ok=True)
     plan.extract(str(build_dir))
     started = time.perf_counter()
     try:
-        returncode, output = _run_script(f"{plan.script}.sh", build_dir, env, timeout_s)
+        returncode, output = _run_script(f"{plan.script}.sh", build_dir, env, timeout_s,
+                                         progress)
     except subprocess.TimeoutExpired:
-        raise BuildFailed(f"build ran past timeout_s={timeout_s}; end of its log:\n"
+        raise BuildFailed(f"build ran past its timeout of {timeout_s:g} s in "
+                          f"{_STEPS[_step(build_dir)][0]}; end of its log:\n"
                           f"{_log_tail(build_dir / f'{_NAME}.tim')}") from None
     seconds = time.perf_counter() - started
     if returncode != 0:
@@ -404,8 +409,37 @@ def run_build(platform, top, build_dir, *, board, family, env, synth_opts, scrip
                        board_clock_mhz=platform.default_clk_frequency / 1e6, seconds=seconds)
 
 
-def _run_script(script, cwd, env, timeout_s):
-    """Run ``sh script`` in ``cwd`` with ``env``; returns ``(returncode, output)``.
+#: The steps of a build in the order they run, each with the line of nextpnr's log
+#: (``top.tim``) that shows it has begun; synthesis runs until that log appears.
+_STEPS = (
+    ("synthesis (yosys)", None),
+    ("packing the netlist (nextpnr)", ""),
+    ("placement (nextpnr)", "Info: Creating initial "),
+    ("placement refinement (nextpnr)", "Info: Running simulated annealing placer"),
+    ("routing (nextpnr)", "Info: Routing.."),
+    ("writing the bitstream (icepack/ecppack)", "Info: Program finished normally."),
+)
+
+#: Seconds between looks at the build's logs, and between "still running" lines.
+_POLL_S = 2.0
+_HEARTBEAT_S = 600.0
+
+
+def _step(build_dir):
+    """The index in :data:`_STEPS` of the step the build in ``build_dir`` runs now."""
+    log = build_dir / f"{_NAME}.tim"
+    if not log.exists():
+        return 0
+    text = log.read_text(errors="replace")
+    return max(index for index, (_name, marker) in enumerate(_STEPS)
+               if marker is not None and marker in text)
+
+
+def _run_script(script, cwd, env, timeout_s, progress=None):
+    """Run ``sh script`` in ``cwd`` with ``env``; returns ``(returncode, output)``. Its
+    output goes to ``build.log`` in ``cwd`` (a pipe nobody reads while waiting could fill
+    and stall the tools). ``progress``, if given, is called with a line each time the build
+    enters a step of :data:`_STEPS`, and every ten minutes within one.
 
     Raises
     ------
@@ -413,15 +447,30 @@ def _run_script(script, cwd, env, timeout_s):
         After ``timeout_s`` seconds, once the script and every process it started are
         killed (killing only the shell would leave nextpnr running for as long as it takes).
     """
-    process = subprocess.Popen(["sh", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # its own session: the tools, not us
-        process.communicate()
-        raise
-    return process.returncode, output
+    cwd = Path(cwd)
+    started = time.monotonic()
+    step, said = None, started
+    with open(cwd / "build.log", "w") as log:
+        process = subprocess.Popen(["sh", script], cwd=cwd, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        while True:
+            try:
+                process.wait(timeout=min(_POLL_S, max(0.0, started + timeout_s
+                                                      - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - started >= timeout_s:
+                    os.killpg(process.pid, signal.SIGKILL)  # its own session: the tools, not us
+                    process.wait()
+                    raise
+            if progress is None:
+                continue
+            now, current = time.monotonic(), _step(cwd)
+            if current != step or now - said >= _HEARTBEAT_S:
+                still = "still " if current == step else ""
+                progress(f"[{now - started:5.0f} s] {still}{_STEPS[current][0]}")
+                step, said = current, now
+    return process.returncode, (cwd / "build.log").read_text(errors="replace")
 
 
 def _device_name(platform):

@@ -420,3 +420,37 @@ def test_build_timeout_kills_the_tools_too(tmp_path):
     while _running(tool) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _running(tool), "the tool outlived its build"
+
+
+def test_build_reports_each_step_it_enters(tmp_path, monkeypatch):
+    """The build calls ``progress`` as it enters each step, read from nextpnr's log as
+    the tools write it (synthesis until ``top.tim`` appears, then nextpnr's packing,
+    placement, refinement and routing, then the bitstream), once each and in order,
+    with the seconds since the start."""
+    from olmac.fpga import build
+    monkeypatch.setattr(build, "_POLL_S", 0.05)
+    lines = ["", "Info: Creating initial analytic placement",
+             "Info: Running simulated annealing placer", "Info: Routing..",
+             "Info: Program finished normally."]
+    (tmp_path / "build.sh").write_text("sleep 0.5\n" + "".join(
+        f"echo '{line}' >> top.tim\nsleep 0.5\n" for line in lines))
+    said = []
+    returncode, _output = build._run_script("build.sh", tmp_path, None, 60, said.append)
+    assert returncode == 0
+    steps = [line.split("] ", 1)[1] for line in said]
+    assert steps == ["synthesis (yosys)", "packing the netlist (nextpnr)",
+                     "placement (nextpnr)", "placement refinement (nextpnr)",
+                     "routing (nextpnr)", "writing the bitstream (icepack/ecppack)"]
+    seconds = [float(line[1:].split(" s]")[0]) for line in said]
+    assert seconds == sorted(seconds) and seconds[-1] >= 2
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_board_build_timeout_must_be_positive(capsys, value):
+    """``olmac board build --timeout`` takes a positive, finite number of seconds: else a
+    one-line error naming it, exit status 2, before anything is built."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["board", "build", "--board", "icebreaker", "--timeout", value])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"olmac: error: --timeout must be a positive number of seconds, not {float(value)}"]

@@ -40,6 +40,9 @@ def arguments(parser):
     build.add_argument("--build-dir", type=Path,
                        help="default: build/fpga/<board>/board_<model or artifact name>_w"
                             "<width>_<requantizer>_<memories>")
+    build.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                       help="stop the build after this many seconds (default: 3600; an "
+                            "ECP5-85F build of a wide core on a loaded machine can take longer)")
     build.set_defaults(run=_build)
     help = "send images and print their logits, or compare them with golden"
     run = commands.add_parser("run", help=help, description=help)
@@ -66,6 +69,8 @@ def _build(args):
     from olmac.compiler import CompileError
     from olmac.fpga.board import board_defaults, build_board, what_would_fit
     from olmac.fpga.build import DoesNotFit
+    if not args.timeout > 0 or args.timeout == float("inf"):
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
     program = load_program(args.program) if args.program else None
     width = board_defaults(args.board)["width"] if args.width is None else args.width
     try:
@@ -73,7 +78,9 @@ def _build(args):
                              name=args.program.name if args.program else None,
                              width=width, baud=args.baud, requantizer=args.requantizer,
                              memories=args.memories, target_mhz=args.target_mhz,
-                             build_dir=args.build_dir)
+                             build_dir=args.build_dir, timeout_s=args.timeout,
+                             progress=lambda line: print(f"olmac board build: {line}",
+                                                         file=sys.stderr, flush=True))
     except CompileError as error:
         raise UsageError(f"--program ({args.program}): {error}") from None
     except (TypeError, ValueError) as error:
