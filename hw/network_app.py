@@ -17,29 +17,35 @@ from amaranth.lib.wiring import In, Out
 from olmac.spec import (ARRAY_DIM, HIGHWAY_BITS, INFO_MAGIC, PROTOCOL_VERSION, Command, Status,
                         check_int)
 from .host_link import MAX_PAYLOAD_RANGE, AppSignature
-from .network import NetworkCore
+from .network import TABLE_ENTRY_BITS, NetworkCore
 
 __all__ = ["NetworkApp", "Dispatcher", "LoadHandler", "InferHandler", "FixedCommand"]
 
-#: The memories ``LOAD`` writes, by the names of their depths and word sizes.
+#: The memories ``LOAD`` writes, by the names of their depths and word sizes; a core with a
+#: table memory adds ``"tables"``.
 _LOADABLE = ("program", "weights", "params")
-#: The ``LOAD`` memory byte of each of them (the core's memory numbers).
+#: The ``LOAD`` memory byte of each of them (the core's memory numbers; 3 is the core's
+#: restart, which has a command of its own).
 _MEMORY = {"program": NetworkCore.Memory.PROGRAM, "weights": NetworkCore.Memory.WEIGHTS,
-           "params": NetworkCore.Memory.PARAMS}
+           "params": NetworkCore.Memory.PARAMS, "tables": NetworkCore.Memory.TABLES}
+#: Bytes of a ``LOAD`` word of the table memory: one entry (``TABLE_ENTRY_BITS``).
+TABLE_WORD_BYTES = -(-TABLE_ENTRY_BITS // 8)
 
 
 def _le(value, count):
     return [(value >> (8 * index)) & 0xFF for index in range(count)]
 
 
-def _check_table(name, table, needed, bounds):
-    """``table`` restricted to the keys ``needed``, each an integer within ``bounds``."""
+def _check_table(name, table, needed, bounds, optional=()):
+    """``table`` restricted to the keys ``needed`` and those of ``optional`` it has, each
+    an integer within ``bounds``."""
     if not isinstance(table, dict):
         raise TypeError(f"{name} must be a dict, not {table!r}")
     missing = [key for key in needed if key not in table]
     if missing:
         raise ValueError(f"{name} lacks {', '.join(missing)}: {table!r}")
-    return {key: check_int(f"{name}[{key!r}]", table[key], bounds) for key in needed}
+    return {key: check_int(f"{name}[{key!r}]", table[key], bounds)
+            for key in (*needed, *(key for key in optional if key in table))}
 
 
 def _core_streams(width):
@@ -252,21 +258,23 @@ class FixedCommand(wiring.Component):
 
 class LoadHandler(wiring.Component):
     """``LOAD memory address word…``: writes words to consecutive addresses of the program
-    (memory 0), weight (1) or parameter (2) memory of a :class:`NetworkCore`.
+    (memory 0), weight (1) or parameter (2) memory of a :class:`NetworkCore`, or of its
+    lookup tables (4, an entry a word) where it has them.
 
     A word is ``word_bytes[memory]`` bytes, little-endian. The reply is ``status, count``
     (16 bits): how many words were written before the end of the request or the first bad
     word, so a partial write is always reported. The status is ``BAD_LENGTH`` for a header
-    cut short or a last word cut short, ``BAD_MEMORY`` for a memory other than 0..2 (nothing
-    written) and ``BAD_ADDRESS`` for a word past the end of its memory; the rest of a
-    refused request is dropped.
+    cut short or a last word cut short, ``BAD_MEMORY`` for a memory other than these
+    (nothing written) and ``BAD_ADDRESS`` for a word past the end of its memory; the rest
+    of a refused request is dropped.
 
     Parameters
     ----------
     load_layout : data.StructLayout
         The core's ``load`` payload (``memory``, ``address``, ``word``).
     depths : dict
-        Depths of the ``program``, ``weights`` and ``params`` memories.
+        Depths of the ``program``, ``weights`` and ``params`` memories, and of the
+        ``tables`` where the core has them (absent or 0: memory 4 is ``BAD_MEMORY``).
     word_bytes : dict
         Bytes of a word of each of them.
 
@@ -288,8 +296,10 @@ class LoadHandler(wiring.Component):
 
     def __init__(self, *, load_layout, depths, word_bytes):
         self._load_layout = _check_load_layout(load_layout)
-        self._depths = _check_table("depths", depths, _LOADABLE, (1, 65536 * 8192))
-        self._word_bytes = _check_table("word_bytes", word_bytes, _LOADABLE, (1, 65536 * 1024))
+        tables = ("tables",) if isinstance(depths, dict) and depths.get("tables") else ()
+        self._depths = _check_table("depths", depths, _LOADABLE + tables, (1, 65536 * 8192))
+        self._word_bytes = _check_table("word_bytes", word_bytes, _LOADABLE + tables,
+                                        (1, 65536 * 1024))
         super().__init__({"host": In(AppSignature()),
                           "load": Out(stream.Signature(load_layout))})
 
@@ -310,7 +320,7 @@ class LoadHandler(wiring.Component):
 
         status = Signal(8)
         count = Signal(16)          # words written
-        memory = Signal(2)
+        memory = Signal(3)
         bad_memory = Signal()
         address = Signal(16)
         word = Signal(8 * max(self._word_bytes.values()))
@@ -321,7 +331,7 @@ class LoadHandler(wiring.Component):
         last_byte = Signal.like(index)     # of a word of `memory`
         memory_depth = Signal(range(max(self._depths.values()) + 1))
         with m.Switch(memory):
-            for name in _LOADABLE:
+            for name in self._depths:
                 with m.Case(_MEMORY[name]):
                     m.d.comb += [last_byte.eq(self._word_bytes[name] - 1),
                                  memory_depth.eq(self._depths[name])]
@@ -349,7 +359,8 @@ class LoadHandler(wiring.Component):
                     m.d.sync += index.eq(index + 1)
                     with m.Switch(index):
                         with m.Case(0):
-                            m.d.sync += [memory.eq(byte[:2]), bad_memory.eq(byte > 2)]
+                            loadable = [byte == _MEMORY[name].value for name in self._depths]
+                            m.d.sync += [memory.eq(byte[:3]), bad_memory.eq(~Cat(*loadable).any())]
                         with m.Case(1):
                             m.d.sync += address[:8].eq(byte)
                         with m.Case(2):
@@ -521,14 +532,16 @@ class NetworkApp(wiring.Component):
     Every request gets one reply that starts with a :class:`Status` byte:
 
     * ``LOAD memory address word…`` writes words to the program (0), weight (1) or
-      parameter (2) memory and replies ``status, count`` (:class:`LoadHandler`);
+      parameter (2) memory or the lookup tables (4) and replies ``status, count``
+      (:class:`LoadHandler`);
     * ``RESTART`` starts the program again at op 0 (after new program words) and replies
       ``OK``;
     * ``INFER word…`` runs one image of ``input_words`` words and replies ``OK`` and the words
       the program stores (:class:`InferHandler`);
     * ``INFO`` replies ``OK, "OM", version, width, input_words, output_words, program,
-      weight, parameter and activation depths, word_bytes of the three memories`` (16-bit
-      fields little-endian, byte fields as bytes).
+      weight, parameter and activation depths, word_bytes of the three memories, table
+      depth, word_bytes of the tables`` (16-bit fields little-endian, byte fields as
+      bytes; the table fields 0 for a core without tables).
 
     Any other first byte is ``BAD_COMMAND``; a command with a missing or extra byte is
     ``BAD_LENGTH`` and is not applied.
@@ -540,9 +553,11 @@ class NetworkApp(wiring.Component):
     load_layout : data.StructLayout
         The core's ``load`` payload (``memory``, ``address``, ``word``).
     depths : dict
-        Depths of the core's ``program``, ``weights``, ``params`` and ``data`` memories.
+        Depths of the core's ``program``, ``weights``, ``params`` and ``data`` memories,
+        and of its ``tables`` if it has them.
     word_bits : dict
-        Bits of a word of the ``program``, ``weights`` and ``params`` memories.
+        Bits of a word of the ``program``, ``weights`` and ``params`` memories (and of
+        the ``tables``, with them).
     input_words, output_words : int
         Words an image takes on ``inputs`` and gives on ``outputs``, 1..65535.
 
@@ -567,8 +582,10 @@ class NetworkApp(wiring.Component):
     def __init__(self, *, width, load_layout, depths, word_bits, input_words, output_words):
         self._width = check_int("Width", width, ARRAY_DIM)
         self._load_layout = _check_load_layout(load_layout)
-        self._depths = _check_table("depths", depths, (*_LOADABLE, "data"), (1, 65536 * 8192))
-        word_bits = _check_table("word_bits", word_bits, _LOADABLE, (1, 65536 * 8192))
+        self._depths = _check_table("depths", depths, (*_LOADABLE, "data"), (1, 65536 * 8192),
+                                    optional=("tables",))
+        word_bits = _check_table("word_bits", word_bits, _LOADABLE, (1, 65536 * 8192),
+                                 optional=("tables",))
         self._input_words = check_int("Input words", input_words, (1, 65535))
         self._output_words = check_int("Output words", output_words, (1, 65535))
         self._word_bytes = {name: -(-bits // 8) for name, bits in word_bits.items()}
@@ -578,11 +595,13 @@ class NetworkApp(wiring.Component):
     @classmethod
     def for_core(cls, core, *, input_words, output_words):
         """The application for ``core`` (a :class:`NetworkCore`)."""
+        tables = core.config.table_depth
         return cls(width=core.width, load_layout=core.load.payload.shape(),
-                   depths=core.depths,
+                   depths={**core.depths, **({"tables": tables} if tables else {})},
                    word_bits={"program": Shape.cast(core.descriptor_layout).width,
                               "weights": Shape.cast(core.weight_layout).width,
-                              "params": Shape.cast(core.param_layout).width},
+                              "params": Shape.cast(core.param_layout).width,
+                              **({"tables": TABLE_ENTRY_BITS} if tables else {})},
                    input_words=input_words, output_words=output_words)
 
     width = property(attrgetter("_width"), doc="Slots per activation word.")
@@ -604,7 +623,8 @@ class NetworkApp(wiring.Component):
                       *_le(self._input_words, 2), *_le(self._output_words, 2),
                       *_le(depths["program"], 2), *_le(depths["weights"], 2),
                       *_le(depths["params"], 2), *_le(depths["data"], 2),
-                      sizes["program"], sizes["weights"], sizes["params"]])
+                      sizes["program"], sizes["weights"], sizes["params"],
+                      *_le(depths.get("tables", 0), 2), sizes.get("tables", 0)])
 
     def elaborate(self, platform):
         m = Module()

@@ -20,8 +20,9 @@ __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_reques
            "encode_infer", "decode_infer", "parse_info", "run_board", "compare_with_golden",
            "demo_inputs", "MEMORIES"]
 
-#: ``LOAD`` memory numbers by the names of ``CompiledNetwork.contents``.
-MEMORIES = {"program": 0, "weights": 1, "params": 2}
+#: ``LOAD`` memory numbers by the names of ``CompiledNetwork.contents`` (``tables`` only
+#: where the program has lookup tables).
+MEMORIES = {"program": 0, "weights": 1, "params": 2, "tables": 4}
 
 
 class BoardError(RuntimeError):
@@ -45,9 +46,11 @@ class BoardInfo:
     word_bytes: dict
 
     def check(self, compiled):
-        """Raise :class:`BoardError` unless ``compiled`` can be loaded into this board."""
+        """Raise :class:`BoardError` unless ``compiled`` can be loaded into this board
+        (the table depth too: it sets the width of the ops' table offsets)."""
         wanted = dict(width=compiled.width, input_words=compiled.input_words,
-                      output_words=compiled.output_words, depths=compiled.config.depths)
+                      output_words=compiled.output_words,
+                      depths={**compiled.config.depths, "tables": compiled.config.table_depth})
         have = dict(width=self.width, input_words=self.input_words,
                     output_words=self.output_words, depths=self.depths)
         if wanted != have:
@@ -56,15 +59,19 @@ class BoardInfo:
 
 def parse_info(reply: bytes) -> BoardInfo:
     """Decode an ``INFO`` reply (status byte included)."""
-    if len(reply) != 20 or reply[0] != Status.OK or reply[1:3] != INFO_MAGIC:
+    if len(reply) < 4 or reply[0] != Status.OK or reply[1:3] != INFO_MAGIC:
         raise BoardError(f"not an INFO reply: {reply.hex(' ')}")
-    version, width, inputs, outputs, program, weights, params, data, *sizes = struct.unpack(
-        "<BBHHHHHHBBB", reply[3:])
-    if version != PROTOCOL_VERSION:
-        raise BoardError(f"protocol version {version}, this host speaks {PROTOCOL_VERSION}")
+    if reply[3] != PROTOCOL_VERSION:
+        raise BoardError(f"protocol version {reply[3]}, this host speaks {PROTOCOL_VERSION}")
+    if len(reply) != 23:
+        raise BoardError(f"not an INFO reply of protocol version {PROTOCOL_VERSION}: "
+                         f"{reply.hex(' ')}")
+    (version, width, inputs, outputs, program, weights, params, data, *sizes, tables,
+     table_bytes) = struct.unpack("<BBHHHHHHBBBHB", reply[3:])
     return BoardInfo(version, width, inputs, outputs,
-                     {"program": program, "weights": weights, "params": params, "data": data},
-                     dict(zip(("program", "weights", "params"), sizes)))
+                     {"program": program, "weights": weights, "params": params, "data": data,
+                      "tables": tables},
+                     dict(zip(("program", "weights", "params", "tables"), (*sizes, table_bytes))))
 
 
 def encode_load(memory: str, address: int, words, word_bytes: int) -> bytes:
@@ -74,9 +81,10 @@ def encode_load(memory: str, address: int, words, word_bytes: int) -> bytes:
 
 
 def load_requests(compiled, info: BoardInfo, max_payload: int):
-    """``LOAD`` requests that write every memory image of ``compiled``, each at most
-    ``max_payload`` bytes, then ``RESTART``; yields ``(request, words)``."""
-    for memory in MEMORIES:
+    """``LOAD`` requests that write every memory image of ``compiled`` (its lookup tables
+    too, where it has them), each at most ``max_payload`` bytes, then ``RESTART``; yields
+    ``(request, words)``."""
+    for memory in (name for name in MEMORIES if name in compiled.contents):
         words = list(compiled.contents[memory])
         size = info.word_bytes[memory]
         per_frame = max(1, (max_payload - 4) // size)
@@ -133,13 +141,8 @@ class BoardClient(SerialLink):
 
     def load(self, compiled) -> int:
         """Write every memory image of ``compiled`` and restart the program; returns the
-        words written. Raises :class:`BoardError` if the board does not fit ``compiled``,
-        ``compiled`` has lookup tables, or the board refuses a write."""
-        if compiled.contents.get("tables"):
-            # silently keeping the preloaded tables would give another program's answers
-            raise BoardError("the program has lookup tables, which LOAD cannot write (the "
-                             "board protocol has no table memory): run it without --load on "
-                             "a board built with it (olmac board build --program)")
+        words written. Raises :class:`BoardError` if the board does not fit ``compiled``
+        or refuses a write."""
         info = self.info()
         info.check(compiled)
         max_payload = self._board_max_payload or 1 + info.input_words * info.width * 2

@@ -115,8 +115,9 @@ class ErrorCode(enum.IntEnum):
     REPLY_OVERFLOW = 0x07
 
 
-#: Version byte of the network application's command protocol, reported by ``INFO``.
-PROTOCOL_VERSION = 1
+#: Version byte of the network application's command protocol, reported by ``INFO``
+#: (2: ``INFO`` reports the lookup-table memory and ``LOAD`` writes it, memory 4).
+PROTOCOL_VERSION = 2
 #: First two bytes of an ``INFO`` reply after the status.
 INFO_MAGIC = b"OM"
 

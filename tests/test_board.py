@@ -169,12 +169,12 @@ def test_serial_requantizer_refuses_bad_parameters(kwargs, message):
 
 # -- the network application (docs/host_link.md §6) ------------------------------------------
 
-from amaranth.hdl import unsigned
-from amaranth.lib import data
+from amaranth.hdl import Elaboratable, Module, unsigned
+from amaranth.lib import data, wiring
 
 from olmac.hw.network import NetworkCore
 from olmac.hw.network_app import NetworkApp
-from olmac.spec import Command, Status
+from olmac.spec import PROTOCOL_VERSION, Command, Status
 from olmac.board import parse_info
 
 _APP = dict(width=2, depths={"program": 4, "weights": 8, "params": 3, "data": 16},
@@ -295,9 +295,10 @@ def test_app_commands():
     ])
     info = parse_info(replies[0])
     assert (info.width, info.input_words, info.output_words) == (2, 3, 2)
-    assert info.depths == _APP["depths"]
-    assert info.word_bytes == {"program": 3, "weights": 2, "params": 2}  # 20, 12, 9 bits
-    assert replies[0][:5] == bytes([Status.OK]) + b"OM" + bytes([1, 2])
+    assert info.depths == {**_APP["depths"], "tables": 0}  # a core without tables
+    assert info.word_bytes == {"program": 3, "weights": 2, "params": 2,  # 20, 12, 9 bits
+                               "tables": 0}
+    assert replies[0][:5] == bytes([Status.OK]) + b"OM" + bytes([PROTOCOL_VERSION, 2])
     assert replies[1] == bytes([Status.OK, 2, 0])
     assert core.loads[:2] == [(NetworkCore.Memory.PROGRAM, 1, 0x51234),
                               (NetworkCore.Memory.PROGRAM, 2, 0x6ABCD)]
@@ -374,6 +375,69 @@ def test_app_refuses_bad_parameters(kwargs, error, message):
     params.update(kwargs)
     with pytest.raises(error, match=message):
         NetworkApp(**params)
+
+
+class _AppOnCore(Elaboratable):
+    """The board top without its UART: ``app`` in front of ``core``, wired as
+    :class:`fpga.board.NetworkBoard` wires them; the test drives ``app.host``."""
+
+    def __init__(self, app, core):
+        self.app, self.core = app, core
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.app, m.submodules.core = app, core = self.app, self.core
+        wiring.connect(m, app.inputs, core.inputs)
+        wiring.connect(m, core.outputs, app.outputs)
+        wiring.connect(m, app.load, core.load)
+        m.d.comb += app.fault.eq(core.fault)
+        return m
+
+
+def test_load_writes_the_lookup_tables():
+    """LOAD memory 4 (§6) writes the core's lookup tables: a program with a sigmoid and a
+    Hardswish on a core preloaded with zero tables gives other logits than golden's; after
+    the host's LOAD of every memory image (tables included, ``load_requests``) and
+    RESTART, its INFERs are bit-exact against golden ``run_integer``. INFO reports the
+    table depth and word size, and a LOAD past the tables' end is BAD_ADDRESS."""
+    from torch import nn
+
+    from olmac.board import decode_infer, encode_infer, load_requests
+    from olmac.compiler import compile_program
+    from olmac.golden.program import quantize_model, run_integer
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sigmoid(), nn.Linear(6, 5), nn.Hardswish(), nn.Linear(5, 3))
+    program = quantize_model(model.eval(), torch.rand(64, 6), act_bits=4, weight_bits=4,
+                             act_calibration="max")
+    compiled = compile_program(program, width=2)
+    depth = compiled.config.table_depth
+    core = NetworkCore(compiled.config, **{**compiled.contents, "tables": [0] * depth})
+    app = NetworkApp.for_core(core, input_words=compiled.input_words,
+                              output_words=compiled.output_words)
+    pixels = torch.randint(0, 17, (3, 6), generator=torch.Generator().manual_seed(2))
+    info = parse_info(app.info())
+    assert (info.depths["tables"], info.word_bytes["tables"]) == (depth, 2)
+    loads = [request for request, _words in load_requests(compiled, info, app.request_bytes)]
+    assert any(request[:2] == bytes([Command.LOAD, 4]) for request in loads)
+    requests = ([encode_infer(compiled, pixels[0])] + loads
+                + [bytes([Command.LOAD, 4, *_le16(depth), 0, 0])]
+                + [encode_infer(compiled, image) for image in pixels])
+    replies = []
+
+    async def host(ctx):
+        for payload in requests:
+            replies.append(await _exchange(ctx, app, payload))
+
+    sim = Simulator(_AppOnCore(app, core))
+    sim.add_clock(1e-6)
+    sim.add_testbench(host)
+    sim.run()
+    expected = run_integer(program, pixels)
+    assert not torch.equal(decode_infer(compiled, replies[0]), expected[0])
+    assert all(reply[0] == Status.OK for reply in replies[1:len(loads) + 1])
+    assert replies[len(loads) + 1] == bytes([Status.BAD_ADDRESS, 0, 0])
+    logits = torch.stack([decode_infer(compiled, reply) for reply in replies[-3:]])
+    assert torch.equal(logits, expected)
 
 
 # -- the board top on the iCE40UP5K (docs/host_link.md §6) ------------------------------------

@@ -310,13 +310,15 @@ def test_load_handler_writes_words_and_reports_the_count():
     """LOAD (§6): ``01, memory, address (2), word…`` writes consecutive addresses and replies
     ``status, count (2)``; count says how many words were written also when a request fails:
     BAD_ADDRESS at a word past the end of its memory, BAD_MEMORY for a memory other than 0..2
-    (nothing written), BAD_LENGTH for a header or a last word cut short."""
+    (nothing written; 4, the tables, on a core without them), BAD_LENGTH for a header or a
+    last word cut short."""
     dut = LoadHandler(load_layout=_LOAD_LAYOUT, depths=_DEPTHS, word_bytes=_WORD_BYTES)
     requests = [
         [Command.LOAD, 1, 2, 0, 0x34, 0x12, 0x78, 0x56],  # two weight words from 2
         [Command.LOAD, 2, 2, 0, 7, 8],                    # params depth 3: the 2nd is past it
         [Command.LOAD, 2, 3, 0, 5, 6],                    # past the end at once: none written
         [Command.LOAD, 3, 0, 0, 1],                       # memory 3 is not loadable
+        [Command.LOAD, 4, 0, 0, 1],                       # no tables here
         [Command.LOAD, 0, 0, 0, 1, 2, 3, 4],              # program: 3-byte words, 1 left over
         [Command.LOAD, 0, 1, 0],                          # a header and no word
         [Command.LOAD, 0],                                # header cut short
@@ -328,7 +330,7 @@ def test_load_handler_writes_words_and_reports_the_count():
     _simulate(dut, host, writes.run)
     assert host.replies == [bytes([Status.OK, 2, 0]), bytes([Status.BAD_ADDRESS, 1, 0]),
                             bytes([Status.BAD_ADDRESS, 0, 0]), bytes([Status.BAD_MEMORY, 0, 0]),
-                            bytes([Status.BAD_LENGTH, 1, 0]), bytes([Status.BAD_LENGTH, 0, 0]),
+                            bytes([Status.BAD_MEMORY, 0, 0]), bytes([Status.BAD_LENGTH, 1, 0]), bytes([Status.BAD_LENGTH, 0, 0]),
                             bytes([Status.BAD_LENGTH, 0, 0]), bytes([Status.BAD_LENGTH, 0, 0]),
                             bytes([Status.OK, 1, 0])]
     assert writes.received == [(NetworkCore.Memory.WEIGHTS, 2, 0x1234),
@@ -336,6 +338,23 @@ def test_load_handler_writes_words_and_reports_the_count():
                       (NetworkCore.Memory.PARAMS, 2, 7),
                       (NetworkCore.Memory.PROGRAM, 0, 0x030201),
                       (NetworkCore.Memory.PROGRAM, 3, 0xCCBBAA)]
+
+
+def test_load_handler_writes_the_tables_of_a_core_with_them():
+    """LOAD memory 4 (§6) writes table entries (``word_bytes["tables"]`` bytes each) where
+    the core has tables; past their depth it is BAD_ADDRESS."""
+    dut = LoadHandler(load_layout=_LOAD_LAYOUT, depths={**_DEPTHS, "tables": 3},
+                      word_bytes={**_WORD_BYTES, "tables": 2})
+    requests = [[Command.LOAD, 4, 1, 0, 0x05, 0x01, 0xFF, 0x00],  # entries 1 and 2
+                [Command.LOAD, 4, 3, 0, 0x01, 0x00],              # past the end
+                [Command.LOAD, 3, 0, 0, 1]]                       # still not loadable
+    writes = _Beats(dut.load, ("memory", "address", "word"), [], seed=2)
+    host = _Host(dut.host, requests, [], seed=3)
+    _simulate(dut, host, writes.run)
+    assert host.replies == [bytes([Status.OK, 2, 0]), bytes([Status.BAD_ADDRESS, 0, 0]),
+                            bytes([Status.BAD_MEMORY, 0, 0])]
+    assert writes.received == [(NetworkCore.Memory.TABLES, 1, 0x105),
+                               (NetworkCore.Memory.TABLES, 2, 0xFF)]
 
 
 @pytest.mark.parametrize("kwargs,error,message", [

@@ -177,14 +177,20 @@ def test_quantize_refuses_tables_for_a_core_without_them(tmp_path, capsys):
     assert len(lines) == 5 and not out.exists()
 
 
-def test_board_refuses_to_load_tables():
-    """The board protocol has no table memory: loading a program with tables over the link
-    is refused (keeping the preloaded tables would answer for another program); the check
-    comes before any frame is sent."""
-    from olmac.board import BoardClient, BoardError
+def test_board_refuses_a_program_whose_table_depth_is_not_its_own():
+    """docs/host_link.md §6: INFO reports the board's table depth and the host refuses a
+    program of another (an op's table offset is taken modulo the table memory's size, so
+    another depth would look up other entries), here on a board without tables."""
+    from olmac.board import BoardError, BoardInfo
+    from olmac.spec import PROTOCOL_VERSION
     torch.manual_seed(0)
     compiled = compile_program(_program(nn.Sequential(nn.Linear(6, 5), nn.Tanh(),
                                                       nn.Linear(5, 3)), (6,)))
-    with pytest.raises(BoardError, match=r"^the program has lookup tables, which LOAD cannot "
-                                         r"write"):
-        BoardClient.load(None, compiled)  # no link: nothing may be sent
+    sizes = {"program": 1, "weights": 1, "params": 1}
+    board = BoardInfo(PROTOCOL_VERSION, compiled.width, compiled.input_words,
+                      compiled.output_words, {**compiled.config.depths, "tables": 0},
+                      {**sizes, "tables": 0})
+    with pytest.raises(BoardError, match=r"^the compiled network \(.*'tables': 16\}\}\) does "
+                                         r"not fit the board \(.*'tables': 0\}\}\)$"):
+        board.check(compiled)
+    dataclasses.replace(board, depths={**board.depths, "tables": 16}).check(compiled)
