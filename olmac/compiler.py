@@ -20,7 +20,7 @@ from olmac.hw.codebook import DECODER_IDX_BITS, MAX_SUBGROUPS
 from olmac.hw.network import (ACT_SHIFT_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES, STORAGE_BITS,
                               TABLE_ENTRY_BITS, CodebookMode, NetworkCore, OpKind, code_tiles,
                               codebook_word_entries)
-from olmac.spec import ACT_BITS, CORE_SCHEMES, PLANE_SHIFT_BITS
+from olmac.spec import ACT_BITS, CORE_SCHEMES, OUTLIER_LANES, PLANE_SHIFT_BITS
 
 __all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES",
            "digit_count", "plan_passes", "with_copy_gemms"]
@@ -1008,6 +1008,7 @@ class _Compiler:
 
 def compile_program(program: IntegerProgram, *, width: int = 8,
                     weight_outlier_slots: int | None = None,
+                    weight_outlier_lanes: int | None = None,
                     array_bits: tuple[int, int] | None = None, act_outlier_lanes: int = 1,
                     packed: bool = True, tables: bool = True,
                     codebook: bool = True) -> CompiledNetwork:
@@ -1018,10 +1019,13 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     the array runs as several passes (``plan_passes``, docs/network.md §15). By default the
     array is as wide as the program needs and every layer runs in one pass (multi-tensor
     layers: one per plane): activations as wide as the widest GEMM input (unsigned if every
-    GEMM input is), weights as the widest GEMM weight. One weight-outlier lane when a layer
-    is value-aware, with as many slots per weight word as the fullest beat needs (or
-    ``weight_outlier_slots``), and ``act_outlier_lanes`` activation-outlier lanes with an
-    outlier memory when a value keeps activation outliers (docs/program.md §18). With
+    GEMM input is), weights as the widest GEMM weight. When a layer is value-aware, the
+    array has as many weight-outlier slots per weight word as the fullest beat needs (or
+    ``weight_outlier_slots``) and ``weight_outlier_lanes`` lanes to multiply them (by
+    default ``width // 4``, at least one; never more than the slots): a beat whose outliers
+    outnumber the lanes holds the array a cycle per further group (docs/network.md §15).
+    A value that keeps activation outliers gets ``act_outlier_lanes`` activation-outlier
+    lanes and an outlier memory (docs/program.md §18). With
     ``packed`` every value that fits the array's activation slot (all but the pixels, the
     highway tensors, the residuals, the logits and values read in digit passes) is stored
     in a packed memory of ``act_bits``-bit slots (docs/network.md §15); without, every
@@ -1037,7 +1041,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     Raises
     ------
     TypeError
-        If ``width`` or ``array_bits`` is not of its form.
+        If ``width``, ``weight_outlier_lanes`` or ``array_bits`` is not of its form.
     CompileError
         For every op the core cannot run, one line each: a feature map or kernel beyond
         the descriptor fields, a layer whose passes do not fit (too many, or no order for
@@ -1048,6 +1052,11 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     """
     if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 64:
         raise TypeError(f"width must be an integer in 1..64, not {width!r}")
+    if weight_outlier_lanes is not None and (
+            isinstance(weight_outlier_lanes, bool) or not isinstance(weight_outlier_lanes, int)
+            or not 1 <= weight_outlier_lanes <= OUTLIER_LANES[1]):
+        raise TypeError(f"weight_outlier_lanes must be an integer in 1..{OUTLIER_LANES[1]}, "
+                        f"not {weight_outlier_lanes!r}")
     program, labels = with_copy_gemms(program, width)
     gemms = [op for op in program.ops if isinstance(op, Gemm)]
     formats = {(program.values[op.input].bits, program.values[op.input].signed)
@@ -1074,8 +1083,12 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         slots = weight_outlier_slots
     options = {}
     if compiler.outlier_bits:
-        options.update(weight_outlier_lanes=1, weight_outlier_bits=compiler.outlier_bits,
-                       weight_outlier_slots=max(slots, 1))
+        slots = max(slots, 1)
+        # A lane costs one outlier multiplier and its column adders, small beside the
+        # width² dense products from width 8 on; one lane keeps the smallest arrays small.
+        lanes = min(weight_outlier_lanes or max(width // 4, 1), slots)
+        options.update(weight_outlier_lanes=lanes, weight_outlier_bits=compiler.outlier_bits,
+                       weight_outlier_slots=slots)
     if compiler.plane_shift:
         options.update(plane_shift_bits=compiler.plane_shift.bit_length(),
                        max_plane_shift=compiler.max_plane_shift)

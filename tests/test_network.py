@@ -204,6 +204,25 @@ def test_compiler_refuses_too_few_outlier_slots(mlp_data):
         compile_program(program, weight_outlier_slots=needed - 1)
 
 
+@pytest.mark.parametrize("width,lanes,expected", [(8, None, 2), (4, None, 1), (8, 1, 1),
+                                                   (16, None, 4), (8, 16, "slots")])
+def test_compiler_weight_outlier_lanes(mlp_data, width, lanes, expected):
+    """Weight-outlier lanes: ``width // 4`` by default (one at width 4), or as asked, never
+    more than the slots a beat has (the MLP's fullest beat holds at least three)."""
+    config = compile_program(_program(mlp_data), width=width,
+                             weight_outlier_lanes=lanes).config
+    assert config.weight_outlier_slots >= 3
+    assert config.weight_outlier_lanes == (config.weight_outlier_slots if expected == "slots"
+                                           else expected)
+
+
+@pytest.mark.parametrize("lanes", [0, 17, True, 2.0])
+def test_compiler_refuses_bad_weight_outlier_lanes(mlp_data, lanes):
+    with pytest.raises(TypeError, match=rf"^weight_outlier_lanes must be an integer in "
+                                        rf"1\.\.16, not {lanes!r}$"):
+        compile_program(_program(mlp_data), weight_outlier_lanes=lanes)
+
+
 def test_compiler_program_shape(cnn_data):
     """The CNN compiles to LOAD, one op per arithmetic op (flatten is free), STORE."""
     program = _program(cnn_data)
