@@ -188,6 +188,40 @@ def test_loader_of_no_words_halts():
     _simulate(dut, bench)
 
 
+def test_loader_holds_an_offered_write_while_words_arrive():
+    """Stream rules on ``writes`` (found by the ``net_loader`` proof): a memory write once
+    offered stays offered, with its payload, until it is taken, though input words arrive
+    meanwhile (they are still written), and the ``LOAD`` is done only as it is taken."""
+    dut = Loader(CONFIG)
+    writes = []
+
+    async def watch(ctx):
+        async for _, _, en, addr in ctx.tick().sample(dut.write.en, dut.write.addr):
+            if en:
+                writes.append(addr)
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(kind=OpKind.LOAD, out_base=3, count=1))
+        ctx.set(dut.load.valid, 1)
+        ctx.set(dut.load.payload, {"memory": NetworkCore.Memory.PARAMS, "address": 2,
+                                   "word": 99})
+        assert ctx.get(dut.writes.valid)
+        await ctx.tick()                        # offered, not taken (a narrow memory's row)
+        ctx.set(dut.inputs.valid, 1)
+        ctx.set(dut.inputs.payload, [7, 8])
+        for _ in range(3):
+            assert ctx.get(dut.writes.valid) and ctx.get(dut.writes.payload.word) == 99
+            assert not ctx.get(dut.done)
+            await ctx.tick()
+            ctx.set(dut.inputs.valid, 0)
+        ctx.set(dut.writes.ready, 1)             # taken: the op may end with it
+        assert ctx.get(dut.load.ready) and ctx.get(dut.done)
+        await ctx.tick()
+
+    _simulate(dut, watch, bench)
+    assert writes == [3]
+
+
 def test_storer_streams_words_with_last_under_stalls():
     """``STORE``: ``count`` words from ``in_base`` to ``outputs``, ``last`` on the final
     one, each held while ``outputs`` stalls; done once the last word has left."""

@@ -257,7 +257,7 @@ class NarrowMemories(_Memories):
         """A descriptor a row a cycle (a row arrives the cycle after its address)."""
         slices = self._slices["program"]
         rows = len(slices)
-        gathering = Signal()
+        gathering = Signal(name="fetch_gathering")
         index = Signal(range(rows + 1))
         base = Signal.like(program.addr)
         word = Signal(len(self.descriptor.payload.as_value()))

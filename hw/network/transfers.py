@@ -16,7 +16,8 @@ class Loader(wiring.Component):
     """Runs a ``LOAD`` op: ``count`` words from ``inputs`` to the activation memory from
     ``out_base``. While it waits and ``inputs`` offers nothing, it passes ``load`` beats on
     as memory writes (so program, weights and parameters change only between images) and
-    turns a ``RESTART`` beat into ``restart``. A ``LOAD`` of no words never ends: an empty
+    turns a ``RESTART`` beat into ``restart``; a write offered on ``writes`` stays offered
+    until it is taken, and the op ends only after it. A ``LOAD`` of no words never ends: an empty
     program memory halts.
 
     Parameters
@@ -67,14 +68,21 @@ class Loader(wiring.Component):
             m.d.sync += index.eq(0)
         with m.Elif(taken):
             m.d.sync += index.eq(index + 1)
+        # A memory write once offered stays offered until it is taken (the stream rules:
+        # a narrow memory takes a word a row a cycle), even if words arrive on `inputs`
+        # meanwhile, and the op does not end under it.
+        offered = Signal()
+        waiting = self.writes.valid & ~self.writes.ready
+        m.d.sync += offered.eq(waiting)
         m.d.comb += [
             self.write.addr.eq(op.out_base + index),
             self.write.data.eq(self.inputs.payload),
             self.write.en.eq(taken),
-            self.done.eq(loading_op & ~start & (op.count != 0) & (index == op.count)),
+            self.done.eq(loading_op & ~start & (op.count != 0) & (index == op.count)
+                         & ~waiting),
         ]
 
-        open_ = loading_op & ~self.inputs.valid
+        open_ = loading_op & (~self.inputs.valid | offered)
         is_restart = self.load.payload.memory == LoadTarget.RESTART
         m.d.comb += [
             self.writes.valid.eq(self.load.valid & open_ & ~is_restart),

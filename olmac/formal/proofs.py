@@ -2,7 +2,7 @@
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +12,9 @@ from amaranth.lib import data
 from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.gemm_engine import GemmEngine
 from olmac.hw.host_link import FrameReceiver, FrameTransmitter, LoopbackApp, RequestSlots
-from olmac.hw.network.layouts import LoadTarget
+from olmac.hw.network import (ActOutlierStore, BeatWalk, CodebookPath, Loader, LoadTarget,
+                              NarrowMemories, NetworkCore, OutputWalk, ParamFeed, Reducer,
+                              Sequencer, Storer, TablePart, WideMemories, WriteBack)
 from olmac.hw.network_app import Dispatcher, FixedCommand, InferHandler, LoadHandler
 from olmac.hw.mac_array import MacArray
 from olmac.hw.outlier_rules import OutlierRules
@@ -35,6 +37,8 @@ from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
                          fixed_command_counts, frame_transmitter_invariants,
                          gemm_engine_counts, infer_handler_counts, load_handler_counts,
                          loopback_counts)
+from .network_mutants import ForcedOutput
+from .network_properties import PART_SPECS, PartProperties
 from .runner import prove
 
 __all__ = ["Proof", "PROOFS", "run_all"]
@@ -173,6 +177,68 @@ _STREAM_BLOCKS = {
 }
 
 
+#: The network core's parts at small sizes: one lane, memories of 2-4 words; with one
+#: activation-outlier lane and a one-codebook SYQ decoder; two lanes, narrow memories and
+#: the serial requantizer (per-channel side answers).
+_NET = NetworkCore.Config(width=1, act_bits=2, weight_bits=2, max_k=4, data_depth=4,
+                          weight_depth=2, param_depth=2, program_depth=2)
+_NET_OPTIONS = replace(_NET, act_outlier_lanes=1, act_outlier_block_words=1, outlier_depth=2,
+                       codebook_subgroups=1)
+_NET_SERIAL = replace(_NET, width=2, data_depth=2, requantizer="serial", memories="narrow")
+
+#: name → (the part's entry in ``PART_SPECS``, builder, mutants): ``withdrawn`` (the first
+#: sending port hides a beat), ``lost:<port>`` (the receiving port says ready without
+#: taking: a transfer lost), ``phantom:<port>`` (a sending port offers a beat that never
+#: was, and withdraws it), ``unwritten:<port>`` (a memory write dropped).
+_NETWORK_PARTS = {
+    "sequencer": ("sequencer", lambda: Sequencer(_NET), ("withdrawn", "lost:descriptor")),
+    "loader": ("loader", lambda: Loader(_NET), ("withdrawn", "lost:load")),
+    "storer": ("storer", lambda: Storer(_NET), ("withdrawn",)),
+    "beat_walk": ("beat_walk", lambda: BeatWalk(_NET), ("withdrawn",)),
+    "beat_walk_options": ("beat_walk", lambda: BeatWalk(_NET_OPTIONS), ("withdrawn",)),
+    "output_walk": ("output_walk", lambda: OutputWalk(_NET), ("withdrawn",)),
+    "reducer": ("reducer", lambda: Reducer(_NET), ("withdrawn", "lost:beats")),
+    "param_feed": ("param_feed", lambda: ParamFeed(_NET), ("withdrawn", "lost:words")),
+    "write_back": ("write_back", lambda: WriteBack(_NET), ("unwritten:write",)),
+    "act_outlier_store": ("act_outlier_store", lambda: ActOutlierStore(_NET_OPTIONS),
+                          ("withdrawn", "lost:results")),
+    "table_part": ("table_part", lambda: TablePart(TablePart.Config(width=1, depth=4)),
+                   ("withdrawn", "lost:results")),
+    "codebook_path": ("codebook_path", lambda: CodebookPath(_NET_OPTIONS), ("withdrawn",)),
+    "wide_memories": ("wide_memories", lambda: WideMemories(_NET, {}),
+                      ("withdrawn", "lost:side")),
+    # A narrow memory offers a word only after gathering its rows (10 cycles for a
+    # descriptor): a withdrawn one is beyond a depth-4 base case, a phantom one is not.
+    "narrow_memories": ("narrow_memories", lambda: NarrowMemories(_NET, {}),
+                        ("phantom:descriptor", "lost:side")),
+    "narrow_channels": ("narrow_memories",
+                        lambda: NarrowMemories(_NET_SERIAL, {}, per_channel=True),
+                        ("phantom:side_words", "lost:side")),
+}
+
+
+def _broken_part(part, fault):
+    """``part`` with one of the faults of ``_NETWORK_PARTS``."""
+    kind, _, port = fault.partition(":")
+    if kind == "withdrawn":
+        return WithdrawnStream(part)
+    member = {"lost": "ready", "phantom": "valid", "unwritten": "en"}[kind]
+    return ForcedOutput(part, (port, member), int(kind != "unwritten"))
+
+
+def _part_proof(name, spec, build, faults):
+    """The stream rules and counts of a network part (``network_properties``), and the
+    mutants that must fail them."""
+    environment, promises, pace = PART_SPECS[spec]
+    def wrap(part):
+        return PartProperties(part, environment=environment, promises=promises, pace=pace)
+    return Proof(f"net_{name}", lambda: wrap(build()),
+                 {fault.partition(":")[0]: (lambda fault=fault: wrap(_broken_part(build(),
+                                                                               fault)))
+                  for fault in faults},
+                 depth=4)
+
+
 def _requant_proof(out_signed, *, at_queue):
     """§3 on a one-column u2/s2 requantizer with 4-bit accumulators, parameters and shifts
     up to 5, against an input skewed by one: end to end (bounded), or at the output queue's
@@ -283,6 +349,7 @@ PROOFS = (
     _array_proof("mac_array_2x2_outlier_planes", _OUTLIER_PLANE_ARRAY,
                  {fault: (lambda fault=fault, **p: TamperedArray(fault, **p))
                   for fault in TamperedArray.FAULTS}, slow=True),
+    *(_part_proof(name, *spec) for name, spec in _NETWORK_PARTS.items()),
 )
 
 

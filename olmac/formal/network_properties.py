@@ -1,0 +1,457 @@
+"""Property wrappers of the network core's parts (hw/network/): the stream rules on every port
+through which a part sends, and transfers counted between what it takes and what it sends.
+
+A part of the core listens to the sequencer's ``control`` port and reads memories through
+read ports; both are its environment, and a wrapper drives them as the rest of the core
+does (each rule below is a promise of the sequencer or of a memory, stated in
+docs/formal.md and, for the sequencer, proved by ``net_sequencer``):
+
+* **control**: ``start`` is a one-cycle pulse between ops, ``running`` follows it and lasts
+  until the op ends, and the descriptor ``op`` is free between ops and holds from ``start``
+  until the op's last running cycle. When an op may end is the part's own environment
+  rule (e.g. a compute op ends with the write-back's last write, so after every beat of
+  its walks has been taken).
+* **read ports**: a memory read port's ``data`` changes only in the cycle after a cycle
+  with ``en`` (a synchronous read port with an enable; what it reads is free).
+* **streams**: every stream the part receives keeps the stream rules (assumed); ready and
+  every other input are free in every cycle unless the part's environment says otherwise.
+"""
+
+from types import SimpleNamespace
+
+from amaranth.asserts import AnySeq
+from amaranth.hdl import *
+from amaranth.lib.memory import ReadPort
+from amaranth.lib.wiring import In
+
+from olmac.hw.network.layouts import (CodebookMode, ControlSignature, LoadTarget, OpKind,
+                                      is_compute)
+from .properties import StreamRules, _fsm_states, _registers, _under_test, output_streams
+
+__all__ = ["PartProperties", "count_transfers", "PART_SPECS"]
+
+
+def _read_ports(part):
+    """Every memory read port through which ``part`` reads (its ``data`` an input of
+    ``part``)."""
+    received = {id(value) for _path, member, value in part.signature.flatten(part)
+                if member.flow == In}
+    return [getattr(part, name) for name, member in part.signature.members.items()
+            if member.is_signature and isinstance(member.signature, ReadPort.Signature)
+            and id(getattr(part, name).data) in received]
+
+
+def count_transfers(m, name, taken, sent, capacity, *, held_is=None):
+    """Counts transfers into and out of a part: ``taken`` (beats taken this cycle, a value)
+    and ``sent`` (beats sent this cycle). Asserts that no more leave than came in (none
+    created) and that at most ``capacity`` are inside after the cycle (none lost or stuck
+    beyond the part's room); with ``held_is``, that the beats inside before this cycle are
+    exactly that value (the part's own storage, e.g. its output ``valid``)."""
+    held = Signal(range(capacity + 1), name=f"{name}_held")
+    total = Signal(range(capacity + (1 << len(Value.cast(taken)))), name=f"{name}_total")
+    m.d.comb += total.eq(held + taken)
+    m.d.sync += held.eq(total - sent)
+    m.d.comb += [Assert(held <= capacity),
+                 Assert(total >= sent, f"{name}: a transfer sent that never came in"),
+                 Assert(total - sent <= capacity, f"{name}: a transfer lost or doubled")]
+    if held_is is not None:
+        m.d.comb += Assert(held == held_is, f"{name}: the beats held differ from the count")
+
+
+class PartProperties(Elaboratable):
+    """The stream rules on every port through which ``part`` sends, under the environment of
+    the module docstring, plus a part's own environment rules and promises.
+
+    Parameters
+    ----------
+    part : wiring.Component
+        The part under test, or a broken variant with the same ports.
+    environment : callable or None
+        ``environment(env)`` returns the part's own assumptions; ``env`` is a namespace with
+        ``m``, ``part``, ``fragment`` (to name registers), ``control`` (or ``None``),
+        ``running`` (the op runs) and ``end`` (high in the op's last running cycle; free
+        unless the part's environment restricts it).
+    promises : callable or None
+        ``promises(env)`` adds the part's assertions (counting, invariants) to ``env.m``.
+    pace : dict or None
+        Sending or receiving port name → the port whose ``ready`` takes it: a sideband
+        stream, valid with and taken with another (the beat walk's ``weights`` with
+        ``act``). Its rules are stated against that ``ready``.
+    """
+
+    def __init__(self, part, *, environment=None, promises=None, pace=None):
+        self._part = part
+        self._environment = environment
+        self._promises = promises
+        self._pace = pace or {}
+
+    def elaborate(self, platform):
+        m = Module()
+        part = self._part
+        fragment = _under_test(m, part, platform)
+        member = part.signature.members.get("control")
+        control = (part.control if member is not None and member.flow == In
+                   and isinstance(member.signature, ControlSignature) else None)
+        env = SimpleNamespace(m=m, part=part, fragment=fragment, control=control,
+                              running=Signal(name="env_running"), end=Signal(name="env_end"))
+        driven = set()
+        if control is not None:
+            driven |= {id(control.op), id(control.start), id(control.running)}
+            self._drive_control(env)
+        for port in _read_ports(part):
+            driven.add(id(port.data))
+            self._drive_read_port(m, port)
+        for _path, member, value in part.signature.flatten(part):
+            if member.flow == In and id(value) not in driven:
+                m.d.comb += Value.cast(value).eq(AnySeq(len(Value.cast(value))))
+        ports = {name.split(".", 1)[1]: port for name, port in
+                 output_streams(part) + output_streams(part, sending=False)}
+        sending = {name.split(".", 1)[1] for name, _ in output_streams(part)}
+        for index, (name, port) in enumerate(ports.items()):
+            if name in self._pace:
+                leader = ports[self._pace[name]]
+                port = SimpleNamespace(valid=port.valid, ready=leader.ready,
+                                       payload=port.payload)
+                m.d.comb += (Assert if name in sending else Assume)(
+                    port.valid == leader.valid, f"{name} not valid with its beat")
+            m.submodules[f"rules_{index}"] = StreamRules(port, assume=name not in sending)
+        if self._environment is not None:
+            m.d.comb += self._environment(env)
+        if self._promises is not None:
+            self._promises(env)
+        return m
+
+    @staticmethod
+    def _drive_control(env):
+        """The sequencer's side of ``control`` (module docstring)."""
+        m, control = env.m, env.control
+        start, end, running = AnySeq(1), env.end, env.running
+        op = Value.cast(control.op)
+        previous = Signal.like(op, name="env_previous_op")
+        m.d.comb += [control.start.eq(start), control.running.eq(running),
+                     op.eq(AnySeq(len(op))), end.eq(AnySeq(1) & running)]
+        m.d.sync += [running.eq(start | (running & ~end)), previous.eq(op)]
+        # `running` follows a start or a running cycle that did not end the op
+        m.d.comb += [Assume(~(start & running), "start between ops only"),
+                     Assume(~running | (op == previous), "the op changed while it ran")]
+
+    @staticmethod
+    def _drive_read_port(m, port):
+        """A synchronous read port: ``data`` changes only after a cycle with ``en``."""
+        data = Value.cast(port.data)
+        enabled = Signal(name="env_read_en")
+        previous = Signal.like(data, name="env_read_data")
+        m.d.comb += data.eq(AnySeq(len(data)))
+        m.d.sync += [enabled.eq(port.en), previous.eq(data)]
+        m.d.comb += Assume(enabled | (data == previous), "read data changed without en")
+
+
+def _op_ends(may=None, must=None):
+    """An environment rule: the op may end only where ``may(env)`` and must end where
+    ``must(env)`` (each a condition checked while the op runs)."""
+    def rules(env):
+        result = []
+        if may is not None:
+            result.append(Assume(~env.end | may(env)))
+        if must is not None:
+            result.append(Assume(~(env.running & must(env)) | env.end))
+        return result
+    return rules
+
+
+def _both(*environments):
+    """All the rules of ``environments``."""
+    return lambda env: [rule for environment in environments for rule in environment(env)]
+
+
+def _kind(env, *kinds):
+    """The op is of one of ``kinds``."""
+    kind = env.control.op.kind
+    return Cat(*(kind == k for k in kinds)).any()
+
+
+def _idle(port):
+    """No beat of ``port`` waits for ``ready`` this cycle."""
+    return ~port.valid | port.ready
+
+
+def _only_while(port_name, *kinds):
+    """The producer of ``port_name`` offers beats only while an op of ``kinds`` runs."""
+    def rule(env):
+        port = getattr(env.part, port_name)
+        return [Assume(~port.valid | (env.running & _kind(env, *kinds)),
+                       f"{port_name} outside its ops")]
+    return rule
+
+
+def _per_op(env, name, step):
+    """A count of ``step`` since the op's start."""
+    count = Signal(8, name=name)
+    with env.m.If(env.control.start):
+        env.m.d.sync += count.eq(0)
+    with env.m.Elif(step):
+        env.m.d.sync += count.eq(count + 1)
+    return count
+
+
+# The parts, each with its environment and promises -------------------------------------
+
+def _sequencer_promises(env):
+    """The control contract every other proof assumes, and one descriptor per fetch."""
+    m, part = env.m, env.part
+    control, fetch, descriptor = part.control, part.fetch, part.descriptor
+    op = Value.cast(control.op)
+    was_start, was_running, was_ending = Signal(), Signal(), Signal()
+    previous = Signal.like(op, name="previous_op")
+    m.d.sync += [was_start.eq(control.start), was_running.eq(control.running),
+                 was_ending.eq(part.done | part.restart), previous.eq(op)]
+    m.d.comb += [
+        Assert(~(control.start & control.running), "start while an op runs"),
+        Assert(~control.running | was_start | was_running, "an op runs without a start"),
+        Assert(~was_start | control.running, "a start not followed by its op"),
+        Assert(~control.running | (op == previous), "the op changed while it ran"),
+        Assert(~(was_running & ~control.running) | was_ending,
+               "an op ended without done or restart"),
+    ]
+    state, = _registers(env.fragment, "fsm_state")
+    fetch_state, start_state, run_state = _fsm_states(state, "FETCH", "START", "RUN")
+    count_transfers(m, "descriptors", fetch.valid & fetch.ready,
+                    descriptor.valid & descriptor.ready, 1, held_is=state != fetch_state)
+    # The descriptor's producer keeps it from the cycle the sequencer saw it valid.
+    m.d.comb += Assert(((state != start_state) & (state != run_state)) | descriptor.valid)
+
+
+def _loader_environment(env):
+    """A ``LOAD`` ends exactly with the loader's ``done`` or ``restart``."""
+    part = env.part
+    loading = _kind(env, OpKind.LOAD)
+    return _op_ends(may=lambda env: ~loading | part.done | part.restart,
+                    must=lambda env: loading & (part.done | part.restart))(env)
+
+
+def _loader_promises(env):
+    """Every ``load`` beat but a restart leaves on ``writes`` in its cycle; every word
+    taken from ``inputs`` is written; a ``LOAD`` writes ``count`` words, then is done."""
+    m, part = env.m, env.part
+    op = part.control.op
+    restart = part.load.payload.memory == LoadTarget.RESTART
+    count_transfers(m, "writes", part.load.valid & part.load.ready & ~restart,
+                    part.writes.valid & part.writes.ready, 0)
+    taken = part.inputs.valid & part.inputs.ready
+    m.d.comb += Assert(part.write.en == taken, "a word taken but not written, or not taken")
+    words = _per_op(env, "load_words", taken)
+    loading = env.running & (op.kind == OpKind.LOAD)
+    index, = _registers(env.fragment, "index")
+    m.d.comb += [Assert(~loading | (words <= op.count), "more words than the LOAD's count"),
+                 Assert(~part.done | (words == op.count), "a LOAD done early"),
+                 Assert(~loading | (index == words))]
+
+
+def _storer_promises(env):
+    """A ``STORE`` sends ``count`` words, ``last`` on the final one, then is done."""
+    m, part = env.m, env.part
+    op, outputs = part.control.op, part.outputs
+    sent = outputs.valid & outputs.ready
+    words = _per_op(env, "store_words", sent)
+    storing = env.running & (op.kind == OpKind.STORE)
+    index, = _registers(env.fragment, "index")
+    m.d.comb += [
+        Assert(~storing | (words + outputs.valid <= op.count), "more words than the count"),
+        Assert(~(storing & outputs.valid) | (outputs.payload.last ==
+                                             (words + 1 == op.count)), "last misplaced"),
+        Assert(~(storing & part.done) | (words == op.count), "a STORE done early"),
+        Assert(~storing | (index == words + outputs.valid)),
+        Assert(~outputs.valid | storing),
+    ]
+
+
+def _walk_finished(*names):
+    """A compute op ends only once the walk has nothing left to send: its registers
+    ``names`` (what is left, what its stage holds) are clear."""
+    def may(env):
+        return ~Cat(*_registers(env.fragment, *names)).any()
+    return _op_ends(may=may)
+
+
+def _walk_runs(*names):
+    """Invariant: the walk's registers ``names`` are set only while its op runs."""
+    def promises(env):
+        env.m.d.comb += [Assert(~register | env.running)
+                         for register in _registers(env.fragment, *names)]
+    return promises
+
+
+def _reducer_promises(env):
+    """One result per window of a SUM or MAX (held in the reducer's register) and the
+    array's results passed on one for one during a GEMM."""
+    m, part = env.m, env.part
+    gemm = part.control.op.kind == OpKind.GEMM
+    windows = part.beats.valid & part.beats.ready & part.beats.payload.last
+    valid, = _registers(env.fragment, "valid")
+    count_transfers(m, "results", windows + (part.array.valid & part.array.ready),
+                    part.acc.valid & part.acc.ready, 1, held_is=valid)
+    m.d.comb += Assert(~valid | (env.running & ~gemm))
+
+
+def _pass_one_for_one(source, sink):
+    """Every beat taken on ``source`` leaves on ``sink`` in the same cycle."""
+    def promises(env):
+        taken, sent = getattr(env.part, source), getattr(env.part, sink)
+        count_transfers(env.m, sink, taken.valid & taken.ready, sent.valid & sent.ready, 0)
+    return promises
+
+
+def _write_back_environment(env):
+    """A compute op ends exactly with the write-back's ``done``; results come only while a
+    compute op runs, which has at least one output word and pixel."""
+    part = env.part
+    op = part.control.op
+    compute = is_compute(op.kind)
+    return [*_op_ends(may=lambda env: ~compute | part.done,
+                      must=lambda env: compute & part.done)(env),
+            *_only_while("results", OpKind.GEMM, OpKind.SUM, OpKind.MAX)(env),
+            # the compiler's outputs: at least one word and pixel (counters count to − 1)
+            Assume(~(env.running & compute) | ((op.out_words != 0) & (op.out_pixels != 0)))]
+
+
+def _write_back_promises(env):
+    """Each result taken is written once, in its cycle, and the op is done with the
+    ``out_words · out_pixels``-th."""
+    m, part = env.m, env.part
+    op = part.control.op
+    taken = part.results.valid & part.results.ready
+    m.d.comb += Assert(part.write.en == taken, "a result taken but not written, or not taken")
+    written = _per_op(env, "written", taken)
+    total = op.out_words * op.out_pixels
+    compute = env.running & is_compute(op.kind)
+    m.d.comb += [Assert(~compute | (written < total), "more results than outputs"),
+                 Assert(part.done == (taken & compute & (written + 1 == total)),
+                        "done not with the last output")]
+    tile, pixel = _registers(env.fragment, "write_0", "write_1")
+    m.d.comb += [Assert(~compute | (written == tile * op.out_pixels + pixel)),
+                 Assert(~compute | ((tile < op.out_words) & (pixel < op.out_pixels)))]
+
+
+def _table_promises(env):
+    """One vector out per vector in, held in the register stage."""
+    part = env.part
+    count_transfers(env.m, "vectors", part.results.valid & part.results.ready,
+                    part.out.valid & part.out.ready, 1, held_is=part.out.valid)
+
+
+def _memories_promises(answers, fetching, answering):
+    """A descriptor per fetch and ``answers`` side answers per side request; inside, a
+    fetch whose descriptor is being read or offered (``fetching(env)``), a request being
+    answered (``answering(env)``: the answers still to send)."""
+    def promises(env):
+        part = env.part
+        count_transfers(env.m, "descriptors", part.fetch.valid & part.fetch.ready,
+                        part.descriptor.valid & part.descriptor.ready, 1,
+                        held_is=fetching(env))
+        count_transfers(env.m, "side_words",
+                        Mux(part.side.valid & part.side.ready, answers, 0),
+                        part.side_words.valid & part.side_words.ready, answers,
+                        held_is=answering(env))
+    return promises
+
+
+def _narrow_promises(env):
+    """The narrow memories' counts (per channel: ``width`` answers a request, the answers
+    left being ``width − channel``), and invariants of their gathering: a word is offered
+    only once gathered, and the side answer's rows are gathered only while it loads."""
+    part = env.part
+    answers = len(part.operand.data) // len(part.side_words.payload.channels)
+    fetching, loading, gathering, pending, channel = _registers(
+        env.fragment, "fetch_gathering", "loading", "gathering", "pending", "channel")
+    _memories_promises(
+        answers, lambda env: part.descriptor.valid | fetching,
+        lambda env: Mux(part.side_words.valid | loading, answers - channel, 0))(env)
+    env.m.d.comb += [Assert(~(part.descriptor.valid & fetching)),
+                     Assert(~(part.side_words.valid & loading)),
+                     Assert(~(gathering | pending) | loading),
+                     Assert(channel < answers)]
+
+
+def _array_takes(env):
+    """The MAC array's side of ``act`` and ``weights``: it takes a beat whole, both
+    halves together when it has credit (``act.ready = weights.valid & credit``,
+    ``weights.ready = act.valid & credit``, hw/mac_array.py), the credit free."""
+    part, credit = env.part, AnySeq(1)
+    return [Assume(part.act.ready == (part.weights.valid & credit)),
+            Assume(part.weights.ready == (part.act.valid & credit))]
+
+
+def _codebook_path_environment(env):
+    """The beat walk's GEMM beats: ``beat_act``, ``beat_weights`` and ``beat_codes`` one beat
+    (valid together, paced in ``PartProperties``), only in a GEMM; codebook words only in
+    an SYQ GEMM, and no other op has a codebook mode; the op ends once nothing waits in the path (the reload request and the
+    table words are used before the op's beats, so before its end); the array takes beats
+    whole."""
+    part = env.part
+    op = part.control.op
+    syq = (op.kind == OpKind.GEMM) & (op.codebook != CodebookMode.DENSE)
+    busy = Cat(*_registers(env.fragment, "loading", "drop", "have")).any()
+    return [*_only_while("beat_act", OpKind.GEMM)(env),
+            Assume(~part.beat_codebooks.valid | (env.running & syq)),
+            # the compiler's descriptors: codebooks only in GEMMs (the path reads the mode
+            # alone; the beat walk also checks the kind)
+            Assume((op.codebook == CodebookMode.DENSE) | (op.kind == OpKind.GEMM)),
+            *_op_ends(may=lambda env: _idle(part.act) & _idle(part.weights) & ~busy &
+                      ~part.beat_act.valid & ~part.beat_codebooks.valid)(env),
+            *_array_takes(env)]
+
+
+def _codebook_path_promises(env):
+    """Invariants: the path's registers (and the decoder's output register, ``full``) hold
+    a beat, a reload or table words only while an SYQ GEMM runs."""
+    op = env.part.control.op
+    syq = env.running & (op.kind == OpKind.GEMM) & (op.codebook != CodebookMode.DENSE)
+    env.m.d.comb += [Assert(~register | syq) for register in _registers(
+        env.fragment, "held_valid", "loading", "drop", "have", "full")]
+    # a beat's halves are marked taken only while the beat is still offered, never both
+    act_taken, codes_taken = _registers(env.fragment, "act_taken", "codes_taken")
+    env.m.d.comb += [Assert(~(act_taken | codes_taken) | (env.part.beat_act.valid & syq)),
+                     Assert(~(act_taken & codes_taken))]
+
+
+def _beat_walk_promises(env):
+    """Invariants: the walk and its stage hold beats only while the op runs, codebook
+    words only in an SYQ GEMM."""
+    _walk_runs("left", "valid")(env)
+    if "codebooks" in env.part.signature.members:
+        op = env.part.control.op
+        syq = env.running & (op.kind == OpKind.GEMM) & (op.codebook != CodebookMode.DENSE)
+        left, is_codebook = _registers(env.fragment, "codebook_words_left", "is_codebook")
+        env.m.d.comb += [Assert(~is_codebook | syq), Assert((left == 0) | syq)]
+
+
+#: name → (environment, promises, pace) of each part, for ``proofs``.
+PART_SPECS = {
+    "sequencer": (None, _sequencer_promises, None),
+    "loader": (_loader_environment, _loader_promises, None),
+    "storer": (_op_ends(may=lambda env: ~_kind(env, OpKind.STORE) | env.part.done,
+                        must=lambda env: _kind(env, OpKind.STORE) & env.part.done),
+               _storer_promises, None),
+    "beat_walk": (_walk_finished("left", "valid"), _beat_walk_promises,
+                  {"weights": "act", "codes": "act"}),
+    "output_walk": (_walk_finished("left"), _walk_runs("left"), None),
+    "reducer": (_both(_only_while("beats", OpKind.SUM, OpKind.MAX),
+                      _only_while("array", OpKind.GEMM),
+                      _op_ends(may=lambda env: _idle(env.part.acc) &
+                               ~env.part.beats.valid)),
+                _reducer_promises, None),
+    "param_feed": (_both(_only_while("words", OpKind.GEMM, OpKind.SUM, OpKind.MAX),
+                         _op_ends(may=lambda env: _idle(env.part.params))),
+                   _pass_one_for_one("words", "params"), None),
+    "write_back": (_write_back_environment, _write_back_promises, None),
+    "act_outlier_store": (_both(_only_while("results", OpKind.GEMM, OpKind.SUM, OpKind.MAX),
+                                _op_ends(may=lambda env: _idle(env.part.dense))),
+                          _pass_one_for_one("results", "dense"), None),
+    "table_part": (None, _table_promises, None),
+    "codebook_path": (_codebook_path_environment, _codebook_path_promises,
+                      {"beat_weights": "beat_act", "beat_codes": "beat_act"}),
+    "wide_memories": (None, _memories_promises(
+        1, lambda env: env.part.descriptor.valid, lambda env: env.part.side_words.valid),
+        None),
+    "narrow_memories": (None, _narrow_promises, None),
+}
