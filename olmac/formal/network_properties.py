@@ -89,9 +89,9 @@ class PartProperties(Elaboratable):
         m = Module()
         part = self._part
         fragment = _under_test(m, part, platform)
-        member = part.signature.members.get("control")
-        control = (part.control if member is not None and member.flow == In
-                   and isinstance(member.signature, ControlSignature) else None)
+        members = part.signature.members
+        control = (part.control if "control" in members and members["control"].flow == In
+                   and isinstance(members["control"].signature, ControlSignature) else None)
         env = SimpleNamespace(m=m, part=part, fragment=fragment, control=control,
                               running=Signal(name="env_running"), end=Signal(name="env_end"))
         driven = set()
