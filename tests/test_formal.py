@@ -1,13 +1,16 @@
 """Formal proofs of the hardware blocks (olmac.formal): each proof passes, each mutant fails."""
 
+import gc
 import re
+from pathlib import Path
 
 import pytest
 from amaranth.hdl import Fragment
 
 from olmac.formal.properties import output_streams
-from olmac.formal.proofs import PROOFS
-from olmac.formal.runner import prove
+from olmac.formal import proofs
+from olmac.formal.proofs import PROOFS, run_all
+from olmac.formal.runner import ProofResult, prove
 from olmac.hw.host_link import FrameTransmitter
 from olmac.hw.network_app import Dispatcher
 from olmac.spec import Command
@@ -64,3 +67,29 @@ def test_output_streams_finds_the_sending_ports():
                                  "Dispatcher.handlers[1].request"]
     for block in (transmitter, dispatcher):
         Fragment.get(block, None)   # elaborated, so none is reported unused
+
+
+# The fake run builds each wrapper and does not elaborate it.
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_make_formal_runs_all_but_the_cross_checks(monkeypatch, tmp_path):
+    """``make formal`` (``run_all``) runs every proof and mutant except the bounded
+    cross-checks, starts the slow ones first (so none starts last) and reports in catalogue
+    order; a proof is as expected when it passes, a mutant when it fails."""
+    started = []
+
+    def fake_prove(wrapper, build_dir, *, depth, mode):
+        name = Path(build_dir).name
+        started.append(name)
+        return ProofResult("-" not in name, "PASS", 0.0, Path(build_dir) / "log")
+
+    monkeypatch.setattr(proofs, "prove", fake_prove)
+    expected = [name for proof in PROOFS if not proof.cross_check
+                for name in (proof.name, *(f"{proof.name}-{m}" for m in proof.mutants))]
+    lines = list(run_all(tmp_path, jobs=1))
+    gc.collect()    # the unused wrappers in reference cycles, while the warning is ignored
+    assert [line.split()[0] for _, line in lines] == expected
+    assert [good for good, _ in lines] == [True] * len(expected)
+    slow = {name for proof in PROOFS if proof.slow and not proof.cross_check
+            for name in (proof.name, *(f"{proof.name}-{m}" for m in proof.mutants))}
+    assert set(started[:len(slow)]) == slow
+    assert any(proof.cross_check for proof in PROOFS)

@@ -180,16 +180,13 @@ def _in_states(state, *names):
     return Cat(*(state == code for code in _fsm_states(state, *names))).any()
 
 
-def _one_reply_per_request(m, block, fragment, answering, *, pending=None):
+def _one_reply_per_request(m, block, pending):
     """The count relation of an application (``host: In(AppSignature())``): requests
-    ended (last byte taken) minus replies ended (last byte sent) is 1 exactly in the FSM
-    states ``answering`` (or, with ``pending``, when that expression says so) and 0 otherwise:
-    every request gets one reply, no reply comes without one."""
+    ended (last byte taken) minus replies ended (last byte sent) equals ``pending``, which
+    is 1 while the block owes a reply and 0 otherwise (-1 only for a block whose reply may
+    end first): every request gets one reply, no reply comes without one."""
     open_requests = _balance(m, _ended(block.host.request), _ended(block.host.reply),
                              "open_requests")
-    if pending is None:
-        state, = _registers(fragment, "fsm_state")
-        pending = _in_states(state, *answering)
     m.d.comb += Assert(open_requests == pending, "a request without one reply")
 
 
@@ -198,11 +195,10 @@ def fixed_command_counts(m, block, fragment):
     request's last byte through ``ACTION``, ``REPLY`` or ``BAD_LENGTH``), and one ``action``
     beat per one-byte request, before its reply."""
     with_action = "action" in block.signature.members
-    _one_reply_per_request(m, block, fragment,
-                           ("ACTION", "REPLY", "BAD_LENGTH") if with_action
-                           else ("REPLY", "BAD_LENGTH"))
+    state, = _registers(fragment, "fsm_state")
+    _one_reply_per_request(m, block, _in_states(state, "REPLY", "BAD_LENGTH",
+                                                *(["ACTION"] if with_action else [])))
     if with_action:
-        state, = _registers(fragment, "fsm_state")
         acted = _balance(m, _ended(block.host.request) & _in_states(state, "COMMAND"),
                          block.action.valid & block.action.ready, "unapplied")
         m.d.comb += Assert(acted == _in_states(state, "ACTION"), "an action lost or doubled")
@@ -213,7 +209,7 @@ def load_handler_counts(m, block, fragment):
     ``REPLY``, and in ``WRITE`` once the last byte is in), and the count it replies is the
     number of ``load`` beats sent for the request (none lost or doubled)."""
     state, request_done, count = _registers(fragment, "fsm_state", "request_done", "count")
-    _one_reply_per_request(m, block, fragment, (), pending=_in_states(state, "REPLY") |
+    _one_reply_per_request(m, block, _in_states(state, "REPLY") |
                            (_in_states(state, "WRITE") & request_done))
     loads = Signal.like(count, name="loads")
     with m.If(_ended(block.host.reply)):
@@ -229,7 +225,7 @@ def infer_handler_counts(m, block, fragment):
     """:class:`~olmac.hw.network_app.InferHandler`: one reply per request (pending from the
     last request byte: in ``WORD`` once it is in, and from ``OUTPUTS`` to the reply's end)."""
     state, request_done = _registers(fragment, "fsm_state", "request_done")
-    _one_reply_per_request(m, block, fragment, (), pending=_in_states(
+    _one_reply_per_request(m, block, _in_states(
         state, "OUTPUTS", "STATUS", "TAKE", "SEND", "BAD_LENGTH", "FAULT") |
         (_in_states(state, "WORD") & request_done))
 
@@ -240,7 +236,7 @@ def loopback_counts(m, block, fragment):
     request, reply = block.host.request, block.host.reply
     echoed = _balance(m, request.valid & request.ready, reply.valid & reply.ready, "echoed")
     m.d.comb += Assert(echoed == 0, "a byte lost or doubled")
-    _one_reply_per_request(m, block, fragment, (), pending=C(0))
+    _one_reply_per_request(m, block, C(0))
 
 
 def dispatcher_counts(m, block, fragment):
@@ -252,11 +248,8 @@ def dispatcher_counts(m, block, fragment):
     state, request_done, reply_done = _registers(fragment, "fsm_state", "request_done",
                                                  "reply_done")
     serving = _in_states(state, *(f"HANDLER_{index}" for index in range(commands)))
-    open_requests = _balance(m, _ended(block.host.request), _ended(block.host.reply),
-                             "open_requests")
     ahead = C(0, signed(2)) + request_done - reply_done
-    m.d.comb += Assert(open_requests == Mux(serving, ahead, _in_states(state, "BAD_COMMAND")),
-                       "a request without one reply")
+    _one_reply_per_request(m, block, Mux(serving, ahead, _in_states(state, "BAD_COMMAND")))
     m.d.comb += Assert(~serving | ~(request_done & reply_done))
 
 
