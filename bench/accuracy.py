@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from olmac.budget import REFERENCE_BITS, choose, measure_sensitivity
+from olmac.budget import choose, measure_sensitivity
 from olmac.flow import TRAIN_BATCH, TRAIN_LR, fine_tuner
 from olmac.golden import artifact
 from olmac.golden.program import Gemm, quantize_model, run_integer, tensor_specs, to_pixels
@@ -96,7 +96,7 @@ def _allocated(options: dict, model, images) -> dict:
         return options
     rest = {name: value for name, value in options.items() if name != "budget_bits"}
     allocation = choose(measure_sensitivity(model, images, **rest), options["budget_bits"])
-    return {**rest, "weight_bits": REFERENCE_BITS, "layer_bits": allocation.layer_bits,
+    return {**rest, "weight_bits": allocation.weight_bits, "layer_bits": allocation.layer_bits,
             "layer_outlier_ratios": allocation.outlier_ratios}
 
 

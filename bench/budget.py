@@ -5,7 +5,7 @@ For each seed's demo model (``olmac.models.demo``, cached under ``build/models``
 sensitivities and the choice of ``olmac quantize --budget-bits`` (``olmac.budget.choose``,
 docs/program.md §20) and, beside it, the summed-ΔKL knapsack alone (``allocate``, the
 choice before the joint measurement) and every uniform allocation (all layers at one width
-and weight-outlier ratio) within the same budget. Each is lowered as the accuracy table
+and weight-outlier ratio, lowered as ``--weight-bits W``) within the same budget. Each is lowered as the accuracy table
 lowers (``quantize_model``, the default calibration, §13, no training) and scored by
 ``run_integer`` on every test image.
 """
@@ -14,8 +14,7 @@ import argparse
 import time
 from fractions import Fraction
 
-from olmac.budget import (REFERENCE_BITS, allocate, choose, measure_sensitivity,
-                          uniform_allocations)
+from olmac.budget import allocate, choose, measure_sensitivity, uniform_allocations
 from olmac.golden.program import quantize_model, run_integer, to_pixels
 from olmac.models.demo import cnn, mlp
 from olmac.models.digits import as_images, load_digits_split
@@ -47,11 +46,11 @@ def compare(model: str, seed: int, budget: float, scheme: str, act_bits: int) ->
         chosen = choose(sensitivity, budget)
         seconds = time.perf_counter() - started
         rows = {"choose": chosen, "knapsack": allocate(sensitivity, budget)}
-        rows.update({f"uniform {_widths(a)}": a for a in uniform_allocations(sensitivity)
-                     if a.average_bits <= budget + 1e-9})
+        rows.update({f"uniform {_widths(a)}": a
+                     for a in uniform_allocations(sensitivity, budget)})
         result = {"seconds": seconds}
         for label, allocation in rows.items():
-            program = quantize_model(float_model, images, weight_bits=REFERENCE_BITS,
+            program = quantize_model(float_model, images, weight_bits=allocation.weight_bits,
                                      layer_bits=allocation.layer_bits,
                                      layer_outlier_ratios=allocation.outlier_ratios,
                                      **options)

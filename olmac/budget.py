@@ -13,7 +13,7 @@ core's memories sit above the golden model).
 from __future__ import annotations  # the annotations name torch types; torch loads on use
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from olmac.spec import WEIGHT_BITS
@@ -49,9 +49,11 @@ class Sensitivity:
     (``cost``, ``weight_storage_bits``) and the increase of the logits' KL divergence from
     the float model's over the reference program's (``kl``, nats; 0 at the reference), on
     ``images`` whose float logits are ``reference``; each free layer's reduction length
-    ``K`` (``reduction``), and ``lower(bits, ratios)``, the lowering the candidates were
-    measured with (``bits``: free layers' ``(W, A)``, ``ratios``: their weight-outlier
-    ratios), so that whole allocations can be measured the same way."""
+    ``K`` (``reduction``), and ``lower(bits, ratios, weight_bits=REFERENCE_BITS)``, the
+    lowering the candidates were measured with (``bits``: free layers' ``(W, A)``,
+    ``ratios``: their weight-outlier ratios; ``weight_bits`` the other layers' width and,
+    as ``quantize_model`` takes it, the weight outliers' ``min(2·weight_bits, 16)``), so
+    that whole allocations can be measured the same way."""
     layers: dict
     fixed: frozenset
     fixed_bits: int
@@ -80,12 +82,16 @@ class Allocation:
     ``budget_bits`` (``None`` under a ``budget_kbit``); where the allocation was lowered
     whole, the KL of its logits from the float model's (``kl``, nats, as
     :func:`measured_kl`) and, under ``budget_kbit``, the on-chip bits it compiles to
-    (``memory_bits``)."""
+    (``memory_bits``). It is lowered with ``weight_bits`` beside ``layer_bits``:
+    ``REFERENCE_BITS``, or ``W`` for a uniform allocation, which is what ``--weight-bits W``
+    lowers (weight outliers ``min(2W, 16)`` bits wide, narrower than the 16 bits the
+    candidates were measured with)."""
     layer_bits: dict
     outlier_ratios: dict
     sensitivity: dict
     average_bits: float
     budget_bits: float | None
+    weight_bits: int = REFERENCE_BITS
     kl: float | None = None
     memory_bits: int | None = None
     budget_kbit: float | None = None
@@ -171,9 +177,9 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
     calibration = calibration.to(torch.float32)
     given = dict(layer_bits or {})
 
-    def lower(bits: dict, ratios: dict):
+    def lower(bits: dict, ratios: dict, weight_bits: int = REFERENCE_BITS):
         return quantize_model(model, calibration, act_bits=act_bits,
-                              weight_bits=REFERENCE_BITS, act_calibration="max",
+                              weight_bits=weight_bits, act_calibration="max",
                               layer_bits={**given, **bits}, layer_outlier_ratios=ratios,
                               **options)
 
@@ -197,7 +203,8 @@ def measure_sensitivity(model, calibration, *, act_bits: int = 4, layer_bits=Non
         free = [name for name in names if name not in fixed]
         _check_kbit(budget_kbit, memory_bits(lower(
             {name: (widths[0], layers[name].act_bits) for name in free},
-            {name: 0.0 for name in free if gemms[name].scheme == "value_aware"})), fixed)
+            {name: 0.0 for name in free if gemms[name].scheme == "value_aware"},
+            widths[0])), fixed)
     sample = calibration[::-(-len(calibration) // images)]
     with torch.no_grad():
         normalized = normalize(model, calibration[:2])
@@ -327,50 +334,75 @@ def _uniform(sensitivity: Sensitivity, width: int, ratio: float) -> dict:
     return chosen
 
 
-def _uniforms(sensitivity: Sensitivity) -> list[dict]:
-    """The distinct uniform allocations: every width measured, with every ratio."""
+def _uniforms(sensitivity: Sensitivity) -> list[tuple[dict, int]]:
+    """The distinct uniform allocations, every measured width with every ratio, each with
+    the width it is lowered with (its own, as ``--weight-bits`` lowers it)."""
     widths = sorted({key[0] for by_key in sensitivity.kl.values() for key in by_key})
     ratios = sorted({key[1] or 0.0 for by_key in sensitivity.kl.values() for key in by_key})
     found = []
     for width in widths:
         for ratio in ratios:
             chosen = _uniform(sensitivity, width, ratio)
-            if chosen is not None and chosen not in found:
-                found.append(chosen)
+            if chosen is not None and (chosen, width) not in found:
+                found.append((chosen, width))
     return found
 
 
-def uniform_allocations(sensitivity: Sensitivity) -> list[Allocation]:
-    """Every distinct uniform allocation: all free layers at one measured width and
-    weight-outlier ratio (as :func:`_uniform`), by width then ratio."""
-    return [_allocation(sensitivity, chosen) for chosen in _uniforms(sensitivity)]
-
-
-def _joint(sensitivity: Sensitivity, chosen: dict):
-    """``chosen`` (name → ``(W, r)``) lowered whole, as the candidates were."""
+def _lowered(sensitivity: Sensitivity, chosen: dict, weight_bits: int):
+    """``chosen`` (free layer → ``(W, r)``) lowered whole with ``weight_bits``, as the
+    candidates were."""
     return sensitivity.lower({name: (key[0], sensitivity.layers[name].act_bits)
                               for name, key in chosen.items()},
                              {name: key[1] for name, key in chosen.items()
-                              if key[1] is not None})
+                              if key[1] is not None}, weight_bits)
 
 
-def _best(sensitivity: Sensitivity, candidates: list[dict], within, report, **fields):
-    """Of ``candidates`` (distinct ones, in order), each lowered whole and kept if
-    ``within(chosen, program)`` gives a number (its on-chip bits; ``True`` if not costed
-    by the program), the one whose logits' KL from the float model's is least (ties: the
-    first); ``report(done, total)`` after each lowering."""
-    best = None
-    for done, chosen in enumerate(candidates, 1):
-        program = _joint(sensitivity, chosen)
-        kept = within(chosen, program)
-        if kept is not False:
-            kl = measured_kl(sensitivity, program)
-            if best is None or kl < best.kl:
-                best = _allocation(sensitivity, chosen, kl=kl, **fields,
-                                   **({} if kept is True else {"memory_bits": kept}))
+def _measured(sensitivity: Sensitivity, chosen: dict, weight_bits: int, within=None,
+              **fields):
+    """``chosen`` lowered (:func:`_lowered`) as an :class:`Allocation` with the bits its
+    weights take (``weight_storage_bits`` of every GEMM) and its KL from the float model;
+    ``None``, not measured, where ``within(program)`` is false (``memory_bits`` where it is
+    a number)."""
+    from olmac.golden.program import Gemm
+    from olmac.golden.program.sensitivity import weight_storage_bits
+    program = _lowered(sensitivity, chosen, weight_bits)
+    kept = True if within is None else within(program)
+    if kept is False:
+        return None
+    if kept is not True:
+        fields["memory_bits"] = kept
+    gemms = [op for op in program.ops if isinstance(op, Gemm)]
+    bits = sum(map(weight_storage_bits, gemms)) / sum(op.in_features * op.out_features
+                                                      for op in gemms)
+    return replace(_allocation(sensitivity, chosen, weight_bits=weight_bits, **fields),
+                   average_bits=bits, kl=measured_kl(sensitivity, program))
+
+
+def uniform_allocations(sensitivity: Sensitivity, budget_bits: float = WEIGHT_BITS[1],
+                        report=None) -> list[Allocation]:
+    """The uniform allocations (all free layers at one measured width ``W`` and
+    weight-outlier ratio, lowered as ``--weight-bits W``) within ``budget_bits``, each
+    lowered and measured (:func:`_measured`); those whose dense weights alone exceed the
+    budget are not lowered. ``report(done, total)`` after each lowering."""
+    capacity = _capacity(sensitivity, budget_bits)
+    dense = {name: width.weights for name, width in sensitivity.layers.items()
+             if name not in sensitivity.fixed}
+    candidates = [(chosen, width) for chosen, width in _uniforms(sensitivity)
+                  if sensitivity.fixed_bits + width * sum(dense.values()) <= capacity]
+    found = []
+    for done, (chosen, width) in enumerate(candidates, 1):
+        allocation = _measured(sensitivity, chosen, width, budget_bits=budget_bits)
+        if allocation.average_bits * sum(w.weights for w in sensitivity.layers.values()) \
+                <= capacity + 1e-6:
+            found.append(allocation)
         if report is not None:
             report(done, len(candidates))
-    return best
+    return found
+
+
+def _least_kl(allocations: list) -> Allocation:
+    """The allocation of least ``kl`` (ties: the first)."""
+    return min((a for a in allocations if a is not None), key=lambda a: a.kl)
 
 
 def choose(sensitivity: Sensitivity, budget_bits: float, *, front: int = FRONT_CANDIDATES,
@@ -379,10 +411,11 @@ def choose(sensitivity: Sensitivity, budget_bits: float, *, front: int = FRONT_C
     whose logits, lowered whole, are closest to the float model's (least
     :func:`measured_kl`): of the last ``front`` states of the knapsack's Pareto front
     (:func:`allocate`'s choice and the next-best sums with fewer bits) and every uniform
-    allocation (all free layers at one width and weight-outlier ratio) within the budget.
-    Summed one-layer sensitivities mislead where layers interact (at 2 bits, say); the
-    joint measurement decides, and a uniform allocation within the budget is never
-    measured better than the choice. ``report(done, total)`` after each lowering.
+    allocation within the budget (:func:`uniform_allocations`). Summed one-layer
+    sensitivities mislead where layers interact (at 2 bits, say); the joint measurement
+    decides, and no uniform allocation within the budget is measured better than the
+    choice. ``report(done, total)`` after each lowering (the front's, then the uniform
+    ones').
 
     Raises
     ------
@@ -390,17 +423,14 @@ def choose(sensitivity: Sensitivity, budget_bits: float, *, front: int = FRONT_C
         As :func:`allocate`.
     """
     _check_budget(budget_bits, sensitivity.least_bits, sensitivity.fixed)
-    capacity = _capacity(sensitivity, budget_bits)
-    candidates = []
-    for _, _, choice in reversed(_front(sensitivity, capacity)[-front:]):
-        candidates.append(dict(zip(sensitivity.kl, choice)))
-    for chosen in _uniforms(sensitivity):
-        bits = sensitivity.fixed_bits + sum(sensitivity.cost[name][key]
-                                            for name, key in chosen.items())
-        if bits <= capacity and chosen not in candidates:
-            candidates.append(chosen)
-    return _best(sensitivity, candidates, lambda chosen, program: True, report,
-                 budget_bits=budget_bits)
+    states = list(reversed(_front(sensitivity, _capacity(sensitivity, budget_bits))[-front:]))
+    measured = []
+    for done, (_, _, choice) in enumerate(states, 1):
+        measured.append(_measured(sensitivity, dict(zip(sensitivity.kl, choice)),
+                                  REFERENCE_BITS, budget_bits=budget_bits))
+        if report is not None:
+            report(done, len(states))
+    return _least_kl(measured + uniform_allocations(sensitivity, budget_bits, report))
 
 
 def choose_kbit(sensitivity: Sensitivity, budget_kbit: float, memory_bits, *,
@@ -409,10 +439,11 @@ def choose_kbit(sensitivity: Sensitivity, budget_kbit: float, memory_bits, *,
     ``memory_bits(program)`` as the compiled core's memories add up, with the logits
     closest to the float model's (least :func:`measured_kl`). The candidates, each lowered
     whole and compiled: for every width cap ``w`` and weight-outlier ratio cap ``r``, each
-    free layer at its least sensitive candidate of at most ``w`` bits and ratio ``r``
-    (the core's weight word is as wide as its widest layer and holds the outlier slots of
-    its fullest beat, so narrower layers under the cap save nothing), and every uniform
-    allocation. ``report(done, total)`` after each lowering.
+    free layer at its least sensitive candidate of at most ``w`` bits and ``⌊r·K⌋``
+    outliers a channel (the core's weight word is as wide as its widest layer and holds
+    the outlier slots of its fullest beat, so narrower layers under the cap save nothing),
+    and every uniform allocation (lowered as ``--weight-bits W``). ``report(done, total)``
+    after each lowering.
 
     Raises
     ------
@@ -432,17 +463,26 @@ def choose_kbit(sensitivity: Sensitivity, budget_kbit: float, memory_bits, *,
                                  name, key) <= math.floor(ratio * reduction[name])),
                                 key=lambda key: (by_key[key], _order(key)))
                       for name, by_key in kl.items()}
-            if chosen not in candidates:
-                candidates.append(chosen)
-    # the first is every layer at its narrowest width without outliers: the least memory
-    least = memory_bits(_joint(sensitivity, candidates[0]))
+            if (chosen, REFERENCE_BITS) not in candidates:
+                candidates.append((chosen, REFERENCE_BITS))
+    # every layer at its narrowest width without outliers, lowered as --weight-bits W (the
+    # narrowest outlier slots too: a value-aware core keeps one): the least memory
+    narrowest = (candidates[0][0], min(key[0] for key in keys))
+    candidates.insert(0, narrowest)
+    least = memory_bits(_lowered(sensitivity, *narrowest))
     _check_kbit(budget_kbit, least, sensitivity.fixed)
-    candidates += [chosen for chosen in _uniforms(sensitivity) if chosen not in candidates]
+    candidates += [pair for pair in _uniforms(sensitivity) if pair not in candidates]
 
-    def within(chosen, program):
+    def within(program):
         bits = memory_bits(program)
         return bits if bits <= budget_kbit * 1024 else False
-    return _best(sensitivity, candidates, within, report, budget_kbit=budget_kbit)
+    measured = []
+    for done, (chosen, width) in enumerate(candidates, 1):
+        measured.append(_measured(sensitivity, chosen, width, within,
+                                  budget_kbit=budget_kbit))
+        if report is not None:
+            report(done, len(candidates))
+    return _least_kl(measured)
 
 
 def measured_kl(sensitivity: Sensitivity, program) -> float:

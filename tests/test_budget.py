@@ -294,13 +294,13 @@ def test_budget_artifact_runs_on_the_rtl(budget_artifact, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "rtl.npy"), expected.numpy())
 
 
-def _lowered_kl(mlp, sensitivity, layer_bits, ratios):
+def _lowered_kl(mlp, sensitivity, layer_bits, ratios, weight_bits=REFERENCE_BITS):
     """The KL of a program lowered here, with the measurement's options, from the float
     logits the sensitivities were measured against."""
     from olmac.golden.program import quantize_model
     from olmac.golden.program.sensitivity import logit_kl, real_logits
     program = quantize_model(mlp.model, mlp.calibration.to(torch.float32), act_bits=4,
-                             weight_bits=REFERENCE_BITS, act_calibration="max",
+                             weight_bits=weight_bits, act_calibration="max",
                              scheme="value_aware", layer_bits=layer_bits,
                              layer_outlier_ratios=ratios)
     return float(logit_kl(sensitivity.reference, real_logits(program, sensitivity.images)))
@@ -309,28 +309,31 @@ def _lowered_kl(mlp, sensitivity, layer_bits, ratios):
 def test_choice_is_never_measured_worse_than_a_uniform_allocation(mlp, aware):
     """``choose`` keeps to the budget and its whole program is at least as close to the
     float model (KL on the measurement images) as every uniform allocation within the
-    budget and as the summed-ΔKL knapsack's choice, each lowered here on its own."""
+    budget (lowered as ``--weight-bits W``: outliers ``min(2W, 16)`` bits wide) and as the
+    summed-ΔKL knapsack's choice, each lowered here on its own."""
     counts = {name: width.weights for name, width in aware.layers.items()}
     for budget in (2.3, 3.0):
         chosen = choose(aware, budget)
         assert chosen.average_bits <= budget and chosen.budget_bits == budget
-        assert chosen.kl == pytest.approx(_lowered_kl(mlp, aware, chosen.layer_bits,
-                                                      chosen.outlier_ratios), abs=1e-12)
+        assert chosen.kl == pytest.approx(_lowered_kl(
+            mlp, aware, chosen.layer_bits, chosen.outlier_ratios, chosen.weight_bits),
+            abs=1e-12)
         knapsack = allocate(aware, budget)
         assert chosen.kl <= _lowered_kl(mlp, aware, knapsack.layer_bits,
                                         knapsack.outlier_ratios) + 1e-12
         uniform_within = 0
         for width in (2, 8):
             for ratio in OUTLIER_RATIOS:
-                # the MLP's channels are one 64-weight block: ⌊64·r⌋ slots of 22 bits each
-                bits = sum(width * n + int(64 * ratio) * (n // 64) * 22
+                # the MLP's channels are one 64-weight block: ⌊64·r⌋ slots, each a 6-bit
+                # offset and a min(2W, 16)-bit value
+                bits = sum(width * n + int(64 * ratio) * (n // 64) * (6 + min(2 * width, 16))
                            for n in counts.values())
                 if bits / sum(counts.values()) <= budget:
                     uniform_within += 1
                     assert chosen.kl <= _lowered_kl(
                         mlp, aware, {name: (width, 4) for name in counts},
-                        {name: ratio for name in counts}) + 1e-12, (budget, width, ratio)
-        assert uniform_within == (1 if budget == 2.3 else 3)
+                        {name: ratio for name in counts}, width) + 1e-12, (budget, width, ratio)
+        assert uniform_within == (2 if budget == 2.3 else 3)
 
 
 def _on_chip(program) -> int:

@@ -309,10 +309,9 @@ def run(args):
     weight_bits, budget = args.weight_bits, None
     on_chip = _on_chip_bits(args.width, array_bits, not args.no_tables)
     if args.budget_bits is not None or args.budget_kbit is not None:
-        from olmac.budget import REFERENCE_BITS
         budget = _allocate(args, model, calibration, per_layer, pixel_max, pixel_scale,
                            on_chip)
-        per_layer["layer_bits"], weight_bits = budget[0].layer_bits, REFERENCE_BITS
+        per_layer["layer_bits"], weight_bits = budget[0].layer_bits, budget[0].weight_bits
         per_layer["layer_outlier_ratios"] = budget[0].outlier_ratios
     report, close = _progress(args.epochs) if args.epochs else (None, lambda: None)
     try:
