@@ -235,7 +235,8 @@ def test_capped_relu_scale_is_at_most_the_cap(digits):
 
 @pytest.mark.parametrize("factory, images, width, bits", [
     (SmallNet, 2, 4, 8), (DepthwiseSeparable, 1, 8, 8), (SequenceCNN, 1, 8, 8),
-    (Branches, 1, 4, 7)])  # u7 and s7 activations: one 8-bit signed array
+    (Branches, 1, 4, 7),  # u7 and s7 activations: one 8-bit signed array
+    (ConvBNStack, 1, 8, 8), (ResidualBN, 1, 8, 8)])
 def test_rewritten_models_run_bit_exactly_on_the_core(factory, images, width, bits, models):
     """The rewritten forms compile to the core's ops and run there exactly as golden."""
     model, (x, _, x_test, _) = models(factory)
