@@ -613,8 +613,11 @@ class NetworkApp(wiring.Component):
 
     @property
     def request_bytes(self):
-        """Length of the longest well-formed request of one image (``INFER``)."""
-        return 1 + self._input_words * self._width * HIGHWAY_BITS // 8
+        """Length of the longest request the link must take: one image (``INFER``), or a
+        ``LOAD`` of one word of the widest memory where that is longer (a small input and
+        wide program words), so every word can be loaded."""
+        return max(1 + self._input_words * self._width * HIGHWAY_BITS // 8,
+                   4 + max(self._word_bytes.values()))
 
     def info(self):
         """The bytes of the ``INFO`` reply."""

@@ -45,6 +45,12 @@ class BoardInfo:
     depths: dict
     word_bytes: dict
 
+    @property
+    def max_request(self):
+        """The board's longest request (``NetworkApp.request_bytes``): one ``INFER``, or a
+        ``LOAD`` of one word of its widest memory where that is longer."""
+        return max(1 + self.input_words * self.width * 2, 4 + max(self.word_bytes.values()))
+
     def check(self, compiled):
         """Raise :class:`BoardError` unless ``compiled`` can be loaded into this board
         (the table depth too: it sets the width of the ops' table offsets)."""
@@ -128,7 +134,7 @@ class BoardClient(SerialLink):
     """A :class:`SerialLink` that speaks the network board's commands.
 
     ``max_payload`` is the board's longest request (``NetworkApp.request_bytes``; by
-    default one ``INFER`` of the connected board, learnt from ``INFO``).
+    default ``BoardInfo.max_request`` of the connected board, learnt from ``INFO``).
     """
 
     def __init__(self, port, baudrate=115200, *, timeout=5.0, max_payload=None):
@@ -145,7 +151,7 @@ class BoardClient(SerialLink):
         or refuses a write."""
         info = self.info()
         info.check(compiled)
-        max_payload = self._board_max_payload or 1 + info.input_words * info.width * 2
+        max_payload = self._board_max_payload or info.max_request
         written = 0
         for request, words in load_requests(compiled, info, max_payload):
             reply = self.request(request)

@@ -19,6 +19,7 @@ whole frame gets the right reply and every damaged one its error, and ends with 
 INFER.
 """
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -36,7 +37,7 @@ from olmac.flow import demo_data
 from olmac.fpga.board import (NetworkBoard, board_defaults, default_array_multipliers,
                                demo_network)
 from olmac.golden import artifact
-from olmac.golden.program import run_integer, to_pixels
+from olmac.golden.program import quantize_model, run_integer, to_pixels
 from olmac.board import decode_infer, encode_infer, encode_load, load_requests, parse_info
 from olmac.host_link import decode_reply, encode_frame
 from olmac.spec import SYNC, Command, ErrorCode, Status
@@ -213,6 +214,37 @@ def _runs_bit_exact(top, compiled, program, pixels, run_dir):
     parse_info(replies[0]).check(compiled)
     logits = torch.stack([decode_infer(compiled, reply) for reply in replies[1:]])
     assert torch.equal(logits, run_integer(program, pixels))
+
+
+@pytest.mark.slow
+def test_board_loads_a_program_with_lookup_tables(tmp_path):
+    """At the UART pins of a board top preloaded with zero tables, a program with a
+    sigmoid and a Hardswish gives other logits than golden's; after the host's LOAD of
+    every memory image, tables included (``load_requests``, memory 4), and RESTART, its
+    images run bit-exact against golden run_integer."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Sigmoid(), torch.nn.Linear(6, 5),
+                                torch.nn.Hardswish(), torch.nn.Linear(5, 3))
+    program = quantize_model(model.eval(), torch.rand(64, 6), act_bits=4, weight_bits=4,
+                             act_calibration="max")
+    compiled = compile_program(program, width=WIDTH)
+    zero_tables = dataclasses.replace(compiled, contents={
+        **compiled.contents, "tables": [0] * compiled.config.table_depth})
+    top = NetworkBoard(zero_tables, divisor=DIVISOR)
+    pixels = torch.randint(0, 17, (3, 6), generator=torch.Generator().manual_seed(2))
+    info = parse_info(top.app.info())
+    loads = [request for request, _ in load_requests(compiled, info, top.app.request_bytes)]
+    steps = [{"send": encode_frame(payload).hex(), "timeout": 400_000}
+             for payload in [encode_infer(compiled, pixels[0]), *loads]
+             + [encode_infer(compiled, image) for image in pixels]]
+    result = _exchange(_build(top), tmp_path, steps)
+    assert result["uart_errors"] == []
+    replies = [decode_reply(bytes.fromhex(frames[0])) for frames in result["answers"]]
+    expected = run_integer(program, pixels)
+    assert not torch.equal(decode_infer(compiled, replies[0]), expected[0])
+    assert all(reply[0] == Status.OK for reply in replies[1:1 + len(loads)])
+    logits = torch.stack([decode_infer(compiled, reply) for reply in replies[1 + len(loads):]])
+    assert torch.equal(logits, expected)
 
 
 @pytest.mark.slow
