@@ -281,6 +281,30 @@ def _walk_runs(*names):
     return promises
 
 
+def _output_walk_promises(env):
+    """One side request per output of a compute op: ``out_words · out_pixels`` of them,
+    then the walk ends (as the write-back writes one result per output)."""
+    _walk_runs("left")(env)
+    m, part = env.m, env.part
+    op = part.control.op
+    requests = _per_op(env, "requests", part.requests.valid & part.requests.ready)
+    total = op.out_words * op.out_pixels
+    left, tile, pixel = _registers(env.fragment, "left", "side_0", "side_1")
+    compute = env.running & is_compute(op.kind)
+    m.d.comb += [Assert(~compute | Mux(left, requests < total, requests == total),
+                        "side requests differ from the op's outputs"),
+                 Assert(~(compute & left) | ((requests == tile * op.out_pixels + pixel) &
+                                            (tile < op.out_words) & (pixel < op.out_pixels)))]
+
+
+def _outputs_exist(env):
+    """The compiler's compute ops: at least one output word and pixel (the walks' counters
+    count to ``− 1``)."""
+    op = env.control.op
+    return [Assume(~(env.running & is_compute(op.kind)) |
+                   ((op.out_words != 0) & (op.out_pixels != 0)))]
+
+
 def _reducer_promises(env):
     """One result per window of a SUM or MAX (held in the reducer's register) and the
     array's results passed on one for one during a GEMM."""
@@ -305,13 +329,11 @@ def _write_back_environment(env):
     """A compute op ends exactly with the write-back's ``done``; results come only while a
     compute op runs, which has at least one output word and pixel."""
     part = env.part
-    op = part.control.op
-    compute = is_compute(op.kind)
+    compute = is_compute(part.control.op.kind)
     return [*_op_ends(may=lambda env: ~compute | part.done,
                       must=lambda env: compute & part.done)(env),
             *_only_while("results", OpKind.GEMM, OpKind.SUM, OpKind.MAX)(env),
-            # the compiler's outputs: at least one word and pixel (counters count to − 1)
-            Assume(~(env.running & compute) | ((op.out_words != 0) & (op.out_pixels != 0)))]
+            *_outputs_exist(env)]
 
 
 def _write_back_promises(env):
@@ -434,7 +456,8 @@ PART_SPECS = {
                _storer_promises, None),
     "beat_walk": (_walk_finished("left", "valid"), _beat_walk_promises,
                   {"weights": "act", "codes": "act"}),
-    "output_walk": (_walk_finished("left"), _walk_runs("left"), None),
+    "output_walk": (_both(_walk_finished("left"), _outputs_exist), _output_walk_promises,
+                    None),
     "reducer": (_both(_only_while("beats", OpKind.SUM, OpKind.MAX),
                       _only_while("array", OpKind.GEMM),
                       _op_ends(may=lambda env: _idle(env.part.acc) &
