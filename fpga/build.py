@@ -386,8 +386,7 @@ def run_build(platform, top, build_dir, *, board, family, env, synth_opts, scrip
         # --timing-allow-fail: a missed target is a measurement, not an error.
         nextpnr_opts=f"--report nextpnr.json --timing-allow-fail --seed {seed}")
     build_dir = Path(build_dir)
-    for stale in ("nextpnr.json", f"{_NAME}.stat.json", f"{_NAME}.tim", f"{_NAME}.rpt",
-                  "build.log"):
+    for stale in ("nextpnr.json", f"{_NAME}.stat.json", f"{_NAME}.tim", f"{_NAME}.rpt"):
         (build_dir / stale).unlink(missing_ok=True)
     plan.extract(str(build_dir))
     started = time.perf_counter()
