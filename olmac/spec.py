@@ -11,7 +11,7 @@ import enum
 
 __all__ = [
     "ACT_BITS", "WEIGHT_BITS", "ACT_OUTLIER_RATIO",
-    "ARRAY_DIM", "STALL_SIXTEENTHS", "NETWORK_JOB_ENV", "OUTLIER_BITS", "OUTLIER_LANES",
+    "ARRAY_DIM", "STALL_SIXTEENTHS", "OUTLIER_BITS", "OUTLIER_LANES",
     "PLANE_SHIFT_BITS", "WEIGHT_SCHEMES", "CORE_SCHEMES", "BOARD_NAMES", "MULTIPLIERS",
     "REQUANTIZERS", "MEMORY_STYLES", "BOARD_BAUD", "BOARD_DEFAULTS",
     "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
@@ -71,9 +71,6 @@ RESIDUAL_BITS = (2, 17)
 RESIDUAL_SHIFT_RANGE = (0, 31)
 #: Allowed chances, in sixteenths, that a Verilator bench withholds a stream's valid or ready.
 STALL_SIXTEENTHS = (0, 15)
-#: The environment variable that hands the whole-network bench's cocotb test its job (the
-#: test imports nothing heavier than this module, so the simulator starts quickly).
-NETWORK_JOB_ENV = "OLMAC_NETWORK_JOB"
 #: Width of the precision highway (docs/program.md §11): skip tensors and a program's output
 #: are s16/u16.
 HIGHWAY_BITS = 16

@@ -26,7 +26,7 @@ __all__ = ["CACHE_ENV", "MAX_CACHE_BYTES", "cache_dir", "cache_key", "cached_mod
 CACHE_ENV = "OLMAC_CACHE"
 #: Least recently used models are removed beyond this size.
 MAX_CACHE_BYTES = 2 << 30
-_KEEP = (".v", ".vlt", ".log")
+_KEEP = (".v", ".vlt", ".cpp", ".log")
 #: A private build folder this old (seconds) belongs to a process that died.
 _STALE = 3600
 

@@ -14,7 +14,7 @@ from .job import JOB_ENV, Job
 from .payloads import stream_payloads
 
 __all__ = ["MIN_VERILATOR", "verilator_environment", "LeanVerilator", "build_verilator",
-           "run_cocotb", "build_engine", "run_job"]
+           "build_executable", "run_cocotb", "build_engine", "run_job"]
 
 #: cocotb 2 needs at least this Verilator (older ones fail on its VPI glue).
 MIN_VERILATOR = (5, 36)
@@ -86,6 +86,37 @@ def build_verilator(source, toplevel: str, build_dir: Path, *, always: bool, por
                  build_args=[*VERILATOR_ARGS, *build_args], always=always,
                  timescale=timescale, log_file=build_dir / "build.log")
     return runner
+
+
+def build_executable(sources, toplevel: str, build_dir: Path, *, build_args=(),
+                     make_args=()) -> Path:
+    """Compile ``sources`` (Verilog files and the C++ files of a ``main`` that drives the
+    model) with Verilator into the program ``build_dir / toplevel``: no cocotb and no VPI,
+    so nothing runs between the model's evaluations but that ``main``. ``build_args`` go
+    to Verilator after the common ones, ``make_args`` (e.g. ``OPT_FAST=-O3``, the flags
+    of the model's per-cycle code and of ``main``) to the make that compiles its C++.
+    Verilator's output goes to ``build_dir / "obj"``, its and the compiler's messages to
+    ``build_dir / "build.log"``; returns the program's path.
+
+    Raises
+    ------
+    RuntimeError
+        If Verilator or the C++ compiler fails (with the log's tail).
+    """
+    objects = build_dir / "obj"
+    log = build_dir / "build.log"
+    environment = {**os.environ, **verilator_environment()}
+    # Two make jobs: the model's code is one large file and a few small ones.
+    commands = [["verilator", "--cc", "--exe", "--top-module", toplevel, "--prefix", "Vtop",
+                 "--Mdir", str(objects), "-o", toplevel, *VERILATOR_ARGS, *build_args,
+                 *map(str, sources)],
+                ["make", "-C", str(objects), "-f", "Vtop.mk", "-j", "2", *make_args]]
+    with open(log, "w") as output:
+        for command in commands:
+            if subprocess.run(command, stdout=output, stderr=subprocess.STDOUT,
+                              env=environment).returncode:
+                raise RuntimeError(f"the Verilator build failed:\n{log.read_text()[-3000:]}")
+    return (objects / toplevel).replace(build_dir / toplevel)
 
 
 def _write_verilog(component, toplevel: str, build_dir: Path, transform=None) -> Path:

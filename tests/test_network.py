@@ -7,6 +7,8 @@ Fast tier: Amaranth's simulator with random stalls driven from Python. Verilator
 preloaded bench, a subset of the digits test split here, the whole split in test-full.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -279,6 +281,25 @@ def test_rtl_second_artifact_reuses_the_model(cnn_data):
     assert all(layer["cycles"] >= layer["ideal"] for layer in layers)
     assert layers[0]["cycles"] >= 64  # the LOAD takes the 64 pixel words
     assert sum(layer["ideal"] for layer in layers) * 64 == runs[0].macs_per_image
+
+
+def test_rtl_progress_and_a_run_cut_short(cnn_data, monkeypatch):
+    """Verilator: the simulator reports the images finished every ``PROGRESS_CYCLES``
+    cycles (never going back, never past the run's images), and a run whose cycle budget
+    ends before its last output word raises instead of returning a partial result."""
+    from olmac.sim import network
+    compiled = compile_program(_program(cnn_data))
+    inputs = compiled.pack_inputs(to_pixels(cnn_data.images[:12]))
+    run = functools.partial(network.run_network, compiled.config, compiled.contents, inputs,
+                            output_words=compiled.output_words)
+    monkeypatch.setattr(network, "PROGRESS_CYCLES", 2000)
+    seen = []
+    result = run(timeout_cycles=1_000_000, progress=seen.append)
+    # every 2000 cycles from reset: the inference cycles alone give at least this many
+    assert len(seen) >= result.cycles // 2000 and seen == sorted(seen) and seen[-1] <= 12
+    with pytest.raises(RuntimeError, match=r"^the network simulation was not done after "
+                                           r"3000 cycles$"):
+        run(timeout_cycles=3000)
 
 
 @pytest.mark.slow
