@@ -41,6 +41,6 @@ def report(width: int = 8) -> None:
     print("4-bit W/A, value-aware weights (one outlier per 64 weights of a channel), highway "
           "on. Simulated rates count the model's run from reset to the last output word (wall "
           "clock, and per second of the simulator's own CPU time); the process column adds "
-          "the simulator's start-up (writing and reading the memory files, starting the program); build s is "
-          "0 when the model came from the build cache (docs/network.md §16).")
+          "the simulator's start-up and end (the program's start, its memory files); build s "
+          "is 0 when the model came from the build cache (docs/network.md §16).")
     print()
