@@ -257,7 +257,8 @@ def test_rtl_residual_cnn_subset_under_stalls(cnn_data, tmp_path_factory):
     result = run_rtl(program, pixels, stall_sixteenths=5, seed=77)
     mismatches = int((result.logits != run_integer(program, pixels)).any(1).sum())
     assert mismatches == 0, f"{mismatches} of 40 images differ"
-    assert result.cycles > 40 * 2000  # the stalls cost cycles; the run really happened
+    # the stalls really happened: the same images without them take fewer cycles
+    assert result.cycles > run_rtl(program, pixels).cycles
 
 
 def test_rtl_second_artifact_reuses_the_model(cnn_data):
