@@ -267,7 +267,7 @@ def _serial_requant_proof(out_signed):
             param_bits=4, max_shift=5)
     return Proof(f"serial_requant_{'s' if out_signed else 'u'}2",
                  wrapper(SerialRequantizer), {"skewed": wrapper(SkewedSerialRequantizer)},
-                 depth=1, slow=True)
+                 depth=3, slow=True)
 
 
 PROOFS = (

@@ -485,15 +485,18 @@ def _section3(m, dut, param_bits, max_shift):
     ``params`` payloads), written here as one expression:
     ``clamp(((acc + β)·M + r) >> s, max(lo, 0) if relu else lo, hi)`` with ``r = 2^(s-1)``
     for ``s > 0`` else 0 (round half up). Assumes ``|β|, |M| ≤ 2^(param_bits-1)`` and
-    ``s ≤ max_shift`` (so the solver's multipliers stay small); returns the expected output
-    (a signal of ``m``) and its shape."""
+    ``s ≤ max_shift``, and computes on operands cut to the bits they then fit, so the
+    solver's multipliers stay small (the block's datapath is its full-width one). Returns
+    the expected output (a signal of ``m``), its shape, and the cut ``acc + β`` and ``M``."""
     channel = dut.params.payload.channels[0]
     limit = 1 << (param_bits - 1)
     m.d.comb += [Assume((channel.bias >= -limit) & (channel.bias < limit)),
                  Assume((channel.multiplier >= -limit) & (channel.multiplier < limit)),
                  Assume(channel.shift <= max_shift)]
-    x = dut.acc.payload[0] + channel.bias
-    p = x * channel.multiplier
+    acc = dut.acc.payload[0]
+    x = (acc + channel.bias)[:max(len(acc), param_bits) + 1].as_signed()
+    multiplier = channel.multiplier[:param_bits].as_signed()
+    p = x * multiplier
     r = (C(1, 2) << channel.shift) >> 1
     q = (p + r) >> channel.shift
     out_shape = Shape.cast(dut.out.payload.shape().elem_shape)
@@ -502,7 +505,7 @@ def _section3(m, dut, param_bits, max_shift):
     low = Mux(dut.params.payload.relu, max(lo, 0), lo)
     expected = Signal(out_shape, name="expected")
     m.d.comb += expected.eq(Mux(q < low, low, Mux(q > hi, hi, q)))
-    return expected, out_shape
+    return expected, out_shape, x, multiplier
 
 
 class RequantizerProperties(Elaboratable):
@@ -548,7 +551,7 @@ class RequantizerProperties(Elaboratable):
         dut = self._dut
         fragment = Fragment.get(dut, platform)
         _free_streams(m, fragment, (dut.acc, dut.params), dut.out)
-        expected, out_shape = _section3(m, dut, self._param_bits, self._max_shift)
+        expected, out_shape, _, _ = _section3(m, dut, self._param_bits, self._max_shift)
         accepted = dut.acc.valid & dut.acc.ready
 
         if self._latency is not None:
@@ -616,7 +619,8 @@ class SerialRequantizerProperties(Elaboratable):
             m.d.comb += [port.valid.eq(AnySeq(1)),
                          port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
         m.d.comb += dut.out.ready.eq(AnySeq(1))
-        expected, out_shape = _section3(m, dut, self._param_bits, self._max_shift)
+        expected, out_shape, x, multiplier = _section3(m, dut, self._param_bits,
+                                                       self._max_shift)
 
         accepted = dut.acc.valid & dut.acc.ready
         sent = dut.out.valid & dut.out.ready
@@ -630,19 +634,15 @@ class SerialRequantizerProperties(Elaboratable):
             Assert(~accepted | (result == expected), "a value differs from §3"),
             Assert(~dut.out.valid | (result == kept), "a value differs from §3"),
         ]
-        self._invariants(m, fragment, producers)
+        self._invariants(m, fragment, producers, x, multiplier)
         return m
 
-    def _invariants(self, m, fragment, producers):
+    def _invariants(self, m, fragment, producers, x, multiplier):
         dut = self._dut
         state, biased, total, position, shifts_left, out_valid = _registers(
             fragment, "fsm_state", "biased", "total", "position", "shifts_left", "out_valid")
         idle, sum_state, shift_state = _fsm_states(state, "IDLE", "SUM", "SHIFT")
         channel = dut.params.payload.channels[0]
-        # Operands cut to the bits they fit under the assumptions (acc + β, M, the shift).
-        x_bits = max(len(dut.acc.payload[0]), self._param_bits) + 1
-        x = (dut.acc.payload[0] + channel.bias)[:x_bits].as_signed()
-        multiplier = channel.multiplier[:self._param_bits].as_signed()
         shift = channel.shift
         top = len(channel.multiplier) - 1
         first = Mux(shift > top, shift - 1, top)
