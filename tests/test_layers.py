@@ -23,7 +23,7 @@ LAYERS = {
     "olmac.compiler": 2,   # integer program → the network core's configuration and memories
     "olmac.host_link": 2,  # the host side of the UART link
     "olmac.flow": 3,       # a demo or user model through quantization
-    "olmac.budget": 3,     # per-layer widths under a bits-per-weight budget, by sensitivity
+    "olmac.budget": 3,     # per-layer widths under a bits or kbit budget, by sensitivity
     "olmac.sim": 4,        # cocotb on Verilator
     "olmac.formal": 4,     # SymbiYosys proofs of the hardware blocks
     "olmac.fpga": 4,       # board tops, synthesis, place and route
