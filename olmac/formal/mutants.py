@@ -26,7 +26,7 @@ from .properties import output_streams
 __all__ = ["BlindLaneArray", "DeafFrameReceiver", "HastyDecoder", "LossyRequestSlots",
            "LossyResultBuffer", "OnesComplementDecoder", "OverrunSkidBuffer",
            "SkewedRequantizer", "TamperedArray", "WithdrawnStream", "LenientRules",
-           "EagerDispatcher", "SkewedSerialRequantizer", "DroppedTransfer"]
+           "EagerDispatcher", "SkewedSerialRequantizer", "DroppedTransfer", "SpuriousStream"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -352,6 +352,26 @@ class WithdrawnStream(_PortFault):
         hidden = AnySeq(1)
         return {id(output_streams(block)[0][1].valid):
                 lambda outer, inner: outer.eq(inner & ~hidden)}
+
+
+class SpuriousStream(_PortFault):
+    """Any block whose first sending stream port (``properties.output_streams`` order)
+    offers a beat from nothing in a cycle chosen freely (``valid`` forced high), which it
+    withdraws in the next unless it was taken: a beat created and withdrawn, which the
+    stream rules forbid. Unlike :class:`WithdrawnStream` it needs no beat of the block's
+    own, so it fails within two cycles even where the block takes long to send one (a UART
+    receiver: a whole byte).
+
+    Parameters
+    ----------
+    block : wiring.Component
+        The block to break (built by the caller).
+    """
+
+    def _faults(self, block):
+        offered = AnySeq(1)
+        return {id(output_streams(block)[0][1].valid):
+                lambda outer, inner: outer.eq(inner | offered)}
 
 
 class DroppedTransfer(_PortFault):
