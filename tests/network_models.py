@@ -30,6 +30,20 @@ def _digits_trained(factory, shape) -> nn.Module:
     return trained(factory, shape(split.x_train), split.y_train)
 
 
+def conv_bn_stack() -> nn.Module:
+    """``olmac.models.ordinary.ConvBNStack`` trained on the digits images."""
+    from olmac.models.digits import as_images
+    from olmac.models.ordinary import ConvBNStack
+    return _digits_trained(ConvBNStack, as_images)
+
+
+def residual_bn() -> nn.Module:
+    """``olmac.models.ordinary.ResidualBN`` trained on the digits images."""
+    from olmac.models.digits import as_images
+    from olmac.models.ordinary import ResidualBN
+    return _digits_trained(ResidualBN, as_images)
+
+
 def depthwise_separable() -> nn.Module:
     """``olmac.models.ordinary.DepthwiseSeparable`` trained on the digits images."""
     from olmac.models.digits import as_images

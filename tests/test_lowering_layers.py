@@ -17,49 +17,9 @@ from olmac.golden.program import ProgramError, run_fake_quant, run_integer, to_p
 from olmac.golden.program.lowering import lowering_notes, quantize_model, supported_layers
 from olmac.golden.program.normalize import normalize
 from olmac.models.digits import as_images, load_digits_split
-from olmac.models.ordinary import (DepthwiseSeparable, SequenceCNN, SmoothActivations,
-                                   as_sequences, trained)
+from olmac.models.ordinary import (ConvBNStack, DepthwiseSeparable, ResidualBN, SequenceCNN,
+                                   SmoothActivations, as_sequences, trained)
 from test_network import _core, _run_core
-
-
-class ConvBNStack(nn.Module):
-    """Conv+BN+ReLU, ``padding='same'``, ReLU6, ``F.max_pool2d(x, 3, 2, padding=1)``, Dropout,
-    ``x.view(x.size(0), -1)``, BatchNorm1d, ``clamp`` and a trailing ``log_softmax``."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding="same"), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.relu6, self.drop = nn.ReLU6(), nn.Dropout(0.1)
-        self.fc1, self.bn3 = nn.Linear(16 * 4 * 4, 32), nn.BatchNorm1d(32)
-        self.fc2 = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(self.relu6(self.bn2(self.conv2(x))), 3, 2, padding=1)
-        x = self.drop(x.view(x.size(0), -1))
-        x = torch.clamp(self.bn3(self.fc1(x)), 0, 6)
-        return F.log_softmax(self.fc2(x), dim=1)
-
-
-class ResidualBN(nn.Module):
-    """A residual block with BatchNorm, adaptive average pooling, Identity, ``contiguous``
-    and ``x.reshape(x.shape[0], -1)``."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem, self.bn = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
-        self.conv_a, self.bn_a = nn.Conv2d(8, 8, 3, padding="same"), nn.BatchNorm2d(8)
-        self.conv_b, self.bn_b = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.pool, self.skip = nn.AdaptiveAvgPool2d(2), nn.Identity()
-        self.head = nn.Linear(8 * 2 * 2, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.stem(x)))
-        y = F.relu(self.bn_a(self.conv_a(x)))
-        x = F.relu(self.bn_b(self.conv_b(y)) + self.skip(x))
-        x = self.pool(x).contiguous()
-        return self.head(x.reshape(x.shape[0], -1))
 
 
 class SmallNet(nn.Module):

@@ -2,6 +2,11 @@
 the examples of the lowering (docs/program.md §17), measured in the README and checked on
 the network core by the tests.
 
+* ``ConvBNStack``: Conv+BatchNorm+ReLU stacks with ``padding='same'``, ReLU6,
+  ``F.max_pool2d(x, 3, 2, padding=1)``, Dropout, ``x.view(x.size(0), -1)``, BatchNorm1d,
+  ``torch.clamp`` and a trailing ``log_softmax``.
+* ``ResidualBN``: a residual block with BatchNorm, adaptive average pooling, ``nn.Identity``,
+  ``contiguous`` and ``x.reshape(x.shape[0], -1)``.
 * ``DepthwiseSeparable``: a stem convolution, a depthwise-separable block (depthwise 3×3
   with BatchNorm and ReLU6, pointwise 1×1 with BatchNorm and ReLU), a grouped 3×3
   convolution (4 groups, stride 2), adaptive average pooling to 2×2 and a Linear head, on
@@ -29,8 +34,48 @@ from torch.nn import functional as F
 from .demo import BATCH, EPOCHS
 from .training import train
 
-__all__ = ["DepthwiseSeparable", "InceptionBranches", "DenseBlocks", "SequenceCNN",
+__all__ = ["ConvBNStack", "ResidualBN", "DepthwiseSeparable", "InceptionBranches", "DenseBlocks", "SequenceCNN",
            "SmoothActivations", "as_sequences", "trained"]
+
+
+class ConvBNStack(nn.Module):
+    """Conv+BN+ReLU, ``padding='same'``, ReLU6, ``F.max_pool2d(x, 3, 2, padding=1)``, Dropout,
+    ``x.view(x.size(0), -1)``, BatchNorm1d, ``clamp`` and a trailing ``log_softmax``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding="same"), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.relu6, self.drop = nn.ReLU6(), nn.Dropout(0.1)
+        self.fc1, self.bn3 = nn.Linear(16 * 4 * 4, 32), nn.BatchNorm1d(32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(self.relu6(self.bn2(self.conv2(x))), 3, 2, padding=1)
+        x = self.drop(x.view(x.size(0), -1))
+        x = torch.clamp(self.bn3(self.fc1(x)), 0, 6)
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+class ResidualBN(nn.Module):
+    """A residual block with BatchNorm, adaptive average pooling, Identity, ``contiguous``
+    and ``x.reshape(x.shape[0], -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv_a, self.bn_a = nn.Conv2d(8, 8, 3, padding="same"), nn.BatchNorm2d(8)
+        self.conv_b, self.bn_b = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.pool, self.skip = nn.AdaptiveAvgPool2d(2), nn.Identity()
+        self.head = nn.Linear(8 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        y = F.relu(self.bn_a(self.conv_a(x)))
+        x = F.relu(self.bn_b(self.conv_b(y)) + self.skip(x))
+        x = self.pool(x).contiguous()
+        return self.head(x.reshape(x.shape[0], -1))
 
 
 class DepthwiseSeparable(nn.Module):
