@@ -159,8 +159,11 @@ class XorFold(wiring.Component):
     """Takes every vector of a stream and XOR-folds it into a ``width``-bit register.
 
     Each output bit depends on bits of every element of every vector taken, so Yosys keeps
-    all the logic that computes them. The fold is registered twice (across the elements,
-    then down to ``width`` bits) so it adds no long path of its own.
+    all the logic that computes them. Each vector is registered as it is taken, as a
+    consumer of the array would, and the fold is registered twice (across the elements,
+    then down to ``width`` bits), so it adds no long path of its own: without the first
+    register the XOR across the elements sat behind the array's output queue, whose
+    block-RAM read (and Yosys's read-during-write bypass) alone take half a UP5K cycle.
 
     Parameters
     ----------
@@ -192,7 +195,9 @@ class XorFold(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.d.comb += self.i.ready.eq(1)
-        payload = self.i.payload
+        payload = Signal.like(self.i.payload, reset_less=True)
+        payload_valid = Signal()
+        m.d.sync += [payload.eq(self.i.payload), payload_valid.eq(self.i.valid)]
         if isinstance(payload, data.View) and isinstance(payload.shape(), data.ArrayLayout):
             elements = [Value.cast(element) for element in payload]
         else:
@@ -202,7 +207,7 @@ class XorFold(wiring.Component):
         total = 0
         for element in elements:
             total = total ^ element.as_unsigned()
-        m.d.sync += [across.eq(total), across_valid.eq(self.i.valid)]
+        m.d.sync += [across.eq(total), across_valid.eq(payload_valid)]
 
         down = 0
         for start in range(0, len(across), self._width):

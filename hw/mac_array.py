@@ -7,10 +7,12 @@ from amaranth.lib.wiring import In, Out
 from olmac.spec import (ACT_BITS, ARRAY_DIM, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
 from .config import ConfigProperty, ConfiguredComponent
-from .multipliers import DSP_STAGES, MODES, PACKED_STAGES, DspProduct, PackedPair, packable
+from .multipliers import (DSP_STAGES, MODES, ODD_DIGIT_WEIGHT_BITS, PACKED_STAGES, DspProduct,
+                          PackedPair, as_signed_operand, odd_digit_bounds, odd_digit_product,
+                          packable)
 from .outlier_rules import OutlierRules
 from .result_buffer import ResultBuffer
-from .shapes import narrowest_signed, product_bounds
+from .shapes import narrowest_signed, product_bounds, shape_bounds
 
 __all__ = ["ActOutlier", "WeightOutlier", "ActBeat", "WeightBeat", "MacArray", "MAX_ACC_WIDTH"]
 
@@ -369,6 +371,13 @@ class MacArray(ConfiguredComponent):
             return PACKED_STAGES if self.multipliers == "packed" else self.product_stages
 
         @property
+        def odd_digit_products(self):
+            """Whether the dense products are :func:`~hw.multipliers.odd_digit_product`
+            (one stage in LUT logic, weights of at most 4 bits)."""
+            return (self.multipliers != "packed" and self.product_stages == 1
+                    and self.weight_bits <= ODD_DIGIT_WEIGHT_BITS)
+
+        @property
         def outlier_product_stage(self):
             """Stage at which the outlier products are registered."""
             # DSP modes: a fabric register for the operands, then the block's two stages
@@ -460,6 +469,7 @@ class MacArray(ConfiguredComponent):
         last = Signal(reset_less=True)
         loads = [tile.eq(self.weights.payload.tile), last.eq(self.act.payload.last)]
         loads += [acts.eq(self.act.payload.data) for acts in act_copies]
+        triple_copies = self._triple_registers(loads)
         plane_shift = None
         if self._config.plane_shift_bits:
             plane_shift = Signal.like(self.weights.payload.plane_shift, reset_less=True)
@@ -491,7 +501,7 @@ class MacArray(ConfiguredComponent):
                                                             self.weights.payload))]
             with m.Elif(held):
                 # the dense vector went with sub-beat 0; later sub-beats add outliers only
-                m.d.sync += [acts.eq(0) for acts in act_copies]
+                m.d.sync += [acts.eq(0) for acts in act_copies + triple_copies]
                 if plane_shift is not None:
                     m.d.sync += plane_shift.eq(0)
                 with m.If(at_final):
@@ -519,24 +529,8 @@ class MacArray(ConfiguredComponent):
 
         # Products, then one register per adder-tree level. Each register is only as wide
         # as the sums it can hold (a 4×4 product fits 8 bits, not Amaranth's 9).
-        product_low, product_high = product_bounds(self.act_shape, self.weight_shape)
-        sum_shape = lambda count: narrowest_signed(count * product_low, count * product_high)
-        level = self._dense_products(m, act_copies, tile, sum_shape(1))
-        stage = self._config.dense_product_stage
-        for depth in range(self._config.tree_levels):
-            next_level = []
-            for col, terms in enumerate(level):
-                sums = []
-                for pair in range(0, len(terms), 2):
-                    count = sum(count for _, count in terms[pair:pair + 2])
-                    partial = Signal(sum_shape(count), name=f"sum_c{col}_d{depth}_{pair // 2}",
-                                     reset_less=True)
-                    m.d.sync += partial.eq(sum(term for term, _ in terms[pair:pair + 2]))
-                    sums.append((partial, count))
-                next_level.append(sums)
-            level = next_level
-            stage += 1
-        column_sums = [terms[0][0] for terms in level]
+        column_sums, corrections = self._column_sums(m, act_copies, triple_copies, tile)
+        stage = self._config.dense_product_stage + self._config.tree_levels
         for _ in range(stage, self._config.sum_stage):
             column_sums = self._delay_values(m, column_sums)
         if self._config.has_outliers:
@@ -561,6 +555,10 @@ class MacArray(ConfiguredComponent):
             if shifts is not None:
                 base = base << shifts[col]
             total = base + column_sum
+            if corrections[col]:
+                # the one correction bit of the column that no adder of its tree took
+                (correction,) = corrections[col]
+                total = total + self._delayed(m, correction, self._config.sum_stage)
             if self._config.has_outliers:
                 total = total + outlier_sums[col]
             with m.If(clear):
@@ -571,10 +569,63 @@ class MacArray(ConfiguredComponent):
         m.d.sync += results.w.valid.eq(valid & last)
         return m
 
-    def _dense_products(self, m, act_copies, tile, shape):
+    def _triple_registers(self, loads):
+        """With odd-digit products, a register of ``3·a`` for each copy of the activation
+        register (its load appended to ``loads``): one adder per lane, shared by every
+        column, in place of one multiplier per lane and column. Otherwise none."""
+        if not self._config.odd_digit_products:
+            return []
+        low, high = shape_bounds(self.act_shape)
+        layout = data.ArrayLayout(narrowest_signed(3 * low, 3 * high), self._config.lanes)
+        copies = [Signal(layout, reset_less=True, name=f"triples_g{group}", attrs=_KEEP)
+                  for group in range(-(-self._config.cols // ACT_FANOUT_COLS))]
+        triples = [as_signed_operand(act) * 3 for act in self.act.payload.data]
+        loads += [copy[lane].eq(triple) for copy in copies
+                  for lane, triple in enumerate(triples)]
+        return copies
+
+    def _column_sums(self, m, act_copies, triple_copies, tile):
+        """The dense products summed per column by a tree with one register per level;
+        returns the column sums (at stage ``dense_product_stage + tree_levels``) and, per
+        column, the correction bits of the odd-digit products (at stage 0) that its tree
+        did not add as carry-ins: one bit, or none."""
+        # Each register is only as wide as the sums it can hold (a 4×4 product fits 8
+        # bits, not Amaranth's 9; an odd-digit one 7). A sum of `count` odd-digit products
+        # has taken at most `count - 1` of their corrections as carry-ins.
+        if self._config.odd_digit_products:
+            low, high = odd_digit_bounds(self.act_shape, self.weight_shape)
+            sum_shape = lambda count: narrowest_signed(count * low, count * high + count - 1)
+        else:
+            low, high = product_bounds(self.act_shape, self.weight_shape)
+            sum_shape = lambda count: narrowest_signed(count * low, count * high)
+        level, corrections = self._dense_products(m, act_copies, triple_copies, tile,
+                                                  sum_shape(1))
+        stage = self._config.dense_product_stage
+        for depth in range(self._config.tree_levels):
+            next_level = []
+            for col, terms in enumerate(level):
+                sums = []
+                for pair in range(0, len(terms), 2):
+                    count = sum(count for _, count in terms[pair:pair + 2])
+                    partial = Signal(sum_shape(count), name=f"sum_c{col}_d{depth}_{pair // 2}",
+                                     reset_less=True)
+                    total = sum(term for term, _ in terms[pair:pair + 2])
+                    if count > 1 and corrections[col]:
+                        # an adder's carry-in is free: it takes one lane's correction
+                        total = total + self._delayed(m, corrections[col].pop(), stage)
+                    m.d.sync += partial.eq(total)
+                    sums.append((partial, count))
+                next_level.append(sums)
+            level = next_level
+            stage += 1
+        return [terms[0][0] for terms in level], corrections
+
+    def _dense_products(self, m, act_copies, triple_copies, tile, shape):
         """The first level of the adder tree: per column, ``(product, 1)`` for each lane,
-        ready at stage :attr:`_dense_product_stage`."""
+        ready at stage :attr:`Config.dense_product_stage`; and per column the bits that
+        make its odd-digit products exact (empty lists without them)."""
         level = [[] for _ in range(self._config.cols)]
+        corrections = [[] for _ in range(self._config.cols)]
         acts_of = lambda col: act_copies[col // ACT_FANOUT_COLS]
         if self._config.multipliers == "packed":
             for lane in range(self._config.lanes):
@@ -597,12 +648,20 @@ class MacArray(ConfiguredComponent):
                                          reset_less=True)
                         m.d.sync += product.eq(single.p)
                         level[col].append((product, 1))
-            return level
+            return level, corrections
         for col in range(self._config.cols):
             for lane in range(self._config.lanes):
                 product = Signal(shape, name=f"product_c{col}_l{lane}", reset_less=True)
                 act, weight = acts_of(col)[lane], tile[lane][col]
-                if self._config.product_stages == 2:
+                if self._config.odd_digit_products:
+                    short, correction = odd_digit_product(
+                        as_signed_operand(act), triple_copies[col // ACT_FANOUT_COLS][lane],
+                        weight)
+                    sign = Signal(name=f"correction_c{col}_l{lane}")
+                    m.d.comb += sign.eq(correction)
+                    m.d.sync += product.eq(short)
+                    corrections[col].append(sign)
+                elif self._config.product_stages == 2:
                     # w = high·2^h + low, low unsigned: two narrower products a cycle, each
                     # about half the 4×4 product's logic depth, summed the next cycle.
                     half = self._config.weight_bits // 2
@@ -617,7 +676,7 @@ class MacArray(ConfiguredComponent):
                 else:
                     m.d.sync += product.eq(act * weight)
                 level[col].append((product, 1))
-        return level
+        return level, corrections
 
     def _register_slots(self, m, port, kind, hold):
         if "outliers" not in port.payload.shape().members:
@@ -735,6 +794,13 @@ class MacArray(ConfiguredComponent):
             m.d.sync += total.eq(sum(column_terms))
             sums.append(total)
         return sums
+
+    @classmethod
+    def _delayed(cls, m, value, stages):
+        """``value`` (a signal of stage 0) delayed to stage ``stages``."""
+        for _ in range(stages):
+            (value,) = cls._delay_values(m, [value])
+        return value
 
     @staticmethod
     def _delay_values(m, values):

@@ -14,16 +14,22 @@ platform; a flow that maps every remaining ``*`` to LUT logic (``synth_ecp5 -nod
 * :class:`PackedPair` computes ``a × b0`` and ``a × b1`` with one multiply
   ``a × (b0 + b1·2^k)`` in a :class:`DspProduct` and splits the result with the
   sign-borrow correction (:func:`packed_split`).
+
+:func:`odd_digit_product` is a dense product of a weight of at most
+:data:`ODD_DIGIT_WEIGHT_BITS` bits in LUT logic, cheaper than a Booth multiplier: with
+``3a`` computed once per activation, each partial-product bit is one LUT4.
 """
 
 from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .shapes import narrowest_signed, product_bounds
+from .shapes import narrowest_signed, product_bounds, shape_bounds
 
-__all__ = ["MODES", "DSP_STAGES", "PACKED_STAGES", "product_shape", "packed_field_width",
-           "packed_b_width", "packable", "packed_split", "DspProduct", "PackedPair"]
+__all__ = ["MODES", "DSP_STAGES", "PACKED_STAGES", "ODD_DIGIT_WEIGHT_BITS", "product_shape",
+           "packed_field_width", "packed_b_width", "packable", "packed_split",
+           "as_signed_operand", "odd_digit_product", "odd_digit_bounds", "DspProduct",
+           "PackedPair"]
 
 #: Multiplier placements of :class:`~hw.MacArray` (``multipliers=``).
 MODES = ("lut", "dsp", "packed")
@@ -75,6 +81,64 @@ def packed_split(p, k):
     low = p[:k].as_signed()
     high = (p[k:].as_signed() + p[k - 1])
     return low, high
+
+
+#: Widest weight :func:`odd_digit_product` takes: two radix-4 digits.
+ODD_DIGIT_WEIGHT_BITS = 4
+
+
+def as_signed_operand(value):
+    """``value`` as a signed value of the same integer (one bit wider if unsigned), so that
+    ``~`` on it is ``-value - 1``."""
+    value = Value.cast(value)
+    return value if value.shape().signed else Cat(value, Const(0, 1)).as_signed()
+
+
+def odd_digit_product(a, triple, w):
+    """``(a·w − c, c)`` for a signed weight ``w`` of 2..:data:`ODD_DIGIT_WEIGHT_BITS` bits,
+    with ``c`` the sign bit of ``w``; ``a`` signed (:func:`as_signed_operand`), ``triple``
+    equal to ``3·a``.
+
+    A 4-bit weight (narrower ones sign-extended; 2 bits need only the first digit) is
+    ``w = e + 2·d`` with the digits ``e = w[0] + 2·w[1] − 2 ∈ {−2, −1, 0, 1}`` and
+    ``d = 2·w[2] + 4·(1 − w[3]) − 3 ∈ {1, 3, −3, −1}``: the odd-digit recoding of
+    ``2w + 1``. Each digit's multiple of ``a`` is chosen among a value and its complement
+    (``~x = −x − 1``): ``e·a`` from ``~(2a), ~a, 0, a`` and ``d·a`` from ``a, 3a, ~(3a),
+    ~a``, so every bit of either is a function of two weight bits and two operand bits,
+    one LUT4, where a Booth multiplier needs several levels. Each complement is one short
+    (``−1`` when ``w[1] = 0``, and ``−2`` from ``2·d·a`` when ``w[3] = 1``): the first is
+    the sum's carry-in, the second half made up by the free low bit of ``2·(d·a)`` (set to
+    ``w[3]``), which leaves ``−w[3]``. The caller adds ``c`` back, e.g. as the carry-in of an
+    adder it has anyway.
+    """
+    w = Value.cast(w)
+    width = len(w)
+    if not 2 <= width <= ODD_DIGIT_WEIGHT_BITS or not w.shape().signed:
+        raise TypeError(f"Odd-digit weight must be signed of 2..{ODD_DIGIT_WEIGHT_BITS} bits, "
+                        f"not {w.shape()!r}")
+    if width == 2:
+        # w = e with e = w[0] + 2·(1 − w[1]) − 2: the first digit alone, short when w[1] = 1
+        return _low_digit(a, ~w[1], w[0]), w[1]
+    bits = [w[index] if index < width else w[-1] for index in range(ODD_DIGIT_WEIGHT_BITS)]
+    low = _low_digit(a, bits[1], bits[0])
+    high = Mux(bits[3], Mux(bits[2], ~a, ~triple), Mux(bits[2], triple, a))
+    return low + Cat(bits[3], high).as_signed() + ~bits[1], bits[3]
+
+
+def odd_digit_bounds(a_shape, w_shape):
+    """Inclusive ``(low, high)`` of :func:`odd_digit_product`'s first result, ``a·w − c``:
+    one below the product only where the weight is negative, so a 4×4 one fits 7 bits
+    (−57..63) where the product needs 8 (−56..64)."""
+    a_low, a_high = shape_bounds(a_shape)
+    w_low, w_high = shape_bounds(w_shape)
+    values = [a * w for a in (a_low, a_high) for w in (0, w_high)]
+    values += [a * w - 1 for a in (a_low, a_high) for w in (w_low, -1)]
+    return min(values), max(values)
+
+
+def _low_digit(a, high, low):
+    """``e·a`` for ``e = low + 2·high − 2``, complemented (one short) where ``e < 0``."""
+    return Mux(high, Mux(low, a, 0), Mux(low, ~a, ~(a << 1)))
 
 
 def _platform_family(platform):

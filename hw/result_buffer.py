@@ -47,7 +47,9 @@ class ResultBuffer(wiring.Component):
         A result-producing beat enters the pipeline in this cycle. Only asserted while
         ``can_claim``.
     can_claim : Out(1)
-        An entry is free to be claimed; depends only on registers.
+        An entry is free to be claimed; a register of its own, so the pipeline's ``ready``
+        (and whatever enable a feeder derives from it) starts at a flip-flop instead of
+        behind the credit counter's compare.
     w : In(stream.Signature(payload_shape, always_ready=True))
         Results from the end of the pipeline, one per claim, in claim order.
     r : Out(stream.Signature(payload_shape))
@@ -59,7 +61,7 @@ class ResultBuffer(wiring.Component):
         self._payload_shape = payload_shape
         super().__init__({
             "claim": In(1),
-            "can_claim": Out(1),
+            "can_claim": Out(1, init=1),
             "w": In(stream.Signature(payload_shape, always_ready=True)),
             "r": Out(stream.Signature(payload_shape)),
         })
@@ -95,8 +97,11 @@ class ResultBuffer(wiring.Component):
             m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
         m.d.sync += stored.eq(stored + self.w.valid - load)
 
-        outstanding = Signal(range(depth + 2))
+        # can_claim is registered from the counter's next value: on the UP5K the compare
+        # after the counter and the LUTs behind `ready` were the 8×8 array's critical path.
+        outstanding = Signal(range(depth + 1))
         released = self.r.valid & self.r.ready
-        m.d.sync += outstanding.eq(outstanding + self.claim - released)
-        m.d.comb += self.can_claim.eq(outstanding < depth)
+        next_outstanding = outstanding + self.claim - released
+        m.d.sync += [outstanding.eq(next_outstanding),
+                     self.can_claim.eq(next_outstanding < depth)]
         return m

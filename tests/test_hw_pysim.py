@@ -5,10 +5,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from amaranth.hdl import unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.sim import Simulator
 
 from olmac import golden
 from olmac.hw import GemmEngine, MacArray, Requantizer
+from olmac.hw.multipliers import as_signed_operand, odd_digit_bounds, odd_digit_product
 from olmac.hw.requant import RequantParams
 from olmac.hw.stream import SkidBuffer
 from olmac.sim.codec import LayoutCodec
@@ -69,6 +71,39 @@ def check_dense_gemm(lanes, cols, act_bits, act_signed, weight_bits, pause, **op
     expected = golden.gemm(torch.tensor(acts), torch.tensor(weights), act_bits=act_bits,
                            act_signed=act_signed, weight_bits=weight_bits)
     np.testing.assert_array_equal(result, expected.numpy())
+
+
+@pytest.mark.parametrize("act_shape,weight_bits", [
+    (signed(4), 4), (unsigned(4), 4), (signed(2), 2), (unsigned(3), 3), (signed(8), 4)])
+def test_odd_digit_product_is_exact(act_shape, weight_bits):
+    """For every activation and weight, odd_digit_product gives a·w − c with c the weight's
+    sign bit, inside odd_digit_bounds (expected values: Python's own products)."""
+    act, weight = Signal(act_shape), Signal(signed(weight_bits))
+    operand = as_signed_operand(act)
+    triple = Signal(signed(len(operand) + 2))
+    short, correction = odd_digit_product(operand, triple, weight)
+    short_out = Signal(signed(len(operand) + weight_bits + 2))
+    correction_out = Signal()
+    m = Module()
+    m.d.comb += [triple.eq(operand * 3), short_out.eq(short), correction_out.eq(correction)]
+    low, high = odd_digit_bounds(act_shape, signed(weight_bits))
+    seen = []
+
+    async def testbench(ctx):
+        act_low, act_high = golden.int_range(act_shape.width, act_shape.signed)
+        w_low, w_high = golden.int_range(weight_bits, True)
+        for a in range(act_low, act_high + 1):
+            for w in range(w_low, w_high + 1):
+                ctx.set(act, a)
+                ctx.set(weight, w)
+                value, sign = ctx.get(short_out), ctx.get(correction_out)
+                assert (value + sign, sign) == (a * w, int(w < 0)), (a, w, value, sign)
+                seen.append(value)
+
+    sim = Simulator(m)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert (min(seen), max(seen)) == (low, high)
 
 
 def test_mac_array_extremes():
