@@ -579,7 +579,9 @@ class MacArray(ConfiguredComponent):
         layout = data.ArrayLayout(narrowest_signed(3 * low, 3 * high), self._config.lanes)
         copies = [Signal(layout, reset_less=True, name=f"triples_g{group}", attrs=_KEEP)
                   for group in range(-(-self._config.cols // ACT_FANOUT_COLS))]
-        triples = [as_signed_operand(act) * 3 for act in self.act.payload.data]
+        # a shift and an add, not `* 3`, which Yosys would put in an ECP5 DSP block
+        triples = [(as_signed_operand(act) << 1) + as_signed_operand(act)
+                   for act in self.act.payload.data]
         loads += [copy[lane].eq(triple) for copy in copies
                   for lane, triple in enumerate(triples)]
         return copies

@@ -200,9 +200,10 @@ def test_ecp5_dsp_mode_maps_outliers_only():
 
 
 def test_ecp5_lut_mode_maps_everything():
-    """The default mode leaves the mapping to Yosys, which puts all 20 products in DSPs
-    (and the booth pass all of them in LUTs)."""
-    assert synthesize(_array("lut"), family="ecp5", extra_args=_ECP5_ARGS).dsps == 20
+    """The default mode builds the 16 dense 4-bit products as odd-digit LUT logic and
+    leaves the 4 outlier products to Yosys, which puts them in DSPs (and the booth pass in
+    LUTs)."""
+    assert synthesize(_array("lut"), family="ecp5", extra_args=_ECP5_ARGS).dsps == 4
     assert synthesize(_array("lut"), family="ecp5", extra_args=_ECP5_ARGS,
                       booth=True).dsps == 0
 
