@@ -97,17 +97,11 @@ class ResultBuffer(wiring.Component):
             m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
         m.d.sync += stored.eq(stored + self.w.valid - load)
 
-        # can_claim is a register: on the UP5K the compare after the counter and the LUTs
-        # behind `ready` were the 8×8 array's critical path. Its next value is chosen among
-        # compares of the counter alone, so only that choice waits for `claim` and `r.ready`
-        # (computing the next count and then comparing it limited an ECP5 array instead).
+        # can_claim is registered from the counter's next value: on the UP5K the compare
+        # after the counter and the LUTs behind `ready` were the 8×8 array's critical path.
         outstanding = Signal(range(depth + 1))
         released = self.r.valid & self.r.ready
-        m.d.sync += outstanding.eq(outstanding + self.claim - released)
-        with m.If(self.claim & ~released):
-            m.d.sync += self.can_claim.eq(outstanding < depth - 1)
-        with m.Elif(released & ~self.claim):
-            m.d.sync += self.can_claim.eq(1)
-        with m.Else():
-            m.d.sync += self.can_claim.eq(outstanding < depth)
+        next_outstanding = outstanding + self.claim - released
+        m.d.sync += [outstanding.eq(next_outstanding),
+                     self.can_claim.eq(next_outstanding < depth)]
         return m
