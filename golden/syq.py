@@ -23,7 +23,7 @@ from .mmse import max_abs_scale
 __all__ = [
     "GRANULARITIES", "DEFAULT_ETA", "FRAC_BITS",
     "KMEANS_ITERATIONS", "subgroup_shape", "ternary_threshold", "codebook_size",
-    "init_codebook", "syq_quantize", "pack_codes", "unpack_codes", "SyqCodes", "encode",
+    "init_codebook", "program_zero_code", "syq_quantize", "pack_codes", "unpack_codes", "SyqCodes", "encode",
     "decode_to_int", "syq_gemm", "ActivationQuantizer", "SyqLinear", "syq_model",
     "freeze",
 ]
@@ -112,6 +112,18 @@ def codebook_size(idx_bits: int, zero: bool) -> int:
     if zero and idx_bits == 0:
         raise ValueError("A zero code needs idx_bits >= 1, not 0")
     return (1 << idx_bits) - int(zero)
+
+
+def program_zero_code(idx_bits: int) -> bool:
+    """Whether an integer program's SYQ codebook of ``idx_bits`` has a zero code: binary
+    codebooks (``idx_bits = 0``, ``{±c}``) have none, wider ones keep one (ternary
+    ``{0, ±c}`` at ``idx_bits = 1``), as the SYQ paper's binary and ternary weights do
+    (docs/program.md §9).
+
+    >>> program_zero_code(0), program_zero_code(1)
+    (False, True)
+    """
+    return idx_bits > 0
 
 
 def _check_magnitudes(weight: torch.Tensor, magnitudes: torch.Tensor, zero: bool) -> int:

@@ -269,9 +269,10 @@ def _codebook(op: Gemm, idx_bits: int, weight_bits: int) -> _Codebook:
     k = op.idx_bits
     top = min(DECODER_IDX_BITS[1], weight_bits - 1)
     if not 1 <= k <= top:
+        wanted = f"1..{top}" if k == 0 else f"{top} or less"
         raise CompileError(f"its SYQ codes have idx_bits = {k}; the core's codebook decoder "
                            f"takes 1..{top} with a zero code (quantize with syq_idx_bits "
-                           f"{top} or less)")
+                           f"{wanted})")
     tables = op.tables.to(torch.int64).numpy()
     if tables[..., 0].any():
         raise CompileError("its SYQ codebooks have no zero code (T[g][0] ≠ 0); the core's "

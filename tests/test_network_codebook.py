@@ -15,6 +15,7 @@ import torch
 from olmac.cli import main
 from olmac.compiler import CompileError, compile_program
 from olmac.golden.program import Gemm, quantize_model, run_integer, to_pixels
+from olmac.golden.syq import decode_to_int
 from olmac.hw.network import CodebookMode, CodebookPath, NetworkCore, OpKind
 from test_cli_network import _refused
 from test_network import _core, _run_core
@@ -106,6 +107,27 @@ def test_compiler_refuses_codes_the_decoder_cannot_decode(mlp_data, mlp_syq):
     with pytest.raises(CompileError, match=r"^op \d+ \(gemm 'layers\.2'\): its SYQ codebooks "
                                            r"have no zero code"):
         compile_program(program, width=4)
+
+
+def test_binary_syq_codes_decode_to_one_magnitude_per_row_and_are_refused_by_the_core(
+        mlp_data):
+    """``syq_idx_bits = 0`` is binary SYQ (docs/program.md §9): one sign bit per weight,
+    every weight of a row ``±c`` with no zero code, so each row's decoded weights have
+    one magnitude; the core's decoder (zero code built in) refuses it in one line per
+    layer, naming the widths that would run."""
+    program = _syq(mlp_data, weight_bits=4, syq_idx_bits=0)
+    for op in _gemms(program):
+        assert op.idx_bits == 0 and int(op.codes.max()) <= 1  # the sign bit alone
+        rows = decode_to_int(op.codes.to(torch.int64), op.tables.to(torch.int64),
+                             idx_bits=0, entry_bits=op.weight_bits - 1).reshape(
+                                 op.out_features, -1)
+        assert (rows.abs() == rows.abs()[:, :1]).all()
+        assert (rows != 0).all()
+    with pytest.raises(CompileError, match=r"^op 1 \(gemm 'layers\.0'\): its SYQ codes have "
+                                           r"idx_bits = 0; .* \(quantize with syq_idx_bits "
+                                           r"1\.\.3\)") as refused:
+        compile_program(program, width=4)
+    assert len(str(refused.value).splitlines()) == 3
 
 
 def test_quantize_refuses_more_codebooks_than_the_decoder_holds(tmp_path, monkeypatch, capsys):

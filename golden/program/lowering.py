@@ -425,7 +425,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int
     ``"conv1"``) to scheme, ``"mmse"`` for the layers it does not name;
     ``outlier_ratio``/``weight_outlier_bits`` (value-aware; the outlier width defaults to
     ``min(2·weight_bits, 16)``), ``planes`` (multi-tensor) and
-    ``syq_idx_bits``/``syq_granularity`` (SYQ: ternary, per row) tune them.
+    ``syq_idx_bits``/``syq_granularity`` (SYQ: ternary, per row; ``syq_idx_bits = 0``
+    is binary, ``{±c}``) tune them.
     ``layer_schemes`` (layer name → scheme) overrides ``scheme`` layer by layer and
     ``layer_bits`` (layer name → ``(weight_bits, act_bits)``) the widths (§10, per-layer
     precision): the layer's weights and the value it reads take them (the value's producer

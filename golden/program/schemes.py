@@ -21,7 +21,7 @@ from ..fake_quant import to_int_round_half_even
 from ..integer import gemm
 from ..mmse import EXPONENT_BITS, MAX_PLANES, combine_plane_accumulators, mmse_scale, \
     multi_tensor_quantize
-from ..syq import decode_to_int, encode, init_codebook
+from ..syq import decode_to_int, encode, init_codebook, program_zero_code
 from ..value_aware import outlier_threshold, to_value_aware_round_half_even, value_aware_scale
 from .types import ProgramError, TensorSpec, check_field
 
@@ -237,12 +237,13 @@ class Syq(WeightScheme):
     @classmethod
     def quantize(cls, weight, bits, options):
         weight = weight.detach()
+        zero = program_zero_code(options["syq_idx_bits"])
         magnitudes = options.get("syq_magnitudes")  # learned by training, else initialized
         if magnitudes is None:
             magnitudes = init_codebook(weight, granularity=options["syq_granularity"],
-                                       idx_bits=options["syq_idx_bits"], zero=True)
+                                       idx_bits=options["syq_idx_bits"], zero=zero)
         magnitudes = magnitudes.detach()
-        codes = encode(weight, magnitudes, zero=True, entry_bits=bits - 1)
+        codes = encode(weight, magnitudes, zero=zero, entry_bits=bits - 1)
         return {"codes": codes.codes, "tables": codes.tables, "idx_bits": codes.idx_bits,
                 "weight_scale": torch.full((weight.shape[0],), 2.0 ** -codes.frac_bits,
                                            dtype=torch.float64)}

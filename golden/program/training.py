@@ -29,7 +29,7 @@ from torch import nn
 from olmac.spec import ACT_BITS
 from ..fake_quant import fake_quantize_ste
 from ..formats import int_range
-from ..syq import init_codebook, syq_quantize
+from ..syq import init_codebook, program_zero_code, syq_quantize
 from .float_view import float_view, program_weights
 from .integer_program import IntegerProgram
 from .lowering import Trained
@@ -91,7 +91,8 @@ class TrainableProgram(nn.Module):
                 self._syq[op.name] = len(self.magnitudes)
                 self.magnitudes.append(nn.Parameter(init_codebook(
                     self._rotate(op, weight), granularity=options["syq_granularity"],
-                    idx_bits=options["syq_idx_bits"], zero=True)))
+                    idx_bits=options["syq_idx_bits"],
+                    zero=program_zero_code(options["syq_idx_bits"]))))
         inherited = {op.output for op in program.ops if op.KIND in ("flatten", "maxpool")}
         self._learned = [name for name, value in program.values.items()
                          if value.bits <= ACT_BITS[1] and name != "input"
@@ -123,7 +124,8 @@ class TrainableProgram(nn.Module):
         weight = self._rotate(op, self.weights[i])
         n = weight.shape[0]
         if op.name in self._syq:
-            real = syq_quantize(weight, self.magnitudes[self._syq[op.name]], zero=True)
+            real = syq_quantize(weight, self.magnitudes[self._syq[op.name]],
+                                zero=program_zero_code(self._options["syq_idx_bits"]))
             return real.reshape(n, -1).T, self.biases[i]
         rows = weight.reshape(n, -1).T
         real = SCHEMES[op.scheme].real_weight(weight.detach(), op.weight_bits, self._options)
