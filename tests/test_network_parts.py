@@ -175,68 +175,6 @@ def test_loader_writes_inputs_and_passes_load_beats_between_them():
     assert sum(restarts) == 1
 
 
-@pytest.mark.parametrize("in_signed", [0, 1])
-def test_quantizing_loader_sends_each_word_as_a_window_under_stalls(in_signed):
-    """A ``LOAD`` with ``quantize``: each of its ``count`` input words goes to ``vector`` as
-    a window of one (``last`` on every beat), its slots read as ``in_signed`` says, in
-    order and once each under random stalls on both sides; nothing is written and the
-    loader never ends the op (the write-back does)."""
-    dut = Loader(CONFIG)
-    words = [[1, 0xFFFF], [0x8000, 7], [3, 0x7FFF], [0xFFFE, 0]]
-    writes = []
-
-    async def watch(ctx):
-        async for _, _, en, done in ctx.tick().sample(dut.write.en, dut.done):
-            writes.append(en or done)
-
-    async def source(ctx):
-        await ctx.tick().until(dut.control.running)
-        await _send(ctx, dut.inputs, words)
-
-    async def bench(ctx):
-        await _run(ctx, dut.control, _op(kind=OpKind.LOAD, quantize=1, count=len(words),
-                                         in_signed=in_signed))
-        taken = await _take(ctx, dut.vector, len(words))
-        await ctx.tick().repeat(5)
-        assert not ctx.get(dut.vector.valid) and not ctx.get(dut.inputs.ready)
-        sign = (lambda v: v - 0x10000 if v >= 0x8000 else v) if in_signed else (lambda v: v)
-        assert [list(beat.lanes) for beat in taken] == [[sign(v) for v in word]
-                                                        for word in words]
-        assert all(beat.last for beat in taken)
-
-    _simulate(dut, watch, source, bench)
-    assert not any(writes)
-
-
-def test_quantizing_loader_takes_load_beats_only_before_its_first_word():
-    """A quantizing ``LOAD`` (ended by the write-back, not by the loader) passes ``load``
-    beats on while it waits for its first word, and none once a word has been taken, so
-    it never ends under a memory write."""
-    dut = Loader(CONFIG)
-    beat = {"memory": NetworkCore.Memory.WEIGHTS, "address": 5, "word": 77}
-
-    async def bench(ctx):
-        ctx.set(dut.writes.ready, 1)
-        ctx.set(dut.vector.ready, 1)
-        await _run(ctx, dut.control, _op(kind=OpKind.LOAD, quantize=1, count=2))
-        ctx.set(dut.load.valid, 1)
-        ctx.set(dut.load.payload, beat)
-        assert ctx.get(dut.writes.valid) and ctx.get(dut.load.ready)
-        await ctx.tick()
-        ctx.set(dut.load.valid, 0)
-        ctx.set(dut.inputs.valid, 1)
-        ctx.set(dut.inputs.payload, [1, 2])
-        assert ctx.get(dut.inputs.ready)
-        await ctx.tick()
-        ctx.set(dut.inputs.valid, 0)
-        ctx.set(dut.load.valid, 1)
-        for _ in range(3):
-            assert not ctx.get(dut.writes.valid) and not ctx.get(dut.load.ready)
-            await ctx.tick()
-
-    _simulate(dut, bench)
-
-
 def test_loader_of_no_words_halts():
     """A ``LOAD`` of zero words never finishes (an empty program memory halts)."""
     dut = Loader(CONFIG)
