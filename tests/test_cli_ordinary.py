@@ -28,6 +28,7 @@ def _through_the_cli(tmp_path, model: str, shape, images: int) -> tuple:
     return np.load(tmp_path / "rtl.npy"), np.load(tmp_path / "golden.npy")
 
 
+@pytest.mark.slow
 def test_conv_bn_stack_runs_on_the_rtl_as_on_golden(tmp_path):
     """Conv+BN+ReLU, padding='same', ReLU6, padded max pooling, Dropout, ``view``, BN1d,
     clamp and log_softmax, through the command line: RTL logits = golden's."""
