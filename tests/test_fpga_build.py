@@ -251,7 +251,8 @@ def test_top_streams_memory_every_cycle():
     """In the Amaranth simulator: after the two-cycle fill the array takes one beat per
     cycle, beat i is memory word i mod depth with ``last`` on every second beat (max_k 4 over
     2 lanes), every reduction's accumulators are the exact dot products of its beats, and
-    the fold output is the XOR-fold of every accumulator vector seen two cycles earlier."""
+    the fold output is the XOR-fold of every accumulator vector seen three cycles earlier
+    (XorFold's three registers)."""
     top = _small_top(depth=4, act_bits=3, weight_bits=3, max_k=4, fold_width=5)
     # The array is built in elaborate: elaborate the top here to watch the array's streams.
     design = top.elaborate(platform=None)
@@ -298,7 +299,8 @@ def test_top_streams_memory_every_cycle():
     for cycle, fold in enumerate(folds):
         expected = 0
         for result_cycle, acc in results:
-            if result_cycle <= cycle - 2:
+            # XorFold registers each vector as taken, then across it, then down: three
+            if result_cycle <= cycle - 3:
                 expected ^= folded(acc)
         assert fold == expected
 
