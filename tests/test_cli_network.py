@@ -107,6 +107,19 @@ def test_listing_says_what_was_folded_and_dropped(tmp_path, capsys):
                           "the program's logits are its input"]
 
 
+@pytest.mark.parametrize("ratio, warned", [("0.01", 3), ("0.02", 0)])
+def test_an_outlier_ratio_that_keeps_no_outlier_is_warned_about(tmp_path, capsys, ratio,
+                                                                  warned):
+    """The demo MLP's three layers each read 64 values: 1 % of 64 rounds down to no
+    weight outlier per output channel (docs/value_aware.md §1), 2 % keeps one."""
+    main(["quantize", "--model", "mlp", "--outlier-ratio", ratio, "--out",
+          str(tmp_path / "program")])
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith(f"olmac: warning: --outlier-ratio {ratio} keeps no weight")]
+    assert len(warnings) == warned
+    assert all(line.endswith("⌊ratio·64⌋ = 0 (at least 1/64 keeps one)") for line in warnings)
+
+
 def test_own_model_needs_calibration(tmp_path, capsys):
     message = _refused(capsys, ["quantize", "--model", "network_models:tiny_mlp",
                                 "--out", str(tmp_path / "program")])

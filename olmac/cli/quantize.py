@@ -328,6 +328,11 @@ def run(args):
     finally:
         close()
     check_core(program, args.width, array_bits, tables=not args.no_tables)
+    for name, inputs in _outlier_free_layers(program, args.outlier_ratio,
+                                             per_layer.get("layer_outlier_ratios") or {}):
+        print(f"olmac: warning: --outlier-ratio {args.outlier_ratio:g} keeps no weight "
+              f"outlier in layer {name}: each output channel keeps ⌊ratio·{inputs}⌋ = 0 "
+              f"(at least 1/{inputs} keeps one)", file=sys.stderr)
     memory = on_chip(program) if budget is not None else None
     if args.budget_kbit is not None and memory > args.budget_kbit * 1024:
         # trained weights keep ⌊r·K⌋ outliers a channel, but a beat may now hold more
@@ -458,6 +463,17 @@ def _record(directory: Path, allocation, sensitivity, program, memory) -> None:
         "on_chip_bits": memory,
         "kl": allocation.kl}
     (directory / "budget.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _outlier_free_layers(program, ratio: float, chosen: dict) -> list[tuple[str, int]]:
+    """``(name, K)`` of every value-aware layer where ``ratio`` (not a budget's choice in
+    ``chosen``) keeps no weight outlier: thresholds are per output channel
+    (docs/value_aware.md §1), so a channel of ``K`` weights keeps ``⌊ratio·K⌋``, which a
+    ratio of 1 % makes 0 for ``K < 100``."""
+    from olmac.golden.program import Gemm
+    return [(op.name, op.in_features) for op in program.ops
+            if isinstance(op, Gemm) and op.scheme == "value_aware" and op.name not in chosen
+            and 0 < ratio and math.floor(ratio * op.in_features) == 0]
 
 
 def _option_names(message: str) -> str:
