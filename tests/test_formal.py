@@ -2,6 +2,8 @@
 
 import gc
 import re
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from amaranth.hdl import Fragment
 from olmac.formal.properties import output_streams
 from olmac.formal import proofs
 from olmac.formal.proofs import PROOFS, run_all
-from olmac.formal.runner import ProofResult, prove
+from olmac.formal.runner import ProofResult, _run_measured, prove
 from olmac.hw.host_link import FrameTransmitter
 from olmac.hw.network_app import Dispatcher
 from olmac.spec import Command
@@ -73,23 +75,59 @@ def test_output_streams_finds_the_sending_ports():
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_make_formal_runs_all_but_the_cross_checks(monkeypatch, tmp_path):
     """``make formal`` (``run_all``) runs every proof and mutant except the bounded
-    cross-checks, starts the slow ones first (so none starts last) and reports in catalogue
-    order; a proof is as expected when it passes, a mutant when it fails."""
+    cross-checks and reports in catalogue order; a proof is as expected when it passes, a
+    mutant when it fails. It starts the longest first: by the CPU seconds of an earlier run
+    where it has them, slow runs it has none for before them and fast ones after; on a
+    fresh clone (no earlier run) the slow ones first."""
     started = []
 
     def fake_prove(wrapper, build_dir, *, depth, mode):
         name = Path(build_dir).name
         started.append(name)
-        return ProofResult("-" not in name, "PASS", 0.0, Path(build_dir) / "log")
+        return ProofResult("-" not in name, "PASS", 0.0, Path(build_dir) / "log", 1.0)
 
     monkeypatch.setattr(proofs, "prove", fake_prove)
     expected = [name for proof in PROOFS if not proof.cross_check
                 for name in (proof.name, *(f"{proof.name}-{m}" for m in proof.mutants))]
-    lines = list(run_all(tmp_path, jobs=1))
-    gc.collect()    # the unused wrappers in reference cycles, while the warning is ignored
-    assert [line.split()[0] for _, line in lines] == expected
-    assert [good for good, _ in lines] == [True] * len(expected)
-    slow = {name for proof in PROOFS if proof.slow and not proof.cross_check
-            for name in (proof.name, *(f"{proof.name}-{m}" for m in proof.mutants))}
-    assert set(started[:len(slow)]) == slow
+    runs = list(run_all(tmp_path, jobs=1))
+    assert [run.name for run in runs] == expected
+    assert [run.line.split()[0] for run in runs] == expected
+    assert [run.as_expected for run in runs] == [True] * len(expected)
+    slow = [name for proof in PROOFS if proof.slow and not proof.cross_check
+            for name in (proof.name, *(f"{proof.name}-{m}" for m in proof.mutants))]
+    assert set(started[:len(slow)]) == set(slow)
     assert any(proof.cross_check for proof in PROOFS)
+
+    fast = [name for name in expected if name not in slow]
+    earlier = {fast[0]: 1.0, fast[1]: 3.0, slow[0]: 2.0}
+    started.clear()
+    list(run_all(tmp_path, jobs=1, cpu_seconds=earlier))
+    gc.collect()    # the unused wrappers in reference cycles, while the warning is ignored
+    unknown_slow = len(slow) - 1
+    assert set(started[:unknown_slow]) == set(slow[1:])
+    assert started[unknown_slow:unknown_slow + 3] == [fast[1], slow[0], fast[0]]
+    assert set(started[unknown_slow + 3:]) == set(fast[2:])
+
+
+def test_run_counts_the_cpu_of_every_descendant(tmp_path):
+    """The CPU seconds of a run include the processes SymbiYosys starts (here a grandchild
+    that spins for 0.3 s of CPU), though other threads wait on their own runs meanwhile."""
+    spin = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"
+    status, cpu = _run_measured([sys.executable, "-c", parent], tmp_path, None, timeout=60)
+    assert status == 0
+    assert 0.3 <= cpu < 5
+
+
+def test_run_past_its_timeout_is_stopped_with_its_descendants(tmp_path):
+    """A run past its time is killed with every process it started (no solver left behind):
+    the grandchild here would write a file after 2 s."""
+    marker = tmp_path / "still_running"
+    late = f"import time, pathlib; time.sleep(2); pathlib.Path({str(marker)!r}).touch()"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {late!r}])"
+    start = time.monotonic()
+    status, _cpu = _run_measured([sys.executable, "-c", parent], tmp_path, None, timeout=0.5)
+    assert status is None
+    assert time.monotonic() - start < 2
+    time.sleep(2.5)
+    assert not marker.exists()

