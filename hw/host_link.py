@@ -163,13 +163,16 @@ class FrameReceiver(wiring.Component):
         with m.Elif(~timed_out):
             m.d.sync += quiet.eq(quiet + 1)
 
-        length = Signal(16)
-        count = Signal(16)
+        # The length and the payload count are as wide as the longest payload taken (the
+        # length field's 16 bits are checked against it first).
+        low_byte = Signal(8)         # of the length
+        length = Signal(range(self._max_payload + 1))
+        count = Signal(range(self._max_payload))
         crc_low = Signal(8)
         dropping = Signal()         # no slot was free when this frame began
         pending = Signal(8)         # the error reported once a discarded frame ends
         report = self.error
-        received_length = Cat(length[:8], byte)
+        received_length = Cat(low_byte, byte)
 
         def start_frame():
             m.d.comb += crc.start.eq(1)
@@ -210,13 +213,13 @@ class FrameReceiver(wiring.Component):
 
             def length_low():
                 m.d.comb += crc.valid.eq(1)
-                m.d.sync += length[:8].eq(byte)
+                m.d.sync += low_byte.eq(byte)
                 m.next = "LENGTH_HIGH"
             in_frame("LENGTH_LOW", length_low)
 
             def length_high():
                 m.d.comb += crc.valid.eq(1)
-                m.d.sync += [length[8:].eq(byte), count.eq(0)]
+                m.d.sync += [length.eq(received_length), count.eq(0)]
                 with m.If((received_length == 0) | (received_length > self._max_payload)):
                     discard(int(ErrorCode.LENGTH))
                 with m.Else():
@@ -292,7 +295,8 @@ class RequestSlots(wiring.Component):
             return Mux(slot, self._max_payload, 0) + offset
 
         held = Signal(2)            # which slots hold a checked frame not yet released
-        held_length = Array(Signal(16, name=f"held_length_{slot}") for slot in range(2))
+        held_length = Array(Signal(range(self._max_payload + 1), name=f"held_length_{slot}")
+                            for slot in range(2))
         write_slot = Signal()
         read_slot = Signal()
         index = Signal(range(self._max_payload))

@@ -323,8 +323,11 @@ class LoadHandler(wiring.Component):
         memory = Signal(3)
         bad_memory = Signal()
         address = Signal(16)
-        word = Signal(8 * max(self._word_bytes.values()))
-        index = Signal(range(max(3, *self._word_bytes.values())))  # byte of header or word
+        # The word's bytes shift in at the top, so no byte needs an enable of its own; a
+        # word narrower than the widest then shifts down to bit 0 (``ALIGN``), zeros above.
+        widest = max(self._word_bytes.values())
+        word = Signal(8 * widest)
+        index = Signal(range(max(3, widest) + 1))   # byte of header or word
         request_done = Signal()     # the request's last byte has been taken
         sent = Signal(range(3))     # reply bytes sent
 
@@ -351,7 +354,7 @@ class LoadHandler(wiring.Component):
         with m.FSM():
             # a command byte alone lacks the header
             _command(m, request, alone="REPLY", more="HEADER", reset=[
-                count.eq(0), index.eq(0), word.eq(0),
+                count.eq(0), index.eq(0),
                 status.eq(Mux(request.payload.last, Status.BAD_LENGTH, Status.OK))])
             with m.State("HEADER"):
                 m.d.comb += request.ready.eq(1)
@@ -376,20 +379,24 @@ class LoadHandler(wiring.Component):
             with m.State("WORD"):
                 m.d.comb += request.ready.eq(1)
                 with m.If(request.valid):
-                    m.d.sync += [word.word_select(index, 8).eq(byte), index.eq(index + 1),
+                    m.d.sync += [word.eq(Cat(word[8:], byte)), index.eq(index + 1),
                                  request_done.eq(is_last)]
                     with m.If(index == last_byte):
                         with m.If(address >= memory_depth):
                             refuse(Status.BAD_ADDRESS)
                         with m.Else():
-                            m.next = "WRITE"
+                            m.next = "ALIGN"
                     with m.Elif(is_last):
                         refuse(Status.BAD_LENGTH)
+            with m.State("ALIGN"):
+                with m.If(index == widest):
+                    m.next = "WRITE"
+                with m.Else():
+                    m.d.sync += [word.eq(word[8:]), index.eq(index + 1)]
             with m.State("WRITE"):
                 m.d.comb += self.load.valid.eq(1)
                 with m.If(self.load.ready):
-                    m.d.sync += [count.eq(count + 1), address.eq(address + 1), index.eq(0),
-                                 word.eq(0)]
+                    m.d.sync += [count.eq(count + 1), address.eq(address + 1), index.eq(0)]
                     with m.If(request_done):
                         m.next = "REPLY"
                     with m.Else():

@@ -22,14 +22,20 @@ class SerialRequantizer(ConfiguredComponent):
     ``clamp(((acc + β)·M + r·M_r·2^t + 2^(s-1)) >> s, lo, hi)`` (docs/program.md §11; without
     a residual, docs/semantics.md §3), exactly as :class:`hw.requant.Requantizer`.
 
-    The sum is formed by Horner's rule, most significant position first: every cycle the
-    partial sum doubles and takes the terms of one bit position, ``x`` where bit ``k`` of
-    ``M`` is set, ``r`` where bit ``k − t`` of ``M_r`` is set (the sign bits with negative
-    weight) and the rounding ``1`` at position ``s − 1``. Then the sum shifts right one bit a
-    cycle, ``s`` times (an arithmetic shift: floor division), and is clamped. A channel
-    takes ``max(32, 32 + t, s) + s + 2`` cycles (``t`` only with a residual); the vector
-    leaves when all ``cols`` channels are done. The inputs are held by the stream rules
-    while the channels run, so only the partial sum and the output vector are registered.
+    The sum ``T = Σ c_k·2^k`` is formed least significant position first: ``c_k`` is ``x``
+    where bit ``k`` of ``M`` is set, ``r`` where bit ``k − t`` of ``M_r`` is set (the sign
+    bits with negative weight) and the rounding ``1`` at ``k = s − 1``. Every cycle the
+    partial sum ``P`` takes ``c_k`` and halves (an arithmetic shift), so it always holds
+    ``⌊(Σ_{j<k} c_j·2^j) / 2^k⌋``, never more than ``|x| + |r| + 1``: a register as wide
+    as the operands instead of the whole 82-bit sum, and no shifter. The bit each halving
+    drops is bit ``k`` of ``T``, final from then on; bits ``s`` and up are the result's,
+    collected in a register as wide as the output, while two flags note whether any bit
+    above the output's sign bit was 1 or 0, and the clamp reads them with the sign left in
+    ``P`` once every term is in (no comparator wider than the output). A channel takes
+    ``max(32 + t, s + w) + 2`` cycles (``t`` only with a residual; ``w`` bits of a
+    signed value hold every output); the vector leaves when all ``cols`` channels are done.
+    The inputs are held by the stream rules while the channels run, so only the partial
+    sum, the result bits and the output vector are registered.
 
     Made from keyword arguments, the fields of :class:`SerialRequantizer.Config`, which validates
     them (see its Raises).
@@ -82,15 +88,25 @@ class SerialRequantizer(ConfiguredComponent):
             return data.ArrayLayout(self.out_shape, self.cols)
 
         @property
+        def biased_width(self):
+            """Width of ``acc + β`` (signed)."""
+            return max(self.acc_width, BIAS_BITS) + 1
+
+        @property
         def sum_width(self):
-            """Width of the partial-sum register: every sum of §11 fits it exactly."""
-            biased = max(self.acc_width, BIAS_BITS) + 1
-            widest = biased + MULTIPLIER_BITS
+            """Width of the partial-sum register ``P`` (signed): ``|P| ≤ |x| + |r| + 1``
+            after every step, since ``|⌊(P + c)/2⌋| ≤ (|P| + |c|)/2``."""
+            bound = 1 << (self.biased_width - 1)
             if self.residual_bits is not None:
-                widest = max(widest, self.residual_bits + MULTIPLIER_BITS
-                             + RESIDUAL_SHIFT_RANGE[1])
-            # one bit for the sum of the two products, one for the rounding term (< 2^62)
-            return max(widest, SHIFT_RANGE[1]) + 2
+                bound += 1 << (self.residual_bits - 1)
+            return (bound + 1).bit_length() + 1
+
+        @property
+        def value_width(self):
+            """Bits of a signed value that holds every output (and every bound): the result
+            bits collected; a sum whose higher bits are not all its sign is clamped."""
+            shape = Shape.cast(self.out_shape)
+            return shape.width + (0 if shape.signed else 1)
 
     cols = ConfigProperty()
     per_channel = ConfigProperty()
@@ -99,15 +115,21 @@ class SerialRequantizer(ConfiguredComponent):
 
     def elaborate(self, platform):
         m = Module()
-        cols = self._config.cols
+        config = self._config
+        cols = config.cols
         channel = Signal(range(cols))
-        per_channel = self._config.per_channel
+        per_channel = config.per_channel
         channel_params = self.params.payload.channels[0 if per_channel else channel]
 
-        biased = Signal(signed(max(self._config.acc_width, BIAS_BITS) + 1))
-        total = Signal(signed(self.sum_width))
-        position = Signal(range(SHIFT_RANGE[1] + RESIDUAL_SHIFT_RANGE[1] + 1))
-        shifts_left = Signal(range(SHIFT_RANGE[1] + 1))
+        biased = Signal(signed(config.biased_width))
+        partial = Signal(signed(self.sum_width))
+        width = config.value_width
+        # The last position is below 32 + t and s + width; one more after the last step.
+        position = Signal(range(max(MULTIPLIER_BITS + RESIDUAL_SHIFT_RANGE[1],
+                                    SHIFT_RANGE[1] + width) + 1))
+        low_bits = Signal(width)        # bits s.. of the sum, the first at the bottom
+        ones = Signal()                 # a bit at s + width - 1 or above was 1
+        zeros = Signal()                # ... or 0
         results = Signal(data.ArrayLayout(self.out_shape, cols))
         out_valid = Signal()
         m.d.comb += [self.out.valid.eq(out_valid), self.out.payload.eq(results)]
@@ -121,7 +143,8 @@ class SerialRequantizer(ConfiguredComponent):
         in_multiplier = position <= top
         m_bit = in_multiplier & multiplier.as_unsigned().bit_select(position[:5], 1)
         x_term = Mux(m_bit, Mux(position == top, -biased, biased), 0)
-        if self._config.residual_bits is not None:
+        terms_end = top
+        if config.residual_bits is not None:
             residual = channel_params.residual
             residual_shift = channel_params.residual_shift
             residual_multiplier = channel_params.residual_multiplier
@@ -130,15 +153,21 @@ class SerialRequantizer(ConfiguredComponent):
             in_residual = (j >= 0) & (j <= top)
             r_bit = in_residual & residual_multiplier.as_unsigned().bit_select(j[:5], 1)
             r_term = Mux(r_bit, Mux(j == top, -residual, residual), 0)
-            first_position = Mux(residual_shift > 0, top + residual_shift, top)
+            terms_end = top + residual_shift
         else:
             r_term = 0
-            first_position = top
         rounding = (shift != 0) & (position == shift - 1)
-        terms = Signal(signed(max(len(biased), self._config.residual_bits or 0) + 2))
+        terms = Signal(signed(max(len(biased), config.residual_bits or 0) + 2))
         m.d.comb += terms.eq(x_term + r_term)
+        step = Signal(signed(self.sum_width + 1))
+        m.d.comb += step.eq(partial + terms + rounding)
+        # The last position: every term is in and the output's bits are collected.
+        collected = shift + (width - 1)
+        last = Mux(terms_end > collected, terms_end, collected)
+        above = Signal(signed(len(position) + 1))      # k − s: which result bit k is
+        m.d.comb += above.eq(position - shift)
 
-        if self._config.runtime_bounds:
+        if config.runtime_bounds:
             low = self.params.payload.low
             high = self.params.payload.high
             floor = Mux(self.params.payload.relu & (low < 0), 0, low)
@@ -156,29 +185,35 @@ class SerialRequantizer(ConfiguredComponent):
                 with m.If(self.params.valid if per_channel else 1):
                     m.d.sync += [
                         biased.eq(self.acc.payload[channel] + channel_params.bias),
-                        total.eq(0),
-                        position.eq(Mux(shift > first_position, shift - 1, first_position)),
-                        shifts_left.eq(shift),
+                        partial.eq(0), position.eq(0), low_bits.eq(0), ones.eq(0),
+                        zeros.eq(0),
                     ]
                     m.next = "SUM"
             with m.State("SUM"):
-                m.d.sync += [total.eq((total << 1) + terms + rounding),
-                             position.eq(position - 1)]
-                with m.If(position == 0):
-                    m.next = "SHIFT"
-            with m.State("SHIFT"):
-                with m.If(shifts_left != 0):
-                    m.d.sync += [total.eq(total >> 1), shifts_left.eq(shifts_left - 1)]
+                bit = step[0]
+                m.d.sync += [partial.eq(step >> 1), position.eq(position + 1)]
+                with m.If((above >= 0) & (above < width)):
+                    m.d.sync += low_bits.eq(Cat(low_bits[1:], bit))
+                with m.If(above >= width - 1):
+                    m.d.sync += [ones.eq(ones | bit), zeros.eq(zeros | ~bit)]
+                with m.If(position == last):
+                    m.next = "CLAMP"
+            with m.State("CLAMP"):
+                # P is the sum's bits above the last position: all of them the sign when
+                # the value fits `width` bits.
+                negative = partial < 0
+                fits = Mux(negative, ~zeros & (partial == -1), ~ones & (partial == 0))
+                value = low_bits.as_signed()
+                clamped = Mux(fits, Mux(value < floor, floor, Mux(value > high, high, value)),
+                              Mux(negative, floor, high))
+                m.d.sync += results[channel].eq(clamped)
+                if per_channel:
+                    m.d.comb += self.params.ready.eq(1)
+                with m.If(channel == cols - 1):
+                    m.next = "DONE"
                 with m.Else():
-                    clamped = Mux(total < floor, floor, Mux(total > high, high, total))
-                    m.d.sync += results[channel].eq(clamped)
-                    if per_channel:
-                        m.d.comb += self.params.ready.eq(1)
-                    with m.If(channel == cols - 1):
-                        m.next = "DONE"
-                    with m.Else():
-                        m.d.sync += channel.eq(channel + 1)
-                        m.next = "LOAD"
+                    m.d.sync += channel.eq(channel + 1)
+                    m.next = "LOAD"
             with m.State("DONE"):
                 m.d.comb += self.acc.ready.eq(1)
                 if not per_channel:

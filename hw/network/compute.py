@@ -50,30 +50,29 @@ class Reducer(wiring.Component):
         m = Module()
         kind = self.control.op.kind
         is_gemm = kind == OpKind.GEMM
-        reduced = Signal(self.acc.payload.shape())
         valid = Signal()
         ready = ~is_gemm & self.acc.ready
         partial = Signal(self.acc.payload.shape())
         first = Signal(init=1)
-        m.d.comb += self.beats.ready.eq(~valid | ready)
+        # A window's result is its partial sum itself, offered until taken: the next
+        # window's first beat waits that long (a cycle at least), for one register a lane
+        # instead of two (the serial requantizer takes tens of cycles a vector anyway).
+        m.d.comb += self.beats.ready.eq(~valid)
         with m.If(valid & ready):
             m.d.sync += valid.eq(0)
         with m.If(self.beats.valid & self.beats.ready):
             last = self.beats.payload.last
             for lane in range(self._width):
                 value = self.beats.payload.lanes[lane]
-                combined = Mux(first, value,
-                               Mux(kind == OpKind.SUM, partial[lane] + value,
-                                   Mux(value > partial[lane], value, partial[lane])))
-                m.d.sync += partial[lane].eq(combined)
-                with m.If(last):
-                    m.d.sync += reduced[lane].eq(combined)
+                m.d.sync += partial[lane].eq(Mux(
+                    first, value, Mux(kind == OpKind.SUM, partial[lane] + value,
+                                      Mux(value > partial[lane], value, partial[lane]))))
             m.d.sync += first.eq(last)
             with m.If(last):
                 m.d.sync += valid.eq(1)
         m.d.comb += [
             self.acc.valid.eq(Mux(is_gemm, self.array.valid, valid)),
-            self.acc.payload.eq(Mux(is_gemm, self.array.payload, reduced)),
+            self.acc.payload.eq(Mux(is_gemm, self.array.payload, partial)),
             self.array.ready.eq(is_gemm & self.acc.ready),
         ]
         return m

@@ -206,11 +206,11 @@ def fixed_command_counts(m, block, fragment):
 
 def load_handler_counts(m, block, fragment):
     """:class:`~olmac.hw.network_app.LoadHandler`: one reply per request (pending in
-    ``REPLY``, and in ``WRITE`` once the last byte is in), and the count it replies is the
-    number of ``load`` beats sent for the request (none lost or doubled)."""
+    ``REPLY``, and in ``ALIGN`` and ``WRITE`` once the last byte is in), and the count it
+    replies is the number of ``load`` beats sent for the request (none lost or doubled)."""
     state, request_done, count = _registers(fragment, "fsm_state", "request_done", "count")
     _one_reply_per_request(m, block, _in_states(state, "REPLY") |
-                           (_in_states(state, "WRITE") & request_done))
+                           (_in_states(state, "ALIGN", "WRITE") & request_done))
     loads = Signal.like(count, name="loads")
     with m.If(_ended(block.host.reply)):
         m.d.sync += loads.eq(0)
@@ -616,10 +616,13 @@ class SerialRequantizerProperties(Elaboratable):
     Invariants of this implementation make the step inductive without the ~40 cycles a
     channel takes: outside ``IDLE`` the vector is held (and its parameters where they are
     one beat) and no result waits; the columns before the current ``channel`` hold their
-    results; in ``SUM`` at bit ``p`` the partial sum is Horner's sum of the positions above
-    ``p``, ``(acc + β)·(M >> (p + 1)) + ⌊2^(s-1) / 2^(p+1)⌋``; in ``SHIFT`` it is the whole
-    sum shifted right by the shifts done. They are written for the assumed small parameters
-    (operands cut to the bits they fit, so the solver's multipliers stay small).
+    results; in ``SUM`` before position ``k`` (and in ``CLAMP``, after the last) the partial
+    sum is ``⌊T_k / 2^k⌋`` of the terms below ``k``,
+    ``T_k = x·(M mod 2^k) + [s − 1 < k]·2^(s-1)`` (``M`` itself from ``k = 32``), the result
+    bits hold bits ``s..k − 1`` of the whole sum ``T`` (at most ``value_width`` of them, at
+    the top), and the two flags say whether a bit of ``T`` at ``s + value_width − 1..k − 1``
+    is 1 or 0. They are written for the assumed small parameters (operands cut to the bits
+    they fit, so the solver's multipliers stay small).
 
     Parameters
     ----------
@@ -693,34 +696,54 @@ class SerialRequantizerProperties(Elaboratable):
     def _invariants(self, m, fragment, producers, sections, done, beats):
         dut = self._dut
         cols = len(sections)
-        state, channel, biased, total, position, shifts_left, out_valid = _registers(
-            fragment, "fsm_state", "channel", "biased", "total", "position", "shifts_left",
-            "out_valid")
-        idle, load, sum_state, shift_state, done_state = _fsm_states(
-            state, "IDLE", "LOAD", "SUM", "SHIFT", "DONE")
+        state, channel, biased, partial, position, low_bits, ones, zeros, out_valid = \
+            _registers(fragment, "fsm_state", "channel", "biased", "partial", "position",
+                       "low_bits", "ones", "zeros", "out_valid")
+        idle, load, sum_state, clamp_state, done_state = _fsm_states(
+            state, "IDLE", "LOAD", "SUM", "CLAMP", "DONE")
         params = dut.params.payload.channels[0 if self._per_channel else channel]
         shift = params.shift
         x = Array(section[1] for section in sections)[channel]
         multiplier = Array(section[2] for section in sections)[channel]
         top = len(params.multiplier) - 1
-        first = Mux(shift > top, shift - 1, top)
+        width = len(low_bits)
+        last = Mux(top > shift + (width - 1), top, shift + (width - 1))
         rounding = (C(1, 2) << shift) >> 1
-        # Horner's partial sum above bit `position`, and the whole sum.
-        above = Mux(position >= top, 0, x * (multiplier >> (position + 1)))
-        horner = Signal(signed(len(total)), name="horner")
-        m.d.comb += horner.eq(above + (rounding >> (position + 1)))
-        whole = x * multiplier + rounding
-        shifted = Signal(signed(len(total)), name="shifted")
-        m.d.comb += shifted.eq(whole >> (shift - shifts_left).as_unsigned())
+        whole = Signal(signed(len(x) + len(multiplier) + 2), name="whole")
+        m.d.comb += whole.eq(x * multiplier + rounding)
+        # The terms below `position`: M's bits below it (all of M from bit 32 on, its top
+        # bit weighing -2^31), the rounding once its position is passed.
+        k = position
+        below = Mux(k > top, 0, multiplier >> k)
+        passed = Mux((shift != 0) & (shift - 1 < k), rounding, 0)
+        expected_partial = Signal(signed(len(partial) + 8), name="expected_partial")
+        m.d.comb += expected_partial.eq(((x * multiplier + passed) >> k) - x * below)
+
+        def mask(count):
+            return (C(1, 1) << count.as_unsigned()) - 1
+
+        above_s = Signal(signed(len(k) + 1), name="above_s")
+        m.d.comb += above_s.eq(k - shift)
+        collected = Mux(above_s < 0, 0, Mux(above_s > width, width, above_s))
+        expected_low = Signal(width, name="expected_low")
+        m.d.comb += expected_low.eq(((whole >> shift) & mask(collected))
+                                    << (width - collected).as_unsigned())
+        high_from = shift + (width - 1)
+        high_count = Mux(k > high_from, k - high_from, 0)
+        high_ones = ((whole >> high_from) & mask(high_count)) != 0
+        high_zeros = ((~whole >> high_from) & mask(high_count)) != 0
         busy = state != idle
         working = busy & (state != done_state)
+        in_step = (state == sum_state) | (state == clamp_state)
         acc_held, params_held = producers[0].held, producers[1].held
         results = dut.out.payload
         m.d.comb += [
             Assert(~busy | (acc_held & ~out_valid)),
-            Assert((state != sum_state) | ((biased == x) & (position <= first) &
-                                           (shifts_left == shift) & (total == horner))),
-            Assert((state != shift_state) | ((shifts_left <= shift) & (total == shifted))),
+            Assert((state != sum_state) | (position <= last)),
+            Assert((state != clamp_state) | (position == last + 1)),
+            Assert(~in_step | ((biased == x) & (partial == expected_partial)
+                               & (low_bits == expected_low) & (ones == high_ones)
+                               & (zeros == high_zeros))),
             Assert((state != done_state) | (channel == cols - 1)),
             # The channels done hold their results (all of them in DONE).
             *(Assert(~(working & (channel > c) | (state == done_state)) |
@@ -732,7 +755,7 @@ class SerialRequantizerProperties(Elaboratable):
             # Each channel's beat is taken as its channel ends: `channel` of them before it.
             m.d.comb += [
                 Assert(beats == Mux(state == done_state, cols, Mux(busy, channel, 0))),
-                Assert(~((state == sum_state) | (state == shift_state)) | params_held),
+                Assert(~in_step | params_held),
             ]
 
 
@@ -1151,9 +1174,9 @@ class FrameReceiverProperties(Elaboratable):
                              Assert(same, "a frame applied with other payload bytes")]
 
         # Sync hunting: bytes since the frame's sync, and quiet cycles since the last byte.
-        state, length, count, dropping, crc_reg, quiet, crc_low_byte = _registers(
-            fragment, "fsm_state", "length", "count", "dropping", "crc_reg", "quiet",
-            "crc_low")
+        state, length, low_byte, count, dropping, crc_reg, quiet, crc_low_byte = _registers(
+            fragment, "fsm_state", "length", "low_byte", "count", "dropping", "crc_reg",
+            "quiet", "crc_low")
         (hunt, garbage, discard, length_low, length_high, payload, crc_low,
          crc_high) = _fsm_states(state, "HUNT", "GARBAGE", "DISCARD", "LENGTH_LOW",
                                  "LENGTH_HIGH", "PAYLOAD", "CRC_LOW", "CRC_HIGH")
@@ -1193,7 +1216,7 @@ class FrameReceiverProperties(Elaboratable):
             Assert(~payload_states |
                    (length == Cat(past[since_sync - 1], past[since_sync - 2]))),
             Assert((state != length_low) | (crc_reg == 0xFFFF)),
-            Assert((state != length_high) | (length[:8] == history[0])),
+            Assert((state != length_high) | (low_byte == history[0])),
             Assert((state != crc_high) | (crc_low_byte == history[0])),
             Assert(quiet == Mux(silent > self._timeout, self._timeout, silent)),
         ]
