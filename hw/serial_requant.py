@@ -142,7 +142,10 @@ class SerialRequantizer(ConfiguredComponent):
         top = MULTIPLIER_BITS - 1
         in_multiplier = position <= top
         m_bit = in_multiplier & multiplier.as_unsigned().bit_select(position[:5], 1)
-        x_term = Mux(m_bit, Mux(position == top, -biased, biased), 0)
+        # A term of negative weight is added as its complement and a carry (-x = ~x + 1):
+        # no negating adder.
+        x_negative = m_bit & (position == top)
+        x_term = Mux(m_bit, Mux(x_negative, ~biased, biased), 0)
         terms_end = top
         if config.residual_bits is not None:
             residual = channel_params.residual
@@ -152,15 +155,16 @@ class SerialRequantizer(ConfiguredComponent):
             m.d.comb += j.eq(position - residual_shift)
             in_residual = (j >= 0) & (j <= top)
             r_bit = in_residual & residual_multiplier.as_unsigned().bit_select(j[:5], 1)
-            r_term = Mux(r_bit, Mux(j == top, -residual, residual), 0)
+            r_negative = r_bit & (j == top)
+            r_term = Mux(r_bit, Mux(r_negative, ~residual, residual), 0)
             terms_end = top + residual_shift
         else:
-            r_term = 0
+            r_term = r_negative = 0
         rounding = (shift != 0) & (position == shift - 1)
         terms = Signal(signed(max(len(biased), config.residual_bits or 0) + 2))
         m.d.comb += terms.eq(x_term + r_term)
         step = Signal(signed(self.sum_width + 1))
-        m.d.comb += step.eq(partial + terms + rounding)
+        m.d.comb += step.eq(partial + terms + (rounding + x_negative + r_negative))
         # The last position: every term is in and the output's bits are collected.
         collected = shift + (width - 1)
         last = Mux(terms_end > collected, terms_end, collected)

@@ -64,9 +64,11 @@ class Reducer(wiring.Component):
             last = self.beats.payload.last
             for lane in range(self._width):
                 value = self.beats.payload.lanes[lane]
+                # A maximum is one of the values, so a MAX compares only their width.
+                held = partial[lane][:len(value)].as_signed()
                 m.d.sync += partial[lane].eq(Mux(
                     first, value, Mux(kind == OpKind.SUM, partial[lane] + value,
-                                      Mux(value > partial[lane], value, partial[lane]))))
+                                      Mux(value > held, value, partial[lane]))))
             m.d.sync += first.eq(last)
             with m.If(last):
                 m.d.sync += valid.eq(1)
