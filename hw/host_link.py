@@ -396,6 +396,7 @@ class FrameTransmitter(wiring.Component):
         # Framer: the byte on `tx` is a function of the state, the CRC register and the
         # memory output, so it holds still while the transmitter stalls.
         is_error = Signal()
+        for_reply = Signal()        # the frame is the collected reply's (or its overflow)
         code = Signal(8)
         body = Signal(range(self._max_reply))
         body_length = Mux(is_error, 1, count)
@@ -415,10 +416,11 @@ class FrameTransmitter(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.errors.valid):
                     m.d.comb += self.errors.ready.eq(1)
-                    m.d.sync += [is_error.eq(1), code.eq(self.errors.payload)]
+                    m.d.sync += [is_error.eq(1), for_reply.eq(0), code.eq(self.errors.payload)]
                     m.next = "SYNC"
                 with m.Elif(complete):
-                    m.d.sync += [is_error.eq(overflow), code.eq(int(ErrorCode.REPLY_OVERFLOW))]
+                    m.d.sync += [is_error.eq(overflow), for_reply.eq(1),
+                                 code.eq(int(ErrorCode.REPLY_OVERFLOW))]
                     m.next = "SYNC"
             with m.State("SYNC"):
                 m.d.comb += crc.start.eq(1)
@@ -442,8 +444,9 @@ class FrameTransmitter(wiring.Component):
                 send(crc.crc[:8], "CRC_HIGH", checked=False)
             with m.State("CRC_HIGH"):
                 send(crc.crc[8:], "IDLE", checked=False)
-                # An error frame from the queue leaves a pending reply where it was.
-                with m.If(sent & (~is_error | (code == int(ErrorCode.REPLY_OVERFLOW)))):
+                # An error frame from the queue leaves a pending reply where it was, whatever
+                # its code (a queued REPLY_OVERFLOW code too).
+                with m.If(sent & for_reply):
                     m.d.sync += [complete.eq(0), count.eq(0), overflow.eq(0)]
         return m
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from amaranth.hdl import Fragment
 
+from olmac.formal.mutants import TamperedArray, TamperedLoads
 from olmac.formal.properties import output_streams
 from olmac.formal import proofs
 from olmac.formal.proofs import PROOFS, run_all
@@ -52,6 +53,17 @@ def test_prove_rejects_bad_mode(tmp_path):
     with pytest.raises(ValueError, match=re.escape("Proof mode must be 'prove' or 'bmc', "
                                                    "not 'cover'")):
         prove(Fragment(), tmp_path, depth=4, mode="cover")
+
+
+@pytest.mark.parametrize("mutant,faults", [
+    (TamperedArray, "act_outlier, weight_outlier, plane_shift"),
+    (TamperedLoads, "misfiled, no_reload")])
+# The refused mutant exists (as an Elaboratable) before its __init__ raises.
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_tampered_blocks_reject_an_unknown_fault(mutant, faults):
+    with pytest.raises(ValueError, match=rf"^Fault must be one of {faults}, not 'bogus'$"):
+        mutant("bogus")
+    gc.collect()    # while the warning is ignored
 
 
 def test_output_streams_finds_the_sending_ports():

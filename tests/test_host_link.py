@@ -535,6 +535,43 @@ def test_request_slots_hold_two_frames_in_order():
     assert received == frames
 
 
+def test_transmitter_frames_a_queued_overflow_code_alone():
+    """An error code on ``errors`` gets its own frame and leaves a collected reply to its
+    own, whatever the code: a queued ``REPLY_OVERFLOW`` code too (the formal proof of the
+    transmitter's frame counts found the reply dropped with it: a frame's end cleared the
+    reply when its code read ``REPLY_OVERFLOW``)."""
+    dut = FrameTransmitter(max_reply=4)
+    expected = encode_error(ErrorCode.REPLY_OVERFLOW) + encode_reply(b"\x01\x02")
+    sent = bytearray()
+
+    async def producers(ctx):
+        # The code first, then the reply, which completes while the error frame goes out.
+        ctx.set(dut.errors.valid, 1)
+        ctx.set(dut.errors.payload, ErrorCode.REPLY_OVERFLOW)
+        await ctx.tick().until(dut.errors.ready)
+        ctx.set(dut.errors.valid, 0)
+        for index, byte in enumerate(b"\x01\x02"):
+            ctx.set(dut.reply.valid, 1)
+            ctx.set(dut.reply.payload.data, byte)
+            ctx.set(dut.reply.payload.last, index == 1)
+            await ctx.tick().until(dut.reply.ready)
+        ctx.set(dut.reply.valid, 0)
+
+    async def host(ctx):
+        ctx.set(dut.tx.ready, 1)
+        for _ in range(60):
+            _, _, valid, byte = await ctx.tick().sample(dut.tx.valid, dut.tx.payload)
+            if valid:
+                sent.append(byte)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producers)
+    sim.add_testbench(host)
+    sim.run()
+    assert bytes(sent) == expected
+
+
 @pytest.mark.parametrize("pause", [0.0, 0.5])
 def test_host_link_answers_every_frame(pause):
     """Every step's answer equals the frames the host-side codec builds: replies to good

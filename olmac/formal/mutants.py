@@ -26,7 +26,8 @@ from .properties import output_streams
 __all__ = ["BlindLaneArray", "DeafFrameReceiver", "HastyDecoder", "LossyRequestSlots",
            "LossyResultBuffer", "OnesComplementDecoder", "OverrunSkidBuffer",
            "SkewedRequantizer", "TamperedArray", "WithdrawnStream", "LenientRules",
-           "EagerDispatcher", "SkewedSerialRequantizer", "DroppedTransfer", "SpuriousStream"]
+           "EagerDispatcher", "SkewedSerialRequantizer", "DroppedTransfer", "SpuriousStream",
+           "TamperedLoads"]
 
 #: The ways a :class:`LossyResultBuffer` breaks its buffer.
 FAULTS = ("drop", "withdraw")
@@ -42,6 +43,31 @@ class _BrokenBlock(wiring.Component):
     def __init__(self, *args, **params):
         self._block = self.BLOCK(*args, **params)
         super().__init__(self._block.signature)
+
+
+class _TamperedBlock(_BrokenBlock):
+    """A broken variant with one of several faults.
+
+    Parameters
+    ----------
+    fault : str
+        One of the subclass's ``FAULTS``.
+    **params
+        As the block (``BLOCK``) takes them.
+
+    Raises
+    ------
+    ValueError
+        If ``fault`` is not one of ``FAULTS``.
+    """
+
+    FAULTS: tuple
+
+    def __init__(self, fault, **params):
+        if fault not in self.FAULTS:
+            raise ValueError(f"Fault must be one of {', '.join(self.FAULTS)}, not {fault!r}")
+        self._fault = fault
+        super().__init__(**params)
 
 
 class LossyResultBuffer(_BrokenBlock):
@@ -177,6 +203,29 @@ class HastyDecoder(CodebookDecoder):
         return m
 
 
+class TamperedLoads(_TamperedBlock):
+    """A :class:`~olmac.hw.codebook.CodebookDecoder` whose inputs are tampered with on the
+    way in: ``"misfiled"`` flips the lowest index bit of every load (an entry written to the
+    neighbouring slot), ``"no_reload"`` hides every tile's ``reload`` (tiles decode without
+    the batch they asked for). Made as :class:`_TamperedBlock` says.
+    """
+
+    BLOCK = CodebookDecoder
+    FAULTS = ("misfiled", "no_reload")
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.decoder = decoder = self._block
+        wiring.connect(m, wiring.flipped(self.codes), decoder.codes)
+        wiring.connect(m, wiring.flipped(self.load), decoder.load)
+        wiring.connect(m, decoder.weights, wiring.flipped(self.weights))
+        if self._fault == "misfiled":
+            m.d.comb += decoder.load.payload.index[0].eq(~self.load.payload.index[0])
+        else:
+            m.d.comb += decoder.codes.payload.reload.eq(0)
+        return m
+
+
 class LossyRequestSlots(_BrokenBlock):
     """A :class:`~olmac.hw.host_link.RequestSlots` told, in a cycle chosen freely, that a
     request byte was taken though the application was not ready: a byte is lost.
@@ -266,33 +315,15 @@ class DeafFrameReceiver(_BrokenBlock):
         return m
 
 
-class TamperedArray(_BrokenBlock):
+class TamperedArray(_TamperedBlock):
     """A :class:`~olmac.hw.mac_array.MacArray` whose beats are tampered with on the way in:
     ``"act_outlier"`` loses the first activation-outlier slot (an outlier never counted),
     ``"weight_outlier"`` the first weight-outlier slot, ``"plane_shift"`` the first column's
-    plane shift (§8: a plane added unscaled).
-
-    Parameters
-    ----------
-    fault : str
-        One of the three above.
-    **params
-        As :class:`~olmac.hw.mac_array.MacArray` takes them.
-
-    Raises
-    ------
-    ValueError
-        If ``fault`` is not one of the three.
+    plane shift (§8: a plane added unscaled). Made as :class:`_TamperedBlock` says.
     """
 
     BLOCK = MacArray
     FAULTS = ("act_outlier", "weight_outlier", "plane_shift")
-
-    def __init__(self, fault, **params):
-        if fault not in self.FAULTS:
-            raise ValueError(f"Fault must be one of {', '.join(self.FAULTS)}, not {fault!r}")
-        self._fault = fault
-        super().__init__(**params)
 
     def elaborate(self, platform):
         m = Module()

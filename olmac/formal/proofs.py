@@ -28,13 +28,14 @@ from .mutants import (BlindLaneArray, DeafFrameReceiver, DroppedTransfer, EagerD
                       HastyDecoder, LossyRequestSlots, LossyResultBuffer,
                       OnesComplementDecoder, OverrunSkidBuffer, LenientRules,
                       SkewedRequantizer, SkewedSerialRequantizer, SpuriousStream,
-                      TamperedArray, WithdrawnStream)
-from .properties import (CodebookDecodeProperties, CodebookStreamProperties,
+                      TamperedArray, TamperedLoads, WithdrawnStream)
+from .properties import (CodebookDecodeProperties, CodebookLoadProperties,
+                         CodebookStreamProperties,
                          FrameReceiverProperties, MacArrayProperties,
                          RequantizerProperties, RequestSlotsProperties, ResultBufferProperties,
                          OutlierRulesProperties, SerialRequantizerProperties,
                          SkidBufferProperties, StreamPortProperties, dispatcher_counts,
-                         fixed_command_counts, frame_transmitter_invariants,
+                         fixed_command_counts, frame_transmitter_counts,
                          gemm_engine_counts, infer_handler_counts, load_handler_counts,
                          loopback_counts)
 from .network_mutants import ForcedOutput
@@ -88,6 +89,7 @@ def _decode_proof(idx_bits, zero):
 
 _STREAM_DECODER = dict(lanes=2, cols=2, idx_bits=1, zero=True, entry_bits=2, subgroups=2,
                        granularity="row")
+_DECODER_CONFIG = CodebookDecoder.Config(**_STREAM_DECODER)
 
 
 _SMALL_ARRAY = dict(lanes=2, cols=2, act_bits=2, weight_bits=2, max_k=8)
@@ -142,8 +144,11 @@ _COMMANDS = [Command.LOAD, Command.INFO]
 #: Blocks whose stream ports have no proof of their own above, at small sizes: builder,
 #: depth, invariants, slow, count relation.
 _STREAM_BLOCKS = {
-    "frame_transmitter": (lambda: FrameTransmitter(max_reply=2), 8,
-                          frame_transmitter_invariants),
+    # Mutant `roomy`: a transmitter with a 3-byte reply memory, checked for 2 (it frames a
+    # reply that should overflow).
+    "frame_transmitter": (lambda: FrameTransmitter(max_reply=2), 8, None, False,
+                          frame_transmitter_counts(2),
+                          {"roomy": lambda: FrameTransmitter(max_reply=3)}),
     # A byte takes about 40 cycles at the smallest divisor, so a withdrawn beat shows only
     # after them (its base case took 437 s in make formal at a load of 20): the mutant is a
     # beat offered from nothing and withdrawn instead, which fails in two cycles.
@@ -306,6 +311,14 @@ PROOFS = (
           lambda: CodebookStreamProperties(CodebookDecoder(**_STREAM_DECODER)),
           {"hasty": lambda: CodebookStreamProperties(HastyDecoder(**_STREAM_DECODER))},
           depth=4),
+    # Loads in batch order and the entries tiles decode with: bounded (the tables are a
+    # memory); 8 cycles see a batch of loads and the tiles around it under any stalls.
+    Proof("codebook_loads",
+          lambda: CodebookLoadProperties(CodebookDecoder(**_STREAM_DECODER), _DECODER_CONFIG),
+          {fault: (lambda fault=fault: CodebookLoadProperties(
+              TamperedLoads(fault, **_STREAM_DECODER), _DECODER_CONFIG))
+           for fault in TamperedLoads.FAULTS},
+          depth=8, mode="bmc"),
     Proof("request_slots",
           lambda: RequestSlotsProperties(RequestSlots(max_payload=3), max_payload=3),
           {"drop": lambda: RequestSlotsProperties(LossyRequestSlots(max_payload=3),

@@ -17,13 +17,15 @@ from amaranth.hdl import Fragment
 from amaranth.lib import data, stream
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import SYNC
+from olmac.spec import ERROR_KIND, REPLY_KIND, SYNC, ErrorCode
 
 __all__ = ["StreamRules", "ResultBufferProperties", "CodebookDecodeProperties",
-           "CodebookStreamProperties", "RequantizerProperties", "RequestSlotsProperties",
+           "CodebookStreamProperties", "CodebookLoadProperties", "RequantizerProperties",
+           "RequestSlotsProperties",
            "MacArrayProperties", "SkidBufferProperties", "FrameReceiverProperties",
-           "output_streams", "StreamPortProperties", "frame_transmitter_invariants",
+           "output_streams", "StreamPortProperties",
            "OutlierRulesProperties", "SerialRequantizerProperties", "fixed_command_counts",
+           "frame_transmitter_counts",
            "load_handler_counts", "infer_handler_counts", "loopback_counts",
            "dispatcher_counts", "gemm_engine_counts"]
 
@@ -793,6 +795,83 @@ class CodebookStreamProperties(Elaboratable):
         return m
 
 
+class CodebookLoadProperties(Elaboratable):
+    """The table loads of a :class:`~olmac.hw.codebook.CodebookDecoder`: batch order and the
+    values tiles decode with, bounded (its tables are a memory the wrapper cannot name; see
+    :class:`ResultBufferProperties`).
+
+    The producer of ``codes`` keeps the stream rules (assumed); ``load`` and
+    ``weights.ready`` are free. The wrapper keeps its own copy of one table entry chosen
+    freely (an ``AnyConst`` subgroup and stored slot), 0 at first as the tables are, written
+    by every load taken to it. Properties (the decoder's docstring, *Reloads*):
+
+    * between two accepted tiles the loads taken are one batch, ended by the load with
+      ``last``, if the later tile asks for a reload, and none otherwise;
+    * every weight of an accepted tile that reads the chosen entry (its subgroup id and its
+      code's index) is, as long as the tile is on ``weights``, the copy's value as it was
+      when the tile was accepted, negated with the sign bit: loads taken after it (for the
+      next tile) leave a held tile as it was.
+
+    Parameters
+    ----------
+    decoder : CodebookDecoder
+        The block under test (``granularity="row"``), or a broken variant.
+    config : CodebookDecoder.Config
+        Its configuration.
+    """
+
+    def __init__(self, decoder, config):
+        self._decoder = decoder
+        self._config = config
+
+    def elaborate(self, platform):
+        m = Module()
+        dut, config = self._decoder, self._config
+        _free_streams(m, dut, (dut.codes, dut.load), dut.weights)
+        m.submodules.producer = StreamRules(dut.codes, assume=True)
+
+        accepted = dut.codes.valid & dut.codes.ready
+        loaded = dut.load.valid & dut.load.ready
+        entry = dut.load.payload
+        # Loads taken since the last accepted tile, and whether one of them ended a batch.
+        any_load, batch_ended = Signal(name="any_load"), Signal(name="batch_ended")
+        with m.If(accepted):
+            m.d.sync += [any_load.eq(0), batch_ended.eq(0)]
+        with m.Elif(loaded):
+            m.d.sync += [any_load.eq(1), batch_ended.eq(batch_ended | entry.last)]
+        reload = dut.codes.payload.reload
+        m.d.comb += [
+            Assert(~accepted | Mux(reload, batch_ended, ~any_load),
+                   "a tile without its batch of loads, or with loads it did not ask for"),
+            Assert(~(loaded & batch_ended), "a load after its batch's last, before the tile"),
+        ]
+
+        subgroup = Signal(range(config.subgroups), name="chosen_subgroup")
+        slot = Signal(range(config.stored), name="chosen_slot")
+        m.d.comb += [subgroup.eq(AnyConst(len(subgroup))), slot.eq(AnyConst(len(slot))),
+                     Assume(subgroup < config.subgroups), Assume(slot < config.stored)]
+        index = slot + int(config.zero)
+        copy = Signal(config.entry_bits, name="copy")
+        with m.If(loaded & (entry.subgroup == subgroup) & (entry.index == index)):
+            m.d.sync += copy.eq(entry.magnitude)
+        magnitude = Cat(copy, C(0, 1)).as_signed()
+        for lane in range(config.lanes):
+            for col in range(config.cols):
+                code = dut.codes.payload.tile[lane][col]
+                reads = Signal(name=f"reads_{lane}_{col}")
+                expected = Signal(config.weight_shape, name=f"expected_{lane}_{col}")
+                with m.If(accepted):
+                    m.d.sync += [
+                        reads.eq((dut.codes.payload.subgroup[col] == subgroup) &
+                                 (code[:config.idx_bits] == index)),
+                        expected.eq(Mux(code[config.idx_bits], -magnitude, magnitude)),
+                    ]
+                m.d.comb += Assert(~(dut.weights.valid & reads) |
+                                   (dut.weights.payload.tile[lane][col] == expected),
+                                   "a weight decoded with another table entry")
+        return m
+
+
 class RequestSlotsProperties(Elaboratable):
     """The two frame slots of a :class:`~olmac.hw.host_link.RequestSlots`.
 
@@ -1062,14 +1141,73 @@ class SkidBufferProperties(Elaboratable):
         return m
 
 
-def frame_transmitter_invariants(fragment):
-    """A :class:`~olmac.hw.host_link.FrameTransmitter` frames a reply only once it is
-    complete, so while a reply frame is sent nothing writes the memory its body comes from
-    (the induction step would otherwise start with the collector writing under the byte on
-    ``tx``)."""
-    state, is_error, complete = _registers(fragment, "fsm_state", "is_error", "complete")
-    idle, = _fsm_states(state, "IDLE")
-    return [Assert((state == idle) | is_error | complete)]
+def frame_transmitter_counts(max_reply):
+    """:class:`~olmac.hw.host_link.FrameTransmitter` with a ``max_reply``-byte reply memory
+    (docs/host_link.md §2): one frame per reply and one per error code taken, none
+    otherwise; a reply of ``n ≤ max_reply`` bytes is framed with kind ``0x00``, length
+    ``n + 1`` and ``n`` body bytes, a longer one as the error ``REPLY_OVERFLOW``; an error
+    code is framed with kind ``0xEE``, length 2 and that code as its body, whatever the
+    code (a queued ``REPLY_OVERFLOW`` too); every frame is ``6 + body`` bytes. The body of
+    a reply frame (the reply memory's rows) is not checked here."""
+    def counting(m, block, fragment):
+        state, is_error, for_reply, complete, code, count, overflow, body = _registers(
+            fragment, "fsm_state", "is_error", "for_reply", "complete", "code", "count",
+            "overflow", "body")
+        idle, sync, length_low, length_high, kind, body_state, crc_low, crc_high = (
+            _fsm_states(state, "IDLE", "SYNC", "LENGTH_LOW", "LENGTH_HIGH", "KIND", "BODY",
+                        "CRC_LOW", "CRC_HIGH"))
+        reply, errors, tx = block.reply, block.errors, block.tx
+        sent = tx.valid & tx.ready
+        framing = state != idle
+        frame_ended = sent & (state == crc_high)
+        error_taken = errors.valid & errors.ready
+        # The frame being sent is for a queued error code (else for the collected reply).
+        queued = Signal(name="queued")
+        kept_code = Signal(8, name="kept_code")
+        with m.If(error_taken):
+            m.d.sync += [queued.eq(1), kept_code.eq(errors.payload)]
+        with m.Elif(~framing):
+            m.d.sync += queued.eq(0)
+        # Reply bytes taken since the last reply frame, up to one past the memory.
+        collected = Signal(range(max_reply + 2), name="collected")
+        with m.If(frame_ended & ~queued):
+            m.d.sync += collected.eq(0)
+        with m.Elif(reply.valid & reply.ready & (collected <= max_reply)):
+            m.d.sync += collected.eq(collected + 1)
+        owed = Signal(signed(4), name="frames_owed")
+        m.d.sync += owed.eq(owed + _ended(reply) + error_taken - frame_ended)
+        frame_bytes = Signal(range(max_reply + 8), name="frame_bytes")
+        m.d.sync += frame_bytes.eq(Mux(frame_ended, 0, frame_bytes + sent))
+
+        too_long = collected > max_reply
+        error_frame = queued | too_long
+        body_length = Mux(error_frame, 1, collected)
+        length = Signal(16, name="expected_length")
+        m.d.comb += length.eq(body_length + 1)
+        expected_byte = {sync: SYNC, length_low: length[:8], length_high: length[8:],
+                         kind: Mux(error_frame, ERROR_KIND, REPLY_KIND)}
+        stage = {sync: 0, length_low: 1, length_high: 2, kind: 3, body_state: 4 + body,
+                 crc_low: 4 + body_length, crc_high: 5 + body_length}
+        m.d.comb += [
+            Assert(owed == complete + (framing & queued), "a frame lost or made up"),
+            Assert(~framing | queued | complete, "a reply frame without a reply"),
+            Assert(~complete | (collected != 0)),
+            Assert((count == Mux(too_long, max_reply, collected)) & (overflow == too_long),
+                   "reply bytes lost or doubled"),
+            Assert(~framing | ((is_error == error_frame) & (for_reply == ~queued) &
+                               (code == Mux(queued, kept_code, ErrorCode.REPLY_OVERFLOW)))),
+            Assert(framing | (frame_bytes == 0)),
+            Assert((state == body_state) | (body == 0)),
+            Assert((state != body_state) | (body < body_length)),
+            *(Assert((state != s) | (frame_bytes == at), "a frame of the wrong length")
+              for s, at in stage.items()),
+            *(Assert(~tx.valid | (state != s) | (tx.payload == byte), "a wrong header byte")
+              for s, byte in expected_byte.items()),
+            Assert(~tx.valid | (state != body_state) | ~error_frame |
+                   (tx.payload == Mux(queued, kept_code, ErrorCode.REPLY_OVERFLOW)),
+                   "a wrong error code"),
+        ]
+    return counting
 
 
 def _crc16_ccitt_false(m, data_bytes, name):
