@@ -24,6 +24,11 @@ MAX_ACC_WIDTH = 44
 #: fan-out was the critical path of the block-RAM-fed builds.
 ACT_FANOUT_COLS = 4
 
+#: Lanes among which an activation-outlier lane selects its weight row in the first of
+#: two registered steps (DSP modes): for 16 lanes, two 4-to-1 multiplexers of two LUT4
+#: levels each instead of one 16-to-1 of four.
+ROW_SELECT_LANES = 4
+
 #: Attributes of the copies of a register that exist to split its fan-out; synthesis must
 #: keep the flip-flops apart (see fpga.synth.KEEP_REPLICAS).
 _KEEP = {"keep": 1}
@@ -128,11 +133,13 @@ class MacArray(ConfiguredComponent):
     **Cycle timing.** Stage 0 holds the beat; the dense products are registered at stage 1
     (``"packed"``: stage 3, the DSP block's two and the split; ``product_stages=2``: stage
     2, the partial products and their sum), each adder-tree level adds a stage, the outlier products are
-    registered at stage 1 (``"dsp"``, ``"packed"``: stage 3, after a fabric register for the
-    operands and the DSP block's two) and summed per column one stage later; whichever is
-    later sets the stage ``S`` at which both sums join the accumulators, and a result
-    enters the output queue ``latency = S + 2`` cycles after its ``last`` beat is taken
-    (16 lanes: 7 in ``"lut"`` and ``"dsp"``, 9 in ``"packed"``). The accumulators' enable and clear are registered once per column (kept
+    registered at stage 1 (``"dsp"``, ``"packed"``: stage 4, after a register for the
+    lane-selected operands, a fabric register at the DSP block and the block's two) and
+    summed per column one stage later; whichever is later sets the stage ``S`` at which
+    both sums join the accumulators, and a result enters the output queue
+    ``latency = S + 2`` cycles after its ``last`` beat is taken (16 lanes: 7 in ``"lut"``
+    and ``"dsp"``, 9 in ``"packed"``), one more with ``accumulator_stages=2`` (the high
+    half of each accumulator a stage behind the low half). The accumulators' enable and clear are registered once per column (kept
     apart in synthesis by a ``keep`` attribute), so no single control net reaches every
     accumulator bit, each group of :data:`ACT_FANOUT_COLS` columns has its own copy of
     the activation register, and the activation-outlier lanes have their own copy of the
@@ -204,6 +211,12 @@ class MacArray(ConfiguredComponent):
             weight split into its low and high halves, the two partial products
             registered, then their sum (one stage more; the 16×16 array's critical path
             on ECP5 was the one-stage 4×4 product). Not with ``"packed"``.
+        accumulator_stages : int
+            1 (default) or 2: each accumulator split into a low half (its lower
+            :attr:`accumulator_low_bits` bits) and a high half that adds the low half's
+            carry one cycle later, so no carry chain runs the accumulator's whole width
+            (the UP5K 8×8 array's critical path was its 16-bit accumulator); one stage more
+            from a ``last`` beat to the output queue. Not with plane shifts.
 
         Raises
         ------
@@ -215,7 +228,7 @@ class MacArray(ConfiguredComponent):
             more than 44 bits, or an outlier width is not wider than its dense width, or
             ``multipliers`` is not one of its modes, or is ``"packed"`` for operands two of
             whose products do not fit one 18×18 multiply (wider than 5 bits), or with two
-            ``product_stages``.
+            ``product_stages``, or with two ``accumulator_stages`` and plane shifts.
         """
         lanes: int
         cols: int
@@ -234,6 +247,7 @@ class MacArray(ConfiguredComponent):
         max_plane_shift: int | None = None
         multipliers: str = "lut"
         product_stages: int = 1
+        accumulator_stages: int = 1
 
         def __post_init__(self):
             resolve = lambda name, value: object.__setattr__(self, name, value)
@@ -305,6 +319,12 @@ class MacArray(ConfiguredComponent):
             if self.multipliers == "packed" and self.product_stages == 2:
                 raise ValueError("Packed multipliers take their stages from the DSP block; "
                                  "product_stages must be 1, not 2")
+            check_int("Accumulator stages", self.accumulator_stages, (1, 2))
+            if self.accumulator_stages == 2 and self.plane_shift_bits:
+                # a shift would move the low half's bits into a high half a cycle behind
+                raise ValueError(f"Split accumulators cannot take plane shifts; with "
+                                 f"accumulator_stages=2, plane_shift_bits must be 0, not "
+                                 f"{self.plane_shift_bits}")
 
         @property
         def act_shape(self):
@@ -359,7 +379,13 @@ class MacArray(ConfiguredComponent):
         def latency(self):
             """Cycles from a ``last`` beat's transfer to its result entering the output
             queue."""
-            return 2 + self.sum_stage
+            return 2 + self.sum_stage + self.accumulator_stages - 1
+
+        @property
+        def accumulator_low_bits(self):
+            """Bits of an accumulator's low half with two ``accumulator_stages`` (half its
+            width, rounded up), or ``None`` with one."""
+            return (self.acc_width + 1) // 2 if self.accumulator_stages == 2 else None
 
         @property
         def has_outliers(self):
@@ -386,8 +412,9 @@ class MacArray(ConfiguredComponent):
         @property
         def outlier_product_stage(self):
             """Stage at which the outlier products are registered."""
-            # DSP modes: a fabric register for the operands, then the block's two stages
-            return 1 if self.multipliers == "lut" else 1 + DSP_STAGES
+            # DSP modes: a register for the lane-selected operands, a fabric register for
+            # the operands at the block, then the block's two stages
+            return 1 if self.multipliers == "lut" else 2 + DSP_STAGES
 
         @property
         def sum_stage(self):
@@ -443,6 +470,7 @@ class MacArray(ConfiguredComponent):
     acc_width = ConfigProperty()
     multipliers = ConfigProperty()
     product_stages = ConfigProperty()
+    accumulator_stages = ConfigProperty()
     latency = ConfigProperty()
 
     def elaborate(self, platform):
@@ -545,35 +573,108 @@ class MacArray(ConfiguredComponent):
             for _ in range(self._config.outlier_product_stage + 1, self._config.sum_stage):
                 outlier_sums = self._delay_values(m, outlier_sums)
 
-        # Accumulate. The accumulators' enable and clear come from one register pair per
-        # column, loaded from the previous stage's control; a `last` beat clears its
-        # column's accumulator after adding, so the next beat starts afresh (the clear
-        # register comes out of reset set, for the same reason).
-        valid, last, shifts = control_at(self._config.sum_stage)
-        previous_valid, previous_last, _ = control_at(self._config.sum_stage - 1)
-        for col, column_sum in enumerate(column_sums):
-            enable = Signal(name=f"acc_enable_c{col}", attrs=_KEEP)
-            clear = Signal(name=f"acc_clear_c{col}", init=1, attrs=_KEEP)
-            m.d.sync += [enable.eq(previous_valid), clear.eq(previous_valid & previous_last)]
+        # Accumulate: the beat's column sum (and outlier sum) and the one correction bit of
+        # the column that no adder of its tree took.
+        control = control_at(self._config.sum_stage), control_at(self._config.sum_stage - 1)
+        terms = [[column_sum] + ([outlier_sums[col]] if self._config.has_outliers else [])
+                 for col, column_sum in enumerate(column_sums)]
+        carry_ins = [self._delayed(m, bits[0], self._config.sum_stage) if bits else None
+                     for bits in corrections]
+        accumulate = (self._accumulate if self._config.accumulator_stages == 1 else
+                      self._accumulate_split)
+        accumulate(m, results.w, terms, carry_ins, control)
+        return m
+
+    @staticmethod
+    def _accumulator_control(m, col, previous, suffix=""):
+        """The enable and clear of column ``col``'s accumulator: one register pair per
+        column, loaded from the previous stage's control (``previous``: valid and last), so
+        no single control net reaches every accumulator bit. A `last` beat clears the
+        accumulator after adding, so the next beat starts afresh (the clear register comes
+        out of reset set, for the same reason)."""
+        previous_valid, previous_last, _ = previous
+        enable = Signal(name=f"acc_enable{suffix}_c{col}", attrs=_KEEP)
+        clear = Signal(name=f"acc_clear{suffix}_c{col}", init=1, attrs=_KEEP)
+        m.d.sync += [enable.eq(previous_valid), clear.eq(previous_valid & previous_last)]
+        return enable, clear
+
+    def _accumulate(self, m, results, terms, carry_ins, control):
+        """One accumulator per column (``acc_c<col>``), its sum with the beat at stage
+        ``sum_stage`` copied into the output queue's write register."""
+        (valid, last, shifts), previous = control
+        for col, (column_terms, carry_in) in enumerate(zip(terms, carry_ins)):
+            enable, clear = self._accumulator_control(m, col, previous)
             accumulator = Signal(signed(self._config.acc_width), name=f"acc_c{col}",
                                  reset_less=True)
             base = accumulator
             if shifts is not None:
                 base = base << shifts[col]
+            column_sum, *outlier_sum = column_terms
             total = base + column_sum
-            if corrections[col]:
-                # the one correction bit of the column that no adder of its tree took
-                (correction,) = corrections[col]
-                total = total + self._delayed(m, correction, self._config.sum_stage)
-            if self._config.has_outliers:
-                total = total + outlier_sums[col]
+            if carry_in is not None:
+                total = total + carry_in
+            for term in outlier_sum:
+                total = total + term
             with m.If(clear):
                 m.d.sync += accumulator.eq(0)
             with m.Elif(enable):
                 m.d.sync += accumulator.eq(total)
-            m.d.sync += results.w.payload[col].eq(total)
-        m.d.sync += results.w.valid.eq(valid & last)
-        return m
+            m.d.sync += results.payload[col].eq(total)
+        m.d.sync += results.valid.eq(valid & last)
+
+    def _accumulate_split(self, m, results, terms, carry_ins, control):
+        """Each accumulator in two halves: the low half (``acc_low_c<col>``) adds the beat's
+        low bits at stage ``sum_stage``; the high half (``acc_high_c<col>``) adds the beat's
+        high bits and the low half's carry, both registered, one stage later. So each carry
+        chain is half the accumulator's width, and the high half lags one beat. The sum goes
+        into the output queue's write register a stage later than with one accumulator."""
+        (valid, last, _), previous = control
+        low_bits = self._config.accumulator_low_bits
+        high_bits = self._config.acc_width - low_bits
+        for col, (column_terms, carry_in) in enumerate(zip(terms, carry_ins)):
+            enable, clear = self._accumulator_control(m, col, previous)
+            # the high half's own copies, a stage behind (kept apart like the low half's)
+            enable_high = Signal(name=f"acc_enable_high_c{col}", attrs=_KEEP)
+            clear_high = Signal(name=f"acc_clear_high_c{col}", init=1, attrs=_KEEP)
+            m.d.sync += [enable_high.eq(enable), clear_high.eq(clear)]
+            low = Signal(low_bits, name=f"acc_low_c{col}", reset_less=True)
+            high = Signal(signed(high_bits), name=f"acc_high_c{col}", reset_less=True)
+
+            # Each term's low bits, sign-extended where it is narrower than the low half:
+            # the high half takes the rest of each term (its sign alone, for a column sum
+            # narrower than the low half), so every term counts exactly once.
+            low_total = low
+            for term in column_terms:
+                term = Value.cast(term)
+                low_total = low_total + Cat(term, term[-1].replicate(
+                    max(0, low_bits - len(term))))[:low_bits]
+            if carry_in is not None:
+                low_total = low_total + carry_in
+            # With n terms of low_bits bits each and a carry-in, the carry is at most n.
+            carry = Signal(range(len(column_terms) + 1), name=f"acc_carry_c{col}",
+                           reset_less=True)
+            high_terms, *others = (Value.cast(term).shift_right(low_bits)
+                                   for term in column_terms)
+            for other in others:
+                high_terms = high_terms + other
+            high_term = Signal(high_terms.shape(), name=f"acc_high_term_c{col}",
+                               reset_less=True)
+            low_result = Signal(low_bits, name=f"acc_low_result_c{col}", reset_less=True)
+            m.d.sync += [carry.eq(low_total[low_bits:]), high_term.eq(high_terms),
+                         low_result.eq(low_total[:low_bits])]
+            with m.If(clear):
+                m.d.sync += low.eq(0)
+            with m.Elif(enable):
+                m.d.sync += low.eq(low_total[:low_bits])
+
+            high_total = high + high_term + carry
+            with m.If(clear_high):
+                m.d.sync += high.eq(0)
+            with m.Elif(enable_high):
+                m.d.sync += high.eq(high_total)
+            m.d.sync += results.payload[col].eq(Cat(low_result, high_total[:high_bits]))
+        closing = Signal(name="closing_high")
+        m.d.sync += [closing.eq(valid & last), results.valid.eq(closing)]
 
     def _triple_registers(self, loads):
         """With odd-digit products, a register of ``3·a`` for each copy of the activation
@@ -741,13 +842,14 @@ class MacArray(ConfiguredComponent):
         return issued
 
     def _outlier_product(self, m, name, a, b, valid):
-        """``a × b`` where ``valid``, else 0, ready at stage :attr:`_outlier_product_stage`.
+        """``a × b`` where ``valid``, else 0, ready at stage :attr:`_outlier_product_stage`
+        (in the DSP modes ``a``, ``b`` and ``valid`` are a stage late: see
+        :meth:`_lane_selected`).
 
-        In the DSP modes the operands are first registered in the fabric: they come out of
-        a lane multiplexer whose select fans out to every column, and the DSP blocks sit in
-        a few fixed rows, so multiplexer and route to the block do not fit one cycle
-        together. The zeroing goes on an operand, so the block's product register is the
-        only logic after the multiply.
+        In the DSP modes the operands are registered in the fabric once more before the
+        block: the DSP blocks sit in a few fixed rows, far from the registers that feed
+        them. The zeroing goes on an operand, so the block's product register is the only
+        logic after the multiply.
         """
         low, high = product_bounds(Value.cast(a).shape(), Value.cast(b).shape())
         if self._config.multipliers == "lut":
@@ -761,6 +863,33 @@ class MacArray(ConfiguredComponent):
         m.d.comb += [dsp.a.eq(a_reg), dsp.b.eq(b_reg)]
         return dsp.p
 
+    def _lane_selected(self, m, tile, slot, name):
+        """The weight row at an activation outlier's lane (``tile[slot.lane]``), with the
+        slot's value and valid bit: as they are with LUT products, a stage later in the
+        DSP modes, where the row is selected in two registered steps (among
+        :data:`ROW_SELECT_LANES` lanes, then among those groups). The select fans out to
+        every column; on the ECP5 16×16 array the one-step multiplexer and its route to
+        the DSP operand register were the critical path."""
+        if self._config.multipliers == "lut":
+            return tile[slot.lane], slot.value, slot.valid
+        rows = [Value.cast(tile[lane]) for lane in range(self._config.lanes)]
+        step = (ROW_SELECT_LANES - 1).bit_length()
+        parts = []
+        for group, start in enumerate(range(0, len(rows), ROW_SELECT_LANES)):
+            part = Signal(tile.shape().elem_shape, name=f"{name}_row_g{group}",
+                          reset_less=True)
+            choices = Array(rows[start:start + ROW_SELECT_LANES])
+            m.d.sync += part.eq(choices[slot.lane[:step]])
+            parts.append(part)
+        group_index = Signal(max(1, len(slot.lane) - step), name=f"{name}_row_group",
+                             reset_less=True)
+        m.d.sync += group_index.eq(slot.lane[step:])
+        value, valid = self._delay_values(m, [slot.value, slot.valid],
+                                          [f"{name}_value", f"{name}_valid"])
+        row = Signal(tile.shape().elem_shape, name=f"{name}_row")
+        m.d.comb += row.eq(Array(parts)[group_index])
+        return row, value, valid
+
     def _outlier_sums(self, m, sub, act_slots, weight_slots, full_acts, tile):
         """Outlier products (stage :attr:`_outlier_product_stage`), then their sum per
         column (registered one stage later)."""
@@ -768,11 +897,10 @@ class MacArray(ConfiguredComponent):
         if act_slots is not None:
             for index, slot in enumerate(self._issued_slots(
                     m, sub, act_slots, self._config.act_outlier_lanes, "act_outlier")):
-                row = tile[slot.lane]
+                row, value, valid = self._lane_selected(m, tile, slot, f"act_outlier_{index}")
                 for col in range(self._config.cols):
                     terms[col].append(self._outlier_product(
-                        m, f"act_outlier_product_{index}_c{col}", slot.value, row[col],
-                        slot.valid))
+                        m, f"act_outlier_product_{index}_c{col}", value, row[col], valid))
         if weight_slots is not None:
             act_shape = self.act_outlier_shape if act_slots is not None else self.act_shape
             for index, slot in enumerate(self._issued_slots(
@@ -785,8 +913,14 @@ class MacArray(ConfiguredComponent):
                     for act_slot in act_slots:
                         with m.If(act_slot.valid & (act_slot.lane == slot.lane)):
                             m.d.comb += act.eq(act_slot.value)
+                operands = [slot.value, act, slot.valid]
+                if self._config.multipliers != "lut":
+                    # registered after the lane multiplexer, in step with the activation
+                    # outlier lanes' selected rows
+                    operands = self._delay_values(m, operands, [
+                        f"weight_outlier_{index}_{part}" for part in ("value", "act", "valid")])
                 product = self._outlier_product(m, f"weight_outlier_product_{index}",
-                                                slot.value, act, slot.valid)
+                                                *operands)
                 col = slot.col
                 for stage in range(self._config.outlier_product_stage):
                     col_d = Signal.like(slot.col, name=f"weight_outlier_col_{index}_s{stage}",
@@ -811,8 +945,11 @@ class MacArray(ConfiguredComponent):
         return value
 
     @staticmethod
-    def _delay_values(m, values):
-        delayed = [Signal.like(value, name=f"{Value.cast(value).name}_d", reset_less=True)
-                   for value in values]
+    def _delay_values(m, values, names=None):
+        """``values`` registered once, each named ``<name>_d`` after its signal or after
+        the matching entry of ``names``."""
+        names = names or [Value.cast(value).name for value in values]
+        delayed = [Signal.like(value, name=f"{name}_d", reset_less=True)
+                   for value, name in zip(values, names)]
         m.d.sync += [out.eq(value) for out, value in zip(delayed, values)]
         return delayed

@@ -49,7 +49,9 @@ class ResultBuffer(wiring.Component):
     can_claim : Out(1)
         An entry is free to be claimed; a register of its own, so the pipeline's ``ready``
         (and whatever enable a feeder derives from it) starts at a flip-flop instead of
-        behind the credit counter's compare.
+        behind the credit counter's compare. It counts this cycle's claim as made whether
+        or not it is, so after a cycle without a claim it may stay low for a cycle with one
+        entry still free.
     w : In(stream.Signature(payload_shape, always_ready=True))
         Results from the end of the pipeline, one per claim, in claim order.
     r : Out(stream.Signature(payload_shape))
@@ -97,11 +99,16 @@ class ResultBuffer(wiring.Component):
             m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
         m.d.sync += stored.eq(stored + self.w.valid - load)
 
-        # can_claim is registered from the counter's next value: on the UP5K the compare
-        # after the counter and the LUTs behind `ready` were the 8×8 array's critical path.
+        # can_claim is registered from the counter as if this cycle's claim were made, so
+        # the claim (which comes late: through the pipeline's `ready` and its producer's
+        # `valid`) reaches only the counter, never the compare. It never overclaims: a
+        # claim next cycle finds at most depth - 1 entries claimed. In a cycle without a
+        # claim it may hold back the queue's last entry for a cycle; at one claim a cycle,
+        # the rate that needs every entry, it is the exact count. (On the UP5K the claim,
+        # the counter's next value and the compare were the 8×8 array's critical path.)
         outstanding = Signal(range(depth + 1))
         released = self.r.valid & self.r.ready
-        next_outstanding = outstanding + self.claim - released
-        m.d.sync += [outstanding.eq(next_outstanding),
-                     self.can_claim.eq(next_outstanding < depth)]
+        m.d.sync += [outstanding.eq(outstanding + self.claim - released),
+                     self.can_claim.eq(Mux(released, outstanding < depth,
+                                           outstanding < depth - 1))]
         return m

@@ -131,15 +131,17 @@ def test_latency_by_mode():
         multipliers=mode)
     assert make("lut", 16, 2).latency == make("dsp", 16, 2).latency == 7
     assert make("packed", 16, 2).latency == 9
-    assert make("lut", 2, 1).latency == 4 and make("dsp", 2, 1).latency == 6
+    # 2 lanes, DSP modes: the selected row's register, the operands' fabric register, the
+    # DSP block's two, the outlier sum (stage 5), then the accumulator and the queue
+    assert make("lut", 2, 1).latency == 4 and make("dsp", 2, 1).latency == 7
     assert make("lut", 1, 0).latency == 3 and make("dsp", 1, 0).latency == 3
     # two product stages: one more before a 4-level tree (16 lanes); with 2 lanes the
-    # outlier products (a fabric register, the DSP block's two, their sum) still set it
+    # outlier products (as above) still set it
     two = lambda mode, lanes, outliers: MacArray.Config(
         lanes=lanes, cols=4, act_bits=4, weight_bits=4, max_k=64, act_outlier_lanes=outliers,
         multipliers=mode, product_stages=2)
     assert two("dsp", 16, 2).latency == two("lut", 16, 0).latency == 8
-    assert two("dsp", 2, 1).latency == 6 and two("lut", 1, 0).latency == 4
+    assert two("dsp", 2, 1).latency == 7 and two("lut", 1, 0).latency == 4
 
 
 @pytest.mark.parametrize("multipliers, error, message", [

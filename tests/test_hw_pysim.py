@@ -106,10 +106,31 @@ def test_odd_digit_product_is_exact(act_shape, weight_bits):
     assert (min(seen), max(seen)) == (low, high)
 
 
-def test_mac_array_extremes():
+@pytest.mark.parametrize("lanes,cols,act_bits,act_signed,weight_bits", CONFIGS)
+def test_split_accumulators_match_golden(lanes, cols, act_bits, act_signed, weight_bits):
+    """With each accumulator in two halves (the high half adding the low half's carry a
+    cycle later) the array equals golden.gemm exactly, with random stalls."""
+    check_dense_gemm(lanes, cols, act_bits, act_signed, weight_bits, 0.4,
+                     accumulator_stages=2)
+
+
+def test_split_accumulator_timing():
+    """A split accumulator adds one stage from a closing beat to the output queue, and
+    halves the accumulator (rounded up for the low half)."""
+    make = lambda stages: MacArray.Config(lanes=8, cols=8, act_bits=4, weight_bits=4,
+                                          max_k=256, accumulator_stages=stages)
+    assert make(2).latency == make(1).latency + 1
+    # 256 products up to (-8)·(-8) = 64 sum to 16384, which needs 16 signed bits
+    assert make(1).acc_width == 16 and make(2).accumulator_low_bits == 8
+    assert make(1).accumulator_low_bits is None
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_mac_array_extremes(stages):
     """All-minimum and all-maximum operands hit the accumulator bound without overflow."""
     lanes, cols, k = 4, 2, 12
-    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=k)
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=k,
+                        accumulator_stages=stages)
     acts = np.array([[-8] * k, [7] * k, [-8] * k])
     weights = np.stack([[-8, 7]] * k)
     result, _, _ = _run_gemm(engine, GemmCase(acts, weights))
@@ -173,6 +194,13 @@ def check_outlier_gemm(lanes, cols, act_lanes, weight_lanes, act_slots, weight_s
     np.testing.assert_array_equal(result, expected.numpy())
 
 
+@pytest.mark.parametrize("config", OUTLIER_CONFIGS[:2])
+def test_split_accumulators_with_outliers_match_golden(config):
+    """Split accumulators take the outlier sums too (their low bits with the column sum's,
+    the rest in the high half): the exact GEMM of the recombined tensors."""
+    check_outlier_gemm(*config, accumulator_stages=2)
+
+
 def test_one_outlier_per_beat_costs_no_cycle():
     """With one outlier lane of each kind, a beat holding one outlier of each kind takes
     one cycle; a beat holding two activation outliers takes two."""
@@ -194,10 +222,12 @@ def test_one_outlier_per_beat_costs_no_cycle():
     assert 2 * beats <= cycles <= 2 * beats + fill, (cycles, beats)
 
 
-def test_mac_array_one_beat_per_cycle():
+@pytest.mark.parametrize("stages", [1, 2])
+def test_mac_array_one_beat_per_cycle(stages):
     """With no stalls, single-beat reductions leave at one vector per cycle after the fill."""
     lanes, cols, m = 4, 2, 40
-    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=lanes)
+    engine = GemmEngine(lanes=lanes, cols=cols, act_bits=4, weight_bits=4, max_k=lanes,
+                        accumulator_stages=stages)
     rng = np.random.default_rng(7)
     acts, weights = _random_operands(rng, m, lanes, cols, 4, True, 4)
     _, cycles, beats = _run_gemm(engine, GemmCase(acts, weights))
@@ -286,6 +316,11 @@ def test_gemm_engine_requantized():
      r"range over -1099478073344\.\.1099511627776, which needs at least 42 bits$"),
     (dict(plane_shift_bits=5), TypeError,
      r"^Plane shift width must be an integer in 0\.\.4, not 5$"),
+    (dict(accumulator_stages=3), TypeError,
+     r"^Accumulator stages must be an integer in 1\.\.2, not 3$"),
+    (dict(accumulator_stages=2, plane_shift_bits=2), ValueError,
+     r"^Split accumulators cannot take plane shifts; with accumulator_stages=2, "
+     r"plane_shift_bits must be 0, not 2$"),
     (dict(plane_shift_bits=4, max_plane_shift=30), ValueError,
      r"^Maximum reduction length max_k=1024 with plane shifts up to 30 needs a 48-bit "
      r"accumulator; at most 44 bits are supported$"),

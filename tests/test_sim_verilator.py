@@ -27,6 +27,9 @@ CONFIGS = [
                  out_bits=8, out_signed=False),
     GemmEngine.Config(lanes=4, cols=6, act_bits=4, weight_bits=3, act_signed=True, max_k=1100,
                  out_bits=16, out_signed=True),
+    # the iCE40 timing configuration: split accumulators (an 18-bit one in halves of 9)
+    GemmEngine.Config(lanes=8, cols=8, act_bits=4, weight_bits=4, act_signed=True, max_k=1100,
+                 accumulator_stages=2),
 ]
 
 
@@ -110,7 +113,8 @@ OUTLIER_CONFIGS = [
                  act_outlier_lanes=1, weight_outlier_lanes=1, weight_outlier_slots=64),
     GemmEngine.Config(lanes=8, cols=8, act_bits=4, weight_bits=3, act_signed=False, max_k=300,
                  act_outlier_lanes=2, weight_outlier_lanes=2, weight_outlier_bits=8,
-                 weight_outlier_slots=64, out_bits=4, out_signed=False, out_outlier_bits=16),
+                 weight_outlier_slots=64, out_bits=4, out_signed=False, out_outlier_bits=16,
+                 accumulator_stages=2),
     # the ECP5 timing configuration in small: outlier products in DSP stages, dense products
     # in two stages (a 3-bit weight: halves of 1 and 2 bits)
     GemmEngine.Config(lanes=8, cols=4, act_bits=4, weight_bits=3, act_signed=True, max_k=300,

@@ -100,6 +100,12 @@ _OUTLIER_ARRAY = dict(_SMALL_ARRAY, act_outlier_lanes=1, weight_outlier_lanes=1,
                       weight_outlier_slots=2)
 #: The dense array with 1-bit plane shifts (§8).
 _PLANE_ARRAY = dict(_SMALL_ARRAY, plane_shift_bits=1)
+#: The dense array with split accumulators (its 7-bit accumulator in halves of 4 and 3 bits).
+_SPLIT_ARRAY = dict(_SMALL_ARRAY, accumulator_stages=2)
+#: Split accumulators with outliers, one slot for each outlier multiplier (one sub-beat).
+_OUTLIER_SPLIT_ARRAY = dict(_SPLIT_ARRAY, act_outlier_lanes=1, weight_outlier_lanes=1,
+                            act_outlier_bits=3, weight_outlier_bits=3, act_outlier_slots=1,
+                            weight_outlier_slots=1)
 #: Outliers and plane shifts, one slot for each outlier multiplier, so every beat takes one
 #: sub-beat (the k-inductive form's condition).
 _OUTLIER_PLANE_ARRAY = dict(_PLANE_ARRAY, act_outlier_lanes=1, weight_outlier_lanes=1,
@@ -364,6 +370,10 @@ PROOFS = (
     # k-induction at the output queue's write port: every reduction of any length, with plane
     # shifts, then with outliers too (one sub-beat per beat).
     _array_proof("mac_array_2x2_dense", _SMALL_ARRAY, {"blind_lane": BlindLaneArray}),
+    _array_proof("mac_array_2x2_split", _SPLIT_ARRAY, {"blind_lane": BlindLaneArray}),
+    _array_proof("mac_array_2x2_outlier_split", _OUTLIER_SPLIT_ARRAY,
+                 {fault: (lambda fault=fault, **p: TamperedArray(fault, **p))
+                  for fault in ("act_outlier", "weight_outlier")}, slow=True),
     _array_proof("mac_array_2x2_planes", _PLANE_ARRAY,
                  {"blind_lane": BlindLaneArray,
                   "plane_shift": lambda **p: TamperedArray("plane_shift", **p)}),

@@ -975,7 +975,9 @@ class MacArrayProperties(Elaboratable):
     ``sum_stage`` give the timing), at the output queue's write port (named ``w``): every
     closing beat's sums are written exactly ``latency`` cycles after it is taken, and
     nothing else is written; k-induction, with the invariant that each column's accumulator
-    register (``acc_c<col>``) holds the running sum of ``sum_stage + 1`` cycles before. This
+    register (``acc_c<col>``) holds the running sum of ``sum_stage + 1`` cycles before (split
+    accumulators: ``acc_low_c<col>`` its low bits, ``acc_high_c<col>`` the rest of the sum of
+    ``sum_stage + 2`` cycles before). This
     needs beats of one sub-beat (outlier slots no more than outlier lanes): a held beat's
     sub-beats reach the accumulators over several cycles.
 
@@ -1071,7 +1073,6 @@ class MacArrayProperties(Elaboratable):
         config = self._config
         cols = len(summed)
         written, value = _registers(fragment, "w__valid", "w__payload")
-        accumulators = _registers(fragment, *(f"acc_c{col}" for col in range(cols)))
         history = [(closing, summed, running)]
         for stage in range(config.latency):
             valid, sums, runs = history[-1]
@@ -1088,8 +1089,20 @@ class MacArrayProperties(Elaboratable):
                      Assert(~written | (value == packed),
                             "a column sum differs from the exact sum of products")]
         _, _, behind = history[config.sum_stage + 1]
-        m.d.comb += [Assert(accumulator == expected)
-                     for accumulator, expected in zip(accumulators, behind)]
+        low_bits = config.accumulator_low_bits
+        if low_bits is None:
+            accumulators = _registers(fragment, *(f"acc_c{col}" for col in range(cols)))
+            m.d.comb += [Assert(accumulator == expected)
+                         for accumulator, expected in zip(accumulators, behind)]
+            return
+        # Split accumulators: the low half as one accumulator would be, the high half (the
+        # rest of the running sum, carries included) one cycle behind it.
+        lows = _registers(fragment, *(f"acc_low_c{col}" for col in range(cols)))
+        highs = _registers(fragment, *(f"acc_high_c{col}" for col in range(cols)))
+        _, _, further_behind = history[config.sum_stage + 2]
+        m.d.comb += [Assert(low == expected[:low_bits]) for low, expected in zip(lows, behind)]
+        m.d.comb += [Assert(high == expected.shift_right(low_bits))
+                     for high, expected in zip(highs, further_behind)]
 
 
 class SkidBufferProperties(Elaboratable):
