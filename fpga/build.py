@@ -483,19 +483,21 @@ def config_label(top, multipliers=None):
     act = f"{'s' if array.act_shape.signed else 'u'}{array.act_shape.width}"
     label = (f"{array.lanes}x{array.cols}_{act}s{array.weight_shape.width}"
              f"_k{array.max_k}_ao{array.act_outlier_lanes}_wo{array.weight_outlier_lanes}"
-             f"_d{top.depth}{f'_p{array.product_stages}' if array.product_stages > 1 else ''}")
+             f"_d{top.depth}{f'_p{array.product_stages}' if array.product_stages > 1 else ''}"
+             f"{f'_a{array.accumulator_stages}' if array.accumulator_stages > 1 else ''}")
     return label + (f"_{multipliers}" if multipliers else "")
 
 
 def build(board, *, lanes=8, cols=8, act_bits=4, weight_bits=4, act_signed=True, max_k=256,
           act_outlier_lanes=0, weight_outlier_lanes=0, act_outlier_bits=16,
-          weight_outlier_bits=16, depth=256, seed=0, skid=None, multipliers=None,
-          target_mhz=None, build_dir=None, program=False):
+          weight_outlier_bits=16, depth=256, seed=0, skid=None, accumulator_stages=None,
+          multipliers=None, target_mhz=None, build_dir=None, program=False):
     """``olmac build``: a :class:`~fpga.tops.BramFedArray` (its parameters, ``depth`` words
     in each memory filled from ``seed``) built for ``board`` by :func:`build_bitstream`, in
     ``build_dir`` (default ``build/fpga/<board>/<configuration>`` of the working
     directory), and programmed if ``program``. ``skid`` defaults to on for ECP5 and off for
-    iCE40. Returns the :class:`BuildResult`.
+    iCE40, ``accumulator_stages`` to 2 (split accumulators) for iCE40 and 1 for ECP5.
+    Returns the :class:`BuildResult`.
 
     Raises
     ------
@@ -511,8 +513,11 @@ def build(board, *, lanes=8, cols=8, act_bits=4, weight_bits=4, act_signed=True,
         act_signed=act_signed, max_k=max_k, act_outlier_lanes=act_outlier_lanes,
         weight_outlier_lanes=weight_outlier_lanes, act_outlier_bits=act_outlier_bits,
         weight_outlier_bits=weight_outlier_bits, depth=depth, seed=seed,
-        # measured: the skid buffer pays on ECP5 and costs 10 MHz on the UP5K
-        skid=skid if skid is not None else family == "ecp5")
+        # measured: the skid buffer pays on ECP5 and costs 10 MHz on the UP5K; the UP5K's
+        # carry chains are slow enough to split the accumulators (fpga/bench.py FAMILIES)
+        skid=skid if skid is not None else family == "ecp5",
+        accumulator_stages=(accumulator_stages if accumulator_stages is not None else
+                            2 if family == "ice40" else 1))
     label = config_label(top, multipliers)
     build_dir = build_dir or Path("build") / "fpga" / board / label
     print(f"building {label} for {board} in {build_dir}", flush=True)

@@ -105,9 +105,13 @@ class RegisteredRom(wiring.Component):
         m.submodules.memory = memory = Memory(shape=self._shape, depth=self._depth,
                                               init=self._init, attrs={"ram_style": "block"})
         read = memory.read_port(domain=self._domain)
-        m.d.comb += [read.addr.eq(self.addr), read.en.eq(self.en)]
+        # The output register has no reset: a reset would join its enable (an iCE40
+        # flip-flop resets only while enabled), one more LUT between a feeder's handshake
+        # and the enable of every data bit (on the UP5K 8×8 array, a critical path).
+        data = Signal(self._shape, reset_less=True)
+        m.d.comb += [read.addr.eq(self.addr), read.en.eq(self.en), self.data.eq(data)]
         with m.If(self.en):
-            m.d[self._domain] += self.data.eq(read.data)
+            m.d[self._domain] += data.eq(read.data)
         return m
 
     def _elaborate_dp16kd(self):

@@ -234,7 +234,8 @@ class BramFedArray(wiring.Component):
     Parameters
     ----------
     lanes, cols, act_bits, weight_bits, act_signed, max_k, act_outlier_lanes,
-    weight_outlier_lanes, act_outlier_bits, weight_outlier_bits, multipliers, product_stages
+    weight_outlier_lanes, act_outlier_bits, weight_outlier_bits, multipliers, product_stages,
+    accumulator_stages
         As for :class:`~hw.MacArray`; the outlier slots per beat equal the outlier lanes.
     depth : int
         Words in the activation and in the weight memory, 2..65536.
@@ -262,7 +263,7 @@ class BramFedArray(wiring.Component):
     def __init__(self, *, lanes, cols, act_bits, weight_bits, act_signed=True, max_k,
                  act_outlier_lanes=0, weight_outlier_lanes=0, act_outlier_bits=16,
                  weight_outlier_bits=16, depth=256, seed=0, fold_width=8, multipliers="lut",
-                 product_stages=1, skid=True):
+                 product_stages=1, accumulator_stages=1, skid=True):
         self._depth = check_int("Memory depth", depth, (2, 1 << 16))
         self._seed = check_int("Seed", seed, (0, (1 << 64) - 1))
         self._fold_width = check_int("Fold width", fold_width, (1, 64))
@@ -276,7 +277,7 @@ class BramFedArray(wiring.Component):
             weight_outlier_bits=weight_outlier_bits,
             act_outlier_slots=act_outlier_lanes or None,
             weight_outlier_slots=weight_outlier_lanes or None, multipliers=multipliers,
-            product_stages=product_stages)
+            product_stages=product_stages, accumulator_stages=accumulator_stages)
         super().__init__({"fold": Out(fold_width)})
 
     array = property(attrgetter("_array_config"),
