@@ -22,6 +22,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from olmac import cli
 from olmac.cli import build as build_command
+from olmac.fpga import bench
 from olmac.fpga.build import DoesNotFit, build_bitstream, toolchain_env
 from olmac.fpga.report import (BuildReport, read_build_report, read_nextpnr_report,
                          read_yosys_stat)
@@ -456,3 +457,14 @@ def test_board_build_timeout_must_be_positive(capsys, value):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"olmac: error: --timeout must be a positive number of seconds, not {float(value)}"]
+
+
+def test_bench_times_each_family_against_its_target():
+    """fpga.bench constrains each family's clock at or above the fmax target the issue
+    sets for that family's arrays (TARGETS), and reports against that same target: the
+    iCE40 constraint once said 80 MHz against a family target of 60 and TARGETS' 75."""
+    targets = {entry[0]: fmax for entry, fmax, _luts in bench.TARGETS if fmax is not None}
+    assert targets == {"ecp5": 150, "ice40": 75}
+    for name, family in bench.FAMILIES.items():
+        assert family.target_mhz == targets[name]
+        assert family.constraint_mhz >= family.target_mhz
