@@ -2,6 +2,7 @@
 both demo networks on the network core (docs/network.md), every digits test image checked
 against golden."""
 
+from olmac.compiler import compile_program
 from olmac.golden.program import run_integer, to_pixels
 from olmac.network import demo_data, quantize, run_rtl
 
@@ -13,12 +14,13 @@ def report(width: int = 8) -> None:
           "| MAC utilization | simulated images/s | simulated cycles/s "
           "| cycles per CPU second | simulator process s | build s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    results = {}
+    results, lanes = {}, {}
     for name in ("mlp", "cnn"):
         data = demo_data(name)
         program = quantize(data.model, data.calibration)  # the demo's settings
         pixels = to_pixels(data.images)
         result = results[name] = run_rtl(program, pixels, width=width)
+        lanes[name] = compile_program(program, width=width).config.weight_outlier_lanes
         mismatching = int((result.logits != run_integer(program, pixels)).any(1).sum())
         print(f"| {name} | {len(pixels)} | {mismatching} | {result.cycles_per_image:,.0f} "
               f"| {result.macs_per_image:,} | {result.utilization:.1%} "
@@ -29,13 +31,17 @@ def report(width: int = 8) -> None:
     for name, result in results.items():
         print(f"Cycles per layer of the {name} (per inference) against the ideal "
               f"(the layer's MACs over the {width * width} MACs of the array; 0 for ops "
-              f"without MACs):")
+              f"without MACs); array beats are the cycles the array took a beat, the rest "
+              f"of a GEMM's cycles its beats held for weight outliers beyond the array's "
+              f"{lanes[name]} outlier lane(s), the op's fetch and the "
+              f"pipeline's drain before the next op may read its output:")
         print()
-        print("| op | kind | cycles | ideal | utilization |")
-        print("|---|---|---:|---:|---:|")
+        print("| op | kind | cycles | array beats | other cycles | ideal | utilization |")
+        print("|---|---|---:|---:|---:|---:|---:|")
         for layer in result.layers:
             share = f"{layer['ideal'] / layer['cycles']:.1%}" if layer["ideal"] else "–"
             print(f"| {layer['label']} | {layer['kind']} | {layer['cycles']:,.0f} "
+                  f"| {layer['beats']:,.0f} | {layer['cycles'] - layer['beats']:,.0f} "
                   f"| {layer['ideal']:,.0f} | {share} |")
         print()
     print("4-bit W/A, value-aware weights (one outlier per 64 weights of a channel), highway "

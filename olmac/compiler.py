@@ -636,18 +636,19 @@ class _Compiler:
                     "dense_low": low, "dense_high": high}
         return {"in_outliers": 1, "in_obase": self.outlier_base[name]}
 
-    def allocate_value(self, name: str, pixels: bool = False) -> _Stored:
-        """Words for value ``name`` (or, with ``pixels``, the raw pixels of the input, which
-        are 16-bit)."""
+    def value_slots(self, name: str) -> tuple[np.ndarray, tuple[int, int], int]:
+        """Slots, pixels ``(H, W)`` and words per pixel of value ``name`` laid out by
+        channels (a flat value: one pixel)."""
         value = self.program.values[name]
-        packed = name in self.packed and not pixels
         if len(value.shape) == 3:
             c, h, w = value.shape
-            stored = self.allocate(_image_slots(c, h, w, self.width), (h, w),
-                                   -(-c // self.width), packed)
-        else:
-            slots = _flat_slots(value.shape[0], self.width)
-            stored = self.allocate(slots, (1, 1), len(slots), packed)
+            return _image_slots(c, h, w, self.width), (h, w), -(-c // self.width)
+        slots = _flat_slots(value.shape[0], self.width)
+        return slots, (1, 1), len(slots)
+
+    def allocate_value(self, name: str) -> _Stored:
+        """Words for value ``name``, laid out by channels."""
+        stored = self.allocate(*self.value_slots(name), name in self.packed)
         self.stored[name] = stored
         return stored
 
@@ -924,25 +925,38 @@ class _Compiler:
         (kh, kw), channels = conv.kernel, value.shape[0]
         im2col_words = -(-channels * kh * kw // self.width)
         channel_words = -(-channels // self.width)
-        # per output pixel: LOAD, quantize and GEMM beats, each a word of columns or of
-        # channels (the GEMM once per tap)
-        return conv if 3 * im2col_words < (2 + kh * kw) * channel_words else None
+        # per output pixel: LOAD and quantize beats (one pass when the LOAD quantizes) and
+        # GEMM beats, each a word of columns or of channels (the GEMM once per tap)
+        passes = 1 if self.quantize_on_load() else 2
+        return (conv if (passes + 1) * im2col_words < (passes + kh * kw) * channel_words
+                else None)
+
+    def quantize_on_load(self) -> bool:
+        """Whether the input's quantization runs in the ``LOAD`` (docs/network.md §15):
+        the pixels then never take memory. It does unless the quantized input keeps
+        activation outliers or goes through a table."""
+        first = self.program.ops[0]
+        return (isinstance(first, QuantizeInput)
+                and self.program.values[first.output].outliers is None
+                and first.output not in self.fused)
 
     def compile(self) -> None:
         program = self.program
         first = program.ops[0]
         conv = self.im2col_reader(first.output)
-        if conv is None:
-            pixels = self.allocate_value(first.output, pixels=True)  # laid out as the input
+        if conv is None:  # laid out as the input
+            slots, shape, words = self.value_slots(first.output)
         else:  # the pixels come as the columns of the first convolution (gemm)
-            out_pixels = tuple(program.values[conv.output].shape[1:])
-            slots, words = _im2col_slots(program.values[first.output].shape, conv, out_pixels,
+            shape = tuple(program.values[conv.output].shape[1:])
+            slots, words = _im2col_slots(program.values[first.output].shape, conv, shape,
                                          self.width)
-            pixels = self.allocate(slots, out_pixels, words)
             self.im2col[first.output] = conv
-        self.pixels = pixels
-        self.stored.pop(first.output, None)  # the quantized input is written by its op
-        self.descriptor("load", OpKind.LOAD, out_base=pixels.base, count=pixels.words)
+        self.on_load = self.quantize_on_load()
+        # quantized on the way in, the pixels are no value in memory
+        self.pixels = pixels = (_Stored(0, slots, shape, words) if self.on_load
+                                else self.allocate(slots, shape, words))
+        if not self.on_load:
+            self.descriptor("load", OpKind.LOAD, out_base=pixels.base, count=pixels.words)
         for index, op in enumerate(program.ops):
             try:
                 self.compile_op(self.labels[index], op)
@@ -970,6 +984,15 @@ class _Compiler:
         if isinstance(op, QuantizeInput):
             self.vector_op(label, OpKind.SUM, pixels, op.output, op.multiplier, op.shift,
                            in_signed=int(self.program.pixel_min < 0), lookup=lookup)
+            if self.on_load:
+                # the same elementwise SUM, its operands the input words in order: one
+                # window of one word per output word, the output as many words, in order
+                fields = self.descriptors.pop()
+                assert fields["out_stride"] == fields["out_words"] == pixels.channel_words
+                keep = ("out_packed", "out_base", "in_signed", "param_base", "low", "high")
+                self.descriptor(f"load, {label}", OpKind.LOAD, quantize=1,
+                                count=pixels.words, out_words=1, out_pixels=pixels.words,
+                                out_stride=1, **{name: fields[name] for name in keep})
         elif isinstance(op, Requantize):
             self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
                            op.multiplier, op.shift,

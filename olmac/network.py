@@ -67,7 +67,8 @@ class NetworkResult:
     """Logits of the RTL and what the run cost: seconds of the model's run (wall clock and
     CPU), of the whole simulator process, and of the Verilator build (0 if cached).
     ``layers`` has one dict per op of the compiled program: ``label``, ``kind``,
-    ``cycles`` per image and ``ideal``, a GEMM's MACs over the array's (0 for other ops)."""
+    ``cycles`` and ``beats`` (those the array took) per image and ``ideal``, a GEMM's MACs
+    over the array's (0 for other ops)."""
     logits: torch.Tensor
     cycles: int
     gemm_beats: int
@@ -188,8 +189,10 @@ def run_rtl(program, pixels: torch.Tensor, *, width: int = 8, stall_sixteenths: 
                          activation_memory(compiled),
                          [{"label": op["label"], "kind": op["kind"].name,
                            "cycles": int(cycles) / len(pixels),
+                           "beats": int(beats) / len(pixels),
                            "ideal": op.get("macs", 0) / compiled.width ** 2}
-                          for op, cycles in zip(compiled.ops, run.op_cycles)])
+                          for op, cycles, beats in zip(compiled.ops, run.op_cycles,
+                                                       run.op_beats)])
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -40,7 +40,7 @@ TOPLEVEL = "olmac_network_sim"
 CAPACITY = 1 << 16
 #: Files the memories read and write, in the run's folder (the simulator's working folder).
 FILES = {"loads": "loads.hex", "images": "images.hex", "results": "results.hex",
-         "op_cycles": "op_cycles.hex"}
+         "op_cycles": "op_cycles.hex", "op_beats": "op_beats.hex"}
 #: Clock cycles between two progress lines of the simulator.
 PROGRESS_CYCLES = 50_000
 # X values resolved once, at build time.
@@ -75,8 +75,9 @@ module olmac_file_memory #(parameter WIDTH = 1, parameter ABITS = 1, parameter L
   end
 endmodule
 
-// Cycles spent in each op of the program, written to the file DUMP ($writememh) on the
-// first clock edge with `dump` high: the per-layer cycles of `make bench`.
+// Cycles spent in each op of the program (those with `count` high), written to the file
+// DUMP ($writememh) on the first clock edge with `dump` high: the per-layer cycles and
+// array beats of `make bench`.
 module olmac_op_cycles #(parameter ABITS = 1, parameter DUMP = "") (
     input clk, input count, input [ABITS-1:0] op, input dump);
   reg [31:0] cycles [0:(1 << ABITS) - 1];
@@ -229,8 +230,9 @@ class NetworkBench(wiring.Component):
     """A :class:`NetworkCore` built from ``config`` alone between file memories
     (simulation top for Verilator): the load beats (program, weights, parameters, then a
     ``RESTART``) from ``loads.hex``, then the images from ``images.hex``; the output words
-    go to a memory written to ``results.hex`` when ``done``, and the cycles each op took
-    (summed over the images) to ``op_cycles.hex``.
+    go to a memory written to ``results.hex`` when ``done``, the cycles each op took
+    (summed over the images) to ``op_cycles.hex`` and the beats the array took in each op
+    to ``op_beats.hex``.
 
     Parameters
     ----------
@@ -326,6 +328,13 @@ class NetworkBench(wiring.Component):
         m.submodules.op_cycles = Instance(
             "olmac_op_cycles", p_ABITS=len(op), p_DUMP=FILES["op_cycles"],
             i_clk=ClockSignal(), i_count=loaded & ~done, i_op=op, i_dump=done)
+        # The beat count moves the cycle after a beat; an op ends cycles after its last one.
+        beats_before = Signal(32)
+        m.d.sync += beats_before.eq(core.gemm_beats)
+        m.submodules.op_beats = Instance(
+            "olmac_op_cycles", p_ABITS=len(op), p_DUMP=FILES["op_beats"],
+            i_clk=ClockSignal(), i_count=loaded & ~done & (core.gemm_beats != beats_before),
+            i_op=op, i_dump=done)
         m.d.comb += [
             results["dump"].eq(done),
             self.done.eq(done),
@@ -346,6 +355,7 @@ class NetworkRun:
     slots: np.ndarray
     cycles: int
     op_cycles: np.ndarray
+    op_beats: np.ndarray
     gemm_beats: int
     seconds: float
     cpu_seconds: float
@@ -466,9 +476,10 @@ def run_network(config, contents, inputs: np.ndarray, *, output_words: int,
         if summary["fault"]:
             raise RuntimeError("the MAC array flagged a beat that breaks the outlier rules")
         slots = _read_slots(folder / FILES["results"], output_count, width)
-        op_cycles = np.array([int(line, 16) for line in
-                              (folder / FILES["op_cycles"]).read_text().split()
-                              if not line.startswith("//")][:config.program_depth])
+        op_cycles, op_beats = (
+            np.array([int(line, 16) for line in (folder / FILES[name]).read_text().split()
+                      if not line.startswith("//")][:config.program_depth])
+            for name in ("op_cycles", "op_beats"))
     return NetworkRun(slots.reshape(images, output_words, width), summary["cycles"],
-                      op_cycles, summary["gemm_beats"], summary["seconds"], summary["cpu_seconds"],
-                      process_seconds, build_seconds, model)
+                      op_cycles, op_beats, summary["gemm_beats"], summary["seconds"],
+                      summary["cpu_seconds"], process_seconds, build_seconds, model)

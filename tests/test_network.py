@@ -226,18 +226,26 @@ def test_compiler_refuses_bad_weight_outlier_lanes(mlp_data, lanes):
 
 
 def test_compiler_program_shape(cnn_data):
-    """The CNN compiles to LOAD, one op per arithmetic op (flatten is free), STORE."""
+    """The CNN compiles to a LOAD that quantizes the input, one op per further arithmetic
+    op (flatten is free), STORE; the pixels take no memory."""
     program = _program(cnn_data)
-    kinds = [d["kind"] for d in compile_program(program).ops]
-    assert kinds == [OpKind.LOAD, OpKind.SUM, OpKind.GEMM, OpKind.SUM, OpKind.GEMM,
+    compiled = compile_program(program)
+    kinds = [d["kind"] for d in compiled.ops]
+    assert kinds == [OpKind.LOAD, OpKind.GEMM, OpKind.SUM, OpKind.GEMM,
                      OpKind.GEMM, OpKind.SUM, OpKind.SUM, OpKind.GEMM, OpKind.STORE]
+    load = compiled.ops[0]
+    assert (load["quantize"], load["count"], load["out_pixels"], load["out_packed"]) == (
+        1, compiled.input_words, compiled.input_words, 1)
+    # 16-bit words: the highway outputs of conv1 and conv3 (64 each), the pooled map (16),
+    # the logits (2)
+    assert compiled.config.data_depth == 64 + 64 + 16 + 2
 
 
 def test_compiler_packs_the_first_convolutions_taps_across_lanes(cnn_data):
     """The CNN's one-channel 3×3 first convolution runs as a 1×1 GEMM over its im2col
     columns: two words a pixel (9 taps on 8 lanes) instead of nine beats of one lane."""
     compiled = compile_program(_program(cnn_data))
-    conv1 = compiled.ops[2]
+    conv1 = compiled.ops[1]
     assert (conv1["kind"], conv1["kernel_h"], conv1["kernel_w"], conv1["in_words"]) == (
         OpKind.GEMM, 1, 1, 2)
     assert compiled.input_words == 64 * 2
@@ -277,11 +285,16 @@ def test_rtl_second_artifact_reuses_the_model(cnn_data):
     # every cycle belongs to one op, and no GEMM beats its MACs over the array's
     layers = runs[0].layers
     assert [layer["kind"] for layer in layers] == [
-        "LOAD", "SUM", "GEMM", "SUM", "GEMM", "GEMM", "SUM", "SUM", "GEMM", "STORE"]
+        "LOAD", "GEMM", "SUM", "GEMM", "GEMM", "SUM", "SUM", "GEMM", "STORE"]
     assert sum(layer["cycles"] for layer in layers) == runs[0].cycles_per_image
     assert all(layer["cycles"] >= layer["ideal"] for layer in layers)
     assert layers[0]["cycles"] >= 64  # the LOAD takes the 64 pixel words
     assert sum(layer["ideal"] for layer in layers) * 64 == runs[0].macs_per_image
+    # a GEMM's array beats are its walk's (tiles, pixels, taps, band words), once each
+    beats = [op["out_words"] * op["out_pixels"] * op["kernel_h"] * op["kernel_w"]
+             * op["band_words"] if op["kind"] == OpKind.GEMM else 0
+             for op in compile_program(first).ops]
+    assert [layer["beats"] for layer in layers] == beats
 
 
 def test_rtl_progress_and_a_run_cut_short(cnn_data, monkeypatch):

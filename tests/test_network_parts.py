@@ -175,6 +175,39 @@ def test_loader_writes_inputs_and_passes_load_beats_between_them():
     assert sum(restarts) == 1
 
 
+@pytest.mark.parametrize("in_signed", [0, 1])
+def test_quantizing_loader_sends_each_word_as_a_window_under_stalls(in_signed):
+    """A ``LOAD`` with ``quantize``: each of its ``count`` input words goes to ``vector`` as
+    a window of one (``last`` on every beat), its slots read as ``in_signed`` says, in
+    order and once each under random stalls on both sides; nothing is written and the
+    loader never ends the op (the write-back does)."""
+    dut = Loader(CONFIG)
+    words = [[1, 0xFFFF], [0x8000, 7], [3, 0x7FFF], [0xFFFE, 0]]
+    writes = []
+
+    async def watch(ctx):
+        async for _, _, en, done in ctx.tick().sample(dut.write.en, dut.done):
+            writes.append(en or done)
+
+    async def source(ctx):
+        await ctx.tick().until(dut.control.running)
+        await _send(ctx, dut.inputs, words)
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(kind=OpKind.LOAD, quantize=1, count=len(words),
+                                         in_signed=in_signed))
+        taken = await _take(ctx, dut.vector, len(words))
+        await ctx.tick().repeat(5)
+        assert not ctx.get(dut.vector.valid) and not ctx.get(dut.inputs.ready)
+        sign = (lambda v: v - 0x10000 if v >= 0x8000 else v) if in_signed else (lambda v: v)
+        assert [list(beat.lanes) for beat in taken] == [[sign(v) for v in word]
+                                                        for word in words]
+        assert all(beat.last for beat in taken)
+
+    _simulate(dut, watch, source, bench)
+    assert not any(writes)
+
+
 def test_loader_of_no_words_halts():
     """A ``LOAD`` of zero words never finishes (an empty program memory halts)."""
     dut = Loader(CONFIG)

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .layouts import (STORAGE_BITS, ControlSignature, OpKind, SideWords, VectorBeat,
-                      is_compute)
+                      writes_results)
 from .walks import output_counters, tile_pointer
 
 __all__ = ["Reducer", "ParamFeed", "WriteBack"]
@@ -17,7 +17,7 @@ __all__ = ["Reducer", "ParamFeed", "WriteBack"]
 class Reducer(wiring.Component):
     """Lane-wise window sums (SUM) and maxima (MAX) of the ``beats`` of each output, and the
     one accumulator stream the requantizer reads: the array's during a GEMM, the reducer's
-    otherwise.
+    otherwise (a quantizing ``LOAD``'s beats are windows of one).
 
     Parameters
     ----------
@@ -134,8 +134,8 @@ class ParamFeed(wiring.Component):
 
 
 class WriteBack(wiring.Component):
-    """Writes each requantized vector of a compute op to the activation memory, in the
-    walks' order (``tile``, then pixel), each as one 16-bit-slot word at ``out_base +
+    """Writes each requantized vector of a compute op (or a quantizing ``LOAD``) to the
+    activation memory, in the walks' order (``tile``, then pixel), each as one 16-bit-slot word at ``out_base +
     pixel·out_stride + tile``; the op is done with its last write.
 
     Parameters
@@ -173,7 +173,7 @@ class WriteBack(wiring.Component):
         pointer = tile_pointer(m, "write_pointer", op.out_base, op.out_stride, step,
                                end_of_tile, start)
         m.d.comb += [
-            self.results.ready.eq(is_compute(op.kind)),
+            self.results.ready.eq(writes_results(op)),
             self.write.addr.eq(pointer),
             self.write.en.eq(step),
             self.done.eq(step & final),

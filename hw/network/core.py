@@ -40,6 +40,17 @@ def _share(m, port, select, first, second):
             m.d.comb += [ours.eq(value), theirs.eq(value)]
 
 
+def _merge(m, select, first, second, sink):
+    """Drive the stream ``sink`` from ``first`` while ``select`` holds, else from
+    ``second``; the other source sees ``ready`` low."""
+    m.d.comb += [
+        sink.valid.eq(Mux(select, first.valid, second.valid)),
+        sink.payload.eq(Mux(select, first.payload, second.payload)),
+        first.ready.eq(select & sink.ready),
+        second.ready.eq(~select & sink.ready),
+    ]
+
+
 def _route_loads(m, writes, memories, tables):
     """``load`` beats to the table part (``TABLES``, an entry in the word's low bits) or to
     the memories (every other target)."""
@@ -486,7 +497,10 @@ class NetworkCore(wiring.Component):
         else:
             wiring.connect(m, beats.act, array.act)
             wiring.connect(m, beats.weights, array.weights)
-        wiring.connect(m, beats.vector, reducer.beats)
+        # A quantizing LOAD's words reach the reducer from the loader, every other op's
+        # windows from the beat walk; the op kind picks, as only one of them runs.
+        _merge(m, sequencer.control.op.kind == OpKind.LOAD, loader.vector, beats.vector,
+               reducer.beats)
         wiring.connect(m, array.acc, reducer.array)
         wiring.connect(m, reducer.acc, requantizer.acc)
         wiring.connect(m, outputs.requests, memories.side)
@@ -509,8 +523,8 @@ class NetworkCore(wiring.Component):
         else:
             wiring.connect(m, results, write_back.results)
 
-        # STORE and the beat walk never run together, nor LOAD and the write-back: each pair
-        # takes turns on one activation memory port.
+        # STORE and the beat walk never run together, nor a plain LOAD and the write-back:
+        # each pair takes turns on one activation memory port.
         kind = sequencer.control.op.kind
         operand, write = beats.operand, write_back.write
         if config.packed_depth:
@@ -520,6 +534,7 @@ class NetworkCore(wiring.Component):
             wiring.connect(m, write_back.write, packed.write)
             operand, write = packed.wide_operand, packed.wide_write
         _share(m, memories.operand, kind == OpKind.STORE, storer.read, operand)
-        _share(m, memories.write, kind == OpKind.LOAD, loader.write, write)
+        _share(m, memories.write, (kind == OpKind.LOAD) & ~sequencer.control.op.quantize,
+               loader.write, write)
         m.d.comb += beats.granted.eq(memories.granted)
         return m

@@ -13,7 +13,8 @@ from ..requant import ChannelParams
 __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS",
            "WINDOW_GROWTH", "CHUNK_BITS", "WeightWord",
            "REQUANTIZERS", "MEMORY_STYLES", "OpKind", "OpDescriptor", "ChannelWord",
-           "LoadTarget", "LoadBeat", "is_compute", "ControlSignature", "VectorBeat", "SideRequest",
+           "LoadTarget", "LoadBeat", "is_compute", "writes_results", "ControlSignature",
+           "VectorBeat", "SideRequest",
            "SideWords", "OUTLIER_VALUE_BITS", "OutlierSlot", "OutlierBlock", "TABLE_ENTRY_BITS",
            "CodebookMode"]
 
@@ -48,7 +49,8 @@ MEMORY_STYLES = spec.MEMORY_STYLES
 
 class OpKind(enum.Enum, shape=3):
     """What one op does (docs/network.md §15)."""
-    #: ``count`` words from ``inputs`` into the activation memory at ``out_base``.
+    #: ``count`` words from ``inputs`` into the activation memory at ``out_base``; with
+    #: ``quantize``, each word through the requantizer on its way (an elementwise SUM).
     LOAD = 0
     #: ``count`` words from the activation memory at ``in_base`` to ``outputs``.
     STORE = 1
@@ -73,6 +75,12 @@ class CodebookMode(enum.Enum, shape=2):
 def is_compute(kind):
     """Whether an op of ``kind`` (a value of :class:`OpKind`) runs on the walks."""
     return (kind == OpKind.GEMM) | (kind == OpKind.SUM) | (kind == OpKind.MAX)
+
+
+def writes_results(op):
+    """Whether the op ``op`` (a descriptor) ends in the requantizer and the write-back: a
+    compute op, or a ``LOAD`` that quantizes its words on the way in (``quantize``)."""
+    return is_compute(op.kind) | ((op.kind == OpKind.LOAD) & op.quantize)
 
 
 class OpDescriptor(data.StructLayout):
@@ -104,6 +112,8 @@ class OpDescriptor(data.StructLayout):
         super().__init__({
             "kind": OpKind,
             "final": unsigned(1),
+            # a LOAD whose words pass the reducer and the requantizer as a 1×1 SUM would
+            "quantize": unsigned(1),
             "in_base": range(data_depth),
             "out_base": range(data_depth),
             "res_base": range(data_depth),

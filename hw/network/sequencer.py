@@ -14,7 +14,9 @@ class Sequencer(wiring.Component):
     to op 0 after an op marked ``final`` or on ``restart``, else to the next op.
 
     The descriptor stays in the memories' answer (``descriptor`` is taken only when the op
-    ends), so the core keeps no copy of it.
+    ends), so the core keeps no copy of it. The next op's address goes out in the cycle the
+    op ends and the next op starts in the cycle its descriptor arrives: with memories that
+    answer in one cycle, ops are one cycle apart (docs/network.md §15).
 
     Parameters
     ----------
@@ -51,23 +53,29 @@ class Sequencer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         op = self.descriptor.payload
-        m.d.comb += [self.control.op.eq(op), self.fetch.payload.eq(self.op_index)]
+        following = Signal.like(self.op_index)
+        m.d.comb += [self.control.op.eq(op), following.eq(Mux(self.restart | op.final, 0,
+                                                              self.op_index + 1))]
         with m.FSM():
             with m.State("FETCH"):
-                m.d.comb += self.fetch.valid.eq(1)
+                m.d.comb += [self.fetch.valid.eq(1), self.fetch.payload.eq(self.op_index)]
                 with m.If(self.fetch.ready):
                     m.next = "WAIT"
             with m.State("WAIT"):
+                # the op starts the cycle its descriptor arrives
                 with m.If(self.descriptor.valid):
-                    m.next = "START"
-            with m.State("START"):
-                m.d.comb += self.control.start.eq(1)
-                m.next = "RUN"
+                    m.d.comb += self.control.start.eq(1)
+                    m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.control.running.eq(1)
                 with m.If(self.restart | self.done):
-                    m.d.comb += self.descriptor.ready.eq(1)
-                    m.d.sync += self.op_index.eq(Mux(self.restart | op.final, 0,
-                                                     self.op_index + 1))
-                    m.next = "FETCH"
+                    # the next op is fetched as this one's descriptor is let go, so two ops
+                    # are one cycle apart
+                    m.d.comb += [self.descriptor.ready.eq(1), self.fetch.valid.eq(1),
+                                 self.fetch.payload.eq(following)]
+                    m.d.sync += self.op_index.eq(following)
+                    with m.If(self.fetch.ready):
+                        m.next = "WAIT"
+                    with m.Else():
+                        m.next = "FETCH"
         return m

@@ -7,14 +7,17 @@ from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .layouts import ControlSignature, LoadTarget, OpKind
+from .layouts import ControlSignature, LoadTarget, OpKind, VectorBeat
 
 __all__ = ["Loader", "Storer"]
 
 
 class Loader(wiring.Component):
     """Runs a ``LOAD`` op: ``count`` words from ``inputs`` to the activation memory from
-    ``out_base``. While it waits and ``inputs`` offers nothing, it passes ``load`` beats on
+    ``out_base``, or, with the op's ``quantize``, to ``vector`` as windows of one word
+    (read signed or unsigned as ``in_signed`` says), which the reducer, the requantizer
+    and the write-back then treat as a 1×1 ``SUM`` would its operands (the write-back
+    ends the op). While it waits and ``inputs`` offers nothing, it passes ``load`` beats on
     as memory writes (so program, weights and parameters change only between images) and
     turns a ``RESTART`` beat into ``restart``; a write offered on ``writes`` stays offered
     until it is taken, and the op ends only after it. A ``LOAD`` of no words never ends: an empty
@@ -33,6 +36,8 @@ class Loader(wiring.Component):
         Words of the ``LOAD``.
     write : In(WritePort.Signature(...))
         The activation memory's write port (driven here).
+    vector : Out(stream.Signature(VectorBeat(width)))
+        A quantizing ``LOAD``'s words, each with ``last``.
     load : In(stream.Signature(load_layout))
         Memory writes and restarts.
     writes : Out(stream.Signature(load_layout))
@@ -40,7 +45,7 @@ class Loader(wiring.Component):
     restart : Out(1)
         A ``RESTART`` beat was taken.
     done : Out(1)
-        The ``LOAD`` op has taken its last word.
+        A ``LOAD`` op without ``quantize`` has taken its last word.
     """
 
     def __init__(self, config):
@@ -50,20 +55,32 @@ class Loader(wiring.Component):
             "inputs": In(stream.Signature(word)),
             "write": In(WritePort.Signature(addr_width=ceil_log2(config.data_depth),
                                             shape=word)),
+            "vector": Out(stream.Signature(VectorBeat(config.width))),
             "load": In(stream.Signature(config.load_layout)),
             "writes": Out(stream.Signature(config.load_layout)),
             "restart": Out(1),
             "done": Out(1),
         })
-        self._data_depth = config.data_depth
+        # a quantizing LOAD counts the words of its output, which may be packed
+        self._count_depth = config.address_depth
+        self._width = config.width
 
     def elaborate(self, platform):
         m = Module()
         op, start = self.control.op, self.control.start
         loading_op = self.control.running & (op.kind == OpKind.LOAD)
-        index = Signal(range(self._data_depth + 1))
+        index = Signal(range(self._count_depth + 1))
         taken = self.inputs.valid & self.inputs.ready
-        m.d.comb += self.inputs.ready.eq(loading_op & (index != op.count))
+        wanted = loading_op & (index != op.count)
+        m.d.comb += [
+            self.inputs.ready.eq(wanted & (~op.quantize | self.vector.ready)),
+            self.vector.valid.eq(wanted & op.quantize & self.inputs.valid),
+            self.vector.payload.last.eq(1),
+        ]
+        for lane in range(self._width):
+            slot = self.inputs.payload[lane]
+            m.d.comb += self.vector.payload.lanes[lane].eq(
+                Mux(op.in_signed, slot.as_signed(), slot))
         with m.If(start):
             m.d.sync += index.eq(0)
         with m.Elif(taken):
@@ -77,9 +94,9 @@ class Loader(wiring.Component):
         m.d.comb += [
             self.write.addr.eq(op.out_base + index),
             self.write.data.eq(self.inputs.payload),
-            self.write.en.eq(taken),
-            self.done.eq(loading_op & ~start & (op.count != 0) & (index == op.count)
-                         & ~waiting),
+            self.write.en.eq(taken & ~op.quantize),
+            self.done.eq(loading_op & ~op.quantize & ~start & (op.count != 0)
+                         & (index == op.count) & ~waiting),
         ]
 
         open_ = loading_op & (~self.inputs.valid | offered)

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from .layouts import (STORAGE_BITS, CodebookMode, ControlSignature, OpKind, SideRequest,
-                      VectorBeat, is_compute)
+                      VectorBeat, is_compute, writes_results)
 
 __all__ = ["BeatWalk", "OutputWalk", "nested_counters", "output_counters", "tile_pointer"]
 
@@ -333,8 +333,8 @@ class BeatWalk(wiring.Component):
 
 
 class OutputWalk(wiring.Component):
-    """The output walk of a compute op: the outputs in the beat walk's order (``tile``,
-    then pixel), one :class:`SideRequest` each: the tile's parameter word (a GEMM has one
+    """The output walk of a compute op (or a quantizing ``LOAD``): the outputs in the beat
+    walk's order (``tile``, then pixel), one :class:`SideRequest` each: the tile's parameter word (a GEMM has one
     per output tile, a SUM/MAX one for the op) and the residual word at the same pixel and
     tile of the residual value.
 
@@ -366,7 +366,7 @@ class OutputWalk(wiring.Component):
         end_of_tile, final = output_counters(m, "side", op, step, start)
         left = Signal()
         with m.If(start):
-            m.d.sync += left.eq(is_compute(op.kind))
+            m.d.sync += left.eq(writes_results(op))
         with m.Elif(step & final):
             m.d.sync += left.eq(0)
         param_pointer = Signal(range(self._param_depth))
