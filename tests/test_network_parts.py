@@ -208,6 +208,35 @@ def test_quantizing_loader_sends_each_word_as_a_window_under_stalls(in_signed):
     assert not any(writes)
 
 
+def test_quantizing_loader_takes_load_beats_only_before_its_first_word():
+    """A quantizing ``LOAD`` (ended by the write-back, not by the loader) passes ``load``
+    beats on while it waits for its first word, and none once a word has been taken, so
+    it never ends under a memory write."""
+    dut = Loader(CONFIG)
+    beat = {"memory": NetworkCore.Memory.WEIGHTS, "address": 5, "word": 77}
+
+    async def bench(ctx):
+        ctx.set(dut.writes.ready, 1)
+        ctx.set(dut.vector.ready, 1)
+        await _run(ctx, dut.control, _op(kind=OpKind.LOAD, quantize=1, count=2))
+        ctx.set(dut.load.valid, 1)
+        ctx.set(dut.load.payload, beat)
+        assert ctx.get(dut.writes.valid) and ctx.get(dut.load.ready)
+        await ctx.tick()
+        ctx.set(dut.load.valid, 0)
+        ctx.set(dut.inputs.valid, 1)
+        ctx.set(dut.inputs.payload, [1, 2])
+        assert ctx.get(dut.inputs.ready)
+        await ctx.tick()
+        ctx.set(dut.inputs.valid, 0)
+        ctx.set(dut.load.valid, 1)
+        for _ in range(3):
+            assert not ctx.get(dut.writes.valid) and not ctx.get(dut.load.ready)
+            await ctx.tick()
+
+    _simulate(dut, bench)
+
+
 def test_loader_of_no_words_halts():
     """A ``LOAD`` of zero words never finishes (an empty program memory halts)."""
     dut = Loader(CONFIG)

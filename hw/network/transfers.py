@@ -17,7 +17,8 @@ class Loader(wiring.Component):
     ``out_base``, or, with the op's ``quantize``, to ``vector`` as windows of one word
     (read signed or unsigned as ``in_signed`` says), which the reducer, the requantizer
     and the write-back then treat as a 1×1 ``SUM`` would its operands (the write-back
-    ends the op). While it waits and ``inputs`` offers nothing, it passes ``load`` beats on
+    ends the op; so that it never ends under a memory write, such a ``LOAD`` passes
+    ``load`` beats only before its first word and takes no word while a write waits). While it waits and ``inputs`` offers nothing, it passes ``load`` beats on
     as memory writes (so program, weights and parameters change only between images) and
     turns a ``RESTART`` beat into ``restart``; a write offered on ``writes`` stays offered
     until it is taken, and the op ends only after it. A ``LOAD`` of no words never ends: an empty
@@ -72,9 +73,12 @@ class Loader(wiring.Component):
         index = Signal(range(self._count_depth + 1))
         taken = self.inputs.valid & self.inputs.ready
         wanted = loading_op & (index != op.count)
+        # A quantizing LOAD, which the write-back ends, takes memory writes only before its
+        # first word and no word while one is offered, so it never ends under a write.
+        waiting = self.writes.valid & ~self.writes.ready
         m.d.comb += [
-            self.inputs.ready.eq(wanted & (~op.quantize | self.vector.ready)),
-            self.vector.valid.eq(wanted & op.quantize & self.inputs.valid),
+            self.inputs.ready.eq(wanted & (~op.quantize | (self.vector.ready & ~waiting))),
+            self.vector.valid.eq(wanted & op.quantize & self.inputs.valid & ~waiting),
             self.vector.payload.last.eq(1),
         ]
         for lane in range(self._width):
@@ -89,7 +93,6 @@ class Loader(wiring.Component):
         # a narrow memory takes a word a row a cycle), even if words arrive on `inputs`
         # meanwhile, and the op does not end under it.
         offered = Signal()
-        waiting = self.writes.valid & ~self.writes.ready
         m.d.sync += offered.eq(waiting)
         m.d.comb += [
             self.write.addr.eq(op.out_base + index),
@@ -99,7 +102,7 @@ class Loader(wiring.Component):
                          & (index == op.count) & ~waiting),
         ]
 
-        open_ = loading_op & (~self.inputs.valid | offered)
+        open_ = loading_op & (~self.inputs.valid | offered) & (~op.quantize | (index == 0))
         is_restart = self.load.payload.memory == LoadTarget.RESTART
         m.d.comb += [
             self.writes.valid.eq(self.load.valid & open_ & ~is_restart),

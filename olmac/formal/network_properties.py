@@ -214,31 +214,43 @@ def _sequencer_promises(env):
                "an op ended without done or restart"),
     ]
     state, = _registers(env.fragment, "fsm_state")
-    fetch_state, start_state, run_state = _fsm_states(state, "FETCH", "START", "RUN")
+    fetch_state, run_state = _fsm_states(state, "FETCH", "RUN")
     count_transfers(m, "descriptors", fetch.valid & fetch.ready,
                     descriptor.valid & descriptor.ready, 1, held_is=state != fetch_state)
-    # The descriptor's producer keeps it from the cycle the sequencer saw it valid.
-    m.d.comb += Assert(((state != start_state) & (state != run_state)) | descriptor.valid)
+    # The descriptor's producer keeps it from the cycle the sequencer saw it valid (the
+    # op's start) until the op ends.
+    m.d.comb += Assert((state != run_state) | descriptor.valid)
 
 
 def _loader_environment(env):
-    """A ``LOAD`` ends exactly with the loader's ``done`` or ``restart``."""
+    """A ``LOAD`` ends exactly with the loader's ``done`` or ``restart``; one that
+    quantizes (which the write-back ends) at the earliest once every word has left."""
     part = env.part
+    op = part.control.op
     loading = _kind(env, OpKind.LOAD)
-    return _op_ends(may=lambda env: ~loading | part.done | part.restart,
+    index, = _registers(env.fragment, "index")
+    return _op_ends(may=lambda env: ~loading | part.done | part.restart
+                    | (op.quantize & (op.count != 0) & (index == op.count)),
                     must=lambda env: loading & (part.done | part.restart))(env)
 
 
 def _loader_promises(env):
     """Every ``load`` beat but a restart leaves on ``writes`` in its cycle; every word
-    taken from ``inputs`` is written; a ``LOAD`` writes ``count`` words, then is done."""
+    taken from ``inputs`` is written, or with ``quantize`` sent on ``vector`` as a window of
+    one; a ``LOAD`` takes ``count`` words, then one without ``quantize`` is done."""
     m, part = env.m, env.part
     op = part.control.op
     restart = part.load.payload.memory == LoadTarget.RESTART
     count_transfers(m, "writes", part.load.valid & part.load.ready & ~restart,
                     part.writes.valid & part.writes.ready, 0)
     taken = part.inputs.valid & part.inputs.ready
-    m.d.comb += Assert(part.write.en == taken, "a word taken but not written, or not taken")
+    sent = part.vector.valid & part.vector.ready
+    m.d.comb += [
+        Assert(part.write.en == (taken & ~op.quantize),
+               "a word taken but not written, or not taken"),
+        Assert(sent == (taken & op.quantize), "a word taken but not sent, or not taken"),
+        Assert(~part.vector.valid | part.vector.payload.last, "a window of more than a word"),
+    ]
     words = _per_op(env, "load_words", taken)
     loading = env.running & (op.kind == OpKind.LOAD)
     index, = _registers(env.fragment, "index")
