@@ -7,7 +7,9 @@ Fast tier: Amaranth's simulator with random stalls driven from Python. Verilator
 preloaded bench, a subset of the digits test split here, the whole split in test-full.
 """
 
+import dataclasses
 import functools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -41,17 +43,13 @@ def _run_core(core, compiled, pixels, *, pause=0.0, loads=()):
     inputs = word_codec.pack(words.reshape(-1, compiled.width) & 0xFFFF)
     sim = Simulator(core)
     sim.add_clock(1e-6)
-    if loads:
-        layout = core.load.payload.shape()
-        beats = [layout.const({"memory": memory, "address": address, "word": word})
-                 .as_value().value for memory, address, word in loads]
-        sim.add_testbench(StreamSource(core.load, beats, pause_probability=pause,
-                                       seed=7).run, background=True)
+    layout = core.load.payload.shape()
+    beats = [layout.const({"memory": memory, "address": address, "word": word})
+             .as_value().value for memory, address, word in loads]
 
     async def feed(ctx):
-        if loads:
-            # inputs wait until the program has been loaded and restarted
-            await ctx.tick().repeat(len(loads) * 4 + 8)
+        # inputs wait until the loads (and a restart) are taken, as a board's host does
+        await StreamSource(core.load, beats, pause_probability=pause, seed=7).run(ctx)
         await StreamSource(core.inputs, inputs, pause_probability=pause, seed=3).run(ctx)
     sim.add_testbench(feed, background=True)
     sink = StreamSink(core.outputs, len(pixels) * compiled.output_words,
@@ -100,6 +98,40 @@ def test_core_loads_its_program_through_the_load_port(mlp_data):
     loads = [(memories[name], address, word) for name, words in images.items()
              for address, word in enumerate(words)]
     loads.append((NetworkCore.Memory.RESTART, 0, 0))
+    logits = _run_core(core, compiled, pixels, loads=loads)
+    assert torch.equal(logits, run_integer(program, pixels))
+
+
+@pytest.mark.parametrize("restart,memories", [(False, "wide"), (True, "wide"),
+                                              (True, "narrow")],
+                         ids=["params", "params-restart", "narrow-params-restart"])
+def test_core_reloaded_while_its_quantizing_load_waits(restart, memories):
+    """The board's reload (tests/test_board_verilator.py): a core preloaded with a zero
+    parameter word ``param_base`` waits in its first op, a LOAD that quantizes the pixels
+    with that word; the word written through ``load``
+    meanwhile (and, with ``restart``, a RESTART) give golden's logits from the first
+    image on. A parameter read before the loads would quantize the first word with a zero
+    multiplier, and after a RESTART stay in the memories' answer as one word too many; so
+    would one asked for between the RESTART and op 0's start again (narrow memories take
+    several cycles to fetch a descriptor)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 4)).eval()
+    images = torch.randint(0, 17, (32, 16)) / 16  # digits-like pixels, 0..16 sixteenths
+    program = _program(SimpleNamespace(model=model, calibration=images))
+    pixels = to_pixels(images[:1])
+    compiled = compile_program(program, width=4)
+    compiled = dataclasses.replace(compiled, config=dataclasses.replace(compiled.config,
+                                                                        memories=memories))
+    first = compiled.ops[0]
+    assert first["kind"] == OpKind.LOAD and first["quantize"] == 1
+    params, base = compiled.contents["params"], first["param_base"]
+    assert params[base] != 0
+    zeroed = [0 if address == base else word for address, word in enumerate(params)]
+    core = NetworkCore(compiled.config, **{**compiled.contents, "params": zeroed})
+    loads = [(NetworkCore.Memory.PARAMS, base, params[base])]
+    if restart:
+        loads.append((NetworkCore.Memory.RESTART, 0, 0))
     logits = _run_core(core, compiled, pixels, loads=loads)
     assert torch.equal(logits, run_integer(program, pixels))
 

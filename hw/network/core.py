@@ -472,6 +472,8 @@ class NetworkCore(wiring.Component):
         m.d.comb += [
             sequencer.done.eq(loader.done | storer.done | write_back.done),
             sequencer.restart.eq(loader.restart),
+            # parameters are read only once no load beat can rewrite them
+            outputs.hold.eq(loader.loads_open),
             self.op_index.eq(sequencer.op_index),
             self.gemm_beats.eq(beats.gemm_beats),
             self.fault.eq(array.fault),

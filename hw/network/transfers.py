@@ -18,11 +18,14 @@ class Loader(wiring.Component):
     (read signed or unsigned as ``in_signed`` says), which the reducer, the requantizer
     and the write-back then treat as a 1×1 ``SUM`` would its operands (the write-back
     ends the op; so that it never ends under a memory write, such a ``LOAD`` passes
-    ``load`` beats only before its first word and takes no word while a write waits). While it waits and ``inputs`` offers nothing, it passes ``load`` beats on
-    as memory writes (so program, weights and parameters change only between images) and
-    turns a ``RESTART`` beat into ``restart``; a write offered on ``writes`` stays offered
-    until it is taken, and the op ends only after it. A ``LOAD`` of no words never ends: an empty
-    program memory halts.
+    ``load`` beats only before its first word and takes no word while a write waits).
+    While it waits and ``inputs`` offers nothing, it passes ``load`` beats on as memory
+    writes (so program, weights and parameters change only between images) and turns a
+    ``RESTART`` beat into ``restart``; a write offered on ``writes`` stays offered until it
+    is taken, and the op ends only after it. ``loads_open`` says when ``load`` beats may
+    still come in this op: until then nothing may read the memories they write (a
+    quantizing ``LOAD``'s parameter reads wait for its first word). A ``LOAD`` of no words
+    never ends: an empty program memory halts.
 
     Parameters
     ----------
@@ -45,6 +48,9 @@ class Loader(wiring.Component):
         The memory writes of ``load`` (never a ``RESTART``).
     restart : Out(1)
         A ``RESTART`` beat was taken.
+    loads_open : Out(1)
+        A ``LOAD`` runs that may still take ``load`` beats: one without ``quantize``, or
+        one with it before its first word.
     done : Out(1)
         A ``LOAD`` op without ``quantize`` has taken its last word.
     """
@@ -60,6 +66,7 @@ class Loader(wiring.Component):
             "load": In(stream.Signature(config.load_layout)),
             "writes": Out(stream.Signature(config.load_layout)),
             "restart": Out(1),
+            "loads_open": Out(1),
             "done": Out(1),
         })
         # a quantizing LOAD counts the words of its output, which may be packed
@@ -102,7 +109,8 @@ class Loader(wiring.Component):
                          & (index == op.count) & ~waiting),
         ]
 
-        open_ = loading_op & (~self.inputs.valid | offered) & (~op.quantize | (index == 0))
+        m.d.comb += self.loads_open.eq(loading_op & (~op.quantize | (index == 0)))
+        open_ = self.loads_open & (~self.inputs.valid | offered)
         is_restart = self.load.payload.memory == LoadTarget.RESTART
         m.d.comb += [
             self.writes.valid.eq(self.load.valid & open_ & ~is_restart),

@@ -348,6 +348,11 @@ class OutputWalk(wiring.Component):
     control : In(ControlSignature(descriptor))
         The op's ``out_words``, ``out_pixels``, ``param_base``, ``res_base`` and
         ``residual``.
+    hold : In(1)
+        No request while high: ``load`` beats may still write the memories the requests
+        read (a quantizing ``LOAD`` before its first word, :class:`Loader`
+        ``loads_open``), and a request read before them would be stale, or left over in
+        the memories' answer after a ``RESTART``.
     requests : Out(stream.Signature(SideRequest(data_depth, param_depth)))
     """
 
@@ -355,6 +360,7 @@ class OutputWalk(wiring.Component):
         self._param_depth = config.param_depth
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
+            "hold": In(1),
             "requests": Out(stream.Signature(SideRequest(config.data_depth,
                                                          config.param_depth))),
         })
@@ -377,7 +383,9 @@ class OutputWalk(wiring.Component):
         residual_pointer = tile_pointer(m, "residual_pointer", op.res_base, op.out_words,
                                         step, end_of_tile, start)
         m.d.comb += [
-            self.requests.valid.eq(left & ~start),
+            # only while the op runs: a RESTART ends a quantizing LOAD before its last
+            # output, and the next op's descriptor may arrive over several cycles
+            self.requests.valid.eq(left & self.control.running & ~self.hold),
             self.requests.payload.param.eq(param_pointer),
             self.requests.payload.residual.eq(residual_pointer),
             self.requests.payload.read_residual.eq(op.residual),

@@ -237,7 +237,9 @@ def _loader_environment(env):
 def _loader_promises(env):
     """Every ``load`` beat but a restart leaves on ``writes`` in its cycle; every word
     taken from ``inputs`` is written, or with ``quantize`` sent on ``vector`` as a window of
-    one; a ``LOAD`` takes ``count`` words, then one without ``quantize`` is done."""
+    one; a ``LOAD`` takes ``count`` words, then one without ``quantize`` is done; ``load``
+    beats are taken only while ``loads_open``, which a quantizing ``LOAD`` closes with its
+    first word."""
     m, part = env.m, env.part
     op = part.control.op
     restart = part.load.payload.memory == LoadTarget.RESTART
@@ -256,7 +258,11 @@ def _loader_promises(env):
     index, = _registers(env.fragment, "index")
     m.d.comb += [Assert(~loading | (words <= op.count), "more words than the LOAD's count"),
                  Assert(~part.done | (words == op.count), "a LOAD done early"),
-                 Assert(~loading | (index == words))]
+                 Assert(~loading | (index == words)),
+                 Assert(~(part.load.valid & part.load.ready) | part.loads_open,
+                        "a load beat taken while the loads are closed"),
+                 Assert(~(loading & op.quantize & (words != 0)) | ~part.loads_open,
+                        "a quantizing LOAD open to loads after its first word")]
 
 
 def _storer_promises(env):
@@ -295,7 +301,8 @@ def _walk_runs(*names):
 
 def _output_walk_promises(env):
     """One side request per output of a compute op: ``out_words · out_pixels`` of them,
-    then the walk ends (as the write-back writes one result per output)."""
+    then the walk ends (as the write-back writes one result per output); none while
+    ``hold`` or between ops."""
     _walk_runs("left")(env)
     m, part = env.m, env.part
     op = part.control.op
@@ -305,8 +312,18 @@ def _output_walk_promises(env):
     compute = env.running & is_compute(op.kind)
     m.d.comb += [Assert(~compute | Mux(left, requests < total, requests == total),
                         "side requests differ from the op's outputs"),
+                 Assert(~(part.requests.valid & part.hold), "a side request while held"),
+                 Assert(~part.requests.valid | env.running, "a side request between ops"),
                  Assert(~(compute & left) | ((requests == tile * op.out_pixels + pixel) &
                                             (tile < op.out_words) & (pixel < op.out_pixels)))]
+
+
+def _hold_only_falls(env):
+    """The loader's ``loads_open`` (the output walk's ``hold``) rises only as an op starts
+    to run: within an op it only falls (a quantizing ``LOAD``'s first word)."""
+    hold, was_hold, was_start = env.part.hold, Signal(name="was_hold"), Signal()
+    env.m.d.sync += [was_hold.eq(hold), was_start.eq(env.control.start)]
+    return [Assume(~(hold & ~was_hold) | was_start | ~env.running, "hold rose in an op")]
 
 
 def _outputs_exist(env):
@@ -468,8 +485,8 @@ PART_SPECS = {
                _storer_promises, None),
     "beat_walk": (_walk_finished("left", "valid"), _beat_walk_promises,
                   {"weights": "act", "codes": "act"}),
-    "output_walk": (_both(_walk_finished("left"), _outputs_exist), _output_walk_promises,
-                    None),
+    "output_walk": (_both(_walk_finished("left"), _outputs_exist, _hold_only_falls),
+                    _output_walk_promises, None),
     "reducer": (_both(_only_while("beats", OpKind.SUM, OpKind.MAX),
                       _only_while("array", OpKind.GEMM),
                       _op_ends(may=lambda env: _idle(env.part.acc) &
