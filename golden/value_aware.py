@@ -16,7 +16,8 @@ from .formats import int_range, check_in_format
 from .fake_quant import to_int_round_half_even
 
 __all__ = [
-    "BLOCK_SIZES", "LIMB_BITS", "ValueAwareInt", "ClampCounts", "outlier_threshold",
+    "BLOCK_SIZES", "LIMB_BITS", "ValueAwareInt", "ClampCounts", "outliers_per_group",
+    "outlier_threshold",
     "value_aware_scale", "to_value_aware_round_half_even", "block_word_bits",
     "block_bits_per_value", "list_bits_per_value", "pack_blocks", "unpack_blocks",
     "fake_quantize_value_aware",
@@ -97,6 +98,16 @@ def _check_outlier_bits(outlier_bits: int, bits: int) -> None:
         raise ValueError(f"Outlier width {outlier_bits} must exceed the dense width {bits}")
 
 
+def outliers_per_group(ratio: float, n: int) -> int:
+    """``k = min(floor(ratio·n), n - 1)``: the most outliers a group of ``n`` values keeps
+    at ``ratio`` (§1; the product in float64).
+
+    >>> outliers_per_group(0.01, 64), outliers_per_group(1 / 64, 64)
+    (0, 1)
+    """
+    return min(math.floor(_check_ratio(ratio) * n), n - 1)
+
+
 def outlier_threshold(x: torch.Tensor, ratio: float, *,
                       channel_dim: int | None = None) -> torch.Tensor:
     """Outlier threshold ``T`` of each group (§1): its ``(k+1)``-th largest magnitude.
@@ -131,8 +142,7 @@ def outlier_threshold(x: torch.Tensor, ratio: float, *,
         groups = x.reshape(1, -1)
     else:
         groups = x.movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1)
-    n = groups.shape[1]
-    k = min(math.floor(ratio * n), n - 1)
+    k = outliers_per_group(ratio, groups.shape[1])
     magnitudes = groups.abs()
     kept = magnitudes.topk(k + 1, dim=1).values[:, k]
     largest = magnitudes.amax(dim=1)

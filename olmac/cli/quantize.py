@@ -471,9 +471,10 @@ def _outlier_free_layers(program, ratio: float, chosen: dict) -> list[tuple[str,
     (docs/value_aware.md §1), so a channel of ``K`` weights keeps ``⌊ratio·K⌋``, which a
     ratio of 1 % makes 0 for ``K < 100``."""
     from olmac.golden.program import Gemm
+    from olmac.golden.value_aware import outliers_per_group
     return [(op.name, op.in_features) for op in program.ops
             if isinstance(op, Gemm) and op.scheme == "value_aware" and op.name not in chosen
-            and 0 < ratio and math.floor(ratio * op.in_features) == 0]
+            and 0 < ratio and outliers_per_group(ratio, op.in_features) == 0]
 
 
 def _option_names(message: str) -> str:
