@@ -9,6 +9,7 @@ command byte included, and gives one reply. :class:`NetworkApp` wires them toget
 """
 
 from operator import attrgetter
+from types import SimpleNamespace
 
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
@@ -17,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 from olmac.spec import (ARRAY_DIM, HIGHWAY_BITS, INFO_MAGIC, PROTOCOL_VERSION, Command, Status,
                         check_int)
 from .host_link import MAX_PAYLOAD_RANGE, AppSignature
-from .network import TABLE_ENTRY_BITS, NetworkCore
+from .network import CHUNK_BITS, TABLE_ENTRY_BITS, NetworkCore, row_slices
 
 __all__ = ["NetworkApp", "Dispatcher", "LoadHandler", "InferHandler", "FixedCommand"]
 
@@ -61,6 +62,27 @@ def _check_load_layout(load_layout):
     if not isinstance(load_layout, data.StructLayout):
         raise TypeError(f"Load layout must be a data.StructLayout, not {load_layout!r}")
     return load_layout
+
+
+def _check_rows(rows, word_bytes):
+    """``rows`` (``None`` or ``(items, item_bits)`` by memory name) for the memories of
+    ``word_bytes``, each pair making a word of that many bytes."""
+    if rows is None:
+        return None
+    if not isinstance(rows, dict) or any(
+            not isinstance(pair, tuple) or len(pair) != 2
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in pair)
+            for pair in rows.values()):
+        raise TypeError(f"rows must be None or a dict of (items, item_bits) pairs of positive "
+                        f"integers, not {rows!r}")
+    for name, size in word_bytes.items():
+        if name not in rows:
+            raise ValueError(f"rows lacks {name}: {rows!r}")
+        items, item_bits = rows[name]
+        if -(-items * item_bits // 8) != size:
+            raise ValueError(f"rows[{name!r}] = {rows[name]!r} is not a word of "
+                             f"word_bytes[{name!r}] = {size} bytes")
+    return {name: rows[name] for name in word_bytes}
 
 
 def _take(m, request):
@@ -268,23 +290,35 @@ class LoadHandler(wiring.Component):
     (nothing written) and ``BAD_ADDRESS`` for a word past the end of its memory; the rest
     of a refused request is dropped.
 
+    With ``rows`` (a core with narrow memories, ``NetworkCore.Config.load_rows``), each
+    word goes to the core a 16-bit row at a time as its bytes arrive, a bit a cycle, so
+    nothing holds a whole word; the rows of a word cut short that were complete are then
+    written too (``count`` still counts whole words only).
+
     Parameters
     ----------
     load_layout : data.StructLayout
-        The core's ``load`` payload (``memory``, ``address``, ``word``).
+        The core's ``load`` payload (``memory``, ``address``, ``word``; with ``rows``
+        also ``row``, and ``word`` one row).
     depths : dict
         Depths of the ``program``, ``weights`` and ``params`` memories, and of the
         ``tables`` where the core has them (absent or 0: memory 4 is ``BAD_MEMORY``).
     word_bytes : dict
         Bytes of a word of each of them.
+    rows : dict or None
+        ``(items, item_bits)`` of each of them: a word is ``items`` fields of
+        ``item_bits`` bits, each cut into rows of its own (``hw.network.row_slices``);
+        ``None``: a ``load`` beat a word.
 
     Raises
     ------
     TypeError
         If ``load_layout`` is not a ``data.StructLayout``, or ``depths`` or ``word_bytes``
-        not a dict of integers in range.
+        not a dict of integers in range, or ``rows`` neither ``None`` nor a dict of pairs
+        of positive integers.
     ValueError
-        If ``depths`` or ``word_bytes`` lacks one of the three memories.
+        If ``depths`` or ``word_bytes`` lacks one of the three memories, or ``rows`` lacks
+        one of the memories or gives a word of other than its ``word_bytes``.
 
     Members
     -------
@@ -294,12 +328,13 @@ class LoadHandler(wiring.Component):
         Memory writes to the core.
     """
 
-    def __init__(self, *, load_layout, depths, word_bytes):
+    def __init__(self, *, load_layout, depths, word_bytes, rows=None):
         self._load_layout = _check_load_layout(load_layout)
         tables = ("tables",) if isinstance(depths, dict) and depths.get("tables") else ()
         self._depths = _check_table("depths", depths, _LOADABLE + tables, (1, 65536 * 8192))
         self._word_bytes = _check_table("word_bytes", word_bytes, _LOADABLE + tables,
                                         (1, 65536 * 1024))
+        self._rows = _check_rows(rows, self._word_bytes)
         super().__init__({"host": In(AppSignature()),
                           "load": Out(stream.Signature(load_layout))})
 
@@ -323,10 +358,7 @@ class LoadHandler(wiring.Component):
         memory = Signal(3)
         bad_memory = Signal()
         address = Signal(16)
-        # The word's bytes shift in at the top, so no byte needs an enable of its own; a
-        # word narrower than the widest then shifts down to bit 0 (``ALIGN``), zeros above.
         widest = max(self._word_bytes.values())
-        word = Signal(8 * widest)
         index = Signal(range(max(3, widest) + 1))   # byte of header or word
         request_done = Signal()     # the request's last byte has been taken
         sent = Signal(range(3))     # reply bytes sent
@@ -341,16 +373,28 @@ class LoadHandler(wiring.Component):
         m.d.comb += [
             self.load.payload.memory.eq(memory),
             self.load.payload.address.eq(address),
-            self.load.payload.word.eq(word),
         ]
 
-        def refuse(code):
+        def refuse(code, last=is_last):
             m.d.sync += status.eq(code)
-            with m.If(is_last):
+            with m.If(last):
                 m.next = "REPLY"
             with m.Else():
                 m.next = "DRAIN"
 
+        def written():
+            """The word is written: on to the next one, or the reply."""
+            m.d.sync += [count.eq(count + 1), address.eq(address + 1), index.eq(0)]
+            with m.If(request_done):
+                m.next = "REPLY"
+            with m.Else():
+                m.next = "WORD"
+
+        words = self._rows_states if self._rows else self._word_states
+        word_states = words(m, SimpleNamespace(
+            byte=byte, is_last=is_last, memory=memory, index=index, last_byte=last_byte,
+            bad_address=address >= memory_depth, request_done=request_done,
+            refuse=refuse, written=written, widest=widest))
         with m.FSM():
             # a command byte alone lacks the header
             _command(m, request, alone="REPLY", more="HEADER", reset=[
@@ -376,36 +420,111 @@ class LoadHandler(wiring.Component):
                             refuse(Status.BAD_MEMORY)
                         with m.Else():
                             m.next = "WORD"
-            with m.State("WORD"):
-                m.d.comb += request.ready.eq(1)
-                with m.If(request.valid):
-                    m.d.sync += [word.eq(Cat(word[8:], byte)), index.eq(index + 1),
-                                 request_done.eq(is_last)]
-                    with m.If(index == last_byte):
-                        with m.If(address >= memory_depth):
-                            refuse(Status.BAD_ADDRESS)
-                        with m.Else():
-                            m.next = "ALIGN"
-                    with m.Elif(is_last):
-                        refuse(Status.BAD_LENGTH)
-            with m.State("ALIGN"):
-                with m.If(index == widest):
-                    m.next = "WRITE"
-                with m.Else():
-                    m.d.sync += [word.eq(word[8:]), index.eq(index + 1)]
-            with m.State("WRITE"):
-                m.d.comb += self.load.valid.eq(1)
-                with m.If(self.load.ready):
-                    m.d.sync += [count.eq(count + 1), address.eq(address + 1), index.eq(0)]
-                    with m.If(request_done):
-                        m.next = "REPLY"
-                    with m.Else():
-                        m.next = "WORD"
+            word_states()
             _drain(m, request, "REPLY")
             with m.State("REPLY"):
                 with m.If(_send_bytes(m, reply, [status, count[:8], count[8:]], sent)):
                     m.next = "COMMAND"
         return m
+
+    def _word_states(self, m, word_of):
+        """Returns what adds the states ``WORD`` to ``WRITE`` with a ``load`` beat a word. The word's bytes shift
+        in at the top, so no byte needs an enable of its own; a word narrower than the
+        widest then shifts down to bit 0 (``ALIGN``), zeros above."""
+        request, w = self.host.request, word_of
+        word = Signal(8 * w.widest)
+        m.d.comb += self.load.payload.word.eq(word)
+        return lambda: self._word_fsm(m, w, word)
+
+    def _word_fsm(self, m, w, word):
+        request = self.host.request
+        with m.State("WORD"):
+            m.d.comb += request.ready.eq(1)
+            with m.If(request.valid):
+                m.d.sync += [word.eq(Cat(word[8:], w.byte)), w.index.eq(w.index + 1),
+                             w.request_done.eq(w.is_last)]
+                with m.If(w.index == w.last_byte):
+                    with m.If(w.bad_address):
+                        w.refuse(Status.BAD_ADDRESS)
+                    with m.Else():
+                        m.next = "ALIGN"
+                with m.Elif(w.is_last):
+                    w.refuse(Status.BAD_LENGTH)
+        with m.State("ALIGN"):
+            with m.If(w.index == w.widest):
+                m.next = "WRITE"
+            with m.Else():
+                m.d.sync += [word.eq(word[8:]), w.index.eq(w.index + 1)]
+        with m.State("WRITE"):
+            m.d.comb += self.load.valid.eq(1)
+            with m.If(self.load.ready):
+                w.written()
+
+    def _rows_states(self, m, word_of):
+        """Returns what adds the states ``WORD`` to ``WRITE`` with a ``load`` beat a row: each byte's bits go
+        one a cycle (``BITS``) into a 16-bit row at its place; a full row, or the last
+        (short) one of a field, is a beat (``WRITE``); the bits past the last row of a
+        word (its last byte's padding) are dropped. A word at a bad address is read to
+        its end without a beat, then refused, as with a beat a word."""
+        request, w = self.host.request, word_of
+        shapes = {name: (items, item_bits, len(row_slices(item_bits, items)))
+                  for name, (items, item_bits) in self._rows.items()}
+        last_item_bit = Signal(range(max(bits for _, bits, _ in shapes.values())))
+        rows = Signal(range(max(count for _, _, count in shapes.values()) + 1))
+        with m.Switch(w.memory):
+            for name, (_, item_bits, count) in shapes.items():
+                with m.Case(_MEMORY[name]):
+                    m.d.comb += [last_item_bit.eq(item_bits - 1), rows.eq(count)]
+        byte = Signal(8)                    # the bits still to go, the next one at bit 0
+        bit = Signal(range(9))              # of `byte`; 8: all gone
+        row = Signal.like(rows)             # the row being gathered; `rows`: all written
+        row_bit = Signal(range(CHUNK_BITS))
+        item_bit = Signal.like(last_item_bit)
+        gathered = Signal(CHUNK_BITS)
+        m.d.comb += [self.load.payload.row.eq(row), self.load.payload.word.eq(gathered)]
+        return lambda: self._rows_fsm(m, w, SimpleNamespace(
+            rows=rows, last_item_bit=last_item_bit, byte=byte, bit=bit, row=row,
+            row_bit=row_bit, item_bit=item_bit, gathered=gathered))
+
+    def _rows_fsm(self, m, w, r):
+        request = self.host.request
+        rows, last_item_bit, byte, bit, row = r.rows, r.last_item_bit, r.byte, r.bit, r.row
+        row_bit, item_bit, gathered = r.row_bit, r.item_bit, r.gathered
+        with m.State("WORD"):
+            m.d.comb += request.ready.eq(1)
+            with m.If(request.valid):
+                m.d.sync += [byte.eq(w.byte), bit.eq(0), w.request_done.eq(w.is_last)]
+                m.next = "BITS"
+        with m.State("BITS"):
+            with m.If(bit == 8):
+                with m.If((w.index == w.last_byte) | w.request_done):
+                    # the word ends, or the request does: the next word starts a row
+                    m.d.sync += [row.eq(0), row_bit.eq(0), item_bit.eq(0), gathered.eq(0)]
+                with m.If(w.index == w.last_byte):
+                    with m.If(w.bad_address):
+                        w.refuse(Status.BAD_ADDRESS, w.request_done)
+                    with m.Else():
+                        w.written()
+                with m.Elif(w.request_done):
+                    w.refuse(Status.BAD_LENGTH, 1)
+                with m.Else():
+                    m.d.sync += w.index.eq(w.index + 1)
+                    m.next = "WORD"
+            with m.Else():
+                m.d.sync += [byte.eq(byte >> 1), bit.eq(bit + 1)]
+                with m.If(row != rows):
+                    item_end = item_bit == last_item_bit
+                    row_end = (row_bit == CHUNK_BITS - 1) | item_end
+                    m.d.sync += [gathered.bit_select(row_bit, 1).eq(byte[0]),
+                                 item_bit.eq(Mux(item_end, 0, item_bit + 1)),
+                                 row_bit.eq(Mux(row_end, 0, row_bit + 1))]
+                    with m.If(row_end):
+                        m.next = "WRITE"
+        with m.State("WRITE"):
+            m.d.comb += self.load.valid.eq(~w.bad_address)
+            with m.If(self.load.ready | w.bad_address):
+                m.d.sync += [row.eq(row + 1), gathered.eq(0)]
+                m.next = "BITS"
 
 
 class InferHandler(wiring.Component):
@@ -567,13 +686,16 @@ class NetworkApp(wiring.Component):
         the ``tables``, with them).
     input_words, output_words : int
         Words an image takes on ``inputs`` and gives on ``outputs``, 1..65535.
+    rows : dict or None
+        How ``load`` beats cut words into rows (``NetworkCore.Config.load_rows``), as
+        :class:`LoadHandler` takes it.
 
     Raises
     ------
     TypeError
         If a parameter is of the wrong type or outside its range.
     ValueError
-        If ``depths`` or ``word_bits`` lacks a memory.
+        If ``depths`` or ``word_bits`` lacks a memory, or ``rows`` does not match them.
 
     Members
     -------
@@ -586,7 +708,8 @@ class NetworkApp(wiring.Component):
         Memory writes and restarts to the core.
     """
 
-    def __init__(self, *, width, load_layout, depths, word_bits, input_words, output_words):
+    def __init__(self, *, width, load_layout, depths, word_bits, input_words, output_words,
+                 rows=None):
         self._width = check_int("Width", width, ARRAY_DIM)
         self._load_layout = _check_load_layout(load_layout)
         self._depths = _check_table("depths", depths, (*_LOADABLE, "data"), (1, 65536 * 8192),
@@ -596,6 +719,7 @@ class NetworkApp(wiring.Component):
         self._input_words = check_int("Input words", input_words, (1, 65535))
         self._output_words = check_int("Output words", output_words, (1, 65535))
         self._word_bytes = {name: -(-bits // 8) for name, bits in word_bits.items()}
+        self._rows = _check_rows(rows, self._word_bytes)
         super().__init__({"host": In(AppSignature()), **_core_streams(width),
                           "load": Out(stream.Signature(load_layout)), "fault": In(1)})
 
@@ -609,7 +733,8 @@ class NetworkApp(wiring.Component):
                               "weights": Shape.cast(core.weight_layout).width,
                               "params": Shape.cast(core.param_layout).width,
                               **({"tables": TABLE_ENTRY_BITS} if tables else {})},
-                   input_words=input_words, output_words=output_words)
+                   input_words=input_words, output_words=output_words,
+                   rows=core.config.load_rows)
 
     width = property(attrgetter("_width"), doc="Slots per activation word.")
 
@@ -640,7 +765,7 @@ class NetworkApp(wiring.Component):
         m = Module()
         handlers = {
             Command.LOAD: LoadHandler(load_layout=self._load_layout, depths=self._depths,
-                                      word_bytes=self._word_bytes),
+                                      word_bytes=self._word_bytes, rows=self._rows),
             Command.RESTART: FixedCommand(bytes([Status.OK]), action=True),
             Command.INFER: InferHandler(width=self._width, input_words=self._input_words),
             Command.INFO: FixedCommand(self.info()),

@@ -369,10 +369,11 @@ def load_words(config, contents) -> list[int]:
     with a table memory, ``tables``: lists of words) into a core of ``config``, then a
     ``RESTART``, as packed integers."""
     layout = config.load_layout
-    beats = [layout.const({"memory": getattr(NetworkCore.Memory, name.upper()),
-                           "address": address, "word": word}).as_value().value
+    beats = [layout.const(beat).as_value().value
              for name in ("program", "weights", "params", "tables")
-             for address, word in enumerate(contents.get(name) or [])]
+             for address, word in enumerate(contents.get(name) or [])
+             for beat in config.load_beats(getattr(NetworkCore.Memory, name.upper()),
+                                           address, word)]
     return beats + [layout.const({"memory": NetworkCore.Memory.RESTART}).as_value().value]
 
 

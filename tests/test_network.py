@@ -44,8 +44,9 @@ def _run_core(core, compiled, pixels, *, pause=0.0, loads=()):
     sim = Simulator(core)
     sim.add_clock(1e-6)
     layout = core.load.payload.shape()
-    beats = [layout.const({"memory": memory, "address": address, "word": word})
-             .as_value().value for memory, address, word in loads]
+    beats = [layout.const(beat).as_value().value for memory, address, word in loads
+             for beat in (core.config.load_beats(memory, address, word)
+                          if memory != NetworkCore.Memory.RESTART else [{"memory": memory}])]
 
     async def feed(ctx):
         # inputs wait until the loads (and a restart) are taken, as a board's host does
@@ -85,12 +86,16 @@ def test_core_runs_the_residual_cnn_bit_exactly(cnn_data):
     assert torch.equal(logits, run_integer(program, pixels))
 
 
-def test_core_loads_its_program_through_the_load_port(mlp_data):
+@pytest.mark.parametrize("memories", ["wide", "narrow"])
+def test_core_loads_its_program_through_the_load_port(mlp_data, memories):
     """A core built without memories halts; program, weights and parameters written through
-    ``load`` and a RESTART make it compute the same logits as golden."""
+    ``load`` (narrow memories: a 16-bit row a beat, ``Config.load_beats``) and a RESTART
+    make it compute the same logits as golden."""
     program = _program(mlp_data, scheme="mmse", act_bits=3, weight_bits=3)
     pixels = to_pixels(mlp_data.images[:2])
     compiled = compile_program(program)
+    compiled = dataclasses.replace(compiled, config=dataclasses.replace(compiled.config,
+                                                                        memories=memories))
     images = compiled.contents
     core = NetworkCore(compiled.config)
     memories = {"program": NetworkCore.Memory.PROGRAM, "weights": NetworkCore.Memory.WEIGHTS,

@@ -357,9 +357,52 @@ def test_load_handler_writes_the_tables_of_a_core_with_them():
                                (NetworkCore.Memory.TABLES, 2, 0xFF)]
 
 
+_ROW_LAYOUT = data.StructLayout({"memory": NetworkCore.Memory, "address": range(8),
+                                 "row": range(2), "word": unsigned(16)})
+#: program: one 20-bit field (rows of 16 and 4 bits); weights: one 16-bit row; params: two
+#: 11-bit fields, each a row of its own
+_ROWS = {"program": (1, 20), "weights": (1, 16), "params": (2, 11)}
+
+
+def test_load_handler_cuts_words_into_rows():
+    """LOAD (§6) to a core with narrow memories: each word reaches ``load`` as 16-bit rows
+    (``row``, bits of the word from the row's first on), each field of a word starting a
+    row, the padding bits of its last byte dropped; replies and refusals as with a beat a
+    word, except that the complete rows of a word cut short are written."""
+    dut = LoadHandler(load_layout=_ROW_LAYOUT, depths=_DEPTHS,
+                      word_bytes={"program": 3, "weights": 2, "params": 3}, rows=_ROWS)
+    params, program = 0xFABCDE, 0xF54321     # their top bits are padding
+    requests = [
+        [Command.LOAD, 2, 1, 0, *params.to_bytes(3, "little")],
+        [Command.LOAD, 0, 3, 0, *program.to_bytes(3, "little")],
+        [Command.LOAD, 0, 0, 0, 1, 2, 3, 4, 5],  # the second word cut short after a row
+        [Command.LOAD, 2, 3, 0, 1, 2, 3],        # past the end: nothing written
+        [Command.LOAD, 1, 7, 0, 0x34, 0x12, 0x78],  # a weight word, then one cut short
+    ]
+    writes = _Beats(dut.load, ("memory", "address", "row", "word"), [], seed=5)
+    host = _Host(dut.host, requests, [], seed=9)
+    _simulate(dut, host, writes.run)
+    assert host.replies == [bytes([Status.OK, 1, 0]), bytes([Status.OK, 1, 0]),
+                            bytes([Status.BAD_LENGTH, 1, 0]), bytes([Status.BAD_ADDRESS, 0, 0]),
+                            bytes([Status.BAD_LENGTH, 1, 0])]
+    PARAMS, PROGRAM, WEIGHTS = (NetworkCore.Memory.PARAMS, NetworkCore.Memory.PROGRAM,
+                                NetworkCore.Memory.WEIGHTS)
+    assert writes.received == [(PARAMS, 1, 0, params % 2**11), (PARAMS, 1, 1, params >> 11 & 0x7FF),
+                               (PROGRAM, 3, 0, 0x4321), (PROGRAM, 3, 1, 0x5),
+                               (PROGRAM, 0, 0, 0x0201), (PROGRAM, 0, 1, 0x3),
+                               (PROGRAM, 1, 0, 0x0504),
+                               (WEIGHTS, 7, 0, 0x1234)]
+
+
 @pytest.mark.parametrize("kwargs,error,message", [
     (dict(load_layout=unsigned(8)), TypeError,
      r"^Load layout must be a data\.StructLayout, not unsigned\(8\)$"),
+    (dict(rows={**_ROWS, "params": (2, 0)}), TypeError,
+     r"^rows must be None or a dict of \(items, item_bits\) pairs of positive integers, "),
+    (dict(rows={"program": (1, 24), "weights": (1, 16)}), ValueError,
+     r"^rows lacks params: "),
+    (dict(rows={**_ROWS, "program": (1, 16)}), ValueError,
+     r"^rows\['program'\] = \(1, 16\) is not a word of word_bytes\['program'\] = 3 bytes$"),
     (dict(depths={"program": 4}), ValueError, r"^depths lacks weights, params: "),
     (dict(word_bytes={**_WORD_BYTES, "params": 0}), TypeError,
      r"^word_bytes\['params'\] must be an integer in 1\.\.67108864, not 0$"),

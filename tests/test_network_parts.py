@@ -596,11 +596,12 @@ def test_memories_variants_answer_alike(variant, requantizer):
         ctx.set(dut.operand.addr, 6)
         await ctx.tick().repeat(2)
         assert ctx.get(dut.granted) and list(ctx.get(dut.operand.data)) == [0x1234, 0xFEDC]
+        # narrow: each word as its 16-bit rows (config.load_beats)
         await _send(ctx, dut.load, [
-            {"memory": NetworkCore.Memory.PROGRAM, "address": 1,
-             "word": new_op.as_value().value},
-            {"memory": NetworkCore.Memory.PARAMS, "address": 2,
-             "word": layouts["params"].const(new_channels).as_value().value}], pause=0)
+            *config.load_beats(NetworkCore.Memory.PROGRAM, 1, new_op.as_value().value),
+            *config.load_beats(NetworkCore.Memory.PARAMS, 2,
+                               layouts["params"].const(new_channels).as_value().value)],
+                    pause=0)
         assert (await fetch(ctx, 1)).as_value().value == new_op.as_value().value
         got, _ = await side(ctx, 2, 6)
         assert [{k: getattr(c, k) for k in new_channels[0]} for c in got] == new_channels

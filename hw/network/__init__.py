@@ -20,7 +20,8 @@ from .core import NetworkCore
 from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES,
                       MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS, ChannelWord,
                       CodebookMode, ControlSignature, LoadBeat, LoadTarget, OpDescriptor,
-                      OpKind, SideRequest, SideWords, TABLE_ENTRY_BITS, VectorBeat, WeightWord)
+                      OpKind, SideRequest, SideWords, TABLE_ENTRY_BITS, VectorBeat, WeightWord,
+                      row_slices)
 from .memories import NarrowMemories, WideMemories
 from .outliers import ActOutlierStore
 from .packed import PackedMemory
@@ -29,7 +30,7 @@ from .tables import TablePart
 from .transfers import Loader, Storer
 from .walks import BeatWalk, OutputWalk
 
-__all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget", "LoadBeat",
+__all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget", "LoadBeat", "row_slices",
            "ControlSignature", "VectorBeat", "SideRequest", "SideWords", "WeightWord",
            "STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
            "Sequencer", "Loader", "Storer", "BeatWalk", "OutputWalk", "Reducer", "ParamFeed",

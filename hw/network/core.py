@@ -14,9 +14,9 @@ from ..mac_array import MacArray
 from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
 from .compute import ParamFeed, Reducer, WriteBack
-from .layouts import (ACT_SHIFT_BITS, MEMORY_STYLES, OUTLIER_VALUE_BITS, REQUANTIZERS,
+from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MEMORY_STYLES, OUTLIER_VALUE_BITS, REQUANTIZERS,
                       STORAGE_BITS, TABLE_ENTRY_BITS, WINDOW_GROWTH, ChannelWord, LoadBeat,
-                      LoadTarget, OpDescriptor, OpKind, OutlierBlock, WeightWord)
+                      LoadTarget, OpDescriptor, OpKind, OutlierBlock, WeightWord, row_slices)
 from .codes import CodebookPath, code_tiles, codebook_word_entries
 from .memories import NarrowMemories, WideMemories
 from .outliers import ActOutlierStore
@@ -107,8 +107,10 @@ class NetworkCore(wiring.Component):
     outputs : Out(stream.Signature(StructLayout({"word": ..., "last": 1})))
         Words of ``STORE`` ops; ``last`` marks the final word of each ``STORE``.
     load : In(stream.Signature(LoadBeat))
-        Memory writes ``(memory, address, word)``, or a restart at op 0 (``RESTART``);
-        taken only while a ``LOAD`` op waits and ``inputs`` offers nothing.
+        Memory writes ``(memory, address, word)`` (narrow memories: ``(memory, address,
+        row, word)``, a 16-bit row of a word a beat, :meth:`Config.load_beats`), or a
+        restart at op 0 (``RESTART``); taken only while a ``LOAD`` op waits and ``inputs``
+        offers nothing.
     op_index : Out(range(program_depth))
         The op running.
     gemm_beats : Out(32)
@@ -358,14 +360,44 @@ class NetworkCore(wiring.Component):
                                 self.act_outlier_slots)
 
         @property
+        def load_rows(self) -> dict[str, tuple[int, int]] | None:
+            """How the ``load`` port cuts a word of each memory into rows: ``None`` with
+            wide memories (a beat a word), else ``(items, item_bits)`` by memory name (a
+            beat a row, :func:`row_slices`): the narrow memories are written a row a cycle
+            anyway, so nothing need hold a whole word (on the UP5K at width 4 a 432-bit
+            register fed a byte at a time, a logic cell a bit)."""
+            if self.memories != "narrow":
+                return None
+            rows = {"program": (1, Shape.cast(self.layouts["program"]).width),
+                    "weights": (1, Shape.cast(self.layouts["weights"]).width),
+                    "params": (self.width, Shape.cast(ChannelWord()).width)}
+            if self.table_depth:
+                rows["tables"] = (1, TABLE_ENTRY_BITS)
+            return rows
+
+        @property
         def load_layout(self) -> LoadBeat:
             """A beat of the ``load`` port: as wide as the widest program, weight or
-            parameter word (or table entry)."""
-            return LoadBeat(max(self.program_depth, self.weight_depth, self.param_depth,
-                                self.table_depth),
-                            max([Shape.cast(self.layouts[name]).width
-                                 for name in ("program", "weights", "params")]
-                                + [TABLE_ENTRY_BITS]))
+            parameter word (or table entry), or one row of one (:attr:`load_rows`)."""
+            depth = max(self.program_depth, self.weight_depth, self.param_depth,
+                        self.table_depth)
+            if self.load_rows is not None:
+                return LoadBeat(depth, CHUNK_BITS,
+                                rows=max(len(row_slices(bits, items))
+                                         for items, bits in self.load_rows.values()))
+            return LoadBeat(depth, max([Shape.cast(self.layouts[name]).width
+                                        for name in ("program", "weights", "params")]
+                                       + [TABLE_ENTRY_BITS]))
+
+        def load_beats(self, memory, address, word) -> list[dict]:
+            """The ``load`` beats (as :attr:`load_layout` fields) that write ``word`` at
+            ``address`` of ``memory`` (a :class:`LoadTarget` other than ``RESTART``)."""
+            if self.load_rows is None:
+                return [{"memory": memory, "address": address, "word": word}]
+            items, item_bits = self.load_rows[memory.name.lower()]
+            return [{"memory": memory, "address": address, "row": row,
+                     "word": (word >> offset) & ((1 << bits) - 1)}
+                    for row, (offset, bits) in enumerate(row_slices(item_bits, items))]
 
     def __init__(self, config, *, program=None, weights=None, params=None, tables=None):
         if not isinstance(config, NetworkCore.Config):

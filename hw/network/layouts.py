@@ -13,7 +13,7 @@ from ..requant import ChannelParams
 __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS",
            "WINDOW_GROWTH", "CHUNK_BITS", "WeightWord",
            "REQUANTIZERS", "MEMORY_STYLES", "OpKind", "OpDescriptor", "ChannelWord",
-           "LoadTarget", "LoadBeat", "is_compute", "writes_results", "ControlSignature",
+           "LoadTarget", "LoadBeat", "row_slices", "is_compute", "writes_results", "ControlSignature",
            "VectorBeat", "SideRequest",
            "SideWords", "OUTLIER_VALUE_BITS", "OutlierSlot", "OutlierBlock", "TABLE_ENTRY_BITS",
            "CodebookMode"]
@@ -179,11 +179,25 @@ class LoadTarget(enum.Enum, shape=3):
 
 class LoadBeat(data.StructLayout):
     """A write of one ``word`` (``word_bits`` wide) at ``address`` of a memory, or a
-    restart, on the core's ``load`` port."""
+    restart, on the core's ``load`` port. With ``rows`` (a core with narrow memories),
+    ``word`` is row ``row`` of the memory word at ``address`` instead (``word_bits`` is
+    then :data:`CHUNK_BITS`; :func:`row_slices` says which bits of the word each row holds)."""
 
-    def __init__(self, depth, word_bits):
-        super().__init__({"memory": LoadTarget, "address": range(depth),
+    def __init__(self, depth, word_bits, rows=None):
+        row = {} if rows is None else {"row": range(rows)}
+        super().__init__({"memory": LoadTarget, "address": range(depth), **row,
                           "word": unsigned(word_bits)})
+
+
+def row_slices(item_bits, items=1):
+    """``(offset, bits)`` of each :data:`CHUNK_BITS`-bit row of a word made of ``items``
+    fields of ``item_bits`` bits, each field starting on a row of its own (so one field,
+    e.g. one channel's parameters, is read without the rest), least significant first; the
+    rows cover the word's bits in order, the last row of each field short where
+    ``item_bits`` is not a multiple of :data:`CHUNK_BITS`."""
+    rows = -(-item_bits // CHUNK_BITS)
+    return [(item * item_bits + row * CHUNK_BITS, min(CHUNK_BITS, item_bits - row * CHUNK_BITS))
+            for item in range(items) for row in range(rows)]
 
 
 class ControlSignature(wiring.Signature):

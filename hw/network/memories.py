@@ -18,21 +18,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from ..ram import NO_COLLISIONS, SinglePortMemory, no_collision_read_port
-from .layouts import CHUNK_BITS, ChannelWord, LoadTarget, SideRequest, SideWords
+from .layouts import CHUNK_BITS, LoadTarget, SideRequest, SideWords, row_slices
 
 __all__ = ["WideMemories", "NarrowMemories"]
 
 _TARGETS = {LoadTarget.PROGRAM: "program", LoadTarget.WEIGHTS: "weights",
             LoadTarget.PARAMS: "params"}
-
-
-def _row_slices(item_bits, items=1):
-    """``(offset, bits)`` of each row of a narrow memory word made of ``items`` fields of
-    ``item_bits`` bits, each starting on a row of its own (so one field, e.g. one channel's
-    parameters, is read without the rest), least significant first."""
-    rows = -(-item_bits // CHUNK_BITS)
-    return [(item * item_bits + row * CHUNK_BITS, min(CHUNK_BITS, item_bits - row * CHUNK_BITS))
-            for item in range(items) for row in range(rows)]
 
 
 def _write_row(m, target, index, value, slices):
@@ -73,12 +64,10 @@ class _Memories(wiring.Component):
 
     def _build(self, m):
         """The program, weight and parameter memories; connects the weight read port and
-        writes ``load`` beats (a row a cycle where a word is rows, the beat taken with its
-        last row). Returns the memories by name."""
+        writes ``load`` beats (:meth:`_write_loads`). Returns the memories by name."""
         config = self._config
         memories = {}
         for name in _TARGETS.values():
-            layout = config.layouts[name]
             words = self._contents.get(name, [])
             if name in self._slices:
                 slices = self._slices[name]
@@ -88,35 +77,22 @@ class _Memories(wiring.Component):
                           for word in words for offset, bits in slices],
                     attrs=NO_COLLISIONS)
             else:
-                memories[name] = Memory(shape=Shape.cast(layout).width,
+                memories[name] = Memory(shape=self._stored_bits(name),
                                         depth=config.depths[name], init=words,
                                         attrs=NO_COLLISIONS)
             m.submodules[f"{name}_memory"] = memories[name]
-        wiring.connect(m, wiring.flipped(self.weights),
-                       no_collision_read_port(m, memories["weights"]))
-
-        beat = self.load.payload
-        row = Signal(range(max(self._rows(name) for name in _TARGETS.values())))
-        last_row = Signal.like(row)
-        with m.Switch(beat.memory):
-            for target, name in _TARGETS.items():
-                with m.Case(target):
-                    m.d.comb += last_row.eq(self._rows(name) - 1)
-        m.d.comb += self.load.ready.eq(row == last_row)
-        with m.If(self.load.valid):
-            m.d.sync += row.eq(Mux(self.load.ready, 0, row + 1))
-        for target, name in _TARGETS.items():
-            port = memories[name].write_port()
-            m.d.comb += port.en.eq(self.load.valid & (beat.memory == target))
-            if name in self._slices:
-                m.d.comb += port.addr.eq(beat.address * self._rows(name) + row)
-                with m.Switch(row):
-                    for index, (offset, bits) in enumerate(self._slices[name]):
-                        with m.Case(index):
-                            m.d.comb += port.data.eq(beat.word[offset:offset + bits])
-            else:
-                m.d.comb += [port.addr.eq(beat.address), port.data.eq(beat.word)]
+        weights = no_collision_read_port(m, memories["weights"])
+        m.d.comb += [
+            weights.addr.eq(self.weights.addr),
+            weights.en.eq(self.weights.en),
+            self.weights.data.eq(weights.data[:len(self.weights.data.as_value())]),
+        ]
+        self._write_loads(m, memories)
         return memories
+
+    def _stored_bits(self, name):
+        """Bits of a row of ``name``'s memory where it holds a word a row."""
+        return Shape.cast(self._config.layouts[name]).width
 
 
 class WideMemories(_Memories):
@@ -154,6 +130,15 @@ class WideMemories(_Memories):
 
     def __init__(self, config, contents):
         super().__init__(config, contents, config.width, {})
+
+    def _write_loads(self, m, memories):
+        """A ``load`` beat writes a whole word, in one cycle."""
+        beat = self.load.payload
+        m.d.comb += self.load.ready.eq(1)
+        for target, name in _TARGETS.items():
+            port = memories[name].write_port()
+            m.d.comb += [port.en.eq(self.load.valid & (beat.memory == target)),
+                         port.addr.eq(beat.address), port.data.eq(beat.word)]
 
     def elaborate(self, platform):
         m = Module()
@@ -211,15 +196,40 @@ class NarrowMemories(_Memories):
 
     Members
     -------
-    As :class:`WideMemories`; ``side_words`` carries ``1 if per_channel else width``
+    As :class:`WideMemories`, but a ``load`` beat writes one 16-bit row of a word
+    (``config.load_rows``); ``side_words`` carries ``1 if per_channel else width``
     channels and comes after the rows are gathered and the residual is read.
     """
 
     def __init__(self, config, contents, *, per_channel=False):
         self._per_channel = per_channel
-        slices = {"program": _row_slices(Shape.cast(config.layouts["program"]).width),
-                  "params": _row_slices(Shape.cast(ChannelWord()).width, config.width)}
+        slices = {name: row_slices(item_bits, items)
+                  for name, (items, item_bits) in config.load_rows.items()
+                  if name in ("program", "params")}
         super().__init__(config, contents, 1 if per_channel else config.width, slices)
+
+    def _stored_bits(self, name):
+        # whole rows, so that a load beat writes one of them (a write enable a row)
+        return -(-super()._stored_bits(name) // CHUNK_BITS) * CHUNK_BITS
+
+    def _write_loads(self, m, memories):
+        """A ``load`` beat writes one row (``config.load_rows``), in one cycle: a row of
+        the program or parameter memory, or a row's bits of a weight word."""
+        beat = self.load.payload
+        m.d.comb += self.load.ready.eq(1)
+        for target, name in _TARGETS.items():
+            selected = self.load.valid & (beat.memory == target)
+            if name in self._slices:
+                port = memories[name].write_port()
+                m.d.comb += [port.en.eq(selected),
+                             port.addr.eq(beat.address * self._rows(name) + beat.row),
+                             port.data.eq(beat.word)]
+            else:
+                rows = self._stored_bits(name) // CHUNK_BITS
+                port = memories[name].write_port(granularity=CHUNK_BITS)
+                m.d.comb += [port.en.eq(Mux(selected, Const(1, rows) << beat.row, 0)),
+                             port.addr.eq(beat.address),
+                             port.data.eq(Cat(beat.word for _ in range(rows)))]
 
     def elaborate(self, platform):
         m = Module()
