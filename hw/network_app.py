@@ -428,10 +428,10 @@ class LoadHandler(wiring.Component):
         return m
 
     def _word_states(self, m, word_of):
-        """Returns what adds the states ``WORD`` to ``WRITE`` with a ``load`` beat a word. The word's bytes shift
-        in at the top, so no byte needs an enable of its own; a word narrower than the
-        widest then shifts down to bit 0 (``ALIGN``), zeros above."""
-        request, w = self.host.request, word_of
+        """Returns what adds the states ``WORD`` to ``WRITE`` with a ``load`` beat a word.
+        The word's bytes shift in at the top, so no byte needs an enable of its own; a word
+        narrower than the widest then shifts down to bit 0 (``ALIGN``), zeros above."""
+        w = word_of
         word = Signal(8 * w.widest)
         m.d.comb += self.load.payload.word.eq(word)
         return lambda: self._word_fsm(m, w, word)
@@ -461,12 +461,12 @@ class LoadHandler(wiring.Component):
                 w.written()
 
     def _rows_states(self, m, word_of):
-        """Returns what adds the states ``WORD`` to ``WRITE`` with a ``load`` beat a row: each byte's bits go
-        one a cycle (``BITS``) into a 16-bit row at its place; a full row, or the last
-        (short) one of a field, is a beat (``WRITE``); the bits past the last row of a
-        word (its last byte's padding) are dropped. A word at a bad address is read to
-        its end without a beat, then refused, as with a beat a word."""
-        request, w = self.host.request, word_of
+        """Returns what adds the states ``WORD`` to ``WRITE`` with a ``load`` beat a row:
+        each byte's bits go one a cycle (``BITS``) into a 16-bit row at its place; a full
+        row, or the last (short) one of a field, is a beat (``WRITE``); the bits past the
+        last row of a word (its last byte's padding) are dropped. A word at a bad address
+        is read to its end without a beat, then refused, as with a beat a word."""
+        w = word_of
         shapes = {name: (items, item_bits, len(row_slices(item_bits, items)))
                   for name, (items, item_bits) in self._rows.items()}
         last_item_bit = Signal(range(max(bits for _, bits, _ in shapes.values())))
