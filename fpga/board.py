@@ -94,6 +94,9 @@ class NetworkBoard(wiring.Component):
     requantizer, memories, multipliers : str
         Options of :class:`NetworkCore` (``"serial"``/``"narrow"``/``"packed"`` fit an
         iCE40UP5K at width 2; docs/host_link.md §6).
+    walk_stages : int
+        The :class:`NetworkCore` option (address registers of the beat walk, for the
+        ECP5's clock).
     timeout : int or None
         The link's inter-byte timeout in cycles (default: four byte times).
 
@@ -116,9 +119,10 @@ class NetworkBoard(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, compiled, *, divisor, requantizer="serial", memories="narrow",
-                 multipliers="lut", timeout=None):
+                 multipliers="lut", walk_stages=0, timeout=None):
         config = dataclasses.replace(compiled.config, requantizer=requantizer,
-                                     memories=memories, multipliers=multipliers)
+                                     memories=memories, multipliers=multipliers,
+                                     walk_stages=walk_stages)
         self._core = NetworkCore(config, **compiled.contents)
         self._app = NetworkApp.for_core(self._core, input_words=compiled.input_words,
                                         output_words=compiled.output_words)
@@ -174,12 +178,14 @@ def demo_network(model="cnn", *, width=4, calibration=64):
 
 
 def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer=None,
-                        memories=None, array_multipliers=None, multipliers=None,
-                        target_mhz=None, seed=1, timeout_s=3600, progress=None):
+                        memories=None, walk_stages=None, array_multipliers=None,
+                        multipliers=None, target_mhz=None, seed=1, timeout_s=3600,
+                        progress=None):
     """Synthesize, place, route and pack a :class:`NetworkBoard` for ``board``'s UART pins
     at its default clock; returns a :class:`fpga.build.BuildResult` (resources and fmax in
     its report, also written as ``report.json``/``report.md`` into ``build_dir``).
-    ``requantizer`` and ``memories`` default to the board's (:func:`board_defaults`).
+    ``requantizer``, ``memories`` and ``walk_stages`` default to the board's
+    (:func:`board_defaults`).
 
     ``array_multipliers`` is the core's ``multipliers`` option (default:
     :func:`default_array_multipliers`); ``multipliers`` the flow's
@@ -211,10 +217,11 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     defaults = board_defaults(board)
     requantizer = requantizer or defaults["requantizer"]
     memories = memories or defaults["memories"]
+    walk_stages = defaults["walk_stages"] if walk_stages is None else walk_stages
     array_multipliers = (array_multipliers
                          or default_array_multipliers(board, compiled.width))
     top = NetworkBoard(compiled, divisor=divisor, requantizer=requantizer, memories=memories,
-                       multipliers=array_multipliers)
+                       multipliers=array_multipliers, walk_stages=walk_stages)
     env = {**os.environ, **toolchain_env(board)}
     # On ECP5 only the requantizer's wide products (33 × 32 bits) go into MULT18X18Ds: the
     # array's dense and outlier products (≤ 16 bits) would take more than the 156 there are.

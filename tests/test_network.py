@@ -76,13 +76,20 @@ def test_core_runs_the_mlp_bit_exactly(mlp_data, pause):
     assert torch.equal(logits, run_integer(program, pixels))
 
 
-def test_core_runs_the_residual_cnn_bit_exactly(cnn_data):
+@pytest.mark.parametrize("options", [
+    {}, {"walk_stages": 3},
+    pytest.param({"walk_stages": 2, "memories": "narrow"}, marks=pytest.mark.slow)],
+    ids=["plain", "stages", "narrow-stages"])
+def test_core_runs_the_residual_cnn_bit_exactly(cnn_data, options):
     """Padded 3×3 convolutions, the 16-bit highway add (§11), average pooling, flatten and
-    the linear head, under random stalls, on a 4×4 array (two words per 8-channel pixel)."""
+    the linear head, under random stalls, on a 4×4 array (two words per 8-channel pixel);
+    also with the beat walk's address register stages, and with them behind narrow
+    memories that lend the operand port to writes and residual reads."""
     program = _program(cnn_data)
     pixels = to_pixels(cnn_data.images[:2])
     compiled = compile_program(program, width=4)
-    logits = _run_core(_core(compiled), compiled, pixels, pause=0.3)
+    core = NetworkCore(dataclasses.replace(compiled.config, **options), **compiled.contents)
+    logits = _run_core(core, compiled, pixels, pause=0.3)
     assert torch.equal(logits, run_integer(program, pixels))
 
 

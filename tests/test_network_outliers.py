@@ -174,13 +174,16 @@ def test_core_runs_adversarial_outlier_placements(slots):
     assert torch.equal(logits, expected)
 
 
-@pytest.mark.parametrize("requantizer", ["parallel", "serial"])
-def test_narrow_core_runs_outliers_and_packed_values(requantizer):
+@pytest.mark.parametrize("requantizer, stages", [("parallel", 0), ("serial", 0),
+                                                  ("parallel", 3)])
+def test_narrow_core_runs_outliers_and_packed_values(requantizer, stages):
     """The narrow memories (one activation port, lent to writes and residual reads) with the
-    packed memory and the outlier store, under random stalls."""
+    packed memory and the outlier store, under random stalls; also with the beat walk's
+    address register stages, which carry the outlier block's address too."""
     program, weights = placement_program(slots=2)
     compiled = compile_program(program, width=4)
-    config = dataclasses.replace(compiled.config, memories="narrow", requantizer=requantizer)
+    config = dataclasses.replace(compiled.config, memories="narrow", requantizer=requantizer,
+                                 walk_stages=stages)
     assert config.packed_depth and config.act_outlier_lanes
     core = NetworkCore(config, **compiled.contents)
     logits = _run_core(core, compiled, PLACEMENTS, pause=0.3)

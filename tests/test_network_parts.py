@@ -3,6 +3,7 @@ docs/network.md §15 says it does: the sequencer's op order, LOAD and STORE, the
 output walks' orders and addresses, the reducer's window sums and maxima, the parameter
 feed, the write-back, and the two memory variants, which answer alike."""
 
+import dataclasses
 import random
 
 import pytest
@@ -302,8 +303,8 @@ def test_storer_streams_words_with_last_under_stalls():
     _simulate(top, bench)
 
 
-def _beat_walk(in_signed=0):
-    dut = BeatWalk(CONFIG)
+def _beat_walk(in_signed=0, stages=0):
+    dut = BeatWalk(dataclasses.replace(CONFIG, walk_stages=stages))
     # slot l of word a holds a + 16·l (and a signed pattern when asked)
     contents = [sum(((a + 16 * l) | (0xFF00 if in_signed else 0)) << (16 * l)
                     for l in range(WIDTH)) for a in range(64)]
@@ -340,22 +341,30 @@ _WINDOW = dict(in_base=3, in_h=3, in_w=3, in_words=2, band_words=2, band_step=0,
                pad_w=1, weight_base=4)
 
 
+@pytest.mark.parametrize("stages", [0, 1, 3])
 @pytest.mark.parametrize("band", [(2, 0), (1, 1)], ids=["dense", "band"])
-def test_beat_walk_gemm_order_padding_and_weights(band):
+def test_beat_walk_gemm_order_padding_and_weights(band, stages):
     """A GEMM's beats follow §15's loop order; a padded tap's activations are 0; the
     weight pointer steps per beat, returns to the tile's first word after each pixel and
     moves on after the tile's last pixel; ``last`` closes each output. With a band of one
     word a tile stepping one word (a depthwise convolution's) tile ``t`` reads word ``t``
-    of each 2-word pixel only."""
+    of each 2-word pixel only. The same beats, none lost or repeated, with the address
+    register stages (``walk_stages``) and with the operand port lent away (``granted``
+    low) at random while the array stalls at random."""
     window = {**_WINDOW, "band_words": band[0], "band_step": band[1]}
-    dut, top = _beat_walk()
+    dut, top = _beat_walk(stages=stages)
     expected = _expected_beats(window, gemm=True)
     if band == (1, 1):  # the band from the loop order above, written out for tile 1
         assert [a for a, _, _ in expected[len(expected) // 2:]][:6] == [
             None, None, None, None, 3 + 1, 3 + 2 + 1]
 
+    async def lend(ctx):
+        rng = random.Random(3)
+        while True:
+            ctx.set(dut.granted, rng.random() >= 0.2)
+            await ctx.tick()
+
     async def bench(ctx):
-        ctx.set(dut.granted, 1)
         await _run(ctx, dut.control, _op(kind=OpKind.GEMM, **window))
         taken = await _take(ctx, dut.act, len(expected))
         got = [(list(t.data), t.last) for t in taken]
@@ -376,16 +385,16 @@ def test_beat_walk_gemm_order_padding_and_weights(band):
             if len(seen) == len(expected):
                 break
 
-    _simulate(top, weight_order, bench)
+    _simulate(top, lend, weight_order, bench)
     assert seen == [100 + w for _, w, _ in expected]
 
 
-@pytest.mark.parametrize("in_signed", [0, 1])
-def test_beat_walk_vector_reads_the_tiles_own_word(in_signed):
+@pytest.mark.parametrize("in_signed, stages", [(0, 0), (1, 0), (1, 2)])
+def test_beat_walk_vector_reads_the_tiles_own_word(in_signed, stages):
     """A SUM/MAX beat reads the input word of its own ``tile`` (no ``ci`` loop), its lanes
     as 16-bit signed or unsigned values by ``in_signed``, zero under padding; nothing goes
-    to the array."""
-    dut, top = _beat_walk(in_signed)
+    to the array (also with address register stages)."""
+    dut, top = _beat_walk(in_signed, stages)
     expected = _expected_beats(_WINDOW, gemm=False)
 
     async def bench(ctx):
@@ -401,9 +410,10 @@ def test_beat_walk_vector_reads_the_tiles_own_word(in_signed):
     _simulate(top, bench)
 
 
-def test_beat_walk_waits_while_not_granted():
+@pytest.mark.parametrize("stages", [0, 3])
+def test_beat_walk_waits_while_not_granted(stages):
     """While the memories lend the operand port elsewhere, no beat is read."""
-    dut, top = _beat_walk()
+    dut, top = _beat_walk(stages=stages)
 
     async def bench(ctx):
         ctx.set(dut.granted, 0)
@@ -413,7 +423,7 @@ def test_beat_walk_waits_while_not_granted():
             assert not ctx.get(dut.vector.valid)
             await ctx.tick()
         ctx.set(dut.granted, 1)
-        await ctx.tick().repeat(2)
+        await ctx.tick().repeat(2 + stages)
         assert ctx.get(dut.vector.valid)
 
     _simulate(top, bench)

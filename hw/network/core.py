@@ -8,7 +8,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import ARRAY_DIM, OUTLIER_LANES, check_int
+from olmac.spec import ARRAY_DIM, OUTLIER_LANES, WALK_STAGES, check_int
 from ..codebook import DECODER_IDX_BITS, MAX_SUBGROUPS, CodebookDecoder
 from ..mac_array import MacArray
 from ..requant import Requantizer
@@ -184,6 +184,10 @@ class NetworkCore(wiring.Component):
         codebook_idx_bits : int
             Index width of the decoder's codes (``1 + codebook_idx_bits`` bits a weight,
             index 0 the zero code), 1..3; at most ``weight_bits − 1``.
+        walk_stages : int
+            Register stages in the beat walk's activation address (its row, pixel and
+            word products), 0..3 (default 0): each cuts that path for a faster clock
+            (the ECP5 board's) and makes every compute op a cycle longer.
 
         Raises
         ------
@@ -219,6 +223,7 @@ class NetworkCore(wiring.Component):
         table_depth: int = 0
         codebook_subgroups: int = 0
         codebook_idx_bits: int = 1
+        walk_stages: int = 0
 
         def __post_init__(self):
             check_int("Width", self.width, ARRAY_DIM)
@@ -243,6 +248,7 @@ class NetworkCore(wiring.Component):
             check_int("act_shift_bits", self.act_shift_bits, ACT_SHIFT_BITS)
             check_int("table_depth", self.table_depth, (0, 65536))
             check_int("codebook_subgroups", self.codebook_subgroups, (0, MAX_SUBGROUPS))
+            check_int("walk_stages", self.walk_stages, WALK_STAGES)
             self.array  # checks the array's parameters
             self.tables  # and the table part's
             if self.codebook_subgroups:

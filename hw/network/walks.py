@@ -56,6 +56,32 @@ def tile_pointer(m, name, base, stride, step, end_of_tile, clear):
     return pointer
 
 
+class _Stages:
+    """Up to three register stages cut into a combinational path, each a ``cut`` whose
+    ``rank`` says how soon it is wanted: ``cut`` registers its values if ``rank <
+    stages``, else passes them on. Every stage moves on ``move``; ``clear`` empties them
+    all. ``valid`` is whether the last stage holds a beat (``entering`` with no stage)."""
+
+    def __init__(self, m, stages, move, clear, entering):
+        self._m, self._stages, self._move, self._clear = m, stages, move, clear
+        self.valid = entering
+
+    def cut(self, name, rank, *values):
+        if rank >= self._stages:
+            return values
+        m = self._m
+        registers = [Signal(Value.cast(value).shape(), name=f"{name}_{index}")
+                     for index, value in enumerate(values)]
+        valid = Signal(name=f"{name}_valid")
+        with m.If(self._clear):
+            m.d.sync += valid.eq(0)
+        with m.Elif(self._move):
+            m.d.sync += [valid.eq(self.valid),
+                         *(register.eq(value) for register, value in zip(registers, values))]
+        self.valid = valid
+        return registers
+
+
 class BeatWalk(wiring.Component):
     """The operand walk of a compute op: ``tile``, output pixel, (GEMM only) pass, kernel
     tap and (GEMM only) input channel word of the tile's band (``band_words`` words from
@@ -120,6 +146,7 @@ class BeatWalk(wiring.Component):
         self._weight_depth = config.weight_depth
         self._act_bits = config.act_bits
         self._act_shift_bits = config.act_shift_bits
+        self._stages = config.walk_stages
         outliers = {}
         if config.act_outlier_lanes:
             outliers["outliers_read"] = In(ReadPort.Signature(
@@ -166,18 +193,14 @@ class BeatWalk(wiring.Component):
             iy.eq(oy * op.stride_h + ky - op.pad_h),
             ix.eq(ox * op.stride_w + kx - op.pad_w),
         ]
-        padding = (iy < 0) | (iy >= op.in_h) | (ix < 0) | (ix >= op.in_w)
         # A GEMM tile's first input word: a pointer, so the band costs no multiplier.
         band_start = Signal(range(self._config.address_depth + 1))
         with m.If(start):
             m.d.sync += band_start.eq(0)
         with m.Elif(step & end_of_tile):
             m.d.sync += band_start.eq(band_start + op.band_step)
-        # Out of range under padding; the padded operand is zeroed after the read.
-        offset = Signal(range(self._config.address_depth))
-        m.d.comb += offset.eq((iy * op.in_w + ix) * op.in_words
-                              + Mux(is_gemm, band_start + ci, tile))
-        address = op.in_base + offset
+        band = Signal(range(self._config.address_depth + 1))
+        m.d.comb += band.eq(Mux(is_gemm, band_start + ci, tile))
         # Weights follow the beat order tile by tile, so a pointer replaces a multiplier. It
         # counts code tiles in an SYQ GEMM: the word is its top bits, the tile its low ones.
         codebook = self._config.codebook
@@ -203,15 +226,34 @@ class BeatWalk(wiring.Component):
         last = Signal()
         ready = Signal()
         advance = ~valid | ready
+        # `walk_stages` registers between the counters and the memories' addresses, all
+        # moving when the memory stage takes a beat (the walk's only stall).
+        entering = Signal()
+        stages = _Stages(m, self._stages, advance & self.granted, start, entering)
+        iy, ix, band, end_of_pixel, weight_pointer, tile_index, tap = stages.cut(
+            "address_0", 2, iy, ix, band, end_of_pixel, weight_pointer, tile,
+            ky * op.kernel_w + kx)
+        padding = (iy < 0) | (iy >= op.in_h) | (ix < 0) | (ix >= op.in_w)
+        pixel = Signal(range(self._config.address_depth + 1))
+        m.d.comb += pixel.eq(iy * op.in_w + ix)
+        padding, pixel, band, end_of_pixel, weight_pointer, tile_index, tap = stages.cut(
+            "address_1", 0, padding, pixel, band, end_of_pixel, weight_pointer, tile_index, tap)
+        # Out of range under padding; the padded operand is zeroed after the read.
+        offset = Signal(range(self._config.address_depth))
+        m.d.comb += offset.eq(pixel * op.in_words + band)
+        padding, offset, end_of_pixel, weight_pointer, tile_index, tap = stages.cut(
+            "address_2", 1, padding, offset, end_of_pixel, weight_pointer, tile_index, tap)
+        address = op.in_base + offset
         codebook_phase, is_codebook, word_address = self._codebooks(
             m, op, start, advance, syq & is_gemm, tile_shift, weight_pointer,
-            tiles=(tile, ky * op.kernel_w + kx))
-        m.d.comb += step.eq(advance & left & ~start & self.granted & ~codebook_phase)
+            tiles=(tile_index, tap))
+        m.d.comb += [entering.eq(left & ~codebook_phase),
+                     step.eq(advance & self.granted & entering & ~start)]
         with m.If(start):
             m.d.sync += valid.eq(0)
         with m.Elif(advance):
-            m.d.sync += [valid.eq(codebook_phase | (left & self.granted)), padded.eq(padding),
-                         last.eq(end_of_pixel)]
+            m.d.sync += [valid.eq(codebook_phase | (stages.valid & self.granted)),
+                         padded.eq(padding), last.eq(end_of_pixel)]
         outlier_lanes = self._outliers(m, op, offset, advance, padded)
         m.d.comb += [
             self.operand.addr.eq(address),

@@ -26,7 +26,8 @@ from amaranth.lib.wiring import In
 
 from olmac.hw.network.layouts import (CodebookMode, ControlSignature, LoadTarget, OpKind,
                                       is_compute)
-from .properties import StreamRules, _fsm_states, _registers, _under_test, output_streams
+from .properties import (StreamRules, _assigned, _fsm_states, _registers, _under_test,
+                         output_streams)
 
 __all__ = ["PartProperties", "count_transfers", "PART_SPECS"]
 
@@ -465,10 +466,18 @@ def _codebook_path_promises(env):
                      Assert(~(act_taken & codes_taken))]
 
 
+def _beat_walk_holds(env):
+    """The beat walk's registers that say it has beats to send: what is left, its address
+    stages (``walk_stages`` of them) and its memory stage."""
+    assigned = {signal.name for signal in _assigned(env.fragment)}
+    stages = [f"address_{cut}_valid" for cut in range(3) if f"address_{cut}_valid" in assigned]
+    return ["left", *stages, "valid"]
+
+
 def _beat_walk_promises(env):
-    """Invariants: the walk and its stage hold beats only while the op runs, codebook
+    """Invariants: the walk and its stages hold beats only while the op runs, codebook
     words only in an SYQ GEMM."""
-    _walk_runs("left", "valid")(env)
+    _walk_runs(*_beat_walk_holds(env))(env)
     if "codebooks" in env.part.signature.members:
         op = env.part.control.op
         syq = env.running & (op.kind == OpKind.GEMM) & (op.codebook != CodebookMode.DENSE)
@@ -483,7 +492,7 @@ PART_SPECS = {
     "storer": (_op_ends(may=lambda env: ~_kind(env, OpKind.STORE) | env.part.done,
                         must=lambda env: _kind(env, OpKind.STORE) & env.part.done),
                _storer_promises, None),
-    "beat_walk": (_walk_finished("left", "valid"), _beat_walk_promises,
+    "beat_walk": (lambda env: _walk_finished(*_beat_walk_holds(env))(env), _beat_walk_promises,
                   {"weights": "act", "codes": "act"}),
     "output_walk": (_both(_walk_finished("left"), _outputs_exist, _hold_only_falls),
                     _output_walk_promises, None),

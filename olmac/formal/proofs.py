@@ -202,16 +202,22 @@ _NET_OPTIONS = replace(_NET, act_outlier_lanes=1, act_outlier_block_words=1, out
                        codebook_subgroups=1)
 _NET_SERIAL = replace(_NET, width=2, data_depth=2, requantizer="serial", memories="narrow")
 
-#: name → (the part's entry in ``PART_SPECS``, builder, mutants): ``withdrawn`` (the first
-#: sending port hides a beat), ``lost:<port>`` (the receiving port says ready without
-#: taking: a transfer lost), ``phantom:<port>`` (a sending port offers a beat that never
-#: was, and withdraws it), ``unwritten:<port>`` (a memory write dropped).
+#: name → (the part's entry in ``PART_SPECS``, builder, mutants[, depth, default 4]):
+#: ``withdrawn`` (the first sending port hides a beat), ``lost:<port>`` (the receiving port
+#: says ready without taking: a transfer lost), ``phantom:<port>`` (a sending port offers a
+#: beat that never was, and withdraws it), ``unwritten:<port>`` (a memory write dropped).
 _NETWORK_PARTS = {
     "sequencer": ("sequencer", lambda: Sequencer(_NET), ("withdrawn", "lost:descriptor")),
     "loader": ("loader", lambda: Loader(_NET), ("withdrawn", "lost:load")),
     "storer": ("storer", lambda: Storer(_NET), ("withdrawn",)),
     "beat_walk": ("beat_walk", lambda: BeatWalk(_NET), ("withdrawn",)),
     "beat_walk_options": ("beat_walk", lambda: BeatWalk(_NET_OPTIONS), ("withdrawn",)),
+    # Three address stages (carrying the outlier block's address and the codebook tiles
+    # too) put the first beat three cycles later: a withdrawn one is beyond a depth-4 base
+    # case.
+    "beat_walk_stages": ("beat_walk",
+                         lambda: BeatWalk(replace(_NET_OPTIONS, walk_stages=3)),
+                         ("withdrawn",), 7),
     "output_walk": ("output_walk", lambda: OutputWalk(_NET), ("withdrawn",)),
     "reducer": ("reducer", lambda: Reducer(_NET), ("withdrawn", "lost:beats")),
     "param_feed": ("param_feed", lambda: ParamFeed(_NET), ("withdrawn", "lost:words")),
@@ -242,9 +248,9 @@ def _broken_part(part, fault):
     return ForcedOutput(part, (port, member), int(kind != "unwritten"))
 
 
-def _part_proof(name, spec, build, faults):
+def _part_proof(name, spec, build, faults, depth=4):
     """The stream rules and counts of a network part (``network_properties``), and the
-    mutants that must fail them."""
+    mutants that must fail them, proved to ``depth``."""
     environment, promises, pace = PART_SPECS[spec]
     def wrap(part):
         return PartProperties(part, environment=environment, promises=promises, pace=pace)
@@ -252,7 +258,7 @@ def _part_proof(name, spec, build, faults):
                  {fault.partition(":")[0]: (lambda fault=fault: wrap(_broken_part(build(),
                                                                                fault)))
                   for fault in faults},
-                 depth=4)
+                 depth=depth)
 
 
 def _requant_proof(out_signed, *, at_queue):
