@@ -578,7 +578,9 @@ class InferHandler(wiring.Component):
         m = Module()
 
         # One register for the input word being collected and, once the image is in, the
-        # output word being sent.
+        # output word being sent. Bytes shift in at the top and out at the bottom, so no
+        # byte needs an enable or a multiplexer of its own (a short word then shifts down
+        # to bit 0 in ``ALIGN``, zeros above).
         word = Signal(self._width * HIGHWAY_BITS)
         index = Signal(range(word_bytes))
         words = Signal(range(self._input_words))    # words sent to the core
@@ -595,11 +597,17 @@ class InferHandler(wiring.Component):
             with m.State("BYTES"):
                 m.d.comb += request.ready.eq(1)
                 with m.If(request.valid):
-                    m.d.sync += [word.word_select(index, 8).eq(byte), index.eq(index + 1),
+                    m.d.sync += [word.eq(Cat(word[8:], byte)), index.eq(index + 1),
                                  request_done.eq(is_last)]
-                    with m.If((index == word_bytes - 1) | is_last):
-                        m.d.sync += bad.eq(is_last & (index != word_bytes - 1))
+                    with m.If(index == word_bytes - 1):
                         m.next = "WORD"
+                    with m.Elif(is_last):
+                        m.d.sync += bad.eq(1)
+                        m.next = "ALIGN"
+            with m.State("ALIGN"):
+                m.d.sync += [word.eq(word >> 8), index.eq(index + 1)]
+                with m.If(index == word_bytes - 1):
+                    m.next = "WORD"
             with m.State("WORD"):
                 # after a short request's last byte, zero words complete the image
                 m.d.comb += self.inputs.valid.eq(1)
@@ -639,12 +647,12 @@ class InferHandler(wiring.Component):
                                  last.eq(self.outputs.payload.last)]
                     m.next = "SEND"
             with m.State("SEND"):
-                with m.If(_send_bytes(m, reply, [word.word_select(part, 8)
-                                                 for part in range(word_bytes)],
-                                      index, last=last)):
-                    with m.If(last):
+                final = index == word_bytes - 1
+                with m.If(_send(m, reply, word[:8], final & last)):
+                    m.d.sync += [word.eq(word >> 8), index.eq(Mux(final, 0, index + 1))]
+                    with m.If(final & last):
                         m.next = "COMMAND"
-                    with m.Else():
+                    with m.Elif(final):
                         m.next = "TAKE"
             _refusal(m, request, reply, Status.BAD_LENGTH, drain=False)
             _refusal(m, request, reply, Status.FAULT, drain=False)

@@ -297,8 +297,10 @@ class NetworkBench(wiring.Component):
         m.d.comb += lfsr.seed.eq(self.seed)
         load_bits = Shape.cast(config.load_layout).width
         word_bits = config.width * STORAGE_BITS
-        load_depth = sum(config.depths[name] for name in ("program", "weights", "params")) \
-            + config.table_depth + 1
+        # a beat a word, or with narrow memories a beat a row (config.load_beats)
+        load_depth = sum(config.depths[name] * len(config.load_beats(
+            getattr(NetworkCore.Memory, name.upper()), 0, 0))
+            for name in ("program", "weights", "params")) + config.table_depth + 1
         m.submodules.loads, loads = _file_memory(load_bits, load_depth, load=FILES["loads"])
         m.submodules.images, images = _file_memory(word_bits, self._capacity,
                                                    load=FILES["images"])

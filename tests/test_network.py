@@ -313,6 +313,18 @@ def test_rtl_residual_cnn_subset_under_stalls(cnn_data, tmp_path_factory):
     assert result.cycles > run_rtl(program, pixels).cycles
 
 
+@pytest.mark.slow
+def test_rtl_with_the_icebreaker_core_options(mlp_data):
+    """Verilator: the core of the iCEBreaker's board top (serial requantizer, narrow
+    memories, whose ``load`` beats are 16-bit rows: the bench loads every row of every
+    word) runs the MLP bit-exact."""
+    program = _program(mlp_data)
+    pixels = to_pixels(mlp_data.images[:4])
+    result = run_rtl(program, pixels, width=2,
+                     core_options={"requantizer": "serial", "memories": "narrow"})
+    assert torch.equal(result.logits, run_integer(program, pixels))
+
+
 def test_rtl_second_artifact_reuses_the_model(cnn_data):
     """Verilator: an artifact calibrated on other images has the same core configuration
     but other parameters; it runs bit-exact on the model the first one built (or found),
