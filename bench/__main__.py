@@ -30,8 +30,9 @@
 9. FPGA resources and fmax of BRAM-fed arrays on iCE40 and ECP5, the issue's targets with
    nextpnr seeds 1–3 (fpga/bench.py; about 45 minutes: one nextpnr at a time).
 10. The network board with the demo CNN on the ULX3S-85F (width 16 and 8) and the
-   iCEBreaker (width 4 and 2): resources, fmax, cycles, images/s and GOPS at fmax
-   (bench/boards.py; an hour or more: the UP5K builds route slowly).
+   iCEBreaker (width 4 and 2), and with cnn28 (28×28 digits, 108 688 weights) on the
+   ULX3S-85F: resources, fmax, cycles, images/s and GOPS at fmax (bench/boards.py; hours:
+   the UP5K builds route slowly, the ECP5's place for long).
 """
 
 import argparse

@@ -1,6 +1,7 @@
 """Whole networks on the RTL: cycles per inference, MAC utilization and simulation speed of
-both demo networks on the network core (docs/network.md), every digits test image checked
-against golden."""
+both demo networks on the network core (docs/network.md), and of ``cnn28`` (28×28 digits,
+the ECP5 board's model) at widths 16 and 8, every digits test image checked against
+golden."""
 
 from olmac.compiler import compile_program
 from olmac.golden.program import run_integer, to_pixels
@@ -8,6 +9,12 @@ from olmac.network import demo_data, quantize, run_rtl
 
 
 def report(width: int = 8) -> None:
+    _section(("mlp", "cnn"), width)
+    for large_width in (16, 8):
+        _section(("cnn28",), large_width)
+
+
+def _section(names, width: int) -> None:
     print(f"## Whole networks on the RTL ({width}×{width} array, Verilator, no stalls)")
     print()
     print("| model | images | mismatching | cycles/inference | MACs/inference "
@@ -15,7 +22,7 @@ def report(width: int = 8) -> None:
           "| cycles per CPU second | simulator process s | build s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     results, lanes = {}, {}
-    for name in ("mlp", "cnn"):
+    for name in names:
         data = demo_data(name)
         program = quantize(data.model, data.calibration)  # the demo's settings
         pixels = to_pixels(data.images)

@@ -1046,7 +1046,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     GEMM input is), weights as the widest GEMM weight. When a layer is value-aware, the
     array has as many weight-outlier slots per weight word as the fullest beat needs (or
     ``weight_outlier_slots``) and ``weight_outlier_lanes`` lanes to multiply them (by
-    default ``width // 4``, at least one; never more than the slots): a beat whose outliers
+    default ``width²/32``, twice the outliers a beat holds at one per 64 weights: at least
+    one, at most 16 and never more than the slots): a beat whose outliers
     outnumber the lanes holds the array a cycle per further group (docs/network.md §15).
     A value that keeps activation outliers gets ``act_outlier_lanes`` activation-outlier
     lanes and an outlier memory (docs/program.md §18). With
@@ -1110,7 +1111,11 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         slots = max(slots, 1)
         # A lane costs one outlier multiplier and its column adders, small beside the
         # width² dense products from width 8 on; one lane keeps the smallest arrays small.
-        lanes = min(weight_outlier_lanes or max(width // 4, 1), slots)
+        # At one outlier per 64 weights a beat of width² weights holds width²/64 on
+        # average; twice that keeps the holds rare (a 16×16 array with 4 lanes held
+        # cnn28's beats 13 % of its cycles, with 8 about 21 of fc1's).
+        lanes = min(weight_outlier_lanes or max(width * width // 32, 1),
+                    OUTLIER_LANES[1], slots)
         options.update(weight_outlier_lanes=lanes, weight_outlier_bits=compiler.outlier_bits,
                        weight_outlier_slots=slots)
     if compiler.plane_shift:

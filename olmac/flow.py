@@ -12,8 +12,9 @@ from dataclasses import dataclass
 __all__ = ["DEMO_MODELS", "TRAIN_LR", "TRAIN_BATCH", "OUTSIDE_REFUSED", "RANGE_USED_WARNED", "DemoData", "demo_data",
            "check_inputs", "fine_tuner", "quantize"]
 
-#: The demo networks of :mod:`olmac.models.demo`.
-DEMO_MODELS = ("cnn", "mlp")
+#: The demo networks of :mod:`olmac.models.demo`: the residual CNN and the MLP on 8×8
+#: digits, and ``cnn28``, a larger CNN on the digits upsampled to 28×28 (for the ECP5).
+DEMO_MODELS = ("cnn", "mlp", "cnn28")
 
 #: Learning rate of quantization-aware training in the flow (Adam, from trained weights,
 #: annealed to 0). Residual CNN at 2/2 with the highway, 40 epochs distilled, seeds 0–2:
@@ -43,14 +44,15 @@ class DemoData:
 
 
 def demo_data(name: str) -> DemoData:
-    """The cached demo model ``name`` (``cnn`` or ``mlp``), trained on digits if needed.
+    """The cached demo model ``name`` (one of :data:`DEMO_MODELS`), trained on digits if
+    needed.
 
     Raises
     ------
     ValueError
         If ``name`` is not one of :data:`DEMO_MODELS`.
     """
-    from olmac.models.demo import cnn, mlp
+    from olmac.models.demo import cnn, cnn28, large_cnn_images, mlp
     from olmac.models.digits import as_images, load_digits_split
     if name not in DEMO_MODELS:
         raise ValueError(f"model must be one of {', '.join(DEMO_MODELS)}, not {name!r}")
@@ -58,6 +60,9 @@ def demo_data(name: str) -> DemoData:
     if name == "cnn":
         return DemoData(name, cnn(split), as_images(split.x_train), as_images(split.x_test),
                         split.y_test, split.y_train)
+    if name == "cnn28":
+        return DemoData(name, cnn28(split), large_cnn_images(split.x_train),
+                        large_cnn_images(split.x_test), split.y_test, split.y_train)
     return DemoData(name, mlp(split), split.x_train, split.x_test, split.y_test,
                     split.y_train)
 

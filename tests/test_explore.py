@@ -119,9 +119,10 @@ def test_spec_errors_name_the_field(tmp_path, text, message):
 
 def test_spec_without_model_or_not_toml(tmp_path):
     """A spec must name its model and be TOML; the message says which."""
-    with pytest.raises(SpecError, match=r"^model is required: cnn, mlp or 'module:callable'$"):
+    with pytest.raises(SpecError, match=r"^model is required: cnn, mlp, cnn28 or "
+                                        r"'module:callable'$"):
         parse_spec({"axes": {}})
-    with pytest.raises(SpecError, match=r"^model must be one of cnn, mlp or "
+    with pytest.raises(SpecError, match=r"^model must be one of cnn, mlp, cnn28 or "
                                         r"'module:callable', not 'resnet'$"):
         parse_spec({"model": "resnet"})
     path = tmp_path / "broken.toml"

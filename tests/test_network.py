@@ -251,10 +251,12 @@ def test_compiler_refuses_too_few_outlier_slots(mlp_data):
 
 
 @pytest.mark.parametrize("width,lanes,expected", [(8, None, 2), (4, None, 1), (8, 1, 1),
-                                                   (16, None, 4), (8, 16, "slots")])
+                                                   (16, None, 8), (32, None, 16),
+                                                   (8, 16, "slots")])
 def test_compiler_weight_outlier_lanes(mlp_data, width, lanes, expected):
-    """Weight-outlier lanes: ``width // 4`` by default (one at width 4), or as asked, never
-    more than the slots a beat has (the MLP's fullest beat holds at least three)."""
+    """Weight-outlier lanes: ``width²/32`` by default (twice the mean of a beat at one
+    outlier per 64 weights; one at width 4), or as asked, never more than 16 or the slots a
+    beat has (the MLP's fullest beat holds at least three)."""
     config = compile_program(_program(mlp_data), width=width,
                              weight_outlier_lanes=lanes).config
     assert config.weight_outlier_slots >= 3

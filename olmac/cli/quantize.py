@@ -25,7 +25,7 @@ def quantization_arguments(parser, default_model=None, own_models=True, budget=F
     other."""
     # from olmac.spec, not golden/ or the compiler: `--help` must not wait for torch
     from olmac.spec import ACT_BITS, ACT_OUTLIER_RATIO, WEIGHT_BITS, WEIGHT_SCHEMES
-    help_text = " or ".join(DEMO_MODELS)
+    help_text = ", ".join(DEMO_MODELS)
     if own_models:
         help_text += (", module:callable or file.py:callable returning a trained nn.Module, "
                       "or a float ONNX model file.onnx (opset ≥ 13)")

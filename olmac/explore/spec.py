@@ -153,7 +153,8 @@ def parse_spec(values: dict, *, default_name: str = "explore") -> Spec:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError(f"name must be letters, digits, '_', '-' or '.', not {name!r}")
     if "model" not in values:
-        raise SpecError("model is required: cnn, mlp or 'module:callable'")
+        from olmac.flow import DEMO_MODELS
+        raise SpecError(f"model is required: {', '.join(DEMO_MODELS)} or 'module:callable'")
     model = values["model"]
     source = _model_source(model)
     measure = values.get("measure", ["golden"])

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["DigitsSplit", "load_digits_split", "as_images", "DigitsMLP", "accuracy"]
+__all__ = ["DigitsSplit", "load_digits_split", "as_images", "upsampled", "shifted_copies",
+           "DigitsMLP", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,41 @@ def as_images(x: torch.Tensor) -> torch.Tensor:
     tensor([ 8.,  9., 10.])
     """
     return x.reshape(-1, 1, 8, 8)
+
+
+def upsampled(x: torch.Tensor, size: int = 28, steps: int = 16) -> torch.Tensor:
+    """Flat ``N×64`` digits images as ``N×1×size×size``: bilinearly interpolated (half-pixel
+    centres), then rounded to multiples of ``1/steps``, the pixel grid of the input
+    quantizer (``pixel_scale = 1/16``), so the float model and the integer program see the
+    same images.
+
+    >>> upsampled(torch.full((1, 64), 0.5)).unique()
+    tensor([0.5000])
+    """
+    images = nn.functional.interpolate(as_images(x), size=(size, size), mode="bilinear",
+                                       align_corners=False)
+    return torch.round(images.clamp(0, 1) * steps) / steps
+
+
+def shifted_copies(images: torch.Tensor, labels: torch.Tensor, copies: int, max_shift: int,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``images`` (``N×C×H×W``) followed by ``copies`` copies, each image moved by a random
+    ``(dy, dx)`` in ``−max_shift..max_shift`` with zeros shifted in (a data augmentation
+    that keeps the digit's pixels and label); the labels repeated to match.
+
+    >>> x, y = shifted_copies(torch.ones(2, 1, 4, 4), torch.tensor([3, 5]), 2, 1)
+    >>> x.shape, y.tolist(), float(x[:2].sum())
+    (torch.Size([6, 1, 4, 4]), [3, 5, 3, 5, 3, 5], 32.0)
+    """
+    generator = torch.Generator().manual_seed(seed)
+    height, width = images.shape[-2:]
+    padded = nn.functional.pad(images, (max_shift,) * 4)
+    moved = [images]
+    for _ in range(copies):
+        dy, dx = torch.randint(0, 2 * max_shift + 1, (2, len(images)), generator=generator)
+        moved.append(torch.stack([image[..., y:y + height, x:x + width]
+                                  for image, y, x in zip(padded, dy.tolist(), dx.tolist())]))
+    return torch.cat(moved), labels.repeat(copies + 1)
 
 
 class DigitsMLP(nn.Module):
