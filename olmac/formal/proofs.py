@@ -231,7 +231,8 @@ _NETWORK_PARTS = {
                       ("withdrawn", "lost:side")),
     # A narrow memory offers a word only after gathering its rows (10 cycles for a
     # descriptor): a withdrawn one is beyond a depth-4 base case, a phantom one is not.
-    "narrow_memories": ("narrow_memories", lambda: NarrowMemories(_NET, {}),
+    "narrow_memories": ("narrow_memories",
+                        lambda: NarrowMemories(replace(_NET, memories="narrow"), {}),
                         ("phantom:descriptor", "lost:side")),
     "narrow_channels": ("narrow_memories",
                         lambda: NarrowMemories(_NET_SERIAL, {}, per_channel=True),

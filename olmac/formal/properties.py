@@ -225,8 +225,8 @@ def load_handler_counts(m, block, fragment):
 
 def infer_handler_counts(input_words):
     """:class:`~olmac.hw.network_app.InferHandler` of ``input_words``-word images: one reply
-    per request (pending from the last request byte: in ``WORD`` once it is in, and from
-    ``OUTPUTS`` to the reply's end), and per request exactly ``input_words`` image words on
+    per request (pending from the last request byte: in ``ALIGN`` and ``WORD`` once it is
+    in, and from ``OUTPUTS`` to the reply's end), and per request exactly ``input_words`` image words on
     ``inputs`` before its reply (none for a request of its command byte alone): counted
     since the previous reply, the words sent are the handler's ``words`` while it collects
     them, ``input_words`` once it waits for outputs or replies, 0 between requests."""
@@ -235,7 +235,7 @@ def infer_handler_counts(input_words):
                                                 "words")
         _one_reply_per_request(m, block, _in_states(
             state, "OUTPUTS", "STATUS", "TAKE", "SEND", "BAD_LENGTH", "FAULT") |
-            (_in_states(state, "WORD") & request_done))
+            (_in_states(state, "ALIGN", "WORD") & request_done))
         image = Signal(range(input_words + 2), name="image_words")
         with m.If(_ended(block.host.reply)):
             m.d.sync += image.eq(0)
@@ -244,7 +244,7 @@ def infer_handler_counts(input_words):
         whole = _in_states(state, "DRAIN", "OUTPUTS", "STATUS", "TAKE", "SEND", "FAULT")
         m.d.comb += [
             Assert(~_in_states(state, "COMMAND") | (image == 0), "image words between requests"),
-            Assert(~_in_states(state, "BYTES", "WORD") | (image == words),
+            Assert(~_in_states(state, "BYTES", "ALIGN", "WORD") | (image == words),
                    "an image word lost or doubled"),
             Assert(~whole | (image == input_words), "an image of the wrong length"),
             Assert(~_in_states(state, "BAD_LENGTH") | (image == 0) | (image == input_words),
