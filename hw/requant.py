@@ -242,12 +242,13 @@ class Requantizer(ConfiguredComponent):
         low, high = shape_bounds(self.outlier_shape if self._config.outlier_bits else
                                  self.out_shape)
 
-        # Only the valid bits are reset; the datapath registers need none.
-        accs = Signal.like(self.acc.payload, reset_less=True)
+        # Only the valid bits are reset; the datapath registers need none. The stages:
+        # the biased accumulators (added at the ports), the products, their sum, the
+        # rounded shift, the clamp; the sum and the shift have a stage each, so no stage
+        # holds more than one carry chain and one shifter (for the ECP5 board's clock).
         params = Signal.like(self.params.payload, reset_less=True)
         valid = [Signal(name=f"valid_{stage}") for stage in range(self.latency - 1)]
         m.d.sync += [
-            accs.eq(self.acc.payload),
             params.eq(self.params.payload),
             valid[0].eq(accepted),
         ]
@@ -262,20 +263,24 @@ class Requantizer(ConfiguredComponent):
             threshold = self._delayed(m, params.outlier_threshold, "threshold")
 
         for col in range(self._config.cols):
-            channel = params.channels[col]
+            channel = self.params.payload.channels[col]
             product, shift = self._product(
-                m, accs[col] + channel.bias, signed(max(self._config.acc_width, BIAS_BITS) + 1),
+                m, self.acc.payload[col] + channel.bias,
+                signed(max(self._config.acc_width, BIAS_BITS) + 1),
                 channel.multiplier, channel.shift, f"{col}")
-            total = product
+            summed = product
             if self._config.residual_bits is not None:
                 residual_product, residual_shift = self._product(
                     m, channel.residual, channel.residual.shape(),
                     channel.residual_multiplier, channel.residual_shift, f"residual_{col}")
-                total = product + (residual_product << residual_shift)
+                summed = product + (residual_product << residual_shift)
+            total = Signal(summed.shape(), name=f"total_{col}", reset_less=True)
+            late_shift = Signal.like(shift, name=f"shift_{col}_2", reset_less=True)
+            m.d.sync += [total.eq(summed), late_shift.eq(shift)]
             # Arithmetic shift = floor division by 2^s; adding 2^(s-1) first rounds half up.
-            rounding = (Const(1, total.shape().width + 1) << shift) >> 1
+            rounding = (Const(1, total.shape().width + 1) << late_shift) >> 1
             shifted = Signal(total.shape(), name=f"shifted_{col}", reset_less=True)
-            m.d.sync += shifted.eq((total + rounding) >> shift)
+            m.d.sync += shifted.eq((total + rounding) >> late_shift)
             if self._config.runtime_bounds:
                 floor = Mux(relu & (low < 0), zero, low)
             else:
