@@ -7,6 +7,7 @@ run takes about ``max(CPU / n, longest run)``. The next run reads ``summary.json
 the longest runs first.
 """
 
+import argparse
 import json
 import os
 import resource
@@ -33,9 +34,13 @@ def _cpu_seconds(who):
 
 
 def main(argv):
-    if len(argv) != 1:
-        sys.exit("usage: python -m olmac.formal BUILD_DIR")
-    build_dir = Path(argv[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m olmac.formal",
+        description="Run every proof and mutant (make formal); exit status 1 if any did not "
+                    "end as expected.")
+    parser.add_argument("build_dir", metavar="BUILD_DIR", type=Path,
+                        help="where the runs and summary.json go (make formal: build/formal)")
+    build_dir = parser.parse_args(argv).build_dir
     summary = build_dir / "summary.json"
     jobs = os.cpu_count() or 1
     start = time.monotonic()
@@ -48,14 +53,15 @@ def main(argv):
     own, children = _cpu_seconds(resource.RUSAGE_SELF), _cpu_seconds(resource.RUSAGE_CHILDREN)
     longest = max(runs, key=lambda run: run.result.cpu_seconds)
     unexpected = sum(not run.as_expected for run in runs)
+    load = os.getloadavg()
     print(f"{len(runs)} runs, {unexpected} not as expected, {wall:.0f} s wall on {jobs} CPUs "
-          f"(5-minute load average {os.getloadavg()[1]:.1f}); {own + children:.0f} s CPU "
+          f"(5-minute load average {load[1]:.1f}); {own + children:.0f} s CPU "
           f"({children:.0f} s in SymbiYosys, {own:.0f} s in this process); longest run "
           f"{longest.name} {longest.result.cpu_seconds:.0f} s CPU; on {jobs} idle CPUs about "
           f"{max((own + children) / jobs, longest.result.cpu_seconds):.0f} s", flush=True)
     summary.write_text(json.dumps({
         "wall_seconds": round(wall, 1), "cpu_seconds": round(own + children, 1),
-        "jobs": jobs, "load_average": os.getloadavg(),
+        "jobs": jobs, "load_average": load,
         "runs": {run.name: {"status": run.result.status, "as_expected": run.as_expected,
                             "seconds": round(run.result.seconds, 1),
                             "cpu_seconds": round(run.result.cpu_seconds, 1)}
