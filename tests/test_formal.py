@@ -143,3 +143,16 @@ def test_run_past_its_timeout_is_stopped_with_its_descendants(tmp_path):
     assert time.monotonic() - start < 2
     time.sleep(2.5)
     assert not marker.exists()
+
+
+def test_runner_help_runs_no_proof(tmp_path):
+    """``python -m olmac.formal --help`` prints the usage and starts nothing; a second
+    argument is refused in one line (exit status 2), not taken as a build folder."""
+    import subprocess
+    shown = subprocess.run([sys.executable, "-m", "olmac.formal", "--help"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m olmac.formal")
+    refused = subprocess.run([sys.executable, "-m", "olmac.formal", "one", "two"],
+                             cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode == 2 and "unrecognized arguments: two" in refused.stderr
+    assert list(tmp_path.iterdir()) == []
