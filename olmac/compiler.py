@@ -332,6 +332,60 @@ def _pack(layout, value) -> int:
     return layout.const(value).as_value().value
 
 
+def _written(op: dict) -> dict:
+    """``(packed, address) → n``: the words a compute op (or a quantizing ``LOAD``) writes,
+    ``n`` the write-back's count before it (tile by tile, pixel by pixel)."""
+    packed, stride = op.get("out_packed", 0), op.get("out_stride", 0)
+    return {(packed, op["out_base"] + pixel * stride + tile): tile * op["out_pixels"] + pixel
+            for tile in range(op["out_words"]) for pixel in range(op["out_pixels"])}
+
+
+def _beat_reads(op: dict):
+    """The activation word each beat of a compute op reads, in the beat walk's order
+    (``(packed, address)``, or ``None`` for a padded tap)."""
+    def f(name):
+        return op.get(name, 0)  # a field the core reads as 0 where the compiler left it out
+    gemm = op["kind"] == OpKind.GEMM
+    passes, band = (f("last_pass") + 1, f("band_words")) if gemm else (1, 1)
+    for tile in range(f("out_words")):
+        for oy in range(f("out_h")):
+            for ox in range(f("out_w")):
+                for _ in range(passes):
+                    for ky in range(f("kernel_h")):
+                        for kx in range(f("kernel_w")):
+                            iy, ix = oy * f("stride_h") + ky - f("pad_h"), \
+                                ox * f("stride_w") + kx - f("pad_w")
+                            for word in range(band):
+                                if not (0 <= iy < f("in_h") and 0 <= ix < f("in_w")):
+                                    yield None
+                                    continue
+                                column = tile * f("band_step") + word if gemm else tile
+                                yield (f("in_packed"),
+                                       f("in_base") + (iy * f("in_w") + ix) * f("in_words")
+                                       + column)
+
+
+def _overlap(ops: list[dict]) -> None:
+    """Marks each compute op that may start while the op before still writes its results
+    (docs/network.md §15): ``overlap`` and ``lead``, the least ``L`` such that every
+    beat ``b`` reads only words among the first ``b + L`` that op writes. Not after an op
+    that writes no results through the back or keeps activation outliers (their blocks
+    fill over the whole op)."""
+    for before, op in zip(ops, ops[1:]):
+        producer = (before["kind"] in (OpKind.GEMM, OpKind.SUM, OpKind.MAX)
+                    or (before["kind"] == OpKind.LOAD and before.get("quantize")))
+        if (op["kind"] not in (OpKind.GEMM, OpKind.SUM, OpKind.MAX) or not producer
+                or before.get("out_outliers")):
+            continue
+        written = _written(before)
+        lead = 0
+        # a beat at or past the producer's last output cannot need more than `lead`
+        for beat, word in zip(range(len(written)), _beat_reads(op)):
+            if word in written:
+                lead = max(lead, written[word] + 1 - beat)
+        op.update(overlap=1, lead=lead)
+
+
 def _packable(program: IntegerProgram, act_bits: int, act_signed: bool) -> set[str]:
     """The values stored in the packed memory (docs/network.md §15): every one that fits
     an activation slot, except residuals (the residual port reads the 16-bit memory) and
@@ -1154,6 +1208,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
             # lands on entry x − lo of the op's table for input code x (TablePart)
             descriptor["table_offset"] = ((descriptor["table_base"] - descriptor["table_low"])
                                           % (1 << config.tables.address_bits))
+    _overlap(compiler.descriptors)
     outlier_slots = options.get("weight_outlier_slots", 0)
     weight_words = []
     tile_offset = layouts["weights"]["beat"].offset + config.array.weight_layout["tile"].offset

@@ -78,9 +78,10 @@ def test_store_saturates_and_keeps_the_best_outlier_of_each_block():
 # -- the packed memory alone ---------------------------------------------------------------
 
 def test_packed_memory_routes_by_the_op_and_extends_the_sign():
-    """Writes of a packed output keep the low act_bits of each slot and never reach the
-    16-bit memory; reads of a packed input come back as 16-bit slots, sign-extended for a
-    signed input; other accesses pass through to the 16-bit memory's ports."""
+    """Writes of a packed output (the back's op's) keep the low act_bits of each slot and
+    never reach the 16-bit memory; reads of a packed input (the front's op's) come back as
+    16-bit slots, sign-extended for a signed input; other accesses pass through to the
+    16-bit memory's ports."""
     config = NetworkCore.Config(width=2, act_bits=3, weight_bits=2, max_k=2, data_depth=4,
                                 weight_depth=1, param_depth=1, program_depth=1,
                                 packed_depth=8)
@@ -89,7 +90,8 @@ def test_packed_memory_routes_by_the_op_and_extends_the_sign():
     read = []
 
     async def bench(ctx):
-        ctx.set(packed.control.op, layout.const({"kind": OpKind.SUM, "out_packed": 1}))
+        # the write's op is the back's, the read's the front's
+        ctx.set(packed.back.op, layout.const({"kind": OpKind.SUM, "out_packed": 1}))
         ctx.set(packed.write.addr, 6)
         ctx.set(packed.write.data, [0xFFFD, 2])  # −3 and 2 in 16-bit slots
         ctx.set(packed.write.en, 1)
@@ -104,6 +106,7 @@ def test_packed_memory_routes_by_the_op_and_extends_the_sign():
             assert ctx.get(packed.wide_operand.en) == 0
             await ctx.tick()
             read.append(list(ctx.get(packed.operand.data)))
+        ctx.set(packed.back.op, layout.const({"kind": OpKind.SUM}))
         ctx.set(packed.control.op, layout.const({"kind": OpKind.SUM}))
         ctx.set(packed.write.en, 1)
         assert (ctx.get(packed.wide_write.en), ctx.get(packed.wide_operand.en)) == (1, 1)

@@ -93,13 +93,9 @@ async def _send(ctx, port, payloads, *, pause=0.3, seed=2):
         ctx.set(port.valid, 0)
 
 
-def test_sequencer_runs_ops_in_order_and_wraps_after_final():
-    """§15: ops run in order, each announced by one ``start`` cycle; after the op marked
-    ``final`` the core starts again at op 0; a restart goes to op 0 at once."""
-    dut = Sequencer(CONFIG)
-    program = [_op(kind=OpKind.LOAD), _op(kind=OpKind.GEMM), _op(kind=OpKind.STORE, final=1)]
-    fetched = []
-
+def _sequencer_memories(dut, program, fetched):
+    """The program memory's side of the sequencer: each fetched descriptor offered until
+    taken."""
     async def memories(ctx):
         ctx.set(dut.fetch.ready, 1)
         async for _, _, fetching, address, taken in ctx.tick().sample(
@@ -112,14 +108,47 @@ def test_sequencer_runs_ops_in_order_and_wraps_after_final():
                 ctx.set(dut.fetch.ready, 0)
                 ctx.set(dut.descriptor.payload, program[address])
                 ctx.set(dut.descriptor.valid, 1)
+    return memories
+
+
+def _sequencer_back(dut, cycles, backs):
+    """The write-back: each op the back starts (its kind recorded in ``backs``) is done
+    ``cycles`` cycles later."""
+    async def back(ctx):
+        left = None     # cycles until the back's op is done (no await in the loop's body)
+        async for _, _, starting, running, kind in ctx.tick().sample(
+                dut.back.start, dut.back.running, dut.back.op.kind):
+            ctx.set(dut.back_done, 0)
+            if starting:
+                backs.append(kind)
+                left = cycles
+            elif left is not None:
+                assert running
+                left -= 1
+                if not left:
+                    ctx.set(dut.back_done, 1)
+                    left = None
+    return back
+
+
+def test_sequencer_runs_ops_in_order_and_wraps_after_final():
+    """§15: ops run in order, each announced by one ``start`` cycle; after the op marked
+    ``final`` the core starts again at op 0; a restart (which comes only in a ``LOAD``)
+    goes to op 0 at once. A GEMM's back starts after its front; the STORE, which has no
+    back, waits until the back is done."""
+    dut = Sequencer(CONFIG)
+    program = [_op(kind=OpKind.LOAD), _op(kind=OpKind.GEMM), _op(kind=OpKind.STORE, final=1)]
+    fetched, backs = [], []
 
     async def bench(ctx):
-        for _ in range(5):
+        for _ in range(4):
             await ctx.tick().until(dut.control.start)  # returns after that edge
             assert ctx.get(dut.control.running) and not ctx.get(dut.control.start)
+            if ctx.get(dut.op_index) == 2:
+                assert not ctx.get(dut.back.running) and not ctx.get(dut.back.start)
             await ctx.tick().repeat(3)
             assert ctx.get(dut.control.running)
-            if len(fetched) == 5:
+            if len(fetched) == 4:
                 ctx.set(dut.restart, 1)
             else:
                 ctx.set(dut.done, 1)
@@ -129,8 +158,45 @@ def test_sequencer_runs_ops_in_order_and_wraps_after_final():
         await ctx.tick().until(dut.control.start)
         assert ctx.get(dut.op_index) == 0
 
-    _simulate(dut, memories, bench)
-    assert fetched == [0, 1, 2, 0, 1, 0]
+    _simulate(dut, _sequencer_memories(dut, program, fetched), _sequencer_back(dut, 9, backs),
+              bench)
+    assert fetched == [0, 1, 2, 0, 0]
+    assert backs == [OpKind.GEMM]
+
+
+def test_sequencer_overlaps_the_back_of_the_op_before():
+    """An op with ``overlap`` starts while the back still writes the op before (``fenced``
+    until the back takes it, a copy of its descriptor); its front, once done, waits for
+    that; an op without ``overlap`` waits until the back is free."""
+    dut = Sequencer(CONFIG)
+    program = [_op(kind=OpKind.GEMM, out_base=1), _op(kind=OpKind.SUM, overlap=1, out_base=2),
+               _op(kind=OpKind.GEMM, out_base=3, final=1)]
+    fetched, backs = [], []
+
+    async def bench(ctx):
+        await ctx.tick().until(dut.control.start)
+        ctx.set(dut.done, 1)          # the first op's front ends at once
+        await ctx.tick()
+        ctx.set(dut.done, 0)
+        await ctx.tick().until(dut.control.start)
+        # the SUM runs while the back writes the GEMM
+        assert ctx.get(dut.op_index) == 1 and ctx.get(dut.fenced)
+        assert ctx.get(dut.back.running) and ctx.get(dut.back.op.out_base) == 1
+        ctx.set(dut.done, 1)
+        await ctx.tick()
+        ctx.set(dut.done, 0)
+        # its front is done, its descriptor held until the back takes it
+        assert not ctx.get(dut.control.running) and ctx.get(dut.fenced)
+        await ctx.tick().until(dut.back.start)
+        assert ctx.get(dut.back.op.out_base) == 2 and not ctx.get(dut.fenced)
+        await ctx.tick().until(dut.control.start)
+        # the last op has no overlap: it starts once the back is done with the SUM
+        assert ctx.get(dut.op_index) == 2 and ctx.get(dut.back.start)
+        assert ctx.get(dut.back.op.out_base) == 3
+        assert backs == [OpKind.GEMM, OpKind.SUM]
+
+    _simulate(dut, _sequencer_memories(dut, program, fetched), _sequencer_back(dut, 9, backs),
+              bench)
 
 
 def test_loader_writes_inputs_and_passes_load_beats_between_them():
@@ -180,15 +246,18 @@ def test_loader_writes_inputs_and_passes_load_beats_between_them():
 def test_quantizing_loader_sends_each_word_as_a_window_under_stalls(in_signed):
     """A ``LOAD`` with ``quantize``: each of its ``count`` input words goes to ``vector`` as
     a window of one (``last`` on every beat), its slots read as ``in_signed`` says, in
-    order and once each under random stalls on both sides; nothing is written and the
-    loader never ends the op (the write-back does)."""
+    order and once each under random stalls on both sides; nothing is written, and the
+    op's front is done only once its last word has been taken (its results are the
+    back's)."""
     dut = Loader(CONFIG)
     words = [[1, 0xFFFF], [0x8000, 7], [3, 0x7FFF], [0xFFFE, 0]]
-    writes = []
+    writes, done = [], []
 
     async def watch(ctx):
-        async for _, _, en, done in ctx.tick().sample(dut.write.en, dut.done):
-            writes.append(en or done)
+        async for _, _, en, ending, taken in ctx.tick().sample(
+                dut.write.en, dut.done, dut.vector.valid & dut.vector.ready):
+            writes.append(en)
+            done.append((ending, taken))
 
     async def source(ctx):
         await ctx.tick().until(dut.control.running)
@@ -207,6 +276,9 @@ def test_quantizing_loader_sends_each_word_as_a_window_under_stalls(in_signed):
 
     _simulate(dut, watch, source, bench)
     assert not any(writes)
+    # done comes after the fourth word, and in no cycle before it
+    first_done = [ending for ending, _ in done].index(1)
+    assert sum(taken for _, taken in done[:first_done]) == len(words)
 
 
 def test_quantizing_loader_takes_load_beats_only_before_its_first_word():
@@ -429,6 +501,48 @@ def test_beat_walk_waits_while_not_granted(stages):
     _simulate(top, bench)
 
 
+def test_beat_walk_reads_beat_b_once_b_plus_lead_results_are_written():
+    """§15, overlap: while ``fenced`` beat ``b`` (padded taps counted) is read only once the
+    back has written ``b + lead`` results (``written``), and in the first cycle it may be;
+    the beats come in order, unchanged; once the fence drops the rest follow one a cycle."""
+    dut, top = _beat_walk()
+    expected = _expected_beats(_WINDOW, gemm=False)
+    lead, reads = 3, []     # reads: (beat, written and fenced in the cycle it was read)
+
+    async def bench(ctx):
+        ctx.set(dut.granted, 1)
+        ctx.set(dut.fenced, 1)
+        ctx.set(dut.vector.ready, 1)
+        await _run(ctx, dut.control, _op(kind=OpKind.SUM, lead=lead, **_WINDOW))
+        written, fenced, before, taken = 0, 1, (0, 1), []
+        for cycle in range(200):
+            if len(taken) == len(expected):
+                break
+            if len(taken) == len(expected) // 2:
+                fenced = 0      # the back has taken this op: no more waiting
+            elif fenced and cycle % 3 == 2:
+                written += 1    # the op before writes a result every third cycle
+            ctx.set(dut.fenced, fenced)
+            ctx.set(dut.written, written)
+            _, _, valid, payload = await ctx.tick().sample(dut.vector.valid,
+                                                           dut.vector.payload)
+            if valid:           # read in the cycle before
+                reads.append((len(taken), *before))
+                taken.append(payload)
+            before = (written, fenced)
+        want = [([0] * WIDTH if a is None else [a + 16 * l for l in range(WIDTH)], last)
+                for a, _, last in expected]
+        assert [(list(t.lanes), t.last) for t in taken] == want
+
+    _simulate(top, bench)
+    fenced_reads = [(beat, written) for beat, written, fenced in reads if fenced]
+    assert fenced_reads and all(written >= beat + lead for beat, written in fenced_reads)
+    # not stricter than that: each fenced beat was read as soon as it was allowed
+    assert all(written == beat + lead for beat, written in fenced_reads)
+    free = [beat for beat, _, fenced in reads if not fenced]
+    assert len(free) >= 2 and free == list(range(free[0], len(reads)))
+
+
 @pytest.mark.parametrize("kind", [OpKind.GEMM, OpKind.SUM])
 def test_output_walk_requests_in_output_order(kind):
     """One request per output in the walks' order (tile, then pixel): a GEMM's parameter
@@ -474,17 +588,25 @@ def test_reducer_sums_and_maxima_per_window(kind):
 
 
 def test_reducer_passes_the_arrays_accumulators_in_a_gemm():
+    """While the back's op is a GEMM (``array_results``) the array's accumulators pass one
+    for one; a window the front's SUM closes meanwhile waits, then follows them."""
     dut = Reducer(CONFIG)
     vectors = [[1, -2], [3, 4], [-5, 6]]
 
     async def bench(ctx):
-        await _run(ctx, dut.control, _op(kind=OpKind.GEMM))
-        assert not ctx.get(dut.beats.valid)
+        ctx.set(dut.array_results, 1)
+        await _run(ctx, dut.control, _op(kind=OpKind.SUM))
         taken = await _take(ctx, dut.acc, len(vectors))
         assert [list(t) for t in taken] == vectors
+        assert not ctx.get(dut.acc.valid)   # the window waits for the back's SUM
+        ctx.set(dut.array_results, 0)
+        taken = await _take(ctx, dut.acc, 1)
+        assert [list(t) for t in taken] == [[7 + 1, -8 + 2]]
 
     async def source(ctx):
         await ctx.tick().repeat(2)
+        await _send(ctx, dut.beats, [{"lanes": [7, -8], "last": 0},
+                                     {"lanes": [1, 2], "last": 1}])
         await _send(ctx, dut.array, vectors)
 
     _simulate(dut, source, bench)

@@ -27,7 +27,10 @@ class Reducer(wiring.Component):
     Members
     -------
     control : In(ControlSignature(descriptor))
-        The op's kind: SUM, MAX, or GEMM (pass the array's accumulators on).
+        The kind of the op whose beats come in (the front's): SUM or MAX.
+    array_results : In(1)
+        The op whose results go out (the back's) is a GEMM: pass the array's accumulators
+        on; a window result waits until it is not.
     beats : In(stream.Signature(VectorBeat(width)))
         A SUM's or MAX's operands; ``last`` closes a window.
     array : In(stream.Signature(ArrayLayout(signed(acc_width), width)))
@@ -41,6 +44,7 @@ class Reducer(wiring.Component):
         acc = data.ArrayLayout(signed(config.acc_width), config.width)
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
+            "array_results": In(1),
             "beats": In(stream.Signature(VectorBeat(config.width))),
             "array": In(stream.Signature(acc)),
             "acc": Out(stream.Signature(acc)),
@@ -49,7 +53,7 @@ class Reducer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         kind = self.control.op.kind
-        is_gemm = kind == OpKind.GEMM
+        is_gemm = self.array_results
         valid = Signal()
         ready = ~is_gemm & self.acc.ready
         partial = Signal(self.acc.payload.shape())
@@ -155,6 +159,9 @@ class WriteBack(wiring.Component):
         The activation memory's write port (driven here).
     done : Out(1)
         The op's last word is written.
+    written : Out(range(address_depth + 1))
+        Words the op has written (the beat walk of an op that overlaps this one reads
+        only those).
     """
 
     def __init__(self, config):
@@ -165,12 +172,17 @@ class WriteBack(wiring.Component):
             "write": In(WritePort.Signature(addr_width=ceil_log2(config.address_depth),
                                             shape=config.layouts["data"])),
             "done": Out(1),
+            "written": Out(range(config.address_depth + 1)),
         })
 
     def elaborate(self, platform):
         m = Module()
         op, start = self.control.op, self.control.start
         step = self.results.valid & self.results.ready
+        with m.If(start):
+            m.d.sync += self.written.eq(0)
+        with m.Elif(step):
+            m.d.sync += self.written.eq(self.written + 1)
         end_of_tile, final = output_counters(m, "write", op, step, start)
         pointer = tile_pointer(m, "write_pointer", op.out_base, op.out_stride, step,
                                end_of_tile, start)

@@ -15,8 +15,9 @@ from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
 from .compute import ParamFeed, Reducer, WriteBack
 from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MEMORY_STYLES, OUTLIER_VALUE_BITS, REQUANTIZERS,
-                      STORAGE_BITS, TABLE_ENTRY_BITS, WINDOW_GROWTH, ChannelWord, LoadBeat,
-                      LoadTarget, OpDescriptor, OpKind, OutlierBlock, WeightWord, row_slices)
+                      STORAGE_BITS, TABLE_ENTRY_BITS, WINDOW_GROWTH, ChannelWord, CodebookMode,
+                      LoadBeat, LoadTarget, OpDescriptor, OpKind, OutlierBlock, WeightWord,
+                      row_slices)
 from .codes import CodebookPath, code_tiles, codebook_word_entries
 from .memories import NarrowMemories, WideMemories
 from .outliers import ActOutlierStore
@@ -325,6 +326,13 @@ class NetworkCore(wiring.Component):
             return self.requantizer == "serial" and self.memories == "narrow"
 
         @property
+        def overlap(self) -> bool:
+            """Whether an op may start while the back still writes the one before
+            (docs/network.md §15): with wide memories; narrow ones, for small FPGAs, keep
+            no copy of the back's descriptor."""
+            return self.memories == "wide"
+
+        @property
         def depths(self) -> dict:
             """Memory depths by name: ``data``, ``weights``, ``params``, ``program``."""
             return dict(data=self.data_depth, weights=self.weight_depth,
@@ -503,15 +511,24 @@ class NetworkCore(wiring.Component):
         m.submodules.feed = feed = ParamFeed(config)
         m.submodules.write_back = write_back = WriteBack(config)
 
-        wiring.connect(m, sequencer.control, loader.control, storer.control, beats.control,
-                       reducer.control, outputs.control, feed.control, write_back.control)
+        # The front takes an op's operands, the back writes its results; the back may still
+        # write one op's while the front reads the next one's (Sequencer).
+        front, back = sequencer.control, sequencer.back
+        wiring.connect(m, front, loader.control, storer.control, beats.control,
+                       reducer.control)
+        wiring.connect(m, back, outputs.control, feed.control, write_back.control)
         wiring.connect(m, sequencer.fetch, memories.fetch)
         wiring.connect(m, memories.descriptor, sequencer.descriptor)
         m.d.comb += [
-            sequencer.done.eq(loader.done | storer.done | write_back.done),
+            sequencer.done.eq(loader.done | storer.done | self._walk_done(
+                front.op, beats, write_back, sequencer.fenced)),
+            sequencer.back_done.eq(write_back.done),
             sequencer.restart.eq(loader.restart),
             # parameters are read only once no load beat can rewrite them
             outputs.hold.eq(loader.loads_open),
+            beats.fenced.eq(sequencer.fenced),
+            beats.written.eq(Mux(back.running, write_back.written, 0)),
+            reducer.array_results.eq(back.op.kind == OpKind.GEMM),
             self.op_index.eq(sequencer.op_index),
             self.gemm_beats.eq(beats.gemm_beats),
             self.fault.eq(array.fault),
@@ -529,7 +546,7 @@ class NetworkCore(wiring.Component):
         wiring.connect(m, beats.weights_read, memories.weights)
         if config.codebook:
             m.submodules.codebook = codebook = CodebookPath(config)
-            wiring.connect(m, sequencer.control, codebook.control)
+            wiring.connect(m, front, codebook.control)
             for name in ("act", "weights", "codes", "codebooks"):
                 wiring.connect(m, getattr(beats, name), getattr(codebook, f"beat_{name}"))
             wiring.connect(m, codebook.act, array.act)
@@ -539,7 +556,7 @@ class NetworkCore(wiring.Component):
             wiring.connect(m, beats.weights, array.weights)
         # A quantizing LOAD's words reach the reducer from the loader, every other op's
         # windows from the beat walk; the op kind picks, as only one of them runs.
-        _merge(m, sequencer.control.op.kind == OpKind.LOAD, loader.vector, beats.vector,
+        _merge(m, front.op.kind == OpKind.LOAD, loader.vector, beats.vector,
                reducer.beats)
         wiring.connect(m, array.acc, reducer.array)
         wiring.connect(m, reducer.acc, requantizer.acc)
@@ -549,32 +566,42 @@ class NetworkCore(wiring.Component):
         results = requantizer.out
         if self._tables is not None:
             wiring.connect(m, requantizer.out, tables.results)
-            m.d.comb += [tables.enable.eq(sequencer.control.op.table),
-                         tables.offset.eq(sequencer.control.op.table_offset)]
+            m.d.comb += [tables.enable.eq(back.op.table),
+                         tables.offset.eq(back.op.table_offset)]
             results = tables.out
         if config.act_outlier_lanes:
             m.submodules.outliers = outliers = ActOutlierStore(config)
-            wiring.connect(m, sequencer.control, outliers.control)
+            wiring.connect(m, back, outliers.control)
             wiring.connect(m, results, outliers.results)
             wiring.connect(m, outliers.dense, write_back.results)
             wiring.connect(m, beats.outliers_read, outliers.read)
-            m.d.comb += outliers.image_start.eq(sequencer.control.start &
+            m.d.comb += outliers.image_start.eq(front.start &
                                                 (sequencer.op_index == 0))
         else:
             wiring.connect(m, results, write_back.results)
 
         # STORE and the beat walk never run together, nor a plain LOAD and the write-back:
         # each pair takes turns on one activation memory port.
-        kind = sequencer.control.op.kind
+        kind = front.op.kind
         operand, write = beats.operand, write_back.write
         if config.packed_depth:
             m.submodules.packed = packed = PackedMemory(config)
-            wiring.connect(m, sequencer.control, packed.control)
+            wiring.connect(m, front, packed.control)
+            wiring.connect(m, back, packed.back)
             wiring.connect(m, beats.operand, packed.operand)
             wiring.connect(m, write_back.write, packed.write)
             operand, write = packed.wide_operand, packed.wide_write
         _share(m, memories.operand, kind == OpKind.STORE, storer.read, operand)
-        _share(m, memories.write, (kind == OpKind.LOAD) & ~sequencer.control.op.quantize,
+        _share(m, memories.write, (kind == OpKind.LOAD) & ~front.op.quantize,
                loader.write, write)
         m.d.comb += beats.granted.eq(memories.granted)
         return m
+
+    def _walk_done(self, op, beats, write_back, fenced):
+        """The front of a compute op ``op`` ends when its last beat has left the walk; an
+        SYQ GEMM's beats then still pass the codebook path, so its front ends with its last
+        result (once the back runs it, not ``fenced``)."""
+        if not self._config.codebook:
+            return beats.done
+        syq = op.codebook != CodebookMode.DENSE
+        return Mux(syq, write_back.done & ~fenced, beats.done)

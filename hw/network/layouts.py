@@ -114,6 +114,9 @@ class OpDescriptor(data.StructLayout):
             "final": unsigned(1),
             # a LOAD whose words pass the reducer and the requantizer as a 1×1 SUM would
             "quantize": unsigned(1),
+            # the op starts while the back still writes the previous op's results; its
+            # beat `b` then waits until `b + lead` of them are written (docs/network.md §15)
+            "overlap": unsigned(1), "lead": range(data_depth + 1),
             "in_base": range(data_depth),
             "out_base": range(data_depth),
             "res_base": range(data_depth),

@@ -30,7 +30,9 @@ class PackedMemory(wiring.Component):
     Members
     -------
     control : In(ControlSignature(descriptor))
-        The op's ``in_packed``, ``out_packed`` and ``in_signed``.
+        The reading op's (the front's) ``in_packed`` and ``in_signed``.
+    back : In(ControlSignature(descriptor))
+        The writing op's (the back's) ``out_packed``.
     operand : Out(ReadPort.Signature(...))
         The beat walk's operand port, over both memories.
     write : Out(WritePort.Signature(...))
@@ -46,6 +48,7 @@ class PackedMemory(wiring.Component):
         wide = ceil_log2(config.data_depth)
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
+            "back": In(ControlSignature(config.layouts["program"])),
             "operand": Out(ReadPort.Signature(addr_width=address, shape=word)),
             "write": Out(WritePort.Signature(addr_width=address, shape=word)),
             "wide_operand": In(ReadPort.Signature(addr_width=wide, shape=word)),
@@ -55,7 +58,7 @@ class PackedMemory(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         config = self._config
-        op = self.control.op
+        op, out_packed = self.control.op, self.back.op.out_packed
         bits = config.act_bits
         m.submodules.memory = memory = Memory(
             shape=data.ArrayLayout(unsigned(bits), config.width), depth=config.packed_depth,
@@ -66,9 +69,9 @@ class PackedMemory(wiring.Component):
             read.addr.eq(self.operand.addr), read.en.eq(self.operand.en & op.in_packed),
             self.wide_operand.addr.eq(self.operand.addr),
             self.wide_operand.en.eq(self.operand.en & ~op.in_packed),
-            write.addr.eq(self.write.addr), write.en.eq(self.write.en & op.out_packed),
+            write.addr.eq(self.write.addr), write.en.eq(self.write.en & out_packed),
             self.wide_write.addr.eq(self.write.addr),
-            self.wide_write.en.eq(self.write.en & ~op.out_packed),
+            self.wide_write.en.eq(self.write.en & ~out_packed),
             self.wide_write.data.eq(self.write.data),
         ]
         for lane in range(config.width):

@@ -1,22 +1,38 @@
-"""The sequencer: fetches one op descriptor at a time and runs it (docs/network.md §15)."""
+"""The sequencer: fetches one op descriptor at a time and runs it, the end of one op
+overlapping the start of the next (docs/network.md §15)."""
 
 from amaranth.hdl import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import ControlSignature
+from .layouts import ControlSignature, writes_results
 
 __all__ = ["Sequencer"]
 
 
 class Sequencer(wiring.Component):
-    """Fetches op ``pc``, announces it to the walks, waits until it is ``done`` and moves on:
-    to op 0 after an op marked ``final`` or on ``restart``, else to the next op.
+    """Fetches op ``pc``, announces it, waits until it is ``done`` and moves on: to op 0
+    after an op marked ``final`` or on ``restart``, else to the next op.
 
-    The descriptor stays in the memories' answer (``descriptor`` is taken only when the op
-    ends), so the core keeps no copy of it. The next op's address goes out in the cycle the
-    op ends and the next op starts in the cycle its descriptor arrives: with memories that
-    answer in one cycle, ops are one cycle apart (docs/network.md §15).
+    An op has a **front**, the parts that take its operands (loader, storer, beat walk,
+    codebook path), announced on ``control``, and, if it writes results (a compute op or a
+    quantizing ``LOAD``), a **back**, the parts that write them (output walk, parameter
+    feed, write-back, table and outlier parts), announced on ``back`` with a copy of the
+    descriptor. The back takes an op once it has finished the one before
+    (``back_done``); the front ends with ``done`` and is let go once the back has taken
+    its op, so the front may run one op ahead of the back: an op whose descriptor has
+    ``overlap`` starts while the back still writes the previous op's results
+    (``fenced`` until the back takes it; the beat walk then reads only what is written,
+    docs/network.md §15), any other op once the back is idle, the cycle after its last
+    write (an op with activation outliers merges its last block a cycle after its last
+    word, and the op after may read that block). The front's descriptor
+    stays in the memories' answer (``descriptor`` is taken when the front is let go);
+    the next op's address goes out in that cycle and the op starts in the cycle its
+    descriptor arrives, so with memories that answer in one cycle ops are one cycle apart.
+
+    A core with narrow memories (``config.overlap`` false, for small FPGAs) keeps no copy:
+    its back reads the front's descriptor, so the front is let go only once the back is
+    free, no op overlaps the one before and ``fenced`` is 0.
 
     Parameters
     ----------
@@ -26,29 +42,40 @@ class Sequencer(wiring.Component):
     Members
     -------
     control : Out(ControlSignature(descriptor))
-        The op and its ``start``/``running`` flags.
+        The front's op and its ``start``/``running`` flags.
+    back : Out(ControlSignature(descriptor))
+        The back's op (a copy of its descriptor) and its ``start``/``running`` flags.
     fetch : Out(stream.Signature(range(program_depth)))
         The address of the next op.
     descriptor : In(stream.Signature(descriptor))
-        The fetched op; taken when it is done.
+        The fetched op; taken when its front is let go.
     done : In(1)
-        The op has finished (one cycle).
+        The front's op has finished (one cycle).
+    back_done : In(1)
+        The back's op has written its last result (one cycle).
     restart : In(1)
-        Start again at op 0 (one cycle, while the op runs).
+        Start again at op 0 (one cycle, while the front runs a ``LOAD``, which the back runs
+        too or not at all); the back stops at once.
+    fenced : Out(1)
+        The front's op waits for the back to finish the op before it.
     op_index : Out(range(program_depth))
-        The op running.
+        The front's op.
     """
 
     def __init__(self, config):
         descriptor = config.layouts["program"]
         super().__init__({
             "control": Out(ControlSignature(descriptor)),
+            "back": Out(ControlSignature(descriptor)),
             "fetch": Out(stream.Signature(range(config.program_depth))),
             "descriptor": In(stream.Signature(descriptor)),
             "op_index": Out(range(config.program_depth)),
             "done": In(1),
+            "back_done": In(1),
             "restart": In(1),
+            "fenced": Out(1),
         })
+        self._copy = config.overlap
 
     def elaborate(self, platform):
         m = Module()
@@ -56,26 +83,72 @@ class Sequencer(wiring.Component):
         following = Signal.like(self.op_index)
         m.d.comb += [self.control.op.eq(op), following.eq(Mux(self.restart | op.final, 0,
                                                               self.op_index + 1))]
+
+        # The back: its op's descriptor, a start cycle, then running until back_done.
+        back_starting, back_running = Signal(), Signal()
+        pending = Signal()      # the front's op is still to be handed to the back
+        start = Signal()
+        back_free = ~back_starting & (~back_running | self.back_done)
+        hand = Signal()
+        # a restart comes only while the front runs (a LOAD)
+        restart = self.restart & self.control.running
+        m.d.comb += [
+            self.back.start.eq(back_starting),
+            self.back.running.eq(back_running),
+            self.control.start.eq(start),
+            hand.eq((pending | (start & writes_results(op))) & back_free & ~restart),
+        ]
+        if self._copy:
+            back_op = Signal(op.shape())
+            with m.If(hand):
+                m.d.sync += back_op.eq(op)
+            # the front is let go once the back has its copy
+            let_go = ~pending | hand
+            m.d.comb += [self.back.op.eq(back_op), self.fenced.eq(pending)]
+        else:
+            let_go = back_free
+            m.d.comb += self.back.op.eq(op)
+        with m.If(restart):
+            m.d.sync += [pending.eq(0), back_starting.eq(0), back_running.eq(0)]
+        with m.Else():
+            m.d.sync += [back_starting.eq(hand),
+                         back_running.eq(back_starting | (back_running & ~self.back_done)),
+                         pending.eq((pending | (start & writes_results(op))) & ~hand)]
+
+        def release():
+            # the next op is fetched as this one's descriptor is let go
+            m.d.comb += [self.descriptor.ready.eq(1), self.fetch.valid.eq(1),
+                         self.fetch.payload.eq(following)]
+            m.d.sync += self.op_index.eq(following)
+            with m.If(self.fetch.ready):
+                m.next = "WAIT"
+            with m.Else():
+                m.next = "FETCH"
+
         with m.FSM():
             with m.State("FETCH"):
                 m.d.comb += [self.fetch.valid.eq(1), self.fetch.payload.eq(self.op_index)]
                 with m.If(self.fetch.ready):
                     m.next = "WAIT"
             with m.State("WAIT"):
-                # the op starts the cycle its descriptor arrives
-                with m.If(self.descriptor.valid):
-                    m.d.comb += self.control.start.eq(1)
+                # the op starts the cycle its descriptor arrives, once the back may take
+                # it: at once with `overlap`, else once the back is idle, a cycle after
+                # its last write (the outlier memory takes a block's merge a cycle after
+                # the write-back's last word, and the op after reads it)
+                overlap = (op.overlap & writes_results(op)) if self._copy else 0
+                idle = ~back_starting & ~back_running
+                with m.If(self.descriptor.valid & (overlap | idle)):
+                    m.d.comb += start.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.control.running.eq(1)
-                with m.If(self.restart | self.done):
-                    # the next op is fetched as this one's descriptor is let go, so two ops
-                    # are one cycle apart
-                    m.d.comb += [self.descriptor.ready.eq(1), self.fetch.valid.eq(1),
-                                 self.fetch.payload.eq(following)]
-                    m.d.sync += self.op_index.eq(following)
-                    with m.If(self.fetch.ready):
-                        m.next = "WAIT"
-                    with m.Else():
-                        m.next = "FETCH"
+                with m.If(restart | (self.done & let_go)):
+                    release()
+                with m.Elif(self.done):
+                    m.next = "HELD"
+            with m.State("HELD"):
+                # the front is done; its descriptor waits for the back to copy it (or, without
+                # a copy, to finish with it)
+                with m.If(let_go):
+                    release()
         return m

@@ -16,9 +16,9 @@ class Loader(wiring.Component):
     """Runs a ``LOAD`` op: ``count`` words from ``inputs`` to the activation memory from
     ``out_base``, or, with the op's ``quantize``, to ``vector`` as windows of one word
     (read signed or unsigned as ``in_signed`` says), which the reducer, the requantizer
-    and the write-back then treat as a 1×1 ``SUM`` would its operands (the write-back
-    ends the op; so that it never ends under a memory write, such a ``LOAD`` passes
-    ``load`` beats only before its first word and takes no word while a write waits).
+    and the write-back then treat as a 1×1 ``SUM`` would its operands (they read the
+    parameter memory, so such a ``LOAD`` passes ``load`` beats only before its first word
+    and takes no word while a write waits).
     While it waits and ``inputs`` offers nothing, it passes ``load`` beats on as memory
     writes (so program, weights and parameters change only between images) and turns a
     ``RESTART`` beat into ``restart``; a write offered on ``writes`` stays offered until it
@@ -52,7 +52,8 @@ class Loader(wiring.Component):
         A ``LOAD`` runs that may still take ``load`` beats: one without ``quantize``, or
         one with it before its first word.
     done : Out(1)
-        A ``LOAD`` op without ``quantize`` has taken its last word.
+        The ``LOAD`` op has taken its last word (a quantizing one's results may still be
+        on their way to the write-back).
     """
 
     def __init__(self, config):
@@ -105,8 +106,8 @@ class Loader(wiring.Component):
             self.write.addr.eq(op.out_base + index),
             self.write.data.eq(self.inputs.payload),
             self.write.en.eq(taken & ~op.quantize),
-            self.done.eq(loading_op & ~op.quantize & ~start & (op.count != 0)
-                         & (index == op.count) & ~waiting),
+            self.done.eq(loading_op & ~start & (op.count != 0) & (index == op.count)
+                         & ~waiting),
         ]
 
         m.d.comb += self.loads_open.eq(loading_op & (~op.quantize | (index == 0)))

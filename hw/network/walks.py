@@ -60,11 +60,17 @@ class _Stages:
     """Up to three register stages cut into a combinational path, each a ``cut`` whose
     ``rank`` says how soon it is wanted: ``cut`` registers its values if ``rank <
     stages``, else passes them on. Every stage moves on ``move``; ``clear`` empties them
-    all. ``valid`` is whether the last stage holds a beat (``entering`` with no stage)."""
+    all. ``valid`` is whether the last stage holds a beat (``entering`` with no stage),
+    ``holding`` whether any does."""
 
     def __init__(self, m, stages, move, clear, entering):
         self._m, self._stages, self._move, self._clear = m, stages, move, clear
         self.valid = entering
+        self._valids = []
+
+    @property
+    def holding(self):
+        return Cat(*self._valids).any() if self._valids else Const(0)
 
     def cut(self, name, rank, *values):
         if rank >= self._stages:
@@ -79,6 +85,7 @@ class _Stages:
             m.d.sync += [valid.eq(self.valid),
                          *(register.eq(value) for register, value in zip(registers, values))]
         self.valid = valid
+        self._valids.append(valid)
         return registers
 
 
@@ -131,6 +138,15 @@ class BeatWalk(wiring.Component):
         A SUM's or MAX's beats.
     gemm_beats : Out(32)
         Beats the array has taken since reset.
+    done : Out(1)
+        The op's last beat has left the walk (its results may still be on their way).
+    fenced : In(1)
+        The op started while the back still writes the results of the op before
+        (:class:`Sequencer`): beat ``b`` (counted from 0, padded taps included) is read
+        only once ``written ≥ b + lead`` (the compiler's ``lead``: no beat reads a word
+        that op has not yet written).
+    written : In(range(address_depth + 1))
+        Results of the back's op written so far.
     outliers_read : In(ReadPort.Signature(...))
         With activation outliers: the outlier memory's read port (driven here).
     codes : Out(stream.Signature(CodeBeat(...)))
@@ -167,6 +183,9 @@ class BeatWalk(wiring.Component):
             "vector": Out(stream.Signature(VectorBeat(self._width))),
             "granted": In(1),
             "gemm_beats": Out(32),
+            "done": Out(1),
+            "fenced": In(1),
+            "written": In(range(config.address_depth + 1)),
         })
 
     def elaborate(self, platform):
@@ -247,8 +266,17 @@ class BeatWalk(wiring.Component):
         codebook_phase, is_codebook, word_address = self._codebooks(
             m, op, start, advance, syq & is_gemm, tile_shift, weight_pointer,
             tiles=(tile_index, tap))
-        m.d.comb += [entering.eq(left & ~codebook_phase),
+        # Beats taken while fenced: no more than the back's op has written words for. A
+        # beat is fenced as it enters the address stages, so it reaches the memory later
+        # still, when at least as many are written.
+        issued = Signal(range(self._config.address_depth + 2))
+        readable = ~self.fenced | (self.written >= issued + op.lead)
+        m.d.comb += [entering.eq(left & ~codebook_phase & readable),
                      step.eq(advance & self.granted & entering & ~start)]
+        with m.If(start):
+            m.d.sync += issued.eq(0)
+        with m.Elif(step & self.fenced):
+            m.d.sync += issued.eq(issued + 1)
         with m.If(start):
             m.d.sync += valid.eq(0)
         with m.Elif(advance):
@@ -289,6 +317,8 @@ class BeatWalk(wiring.Component):
             ]
         with m.If(self.act.valid & self.act.ready):
             m.d.sync += self.gemm_beats.eq(self.gemm_beats + 1)
+        m.d.comb += self.done.eq(self.control.running & is_compute(op.kind) & ~start & ~left
+                                 & ~stages.holding & ~valid)
         return m
 
     def _codebooks(self, m, op, start, advance, syq, tile_shift, weight_pointer, tiles):

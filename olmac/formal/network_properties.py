@@ -198,40 +198,47 @@ def _per_op(env, name, step):
 # The parts, each with its environment and promises -------------------------------------
 
 def _sequencer_promises(env):
-    """The control contract every other proof assumes, and one descriptor per fetch."""
+    """The control contract every other proof assumes, on the front's ``control`` and the
+    back's, and one descriptor per fetch, kept while the front runs or waits for the back."""
     m, part = env.m, env.part
-    control, fetch, descriptor = part.control, part.fetch, part.descriptor
-    op = Value.cast(control.op)
-    was_start, was_running, was_ending = Signal(), Signal(), Signal()
-    previous = Signal.like(op, name="previous_op")
-    m.d.sync += [was_start.eq(control.start), was_running.eq(control.running),
-                 was_ending.eq(part.done | part.restart), previous.eq(op)]
-    m.d.comb += [
-        Assert(~(control.start & control.running), "start while an op runs"),
-        Assert(~control.running | was_start | was_running, "an op runs without a start"),
-        Assert(~was_start | control.running, "a start not followed by its op"),
-        Assert(~control.running | (op == previous), "the op changed while it ran"),
-        Assert(~(was_running & ~control.running) | was_ending,
-               "an op ended without done or restart"),
-    ]
+    fetch, descriptor = part.fetch, part.descriptor
+    was_restart = Signal()
+    m.d.sync += was_restart.eq(part.restart)
+    for name, control, ending in (("front", part.control, part.done | part.restart),
+                                  ("back", part.back, part.back_done | part.restart)):
+        op = Value.cast(control.op)
+        was_start, was_running, was_ending = (Signal(name=f"{name}_{what}") for what in
+                                              ("was_start", "was_running", "was_ending"))
+        previous = Signal.like(op, name=f"previous_{name}_op")
+        m.d.sync += [was_start.eq(control.start), was_running.eq(control.running),
+                     was_ending.eq(ending), previous.eq(op)]
+        # the back takes a quantizing LOAD at its start, where a RESTART may still come:
+        # that start is then followed by no op (the front's always is)
+        cut = was_restart if name == "back" else Const(0)
+        m.d.comb += [
+            Assert(~(control.start & control.running), f"{name}: start while an op runs"),
+            Assert(~control.running | was_start | was_running,
+                   f"{name}: an op runs without a start"),
+            Assert(~was_start | control.running | cut,
+                   f"{name}: a start not followed by its op"),
+            Assert(~control.running | (op == previous), f"{name}: the op changed while it ran"),
+            Assert(~(was_running & ~control.running) | was_ending,
+                   f"{name}: an op ended without done or restart"),
+        ]
     state, = _registers(env.fragment, "fsm_state")
-    fetch_state, run_state = _fsm_states(state, "FETCH", "RUN")
+    fetch_state, run_state, held_state = _fsm_states(state, "FETCH", "RUN", "HELD")
     count_transfers(m, "descriptors", fetch.valid & fetch.ready,
                     descriptor.valid & descriptor.ready, 1, held_is=state != fetch_state)
     # The descriptor's producer keeps it from the cycle the sequencer saw it valid (the
-    # op's start) until the op ends.
-    m.d.comb += Assert((state != run_state) | descriptor.valid)
+    # op's start) until the op's front is let go.
+    m.d.comb += Assert(((state != run_state) & (state != held_state)) | descriptor.valid)
 
 
 def _loader_environment(env):
-    """A ``LOAD`` ends exactly with the loader's ``done`` or ``restart``; one that
-    quantizes (which the write-back ends) at the earliest once every word has left."""
+    """A ``LOAD`` ends exactly with the loader's ``done`` or ``restart``."""
     part = env.part
-    op = part.control.op
     loading = _kind(env, OpKind.LOAD)
-    index, = _registers(env.fragment, "index")
-    return _op_ends(may=lambda env: ~loading | part.done | part.restart
-                    | (op.quantize & (op.count != 0) & (index == op.count)),
+    return _op_ends(may=lambda env: ~loading | part.done | part.restart,
                     must=lambda env: loading & (part.done | part.restart))(env)
 
 
@@ -335,16 +342,27 @@ def _outputs_exist(env):
                    ((op.out_words != 0) & (op.out_pixels != 0)))]
 
 
+def _reducer_environment(env):
+    """The array offers results only while the back's op is a GEMM (``array_results``),
+    which changes only between the back's ops, so never under a result held on ``acc``."""
+    m, part = env.m, env.part
+    held, previous = Signal(name="env_acc_held"), Signal(name="env_array_results")
+    m.d.sync += [held.eq(part.acc.valid & ~part.acc.ready),
+                 previous.eq(part.array_results)]
+    return [Assume(~part.array.valid | part.array_results,
+                   "array results while the back's op is no GEMM"),
+            Assume(~held | (part.array_results == previous),
+                   "the back's op changed under a held result")]
+
+
 def _reducer_promises(env):
     """One result per window of a SUM or MAX (held in the reducer's register) and the
-    array's results passed on one for one during a GEMM."""
+    array's results passed on one for one while the back's op is a GEMM."""
     m, part = env.m, env.part
-    gemm = part.control.op.kind == OpKind.GEMM
     windows = part.beats.valid & part.beats.ready & part.beats.payload.last
     valid, = _registers(env.fragment, "valid")
     count_transfers(m, "results", windows + (part.array.valid & part.array.ready),
                     part.acc.valid & part.acc.ready, 1, held_is=valid)
-    m.d.comb += Assert(~valid | (env.running & ~gemm))
 
 
 def _pass_one_for_one(source, sink):
@@ -374,6 +392,9 @@ def _write_back_promises(env):
     taken = part.results.valid & part.results.ready
     m.d.comb += Assert(part.write.en == taken, "a result taken but not written, or not taken")
     written = _per_op(env, "written", taken)
+    # `written` counts in as many bits as the data memory's words need (it wraps there)
+    m.d.comb += Assert(part.written == written[:len(part.written)],
+                       "written differs from the results taken")
     total = op.out_words * op.out_pixels
     compute = env.running & is_compute(op.kind)
     m.d.comb += [Assert(~compute | (written < total), "more results than outputs"),
@@ -476,8 +497,12 @@ def _beat_walk_holds(env):
 
 def _beat_walk_promises(env):
     """Invariants: the walk and its stages hold beats only while the op runs, codebook
-    words only in an SYQ GEMM."""
-    _walk_runs(*_beat_walk_holds(env))(env)
+    words only in an SYQ GEMM; ``done`` only once all of them are empty."""
+    holds = _beat_walk_holds(env)
+    _walk_runs(*holds)(env)
+    env.m.d.comb += Assert(~env.part.done | (env.running
+                                             & ~Cat(*_registers(env.fragment, *holds)).any()),
+                           "done with a beat left")
     if "codebooks" in env.part.signature.members:
         op = env.part.control.op
         syq = env.running & (op.kind == OpKind.GEMM) & (op.codebook != CodebookMode.DENSE)
@@ -496,10 +521,9 @@ PART_SPECS = {
                   {"weights": "act", "codes": "act"}),
     "output_walk": (_both(_walk_finished("left"), _outputs_exist, _hold_only_falls),
                     _output_walk_promises, None),
-    "reducer": (_both(_only_while("beats", OpKind.SUM, OpKind.MAX),
-                      _only_while("array", OpKind.GEMM),
-                      _op_ends(may=lambda env: _idle(env.part.acc) &
-                               ~env.part.beats.valid)),
+    # the front's op ends once its beats are in; a window result may wait for the back
+    "reducer": (_both(_only_while("beats", OpKind.SUM, OpKind.MAX), _reducer_environment,
+                      _op_ends(may=lambda env: ~env.part.beats.valid)),
                 _reducer_promises, None),
     "param_feed": (_both(_only_while("words", OpKind.GEMM, OpKind.SUM, OpKind.MAX),
                          _op_ends(may=lambda env: _idle(env.part.params))),
