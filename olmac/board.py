@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from olmac.spec import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
+from olmac.spec import BOARD_FUSE_COPIES, INFO_MAGIC, PROTOCOL_VERSION, Command, Status
 from .host_link import SerialLink
 
 __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",
@@ -190,7 +190,8 @@ def run_board(port, program, pixels: torch.Tensor, *, width=None, baud=115200, l
         info = board.info()
         print(f"board: width {info.width}, {info.input_words} input words, "
               f"{info.output_words} output words, protocol v{info.version}")
-        compiled = compile_program(program, width=width or info.width)
+        compiled = compile_program(program, width=width or info.width,
+                                   fuse_copies=BOARD_FUSE_COPIES)
         info.check(compiled)
         if load:
             print(f"loaded {board.load(compiled)} words")

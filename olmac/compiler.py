@@ -334,17 +334,24 @@ def _pack(layout, value) -> int:
 
 def _written(op: dict) -> dict:
     """``(packed, address) → n``: the words a compute op (or a quantizing ``LOAD``) writes,
-    ``n`` the write-back's count before it (tile by tile, pixel by pixel)."""
-    packed, stride = op.get("out_packed", 0), op.get("out_stride", 0)
-    return {(packed, op["out_base"] + pixel * stride + tile): tile * op["out_pixels"] + pixel
-            for tile in range(op["out_words"]) for pixel in range(op["out_pixels"])}
+    its copies (``copy``) too, ``n`` the write-back's count before it (tile by tile, pixel
+    by pixel)."""
+    written = {}
+    for packed, base, stride in [(op.get("out_packed", 0), op["out_base"], op.get("out_stride", 0))] \
+            + ([(1, op["copy_base"], op["copy_stride"])] if op.get("copy") else []):
+        written.update({(packed, base + pixel * stride + tile): tile * op["out_pixels"] + pixel
+                        for tile in range(op["out_words"]) for pixel in range(op["out_pixels"])})
+    return written
 
 
 def _beat_reads(op: dict):
     """The activation word each beat of a compute op reads, in the beat walk's order
-    (``(packed, address)``, or ``None`` for a padded tap)."""
+    (``(packed, address)``, or ``None`` for a padded tap); a ``STORE``'s words in order."""
     def f(name):
         return op.get(name, 0)  # a field the core reads as 0 where the compiler left it out
+    if op["kind"] == OpKind.STORE:  # its words in order, from the 16-bit memory
+        yield from ((0, op["in_base"] + index) for index in range(op["count"]))
+        return
     gemm = op["kind"] == OpKind.GEMM
     passes, band = (f("last_pass") + 1, f("band_words")) if gemm else (1, 1)
     for tile in range(f("out_words")):
@@ -366,15 +373,17 @@ def _beat_reads(op: dict):
 
 
 def _overlap(ops: list[dict]) -> None:
-    """Marks each compute op that may start while the op before still writes its results
-    (docs/network.md §15): ``overlap`` and ``lead``, the least ``L`` such that every
-    beat ``b`` reads only words among the first ``b + L`` that op writes. Not after an op
+    """Marks each compute op (and the ``STORE``) that may start while the op before still
+    writes its results (docs/network.md §15): ``overlap`` and ``lead``, the least ``L``
+    such that every beat (word) ``b`` reads only words among the first ``b + L`` that op
+    writes. Not after an op
     that writes no results through the back or keeps activation outliers (their blocks
     fill over the whole op)."""
     for before, op in zip(ops, ops[1:]):
         producer = (before["kind"] in (OpKind.GEMM, OpKind.SUM, OpKind.MAX)
                     or (before["kind"] == OpKind.LOAD and before.get("quantize")))
-        if (op["kind"] not in (OpKind.GEMM, OpKind.SUM, OpKind.MAX) or not producer
+        if (op["kind"] not in (OpKind.GEMM, OpKind.SUM, OpKind.MAX, OpKind.STORE)
+                or not producer
                 or before.get("out_outliers")):
             continue
         written = _written(before)
@@ -515,8 +524,10 @@ def with_copy_gemms(program: IntegerProgram, width: int) -> tuple[IntegerProgram
 
 class _Compiler:
     def __init__(self, program: IntegerProgram, labels: list[str], width: int, array_bits,
-                 packed: bool, tables: bool, codebook: bool):
+                 packed: bool, tables: bool, codebook: bool, copies: bool):
         self.program = program
+        self.copies = copies
+        self.fused_copies = 0
         self.labels = labels
         self.tables = tables
         self.fused = _fused_tables(program) if tables else {}
@@ -886,6 +897,33 @@ class _Compiler:
             weight_base=weight_base, param_base=param_base, **residual, **codebook,
             **self.bounds(out_value, op.relu))
 
+    def fuse_copy(self) -> None:
+        """Folds the ``requantize`` SUM just made into the op before it where that op's
+        back can compute it (docs/network.md §15): the SUM copies, word for word in the
+        write-back's order, exactly the 16-bit words that op writes (a GEMM, SUM or MAX
+        without a table or activation outliers on either side) into the packed memory. The
+        op then carries the copy's fields and the SUM and its parameter word go."""
+        if len(self.descriptors) < 2:
+            return
+        producer, copy = self.descriptors[-2:]
+        same_words = all(copy.get(a, 0) == producer.get(b, 0) for a, b in (
+            ("in_base", "out_base"), ("in_words", "out_stride"), ("out_words", "out_words"),
+            ("out_pixels", "out_pixels"), ("in_packed", "out_packed")))
+        plain = not any(op.get(name) for op in (producer, copy)
+                        for name in ("table", "out_outliers", "copy"))
+        if not (producer["kind"] in (OpKind.GEMM, OpKind.SUM, OpKind.MAX) and same_words
+                and plain and copy.get("out_packed") and not producer.get("out_packed")
+                and copy["in_h"] * copy["in_w"] == copy["out_pixels"]
+                and copy["param_base"] == len(self.param_words) - 1):
+            return
+        self.descriptors.pop()
+        params = self.param_words.pop()[0]
+        producer.update(copy=1, copy_base=copy["out_base"], copy_stride=copy["out_stride"],
+                        copy_multiplier=params["multiplier"], copy_shift=params["shift"],
+                        copy_low=copy["low"], copy_high=copy["high"],
+                        label=f"{producer['label']} + {copy['label']}")
+        self.fused_copies += 1
+
     def code_tile(self, coded: _Codebook, rows: list[int], columns: list[int],
                   n_out: int) -> int:
         """The codes of K rows ``rows`` (-1: none) and output channels ``columns`` as one
@@ -1051,6 +1089,8 @@ class _Compiler:
             self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
                            op.multiplier, op.shift,
                            in_signed=int(program.values[op.input].signed), lookup=lookup)
+            if self.copies:
+                self.fuse_copy()
         elif isinstance(op, AvgPool):
             self.vector_op(label, OpKind.SUM, self.stored[op.input], op.output,
                            op.multiplier, op.shift,
@@ -1089,7 +1129,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                     weight_outlier_lanes: int | None = None,
                     array_bits: tuple[int, int] | None = None, act_outlier_lanes: int = 1,
                     packed: bool = True, tables: bool = True,
-                    codebook: bool = True) -> CompiledNetwork:
+                    codebook: bool = True, fuse_copies: bool | None = None) -> CompiledNetwork:
     """Compile ``program`` for a :class:`NetworkCore` of ``width × width`` MACs.
 
     ``array_bits`` = ``(W, A)`` fixes the array's dense operand widths: weights ``s<W>``,
@@ -1115,12 +1155,17 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     With ``codebook`` an SYQ layer that runs in one pass keeps its codes in the weight
     memory, and the core has a codebook decoder sized for them (docs/network.md §17);
     without, or for an SYQ layer that runs in passes, the compiler decodes the weights.
+    With ``fuse_copies`` (by default from width 8 on, where a second requantizer is small
+    beside the ``width²`` MACs; the iCE40 boards' narrower cores keep the ops) a
+    ``requantize`` that copies the 16-bit results of the op just before it into the packed
+    memory runs in that op's back (the core's ``copies``, docs/network.md §15).
     Memories are exactly as deep as the program.
 
     Raises
     ------
     TypeError
-        If ``width``, ``weight_outlier_lanes`` or ``array_bits`` is not of its form.
+        If ``width``, ``weight_outlier_lanes``, ``array_bits`` or ``fuse_copies`` is not of
+        its form.
     CompileError
         For every op the core cannot run, one line each: a feature map or kernel beyond
         the descriptor fields, a layer whose passes do not fit (too many, or no order for
@@ -1136,6 +1181,10 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
             or not 1 <= weight_outlier_lanes <= OUTLIER_LANES[1]):
         raise TypeError(f"weight_outlier_lanes must be an integer in 1..{OUTLIER_LANES[1]}, "
                         f"not {weight_outlier_lanes!r}")
+    if fuse_copies is None:
+        fuse_copies = width >= 8
+    elif not isinstance(fuse_copies, bool):
+        raise TypeError(f"fuse_copies must be a bool or None, not {fuse_copies!r}")
     program, labels = with_copy_gemms(program, width)
     gemms = [op for op in program.ops if isinstance(op, Gemm)]
     formats = {(program.values[op.input].bits, program.values[op.input].signed)
@@ -1152,7 +1201,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         raise TypeError(f"array_bits must be a pair (weight bits, activation bits) of "
                         f"integers in 2..8, not {array_bits!r}")
     compiler = _Compiler(program, labels, width, (array_bits[0], array_bits[1], act_signed),
-                         packed, tables, codebook)
+                         packed, tables, codebook, fuse_copies)
     compiler.compile()
     slots = compiler.max_outliers if compiler.outlier_bits else 0
     if weight_outlier_slots is not None:
@@ -1186,6 +1235,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                        act_outlier_slots=act_slots, outlier_depth=compiler.outlier_blocks)
     if compiler.table_entries:
         options.update(table_depth=len(compiler.table_entries))
+    if compiler.fused_copies:
+        options.update(copies=True)
     for name, bits, limits in (("a plane shift", options.get("plane_shift_bits", 0),
                                 PLANE_SHIFT_BITS),
                                ("an activation shift", options.get("act_shift_bits", 0),

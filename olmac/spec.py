@@ -13,7 +13,7 @@ __all__ = [
     "ACT_BITS", "WEIGHT_BITS", "ACT_OUTLIER_RATIO",
     "ARRAY_DIM", "STALL_SIXTEENTHS", "OUTLIER_BITS", "OUTLIER_LANES",
     "PLANE_SHIFT_BITS", "WEIGHT_SCHEMES", "CORE_SCHEMES", "BOARD_NAMES", "MULTIPLIERS",
-    "REQUANTIZERS", "MEMORY_STYLES", "WALK_STAGES", "BOARD_BAUD", "BOARD_DEFAULTS",
+    "REQUANTIZERS", "MEMORY_STYLES", "WALK_STAGES", "BOARD_BAUD", "BOARD_DEFAULTS", "BOARD_FUSE_COPIES",
     "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
     "RESIDUAL_SHIFT_RANGE", "HIGHWAY_BITS", "CODEBOOK_IDX_BITS", "CODEBOOK_ENTRY_BITS",
     "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
@@ -60,6 +60,11 @@ ACT_OUTLIER_RATIO = (0.0, 0.1)
 _UP5K_BOARD = {"width": 2, "requantizer": "serial", "memories": "narrow", "walk_stages": 0}
 _ECP5_BOARD = {"width": 16, "requantizer": "parallel", "memories": "wide", "walk_stages": 3}
 BOARD_DEFAULTS = {"icebreaker": _UP5K_BOARD, "ulx3s-85f": _ECP5_BOARD, "ecpix5-85": _ECP5_BOARD}
+#: Whether a board's program (built into its top, and compiled by the host that loads it)
+#: runs ``requantize`` copies in their producers' backs (``compile_program(fuse_copies=…)``,
+#: docs/network.md §15): not yet, until the copy requantizer's area and fmax on the boards
+#: are measured. Board and host must agree: the programs differ in depth.
+BOARD_FUSE_COPIES = False
 #: Allowed requantized output widths (§1), inclusive.
 OUT_BITS = (2, 16)
 #: Width of the signed per-channel requantization multiplier and bias (§3).

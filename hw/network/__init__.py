@@ -15,7 +15,7 @@ variant (``memories``), the activation-outlier store (``outliers``) and the look
 """
 
 from .codes import CodebookPath, code_tiles, codebook_word_entries
-from .compute import ParamFeed, Reducer, WriteBack
+from .compute import CopyPart, ParamFeed, Reducer, WriteBack
 from .core import NetworkCore
 from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES,
                       MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS, ChannelWord,
@@ -34,6 +34,6 @@ __all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget",
            "ControlSignature", "VectorBeat", "SideRequest", "SideWords", "WeightWord",
            "STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
            "Sequencer", "Loader", "Storer", "BeatWalk", "OutputWalk", "Reducer", "ParamFeed",
-           "WriteBack", "WideMemories", "NarrowMemories", "ActOutlierStore",
+           "WriteBack", "CopyPart", "WideMemories", "NarrowMemories", "ActOutlierStore",
            "PackedMemory", "TablePart", "TABLE_ENTRY_BITS", "CodebookPath", "CodebookMode",
            "code_tiles", "codebook_word_entries"]

@@ -7,11 +7,14 @@ from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from ..requant import Requantizer
+from ..serial_requant import SerialRequantizer
+
 from .layouts import (STORAGE_BITS, ControlSignature, OpKind, SideWords, VectorBeat,
                       writes_results)
 from .walks import output_counters, tile_pointer
 
-__all__ = ["Reducer", "ParamFeed", "WriteBack"]
+__all__ = ["Reducer", "ParamFeed", "WriteBack", "CopyPart"]
 
 
 class Reducer(wiring.Component):
@@ -139,6 +142,20 @@ class ParamFeed(wiring.Component):
         return m
 
 
+def _writer_members(config):
+    """The ports of a part that writes an op's results (:class:`WriteBack`) or their copies
+    (:class:`CopyPart`): the back's ``control``, the requantized ``results``, a ``write``
+    port over the activation address space, ``done`` and ``written``."""
+    return {
+        "control": In(ControlSignature(config.layouts["program"])),
+        "results": In(stream.Signature(config.requantizer_config.out_layout)),
+        "write": In(WritePort.Signature(addr_width=ceil_log2(config.address_depth),
+                                        shape=config.layouts["data"])),
+        "done": Out(1),
+        "written": Out(range(config.address_depth + 1)),
+    }
+
+
 class WriteBack(wiring.Component):
     """Writes each requantized vector of a compute op (or a quantizing ``LOAD``) to the
     activation memory, in the walks' order (``tile``, then pixel), each as one 16-bit-slot word at ``out_base +
@@ -148,6 +165,9 @@ class WriteBack(wiring.Component):
     ----------
     config : NetworkCore.Config
         The activation word layout and memory depth, the requantizer's output vector.
+    copies : bool
+        Write the op's copies instead (:class:`CopyPart`): at ``copy_base +
+        pixel·copy_stride + tile``.
 
     Members
     -------
@@ -164,16 +184,10 @@ class WriteBack(wiring.Component):
         only those).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, copies=False):
         self._width = config.width
-        super().__init__({
-            "control": In(ControlSignature(config.layouts["program"])),
-            "results": In(stream.Signature(config.requantizer_config.out_layout)),
-            "write": In(WritePort.Signature(addr_width=ceil_log2(config.address_depth),
-                                            shape=config.layouts["data"])),
-            "done": Out(1),
-            "written": Out(range(config.address_depth + 1)),
-        })
+        self._copies = copies
+        super().__init__(_writer_members(config))
 
     def elaborate(self, platform):
         m = Module()
@@ -184,8 +198,9 @@ class WriteBack(wiring.Component):
         with m.Elif(step):
             m.d.sync += self.written.eq(self.written + 1)
         end_of_tile, final = output_counters(m, "write", op, step, start)
-        pointer = tile_pointer(m, "write_pointer", op.out_base, op.out_stride, step,
-                               end_of_tile, start)
+        base, stride = ((op.copy_base, op.copy_stride) if self._copies
+                        else (op.out_base, op.out_stride))
+        pointer = tile_pointer(m, "write_pointer", base, stride, step, end_of_tile, start)
         m.d.comb += [
             self.results.ready.eq(writes_results(op)),
             self.write.addr.eq(pointer),
@@ -194,4 +209,74 @@ class WriteBack(wiring.Component):
         ]
         for col in range(self._width):
             m.d.comb += self.write.data[col].eq(self.results.payload[col][:STORAGE_BITS])
+        return m
+
+
+class CopyPart(wiring.Component):
+    """A fused ``requantize`` (docs/network.md §15): passes each result vector of the back's
+    op on to the write-back and, if the op's descriptor has ``copy``, also through a second
+    lane-wise requantizer, ``clamp((x·M + 2^(s−1)) >> s, lo, hi)`` with the descriptor's
+    ``copy_multiplier``, ``copy_shift``, ``copy_low`` and ``copy_high`` (what the dropped
+    ``requantize`` op computed from the stored value), to the packed memory at
+    ``copy_base + pixel·copy_stride + tile``. A vector passes only when both the write-back
+    and the copy requantizer take it, so neither drops one; the copies trail the results
+    by the requantizer's latency, and the op ends with its last copy.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The width, the result vector, the address space and ``copy_config``.
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        The back's op: ``copy`` and its fields, ``out_words``, ``out_pixels``.
+    results : In(stream.Signature(ArrayLayout(signed(17), width)))
+        The requantized vectors, on their way to the write-back.
+    out : Out(stream.Signature(ArrayLayout(signed(17), width)))
+        The same vectors, to the write-back.
+    write : In(WritePort.Signature(...))
+        The packed memory's copy port (driven here).
+    done : Out(1)
+        The op's last copy is written (one cycle).
+    written : Out(range(address_depth + 1))
+        Copies the op has written.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({**_writer_members(config),
+                          "out": Out(stream.Signature(config.requantizer_config.out_layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self._config
+        op = self.control.op
+        kind = SerialRequantizer if config.requantizer == "serial" else Requantizer
+        m.submodules.requantizer = requantizer = kind(**vars(config.copy_config))
+        copying = op.copy
+        # a fork: the vector leaves once both sides take it
+        m.d.comb += [
+            self.out.valid.eq(self.results.valid & (~copying | requantizer.acc.ready)),
+            self.out.payload.eq(self.results.payload),
+            requantizer.acc.valid.eq(self.results.valid & copying & self.out.ready),
+            self.results.ready.eq(self.out.ready & (~copying | requantizer.acc.ready)),
+            # one parameter beat, the descriptor's, for every vector
+            requantizer.params.valid.eq(1),
+            requantizer.params.payload.low.eq(op.copy_low),
+            requantizer.params.payload.high.eq(op.copy_high),
+        ]
+        for col in range(config.width):
+            channel = requantizer.params.payload.channels[col]
+            m.d.comb += [
+                requantizer.acc.payload[col].eq(self.results.payload[col]),
+                channel.multiplier.eq(op.copy_multiplier),
+                channel.shift.eq(op.copy_shift),
+            ]
+        # its own write-back, to the copies' words
+        m.submodules.writer = writer = WriteBack(config, copies=True)
+        wiring.connect(m, wiring.flipped(self.control), writer.control)
+        wiring.connect(m, requantizer.out, writer.results)
+        wiring.connect(m, writer.write, wiring.flipped(self.write))
+        m.d.comb += [self.done.eq(writer.done), self.written.eq(writer.written)]
         return m

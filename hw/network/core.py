@@ -13,7 +13,7 @@ from ..codebook import DECODER_IDX_BITS, MAX_SUBGROUPS, CodebookDecoder
 from ..mac_array import MacArray
 from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
-from .compute import ParamFeed, Reducer, WriteBack
+from .compute import CopyPart, ParamFeed, Reducer, WriteBack
 from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MEMORY_STYLES, OUTLIER_VALUE_BITS, REQUANTIZERS,
                       STORAGE_BITS, TABLE_ENTRY_BITS, WINDOW_GROWTH, ChannelWord, CodebookMode,
                       LoadBeat, LoadTarget, OpDescriptor, OpKind, OutlierBlock, WeightWord,
@@ -189,14 +189,19 @@ class NetworkCore(wiring.Component):
             Register stages in the beat walk's activation address (its row, pixel and
             word products), 0..3 (default 0): each cuts that path for a faster clock
             (the ECP5 board's) and makes every compute op a cycle longer.
+        copies : bool
+            A copy requantizer in the back (default False; needs a packed memory): an op
+            whose descriptor has ``copy`` also writes its results requantized to the packed
+            memory, so the compiler drops the ``requantize`` op that would copy them there
+            (docs/network.md §15). It is a second requantizer of the ``requantizer`` kind.
 
         Raises
         ------
         TypeError
             If a parameter is of the wrong type or outside its range.
         ValueError
-            If ``requantizer`` or ``memories`` is not one of its choices, or as
-            :class:`MacArray.Config` raises.
+            If ``requantizer`` or ``memories`` is not one of its choices, ``copies``
+            without a packed memory, or as :class:`MacArray.Config` raises.
         """
         width: int
         act_bits: int
@@ -225,6 +230,7 @@ class NetworkCore(wiring.Component):
         codebook_subgroups: int = 0
         codebook_idx_bits: int = 1
         walk_stages: int = 0
+        copies: bool = False
 
         def __post_init__(self):
             check_int("Width", self.width, ARRAY_DIM)
@@ -250,6 +256,11 @@ class NetworkCore(wiring.Component):
             check_int("table_depth", self.table_depth, (0, 65536))
             check_int("codebook_subgroups", self.codebook_subgroups, (0, MAX_SUBGROUPS))
             check_int("walk_stages", self.walk_stages, WALK_STAGES)
+            if not isinstance(self.copies, bool):
+                raise TypeError(f"copies must be a bool, not {self.copies!r}")
+            if self.copies and not self.packed_depth:
+                raise ValueError("copies needs a packed memory (packed_depth > 0): the copy "
+                                 "requantizer writes there")
             self.array  # checks the array's parameters
             self.tables  # and the table part's
             if self.codebook_subgroups:
@@ -319,6 +330,19 @@ class NetworkCore(wiring.Component):
                 return SerialRequantizer.Config(**options, per_channel=self.per_channel)
             return Requantizer.Config(**options)
 
+        @cached_property
+        def copy_config(self) -> Requantizer.Config | SerialRequantizer.Config | None:
+            """The copy requantizer's configuration (a stored 16-bit value in, run-time
+            bounds, no residual; its parameters come from the descriptor, all channels at
+            once), or ``None`` without ``copies``."""
+            if not self.copies:
+                return None
+            options = dict(cols=self.width, acc_width=STORAGE_BITS + 1, out_bits=STORAGE_BITS,
+                           runtime_bounds=True)
+            if self.requantizer == "serial":
+                return SerialRequantizer.Config(**options)
+            return Requantizer.Config(**options)
+
         @property
         def per_channel(self) -> bool:
             """A narrow core feeds the serial requantizer one channel's parameters at a
@@ -352,7 +376,8 @@ class NetworkCore(wiring.Component):
                                         table_address_bits=self.tables.address_bits
                                         if self.tables else 0,
                                         codebook_entries=self.codebook_subgroups
-                                        * ((1 << self.codebook_idx_bits) - 1)),
+                                        * ((1 << self.codebook_idx_bits) - 1),
+                                        copies=self.copies),
                 "weights": WeightWord(self.array.weight_layout, self.act_shift_bits),
                 "params": data.ArrayLayout(ChannelWord(), self.width),
                 "data": data.ArrayLayout(unsigned(STORAGE_BITS), self.width),
@@ -519,15 +544,26 @@ class NetworkCore(wiring.Component):
         wiring.connect(m, back, outputs.control, feed.control, write_back.control)
         wiring.connect(m, sequencer.fetch, memories.fetch)
         wiring.connect(m, memories.descriptor, sequencer.descriptor)
+        # With a copy, the back ends with its last copy, which trails the last result, and
+        # the next op reads only copied words (the compiler's lead counts both writes).
+        back_done, written = write_back.done, write_back.written
+        if config.copies:
+            m.submodules.copies = copies = CopyPart(config)
+            wiring.connect(m, back, copies.control)
+            back_done = Mux(back.op.copy, copies.done, back_done)
+            written = Mux(back.op.copy, copies.written, written)
         m.d.comb += [
             sequencer.done.eq(loader.done | storer.done | self._walk_done(
                 front.op, beats, write_back, sequencer.fenced)),
-            sequencer.back_done.eq(write_back.done),
+            sequencer.back_done.eq(back_done),
             sequencer.restart.eq(loader.restart),
             # parameters are read only once no load beat can rewrite them
             outputs.hold.eq(loader.loads_open),
             beats.fenced.eq(sequencer.fenced),
-            beats.written.eq(Mux(back.running, write_back.written, 0)),
+            beats.written.eq(Mux(back.running, written, 0)),
+            # a STORE that overlaps reads beside the back's last op until it is idle
+            storer.fenced.eq(back.start | back.running),
+            storer.written.eq(Mux(back.running, written, 0)),
             reducer.array_results.eq(back.op.kind == OpKind.GEMM),
             self.op_index.eq(sequencer.op_index),
             self.gemm_beats.eq(beats.gemm_beats),
@@ -573,12 +609,14 @@ class NetworkCore(wiring.Component):
             m.submodules.outliers = outliers = ActOutlierStore(config)
             wiring.connect(m, back, outliers.control)
             wiring.connect(m, results, outliers.results)
-            wiring.connect(m, outliers.dense, write_back.results)
             wiring.connect(m, beats.outliers_read, outliers.read)
             m.d.comb += outliers.image_start.eq(front.start &
                                                 (sequencer.op_index == 0))
-        else:
-            wiring.connect(m, results, write_back.results)
+            results = outliers.dense
+        if config.copies:
+            wiring.connect(m, results, copies.results)
+            results = copies.out
+        wiring.connect(m, results, write_back.results)
 
         # STORE and the beat walk never run together, nor a plain LOAD and the write-back:
         # each pair takes turns on one activation memory port.
@@ -590,6 +628,8 @@ class NetworkCore(wiring.Component):
             wiring.connect(m, back, packed.back)
             wiring.connect(m, beats.operand, packed.operand)
             wiring.connect(m, write_back.write, packed.write)
+            if config.copies:
+                wiring.connect(m, copies.write, packed.copy_write)
             operand, write = packed.wide_operand, packed.wide_write
         _share(m, memories.operand, kind == OpKind.STORE, storer.read, operand)
         _share(m, memories.write, (kind == OpKind.LOAD) & ~front.op.quantize,

@@ -7,7 +7,7 @@ from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import Out
 
 from olmac import spec
-from olmac.spec import HIGHWAY_BITS
+from olmac.spec import HIGHWAY_BITS, MULTIPLIER_BITS, SHIFT_RANGE
 from ..requant import ChannelParams
 
 __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS",
@@ -92,10 +92,14 @@ class OpDescriptor(data.StructLayout):
     results go through a lookup table and ``table_offset``, the table's first entry minus
     the lowest input code, modulo ``2^table_address_bits`` (docs/network.md §15); with a
     codebook decoder (``codebook_entries``, the most codebook entries of one op), a GEMM's
-    :class:`CodebookMode` and its codebooks (docs/network.md §17)."""
+    :class:`CodebookMode` and its codebooks (docs/network.md §17); with ``copies`` (a core
+    with a copy requantizer), whether the op's results also go, requantized by
+    ``copy_multiplier``, ``copy_shift`` and clamped to ``copy_low..copy_high``, to the
+    packed memory at ``copy_base + pixel·copy_stride + tile`` (a fused ``requantize``,
+    docs/network.md §15)."""
 
     def __init__(self, data_depth, weight_depth, param_depth, outlier_depth=0, packed=False,
-                 table_address_bits=0, codebook_entries=0):
+                 table_address_bits=0, codebook_entries=0, copies=False):
         dim = range(MAX_DIM + 1)
         kernel = range(MAX_KERNEL + 1)
         outliers = {"in_packed": unsigned(1), "out_packed": unsigned(1)} if packed else {}
@@ -109,6 +113,13 @@ class OpDescriptor(data.StructLayout):
         if codebook_entries:
             outliers |= {"codebook": CodebookMode, "codebook_words": range(weight_depth + 1),
                          "codebook_entries": range(codebook_entries + 1)}
+        if copies:
+            outliers |= {"copy": unsigned(1), "copy_base": range(data_depth),
+                         "copy_stride": range(data_depth + 1),
+                         "copy_multiplier": signed(MULTIPLIER_BITS),
+                         "copy_shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1),
+                         "copy_low": signed(STORAGE_BITS + 1),
+                         "copy_high": signed(STORAGE_BITS + 1)}
         super().__init__({
             "kind": OpKind,
             "final": unsigned(1),

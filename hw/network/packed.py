@@ -37,6 +37,10 @@ class PackedMemory(wiring.Component):
         The beat walk's operand port, over both memories.
     write : Out(WritePort.Signature(...))
         The write-back's port, over both memories.
+    copy_write : Out(WritePort.Signature(...))
+        With ``config.copies``: the copy part's port, to the packed memory only. The compiler
+        copies only results the op writes to the 16-bit memory, so it never writes in a
+        cycle the write-back writes here.
     wide_operand, wide_write : In(ReadPort.Signature(...)), In(WritePort.Signature(...))
         The 16-bit memory's ports (driven here).
     """
@@ -46,6 +50,8 @@ class PackedMemory(wiring.Component):
         word = config.layouts["data"]
         address = ceil_log2(config.address_depth)
         wide = ceil_log2(config.data_depth)
+        copies = ({"copy_write": Out(WritePort.Signature(addr_width=address, shape=word))}
+                  if config.copies else {})
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
             "back": In(ControlSignature(config.layouts["program"])),
@@ -53,6 +59,7 @@ class PackedMemory(wiring.Component):
             "write": Out(WritePort.Signature(addr_width=address, shape=word)),
             "wide_operand": In(ReadPort.Signature(addr_width=wide, shape=word)),
             "wide_write": In(WritePort.Signature(addr_width=wide, shape=word)),
+            **copies,
         })
 
     def elaborate(self, platform):
@@ -65,11 +72,17 @@ class PackedMemory(wiring.Component):
             # no op reads a word it writes (memories.py says why this matters on iCE40)
             init=[], attrs=NO_COLLISIONS)
         read, write = no_collision_read_port(m, memory), memory.write_port()
+        address, enable = self.write.addr, self.write.en & out_packed
+        lanes = [self.write.data[lane] for lane in range(config.width)]
+        if config.copies:
+            copy = self.copy_write
+            address, enable = Mux(copy.en, copy.addr, address), enable | copy.en
+            lanes = [Mux(copy.en, copy.data[lane], value) for lane, value in enumerate(lanes)]
         m.d.comb += [
             read.addr.eq(self.operand.addr), read.en.eq(self.operand.en & op.in_packed),
             self.wide_operand.addr.eq(self.operand.addr),
             self.wide_operand.en.eq(self.operand.en & ~op.in_packed),
-            write.addr.eq(self.write.addr), write.en.eq(self.write.en & out_packed),
+            write.addr.eq(address), write.en.eq(enable),
             self.wide_write.addr.eq(self.write.addr),
             self.wide_write.en.eq(self.write.en & ~out_packed),
             self.wide_write.data.eq(self.write.data),
@@ -77,7 +90,7 @@ class PackedMemory(wiring.Component):
         for lane in range(config.width):
             slot = read.data[lane]
             m.d.comb += [
-                write.data[lane].eq(self.write.data[lane][:bits]),
+                write.data[lane].eq(lanes[lane][:bits]),
                 # assigning the signed view sign-extends it to the 16-bit slot
                 self.operand.data[lane].eq(Mux(
                     op.in_packed, Mux(op.in_signed, slot.as_signed(), slot),

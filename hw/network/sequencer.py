@@ -5,7 +5,7 @@ from amaranth.hdl import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import ControlSignature, writes_results
+from .layouts import ControlSignature, OpKind, writes_results
 
 __all__ = ["Sequencer"]
 
@@ -23,7 +23,9 @@ class Sequencer(wiring.Component):
     its op, so the front may run one op ahead of the back: an op whose descriptor has
     ``overlap`` starts while the back still writes the previous op's results
     (``fenced`` until the back takes it; the beat walk then reads only what is written,
-    docs/network.md §15), any other op once the back is idle, the cycle after its last
+    docs/network.md §15), as does a ``STORE`` with ``overlap`` (which the back does not
+    take: the ``Storer`` reads behind the back's writes), any other op once the back is
+    idle, the cycle after its last
     write (an op with activation outliers merges its last block a cycle after its last
     word, and the op after may read that block). The front's descriptor
     stays in the memories' answer (``descriptor`` is taken when the front is let go);
@@ -135,7 +137,9 @@ class Sequencer(wiring.Component):
                 # it: at once with `overlap`, else once the back is idle, a cycle after
                 # its last write (the outlier memory takes a block's merge a cycle after
                 # the write-back's last word, and the op after reads it)
-                overlap = (op.overlap & writes_results(op)) if self._copy else 0
+                # (a STORE with `overlap` reads beside the back, fenced by the Storer)
+                overlap = (op.overlap & (writes_results(op) | (op.kind == OpKind.STORE))
+                           if self._copy else 0)
                 idle = ~back_starting & ~back_running
                 with m.If(self.descriptor.valid & (overlap | idle)):
                     m.d.comb += start.eq(1)

@@ -141,6 +141,11 @@ class Storer(wiring.Component):
     outputs : Out(stream.Signature(StructLayout({"word": word, "last": 1})))
     done : Out(1)
         The ``STORE`` op's last word has left.
+    fenced : In(1)
+        The back still writes the op before (a ``STORE`` with ``overlap`` starts beside
+        it, docs/network.md §15): word ``i`` is read only once ``written ≥ i + lead``.
+    written : In(range(address_depth + 1))
+        Results of the back's op written so far.
     """
 
     def __init__(self, config):
@@ -151,6 +156,8 @@ class Storer(wiring.Component):
             "outputs": Out(stream.Signature(data.StructLayout({"word": word,
                                                                "last": unsigned(1)}))),
             "done": Out(1),
+            "fenced": In(1),
+            "written": In(range(config.address_depth + 1)),
         })
         self._data_depth = config.data_depth
 
@@ -159,7 +166,8 @@ class Storer(wiring.Component):
         op, start = self.control.op, self.control.start
         storing_op = op.kind == OpKind.STORE
         index = Signal(range(self._data_depth + 1))
-        storing = self.control.running & storing_op & (index != op.count)
+        readable = ~self.fenced | (self.written >= index + op.lead)
+        storing = self.control.running & storing_op & (index != op.count) & readable
         advance = ~self.outputs.valid | self.outputs.ready
         with m.If(start):
             m.d.sync += [index.eq(0), self.outputs.valid.eq(0)]

@@ -532,6 +532,14 @@ PART_SPECS = {
     "act_outlier_store": (_both(_only_while("results", OpKind.GEMM, OpKind.SUM, OpKind.MAX),
                                 _op_ends(may=lambda env: _idle(env.part.dense))),
                           _pass_one_for_one("results", "dense"), None),
+    # a copying op ends with its last copy, so with no result in flight; the write-back
+    # takes every result of a copying op in its cycle (its ready is the op's
+    # writes_results), so the fork's side to it never waits on the requantizer's
+    "copy_part": (_both(_only_while("results", OpKind.GEMM, OpKind.SUM, OpKind.MAX),
+                        _op_ends(may=lambda env: _idle(env.part.out)),
+                        lambda env: [Assume(~env.part.control.op.copy | env.part.out.ready,
+                                            "the write-back waits")]),
+                  _pass_one_for_one("results", "out"), None),
     "table_part": (None, _table_promises, None),
     "codebook_path": (_codebook_path_environment, _codebook_path_promises,
                       {"beat_weights": "beat_act", "beat_codes": "beat_act"}),

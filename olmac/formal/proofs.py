@@ -12,7 +12,8 @@ from amaranth.lib import data
 from olmac.hw.codebook import CodebookDecoder
 from olmac.hw.gemm_engine import GemmEngine
 from olmac.hw.host_link import FrameReceiver, FrameTransmitter, LoopbackApp, RequestSlots
-from olmac.hw.network import (ActOutlierStore, BeatWalk, CodebookPath, Loader, LoadTarget,
+from olmac.hw.network import (ActOutlierStore, BeatWalk, CodebookPath, CopyPart, Loader,
+                              LoadTarget,
                               NarrowMemories, NetworkCore, OutputWalk, ParamFeed, Reducer,
                               Sequencer, Storer, TablePart, WideMemories, WriteBack)
 from olmac.hw.network_app import Dispatcher, FixedCommand, InferHandler, LoadHandler
@@ -201,6 +202,7 @@ _NET = NetworkCore.Config(width=1, act_bits=2, weight_bits=2, max_k=4, data_dept
 _NET_OPTIONS = replace(_NET, act_outlier_lanes=1, act_outlier_block_words=1, outlier_depth=2,
                        codebook_subgroups=1)
 _NET_SERIAL = replace(_NET, width=2, data_depth=2, requantizer="serial", memories="narrow")
+_NET_COPIES = replace(_NET, packed_depth=2, copies=True)
 
 #: name → (the part's entry in ``PART_SPECS``, builder, mutants[, depth, default 4]):
 #: ``withdrawn`` (the first sending port hides a beat), ``lost:<port>`` (the receiving port
@@ -222,6 +224,7 @@ _NETWORK_PARTS = {
     "reducer": ("reducer", lambda: Reducer(_NET), ("withdrawn", "lost:beats")),
     "param_feed": ("param_feed", lambda: ParamFeed(_NET), ("withdrawn", "lost:words")),
     "write_back": ("write_back", lambda: WriteBack(_NET), ("unwritten:write",)),
+    "copy_part": ("copy_part", lambda: CopyPart(_NET_COPIES), ("withdrawn", "lost:results")),
     "act_outlier_store": ("act_outlier_store", lambda: ActOutlierStore(_NET_OPTIONS),
                           ("withdrawn", "lost:results")),
     "table_part": ("table_part", lambda: TablePart(TablePart.Config(width=1, depth=4)),
