@@ -143,7 +143,8 @@ class Storer(wiring.Component):
         The ``STORE`` op's last word has left.
     fenced : In(1)
         The back still writes the op before (a ``STORE`` with ``overlap`` starts beside
-        it, docs/network.md §15): word ``i`` is read only once ``written ≥ i + lead``.
+        it, docs/network.md §15): word ``i`` is read only once ``written ≥ i + lead``
+        (ignored where ``config.overlap`` is false).
     written : In(range(address_depth + 1))
         Results of the back's op written so far.
     """
@@ -160,13 +161,15 @@ class Storer(wiring.Component):
             "written": In(range(config.address_depth + 1)),
         })
         self._data_depth = config.data_depth
+        self._fence = config.overlap
 
     def elaborate(self, platform):
         m = Module()
         op, start = self.control.op, self.control.start
         storing_op = op.kind == OpKind.STORE
         index = Signal(range(self._data_depth + 1))
-        readable = ~self.fenced | (self.written >= index + op.lead)
+        # a core without overlap (narrow memories) starts a STORE once the back is idle
+        readable = (~self.fenced | (self.written >= index + op.lead)) if self._fence else 1
         storing = self.control.running & storing_op & (index != op.count) & readable
         advance = ~self.outputs.valid | self.outputs.ready
         with m.If(start):
