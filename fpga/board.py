@@ -26,7 +26,7 @@ from olmac.hw.network_app import NetworkApp
 from .build import _board, _synth_options, run_build, toolchain_env
 
 __all__ = ["NetworkBoard", "BOARD_BAUD", "board_defaults", "default_array_multipliers",
-           "what_would_fit",
+           "default_dsp_lane_pairs", "what_would_fit",
            "build_network_board", "demo_network", "build_board"]
 
 #: The link's default baud rate.
@@ -58,6 +58,26 @@ def default_array_multipliers(board, width):
         If ``board`` is not one of :data:`fpga.build.BOARDS`.
     """
     return "packed" if _board(board).family == "ice40" and width <= 2 else "lut"
+
+
+#: SB_MAC16s of the iCE40UP5K left to the array once the beat walk's three address
+#: multiplies have theirs.
+_UP5K_ARRAY_DSPS = 5
+
+
+def default_dsp_lane_pairs(board, width):
+    """The core's ``dsp_lane_pairs`` option a board build uses for ``board`` at ``width``:
+    on iCE40 above width 2 (where the array's products are ``"lut"``), 1 while the
+    ``width`` columns' pairs fit the SB_MAC16s the beat walk leaves (width 4: 4 blocks,
+    lanes 0 and 1 of each column), else 0.
+
+    Raises
+    ------
+    ValueError
+        If ``board`` is not one of :data:`fpga.build.BOARDS`.
+    """
+    free = _UP5K_ARRAY_DSPS if _board(board).family == "ice40" else 0
+    return int(default_array_multipliers(board, width) == "lut" and width <= free)
 
 
 def what_would_fit(board, width):
@@ -94,6 +114,8 @@ class NetworkBoard(wiring.Component):
     requantizer, memories, multipliers : str
         Options of :class:`NetworkCore` (``"serial"``/``"narrow"``/``"packed"`` fit an
         iCE40UP5K at width 2; docs/host_link.md §6).
+    dsp_lane_pairs : int
+        The :class:`NetworkCore` option (lane pairs of each array column in DSP blocks).
     walk_stages : int
         The :class:`NetworkCore` option (address registers of the beat walk, for the
         ECP5's clock).
@@ -119,10 +141,10 @@ class NetworkBoard(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, compiled, *, divisor, requantizer="serial", memories="narrow",
-                 multipliers="lut", walk_stages=0, timeout=None):
+                 multipliers="lut", dsp_lane_pairs=0, walk_stages=0, timeout=None):
         config = dataclasses.replace(compiled.config, requantizer=requantizer,
                                      memories=memories, multipliers=multipliers,
-                                     walk_stages=walk_stages)
+                                     dsp_lane_pairs=dsp_lane_pairs, walk_stages=walk_stages)
         self._core = NetworkCore(config, **compiled.contents)
         self._app = NetworkApp.for_core(self._core, input_words=compiled.input_words,
                                         output_words=compiled.output_words)
@@ -180,7 +202,8 @@ def demo_network(model="cnn", *, width=4, calibration=64):
 
 def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer=None,
                         memories=None, walk_stages=None, array_multipliers=None,
-                        multipliers=None, target_mhz=None, seed=1, timeout_s=3600,
+                        dsp_lane_pairs=None, multipliers=None, target_mhz=None, seed=1,
+                        timeout_s=3600,
                         progress=None):
     """Synthesize, place, route and pack a :class:`NetworkBoard` for ``board``'s UART pins
     at its default clock; returns a :class:`fpga.build.BuildResult` (resources and fmax in
@@ -189,7 +212,8 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     (:func:`board_defaults`).
 
     ``array_multipliers`` is the core's ``multipliers`` option (default:
-    :func:`default_array_multipliers`); ``multipliers`` the flow's
+    :func:`default_array_multipliers`), ``dsp_lane_pairs`` its option of that name
+    (default: :func:`default_dsp_lane_pairs`); ``multipliers`` the flow's
     (:func:`fpga.build.build_bitstream`;
     default on iCE40 ``"dsp"``: ``synth_ice40 -dsp`` also puts the sequencer's address
     multiplies into SB_MAC16s, about 550 LUT4 fewer; on ECP5 ``"hybrid"`` with products up to
@@ -221,8 +245,12 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     walk_stages = defaults["walk_stages"] if walk_stages is None else walk_stages
     array_multipliers = (array_multipliers
                          or default_array_multipliers(board, compiled.width))
+    if dsp_lane_pairs is None:
+        dsp_lane_pairs = (default_dsp_lane_pairs(board, compiled.width)
+                          if array_multipliers != "packed" else 0)
     top = NetworkBoard(compiled, divisor=divisor, requantizer=requantizer, memories=memories,
-                       multipliers=array_multipliers, walk_stages=walk_stages)
+                       multipliers=array_multipliers, dsp_lane_pairs=dsp_lane_pairs,
+                       walk_stages=walk_stages)
     env = {**os.environ, **toolchain_env(board)}
     # On ECP5 only the requantizer's wide products (33 × 32 bits) go into MULT18X18Ds: the
     # array's dense and outlier products (≤ 16 bits) would take more than the 156 there are.

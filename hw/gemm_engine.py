@@ -155,6 +155,8 @@ class GemmEngine(ConfiguredComponent):
                 name += f"_{self.multipliers}"
             if self.product_stages != 1:
                 name += f"_p{self.product_stages}"
+            if self.dsp_lane_pairs:
+                name += f"_dot{self.dsp_lane_pairs}"
             if self.accumulator_stages != 1:
                 name += f"_a{self.accumulator_stages}"
             return name

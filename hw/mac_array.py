@@ -7,9 +7,9 @@ from amaranth.lib.wiring import In, Out
 from olmac.spec import (ACT_BITS, ARRAY_DIM, WEIGHT_BITS, OUTLIER_BITS, OUTLIER_LANES,
                           PLANE_SHIFT_BITS, check_int)
 from .config import ConfigProperty, ConfiguredComponent
-from .multipliers import (DSP_STAGES, MODES, ODD_DIGIT_WEIGHT_BITS, PACKED_STAGES, DspProduct,
-                          PackedPair, as_signed_operand, odd_digit_bounds, odd_digit_product,
-                          packable)
+from .multipliers import (DSP_STAGES, MODES, ODD_DIGIT_WEIGHT_BITS, PACKED_STAGES, DotPair,
+                          DspProduct, PackedPair, as_signed_operand, dot_fits, odd_digit_bounds,
+                          odd_digit_product, packable)
 from .outlier_rules import OutlierRules
 from .result_buffer import ResultBuffer
 from .shapes import narrowest_signed, product_bounds, shape_bounds
@@ -211,6 +211,13 @@ class MacArray(ConfiguredComponent):
             weight split into its low and high halves, the two partial products
             registered, then their sum (one stage more; the 16×16 array's critical path
             on ECP5 was the one-stage 4×4 product). Not with ``"packed"``.
+        dsp_lane_pairs : int
+            Lane pairs of each column whose two dense products and their sum come from one
+            DSP block (:class:`~hw.multipliers.DotPair`), 0..``lanes // 2`` (default 0):
+            ``cols · dsp_lane_pairs`` blocks, their sums joining the adder tree after its
+            first level, so the timing is unchanged (the iCE40UP5K network board at width
+            4 puts lanes 0 and 1 into 4 of its SB_MAC16). Only with ``"lut"`` or ``"dsp"``
+            and one product stage, for operands whose pair fits a 16×16 multiply (4 bits).
         accumulator_stages : int
             1 (default) or 2: each accumulator split into a low half (its lower
             :attr:`accumulator_low_bits` bits) and a high half that adds the low half's
@@ -228,7 +235,9 @@ class MacArray(ConfiguredComponent):
             more than 44 bits, or an outlier width is not wider than its dense width, or
             ``multipliers`` is not one of its modes, or is ``"packed"`` for operands two of
             whose products do not fit one 18×18 multiply (wider than 5 bits), or with two
-            ``product_stages``, or with two ``accumulator_stages`` and plane shifts.
+            ``product_stages``, or with two ``accumulator_stages`` and plane shifts, or
+            ``dsp_lane_pairs`` is not 0 with ``"packed"``, two ``product_stages`` or
+            operands whose pair does not fit a 16×16 multiply.
         """
         lanes: int
         cols: int
@@ -248,6 +257,7 @@ class MacArray(ConfiguredComponent):
         multipliers: str = "lut"
         product_stages: int = 1
         accumulator_stages: int = 1
+        dsp_lane_pairs: int = 0
 
         def __post_init__(self):
             resolve = lambda name, value: object.__setattr__(self, name, value)
@@ -319,6 +329,14 @@ class MacArray(ConfiguredComponent):
             if self.multipliers == "packed" and self.product_stages == 2:
                 raise ValueError("Packed multipliers take their stages from the DSP block; "
                                  "product_stages must be 1, not 2")
+            check_int("DSP lane pairs", self.dsp_lane_pairs, (0, self.lanes // 2))
+            if self.dsp_lane_pairs and (self.multipliers == "packed" or self.product_stages == 2
+                                        or not dot_fits(self.act_shape, self.weight_shape)):
+                # the pairs' sums join the tree one stage after one-stage LUT products
+                raise ValueError(f"DSP lane pairs need \"lut\" or \"dsp\" multipliers, one "
+                                 f"product stage and a {self.act_shape!r} × "
+                                 f"{self.weight_shape!r} pair that fits a 16×16 multiply; "
+                                 f"dsp_lane_pairs must be 0, not {self.dsp_lane_pairs}")
             check_int("Accumulator stages", self.accumulator_stages, (1, 2))
             if self.accumulator_stages == 2 and self.plane_shift_bits:
                 # a shift would move the low half's bits into a high half a cycle behind
@@ -471,6 +489,7 @@ class MacArray(ConfiguredComponent):
     multipliers = ConfigProperty()
     product_stages = ConfigProperty()
     accumulator_stages = ConfigProperty()
+    dsp_lane_pairs = ConfigProperty()
     latency = ConfigProperty()
 
     def elaborate(self, platform):
@@ -578,8 +597,8 @@ class MacArray(ConfiguredComponent):
         control = control_at(self._config.sum_stage), control_at(self._config.sum_stage - 1)
         terms = [[column_sum] + ([outlier_sums[col]] if self._config.has_outliers else [])
                  for col, column_sum in enumerate(column_sums)]
-        carry_ins = [self._delayed(m, bits[0], self._config.sum_stage) if bits else None
-                     for bits in corrections]
+        carry_ins = [self._delayed(m, bits[0][0], self._config.sum_stage - bits[0][1])
+                     if bits else None for bits in corrections]
         accumulate = (self._accumulate if self._config.accumulator_stages == 1 else
                       self._accumulate_split)
         accumulate(m, results.w, terms, carry_ins, control)
@@ -696,8 +715,9 @@ class MacArray(ConfiguredComponent):
     def _column_sums(self, m, act_copies, triple_copies, tile):
         """The dense products summed per column by a tree with one register per level;
         returns the column sums (at stage ``dense_product_stage + tree_levels``) and, per
-        column, the correction bits of the odd-digit products (at stage 0) that its tree
-        did not add as carry-ins: one bit, or none."""
+        column, the carry bits that its tree did not add as carry-ins (one or none), each
+        as ``(bit, stage)``: the correction bits of the odd-digit products (stage 0) and
+        the borrows of the DSP lane pairs (stage 2)."""
         # Each register is only as wide as the sums it can hold (a 4×4 product fits 8
         # bits, not Amaranth's 9; an odd-digit one 7). A sum of `count` odd-digit products
         # has taken at most `count - 1` of their corrections as carry-ins.
@@ -709,6 +729,8 @@ class MacArray(ConfiguredComponent):
             sum_shape = lambda count: narrowest_signed(count * low, count * high)
         level, corrections = self._dense_products(m, act_copies, triple_copies, tile,
                                                   sum_shape(1))
+        corrections = [[(bit, 0) for bit in bits] for bits in corrections]
+        pair_sums = self._dsp_lane_pairs(m, act_copies, tile)
         stage = self._config.dense_product_stage
         for depth in range(self._config.tree_levels):
             next_level = []
@@ -719,15 +741,42 @@ class MacArray(ConfiguredComponent):
                     partial = Signal(sum_shape(count), name=f"sum_c{col}_d{depth}_{pair // 2}",
                                      reset_less=True)
                     total = sum(term for term, _ in terms[pair:pair + 2])
-                    if count > 1 and corrections[col]:
-                        # an adder's carry-in is free: it takes one lane's correction
-                        total = total + self._delayed(m, corrections[col].pop(), stage)
+                    # an adder's carry-in is free: it takes a carry that is ready by now
+                    ready = [index for index, (_, at) in enumerate(corrections[col])
+                             if at <= stage]
+                    if count > 1 and ready:
+                        bit, at = corrections[col].pop(ready[-1])
+                        total = total + self._delayed(m, bit, stage - at)
                     m.d.sync += partial.eq(total)
                     sums.append((partial, count))
+                if depth == 0:
+                    # the DSP lane pairs' sums are as late as the first level's
+                    sums[:0] = [(pair_sum, 2) for pair_sum, _ in pair_sums[col]]
+                    corrections[col] += [(borrow, stage + 1) for _, borrow in pair_sums[col]]
                 next_level.append(sums)
             level = next_level
             stage += 1
         return [terms[0][0] for terms in level], corrections
+
+    def _dsp_lane_pairs(self, m, act_copies, tile):
+        """Per column, ``(sum − borrow, borrow)`` of each of its first ``dsp_lane_pairs``
+        lane pairs from a :class:`~hw.multipliers.DotPair`, at stage
+        ``dense_product_stage + 1``."""
+        if not self._config.dsp_lane_pairs:
+            return [[] for _ in range(self._config.cols)]
+        assert self._config.dense_product_stage + 1 == DSP_STAGES
+        pair_sums = []
+        for col in range(self._config.cols):
+            acts = act_copies[col // ACT_FANOUT_COLS]
+            sums = []
+            for lane in range(0, 2 * self._config.dsp_lane_pairs, 2):
+                pair = DotPair(self.act_shape, self.weight_shape)
+                m.submodules[f"dot_c{col}_l{lane}_l{lane + 1}"] = pair
+                m.d.comb += [pair.a0.eq(acts[lane]), pair.a1.eq(acts[lane + 1]),
+                             pair.b0.eq(tile[lane][col]), pair.b1.eq(tile[lane + 1][col])]
+                sums.append((pair.s, pair.c))
+            pair_sums.append(sums)
+        return pair_sums
 
     def _dense_products(self, m, act_copies, triple_copies, tile, shape):
         """The first level of the adder tree: per column, ``(product, 1)`` for each lane,
@@ -759,7 +808,7 @@ class MacArray(ConfiguredComponent):
                         level[col].append((product, 1))
             return level, corrections
         for col in range(self._config.cols):
-            for lane in range(self._config.lanes):
+            for lane in range(2 * self._config.dsp_lane_pairs, self._config.lanes):
                 product = Signal(shape, name=f"product_c{col}_l{lane}", reset_less=True)
                 act, weight = acts_of(col)[lane], tile[lane][col]
                 if self._config.odd_digit_products:

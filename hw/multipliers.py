@@ -14,6 +14,8 @@ platform; a flow that maps every remaining ``*`` to LUT logic (``synth_ecp5 -nod
 * :class:`PackedPair` computes ``a × b0`` and ``a × b1`` with one multiply
   ``a × (b0 + b1·2^k)`` in a :class:`DspProduct` and splits the result with the
   sign-borrow correction (:func:`packed_split`).
+* :class:`DotPair` computes ``a0·b0 + a1·b1`` with one multiply
+  ``(a0 + a1·2^k) × (b1 + b0·2^k)``, whose middle field is that sum (:func:`dot_field`).
 
 :func:`odd_digit_product` is a dense product of a weight of at most
 :data:`ODD_DIGIT_WEIGHT_BITS` bits in LUT logic, cheaper than a Booth multiplier: with
@@ -28,6 +30,7 @@ from .shapes import narrowest_signed, product_bounds, shape_bounds
 
 __all__ = ["MODES", "DSP_STAGES", "PACKED_STAGES", "ODD_DIGIT_WEIGHT_BITS", "product_shape",
            "packed_field_width", "packed_b_width", "packable", "packed_split",
+           "two_field_operand", "dot_field_width", "dot_fits", "dot_field", "DotPair",
            "as_signed_operand", "odd_digit_product", "odd_digit_bounds", "DspProduct",
            "PackedPair"]
 
@@ -81,6 +84,44 @@ def packed_split(p, k):
     low = p[:k].as_signed()
     high = (p[k:].as_signed() + p[k - 1])
     return low, high
+
+
+def two_field_operand(m, low, high, k, name):
+    """``low + high·2^k`` as a signed value, without a wide adder: the low ``k`` bits are
+    ``low`` extended, the bits above ``high`` less the borrow of a negative ``low``
+    (``low`` narrower than ``k`` bits)."""
+    low, high = Value.cast(low), Value.cast(high)
+    low_field = Signal(signed(k), name=f"{name}_low")
+    m.d.comb += low_field.eq(low)
+    if not low.shape().signed:
+        return Cat(low_field, as_signed_operand(high)).as_signed()
+    high_field = Signal(signed(len(as_signed_operand(high)) + 1), name=f"{name}_high")
+    m.d.comb += high_field.eq(high - low[-1])
+    return Cat(low_field, high_field).as_signed()
+
+
+def dot_field_width(a_shape, b_shape):
+    """``k`` of a :class:`DotPair`: bits that hold ``a0·b0 + a1·b1`` less the borrow of the
+    low field (and so the low field ``a0·b1`` itself)."""
+    low, high = product_bounds(a_shape, b_shape)
+    return narrowest_signed(2 * low - 1, 2 * high).width
+
+
+def dot_fits(a_shape, b_shape):
+    """Whether a :class:`DotPair` of ``a_shape`` × ``b_shape`` fits one 16×16 multiply (an
+    iCE40 SB_MAC16, and so an ECP5 MULT18X18D): each operand is ``k`` bits and a field one
+    bit wider than its value (:func:`two_field_operand`)."""
+    k = dot_field_width(a_shape, b_shape)
+    return all(k + Shape.cast(shape).width + 1 <= _ICE40_WIDTH for shape in (a_shape, b_shape))
+
+
+def dot_field(p, k):
+    """``(s − c, c)`` from ``p = (a0 + a1·2^k)(b1 + b0·2^k)`` with ``s = a0·b0 + a1·b1``:
+    the middle field ``p[k:2k]`` read as signed is ``s`` less the borrow ``c`` of a
+    negative low field ``a0·b1``, and ``c`` is that field's sign bit ``p[k-1]``. The
+    caller adds ``c`` back, as the carry-in of an adder it has anyway."""
+    p = Value.cast(p)
+    return p[k:2 * k].as_signed(), p[k - 1]
 
 
 #: Widest weight :func:`odd_digit_product` takes: two radix-4 digits.
@@ -216,7 +257,9 @@ class DspProduct(wiring.Component):
 
     def _ice40(self, m):
         p = Signal(32)
-        m.d.comb += self.p.eq(p)
+        # the block's operands are 16 bits, extended here as the flags below read them
+        a, b = Signal(Shape(16, self._a_shape.signed)), Signal(Shape(16, self._b_shape.signed))
+        m.d.comb += [a.eq(self.a), b.eq(self.b), self.p.eq(p)]
         m.submodules.mult = Instance(
             "SB_MAC16",
             p_NEG_TRIGGER=Const(0, 1), p_C_REG=Const(0, 1), p_A_REG=Const(1, 1),
@@ -230,8 +273,7 @@ class DspProduct(wiring.Component):
             p_A_SIGNED=Const(int(self._a_shape.signed), 1),
             p_B_SIGNED=Const(int(self._b_shape.signed), 1),
             i_CLK=ClockSignal(), i_CE=Const(1),
-            i_A=self.a.as_signed()[:16] if self._a_shape.signed else self.a,
-            i_B=self.b, i_C=Const(0, 16), i_D=Const(0, 16),
+            i_A=a, i_B=b, i_C=Const(0, 16), i_D=Const(0, 16),
             i_AHOLD=Const(0), i_BHOLD=Const(0), i_CHOLD=Const(0), i_DHOLD=Const(0),
             i_IRSTTOP=Const(0), i_IRSTBOT=Const(0), i_ORSTTOP=Const(0), i_ORSTBOT=Const(0),
             i_OLOADTOP=Const(0), i_OLOADBOT=Const(0), i_ADDSUBTOP=Const(0),
@@ -286,14 +328,55 @@ class PackedPair(wiring.Component):
         k = self.field_width
         packed_shape = signed(packed_b_width(self._a_shape, self._b_shape))
         m.submodules.dsp = dsp = DspProduct(self._a_shape, packed_shape)
-        low = Signal(signed(k), name="b0_ext")
-        high = Signal(signed(self._b_shape.width + 1), name="b1_borrowed")
-        m.d.comb += [
-            low.eq(self.b0),
-            high.eq(self.b1 - self.b0[-1]),
-            dsp.a.eq(self.a),
-            dsp.b.eq(Cat(low, high)),
-        ]
+        m.d.comb += [dsp.a.eq(self.a), dsp.b.eq(two_field_operand(m, self.b0, self.b1, k, "b"))]
         p0, p1 = packed_split(dsp.p, k)
         m.d.sync += [self.p0.eq(p0), self.p1.eq(p1)]
+        return m
+
+
+class DotPair(wiring.Component):
+    """``s − c`` and ``c`` with ``s = a0·b0 + a1·b1`` (see :func:`dot_field`), from one
+    multiply ``(a0 + a1·2^k) × (b1 + b0·2^k)`` in a :class:`DspProduct`,
+    :data:`DSP_STAGES` cycles after the operands: two products and their sum in one DSP
+    block. The product's low field is ``a0·b1``, its high field ``a1·b0`` (both unused),
+    its middle field the sum.
+
+    Parameters
+    ----------
+    a_shape, b_shape : ShapeLike
+        Shapes of ``a0``, ``a1`` and of ``b0``, ``b1``.
+
+    Raises
+    ------
+    ValueError
+        If the packed operands do not fit one 16×16 multiply (see :func:`dot_fits`).
+
+    Members
+    -------
+    a0, a1 : In(a_shape)
+    b0, b1 : In(b_shape)
+    s : Out(signed(dot_field_width(a_shape, b_shape)))
+        ``a0·b0 + a1·b1 − c``.
+    c : Out(1)
+        The borrow to add back.
+    """
+
+    def __init__(self, a_shape, b_shape):
+        if not dot_fits(a_shape, b_shape):
+            raise ValueError(f"A dot pair of {Shape.cast(a_shape)!r} × {Shape.cast(b_shape)!r} "
+                             f"does not fit one 16×16 multiply")
+        self._a_shape, self._b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
+        self._k = dot_field_width(a_shape, b_shape)
+        super().__init__({"a0": In(a_shape), "a1": In(a_shape), "b0": In(b_shape),
+                          "b1": In(b_shape), "s": Out(signed(self._k)), "c": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        k = self._k
+        a = two_field_operand(m, self.a0, self.a1, k, "a")
+        b = two_field_operand(m, self.b1, self.b0, k, "b")
+        m.submodules.dsp = dsp = DspProduct(a.shape(), b.shape())
+        m.d.comb += [dsp.a.eq(a), dsp.b.eq(b)]
+        s, c = dot_field(dsp.p, k)
+        m.d.comb += [self.s.eq(s), self.c.eq(c)]
         return m

