@@ -229,8 +229,9 @@ class FrameReceiver(wiring.Component):
             def payload():
                 m.d.comb += [crc.valid.eq(1), slots.offset.eq(count), slots.data.eq(byte),
                              slots.en.eq(~dropping)]
+                # the incremented count, not `length - 1`: one adder fewer
                 m.d.sync += count.eq(count + 1)
-                with m.If(count == length - 1):
+                with m.If(count + 1 == length):
                     m.next = "CRC_LOW"
             in_frame("PAYLOAD", payload)
 
@@ -286,13 +287,15 @@ class RequestSlots(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.requests = requests = Memory(shape=8, depth=2 * self._max_payload,
-                                                  init=[])
+        # Each slot a power of two long, so a slot's address is the offset below its
+        # number: no adder on either port (the board's 1 537-byte slots took 12-bit ones).
+        offset_bits = Shape.cast(range(self._max_payload)).width
+        m.submodules.requests = requests = Memory(shape=8, depth=2 << offset_bits, init=[])
         port = requests.write_port()
         read = requests.read_port()
 
         def address(slot, offset):
-            return Mux(slot, self._max_payload, 0) + offset
+            return Cat(Cat(offset, Const(0, offset_bits))[:offset_bits], slot)
 
         held = Signal(2)            # which slots hold a checked frame not yet released
         held_length = Array(Signal(range(self._max_payload + 1), name=f"held_length_{slot}")
@@ -305,7 +308,7 @@ class RequestSlots(wiring.Component):
         m.d.comb += [
             request.valid.eq(held.bit_select(read_slot, 1)),
             request.payload.data.eq(read.data),
-            request.payload.last.eq(index == held_length[read_slot] - 1),
+            request.payload.last.eq(index + 1 == held_length[read_slot]),
         ]
         # Read ahead so the port's output is always the byte at `index`.
         with m.If(sent & request.payload.last):
@@ -436,7 +439,7 @@ class FrameTransmitter(wiring.Component):
                 with m.If(sent):
                     m.d.comb += read.addr.eq(body + 1)
                     m.d.sync += body.eq(body + 1)
-                    with m.If(body == body_length - 1):
+                    with m.If(body + 1 == body_length):
                         m.d.comb += read.addr.eq(0)
                         m.d.sync += body.eq(0)
                         m.next = "CRC_LOW"
