@@ -268,12 +268,13 @@ def _failure(build_dir, returncode, output):
     tail = _log_tail(log) or "\n".join(output.splitlines()[-_LOG_TAIL_LINES:])
     text = nextpnr_log.read_text(errors="replace") if nextpnr_log.exists() else ""
     # nextpnr logs "Device utilisation" with every site type before it starts placing, then
-    # fails in the packer or the placer when one of them is over 100 %.
+    # fails in the packer or the placer when one of them is over full. Used against
+    # available, not the percentage: 5285/5280 is logged as 100 %.
     over = [" ".join(line.removeprefix("Info:").split()) for line in text.splitlines()
-            if re.search(r"\d+/\s*\d+\s+\d+%", line)
-            and int(re.search(r"(\d+)%", line).group(1)) > 100]
-    if over or re.search(r"no BELs remaining|Unable to find legal placement|too many",
-                         text, re.IGNORECASE):
+            if (count := re.search(r"(\d+)/\s*(\d+)\s+\d+%", line))
+            and int(count[1]) > int(count[2])]
+    if over or re.search(r"no BELs remaining|Unable to find legal placement|too many"
+                         r"|Failed to expand region", text, re.IGNORECASE):
         return DoesNotFit(f"does not fit ({'; '.join(over) or 'placement failed'}); end of "
                           f"{log.name}:\n{tail}", over)
     return BuildFailed(f"build failed with exit status {returncode}; end of {log.name}:\n{tail}")

@@ -23,6 +23,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from olmac import cli
 from olmac.cli import build as build_command
 from olmac.fpga import bench
+from olmac.fpga import build
 from olmac.fpga.build import DoesNotFit, build_bitstream, toolchain_env
 from olmac.fpga.report import (BuildReport, read_build_report, read_nextpnr_report,
                          read_yosys_stat)
@@ -220,6 +221,23 @@ def test_does_not_fit(tmp_path):
     with pytest.raises(DoesNotFit, match=r"^does not fit \(ICESTORM_DSP: +10/ +8 +125%\); "
                                          r"end of top\.tim:\n"):
         build_bitstream("icebreaker", top, tmp_path, multipliers="dsp")
+
+
+def test_a_board_one_percent_over_does_not_fit(tmp_path):
+    """nextpnr logs 5 285 of 5 280 logic cells as 100 % and then fails in the placer
+    ("Failed to expand region"), as the width-4 UP5K board did: that is a board that does
+    not fit, named by its count, not a bare exit status. Sites at or under their count
+    are not named."""
+    (tmp_path / "top.tim").write_text(
+        "Info: Device utilisation:\n"
+        "Info: \t   ICESTORM_LC:  5285/ 5280   100%\n"
+        "Info: \t  ICESTORM_RAM:    27/   30    90%\n"
+        "Info: \t  ICESTORM_DSP:     8/    8   100%\n"
+        "ERROR: Failed to expand region (0, 0) |_> (25, 31) of 5285 ICESTORM_LCs\n")
+    failure = build._failure(tmp_path, 125, "")
+    assert isinstance(failure, DoesNotFit)
+    assert failure.over == ("ICESTORM_LC: 5285/ 5280 100%",)
+    assert str(failure).startswith("does not fit (ICESTORM_LC: 5285/ 5280 100%); end of top.tim:")
 
 
 def test_cli_refuses_board(capsys):
