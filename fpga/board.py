@@ -116,9 +116,9 @@ class NetworkBoard(wiring.Component):
         iCE40UP5K at width 2; docs/host_link.md §6).
     dsp_lane_pairs : int
         The :class:`NetworkCore` option (lane pairs of each array column in DSP blocks).
-    walk_stages : int
-        The :class:`NetworkCore` option (address registers of the beat walk, for the
-        ECP5's clock).
+    walk_stages, requant_stages : int
+        The :class:`NetworkCore` options (address registers of the beat walk, register
+        stages of the requantizer, for the ECP5's clock).
     timeout : int or None
         The link's inter-byte timeout in cycles (default: four byte times).
 
@@ -141,10 +141,12 @@ class NetworkBoard(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, compiled, *, divisor, requantizer="serial", memories="narrow",
-                 multipliers="lut", dsp_lane_pairs=0, walk_stages=0, timeout=None):
+                 multipliers="lut", dsp_lane_pairs=0, walk_stages=0, requant_stages=0,
+                 timeout=None):
         config = dataclasses.replace(compiled.config, requantizer=requantizer,
                                      memories=memories, multipliers=multipliers,
-                                     dsp_lane_pairs=dsp_lane_pairs, walk_stages=walk_stages)
+                                     dsp_lane_pairs=dsp_lane_pairs, walk_stages=walk_stages,
+                                     requant_stages=requant_stages)
         self._core = NetworkCore(config, **compiled.contents)
         self._app = NetworkApp.for_core(self._core, input_words=compiled.input_words,
                                         output_words=compiled.output_words)
@@ -201,15 +203,15 @@ def demo_network(model="cnn", *, width=4, calibration=64):
 
 
 def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer=None,
-                        memories=None, walk_stages=None, array_multipliers=None,
-                        dsp_lane_pairs=None, multipliers=None, target_mhz=None, seed=1,
-                        timeout_s=3600,
+                        memories=None, walk_stages=None, requant_stages=None,
+                        array_multipliers=None, dsp_lane_pairs=None, multipliers=None,
+                        target_mhz=None, seed=1, timeout_s=3600,
                         progress=None):
     """Synthesize, place, route and pack a :class:`NetworkBoard` for ``board``'s UART pins
     at its default clock; returns a :class:`fpga.build.BuildResult` (resources and fmax in
     its report, also written as ``report.json``/``report.md`` into ``build_dir``).
-    ``requantizer``, ``memories`` and ``walk_stages`` default to the board's
-    (:func:`board_defaults`).
+    ``requantizer``, ``memories``, ``walk_stages`` and ``requant_stages`` default to the
+    board's (:func:`board_defaults`).
 
     ``array_multipliers`` is the core's ``multipliers`` option (default:
     :func:`default_array_multipliers`), ``dsp_lane_pairs`` its option of that name
@@ -243,6 +245,7 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     requantizer = requantizer or defaults["requantizer"]
     memories = memories or defaults["memories"]
     walk_stages = defaults["walk_stages"] if walk_stages is None else walk_stages
+    requant_stages = defaults["requant_stages"] if requant_stages is None else requant_stages
     array_multipliers = (array_multipliers
                          or default_array_multipliers(board, compiled.width))
     if dsp_lane_pairs is None:
@@ -250,7 +253,7 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
                           if array_multipliers != "packed" else 0)
     top = NetworkBoard(compiled, divisor=divisor, requantizer=requantizer, memories=memories,
                        multipliers=array_multipliers, dsp_lane_pairs=dsp_lane_pairs,
-                       walk_stages=walk_stages)
+                       walk_stages=walk_stages, requant_stages=requant_stages)
     env = {**os.environ, **toolchain_env(board)}
     # On ECP5 only the requantizer's wide products (33 × 32 bits) go into MULT18X18Ds: the
     # array's dense and outlier products (≤ 16 bits) would take more than the 156 there are.

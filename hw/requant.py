@@ -1,3 +1,4 @@
+import itertools
 from dataclasses import dataclass
 
 from amaranth.hdl import *
@@ -5,7 +6,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from olmac.spec import (ARRAY_DIM, OUT_BITS, OUTLIER_BITS, MULTIPLIER_BITS, BIAS_BITS, SHIFT_RANGE,
-                          RESIDUAL_BITS, RESIDUAL_SHIFT_RANGE, check_int)
+                          RESIDUAL_BITS, RESIDUAL_SHIFT_RANGE, REQUANT_STAGES, check_int)
 from .config import ConfigProperty, ConfiguredComponent
 from .mac_array import MAX_ACC_WIDTH
 from .result_buffer import ResultBuffer
@@ -177,6 +178,11 @@ class Requantizer(ConfiguredComponent):
             With a width (out_bits+1..16), output outliers are extracted (§7): a value whose
             magnitude exceeds the layer's threshold leaves as a ``(col, value)`` outlier of
             that width and its dense slot is zero.
+        split_stages : int
+            Register stages added for a faster clock, 0..2 (default 0), each a cycle more of
+            :attr:`latency`: 1 gives the rounding addition a stage of its own before the
+            shift; 2 also registers each product's 18×18 partial products (one
+            MULT18X18D each on ECP5) before their sum.
 
         Raises
         ------
@@ -186,15 +192,22 @@ class Requantizer(ConfiguredComponent):
             If ``outlier_bits`` is combined with ``runtime_bounds``.
         """
         outlier_bits: int | None = None
+        split_stages: int = 0
 
         def __post_init__(self):
             super().__post_init__()
+            check_int("split_stages", self.split_stages, REQUANT_STAGES)
             if self.outlier_bits is not None:
                 check_int("Output outlier width", self.outlier_bits,
                           (self.out_bits + 1, OUTLIER_BITS[1]))
             if self.runtime_bounds and self.outlier_bits is not None:
                 raise ValueError("Run-time bounds (runtime_bounds=True) cannot be combined "
                                  f"with output outliers (outlier_bits={self.outlier_bits})")
+
+        @property
+        def latency(self):
+            """Cycles from an input transfer to its result entering the output queue."""
+            return 5 + self.split_stages
 
         @property
         def outlier_shape(self):
@@ -221,9 +234,7 @@ class Requantizer(ConfiguredComponent):
     cols = ConfigProperty()
     out_shape = ConfigProperty()
     outlier_shape = ConfigProperty()
-
-    #: Cycles from an input transfer to its result entering the output queue.
-    latency = 5
+    latency = ConfigProperty()
 
     def elaborate(self, platform):
         m = Module()
@@ -246,6 +257,10 @@ class Requantizer(ConfiguredComponent):
         # the biased accumulators (added at the ports), the products, their sum, the
         # rounded shift, the clamp; the sum and the shift have a stage each, so no stage
         # holds more than one carry chain and one shifter (for the ECP5 board's clock).
+        # `split_stages` cuts the rounding addition from the shift, and the products
+        # between their MULT18X18Ds and the sum of their partial products.
+        split = self._config.split_stages
+        delay = 3 + split
         params = Signal.like(self.params.payload, reset_less=True)
         valid = [Signal(name=f"valid_{stage}") for stage in range(self.latency - 1)]
         m.d.sync += [
@@ -253,34 +268,38 @@ class Requantizer(ConfiguredComponent):
             valid[0].eq(accepted),
         ]
         m.d.sync += [valid[stage + 1].eq(valid[stage]) for stage in range(len(valid) - 1)]
-        relu = self._delayed(m, params.relu, "relu")
+        relu = self._delayed(m, params.relu, "relu", delay)
         zero = Const(0, signed(2))
         if self._config.runtime_bounds:
-            low = self._delayed(m, params.low, "low")
-            high = self._delayed(m, params.high, "high")
+            low = self._delayed(m, params.low, "low", delay)
+            high = self._delayed(m, params.high, "high", delay)
 
         if self._config.outlier_bits is not None:
-            threshold = self._delayed(m, params.outlier_threshold, "threshold")
+            threshold = self._delayed(m, params.outlier_threshold, "threshold", delay)
 
         for col in range(self._config.cols):
             channel = self.params.payload.channels[col]
             product, shift = self._product(
                 m, self.acc.payload[col] + channel.bias,
                 signed(max(self._config.acc_width, BIAS_BITS) + 1),
-                channel.multiplier, channel.shift, f"{col}")
+                channel.multiplier, channel.shift, f"{col}", partial=split >= 2)
             summed = product
             if self._config.residual_bits is not None:
                 residual_product, residual_shift = self._product(
                     m, channel.residual, channel.residual.shape(),
-                    channel.residual_multiplier, channel.residual_shift, f"residual_{col}")
+                    channel.residual_multiplier, channel.residual_shift, f"residual_{col}",
+                    partial=split >= 2)
                 summed = product + (residual_product << residual_shift)
             total = Signal(summed.shape(), name=f"total_{col}", reset_less=True)
             late_shift = Signal.like(shift, name=f"shift_{col}_2", reset_less=True)
             m.d.sync += [total.eq(summed), late_shift.eq(shift)]
             # Arithmetic shift = floor division by 2^s; adding 2^(s-1) first rounds half up.
             rounding = (Const(1, total.shape().width + 1) << late_shift) >> 1
+            rounded = total + rounding
+            if split >= 1:
+                rounded, late_shift = self._register(m, f"rounded_{col}", rounded, late_shift)
             shifted = Signal(total.shape(), name=f"shifted_{col}", reset_less=True)
-            m.d.sync += shifted.eq((total + rounding) >> late_shift)
+            m.d.sync += shifted.eq(rounded >> late_shift)
             if self._config.runtime_bounds:
                 floor = Mux(relu & (low < 0), zero, low)
             else:
@@ -301,28 +320,60 @@ class Requantizer(ConfiguredComponent):
         return m
 
     @staticmethod
-    def _product(m, value, value_shape, multiplier, shift, name):
+    def _register(m, name, *values):
+        """``values`` a stage later, as registers named ``name`` and ``name_1``, ..."""
+        registers = [Signal.like(value, name=name if index == 0 else f"{name}_{index}",
+                                 reset_less=True) for index, value in enumerate(values)]
+        m.d.sync += [register.eq(value) for register, value in zip(registers, values)]
+        return registers
+
+    @classmethod
+    def _product(cls, m, value, value_shape, multiplier, shift, name, *, partial):
         """``value·multiplier`` two stages later (operands registered, then the product),
-        with ``shift`` delayed to match: one of the products of §3 and §11."""
-        operand = Signal(value_shape, name=f"operand_{name}", reset_less=True)
-        factor = Signal.like(multiplier, name=f"multiplier_{name}", reset_less=True)
-        shifts = [Signal.like(shift, name=f"shift_{name}_{stage}", reset_less=True)
-                  for stage in range(2)]
-        m.d.sync += [
-            operand.eq(value),
-            factor.eq(multiplier),
-            shifts[0].eq(shift),
-            shifts[1].eq(shifts[0]),
-        ]
-        product = Signal(signed(value_shape.width + MULTIPLIER_BITS), name=f"product_{name}",
-                         reset_less=True)
-        m.d.sync += product.eq(operand * factor)
-        return product, shifts[1]
+        or with ``partial`` three (its 18×18 partial products registered in between), with
+        ``shift`` delayed to match: one of the products of §3 and §11."""
+        (shift,) = cls._register(m, f"shift_{name}_0", shift)
+        if not partial:
+            operand = Signal(value_shape, name=f"operand_{name}", reset_less=True)
+            factor = Signal.like(multiplier, name=f"multiplier_{name}", reset_less=True)
+            m.d.sync += [operand.eq(value), factor.eq(multiplier)]
+            product = operand * factor
+        else:
+            terms = []
+            for (a, a_at), (b, b_at) in itertools.product(
+                    cls._halves(m, value, value_shape, f"operand_{name}"),
+                    cls._halves(m, multiplier, multiplier.shape(), f"multiplier_{name}")):
+                (term,) = cls._register(m, f"partial_{name}_{len(terms)}", a * b)
+                terms.append(term << (a_at + b_at))
+            (shift,) = cls._register(m, f"shift_{name}_p", shift)
+            product = sum(terms[1:], terms[0])
+        late = Signal(signed(value_shape.width + MULTIPLIER_BITS), name=f"product_{name}",
+                      reset_less=True)
+        m.d.sync += late.eq(product)
+        (shift,) = cls._register(m, f"shift_{name}_1", shift)
+        return late, shift
 
     @staticmethod
-    def _delayed(m, value, name):
-        """``value`` three stages later, in step with the shifted products."""
-        for stage in range(3):
+    def _halves(m, value, shape, name):
+        """``value`` (signed, of ``shape``) registered as ``(part, position)`` pairs: whole
+        up to 18 bits, else its unsigned low 17 bits at 0 and its signed rest at 17, so each
+        partial product fits a MULT18X18D. Every register is at least 17 bits wide: the
+        ECP5 flow's "hybrid" mapping puts a product whose operands are both 16 bits or
+        narrower in LUT logic instead."""
+        width = shape.width
+        if width <= 18:
+            whole = Signal(signed(max(width, 17)), name=name, reset_less=True)
+            m.d.sync += whole.eq(value)
+            return [(whole, 0)]
+        low = Signal(unsigned(17), name=f"{name}_low", reset_less=True)
+        high = Signal(signed(max(width - 17, 17)), name=f"{name}_high", reset_less=True)
+        m.d.sync += [low.eq(value[:17]), high.eq(value[17:].as_signed())]
+        return [(low, 0), (high, 17)]
+
+    @staticmethod
+    def _delayed(m, value, name, stages):
+        """``value`` ``stages`` stages later, in step with the shifted products."""
+        for stage in range(stages):
             delayed = Signal.like(value, name=f"{name}_d{stage}", reset_less=True)
             m.d.sync += delayed.eq(value)
             value = delayed

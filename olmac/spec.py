@@ -13,7 +13,8 @@ __all__ = [
     "ACT_BITS", "WEIGHT_BITS", "ACT_OUTLIER_RATIO",
     "ARRAY_DIM", "STALL_SIXTEENTHS", "OUTLIER_BITS", "OUTLIER_LANES",
     "PLANE_SHIFT_BITS", "WEIGHT_SCHEMES", "CORE_SCHEMES", "BOARD_NAMES", "MULTIPLIERS",
-    "REQUANTIZERS", "MEMORY_STYLES", "WALK_STAGES", "BOARD_BAUD", "BOARD_DEFAULTS", "BOARD_FUSE_COPIES",
+    "REQUANTIZERS", "MEMORY_STYLES", "WALK_STAGES", "REQUANT_STAGES", "BOARD_BAUD",
+    "BOARD_DEFAULTS", "BOARD_FUSE_COPIES",
     "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
     "RESIDUAL_SHIFT_RANGE", "HIGHWAY_BITS", "CODEBOOK_IDX_BITS", "CODEBOOK_ENTRY_BITS",
     "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
@@ -48,6 +49,9 @@ REQUANTIZERS = ("parallel", "serial")
 MEMORY_STYLES = ("wide", "narrow")
 #: Allowed register stages in the network core's beat walk address (``walk_stages``), inclusive.
 WALK_STAGES = (0, 3)
+#: Allowed register stages added to the parallel requantizer (``split_stages``,
+#: ``requant_stages``), inclusive.
+REQUANT_STAGES = (0, 2)
 BOARD_BAUD = 115200
 #: Allowed fractions of a tensor's calibration values beyond its activation outlier
 #: threshold (docs/program.md §18), inclusive.
@@ -56,9 +60,11 @@ ACT_OUTLIER_RATIO = (0.0, 0.1)
 #: defaults, docs/host_link.md §6): the iCE40UP5K fits only with the serial requantizer and
 #: narrow memories; the ECP5-85F boards have the block RAM for wide memories and the
 #: MULT18X18Ds for the parallel requantizer, and take the beat walk's address registers
-#: (``walk_stages``) for a faster clock.
-_UP5K_BOARD = {"width": 2, "requantizer": "serial", "memories": "narrow", "walk_stages": 0}
-_ECP5_BOARD = {"width": 16, "requantizer": "parallel", "memories": "wide", "walk_stages": 3}
+#: (``walk_stages``) and the requantizer's (``requant_stages``) for a faster clock.
+_UP5K_BOARD = {"width": 2, "requantizer": "serial", "memories": "narrow", "walk_stages": 0,
+               "requant_stages": 0}
+_ECP5_BOARD = {"width": 16, "requantizer": "parallel", "memories": "wide", "walk_stages": 3,
+               "requant_stages": 2}
 BOARD_DEFAULTS = {"icebreaker": _UP5K_BOARD, "ulx3s-85f": _ECP5_BOARD, "ecpix5-85": _ECP5_BOARD}
 #: Whether a board's program (built into its top, and compiled by the host that loads it)
 #: runs ``requantize`` copies in their producers' backs (``compile_program(fuse_copies=…)``,

@@ -77,14 +77,15 @@ def test_core_runs_the_mlp_bit_exactly(mlp_data, pause):
 
 
 @pytest.mark.parametrize("options", [
-    {}, {"walk_stages": 3},
+    {}, {"walk_stages": 3, "requant_stages": 2},
     pytest.param({"walk_stages": 2, "memories": "narrow"}, marks=pytest.mark.slow)],
     ids=["plain", "stages", "narrow-stages"])
 def test_core_runs_the_residual_cnn_bit_exactly(cnn_data, options):
     """Padded 3×3 convolutions, the 16-bit highway add (§11), average pooling, flatten and
     the linear head, under random stalls, on a 4×4 array (two words per 8-channel pixel);
-    also with the beat walk's address register stages, and with them behind narrow
-    memories that lend the operand port to writes and residual reads."""
+    also with the beat walk's address register stages and the requantizer's, and with
+    the walk's behind narrow memories that lend the operand port to writes and residual
+    reads."""
     program = _program(cnn_data)
     pixels = to_pixels(cnn_data.images[:2])
     compiled = compile_program(program, width=4)
@@ -171,18 +172,35 @@ def test_core_pooling_and_signed_requantize(pool):
 def test_requantizer_with_residual_and_runtime_bounds():
     """(acc + β)·M + r·M_r·2^t, one rounding, clamp to a per-beat range: equal to golden's
     requantize_residual_round_half_up for random parameters, signed and unsigned formats."""
-    rng = np.random.default_rng(11)
-    cols, acc_width, rows = 3, 24, 30
-    requantizer = Requantizer(cols=cols, acc_width=acc_width, out_bits=16, residual_bits=17,
+    requantizer = Requantizer(cols=3, acc_width=24, out_bits=16, residual_bits=17,
                               runtime_bounds=True)
-    accs = rng.integers(-(1 << 23), 1 << 23, size=(rows, cols))
+    _check_residual_requantizer(requantizer, np.random.default_rng(11), rows=30)
+
+
+@pytest.mark.parametrize("split_stages", [1, 2])
+def test_split_requantizer_with_residual_and_runtime_bounds(split_stages):
+    """With its added register stages (the rounding addition apart from the shift; the
+    18×18 partial products registered) the requantizer still equals golden's
+    requantize_residual_round_half_up, with 44-bit accumulators so the biased
+    accumulator's high part is itself wider than 18 bits, a cycle later per stage."""
+    requantizer = Requantizer(cols=2, acc_width=44, out_bits=16, residual_bits=17,
+                              runtime_bounds=True, split_stages=split_stages)
+    assert requantizer.latency == 5 + split_stages
+    _check_residual_requantizer(requantizer, np.random.default_rng(17 + split_stages), rows=24)
+
+
+def _check_residual_requantizer(requantizer, rng, rows):
+    """Random beats (shifts 0 and 63 among them) through ``requantizer`` under random
+    stalls, each output row against golden."""
+    cols, acc_width = requantizer.cols, requantizer.config.acc_width
+    accs = rng.integers(-(1 << (acc_width - 1)), 1 << (acc_width - 1), size=(rows, cols))
     bias = rng.integers(-(1 << 31), 1 << 31, size=(rows, cols))
     multiplier = rng.integers(-(1 << 31), 1 << 31, size=(rows, cols))
     shift = rng.integers(0, 64, size=(rows, cols))
     residual = rng.integers(-(1 << 16), 1 << 16, size=(rows, cols))
     residual_multiplier = rng.integers(-(1 << 31), 1 << 31, size=(rows, cols))
     residual_shift = rng.integers(0, 32, size=(rows, cols))
-    shift[0], residual_shift[0] = [0, 63, 40], [0, 31, 5]
+    shift[0], residual_shift[0] = [0, 63, 40][:cols], [0, 31, 5][:cols]
     relu = rng.integers(0, 2, size=rows)
     formats = [(int(rng.integers(2, 17)), bool(rng.integers(0, 2))) for _ in range(rows)]
     bounds = np.array([(-(1 << (b - 1)), (1 << (b - 1)) - 1) if s else (0, (1 << b) - 1)
@@ -208,6 +226,19 @@ def test_requantizer_with_residual_and_runtime_bounds():
             torch.tensor(residual[row:row + 1]), residual_multiplier[row], residual_shift[row],
             out_bits=bits, out_signed=signed, relu=bool(relu[row]))
         np.testing.assert_array_equal(result[row], expected.numpy()[0])
+
+
+def test_requantizer_stage_options_are_checked():
+    with pytest.raises(TypeError, match=r"^split_stages must be an integer in 0\.\.2, not 3$"):
+        Requantizer(cols=2, acc_width=20, out_bits=8, split_stages=3)
+    params = dict(width=2, act_bits=4, weight_bits=4, max_k=8, data_depth=16, weight_depth=4,
+                  param_depth=2, program_depth=4)
+    with pytest.raises(TypeError, match=r"^requant_stages must be an integer in 0\.\.2, "
+                                        r"not -1$"):
+        NetworkCore.Config(**params, requant_stages=-1)
+    with pytest.raises(ValueError, match=r"^requant_stages must be 0 with the serial "
+                                         r"requantizer, not 1$"):
+        NetworkCore.Config(**params, requantizer="serial", requant_stages=1)
 
 
 @pytest.mark.parametrize("kwargs,error,message", [

@@ -8,7 +8,7 @@ from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olmac.spec import ARRAY_DIM, OUTLIER_LANES, WALK_STAGES, check_int
+from olmac.spec import ARRAY_DIM, OUTLIER_LANES, REQUANT_STAGES, WALK_STAGES, check_int
 from ..codebook import DECODER_IDX_BITS, MAX_SUBGROUPS, CodebookDecoder
 from ..mac_array import MacArray
 from ..requant import Requantizer
@@ -197,6 +197,10 @@ class NetworkCore(wiring.Component):
             whose descriptor has ``copy`` also writes its results requantized to the packed
             memory, so the compiler drops the ``requantize`` op that would copy them there
             (docs/network.md §15). It is a second requantizer of the ``requantizer`` kind.
+        requant_stages : int
+            Register stages added to the parallel requantizer, 0..2 (default 0; its
+            ``split_stages``), for a faster clock (the ECP5 board's): each makes an op's
+            back a cycle longer. The serial requantizer has none to add (0 only).
 
         Raises
         ------
@@ -204,7 +208,8 @@ class NetworkCore(wiring.Component):
             If a parameter is of the wrong type or outside its range.
         ValueError
             If ``requantizer`` or ``memories`` is not one of its choices, ``copies``
-            without a packed memory, or as :class:`MacArray.Config` raises.
+            without a packed memory, ``requant_stages`` is not 0 with the serial
+            requantizer, or as :class:`MacArray.Config` raises.
         """
         width: int
         act_bits: int
@@ -235,6 +240,7 @@ class NetworkCore(wiring.Component):
         codebook_idx_bits: int = 1
         walk_stages: int = 0
         copies: bool = False
+        requant_stages: int = 0
 
         def __post_init__(self):
             check_int("Width", self.width, ARRAY_DIM)
@@ -265,6 +271,10 @@ class NetworkCore(wiring.Component):
             if self.copies and not self.packed_depth:
                 raise ValueError("copies needs a packed memory (packed_depth > 0): the copy "
                                  "requantizer writes there")
+            check_int("requant_stages", self.requant_stages, REQUANT_STAGES)
+            if self.requant_stages and self.requantizer == "serial":
+                raise ValueError(f"requant_stages must be 0 with the serial requantizer, not "
+                                 f"{self.requant_stages}")
             self.array  # checks the array's parameters
             self.tables  # and the table part's
             if self.codebook_subgroups:
@@ -333,7 +343,7 @@ class NetworkCore(wiring.Component):
                            residual_bits=STORAGE_BITS + 1, runtime_bounds=True)
             if self.requantizer == "serial":
                 return SerialRequantizer.Config(**options, per_channel=self.per_channel)
-            return Requantizer.Config(**options)
+            return Requantizer.Config(**options, split_stages=self.requant_stages)
 
         @cached_property
         def copy_config(self) -> Requantizer.Config | SerialRequantizer.Config | None:

@@ -146,6 +146,8 @@ def _stream_proof(name, build, depth, invariants=None, slow=False, counting=None
 
 
 _GEMM = dict(lanes=2, cols=2, act_bits=2, weight_bits=2, max_k=4)
+#: The latency of the GEMM engine's requantizer (no ``split_stages``).
+_REQUANT_LATENCY = Requantizer.Config(cols=1, acc_width=4, out_bits=2).latency
 _COMMANDS = [Command.LOAD, Command.INFO]
 
 #: Blocks whose stream ports have no proof of their own above, at small sizes: builder,
@@ -184,9 +186,9 @@ _STREAM_BLOCKS = {
     # engine's above, whose withdrawn mutant fails there (here it took 105 s), so only the
     # dropped transfer is its mutant.
     "gemm_engine_requant": (lambda: GemmEngine(**_GEMM, out_bits=2),
-                            MacArray.Config(**_GEMM).latency + Requantizer.latency + 2, None,
+                            MacArray.Config(**_GEMM).latency + _REQUANT_LATENCY + 2, None,
                             True, gemm_engine_counts(MacArray.Config(**_GEMM).latency,
-                                                     Requantizer.latency), None, False),
+                                                     _REQUANT_LATENCY), None, False),
     # Free handlers: any handler that keeps the stream rules, one that ends its reply
     # before it has taken its whole request included. Mutant: the dispatcher before the fix.
     "dispatcher": (lambda: Dispatcher(_COMMANDS), 4, None, False, dispatcher_counts,
@@ -265,19 +267,23 @@ def _part_proof(name, spec, build, faults, depth=4):
                  depth=depth)
 
 
-def _requant_proof(out_signed, *, at_queue):
+def _requant_proof(out_signed, *, at_queue, split_stages=0):
     """§3 on a one-column u2/s2 requantizer with 4-bit accumulators, parameters and shifts
     up to 5, against an input skewed by one: end to end (bounded), or at the output queue's
-    write port (k-induction over the pipeline's latency and one cycle more)."""
-    latency = Requantizer.latency if at_queue else None
+    write port (k-induction over the pipeline's latency and one cycle more), there also with
+    ``split_stages`` (its 32-bit multipliers then in registered partial products)."""
+    options = dict(cols=1, acc_width=4, out_bits=2, out_signed=out_signed,
+                   split_stages=split_stages)
+    latency = Requantizer.Config(**options).latency
     def wrapper(requantizer_class):
-        return lambda: RequantizerProperties(
-            requantizer_class(cols=1, acc_width=4, out_bits=2, out_signed=out_signed),
-            param_bits=4, max_shift=5, latency=latency)
-    name = f"requant_{'s' if out_signed else 'u'}2{'_datapath' if at_queue else ''}"
+        return lambda: RequantizerProperties(requantizer_class(**options), param_bits=4,
+                                             max_shift=5,
+                                             latency=latency if at_queue else None)
+    name = (f"requant_{'s' if out_signed else 'u'}2{'_datapath' if at_queue else ''}"
+            f"{f'_split{split_stages}' if split_stages else ''}")
     if at_queue:
         return Proof(name, wrapper(Requantizer), {"skewed": wrapper(SkewedRequantizer)},
-                     depth=Requantizer.latency + 1, slow=True)
+                     depth=latency + 1, slow=True)
     # The datapath proofs above cover §3 by k-induction and the queue's counting is proved
     # on its own: this end-to-end bounded form (66-363 s) is a cross-check.
     return Proof(name, wrapper(Requantizer), {"skewed": wrapper(SkewedRequantizer)},
@@ -357,6 +363,7 @@ PROOFS = (
       for out_signed in (False, True)),
     # One column; two with the vector's parameters in one beat, and with a beat per
     # channel (as the narrow network core feeds it).
+    _requant_proof(True, at_queue=True, split_stages=2),
     *(_serial_requant_proof(out_signed, 1, False) for out_signed in (False, True)),
     *(_serial_requant_proof(out_signed, 2, per_channel) for out_signed, per_channel
       in ((False, False), (True, True))),
