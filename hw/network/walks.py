@@ -35,10 +35,23 @@ def nested_counters(m, name, limits, step, clear):
 def output_counters(m, name, op, step, clear):
     """The outputs of the compute op ``op`` in the walks' order, ``tile`` outermost, then
     pixel. Returns the flags that the position is its tile's last pixel and that it is the
-    op's last output."""
-    _, at_limit, final = nested_counters(m, name, [op.out_words - 1, op.out_pixels - 1],
-                                         step, clear)
-    return at_limit[1], final
+    op's last output. The counters count down from the op's counts − 1 (loaded at ``clear``
+    and after the last output), so each flag is a test for zero: compared with a limit
+    computed from the descriptor, they began the ECP5 board's critical path (the back's
+    last write → the sequencer → the next op's fetch)."""
+    tiles = Signal.like(op.out_words, name=f"{name}_tiles_left")
+    pixels = Signal.like(op.out_pixels, name=f"{name}_pixels_left")
+    end_of_tile = Signal(name=f"{name}_end_of_tile")
+    final = Signal(name=f"{name}_final")
+    m.d.comb += [end_of_tile.eq(pixels == 0), final.eq(end_of_tile & (tiles == 0))]
+    with m.If(clear | (step & final)):
+        m.d.sync += [tiles.eq(op.out_words - 1), pixels.eq(op.out_pixels - 1)]
+    with m.Elif(step):
+        with m.If(end_of_tile):
+            m.d.sync += [tiles.eq(tiles - 1), pixels.eq(op.out_pixels - 1)]
+        with m.Else():
+            m.d.sync += pixels.eq(pixels - 1)
+    return end_of_tile, final
 
 
 def tile_pointer(m, name, base, stride, step, end_of_tile, clear):

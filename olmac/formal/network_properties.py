@@ -316,14 +316,14 @@ def _output_walk_promises(env):
     op = part.control.op
     requests = _per_op(env, "requests", part.requests.valid & part.requests.ready)
     total = op.out_words * op.out_pixels
-    left, tile, pixel = _registers(env.fragment, "left", "side_0", "side_1")
+    left, tiles, pixels = _registers(env.fragment, "left", "side_tiles_left",
+                                     "side_pixels_left")
     compute = env.running & is_compute(op.kind)
     m.d.comb += [Assert(~compute | Mux(left, requests < total, requests == total),
                         "side requests differ from the op's outputs"),
                  Assert(~(part.requests.valid & part.hold), "a side request while held"),
                  Assert(~part.requests.valid | env.running, "a side request between ops"),
-                 Assert(~(compute & left) | ((requests == tile * op.out_pixels + pixel) &
-                                            (tile < op.out_words) & (pixel < op.out_pixels)))]
+                 Assert(~(compute & left) | _counted(op, requests, tiles, pixels))]
 
 
 def _hold_only_falls(env):
@@ -400,9 +400,15 @@ def _write_back_promises(env):
     m.d.comb += [Assert(~compute | (written < total), "more results than outputs"),
                  Assert(part.done == (taken & compute & (written + 1 == total)),
                         "done not with the last output")]
-    tile, pixel = _registers(env.fragment, "write_0", "write_1")
-    m.d.comb += [Assert(~compute | (written == tile * op.out_pixels + pixel)),
-                 Assert(~compute | ((tile < op.out_words) & (pixel < op.out_pixels)))]
+    tiles, pixels = _registers(env.fragment, "write_tiles_left", "write_pixels_left")
+    m.d.comb += Assert(~compute | _counted(op, written, tiles, pixels))
+
+
+def _counted(op, done, tiles, pixels):
+    """``output_counters``' down-counters (``tiles`` and ``pixels`` left after the current
+    output) agree with ``done`` outputs so far, and are within the op's counts."""
+    return ((done + tiles * op.out_pixels + pixels + 1 == op.out_words * op.out_pixels)
+            & (tiles < op.out_words) & (pixels < op.out_pixels))
 
 
 def _table_promises(env):
