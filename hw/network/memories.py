@@ -81,7 +81,7 @@ class _Memories(wiring.Component):
                                         depth=config.depths[name], init=words,
                                         attrs=NO_COLLISIONS)
             m.submodules[f"{name}_memory"] = memories[name]
-        weights = no_collision_read_port(m, memories["weights"])
+        weights = self._weight_port(m, memories["weights"])
         m.d.comb += [
             weights.addr.eq(self.weights.addr),
             weights.en.eq(self.weights.en),
@@ -89,6 +89,9 @@ class _Memories(wiring.Component):
         ]
         self._write_loads(m, memories)
         return memories
+
+    #: How the weight memory is read: see :class:`WideMemories`.
+    _weight_port = staticmethod(no_collision_read_port)
 
     def _stored_bits(self, name):
         """Bits of a row of ``name``'s memory where it holds a word a row."""
@@ -130,6 +133,13 @@ class WideMemories(_Memories):
 
     def __init__(self, config, contents):
         super().__init__(config, contents, config.width, {})
+
+    @staticmethod
+    def _weight_port(m, memory):
+        # A plain synchronous port: through no_collision_read_port, Yosys 0.70's synth_ecp5
+        # drives a bit of the width-16 weight word (1 075 bits, 36-bit PDPW16KD blocks) from
+        # two block RAM outputs and nextpnr refuses the netlist (docs/host_link.md §6).
+        return memory.read_port()
 
     def _write_loads(self, m, memories):
         """A ``load`` beat writes a whole word, in one cycle."""
