@@ -336,9 +336,11 @@ def _written(op: dict) -> dict:
     """``(packed, address) → n``: the words a compute op (or a quantizing ``LOAD``) writes,
     its copies (``copy``) too, ``n`` the write-back's count before it (tile by tile, pixel
     by pixel)."""
+    targets = [(op.get("out_packed", 0), op["out_base"], op.get("out_stride", 0))]
+    if op.get("copy"):
+        targets.append((1, op["copy_base"], op["copy_stride"]))
     written = {}
-    for packed, base, stride in [(op.get("out_packed", 0), op["out_base"], op.get("out_stride", 0))] \
-            + ([(1, op["copy_base"], op["copy_stride"])] if op.get("copy") else []):
+    for packed, base, stride in targets:
         written.update({(packed, base + pixel * stride + tile): tile * op["out_pixels"] + pixel
                         for tile in range(op["out_words"]) for pixel in range(op["out_pixels"])})
     return written

@@ -7,9 +7,6 @@ from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from ..requant import Requantizer
-from ..serial_requant import SerialRequantizer
-
 from .layouts import (STORAGE_BITS, ControlSignature, OpKind, SideWords, VectorBeat,
                       writes_results)
 from .walks import output_counters, tile_pointer
@@ -252,8 +249,8 @@ class CopyPart(wiring.Component):
         m = Module()
         config = self._config
         op = self.control.op
-        kind = SerialRequantizer if config.requantizer == "serial" else Requantizer
-        m.submodules.requantizer = requantizer = kind(**vars(config.copy_config))
+        m.submodules.requantizer = requantizer = config.requantizer_kind(
+            **vars(config.copy_config))
         copying = op.copy
         # a fork: the vector leaves once both sides take it
         m.d.comb += [

@@ -335,6 +335,11 @@ class NetworkCore(wiring.Component):
             slot = self.requantizer_config.out_layout.elem_shape
             return TablePart.Config(self.width, self.table_depth, Shape.cast(slot).width)
 
+        @property
+        def requantizer_kind(self) -> type[Requantizer] | type[SerialRequantizer]:
+            """The class of the core's requantizer, and of its copy requantizer."""
+            return SerialRequantizer if self.requantizer == "serial" else Requantizer
+
         @cached_property
         def requantizer_config(self) -> Requantizer.Config | SerialRequantizer.Config:
             """The requantizer's configuration: 16-bit outputs, a 17-bit residual and
@@ -479,8 +484,7 @@ class NetworkCore(wiring.Component):
                 raise ValueError(f"Every {name} word must be an integer in 0..{limit - 1}")
             self._contents[name] = words
         self._array = MacArray(**vars(config.array))
-        requantizer = SerialRequantizer if config.requantizer == "serial" else Requantizer
-        self._requantizer = requantizer(**vars(config.requantizer_config))
+        self._requantizer = config.requantizer_kind(**vars(config.requantizer_config))
         word = config.layouts["data"]
         super().__init__({
             "inputs": In(stream.Signature(word)),
