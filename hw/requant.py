@@ -17,16 +17,14 @@ __all__ = ["ChannelParams", "RequantParams", "OutputOutlier", "RequantOutput", "
 
 
 class ChannelParams(data.StructLayout):
-    """Requantization parameters of one output channel (docs/semantics.md §3); with a
-    residual width, also the channel's residual value ``r`` and its ``M_r``, ``t``
-    (docs/program.md §11)."""
+    """Requantization parameters of one output channel (docs/semantics.md §3), without
+    ``bias`` those of a per-tensor requantization ``x·M``; with a residual width, also the
+    channel's residual value ``r`` and its ``M_r``, ``t`` (docs/program.md §11)."""
 
-    def __init__(self, residual_shape=None):
-        fields = {
-            "bias": signed(BIAS_BITS),
-            "multiplier": signed(MULTIPLIER_BITS),
-            "shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1),
-        }
+    def __init__(self, residual_shape=None, *, bias=True):
+        fields = {"bias": signed(BIAS_BITS)} if bias else {}
+        fields["multiplier"] = signed(MULTIPLIER_BITS)
+        fields["shift"] = range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1)
         if residual_shape is not None:
             fields["residual"] = residual_shape
             fields["residual_multiplier"] = signed(MULTIPLIER_BITS)
@@ -37,10 +35,12 @@ class ChannelParams(data.StructLayout):
 class RequantParams(data.StructLayout):
     """Parameters for one vector of ``cols`` accumulators, the layer's ReLU flag and, with
     output outliers (§7), the layer's outlier threshold ``0..hi`` of the dense format; with
-    run-time bounds, the output range ``low..high`` (the format of the layer's output)."""
+    run-time bounds, the output range ``low..high`` (the format of the layer's output);
+    ``bias`` as :class:`ChannelParams`."""
 
-    def __init__(self, cols, threshold_shape=None, residual_shape=None, bounds_shape=None):
-        fields = {"channels": data.ArrayLayout(ChannelParams(residual_shape), cols),
+    def __init__(self, cols, threshold_shape=None, residual_shape=None, bounds_shape=None, *,
+                 bias=True):
+        fields = {"channels": data.ArrayLayout(ChannelParams(residual_shape, bias=bias), cols),
                   "relu": unsigned(1)}
         if threshold_shape is not None:
             fields["outlier_threshold"] = threshold_shape
@@ -138,16 +138,18 @@ class RequantConfig:
             "out": Out(stream.Signature(self.out_layout)),
         })
 
-    def _params_layout(self, cols, threshold_shape=None):
+    def _params_layout(self, cols, threshold_shape=None, *, bias=True):
         residual_shape = None if self.residual_bits is None else signed(self.residual_bits)
         bounds_shape = self.out_shape if self.runtime_bounds else None
-        return RequantParams(cols, threshold_shape, residual_shape, bounds_shape)
+        return RequantParams(cols, threshold_shape, residual_shape, bounds_shape, bias=bias)
 
 
 class Requantizer(ConfiguredComponent):
     """Per-channel requantization ``clamp(((acc + bias)·M + 2^(s-1)) >> s, lo, hi)`` (§3),
     optionally with a residual added before the one rounding,
-    ``clamp(((acc + bias)·M + r·M_r·2^t + 2^(s-1)) >> s, lo, hi)`` (docs/program.md §11).
+    ``clamp(((acc + bias)·M + r·M_r·2^t + 2^(s-1)) >> s, lo, hi)`` (docs/program.md §11);
+    or, ``per_tensor``, ``clamp((acc·M + 2^(s-1)) >> s, lo, hi)`` with one ``M`` and ``s``
+    for the whole vector (the network core's copies, docs/network.md §15).
 
     Each accumulator vector is joined with one parameter beat (the sequencer streams the
     parameters of the columns the vector came from). Every step is exact: the sum keeps one
@@ -163,14 +165,16 @@ class Requantizer(ConfiguredComponent):
     acc : In(stream.Signature(ArrayLayout(signed(acc_width), cols)))
         Accumulator vectors.
     params : In(stream.Signature(RequantParams(cols)))
-        One parameter beat per accumulator vector.
+        One parameter beat per accumulator vector (``per_tensor``: ``RequantParams(1)``,
+        its one channel without ``bias``).
     out : Out(stream.Signature(ArrayLayout(out_shape, cols) or RequantOutput(...)))
         Requantized vectors (with ``outlier_bits``, dense vectors and their outliers).
     """
 
     @dataclass(frozen=True, kw_only=True)
     class Config(RequantConfig):
-        """A :class:`RequantConfig` with output-outlier extraction (§7).
+        """A :class:`RequantConfig` with output-outlier extraction (§7) and a per-tensor
+        form.
 
         Parameters
         ----------
@@ -180,23 +184,35 @@ class Requantizer(ConfiguredComponent):
             that width and its dense slot is zero.
         split_stages : int
             Register stages added for a faster clock, 0..2 (default 0), each a cycle more of
-            :attr:`latency`: 1 gives the rounding addition a stage of its own before the
-            shift; 2 also registers each product's 18×18 partial products (one
-            MULT18X18D each on ECP5) before their sum.
+            :attr:`latency`: 1 gives the rounding shift a stage of its own before the
+            rounding increment; 2 also registers each product's 18×18 partial products
+            (one MULT18X18D each on ECP5) before their sum.
+        per_tensor : bool
+            One multiplier and shift for every column and no bias (default False): the
+            parameter beat holds one channel, and each product is ``acc_width + 32`` bits
+            instead of ``max(acc_width, 32) + 33`` (the network core's copy requantizer:
+            17 × 32-bit products).
 
         Raises
         ------
         TypeError
             If a parameter is of the wrong type or outside its range.
         ValueError
-            If ``outlier_bits`` is combined with ``runtime_bounds``.
+            If ``outlier_bits`` is combined with ``runtime_bounds``, or ``residual_bits``
+            with ``per_tensor``.
         """
         outlier_bits: int | None = None
         split_stages: int = 0
+        per_tensor: bool = False
 
         def __post_init__(self):
             super().__post_init__()
             check_int("split_stages", self.split_stages, REQUANT_STAGES)
+            if not isinstance(self.per_tensor, bool):
+                raise TypeError(f"per_tensor must be a bool, not {self.per_tensor!r}")
+            if self.per_tensor and self.residual_bits is not None:
+                raise ValueError("A per-tensor requantizer (per_tensor=True) has no residual "
+                                 f"(residual_bits={self.residual_bits})")
             if self.outlier_bits is not None:
                 check_int("Output outlier width", self.outlier_bits,
                           (self.out_bits + 1, OUTLIER_BITS[1]))
@@ -222,6 +238,8 @@ class Requantizer(ConfiguredComponent):
             threshold_shape = None
             if self.outlier_bits is not None:
                 threshold_shape = range(shape_bounds(self.out_shape)[1] + 1)
+            if self.per_tensor:
+                return self._params_layout(1, threshold_shape, bias=False)
             return self._params_layout(self.cols, threshold_shape)
 
         @property
@@ -257,7 +275,7 @@ class Requantizer(ConfiguredComponent):
         # the biased accumulators (added at the ports), the products, their sum, the
         # rounded shift, the clamp; the sum and the shift have a stage each, so no stage
         # holds more than one carry chain and one shifter (for the ECP5 board's clock).
-        # `split_stages` cuts the rounding addition from the shift, and the products
+        # `split_stages` cuts the rounding increment from the shift, and the products
         # between their MULT18X18Ds and the sum of their partial products.
         split = self._config.split_stages
         delay = 3 + split
@@ -277,12 +295,17 @@ class Requantizer(ConfiguredComponent):
         if self._config.outlier_bits is not None:
             threshold = self._delayed(m, params.outlier_threshold, "threshold", delay)
 
+        per_tensor = self._config.per_tensor
         for col in range(self._config.cols):
-            channel = self.params.payload.channels[col]
-            product, shift = self._product(
-                m, self.acc.payload[col] + channel.bias,
-                signed(max(self._config.acc_width, BIAS_BITS) + 1),
-                channel.multiplier, channel.shift, f"{col}", partial=split >= 2)
+            if per_tensor:
+                channel = self.params.payload.channels[0]
+                value, value_shape = self.acc.payload[col], signed(self._config.acc_width)
+            else:
+                channel = self.params.payload.channels[col]
+                value = self.acc.payload[col] + channel.bias
+                value_shape = signed(max(self._config.acc_width, BIAS_BITS) + 1)
+            product, shift = self._product(m, value, value_shape, channel.multiplier,
+                                           channel.shift, f"{col}", partial=split >= 2)
             summed = product
             if self._config.residual_bits is not None:
                 residual_product, residual_shift = self._product(
@@ -293,13 +316,14 @@ class Requantizer(ConfiguredComponent):
             total = Signal(summed.shape(), name=f"total_{col}", reset_less=True)
             late_shift = Signal.like(shift, name=f"shift_{col}_2", reset_less=True)
             m.d.sync += [total.eq(summed), late_shift.eq(shift)]
-            # Arithmetic shift = floor division by 2^s; adding 2^(s-1) first rounds half up.
-            rounding = (Const(1, total.shape().width + 1) << late_shift) >> 1
-            rounded = total + rounding
+            # Arithmetic shift = floor division by 2^s; adding 2^(s-1) first rounds half up:
+            # (t + 2^(s-1)) >> s = ((2t >> s) + 1) >> 1, which keeps every step one bit
+            # wider than t, where 2^(s-1) needs t's width plus the largest shift (63).
+            halves = (total << 1) >> late_shift
             if split >= 1:
-                rounded, late_shift = self._register(m, f"rounded_{col}", rounded, late_shift)
+                (halves,) = self._register(m, f"halves_{col}", halves)
             shifted = Signal(total.shape(), name=f"shifted_{col}", reset_less=True)
-            m.d.sync += shifted.eq(rounded >> late_shift)
+            m.d.sync += shifted.eq((halves + 1) >> 1)
             if self._config.runtime_bounds:
                 floor = Mux(relu & (low < 0), zero, low)
             else:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
+from olmac.golden import requantize_round_half_up
 from olmac.golden.program import (quantize_model, requantize_residual_round_half_up, run_integer,
                             to_pixels)
 from olmac.hw.network import NetworkCore, OpKind
@@ -226,6 +227,53 @@ def _check_residual_requantizer(requantizer, rng, rows):
             torch.tensor(residual[row:row + 1]), residual_multiplier[row], residual_shift[row],
             out_bits=bits, out_signed=signed, relu=bool(relu[row]))
         np.testing.assert_array_equal(result[row], expected.numpy()[0])
+
+
+@pytest.mark.parametrize("split_stages", [0, 2])
+def test_per_tensor_requantizer(split_stages):
+    """One multiplier and shift for the whole vector and no bias (the core's copy
+    requantizer, 17-bit values): each row equal to golden's requantize_round_half_up with
+    scalar parameters and zero bias, clamped to the beat's range, under random stalls."""
+    requantizer = Requantizer(cols=3, acc_width=17, out_bits=16, runtime_bounds=True,
+                              per_tensor=True, split_stages=split_stages)
+    rng = np.random.default_rng(23 + split_stages)
+    rows = 30
+    accs = rng.integers(-(1 << 16), 1 << 16, size=(rows, 3))
+    multiplier = rng.integers(-(1 << 31), 1 << 31, size=rows)
+    shift = rng.integers(0, 64, size=rows)
+    shift[:3] = [0, 63, 48]  # none, the largest, and one just below the product's width
+    accs[1] = [-(1 << 16), (1 << 16) - 1, 0]
+    relu = rng.integers(0, 2, size=rows)
+    formats = [(int(rng.integers(2, 17)), bool(rng.integers(0, 2))) for _ in range(rows)]
+    bounds = np.array([(-(1 << (b - 1)), (1 << (b - 1)) - 1) if s else (0, (1 << b) - 1)
+                       for b, s in formats])
+    leaves = np.concatenate([multiplier[:, None], shift[:, None], relu[:, None], bounds],
+                            axis=1)
+    sim = Simulator(requantizer)
+    sim.add_clock(1e-6)
+    acc_codec = LayoutCodec(requantizer.acc.payload.shape())
+    params_codec = LayoutCodec(requantizer.params.payload.shape())
+    sim.add_testbench(StreamSource(requantizer.acc, acc_codec.pack(accs),
+                                   pause_probability=0.3).run, background=True)
+    sim.add_testbench(StreamSource(requantizer.params, params_codec.pack(leaves),
+                                   pause_probability=0.3, seed=5).run, background=True)
+    sink = StreamSink(requantizer.out, rows, pause_probability=0.3)
+    sim.add_testbench(sink.run)
+    sim.run()
+    result = LayoutCodec(requantizer.out.payload.shape()).unpack(sink.received)
+    for row, (bits, signed) in enumerate(formats):
+        expected = requantize_round_half_up(
+            torch.tensor(accs[row:row + 1]), 0, int(multiplier[row]), int(shift[row]),
+            out_bits=bits, out_signed=signed, relu=bool(relu[row]))
+        np.testing.assert_array_equal(result[row], expected.numpy()[0])
+
+
+def test_per_tensor_requantizer_options_are_checked():
+    with pytest.raises(TypeError, match=r"^per_tensor must be a bool, not 1$"):
+        Requantizer(cols=2, acc_width=17, out_bits=16, per_tensor=1)
+    with pytest.raises(ValueError, match=r"^A per-tensor requantizer \(per_tensor=True\) has "
+                                         r"no residual \(residual_bits=17\)$"):
+        Requantizer(cols=2, acc_width=17, out_bits=16, residual_bits=17, per_tensor=True)
 
 
 def test_requantizer_stage_options_are_checked():

@@ -211,8 +211,8 @@ class WriteBack(wiring.Component):
 
 class CopyPart(wiring.Component):
     """A fused ``requantize`` (docs/network.md §15): passes each result vector of the back's
-    op on to the write-back and, if the op's descriptor has ``copy``, also through a second
-    lane-wise requantizer, ``clamp((x·M + 2^(s−1)) >> s, lo, hi)`` with the descriptor's
+    op on to the write-back and, if the op's descriptor has ``copy``, also through a second,
+    per-tensor requantizer, ``clamp((x·M + 2^(s−1)) >> s, lo, hi)`` with the descriptor's
     ``copy_multiplier``, ``copy_shift``, ``copy_low`` and ``copy_high`` (what the dropped
     ``requantize`` op computed from the stored value), to the packed memory at
     ``copy_base + pixel·copy_stride + tile``. A vector passes only when both the write-back
@@ -263,13 +263,11 @@ class CopyPart(wiring.Component):
             requantizer.params.payload.low.eq(op.copy_low),
             requantizer.params.payload.high.eq(op.copy_high),
         ]
-        for col in range(config.width):
-            channel = requantizer.params.payload.channels[col]
-            m.d.comb += [
-                requantizer.acc.payload[col].eq(self.results.payload[col]),
-                channel.multiplier.eq(op.copy_multiplier),
-                channel.shift.eq(op.copy_shift),
-            ]
+        m.d.comb += requantizer.acc.payload.eq(self.results.payload)
+        # the parallel requantizer's one per-tensor channel, or the serial one's every channel
+        for channel in requantizer.params.payload.channels:
+            m.d.comb += [channel.multiplier.eq(op.copy_multiplier),
+                         channel.shift.eq(op.copy_shift)]
         # its own write-back, to the copies' words
         m.submodules.writer = writer = WriteBack(config, copies=True)
         wiring.connect(m, wiring.flipped(self.control), writer.control)

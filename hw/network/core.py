@@ -354,14 +354,16 @@ class NetworkCore(wiring.Component):
         def copy_config(self) -> Requantizer.Config | SerialRequantizer.Config | None:
             """The copy requantizer's configuration (a stored 16-bit value in, run-time
             bounds, no residual; its parameters come from the descriptor, all channels at
-            once), or ``None`` without ``copies``."""
+            once: the parallel one per tensor, with the main one's stages), or ``None``
+            without ``copies``."""
             if not self.copies:
                 return None
             options = dict(cols=self.width, acc_width=STORAGE_BITS + 1, out_bits=STORAGE_BITS,
                            runtime_bounds=True)
             if self.requantizer == "serial":
                 return SerialRequantizer.Config(**options)
-            return Requantizer.Config(**options)
+            return Requantizer.Config(**options, per_tensor=True,
+                                      split_stages=self.requant_stages)
 
         @property
         def per_channel(self) -> bool:
