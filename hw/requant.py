@@ -286,6 +286,13 @@ class Requantizer(ConfiguredComponent):
             valid[0].eq(accepted),
         ]
         m.d.sync += [valid[stage + 1].eq(valid[stage]) for stage in range(len(valid) - 1)]
+        m.d.sync += results.w.valid.eq(valid[-1])
+        # The registers after the input stage (`first`) move only while a vector is in
+        # them, enabled by the valid bits (registers: no path from the ports). The same
+        # results, and a simulator skips the idle cycles' wide arithmetic (most cycles of a
+        # network core, whose requantizer takes one vector per reduction).
+        first, m = m, Module()
+        first.submodules.pipeline = EnableInserter(Cat(*valid).any())(m)
         relu = self._delayed(m, params.relu, "relu", delay)
         zero = Const(0, signed(2))
         if self._config.runtime_bounds:
@@ -304,12 +311,12 @@ class Requantizer(ConfiguredComponent):
                 channel = self.params.payload.channels[col]
                 value = self.acc.payload[col] + channel.bias
                 value_shape = signed(max(self._config.acc_width, BIAS_BITS) + 1)
-            product, shift = self._product(m, value, value_shape, channel.multiplier,
+            product, shift = self._product(first, m, value, value_shape, channel.multiplier,
                                            channel.shift, f"{col}", partial=split >= 2)
             summed = product
             if self._config.residual_bits is not None:
                 residual_product, residual_shift = self._product(
-                    m, channel.residual, channel.residual.shape(),
+                    first, m, channel.residual, channel.residual.shape(),
                     channel.residual_multiplier, channel.residual_shift, f"residual_{col}",
                     partial=split >= 2)
                 summed = product + (residual_product << residual_shift)
@@ -340,8 +347,7 @@ class Requantizer(ConfiguredComponent):
                     slot.col.eq(col),
                     slot.value.eq(Mux(outlier, clamped, 0)),
                 ]
-        m.d.sync += results.w.valid.eq(valid[-1])
-        return m
+        return first
 
     @staticmethod
     def _register(m, name, *values):
@@ -352,21 +358,22 @@ class Requantizer(ConfiguredComponent):
         return registers
 
     @classmethod
-    def _product(cls, m, value, value_shape, multiplier, shift, name, *, partial):
-        """``value·multiplier`` two stages later (operands registered, then the product),
-        or with ``partial`` three (its 18×18 partial products registered in between), with
-        ``shift`` delayed to match: one of the products of §3 and §11."""
-        (shift,) = cls._register(m, f"shift_{name}_0", shift)
+    def _product(cls, first, m, value, value_shape, multiplier, shift, name, *, partial):
+        """``value·multiplier`` two stages later (operands registered in ``first``, then
+        the product in ``m``), or with ``partial`` three (its 18×18 partial products
+        registered in between), with ``shift`` delayed to match: one of the products of
+        §3 and §11."""
+        (shift,) = cls._register(first, f"shift_{name}_0", shift)
         if not partial:
             operand = Signal(value_shape, name=f"operand_{name}", reset_less=True)
             factor = Signal.like(multiplier, name=f"multiplier_{name}", reset_less=True)
-            m.d.sync += [operand.eq(value), factor.eq(multiplier)]
+            first.d.sync += [operand.eq(value), factor.eq(multiplier)]
             product = operand * factor
         else:
             terms = []
             for (a, a_at), (b, b_at) in itertools.product(
-                    cls._halves(m, value, value_shape, f"operand_{name}"),
-                    cls._halves(m, multiplier, multiplier.shape(), f"multiplier_{name}")):
+                    cls._halves(first, value, value_shape, f"operand_{name}"),
+                    cls._halves(first, multiplier, multiplier.shape(), f"multiplier_{name}")):
                 (term,) = cls._register(m, f"partial_{name}_{len(terms)}", a * b)
                 terms.append(term << (a_at + b_at))
             (shift,) = cls._register(m, f"shift_{name}_p", shift)
