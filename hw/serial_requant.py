@@ -138,29 +138,43 @@ class SerialRequantizer(ConfiguredComponent):
 
         multiplier = channel_params.multiplier
         shift = channel_params.shift
-        # Bit k of M (bit 31 weighs -2^31).
         top = MULTIPLIER_BITS - 1
-        in_multiplier = position <= top
-        m_bit = in_multiplier & multiplier.as_unsigned().bit_select(position[:5], 1)
-        # A term of negative weight is added as its complement and a carry (-x = ~x + 1):
-        # no negating adder.
-        x_negative = m_bit & (position == top)
-        x_term = Mux(m_bit, Mux(x_negative, ~biased, biased), 0)
-        terms_end = top
-        if config.residual_bits is not None:
-            residual = channel_params.residual
+        residual = config.residual_bits is not None
+        if residual:
             residual_shift = channel_params.residual_shift
             residual_multiplier = channel_params.residual_multiplier
-            j = Signal(signed(len(position) + 1))
-            m.d.comb += j.eq(position - residual_shift)
-            in_residual = (j >= 0) & (j <= top)
-            r_bit = in_residual & residual_multiplier.as_unsigned().bit_select(j[:5], 1)
-            r_negative = r_bit & (j == top)
-            r_term = Mux(r_bit, Mux(r_negative, ~residual, residual), 0)
+
+        def selection(at):
+            """Which terms position ``at`` adds: bit ``at`` of M (bit 31 weighs -2^31), bit
+            ``at − t`` of M_r, each negative at bit 31, and the rounding 1."""
+            m_bit = (at <= top) & multiplier.as_unsigned().bit_select(at[:5], 1)
+            # A term of negative weight is added as its complement and a carry (-x = ~x + 1):
+            # no negating adder.
+            terms = {"m_bit": m_bit, "x_negative": m_bit & (at == top),
+                     "rounding": (shift != 0) & (at == shift - 1)}
+            if residual:
+                j = (at - residual_shift).as_signed()   # one bit wider than either
+                r_bit = (j >= 0) & (j <= top) & \
+                    residual_multiplier.as_unsigned().bit_select(j[:5], 1)
+                terms |= {"r_bit": r_bit, "r_negative": r_bit & (j == top)}
+            return terms
+
+        # The terms of each position are chosen the cycle before (from position + 1, or 0
+        # as a channel loads), so the sum's carry chains start at a register: selected in
+        # the same cycle, the bit selects of M and M_r led the UP5K board's critical path.
+        chosen = selection(Const(0, len(position)))
+        selected = {name: Signal(name=f"selected_{name}") for name in chosen}
+        m_bit, x_negative = selected["m_bit"], selected["x_negative"]
+        x_term = Mux(m_bit, Mux(x_negative, ~biased, biased), 0)
+        terms_end = top
+        if residual:
+            residual_value = channel_params.residual
+            r_bit, r_negative = selected["r_bit"], selected["r_negative"]
+            r_term = Mux(r_bit, Mux(r_negative, ~residual_value, residual_value), 0)
             terms_end = top + residual_shift
         else:
             r_term = r_negative = 0
-        rounding = (shift != 0) & (position == shift - 1)
+        rounding = selected["rounding"]
         terms = Signal(signed(max(len(biased), config.residual_bits or 0) + 2))
         m.d.comb += terms.eq(x_term + r_term)
         step = Signal(signed(self.sum_width + 1))
@@ -191,11 +205,14 @@ class SerialRequantizer(ConfiguredComponent):
                         biased.eq(self.acc.payload[channel] + channel_params.bias),
                         partial.eq(0), position.eq(0), low_bits.eq(0), ones.eq(0),
                         zeros.eq(0),
+                        *(selected[name].eq(value) for name, value in chosen.items()),
                     ]
                     m.next = "SUM"
             with m.State("SUM"):
                 bit = step[0]
-                m.d.sync += [partial.eq(step >> 1), position.eq(position + 1)]
+                m.d.sync += [partial.eq(step >> 1), position.eq(position + 1),
+                             *(selected[name].eq(value)
+                               for name, value in selection(position + 1).items())]
                 with m.If((above >= 0) & (above < width)):
                     m.d.sync += low_bits.eq(Cat(low_bits[1:], bit))
                 with m.If(above >= width - 1):
