@@ -35,7 +35,7 @@ from olmac.cli import main
 from olmac.compiler import compile_program
 from olmac.flow import demo_data
 from olmac.fpga.board import (NetworkBoard, board_defaults, default_array_multipliers,
-                               demo_network)
+                               default_dsp_lane_pairs, demo_network)
 from olmac.golden import artifact
 from olmac.golden.program import quantize_model, run_integer, to_pixels
 from olmac.board import decode_infer, encode_infer, encode_load, load_requests, parse_info
@@ -259,17 +259,21 @@ def test_ecp5_board_runs_the_demo_cnn(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, width", [("icebreaker", 2), ("ulx3s-85f", 8)])
+@pytest.mark.parametrize("name, width", [("icebreaker", 2), ("icebreaker", 4),
+                                         ("ulx3s-85f", 8)])
 def test_users_program_on_the_board_tops_that_are_built(board, tmp_path, name, width):
     """The artifact's board tops as ``olmac board build --program`` builds them for the
     iCEBreaker (its default width 2: serial requantizer, narrow memories, packed
-    products) and for the ULX3S-85F at width 8 (parallel requantizer, wide memories) run
-    its images bit-exact against golden run_integer."""
+    products, address stages; width 4, issue 14's target: LUT products but lanes 0 and 1
+    of each column in DSP blocks) and for the ULX3S-85F at width 8 (parallel requantizer,
+    wide memories) run its images bit-exact against golden run_integer."""
     options = board_defaults(name)
     options.pop("width")
     compiled = compile_program(board["program"], width=width)
-    top = NetworkBoard(compiled, divisor=DIVISOR,
-                       multipliers=default_array_multipliers(name, width), **options)
+    multipliers = default_array_multipliers(name, width)
+    top = NetworkBoard(compiled, divisor=DIVISOR, multipliers=multipliers,
+                       dsp_lane_pairs=(default_dsp_lane_pairs(name, width)
+                                       if multipliers != "packed" else 0), **options)
     _runs_bit_exact(top, compiled, board["program"], board["pixels"], tmp_path)
 
 
