@@ -335,8 +335,9 @@ class NarrowMemories(_Memories):
         next's as each is taken) and, if asked, reads the residual on the shared port:
         ``steal`` asks for it, ``reading`` is high when the port reads it. Per channel the
         residual word is read again for each channel and only that channel's slot is kept:
-        a 16-bit register instead of the whole word (on the iCE40UP5K at width 4, 48 logic
-        cells fewer), for ``width − 1`` more cycles of the port per answer."""
+        a 16-bit register instead of the whole word (at width 4, 48 flip-flops fewer, each a
+        logic cell of its own on the iCE40), for ``width − 1`` more cycles of the port per
+        answer."""
         width = self._config.width
         rows = self._rows("params")
         beat_rows = rows // width if self._per_channel else rows
