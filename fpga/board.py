@@ -198,8 +198,8 @@ def demo_network(model="cnn", *, width=4, calibration=64):
 
     data = demo_data(model)
     program = quantize(data.model, data.calibration[:calibration])
-    return program, compile_program(program, width=width,
-                                   fuse_copies=spec.BOARD_FUSE_COPIES), data
+    return program, compile_program(program, width=width, fuse_copies=spec.BOARD_FUSE_COPIES,
+                                    prefetch=spec.BOARD_PREFETCH), data
 
 
 def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer=None,
@@ -288,7 +288,8 @@ def build_board(board, *, model="cnn", program=None, name=None, width=None, baud
         _program, compiled, _data = demo_network(model, width=width)
         name = name or model
     else:
-        compiled = compile_program(program, width=width, fuse_copies=spec.BOARD_FUSE_COPIES)
+        compiled = compile_program(program, width=width, fuse_copies=spec.BOARD_FUSE_COPIES,
+                                   prefetch=spec.BOARD_PREFETCH)
         name = name or "program"
     build_dir = build_dir or (Path("build") / "fpga" / board
                               / f"board_{name}_w{width}_{requantizer}_{memories}")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from olmac.spec import BOARD_FUSE_COPIES, INFO_MAGIC, PROTOCOL_VERSION, Command, Status
+from olmac.spec import (BOARD_FUSE_COPIES, BOARD_PREFETCH, INFO_MAGIC, PROTOCOL_VERSION, Command,
+                        Status)
 from .host_link import SerialLink
 
 __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",
@@ -191,7 +192,7 @@ def run_board(port, program, pixels: torch.Tensor, *, width=None, baud=115200, l
         print(f"board: width {info.width}, {info.input_words} input words, "
               f"{info.output_words} output words, protocol v{info.version}")
         compiled = compile_program(program, width=width or info.width,
-                                   fuse_copies=BOARD_FUSE_COPIES)
+                                   fuse_copies=BOARD_FUSE_COPIES, prefetch=BOARD_PREFETCH)
         info.check(compiled)
         if load:
             print(f"loaded {board.load(compiled)} words")

@@ -397,6 +397,29 @@ def _overlap(ops: list[dict]) -> None:
         op.update(overlap=1, lead=lead)
 
 
+def _prefetch(ops: list[dict], param_words: list[list[dict]]) -> bool:
+    """Marks where the next image's words may be taken in the background (docs/network.md
+    §15, prefetch) and gives the quantizing ``LOAD`` its parameters: ``fetch_next`` on the
+    op after the last one that reads the ``LOAD``'s words (its front has then read them
+    all), ``input_multiplier``, ``input_shift`` on the ``LOAD``. Only for a program whose
+    first op quantizes into the packed memory, whose words no later op writes; returns
+    whether it marked one."""
+    load = ops[0]
+    if not (load["kind"] == OpKind.LOAD and load.get("quantize") and load.get("out_packed")):
+        return False
+    region = {(1, load["out_base"] + index) for index in range(load["count"])}
+    if any(region & _written(op).keys() for op in ops[1:] if op["kind"] not in (OpKind.LOAD,
+                                                                                  OpKind.STORE)):
+        return False
+    last_reader = max([index for index, op in enumerate(ops) if index
+                       and op["kind"] != OpKind.LOAD and region & set(_beat_reads(op))],
+                      default=0)
+    ops[last_reader + 1]["fetch_next"] = 1
+    params = param_words[load["param_base"]][0]
+    load.update(input_multiplier=params["multiplier"], input_shift=params["shift"])
+    return True
+
+
 def _packable(program: IntegerProgram, act_bits: int, act_signed: bool) -> set[str]:
     """The values stored in the packed memory (docs/network.md §15): every one that fits
     an activation slot, except residuals (the residual port reads the 16-bit memory) and
@@ -1131,7 +1154,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
                     weight_outlier_lanes: int | None = None,
                     array_bits: tuple[int, int] | None = None, act_outlier_lanes: int = 1,
                     packed: bool = True, tables: bool = True,
-                    codebook: bool = True, fuse_copies: bool | None = None) -> CompiledNetwork:
+                    codebook: bool = True, fuse_copies: bool | None = None,
+                    prefetch: bool | None = None) -> CompiledNetwork:
     """Compile ``program`` for a :class:`NetworkCore` of ``width × width`` MACs.
 
     ``array_bits`` = ``(W, A)`` fixes the array's dense operand widths: weights ``s<W>``,
@@ -1161,13 +1185,17 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     beside the ``width²`` MACs; the iCE40 boards' narrower cores keep the ops) a
     ``requantize`` that copies the 16-bit results of the op just before it into the packed
     memory runs in that op's back (the core's ``copies``, docs/network.md §15).
+    With ``prefetch`` (by default from width 8 on, as ``fuse_copies``; the board tops keep
+    it off, ``spec.BOARD_PREFETCH``) a core whose first op quantizes the pixels into the
+    packed memory takes the next image's words in the background from the op after the
+    last reader of those words (the core's ``prefetch``, docs/network.md §15).
     Memories are exactly as deep as the program.
 
     Raises
     ------
     TypeError
-        If ``width``, ``weight_outlier_lanes``, ``array_bits`` or ``fuse_copies`` is not of
-        its form.
+        If ``width``, ``weight_outlier_lanes``, ``array_bits``, ``fuse_copies`` or
+        ``prefetch`` is not of its form.
     CompileError
         For every op the core cannot run, one line each: a feature map or kernel beyond
         the descriptor fields, a layer whose passes do not fit (too many, or no order for
@@ -1187,6 +1215,10 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         fuse_copies = width >= 8
     elif not isinstance(fuse_copies, bool):
         raise TypeError(f"fuse_copies must be a bool or None, not {fuse_copies!r}")
+    if prefetch is None:
+        prefetch = width >= 8
+    elif not isinstance(prefetch, bool):
+        raise TypeError(f"prefetch must be a bool or None, not {prefetch!r}")
     program, labels = with_copy_gemms(program, width)
     gemms = [op for op in program.ops if isinstance(op, Gemm)]
     formats = {(program.values[op.input].bits, program.values[op.input].signed)
@@ -1239,6 +1271,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         options.update(table_depth=len(compiler.table_entries))
     if compiler.fused_copies:
         options.update(copies=True)
+    if prefetch and _prefetch(compiler.descriptors, compiler.param_words):
+        options.update(prefetch=True)
     for name, bits, limits in (("a plane shift", options.get("plane_shift_bits", 0),
                                 PLANE_SHIFT_BITS),
                                ("an activation shift", options.get("act_shift_bits", 0),

@@ -14,7 +14,7 @@ __all__ = [
     "ARRAY_DIM", "STALL_SIXTEENTHS", "OUTLIER_BITS", "OUTLIER_LANES",
     "PLANE_SHIFT_BITS", "WEIGHT_SCHEMES", "CORE_SCHEMES", "BOARD_NAMES", "MULTIPLIERS",
     "REQUANTIZERS", "MEMORY_STYLES", "WALK_STAGES", "REQUANT_STAGES", "BOARD_BAUD",
-    "BOARD_DEFAULTS", "BOARD_FUSE_COPIES",
+    "BOARD_DEFAULTS", "BOARD_FUSE_COPIES", "BOARD_PREFETCH",
     "OUT_BITS", "MULTIPLIER_BITS", "BIAS_BITS", "SHIFT_RANGE", "RESIDUAL_BITS",
     "RESIDUAL_SHIFT_RANGE", "HIGHWAY_BITS", "CODEBOOK_IDX_BITS", "CODEBOOK_ENTRY_BITS",
     "SYNC", "REPLY_KIND", "ERROR_KIND", "MAX_LENGTH", "ErrorCode",
@@ -72,6 +72,11 @@ BOARD_DEFAULTS = {"icebreaker": _UP5K_BOARD, "ulx3s-85f": _ECP5_BOARD, "ecpix5-8
 #: docs/network.md §15): not yet, until the copy requantizer's area and fmax on the boards
 #: are measured. Board and host must agree: the programs differ in depth.
 BOARD_FUSE_COPIES = False
+#: Whether a board's program takes the next image's words in the background
+#: (``compile_program(prefetch=…)``, docs/network.md §15): not yet, for the same reason (its
+#: quantizer's multipliers are one combinational stage); and a board's host sends an image
+#: only after the last one's logits, so there is nothing to take early.
+BOARD_PREFETCH = False
 #: Allowed requantized output widths (§1), inclusive.
 OUT_BITS = (2, 16)
 #: Width of the signed per-channel requantization multiplier and bias (§3).

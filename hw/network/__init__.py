@@ -8,10 +8,10 @@ an op marked ``final``, so a program that begins with a ``LOAD`` and ends with a
 classifies one image per pass.
 
 :class:`NetworkCore` (``core``) wires the parts: the :class:`Sequencer`, ``LOAD``/``STORE``
-(``transfers``), the beat and output walks (``walks``), the reducer, the requantizer's
-parameter feed and the write-back (``compute``), the memories in a wide or a narrow
-variant (``memories``), the activation-outlier store (``outliers``) and the lookup tables
-(``tables``).
+and the background loader (``transfers``), the beat and output walks (``walks``), the
+reducer, the requantizer's parameter feed and the write-back (``compute``), the memories
+in a wide or a narrow variant (``memories``), the activation-outlier store (``outliers``)
+and the lookup tables (``tables``).
 """
 
 from .codes import CodebookPath, code_tiles, codebook_word_entries
@@ -27,13 +27,14 @@ from .outliers import ActOutlierStore
 from .packed import PackedMemory
 from .sequencer import Sequencer
 from .tables import TablePart
-from .transfers import Loader, Storer
+from .transfers import Loader, Prefetcher, Storer
 from .walks import BeatWalk, OutputWalk
 
 __all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget", "LoadBeat", "row_slices",
            "ControlSignature", "VectorBeat", "SideRequest", "SideWords", "WeightWord",
            "STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
-           "Sequencer", "Loader", "Storer", "BeatWalk", "OutputWalk", "Reducer", "ParamFeed",
+           "Sequencer", "Loader", "Prefetcher", "Storer", "BeatWalk", "OutputWalk", "Reducer",
+           "ParamFeed",
            "WriteBack", "CopyPart", "WideMemories", "NarrowMemories", "ActOutlierStore",
            "PackedMemory", "TablePart", "TABLE_ENTRY_BITS", "CodebookPath", "CodebookMode",
            "code_tiles", "codebook_word_entries"]

@@ -16,7 +16,7 @@ __all__ = ["STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BIT
            "LoadTarget", "LoadBeat", "row_slices", "is_compute", "writes_results", "ControlSignature",
            "VectorBeat", "SideRequest",
            "SideWords", "OUTLIER_VALUE_BITS", "OutlierSlot", "OutlierBlock", "TABLE_ENTRY_BITS",
-           "CodebookMode"]
+           "CodebookMode", "AddressedWord"]
 
 #: Every activation memory slot is as wide as a highway tensor, so one is stored whole and a
 #: low-width tensor sits in the low bits (docs/network.md §15).
@@ -96,10 +96,13 @@ class OpDescriptor(data.StructLayout):
     with a copy requantizer), whether the op's results also go, requantized by
     ``copy_multiplier``, ``copy_shift`` and clamped to ``copy_low..copy_high``, to the
     packed memory at ``copy_base + pixel·copy_stride + tile`` (a fused ``requantize``,
-    docs/network.md §15)."""
+    docs/network.md §15); with ``prefetch`` (a core that takes the next image's words in
+    the background), ``fetch_next`` on the op from whose start they may be taken and, on
+    the quantizing ``LOAD``, its ``input_multiplier`` and ``input_shift`` (the parameter
+    word's, which the background quantizer cannot read beside the running op)."""
 
     def __init__(self, data_depth, weight_depth, param_depth, outlier_depth=0, packed=False,
-                 table_address_bits=0, codebook_entries=0, copies=False):
+                 table_address_bits=0, codebook_entries=0, copies=False, prefetch=False):
         dim = range(MAX_DIM + 1)
         kernel = range(MAX_KERNEL + 1)
         outliers = {"in_packed": unsigned(1), "out_packed": unsigned(1)} if packed else {}
@@ -120,6 +123,10 @@ class OpDescriptor(data.StructLayout):
                          "copy_shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1),
                          "copy_low": signed(STORAGE_BITS + 1),
                          "copy_high": signed(STORAGE_BITS + 1)}
+        if prefetch:
+            outliers |= {"fetch_next": unsigned(1),
+                         "input_multiplier": signed(MULTIPLIER_BITS),
+                         "input_shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1)}
         super().__init__({
             "kind": OpKind,
             "final": unsigned(1),
@@ -229,6 +236,13 @@ class ControlSignature(wiring.Signature):
 
     def __init__(self, descriptor):
         super().__init__({"op": Out(descriptor), "start": Out(1), "running": Out(1)})
+
+
+class AddressedWord(data.StructLayout):
+    """One activation memory write as a stream payload: ``word`` at ``address``."""
+
+    def __init__(self, address_depth, word):
+        super().__init__({"address": range(address_depth), "word": word})
 
 
 class VectorBeat(data.StructLayout):

@@ -2,13 +2,13 @@
 slots are as wide as the array's activations, between the walks and the 16-bit one."""
 
 from amaranth.hdl import *
-from amaranth.lib import data, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from ..ram import NO_COLLISIONS, no_collision_read_port
-from .layouts import ControlSignature
+from .layouts import AddressedWord, ControlSignature
 
 __all__ = ["PackedMemory"]
 
@@ -41,6 +41,9 @@ class PackedMemory(wiring.Component):
         With ``config.copies``: the copy part's port, to the packed memory only. The compiler
         copies only results the op writes to the 16-bit memory, so it never writes in a
         cycle the write-back writes here.
+    prefetch_write : In(stream.Signature(AddressedWord(...)))
+        With ``config.prefetch``: the background loader's words, taken in a cycle no other
+        port writes this memory (the last in priority: the others cannot wait).
     wide_operand, wide_write : In(ReadPort.Signature(...)), In(WritePort.Signature(...))
         The 16-bit memory's ports (driven here).
     """
@@ -50,8 +53,11 @@ class PackedMemory(wiring.Component):
         word = config.layouts["data"]
         address = ceil_log2(config.address_depth)
         wide = ceil_log2(config.data_depth)
-        copies = ({"copy_write": Out(WritePort.Signature(addr_width=address, shape=word))}
-                  if config.copies else {})
+        writers = ({"copy_write": Out(WritePort.Signature(addr_width=address, shape=word))}
+                   if config.copies else {})
+        if config.prefetch:
+            writers["prefetch_write"] = In(stream.Signature(AddressedWord(config.address_depth,
+                                                                         word)))
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
             "back": In(ControlSignature(config.layouts["program"])),
@@ -59,7 +65,7 @@ class PackedMemory(wiring.Component):
             "write": Out(WritePort.Signature(addr_width=address, shape=word)),
             "wide_operand": In(ReadPort.Signature(addr_width=wide, shape=word)),
             "wide_write": In(WritePort.Signature(addr_width=wide, shape=word)),
-            **copies,
+            **writers,
         })
 
     def elaborate(self, platform):
@@ -78,6 +84,14 @@ class PackedMemory(wiring.Component):
             copy = self.copy_write
             address, enable = Mux(copy.en, copy.addr, address), enable | copy.en
             lanes = [Mux(copy.en, copy.data[lane], value) for lane, value in enumerate(lanes)]
+        if config.prefetch:
+            prefetch = self.prefetch_write
+            m.d.comb += prefetch.ready.eq(~enable)
+            background = prefetch.valid & ~enable
+            address = Mux(background, prefetch.payload.address, address)
+            enable = enable | background
+            lanes = [Mux(background, prefetch.payload.word[lane], value)
+                     for lane, value in enumerate(lanes)]
         m.d.comb += [
             read.addr.eq(self.operand.addr), read.en.eq(self.operand.en & op.in_packed),
             self.wide_operand.addr.eq(self.operand.addr),

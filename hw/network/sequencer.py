@@ -58,6 +58,10 @@ class Sequencer(wiring.Component):
     restart : In(1)
         Start again at op 0 (one cycle, while the front runs a ``LOAD``, which the back runs
         too or not at all); the back stops at once.
+    prefetched : In(1)
+        The front's ``LOAD`` takes its words from the background loader (from its start,
+        docs/network.md §15, prefetch): they are quantized already, so the back gets
+        nothing of it.
     fenced : Out(1)
         The front's op waits for the back to finish the op before it.
     op_index : Out(range(program_depth))
@@ -75,6 +79,7 @@ class Sequencer(wiring.Component):
             "done": In(1),
             "back_done": In(1),
             "restart": In(1),
+            "prefetched": In(1),
             "fenced": Out(1),
         })
         self._copy = config.overlap
@@ -92,13 +97,14 @@ class Sequencer(wiring.Component):
         start = Signal()
         back_free = ~back_starting & (~back_running | self.back_done)
         hand = Signal()
+        produces = writes_results(op) & ~self.prefetched
         # a restart comes only while the front runs (a LOAD)
         restart = self.restart & self.control.running
         m.d.comb += [
             self.back.start.eq(back_starting),
             self.back.running.eq(back_running),
             self.control.start.eq(start),
-            hand.eq((pending | (start & writes_results(op))) & back_free & ~restart),
+            hand.eq((pending | (start & produces)) & back_free & ~restart),
         ]
         if self._copy:
             back_op = Signal(op.shape())
@@ -115,7 +121,7 @@ class Sequencer(wiring.Component):
         with m.Else():
             m.d.sync += [back_starting.eq(hand),
                          back_running.eq(back_starting | (back_running & ~self.back_done)),
-                         pending.eq((pending | (start & writes_results(op))) & ~hand)]
+                         pending.eq((pending | (start & produces)) & ~hand)]
 
         def release():
             # the next op is fetched as this one's descriptor is let go

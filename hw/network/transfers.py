@@ -7,9 +7,11 @@ from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .layouts import ControlSignature, LoadTarget, OpKind, VectorBeat
+from olmac.spec import MULTIPLIER_BITS, SHIFT_RANGE
+from .layouts import (STORAGE_BITS, AddressedWord, ControlSignature, LoadTarget, OpKind,
+                      VectorBeat)
 
-__all__ = ["Loader", "Storer"]
+__all__ = ["Loader", "Prefetcher", "Storer"]
 
 
 class Loader(wiring.Component):
@@ -54,6 +56,9 @@ class Loader(wiring.Component):
     done : Out(1)
         The ``LOAD`` op has taken its last word (a quantizing one's results may still be
         on their way to the write-back).
+    prefetched : In(1)
+        The running ``LOAD``'s words came in the background (:class:`Prefetcher`): it takes
+        no word and no ``load`` beat, and the prefetcher ends it.
     """
 
     def __init__(self, config):
@@ -69,6 +74,7 @@ class Loader(wiring.Component):
             "restart": Out(1),
             "loads_open": Out(1),
             "done": Out(1),
+            "prefetched": In(1),
         })
         # a quantizing LOAD counts the words of its output, which may be packed
         self._count_depth = config.address_depth
@@ -77,7 +83,7 @@ class Loader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         op, start = self.control.op, self.control.start
-        loading_op = self.control.running & (op.kind == OpKind.LOAD)
+        loading_op = self.control.running & (op.kind == OpKind.LOAD) & ~self.prefetched
         index = Signal(range(self._count_depth + 1))
         taken = self.inputs.valid & self.inputs.ready
         wanted = loading_op & (index != op.count)
@@ -119,6 +125,144 @@ class Loader(wiring.Component):
             self.load.ready.eq(open_ & (is_restart | self.writes.ready)),
             self.restart.eq(self.load.valid & self.load.ready & is_restart),
         ]
+        return m
+
+
+class Prefetcher(wiring.Component):
+    """Takes the next image's words while the core still works on the one before
+    (docs/network.md §15, prefetch): from the start of an op marked ``fetch_next`` (the
+    first after the last reader of the quantizing ``LOAD``'s words) it takes ``count``
+    words from ``inputs``, quantizes each lane as the ``LOAD`` would,
+    ``clamp((x·M + 2^(s−1)) >> s, low, high)`` with ``M``, ``s`` the ``LOAD``'s
+    ``input_multiplier`` and ``input_shift`` (``x`` read signed as ``in_signed`` says),
+    ``lanes`` lanes a cycle through as many multipliers, and writes the word to ``out_base``
+    on through ``write``, which the packed memory takes when no other part writes there.
+    The ``LOAD``'s fields are kept from its last start, so an image is quantized with the
+    program it then runs with: ``load`` beats come in only while a ``LOAD`` waits that
+    holds no such word.
+
+    The ``LOAD`` at the top of the next run is **claimed** if a word of it has been taken
+    when it starts: it then takes no word and no ``load`` beat (``claimed`` goes to the
+    loader and the sequencer, which hands it to no back), and ends (``done``) once its
+    last word is written. A ``LOAD`` that starts before any word was taken runs as
+    before, and the prefetcher leaves ``inputs`` to it. Words it does not take pass to
+    ``passed`` unchanged (one the loader has not taken is withdrawn when a prefetch
+    begins, at the start of a ``fetch_next`` op, never while a ``LOAD`` runs).
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The width, the word and descriptor layouts, ``prefetch_lanes``.
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        The front's op.
+    inputs : In(stream.Signature(word))
+        The core's input words.
+    passed : Out(stream.Signature(word))
+        The words it leaves to the loader.
+    write : Out(stream.Signature(AddressedWord(...)))
+        A quantized word for the packed memory; held until taken.
+    claimed : Out(1)
+        The front's ``LOAD`` (from its start) takes its words from here.
+    done : Out(1)
+        The claimed ``LOAD``'s last word is written.
+    """
+
+    def __init__(self, config):
+        word = config.layouts["data"]
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "inputs": In(stream.Signature(word)),
+            "passed": Out(stream.Signature(word)),
+            "write": Out(stream.Signature(AddressedWord(config.address_depth, word))),
+            "claimed": Out(1),
+            "done": Out(1),
+        })
+        self._width = config.width
+        self._lanes = config.prefetch_lanes
+        self._address_depth = config.address_depth
+
+    def elaborate(self, platform):
+        m = Module()
+        op, start, running = self.control.op, self.control.start, self.control.running
+        width, lanes, bits = self._width, self._lanes, STORAGE_BITS
+        loading = (start | running) & (op.kind == OpKind.LOAD)
+
+        # the LOAD's fields, kept from its start for the image taken during the run
+        base = Signal(range(self._address_depth))
+        count = Signal(range(self._address_depth + 1))
+        multiplier = Signal(signed(MULTIPLIER_BITS))
+        shift = Signal(range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1))
+        low, high = Signal(signed(bits + 1)), Signal(signed(bits + 1))
+        in_signed = Signal()
+        with m.If(start & (op.kind == OpKind.LOAD)):
+            m.d.sync += [base.eq(op.out_base), count.eq(op.count),
+                         multiplier.eq(op.input_multiplier), shift.eq(op.input_shift),
+                         low.eq(op.low), high.eq(op.high), in_signed.eq(op.in_signed)]
+
+        armed = Signal()        # the region is free: the next image's words may come
+        claimed = Signal()      # the running LOAD is the prefetched image's
+        taken = Signal(range(self._address_depth + 1))
+        written = Signal(range(self._address_depth + 1))
+        word = Signal(width * bits)      # the lanes still to quantize, lane 0 lowest
+        busy = Signal()
+        group = Signal(range(width // lanes))
+        result = Signal(width * bits)    # quantized lanes, shifted in from the top
+        full = Signal()                  # result holds a whole word to write
+
+        # decided at the LOAD's start: claimed if the next image has begun to come
+        claiming = Mux(start, taken != 0, claimed)
+        mine = armed & (taken != count) & ~(loading & ~claiming)
+        written_now = self.write.valid & self.write.ready
+        step = busy & (~full | written_now)
+        last_step = step & (group == width // lanes - 1)
+        take = mine & self.inputs.valid & self.inputs.ready
+        complete = (taken == count) & ~busy & ~full
+        m.d.comb += [
+            self.passed.valid.eq(self.inputs.valid & ~mine),
+            self.passed.payload.eq(self.inputs.payload),
+            self.inputs.ready.eq(Mux(mine, ~busy | last_step, self.passed.ready)),
+            self.write.valid.eq(full),
+            self.write.payload.address.eq(base + written),
+            self.claimed.eq(loading & claiming),
+            self.done.eq(claimed & running & (op.kind == OpKind.LOAD) & complete),
+        ]
+        for lane in range(width):
+            m.d.comb += self.write.payload.word[lane].eq(result[lane * bits:(lane + 1) * bits])
+
+        quantized = []
+        for lane in range(lanes):
+            slot = word[lane * bits:(lane + 1) * bits]
+            value = Mux(in_signed, slot.as_signed(), slot)
+            # the requantizer's rounding (hw/requant.py): floor((x·M + 2^(s−1)) / 2^s)
+            total = value * multiplier
+            rounded = total + ((Const(1, total.shape().width + 1) << shift) >> 1)
+            shifted = rounded >> shift
+            quantized.append(Mux(shifted < low, low, Mux(shifted > high, high, shifted))[:bits])
+
+        with m.If(step):
+            m.d.sync += [word.eq(word >> (lanes * bits)),
+                         result.eq(Cat(result[lanes * bits:], *quantized)),
+                         group.eq(Mux(last_step, 0, group + 1))]
+        with m.If(last_step):
+            m.d.sync += [busy.eq(0), full.eq(1)]
+        with m.Elif(written_now):
+            m.d.sync += full.eq(0)
+        with m.If(written_now):
+            m.d.sync += written.eq(written + 1)
+        with m.If(take):
+            m.d.sync += [word.eq(self.inputs.payload), busy.eq(1), taken.eq(taken + 1)]
+
+        with m.If(start & (op.kind == OpKind.LOAD)):
+            m.d.sync += claimed.eq(taken != 0)
+            with m.If(taken == 0):
+                m.d.sync += armed.eq(0)
+        with m.Elif(start & op.fetch_next):
+            m.d.sync += armed.eq(1)
+        with m.If(self.done):
+            m.d.sync += [armed.eq(0), claimed.eq(0), taken.eq(0), written.eq(0)]
         return m
 
 

@@ -1,0 +1,204 @@
+"""The next image's words taken in the background (docs/network.md §15, prefetch): from the
+op after the last reader of the quantizing ``LOAD``'s words, a small quantizer of the core
+takes the next image and writes it to the packed memory, so that ``LOAD`` ends at once.
+Checked bit for bit against golden.run_integer on Amaranth's simulator (several images back
+to back under stalls, a reload between images) and on Verilator (the demo CNN's cycles)."""
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+from torch import nn
+from torch.nn import functional as F
+
+from olmac.compiler import compile_program
+from olmac.golden.program import quantize_model, run_integer, to_pixels
+from olmac.hw.network import NetworkCore, OpKind
+from olmac.network import quantize, run_rtl
+from olmac.sim.codec import LayoutCodec
+from olmac.sim.pysim import StreamSink, StreamSource
+from test_network import _program, _run_core
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+class _LateReader(nn.Module):
+    """The input read by a convolution and, two convolutions later, by another one."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Conv2d(1, 4, 3, padding=1)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+        self.late = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(8 * 6 * 6, 5)
+
+    def forward(self, x):
+        y = F.relu(self.second(F.relu(self.first(x))))
+        return self.head(torch.cat([y, F.relu(self.late(x))], 1).flatten(1))
+
+
+@functools.cache
+def _late_reader(calibration_images=64):
+    torch.manual_seed(0)
+    images = torch.rand(64, 1, 6, 6)
+    program = quantize_model(_LateReader().eval(), images[:calibration_images], act_bits=4,
+                             weight_bits=4)
+    return program, to_pixels(torch.rand(3, 1, 6, 6))
+
+
+def _label_index(compiled, name):
+    return next(index for index, op in enumerate(compiled.ops) if f"'{name}'" in op["label"])
+
+
+def test_compiler_marks_the_op_after_the_last_reader():
+    """``fetch_next`` goes on the op after the last one that reads the pixels' words: the
+    late convolution here (the first reads them too, two ops earlier); the ``LOAD`` takes
+    the input quantizer's ``M`` and ``s`` from the program's ``quantize_input``."""
+    program, _ = _late_reader()
+    compiled = compile_program(program, width=4, prefetch=True)
+    ops = compiled.ops
+    assert compiled.config.prefetch
+    assert ops[0]["kind"] == OpKind.LOAD and ops[0]["quantize"] and ops[0]["out_packed"]
+    late = _label_index(compiled, "late")
+    assert late > _label_index(compiled, "second") > _label_index(compiled, "first")
+    assert [index for index, op in enumerate(ops) if op.get("fetch_next")] == [late + 1]
+    quantizer = program.ops[0]
+    assert (ops[0]["input_multiplier"], ops[0]["input_shift"]) == (quantizer.multiplier,
+                                                                   quantizer.shift)
+
+
+def test_prefetch_defaults_and_boards():
+    """On from width 8 (the demo CNN: from conv2, after conv1 read the im2col words), off
+    below and where asked; a core without it has no descriptor fields for it."""
+    program, _ = _late_reader()
+    assert not compile_program(program, width=4).config.prefetch
+    assert "fetch_next" not in compile_program(program, width=4).config.layouts["program"].members
+    assert compile_program(program, width=8).config.prefetch
+    assert not compile_program(program, width=8, prefetch=False).config.prefetch
+
+
+@pytest.mark.parametrize("value", ["yes", 1])
+def test_prefetch_must_be_a_bool(value):
+    program, _ = _late_reader()
+    with pytest.raises(TypeError, match=rf"^prefetch must be a bool or None, not {value!r}$"):
+        compile_program(program, width=4, prefetch=value)
+    config = compile_program(program, width=4).config
+    with pytest.raises(TypeError, match=rf"^prefetch must be a bool, not {value!r}$"):
+        dataclasses.replace(config, prefetch=value)
+
+
+def test_prefetch_needs_a_packed_memory():
+    config = compile_program(_late_reader()[0], width=4, prefetch=True).config
+    with pytest.raises(ValueError, match=r"^prefetch needs a packed memory "
+                                         r"\(packed_depth > 0\): the background loader "
+                                         r"writes there beside the running op$"):
+        dataclasses.replace(config, packed_depth=0, copies=False)
+
+
+def _with_fetch_next_at(compiled, index):
+    """``compiled`` with ``fetch_next`` moved to op ``index``."""
+    layout = compiled.config.layouts["program"]
+    bit = 1 << layout["fetch_next"].offset
+    program = [(word & ~bit) | (bit if position == index else 0)
+               for position, word in enumerate(compiled.contents["program"])]
+    return dataclasses.replace(compiled, contents={**compiled.contents, "program": program})
+
+
+@pytest.mark.parametrize("memories", ["wide", "narrow"])
+def test_core_prefetches_images_behind_the_last_reader(memories):
+    """Three images back to back under random stalls on every stream: golden's logits, the
+    second and third quantized in the background. The same program with ``fetch_next``
+    on the op after the *first* reader (the fence mutant) overwrites the pixels before the
+    late convolution reads them and gives other logits, so the fence is what keeps it
+    exact. Narrow memories (no op overlaps) prefetch alike."""
+    program, pixels = _late_reader()
+    compiled = compile_program(program, width=4, prefetch=True)
+    compiled = dataclasses.replace(compiled, config=dataclasses.replace(compiled.config,
+                                                                        memories=memories))
+    expected = run_integer(program, pixels)
+    logits = _run_core(NetworkCore(compiled.config, **compiled.contents), compiled, pixels,
+                       pause=0.3)
+    assert torch.equal(logits, expected)
+    if memories == "narrow":
+        return
+    early = _with_fetch_next_at(compiled, _label_index(compiled, "first") + 1)
+    logits = _run_core(NetworkCore(early.config, **early.contents), early, pixels)
+    assert not torch.equal(logits, expected)
+
+
+def _run_with_reload(compiled, before, loads, after):
+    """``before`` images, then the ``load`` beats (each ``(memory, address, word)``), then
+    ``after`` images, each stream under random stalls; the logits of all."""
+    core = NetworkCore(compiled.config, **compiled.contents)
+    codec = LayoutCodec(core.word_layout)
+
+    def words(pixels):
+        return codec.pack(compiled.pack_inputs(pixels).reshape(-1, compiled.width) & 0xFFFF)
+    layout = core.load.payload.shape()
+    beats = [layout.const(beat).as_value().value for memory, address, word in loads
+             for beat in (compiled.config.load_beats(memory, address, word)
+                          if memory != NetworkCore.Memory.RESTART else [{"memory": memory}])]
+    sim = Simulator(core)
+    sim.add_clock(1e-6)
+
+    async def feed(ctx):
+        await StreamSource(core.inputs, words(before), pause_probability=0.2, seed=3).run(ctx)
+        await StreamSource(core.load, beats, pause_probability=0.2, seed=5).run(ctx)
+        await StreamSource(core.inputs, words(after), pause_probability=0.2, seed=6).run(ctx)
+    sim.add_testbench(feed, background=True)
+    count = len(before) + len(after)
+    sink = StreamSink(core.outputs, count * compiled.output_words, pause_probability=0.2,
+                      seed=4)
+    sim.add_testbench(sink.run)
+    sim.run()
+    leaves = LayoutCodec(core.outputs.payload.shape()).unpack(sink.received)
+    return compiled.unpack_outputs(leaves[:, :-1].reshape(count, compiled.output_words,
+                                                          compiled.width))
+
+
+def test_core_reloaded_between_prefetched_images():
+    """Two images, then another program's parameters and program through ``load`` and a
+    RESTART, then two images: the first two (the second taken in the background) give the
+    first program's logits, the last two the second's. The loads wait behind the second
+    image's words, which are in before them: an image is quantized and run with one
+    program."""
+    first, pixels = _late_reader()
+    second, _ = _late_reader(calibration_images=16)
+    compiled = [compile_program(program, width=4, prefetch=True) for program in (first, second)]
+    assert compiled[0].config == compiled[1].config
+    params = compiled[1].contents["params"]
+    assert params != compiled[0].contents["params"]
+    program_words = compiled[1].contents["program"]
+    loads = ([(NetworkCore.Memory.PARAMS, address, word) for address, word in enumerate(params)]
+             + [(NetworkCore.Memory.PROGRAM, address, word)
+                for address, word in enumerate(program_words)]
+             + [(NetworkCore.Memory.RESTART, 0, 0)])
+    more = to_pixels(torch.rand(2, 1, 6, 6))
+    logits = _run_with_reload(compiled[0], pixels[:2], loads, more)
+    assert torch.equal(logits[:2], run_integer(first, pixels[:2]))
+    assert torch.equal(logits[2:], run_integer(second, more))
+    assert not torch.equal(run_integer(first, more), run_integer(second, more))
+
+
+@pytest.mark.slow
+def test_rtl_demo_cnn_prefetched_reaches_the_utilization_goal(cnn_data):
+    """Verilator: 12 images of ``make demo``'s CNN back to back, without and with random
+    stalls: golden's logits; without stalls the background load takes the ``LOAD`` of
+    every image but the first (which takes its 128 words at one a cycle, a few cycles
+    each after it), so an inference takes at most 1 463 cycles, 85 % of the array's MACs.
+    (``test_rtl_residual_cnn_subset_under_stalls`` runs another width-8 CNN, prefetched
+    too, in the default set.)"""
+    program = quantize(cnn_data.model, cnn_data.calibration, act_bits=4, weight_bits=4,
+                       scheme="value_aware", highway=True, outlier_ratio=1 / 64)
+    pixels = to_pixels(cnn_data.images[60:72])
+    for stalls in (0, 6):
+        result = run_rtl(program, pixels, stall_sixteenths=stalls, seed=11, array_bits=(4, 4))
+        assert torch.equal(result.logits, run_integer(program, pixels))
+        if not stalls:
+            load = result.layers[0]
+            assert load["kind"] == "LOAD"
+            assert 128 <= load["cycles"] * len(pixels) < 128 + 11 * 4
+            assert result.cycles_per_image <= 1463
+            assert result.macs_per_image / (result.cycles_per_image * 64) >= 0.85
