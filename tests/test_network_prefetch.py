@@ -6,6 +6,7 @@ to back under stalls, a reload between images) and on Verilator (the demo CNN's 
 
 import dataclasses
 import functools
+import random
 
 import pytest
 import torch
@@ -202,3 +203,89 @@ def test_rtl_demo_cnn_prefetched_reaches_the_utilization_goal(cnn_data):
             assert 128 <= load["cycles"] * len(pixels) < 128 + 11 * 4
             assert result.cycles_per_image <= 1463
             assert result.macs_per_image / (result.cycles_per_image * 64) >= 0.85
+
+
+@pytest.mark.parametrize("in_signed,multiplier,shift,out_signed", [
+    (0, 1_518_500_250, 33, False), (1, 1_518_500_250, 31, True), (1, -3, 0, True)],
+    ids=["unsigned", "signed", "shift-0"])
+def test_prefetcher_quantizes_the_next_image_behind_the_fence(in_signed, multiplier, shift,
+                                                              out_signed):
+    """The part alone, at width 8 (two lanes a cycle): after a ``LOAD`` (whose fields it
+    keeps) it takes nothing until an op with ``fetch_next`` starts, then takes the
+    ``LOAD``'s ``count`` words under random stalls on both sides and writes each once, in
+    order from ``out_base``, every lane golden's ``requantize_round_half_up`` with β = 0
+    (4-bit output); the next ``LOAD`` is claimed at its start and done in its first
+    running cycle."""
+    from olmac.golden import requantize_round_half_up
+    from olmac.hw.network import Prefetcher
+    config = compile_program(_late_reader()[0], width=8).config
+    assert config.prefetch and config.prefetch_lanes == 2
+    dut = Prefetcher(config)
+    layout = config.layouts["program"]
+    low, high = (-8, 7) if out_signed else (0, 15)
+    load = layout.const({"kind": OpKind.LOAD, "quantize": 1, "out_base": 3, "count": 6,
+                         "input_multiplier": multiplier, "input_shift": shift, "low": low,
+                         "high": high, "in_signed": in_signed})
+    rng = torch.Generator().manual_seed(5)
+    words = torch.randint(0, 1 << 16, (6, 8), generator=rng)
+    values = torch.where((words >= 1 << 15) & bool(in_signed), words - (1 << 16), words)
+    expected = requantize_round_half_up(values.reshape(-1, 1), 0, multiplier, shift,
+                                        out_bits=4, out_signed=out_signed).reshape(6, 8)
+    writes = []
+
+    async def sink(ctx):
+        pause = random.Random(3)
+        while True:
+            ctx.set(dut.write.ready, pause.random() >= 0.3)
+            _, _, valid, ready, payload = await ctx.tick().sample(
+                dut.write.valid, dut.write.ready, dut.write.payload)
+            if valid and ready:
+                writes.append((payload.address, [int(lane) for lane in payload.word]))
+
+    async def bench(ctx):
+        ctx.set(dut.control.op, load)
+        ctx.set(dut.control.start, 1)
+        assert not ctx.get(dut.claimed)
+        await ctx.tick()
+        ctx.set(dut.control.start, 0)
+        ctx.set(dut.control.op, layout.const({"kind": OpKind.GEMM}))
+        ctx.set(dut.inputs.valid, 1)
+        ctx.set(dut.inputs.payload, words[0].tolist())
+        for _ in range(3):  # before the fence every word passes to the loader
+            await ctx.tick()
+            assert ctx.get(dut.passed.valid)
+        ctx.set(dut.control.op, layout.const({"kind": OpKind.GEMM, "fetch_next": 1}))
+        ctx.set(dut.control.start, 1)
+        await ctx.tick()
+        ctx.set(dut.control.start, 0)
+        ctx.set(dut.control.running, 1)
+        pause = random.Random(2)
+        for word in words:
+            ctx.set(dut.inputs.payload, word.tolist())
+            ctx.set(dut.inputs.valid, 0)
+            while pause.random() < 0.3:
+                await ctx.tick()
+            ctx.set(dut.inputs.valid, 1)
+            assert not ctx.get(dut.passed.valid)
+            await ctx.tick().until(dut.inputs.ready)
+        ctx.set(dut.inputs.valid, 0)
+        for _ in range(60):  # the last words leave, and nothing more
+            await ctx.tick()
+        assert len(writes) == 6
+        ctx.set(dut.control.running, 0)
+        ctx.set(dut.control.op, load)
+        ctx.set(dut.control.start, 1)
+        assert ctx.get(dut.claimed) and not ctx.get(dut.done)
+        await ctx.tick()
+        ctx.set(dut.control.start, 0)
+        ctx.set(dut.control.running, 1)
+        assert ctx.get(dut.claimed) and ctx.get(dut.done)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(sink, background=True)
+    sim.add_testbench(bench)
+    sim.run()
+    assert [address for address, _ in writes] == list(range(3, 9))
+    got = torch.tensor([lanes for _, lanes in writes])
+    assert torch.equal(torch.where(got >= 1 << 15, got - (1 << 16), got), expected)

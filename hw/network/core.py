@@ -362,20 +362,22 @@ class NetworkCore(wiring.Component):
                 return SerialRequantizer.Config(**options, per_channel=self.per_channel)
             return Requantizer.Config(**options, split_stages=self.requant_stages)
 
-        @cached_property
-        def copy_config(self) -> Requantizer.Config | SerialRequantizer.Config | None:
-            """The copy requantizer's configuration (a stored 16-bit value in, run-time
-            bounds, no residual; its parameters come from the descriptor, all channels at
-            once: the parallel one per tensor, with the main one's stages), or ``None``
-            without ``copies``."""
-            if not self.copies:
-                return None
-            options = dict(cols=self.width, acc_width=STORAGE_BITS + 1, out_bits=STORAGE_BITS,
+        def _vector_requantizer_config(self, cols):
+            """A requantizer of ``cols`` stored 16-bit values (run-time bounds, no
+            residual; its parameters from the descriptor, all channels at once: the
+            parallel one per tensor, with the main one's stages)."""
+            options = dict(cols=cols, acc_width=STORAGE_BITS + 1, out_bits=STORAGE_BITS,
                            runtime_bounds=True)
             if self.requantizer == "serial":
                 return SerialRequantizer.Config(**options)
             return Requantizer.Config(**options, per_tensor=True,
                                       split_stages=self.requant_stages)
+
+        @cached_property
+        def copy_config(self) -> Requantizer.Config | SerialRequantizer.Config | None:
+            """The copy requantizer's configuration, ``width`` lanes, or ``None`` without
+            ``copies``."""
+            return self._vector_requantizer_config(self.width) if self.copies else None
 
         @property
         def prefetch_lanes(self) -> int:
@@ -386,6 +388,13 @@ class NetworkCore(wiring.Component):
             before (the demo CNN: 128 words in about 640 cycles against 1 290)."""
             return max(lanes for lanes in range(1, max(self.width // 4, 1) + 1)
                        if self.width % lanes == 0)
+
+        @cached_property
+        def prefetch_config(self) -> Requantizer.Config | SerialRequantizer.Config | None:
+            """The background loader's requantizer's configuration, ``prefetch_lanes``
+            lanes, or ``None`` without ``prefetch``."""
+            return (self._vector_requantizer_config(self.prefetch_lanes) if self.prefetch
+                    else None)
 
         @property
         def per_channel(self) -> bool:

@@ -132,14 +132,14 @@ class Prefetcher(wiring.Component):
     """Takes the next image's words while the core still works on the one before
     (docs/network.md §15, prefetch): from the start of an op marked ``fetch_next`` (the
     first after the last reader of the quantizing ``LOAD``'s words) it takes ``count``
-    words from ``inputs``, quantizes each lane as the ``LOAD`` would,
+    words from ``inputs`` and quantizes each lane as the ``LOAD`` would,
     ``clamp((x·M + 2^(s−1)) >> s, low, high)`` with ``M``, ``s`` the ``LOAD``'s
     ``input_multiplier`` and ``input_shift`` (``x`` read signed as ``in_signed`` says),
-    ``lanes`` lanes a cycle through as many multipliers, and writes the word to ``out_base``
-    on through ``write``, which the packed memory takes when no other part writes there.
-    The ``LOAD``'s fields are kept from its last start, so an image is quantized with the
-    program it then runs with: ``load`` beats come in only while a ``LOAD`` waits that
-    holds no such word.
+    through a requantizer of ``config.prefetch_lanes`` lanes (``config.prefetch_config``),
+    and writes each word to ``out_base`` on through ``write``, which the packed memory
+    takes when no other part writes there. The ``LOAD``'s fields are kept from its last
+    start, so an image is quantized with the program it then runs with: ``load`` beats
+    come in only while a ``LOAD`` waits that holds no such word.
 
     The ``LOAD`` at the top of the next run is **claimed** if a word of it has been taken
     when it starts: it then takes no word and no ``load`` beat (``claimed`` goes to the
@@ -152,7 +152,7 @@ class Prefetcher(wiring.Component):
     Parameters
     ----------
     config : NetworkCore.Config
-        The width, the word and descriptor layouts, ``prefetch_lanes``.
+        The width, the word and descriptor layouts, the requantizer's configuration.
 
     Members
     -------
@@ -180,19 +180,21 @@ class Prefetcher(wiring.Component):
             "claimed": Out(1),
             "done": Out(1),
         })
-        self._width = config.width
-        self._lanes = config.prefetch_lanes
-        self._address_depth = config.address_depth
+        self._config = config
 
     def elaborate(self, platform):
         m = Module()
+        config = self._config
         op, start, running = self.control.op, self.control.start, self.control.running
-        width, lanes, bits = self._width, self._lanes, STORAGE_BITS
+        width, lanes, bits = config.width, config.prefetch_lanes, STORAGE_BITS
+        groups = width // lanes
+        m.submodules.requantizer = requantizer = config.requantizer_kind(
+            **vars(config.prefetch_config))
         loading = (start | running) & (op.kind == OpKind.LOAD)
 
         # the LOAD's fields, kept from its start for the image taken during the run
-        base = Signal(range(self._address_depth))
-        count = Signal(range(self._address_depth + 1))
+        base = Signal(range(config.address_depth))
+        count = Signal(range(config.address_depth + 1))
         multiplier = Signal(signed(MULTIPLIER_BITS))
         shift = Signal(range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1))
         low, high = Signal(signed(bits + 1)), Signal(signed(bits + 1))
@@ -201,59 +203,69 @@ class Prefetcher(wiring.Component):
             m.d.sync += [base.eq(op.out_base), count.eq(op.count),
                          multiplier.eq(op.input_multiplier), shift.eq(op.input_shift),
                          low.eq(op.low), high.eq(op.high), in_signed.eq(op.in_signed)]
+        m.d.comb += [requantizer.params.valid.eq(1),
+                     requantizer.params.payload.low.eq(low),
+                     requantizer.params.payload.high.eq(high)]
+        for channel in requantizer.params.payload.channels:
+            m.d.comb += [channel.multiplier.eq(multiplier), channel.shift.eq(shift)]
 
         armed = Signal()        # the region is free: the next image's words may come
         claimed = Signal()      # the running LOAD is the prefetched image's
-        taken = Signal(range(self._address_depth + 1))
-        written = Signal(range(self._address_depth + 1))
-        word = Signal(width * bits)      # the lanes still to quantize, lane 0 lowest
-        busy = Signal()
-        group = Signal(range(width // lanes))
-        result = Signal(width * bits)    # quantized lanes, shifted in from the top
-        full = Signal()                  # result holds a whole word to write
+        taken = Signal(range(config.address_depth + 1))
+        written = Signal(range(config.address_depth + 1))
+        # A word goes to the requantizer `lanes` at a time, lane 0 first; its results are
+        # shifted into `result` from the top, so lane 0 ends lowest.
+        word = Signal(width * bits)
+        busy = Signal()         # word holds lanes still to send
+        sent = Signal(range(groups))
+        result = Signal(width * bits)
+        received = Signal(range(groups))
+        full = Signal()         # result holds a whole word to write
 
         # decided at the LOAD's start: claimed if the next image has begun to come
         claiming = Mux(start, taken != 0, claimed)
         mine = armed & (taken != count) & ~(loading & ~claiming)
+        sending = requantizer.acc.valid & requantizer.acc.ready
+        last_sent = sending & (sent == groups - 1)
         written_now = self.write.valid & self.write.ready
-        step = busy & (~full | written_now)
-        last_step = step & (group == width // lanes - 1)
+        receiving = requantizer.out.valid & requantizer.out.ready
+        last_received = receiving & (received == groups - 1)
         take = mine & self.inputs.valid & self.inputs.ready
-        complete = (taken == count) & ~busy & ~full
         m.d.comb += [
             self.passed.valid.eq(self.inputs.valid & ~mine),
             self.passed.payload.eq(self.inputs.payload),
-            self.inputs.ready.eq(Mux(mine, ~busy | last_step, self.passed.ready)),
+            self.inputs.ready.eq(Mux(mine, ~busy | last_sent, self.passed.ready)),
+            requantizer.acc.valid.eq(busy),
+            requantizer.out.ready.eq(~full | written_now),
             self.write.valid.eq(full),
             self.write.payload.address.eq(base + written),
             self.claimed.eq(loading & claiming),
-            self.done.eq(claimed & running & (op.kind == OpKind.LOAD) & complete),
+            self.done.eq(claimed & running & (op.kind == OpKind.LOAD) & (written == count)),
         ]
+        for lane in range(lanes):
+            slot = word[lane * bits:(lane + 1) * bits]
+            m.d.comb += requantizer.acc.payload[lane].eq(Mux(in_signed, slot.as_signed(), slot))
         for lane in range(width):
             m.d.comb += self.write.payload.word[lane].eq(result[lane * bits:(lane + 1) * bits])
 
-        quantized = []
-        for lane in range(lanes):
-            slot = word[lane * bits:(lane + 1) * bits]
-            value = Mux(in_signed, slot.as_signed(), slot)
-            # the requantizer's rounding (hw/requant.py): floor((x·M + 2^(s−1)) / 2^s)
-            total = value * multiplier
-            rounded = total + ((Const(1, total.shape().width + 1) << shift) >> 1)
-            shifted = rounded >> shift
-            quantized.append(Mux(shifted < low, low, Mux(shifted > high, high, shifted))[:bits])
-
-        with m.If(step):
+        with m.If(sending):
             m.d.sync += [word.eq(word >> (lanes * bits)),
-                         result.eq(Cat(result[lanes * bits:], *quantized)),
-                         group.eq(Mux(last_step, 0, group + 1))]
-        with m.If(last_step):
-            m.d.sync += [busy.eq(0), full.eq(1)]
+                         sent.eq(Mux(last_sent, 0, sent + 1))]
+        with m.If(last_sent):
+            m.d.sync += busy.eq(0)
+        with m.If(take):
+            m.d.sync += [word.eq(self.inputs.payload), busy.eq(1), taken.eq(taken + 1)]
+        with m.If(receiving):
+            # (the requantizer's lanes are a bit wider than a slot, as its bounds are)
+            m.d.sync += [result.eq(Cat(result[lanes * bits:],
+                                       *(lane[:bits] for lane in requantizer.out.payload))),
+                         received.eq(Mux(last_received, 0, received + 1))]
+        with m.If(last_received):
+            m.d.sync += full.eq(1)
         with m.Elif(written_now):
             m.d.sync += full.eq(0)
         with m.If(written_now):
             m.d.sync += written.eq(written + 1)
-        with m.If(take):
-            m.d.sync += [word.eq(self.inputs.payload), busy.eq(1), taken.eq(taken + 1)]
 
         with m.If(start & (op.kind == OpKind.LOAD)):
             m.d.sync += claimed.eq(taken != 0)
