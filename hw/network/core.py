@@ -385,7 +385,7 @@ class NetworkCore(wiring.Component):
             the word's (the largest divisor of ``width`` up to ``width/4``, at least one),
             so its multipliers stay few beside the requantizer's ``2·width`` and an image
             still comes in well within the ops that follow the last read of the one
-            before (the demo CNN: 128 words in about 640 cycles against 1 290)."""
+            before (the demo CNN: 128 words in about 520 cycles against 1 290)."""
             return max(lanes for lanes in range(1, max(self.width // 4, 1) + 1)
                        if self.width % lanes == 0)
 

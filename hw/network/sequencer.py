@@ -59,9 +59,9 @@ class Sequencer(wiring.Component):
         Start again at op 0 (one cycle, while the front runs a ``LOAD``, which the back runs
         too or not at all); the back stops at once.
     prefetched : In(1)
-        The front's ``LOAD`` takes its words from the background loader (from its start,
-        docs/network.md §15, prefetch): they are quantized already, so the back gets
-        nothing of it.
+        With ``config.prefetch``: the front's ``LOAD`` takes its words from the background
+        loader (from its start, docs/network.md §15, prefetch): they are quantized
+        already, so the back gets nothing of it.
     fenced : Out(1)
         The front's op waits for the back to finish the op before it.
     op_index : Out(range(program_depth))
@@ -79,9 +79,10 @@ class Sequencer(wiring.Component):
             "done": In(1),
             "back_done": In(1),
             "restart": In(1),
-            "prefetched": In(1),
+            **({"prefetched": In(1)} if config.prefetch else {}),
             "fenced": Out(1),
         })
+        self._prefetch = config.prefetch
         self._copy = config.overlap
 
     def elaborate(self, platform):
@@ -97,7 +98,7 @@ class Sequencer(wiring.Component):
         start = Signal()
         back_free = ~back_starting & (~back_running | self.back_done)
         hand = Signal()
-        produces = writes_results(op) & ~self.prefetched
+        produces = writes_results(op) & ~(self.prefetched if self._prefetch else 0)
         # a restart comes only while the front runs (a LOAD)
         restart = self.restart & self.control.running
         m.d.comb += [

@@ -57,8 +57,9 @@ class Loader(wiring.Component):
         The ``LOAD`` op has taken its last word (a quantizing one's results may still be
         on their way to the write-back).
     prefetched : In(1)
-        The running ``LOAD``'s words came in the background (:class:`Prefetcher`): it takes
-        no word and no ``load`` beat, and the prefetcher ends it.
+        With ``config.prefetch``: the running ``LOAD``'s words came in the background
+        (:class:`Prefetcher`): it takes no word and no ``load`` beat, and the prefetcher
+        ends it.
     """
 
     def __init__(self, config):
@@ -74,8 +75,9 @@ class Loader(wiring.Component):
             "restart": Out(1),
             "loads_open": Out(1),
             "done": Out(1),
-            "prefetched": In(1),
+            **({"prefetched": In(1)} if config.prefetch else {}),
         })
+        self._prefetch = config.prefetch
         # a quantizing LOAD counts the words of its output, which may be packed
         self._count_depth = config.address_depth
         self._width = config.width
@@ -83,7 +85,8 @@ class Loader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         op, start = self.control.op, self.control.start
-        loading_op = self.control.running & (op.kind == OpKind.LOAD) & ~self.prefetched
+        prefetched = self.prefetched if self._prefetch else 0
+        loading_op = self.control.running & (op.kind == OpKind.LOAD) & ~prefetched
         index = Signal(range(self._count_depth + 1))
         taken = self.inputs.valid & self.inputs.ready
         wanted = loading_op & (index != op.count)
