@@ -74,7 +74,7 @@ BOARD_DEFAULTS = {"icebreaker": _UP5K_BOARD, "ulx3s-85f": _ECP5_BOARD, "ecpix5-8
 BOARD_FUSE_COPIES = False
 #: Whether a board's program takes the next image's words in the background
 #: (``compile_program(prefetch=…)``, docs/network.md §15): not yet, for the same reason (its
-#: quantizer's multipliers are one combinational stage); and a board's host sends an image
+#: requantizer's area and fmax there are not measured); and a board's host sends an image
 #: only after the last one's logits, so there is nothing to take early.
 BOARD_PREFETCH = False
 #: Allowed requantized output widths (§1), inclusive.
