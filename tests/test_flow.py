@@ -127,13 +127,16 @@ def test_trainable_program_starts_as_the_float_view(mlp_data, scheme, rotate,
     assert all(g is not None and bool(g.abs().sum() > 0) for g in seen["grads"])
 
 
-def _train_cli(tmp_path, mlp_data, out, *extra):
+def _train_cli(tmp_path, mlp_data, out, *extra, train_images=SUBSET):
+    """``olmac quantize --epochs 3`` of the MLP at 2/2, calibrated on ``SUBSET`` images and
+    trained on the first ``train_images`` of the training split (None: all of it)."""
     for name, array in (("calibration", mlp_data.calibration[:SUBSET]),
-                        ("labels", mlp_data.train_labels[:SUBSET])):
+                        ("train", mlp_data.calibration[:train_images]),
+                        ("labels", mlp_data.train_labels[:train_images])):
         np.save(tmp_path / f"{name}.npy", array.numpy())
     main(["quantize", "--model", "mlp", "--act-bits", "2", "--weight-bits", "2",
           "--scheme", "mmse", "--calibration", str(tmp_path / "calibration.npy"),
-          "--train-images", str(tmp_path / "calibration.npy"),
+          "--train-images", str(tmp_path / "train.npy"),
           "--train-labels", str(tmp_path / "labels.npy"), "--epochs", "3",
           "--out", str(tmp_path / out), *extra])
     return tmp_path / out
@@ -159,7 +162,12 @@ def test_training_is_deterministic_and_beats_post_training(mlp_data, tmp_path, c
     pixels = to_pixels(mlp_data.images)
     accuracy = lambda path: float((run_integer(artifact.load(path), pixels).argmax(1)
                                    == mlp_data.labels).double().mean())
-    assert accuracy(first) > accuracy(tmp_path / "ptq")
+    # Three epochs on 256 images is too little to count on: with the float model trained
+    # on one machine it gave 90.9 % against the post-training 92.0 %. On the whole training
+    # split (1 257 images) the same machine's trained programs reached 95.0–95.6 % with
+    # seeds 0–2.
+    trained = _train_cli(tmp_path, mlp_data, "trained", train_images=None)
+    assert accuracy(trained) > accuracy(tmp_path / "ptq")
 
 
 @pytest.mark.parametrize("extra,message", [
