@@ -190,6 +190,32 @@ def test_split_requantizer_with_residual_and_runtime_bounds(split_stages):
     _check_residual_requantizer(requantizer, np.random.default_rng(17 + split_stages), rows=24)
 
 
+def _random_formats(rng, rows):
+    """A random output format per row, ``(bits, signed)`` with 2..16 bits, and its
+    ``(low, high)`` bounds."""
+    formats = [(int(rng.integers(2, 17)), bool(rng.integers(0, 2))) for _ in range(rows)]
+    bounds = np.array([(-(1 << (b - 1)), (1 << (b - 1)) - 1) if s else (0, (1 << b) - 1)
+                       for b, s in formats])
+    return formats, bounds
+
+
+def _run_requantizer(requantizer, accs, leaves):
+    """The requantizer's output rows for accumulator rows ``accs`` and parameter beats
+    ``leaves``, every stream paused at random."""
+    sim = Simulator(requantizer)
+    sim.add_clock(1e-6)
+    acc_codec = LayoutCodec(requantizer.acc.payload.shape())
+    params_codec = LayoutCodec(requantizer.params.payload.shape())
+    sim.add_testbench(StreamSource(requantizer.acc, acc_codec.pack(accs),
+                                   pause_probability=0.3).run, background=True)
+    sim.add_testbench(StreamSource(requantizer.params, params_codec.pack(leaves),
+                                   pause_probability=0.3, seed=5).run, background=True)
+    sink = StreamSink(requantizer.out, len(accs), pause_probability=0.3)
+    sim.add_testbench(sink.run)
+    sim.run()
+    return LayoutCodec(requantizer.out.payload.shape()).unpack(sink.received)
+
+
 def _check_residual_requantizer(requantizer, rng, rows):
     """Random beats (shifts 0 and 63 among them) through ``requantizer`` under random
     stalls, each output row against golden."""
@@ -203,24 +229,11 @@ def _check_residual_requantizer(requantizer, rng, rows):
     residual_shift = rng.integers(0, 32, size=(rows, cols))
     shift[0], residual_shift[0] = [0, 63, 40][:cols], [0, 31, 5][:cols]
     relu = rng.integers(0, 2, size=rows)
-    formats = [(int(rng.integers(2, 17)), bool(rng.integers(0, 2))) for _ in range(rows)]
-    bounds = np.array([(-(1 << (b - 1)), (1 << (b - 1)) - 1) if s else (0, (1 << b) - 1)
-                       for b, s in formats])
+    formats, bounds = _random_formats(rng, rows)
     channels = np.stack([bias, multiplier, shift, residual, residual_multiplier,
                          residual_shift], axis=2).reshape(rows, -1)
     leaves = np.concatenate([channels, relu[:, None], bounds], axis=1)
-    sim = Simulator(requantizer)
-    sim.add_clock(1e-6)
-    acc_codec = LayoutCodec(requantizer.acc.payload.shape())
-    params_codec = LayoutCodec(requantizer.params.payload.shape())
-    sim.add_testbench(StreamSource(requantizer.acc, acc_codec.pack(accs),
-                                   pause_probability=0.3).run, background=True)
-    sim.add_testbench(StreamSource(requantizer.params, params_codec.pack(leaves),
-                                   pause_probability=0.3, seed=5).run, background=True)
-    sink = StreamSink(requantizer.out, rows, pause_probability=0.3)
-    sim.add_testbench(sink.run)
-    sim.run()
-    result = LayoutCodec(requantizer.out.payload.shape()).unpack(sink.received)
+    result = _run_requantizer(requantizer, accs, leaves)
     for row, (bits, signed) in enumerate(formats):
         expected = requantize_residual_round_half_up(
             torch.tensor(accs[row:row + 1]), bias[row], multiplier[row], shift[row],
@@ -244,23 +257,10 @@ def test_per_tensor_requantizer(split_stages):
     shift[:3] = [0, 63, 48]  # none, the largest, and one just below the product's width
     accs[1] = [-(1 << 16), (1 << 16) - 1, 0]
     relu = rng.integers(0, 2, size=rows)
-    formats = [(int(rng.integers(2, 17)), bool(rng.integers(0, 2))) for _ in range(rows)]
-    bounds = np.array([(-(1 << (b - 1)), (1 << (b - 1)) - 1) if s else (0, (1 << b) - 1)
-                       for b, s in formats])
+    formats, bounds = _random_formats(rng, rows)
     leaves = np.concatenate([multiplier[:, None], shift[:, None], relu[:, None], bounds],
                             axis=1)
-    sim = Simulator(requantizer)
-    sim.add_clock(1e-6)
-    acc_codec = LayoutCodec(requantizer.acc.payload.shape())
-    params_codec = LayoutCodec(requantizer.params.payload.shape())
-    sim.add_testbench(StreamSource(requantizer.acc, acc_codec.pack(accs),
-                                   pause_probability=0.3).run, background=True)
-    sim.add_testbench(StreamSource(requantizer.params, params_codec.pack(leaves),
-                                   pause_probability=0.3, seed=5).run, background=True)
-    sink = StreamSink(requantizer.out, rows, pause_probability=0.3)
-    sim.add_testbench(sink.run)
-    sim.run()
-    result = LayoutCodec(requantizer.out.payload.shape()).unpack(sink.received)
+    result = _run_requantizer(requantizer, accs, leaves)
     for row, (bits, signed) in enumerate(formats):
         expected = requantize_round_half_up(
             torch.tensor(accs[row:row + 1]), 0, int(multiplier[row]), int(shift[row]),
