@@ -193,13 +193,12 @@ def demo_network(model="cnn", *, width=4, calibration=64):
     """The demo ``model`` (``"cnn"`` or ``"mlp"``, :func:`olmac.flow.demo_data`)
     quantized with the demo's settings on its first ``calibration`` training images,
     compiled for ``width``; returns ``(program, compiled, data)``."""
-    from olmac.compiler import compile_program
+    from olmac.compiler import compile_for_board
     from olmac.flow import demo_data, quantize
 
     data = demo_data(model)
     program = quantize(data.model, data.calibration[:calibration])
-    return program, compile_program(program, width=width, fuse_copies=spec.BOARD_FUSE_COPIES,
-                                    prefetch=spec.BOARD_PREFETCH), data
+    return program, compile_for_board(program, width=width), data
 
 
 def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer=None,
@@ -279,7 +278,7 @@ def build_board(board, *, model="cnn", program=None, name=None, width=None, baud
     :class:`fpga.build.BuildResult`; raises what :func:`demo_network`,
     :func:`olmac.compiler.compile_program` and :func:`build_network_board` raise.
     """
-    from olmac.compiler import compile_program
+    from olmac.compiler import compile_for_board
     defaults = board_defaults(board)
     width = defaults["width"] if width is None else width
     requantizer = requantizer or defaults["requantizer"]
@@ -288,8 +287,7 @@ def build_board(board, *, model="cnn", program=None, name=None, width=None, baud
         _program, compiled, _data = demo_network(model, width=width)
         name = name or model
     else:
-        compiled = compile_program(program, width=width, fuse_copies=spec.BOARD_FUSE_COPIES,
-                                   prefetch=spec.BOARD_PREFETCH)
+        compiled = compile_for_board(program, width=width)
         name = name or "program"
     build_dir = build_dir or (Path("build") / "fpga" / board
                               / f"board_{name}_w{width}_{requantizer}_{memories}")

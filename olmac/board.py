@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from olmac.spec import (BOARD_FUSE_COPIES, BOARD_PREFETCH, INFO_MAGIC, PROTOCOL_VERSION, Command,
-                        Status)
+from olmac.spec import INFO_MAGIC, PROTOCOL_VERSION, Command, Status
 from .host_link import SerialLink
 
 __all__ = ["BoardInfo", "BoardError", "BoardClient", "encode_load", "load_requests",
@@ -186,13 +185,12 @@ def run_board(port, program, pixels: torch.Tensor, *, width=None, baud=115200, l
     olmac.host_link.FrameError, olmac.host_link.LinkError, TimeoutError, OSError
         As :class:`BoardClient` raises.
     """
-    from olmac.compiler import compile_program
+    from olmac.compiler import compile_for_board
     with BoardClient(port, baud, timeout=timeout) as board:
         info = board.info()
         print(f"board: width {info.width}, {info.input_words} input words, "
               f"{info.output_words} output words, protocol v{info.version}")
-        compiled = compile_program(program, width=width or info.width,
-                                   fuse_copies=BOARD_FUSE_COPIES, prefetch=BOARD_PREFETCH)
+        compiled = compile_for_board(program, width=width or info.width)
         info.check(compiled)
         if load:
             print(f"loaded {board.load(compiled)} words")

@@ -20,9 +20,10 @@ from olmac.hw.codebook import DECODER_IDX_BITS, MAX_SUBGROUPS
 from olmac.hw.network import (ACT_SHIFT_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES, STORAGE_BITS,
                               TABLE_ENTRY_BITS, CodebookMode, NetworkCore, OpKind, code_tiles,
                               codebook_word_entries)
-from olmac.spec import ACT_BITS, CORE_SCHEMES, OUTLIER_LANES, PLANE_SHIFT_BITS
+from olmac.spec import (ACT_BITS, BOARD_FUSE_COPIES, BOARD_PREFETCH, CORE_SCHEMES,
+                        OUTLIER_LANES, PLANE_SHIFT_BITS)
 
-__all__ = ["CompileError", "CompiledNetwork", "compile_program", "SUPPORTED_SCHEMES",
+__all__ = ["CompileError", "CompiledNetwork", "compile_program", "compile_for_board", "SUPPORTED_SCHEMES",
            "digit_count", "plan_passes", "with_copy_gemms"]
 
 #: Weight schemes the sequencer runs: every scheme of golden/program/schemes.py (SYQ codes
@@ -1325,3 +1326,11 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     return CompiledNetwork(config, contents, compiler.input_slots, compiler.output_slots,
                            program.values[program.output].signed, compiler.macs,
                            compiler.descriptors)
+
+
+def compile_for_board(program: IntegerProgram, *, width: int) -> CompiledNetwork:
+    """:func:`compile_program` as a board top and its host both compile it: the highway
+    copies and the prefetch as the boards take them (``spec.BOARD_FUSE_COPIES``,
+    ``spec.BOARD_PREFETCH``), one rule for both sides, whose programs must agree."""
+    return compile_program(program, width=width, fuse_copies=BOARD_FUSE_COPIES,
+                           prefetch=BOARD_PREFETCH)

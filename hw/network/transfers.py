@@ -193,7 +193,8 @@ class Prefetcher(wiring.Component):
         groups = width // lanes
         m.submodules.requantizer = requantizer = config.requantizer_kind(
             **vars(config.prefetch_config))
-        loading = (start | running) & (op.kind == OpKind.LOAD)
+        is_load = op.kind == OpKind.LOAD
+        loading, load_starts = (start | running) & is_load, start & is_load
 
         # the LOAD's fields, kept from its start for the image taken during the run
         base = Signal(range(config.address_depth))
@@ -202,7 +203,7 @@ class Prefetcher(wiring.Component):
         shift = Signal(range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1))
         low, high = Signal(signed(bits + 1)), Signal(signed(bits + 1))
         in_signed = Signal()
-        with m.If(start & (op.kind == OpKind.LOAD)):
+        with m.If(load_starts):
             m.d.sync += [base.eq(op.out_base), count.eq(op.count),
                          multiplier.eq(op.input_multiplier), shift.eq(op.input_shift),
                          low.eq(op.low), high.eq(op.high), in_signed.eq(op.in_signed)]
@@ -243,7 +244,7 @@ class Prefetcher(wiring.Component):
             self.write.valid.eq(full),
             self.write.payload.address.eq(base + written),
             self.claimed.eq(loading & claiming),
-            self.done.eq(claimed & running & (op.kind == OpKind.LOAD) & (written == count)),
+            self.done.eq(claimed & running & is_load & (written == count)),
         ]
         for lane in range(lanes):
             slot = word[lane * bits:(lane + 1) * bits]
@@ -270,7 +271,7 @@ class Prefetcher(wiring.Component):
         with m.If(written_now):
             m.d.sync += written.eq(written + 1)
 
-        with m.If(start & (op.kind == OpKind.LOAD)):
+        with m.If(load_starts):
             m.d.sync += claimed.eq(taken != 0)
             with m.If(taken == 0):
                 m.d.sync += armed.eq(0)
