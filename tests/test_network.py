@@ -78,13 +78,14 @@ def test_core_runs_the_mlp_bit_exactly(mlp_data, pause):
 
 
 @pytest.mark.parametrize("options", [
-    {}, {"walk_stages": 3, "requant_stages": 2},
+    {}, {"walk_stages": 3, "requant_stages": 2, "fetch_ahead": True},
     pytest.param({"walk_stages": 2, "memories": "narrow"}, marks=pytest.mark.slow)],
     ids=["plain", "stages", "narrow-stages"])
 def test_core_runs_the_residual_cnn_bit_exactly(cnn_data, options):
     """Padded 3×3 convolutions, the 16-bit highway add (§11), average pooling, flatten and
     the linear head, under random stalls, on a 4×4 array (two words per 8-channel pixel);
-    also with the beat walk's address register stages and the requantizer's, and with
+    also with the beat walk's address register stages, the requantizer's and the
+    descriptors read ahead (the ECP5 board's), and with
     the walk's behind narrow memories that lend the operand port to writes and residual
     reads."""
     program = _program(cnn_data)
@@ -95,16 +96,19 @@ def test_core_runs_the_residual_cnn_bit_exactly(cnn_data, options):
     assert torch.equal(logits, run_integer(program, pixels))
 
 
-@pytest.mark.parametrize("memories", ["wide", "narrow"])
-def test_core_loads_its_program_through_the_load_port(mlp_data, memories):
+@pytest.mark.parametrize("memories,fetch_ahead", [("wide", False), ("narrow", False),
+                                                  ("wide", True)],
+                         ids=["wide", "narrow", "wide-fetch-ahead"])
+def test_core_loads_its_program_through_the_load_port(mlp_data, memories, fetch_ahead):
     """A core built without memories halts; program, weights and parameters written through
     ``load`` (narrow memories: a 16-bit row a beat, ``Config.load_beats``) and a RESTART
-    make it compute the same logits as golden."""
+    make it compute the same logits as golden; also when the sequencer reads each
+    descriptor ahead (the halting op's next one is read before the program is written)."""
     program = _program(mlp_data, scheme="mmse", act_bits=3, weight_bits=3)
     pixels = to_pixels(mlp_data.images[:2])
     compiled = compile_program(program)
-    compiled = dataclasses.replace(compiled, config=dataclasses.replace(compiled.config,
-                                                                        memories=memories))
+    compiled = dataclasses.replace(compiled, config=dataclasses.replace(
+        compiled.config, memories=memories, fetch_ahead=fetch_ahead))
     images = compiled.contents
     core = NetworkCore(compiled.config)
     memories = {"program": NetworkCore.Memory.PROGRAM, "weights": NetworkCore.Memory.WEIGHTS,
@@ -287,6 +291,16 @@ def test_requantizer_stage_options_are_checked():
     with pytest.raises(ValueError, match=r"^requant_stages must be 0 with the serial "
                                          r"requantizer, not 1$"):
         NetworkCore.Config(**params, requantizer="serial", requant_stages=1)
+
+
+def test_fetch_ahead_option_is_checked():
+    params = dict(width=2, act_bits=4, weight_bits=4, max_k=8, data_depth=16, weight_depth=4,
+                  param_depth=2, program_depth=4)
+    with pytest.raises(TypeError, match=r"^fetch_ahead must be a bool, not 1$"):
+        NetworkCore.Config(**params, fetch_ahead=1)
+    with pytest.raises(ValueError, match=r"^fetch_ahead needs wide memories \(they answer a "
+                                         r"fetch in one cycle\), not memories='narrow'$"):
+        NetworkCore.Config(**params, memories="narrow", fetch_ahead=True)
 
 
 @pytest.mark.parametrize("kwargs,error,message", [

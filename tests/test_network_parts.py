@@ -164,6 +164,108 @@ def test_sequencer_runs_ops_in_order_and_wraps_after_final():
     assert backs == [OpKind.GEMM]
 
 
+class _SequencerOnMemories(Elaboratable):
+    """A :class:`Sequencer` fetching from :class:`WideMemories` holding ``program``; a
+    ``load`` beat of the memories that writes the program tells the sequencer, as the core
+    does."""
+
+    def __init__(self, config, program):
+        self.sequencer = Sequencer(config)
+        self.memories = WideMemories(config, {"program": program})
+        self._ahead = config.fetch_ahead
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.sequencer = sequencer = self.sequencer
+        m.submodules.memories = memories = self.memories
+        wiring.connect(m, sequencer.fetch, memories.fetch)
+        wiring.connect(m, memories.descriptor, sequencer.descriptor)
+        if self._ahead:
+            load = memories.load
+            m.d.comb += sequencer.program_written.eq(
+                load.valid & (load.payload.memory == NetworkCore.Memory.PROGRAM))
+        return m
+
+
+def _sequencer_starts(config, program, *, rewrite, restart_in_round, rounds):
+    """Runs ``program`` ``rounds`` times on a :class:`Sequencer` with wide memories: each
+    op's front is done 3 cycles after its start, each back op 5 cycles after its start;
+    ``rewrite`` (address, descriptor) is written into the program memory in the second
+    cycle of the first op, and the first op of round ``restart_in_round`` ends with a
+    restart instead. Returns every start, ``(cycle, "front" or "back", op index or None,
+    out_base)``."""
+    top = _SequencerOnMemories(config, program)
+    dut, memories = top.sequencer, top.memories
+    starts = []
+
+    async def bench(ctx):
+        front_left = back_left = None
+        rounds_begun = 0
+        for cycle in range(40 * rounds):
+            for port in (dut.done, dut.back_done, dut.restart, memories.load.valid):
+                ctx.set(port, 0)
+            if ctx.get(dut.control.start):
+                index = ctx.get(dut.op_index)
+                starts.append((cycle, "front", index, ctx.get(dut.control.op.out_base)))
+                rounds_begun += index == 0
+                if rounds_begun > rounds:
+                    break
+                front_left = 3
+            elif front_left is not None:
+                front_left -= 1
+                if front_left == 1 and rounds_begun == 1 and ctx.get(dut.op_index) == 0:
+                    address, descriptor = rewrite
+                    ctx.set(memories.load.payload, config.load_beats(
+                        NetworkCore.Memory.PROGRAM, address, descriptor.as_value().value)[0])
+                    ctx.set(memories.load.valid, 1)
+                if not front_left:
+                    front_left = None
+                    if rounds_begun == restart_in_round and ctx.get(dut.op_index) == 0:
+                        ctx.set(dut.restart, 1)
+                    else:
+                        ctx.set(dut.done, 1)
+            if ctx.get(dut.back.start):
+                starts.append((cycle, "back", None, ctx.get(dut.back.op.out_base)))
+                back_left = 5
+            elif back_left is not None:
+                back_left -= 1
+                if not back_left:
+                    back_left = None
+                    ctx.set(dut.back_done, 1)
+            await ctx.tick()
+
+    _simulate(top, bench)
+    return starts
+
+
+def test_sequencer_fetching_ahead_keeps_ops_one_cycle_apart():
+    """With ``fetch_ahead`` (the front's descriptor read while the op before runs) every op
+    and every back op starts one cycle later than when the descriptor is read as the op
+    before is let go (the first read after reset), and two more after a restart (the reads
+    go back to op 0); an op whose descriptor is rewritten while the op before runs runs as
+    rewritten."""
+    program = [_op(kind=OpKind.LOAD, quantize=1, out_base=1),
+               _op(kind=OpKind.GEMM, out_base=2),
+               _op(kind=OpKind.SUM, overlap=1, out_base=3),
+               _op(kind=OpKind.STORE, overlap=1, final=1)]
+    # op 1, whose descriptor is read already when it is rewritten
+    rewrite = (1, _op(kind=OpKind.GEMM, out_base=7))
+    runs = {ahead: _sequencer_starts(
+                dataclasses.replace(CONFIG, fetch_ahead=ahead),
+                [op.as_value().value for op in program], rewrite=rewrite, restart_in_round=2,
+                rounds=3)
+            for ahead in (False, True)}
+    on_release, ahead = runs[False], runs[True]
+    # the restarted round's op 0 is the second one; the third begins after the restart
+    after_restart = [n for n, (_, part, index, _) in enumerate(on_release)
+                     if part == "front" and index == 0][2]
+    assert [start[1:] for start in ahead] == [start[1:] for start in on_release]
+    assert [cycle for cycle, *_ in ahead] == [
+        cycle + (1 if n < after_restart else 3) for n, (cycle, *_) in enumerate(on_release)]
+    assert [out_base for _, part, index, out_base in ahead if part == "front"] \
+        == [1, 7, 3, 0, 1, 1, 7, 3, 0, 1]
+
+
 def test_sequencer_overlaps_the_back_of_the_op_before():
     """An op with ``overlap`` starts while the back still writes the op before (``fenced``
     until the back takes it, a copy of its descriptor); its front, once done, waits for

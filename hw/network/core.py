@@ -207,6 +207,13 @@ class NetworkCore(wiring.Component):
             words and quantizes them, :attr:`prefetch_lanes` lanes a cycle, into the
             quantizing ``LOAD``'s words of the packed memory, so that ``LOAD`` then ends at
             once (docs/network.md §15, prefetch).
+        fetch_ahead : bool
+            The sequencer reads the next op's descriptor while the op before runs and keeps
+            the front's in a register of its own (default False; needs wide memories), so
+            letting an op go is a register move instead of a program memory read behind
+            ``done``, for a faster clock (the ECP5 board's). Ops stay one cycle apart; the
+            first op after a reset starts a cycle later and after a ``RESTART`` two
+            (docs/network.md §15, "Fetch ahead").
 
         Raises
         ------
@@ -214,8 +221,8 @@ class NetworkCore(wiring.Component):
             If a parameter is of the wrong type or outside its range.
         ValueError
             If ``requantizer`` or ``memories`` is not one of its choices, ``copies``
-            or ``prefetch`` without a packed memory, ``requant_stages`` is not 0 with the
-            serial requantizer, or as :class:`MacArray.Config` raises.
+            or ``prefetch`` without a packed memory, ``fetch_ahead`` with narrow memories,
+            ``requant_stages`` is not 0 with the serial requantizer, or as :class:`MacArray.Config` raises.
         """
         width: int
         act_bits: int
@@ -248,6 +255,7 @@ class NetworkCore(wiring.Component):
         copies: bool = False
         requant_stages: int = 0
         prefetch: bool = False
+        fetch_ahead: bool = False
 
         def __post_init__(self):
             check_int("Width", self.width, ARRAY_DIM)
@@ -283,6 +291,11 @@ class NetworkCore(wiring.Component):
             if self.prefetch and not self.packed_depth:
                 raise ValueError("prefetch needs a packed memory (packed_depth > 0): the "
                                  "background loader writes there beside the running op")
+            if not isinstance(self.fetch_ahead, bool):
+                raise TypeError(f"fetch_ahead must be a bool, not {self.fetch_ahead!r}")
+            if self.fetch_ahead and self.memories != "wide":
+                raise ValueError(f"fetch_ahead needs wide memories (they answer a fetch in one "
+                                 f"cycle), not memories={self.memories!r}")
             check_int("requant_stages", self.requant_stages, REQUANT_STAGES)
             if self.requant_stages and self.requantizer == "serial":
                 raise ValueError(f"requant_stages must be 0 with the serial requantizer, not "
@@ -614,6 +627,10 @@ class NetworkCore(wiring.Component):
             inputs, load_done = prefetcher.passed, loader.done | prefetcher.done
             m.d.comb += [loader.prefetched.eq(prefetcher.claimed),
                          sequencer.prefetched.eq(prefetcher.claimed)]
+        if config.fetch_ahead:
+            writes = loader.writes
+            m.d.comb += sequencer.program_written.eq(
+                writes.valid & writes.ready & (writes.payload.memory == LoadTarget.PROGRAM))
         m.d.comb += [
             sequencer.done.eq(load_done | storer.done | self._walk_done(
                 front.op, beats, write_back, sequencer.fenced)),

@@ -32,6 +32,16 @@ class Sequencer(wiring.Component):
     the next op's address goes out in that cycle and the op starts in the cycle its
     descriptor arrives, so with memories that answer in one cycle ops are one cycle apart.
 
+    With ``config.fetch_ahead`` the front's descriptor is a register of the sequencer's
+    and the memories read the next op's meanwhile, its address held on ``fetch`` and each
+    answer taken the cycle it arrives: letting the front go moves that answer
+    into the register, so ``done`` reaches no memory address. The address may then move
+    while ``fetch`` waits, so the memories must take a fetch every cycle (``WideMemories``
+    do while the sequencer takes every answer, as it does). An answer is stale the cycle
+    after the address moved, a ``restart`` or a write of the program
+    (``program_written``); the front then waits for the next one. Ops are still one cycle
+    apart; op 0 starts a cycle later after a reset and two after a restart.
+
     A core with narrow memories (``config.overlap`` false, for small FPGAs) keeps no copy:
     its back reads the front's descriptor, so the front is let go only once the back is
     free, no op overlaps the one before and ``fenced`` is 0.
@@ -62,6 +72,8 @@ class Sequencer(wiring.Component):
         With ``config.prefetch``: the front's ``LOAD`` takes its words from the background
         loader (from its start, docs/network.md §15, prefetch): they are quantized
         already, so the back gets nothing of it.
+    program_written : In(1)
+        With ``config.fetch_ahead``: a word of the program memory is written (one cycle).
     fenced : Out(1)
         The front's op waits for the back to finish the op before it.
     op_index : Out(range(program_depth))
@@ -80,17 +92,23 @@ class Sequencer(wiring.Component):
             "back_done": In(1),
             "restart": In(1),
             **({"prefetched": In(1)} if config.prefetch else {}),
+            **({"program_written": In(1)} if config.fetch_ahead else {}),
             "fenced": Out(1),
         })
         self._prefetch = config.prefetch
         self._copy = config.overlap
+        self._ahead = config.fetch_ahead
 
     def elaborate(self, platform):
         m = Module()
-        op = self.descriptor.payload
-        following = Signal.like(self.op_index)
-        m.d.comb += [self.control.op.eq(op), following.eq(Mux(self.restart | op.final, 0,
-                                                              self.op_index + 1))]
+        if self._ahead:
+            op = Signal(self.descriptor.payload.shape(), name="front_op")
+            take, to_op_0, arrived = self._fetch_ahead(m, op)
+        else:
+            op = self.descriptor.payload
+            following = Signal.like(self.op_index)
+            m.d.comb += following.eq(Mux(self.restart | op.final, 0, self.op_index + 1))
+        m.d.comb += self.control.op.eq(op)
 
         # The back: its op's descriptor, a start cycle, then running until back_done.
         back_starting, back_running = Signal(), Signal()
@@ -125,6 +143,17 @@ class Sequencer(wiring.Component):
                          pending.eq((pending | (start & produces)) & ~hand)]
 
         def release():
+            if self._ahead:
+                # the next op's descriptor, read already, moves into the front's register
+                with m.If(restart):
+                    m.d.comb += to_op_0.eq(1)
+                    m.next = "FETCH"
+                with m.Elif(arrived):
+                    m.d.comb += take.eq(1)
+                    m.next = "WAIT"
+                with m.Else():
+                    m.next = "FETCH"
+                return
             # the next op is fetched as this one's descriptor is let go
             m.d.comb += [self.descriptor.ready.eq(1), self.fetch.valid.eq(1),
                          self.fetch.payload.eq(following)]
@@ -136,9 +165,14 @@ class Sequencer(wiring.Component):
 
         with m.FSM():
             with m.State("FETCH"):
-                m.d.comb += [self.fetch.valid.eq(1), self.fetch.payload.eq(self.op_index)]
-                with m.If(self.fetch.ready):
-                    m.next = "WAIT"
+                if self._ahead:
+                    with m.If(arrived):
+                        m.d.comb += take.eq(1)
+                        m.next = "WAIT"
+                else:
+                    m.d.comb += [self.fetch.valid.eq(1), self.fetch.payload.eq(self.op_index)]
+                    with m.If(self.fetch.ready):
+                        m.next = "WAIT"
             with m.State("WAIT"):
                 # the op starts the cycle its descriptor arrives, once the back may take
                 # it: at once with `overlap`, else once the back is idle, a cycle after
@@ -148,7 +182,7 @@ class Sequencer(wiring.Component):
                 overlap = (op.overlap & (writes_results(op) | (op.kind == OpKind.STORE))
                            if self._copy else 0)
                 idle = ~back_starting & ~back_running
-                with m.If(self.descriptor.valid & (overlap | idle)):
+                with m.If((1 if self._ahead else self.descriptor.valid) & (overlap | idle)):
                     m.d.comb += start.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
@@ -163,3 +197,22 @@ class Sequencer(wiring.Component):
                 with m.If(let_go):
                     release()
         return m
+
+    def _fetch_ahead(self, m, op):
+        """The memories read the descriptor of the op after the front's (``config.fetch_ahead``);
+        returns the signals that move it into ``op`` (``take``), send the reads back to op 0
+        (``to_op_0``) and say it is there (``arrived``)."""
+        take, to_op_0, fresh = Signal(), Signal(), Signal()
+        ahead = Signal.like(self.op_index)      # the op whose descriptor is read
+        answer = self.descriptor.payload
+        m.d.comb += [self.fetch.valid.eq(1), self.fetch.payload.eq(ahead),
+                     self.descriptor.ready.eq(1)]
+        # An answer is the word at the address of the cycle before, as it was before that
+        # cycle's write: stale if the address moved, or the program was written, then.
+        m.d.sync += fresh.eq(self.fetch.ready & ~take & ~to_op_0 & ~self.program_written)
+        with m.If(to_op_0):
+            m.d.sync += ahead.eq(0)
+        with m.Elif(take):
+            m.d.sync += [op.eq(answer), self.op_index.eq(ahead),
+                         ahead.eq(Mux(answer.final, 0, ahead + 1))]
+        return take, to_op_0, self.descriptor.valid & fresh
