@@ -23,10 +23,11 @@ from olmac import spec
 from olmac.hw.host_link import SerialHostLink
 from olmac.hw.network import NetworkCore
 from olmac.hw.network_app import NetworkApp
+from olmac.hw.stream import SkidBuffer
 from .build import _board, _synth_options, run_build, toolchain_env
 
 __all__ = ["NetworkBoard", "BOARD_BAUD", "board_defaults", "default_array_multipliers",
-           "default_dsp_lane_pairs", "what_would_fit",
+           "default_dsp_lane_pairs", "default_link_buffers", "what_would_fit",
            "build_network_board", "demo_network", "build_board"]
 
 #: The link's default baud rate.
@@ -80,6 +81,21 @@ def default_dsp_lane_pairs(board, width):
     return int(default_array_multipliers(board, width) == "lut" and width <= free)
 
 
+def default_link_buffers(board):
+    """The :class:`NetworkBoard` option ``link_buffers`` a board build uses for ``board``:
+    on ECP5 (the request stream's ``ready`` ran from the dispatcher's state through the
+    handler back into the link's request slots, across the chip: the width-8 board's
+    longest path, 16.3 ns, once the core's were cut); not on the iCE40UP5K, whose logic
+    cells are nearly all taken and whose clock the core's paths set.
+
+    Raises
+    ------
+    ValueError
+        If ``board`` is not one of :data:`fpga.build.BOARDS`.
+    """
+    return _board(board).family == "ecp5"
+
+
 def what_would_fit(board, width):
     """What to try when the network board of ``board`` at ``width`` does not fit, for a
     one-line error: the board's default width where ``width`` is above it (the default is
@@ -122,13 +138,18 @@ class NetworkBoard(wiring.Component):
     fetch_ahead : bool
         The :class:`NetworkCore` option (each op's descriptor read while the op before runs,
         for the ECP5's clock).
+    link_buffers : bool
+        A :class:`SkidBuffer` on the link's request stream and one on the application's
+        reply stream, so neither side's ``ready`` runs into the other (for the ECP5's
+        clock; the same bytes in the same order).
     timeout : int or None
         The link's inter-byte timeout in cycles (default: four byte times).
 
     Raises
     ------
     TypeError
-        If ``divisor`` or ``timeout`` is out of range, or as :class:`NetworkCore` raises.
+        If ``divisor`` or ``timeout`` is out of range, ``link_buffers`` is not a bool, or
+        as :class:`NetworkCore` raises.
     ValueError
         As :class:`NetworkCore` raises.
 
@@ -145,7 +166,9 @@ class NetworkBoard(wiring.Component):
 
     def __init__(self, compiled, *, divisor, requantizer="serial", memories="narrow",
                  multipliers="lut", dsp_lane_pairs=0, walk_stages=0, requant_stages=0,
-                 fetch_ahead=False, timeout=None):
+                 fetch_ahead=False, link_buffers=False, timeout=None):
+        if not isinstance(link_buffers, bool):
+            raise TypeError(f"link_buffers must be a bool, not {link_buffers!r}")
         config = dataclasses.replace(compiled.config, requantizer=requantizer,
                                      memories=memories, multipliers=multipliers,
                                      dsp_lane_pairs=dsp_lane_pairs, walk_stages=walk_stages,
@@ -156,6 +179,7 @@ class NetworkBoard(wiring.Component):
         max_reply = max(1 + compiled.output_words * compiled.width * 2, len(self._app.info()))
         self._link = SerialHostLink(divisor=divisor, max_payload=self._app.request_bytes,
                                     max_reply=max_reply, timeout=timeout)
+        self._link_buffers = link_buffers
         super().__init__()
 
     core = property(attrgetter("_core"), doc="The :class:`NetworkCore`.")
@@ -167,7 +191,15 @@ class NetworkBoard(wiring.Component):
         m.submodules.link = link = self._link
         m.submodules.app = app = self._app
         m.submodules.core = core = self._core
-        wiring.connect(m, link.app, app.host)
+        if self._link_buffers:
+            m.submodules.request_buffer = requests = SkidBuffer(link.app.request.payload.shape())
+            m.submodules.reply_buffer = replies = SkidBuffer(link.app.reply.payload.shape())
+            wiring.connect(m, link.app.request, requests.i)
+            wiring.connect(m, requests.o, app.host.request)
+            wiring.connect(m, app.host.reply, replies.i)
+            wiring.connect(m, replies.o, link.app.reply)
+        else:
+            wiring.connect(m, link.app, app.host)
         wiring.connect(m, app.inputs, core.inputs)
         wiring.connect(m, core.outputs, app.outputs)
         wiring.connect(m, app.load, core.load)
@@ -257,7 +289,7 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     top = NetworkBoard(compiled, divisor=divisor, requantizer=requantizer, memories=memories,
                        multipliers=array_multipliers, dsp_lane_pairs=dsp_lane_pairs,
                        walk_stages=walk_stages, requant_stages=requant_stages,
-                       fetch_ahead=fetch_ahead)
+                       fetch_ahead=fetch_ahead, link_buffers=default_link_buffers(board))
     env = {**os.environ, **toolchain_env(board)}
     # On ECP5 only the requantizer's wide products (33 × 32 bits) go into MULT18X18Ds: the
     # array's dense and outlier products (≤ 16 bits) would take more than the 156 there are.

@@ -377,6 +377,12 @@ def test_app_refuses_bad_parameters(kwargs, error, message):
         NetworkApp(**params)
 
 
+def test_network_board_refuses_bad_link_buffers():
+    from olmac.fpga.board import NetworkBoard
+    with pytest.raises(TypeError, match=r"^link_buffers must be a bool, not 1$"):
+        NetworkBoard(None, divisor=4, link_buffers=1)
+
+
 class _AppOnCore(Elaboratable):
     """The board top without its UART: ``app`` in front of ``core``, wired as
     :class:`fpga.board.NetworkBoard` wires them; the test drives ``app.host``."""

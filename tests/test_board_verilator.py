@@ -35,7 +35,7 @@ from olmac.cli import main
 from olmac.compiler import compile_program
 from olmac.flow import demo_data
 from olmac.fpga.board import (NetworkBoard, board_defaults, default_array_multipliers,
-                               default_dsp_lane_pairs, demo_network)
+                               default_dsp_lane_pairs, default_link_buffers, demo_network)
 from olmac.golden import artifact
 from olmac.golden.program import quantize_model, run_integer, to_pixels
 from olmac.board import decode_infer, encode_infer, encode_load, load_requests, parse_info
@@ -99,7 +99,8 @@ def board(tmp_path_factory):
     pixels = to_pixels(data.images[:4])
     np.save(work / "pixels.npy", pixels.numpy())
     compiled = compile_program(program, width=WIDTH)
-    top = NetworkBoard(compiled, divisor=DIVISOR)
+    # with the ECP5 boards' link buffers, so the fast suite runs them at the pins
+    top = NetworkBoard(compiled, divisor=DIVISOR, link_buffers=True)
     return dict(work=work, program=program, pixels=pixels, compiled=compiled, top=top,
                 model=_build(top))
 
@@ -254,7 +255,8 @@ def test_ecp5_board_runs_the_demo_cnn(tmp_path):
     demo CNN and runs its images bit-exact against golden run_integer."""
     options = board_defaults("ulx3s-85f")
     program, compiled, data = demo_network("cnn", width=options.pop("width"))
-    top = NetworkBoard(compiled, divisor=DIVISOR, **options)
+    top = NetworkBoard(compiled, divisor=DIVISOR, link_buffers=default_link_buffers("ulx3s-85f"),
+                       **options)
     _runs_bit_exact(top, compiled, program, to_pixels(data.images[:6]), tmp_path)
 
 
@@ -273,7 +275,8 @@ def test_users_program_on_the_board_tops_that_are_built(board, tmp_path, name, w
     multipliers = default_array_multipliers(name, width)
     top = NetworkBoard(compiled, divisor=DIVISOR, multipliers=multipliers,
                        dsp_lane_pairs=(default_dsp_lane_pairs(name, width)
-                                       if multipliers != "packed" else 0), **options)
+                                       if multipliers != "packed" else 0),
+                       link_buffers=default_link_buffers(name), **options)
     _runs_bit_exact(top, compiled, board["program"], board["pixels"], tmp_path)
 
 
