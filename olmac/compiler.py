@@ -421,6 +421,25 @@ def _prefetch(ops: list[dict], param_words: list[list[dict]]) -> bool:
     return True
 
 
+def _fuse_store(ops: list[dict]) -> None:
+    """Fuses the program's closing ``STORE`` into the op before it (docs/network.md §15,
+    prefetch) when that op is a ``GEMM``, ``SUM`` or ``MAX`` whose 16-bit results are the
+    ``STORE``'s words in the write-back's order and which keeps no activation outliers and
+    has no fused copy (whose fork assumes that the write-back never waits): its
+    back then hands each result to the outputs as it writes it (``store``) and it ends the
+    program (``final``), so the next image's ``LOAD``, taken in the background, and its
+    first op need not wait for the back."""
+    store, last = ops[-1], ops[-2]
+    if (last["kind"] not in (OpKind.GEMM, OpKind.SUM, OpKind.MAX) or last.get("out_packed")
+            or last.get("out_outliers") or last.get("copy")):
+        return
+    if _written(last) != {(0, store["in_base"] + index): index
+                          for index in range(store["count"])}:
+        return
+    ops.pop()
+    last.update(store=1, final=1)
+
+
 def _packable(program: IntegerProgram, act_bits: int, act_signed: bool) -> set[str]:
     """The values stored in the packed memory (docs/network.md §15): every one that fits
     an activation slot, except residuals (the residual port reads the 16-bit memory) and
@@ -1167,8 +1186,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     GEMM input is), weights as the widest GEMM weight. When a layer is value-aware, the
     array has as many weight-outlier slots per weight word as the fullest beat needs (or
     ``weight_outlier_slots``) and ``weight_outlier_lanes`` lanes to multiply them (by
-    default ``width²/32``, twice the outliers a beat holds at one per 64 weights: at least
-    one, at most 16 and never more than the slots): a beat whose outliers
+    default ``width²/32 + 1``, twice the outliers a beat holds at one per 64 weights, plus
+    one: at most 16 and never more than the slots): a beat whose outliers
     outnumber the lanes holds the array a cycle per further group (docs/network.md §15).
     A value that keeps activation outliers gets ``act_outlier_lanes`` activation-outlier
     lanes and an outlier memory (docs/program.md §18). With
@@ -1189,7 +1208,8 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
     With ``prefetch`` (by default from width 8 on, as ``fuse_copies``; the board tops keep
     it off, ``spec.BOARD_PREFETCH``) a core whose first op quantizes the pixels into the
     packed memory takes the next image's words in the background from the op after the
-    last reader of those words (the core's ``prefetch``, docs/network.md §15).
+    last reader of those words (the core's ``prefetch``, docs/network.md §15), and the
+    program's ``STORE`` is fused into its last op where it can be (``_fuse_store``).
     Memories are exactly as deep as the program.
 
     Raises
@@ -1250,9 +1270,10 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         # A lane costs one outlier multiplier and its column adders, small beside the
         # width² dense products from width 8 on; one lane keeps the smallest arrays small.
         # At one outlier per 64 weights a beat of width² weights holds width²/64 on
-        # average; twice that keeps the holds rare (a 16×16 array with 4 lanes held
-        # cnn28's beats 13 % of its cycles, with 8 about 21 of fc1's).
-        lanes = min(weight_outlier_lanes or max(width * width // 32, 1),
+        # average; twice that, plus one, keeps the holds rare (a 16×16 array with 4 lanes
+        # held cnn28's beats 13 % of its cycles, with 8 about 21 of fc1's; the demo MLP
+        # took 196 cycles an image on the 8×8 array with 2 lanes, 187 with 3, 186 with 4).
+        lanes = min(weight_outlier_lanes or width * width // 32 + 1,
                     OUTLIER_LANES[1], slots)
         options.update(weight_outlier_lanes=lanes, weight_outlier_bits=compiler.outlier_bits,
                        weight_outlier_slots=slots)
@@ -1274,6 +1295,7 @@ def compile_program(program: IntegerProgram, *, width: int = 8,
         options.update(copies=True)
     if prefetch and _prefetch(compiler.descriptors, compiler.param_words):
         options.update(prefetch=True)
+        _fuse_store(compiler.descriptors)
     for name, bits, limits in (("a plane shift", options.get("plane_shift_bits", 0),
                                 PLANE_SHIFT_BITS),
                                ("an activation shift", options.get("act_shift_bits", 0),

@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from olmac.hw.network import (BeatWalk, Loader, NarrowMemories, NetworkCore, OpDescriptor,
                               OpKind, OutputWalk, ParamFeed, Reducer, Sequencer, Storer,
-                              WideMemories, WriteBack)
+                              StorePart, WideMemories, WriteBack)
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -23,10 +23,12 @@ CONFIG = NetworkCore.Config(width=WIDTH, act_bits=4, weight_bits=4, max_k=8, dat
                             weight_depth=32, param_depth=8, program_depth=4)
 DESCRIPTOR = CONFIG.layouts["program"]
 WORD = CONFIG.layouts["data"]
+# a core with a background loader: its descriptors have `fetch_next` and `store`
+PREFETCHING = dataclasses.replace(CONFIG, packed_depth=8, prefetch=True)
 
 
-def _op(**fields):
-    return DESCRIPTOR.const(fields)
+def _op(config=CONFIG, **fields):
+    return config.layouts["program"].const(fields)
 
 
 class _Harness(Elaboratable):
@@ -301,6 +303,55 @@ def test_sequencer_overlaps_the_back_of_the_op_before():
               bench)
 
 
+def test_sequencer_starts_a_claimed_load_and_the_op_after_beside_the_back():
+    """With a background loader (§15, prefetch): a ``LOAD`` whose words came in the
+    background starts while the back still writes the program's last op and goes to no
+    back, and the op after it starts at once, queued for the back but not fenced (it reads
+    only the ``LOAD``'s words); the first image's ``LOAD``, not claimed, waits for the
+    back to be idle, and the op after it is fenced behind the ``LOAD``'s writes."""
+    dut = Sequencer(PREFETCHING)
+    program = [_op(PREFETCHING, kind=OpKind.LOAD, quantize=1, out_base=1),
+               _op(PREFETCHING, kind=OpKind.GEMM, overlap=1, out_base=2),
+               _op(PREFETCHING, kind=OpKind.GEMM, overlap=1, out_base=3, store=1, final=1)]
+    fetched, backs = [], []
+
+    async def end_front(ctx):
+        ctx.set(dut.done, 1)
+        await ctx.tick()
+        ctx.set(dut.done, 0)
+
+    async def bench(ctx):
+        await ctx.tick().until(dut.control.start)   # the first image's LOAD
+        await end_front(ctx)
+        await ctx.tick().until(dut.control.start)
+        assert ctx.get(dut.op_index) == 1 and ctx.get(dut.queued) and ctx.get(dut.fenced)
+        await end_front(ctx)
+        await ctx.tick().until(dut.control.start)
+        assert ctx.get(dut.op_index) == 2
+        await end_front(ctx)
+        # the next image's words have come in the background: the LOAD is claimed from
+        # its start (the prefetcher's `claimed` holds in its start cycle)
+        ctx.set(dut.load_claimable, 1)
+        ctx.set(dut.prefetched, 1)
+        await ctx.tick().until(dut.control.start)
+        assert ctx.get(dut.op_index) == 0 and ctx.get(dut.back.running)
+        assert ctx.get(dut.back.op.out_base) == 3
+        await end_front(ctx)
+        ctx.set(dut.prefetched, 0)
+        ctx.set(dut.load_claimable, 0)
+        await ctx.tick().until(dut.control.start)
+        assert ctx.get(dut.op_index) == 1 and ctx.get(dut.back.running)
+        assert ctx.get(dut.back.op.out_base) == 3
+        assert ctx.get(dut.queued) and not ctx.get(dut.fenced)
+        await ctx.tick().until(dut.back.start)
+        assert ctx.get(dut.back.op.out_base) == 2
+
+    _simulate(dut, _sequencer_memories(dut, program, fetched), _sequencer_back(dut, 9, backs),
+              bench)
+    # (the claimed LOAD went to no back)
+    assert backs == [OpKind.LOAD, OpKind.GEMM, OpKind.GEMM, OpKind.GEMM]
+
+
 def test_loader_writes_inputs_and_passes_load_beats_between_them():
     """``LOAD``: ``count`` input words to the activation memory from ``out_base``, done with
     the last; ``load`` beats pass only while ``inputs`` offers nothing, and a ``RESTART``
@@ -475,6 +526,38 @@ def test_storer_streams_words_with_last_under_stalls():
         assert ctx.get(dut.done)
 
     _simulate(top, bench)
+
+
+@pytest.mark.parametrize("store", [1, 0])
+def test_store_part_forks_each_result_to_the_outputs_under_stalls(store):
+    """A fused ``STORE`` (§15, prefetch): every result vector goes on to the write-back,
+    and, in an op with ``store``, also to ``outputs`` as a 16-bit word, ``last`` on the
+    op's last result (2 tiles of 3 pixels); both sides stall at random, neither loses or
+    repeats a vector. Without ``store`` nothing leaves on ``outputs``."""
+    dut = StorePart(PREFETCHING)
+    results = [[tile * 10 + pixel - 3, -1 - pixel] for tile in range(2) for pixel in range(3)]
+    taken = {}
+
+    async def writes(ctx):
+        taken["out"] = await _take(ctx, dut.out, len(results), seed=5)
+
+    async def outputs(ctx):
+        taken["outputs"] = await _take(ctx, dut.outputs, len(results) if store else 0, seed=6)
+        if not store:
+            async for _, _, valid in ctx.tick().sample(dut.outputs.valid):
+                assert not valid
+
+    async def bench(ctx):
+        await _run(ctx, dut.control, _op(PREFETCHING, kind=OpKind.GEMM, out_words=2,
+                                         out_pixels=3, store=store))
+        await _send(ctx, dut.results, results)
+        await ctx.tick().repeat(20)
+
+    _simulate(dut, outputs, writes, bench)
+    assert [list(vector) for vector in taken["out"]] == results
+    assert [list(word.word) for word in taken["outputs"]] == (
+        [[value & 0xFFFF for value in vector] for vector in results] if store else [])
+    assert [word.last for word in taken["outputs"]] == ([0] * 5 + [1] if store else [])
 
 
 def _beat_walk(in_signed=0, stages=0):

@@ -15,7 +15,7 @@ and the lookup tables (``tables``).
 """
 
 from .codes import CodebookPath, code_tiles, codebook_word_entries
-from .compute import CopyPart, ParamFeed, Reducer, WriteBack
+from .compute import CopyPart, ParamFeed, Reducer, StorePart, WriteBack
 from .core import NetworkCore
 from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MAX_DIM, MAX_KERNEL, MAX_PASSES,
                       MEMORY_STYLES, REQUANTIZERS, STORAGE_BITS, ChannelWord,
@@ -35,6 +35,6 @@ __all__ = ["NetworkCore", "OpKind", "OpDescriptor", "ChannelWord", "LoadTarget",
            "STORAGE_BITS", "MAX_DIM", "MAX_KERNEL", "MAX_PASSES", "ACT_SHIFT_BITS", "CHUNK_BITS", "REQUANTIZERS", "MEMORY_STYLES",
            "Sequencer", "Loader", "Prefetcher", "Storer", "BeatWalk", "OutputWalk", "Reducer",
            "ParamFeed",
-           "WriteBack", "CopyPart", "WideMemories", "NarrowMemories", "ActOutlierStore",
+           "WriteBack", "CopyPart", "StorePart", "WideMemories", "NarrowMemories", "ActOutlierStore",
            "PackedMemory", "TablePart", "TABLE_ENTRY_BITS", "CodebookPath", "CodebookMode",
            "code_tiles", "codebook_word_entries"]

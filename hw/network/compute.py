@@ -11,7 +11,7 @@ from .layouts import (STORAGE_BITS, ControlSignature, OpKind, SideWords, VectorB
                       writes_results)
 from .walks import output_counters, tile_pointer
 
-__all__ = ["Reducer", "ParamFeed", "WriteBack", "CopyPart"]
+__all__ = ["Reducer", "ParamFeed", "WriteBack", "CopyPart", "StorePart"]
 
 
 class Reducer(wiring.Component):
@@ -274,4 +274,60 @@ class CopyPart(wiring.Component):
         wiring.connect(m, requantizer.out, writer.results)
         wiring.connect(m, writer.write, wiring.flipped(self.write))
         m.d.comb += [self.done.eq(writer.done), self.written.eq(writer.written)]
+        return m
+
+
+class StorePart(wiring.Component):
+    """A fused ``STORE`` (docs/network.md §15, prefetch): passes each result vector of the
+    back's op on to the write-back and, if the op's descriptor has ``store`` (the program's
+    last op, whose results are the logits in the order the ``STORE`` read them), also to
+    ``outputs`` as a 16-bit word, ``last`` on the op's last result. A vector passes only
+    when both take it, so neither drops one, and the op's last write (its ``done``) comes
+    once its last word has left.
+
+    Parameters
+    ----------
+    config : NetworkCore.Config
+        The activation word layout and the requantizer's output vector.
+
+    Members
+    -------
+    control : In(ControlSignature(descriptor))
+        The back's op: ``store``, ``out_words`` and ``out_pixels``.
+    results : In(stream.Signature(requantizer out_layout))
+        The requantized vectors, on their way to the write-back.
+    out : Out(stream.Signature(requantizer out_layout))
+        The same vectors, to the write-back.
+    outputs : Out(stream.Signature(StructLayout({"word": word, "last": 1})))
+        The stored words, as a ``STORE``'s ``Storer`` gives them.
+    """
+
+    def __init__(self, config):
+        vector = config.requantizer_config.out_layout
+        self._width = config.width
+        super().__init__({
+            "control": In(ControlSignature(config.layouts["program"])),
+            "results": In(stream.Signature(vector)),
+            "out": Out(stream.Signature(vector)),
+            "outputs": Out(stream.Signature(data.StructLayout({"word": config.layouts["data"],
+                                                               "last": unsigned(1)}))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        op, start = self.control.op, self.control.start
+        storing = op.store
+        step = self.results.valid & self.results.ready
+        _, final = output_counters(m, "store", op, step, start)
+        # a fork: the vector leaves once both sides take it
+        m.d.comb += [
+            self.out.valid.eq(self.results.valid & (~storing | self.outputs.ready)),
+            self.out.payload.eq(self.results.payload),
+            self.outputs.valid.eq(self.results.valid & storing & self.out.ready),
+            self.outputs.payload.last.eq(final),
+            self.results.ready.eq(self.out.ready & (~storing | self.outputs.ready)),
+        ]
+        for col in range(self._width):
+            m.d.comb += self.outputs.payload.word[col].eq(
+                self.results.payload[col][:STORAGE_BITS])
         return m

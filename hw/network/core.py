@@ -13,7 +13,7 @@ from ..codebook import DECODER_IDX_BITS, MAX_SUBGROUPS, CodebookDecoder
 from ..mac_array import MacArray
 from ..requant import Requantizer
 from ..serial_requant import SerialRequantizer
-from .compute import CopyPart, ParamFeed, Reducer, WriteBack
+from .compute import CopyPart, ParamFeed, Reducer, StorePart, WriteBack
 from .layouts import (ACT_SHIFT_BITS, CHUNK_BITS, MEMORY_STYLES, OUTLIER_VALUE_BITS, REQUANTIZERS,
                       STORAGE_BITS, TABLE_ENTRY_BITS, WINDOW_GROWTH, ChannelWord, CodebookMode,
                       LoadBeat, LoadTarget, OpDescriptor, OpKind, OutlierBlock, WeightWord,
@@ -206,7 +206,9 @@ class NetworkCore(wiring.Component):
             from the start of the op marked ``fetch_next`` it takes the next image's
             words and quantizes them, :attr:`prefetch_lanes` lanes a cycle, into the
             quantizing ``LOAD``'s words of the packed memory, so that ``LOAD`` then ends at
-            once (docs/network.md §15, prefetch).
+            once; the program's ``STORE`` is fused into its last op (``store``: that op's
+            back hands its results to the outputs), so the next image's ``LOAD`` and first
+            op start beside the last op's back (docs/network.md §15, prefetch).
         fetch_ahead : bool
             The sequencer reads the next op's descriptor while the op before runs and keeps
             the front's in a register of its own (default False; needs wide memories), so
@@ -626,14 +628,15 @@ class NetworkCore(wiring.Component):
             wiring.connect(m, inputs, prefetcher.inputs)
             inputs, load_done = prefetcher.passed, loader.done | prefetcher.done
             m.d.comb += [loader.prefetched.eq(prefetcher.claimed),
-                         sequencer.prefetched.eq(prefetcher.claimed)]
+                         sequencer.prefetched.eq(prefetcher.claimed),
+                         sequencer.load_claimable.eq(prefetcher.holding)]
         if config.fetch_ahead:
             writes = loader.writes
             m.d.comb += sequencer.program_written.eq(
                 writes.valid & writes.ready & (writes.payload.memory == LoadTarget.PROGRAM))
         m.d.comb += [
             sequencer.done.eq(load_done | storer.done | self._walk_done(
-                front.op, beats, write_back, sequencer.fenced)),
+                front.op, beats, write_back, sequencer.queued)),
             sequencer.back_done.eq(back_done),
             sequencer.restart.eq(loader.restart),
             # parameters are read only once no load beat can rewrite them
@@ -656,7 +659,14 @@ class NetworkCore(wiring.Component):
         else:
             m.submodules.tables = tables = self._tables
             _route_loads(m, loader.writes, memories.load, tables.write)
-        wiring.connect(m, storer.outputs, wiring.flipped(self.outputs))
+        if config.prefetch:
+            # the fused STORE's words leave from the back while it runs that op; nothing
+            # else is stored then (the compiler fuses only the program's last op)
+            m.submodules.stores = stores = StorePart(config)
+            _merge(m, back.op.store & (back.start | back.running), stores.outputs,
+                   storer.outputs, self.outputs)
+        else:
+            wiring.connect(m, storer.outputs, wiring.flipped(self.outputs))
 
         wiring.connect(m, beats.weights_read, memories.weights)
         if config.codebook:
@@ -695,6 +705,10 @@ class NetworkCore(wiring.Component):
         if config.copies:
             wiring.connect(m, results, copies.results)
             results = copies.out
+        if config.prefetch:
+            wiring.connect(m, back, stores.control)
+            wiring.connect(m, results, stores.results)
+            results = stores.out
         wiring.connect(m, results, write_back.results)
 
         # STORE and the beat walk never run together, nor a plain LOAD and the write-back:
@@ -718,11 +732,11 @@ class NetworkCore(wiring.Component):
         m.d.comb += beats.granted.eq(memories.granted)
         return m
 
-    def _walk_done(self, op, beats, write_back, fenced):
+    def _walk_done(self, op, beats, write_back, queued):
         """The front of a compute op ``op`` ends when its last beat has left the walk; an
         SYQ GEMM's beats then still pass the codebook path, so its front ends with its last
-        result (once the back runs it, not ``fenced``)."""
+        result (once the back runs it, not ``queued``)."""
         if not self._config.codebook:
             return beats.done
         syq = op.codebook != CodebookMode.DENSE
-        return Mux(syq, write_back.done & ~fenced, beats.done)
+        return Mux(syq, write_back.done & ~queued, beats.done)

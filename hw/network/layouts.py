@@ -97,9 +97,11 @@ class OpDescriptor(data.StructLayout):
     ``copy_multiplier``, ``copy_shift`` and clamped to ``copy_low..copy_high``, to the
     packed memory at ``copy_base + pixel·copy_stride + tile`` (a fused ``requantize``,
     docs/network.md §15); with ``prefetch`` (a core that takes the next image's words in
-    the background), ``fetch_next`` on the op from whose start they may be taken and, on
-    the quantizing ``LOAD``, its ``input_multiplier`` and ``input_shift`` (the parameter
-    word's, which the background quantizer cannot read beside the running op)."""
+    the background), ``fetch_next`` on the op from whose start they may be taken, on
+    the quantizing ``LOAD`` its ``input_multiplier`` and ``input_shift`` (the parameter
+    word's, which the background quantizer cannot read beside the running op), and
+    ``store`` on an op whose results also leave on the core's outputs (the program's
+    ``STORE`` fused into its last op, docs/network.md §15)."""
 
     def __init__(self, data_depth, weight_depth, param_depth, outlier_depth=0, packed=False,
                  table_address_bits=0, codebook_entries=0, copies=False, prefetch=False):
@@ -124,7 +126,7 @@ class OpDescriptor(data.StructLayout):
                          "copy_low": signed(STORAGE_BITS + 1),
                          "copy_high": signed(STORAGE_BITS + 1)}
         if prefetch:
-            outliers |= {"fetch_next": unsigned(1),
+            outliers |= {"fetch_next": unsigned(1), "store": unsigned(1),
                          "input_multiplier": signed(MULTIPLIER_BITS),
                          "input_shift": range(SHIFT_RANGE[0], SHIFT_RANGE[1] + 1)}
         super().__init__({

@@ -72,10 +72,17 @@ class Sequencer(wiring.Component):
         With ``config.prefetch``: the front's ``LOAD`` takes its words from the background
         loader (from its start, docs/network.md §15, prefetch): they are quantized
         already, so the back gets nothing of it.
+    load_claimable : In(1)
+        With ``config.prefetch``: a ``LOAD`` starting now would take its words from the
+        background loader, so it may start beside the back (with ``config.overlap``).
     program_written : In(1)
         With ``config.fetch_ahead``: a word of the program memory is written (one cycle).
+    queued : Out(1)
+        The front's op waits for the back to take it (the back still writes an op before).
     fenced : Out(1)
-        The front's op waits for the back to finish the op before it.
+        The front's op is ``queued`` behind the op just before it, which the back runs:
+        its reads wait for the back's writes. An op after one the back never took (a
+        claimed ``LOAD``) reads nothing the back writes.
     op_index : Out(range(program_depth))
         The front's op.
     """
@@ -91,8 +98,9 @@ class Sequencer(wiring.Component):
             "done": In(1),
             "back_done": In(1),
             "restart": In(1),
-            **({"prefetched": In(1)} if config.prefetch else {}),
+            **({"prefetched": In(1), "load_claimable": In(1)} if config.prefetch else {}),
             **({"program_written": In(1)} if config.fetch_ahead else {}),
+            "queued": Out(1),
             "fenced": Out(1),
         })
         self._prefetch = config.prefetch
@@ -131,7 +139,12 @@ class Sequencer(wiring.Component):
                 m.d.sync += back_op.eq(op)
             # the front is let go once the back has its copy
             let_go = ~pending | hand
-            m.d.comb += [self.back.op.eq(back_op), self.fenced.eq(pending)]
+            # whether the op before the front's went to the back
+            after_produced, produced = Signal(), Signal()
+            with m.If(start):
+                m.d.sync += [after_produced.eq(produced), produced.eq(produces)]
+            m.d.comb += [self.back.op.eq(back_op), self.queued.eq(pending),
+                         self.fenced.eq(pending & after_produced)]
         else:
             let_go = back_free
             m.d.comb += self.back.op.eq(op)
@@ -179,7 +192,11 @@ class Sequencer(wiring.Component):
                 # its last write (the outlier memory takes a block's merge a cycle after
                 # the write-back's last word, and the op after reads it)
                 # (a STORE with `overlap` reads beside the back, fenced by the Storer)
-                overlap = (op.overlap & (writes_results(op) | (op.kind == OpKind.STORE))
+                # (a LOAD whose words came in the background waits for no back: the next
+                # image's first op then starts beside the last op of the one before)
+                overlap = ((op.overlap & (writes_results(op) | (op.kind == OpKind.STORE)))
+                           | ((op.kind == OpKind.LOAD) & self.load_claimable
+                              if self._prefetch else 0)
                            if self._copy else 0)
                 idle = ~back_starting & ~back_running
                 with m.If((1 if self._ahead else self.descriptor.valid) & (overlap | idle)):

@@ -169,6 +169,8 @@ class Prefetcher(wiring.Component):
         A quantized word for the packed memory; held until taken.
     claimed : Out(1)
         The front's ``LOAD`` (from its start) takes its words from here.
+    holding : Out(1)
+        A word of the next image has been taken: a ``LOAD`` starting now is claimed.
     done : Out(1)
         The claimed ``LOAD``'s last word is written.
     """
@@ -181,6 +183,7 @@ class Prefetcher(wiring.Component):
             "passed": Out(stream.Signature(word)),
             "write": Out(stream.Signature(AddressedWord(config.address_depth, word))),
             "claimed": Out(1),
+            "holding": Out(1),
             "done": Out(1),
         })
         self._config = config
@@ -227,7 +230,7 @@ class Prefetcher(wiring.Component):
         full = Signal()         # result holds a whole word to write
 
         # decided at the LOAD's start: claimed if the next image has begun to come
-        claiming = Mux(start, taken != 0, claimed)
+        claiming = Mux(start, self.holding, claimed)
         mine = armed & (taken != count) & ~(loading & ~claiming)
         sending = requantizer.acc.valid & requantizer.acc.ready
         last_sent = sending & (sent == groups - 1)
@@ -243,6 +246,7 @@ class Prefetcher(wiring.Component):
             requantizer.out.ready.eq(~full | written_now),
             self.write.valid.eq(full),
             self.write.payload.address.eq(base + written),
+            self.holding.eq(taken != 0),
             self.claimed.eq(loading & claiming),
             self.done.eq(claimed & running & is_load & (written == count)),
         ]
@@ -272,7 +276,7 @@ class Prefetcher(wiring.Component):
             m.d.sync += written.eq(written + 1)
 
         with m.If(load_starts):
-            m.d.sync += claimed.eq(taken != 0)
+            m.d.sync += claimed.eq(self.holding)
             with m.If(taken == 0):
                 m.d.sync += armed.eq(0)
         with m.Elif(start & op.fetch_next):

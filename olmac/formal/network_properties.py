@@ -516,6 +516,16 @@ def _beat_walk_promises(env):
         env.m.d.comb += [Assert(~is_codebook | syq), Assert((left == 0) | syq)]
 
 
+def _store_part_promises(env):
+    """Every result taken leaves to the write-back in its cycle and, in an op with
+    ``store``, on ``outputs`` too."""
+    part = env.part
+    _pass_one_for_one("results", "out")(env)
+    count_transfers(env.m, "outputs",
+                    part.results.valid & part.results.ready & part.control.op.store,
+                    part.outputs.valid & part.outputs.ready, 0)
+
+
 #: name → (environment, promises, pace) of each part, for ``proofs``.
 PART_SPECS = {
     "sequencer": (None, _sequencer_promises, None),
@@ -546,6 +556,13 @@ PART_SPECS = {
                         lambda env: [Assume(~env.part.control.op.copy | env.part.out.ready,
                                             "the write-back waits")]),
                   _pass_one_for_one("results", "out"), None),
+    # the same fork to the core's outputs (a fused STORE), under the same assumption
+    "store_part": (_both(_only_while("results", OpKind.GEMM, OpKind.SUM, OpKind.MAX),
+                         _op_ends(may=lambda env: _idle(env.part.out)
+                                  & _idle(env.part.outputs)),
+                         lambda env: [Assume(~env.part.control.op.store | env.part.out.ready,
+                                             "the write-back waits")]),
+                   _store_part_promises, None),
     "table_part": (None, _table_promises, None),
     "codebook_path": (_codebook_path_environment, _codebook_path_promises,
                       {"beat_weights": "beat_act", "beat_codes": "beat_act"}),

@@ -15,7 +15,8 @@ from olmac.hw.host_link import FrameReceiver, FrameTransmitter, LoopbackApp, Req
 from olmac.hw.network import (ActOutlierStore, BeatWalk, CodebookPath, CopyPart, Loader,
                               LoadTarget,
                               NarrowMemories, NetworkCore, OutputWalk, ParamFeed, Reducer,
-                              Sequencer, Storer, TablePart, WideMemories, WriteBack)
+                              Sequencer, StorePart, Storer, TablePart, WideMemories,
+                              WriteBack)
 from olmac.hw.network_app import Dispatcher, FixedCommand, InferHandler, LoadHandler
 from olmac.hw.mac_array import MacArray
 from olmac.hw.outlier_rules import OutlierRules
@@ -205,6 +206,7 @@ _NET_OPTIONS = replace(_NET, act_outlier_lanes=1, act_outlier_block_words=1, out
                        codebook_subgroups=1)
 _NET_SERIAL = replace(_NET, width=2, data_depth=2, requantizer="serial", memories="narrow")
 _NET_COPIES = replace(_NET, packed_depth=2, copies=True)
+_NET_PREFETCH = replace(_NET, packed_depth=2, prefetch=True)
 
 #: name → (the part's entry in ``PART_SPECS``, builder, mutants[, depth, default 4]):
 #: ``withdrawn`` (the first sending port hides a beat), ``lost:<port>`` (the receiving port
@@ -212,6 +214,9 @@ _NET_COPIES = replace(_NET, packed_depth=2, copies=True)
 #: beat that never was, and withdraws it), ``unwritten:<port>`` (a memory write dropped).
 _NETWORK_PARTS = {
     "sequencer": ("sequencer", lambda: Sequencer(_NET), ("withdrawn", "lost:descriptor")),
+    # a claimed LOAD and the op after it start beside the back
+    "sequencer_prefetch": ("sequencer", lambda: Sequencer(_NET_PREFETCH),
+                           ("withdrawn", "lost:descriptor")),
     "loader": ("loader", lambda: Loader(_NET), ("withdrawn", "lost:load")),
     "storer": ("storer", lambda: Storer(_NET), ("withdrawn",)),
     "beat_walk": ("beat_walk", lambda: BeatWalk(_NET), ("withdrawn",)),
@@ -227,6 +232,8 @@ _NETWORK_PARTS = {
     "param_feed": ("param_feed", lambda: ParamFeed(_NET), ("withdrawn", "lost:words")),
     "write_back": ("write_back", lambda: WriteBack(_NET), ("unwritten:write",)),
     "copy_part": ("copy_part", lambda: CopyPart(_NET_COPIES), ("withdrawn", "lost:results")),
+    "store_part": ("store_part", lambda: StorePart(_NET_PREFETCH),
+                   ("withdrawn", "lost:results", "phantom:outputs")),
     "act_outlier_store": ("act_outlier_store", lambda: ActOutlierStore(_NET_OPTIONS),
                           ("withdrawn", "lost:results")),
     "table_part": ("table_part", lambda: TablePart(TablePart.Config(width=1, depth=4)),
