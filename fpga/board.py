@@ -135,9 +135,9 @@ class NetworkBoard(wiring.Component):
     walk_stages, requant_stages : int
         The :class:`NetworkCore` options (address registers of the beat walk, register
         stages of the requantizer, for the ECP5's clock).
-    fetch_ahead : bool
-        The :class:`NetworkCore` option (each op's descriptor read while the op before runs,
-        for the ECP5's clock).
+    fetch_ahead, reducer_stage : bool
+        The :class:`NetworkCore` options (each op's descriptor read while the op before
+        runs, a register before the reducer's sums and compares, for the ECP5's clock).
     link_buffers : bool
         A :class:`SkidBuffer` on the link's request stream and one on the application's
         reply stream, so neither side's ``ready`` runs into the other (for the ECP5's
@@ -166,13 +166,14 @@ class NetworkBoard(wiring.Component):
 
     def __init__(self, compiled, *, divisor, requantizer="serial", memories="narrow",
                  multipliers="lut", dsp_lane_pairs=0, walk_stages=0, requant_stages=0,
-                 fetch_ahead=False, link_buffers=False, timeout=None):
+                 fetch_ahead=False, reducer_stage=False, link_buffers=False, timeout=None):
         if not isinstance(link_buffers, bool):
             raise TypeError(f"link_buffers must be a bool, not {link_buffers!r}")
         config = dataclasses.replace(compiled.config, requantizer=requantizer,
                                      memories=memories, multipliers=multipliers,
                                      dsp_lane_pairs=dsp_lane_pairs, walk_stages=walk_stages,
-                                     requant_stages=requant_stages, fetch_ahead=fetch_ahead)
+                                     requant_stages=requant_stages, fetch_ahead=fetch_ahead,
+                                     reducer_stage=reducer_stage)
         self._core = NetworkCore(config, **compiled.contents)
         self._app = NetworkApp.for_core(self._core, input_words=compiled.input_words,
                                         output_words=compiled.output_words)
@@ -238,14 +239,14 @@ def demo_network(model="cnn", *, width=4, calibration=64):
 
 def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requantizer=None,
                         memories=None, walk_stages=None, requant_stages=None,
-                        fetch_ahead=None, array_multipliers=None, dsp_lane_pairs=None, multipliers=None,
+                        fetch_ahead=None, reducer_stage=None, array_multipliers=None, dsp_lane_pairs=None, multipliers=None,
                         target_mhz=None, seed=1, timeout_s=3600,
                         progress=None):
     """Synthesize, place, route and pack a :class:`NetworkBoard` for ``board``'s UART pins
     at its default clock; returns a :class:`fpga.build.BuildResult` (resources and fmax in
     its report, also written as ``report.json``/``report.md`` into ``build_dir``).
-    ``requantizer``, ``memories``, ``walk_stages``, ``requant_stages`` and ``fetch_ahead``
-    default to the board's (:func:`board_defaults`).
+    ``requantizer``, ``memories``, ``walk_stages``, ``requant_stages``, ``fetch_ahead`` and
+    ``reducer_stage`` default to the board's (:func:`board_defaults`).
 
     ``array_multipliers`` is the core's ``multipliers`` option (default:
     :func:`default_array_multipliers`), ``dsp_lane_pairs`` its option of that name
@@ -281,6 +282,7 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     walk_stages = defaults["walk_stages"] if walk_stages is None else walk_stages
     requant_stages = defaults["requant_stages"] if requant_stages is None else requant_stages
     fetch_ahead = defaults["fetch_ahead"] if fetch_ahead is None else fetch_ahead
+    reducer_stage = defaults["reducer_stage"] if reducer_stage is None else reducer_stage
     array_multipliers = (array_multipliers
                          or default_array_multipliers(board, compiled.width))
     if dsp_lane_pairs is None:
@@ -289,7 +291,8 @@ def build_network_board(board, compiled, build_dir, *, baud=BOARD_BAUD, requanti
     top = NetworkBoard(compiled, divisor=divisor, requantizer=requantizer, memories=memories,
                        multipliers=array_multipliers, dsp_lane_pairs=dsp_lane_pairs,
                        walk_stages=walk_stages, requant_stages=requant_stages,
-                       fetch_ahead=fetch_ahead, link_buffers=default_link_buffers(board))
+                       fetch_ahead=fetch_ahead, reducer_stage=reducer_stage,
+                       link_buffers=default_link_buffers(board))
     env = {**os.environ, **toolchain_env(board)}
     # On ECP5 only the requantizer's wide products (33 × 32 bits) go into MULT18X18Ds: the
     # array's dense and outlier products (≤ 16 bits) would take more than the 156 there are.

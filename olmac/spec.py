@@ -60,13 +60,14 @@ ACT_OUTLIER_RATIO = (0.0, 0.1)
 #: defaults, docs/host_link.md §6): the iCE40UP5K fits only with the serial requantizer and
 #: narrow memories; the ECP5-85F boards have the block RAM for wide memories and the
 #: MULT18X18Ds for the parallel requantizer, and take the beat walk's address registers
-#: (``walk_stages``) and the requantizer's (``requant_stages``) and read each op's descriptor
-#: ahead (``fetch_ahead``) for a faster clock; the UP5K takes two of the address registers
-#: (its width-4 board: 15.4 MHz without, 23.2 with) and, with narrow memories, cannot read ahead.
+#: (``walk_stages``), the requantizer's (``requant_stages``) and the reducer's
+#: (``reducer_stage``) and read each op's descriptor ahead (``fetch_ahead``) for a faster
+#: clock; the UP5K takes two of the address registers (its width-4 board: 15.4 MHz without,
+#: 23.2 with) and, with narrow memories, cannot read ahead.
 _UP5K_BOARD = {"width": 2, "requantizer": "serial", "memories": "narrow", "walk_stages": 2,
-               "requant_stages": 0, "fetch_ahead": False}
+               "requant_stages": 0, "fetch_ahead": False, "reducer_stage": False}
 _ECP5_BOARD = {"width": 16, "requantizer": "parallel", "memories": "wide", "walk_stages": 3,
-               "requant_stages": 2, "fetch_ahead": True}
+               "requant_stages": 2, "fetch_ahead": True, "reducer_stage": True}
 BOARD_DEFAULTS = {"icebreaker": _UP5K_BOARD, "ulx3s-85f": _ECP5_BOARD, "ecpix5-85": _ECP5_BOARD}
 #: Whether a board's program (built into its top, and compiled by the host that loads it)
 #: runs ``requantize`` copies in their producers' backs (``compile_program(fuse_copies=…)``,

@@ -78,14 +78,14 @@ def test_core_runs_the_mlp_bit_exactly(mlp_data, pause):
 
 
 @pytest.mark.parametrize("options", [
-    {}, {"walk_stages": 3, "requant_stages": 2, "fetch_ahead": True},
+    {}, {"walk_stages": 3, "requant_stages": 2, "fetch_ahead": True, "reducer_stage": True},
     pytest.param({"walk_stages": 2, "memories": "narrow"}, marks=pytest.mark.slow)],
     ids=["plain", "stages", "narrow-stages"])
 def test_core_runs_the_residual_cnn_bit_exactly(cnn_data, options):
     """Padded 3×3 convolutions, the 16-bit highway add (§11), average pooling, flatten and
     the linear head, under random stalls, on a 4×4 array (two words per 8-channel pixel);
-    also with the beat walk's address register stages, the requantizer's and the
-    descriptors read ahead (the ECP5 board's), and with
+    also with the beat walk's address register stages, the requantizer's, the
+    descriptors read ahead and the reducer's stage (the ECP5 board's), and with
     the walk's behind narrow memories that lend the operand port to writes and residual
     reads."""
     program = _program(cnn_data)
@@ -293,11 +293,13 @@ def test_requantizer_stage_options_are_checked():
         NetworkCore.Config(**params, requantizer="serial", requant_stages=1)
 
 
-def test_fetch_ahead_option_is_checked():
+def test_board_stage_options_are_checked():
     params = dict(width=2, act_bits=4, weight_bits=4, max_k=8, data_depth=16, weight_depth=4,
                   param_depth=2, program_depth=4)
     with pytest.raises(TypeError, match=r"^fetch_ahead must be a bool, not 1$"):
         NetworkCore.Config(**params, fetch_ahead=1)
+    with pytest.raises(TypeError, match=r"^reducer_stage must be a bool, not 1$"):
+        NetworkCore.Config(**params, reducer_stage=1)
     with pytest.raises(ValueError, match=r"^fetch_ahead needs wide memories \(they answer a "
                                          r"fetch in one cycle\), not memories='narrow'$"):
         NetworkCore.Config(**params, memories="narrow", fetch_ahead=True)

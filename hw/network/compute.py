@@ -19,10 +19,15 @@ class Reducer(wiring.Component):
     one accumulator stream the requantizer reads: the array's during a GEMM, the reducer's
     otherwise (a quantizing ``LOAD``'s beats are windows of one).
 
+    With ``config.reducer_stage`` each beat is registered with its op's kind before it is
+    added or compared (the front may go on to the next op meanwhile), so an operand read
+    from a memory no longer reaches the compare's carry chain in its cycle; each window
+    result comes a cycle later.
+
     Parameters
     ----------
     config : NetworkCore.Config
-        The core's configuration (lanes, accumulator width).
+        The core's configuration (lanes, accumulator width, ``reducer_stage``).
 
     Members
     -------
@@ -41,6 +46,7 @@ class Reducer(wiring.Component):
 
     def __init__(self, config):
         self._width = config.width
+        self._stage = config.reducer_stage
         acc = data.ArrayLayout(signed(config.acc_width), config.width)
         super().__init__({
             "control": In(ControlSignature(config.layouts["program"])),
@@ -52,7 +58,9 @@ class Reducer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        kind = self.control.op.kind
+        beats, kind = self.beats, self.control.op.kind
+        if self._stage:
+            beats, kind = self._staged(m, beats, kind)
         is_gemm = self.array_results
         valid = Signal()
         ready = ~is_gemm & self.acc.ready
@@ -63,13 +71,13 @@ class Reducer(wiring.Component):
         # is taken, so windows of one (an element-wise SUM, a quantizing LOAD) still pass
         # one a cycle (with `~valid` alone they took two: the demo CNN 1 918 cycles
         # instead of 1 698).
-        m.d.comb += self.beats.ready.eq(~valid | ready)
+        m.d.comb += beats.ready.eq(~valid | ready)
         with m.If(valid & ready):
             m.d.sync += valid.eq(0)
-        with m.If(self.beats.valid & self.beats.ready):
-            last = self.beats.payload.last
+        with m.If(beats.valid & beats.ready):
+            last = beats.payload.last
             for lane in range(self._width):
-                value = self.beats.payload.lanes[lane]
+                value = beats.payload.lanes[lane]
                 # A maximum is one of the values, so a MAX compares only their width.
                 held = partial[lane][:len(value)].as_signed()
                 m.d.sync += partial[lane].eq(Mux(
@@ -84,6 +92,19 @@ class Reducer(wiring.Component):
             self.array.ready.eq(is_gemm & self.acc.ready),
         ]
         return m
+
+    @staticmethod
+    def _staged(m, beats, kind):
+        """A register for one beat and its op's kind between ``beats`` and the sums: it
+        takes a beat whenever it is empty or its beat is taken, so beats still pass one a
+        cycle. Returns the registered beat stream and kind."""
+        staged = stream.Signature(beats.payload.shape()).create(path=("staged",))
+        staged_kind = Signal.like(kind, name="staged_kind")
+        m.d.comb += beats.ready.eq(~staged.valid | staged.ready)
+        with m.If(beats.ready):
+            m.d.sync += [staged.valid.eq(beats.valid), staged.payload.eq(beats.payload),
+                         staged_kind.eq(kind)]
+        return staged, staged_kind
 
 
 class ParamFeed(wiring.Component):

@@ -216,6 +216,11 @@ class NetworkCore(wiring.Component):
             ``done``, for a faster clock (the ECP5 board's). Ops stay one cycle apart; the
             first op after a reset starts a cycle later and after a ``RESTART`` two
             (docs/network.md §15, "Fetch ahead").
+        reducer_stage : bool
+            A register between the beats and the reducer's sums and compares (default
+            False), for a faster clock (the ECP5 board's): an operand read no longer reaches
+            a ``MAX``'s compare in its cycle; each ``SUM``, ``MAX`` and quantizing ``LOAD``
+            ends a cycle later.
 
         Raises
         ------
@@ -258,6 +263,7 @@ class NetworkCore(wiring.Component):
         requant_stages: int = 0
         prefetch: bool = False
         fetch_ahead: bool = False
+        reducer_stage: bool = False
 
         def __post_init__(self):
             check_int("Width", self.width, ARRAY_DIM)
@@ -298,6 +304,8 @@ class NetworkCore(wiring.Component):
             if self.fetch_ahead and self.memories != "wide":
                 raise ValueError(f"fetch_ahead needs wide memories (they answer a fetch in one "
                                  f"cycle), not memories={self.memories!r}")
+            if not isinstance(self.reducer_stage, bool):
+                raise TypeError(f"reducer_stage must be a bool, not {self.reducer_stage!r}")
             check_int("requant_stages", self.requant_stages, REQUANT_STAGES)
             if self.requant_stages and self.requantizer == "serial":
                 raise ValueError(f"requant_stages must be 0 with the serial requantizer, not "

@@ -29,7 +29,8 @@ def arguments(parser):
                          for board, options in BOARD_DEFAULTS.items())
     build.add_argument("--width", type=int,
                        help=f"MAC array width (default by board; width, requantizer, "
-                            f"memories, walk stages, requantizer stages, fetch ahead: "
+                            f"memories, walk stages, requantizer stages, fetch ahead, "
+                            f"reducer stage: "
                             f"{defaults})")
     build.add_argument("--baud", type=int, default=BOARD_BAUD, help="the UART's baud rate")
     build.add_argument("--requantizer", choices=REQUANTIZERS,

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 from amaranth.asserts import AnySeq
 from amaranth.hdl import *
+from amaranth.lib import data
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In
 
@@ -365,6 +366,24 @@ def _reducer_promises(env):
                     part.acc.valid & part.acc.ready, 1, held_is=valid)
 
 
+def _staged_reducer_promises(env):
+    """With ``reducer_stage``: as :func:`_reducer_promises`, a window's last beat held in
+    the stage or its result in the reducer's register, two at most."""
+    m, part = env.m, env.part
+    windows = part.beats.valid & part.beats.ready & part.beats.payload.last
+    valid, staged_valid, staged = _registers(env.fragment, "valid", "staged__valid",
+                                             "staged__payload")
+    last = data.View(part.beats.payload.shape(), staged).last
+    count_transfers(m, "results", windows + (part.array.valid & part.array.ready),
+                    part.acc.valid & part.acc.ready, 2, held_is=valid + (staged_valid & last))
+
+
+#: The reducer's: the front's op ends once its beats are in; a window result may wait for
+#: the back.
+_REDUCER_ENVIRONMENT = _both(_only_while("beats", OpKind.SUM, OpKind.MAX), _reducer_environment,
+                             _op_ends(may=lambda env: ~env.part.beats.valid))
+
+
 def _pass_one_for_one(source, sink):
     """Every beat taken on ``source`` leaves on ``sink`` in the same cycle."""
     def promises(env):
@@ -537,10 +556,8 @@ PART_SPECS = {
                   {"weights": "act", "codes": "act"}),
     "output_walk": (_both(_walk_finished("left"), _outputs_exist, _hold_only_falls),
                     _output_walk_promises, None),
-    # the front's op ends once its beats are in; a window result may wait for the back
-    "reducer": (_both(_only_while("beats", OpKind.SUM, OpKind.MAX), _reducer_environment,
-                      _op_ends(may=lambda env: ~env.part.beats.valid)),
-                _reducer_promises, None),
+    "reducer": (_REDUCER_ENVIRONMENT, _reducer_promises, None),
+    "staged_reducer": (_REDUCER_ENVIRONMENT, _staged_reducer_promises, None),
     "param_feed": (_both(_only_while("words", OpKind.GEMM, OpKind.SUM, OpKind.MAX),
                          _op_ends(may=lambda env: _idle(env.part.params))),
                    _pass_one_for_one("words", "params"), None),

@@ -229,6 +229,8 @@ _NETWORK_PARTS = {
                          ("withdrawn",), 7),
     "output_walk": ("output_walk", lambda: OutputWalk(_NET), ("withdrawn",)),
     "reducer": ("reducer", lambda: Reducer(_NET), ("withdrawn", "lost:beats")),
+    "reducer_stage": ("staged_reducer", lambda: Reducer(replace(_NET, reducer_stage=True)),
+                      ("withdrawn", "lost:beats")),
     "param_feed": ("param_feed", lambda: ParamFeed(_NET), ("withdrawn", "lost:words")),
     "write_back": ("write_back", lambda: WriteBack(_NET), ("unwritten:write",)),
     "copy_part": ("copy_part", lambda: CopyPart(_NET_COPIES), ("withdrawn", "lost:results")),
