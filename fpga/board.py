@@ -23,7 +23,7 @@ from olmac import spec
 from olmac.hw.host_link import SerialHostLink
 from olmac.hw.network import NetworkCore
 from olmac.hw.network_app import NetworkApp
-from olmac.hw.stream import SkidBuffer
+from olmac.hw.stream import PipeValid, SkidBuffer
 from .build import _board, _synth_options, run_build, toolchain_env
 
 __all__ = ["NetworkBoard", "BOARD_BAUD", "board_defaults", "default_array_multipliers",
@@ -139,9 +139,9 @@ class NetworkBoard(wiring.Component):
         The :class:`NetworkCore` options (each op's descriptor read while the op before
         runs, a register before the reducer's sums and compares, for the ECP5's clock).
     link_buffers : bool
-        A :class:`SkidBuffer` on the link's request stream and one on the application's
-        reply stream, so neither side's ``ready`` runs into the other (for the ECP5's
-        clock; the same bytes in the same order).
+        A :class:`SkidBuffer` and a :class:`PipeValid` on the link's request stream and on
+        the application's reply stream, so no path of either handshake runs from one side
+        into the other (for the ECP5's clock; the same bytes in the same order).
     timeout : int or None
         The link's inter-byte timeout in cycles (default: four byte times).
 
@@ -193,12 +193,17 @@ class NetworkBoard(wiring.Component):
         m.submodules.app = app = self._app
         m.submodules.core = core = self._core
         if self._link_buffers:
-            m.submodules.request_buffer = requests = SkidBuffer(link.app.request.payload.shape())
-            m.submodules.reply_buffer = replies = SkidBuffer(link.app.reply.payload.shape())
-            wiring.connect(m, link.app.request, requests.i)
-            wiring.connect(m, requests.o, app.host.request)
-            wiring.connect(m, app.host.reply, replies.i)
-            wiring.connect(m, replies.o, link.app.reply)
+            # a register slice on each stream: ready from a register (the skid buffer),
+            # then valid and payload from registers (the request slots' block RAM output
+            # reached the dispatcher's command decode)
+            for name, source, sink in (("request", link.app.request, app.host.request),
+                                       ("reply", app.host.reply, link.app.reply)):
+                shape = source.payload.shape()
+                m.submodules[f"{name}_skid"] = skid = SkidBuffer(shape)
+                m.submodules[f"{name}_register"] = register = PipeValid(shape)
+                wiring.connect(m, source, skid.i)
+                wiring.connect(m, skid.o, register.i)
+                wiring.connect(m, register.o, sink)
         else:
             wiring.connect(m, link.app, app.host)
         wiring.connect(m, app.inputs, core.inputs)

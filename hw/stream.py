@@ -4,7 +4,7 @@ from amaranth.hdl import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SkidBuffer"]
+__all__ = ["SkidBuffer", "PipeValid"]
 
 #: Payload bits of a SkidBuffer that share one copy of its state.
 _SKID_SLICE = 64
@@ -66,4 +66,38 @@ class SkidBuffer(wiring.Component):
             m.d.sync += [state.eq(stalled) for state in (full, *selects)]
         with m.Elif(self.o.ready):
             m.d.sync += [state.eq(0) for state in (full, *selects)]
+        return m
+
+
+class PipeValid(wiring.Component):
+    """Passes a stream on with its downstream ``valid`` and payload taken from registers.
+
+    A beat taken from ``i`` is offered on ``o`` from the next cycle, so no path runs from
+    the producer's logic (or a block RAM's slow output) into the consumer's; upstream
+    ``ready`` is ``~o.valid | o.ready``, so beats still pass one a cycle. Put after a
+    :class:`SkidBuffer`, which takes ``ready`` from a register, the two cut every path of
+    the handshake.
+
+    Parameters
+    ----------
+    payload_shape : ShapeLike
+        Shape of one beat.
+
+    Members
+    -------
+    i : In(stream.Signature(payload_shape))
+    o : Out(stream.Signature(payload_shape))
+    """
+
+    def __init__(self, payload_shape):
+        super().__init__({
+            "i": In(stream.Signature(payload_shape)),
+            "o": Out(stream.Signature(payload_shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.i.ready):
+            m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
         return m

@@ -12,7 +12,7 @@ from olmac import golden
 from olmac.hw import GemmEngine, MacArray, Requantizer
 from olmac.hw.multipliers import as_signed_operand, odd_digit_bounds, odd_digit_product
 from olmac.hw.requant import RequantParams
-from olmac.hw.stream import SkidBuffer
+from olmac.hw.stream import PipeValid, SkidBuffer
 from olmac.sim.codec import LayoutCodec
 from olmac.sim.job import GemmCase
 from olmac.sim.payloads import output_codec, output_values, stream_payloads
@@ -448,12 +448,13 @@ def test_codebook_engine_matches_decode_then_multiply(idx_bits, zero, granularit
     np.testing.assert_array_equal(result, expected.numpy())
 
 
+@pytest.mark.parametrize("buffer", [SkidBuffer, PipeValid])
 @pytest.mark.parametrize("pause", [0.0, 0.5])
-def test_skid_buffer_passes_every_beat_in_order(pause):
-    """hw.stream.SkidBuffer hands on every beat once, in order and whole (across its
-    payload slices), under random stalls on both sides, and at one beat per cycle when
-    nothing stalls."""
-    dut = SkidBuffer(unsigned(150))  # three slices of 64 bits, each with its own state copy
+def test_stream_buffers_pass_every_beat_in_order(pause, buffer):
+    """hw.stream.SkidBuffer and PipeValid hand on every beat once, in order and whole
+    (across the skid buffer's payload slices), under random stalls on both sides, and at
+    one beat per cycle when nothing stalls."""
+    dut = buffer(unsigned(150))  # three slices of 64 bits, each with its own state copy
     rng = random.Random(2)
     beats = [rng.getrandbits(150) for _ in range(255)]
     sink = StreamSink(dut.o, len(beats), pause_probability=pause, seed=4)
