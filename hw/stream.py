@@ -10,7 +10,17 @@ __all__ = ["SkidBuffer", "PipeValid"]
 _SKID_SLICE = 64
 
 
-class SkidBuffer(wiring.Component):
+class _Slice(wiring.Component):
+    """A stream in (``i``) and the same stream out (``o``), beats of ``payload_shape``."""
+
+    def __init__(self, payload_shape):
+        super().__init__({
+            "i": In(stream.Signature(payload_shape)),
+            "o": Out(stream.Signature(payload_shape)),
+        })
+
+
+class SkidBuffer(_Slice):
     """Passes a stream on with its upstream ``ready`` taken from a register.
 
     A :class:`~olmac.hw.mac_array.MacArray`'s ``ready`` is combinational (it waits on the
@@ -32,12 +42,6 @@ class SkidBuffer(wiring.Component):
     i : In(stream.Signature(payload_shape))
     o : Out(stream.Signature(payload_shape))
     """
-
-    def __init__(self, payload_shape):
-        super().__init__({
-            "i": In(stream.Signature(payload_shape)),
-            "o": Out(stream.Signature(payload_shape)),
-        })
 
     def elaborate(self, platform):
         m = Module()
@@ -69,7 +73,7 @@ class SkidBuffer(wiring.Component):
         return m
 
 
-class PipeValid(wiring.Component):
+class PipeValid(_Slice):
     """Passes a stream on with its downstream ``valid`` and payload taken from registers.
 
     A beat taken from ``i`` is offered on ``o`` from the next cycle, so no path runs from
@@ -88,12 +92,6 @@ class PipeValid(wiring.Component):
     i : In(stream.Signature(payload_shape))
     o : Out(stream.Signature(payload_shape))
     """
-
-    def __init__(self, payload_shape):
-        super().__init__({
-            "i": In(stream.Signature(payload_shape)),
-            "o": Out(stream.Signature(payload_shape)),
-        })
 
     def elaborate(self, platform):
         m = Module()

@@ -667,14 +667,6 @@ class NetworkCore(wiring.Component):
         else:
             m.submodules.tables = tables = self._tables
             _route_loads(m, loader.writes, memories.load, tables.write)
-        if config.prefetch:
-            # the fused STORE's words leave from the back while it runs that op; nothing
-            # else is stored then (the compiler fuses only the program's last op)
-            m.submodules.stores = stores = StorePart(config)
-            _merge(m, back.op.store & (back.start | back.running), stores.outputs,
-                   storer.outputs, self.outputs)
-        else:
-            wiring.connect(m, storer.outputs, wiring.flipped(self.outputs))
 
         wiring.connect(m, beats.weights_read, memories.weights)
         if config.codebook:
@@ -714,9 +706,16 @@ class NetworkCore(wiring.Component):
             wiring.connect(m, results, copies.results)
             results = copies.out
         if config.prefetch:
+            # the fused STORE's words leave from the back while it runs that op; nothing
+            # else is stored then (the compiler fuses only the program's last op)
+            m.submodules.stores = stores = StorePart(config)
             wiring.connect(m, back, stores.control)
             wiring.connect(m, results, stores.results)
             results = stores.out
+            _merge(m, back.op.store & (back.start | back.running), stores.outputs,
+                   storer.outputs, self.outputs)
+        else:
+            wiring.connect(m, storer.outputs, wiring.flipped(self.outputs))
         wiring.connect(m, results, write_back.results)
 
         # STORE and the beat walk never run together, nor a plain LOAD and the write-back:
